@@ -1,0 +1,132 @@
+/* bus/bus.h: the message bus, one interface over Redis Streams and memory.
+ *
+ * Streams are named "ecom:<topic>"; each service is a consumer group; failed
+ * messages go to "ecom:dlq:<group>". The memory backend (membus_t, shared by all
+ * threads of one process) keeps the Redis semantics the runtime depends on:
+ * consumer groups starting at the first entry, pending entries with owner, idle
+ * time and delivery count, history reads of a consumer's own pending entries,
+ * XAUTOCLAIM-style reclaim (including entries whose payload was trimmed),
+ * acknowledged-only trimming, and blocking reads. tests/contract/test_bus.c runs
+ * one suite against both.
+ *
+ * A bus_t is one thread's handle (a blocking hiredis connection, or a view of a
+ * membus_t). All functions return 0 on success and -1 on failure (logged); a
+ * failure never half-applies a publish of one stream's batch.
+ * Owns: the connection, and every message in a bus_batch_t (bus_batch_clear). */
+#ifndef ECOM_BUS_H
+#define ECOM_BUS_H
+
+#include "bus/envelope.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BUS_ID_MAX 48     /* "<ms>-<seq>" */
+#define BUS_STREAM_MAX 160
+
+typedef struct bus bus_t;
+typedef struct membus membus_t;
+
+typedef struct bus_msg {
+    char entry_id[BUS_ID_MAX]; /* stream entry id */
+    char stream[BUS_STREAM_MAX];
+    envelope_t env;       /* valid when !missing && !bad */
+    bool missing;         /* pending entry whose payload was trimmed or deleted */
+    bool bad;             /* entry fields failed to decode; why says how */
+    const char *why;      /* static text for bad entries */
+    uint32_t deliveries;  /* delivery count, when the read reports it (0 = unknown) */
+} bus_msg_t;
+
+typedef struct bus_batch {
+    bus_msg_t *msgs;
+    size_t n, cap;
+} bus_batch_t;
+
+typedef struct bus_group_info {
+    char name[64];
+    uint64_t pending;      /* entries delivered, not acknowledged */
+    int64_t lag;           /* entries not yet delivered to the group; -1 unknown */
+    char last_delivered[BUS_ID_MAX];
+    uint64_t consumers;
+} bus_group_info_t;
+
+typedef struct bus_stream_info {
+    uint64_t length;
+    char first_id[BUS_ID_MAX];
+    char last_id[BUS_ID_MAX];
+    bus_group_info_t groups[16];
+    size_t ngroups;
+} bus_stream_info_t;
+
+typedef struct bus_pending_entry {
+    char entry_id[BUS_ID_MAX];
+    char consumer[64];
+    int64_t idle_ms;
+    uint32_t deliveries;
+} bus_pending_entry_t;
+
+membus_t *membus_new(void);
+void membus_free(membus_t *mb);
+
+bus_t *bus_open_redis(const char *url, char **err);
+bus_t *bus_open_memory(membus_t *mb);
+void bus_close(bus_t *b);
+bool bus_is_memory(const bus_t *b);
+/* Redis: reconnects when the connection broke. 0 when usable. */
+int bus_ensure(bus_t *b) __attribute__((warn_unused_result));
+/* Checks the connection (PING). */
+int bus_ping(bus_t *b) __attribute__((warn_unused_result));
+
+/* Appends n envelopes to their topics' streams, in array order (pipelined XADD).
+ * On success ids_out (optional, n entries) receives the stream entry ids. */
+int bus_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)[BUS_ID_MAX])
+    __attribute__((warn_unused_result));
+
+/* Creates the group at the start of the stream (creating the stream) if missing. */
+int bus_group_create(bus_t *b, const char *stream, const char *group) __attribute__((warn_unused_result));
+
+/* XREADGROUP over ns streams. own_pending: the consumer's own pending entries
+ * from the start (history read, no blocking); else new entries, blocking up to
+ * block_ms (0 = no block). Appends to out, at most count per stream. */
+int bus_read(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
+             bool own_pending, size_t count, int block_ms, bus_batch_t *out) __attribute__((warn_unused_result));
+
+int bus_ack(bus_t *b, const char *stream, const char *group, const char *const *ids, size_t n)
+    __attribute__((warn_unused_result));
+
+/* XAUTOCLAIM from the start of the PEL: entries idle >= min_idle_ms move to
+ * consumer (delivery count +1) and are appended to out; entries whose payload
+ * is gone are appended with missing=true (Redis 7 has already removed them
+ * from the PEL; memory does the same). At most count entries. */
+int bus_reclaim(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t min_idle_ms,
+                size_t count, bus_batch_t *out) __attribute__((warn_unused_result));
+
+/* Pending entries of a group (oldest first), at most max. */
+int bus_pending(bus_t *b, const char *stream, const char *group, bus_pending_entry_t *out, size_t max,
+                size_t *n) __attribute__((warn_unused_result));
+
+/* Appends m to "ecom:dlq:<group>" with reason, deliveries, source stream and
+ * entry id. Does not acknowledge (the caller acks after). */
+int bus_dead_letter(bus_t *b, const char *group, const bus_msg_t *m, const char *reason)
+    __attribute__((warn_unused_result));
+
+/* Trims entries every group has acknowledged (XTRIM MINID ~ below the oldest
+ * pending entry and every group's last delivered id). A stream with no group is
+ * left alone. *trimmed (optional) receives how many entries went. */
+int bus_trim(bus_t *b, const char *stream, uint64_t *trimmed) __attribute__((warn_unused_result));
+
+int bus_stream_info(bus_t *b, const char *stream, bus_stream_info_t *out) __attribute__((warn_unused_result));
+/* Every "ecom:*" stream (DLQ streams included); *names owned (free each, then the array). */
+int bus_list_streams(bus_t *b, char ***names, size_t *n) __attribute__((warn_unused_result));
+/* XDEL: removes entries (their pending records stay, payload-less). Tools and tests. */
+int bus_delete_entries(bus_t *b, const char *stream, const char *const *ids, size_t n)
+    __attribute__((warn_unused_result));
+/* Deletes a stream (tests and tools). */
+int bus_delete_stream(bus_t *b, const char *stream) __attribute__((warn_unused_result));
+
+bus_msg_t *bus_batch_push(bus_batch_t *bt);
+void bus_batch_clear(bus_batch_t *bt); /* frees the messages, keeps the array */
+void bus_batch_free(bus_batch_t *bt);
+
+#endif

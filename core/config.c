@@ -1,0 +1,335 @@
+/* core/config.c: see config.h. */
+#include "core/config.h"
+
+#include "core/alloc.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+extern char **environ;
+
+typedef enum { T_STR, T_INT, T_BOOL, T_ENUM, T_URL } ctype_t;
+
+typedef struct citem {
+    const char *name;
+    ctype_t type;
+    size_t off;
+    const char *def; /* goes through the same parser */
+    long min, max;   /* T_INT bounds; */
+    const char *opts; /* T_ENUM: "a|b|c"; T_URL: accepted schemes "postgres|postgresql" */
+    const char *doc;
+} citem_t;
+
+#define F(field) offsetof(config_t, field)
+
+static const citem_t items[] = {
+    {"APP_ENV", T_ENUM, F(app_env), "production", 0, 0, "development|production|test",
+     "development enables dev-only conveniences (token-less dev principal, short JWT_SECRET)"},
+    {"LOG_LEVEL", T_ENUM, F(log_level), "info", 0, 0, "debug|info|warn|error|off", "minimum log level"},
+    {"LOG_FORMAT", T_ENUM, F(log_format), "text", 0, 0, "text|json", "log line format"},
+    {"DATABASE_URL", T_URL, F(database_url), "", 0, 0, "postgres|postgresql",
+     "PostgreSQL URL; empty runs the in-memory store"},
+    {"REDIS_URL", T_URL, F(redis_url), "", 0, 0, "redis", "Redis URL; empty runs the in-memory bus"},
+    {"ADMIN_PORT", T_INT, F(admin_port), "9100", 0, 65535, NULL,
+     "port of /health, /ready, /metrics for drainer and services (0 = off)"},
+    {"ECOM_INSTANCE", T_STR, F(instance), "", 0, 0, NULL,
+     "stable instance name used in consumer names (default: host name)"},
+    {"OUTBOX_BATCH", T_INT, F(outbox_batch), "1000", 1, 10000, NULL, "rows published per batch"},
+    {"OUTBOX_POLL_MS", T_INT, F(outbox_poll_ms), "100", 1, 60000, NULL,
+     "poll interval in ms when no NOTIFY wake-up arrives"},
+    {"OUTBOX_MAX_PAYLOAD", T_INT, F(outbox_max_payload), "262144", 64, 16777216, NULL,
+     "largest payload outbox_append accepts, bytes"},
+    {"OUTBOX_RETAIN_S", T_INT, F(outbox_retain_s), "3600", 0, 30 * 86400, NULL,
+     "seconds published outbox rows are kept for re-drive after a broker loss"},
+    {"SERVICE_BATCH", T_INT, F(service_batch), "256", 1, 10000, NULL, "messages per consumer transaction"},
+    {"SERVICE_BLOCK_MS", T_INT, F(service_block_ms), "1000", 1, 60000, NULL, "XREADGROUP BLOCK in ms"},
+    {"SERVICE_MAX_ATTEMPTS", T_INT, F(service_max_attempts), "5", 1, 100, NULL,
+     "failed attempts before a message goes to the DLQ"},
+    {"SERVICE_RECLAIM_IDLE_MS", T_INT, F(service_reclaim_idle_ms), "30000", 100, 3600000, NULL,
+     "pending entries idle this long are reclaimed from other consumers"},
+    {"SERVICE_BACKOFF_MS", T_INT, F(service_backoff_ms), "200", 1, 600000, NULL,
+     "first retry delay; doubles per failure"},
+    {"INBOX_RETAIN_S", T_INT, F(inbox_retain_s), "604800", 60, 365 * 86400, NULL,
+     "seconds inbox ids are kept (dedup window)"},
+    {"STREAM_TRIM_INTERVAL_MS", T_INT, F(stream_trim_interval_ms), "10000", 100, 3600000, NULL,
+     "how often streams are trimmed below every group's position"},
+    {"PORT", T_INT, F(port), "3003", 1, 65535, NULL, "gateway HTTP port"},
+    {"GATEWAY_THREADS", T_INT, F(gateway_threads), "0", 0, 256, NULL, "gateway threads (0 = cores)"},
+    {"JWT_SECRET", T_STR, F(jwt_secret), "", 0, 0, NULL, "HS256 secret (>= 32 bytes outside development)"},
+    {"JWT_PRIVATE_KEY_PEM", T_STR, F(jwt_private_key_pem), "", 0, 0, NULL, "RS256/ES256 private key (PEM)"},
+    {"JWT_PUBLIC_KEY_PEM", T_STR, F(jwt_public_key_pem), "", 0, 0, NULL, "RS256/ES256 public key (PEM)"},
+    {"JWT_ISSUER", T_STR, F(jwt_issuer), "ecom", 0, 0, NULL, "iss of issued tokens, checked on verify"},
+    {"JWT_AUDIENCE", T_STR, F(jwt_audience), "ecom-api", 0, 0, NULL, "aud of issued tokens, checked on verify"},
+    {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", T_STR, F(otel_traces_endpoint), "", 0, 0, NULL,
+     "OTLP/HTTP JSON traces endpoint; enables export"},
+    {"OTEL_EXPORTER_OTLP_ENDPOINT", T_STR, F(otel_endpoint), "", 0, 0, NULL,
+     "OTLP base endpoint (+ /v1/traces); enables export"},
+    {"OTEL_SERVICE_NAME", T_STR, F(otel_service_name), "ecom", 0, 0, NULL, "service.name of exported spans"},
+    {"P95_BUDGET_MS", T_INT, F(p95_budget_ms), "60", 1, 600000, NULL, "perf smoke p95 budget"},
+    {"P99_BUDGET_MS", T_INT, F(p99_budget_ms), "150", 1, 600000, NULL, "perf smoke p99 budget"},
+    {"ENABLE_PERF_SMOKE", T_BOOL, F(enable_perf_smoke), "false", 0, 0, NULL, "run the perf smoke in CI"},
+    {"USE_FASTIFY", T_BOOL, F(use_fastify), "false", 0, 0, NULL,
+     "accepted for compatibility with the original; the C gateway has one adapter"},
+    {"NOTIFY_SINK_FILE", T_STR, F(notify_sink_file), "", 0, 0, NULL,
+     "JSON Lines file the dev notification channel appends deliveries to"},
+};
+
+typedef struct errbuf {
+    char *s;
+    size_t len;
+} errbuf_t;
+
+static void err_add(errbuf_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void err_add(errbuf_t *e, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    size_t ln = strlen(line);
+    e->s = xrealloc(e->s, e->len + ln + 2);
+    memcpy(e->s + e->len, line, ln);
+    e->len += ln;
+    e->s[e->len++] = '\n';
+    e->s[e->len] = '\0';
+}
+
+static void raw_set(config_t *cfg, const char *k, size_t klen, const char *v, size_t vlen, bool override)
+{
+    for (size_t i = 0; i < cfg->raw_n; i++)
+        if (strlen(cfg->raw_keys[i]) == klen && memcmp(cfg->raw_keys[i], k, klen) == 0) {
+            if (override) {
+                free(cfg->raw_vals[i]);
+                cfg->raw_vals[i] = xstrndup(v, vlen);
+            }
+            return;
+        }
+    cfg->raw_keys = xrealloc(cfg->raw_keys, (cfg->raw_n + 1) * sizeof(char *));
+    cfg->raw_vals = xrealloc(cfg->raw_vals, (cfg->raw_n + 1) * sizeof(char *));
+    cfg->raw_keys[cfg->raw_n] = xstrndup(k, klen);
+    cfg->raw_vals[cfg->raw_n] = xstrndup(v, vlen);
+    cfg->raw_n++;
+}
+
+const char *config_raw(const config_t *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->raw_n; i++)
+        if (strcmp(cfg->raw_keys[i], name) == 0)
+            return cfg->raw_vals[i];
+    return NULL;
+}
+
+static bool valid_key(const char *k, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = k[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || (i && c >= '0' && c <= '9')))
+            return false;
+    }
+    return true;
+}
+
+/* Reads KEY=VALUE lines; values already set (from the environment) win. */
+static void load_file(config_t *cfg, const char *path, errbuf_t *e)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        err_add(e, "--env-file %s: %s", path, strerror(errno));
+        return;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int lineno = 0;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
+        char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\0' || *p == '#')
+            continue;
+        if (strncmp(p, "export ", 7) == 0)
+            p += 7;
+        char *eq = strchr(p, '=');
+        if (!eq || !valid_key(p, (size_t)(eq - p))) {
+            err_add(e, "%s:%d: expected KEY=VALUE", path, lineno);
+            continue;
+        }
+        char *v = eq + 1;
+        size_t vlen = strlen(v);
+        if (vlen >= 2 && (v[0] == '"' || v[0] == '\'') && v[vlen - 1] == v[0]) {
+            v++;
+            vlen -= 2;
+        } else {
+            /* unquoted: strip an inline comment and trailing blanks */
+            char *hash = strstr(v, " #");
+            if (hash)
+                vlen = (size_t)(hash - v);
+            while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+                vlen--;
+        }
+        raw_set(cfg, p, (size_t)(eq - p), v, vlen, false);
+    }
+    free(line);
+    fclose(f);
+}
+
+static bool opt_in(const char *opts, const char *v)
+{
+    size_t vl = strlen(v);
+    for (const char *p = opts; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t n = bar ? (size_t)(bar - p) : strlen(p);
+        if (n == vl && strncmp(p, v, n) == 0)
+            return true;
+        if (!bar)
+            break;
+        p = bar + 1;
+    }
+    return false;
+}
+
+static void parse_item(config_t *cfg, const citem_t *it, const char *v, errbuf_t *e)
+{
+    char *base = (char *)cfg + it->off;
+    switch (it->type) {
+    case T_STR:
+        *(char **)base = xstrdup(v);
+        break;
+    case T_ENUM:
+        if (!opt_in(it->opts, v))
+            err_add(e, "%s: '%s' is not one of %s", it->name, v, it->opts);
+        *(char **)base = xstrdup(v);
+        break;
+    case T_URL:
+        if (*v) {
+            const char *sep = strstr(v, "://");
+            char scheme[32] = {0};
+            size_t n = sep ? (size_t)(sep - v) : 0;
+            if (n && n < sizeof scheme)
+                memcpy(scheme, v, n);
+            if (!sep || !opt_in(it->opts, scheme) || !sep[3])
+                err_add(e, "%s: expected a %s:// URL", it->name, it->opts);
+        }
+        *(char **)base = xstrdup(v);
+        break;
+    case T_INT: {
+        errno = 0;
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (!*v || *end || errno)
+            err_add(e, "%s: '%s' is not an integer", it->name, v);
+        else if (n < it->min || n > it->max)
+            err_add(e, "%s: %ld is outside %ld..%ld", it->name, n, it->min, it->max);
+        *(long *)base = n;
+        break;
+    }
+    case T_BOOL:
+        if (strcmp(v, "true") == 0)
+            *(bool *)base = true;
+        else if (strcmp(v, "false") == 0)
+            *(bool *)base = false;
+        else
+            err_add(e, "%s: '%s' must be exactly true or false", it->name, v);
+        break;
+    }
+}
+
+static void cross_checks(config_t *cfg, int roles, errbuf_t *e)
+{
+    bool dev = config_is_dev(cfg);
+    if (roles & CFG_ROLE_GATEWAY) {
+        bool sec = cfg->jwt_secret[0], priv = cfg->jwt_private_key_pem[0], pub = cfg->jwt_public_key_pem[0];
+        if (!sec && !priv && !pub)
+            err_add(e, "JWT: set JWT_SECRET, or both JWT_PRIVATE_KEY_PEM and JWT_PUBLIC_KEY_PEM");
+        if (sec && (priv || pub))
+            err_add(e, "JWT: JWT_SECRET and a PEM key are both set; choose one kind of key");
+        if (!sec && priv != pub)
+            err_add(e, "JWT: %s is set without %s", priv ? "JWT_PRIVATE_KEY_PEM" : "JWT_PUBLIC_KEY_PEM",
+                    priv ? "JWT_PUBLIC_KEY_PEM" : "JWT_PRIVATE_KEY_PEM");
+        if (sec && strlen(cfg->jwt_secret) < 32 && !dev)
+            err_add(e, "JWT_SECRET: %zu bytes; at least 32 are required outside APP_ENV=development",
+                    strlen(cfg->jwt_secret));
+    }
+    for (size_t i = 0; i < cfg->raw_n; i++) {
+        const char *k = cfg->raw_keys[i];
+        if (strncmp(k, "FLAG_", 5) == 0 && strcmp(cfg->raw_vals[i], "true") != 0 &&
+            strcmp(cfg->raw_vals[i], "false") != 0)
+            err_add(e, "%s: '%s' must be exactly true or false", k, cfg->raw_vals[i]);
+    }
+}
+
+int config_load(config_t *cfg, const char *env_file, int roles, char **errors)
+{
+    memset(cfg, 0, sizeof *cfg);
+    errbuf_t e = {0};
+    for (char **ep = environ; *ep; ep++) {
+        const char *eq = strchr(*ep, '=');
+        if (eq && valid_key(*ep, (size_t)(eq - *ep)))
+            raw_set(cfg, *ep, (size_t)(eq - *ep), eq + 1, strlen(eq + 1), true);
+    }
+    if (env_file)
+        load_file(cfg, env_file, &e);
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(items); i++) {
+        const char *v = config_raw(cfg, items[i].name);
+        parse_item(cfg, &items[i], v ? v : items[i].def, &e);
+    }
+    if (!cfg->instance[0]) {
+        char host[256] = "ecom";
+        gethostname(host, sizeof host - 1);
+        free(cfg->instance);
+        cfg->instance = xstrdup(host);
+    }
+    cross_checks(cfg, roles, &e);
+    *errors = e.s;
+    return e.s ? -1 : 0;
+}
+
+void config_free(config_t *cfg)
+{
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(items); i++)
+        if (items[i].type == T_STR || items[i].type == T_ENUM || items[i].type == T_URL)
+            free(*(char **)((char *)cfg + items[i].off));
+    for (size_t i = 0; i < cfg->raw_n; i++) {
+        free(cfg->raw_keys[i]);
+        free(cfg->raw_vals[i]);
+    }
+    free(cfg->raw_keys);
+    free(cfg->raw_vals);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+bool config_is_dev(const config_t *cfg)
+{
+    return cfg->app_env && strcmp(cfg->app_env, "development") == 0;
+}
+
+void config_print_doc(void)
+{
+    printf("| key | default | values | meaning |\n|---|---|---|---|\n");
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(items); i++) {
+        const citem_t *it = &items[i];
+        char range[64] = "";
+        if (it->type == T_INT)
+            snprintf(range, sizeof range, "%ld..%ld", it->min, it->max);
+        else if (it->type == T_BOOL)
+            snprintf(range, sizeof range, "true, false");
+        else if (it->opts)
+            snprintf(range, sizeof range, "%s", it->opts);
+        printf("| `%s` | `%s` | %s | %s |\n", it->name, it->def, range, it->doc);
+    }
+    printf("| `FLAG_<NAME>` | route default | true, false | feature flag; any other value stops startup |\n");
+}

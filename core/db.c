@@ -1,0 +1,223 @@
+/* core/db.c: see db.h. */
+#include "core/db.h"
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/pg.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+memstore_t *memstore_new(void)
+{
+    memstore_t *m = xcalloc(1, sizeof *m);
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->changed, &ca);
+    pthread_condattr_destroy(&ca);
+    return m;
+}
+
+void memstore_free(memstore_t *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < MEM_SLOT_MAX; i++)
+        if (m->slot[i] && m->slot_free[i])
+            m->slot_free[i](m->slot[i]);
+    pthread_cond_destroy(&m->changed);
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+db_t *db_open_pg(const char *url, const char *app_name, char **err)
+{
+    PGconn *c = pg_connect(url, app_name, err);
+    if (!c)
+        return NULL;
+    db_t *db = xcalloc(1, sizeof *db);
+    db->kind = DB_PG;
+    db->pg = c;
+    db->url = xstrdup(url);
+    db->app_name = xstrdup(app_name ? app_name : "ecom");
+    return db;
+}
+
+db_t *db_open_memory(memstore_t *m)
+{
+    db_t *db = xcalloc(1, sizeof *db);
+    db->kind = DB_MEMORY;
+    db->mem = m;
+    return db;
+}
+
+void db_close(db_t *db)
+{
+    if (!db)
+        return;
+    if (db->in_tx)
+        db_rollback(db);
+    PQfinish(db->pg);
+    free(db->url);
+    free(db->app_name);
+    free(db->undo);
+    free(db);
+}
+
+int db_ensure(db_t *db)
+{
+    if (db->kind == DB_MEMORY || pg_alive(db->pg))
+        return 0;
+    char *err = NULL;
+    PGconn *c = pg_connect(db->url, db->app_name, &err);
+    if (!c) {
+        log_warn("postgres reconnect failed: %s", err);
+        free(err);
+        return -1;
+    }
+    PQfinish(db->pg);
+    db->pg = c;
+    db->in_tx = false;
+    return 0;
+}
+
+int db_begin(db_t *db)
+{
+    ECOM_ASSERT(!db->in_tx);
+    if (db->kind == DB_PG) {
+        if (db_ensure(db) != 0 || pg_exec(db->pg, "BEGIN") != 0)
+            return -1;
+    } else {
+        pthread_mutex_lock(&db->mem->mu);
+        db->undo_n = 0;
+        db->sp_n = 0;
+        db->wrote = false;
+    }
+    db->in_tx = true;
+    return 0;
+}
+
+static void undo_to(db_t *db, size_t mark)
+{
+    while (db->undo_n > mark) {
+        db_undo_t *u = &db->undo[--db->undo_n];
+        u->fn(u->arg);
+    }
+}
+
+int db_commit(db_t *db)
+{
+    ECOM_ASSERT(db->in_tx);
+    db->in_tx = false;
+    if (db->kind == DB_PG) {
+        PGresult *r = PQexec(db->pg, "COMMIT");
+        /* COMMIT of an aborted transaction answers ROLLBACK: that is a failure */
+        bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0;
+        if (!ok)
+            log_warn("postgres commit failed: %s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->pg));
+        PQclear(r);
+        return ok ? 0 : -1;
+    }
+    for (size_t i = 0; i < db->undo_n; i++)
+        if (db->undo[i].free_fn)
+            db->undo[i].free_fn(db->undo[i].arg);
+    db->undo_n = 0;
+    if (db->wrote) {
+        db->mem->version++;
+        pthread_cond_broadcast(&db->mem->changed);
+    }
+    pthread_mutex_unlock(&db->mem->mu);
+    return 0;
+}
+
+void db_rollback(db_t *db)
+{
+    if (!db->in_tx)
+        return;
+    db->in_tx = false;
+    if (db->kind == DB_PG) {
+        if (pg_alive(db->pg) && pg_exec(db->pg, "ROLLBACK") != 0)
+            log_debug("rollback failed; the connection will be reset");
+        return;
+    }
+    undo_to(db, 0);
+    pthread_mutex_unlock(&db->mem->mu);
+}
+
+int db_savepoint(db_t *db)
+{
+    ECOM_ASSERT(db->in_tx);
+    if (db->kind == DB_PG)
+        return pg_exec(db->pg, "SAVEPOINT sp");
+    ECOM_ASSERT(db->sp_n < 8);
+    db->sp[db->sp_n++] = db->undo_n;
+    return 0;
+}
+
+int db_release(db_t *db)
+{
+    ECOM_ASSERT(db->in_tx);
+    if (db->kind == DB_PG)
+        return pg_exec(db->pg, "RELEASE SAVEPOINT sp");
+    ECOM_ASSERT(db->sp_n > 0);
+    db->sp_n--;
+    return 0;
+}
+
+void db_rollback_to(db_t *db)
+{
+    ECOM_ASSERT(db->in_tx);
+    if (db->kind == DB_PG) {
+        if (pg_exec(db->pg, "ROLLBACK TO SAVEPOINT sp") != 0 || pg_exec(db->pg, "RELEASE SAVEPOINT sp") != 0)
+            log_debug("rollback to savepoint failed");
+        return;
+    }
+    ECOM_ASSERT(db->sp_n > 0);
+    undo_to(db, db->sp[--db->sp_n]);
+}
+
+void *db_mem_slot(db_t *db, int slot, void *(*make)(void), void (*free_fn)(void *))
+{
+    ECOM_ASSERT(db->kind == DB_MEMORY && db->in_tx && slot >= 0 && slot < MEM_SLOT_MAX);
+    memstore_t *m = db->mem;
+    if (!m->slot[slot]) {
+        m->slot[slot] = make();
+        m->slot_free[slot] = free_fn;
+    }
+    return m->slot[slot];
+}
+
+void db_mem_undo(db_t *db, void (*fn)(void *), void *arg, void (*free_fn)(void *))
+{
+    ECOM_ASSERT(db->kind == DB_MEMORY && db->in_tx);
+    if (db->undo_n == db->undo_cap) {
+        db->undo_cap = db->undo_cap ? db->undo_cap * 2 : 64;
+        db->undo = xrealloc(db->undo, db->undo_cap * sizeof *db->undo);
+    }
+    db->undo[db->undo_n++] = (db_undo_t){fn, arg, free_fn};
+    db->wrote = true;
+}
+
+void db_mem_wait(db_t *db, uint64_t *seen, int timeout_ms)
+{
+    memstore_t *m = db->mem;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&m->mu);
+    while (m->version == *seen) {
+        if (pthread_cond_timedwait(&m->changed, &m->mu, &ts) == ETIMEDOUT)
+            break;
+    }
+    *seen = m->version;
+    pthread_mutex_unlock(&m->mu);
+}

@@ -1,0 +1,91 @@
+/* core/db.h: the transactional store, PostgreSQL or in memory.
+ *
+ * A db_t is one thread's handle: a PostgreSQL connection, or a view of the
+ * process's shared memstore_t. Domain modules (outbox, inbox, read models,
+ * idempotency, ...) implement each operation for both kinds and take a db_t
+ * that is inside a transaction; effects become visible together at db_commit.
+ *
+ * Memory transactions hold the store's one lock from db_begin to commit or
+ * rollback and keep an undo log, so rollback and savepoints behave as in
+ * PostgreSQL for the operations the modules provide. Each module keeps its
+ * memory tables in a slot of the store.
+ * Owns: the connection or the handle; not the memstore (shared, see memstore_new). */
+#ifndef ECOM_DB_H
+#define ECOM_DB_H
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { DB_PG, DB_MEMORY } db_kind_t;
+
+enum {
+    MEM_SLOT_OUTBOX,
+    MEM_SLOT_INBOX,
+    MEM_SLOT_ANALYTICS,
+    MEM_SLOT_IDEMPOTENCY,
+    MEM_SLOT_AUTH,
+    MEM_SLOT_PAYMENT,
+    MEM_SLOT_NOTIFICATION,
+    MEM_SLOT_MIGRATIONS,
+    MEM_SLOT_MAX
+};
+
+typedef struct memstore {
+    pthread_mutex_t mu;
+    pthread_cond_t changed; /* broadcast after every commit that wrote something */
+    uint64_t version;       /* bumped by such commits */
+    void *slot[MEM_SLOT_MAX];
+    void (*slot_free[MEM_SLOT_MAX])(void *);
+} memstore_t;
+
+typedef struct db_undo {
+    void (*fn)(void *arg);
+    void *arg;
+    void (*free_fn)(void *arg); /* called on commit to release arg, may be NULL */
+} db_undo_t;
+
+typedef struct db {
+    db_kind_t kind;
+    PGconn *pg;
+    char *url;
+    char *app_name;
+    memstore_t *mem;
+    bool in_tx;
+    bool wrote; /* memory: this transaction changed something */
+    db_undo_t *undo;
+    size_t undo_n, undo_cap;
+    size_t sp[8]; /* memory savepoint marks (undo lengths) */
+    int sp_n;
+} db_t;
+
+memstore_t *memstore_new(void);
+void memstore_free(memstore_t *m);
+
+/* Opens a PostgreSQL handle (connects now; NULL and *err when it cannot). */
+db_t *db_open_pg(const char *url, const char *app_name, char **err);
+db_t *db_open_memory(memstore_t *m);
+void db_close(db_t *db);
+/* PostgreSQL: reconnects when the connection is gone. 0 when usable. */
+int db_ensure(db_t *db) __attribute__((warn_unused_result));
+
+int db_begin(db_t *db) __attribute__((warn_unused_result));
+int db_commit(db_t *db) __attribute__((warn_unused_result));
+void db_rollback(db_t *db);
+/* One level of savepoint is what the runtime needs; nesting up to 8 works. */
+int db_savepoint(db_t *db) __attribute__((warn_unused_result));
+int db_release(db_t *db) __attribute__((warn_unused_result));
+void db_rollback_to(db_t *db);
+
+/* Memory side, for modules. Call only inside a transaction (the lock is held).
+ * The slot is created with make() on first use. */
+void *db_mem_slot(db_t *db, int slot, void *(*make)(void), void (*free_fn)(void *));
+/* Registers how to undo a change just made; free_fn(arg) runs instead at commit. */
+void db_mem_undo(db_t *db, void (*fn)(void *), void *arg, void (*free_fn)(void *));
+/* Waits (without a transaction) until the store's version passes *seen or
+ * timeout_ms passes; updates *seen. */
+void db_mem_wait(db_t *db, uint64_t *seen, int timeout_ms);
+
+#endif

@@ -1,0 +1,74 @@
+/* core/pg.c: see pg.h. */
+#include "core/pg.h"
+
+#include "core/alloc.h"
+#include "core/log.h"
+
+#include <string.h>
+
+static _Thread_local char last_state[6];
+
+PGconn *pg_connect(const char *url, const char *app_name, char **err)
+{
+    const char *keys[] = {"dbname", "fallback_application_name", "connect_timeout", NULL};
+    const char *vals[] = {url, app_name ? app_name : "ecom", "5", NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    if (!c || PQstatus(c) != CONNECTION_OK) {
+        const char *m = c ? PQerrorMessage(c) : "out of memory";
+        size_t n = strlen(m);
+        while (n && (m[n - 1] == '\n' || m[n - 1] == ' '))
+            n--;
+        *err = xstrndup(m, n);
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+static bool check(PGconn *c, PGresult *r, const char *sql)
+{
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        last_state[0] = '\0';
+        return true;
+    }
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(last_state, sizeof last_state, "%s", state ? state : "08000");
+    const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(c);
+    char first[80];
+    snprintf(first, sizeof first, "%s", sql);
+    char *nl = strchr(first, '\n');
+    if (nl)
+        *nl = '\0';
+    log_warn("postgres error sqlstate=%s sql=\"%s\" error=%.*s", last_state, first,
+             (int)strcspn(msg ? msg : "", "\n"), msg ? msg : "");
+    return false;
+}
+
+int pg_exec(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    bool ok = check(c, r, sql);
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+PGresult *pg_query(PGconn *c, const char *sql, int nparams, const char *const *params)
+{
+    PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (!check(c, r, sql)) {
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+const char *pg_last_sqlstate(void)
+{
+    return last_state;
+}
+
+bool pg_alive(PGconn *c)
+{
+    return c && PQstatus(c) == CONNECTION_OK;
+}

@@ -1,0 +1,21 @@
+/* core/pg.h: blocking libpq helpers for the drainer, services, migrations and
+ * tools (the gateway drives libpq asynchronously on its event base instead).
+ * Errors are logged here once, with the SQLSTATE. */
+#ifndef ECOM_PG_H
+#define ECOM_PG_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+/* Connects; on failure returns NULL and *err (owned) says why. */
+PGconn *pg_connect(const char *url, const char *app_name, char **err);
+/* Runs a command with no result rows; 0 or -1 (logged). */
+int pg_exec(PGconn *c, const char *sql) __attribute__((warn_unused_result));
+/* Runs a parameterised query (text params). Returns the result when it is
+ * PGRES_COMMAND_OK or PGRES_TUPLES_OK (caller PQclear()s it), else NULL (logged). */
+PGresult *pg_query(PGconn *c, const char *sql, int nparams, const char *const *params);
+/* SQLSTATE of the last failed result on this thread, or "" (borrowed). */
+const char *pg_last_sqlstate(void);
+bool pg_alive(PGconn *c);
+
+#endif

@@ -1,0 +1,83 @@
+/* core/uuid.c: see uuid.h. */
+#include "core/uuid.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+
+void random_bytes(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n) {
+        ssize_t got = getrandom(p, n, 0);
+        ECOM_ASSERT(got > 0);
+        p += got;
+        n -= (size_t)got;
+    }
+}
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t last_ms;
+static unsigned counter;
+
+void uuid_v7(char out[UUID_STR_LEN])
+{
+    unsigned char b[16];
+    random_bytes(b, sizeof b);
+    int64_t ms = clock_now_ms();
+    pthread_mutex_lock(&mu);
+    if (ms <= last_ms) {
+        if (++counter > 0xfff) { /* counter exhausted: borrow the next ms */
+            counter = 0;
+            last_ms++;
+        }
+        ms = last_ms;
+    } else {
+        last_ms = ms;
+        counter = (unsigned)(b[6] & 0x03) << 8 | b[7]; /* random start leaves room */
+    }
+    unsigned c = counter;
+    pthread_mutex_unlock(&mu);
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)(ms >> (40 - 8 * i));
+    b[6] = (unsigned char)(0x70 | (c >> 8));
+    b[7] = (unsigned char)c;
+    b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
+    snprintf(out, UUID_STR_LEN,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
+             b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+bool uuid_valid(const char *s)
+{
+    if (strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return false;
+        } else if (!isxdigit((unsigned char)s[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+void random_hex(char *out, size_t nbytes)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[64];
+    ECOM_ASSERT(nbytes <= sizeof b);
+    random_bytes(b, nbytes);
+    for (size_t i = 0; i < nbytes; i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 15];
+    }
+    out[2 * nbytes] = '\0';
+}

@@ -1,0 +1,123 @@
+/* tests/testlib.c: see testlib.h. */
+#include "tests/testlib.h"
+
+#include "core/alloc.h"
+#include "core/pg.h"
+#include "core/redis.h"
+
+#include <CUnit/Basic.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char *urls[32];
+static int nurls;
+
+static _Noreturn void die(const char *msg)
+{
+    fprintf(stderr, "test setup: %s\n", msg);
+    exit(2);
+}
+
+int test_main(const char *suite, CU_TestInfo *tests, int (*init)(void), int (*clean)(void))
+{
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    CU_SuiteInfo suites[] = {{(char *)suite, init, clean, NULL, NULL, tests}, CU_SUITE_INFO_NULL};
+    if (CU_register_suites(suites) != CUE_SUCCESS)
+        return 2;
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
+    unsigned ran = CU_get_number_of_tests_run();
+    CU_cleanup_registry();
+    for (int i = 0; i < nurls; i++)
+        free(urls[i]);
+    return failed || ran == 0 ? 1 : 0;
+}
+
+const char *test_bin(const char *name)
+{
+    static char path[8][512];
+    static int n;
+    const char *dir = getenv("ECOM_BIN_DIR");
+    char *p = path[n++ % 8];
+    snprintf(p, 512, "%s/%s", dir ? dir : "build-test/bin", name);
+    return p;
+}
+
+int test_sh(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *cmd = NULL;
+    if (vasprintf(&cmd, fmt, ap) < 0)
+        die("out of memory");
+    va_end(ap);
+    int rc = system(cmd);
+    free(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+const char *test_pg_db(const char *name, bool migrate)
+{
+    const char *base = getenv("DATABASE_URL");
+    if (!base || !*base)
+        die("DATABASE_URL is not set: run the tests through `make test` (scripts/test-env)");
+    char *err = NULL;
+    PGconn *c = pg_connect(base, "test", &err);
+    if (!c)
+        die(err);
+    char db[96];
+    snprintf(db, sizeof db, "t_%s_%d", name, (int)getpid());
+    char *sql = xasprintf("DROP DATABASE IF EXISTS %s", db);
+    if (pg_exec(c, sql) != 0)
+        die("drop database failed");
+    free(sql);
+    sql = xasprintf("CREATE DATABASE %s", db);
+    if (pg_exec(c, sql) != 0)
+        die("create database failed");
+    free(sql);
+    PQfinish(c);
+    /* replace the database name in the URL: everything after the last '/' */
+    const char *slash = strrchr(base, '/');
+    const char *q = strchr(slash, '?');
+    char *url = xasprintf("%.*s/%s%s", (int)(slash - base), base, db, q ? q : "");
+    urls[nurls++] = url;
+    if (migrate) {
+        char *cmd = xasprintf("DATABASE_URL='%s' %s migrate >/tmp/ecom-migrate-%d.log 2>&1", url,
+                              test_bin("ecom"), (int)getpid());
+        int rc = test_sh("%s", cmd);
+        free(cmd);
+        if (rc != 0)
+            die("ecom migrate failed (see /tmp/ecom-migrate-*.log)");
+    }
+    return url;
+}
+
+const char *test_redis_db(void)
+{
+    const char *base = getenv("REDIS_URL");
+    if (!base || !*base)
+        die("REDIS_URL is not set: run the tests through `make test` (scripts/test-env)");
+    char *err = NULL;
+    redisContext *c = redis_connect_url(base, 2000, &err);
+    if (!c)
+        die(err);
+    redisReply *r = redisCommand(c, "INCR ecom-test:db");
+    if (!r || r->type != REDIS_REPLY_INTEGER)
+        die("INCR failed");
+    long long n = 1 + (r->integer - 1) % 63;
+    freeReplyObject(r);
+    r = redisCommand(c, "SELECT %lld", n);
+    freeReplyObject(r);
+    r = redisCommand(c, "FLUSHDB");
+    freeReplyObject(r);
+    redisFree(c);
+    char *url = xasprintf("%s/%lld", base, n);
+    urls[nurls++] = url;
+    return url;
+}

@@ -1,0 +1,26 @@
+/* tests/testlib.h: what every test program shares: running a CUnit suite as
+ * one process, and private PostgreSQL databases and Redis db numbers so test
+ * programs can run side by side against the servers scripts/test-env started. */
+#ifndef ECOM_TESTLIB_H
+#define ECOM_TESTLIB_H
+
+#include <CUnit/CUnit.h>
+#include <stdbool.h>
+
+/* Runs the tests; returns the process exit code (0 when all passed). */
+int test_main(const char *suite, CU_TestInfo *tests, int (*init)(void), int (*clean)(void));
+
+/* A fresh database on the test server, migrated when migrate is true.
+ * Returns its URL (owned by testlib, valid until exit). Fails the process
+ * with a message when DATABASE_URL is not set. */
+const char *test_pg_db(const char *name, bool migrate);
+/* A Redis URL on a db number no other test program uses, flushed. */
+const char *test_redis_db(void);
+/* Path of a built binary (ecom, ecomctl) of this build. */
+const char *test_bin(const char *name);
+/* Runs a shell command; returns its exit status. */
+int test_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#define ASSERT_OK(e) CU_ASSERT_EQUAL_FATAL((e), 0)
+
+#endif
