@@ -66,8 +66,21 @@ typedef struct bus_pending_entry {
     uint32_t deliveries;
 } bus_pending_entry_t;
 
+/* A stream entry as stored, for tools and tests (bus_range). */
+typedef struct bus_entry {
+    char entry_id[BUS_ID_MAX];
+    size_t nfields; /* name/value pairs */
+    char **fields;  /* 2 * nfields strings: name, value, name, value, ... (owned) */
+} bus_entry_t;
+
 membus_t *membus_new(void);
 void membus_free(membus_t *mb);
+/* Tools and tests: appends an entry with arbitrary fields (nfields name/value
+ * pairs: fields[2i] is a name, fields[2i+1] its value) to a memory stream,
+ * creating it, as a raw XADD would; this is how a test makes an entry that does
+ * not decode. */
+int membus_add_raw(membus_t *mb, const char *stream, const char *const *fields, size_t nfields)
+    __attribute__((warn_unused_result));
 
 bus_t *bus_open_redis(const char *url, char **err);
 bus_t *bus_open_memory(membus_t *mb);
@@ -92,6 +105,12 @@ int bus_group_create(bus_t *b, const char *stream, const char *group) __attribut
 int bus_read(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
              bool own_pending, size_t count, int block_ms, bus_batch_t *out) __attribute__((warn_unused_result));
 
+/* The consumer's own pending entries of one stream with ids after after_id
+ * ("0" = from the start), oldest first, at most count; deliveries filled.
+ * A history read: never blocks, and counts as a delivery. */
+int bus_read_pending(bus_t *b, const char *group, const char *consumer, const char *stream, const char *after_id,
+                     size_t count, bus_batch_t *out) __attribute__((warn_unused_result));
+
 int bus_ack(bus_t *b, const char *stream, const char *group, const char *const *ids, size_t n)
     __attribute__((warn_unused_result));
 
@@ -113,7 +132,8 @@ int bus_dead_letter(bus_t *b, const char *group, const bus_msg_t *m, const char 
 
 /* Trims entries every group has acknowledged (XTRIM MINID ~ below the oldest
  * pending entry and every group's last delivered id). A stream with no group is
- * left alone. *trimmed (optional) receives how many entries went. */
+ * left alone. *trimmed (optional) receives how many entries went. Redis trims
+ * approximately (whole nodes, at most 10000 entries a call): call it periodically. */
 int bus_trim(bus_t *b, const char *stream, uint64_t *trimmed) __attribute__((warn_unused_result));
 
 int bus_stream_info(bus_t *b, const char *stream, bus_stream_info_t *out) __attribute__((warn_unused_result));
@@ -122,6 +142,13 @@ int bus_list_streams(bus_t *b, char ***names, size_t *n) __attribute__((warn_unu
 /* XDEL: removes entries (their pending records stay, payload-less). Tools and tests. */
 int bus_delete_entries(bus_t *b, const char *stream, const char *const *ids, size_t n)
     __attribute__((warn_unused_result));
+/* XRANGE: up to count entries (0 = all) with start <= id <= end, oldest first,
+ * with their raw fields. start and end are "-", "+", "<ms>" or "<ms>-<seq>".
+ * For tools (DLQ entries carry error fields no envelope has) and tests.
+ * *out is owned: bus_entries_free(*out, *n). */
+int bus_range(bus_t *b, const char *stream, const char *start, const char *end, size_t count, bus_entry_t **out,
+              size_t *n) __attribute__((warn_unused_result));
+void bus_entries_free(bus_entry_t *entries, size_t n);
 /* Deletes a stream (tests and tools). */
 int bus_delete_stream(bus_t *b, const char *stream) __attribute__((warn_unused_result));
 

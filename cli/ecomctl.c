@@ -1,1 +1,288 @@
-int main(void) { return 0; }
+/* cli/ecomctl.c: the replay and inspection CLI.
+ *   ecomctl [--env-file FILE] publish --topic T --type X --tenant T --aggregate A --payload JSON [--count N]
+ *                                     [--traceparent TP] [--request-id ID]
+ *   ecomctl [--env-file FILE] status [--json]
+ * Reads DATABASE_URL and REDIS_URL like the daemons. Bad input: one line on
+ * stderr and exit 2; an unreachable server: exit 1. */
+#include "bus/bus.h"
+#include "bus/outbox.h"
+#include "core/alloc.h"
+#include "core/config.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/pg.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("ecomctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: ecomctl [--env-file FILE] COMMAND\n"
+               "  publish --topic T --type X --tenant T --aggregate A --payload JSON [--count N]\n"
+               "          [--traceparent TP] [--request-id ID]   append to the outbox as a service would\n"
+               "  status [--json]                                  outbox, streams, groups, DLQs, inboxes\n");
+}
+
+/* ---- publish ---- */
+
+static int cmd_publish(const config_t *cfg, int argc, char **argv)
+{
+    outbox_msg_t m = {0};
+    long count = 1;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char **dst = strcmp(a, "--topic") == 0       ? &m.topic
+                           : strcmp(a, "--type") == 0      ? &m.type
+                           : strcmp(a, "--tenant") == 0    ? &m.tenant
+                           : strcmp(a, "--aggregate") == 0 ? &m.aggregate_id
+                           : strcmp(a, "--payload") == 0   ? &m.payload
+                           : strcmp(a, "--traceparent") == 0 ? &m.traceparent
+                           : strcmp(a, "--request-id") == 0  ? &m.request_id
+                                                             : NULL;
+        if (!v)
+            return fail(2, "publish: %s needs a value", a);
+        if (dst) {
+            *dst = v;
+        } else if (strcmp(a, "--count") == 0) {
+            char *end;
+            count = strtol(v, &end, 10);
+            if (*end || count < 1 || count > 10000000)
+                return fail(2, "publish: --count must be 1..10000000");
+        } else {
+            return fail(2, "publish: unknown option %s", a);
+        }
+        i++;
+    }
+    const char *missing = !m.topic ? "--topic" : !m.type ? "--type" : !m.tenant ? "--tenant"
+                          : !m.aggregate_id ? "--aggregate" : !m.payload ? "--payload" : NULL;
+    if (missing)
+        return fail(2, "publish: %s is required", missing);
+    json_object *j = NULL;
+    const char *why = NULL;
+    if (json_parse_strict(m.payload, strlen(m.payload), &j, &why) != 0)
+        return fail(2, "publish: --payload is not valid JSON: %s", why);
+    json_object_put(j);
+    if (!cfg->database_url[0])
+        return fail(2, "publish: DATABASE_URL is not set (the in-memory outbox lives inside `ecom all`)");
+    char *err = NULL;
+    db_t *db = db_open_pg(cfg->database_url, "ecomctl", &err);
+    if (!db) {
+        int rc = fail(1, "cannot connect to postgres: %s", err);
+        free(err);
+        return rc;
+    }
+    char first[UUID_STR_LEN] = "";
+    long done = 0;
+    int rc = 0;
+    while (done < count && rc == 0) {
+        long chunk = count - done < 1000 ? count - done : 1000;
+        if (db_begin(db) != 0) {
+            rc = fail(1, "publish: cannot begin a transaction");
+            break;
+        }
+        for (long k = 0; k < chunk; k++) {
+            char id[UUID_STR_LEN];
+            if (outbox_append(db, &m, id, &why) != 0) {
+                db_rollback(db);
+                rc = fail(strcmp(why, "storage error") == 0 ? 1 : 2, "publish: %s", why);
+                break;
+            }
+            if (!first[0])
+                memcpy(first, id, sizeof id);
+            if (count <= 10)
+                printf("%s\n", id);
+        }
+        if (rc == 0 && db_commit(db) != 0)
+            rc = fail(1, "publish: commit failed");
+        if (rc == 0)
+            done += chunk;
+    }
+    if (rc == 0 && count > 10)
+        printf("appended %ld messages (first id %s)\n", done, first);
+    db_close(db);
+    return rc;
+}
+
+/* ---- status ---- */
+
+static int cmd_status(const config_t *cfg, int argc, char **argv)
+{
+    bool as_json = false;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            as_json = true;
+        else
+            return fail(2, "status: unknown option %s", argv[i]);
+    }
+    if (!cfg->database_url[0] || !cfg->redis_url[0])
+        return fail(2, "status: DATABASE_URL and REDIS_URL must be set (in-memory state lives inside `ecom all`; "
+                       "see its /metrics)");
+    char *err = NULL;
+    db_t *db = db_open_pg(cfg->database_url, "ecomctl", &err);
+    if (!db) {
+        int rc = fail(1, "cannot connect to postgres: %s", err);
+        free(err);
+        return rc;
+    }
+    bus_t *bus = bus_open_redis(cfg->redis_url, &err);
+    if (!bus) {
+        int rc = fail(1, "cannot connect to redis: %s", err);
+        free(err);
+        db_close(db);
+        return rc;
+    }
+    int rc = 0;
+    uint64_t pending = 0, dead = 0;
+    int64_t oldest = 0;
+    json_object *root = json_object_new_object();
+    if (outbox_stats(db, &pending, &oldest, &dead) != 0) {
+        rc = fail(1, "status: cannot read the outbox (run `ecom migrate`?)");
+        goto out;
+    }
+    json_object *jo = json_object_new_object();
+    json_object_object_add(jo, "pending", json_object_new_int64((int64_t)pending));
+    json_object_object_add(jo, "oldest_age_ms", json_object_new_int64(oldest));
+    json_object_object_add(jo, "dead", json_object_new_int64((int64_t)dead));
+    json_object_object_add(root, "outbox", jo);
+
+    char **names = NULL;
+    size_t ns = 0;
+    if (bus_list_streams(bus, &names, &ns) != 0) {
+        rc = fail(1, "status: cannot list streams");
+        goto out;
+    }
+    json_object *js = json_object_new_array();
+    json_object *jd = json_object_new_array();
+    for (size_t i = 0; i < ns; i++) {
+        bus_stream_info_t info;
+        if (bus_stream_info(bus, names[i], &info) != 0) {
+            free(names[i]);
+            continue;
+        }
+        json_object *s = json_object_new_object();
+        json_object_object_add(s, "stream", json_object_new_string(names[i]));
+        json_object_object_add(s, "length", json_object_new_int64((int64_t)info.length));
+        bool dlq = strncmp(names[i], "ecom:dlq:", 9) == 0;
+        if (!dlq) {
+            json_object *gs = json_object_new_array();
+            for (size_t g = 0; g < info.ngroups; g++) {
+                json_object *jg = json_object_new_object();
+                json_object_object_add(jg, "group", json_object_new_string(info.groups[g].name));
+                json_object_object_add(jg, "lag", json_object_new_int64(info.groups[g].lag));
+                json_object_object_add(jg, "pending", json_object_new_int64((int64_t)info.groups[g].pending));
+                json_object_object_add(jg, "consumers", json_object_new_int64((int64_t)info.groups[g].consumers));
+                json_object_array_add(gs, jg);
+            }
+            json_object_object_add(s, "groups", gs);
+        }
+        json_object_array_add(dlq ? jd : js, s);
+        free(names[i]);
+    }
+    free(names);
+    json_object_object_add(root, "streams", js);
+    json_object_object_add(root, "dlq", jd);
+
+    PGresult *r = pg_query(db->pg, "SELECT grp, count(*) FROM bus.inbox GROUP BY grp ORDER BY grp", 0, NULL);
+    json_object *ji = json_object_new_object();
+    for (int i = 0; r && i < PQntuples(r); i++)
+        json_object_object_add(ji, PQgetvalue(r, i, 0), json_object_new_int64(strtoll(PQgetvalue(r, i, 1), NULL, 10)));
+    PQclear(r);
+    json_object_object_add(root, "inbox", ji);
+
+    if (as_json) {
+        printf("%s\n", json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN));
+        goto out;
+    }
+    printf("outbox   pending %llu, oldest %lld ms, dead %llu\n", (unsigned long long)pending, (long long)oldest,
+           (unsigned long long)dead);
+    printf("\n%-32s %10s  %-16s %10s %10s\n", "STREAM", "LENGTH", "GROUP", "LAG", "PENDING");
+    for (size_t i = 0; i < json_object_array_length(js); i++) {
+        json_object *s = json_object_array_get_idx(js, i), *gs, *v;
+        json_object_object_get_ex(s, "groups", &gs);
+        json_object_object_get_ex(s, "length", &v);
+        const char *sn = json_get_str(s, "stream");
+        size_t ng = json_object_array_length(gs);
+        if (ng == 0)
+            printf("%-32s %10lld  %-16s\n", sn, (long long)json_object_get_int64(v), "-");
+        for (size_t g = 0; g < ng; g++) {
+            json_object *jg = json_object_array_get_idx(gs, g), *lag, *pend;
+            json_object_object_get_ex(jg, "lag", &lag);
+            json_object_object_get_ex(jg, "pending", &pend);
+            printf("%-32s %10lld  %-16s %10lld %10lld\n", g ? "" : sn, g ? 0LL : (long long)json_object_get_int64(v),
+                   json_get_str(jg, "group"), (long long)json_object_get_int64(lag),
+                   (long long)json_object_get_int64(pend));
+        }
+    }
+    printf("\n%-32s %10s\n", "DLQ", "LENGTH");
+    for (size_t i = 0; i < json_object_array_length(jd); i++) {
+        json_object *s = json_object_array_get_idx(jd, i), *v;
+        json_object_object_get_ex(s, "length", &v);
+        printf("%-32s %10lld\n", json_get_str(s, "stream"), (long long)json_object_get_int64(v));
+    }
+    printf("\n%-32s %10s\n", "INBOX", "APPLIED");
+    json_object_object_foreach(ji, grp, cnt) printf("%-32s %10lld\n", grp, (long long)json_object_get_int64(cnt));
+out:
+    json_object_put(root);
+    bus_close(bus);
+    db_close(db);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *env_file = NULL;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--env-file") == 0 && i + 1 < argc) {
+            env_file = argv[++i];
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            return fail(2, "unknown option %s (try --help)", argv[i]);
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[i++];
+    config_t cfg;
+    char *errors = NULL;
+    if (config_load(&cfg, env_file, CFG_ROLE_TOOL, &errors) != 0) {
+        char *nl = strchr(errors, '\n');
+        if (nl)
+            *nl = '\0';
+        int rc = fail(2, "configuration: %s", errors);
+        free(errors);
+        config_free(&cfg);
+        return rc;
+    }
+    log_configure(getenv("LOG_LEVEL") ? cfg.log_level : "error", cfg.log_format);
+    log_set_role("ecomctl");
+    outbox_set_max_payload((size_t)cfg.outbox_max_payload);
+    int rc;
+    if (strcmp(cmd, "publish") == 0)
+        rc = cmd_publish(&cfg, argc - i, argv + i);
+    else if (strcmp(cmd, "status") == 0)
+        rc = cmd_status(&cfg, argc - i, argv + i);
+    else
+        rc = fail(2, "unknown command %s (try --help)", cmd);
+    config_free(&cfg);
+    return rc;
+}

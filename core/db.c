@@ -6,6 +6,7 @@
 #include "core/pg.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -82,7 +83,45 @@ int db_ensure(db_t *db)
     PQfinish(db->pg);
     db->pg = c;
     db->in_tx = false;
+    db->prepared = 0;
     return 0;
+}
+
+static const char *stmt_name(int bit, char buf[16])
+{
+    snprintf(buf, 16, "ecom_s%d", bit);
+    return buf;
+}
+
+int db_prepare(db_t *db, int bit, const char *sql, int nparams)
+{
+    ECOM_ASSERT(db->kind == DB_PG && bit >= 0 && bit < DB_STMT_MAX);
+    if (db->prepared & (1ULL << bit))
+        return 0;
+    char name[16];
+    PGresult *r = PQprepare(db->pg, stmt_name(bit, name), sql, nparams, NULL);
+    bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        log_warn("postgres prepare failed: %s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->pg));
+    PQclear(r);
+    if (ok)
+        db->prepared |= 1ULL << bit;
+    return ok ? 0 : -1;
+}
+
+PGresult *db_exec_prepared(db_t *db, int bit, int nparams, const char *const *params)
+{
+    char name[16];
+    PGresult *r = PQexecPrepared(db->pg, stmt_name(bit, name), nparams, params, NULL, NULL, 0);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return r;
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    log_warn("postgres error sqlstate=%s stmt=%s error=%.*s", state ? state : "08000", name,
+             (int)strcspn(r ? PQresultErrorMessage(r) : PQerrorMessage(db->pg), "\n"),
+             r ? PQresultErrorMessage(r) : PQerrorMessage(db->pg));
+    PQclear(r);
+    return NULL;
 }
 
 int db_begin(db_t *db)

@@ -59,7 +59,22 @@ typedef struct db {
     size_t undo_n, undo_cap;
     size_t sp[8]; /* memory savepoint marks (undo lengths) */
     int sp_n;
+    uint64_t prepared; /* PostgreSQL: statements prepared on this connection (bits) */
 } db_t;
+
+/* Prepared statements, one bit each, prepared once per connection. */
+enum {
+    DB_STMT_OUTBOX_APPEND,
+    DB_STMT_OUTBOX_APPEND_NOTIFY,
+    DB_STMT_OUTBOX_FETCH,
+    DB_STMT_OUTBOX_DELETE,
+    DB_STMT_OUTBOX_ARCHIVE,
+    DB_STMT_INBOX_ONE,
+    DB_STMT_INBOX_BATCH,
+    DB_STMT_ANALYTICS_ONE,
+    DB_STMT_ANALYTICS_BATCH,
+    DB_STMT_MAX = 64
+};
 
 memstore_t *memstore_new(void);
 void memstore_free(memstore_t *m);
@@ -70,6 +85,11 @@ db_t *db_open_memory(memstore_t *m);
 void db_close(db_t *db);
 /* PostgreSQL: reconnects when the connection is gone. 0 when usable. */
 int db_ensure(db_t *db) __attribute__((warn_unused_result));
+
+/* Prepares statement `bit` on this connection the first time; 0 when ready. */
+int db_prepare(db_t *db, int bit, const char *sql, int nparams) __attribute__((warn_unused_result));
+/* Executes prepared statement `bit` (text params); result as pg_query. */
+PGresult *db_exec_prepared(db_t *db, int bit, int nparams, const char *const *params);
 
 int db_begin(db_t *db) __attribute__((warn_unused_result));
 int db_commit(db_t *db) __attribute__((warn_unused_result));

@@ -73,6 +73,8 @@ const char *test_pg_db(const char *name, bool migrate)
         die(err);
     char db[96];
     snprintf(db, sizeof db, "t_%s_%d", name, (int)getpid());
+    if (pg_exec(c, "SET client_min_messages = warning") != 0)
+        die("set failed");
     char *sql = xasprintf("DROP DATABASE IF EXISTS %s", db);
     if (pg_exec(c, sql) != 0)
         die("drop database failed");

@@ -1,0 +1,427 @@
+/* bus/outbox.c: see outbox.h. PostgreSQL statements and the memory tables. */
+#include "bus/outbox.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/pg.h"
+#include "core/strmap.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static size_t max_payload = 256 * 1024;
+static _Atomic int64_t last_notify_ms;
+#define NOTIFY_EVERY_MS 2 /* at most one wake-up hint per process per 2 ms */
+
+void outbox_set_max_payload(size_t n)
+{
+    max_payload = n;
+}
+
+int outbox_partition_of(const char *tenant, const char *aggregate_id)
+{
+    uint32_t h = 2166136261u; /* FNV-1a over tenant \0 aggregate */
+    for (const char *p = tenant; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    h *= 16777619u;
+    for (const char *p = aggregate_id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return (int)(h % OUTBOX_PARTITIONS);
+}
+
+/* ---- memory tables ---- */
+
+typedef struct mem_outbox {
+    outbox_row_t *rows;
+    size_t head, n, cap; /* live rows are rows[head .. head+n) */
+    int64_t next_pos;
+    strmap_t seq; /* tenant \0 aggregate -> seq (as intptr) */
+    uint64_t appended;
+    uint64_t dead;
+} mem_outbox_t;
+
+static void *mem_make(void)
+{
+    mem_outbox_t *m = xcalloc(1, sizeof *m);
+    strmap_init(&m->seq);
+    m->next_pos = 1;
+    return m;
+}
+
+static void mem_free(void *p)
+{
+    mem_outbox_t *m = p;
+    for (size_t i = 0; i < m->n; i++)
+        envelope_clear(&m->rows[m->head + i].env);
+    free(m->rows);
+    strmap_free(&m->seq);
+    free(m);
+}
+
+static mem_outbox_t *mem(db_t *db)
+{
+    return db_mem_slot(db, MEM_SLOT_OUTBOX, mem_make, mem_free);
+}
+
+typedef struct mem_undo {
+    mem_outbox_t *m;
+    char key[2 * ENV_NAME_MAX + 2];
+    size_t klen;
+} mem_undo_t;
+
+static void undo_append(void *arg)
+{
+    mem_undo_t *u = arg;
+    mem_outbox_t *m = u->m;
+    ECOM_ASSERT(m->n > 0);
+    envelope_clear(&m->rows[m->head + m->n - 1].env);
+    m->n--;
+    m->next_pos--;
+    m->appended--;
+    void **seq = strmap_get(&m->seq, u->key, u->klen);
+    if (seq && (intptr_t)*seq > 1)
+        *seq = (void *)((intptr_t)*seq - 1);
+    else if (seq)
+        strmap_del(&m->seq, u->key, u->klen, NULL);
+    free(u);
+}
+
+static int mem_append(db_t *tx, const outbox_msg_t *msg, const char *id)
+{
+    mem_outbox_t *m = mem(tx);
+    mem_undo_t *u = xmalloc(sizeof *u);
+    u->m = m;
+    size_t tl = strlen(msg->tenant), al = strlen(msg->aggregate_id);
+    memcpy(u->key, msg->tenant, tl + 1);
+    memcpy(u->key + tl + 1, msg->aggregate_id, al);
+    u->klen = tl + 1 + al;
+    void **seq = strmap_put(&m->seq, u->key, u->klen, NULL);
+    *seq = (void *)((intptr_t)*seq + 1);
+
+    if (m->head + m->n == m->cap) {
+        if (m->head > m->cap / 2) {
+            memmove(m->rows, m->rows + m->head, m->n * sizeof *m->rows);
+            m->head = 0;
+        } else {
+            m->cap = m->cap ? m->cap * 2 : 256;
+            m->rows = xrealloc(m->rows, m->cap * sizeof *m->rows);
+        }
+    }
+    outbox_row_t *r = &m->rows[m->head + m->n++];
+    memset(r, 0, sizeof *r);
+    r->pos = m->next_pos++;
+    r->partition = outbox_partition_of(msg->tenant, msg->aggregate_id);
+    envelope_t src = {.type = (char *)msg->type,
+                      .topic = (char *)msg->topic,
+                      .tenant = (char *)msg->tenant,
+                      .aggregate_id = (char *)msg->aggregate_id,
+                      .seq = (intptr_t)*seq,
+                      .ts = clock_now_ms(),
+                      .v = 1,
+                      .traceparent = (char *)msg->traceparent,
+                      .request_id = (char *)msg->request_id,
+                      .payload = (char *)msg->payload};
+    memcpy(src.id, id, UUID_STR_LEN);
+    envelope_copy(&r->env, &src);
+    m->appended++;
+    db_mem_undo(tx, undo_append, u, free);
+    return 0;
+}
+
+/* ---- append ---- */
+
+static const char sql_append[] =
+    "WITH s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq) VALUES ($3, $4, 1)"
+    " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + 1 RETURNING seq)"
+    " INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"
+    " request_id, payload) SELECT $1, $2, $3, $4, $5, $6, s.seq, $7, $8, $9, $10 FROM s";
+static const char sql_append_notify[] =
+    "WITH s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq) VALUES ($3, $4, 1)"
+    " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + 1 RETURNING seq),"
+    " i AS (INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"
+    " request_id, payload) SELECT $1, $2, $3, $4, $5, $6, s.seq, $7, $8, $9, $10 FROM s RETURNING 1)"
+    " SELECT pg_notify('ecom_outbox', '') FROM i";
+
+int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], const char **why)
+{
+    ECOM_ASSERT(tx->in_tx);
+    if (!m->topic || !envelope_name_valid(m->topic) || !m->type || !envelope_name_valid(m->type) ||
+        !m->tenant || !envelope_name_valid(m->tenant)) {
+        *why = "topic, type and tenant must match [A-Za-z0-9._:-]{1,128}";
+        return -1;
+    }
+    if (!m->aggregate_id || !m->aggregate_id[0] || strlen(m->aggregate_id) > 256) {
+        *why = "aggregate_id must be 1..256 bytes";
+        return -1;
+    }
+    if (!m->payload || strlen(m->payload) > max_payload) {
+        *why = m->payload ? "payload larger than OUTBOX_MAX_PAYLOAD" : "payload missing";
+        return -1;
+    }
+    char id[UUID_STR_LEN];
+    uuid_v7(id);
+    if (tx->kind == DB_MEMORY) {
+        if (mem_append(tx, m, id) != 0)
+            goto fail;
+    } else {
+        int64_t now = clock_now_ms();
+        int64_t last = atomic_load_explicit(&last_notify_ms, memory_order_relaxed);
+        bool notify = now - last >= NOTIFY_EVERY_MS &&
+                      atomic_compare_exchange_strong(&last_notify_ms, &last, now);
+        int stmt = notify ? DB_STMT_OUTBOX_APPEND_NOTIFY : DB_STMT_OUTBOX_APPEND;
+        if (db_prepare(tx, stmt, notify ? sql_append_notify : sql_append, 10) != 0)
+            goto fail;
+        char part[8], ts[24];
+        snprintf(part, sizeof part, "%d", outbox_partition_of(m->tenant, m->aggregate_id));
+        snprintf(ts, sizeof ts, "%lld", (long long)now);
+        const char *p[] = {id,          part,           m->tenant, m->aggregate_id,
+                           m->topic,    m->type,        ts,        m->traceparent ? m->traceparent : "",
+                           m->request_id ? m->request_id : "", m->payload};
+        PGresult *r = db_exec_prepared(tx, stmt, 10, p);
+        if (!r)
+            goto fail;
+        PQclear(r);
+    }
+    if (id_out)
+        memcpy(id_out, id, UUID_STR_LEN);
+    return 0;
+fail:
+    *why = "storage error";
+    return -1;
+}
+
+/* ---- drain side ---- */
+
+static const char sql_fetch[] =
+    "SELECT pos, partition, attempts, id, type, topic, tenant, aggregate_id, seq, ts, v, traceparent,"
+    " request_id, payload FROM bus.outbox WHERE partition = ANY($1::smallint[]) ORDER BY pos LIMIT $2";
+
+static char *int_array(const void *vals, size_t n, bool is64)
+{
+    size_t cap = n * 21 + 3, len = 0;
+    char *s = xmalloc(cap);
+    s[len++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        long long v = is64 ? (long long)((const int64_t *)vals)[i] : (long long)((const int *)vals)[i];
+        len += (size_t)snprintf(s + len, cap - len, i ? ",%lld" : "%lld", v);
+    }
+    s[len++] = '}';
+    s[len] = '\0';
+    return s;
+}
+
+int outbox_fetch(db_t *db, const int *parts, size_t nparts, size_t limit, outbox_row_t **rows, size_t *n)
+{
+    *rows = NULL;
+    *n = 0;
+    if (db->kind == DB_MEMORY) {
+        if (db_begin(db) != 0)
+            return -1;
+        mem_outbox_t *m = mem(db);
+        size_t k = m->n < limit ? m->n : limit;
+        outbox_row_t *out = xcalloc(k + 1, sizeof *out);
+        for (size_t i = 0; i < k; i++) {
+            const outbox_row_t *src = &m->rows[m->head + i];
+            out[i].pos = src->pos;
+            out[i].partition = src->partition;
+            out[i].attempts = src->attempts;
+            envelope_copy(&out[i].env, &src->env);
+        }
+        if (db_commit(db) != 0) {
+            outbox_rows_free(out, k);
+            return -1;
+        }
+        *rows = out;
+        *n = k;
+        return 0;
+    }
+    if (db_prepare(db, DB_STMT_OUTBOX_FETCH, sql_fetch, 2) != 0)
+        return -1;
+    char *arr = int_array(parts, nparts, false);
+    char lim[24];
+    snprintf(lim, sizeof lim, "%zu", limit);
+    const char *p[] = {arr, lim};
+    PGresult *r = db_exec_prepared(db, DB_STMT_OUTBOX_FETCH, 2, p);
+    free(arr);
+    if (!r)
+        return -1;
+    int nt = PQntuples(r);
+    outbox_row_t *out = xcalloc((size_t)nt + 1, sizeof *out);
+    for (int i = 0; i < nt; i++) {
+        outbox_row_t *o = &out[i];
+        o->pos = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+        o->partition = atoi(PQgetvalue(r, i, 1));
+        o->attempts = atoi(PQgetvalue(r, i, 2));
+        snprintf(o->env.id, sizeof o->env.id, "%s", PQgetvalue(r, i, 3));
+        o->env.type = xstrdup(PQgetvalue(r, i, 4));
+        o->env.topic = xstrdup(PQgetvalue(r, i, 5));
+        o->env.tenant = xstrdup(PQgetvalue(r, i, 6));
+        o->env.aggregate_id = xstrdup(PQgetvalue(r, i, 7));
+        o->env.seq = strtoll(PQgetvalue(r, i, 8), NULL, 10);
+        o->env.ts = strtoll(PQgetvalue(r, i, 9), NULL, 10);
+        o->env.v = atoi(PQgetvalue(r, i, 10));
+        o->env.traceparent = xstrdup(PQgetvalue(r, i, 11));
+        o->env.request_id = xstrdup(PQgetvalue(r, i, 12));
+        o->env.payload = xstrndup(PQgetvalue(r, i, 13), (size_t)PQgetlength(r, i, 13));
+    }
+    PQclear(r);
+    *rows = out;
+    *n = (size_t)nt;
+    return 0;
+}
+
+static const char sql_delete[] = "DELETE FROM bus.outbox WHERE pos = ANY($1::bigint[])";
+static const char sql_archive[] =
+    "WITH d AS (DELETE FROM bus.outbox WHERE pos = ANY($1::bigint[]) RETURNING *)"
+    " INSERT INTO bus.outbox_published (pos, id, partition, topic, type, tenant, aggregate_id, seq, ts, v,"
+    " traceparent, request_id, payload) SELECT pos, id, partition, topic, type, tenant, aggregate_id, seq,"
+    " ts, v, traceparent, request_id, payload FROM d ON CONFLICT (pos) DO NOTHING";
+
+static void mem_remove(mem_outbox_t *m, int64_t pos)
+{
+    /* rows are published oldest first: the row is almost always at the head */
+    for (size_t i = 0; i < m->n; i++) {
+        outbox_row_t *r = &m->rows[m->head + i];
+        if (r->pos != pos)
+            continue;
+        envelope_clear(&r->env);
+        if (i == 0) {
+            m->head++;
+        } else {
+            memmove(r, r + 1, (m->n - i - 1) * sizeof *r);
+        }
+        m->n--;
+        if (m->n == 0)
+            m->head = 0;
+        return;
+    }
+}
+
+int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool archive)
+{
+    if (n == 0)
+        return 0;
+    if (db->kind == DB_MEMORY) {
+        if (db_begin(db) != 0)
+            return -1;
+        mem_outbox_t *m = mem(db);
+        for (size_t i = 0; i < n; i++)
+            mem_remove(m, rows[i].pos);
+        return db_commit(db);
+    }
+    int stmt = archive ? DB_STMT_OUTBOX_ARCHIVE : DB_STMT_OUTBOX_DELETE;
+    if (db_prepare(db, stmt, archive ? sql_archive : sql_delete, 1) != 0)
+        return -1;
+    int64_t *pos = xmalloc(n * sizeof *pos);
+    for (size_t i = 0; i < n; i++)
+        pos[i] = rows[i].pos;
+    char *arr = int_array(pos, n, true);
+    free(pos);
+    const char *p[] = {arr};
+    PGresult *r = db_exec_prepared(db, stmt, 1, p);
+    free(arr);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
+int outbox_mark_failed(db_t *db, const outbox_row_t *row, const char *error, bool dead)
+{
+    if (db->kind == DB_MEMORY) {
+        if (db_begin(db) != 0)
+            return -1;
+        mem_outbox_t *m = mem(db);
+        if (dead) {
+            mem_remove(m, row->pos);
+            m->dead++;
+            log_error("outbox row moved to the dead list msg_id=%s error=%s", row->env.id, error);
+        } else {
+            for (size_t i = 0; i < m->n; i++)
+                if (m->rows[m->head + i].pos == row->pos)
+                    m->rows[m->head + i].attempts++;
+        }
+        return db_commit(db);
+    }
+    char pos[24];
+    snprintf(pos, sizeof pos, "%lld", (long long)row->pos);
+    const char *p[] = {pos, error};
+    PGresult *r =
+        dead ? pg_query(db->pg,
+                        "WITH d AS (DELETE FROM bus.outbox WHERE pos = $1 RETURNING *)"
+                        " INSERT INTO bus.outbox_dead (pos, id, partition, topic, type, tenant, aggregate_id, seq,"
+                        " ts, v, traceparent, request_id, payload, error) SELECT pos, id, partition, topic, type,"
+                        " tenant, aggregate_id, seq, ts, v, traceparent, request_id, payload, $2 FROM d",
+                        2, p)
+             : pg_query(db->pg, "UPDATE bus.outbox SET attempts = attempts + 1 WHERE pos = $1", 1, p);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
+int outbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
+{
+    *deleted = 0;
+    if (db->kind == DB_MEMORY)
+        return 0; /* memory keeps no published window */
+    char secs[24], lim[24];
+    snprintf(secs, sizeof secs, "%lld", (long long)retain_s);
+    snprintf(lim, sizeof lim, "%zu", limit);
+    const char *p[] = {secs, lim};
+    PGresult *r = pg_query(db->pg,
+                           "DELETE FROM bus.outbox_published WHERE pos IN (SELECT pos FROM bus.outbox_published"
+                           " WHERE published_at < now() - make_interval(secs => $1::double precision)"
+                           " ORDER BY published_at LIMIT $2)",
+                           2, p);
+    if (!r)
+        return -1;
+    *deleted = (size_t)strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return 0;
+}
+
+int outbox_stats(db_t *db, uint64_t *pending, int64_t *oldest_ms, uint64_t *dead)
+{
+    if (db->kind == DB_MEMORY) {
+        if (db_begin(db) != 0)
+            return -1;
+        mem_outbox_t *m = mem(db);
+        *pending = m->n;
+        *oldest_ms = m->n ? clock_now_ms() - m->rows[m->head].env.ts : 0;
+        *dead = m->dead;
+        return db_commit(db);
+    }
+    PGresult *r = pg_query(db->pg,
+                           "SELECT (SELECT count(*) FROM bus.outbox),"
+                           " coalesce((extract(epoch FROM now()) * 1000)::bigint - (SELECT min(ts) FROM bus.outbox), 0),"
+                           " (SELECT count(*) FROM bus.outbox_dead)",
+                           0, NULL);
+    if (!r)
+        return -1;
+    *pending = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    *oldest_ms = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+    *dead = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    PQclear(r);
+    return 0;
+}
+
+void outbox_rows_free(outbox_row_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        envelope_clear(&rows[i].env);
+    free(rows);
+}
+
+uint64_t outbox_memory_appended(db_t *db)
+{
+    if (db_begin(db) != 0)
+        return 0;
+    uint64_t n = mem(db)->appended;
+    if (db_commit(db) != 0)
+        return 0;
+    return n;
+}

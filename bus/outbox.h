@@ -1,0 +1,70 @@
+/* bus/outbox.h: the producing and draining sides of the transactional outbox.
+ *
+ * outbox_append writes one message inside the caller's open transaction (a
+ * db_t after db_begin): the message becomes visible to the drainer exactly
+ * when the caller's write commits. Writers of one (tenant, aggregate) are
+ * serialised by its sequence row, so the outbox position follows commit order
+ * within an aggregate and every message carries its per-aggregate seq.
+ * Rows live in partition hash(tenant, aggregate) % OUTBOX_PARTITIONS; each
+ * partition is drained by one drainer at a time (outbox-worker/drain.h).
+ * Owns: nothing beyond the rows it returns (outbox_rows_free). */
+#ifndef ECOM_OUTBOX_H
+#define ECOM_OUTBOX_H
+
+#include "bus/envelope.h"
+#include "core/db.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define OUTBOX_PARTITIONS 64
+
+typedef struct outbox_msg {
+    const char *topic;
+    const char *type;
+    const char *tenant;
+    const char *aggregate_id;
+    const char *traceparent; /* NULL or "" when none */
+    const char *request_id;  /* NULL or "" when none */
+    const char *payload;     /* JSON text */
+} outbox_msg_t;
+
+typedef struct outbox_row {
+    int64_t pos;
+    int partition;
+    int attempts;
+    envelope_t env;
+} outbox_row_t;
+
+/* Largest payload accepted (bytes); default 256 KiB. */
+void outbox_set_max_payload(size_t n);
+int outbox_partition_of(const char *tenant, const char *aggregate_id);
+
+/* Appends inside the open transaction tx. Invalid names or an oversized
+ * payload: -1 with *why set (static text) and nothing written; a database
+ * failure: -1 with *why "storage error". id_out (optional) gets the UUIDv7. */
+int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], const char **why)
+    __attribute__((warn_unused_result));
+
+/* Drain side. Oldest rows first from the given partitions (memory: all).
+ * Not in a transaction. *rows owned by the caller (outbox_rows_free). */
+int outbox_fetch(db_t *db, const int *parts, size_t nparts, size_t limit, outbox_row_t **rows, size_t *n)
+    __attribute__((warn_unused_result));
+/* Removes published rows (keeping them in bus.outbox_published when archive). */
+int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool archive)
+    __attribute__((warn_unused_result));
+/* A row that cannot be published: count the attempt, or after too many move
+ * it to bus.outbox_dead with the error. */
+int outbox_mark_failed(db_t *db, const outbox_row_t *row, const char *error, bool dead)
+    __attribute__((warn_unused_result));
+/* Deletes at most limit archived rows older than retain_s; *deleted set. */
+int outbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted) __attribute__((warn_unused_result));
+/* Pending rows and the age of the oldest (ms, 0 when none). */
+int outbox_stats(db_t *db, uint64_t *pending, int64_t *oldest_ms, uint64_t *dead) __attribute__((warn_unused_result));
+void outbox_rows_free(outbox_row_t *rows, size_t n);
+
+/* Memory store only: the number of rows ever appended (tests). */
+uint64_t outbox_memory_appended(db_t *db);
+
+#endif

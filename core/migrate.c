@@ -1,0 +1,184 @@
+/* core/migrate.c: see migrate.h. */
+#include "core/migrate.h"
+
+#include "core/alloc.h"
+#include "core/pg.h"
+
+#include <ctype.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LOCK_KEY "1162104654, 1" /* 'ECOM'+1: migrations */
+
+static const char *const parts_all[] = {"bus", "gateway", "auth", "payment", "notification", "analytics", NULL};
+static const char *const parts_payment[] = {"bus", "payment", NULL};
+static const char *const parts_notification[] = {"bus", "notification", NULL};
+static const char *const parts_analytics[] = {"bus", "analytics", NULL};
+static const char *const parts_gateway[] = {"bus", "gateway", "auth", "analytics", NULL};
+static const char *const parts_bus[] = {"bus", NULL};
+
+const char *const *migrate_parts_for(const char *service)
+{
+    static const struct {
+        const char *name;
+        const char *const *parts;
+    } map[] = {{"payment", parts_payment},     {"notification", parts_notification},
+               {"analytics", parts_analytics}, {"gateway", parts_gateway},
+               {"outbox-worker", parts_bus},   {"all", parts_all}};
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(map); i++)
+        if (strcmp(map[i].name, service) == 0)
+            return map[i].parts;
+    return NULL;
+}
+
+static bool wanted(const char *const *parts, const char *part)
+{
+    if (!parts)
+        return true;
+    for (; *parts; parts++)
+        if (strcmp(*parts, part) == 0)
+            return true;
+    return false;
+}
+
+static void sha256_hex(const char *s, char out[65])
+{
+    unsigned char md[32];
+    unsigned int n = 0;
+    EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
+    for (unsigned i = 0; i < 32; i++)
+        sprintf(out + 2 * i, "%02x", md[i]);
+}
+
+static bool name_ok(const char *n)
+{
+    size_t len = strlen(n);
+    return len > 8 && isdigit((unsigned char)n[0]) && isdigit((unsigned char)n[1]) &&
+           isdigit((unsigned char)n[2]) && n[3] == '_' && strcmp(n + len - 4, ".sql") == 0;
+}
+
+/* Order of application: the parts in parts_all order, then file name. */
+static int part_rank(const char *part)
+{
+    for (int i = 0; parts_all[i]; i++)
+        if (strcmp(parts_all[i], part) == 0)
+            return i;
+    return 100;
+}
+
+static int cmp_files(const void *a, const void *b)
+{
+    const migration_file_t *x = *(migration_file_t *const *)a, *y = *(migration_file_t *const *)b;
+    int d = part_rank(x->part) - part_rank(y->part);
+    return d ? d : strcmp(x->name, y->name);
+}
+
+int migrate_run(const char *url, const char *const *parts, bool check_only, FILE *out, FILE *err)
+{
+    int rc = -1;
+    char *cerr = NULL;
+    PGconn *c = pg_connect(url, "ecom-migrate", &cerr);
+    const migration_file_t **files = NULL;
+    PGresult *applied = NULL;
+    if (!c) {
+        fprintf(err, "migrate: cannot connect: %s\n", cerr);
+        free(cerr);
+        return -1;
+    }
+    size_t n = 0;
+    for (const migration_file_t *f = migration_files; f->part; f++)
+        n++;
+    files = xcalloc(n + 1, sizeof *files);
+    size_t nf = 0;
+    int problems = 0;
+    for (const migration_file_t *f = migration_files; f->part; f++) {
+        if (!wanted(parts, f->part))
+            continue;
+        if (!name_ok(f->name)) {
+            fprintf(err, "migrate: %s/%s: file names must look like NNN_name.sql\n", f->part, f->name);
+            problems++;
+        }
+        files[nf++] = f;
+    }
+    if (problems)
+        goto out;
+    qsort(files, nf, sizeof *files, cmp_files);
+
+    if (pg_exec(c, "SET client_min_messages = warning") != 0 ||
+        pg_exec(c, "SELECT pg_advisory_lock(" LOCK_KEY ")") != 0 ||
+        pg_exec(c, "CREATE TABLE IF NOT EXISTS public.ecom_migrations ("
+                   " part text NOT NULL, name text NOT NULL, checksum text NOT NULL,"
+                   " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (part, name))") != 0) {
+        fprintf(err, "migrate: %s", PQerrorMessage(c));
+        goto out;
+    }
+    applied = pg_query(c, "SELECT part, name, checksum FROM public.ecom_migrations", 0, NULL);
+    if (!applied) {
+        fprintf(err, "migrate: cannot read public.ecom_migrations\n");
+        goto out;
+    }
+    int pending = 0;
+    bool *todo = xcalloc(nf + 1, sizeof *todo);
+    for (size_t i = 0; i < nf; i++) {
+        char sum[65];
+        sha256_hex(files[i]->sql, sum);
+        bool found = false;
+        for (int r = 0; r < PQntuples(applied); r++) {
+            if (strcmp(PQgetvalue(applied, r, 0), files[i]->part) || strcmp(PQgetvalue(applied, r, 1), files[i]->name))
+                continue;
+            found = true;
+            if (strcmp(PQgetvalue(applied, r, 2), sum) != 0) {
+                fprintf(err, "migrate: %s/%s was edited after it was applied (checksum %.12s…, applied %.12s…)\n",
+                        files[i]->part, files[i]->name, sum, PQgetvalue(applied, r, 2));
+                problems++;
+            }
+        }
+        if (!found) {
+            todo[i] = true;
+            pending++;
+        }
+    }
+    if (problems) {
+        free(todo);
+        goto out;
+    }
+    if (check_only) {
+        for (size_t i = 0; i < nf; i++)
+            if (todo[i])
+                fprintf(out, "pending %s/%s\n", files[i]->part, files[i]->name);
+        fprintf(out, "%d pending\n", pending);
+        free(todo);
+        rc = pending ? 1 : 0;
+        goto out;
+    }
+    for (size_t i = 0; i < nf; i++) {
+        if (!todo[i])
+            continue;
+        char sum[65];
+        sha256_hex(files[i]->sql, sum);
+        const char *params[] = {files[i]->part, files[i]->name, sum};
+        PGresult *r = NULL;
+        if (pg_exec(c, "BEGIN") != 0 || pg_exec(c, files[i]->sql) != 0 ||
+            !(r = pg_query(c, "INSERT INTO public.ecom_migrations (part, name, checksum) VALUES ($1, $2, $3)", 3,
+                           params)) ||
+            pg_exec(c, "COMMIT") != 0) {
+            fprintf(err, "migrate: %s/%s failed: %s", files[i]->part, files[i]->name, PQerrorMessage(c));
+            PQclear(r);
+            if (pg_exec(c, "ROLLBACK") != 0)
+                fprintf(err, "migrate: rollback failed\n");
+            free(todo);
+            goto out;
+        }
+        PQclear(r);
+        fprintf(out, "applied %s/%s\n", files[i]->part, files[i]->name);
+    }
+    fprintf(out, "migrations up to date (%d applied now, %zu total)\n", pending, nf);
+    free(todo);
+    rc = 0;
+out:
+    PQclear(applied);
+    free(files);
+    PQfinish(c);
+    return rc;
+}

@@ -1,0 +1,99 @@
+/* http-gateway/problem.c: see problem.h. */
+#include "http-gateway/problem.h"
+
+#include "core/alloc.h"
+#include "core/json.h"
+
+#include <event2/buffer.h>
+#include <stdlib.h>
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 423: return "Locked";
+    case 424: return "Failed Dependency";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    case 507: return "Insufficient Storage";
+    case 508: return "Loop Detected";
+    case 511: return "Network Authentication Required";
+    default: return "Unknown Status";
+    }
+}
+
+static void member(struct evbuffer *out, const char *name, const char *value)
+{
+    if (!value)
+        return;
+    evbuffer_add_printf(out, ",\"%s\":", name);
+    json_buf_str(out, value);
+}
+
+void problem_render(struct evbuffer *out, int status, const char *type_slug, const char *title,
+                    const char *detail, const char *instance, const char *request_id,
+                    const char *trace_id)
+{
+    ECOM_ASSERT(status >= 100 && status <= 599);
+    evbuffer_add(out, "{\"type\":", 8);
+    if (type_slug) {
+        char *uri = xasprintf("%s%s", PROBLEM_TYPE_BASE, type_slug);
+        json_buf_str(out, uri);
+        free(uri);
+    } else {
+        json_buf_str(out, "about:blank");
+    }
+    evbuffer_add(out, ",\"title\":", 9);
+    json_buf_str(out, title ? title : http_reason(status));
+    evbuffer_add_printf(out, ",\"status\":%d", status);
+    member(out, "detail", detail);
+    member(out, "instance", instance);
+    member(out, "requestId", request_id);
+    member(out, "traceId", trace_id);
+    evbuffer_add(out, "}", 1);
+}

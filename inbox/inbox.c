@@ -1,0 +1,184 @@
+/* inbox/inbox.c: see inbox.h. */
+#include "inbox/inbox.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/pg.h"
+#include "core/strmap.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- memory table: group \0 id -> received ms ---- */
+
+typedef struct mem_inbox {
+    strmap_t ids;
+} mem_inbox_t;
+
+static void *mem_make(void)
+{
+    mem_inbox_t *m = xcalloc(1, sizeof *m);
+    strmap_init(&m->ids);
+    return m;
+}
+
+static void mem_free(void *p)
+{
+    mem_inbox_t *m = p;
+    strmap_free(&m->ids);
+    free(m);
+}
+
+typedef struct undo {
+    mem_inbox_t *m;
+    size_t klen;
+    char key[];
+} undo_t;
+
+static void undo_record(void *arg)
+{
+    undo_t *u = arg;
+    strmap_del(&u->m->ids, u->key, u->klen, NULL);
+    free(u);
+}
+
+static int mem_record(db_t *tx, const char *group, const char *id)
+{
+    mem_inbox_t *m = db_mem_slot(tx, MEM_SLOT_INBOX, mem_make, mem_free);
+    size_t gl = strlen(group), il = strlen(id);
+    undo_t *u = xmalloc(sizeof *u + gl + il + 1);
+    memcpy(u->key, group, gl + 1);
+    memcpy(u->key + gl + 1, id, il);
+    u->klen = gl + 1 + il;
+    u->m = m;
+    bool created;
+    void **v = strmap_put(&m->ids, u->key, u->klen, &created);
+    if (!created) {
+        free(u);
+        return 0;
+    }
+    *v = (void *)(intptr_t)clock_now_ms();
+    db_mem_undo(tx, undo_record, u, free);
+    return 1;
+}
+
+int inbox_record(db_t *tx, const char *group, const char *msg_id)
+{
+    if (tx->kind == DB_MEMORY)
+        return mem_record(tx, group, msg_id);
+    if (db_prepare(tx, DB_STMT_INBOX_ONE,
+                   "INSERT INTO bus.inbox (grp, id) VALUES ($1, $2) ON CONFLICT DO NOTHING", 2) != 0)
+        return -1;
+    const char *p[] = {group, msg_id};
+    PGresult *r = db_exec_prepared(tx, DB_STMT_INBOX_ONE, 2, p);
+    if (!r)
+        return -1;
+    int added = atoi(PQcmdTuples(r));
+    PQclear(r);
+    return added == 1 ? 1 : 0;
+}
+
+int inbox_record_batch(db_t *tx, const char *group, const char *const *ids, size_t n, bool *is_new)
+{
+    if (tx->kind == DB_MEMORY) {
+        for (size_t i = 0; i < n; i++)
+            is_new[i] = mem_record(tx, group, ids[i]) == 1;
+        return 0;
+    }
+    if (db_prepare(tx, DB_STMT_INBOX_BATCH,
+                   "INSERT INTO bus.inbox (grp, id) SELECT $1, unnest($2::uuid[])"
+                   " ON CONFLICT DO NOTHING RETURNING id",
+                   2) != 0)
+        return -1;
+    char *arr = xmalloc(n * 37 + 3);
+    size_t len = 0;
+    arr[len++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            arr[len++] = ',';
+        memcpy(arr + len, ids[i], 36);
+        len += 36;
+    }
+    arr[len++] = '}';
+    arr[len] = '\0';
+    const char *p[] = {group, arr};
+    PGresult *r = db_exec_prepared(tx, DB_STMT_INBOX_BATCH, 2, p);
+    free(arr);
+    if (!r)
+        return -1;
+    /* RETURNING gives the new ids; mark them (ids are few hundred: a map keeps it linear) */
+    strmap_t fresh;
+    strmap_init(&fresh);
+    for (int i = 0; i < PQntuples(r); i++)
+        strmap_put(&fresh, PQgetvalue(r, i, 0), 36, NULL);
+    for (size_t i = 0; i < n; i++) {
+        char low[37];
+        for (int k = 0; k < 36; k++)
+            low[k] = (char)((ids[i][k] >= 'A' && ids[i][k] <= 'F') ? ids[i][k] + 32 : ids[i][k]);
+        low[36] = '\0';
+        void **v = strmap_get(&fresh, low, 36);
+        is_new[i] = v != NULL;
+        if (v) /* a duplicate id inside one batch counts once */
+            strmap_del(&fresh, low, 36, NULL);
+    }
+    strmap_free(&fresh);
+    PQclear(r);
+    return 0;
+}
+
+int inbox_count(db_t *db, const char *group, uint64_t *n)
+{
+    *n = 0;
+    if (db->kind == DB_MEMORY) {
+        if (db_begin(db) != 0)
+            return -1;
+        mem_inbox_t *m = db_mem_slot(db, MEM_SLOT_INBOX, mem_make, mem_free);
+        size_t gl = strlen(group);
+        const char *k;
+        size_t kl;
+        for (size_t i = 0; strmap_next(&m->ids, &i, &k, &kl, NULL);)
+            if (kl > gl && memcmp(k, group, gl + 1) == 0)
+                (*n)++;
+        return db_commit(db);
+    }
+    const char *p[] = {group};
+    PGresult *r = pg_query(db->pg, "SELECT count(*) FROM bus.inbox WHERE grp = $1", 1, p);
+    if (!r)
+        return -1;
+    *n = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return 0;
+}
+
+int inbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
+{
+    *deleted = 0;
+    if (db->kind == DB_MEMORY) {
+        if (db_begin(db) != 0)
+            return -1;
+        mem_inbox_t *m = db_mem_slot(db, MEM_SLOT_INBOX, mem_make, mem_free);
+        int64_t cutoff = clock_now_ms() - retain_s * 1000;
+        const char *k;
+        size_t kl;
+        void *v;
+        for (size_t i = 0; *deleted < limit && strmap_next(&m->ids, &i, &k, &kl, &v);)
+            if ((intptr_t)v < cutoff && strmap_del(&m->ids, k, kl, NULL))
+                (*deleted)++;
+        return db_commit(db);
+    }
+    char secs[24], lim[24];
+    snprintf(secs, sizeof secs, "%lld", (long long)retain_s);
+    snprintf(lim, sizeof lim, "%zu", limit);
+    const char *p[] = {secs, lim};
+    PGresult *r = pg_query(db->pg,
+                           "DELETE FROM bus.inbox WHERE (grp, id) IN (SELECT grp, id FROM bus.inbox"
+                           " WHERE received_at < now() - make_interval(secs => $1::double precision)"
+                           " ORDER BY received_at LIMIT $2)",
+                           2, p);
+    if (!r)
+        return -1;
+    *deleted = (size_t)strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return 0;
+}

@@ -1,0 +1,341 @@
+/* outbox-worker/drain.c: see drain.h. */
+#include "outbox-worker/drain.h"
+
+#include "bus/outbox.h"
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/health.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/pg.h"
+
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LOCK_PARTITION 1162104653 /* 'ECOM': advisory lock class of partitions */
+#define LOCK_MEMBER 1162104656    /* drainer membership slots */
+#define REBALANCE_MS 1000
+#define BACKOFF_MAX_MS 5000
+
+typedef struct drainer {
+    const drain_opts_t *o;
+    atomic_bool *stop;
+    db_t *db;
+    bus_t *bus;
+    bool held[OUTBOX_PARTITIONS];
+    int nheld;
+    int member; /* membership slot, -1 when none */
+    int64_t next_rebalance, next_maintenance;
+    int64_t backoff_ms;
+    int64_t poison_until; /* a row failed: wait before retrying */
+    metric_t *m_published, *m_batches, *m_errors, *m_dead, *m_held, *m_batch_s, *m_trimmed;
+} drainer_t;
+
+static bool stopping(drainer_t *d)
+{
+    return atomic_load(d->stop);
+}
+
+/* Sleeps up to ms, waking early when stopping. */
+static void nap(drainer_t *d, int64_t ms)
+{
+    while (ms > 0 && !stopping(d)) {
+        int64_t step = ms < 100 ? ms : 100;
+        clock_sleep_ms(step);
+        ms -= step;
+    }
+}
+
+static void backoff(drainer_t *d)
+{
+    d->backoff_ms = d->backoff_ms ? d->backoff_ms * 2 : 50;
+    if (d->backoff_ms > BACKOFF_MAX_MS)
+        d->backoff_ms = BACKOFF_MAX_MS;
+    nap(d, d->backoff_ms);
+}
+
+static void lost_connection(drainer_t *d)
+{
+    /* session locks die with the connection */
+    memset(d->held, 0, sizeof d->held);
+    d->nheld = 0;
+    d->member = -1;
+    metrics_set(d->m_held, 0);
+}
+
+static bool try_lock(drainer_t *d, int cls, int key)
+{
+    char sql[96];
+    snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%d, %d)", cls, key);
+    PGresult *r = pg_query(d->db->pg, sql, 0, NULL);
+    bool got = r && PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    return got;
+}
+
+static int unlock(drainer_t *d, int cls, int key)
+{
+    char sql[96];
+    snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock(%d, %d)", cls, key);
+    PGresult *r = pg_query(d->db->pg, sql, 0, NULL);
+    int rc = r ? 0 : -1;
+    PQclear(r);
+    return rc;
+}
+
+/* Takes a fair share of the partitions, releasing extras. Between batches only. */
+static int rebalance(drainer_t *d)
+{
+    if (d->member < 0) {
+        for (int s = 0; s < OUTBOX_PARTITIONS && d->member < 0; s++)
+            if (try_lock(d, LOCK_MEMBER, s))
+                d->member = s;
+        if (d->member < 0) {
+            log_warn("no free drainer slot (more than %d drainers?)", OUTBOX_PARTITIONS);
+            return -1;
+        }
+    }
+    char sql[160];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %d AND objsubid = 2"
+             " AND granted",
+             LOCK_MEMBER);
+    PGresult *r = pg_query(d->db->pg, sql, 0, NULL);
+    if (!r)
+        return -1;
+    int live = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (live < 1)
+        live = 1;
+    int share = (OUTBOX_PARTITIONS + live - 1) / live;
+    for (int p = OUTBOX_PARTITIONS - 1; p >= 0 && d->nheld > share; p--)
+        if (d->held[p]) {
+            if (unlock(d, LOCK_PARTITION, p) != 0)
+                return -1;
+            d->held[p] = false;
+            d->nheld--;
+        }
+    for (int p = 0; p < OUTBOX_PARTITIONS && d->nheld < share; p++)
+        if (!d->held[p] && try_lock(d, LOCK_PARTITION, p)) {
+            d->held[p] = true;
+            d->nheld++;
+        }
+    if (!pg_alive(d->db->pg))
+        return -1;
+    metrics_set(d->m_held, d->nheld);
+    return 0;
+}
+
+/* Waits for a NOTIFY hint on the LISTEN connection, up to ms. */
+static void wait_hint(drainer_t *d, int ms)
+{
+    if (d->db->kind == DB_MEMORY) {
+        static _Thread_local uint64_t seen;
+        db_mem_wait(d->db, &seen, ms);
+        return;
+    }
+    PGconn *c = d->db->pg;
+    struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+    if (pfd.fd >= 0 && poll(&pfd, 1, ms) > 0) {
+        if (!PQconsumeInput(c))
+            return;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(c)) != NULL)
+        PQfreemem(n);
+}
+
+static void to_envelopes(const outbox_row_t *rows, size_t n, envelope_t *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = rows[i].env; /* shallow: borrowed for the publish call */
+}
+
+/* Publishes rows[0..n) in order. When the batch fails while Redis answers,
+ * a row is poisoned: publish one at a time to find it, keep what went out,
+ * and count an attempt against the poisoned row. Returns rows published. */
+static size_t publish(drainer_t *d, outbox_row_t *rows, size_t n)
+{
+    envelope_t *envs = xmalloc(n * sizeof *envs);
+    to_envelopes(rows, n, envs);
+    int rc = bus_publish(d->bus, envs, n, NULL);
+    size_t done = rc == 0 ? n : 0;
+    if (rc != 0 && bus_ping(d->bus) == 0) {
+        for (done = 0; done < n; done++)
+            if (bus_publish(d->bus, &envs[done], 1, NULL) != 0)
+                break;
+        if (done < n && bus_ping(d->bus) == 0) {
+            outbox_row_t *bad = &rows[done];
+            bool dead = bad->attempts + 1 >= DRAIN_ROW_ATTEMPTS;
+            log_error("outbox row could not be published msg_id=%s attempt=%d%s", bad->env.id, bad->attempts + 1,
+                      dead ? " (moved to bus.outbox_dead)" : "");
+            if (outbox_mark_failed(d->db, bad, "publish refused by the bus", dead) == 0 && dead)
+                metrics_add(d->m_dead, 1);
+            d->poison_until = clock_mono_ms() + (dead ? 0 : 100LL << (bad->attempts < 6 ? bad->attempts : 6));
+        }
+    }
+    free(envs);
+    return done;
+}
+
+static void maintenance(drainer_t *d)
+{
+    const drain_opts_t *o = d->o;
+    if (d->db->kind == DB_PG && o->retain_s > 0) {
+        size_t gone = 0;
+        if (outbox_cleanup(d->db, o->retain_s, 5000, &gone) == 0 && gone)
+            log_debug("outbox: cleaned %zu published rows", gone);
+    }
+    char **streams = NULL;
+    size_t ns = 0;
+    if (bus_list_streams(d->bus, &streams, &ns) != 0)
+        return;
+    for (size_t i = 0; i < ns; i++) {
+        uint64_t trimmed = 0;
+        if (strncmp(streams[i], "ecom:dlq:", 9) != 0 && bus_trim(d->bus, streams[i], &trimmed) == 0 && trimmed)
+            metrics_add(d->m_trimmed, trimmed);
+        free(streams[i]);
+    }
+    free(streams);
+}
+
+static int connect_all(drainer_t *d)
+{
+    const drain_opts_t *o = d->o;
+    char *err = NULL;
+    if (!d->db) {
+        d->db = o->database_url && *o->database_url ? db_open_pg(o->database_url, "ecom-outbox-worker", &err)
+                                                    : db_open_memory(o->mem);
+        if (!d->db) {
+            log_warn("outbox-worker: postgres unavailable: %s", err);
+            free(err);
+            health_report("postgres", false, 0);
+            return -1;
+        }
+        if (d->db->kind == DB_PG && pg_exec(d->db->pg, "LISTEN ecom_outbox") != 0) {
+            db_close(d->db);
+            d->db = NULL;
+            return -1;
+        }
+    }
+    if (!d->bus) {
+        d->bus = o->redis_url && *o->redis_url ? bus_open_redis(o->redis_url, &err) : bus_open_memory(o->membus);
+        if (!d->bus) {
+            log_warn("outbox-worker: redis unavailable: %s", err);
+            free(err);
+            health_report("redis", false, 0);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void check_db(drainer_t *d)
+{
+    if (d->db && d->db->kind == DB_PG && !pg_alive(d->db->pg)) {
+        health_report("postgres", false, 0);
+        db_close(d->db);
+        d->db = NULL;
+        lost_connection(d);
+    }
+}
+
+int drain_run(const drain_opts_t *o, atomic_bool *stop)
+{
+    drainer_t d = {.o = o, .stop = stop, .member = -1};
+    d.m_published = metrics_counter("ecom_outbox_published_total", "Outbox rows published to the bus", "");
+    d.m_batches = metrics_counter("ecom_outbox_batches_total", "Publish batches", "");
+    d.m_errors = metrics_counter("ecom_outbox_errors_total", "Failed drain steps (retried)", "");
+    d.m_dead = metrics_counter("ecom_outbox_dead_total", "Rows moved to bus.outbox_dead", "");
+    d.m_held = metrics_gauge("ecom_outbox_partitions_held", "Outbox partitions held by this drainer", "");
+    d.m_batch_s = metrics_histogram("ecom_outbox_batch_seconds", "Time to publish and mark one batch", "");
+    d.m_trimmed = metrics_counter("ecom_stream_trimmed_total", "Stream entries trimmed after every group acked", "");
+    bool memory = !(o->database_url && *o->database_url);
+    health_require("postgres");
+    health_require("redis");
+    if (memory) {
+        d.nheld = OUTBOX_PARTITIONS;
+        for (int p = 0; p < OUTBOX_PARTITIONS; p++)
+            d.held[p] = true;
+    }
+    int parts[OUTBOX_PARTITIONS];
+    log_info("outbox-worker started (%s store, %s bus, batch %zu)", memory ? "memory" : "postgres",
+             o->redis_url && *o->redis_url ? "redis" : "memory", o->batch);
+
+    while (!stopping(&d)) {
+        if (connect_all(&d) != 0) {
+            d.db && d.db->kind == DB_PG ? check_db(&d) : (void)0;
+            backoff(&d);
+            continue;
+        }
+        int64_t now = clock_mono_ms();
+        if (!memory && now >= d.next_rebalance) {
+            d.next_rebalance = now + REBALANCE_MS;
+            int64_t t0 = clock_mono_us();
+            if (rebalance(&d) != 0) {
+                metrics_add(d.m_errors, 1);
+                check_db(&d);
+                backoff(&d);
+                continue;
+            }
+            health_report("postgres", true, (double)(clock_mono_us() - t0) / 1000.0);
+        }
+        if (now >= d.next_maintenance && d.held[0]) {
+            d.next_maintenance = now + o->trim_interval_ms;
+            maintenance(&d);
+        }
+        if (d.nheld == 0 || now < d.poison_until) {
+            nap(&d, d.nheld == 0 ? REBALANCE_MS / 2 : d.poison_until - now);
+            continue;
+        }
+        size_t np = 0;
+        for (int p = 0; p < OUTBOX_PARTITIONS; p++)
+            if (d.held[p])
+                parts[np++] = p;
+        outbox_row_t *rows = NULL;
+        size_t n = 0;
+        int64_t t0 = clock_mono_us();
+        if (outbox_fetch(d.db, parts, np, o->batch, &rows, &n) != 0) {
+            metrics_add(d.m_errors, 1);
+            check_db(&d);
+            backoff(&d);
+            continue;
+        }
+        if (n == 0) {
+            outbox_rows_free(rows, 0);
+            if (memory)
+                health_report("postgres", true, 0);
+            wait_hint(&d, o->poll_ms);
+            continue;
+        }
+        size_t done = publish(&d, rows, n);
+        if (done == 0 && d.poison_until <= clock_mono_ms()) {
+            /* the bus is down: nothing went out, nothing is lost */
+            health_report("redis", false, 0);
+            metrics_add(d.m_errors, 1);
+            outbox_rows_free(rows, n);
+            if (bus_ensure(d.bus) != 0)
+                log_warn("outbox-worker: redis unavailable; retrying");
+            backoff(&d);
+            continue;
+        }
+        health_report("redis", true, 0);
+        if (outbox_mark_published(d.db, rows, done, o->retain_s > 0) != 0) {
+            /* published but not marked: they go out again and the inbox drops the copies */
+            metrics_add(d.m_errors, 1);
+            check_db(&d);
+        } else {
+            d.backoff_ms = 0;
+            metrics_add(d.m_published, done);
+            metrics_add(d.m_batches, 1);
+            metrics_observe(d.m_batch_s, (double)(clock_mono_us() - t0) / 1e6);
+        }
+        outbox_rows_free(rows, n);
+    }
+    log_info("outbox-worker stopped");
+    db_close(d.db);
+    bus_close(d.bus);
+    return 0;
+}

@@ -1,0 +1,43 @@
+/* outbox-worker/drain.h: the drain daemon's loop (`ecom outbox-worker`).
+ *
+ * Each drainer holds a fair share of the OUTBOX_PARTITIONS partitions through
+ * PostgreSQL session advisory locks (rebalanced every second, so a dead
+ * drainer's partitions are taken over within about a second of its connection
+ * closing), reads its partitions' oldest rows, publishes them with one
+ * pipelined XADD batch, then deletes them (or moves them to the published
+ * window). It wakes on a throttled NOTIFY hint and polls as a fallback.
+ * A row that cannot be published is retried with backoff and, after
+ * DRAIN_ROW_ATTEMPTS tries, moved to bus.outbox_dead; it never hot-spins.
+ * The holder of partition 0 also cleans the published window and trims
+ * streams below every consumer group's position.
+ * In memory mode it moves rows from the memory outbox to the memory bus.
+ * Owns: its database and bus handles. */
+#ifndef ECOM_DRAIN_H
+#define ECOM_DRAIN_H
+
+#include "bus/bus.h"
+#include "core/db.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DRAIN_ROW_ATTEMPTS 10
+
+typedef struct drain_opts {
+    const char *database_url; /* NULL or "": memory (mem must be set) */
+    memstore_t *mem;
+    const char *redis_url; /* NULL or "": memory (membus must be set) */
+    membus_t *membus;
+    size_t batch;
+    int poll_ms;
+    int64_t retain_s; /* 0: delete published rows; else keep them this long */
+    int64_t trim_interval_ms;
+} drain_opts_t;
+
+/* Runs until *stop becomes true; finishes the batch in hand first. 0 on a
+ * clean stop. */
+int drain_run(const drain_opts_t *o, atomic_bool *stop);
+
+#endif

@@ -1,0 +1,252 @@
+/* services/analytics/analytics.c: see analytics.h. */
+#include "services/analytics/analytics.h"
+
+#include "core/alloc.h"
+#include "core/pg.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- memory read model: events in arrival order ---- */
+
+typedef struct mem_events {
+    analytics_event_t *ev;
+    size_t n, cap;
+} mem_events_t;
+
+static void *mem_make(void)
+{
+    return xcalloc(1, sizeof(mem_events_t));
+}
+
+static void mem_free(void *p)
+{
+    mem_events_t *m = p;
+    analytics_events_free(m->ev, m->n);
+    free(m);
+}
+
+static void undo_add(void *arg)
+{
+    mem_events_t *m = arg;
+    analytics_event_t *e = &m->ev[--m->n];
+    free(e->tenant);
+    free(e->type);
+    free(e->topic);
+    free(e->aggregate_id);
+    free(e->payload);
+}
+
+static void mem_add(db_t *tx, const envelope_t *env)
+{
+    mem_events_t *m = db_mem_slot(tx, MEM_SLOT_ANALYTICS, mem_make, mem_free);
+    if (m->n == m->cap) {
+        m->cap = m->cap ? m->cap * 2 : 256;
+        m->ev = xrealloc(m->ev, m->cap * sizeof *m->ev);
+    }
+    analytics_event_t *e = &m->ev[m->n++];
+    memcpy(e->id, env->id, UUID_STR_LEN);
+    e->tenant = xstrdup(env->tenant);
+    e->type = xstrdup(env->type);
+    e->topic = xstrdup(env->topic);
+    e->aggregate_id = xstrdup(env->aggregate_id);
+    e->seq = env->seq;
+    e->occurred_ms = env->ts;
+    e->payload = xstrdup(env->payload);
+    db_mem_undo(tx, undo_add, m, NULL);
+}
+
+/* ---- handlers ---- */
+
+static const char sql_one[] =
+    "INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, to_timestamp($8::bigint / 1000.0)) ON CONFLICT (id) DO NOTHING";
+static const char sql_batch[] =
+    "INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
+    " SELECT id, tenant, type, topic, aggregate_id, seq, payload, to_timestamp(ts / 1000.0)"
+    " FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, tenant text, type text, topic text, aggregate_id text,"
+    " seq bigint, payload jsonb, ts bigint) ON CONFLICT (id) DO NOTHING";
+
+static svc_result_t handle(svc_ctx_t *c, void *arg)
+{
+    (void)arg;
+    const envelope_t *e = c->msg;
+    if (c->tx->kind == DB_MEMORY) {
+        mem_add(c->tx, e);
+        return SVC_OK;
+    }
+    if (db_prepare(c->tx, DB_STMT_ANALYTICS_ONE, sql_one, 8) != 0) {
+        snprintf(c->error, sizeof c->error, "prepare failed");
+        return SVC_RETRY;
+    }
+    char seq[24], ts[24];
+    snprintf(seq, sizeof seq, "%lld", (long long)e->seq);
+    snprintf(ts, sizeof ts, "%lld", (long long)e->ts);
+    const char *p[] = {e->id, e->tenant, e->type, e->topic, e->aggregate_id, seq, e->payload, ts};
+    PGresult *r = db_exec_prepared(c->tx, DB_STMT_ANALYTICS_ONE, 8, p);
+    if (!r) {
+        snprintf(c->error, sizeof c->error, "insert into analytics.events failed (sqlstate %s)",
+                 pg_last_sqlstate());
+        return SVC_RETRY;
+    }
+    PQclear(r);
+    return SVC_OK;
+}
+
+static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
+                                 void *arg)
+{
+    (void)arg;
+    (void)payloads;
+    if (tx->kind == DB_MEMORY) {
+        for (size_t i = 0; i < n; i++)
+            mem_add(tx, msgs[i]);
+        return SVC_OK;
+    }
+    if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, 1) != 0)
+        return SVC_RETRY;
+    /* one JSON document for the batch; payloads were validated by the runtime */
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add(b, "[", 1);
+    for (size_t i = 0; i < n; i++) {
+        const envelope_t *e = msgs[i];
+        evbuffer_add_printf(b, "%s{\"id\":\"%s\",\"tenant\":", i ? "," : "", e->id);
+        json_buf_str(b, e->tenant);
+        evbuffer_add(b, ",\"type\":", 8);
+        json_buf_str(b, e->type);
+        evbuffer_add(b, ",\"topic\":", 9);
+        json_buf_str(b, e->topic);
+        evbuffer_add(b, ",\"aggregate_id\":", 16);
+        json_buf_str(b, e->aggregate_id);
+        evbuffer_add_printf(b, ",\"seq\":%lld,\"ts\":%lld,\"payload\":%s}", (long long)e->seq, (long long)e->ts,
+                            e->payload);
+    }
+    evbuffer_add(b, "]", 2); /* with the terminating NUL */
+    const char *p[] = {(const char *)evbuffer_pullup(b, -1)};
+    PGresult *r = db_exec_prepared(tx, DB_STMT_ANALYTICS_BATCH, 1, p);
+    evbuffer_free(b);
+    if (!r)
+        return SVC_RETRY;
+    PQclear(r);
+    return SVC_OK;
+}
+
+const svc_def_t *analytics_service(void)
+{
+    static const svc_def_t def = {
+        .group = "analytics",
+        .topics = NULL, /* every topic */
+        .types = NULL,  /* every type */
+        .handle = handle,
+        .handle_batch = handle_batch,
+    };
+    return &def;
+}
+
+/* ---- queries ---- */
+
+void analytics_events_free(analytics_event_t *ev, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(ev[i].tenant);
+        free(ev[i].type);
+        free(ev[i].topic);
+        free(ev[i].aggregate_id);
+        free(ev[i].payload);
+    }
+    free(ev);
+}
+
+static void copy_event(analytics_event_t *dst, const analytics_event_t *src)
+{
+    memcpy(dst->id, src->id, UUID_STR_LEN);
+    dst->tenant = xstrdup(src->tenant);
+    dst->type = xstrdup(src->type);
+    dst->topic = xstrdup(src->topic);
+    dst->aggregate_id = xstrdup(src->aggregate_id);
+    dst->seq = src->seq;
+    dst->occurred_ms = src->occurred_ms;
+    dst->payload = xstrdup(src->payload);
+}
+
+int analytics_list(db_t *db, const char *tenant, const char *type, const char *before_id, size_t limit,
+                   analytics_event_t **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    analytics_event_t *res = xcalloc(limit + 1, sizeof *res);
+    size_t k = 0;
+    if (db->kind == DB_MEMORY) {
+        if (db_begin(db) != 0) {
+            free(res);
+            return -1;
+        }
+        mem_events_t *m = db_mem_slot(db, MEM_SLOT_ANALYTICS, mem_make, mem_free);
+        /* ids are UUIDv7: newest first = descending id, the same order as PostgreSQL below */
+        bool started = before_id == NULL;
+        for (size_t i = m->n; i-- > 0 && k < limit;) {
+            const analytics_event_t *e = &m->ev[i];
+            if (!started) {
+                if (strcmp(e->id, before_id) == 0)
+                    started = true;
+                continue;
+            }
+            if (strcmp(e->tenant, tenant) != 0 || (type && strcmp(e->type, type) != 0))
+                continue;
+            copy_event(&res[k++], e);
+        }
+        if (db_commit(db) != 0) {
+            analytics_events_free(res, k);
+            return -1;
+        }
+        *out = res;
+        *n = k;
+        return 0;
+    }
+    char lim[24];
+    snprintf(lim, sizeof lim, "%zu", limit);
+    const char *p[] = {tenant, type, before_id, lim};
+    PGresult *r = pg_query(db->pg,
+                           "SELECT id, tenant, type, topic, aggregate_id, seq,"
+                           " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
+                           " FROM analytics.events WHERE tenant = $1 AND ($2::text IS NULL OR type = $2)"
+                           " AND ($3::uuid IS NULL OR id < $3::uuid) ORDER BY id DESC LIMIT $4",
+                           4, p);
+    if (!r) {
+        free(res);
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(r); i++) {
+        analytics_event_t *e = &res[k++];
+        snprintf(e->id, sizeof e->id, "%s", PQgetvalue(r, i, 0));
+        e->tenant = xstrdup(PQgetvalue(r, i, 1));
+        e->type = xstrdup(PQgetvalue(r, i, 2));
+        e->topic = xstrdup(PQgetvalue(r, i, 3));
+        e->aggregate_id = xstrdup(PQgetvalue(r, i, 4));
+        e->seq = strtoll(PQgetvalue(r, i, 5), NULL, 10);
+        e->occurred_ms = strtoll(PQgetvalue(r, i, 6), NULL, 10);
+        e->payload = xstrdup(PQgetvalue(r, i, 7));
+    }
+    PQclear(r);
+    *out = res;
+    *n = k;
+    return 0;
+}
+
+int analytics_count(db_t *db, uint64_t *n)
+{
+    if (db->kind == DB_MEMORY) {
+        if (db_begin(db) != 0)
+            return -1;
+        *n = ((mem_events_t *)db_mem_slot(db, MEM_SLOT_ANALYTICS, mem_make, mem_free))->n;
+        return db_commit(db);
+    }
+    PGresult *r = pg_query(db->pg, "SELECT count(*) FROM analytics.events", 0, NULL);
+    if (!r)
+        return -1;
+    *n = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return 0;
+}

@@ -1,0 +1,761 @@
+/* services/runtime.c: see runtime.h. */
+#include "services/runtime.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/health.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/pg.h"
+#include "core/strmap.h"
+#include "inbox/inbox.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LOCK_LEASE 1162104657 /* advisory lock class of consumer-group leases */
+#define DISCOVER_MS 2000
+#define CLEANUP_MS 60000
+#define BACKOFF_CAP_MS 30000
+#define PEL_PAGE_FACTOR 4 /* a pending-list page is this many batches */
+
+typedef struct failure {
+    int count;
+    int64_t due_ms;
+    char *agg_key; /* stream \0 tenant \0 aggregate, owned */
+    size_t agg_klen;
+} failure_t;
+
+typedef struct work {
+    bus_msg_t *m;
+    json_object *payload;
+    char *key; /* stream \0 tenant \0 aggregate, owned */
+    size_t klen;
+    bool done;        /* applied or duplicate: ack */
+    bool failed;      /* handler failed this time */
+    bool failed_fast; /* the handler already failed in the all-at-once pass */
+    svc_result_t result;
+    char error[256];
+} work_t;
+
+typedef struct acks {
+    char stream[BUS_STREAM_MAX];
+    char **ids;
+    size_t n, cap;
+} acks_t;
+
+typedef struct rt {
+    const svc_def_t *def;
+    const svc_opts_t *o;
+    atomic_bool *stop;
+    db_t *db;
+    bus_t *bus;
+    bool memory;
+    bool lease;
+    char **streams;
+    size_t nstreams;
+    strmap_t failures; /* stream \0 entry id -> failure_t* */
+    acks_t *acks;      /* per stream, parallel to streams */
+    int64_t pel_due_ms;  /* when to scan the own pending list; INT64_MAX = no need */
+    int64_t next_discover, next_reclaim, next_cleanup;
+    int64_t backoff_ms;
+    int crash_deliveries;
+    metric_t *m_applied, *m_dup, *m_failed, *m_dlq, *m_missing, *m_batch_s, *m_e2e_s;
+} rt_t;
+
+static bool stopping(rt_t *rt)
+{
+    return atomic_load(rt->stop);
+}
+
+static void nap(rt_t *rt, int64_t ms)
+{
+    while (ms > 0 && !stopping(rt)) {
+        int64_t step = ms < 100 ? ms : 100;
+        clock_sleep_ms(step);
+        ms -= step;
+    }
+}
+
+static void backoff(rt_t *rt)
+{
+    rt->backoff_ms = rt->backoff_ms ? rt->backoff_ms * 2 : 50;
+    if (rt->backoff_ms > 5000)
+        rt->backoff_ms = 5000;
+    nap(rt, rt->backoff_ms);
+}
+
+static const char *store_name(const rt_t *rt)
+{
+    return rt->memory ? "memory-store" : "postgres";
+}
+
+static const char *bus_name(const rt_t *rt)
+{
+    return rt->o->redis_url && *rt->o->redis_url ? "redis" : "memory-bus";
+}
+
+/* ---- streams and groups ---- */
+
+static int stream_index(rt_t *rt, const char *stream)
+{
+    for (size_t i = 0; i < rt->nstreams; i++)
+        if (strcmp(rt->streams[i], stream) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void add_stream(rt_t *rt, const char *stream)
+{
+    if (stream_index(rt, stream) >= 0)
+        return;
+    if (bus_group_create(rt->bus, stream, rt->def->group) != 0)
+        return;
+    rt->streams = xrealloc(rt->streams, (rt->nstreams + 1) * sizeof *rt->streams);
+    rt->acks = xrealloc(rt->acks, (rt->nstreams + 1) * sizeof *rt->acks);
+    rt->streams[rt->nstreams] = xstrdup(stream);
+    memset(&rt->acks[rt->nstreams], 0, sizeof *rt->acks);
+    snprintf(rt->acks[rt->nstreams].stream, BUS_STREAM_MAX, "%s", stream);
+    rt->nstreams++;
+    rt->pel_due_ms = 0; /* a group we just joined may hold our pending entries */
+    log_info("service %s consumes %s", rt->def->group, stream);
+}
+
+static void discover(rt_t *rt)
+{
+    if (rt->def->topics) {
+        for (const char *const *t = rt->def->topics; *t; t++) {
+            char s[BUS_STREAM_MAX];
+            envelope_stream_name(*t, s, sizeof s);
+            add_stream(rt, s);
+        }
+        return;
+    }
+    char **names = NULL;
+    size_t n = 0;
+    if (bus_list_streams(rt->bus, &names, &n) != 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(names[i], "ecom:dlq:", 9) != 0)
+            add_stream(rt, names[i]);
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* ---- acknowledgements (retried until they succeed) ---- */
+
+static void ack_later(rt_t *rt, const bus_msg_t *m)
+{
+    int si = stream_index(rt, m->stream);
+    if (si < 0)
+        return;
+    acks_t *a = &rt->acks[si];
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 256;
+        a->ids = xrealloc(a->ids, a->cap * sizeof *a->ids);
+    }
+    a->ids[a->n++] = xstrdup(m->entry_id);
+}
+
+static int flush_acks(rt_t *rt)
+{
+    int rc = 0;
+    for (size_t i = 0; i < rt->nstreams; i++) {
+        acks_t *a = &rt->acks[i];
+        if (!a->n)
+            continue;
+        if (bus_ack(rt->bus, a->stream, rt->def->group, (const char *const *)a->ids, a->n) != 0) {
+            rc = -1;
+            continue;
+        }
+        for (size_t k = 0; k < a->n; k++)
+            free(a->ids[k]);
+        a->n = 0;
+    }
+    return rc;
+}
+
+/* ---- failures ---- */
+
+static size_t fail_key(const bus_msg_t *m, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "%s%c%s", m->stream, '\0', m->entry_id);
+    return (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+static failure_t *failure_get(rt_t *rt, const bus_msg_t *m)
+{
+    char k[BUS_STREAM_MAX + BUS_ID_MAX + 2];
+    size_t kl = fail_key(m, k, sizeof k);
+    void **v = strmap_get(&rt->failures, k, kl);
+    return v ? *v : NULL;
+}
+
+static void failure_drop(rt_t *rt, const bus_msg_t *m)
+{
+    char k[BUS_STREAM_MAX + BUS_ID_MAX + 2];
+    size_t kl = fail_key(m, k, sizeof k);
+    void *old = NULL;
+    if (strmap_del(&rt->failures, k, kl, &old)) {
+        failure_t *f = old;
+        free(f->agg_key);
+        free(f);
+    }
+}
+
+static failure_t *failure_bump(rt_t *rt, const work_t *w)
+{
+    char k[BUS_STREAM_MAX + BUS_ID_MAX + 2];
+    size_t kl = fail_key(w->m, k, sizeof k);
+    bool created;
+    void **v = strmap_put(&rt->failures, k, kl, &created);
+    failure_t *f = *v;
+    if (created) {
+        f = xcalloc(1, sizeof *f);
+        f->agg_key = xmalloc(w->klen + 1);
+        memcpy(f->agg_key, w->key, w->klen);
+        f->agg_key[w->klen] = '\0';
+        f->agg_klen = w->klen;
+        *v = f;
+    }
+    f->count++;
+    int64_t delay = rt->o->backoff_ms << (f->count - 1 < 16 ? f->count - 1 : 16);
+    f->due_ms = clock_mono_ms() + (delay > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : delay);
+    return f;
+}
+
+/* ---- dead letters ---- */
+
+static int dead_letter(rt_t *rt, const bus_msg_t *m, const char *reason)
+{
+    const char *id = m->bad || m->missing ? "" : m->env.id;
+    if (bus_dead_letter(rt->bus, rt->def->group, m, reason) != 0)
+        return -1;
+    metrics_add(rt->m_dlq, 1);
+    log_error("service %s: message dead-lettered msg_id=%s entry=%s deliveries=%u reason=\"%s\"", rt->def->group,
+              id, m->entry_id, m->deliveries, reason);
+    failure_drop(rt, m);
+    ack_later(rt, m);
+    return 0;
+}
+
+/* ---- applying a batch ---- */
+
+static bool type_accepted(const svc_def_t *def, const char *type)
+{
+    if (!def->types)
+        return true;
+    for (const char *const *t = def->types; *t; t++)
+        if (strcmp(*t, type) == 0)
+            return true;
+    return false;
+}
+
+static void set_log_ctx(log_ctx_t *lc, char *trace, const envelope_t *e)
+{
+    trace[0] = '\0';
+    if (e->traceparent && strlen(e->traceparent) >= 35)
+        snprintf(trace, 33, "%.32s", e->traceparent + 3);
+    lc->request_id = e->request_id;
+    lc->trace_id = trace;
+    lc->msg_id = e->id;
+}
+
+static svc_result_t run_handler(rt_t *rt, work_t *w)
+{
+    svc_ctx_t c = {.tx = rt->db, .msg = &w->m->env, .payload = w->payload, .group = rt->def->group};
+    log_ctx_t lc;
+    char trace[40];
+    set_log_ctx(&lc, trace, &w->m->env);
+    const log_ctx_t *prev = log_ctx_set(&lc);
+    svc_result_t r = rt->def->handle(&c, rt->def->arg);
+    if (r != SVC_OK)
+        snprintf(w->error, sizeof w->error, "%s", c.error[0] ? c.error : "handler failed");
+    log_ctx_set(prev);
+    return r;
+}
+
+static bool db_broken(rt_t *rt)
+{
+    return rt->db->kind == DB_PG && !pg_alive(rt->db->pg);
+}
+
+/* All at once. 1 = committed, 0 = a handler failed (rolled back), -1 = storage failure. */
+static int apply_fast(rt_t *rt, work_t *ws, size_t n)
+{
+    if (db_begin(rt->db) != 0)
+        return -1;
+    const char **ids = xmalloc(n * sizeof *ids);
+    bool *fresh = xcalloc(n, sizeof *fresh);
+    const envelope_t **envs = xmalloc(n * sizeof *envs);
+    json_object **pl = xmalloc(n * sizeof *pl);
+    int rc = -1;
+    for (size_t i = 0; i < n; i++)
+        ids[i] = ws[i].m->env.id;
+    if (inbox_record_batch(rt->db, rt->def->group, ids, n, fresh) != 0)
+        goto out;
+    size_t nn = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fresh[i]) {
+            envs[nn] = &ws[i].m->env;
+            pl[nn++] = ws[i].payload;
+        }
+    svc_result_t r = SVC_OK;
+    if (nn && rt->def->handle_batch) {
+        r = rt->def->handle_batch(rt->db, envs, pl, nn, rt->def->arg);
+    } else {
+        for (size_t i = 0; i < n && r == SVC_OK; i++)
+            if (fresh[i]) {
+                r = run_handler(rt, &ws[i]);
+                if (r != SVC_OK) {
+                    ws[i].failed_fast = true; /* an attempt: the slow pass does not run it again */
+                    ws[i].result = r;
+                }
+            }
+    }
+    if (r != SVC_OK) {
+        rc = db_broken(rt) ? -1 : 0;
+        goto out;
+    }
+    if (db_commit(rt->db) != 0) {
+        rc = -1;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ws[i].done = true;
+        metrics_add(fresh[i] ? rt->m_applied : rt->m_dup, 1);
+    }
+    rc = 1;
+out:
+    if (rc != 1)
+        db_rollback(rt->db);
+    free(ids);
+    free(fresh);
+    free(envs);
+    free(pl);
+    return rc;
+}
+
+/* One savepoint per message. 0 = committed, -1 = storage failure. */
+static int apply_slow(rt_t *rt, work_t *ws, size_t n, strmap_t *blocked)
+{
+    if (db_begin(rt->db) != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        work_t *w = &ws[i];
+        if (strmap_get(blocked, w->key, w->klen))
+            continue; /* an earlier message of this aggregate failed: keep order */
+        if (w->failed_fast) {
+            w->failed = true;
+            strmap_put(blocked, w->key, w->klen, NULL);
+            continue;
+        }
+        if (db_savepoint(rt->db) != 0)
+            goto broken;
+        int rec = inbox_record(rt->db, rt->def->group, w->m->env.id);
+        if (rec < 0) {
+            db_rollback_to(rt->db);
+            if (db_broken(rt))
+                goto broken;
+            snprintf(w->error, sizeof w->error, "inbox write failed");
+            w->result = SVC_RETRY;
+            w->failed = true;
+            strmap_put(blocked, w->key, w->klen, NULL);
+            continue;
+        }
+        svc_result_t r = rec == 0 ? SVC_OK : run_handler(rt, w);
+        if (r == SVC_OK) {
+            if (db_release(rt->db) != 0)
+                goto broken;
+            w->done = true;
+            metrics_add(rec == 0 ? rt->m_dup : rt->m_applied, 1);
+            continue;
+        }
+        db_rollback_to(rt->db);
+        if (db_broken(rt))
+            goto broken;
+        w->result = r;
+        w->failed = true;
+        strmap_put(blocked, w->key, w->klen, NULL);
+    }
+    if (db_commit(rt->db) != 0)
+        goto broken_committed;
+    return 0;
+broken:
+    db_rollback(rt->db);
+broken_committed:
+    for (size_t i = 0; i < n; i++)
+        ws[i].done = ws[i].failed = false;
+    return -1;
+}
+
+/* The pending-list scan comes back when the earliest failure is due. */
+static void schedule_failures(rt_t *rt)
+{
+    const char *k;
+    void *v;
+    for (size_t i = 0; strmap_next(&rt->failures, &i, &k, NULL, &v);) {
+        failure_t *f = v;
+        if (f->due_ms < rt->pel_due_ms)
+            rt->pel_due_ms = f->due_ms;
+    }
+}
+
+static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked)
+{
+    int64_t t0 = clock_mono_us();
+    work_t *ws = xcalloc(bt->n + 1, sizeof *ws);
+    size_t nw = 0;
+    int64_t now = clock_mono_ms();
+    for (size_t i = 0; i < bt->n; i++) {
+        bus_msg_t *m = &bt->msgs[i];
+        if (m->missing) {
+            metrics_add(rt->m_missing, 1);
+            log_warn("service %s: pending entry %s of %s has no payload (trimmed or deleted); dropped",
+                     rt->def->group, m->entry_id, m->stream);
+            failure_drop(rt, m);
+            ack_later(rt, m);
+            continue;
+        }
+        if (m->bad) {
+            char why[160];
+            snprintf(why, sizeof why, "malformed entry: %s", m->why ? m->why : "undecodable");
+            if (dead_letter(rt, m, why) != 0)
+                rt->pel_due_ms = 0;
+            continue;
+        }
+        size_t tl = strlen(m->env.tenant), al = strlen(m->env.aggregate_id), sl = strlen(m->stream);
+        char *key = xmalloc(sl + tl + al + 3);
+        memcpy(key, m->stream, sl + 1);
+        memcpy(key + sl + 1, m->env.tenant, tl + 1);
+        memcpy(key + sl + tl + 2, m->env.aggregate_id, al);
+        size_t klen = sl + tl + al + 2;
+        failure_t *f = failure_get(rt, m);
+        if ((f && f->due_ms > now) || strmap_get(blocked, key, klen)) {
+            strmap_put(blocked, key, klen, NULL);
+            free(key);
+            continue; /* stays pending; the pending-list scan comes back to it */
+        }
+        const char *reject = NULL;
+        char why[200];
+        json_object *payload = NULL;
+        if (m->deliveries > (uint32_t)rt->crash_deliveries) {
+            snprintf(why, sizeof why, "delivered %u times without completing", m->deliveries);
+            reject = why;
+        } else if (!type_accepted(rt->def, m->env.type)) {
+            snprintf(why, sizeof why, "unknown type %s for %s", m->env.type, rt->def->group);
+            reject = why;
+        } else {
+            const char *jwhy = NULL;
+            if (json_parse_strict(m->env.payload, strlen(m->env.payload), &payload, &jwhy) != 0) {
+                snprintf(why, sizeof why, "unparsable payload: %s", jwhy);
+                reject = why;
+            }
+        }
+        if (reject) {
+            if (dead_letter(rt, m, reject) != 0)
+                rt->pel_due_ms = 0;
+            free(key);
+            continue;
+        }
+        ws[nw++] = (work_t){.m = m, .payload = payload, .key = key, .klen = klen};
+    }
+
+    if (nw) {
+        int rc = apply_fast(rt, ws, nw);
+        if (rc == 0)
+            rc = apply_slow(rt, ws, nw, blocked);
+        if (rc < 0) {
+            health_report(store_name(rt), false, 0);
+            rt->pel_due_ms = clock_mono_ms() + 200; /* everything stays pending; try again */
+        } else {
+            health_report(store_name(rt), true, (double)(clock_mono_us() - t0) / 1000.0);
+            int64_t tnow = clock_now_ms();
+            for (size_t i = 0; i < nw; i++) {
+                work_t *w = &ws[i];
+                if (w->done) {
+                    failure_drop(rt, w->m);
+                    ack_later(rt, w->m);
+                    metrics_observe(rt->m_e2e_s, (double)(tnow - w->m->env.ts) / 1000.0);
+                } else if (w->failed) {
+                    failure_t *f = failure_bump(rt, w);
+                    metrics_add(rt->m_failed, 1);
+                    log_ctx_t lc;
+                    char trace[40];
+                    set_log_ctx(&lc, trace, &w->m->env);
+                    const log_ctx_t *prev = log_ctx_set(&lc);
+                    log_warn("service %s: handler failed (attempt %d of %d): %s", rt->def->group, f->count,
+                             rt->o->max_attempts, w->error);
+                    log_ctx_set(prev);
+                    if (w->result == SVC_REJECT || f->count >= rt->o->max_attempts) {
+                        char reason[320];
+                        snprintf(reason, sizeof reason, "%s after %d attempt%s: %s",
+                                 w->result == SVC_REJECT ? "rejected" : "failed", f->count, f->count > 1 ? "s" : "",
+                                 w->error);
+                        /* 0: messages waiting behind it can go now */
+                        (void)dead_letter(rt, w->m, reason);
+                        rt->pel_due_ms = 0;
+                    }
+                }
+                /* neither done nor failed: waiting behind an earlier failure of its aggregate */
+            }
+        }
+    }
+    schedule_failures(rt);
+    if (flush_acks(rt) != 0) {
+        health_report(bus_name(rt), false, 0);
+        log_warn("service %s: acknowledgement failed; will retry", rt->def->group);
+    }
+    for (size_t i = 0; i < nw; i++) {
+        json_object_put(ws[i].payload);
+        free(ws[i].key);
+    }
+    free(ws);
+    if (nw)
+        metrics_observe(rt->m_batch_s, (double)(clock_mono_us() - t0) / 1e6);
+}
+
+/* Scans the consumer's own pending entries, oldest first, a page at a time. */
+static int scan_pending(rt_t *rt)
+{
+    int64_t now = clock_mono_ms();
+    rt->pel_due_ms = INT64_MAX;
+    size_t page = rt->o->batch * PEL_PAGE_FACTOR;
+    bus_batch_t bt = {0};
+    int rc = 0;
+    for (size_t s = 0; s < rt->nstreams && !stopping(rt); s++) {
+        strmap_t blocked;
+        strmap_init(&blocked);
+        char after[BUS_ID_MAX] = "0";
+        for (;;) {
+            bus_batch_clear(&bt);
+            const char *stream = rt->streams[s];
+            if (bus_read_pending(rt->bus, rt->def->group, rt->o->consumer, stream, after, page, &bt) != 0) {
+                rc = -1;
+                break;
+            }
+            if (bt.n == 0)
+                break;
+            snprintf(after, sizeof after, "%s", bt.msgs[bt.n - 1].entry_id);
+            size_t got = bt.n;
+            process(rt, &bt, &blocked);
+            if (got < page)
+                break;
+        }
+        strmap_free(&blocked);
+    }
+    bus_batch_free(&bt);
+    schedule_failures(rt);
+    if (rc != 0)
+        rt->pel_due_ms = now + 500;
+    return rc;
+}
+
+/* Entries of the failure map whose aggregate must wait (for reads of new entries). */
+static void blocked_from_failures(rt_t *rt, strmap_t *blocked)
+{
+    const char *k;
+    void *v;
+    for (size_t i = 0; strmap_next(&rt->failures, &i, &k, NULL, &v);) {
+        failure_t *f = v;
+        strmap_put(blocked, f->agg_key, f->agg_klen, NULL);
+    }
+}
+
+static void reclaim(rt_t *rt, int64_t min_idle)
+{
+    bus_batch_t bt = {0};
+    for (size_t s = 0; s < rt->nstreams; s++) {
+        bus_batch_clear(&bt);
+        if (bus_reclaim(rt->bus, rt->streams[s], rt->def->group, rt->o->consumer, min_idle, 10000, &bt) != 0)
+            continue;
+        size_t claimed = 0;
+        for (size_t i = 0; i < bt.n; i++) {
+            if (bt.msgs[i].missing) {
+                metrics_add(rt->m_missing, 1);
+                log_warn("service %s: reclaimed entry %s of %s has no payload (trimmed); dropped", rt->def->group,
+                         bt.msgs[i].entry_id, rt->streams[s]);
+            } else {
+                claimed++;
+            }
+        }
+        if (claimed) {
+            log_info("service %s: reclaimed %zu pending entries of %s", rt->def->group, claimed, rt->streams[s]);
+            rt->pel_due_ms = 0;
+        }
+    }
+    bus_batch_free(&bt);
+}
+
+static bool try_lease(rt_t *rt)
+{
+    const char *p[] = {rt->def->group};
+    char sql[96];
+    snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%d, hashtext($1))", LOCK_LEASE);
+    PGresult *r = pg_query(rt->db->pg, sql, 1, p);
+    bool got = r && PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    return got;
+}
+
+static int connect_all(rt_t *rt)
+{
+    const svc_opts_t *o = rt->o;
+    char *err = NULL;
+    if (rt->db && db_broken(rt)) {
+        db_close(rt->db);
+        rt->db = NULL;
+    }
+    if (!rt->db) {
+        rt->lease = false;
+        rt->db = rt->memory ? db_open_memory(o->mem) : db_open_pg(o->database_url, rt->def->group, &err);
+        if (!rt->db) {
+            log_warn("service %s: postgres unavailable: %s", rt->def->group, err);
+            free(err);
+            health_report(store_name(rt), false, 0);
+            return -1;
+        }
+    }
+    if (!rt->bus) {
+        rt->bus = o->redis_url && *o->redis_url ? bus_open_redis(o->redis_url, &err) : bus_open_memory(o->membus);
+        if (!rt->bus) {
+            log_warn("service %s: redis unavailable: %s", rt->def->group, err);
+            free(err);
+            health_report(bus_name(rt), false, 0);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
+{
+    rt_t rt = {.def = def, .o = o, .stop = stop};
+    rt.memory = !(o->database_url && *o->database_url);
+    rt.crash_deliveries = o->max_attempts + 20;
+    strmap_init(&rt.failures);
+    char labels[96];
+    snprintf(labels, sizeof labels, "group=\"%s\"", def->group);
+    rt.m_applied = metrics_counter("ecom_service_applied_total", "Messages applied by the handler", labels);
+    rt.m_dup = metrics_counter("ecom_service_duplicates_total", "Deliveries skipped by the inbox", labels);
+    rt.m_failed = metrics_counter("ecom_service_failures_total", "Handler failures (retried)", labels);
+    rt.m_dlq = metrics_counter("ecom_service_dead_letters_total", "Messages moved to the DLQ", labels);
+    rt.m_missing = metrics_counter("ecom_service_missing_payload_total", "Pending entries without payload", labels);
+    rt.m_batch_s = metrics_histogram("ecom_service_batch_seconds", "Time to apply one batch", labels);
+    rt.m_e2e_s = metrics_histogram("ecom_service_end_to_end_seconds", "Outbox append to handler commit", labels);
+    health_require(store_name(&rt));
+    health_require(bus_name(&rt));
+    log_info("service %s started as consumer %s (%s store, %s bus)", def->group, o->consumer, store_name(&rt),
+             bus_name(&rt));
+
+    bus_batch_t bt = {0};
+    const char **streams = NULL;
+    while (!stopping(&rt)) {
+        if (connect_all(&rt) != 0) {
+            backoff(&rt);
+            continue;
+        }
+        int64_t now = clock_mono_ms();
+        if (!rt.memory && !rt.lease) {
+            if (!try_lease(&rt)) {
+                health_report(store_name(&rt), pg_alive(rt.db->pg), 0);
+                nap(&rt, 1000); /* standby: another consumer of this group is active */
+                continue;
+            }
+            rt.lease = true;
+            log_info("service %s: holding the group lease", def->group);
+            discover(&rt);
+            reclaim(&rt, 0); /* the previous holder is gone: its pending entries are ours */
+            rt.pel_due_ms = 0;
+            rt.next_discover = now + DISCOVER_MS;
+        }
+        if (now >= rt.next_discover || rt.nstreams == 0) {
+            discover(&rt);
+            rt.next_discover = now + DISCOVER_MS;
+            if (rt.nstreams == 0) {
+                nap(&rt, 200);
+                continue;
+            }
+        }
+        if (flush_acks(&rt) != 0) {
+            health_report(bus_name(&rt), false, 0);
+            if (bus_ensure(rt.bus) != 0)
+                log_debug("service %s: bus reconnect failed", def->group);
+            backoff(&rt);
+            continue;
+        }
+        if (now >= rt.next_reclaim) {
+            rt.next_reclaim = now + o->reclaim_idle_ms / 2;
+            reclaim(&rt, o->reclaim_idle_ms);
+        }
+        if (!rt.memory && now >= rt.next_cleanup) {
+            rt.next_cleanup = now + CLEANUP_MS;
+            size_t gone = 0;
+            if (inbox_cleanup(rt.db, o->inbox_retain_s, 5000, &gone) == 0 && gone)
+                log_debug("service %s: inbox cleanup removed %zu ids", def->group, gone);
+        }
+        if (now >= rt.pel_due_ms) {
+            if (scan_pending(&rt) != 0) {
+                if (bus_ensure(rt.bus) != 0)
+                    log_debug("service %s: bus reconnect failed", def->group);
+                backoff(&rt);
+            }
+            continue;
+        }
+        streams = xrealloc(streams, rt.nstreams * sizeof *streams);
+        for (size_t i = 0; i < rt.nstreams; i++)
+            streams[i] = rt.streams[i];
+        int block = o->block_ms;
+        if (rt.pel_due_ms != INT64_MAX && rt.pel_due_ms - now < block)
+            block = (int)(rt.pel_due_ms - now) > 1 ? (int)(rt.pel_due_ms - now) : 1;
+        bus_batch_clear(&bt);
+        int64_t t0 = clock_mono_us();
+        if (bus_read(rt.bus, def->group, o->consumer, streams, rt.nstreams, false, o->batch, block, &bt) != 0) {
+            health_report(bus_name(&rt), false, 0);
+            if (bus_ensure(rt.bus) == 0) {
+                /* the stream or group may have been deleted: create groups again */
+                for (size_t i = 0; i < rt.nstreams; i++)
+                    if (bus_group_create(rt.bus, rt.streams[i], def->group) != 0)
+                        break;
+            }
+            backoff(&rt);
+            continue;
+        }
+        rt.backoff_ms = 0;
+        health_report(bus_name(&rt), true, (double)(clock_mono_us() - t0) / 1000.0);
+        if (bt.n == 0)
+            continue;
+        strmap_t blocked;
+        strmap_init(&blocked);
+        blocked_from_failures(&rt, &blocked);
+        process(&rt, &bt, &blocked);
+        strmap_free(&blocked);
+    }
+    /* finish: acknowledgements of applied work go out before we leave */
+    if (rt.bus && flush_acks(&rt) != 0)
+        log_warn("service %s: some acknowledgements were not sent; the inbox absorbs the redelivery", def->group);
+    log_info("service %s stopped", def->group);
+    bus_batch_free(&bt);
+    free(streams);
+    const char *k;
+    void *v;
+    for (size_t i = 0; strmap_next(&rt.failures, &i, &k, NULL, &v);) {
+        failure_t *f = v;
+        free(f->agg_key);
+        free(f);
+    }
+    strmap_free(&rt.failures);
+    for (size_t i = 0; i < rt.nstreams; i++) {
+        for (size_t k2 = 0; k2 < rt.acks[i].n; k2++)
+            free(rt.acks[i].ids[k2]);
+        free(rt.acks[i].ids);
+        free(rt.streams[i]);
+    }
+    free(rt.acks);
+    free(rt.streams);
+    db_close(rt.db);
+    bus_close(rt.bus);
+    return 0;
+}

@@ -1,0 +1,76 @@
+/* services/runtime.h: the consumer loop every service runs (`ecom service NAME`).
+ *
+ * A service is a consumer group on the streams of its topics, with a stable
+ * consumer name. Each batch is applied in one transaction that first records
+ * the message ids in the inbox (a duplicate is skipped and acknowledged), then
+ * runs the handler, which may write its effects and append outbox rows in the
+ * same transaction; entries are acknowledged only after commit.
+ *
+ * Failures: the fast path applies a whole batch at once; if any handler fails,
+ * the batch is rolled back and applied again one message per savepoint, so a
+ * failing message never sinks the others. A failed message stays pending and
+ * is retried with exponential backoff from the consumer's own pending list;
+ * later messages of the same aggregate wait behind it (per-aggregate order),
+ * messages of other aggregates flow on. After max_attempts failures, a
+ * rejection (SVC_REJECT), an unknown type, an unparsable payload or missing
+ * envelope fields, the message goes to ecom:dlq:<group> with its reason and
+ * delivery count, and is acknowledged. Entries idle in other consumers'
+ * pending lists are reclaimed; entries whose payload was trimmed are dropped
+ * from the pending list and counted.
+ *
+ * With PostgreSQL, one consumer per group is active at a time (a session
+ * advisory lock: the lease); a standby takes over when the holder's
+ * connection closes and claims its pending entries at once.
+ * Owns: its database and bus handles. */
+#ifndef ECOM_RUNTIME_H
+#define ECOM_RUNTIME_H
+
+#include "bus/bus.h"
+#include "core/db.h"
+#include "core/json.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { SVC_OK = 0, SVC_RETRY = -1, SVC_REJECT = -2 } svc_result_t;
+
+typedef struct svc_ctx {
+    db_t *tx;                /* in a transaction */
+    const envelope_t *msg;   /* borrowed */
+    json_object *payload;    /* parsed strictly, borrowed */
+    const char *group;
+    char error[256];         /* set by a failing handler */
+} svc_ctx_t;
+
+typedef struct svc_def {
+    const char *group;               /* consumer group = service name */
+    const char *const *topics;       /* NULL-terminated; NULL = every topic (discovered) */
+    const char *const *types;        /* accepted types, NULL-terminated; NULL = all */
+    svc_result_t (*handle)(svc_ctx_t *c, void *arg);
+    /* Optional: applies n new messages at once inside tx. Anything but SVC_OK
+     * makes the runtime retry the batch one message at a time with handle(). */
+    svc_result_t (*handle_batch)(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads,
+                                 size_t n, void *arg);
+    void *arg;
+} svc_def_t;
+
+typedef struct svc_opts {
+    const char *database_url; /* NULL/"" = memory (mem) */
+    memstore_t *mem;
+    const char *redis_url; /* NULL/"" = memory (membus) */
+    membus_t *membus;
+    const char *consumer; /* stable consumer name */
+    size_t batch;
+    int block_ms;
+    int max_attempts;
+    int64_t reclaim_idle_ms;
+    int64_t backoff_ms;
+    int64_t inbox_retain_s;
+} svc_opts_t;
+
+/* Runs until *stop; finishes the batch in hand. 0 on a clean stop. */
+int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop);
+
+#endif

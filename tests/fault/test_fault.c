@@ -1,0 +1,299 @@
+/* tests/fault/test_fault.c: exactly-once under faults, on real PostgreSQL and
+ * Redis. While 20,000 messages flow through two `ecom outbox-worker` processes
+ * to three consumer groups (each a separate worker process running the
+ * service runtime), drainers and workers are killed with SIGKILL at random
+ * moments and restarted, and Redis is restarted once. At the end every group
+ * applied every message exactly once, in order per aggregate.
+ *
+ * This program is also the worker: `test_fault worker GROUP` runs the runtime
+ * with a handler that records each application in test_applied. */
+#include "bus/outbox.h"
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/pg.h"
+#include "inbox/inbox.h"
+#include "services/runtime.h"
+#include "tests/testlib.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TOTAL 20000
+#define AGGS 200
+#define GROUPS 3
+
+static const char *const topics[] = {"orders", NULL};
+static char self_path[1024];
+
+/* ---- worker mode ---- */
+
+static atomic_bool worker_stop;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    atomic_store(&worker_stop, true);
+}
+
+static svc_result_t record(svc_ctx_t *c, void *arg)
+{
+    (void)arg;
+    char seq[24];
+    snprintf(seq, sizeof seq, "%lld", (long long)c->msg->seq);
+    const char *p[] = {c->group, c->msg->id, c->msg->aggregate_id, seq};
+    PGresult *r = pg_query(c->tx->pg, "INSERT INTO test_applied (grp, id, agg, seq) VALUES ($1, $2, $3, $4)", 4, p);
+    if (!r) {
+        snprintf(c->error, sizeof c->error, "insert failed");
+        return SVC_RETRY;
+    }
+    PQclear(r);
+    return SVC_OK;
+}
+
+static int worker_main(const char *group)
+{
+    log_configure("error", "text");
+    log_set_role(group);
+    struct sigaction sa = {.sa_handler = on_term};
+    sigaction(SIGTERM, &sa, NULL);
+    svc_def_t def = {.group = group, .topics = topics, .handle = record};
+    char consumer[64];
+    snprintf(consumer, sizeof consumer, "fault-%s", group); /* stable across restarts */
+    svc_opts_t o = {.database_url = getenv("DATABASE_URL"), .redis_url = getenv("REDIS_URL"), .consumer = consumer,
+                    .batch = 100, .block_ms = 100, .max_attempts = 5, .reclaim_idle_ms = 2000, .backoff_ms = 20,
+                    .inbox_retain_s = 3600};
+    return svc_run(&def, &o, &worker_stop);
+}
+
+/* ---- the test ---- */
+
+typedef struct proc {
+    pid_t pid;
+    char what[32];
+} proc_t;
+
+static const char *pg_url, *redis_url;
+
+static pid_t spawn(char *const argv[])
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("DATABASE_URL", pg_url, 1);
+        setenv("REDIS_URL", redis_url, 1);
+        setenv("ADMIN_PORT", "0", 1);
+        setenv("LOG_LEVEL", "error", 1);
+        setenv("OUTBOX_POLL_MS", "20", 1);
+        setenv("OUTBOX_BATCH", "200", 1);
+        setenv("STREAM_TRIM_INTERVAL_MS", "500", 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static pid_t spawn_drainer(void)
+{
+    char *argv[] = {(char *)test_bin("ecom"), "outbox-worker", NULL};
+    return spawn(argv);
+}
+
+static pid_t spawn_worker(int g)
+{
+    static char groups[GROUPS][8] = {"f1", "f2", "f3"};
+    char *argv[] = {self_path, "worker", groups[g], NULL};
+    return spawn(argv);
+}
+
+static void kill9(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+static void stop_proc(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    int64_t end = clock_mono_ms() + 10000;
+    while (clock_mono_ms() < end) {
+        if (waitpid(pid, NULL, WNOHANG) == pid)
+            return;
+        clock_sleep_ms(20);
+    }
+    kill9(pid);
+}
+
+typedef struct producer {
+    atomic_int appended;
+} producer_t;
+
+static void *produce(void *arg)
+{
+    producer_t *pr = arg;
+    char *err = NULL;
+    db_t *db = db_open_pg(pg_url, "producer", &err);
+    ECOM_ASSERT(db);
+    int i = 0;
+    while (i < TOTAL) {
+        if (db_begin(db) != 0)
+            continue;
+        int start = i;
+        bool ok = true;
+        for (int k = 0; k < 20 && i < TOTAL; k++, i++) {
+            char agg[32], payload[48];
+            snprintf(agg, sizeof agg, "agg-%d", i % AGGS);
+            snprintf(payload, sizeof payload, "{\"n\":%d}", i);
+            outbox_msg_t m = {.topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = agg,
+                              .payload = payload};
+            const char *why;
+            if (outbox_append(db, &m, NULL, &why) != 0) {
+                ok = false;
+                break;
+            }
+        }
+        if (!ok || db_commit(db) != 0) {
+            db_rollback(db);
+            i = start;
+            continue;
+        }
+        atomic_store(&pr->appended, i);
+        clock_sleep_ms(5); /* about 4,000 messages a second */
+    }
+    db_close(db);
+    return NULL;
+}
+
+static int restart_redis(void)
+{
+    const char *conf = getenv("ECOM_TEST_REDIS_CONF");
+    const char *port = getenv("ECOM_TEST_REDIS_PORT");
+    const char *run_as = getenv("ECOM_TEST_REDIS_RUN_AS");
+    if (!conf || !port)
+        return -1;
+    if (test_sh("redis-cli -p %s shutdown >/dev/null 2>&1", port) != 0) {
+        /* shutdown closes the connection before answering: that is fine */
+    }
+    for (int i = 0; i < 100 && test_sh("redis-cli -p %s ping >/dev/null 2>&1", port) == 0; i++)
+        clock_sleep_ms(50);
+    clock_sleep_ms(300); /* the system runs without Redis for a moment */
+    if (test_sh("%s redis-server %s", run_as ? run_as : "", conf) != 0)
+        return -1;
+    for (int i = 0; i < 100; i++) {
+        if (test_sh("redis-cli -p %s ping >/dev/null 2>&1", port) == 0)
+            return 0;
+        clock_sleep_ms(50);
+    }
+    return -1;
+}
+
+static uint64_t count_inbox(PGconn *c, const char *grp)
+{
+    const char *p[] = {grp};
+    PGresult *r = pg_query(c, "SELECT count(*) FROM bus.inbox WHERE grp = $1", 1, p);
+    uint64_t n = r ? strtoull(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+    PQclear(r);
+    return n;
+}
+
+static void test_kill9_everything(void)
+{
+    pg_url = test_pg_db("fault", true);
+    redis_url = test_redis_db();
+    char *err = NULL;
+    PGconn *c = pg_connect(pg_url, "test", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    ASSERT_OK(pg_exec(c, "CREATE TABLE test_applied (ord bigserial PRIMARY KEY, grp text, id uuid, agg text,"
+                         " seq bigint)"));
+    pid_t drainers[2] = {spawn_drainer(), spawn_drainer()};
+    pid_t workers[GROUPS];
+    for (int g = 0; g < GROUPS; g++)
+        workers[g] = spawn_worker(g);
+
+    producer_t pr = {0};
+    pthread_t prod;
+    pthread_create(&prod, NULL, produce, &pr);
+    unsigned seed = (unsigned)getpid();
+    int kills = 0, redis_restarts = 0;
+    while (atomic_load(&pr.appended) < TOTAL) {
+        clock_sleep_ms(150 + rand_r(&seed) % 400);
+        int what = rand_r(&seed) % 5;
+        if (what < 2) {
+            int d = rand_r(&seed) % 2;
+            kill9(drainers[d]);
+            drainers[d] = spawn_drainer();
+        } else {
+            int g = rand_r(&seed) % GROUPS;
+            kill9(workers[g]);
+            workers[g] = spawn_worker(g);
+        }
+        kills++;
+        if (!redis_restarts && atomic_load(&pr.appended) > TOTAL / 2) {
+            CU_ASSERT_EQUAL(restart_redis(), 0);
+            redis_restarts++;
+        }
+    }
+    pthread_join(prod, NULL);
+    CU_ASSERT_TRUE(kills >= 5);
+    CU_ASSERT_EQUAL(redis_restarts, 1);
+
+    int64_t end = clock_mono_ms() + 180000;
+    const char *groups[GROUPS] = {"f1", "f2", "f3"};
+    bool all = false;
+    while (!all && clock_mono_ms() < end) {
+        all = true;
+        for (int g = 0; g < GROUPS; g++)
+            all = all && count_inbox(c, groups[g]) >= TOTAL;
+        if (!all)
+            clock_sleep_ms(200);
+    }
+    CU_ASSERT_TRUE(all);
+    clock_sleep_ms(500);
+    for (int g = 0; g < GROUPS; g++) {
+        const char *p[] = {groups[g]};
+        CU_ASSERT_EQUAL(count_inbox(c, groups[g]), TOTAL);
+        PGresult *r = pg_query(c, "SELECT count(*), count(DISTINCT id) FROM test_applied WHERE grp = $1", 1, p);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+        CU_ASSERT_EQUAL(strtoll(PQgetvalue(r, 0, 0), NULL, 10), TOTAL); /* applied once each */
+        CU_ASSERT_EQUAL(strtoll(PQgetvalue(r, 0, 1), NULL, 10), TOTAL);
+        PQclear(r);
+        r = pg_query(c,
+                     "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY agg ORDER BY ord) AS prev"
+                     " FROM test_applied WHERE grp = $1) t WHERE prev IS NOT NULL AND seq <> prev + 1",
+                     1, p);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "0"); /* in order per aggregate */
+        PQclear(r);
+    }
+    PGresult *r = pg_query(c, "SELECT (SELECT count(*) FROM bus.outbox), (SELECT count(*) FROM bus.outbox_dead)",
+                           0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "0");
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 1), "0");
+    PQclear(r);
+    fprintf(stderr, "\n  fault run: %d kills, %d Redis restart\n", kills, redis_restarts);
+    for (int d = 0; d < 2; d++)
+        stop_proc(drainers[d]);
+    for (int g = 0; g < GROUPS; g++)
+        stop_proc(workers[g]);
+    PQfinish(c);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 3 && strcmp(argv[1], "worker") == 0)
+        return worker_main(argv[2]);
+    if (!realpath("/proc/self/exe", self_path))
+        return 2;
+    log_configure("error", "text");
+    CU_TestInfo tests[] = {
+        {"kill -9 drainers and workers, restart Redis: exactly once, in order", test_kill9_everything},
+        CU_TEST_INFO_NULL,
+    };
+    return test_main("fault", tests, NULL, NULL);
+}

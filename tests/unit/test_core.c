@@ -1,0 +1,255 @@
+/* tests/unit/test_core.c: core/ — strict JSON, UUIDv7, configuration, the
+ * string map, envelopes and the metrics text. */
+#include "bus/envelope.h"
+#include "core/alloc.h"
+#include "core/config.h"
+#include "core/json.h"
+#include "core/metrics.h"
+#include "core/strmap.h"
+#include "core/uuid.h"
+#include "tests/testlib.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int parse(const char *s)
+{
+    json_object *o = NULL;
+    const char *why = NULL;
+    int rc = json_parse_strict(s, strlen(s), &o, &why);
+    json_object_put(o);
+    return rc;
+}
+
+static void test_json_strict(void)
+{
+    CU_ASSERT_EQUAL(parse("{\"a\":1}"), 0);
+    CU_ASSERT_EQUAL(parse("  {\"a\":[1,2,{\"b\":\"x\"}]}  \n"), 0);
+    CU_ASSERT_EQUAL(parse("{\"a\":1} trailing"), -1);
+    CU_ASSERT_EQUAL(parse("{\"a\":1}{}"), -1);
+    CU_ASSERT_EQUAL(parse("{\"a\":1,\"a\":2}"), -1);
+    CU_ASSERT_EQUAL(parse("{\"a\":{\"b\":1,\"b\":2}}"), -1);
+    CU_ASSERT_EQUAL(parse("[{\"x\":1},{\"x\":1,\"y\":{\"x\":2,\"x\":3}}]"), -1);
+    CU_ASSERT_EQUAL(parse("{\"a\":1,\"\\u0061\":2}"), -1); /* the same key, escaped */
+    CU_ASSERT_EQUAL(parse("{\"a\":\"}\",\"b\":\"{,\"}"), 0);  /* structure inside strings */
+    CU_ASSERT_EQUAL(parse("{'a':1}"), -1);
+    CU_ASSERT_EQUAL(parse("{\"a\":1,}"), -1);
+    CU_ASSERT_EQUAL(parse(""), -1);
+    CU_ASSERT_EQUAL(parse("{\"a\":\"\xff\"}"), -1); /* invalid UTF-8 */
+    char deep[200] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "[");
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "]");
+    CU_ASSERT_EQUAL(parse(deep), -1);
+    json_object *o = NULL;
+    const char *why = NULL;
+    ASSERT_OK(json_parse_strict("{\"userId\":\"u1\",\"n\":5}", 21, &o, &why));
+    CU_ASSERT_STRING_EQUAL(json_get_str(o, "userId"), "u1");
+    int64_t n = 0;
+    CU_ASSERT_TRUE(json_get_int64(o, "n", &n));
+    CU_ASSERT_EQUAL(n, 5);
+    CU_ASSERT_PTR_NULL(json_get_str(o, "n"));
+    json_object_put(o);
+}
+
+static void test_json_escape(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    json_buf_str(b, "a\"b\\c\n\x01");
+    evbuffer_add(b, "", 1);
+    CU_ASSERT_STRING_EQUAL((char *)evbuffer_pullup(b, -1), "\"a\\\"b\\\\c\\n\\u0001\"");
+    evbuffer_free(b);
+}
+
+static void test_uuid_v7(void)
+{
+    char prev[UUID_STR_LEN] = "", id[UUID_STR_LEN];
+    for (int i = 0; i < 10000; i++) {
+        uuid_v7(id);
+        CU_ASSERT_TRUE(uuid_valid(id));
+        CU_ASSERT_EQUAL(id[14], '7');
+        CU_ASSERT_TRUE(strchr("89ab", id[19]) != NULL);
+        CU_ASSERT_TRUE(strcmp(prev, id) < 0); /* strictly increasing within the process */
+        memcpy(prev, id, sizeof id);
+    }
+    CU_ASSERT_FALSE(uuid_valid("not-a-uuid"));
+    CU_ASSERT_FALSE(uuid_valid("0190b2f0-0000-7000-8000-00000000000g"));
+    char hex[33];
+    random_hex(hex, 16);
+    CU_ASSERT_EQUAL(strlen(hex), 32);
+}
+
+static void test_config_file_and_env(void)
+{
+    char path[] = "/tmp/ecom-test-env-XXXXXX";
+    int fd = mkstemp(path);
+    CU_ASSERT_FATAL(fd >= 0);
+    const char *text = "# comment\nAPP_ENV=development\nPORT=4000\nJWT_SECRET=\"devsecret\"\n"
+                       "OUTBOX_BATCH=250 # inline\nFLAG_NEW_CHECKOUT=true\nexport LOG_LEVEL=debug\n";
+    CU_ASSERT_EQUAL(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    setenv("PORT", "5000", 1); /* the environment wins over the file */
+    config_t c;
+    char *errors = NULL;
+    int rc = config_load(&c, path, CFG_ROLE_GATEWAY, &errors);
+    CU_ASSERT_EQUAL(rc, 0);
+    if (errors)
+        fprintf(stderr, "%s", errors);
+    free(errors);
+    CU_ASSERT_EQUAL(c.port, 5000);
+    CU_ASSERT_EQUAL(c.outbox_batch, 250);
+    CU_ASSERT_STRING_EQUAL(c.jwt_secret, "devsecret");
+    CU_ASSERT_STRING_EQUAL(c.log_level, "debug");
+    CU_ASSERT_STRING_EQUAL(config_raw(&c, "FLAG_NEW_CHECKOUT"), "true");
+    CU_ASSERT_TRUE(config_is_dev(&c));
+    config_free(&c);
+    unsetenv("PORT");
+    unlink(path);
+}
+
+static void test_config_every_problem(void)
+{
+    setenv("PORT", "99999", 1);
+    setenv("OUTBOX_BATCH", "abc", 1);
+    setenv("LOG_FORMAT", "xml", 1);
+    setenv("DATABASE_URL", "mysql://x", 1);
+    setenv("FLAG_CACHE_SWR", "yes", 1);
+    setenv("APP_ENV", "production", 1);
+    setenv("JWT_SECRET", "short", 1);
+    setenv("JWT_PUBLIC_KEY_PEM", "x", 1);
+    config_t c;
+    char *errors = NULL;
+    CU_ASSERT_EQUAL(config_load(&c, "/nonexistent/env", CFG_ROLE_GATEWAY, &errors), -1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errors);
+    const char *want[] = {"PORT", "OUTBOX_BATCH", "LOG_FORMAT", "DATABASE_URL", "FLAG_CACHE_SWR",
+                          "JWT_SECRET: 5 bytes", "both set", "/nonexistent/env"};
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(want); i++)
+        CU_ASSERT_PTR_NOT_NULL(strstr(errors, want[i]));
+    free(errors);
+    config_free(&c);
+    const char *vars[] = {"PORT", "OUTBOX_BATCH", "LOG_FORMAT", "DATABASE_URL", "FLAG_CACHE_SWR",
+                          "APP_ENV", "JWT_SECRET", "JWT_PUBLIC_KEY_PEM"};
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(vars); i++)
+        unsetenv(vars[i]);
+    /* neither kind of key */
+    CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_GATEWAY, &errors), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errors, "set JWT_SECRET, or both"));
+    free(errors);
+    config_free(&c);
+    /* the drainer needs no key */
+    CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_DRAINER, &errors), 0);
+    config_free(&c);
+}
+
+static void test_strmap(void)
+{
+    strmap_t m;
+    strmap_init(&m);
+    char k[32];
+    for (int i = 0; i < 5000; i++) {
+        snprintf(k, sizeof k, "key-%d", i);
+        bool created;
+        void **v = strmap_put(&m, k, strlen(k), &created);
+        CU_ASSERT_TRUE(created);
+        *v = (void *)(intptr_t)(i + 1);
+    }
+    for (int i = 0; i < 5000; i += 2) {
+        snprintf(k, sizeof k, "key-%d", i);
+        CU_ASSERT_TRUE(strmap_del(&m, k, strlen(k), NULL));
+    }
+    size_t live = 0;
+    const char *key;
+    for (size_t i = 0; strmap_next(&m, &i, &key, NULL, NULL);)
+        live++;
+    CU_ASSERT_EQUAL(live, 2500);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(k, sizeof k, "key-%d", i);
+        void **v = strmap_get(&m, k, strlen(k));
+        if (i % 2) {
+            CU_ASSERT_TRUE(v && (intptr_t)*v == i + 1);
+        } else {
+            CU_ASSERT_PTR_NULL(v);
+        }
+    }
+    strmap_free(&m);
+}
+
+static void test_envelope_fields(void)
+{
+    envelope_t e = {.type = "payment.requested", .topic = "payment", .tenant = "t1", .aggregate_id = "p-1",
+                    .seq = 7, .ts = 1700000000000, .v = 1, .traceparent = "", .request_id = "r1",
+                    .payload = "{\"a\":1}"};
+    uuid_v7(e.id);
+    const char *names[ENV_NFIELDS], *vals[ENV_NFIELDS];
+    size_t nl[ENV_NFIELDS], vl[ENV_NFIELDS];
+    char tmp[ENV_NFIELDS][32];
+    for (int i = 0; i < ENV_NFIELDS; i++) {
+        names[i] = envelope_field_name(i);
+        vals[i] = envelope_field_value(&e, i, tmp[i]);
+        nl[i] = strlen(names[i]);
+        vl[i] = strlen(vals[i]);
+    }
+    envelope_t d;
+    const char *why = NULL;
+    ASSERT_OK(envelope_from_fields(&d, names, nl, vals, vl, ENV_NFIELDS, &why));
+    CU_ASSERT_STRING_EQUAL(d.id, e.id);
+    CU_ASSERT_STRING_EQUAL(d.type, "payment.requested");
+    CU_ASSERT_EQUAL(d.seq, 7);
+    CU_ASSERT_EQUAL(d.ts, 1700000000000);
+    CU_ASSERT_STRING_EQUAL(d.payload, "{\"a\":1}");
+    envelope_clear(&d);
+    /* without the payload */
+    CU_ASSERT_EQUAL(envelope_from_fields(&d, names, nl, vals, vl, ENV_NFIELDS - 1, &why), -1);
+    CU_ASSERT_STRING_EQUAL(why, "missing field payload");
+    envelope_clear(&d);
+    CU_ASSERT_FALSE(envelope_name_valid("has space"));
+    CU_ASSERT_FALSE(envelope_name_valid(""));
+    CU_ASSERT_TRUE(envelope_name_valid("auth.otp.requested"));
+}
+
+static void test_metrics_text(void)
+{
+    metric_t *c = metrics_counter("t_requests_total", "Requests", "route=\"/a\"");
+    metric_t *c2 = metrics_counter("t_requests_total", "Requests", "route=\"/b\"");
+    CU_ASSERT_PTR_EQUAL(c, metrics_counter("t_requests_total", "Requests", "route=\"/a\""));
+    metrics_add(c, 3);
+    metrics_add(c2, 1);
+    metric_t *h = metrics_histogram("t_latency_seconds", "Latency", "");
+    metrics_observe(h, 0.003);
+    metrics_observe(h, 2.0);
+    struct evbuffer *b = evbuffer_new();
+    metrics_render(b);
+    evbuffer_add(b, "", 1);
+    const char *t = (char *)evbuffer_pullup(b, -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(t, "# TYPE t_requests_total counter\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(t, "t_requests_total{route=\"/a\"} 3\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(t, "t_requests_total{route=\"/b\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(t, "t_latency_seconds_bucket{le=\"0.005\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(t, "t_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(t, "t_latency_seconds_count 2\n"));
+    /* one TYPE line per name */
+    const char *first = strstr(t, "# TYPE t_requests_total");
+    CU_ASSERT_PTR_NULL(strstr(first + 1, "# TYPE t_requests_total"));
+    evbuffer_free(b);
+    metrics_reset();
+}
+
+int main(void)
+{
+    CU_TestInfo tests[] = {
+        {"strict JSON refuses trailing data, duplicates, bad UTF-8, depth", test_json_strict},
+        {"JSON string escaping", test_json_escape},
+        {"UUIDv7 layout and order", test_uuid_v7},
+        {"config: env file, environment wins", test_config_file_and_env},
+        {"config: every problem at once", test_config_every_problem},
+        {"string map", test_strmap},
+        {"envelope fields round trip", test_envelope_fields},
+        {"metrics Prometheus text", test_metrics_text},
+        CU_TEST_INFO_NULL,
+    };
+    return test_main("core", tests, NULL, NULL);
+}
