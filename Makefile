@@ -18,7 +18,7 @@ $(BUILD)/Makefile: CMakeLists.txt
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DECOM_WERROR=$(WERROR) >/dev/null
 
 build: $(BUILD)/Makefile
-	@cmake --build $(BUILD) -j $(JOBS)
+	@cmake --build $(BUILD) -j $(JOBS) --target ecom ecomctl
 
 run: bootstrap build
 	$(BUILD)/bin/ecom all --env-file env.dev

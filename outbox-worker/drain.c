@@ -30,6 +30,8 @@ typedef struct drainer {
     int64_t next_rebalance, next_maintenance;
     int64_t backoff_ms;
     int64_t poison_until; /* a row failed: wait before retrying */
+    int64_t next_probe;
+    const char *store_name, *bus_name; /* readiness components */
     metric_t *m_published, *m_batches, *m_errors, *m_dead, *m_held, *m_batch_s, *m_trimmed;
 } drainer_t;
 
@@ -201,6 +203,17 @@ static void maintenance(drainer_t *d)
     free(streams);
 }
 
+/* Reports both dependencies for /ready, measured with a round trip each. */
+static void probe(drainer_t *d)
+{
+    int64_t t0 = clock_mono_us();
+    bool ok = d->db->kind == DB_MEMORY || pg_exec(d->db->pg, "SELECT 1") == 0;
+    int64_t t1 = clock_mono_us();
+    health_report(d->store_name, ok, (double)(t1 - t0) / 1000.0);
+    ok = bus_ping(d->bus) == 0;
+    health_report(d->bus_name, ok, (double)(clock_mono_us() - t1) / 1000.0);
+}
+
 static int connect_all(drainer_t *d)
 {
     const drain_opts_t *o = d->o;
@@ -211,7 +224,7 @@ static int connect_all(drainer_t *d)
         if (!d->db) {
             log_warn("outbox-worker: postgres unavailable: %s", err);
             free(err);
-            health_report("postgres", false, 0);
+            health_report(d->store_name, false, 0);
             return -1;
         }
         if (d->db->kind == DB_PG && pg_exec(d->db->pg, "LISTEN ecom_outbox") != 0) {
@@ -225,7 +238,7 @@ static int connect_all(drainer_t *d)
         if (!d->bus) {
             log_warn("outbox-worker: redis unavailable: %s", err);
             free(err);
-            health_report("redis", false, 0);
+            health_report(d->bus_name, false, 0);
             return -1;
         }
     }
@@ -235,7 +248,7 @@ static int connect_all(drainer_t *d)
 static void check_db(drainer_t *d)
 {
     if (d->db && d->db->kind == DB_PG && !pg_alive(d->db->pg)) {
-        health_report("postgres", false, 0);
+        health_report(d->store_name, false, 0);
         db_close(d->db);
         d->db = NULL;
         lost_connection(d);
@@ -253,8 +266,10 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
     d.m_batch_s = metrics_histogram("ecom_outbox_batch_seconds", "Time to publish and mark one batch", "");
     d.m_trimmed = metrics_counter("ecom_stream_trimmed_total", "Stream entries trimmed after every group acked", "");
     bool memory = !(o->database_url && *o->database_url);
-    health_require("postgres");
-    health_require("redis");
+    d.store_name = memory ? "memory-store" : "postgres";
+    d.bus_name = o->redis_url && *o->redis_url ? "redis" : "memory-bus";
+    health_require(d.store_name);
+    health_require(d.bus_name);
     if (memory) {
         d.nheld = OUTBOX_PARTITIONS;
         for (int p = 0; p < OUTBOX_PARTITIONS; p++)
@@ -266,11 +281,14 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
 
     while (!stopping(&d)) {
         if (connect_all(&d) != 0) {
-            d.db && d.db->kind == DB_PG ? check_db(&d) : (void)0;
             backoff(&d);
             continue;
         }
         int64_t now = clock_mono_ms();
+        if (now >= d.next_probe) {
+            d.next_probe = now + 2000;
+            probe(&d);
+        }
         if (!memory && now >= d.next_rebalance) {
             d.next_rebalance = now + REBALANCE_MS;
             int64_t t0 = clock_mono_us();
@@ -280,7 +298,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
                 backoff(&d);
                 continue;
             }
-            health_report("postgres", true, (double)(clock_mono_us() - t0) / 1000.0);
+            health_report(d.store_name, true, (double)(clock_mono_us() - t0) / 1000.0);
         }
         if (now >= d.next_maintenance && d.held[0]) {
             d.next_maintenance = now + o->trim_interval_ms;
@@ -305,15 +323,13 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         }
         if (n == 0) {
             outbox_rows_free(rows, 0);
-            if (memory)
-                health_report("postgres", true, 0);
             wait_hint(&d, o->poll_ms);
             continue;
         }
         size_t done = publish(&d, rows, n);
         if (done == 0 && d.poison_until <= clock_mono_ms()) {
             /* the bus is down: nothing went out, nothing is lost */
-            health_report("redis", false, 0);
+            health_report(d.bus_name, false, 0);
             metrics_add(d.m_errors, 1);
             outbox_rows_free(rows, n);
             if (bus_ensure(d.bus) != 0)
@@ -321,7 +337,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
             backoff(&d);
             continue;
         }
-        health_report("redis", true, 0);
+        health_report(d.bus_name, true, (double)(clock_mono_us() - t0) / 1000.0);
         if (outbox_mark_published(d.db, rows, done, o->retain_s > 0) != 0) {
             /* published but not marked: they go out again and the inbox drops the copies */
             metrics_add(d.m_errors, 1);

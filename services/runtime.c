@@ -58,7 +58,7 @@ typedef struct rt {
     strmap_t failures; /* stream \0 entry id -> failure_t* */
     acks_t *acks;      /* per stream, parallel to streams */
     int64_t pel_due_ms;  /* when to scan the own pending list; INT64_MAX = no need */
-    int64_t next_discover, next_reclaim, next_cleanup;
+    int64_t next_discover, next_reclaim, next_cleanup, next_probe;
     int64_t backoff_ms;
     int crash_deliveries;
     metric_t *m_applied, *m_dup, *m_failed, *m_dlq, *m_missing, *m_batch_s, *m_e2e_s;
@@ -589,6 +589,17 @@ static void reclaim(rt_t *rt, int64_t min_idle)
     bus_batch_free(&bt);
 }
 
+/* Reports both dependencies for /ready, measured with a round trip each. */
+static void probe(rt_t *rt)
+{
+    int64_t t0 = clock_mono_us();
+    bool ok = rt->memory || pg_exec(rt->db->pg, "SELECT 1") == 0;
+    int64_t t1 = clock_mono_us();
+    health_report(store_name(rt), ok, (double)(t1 - t0) / 1000.0);
+    ok = bus_ping(rt->bus) == 0;
+    health_report(bus_name(rt), ok, (double)(clock_mono_us() - t1) / 1000.0);
+}
+
 static bool try_lease(rt_t *rt)
 {
     const char *p[] = {rt->def->group};
@@ -658,9 +669,12 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             continue;
         }
         int64_t now = clock_mono_ms();
+        if (now >= rt.next_probe) {
+            rt.next_probe = now + 2000;
+            probe(&rt);
+        }
         if (!rt.memory && !rt.lease) {
             if (!try_lease(&rt)) {
-                health_report(store_name(&rt), pg_alive(rt.db->pg), 0);
                 nap(&rt, 1000); /* standby: another consumer of this group is active */
                 continue;
             }
