@@ -133,21 +133,27 @@ static int mem_append(db_t *tx, const outbox_msg_t *msg, const char *id)
 
 /* ---- append ---- */
 
-static const char sql_append[] =
+const char outbox_sql_append[] =
     "WITH s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq) VALUES ($3, $4, 1)"
     " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + 1 RETURNING seq)"
     " INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"
     " request_id, payload) SELECT $1, $2, $3, $4, $5, $6, s.seq, $7, $8, $9, $10 FROM s";
-static const char sql_append_notify[] =
+const char outbox_sql_append_notify[] =
     "WITH s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq) VALUES ($3, $4, 1)"
     " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + 1 RETURNING seq),"
     " i AS (INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"
     " request_id, payload) SELECT $1, $2, $3, $4, $5, $6, s.seq, $7, $8, $9, $10 FROM s RETURNING 1)"
     " SELECT pg_notify('ecom_outbox', '') FROM i";
 
-int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], const char **why)
+bool outbox_notify_due(void)
 {
-    ECOM_ASSERT(tx->in_tx);
+    int64_t now = clock_now_ms();
+    int64_t last = atomic_load_explicit(&last_notify_ms, memory_order_relaxed);
+    return now - last >= NOTIFY_EVERY_MS && atomic_compare_exchange_strong(&last_notify_ms, &last, now);
+}
+
+static int validate(const outbox_msg_t *m, const char **why)
+{
     if (!m->topic || !envelope_name_valid(m->topic) || !m->type || !envelope_name_valid(m->type) ||
         !m->tenant || !envelope_name_valid(m->tenant)) {
         *why = "topic, type and tenant must match [A-Za-z0-9._:-]{1,128}";
@@ -161,36 +167,52 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
         *why = m->payload ? "payload larger than OUTBOX_MAX_PAYLOAD" : "payload missing";
         return -1;
     }
-    char id[UUID_STR_LEN];
-    uuid_v7(id);
+    return 0;
+}
+
+int outbox_params(const outbox_msg_t *m, outbox_params_t *p, const char **why)
+{
+    if (validate(m, why) != 0)
+        return -1;
+    uuid_v7(p->id);
+    snprintf(p->part, sizeof p->part, "%d", outbox_partition_of(m->tenant, m->aggregate_id));
+    snprintf(p->ts, sizeof p->ts, "%lld", (long long)clock_now_ms());
+    const char *v[10] = {p->id,    p->part, m->tenant, m->aggregate_id, m->topic, m->type, p->ts,
+                         m->traceparent ? m->traceparent : "", m->request_id ? m->request_id : "", m->payload};
+    memcpy(p->values, v, sizeof v);
+    return 0;
+}
+
+int outbox_append_params(db_t *tx, const outbox_msg_t *m, const outbox_params_t *op, const char **why)
+{
+    ECOM_ASSERT(tx->in_tx);
     if (tx->kind == DB_MEMORY) {
-        if (mem_append(tx, m, id) != 0)
+        if (mem_append(tx, m, op->id) != 0)
             goto fail;
-    } else {
-        int64_t now = clock_now_ms();
-        int64_t last = atomic_load_explicit(&last_notify_ms, memory_order_relaxed);
-        bool notify = now - last >= NOTIFY_EVERY_MS &&
-                      atomic_compare_exchange_strong(&last_notify_ms, &last, now);
-        int stmt = notify ? DB_STMT_OUTBOX_APPEND_NOTIFY : DB_STMT_OUTBOX_APPEND;
-        if (db_prepare(tx, stmt, notify ? sql_append_notify : sql_append, 10) != 0)
-            goto fail;
-        char part[8], ts[24];
-        snprintf(part, sizeof part, "%d", outbox_partition_of(m->tenant, m->aggregate_id));
-        snprintf(ts, sizeof ts, "%lld", (long long)now);
-        const char *p[] = {id,          part,           m->tenant, m->aggregate_id,
-                           m->topic,    m->type,        ts,        m->traceparent ? m->traceparent : "",
-                           m->request_id ? m->request_id : "", m->payload};
-        PGresult *r = db_exec_prepared(tx, stmt, 10, p);
-        if (!r)
-            goto fail;
-        PQclear(r);
+        return 0;
     }
-    if (id_out)
-        memcpy(id_out, id, UUID_STR_LEN);
+    bool notify = outbox_notify_due();
+    int stmt = notify ? DB_STMT_OUTBOX_APPEND_NOTIFY : DB_STMT_OUTBOX_APPEND;
+    if (db_prepare(tx, stmt, notify ? outbox_sql_append_notify : outbox_sql_append, 10) != 0)
+        goto fail;
+    PGresult *r = db_exec_prepared(tx, stmt, 10, op->values);
+    if (!r)
+        goto fail;
+    PQclear(r);
     return 0;
 fail:
     *why = "storage error";
     return -1;
+}
+
+int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], const char **why)
+{
+    outbox_params_t op;
+    if (outbox_params(m, &op, why) != 0 || outbox_append_params(tx, m, &op, why) != 0)
+        return -1;
+    if (id_out)
+        memcpy(id_out, op.id, UUID_STR_LEN);
+    return 0;
 }
 
 /* ---- drain side ---- */

@@ -47,6 +47,24 @@ int outbox_partition_of(const char *tenant, const char *aggregate_id);
 int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], const char **why)
     __attribute__((warn_unused_result));
 
+/* For asynchronous writers (the gateway): validates m exactly as
+ * outbox_append does, assigns the id and fills the 10 text parameters of
+ * outbox_sql_append (borrowing m's strings; numbers in p->buf). The caller
+ * runs the statement inside its own transaction. */
+typedef struct outbox_params {
+    char id[UUID_STR_LEN];
+    const char *values[10];
+    char part[8], ts[24];
+} outbox_params_t;
+int outbox_params(const outbox_msg_t *m, outbox_params_t *p, const char **why) __attribute__((warn_unused_result));
+/* outbox_append with parameters prepared by outbox_params (the id is kept). */
+int outbox_append_params(db_t *tx, const outbox_msg_t *m, const outbox_params_t *p, const char **why)
+    __attribute__((warn_unused_result));
+extern const char outbox_sql_append[];
+extern const char outbox_sql_append_notify[];
+/* Whether this append should carry the drainer's wake-up hint (throttled per process). */
+bool outbox_notify_due(void);
+
 /* Drain side. Oldest rows first from the given partitions (memory: all).
  * Not in a transaction. *rows owned by the caller (outbox_rows_free). */
 int outbox_fetch(db_t *db, const int *parts, size_t nparts, size_t limit, outbox_row_t **rows, size_t *n)

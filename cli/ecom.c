@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/migrate.h"
 #include "bus/outbox.h"
+#include "http-gateway/gateway.h"
 #include "outbox-worker/drain.h"
 #include "services/registry.h"
 
@@ -44,6 +45,7 @@ static void usage(FILE *f)
 
 typedef struct role {
     pthread_t thread;
+    int rc;
     const char *name;
     const config_t *cfg;
     const svc_def_t *svc;
@@ -91,6 +93,16 @@ static void *service_main(void *arg)
     return NULL;
 }
 
+static void *gateway_main(void *arg)
+{
+    role_t *r = arg;
+    log_set_role("gateway");
+    r->rc = gateway_run(r->cfg, r->mem, &stop_flag);
+    if (r->rc != 0)
+        atomic_store(&stop_flag, true); /* the gateway could not start: stop the other roles too */
+    return NULL;
+}
+
 static int cmd_migrate(const config_t *cfg, int argc, char **argv)
 {
     const char *const *parts = NULL;
@@ -118,7 +130,7 @@ static int cmd_migrate(const config_t *cfg, int argc, char **argv)
 }
 
 /* Runs the roles on threads until a signal, then joins them. */
-static int run_roles(const config_t *cfg, bool drainer, const svc_def_t *const *svcs, size_t nsvc)
+static int run_roles(const config_t *cfg, bool gateway, bool drainer, const svc_def_t *const *svcs, size_t nsvc)
 {
     memstore_t *mem = cfg->database_url[0] ? NULL : memstore_new();
     membus_t *membus = cfg->redis_url[0] ? NULL : membus_new();
@@ -128,7 +140,8 @@ static int run_roles(const config_t *cfg, bool drainer, const svc_def_t *const *
     if ((mem || membus) && !drainer && nsvc && (mem == NULL) != (membus == NULL))
         log_warn("a memory store or bus is private to this process; other processes will not see it");
     char *err = NULL;
-    admin_t *admin = admin_start((int)cfg->admin_port, &err);
+    /* the gateway serves /health, /ready and /metrics on its own port */
+    admin_t *admin = admin_start(drainer || nsvc ? (int)cfg->admin_port : 0, &err);
     if (err) {
         fprintf(stderr, "ecom: %s\n", err);
         free(err);
@@ -136,8 +149,13 @@ static int run_roles(const config_t *cfg, bool drainer, const svc_def_t *const *
         membus_free(membus);
         return 1;
     }
-    role_t *roles = xcalloc(nsvc + 1, sizeof *roles);
+    role_t *roles = xcalloc(nsvc + 2, sizeof *roles);
     size_t nr = 0;
+    if (gateway) {
+        roles[nr] = (role_t){.name = "gateway", .cfg = cfg, .mem = mem, .membus = membus};
+        pthread_create(&roles[nr].thread, NULL, gateway_main, &roles[nr]);
+        nr++;
+    }
     if (drainer) {
         roles[nr] = (role_t){.name = "outbox-worker", .cfg = cfg, .mem = mem, .membus = membus};
         pthread_create(&roles[nr].thread, NULL, drainer_main, &roles[nr]);
@@ -149,13 +167,17 @@ static int run_roles(const config_t *cfg, bool drainer, const svc_def_t *const *
         pthread_create(&roles[nr].thread, NULL, service_main, &roles[nr]);
         nr++;
     }
-    for (size_t i = 0; i < nr; i++)
+    int rc = 0;
+    for (size_t i = 0; i < nr; i++) {
         pthread_join(roles[i].thread, NULL);
+        if (roles[i].rc)
+            rc = 1;
+    }
     admin_stop(admin);
     free(roles);
     memstore_free(mem);
     membus_free(membus);
-    return 0;
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -235,7 +257,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&cfg, nargs, args);
     } else if (strcmp(cmd, "outbox-worker") == 0) {
-        rc = run_roles(&cfg, true, NULL, 0);
+        rc = run_roles(&cfg, false, true, NULL, 0);
     } else if (strcmp(cmd, "service") == 0 || strcmp(cmd, "all") == 0) {
         const svc_def_t *svcs[8];
         size_t nsvc = 0;
@@ -258,10 +280,13 @@ int main(int argc, char **argv)
             }
         }
         if (!rc)
-            rc = run_roles(&cfg, strcmp(cmd, "all") == 0, svcs, nsvc);
+            rc = run_roles(&cfg, strcmp(cmd, "all") == 0, strcmp(cmd, "all") == 0, svcs, nsvc);
+    } else if (nargs == 1 && strcmp(args[0], "--check") == 0) {
+        rc = gateway_check(&cfg) == 0 ? 0 : 2;
+        if (rc == 0)
+            printf("gateway configuration and routes are valid\n");
     } else {
-        fprintf(stderr, "ecom gateway: not built yet\n");
-        rc = 2;
+        rc = run_roles(&cfg, true, false, NULL, 0);
     }
     config_free(&cfg);
     free(args);

@@ -93,6 +93,7 @@ typedef struct route {
     route_resilience_t resilience;
     const schema_t *response_schema; /* NULL: the handler's body as it is */
     const char *publish;             /* event type the route publishes, e.g. "analytics.event" */
+    bool anonymous;                  /* no principal needed (login and public routes) */
 } route_t;
 
 typedef struct router router_t;

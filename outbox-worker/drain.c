@@ -99,10 +99,10 @@ static int rebalance(drainer_t *d)
             return -1;
         }
     }
-    char sql[160];
+    char sql[256];
     snprintf(sql, sizeof sql,
              "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %d AND objsubid = 2"
-             " AND granted",
+             " AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
              LOCK_MEMBER);
     PGresult *r = pg_query(d->db->pg, sql, 0, NULL);
     if (!r)
@@ -327,6 +327,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
             continue;
         }
         size_t done = publish(&d, rows, n);
+        log_debug("drain: fetched %zu rows, published %zu (first pos %lld)", n, done, (long long)rows[0].pos);
         if (done == 0 && d.poison_until <= clock_mono_ms()) {
             /* the bus is down: nothing went out, nothing is lost */
             health_report(d.bus_name, false, 0);

@@ -540,6 +540,7 @@ static int scan_pending(rt_t *rt)
                 break;
             snprintf(after, sizeof after, "%s", bt.msgs[bt.n - 1].entry_id);
             size_t got = bt.n;
+            log_debug("service %s: %zu pending entries of %s after %s", rt->def->group, got, stream, after);
             process(rt, &bt, &blocked);
             if (got < page)
                 break;
@@ -741,6 +742,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         health_report(bus_name(&rt), true, (double)(clock_mono_us() - t0) / 1000.0);
         if (bt.n == 0)
             continue;
+        log_debug("service %s: read %zu new entries (first %s)", def->group, bt.n, bt.msgs[0].entry_id);
         strmap_t blocked;
         strmap_init(&blocked);
         blocked_from_failures(&rt, &blocked);

@@ -100,6 +100,62 @@ const char *test_pg_db(const char *name, bool migrate)
     return url;
 }
 
+static char priv_dir[128];
+static int priv_port;
+
+static void priv_stop(void)
+{
+    if (priv_port) {
+        test_sh("redis-cli -p %d shutdown nosave >/dev/null 2>&1", priv_port);
+        test_sh("rm -rf %s", priv_dir);
+        priv_port = 0;
+    }
+}
+
+static int priv_start(void)
+{
+    if (test_sh("redis-server --bind 127.0.0.1 --port %d --dir %s --appendonly yes --appendfsync everysec"
+                " --save '' --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log",
+                priv_port, priv_dir, priv_dir, priv_dir) != 0)
+        return -1;
+    for (int i = 0; i < 200; i++) {
+        if (test_sh("redis-cli -p %d ping 2>/dev/null | grep -q PONG", priv_port) == 0)
+            return 0;
+        usleep(25000);
+    }
+    return -1;
+}
+
+const char *test_redis_private(void)
+{
+    snprintf(priv_dir, sizeof priv_dir, "/tmp/ecom-redis-%d", (int)getpid());
+    if (test_sh("mkdir -p %s", priv_dir) != 0)
+        die("cannot create a folder for Redis");
+    for (int attempt = 0; attempt < 20; attempt++) {
+        priv_port = 20000 + (int)((getpid() * 7919 + attempt * 104729) % 30000);
+        if (test_sh("redis-cli -p %d ping >/dev/null 2>&1", priv_port) == 0)
+            continue; /* taken */
+        if (priv_start() == 0) {
+            atexit(priv_stop);
+            char *url = xasprintf("redis://127.0.0.1:%d", priv_port);
+            urls[nurls++] = url;
+            return url;
+        }
+    }
+    die("cannot start a private Redis");
+}
+
+int test_redis_private_restart(int pause_ms)
+{
+    if (test_sh("redis-cli -p %d shutdown >/dev/null 2>&1", priv_port) != 0) {
+        /* SHUTDOWN closes the connection before it answers */
+    }
+    for (int i = 0; i < 200 && test_sh("redis-cli -p %d ping >/dev/null 2>&1", priv_port) == 0; i++)
+        usleep(25000);
+    usleep((useconds_t)pause_ms * 1000);
+    return priv_start();
+}
+
 const char *test_redis_db(void)
 {
     const char *base = getenv("REDIS_URL");

@@ -39,7 +39,7 @@ static void undo_add(void *arg)
     free(e->payload);
 }
 
-static void mem_add(db_t *tx, const envelope_t *env)
+static void mem_add(db_t *tx, const envelope_t *env, const char *type)
 {
     mem_events_t *m = db_mem_slot(tx, MEM_SLOT_ANALYTICS, mem_make, mem_free);
     if (m->n == m->cap) {
@@ -49,7 +49,7 @@ static void mem_add(db_t *tx, const envelope_t *env)
     analytics_event_t *e = &m->ev[m->n++];
     memcpy(e->id, env->id, UUID_STR_LEN);
     e->tenant = xstrdup(env->tenant);
-    e->type = xstrdup(env->type);
+    e->type = xstrdup(type);
     e->topic = xstrdup(env->topic);
     e->aggregate_id = xstrdup(env->aggregate_id);
     e->seq = env->seq;
@@ -59,6 +59,18 @@ static void mem_add(db_t *tx, const envelope_t *env)
 }
 
 /* ---- handlers ---- */
+
+/* What the read model calls the event: the envelope type, except for tracked
+ * events (POST /events), which carry their own type in the payload. */
+static const char *event_type(const envelope_t *e, json_object *payload)
+{
+    if (strcmp(e->type, "analytics.track") == 0) {
+        const char *t = json_get_str(payload, "type");
+        if (t && envelope_name_valid(t))
+            return t;
+    }
+    return e->type;
+}
 
 static const char sql_one[] =
     "INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
@@ -73,8 +85,9 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
 {
     (void)arg;
     const envelope_t *e = c->msg;
+    const char *type = event_type(e, c->payload);
     if (c->tx->kind == DB_MEMORY) {
-        mem_add(c->tx, e);
+        mem_add(c->tx, e, type);
         return SVC_OK;
     }
     if (db_prepare(c->tx, DB_STMT_ANALYTICS_ONE, sql_one, 8) != 0) {
@@ -84,7 +97,7 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
     char seq[24], ts[24];
     snprintf(seq, sizeof seq, "%lld", (long long)e->seq);
     snprintf(ts, sizeof ts, "%lld", (long long)e->ts);
-    const char *p[] = {e->id, e->tenant, e->type, e->topic, e->aggregate_id, seq, e->payload, ts};
+    const char *p[] = {e->id, e->tenant, type, e->topic, e->aggregate_id, seq, e->payload, ts};
     PGresult *r = db_exec_prepared(c->tx, DB_STMT_ANALYTICS_ONE, 8, p);
     if (!r) {
         snprintf(c->error, sizeof c->error, "insert into analytics.events failed (sqlstate %s)",
@@ -99,10 +112,9 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
                                  void *arg)
 {
     (void)arg;
-    (void)payloads;
     if (tx->kind == DB_MEMORY) {
         for (size_t i = 0; i < n; i++)
-            mem_add(tx, msgs[i]);
+            mem_add(tx, msgs[i], event_type(msgs[i], payloads[i]));
         return SVC_OK;
     }
     if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, 1) != 0)
@@ -115,7 +127,7 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         evbuffer_add_printf(b, "%s{\"id\":\"%s\",\"tenant\":", i ? "," : "", e->id);
         json_buf_str(b, e->tenant);
         evbuffer_add(b, ",\"type\":", 8);
-        json_buf_str(b, e->type);
+        json_buf_str(b, event_type(e, payloads[i]));
         evbuffer_add(b, ",\"topic\":", 9);
         json_buf_str(b, e->topic);
         evbuffer_add(b, ",\"aggregate_id\":", 16);

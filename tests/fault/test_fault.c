@@ -2,7 +2,7 @@
  * Redis. While 20,000 messages flow through two `ecom outbox-worker` processes
  * to three consumer groups (each a separate worker process running the
  * service runtime), drainers and workers are killed with SIGKILL at random
- * moments and restarted, and Redis is restarted once. At the end every group
+ * moments and restarted, and Redis (a private server) is restarted once. At the end every group
  * applied every message exactly once, in order per aggregate.
  *
  * This program is also the worker: `test_fault worker GROUP` runs the runtime
@@ -169,29 +169,6 @@ static void *produce(void *arg)
     return NULL;
 }
 
-static int restart_redis(void)
-{
-    const char *conf = getenv("ECOM_TEST_REDIS_CONF");
-    const char *port = getenv("ECOM_TEST_REDIS_PORT");
-    const char *run_as = getenv("ECOM_TEST_REDIS_RUN_AS");
-    if (!conf || !port)
-        return -1;
-    if (test_sh("redis-cli -p %s shutdown >/dev/null 2>&1", port) != 0) {
-        /* shutdown closes the connection before answering: that is fine */
-    }
-    for (int i = 0; i < 100 && test_sh("redis-cli -p %s ping >/dev/null 2>&1", port) == 0; i++)
-        clock_sleep_ms(50);
-    clock_sleep_ms(300); /* the system runs without Redis for a moment */
-    if (test_sh("%s redis-server %s", run_as ? run_as : "", conf) != 0)
-        return -1;
-    for (int i = 0; i < 100; i++) {
-        if (test_sh("redis-cli -p %s ping >/dev/null 2>&1", port) == 0)
-            return 0;
-        clock_sleep_ms(50);
-    }
-    return -1;
-}
-
 static uint64_t count_inbox(PGconn *c, const char *grp)
 {
     const char *p[] = {grp};
@@ -204,7 +181,7 @@ static uint64_t count_inbox(PGconn *c, const char *grp)
 static void test_kill9_everything(void)
 {
     pg_url = test_pg_db("fault", true);
-    redis_url = test_redis_db();
+    redis_url = test_redis_private(); /* restarted below: not the server other tests share */
     char *err = NULL;
     PGconn *c = pg_connect(pg_url, "test", &err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(c);
@@ -234,7 +211,7 @@ static void test_kill9_everything(void)
         }
         kills++;
         if (!redis_restarts && atomic_load(&pr.appended) > TOTAL / 2) {
-            CU_ASSERT_EQUAL(restart_redis(), 0);
+            CU_ASSERT_EQUAL(test_redis_private_restart(300), 0); /* the system runs without Redis a moment */
             redis_restarts++;
         }
     }

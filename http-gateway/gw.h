@@ -1,0 +1,190 @@
+/* http-gateway/gw.h: the gateway's request, threads and shared state, private
+ * to http-gateway/. A gw_req_t lives from the evhttp callback until it has been
+ * answered and no asynchronous step (database pipeline, cache wait, chaos
+ * delay, background refresh) still refers to it; it owns everything it points
+ * to except the route, the thread and the shared state.
+ * Handlers answer with gw_respond (or a problem through gw_problem_or_reply);
+ * the pipeline then serialises, stores in the cache or the idempotency record,
+ * and sends. */
+#ifndef ECOM_GW_H
+#define ECOM_GW_H
+
+#include "bus/outbox.h"
+#include "core/config.h"
+#include "core/db.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "http-gateway/breaker.h"
+#include "http-gateway/cache.h"
+#include "http-gateway/chaos.h"
+#include "http-gateway/idem.h"
+#include "http-gateway/jwt.h"
+#include "http-gateway/pgasync.h"
+#include "http-gateway/reqctx.h"
+#include "http-gateway/route.h"
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/http.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define GW_MAX_BODY (1024 * 1024)     /* per request; larger bodies get 413 */
+#define GW_HARD_MAX_BODY (8 * 1024 * 1024) /* evhttp's own limit (its plain 413) */
+#define GW_MAX_HEADERS 16384
+#define GW_REQUEST_TIMEOUT_MS 10000
+#define GW_MAX_OUTBOX 8 /* outbox messages one command may append */
+#define GW_IDEM_TTL_S (24 * 3600)
+
+typedef struct gw_shared gw_shared_t;
+typedef struct gw_thread gw_thread_t;
+
+struct gw_shared {
+    const config_t *cfg;
+    bool dev;
+    memstore_t *mem; /* memory mode */
+    router_t *router;
+    const route_t *rows;
+    size_t nrows;
+    breaker_t **breakers; /* per row, NULL when the row has none */
+    cache_t *cache;
+    chaos_t chaos;
+    jwtk_t keys;
+    atomic_bool *stop;
+    atomic_bool draining;
+    gw_thread_t *threads;
+    int nthreads;
+    metric_t *m_cache_hit, *m_cache_miss, *m_cache_stale, *m_idem_replay, *m_idem_conflict, *m_idem_inflight;
+    metric_t *m_latency, *m_breaker_rejected, *m_chaos;
+};
+
+struct gw_thread {
+    int index;
+    pthread_t thread;
+    gw_shared_t *sh;
+    struct event_base *base;
+    struct evhttp *http;
+    pga_pool_t *pg; /* PostgreSQL mode */
+    db_t *memdb;    /* memory mode */
+    chaos_rng_t rng;
+    struct event *tick;
+    int64_t next_cleanup;
+    int active;          /* requests alive on this thread */
+    int64_t drain_until; /* shutting down: leave when idle or at this time */
+};
+
+typedef struct gw_header {
+    char *name, *value;
+} gw_header_t;
+
+/* A command: what one write request commits, in one transaction. */
+typedef struct gw_cmd {
+    outbox_msg_t msgs[GW_MAX_OUTBOX]; /* strings owned (copied by gw_cmd_outbox) */
+    outbox_params_t params[GW_MAX_OUTBOX];
+    size_t n;
+} gw_cmd_t;
+
+struct gw_req {
+    gw_thread_t *th;
+    gw_shared_t *sh;
+    struct evhttp_request *ev; /* NULL once answered, and for background refreshes */
+    const route_t *route;
+    size_t route_index;
+    route_params_t params;
+    unsigned method;
+    const char *method_name;
+    char *path;  /* owned */
+    char *query; /* owned, without '?', or NULL */
+    char request_id[REQCTX_ID_BUF];
+    traceparent_t trace;
+    char traceparent[REQCTX_TRACEPARENT_BUF];
+    char tenant[REQCTX_TENANT_MAX + 1];
+    principal_t principal;
+    char *body; /* owned, NUL-terminated copy of the request body */
+    size_t body_len;
+    json_object *json; /* strictly parsed body, when JSON */
+    int64_t start_us;
+    log_ctx_t log;
+
+    /* response */
+    int status;
+    struct evbuffer *out; /* body */
+    const char *content_type;
+    gw_header_t headers[12];
+    int nheaders;
+    bool answered;  /* the handler (or a stage) produced the response */
+    bool sent;      /* evhttp reply sent (or the client is gone) */
+    int pending;    /* asynchronous steps still referring to the request */
+    struct event timeout_ev;
+    bool timeout_armed;
+
+    /* policies in progress */
+    bool has_permit;
+    breaker_permit_t permit;
+    int64_t upstream_start_us;
+    chaos_decision_t chaos;
+    struct event chaos_ev;
+    bool chaos_armed;
+    char *cache_key;
+    cache_lookup_t lk;
+    cache_out_t cache_out;
+    bool cache_leader, cache_refresh, cache_collapsed;
+    uint64_t cache_ticket;
+    bool cache_waiting;
+    struct event cache_wait_ev;
+    bool background; /* a stale-while-revalidate refresh with no client */
+    char idem_key[IDEM_KEY_BUF];
+    char fingerprint[IDEM_FINGERPRINT_BUF];
+    char *idem_store;
+    bool idem_active; /* the key is claimed in the open transaction */
+    pga_conn_t *pg;   /* leased connection (PostgreSQL mode) */
+    bool mem_tx;      /* memory transaction open */
+    gw_cmd_t cmd;
+};
+
+typedef struct gw_req gw_req_t;
+
+/* ---- request lifecycle (server.c) ---- */
+/* The response: status and a body (a JSON string, copied) with content type. */
+void gw_respond(gw_req_t *r, int status, const char *content_type, const void *body, size_t len);
+/* JSON object response (json_object consumed). */
+void gw_respond_json(gw_req_t *r, int status, json_object *body);
+/* A problem+json response (RFC 9457). */
+void gw_problem(gw_req_t *r, int status, const char *slug, const char *detail);
+void gw_add_header(gw_req_t *r, const char *name, const char *value);
+/* Sends what is answered (once), then frees when nothing refers to it. */
+void gw_finish(gw_req_t *r);
+void gw_ref(gw_req_t *r);
+void gw_unref(gw_req_t *r);
+const char *gw_query_arg(gw_req_t *r, const char *name, char *buf, size_t cap);
+/* Arms a one-shot timer (an event assigned with evtimer_assign) for ms. */
+void gw_timer_add(struct event *ev, int64_t ms);
+
+/* ---- the pipeline (pipeline.c) ---- */
+void gw_pipeline_start(gw_req_t *r);
+/* Breaker, chaos, handler: after the idempotency claim. */
+void gw_pipeline_upstream(gw_req_t *r);
+/* Called when the handler answered: breaker outcome, schema, cache, idempotency, send. */
+void gw_pipeline_answered(gw_req_t *r);
+
+/* ---- commands (command.c) ---- */
+/* Idempotency claim before the handler: continues with gw_run_handler, or answers
+ * (replay, 409, 422). */
+void gw_idem_claim(gw_req_t *r);
+/* Queues an outbox message in the request's command; fills id. -1 with *why. */
+int gw_cmd_outbox(gw_req_t *r, const outbox_msg_t *m, char id[UUID_STR_LEN], const char **why);
+void gw_cmd_free(gw_cmd_t *c);
+/* Commits the command with its response (status, JSON body consumed): the
+ * outbox rows, the idempotency record and the response in one transaction. */
+void gw_cmd_commit(gw_req_t *r, int status, json_object *body);
+/* Ends an open transaction without writing (error answers, replays). */
+void gw_tx_abort(gw_req_t *r);
+/* Periodic: expired idempotency records, in bounded batches. */
+void gw_idem_cleanup(gw_thread_t *th);
+
+/* ---- handlers (routes.c) ---- */
+const route_t *gw_routes(size_t *n);
+void gw_run_handler(gw_req_t *r);
+
+#endif

@@ -1,0 +1,489 @@
+/* http-gateway/pipeline.c: the fixed order in which a route row's policies
+ * apply: request context (server.c) -> route -> flag -> authentication ->
+ * tenant -> authorization -> body -> idempotency (writes) or cache (reads) ->
+ * breaker -> chaos -> handler -> breaker outcome -> schema -> cache store ->
+ * send. Chaos sits at the upstream-call layer, inside the breaker, so injected
+ * faults exercise the breaker and stale-if-error; a cached answer never meets
+ * chaos or the breaker. */
+#include "http-gateway/gw.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "http-gateway/flags.h"
+#include "http-gateway/problem.h"
+
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static void run_upstream(gw_req_t *r);
+
+static const char *in_header(gw_req_t *r, const char *name)
+{
+    return r->ev ? evhttp_find_header(evhttp_request_get_input_headers(r->ev), name) : NULL;
+}
+
+/* ---- authentication, tenant, authorization ---- */
+
+static bool authenticate_or_reply(gw_req_t *r)
+{
+    gw_shared_t *sh = r->sh;
+    const char *auth = in_header(r, "Authorization");
+    if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
+        const char *why = NULL;
+        if (jwtk_verify(&sh->keys, auth + 7, clock_now_ms() / 1000, &r->principal, &why) != 0) {
+            gw_add_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+            gw_problem(r, 401, "invalid-token", why);
+            return false;
+        }
+        return true;
+    }
+    if (auth) {
+        gw_add_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+        gw_problem(r, 401, "invalid-token", "the Authorization header must carry a Bearer token");
+        return false;
+    }
+    if (sh->dev) {
+        /* development only: the runbook's token-less curls act as a dev principal */
+        r->principal.present = true;
+        r->principal.dev = true;
+        snprintf(r->principal.sub, sizeof r->principal.sub, "dev");
+        return true;
+    }
+    if (r->route->anonymous)
+        return true;
+    gw_add_header(r, "WWW-Authenticate", "Bearer");
+    gw_problem(r, 401, "invalid-token", "a Bearer token is required");
+    return false;
+}
+
+static bool tenant_or_reply(gw_req_t *r)
+{
+    const char *h = in_header(r, "x-tenant-id");
+    const principal_t *p = &r->principal;
+    if (h && !reqctx_tenant_valid(h)) {
+        gw_problem(r, 400, "invalid-tenant", "x-tenant-id must match [A-Za-z0-9_-]{1,64}");
+        return false;
+    }
+    if (h && p->present && !p->dev && p->tid[0] && strcmp(h, p->tid) != 0) {
+        gw_problem(r, 403, "tenant-mismatch", "x-tenant-id differs from the token's tenant");
+        return false;
+    }
+    const char *t = h ? h : (p->present && p->tid[0]) ? p->tid : "default";
+    snprintf(r->tenant, sizeof r->tenant, "%s", t);
+    if (p->dev)
+        snprintf(r->principal.tid, sizeof r->principal.tid, "%s", t);
+    return true;
+}
+
+static bool authorize_or_reply(gw_req_t *r)
+{
+    const principal_t *p = &r->principal;
+    if (p->dev)
+        return true;
+    for (int i = 0; i < ROUTE_MAX_PERMS && r->route->permissions[i]; i++) {
+        bool has = false;
+        for (int k = 0; k < p->nperms && !has; k++)
+            has = strcmp(p->perms[k], r->route->permissions[i]) == 0;
+        if (!has) {
+            char detail[128];
+            snprintf(detail, sizeof detail, "requires the permission %s", r->route->permissions[i]);
+            gw_problem(r, 403, "insufficient-scope", detail);
+            return false;
+        }
+    }
+    if (r->route->abac && !r->route->abac(r)) {
+        gw_problem(r, 403, "forbidden", "the request's attributes do not satisfy the route's policy");
+        return false;
+    }
+    return true;
+}
+
+static bool body_or_reply(gw_req_t *r)
+{
+    bool writes = r->method & (ROUTE_POST | ROUTE_PUT | ROUTE_PATCH);
+    if (!writes || r->body_len == 0)
+        return true;
+    const char *ct = in_header(r, "Content-Type");
+    size_t n = ct ? strcspn(ct, "; ") : 0;
+    if (!ct || !((n == 16 && strncasecmp(ct, "application/json", 16) == 0) ||
+                 (n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0))) {
+        gw_problem(r, 415, "unsupported-media-type", "send the body as application/json");
+        return false;
+    }
+    const char *why = NULL;
+    if (json_parse_strict(r->body, r->body_len, &r->json, &why) != 0) {
+        gw_problem(r, 400, "malformed-json", why);
+        return false;
+    }
+    return true;
+}
+
+/* ---- cache ---- */
+
+static void serve_entry(gw_req_t *r, cache_entry_t *e, cache_out_t kind, bool collapsed)
+{
+    cache_policy_t pol;
+    route_cache_policy(r->route, &pol);
+    char v[CACHE_STATUS_MAX], age[24];
+    cache_status_value(v, sizeof v, kind, cache_ttl_s(e, &pol), false, collapsed);
+    gw_add_header(r, "Cache-Status", v);
+    gw_add_header(r, "X-Cache-Status", cache_x_status(kind));
+    gw_add_header(r, "ETag", e->etag);
+    snprintf(age, sizeof age, "%lld", (long long)cache_age_s(e));
+    gw_add_header(r, "Age", age);
+    const char *inm = in_header(r, "If-None-Match");
+    r->answered = true;
+    if (inm && cache_etag_match(inm, e->etag)) {
+        r->status = 304;
+        r->content_type = NULL;
+    } else {
+        r->status = e->status;
+        r->content_type = e->content_type ? e->content_type : "application/json";
+        evbuffer_add(r->out, e->body, e->body_len);
+        /* content_type must outlive the entry reference: keep the reference until free */
+    }
+    gw_finish(r);
+}
+
+typedef struct wait_msg {
+    gw_req_t *r;
+    cache_wait_outcome_t outcome;
+    cache_entry_t *entry;
+} wait_msg_t;
+
+static void on_wait_local(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    wait_msg_t *m = arg;
+    gw_req_t *r = m->r;
+    log_ctx_set(&r->log);
+    if (r->cache_waiting) {
+        event_del(&r->cache_wait_ev);
+        r->cache_waiting = false;
+    }
+    if (r->answered) {
+        cache_entry_release(m->entry);
+    } else if (m->outcome == CACHE_WAIT_BYPASS || !m->entry) {
+        cache_entry_release(m->entry);
+        r->cache_out = CACHE_OUT_BYPASS;
+        run_upstream(r);
+    } else {
+        cache_entry_release(r->lk.entry);
+        r->lk.entry = m->entry; /* released with the request */
+        serve_entry(r, m->entry, m->outcome == CACHE_WAIT_STALE ? CACHE_OUT_STALE : CACHE_OUT_MISS, true);
+    }
+    free(m);
+    gw_unref(r);
+    log_ctx_set(NULL);
+}
+
+/* Called on the filling request's thread: hop to the waiter's. */
+static void on_wait(void *arg, cache_wait_outcome_t outcome, cache_entry_t *entry)
+{
+    gw_req_t *r = arg;
+    wait_msg_t *m = xmalloc(sizeof *m);
+    *m = (wait_msg_t){r, outcome, entry};
+    if (event_base_once(r->th->base, -1, EV_TIMEOUT, on_wait_local, m, NULL) != 0)
+        on_wait_local(-1, 0, m); /* same thread at shutdown: deliver now */
+}
+
+static void on_wait_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_req_t *r = arg;
+    r->cache_waiting = false;
+    if (cache_wait_cancel(r->sh->cache, r->cache_key, r->cache_ticket) != 0)
+        return; /* already handed over: the callback is on its way */
+    log_ctx_set(&r->log);
+    r->cache_out = CACHE_OUT_BYPASS;
+    run_upstream(r);
+    gw_unref(r);
+    log_ctx_set(NULL);
+}
+
+static void start_refresh(gw_req_t *r);
+
+static void cache_stage(gw_req_t *r)
+{
+    gw_shared_t *sh = r->sh;
+    const route_t *rt = r->route;
+    char *custom = rt->cache.key ? rt->cache.key(r) : NULL;
+    cache_key_parts_t parts = {.route_id = route_id(rt),
+                               .method = r->method_name,
+                               .path = r->path,
+                               .query = r->query,
+                               .custom = custom,
+                               .tenant = r->tenant,
+                               .principal = r->principal.sub,
+                               .shared = rt->cache.shared};
+    r->cache_key = cache_key_build(&parts);
+    free(custom);
+    cache_policy_t pol;
+    route_cache_policy(rt, &pol);
+    for (int tries = 0; tries < 3; tries++) {
+        cache_lookup(sh->cache, r->cache_key, &pol, &r->lk);
+        switch (r->lk.result) {
+        case CACHE_HIT:
+            metrics_add(sh->m_cache_hit, 1);
+            serve_entry(r, r->lk.entry, CACHE_OUT_HIT, false);
+            return;
+        case CACHE_STALE:
+            metrics_add(sh->m_cache_stale, 1);
+            if (r->lk.refresh_owner)
+                start_refresh(r);
+            serve_entry(r, r->lk.entry, CACHE_OUT_STALE, false);
+            return;
+        case CACHE_MISS:
+            metrics_add(sh->m_cache_miss, 1);
+            r->cache_leader = true;
+            r->cache_out = r->lk.entry ? CACHE_OUT_REFRESH : CACHE_OUT_MISS;
+            run_upstream(r);
+            return;
+        case CACHE_MISS_WAIT:
+            gw_ref(r);
+            if (cache_wait_register(sh->cache, r->cache_key, on_wait, r, &r->cache_ticket) != 0) {
+                gw_unref(r);
+                cache_entry_release(r->lk.entry);
+                r->lk.entry = NULL;
+                continue; /* the fill ended meanwhile: look again */
+            }
+            metrics_add(sh->m_cache_miss, 1);
+            evtimer_assign(&r->cache_wait_ev, r->th->base, on_wait_timeout, r);
+            gw_timer_add(&r->cache_wait_ev, pol.lock_timeout_ms);
+            r->cache_waiting = true;
+            return;
+        }
+    }
+    r->cache_out = CACHE_OUT_BYPASS;
+    run_upstream(r);
+}
+
+static void on_bg_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_req_t *r = arg;
+    r->timeout_armed = false;
+    if (!r->answered)
+        gw_problem(r, 504, "upstream-timeout", "background refresh timed out");
+}
+
+/* A stale-while-revalidate refresh: the same request again, with no client,
+ * whose answer only goes into the cache. */
+static void start_refresh(gw_req_t *r)
+{
+    gw_req_t *bg = xcalloc(1, sizeof *bg);
+    r->th->active++;
+    bg->th = r->th;
+    bg->sh = r->sh;
+    bg->background = true;
+    bg->start_us = clock_mono_us();
+    bg->out = evbuffer_new();
+    bg->route = r->route;
+    bg->route_index = r->route_index;
+    bg->params = r->params;
+    bg->method = ROUTE_GET;
+    bg->method_name = "GET";
+    bg->path = xstrdup(r->path);
+    bg->query = r->query ? xstrdup(r->query) : NULL;
+    memcpy(bg->request_id, r->request_id, sizeof bg->request_id);
+    bg->trace = r->trace;
+    memcpy(bg->traceparent, r->traceparent, sizeof bg->traceparent);
+    memcpy(bg->tenant, r->tenant, sizeof bg->tenant);
+    bg->principal = r->principal;
+    bg->cache_key = xstrdup(r->cache_key);
+    bg->lk.fill = r->lk.fill;
+    bg->lk.entry = cache_entry_ref(r->lk.entry);
+    bg->cache_refresh = true;
+    bg->log = (log_ctx_t){.request_id = bg->request_id, .trace_id = bg->trace.trace_id};
+    evtimer_assign(&bg->timeout_ev, bg->th->base, on_bg_timeout, bg);
+    gw_timer_add(&bg->timeout_ev, GW_REQUEST_TIMEOUT_MS);
+    bg->timeout_armed = true;
+    gw_ref(bg);
+    run_upstream(bg);
+    gw_unref(bg);
+}
+
+/* ---- breaker, chaos, handler ---- */
+
+static void after_chaos_delay(gw_req_t *r)
+{
+    if (r->answered)
+        return;
+    if (r->chaos.abort) {
+        char detail[96];
+        snprintf(detail, sizeof detail, "injected upstream failure (chaos, status %d)", r->chaos.status);
+        gw_problem(r, r->chaos.status, "upstream-error", detail);
+        return;
+    }
+    gw_run_handler(r);
+}
+
+static void on_chaos_delay(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_req_t *r = arg;
+    r->chaos_armed = false;
+    log_ctx_set(&r->log);
+    after_chaos_delay(r);
+    gw_unref(r);
+    log_ctx_set(NULL);
+}
+
+static void run_upstream(gw_req_t *r)
+{
+    gw_shared_t *sh = r->sh;
+    breaker_t *b = sh->breakers[r->route_index];
+    if (b) {
+        if (!breaker_acquire(b, &r->permit)) {
+            metrics_add(sh->m_breaker_rejected, 1);
+            if (r->lk.entry && !r->background) {
+                /* the breaker is open but a copy exists: serve it stale rather than fail */
+                serve_entry(r, r->lk.entry, CACHE_OUT_STALE, false);
+                if (r->cache_leader || r->cache_refresh) {
+                    cache_waiters_t *w = cache_fill_failed(sh->cache, r->cache_key, r->lk.fill, true);
+                    cache_waiters_run(w);
+                }
+                return;
+            }
+            char ra[24];
+            snprintf(ra, sizeof ra, "%lld", (long long)((r->permit.retry_after_ms + 999) / 1000));
+            gw_add_header(r, "Retry-After", ra);
+            gw_problem(r, 503, "circuit-open", "the circuit breaker for this route is open");
+            return;
+        }
+        r->has_permit = true;
+    }
+    r->upstream_start_us = clock_mono_us();
+    chaos_decide(&sh->chaos, &r->th->rng, &r->route->chaos, &r->chaos);
+    if (r->chaos.delay || r->chaos.abort)
+        metrics_add(sh->m_chaos, 1);
+    if (r->chaos.delay && r->chaos.delay_ms > 0) {
+        evtimer_assign(&r->chaos_ev, r->th->base, on_chaos_delay, r);
+        gw_timer_add(&r->chaos_ev, r->chaos.delay_ms);
+        r->chaos_armed = true;
+        gw_ref(r);
+        return;
+    }
+    after_chaos_delay(r);
+}
+
+void gw_pipeline_upstream(gw_req_t *r)
+{
+    run_upstream(r);
+}
+
+void gw_pipeline_start(gw_req_t *r)
+{
+    gw_shared_t *sh = r->sh;
+    const route_t *rt = NULL;
+    switch (router_match(sh->router, r->method, r->path, &r->params, &rt)) {
+    case ROUTE_NOT_FOUND:
+        gw_problem(r, 404, NULL, "no route matches this path");
+        return;
+    case ROUTE_METHOD_NOT_ALLOWED:
+        gw_add_header(r, "Allow", r->params.allow);
+        gw_problem(r, 405, NULL, "this path does not accept that method");
+        return;
+    case ROUTE_MATCH:
+        break;
+    }
+    r->route = rt;
+    r->route_index = (size_t)(rt - sh->rows);
+    if (rt->flag.name) {
+        flag_eval_t fe;
+        flags_eval(sh->cfg, rt->flag.name, rt->flag.default_on, &fe);
+        if (!fe.value) {
+            gw_problem(r, 404, NULL, "no route matches this path");
+            return;
+        }
+    }
+    if (!authenticate_or_reply(r) || !tenant_or_reply(r) || !authorize_or_reply(r) || !body_or_reply(r))
+        return;
+    if ((r->method & (ROUTE_POST | ROUTE_PATCH)) && rt->idem.enabled) {
+        const char *key = in_header(r, "Idempotency-Key");
+        if (!key && rt->idem.required) {
+            gw_problem(r, 400, "idempotency-key-missing", "this route requires an Idempotency-Key header");
+            return;
+        }
+        if (key) {
+            if (idem_key_parse(key, r->idem_key) != 0) {
+                gw_problem(r, 400, "idempotency-key-invalid",
+                           "Idempotency-Key must be 1-255 visible characters or an sf-string");
+                return;
+            }
+            if (idem_fingerprint(r->method_name, r->path, r->query, r->body, r->body_len, r->fingerprint) != 0) {
+                gw_problem(r, 500, NULL, "fingerprint failed");
+                return;
+            }
+            r->idem_store = idem_store_key(r->tenant, r->principal.sub, r->method_name, rt->path, r->idem_key);
+            gw_idem_claim(r);
+            return;
+        }
+    }
+    if ((r->method & (ROUTE_GET | ROUTE_HEAD)) && rt->cache.ttl_ms > 0) {
+        cache_stage(r);
+        return;
+    }
+    run_upstream(r);
+}
+
+/* The handler has answered: apply the post-handler policies and send. */
+void gw_pipeline_answered(gw_req_t *r)
+{
+    gw_shared_t *sh = r->sh;
+    if (r->has_permit) {
+        r->has_permit = false;
+        breaker_outcome_t o = r->status >= 500 ? BREAKER_FAILURE : r->status >= 400 ? BREAKER_IGNORED : BREAKER_SUCCESS;
+        breaker_record(sh->breakers[r->route_index], &r->permit, o,
+                       (clock_mono_us() - r->upstream_start_us) / 1000);
+    }
+    if (r->chaos.delay || r->chaos.abort) {
+        gw_add_header(r, CHAOS_HEADER, chaos_header_value(&r->chaos));
+        chaos_done(&sh->chaos, &r->chaos);
+        memset(&r->chaos, 0, sizeof r->chaos);
+    }
+    if (r->cache_leader || r->cache_refresh) {
+        r->cache_leader = r->cache_refresh = false;
+        size_t len = evbuffer_get_length(r->out);
+        cache_waiters_t *w;
+        bool stored = cache_storable(r->status, NULL, false);
+        if (stored)
+            w = cache_store(sh->cache, r->cache_key, r->lk.fill, r->status, r->content_type, evbuffer_pullup(r->out, -1),
+                            len);
+        else
+            w = cache_fill_failed(sh->cache, r->cache_key, r->lk.fill, r->status >= 500);
+        if (!r->background) {
+            if (!stored && r->status >= 500 && r->lk.entry) {
+                /* stale-if-error: the refresh failed, a copy is still allowed */
+                cache_waiters_run(w);
+                evbuffer_drain(r->out, len);
+                r->nheaders = 0;
+                serve_entry(r, r->lk.entry, CACHE_OUT_STALE, false);
+                return;
+            }
+            char v[CACHE_STATUS_MAX];
+            cache_status_value(v, sizeof v, r->cache_out, 0, stored, false);
+            gw_add_header(r, "Cache-Status", v);
+            gw_add_header(r, "X-Cache-Status", cache_x_status(r->cache_out));
+            if (stored) {
+                char etag[CACHE_ETAG_BUF];
+                cache_etag(evbuffer_pullup(r->out, -1), len, etag);
+                gw_add_header(r, "ETag", etag);
+                gw_add_header(r, "Age", "0");
+            }
+        }
+        cache_waiters_run(w);
+    }
+    if (r->pg || r->mem_tx)
+        gw_tx_abort(r); /* answered without committing: nothing of it stays */
+    gw_finish(r);
+}

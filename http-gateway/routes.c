@@ -1,0 +1,346 @@
+/* http-gateway/routes.c: the route table (DESIGN §5) and its handlers. A new
+ * route is one row and one handler. The analytics routes are the original
+ * runbook's: GET/POST /events, GET /me, GET /flaky. */
+#include "http-gateway/gw.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/uuid.h"
+#include "services/analytics/analytics.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EVENTS_LIMIT_DEFAULT 50
+#define EVENTS_LIMIT_MAX 200
+
+/* ---- GET /api/v1/analytics/events ---- */
+
+/* The runbook's key function: "events:" + JSON of the query. */
+static char *events_key(gw_req_t *r)
+{
+    return xasprintf("events:%s", r->query ? r->query : "");
+}
+
+typedef struct events_q {
+    char type[ENV_NAME_MAX + 1];
+    bool has_type;
+    char cursor[UUID_STR_LEN];
+    bool has_cursor;
+    size_t limit;
+} events_q_t;
+
+static bool events_query_or_reply(gw_req_t *r, events_q_t *q)
+{
+    char buf[256];
+    memset(q, 0, sizeof *q);
+    q->limit = EVENTS_LIMIT_DEFAULT;
+    const char *v;
+    if ((v = gw_query_arg(r, "type", buf, sizeof buf))) {
+        if (!envelope_name_valid(v)) {
+            gw_problem(r, 400, "validation-error", "type must match [A-Za-z0-9._:-]{1,128}");
+            return false;
+        }
+        snprintf(q->type, sizeof q->type, "%s", v);
+        q->has_type = true;
+    }
+    if ((v = gw_query_arg(r, "limit", buf, sizeof buf))) {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (*end || n < 1 || n > EVENTS_LIMIT_MAX) {
+            gw_problem(r, 400, "validation-error", "limit must be an integer from 1 to 200");
+            return false;
+        }
+        q->limit = (size_t)n;
+    }
+    if ((v = gw_query_arg(r, "cursor", buf, sizeof buf))) {
+        if (!uuid_valid(v)) {
+            gw_problem(r, 400, "validation-error", "cursor must be the nextCursor of a previous page");
+            return false;
+        }
+        snprintf(q->cursor, sizeof q->cursor, "%s", v);
+        q->has_cursor = true;
+    }
+    return true;
+}
+
+static json_object *event_json(const char *id, const char *type, const char *topic, const char *aggregate,
+                               int64_t seq, int64_t occurred_ms, const char *payload)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "id", json_object_new_string(id));
+    json_object_object_add(o, "type", json_object_new_string(type));
+    json_object_object_add(o, "topic", json_object_new_string(topic));
+    json_object_object_add(o, "aggregateId", json_object_new_string(aggregate));
+    json_object_object_add(o, "seq", json_object_new_int64(seq));
+    char ts[40];
+    time_t secs = (time_t)(occurred_ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof ts - n, ".%03dZ", (int)(occurred_ms % 1000));
+    json_object_object_add(o, "occurredAt", json_object_new_string(ts));
+    json_object *p = json_tokener_parse(payload);
+    json_object_object_add(o, "payload", p);
+    return o;
+}
+
+static void events_answer(gw_req_t *r, json_object *data, size_t limit)
+{
+    size_t n = json_object_array_length(data);
+    json_object *body = json_object_new_object();
+    json_object *next = NULL;
+    if (n == limit && n > 0) {
+        json_object *last = json_object_array_get_idx(data, n - 1);
+        json_object *id;
+        if (json_object_object_get_ex(last, "id", &id))
+            next = json_object_new_string(json_object_get_string(id));
+    }
+    json_object_object_add(body, "data", data);
+    json_object_object_add(body, "count", json_object_new_int64((int64_t)n));
+    json_object_object_add(body, "nextCursor", next);
+    gw_respond_json(r, 200, body);
+}
+
+typedef struct events_ctx {
+    gw_req_t *r;
+    events_q_t q;
+} events_ctx_t;
+
+static void on_events(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
+{
+    (void)n;
+    events_ctx_t *ec = arg;
+    gw_req_t *r = ec->r;
+    log_ctx_set(&r->log);
+    if (err) {
+        log_warn("events query failed: %s", err);
+        pga_release(c, false);
+        gw_problem(r, 503, "storage-unavailable", "the events could not be read");
+    } else {
+        PGresult *q = res[0];
+        json_object *data = json_object_new_array();
+        for (int i = 0; i < PQntuples(q); i++)
+            json_object_array_add(data, event_json(PQgetvalue(q, i, 0), PQgetvalue(q, i, 1), PQgetvalue(q, i, 2),
+                                                   PQgetvalue(q, i, 3), strtoll(PQgetvalue(q, i, 4), NULL, 10),
+                                                   strtoll(PQgetvalue(q, i, 5), NULL, 10), PQgetvalue(q, i, 6)));
+        pga_release(c, false);
+        events_answer(r, data, ec->q.limit);
+    }
+    free(ec);
+    gw_unref(r);
+    log_ctx_set(NULL);
+}
+
+static void on_events_conn(pga_conn_t *c, const char *err, void *arg)
+{
+    events_ctx_t *ec = arg;
+    gw_req_t *r = ec->r;
+    if (!c) {
+        log_ctx_set(&r->log);
+        log_warn("no database connection for events: %s", err ? err : "?");
+        gw_problem(r, 503, "storage-unavailable", "the database is unavailable");
+        free(ec);
+        gw_unref(r);
+        log_ctx_set(NULL);
+        return;
+    }
+    char lim[16];
+    snprintf(lim, sizeof lim, "%zu", ec->q.limit);
+    const char *p[] = {r->tenant, ec->q.has_type ? ec->q.type : NULL, ec->q.has_cursor ? ec->q.cursor : NULL, lim};
+    const pga_stmt_t st[] = {{.name = "gw_events",
+                              .sql = "SELECT id, type, topic, aggregate_id, seq,"
+                                     " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
+                                     " FROM analytics.events WHERE tenant = $1 AND ($2::text IS NULL OR type = $2)"
+                                     " AND ($3::uuid IS NULL OR id < $3::uuid) ORDER BY id DESC LIMIT $4",
+                              .nparams = 4,
+                              .params = p}};
+    if (pga_pipeline(c, st, 1, on_events, ec) != 0) {
+        pga_release(c, true);
+        gw_problem(r, 503, "storage-unavailable", "the database is unavailable");
+        free(ec);
+        gw_unref(r);
+    }
+}
+
+static void get_events(gw_req_t *r)
+{
+    events_q_t q;
+    if (!events_query_or_reply(r, &q))
+        return;
+    if (r->th->memdb) {
+        analytics_event_t *ev = NULL;
+        size_t n = 0;
+        if (analytics_list(r->th->memdb, r->tenant, q.has_type ? q.type : NULL, q.has_cursor ? q.cursor : NULL,
+                           q.limit, &ev, &n) != 0) {
+            gw_problem(r, 503, "storage-unavailable", "the events could not be read");
+            return;
+        }
+        json_object *data = json_object_new_array();
+        for (size_t i = 0; i < n; i++)
+            json_object_array_add(data, event_json(ev[i].id, ev[i].type, ev[i].topic, ev[i].aggregate_id, ev[i].seq,
+                                                   ev[i].occurred_ms, ev[i].payload));
+        analytics_events_free(ev, n);
+        events_answer(r, data, q.limit);
+        return;
+    }
+    events_ctx_t *ec = xmalloc(sizeof *ec);
+    *ec = (events_ctx_t){r, q};
+    gw_ref(r);
+    if (pga_acquire(r->th->pg, on_events_conn, ec) != 0) {
+        free(ec);
+        gw_unref(r);
+        gw_add_header(r, "Retry-After", "1");
+        gw_problem(r, 503, "storage-unavailable", "too many requests are waiting for the database");
+    }
+}
+
+/* ---- POST /api/v1/analytics/events ---- */
+
+static void post_event(gw_req_t *r)
+{
+    const char *type = json_object_is_type(r->json, json_type_object) ? json_get_str(r->json, "type") : NULL;
+    if (!type || !envelope_name_valid(type)) {
+        gw_problem(r, 400, "validation-error",
+                   "the body must be a JSON object with a \"type\" string matching [A-Za-z0-9._:-]{1,128}");
+        return;
+    }
+    char aggregate[UUID_STR_LEN + 6];
+    char uuid[UUID_STR_LEN];
+    uuid_v7(uuid);
+    snprintf(aggregate, sizeof aggregate, "event:%s", uuid);
+    outbox_msg_t m = {.topic = "analytics",
+                      .type = r->route->publish,
+                      .tenant = r->tenant,
+                      .aggregate_id = aggregate,
+                      .traceparent = r->traceparent,
+                      .request_id = r->request_id,
+                      .payload = r->body};
+    char id[UUID_STR_LEN];
+    const char *why = NULL;
+    if (gw_cmd_outbox(r, &m, id, &why) != 0) {
+        gw_problem(r, 400, "validation-error", why);
+        return;
+    }
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "id", json_object_new_string(id));
+    json_object_object_add(body, "status", json_object_new_string("accepted"));
+    json_object_object_add(body, "type", json_object_new_string(type));
+    gw_cmd_commit(r, 202, body);
+}
+
+/* ---- GET /api/v1/analytics/me ---- */
+
+static void get_me(gw_req_t *r)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "requestId", json_object_new_string(r->request_id));
+    json_object_object_add(o, "traceId", json_object_new_string(r->trace.trace_id));
+    json_object_object_add(o, "tenant", json_object_new_string(r->tenant));
+    const principal_t *p = &r->principal;
+    if (p->present) {
+        json_object *pj = json_object_new_object();
+        json_object_object_add(pj, "userId", json_object_new_string(p->sub));
+        json_object_object_add(pj, "tenantId", json_object_new_string(p->tid[0] ? p->tid : r->tenant));
+        if (p->sid[0])
+            json_object_object_add(pj, "sessionId", json_object_new_string(p->sid));
+        json_object *roles = json_object_new_array();
+        for (int i = 0; i < p->nroles; i++)
+            json_object_array_add(roles, json_object_new_string(p->roles[i]));
+        json_object_object_add(pj, "roles", roles);
+        if (p->dev)
+            json_object_object_add(pj, "dev", json_object_new_boolean(1));
+        json_object_object_add(o, "principal", pj);
+    } else {
+        json_object_object_add(o, "principal", NULL);
+    }
+    gw_respond_json(r, 200, o);
+}
+
+/* ---- GET /api/v1/analytics/flaky ---- */
+
+static void get_flaky(gw_req_t *r)
+{
+    /* reached only when chaos lets the call through */
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "ok", json_object_new_boolean(1));
+    gw_respond_json(r, 200, o);
+}
+
+/* ---- the table ---- */
+
+/* The runbook's EventsResponse: data (array of objects) and count, both required. */
+static const schema_t event_item = {.type = SCHEMA_OBJECT, .additional_properties = true};
+static const schema_t event_list = {.type = SCHEMA_ARRAY, .items = &event_item};
+static const schema_t cursor_schema = {.type = SCHEMA_STRING, .nullable = true};
+static const schema_prop_t events_props[] = {
+    {"data", &event_list, true},
+    {"count", &schema_number, true},
+    {"nextCursor", &cursor_schema, false},
+    {NULL, NULL, false},
+};
+static const schema_t events_response = {.type = SCHEMA_OBJECT, .props = events_props};
+
+/* Around the store: trips at 50% failures over 30 s once 20 calls were seen. */
+#define STORE_BREAKER                                                                                              \
+    {                                                                                                              \
+        .breaker = true, .breaker_params = {.failure_rate_threshold = 50, .window_ms = 30000, .minimum_calls = 20, \
+                                            .open_duration_ms = 20000, .half_open_max_calls = 5 }                   \
+    }
+
+static const route_t routes[] = {
+    {
+        .id = "analytics.events.list",
+        .methods = ROUTE_GET | ROUTE_HEAD,
+        .path = "/api/v1/analytics/events",
+        .handler = get_events,
+        .cache = {.ttl_ms = 5000, .swr_ms = 25000, .stale_if_error_ms = 60000, .key = events_key},
+        .permissions = {"events:read"},
+        .resilience = STORE_BREAKER,
+        .response_schema = &events_response,
+    },
+    {
+        .id = "analytics.events.create",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/analytics/events",
+        .handler = post_event,
+        .idem = {.enabled = true},
+        .permissions = {"events:write"},
+        .resilience = STORE_BREAKER,
+        .publish = "analytics.track",
+    },
+    {
+        .id = "analytics.me",
+        .methods = ROUTE_GET,
+        .path = "/api/v1/analytics/me",
+        .handler = get_me,
+    },
+    {
+        /* the runbook's breaker demo: the upstream always fails (chaos), and the
+         * breaker opens after 2 calls at >= 50% failures, so 5 calls answer
+         * 500, 500, then fast 503 circuit-open */
+        .id = "analytics.flaky",
+        .methods = ROUTE_GET,
+        .path = "/api/v1/analytics/flaky",
+        .handler = get_flaky,
+        .chaos = {.probability = 1.0, .error_rate = 1.0, .error_status = 500},
+        .resilience = {.breaker = true,
+                       .breaker_params = {.failure_rate_threshold = 0.5, .window_ms = 30000, .minimum_calls = 2,
+                                          .open_duration_ms = 20000, .half_open_max_calls = 5}},
+    },
+};
+
+const route_t *gw_routes(size_t *n)
+{
+    *n = ECOM_ARRAY_LEN(routes);
+    return routes;
+}
+
+void gw_run_handler(gw_req_t *r)
+{
+    r->route->handler(r);
+}

@@ -1,0 +1,545 @@
+/* http-gateway/server.c: threads, listeners and the request lifecycle
+ * (see gateway.h and gw.h). Every request is answered exactly once, from a
+ * per-request context bounded by our own timer. */
+#include "http-gateway/gateway.h"
+#include "http-gateway/gw.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/health.h"
+#include "core/log.h"
+#include "http-gateway/flags.h"
+#include "http-gateway/problem.h"
+#include "http-gateway/schema.h"
+
+#include <arpa/inet.h>
+#include <sys/queue.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ---- responses ---- */
+
+void gw_add_header(gw_req_t *r, const char *name, const char *value)
+{
+    if (r->nheaders == (int)ECOM_ARRAY_LEN(r->headers))
+        return;
+    r->headers[r->nheaders].name = xstrdup(name);
+    r->headers[r->nheaders].value = xstrdup(value);
+    r->nheaders++;
+}
+
+static void set_body(gw_req_t *r, int status, const char *ctype, const void *body, size_t len)
+{
+    r->status = status;
+    r->content_type = ctype;
+    evbuffer_drain(r->out, evbuffer_get_length(r->out));
+    if (len)
+        evbuffer_add(r->out, body, len);
+}
+
+void gw_respond(gw_req_t *r, int status, const char *content_type, const void *body, size_t len)
+{
+    if (r->answered)
+        return; /* already answered (timeout): the late result only finishes its own work */
+    set_body(r, status, content_type, body, len);
+    r->answered = true;
+    gw_pipeline_answered(r);
+}
+
+void gw_respond_json(gw_req_t *r, int status, json_object *body)
+{
+    const schema_t *schema = r->route ? r->route->response_schema : NULL;
+    if (schema && status >= 200 && status < 300) {
+        /* written from the declared schema: undeclared fields dropped, types coerced */
+        struct evbuffer *b = evbuffer_new();
+        const char *err = NULL;
+        if (schema_write(schema, body, b, &err) != 0) {
+            log_error("response of %s does not fit its schema: %s", route_id(r->route), err);
+            gw_problem(r, 500, NULL, "the response could not be serialised");
+        } else {
+            size_t len = evbuffer_get_length(b);
+            gw_respond(r, status, "application/json", evbuffer_pullup(b, -1), len);
+        }
+        evbuffer_free(b);
+        json_object_put(body);
+        return;
+    }
+    const char *s = json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    gw_respond(r, status, "application/json", s, strlen(s));
+    json_object_put(body);
+}
+
+void gw_problem(gw_req_t *r, int status, const char *slug, const char *detail)
+{
+    if (r->answered)
+        return;
+    struct evbuffer *b = evbuffer_new();
+    problem_render(b, status, slug, NULL, detail, r->path, r->request_id,
+                   r->trace.trace_id[0] ? r->trace.trace_id : NULL);
+    size_t len = evbuffer_get_length(b);
+    gw_respond(r, status, PROBLEM_CONTENT_TYPE, evbuffer_pullup(b, -1), len);
+    evbuffer_free(b);
+}
+
+const char *gw_query_arg(gw_req_t *r, const char *name, char *buf, size_t cap)
+{
+    if (!r->query)
+        return NULL;
+    struct evkeyvalq q;
+    TAILQ_INIT(&q);
+    if (evhttp_parse_query_str(r->query, &q) != 0) {
+        evhttp_clear_headers(&q);
+        return NULL;
+    }
+    const char *v = evhttp_find_header(&q, name);
+    const char *res = NULL;
+    if (v) {
+        snprintf(buf, cap, "%s", v);
+        res = buf;
+    }
+    evhttp_clear_headers(&q);
+    return res;
+}
+
+void gw_timer_add(struct event *ev, int64_t ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(ev, &tv);
+}
+
+/* ---- lifecycle ---- */
+
+static void req_free(gw_req_t *r)
+{
+    ECOM_ASSERT(!r->pg && !r->mem_tx);
+    if (r->timeout_armed)
+        event_del(&r->timeout_ev);
+    if (r->chaos_armed)
+        event_del(&r->chaos_ev);
+    if (r->cache_waiting)
+        event_del(&r->cache_wait_ev);
+    cache_entry_release(r->lk.entry);
+    for (int i = 0; i < r->nheaders; i++) {
+        free(r->headers[i].name);
+        free(r->headers[i].value);
+    }
+    evbuffer_free(r->out);
+    json_object_put(r->json);
+    free(r->path);
+    free(r->query);
+    free(r->body);
+    free(r->cache_key);
+    free(r->idem_store);
+    gw_cmd_free(&r->cmd);
+    r->th->active--;
+    free(r);
+}
+
+void gw_ref(gw_req_t *r)
+{
+    r->pending++;
+}
+
+void gw_unref(gw_req_t *r)
+{
+    ECOM_ASSERT(r->pending > 0);
+    r->pending--;
+    if (r->pending == 0 && (r->sent || (r->background && r->answered)))
+        req_free(r);
+}
+
+static void send_now(gw_req_t *r)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->ev);
+    evhttp_add_header(h, "x-request-id", r->request_id);
+    if (r->content_type)
+        evhttp_add_header(h, "Content-Type", r->content_type);
+    for (int i = 0; i < r->nheaders; i++)
+        evhttp_add_header(h, r->headers[i].name, r->headers[i].value);
+    bool head = r->method == ROUTE_HEAD;
+    if (head)
+        evbuffer_drain(r->out, evbuffer_get_length(r->out));
+    evhttp_send_reply(r->ev, r->status, http_reason(r->status), r->out);
+    r->ev = NULL;
+    r->sent = true;
+    gw_shared_t *sh = r->sh;
+    double secs = (double)(clock_mono_us() - r->start_us) / 1e6;
+    metrics_observe(sh->m_latency, secs);
+    char labels[256];
+    snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%d\"",
+             r->route ? route_id(r->route) : "unmatched", r->method_name ? r->method_name : "?", r->status);
+    metrics_add(metrics_counter("ecom_http_requests_total", "HTTP requests by route, method and status", labels), 1);
+    if (r->status >= 500)
+        log_warn("%s %s -> %d (%.1f ms)", r->method_name, r->path, r->status, secs * 1000);
+    else
+        log_debug("%s %s -> %d (%.1f ms)", r->method_name, r->path, r->status, secs * 1000);
+}
+
+void gw_finish(gw_req_t *r)
+{
+    if (r->background) {
+        if (r->pending == 0)
+            req_free(r);
+        return;
+    }
+    if (!r->sent && r->answered && r->ev)
+        send_now(r);
+    if (r->sent && r->pending == 0)
+        req_free(r);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_req_t *r = arg;
+    r->timeout_armed = false;
+    if (r->answered)
+        return;
+    log_ctx_set(&r->log);
+    gw_ref(r);
+    gw_problem(r, 504, "upstream-timeout", "the request did not complete in time");
+    gw_unref(r);
+    log_ctx_set(NULL);
+}
+
+static const char *method_name(enum evhttp_cmd_type t, unsigned *bit)
+{
+    switch (t) {
+    case EVHTTP_REQ_GET: *bit = ROUTE_GET; return "GET";
+    case EVHTTP_REQ_HEAD: *bit = ROUTE_HEAD; return "HEAD";
+    case EVHTTP_REQ_POST: *bit = ROUTE_POST; return "POST";
+    case EVHTTP_REQ_PUT: *bit = ROUTE_PUT; return "PUT";
+    case EVHTTP_REQ_PATCH: *bit = ROUTE_PATCH; return "PATCH";
+    case EVHTTP_REQ_DELETE: *bit = ROUTE_DELETE; return "DELETE";
+    case EVHTTP_REQ_OPTIONS: *bit = 0; return "OPTIONS";
+    default: *bit = 0; return "OTHER";
+    }
+}
+
+static void health_reply(struct evhttp_request *ev, const char *request_id, bool ready)
+{
+    struct evbuffer *b = evbuffer_new();
+    bool ok = true;
+    if (ready)
+        ok = health_render(b, "1");
+    else
+        evbuffer_add_printf(b, "{\"status\":\"pass\"}");
+    struct evkeyvalq *h = evhttp_request_get_output_headers(ev);
+    evhttp_add_header(h, "Content-Type", "application/health+json");
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    evhttp_add_header(h, "x-request-id", request_id);
+    evhttp_send_reply(ev, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", b);
+    evbuffer_free(b);
+}
+
+static void on_request(struct evhttp_request *ev, void *arg)
+{
+    gw_thread_t *th = arg;
+    gw_shared_t *sh = th->sh;
+    const char *uri = evhttp_request_get_uri(ev);
+    struct evkeyvalq *in = evhttp_request_get_input_headers(ev);
+    char rid[REQCTX_ID_BUF];
+    reqctx_request_id(evhttp_find_header(in, "x-request-id"), rid);
+
+    size_t plen = strcspn(uri, "?#");
+    if ((plen == 7 && strncmp(uri, "/health", 7) == 0) || (plen == 6 && strncmp(uri, "/ready", 6) == 0)) {
+        health_reply(ev, rid, plen == 6);
+        return;
+    }
+    if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
+        struct evbuffer *b = evbuffer_new();
+        metrics_render(b);
+        evhttp_add_header(evhttp_request_get_output_headers(ev), "Content-Type", "text/plain; version=0.0.4");
+        evhttp_add_header(evhttp_request_get_output_headers(ev), "x-request-id", rid);
+        evhttp_send_reply(ev, 200, "OK", b);
+        evbuffer_free(b);
+        return;
+    }
+
+    gw_req_t *r = xcalloc(1, sizeof *r);
+    th->active++;
+    r->th = th;
+    r->sh = sh;
+    r->ev = ev;
+    r->start_us = clock_mono_us();
+    r->out = evbuffer_new();
+    memcpy(r->request_id, rid, sizeof rid);
+    r->method_name = method_name(evhttp_request_get_command(ev), &r->method);
+    r->path = xstrndup(uri, plen);
+    if (uri[plen] == '?') {
+        const char *q = uri + plen + 1;
+        r->query = xstrndup(q, strcspn(q, "#"));
+    }
+    const char *tp = evhttp_find_header(in, "traceparent");
+    if (!tp || reqctx_traceparent_parse(tp, &r->trace) != 0)
+        reqctx_traceparent_new(&r->trace, true);
+    /* our span: a child of the caller's, carried into the outbox */
+    traceparent_t mine;
+    reqctx_traceparent_child(&r->trace, &mine);
+    reqctx_traceparent_format(&mine, r->traceparent);
+    r->log = (log_ctx_t){.request_id = r->request_id, .trace_id = r->trace.trace_id};
+    log_ctx_set(&r->log);
+
+    evtimer_assign(&r->timeout_ev, th->base, on_timeout, r);
+    struct timeval tv = {GW_REQUEST_TIMEOUT_MS / 1000, (GW_REQUEST_TIMEOUT_MS % 1000) * 1000};
+    evtimer_add(&r->timeout_ev, &tv);
+    r->timeout_armed = true;
+
+    gw_ref(r);
+    if (atomic_load(&sh->draining)) {
+        gw_add_header(r, "Retry-After", "1");
+        gw_problem(r, 503, "shutting-down", "the gateway is shutting down");
+    } else {
+        struct evbuffer *body = evhttp_request_get_input_buffer(ev);
+        size_t blen = evbuffer_get_length(body);
+        if (blen > GW_MAX_BODY) {
+            gw_problem(r, 413, "payload-too-large", "the request body is larger than 1 MiB");
+        } else {
+            r->body = xmalloc(blen + 1);
+            evbuffer_copyout(body, r->body, blen);
+            r->body[blen] = '\0';
+            r->body_len = blen;
+            gw_pipeline_start(r);
+        }
+    }
+    gw_unref(r);
+    log_ctx_set(NULL);
+}
+
+/* ---- threads ---- */
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_thread_t *th = arg;
+    gw_shared_t *sh = th->sh;
+    if (atomic_load(sh->stop)) {
+        /* /ready turns 503 first; requests in flight finish (bounded by their timers) */
+        if (!atomic_exchange(&sh->draining, true))
+            health_set_shutting_down(true);
+        int64_t now = clock_mono_ms();
+        if (!th->drain_until)
+            th->drain_until = now + GW_REQUEST_TIMEOUT_MS + 1000;
+        if (th->active == 0 || now >= th->drain_until)
+            event_base_loopexit(th->base, NULL);
+        return;
+    }
+    if (th->index == 0) {
+        int64_t now = clock_mono_ms();
+        if (now >= th->next_cleanup) {
+            th->next_cleanup = now + 60000;
+            gw_idem_cleanup(th);
+        }
+        if (th->pg) {
+            int connected = 0, busy = 0, waiting = 0;
+            if (pga_pool_stats(th->pg, &connected, &busy, &waiting) == 0)
+                health_report("postgres", connected > 0, 0);
+        } else {
+            health_report("memory-store", true, 0);
+        }
+    }
+}
+
+static int bind_reuseport(gw_thread_t *th, int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 1024) != 0) {
+        close(fd);
+        return -1;
+    }
+    struct evconnlistener *l =
+        evconnlistener_new(th->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+    if (!l) {
+        close(fd);
+        return -1;
+    }
+    if (!evhttp_bind_listener(th->http, l)) {
+        evconnlistener_free(l);
+        return -1;
+    }
+    return 0;
+}
+
+static void *thread_main(void *arg)
+{
+    gw_thread_t *th = arg;
+    char role[16];
+    snprintf(role, sizeof role, "gateway-%d", th->index);
+    log_set_role("gateway");
+    event_base_dispatch(th->base);
+    return NULL;
+}
+
+static int thread_init(gw_thread_t *th, gw_shared_t *sh, int index)
+{
+    const config_t *cfg = sh->cfg;
+    th->index = index;
+    th->sh = sh;
+    th->base = event_base_new();
+    th->http = evhttp_new(th->base);
+    evhttp_set_gencb(th->http, on_request, th);
+    evhttp_set_max_body_size(th->http, GW_HARD_MAX_BODY);
+    evhttp_set_max_headers_size(th->http, GW_MAX_HEADERS);
+    evhttp_set_timeout(th->http, 60);
+    evhttp_set_flags(th->http, EVHTTP_SERVER_LINGERING_CLOSE);
+    evhttp_set_allowed_methods(th->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                             EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
+    chaos_rng_seed(&th->rng, (uint64_t)strtoull(config_raw(cfg, "CHAOS_SEED") ? config_raw(cfg, "CHAOS_SEED") : "0",
+                                               NULL, 10),
+                   (uint64_t)index);
+    if (sh->mem)
+        th->memdb = db_open_memory(sh->mem);
+    else
+        th->pg = pga_pool_new(th->base, cfg->database_url, 4, 1024, 5000);
+    if (bind_reuseport(th, (int)cfg->port) != 0) {
+        fprintf(stderr, "ecom gateway: cannot listen on port %ld: %s\n", cfg->port, strerror(errno));
+        return -1;
+    }
+    th->tick = event_new(th->base, -1, EV_PERSIST, on_tick, th);
+    event_add(th->tick, &(struct timeval){0, 100000});
+    return 0;
+}
+
+static void thread_free(gw_thread_t *th)
+{
+    if (th->tick)
+        event_free(th->tick);
+    if (th->pg)
+        pga_pool_free(th->pg); /* pending database work calls back (and answers) first */
+    if (th->http)
+        evhttp_free(th->http);
+    db_close(th->memdb);
+    if (th->base)
+        event_base_free(th->base);
+}
+
+static int shared_init(gw_shared_t *sh, const config_t *cfg, memstore_t *mem, atomic_bool *stop)
+{
+    memset(sh, 0, sizeof *sh);
+    sh->cfg = cfg;
+    sh->dev = config_is_dev(cfg);
+    sh->mem = mem;
+    sh->stop = stop;
+    char *errors = NULL;
+    int problems = 0;
+    sh->rows = gw_routes(&sh->nrows);
+    if (router_new(sh->rows, sh->nrows, &sh->router, &errors) != 0) {
+        fprintf(stderr, "ecom gateway: route table problems:\n%s", errors);
+        free(errors);
+        errors = NULL;
+        problems++;
+    }
+    if (flags_validate(cfg, &errors) != 0) {
+        fprintf(stderr, "ecom gateway: %s", errors);
+        free(errors);
+        errors = NULL;
+        problems++;
+    }
+    if (jwtk_init(&sh->keys, cfg, &errors) != 0) {
+        fprintf(stderr, "ecom gateway: %s", errors);
+        free(errors);
+        problems++;
+    }
+    if (problems)
+        return -1;
+    sh->breakers = xcalloc(sh->nrows, sizeof *sh->breakers);
+    for (size_t i = 0; i < sh->nrows; i++)
+        if (sh->rows[i].resilience.breaker)
+            sh->breakers[i] = breaker_new(&sh->rows[i].resilience.breaker_params);
+    sh->cache = cache_new(64u << 20, 1u << 20);
+    chaos_init(&sh->chaos, 64);
+    sh->m_cache_hit = metrics_counter("ecom_cache_requests_total", "Cache lookups by result", "result=\"hit\"");
+    sh->m_cache_miss = metrics_counter("ecom_cache_requests_total", "Cache lookups by result", "result=\"miss\"");
+    sh->m_cache_stale = metrics_counter("ecom_cache_requests_total", "Cache lookups by result", "result=\"stale\"");
+    sh->m_idem_replay = metrics_counter("ecom_idempotency_total", "Idempotency outcomes", "outcome=\"replayed\"");
+    sh->m_idem_conflict = metrics_counter("ecom_idempotency_total", "Idempotency outcomes", "outcome=\"conflict\"");
+    sh->m_idem_inflight = metrics_counter("ecom_idempotency_total", "Idempotency outcomes", "outcome=\"in_flight\"");
+    sh->m_latency = metrics_histogram("ecom_http_request_duration_seconds", "Request latency", "");
+    sh->m_breaker_rejected = metrics_counter("ecom_breaker_rejected_total", "Calls refused by open breakers", "");
+    sh->m_chaos = metrics_counter("ecom_chaos_injected_total", "Requests that got a chaos fault", "");
+    return 0;
+}
+
+static double breaker_state_gauge(void *arg)
+{
+    return (double)breaker_state((breaker_t *)arg);
+}
+
+static void shared_free(gw_shared_t *sh)
+{
+    for (size_t i = 0; sh->breakers && i < sh->nrows; i++)
+        if (sh->breakers[i])
+            breaker_free(sh->breakers[i]);
+    free(sh->breakers);
+    if (sh->cache)
+        cache_free(sh->cache);
+    router_free(sh->router);
+    jwtk_free(&sh->keys);
+}
+
+int gateway_check(const config_t *cfg)
+{
+    gw_shared_t sh;
+    atomic_bool stop = false;
+    int rc = shared_init(&sh, cfg, NULL, &stop);
+    shared_free(&sh);
+    return rc;
+}
+
+int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
+{
+    evthread_use_pthreads();
+    gw_shared_t sh;
+    if (shared_init(&sh, cfg, mem, stop) != 0) {
+        shared_free(&sh);
+        return -1;
+    }
+    for (size_t i = 0; i < sh.nrows; i++)
+        if (sh.breakers[i]) {
+            char labels[160];
+            snprintf(labels, sizeof labels, "route=\"%s\"", route_id(&sh.rows[i]));
+            metrics_gauge_fn("ecom_breaker_state", "Breaker state (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled)",
+                             labels, breaker_state_gauge, sh.breakers[i]);
+        }
+    long n = cfg->gateway_threads > 0 ? cfg->gateway_threads : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    health_require(mem ? "memory-store" : "postgres");
+    sh.nthreads = (int)n;
+    sh.threads = xcalloc((size_t)n, sizeof *sh.threads);
+    int rc = 0;
+    for (int i = 0; i < sh.nthreads && rc == 0; i++)
+        rc = thread_init(&sh.threads[i], &sh, i);
+    if (rc == 0) {
+        log_info("gateway listening on port %ld (%d threads, %s store, %s mode)", cfg->port, sh.nthreads,
+                 mem ? "memory" : "postgres", sh.dev ? "development" : "production");
+        for (int i = 0; i < sh.nthreads; i++)
+            pthread_create(&sh.threads[i].thread, NULL, thread_main, &sh.threads[i]);
+        for (int i = 0; i < sh.nthreads; i++)
+            pthread_join(sh.threads[i].thread, NULL);
+        log_info("gateway stopped");
+    }
+    for (int i = 0; i < sh.nthreads; i++)
+        thread_free(&sh.threads[i]);
+    free(sh.threads);
+    shared_free(&sh);
+    return rc == 0 ? 0 : -1;
+}
