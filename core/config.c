@@ -327,9 +327,20 @@ void config_print_doc(void)
             snprintf(range, sizeof range, "%ld..%ld", it->min, it->max);
         else if (it->type == T_BOOL)
             snprintf(range, sizeof range, "true, false");
-        else if (it->opts)
-            snprintf(range, sizeof range, "%s", it->opts);
-        printf("| `%s` | `%s` | %s | %s |\n", it->name, it->def, range, it->doc);
+        else if (it->opts) /* "a|b" would split the markdown cell: list as "a, b" */
+            for (const char *o = it->opts; *o && strlen(range) + 3 < sizeof range; o++) {
+                size_t l = strlen(range);
+                if (*o == '|') {
+                    range[l] = ',';
+                    range[l + 1] = ' ';
+                    range[l + 2] = '\0';
+                } else {
+                    range[l] = *o;
+                    range[l + 1] = '\0';
+                }
+            }
+        printf("| `%s` | %s%s%s | %s | %s |\n", it->name, it->def[0] ? "`" : "", it->def[0] ? it->def : "(empty)",
+               it->def[0] ? "`" : "", range, it->doc);
     }
     printf("| `FLAG_<NAME>` | route default | true, false | feature flag; any other value stops startup |\n");
 }

@@ -22,6 +22,60 @@ void random_bytes(void *buf, size_t n)
     }
 }
 
+/* xoshiro256** per thread, reseeded from the CSPRNG every 2^20 outputs */
+static _Thread_local uint64_t fs[4];
+static _Thread_local uint32_t fs_left;
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t fast_next(void)
+{
+    if (fs_left == 0) {
+        do
+            random_bytes(fs, sizeof fs);
+        while (!(fs[0] | fs[1] | fs[2] | fs[3]));
+        fs_left = 1u << 20;
+    }
+    fs_left--;
+    uint64_t result = rotl(fs[1] * 5, 7) * 9;
+    uint64_t t = fs[1] << 17;
+    fs[2] ^= fs[0];
+    fs[3] ^= fs[1];
+    fs[1] ^= fs[2];
+    fs[0] ^= fs[3];
+    fs[2] ^= t;
+    fs[3] = rotl(fs[3], 45);
+    return result;
+}
+
+void random_fast_bytes(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n) {
+        uint64_t v = fast_next();
+        size_t k = n < 8 ? n : 8;
+        memcpy(p, &v, k);
+        p += k;
+        n -= k;
+    }
+}
+
+void random_fast_hex(char *out, size_t nbytes)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[64];
+    ECOM_ASSERT(nbytes <= sizeof b);
+    random_fast_bytes(b, nbytes);
+    for (size_t i = 0; i < nbytes; i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 15];
+    }
+    out[2 * nbytes] = '\0';
+}
+
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static int64_t last_ms;
 static unsigned counter;
@@ -29,7 +83,7 @@ static unsigned counter;
 void uuid_v7(char out[UUID_STR_LEN])
 {
     unsigned char b[16];
-    random_bytes(b, sizeof b);
+    random_fast_bytes(b, sizeof b);
     int64_t ms = clock_now_ms();
     pthread_mutex_lock(&mu);
     if (ms <= last_ms) {

@@ -13,7 +13,14 @@ void uuid_v7(char out[UUID_STR_LEN]);
 bool uuid_valid(const char *s); /* canonical lowercase or uppercase 8-4-4-4-12 */
 /* n random bytes as 2n lowercase hex characters plus NUL. */
 void random_hex(char *out, size_t nbytes);
-/* Fills buf with CSPRNG bytes; aborts if the OS cannot provide them. */
+/* Fills buf with CSPRNG bytes; aborts if the OS cannot provide them. For
+ * secrets: codes, tickets, tokens, keys. */
 void random_bytes(void *buf, size_t n);
+/* Unpredictable-enough bytes for identifiers (request, trace and span ids,
+ * UUIDv7 random bits): a per-thread generator seeded from the CSPRNG, with no
+ * system call per use. Never for secrets. */
+void random_fast_bytes(void *buf, size_t n);
+/* random_hex from random_fast_bytes. */
+void random_fast_hex(char *out, size_t nbytes);
 
 #endif

@@ -15,6 +15,7 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/strmap.h"
 #include "http-gateway/breaker.h"
 #include "http-gateway/cache.h"
 #include "http-gateway/chaos.h"
@@ -70,7 +71,8 @@ struct gw_thread {
     chaos_rng_t rng;
     struct event *tick;
     int64_t next_cleanup;
-    int active;          /* requests alive on this thread */
+    strmap_t req_counters; /* "route|method|status" -> metric_t*, this thread's lookups */
+    int active;            /* requests alive on this thread */
     int64_t drain_until; /* shutting down: leave when idle or at this time */
 };
 

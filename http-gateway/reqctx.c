@@ -29,7 +29,7 @@ bool reqctx_request_id(const char *inbound, char out[REQCTX_ID_BUF])
         strcpy(out, inbound);
         return true;
     }
-    random_hex(out, 16);
+    random_fast_hex(out, 16);
     return false;
 }
 
@@ -90,7 +90,7 @@ int reqctx_traceparent_parse(const char *h, traceparent_t *out)
 static void random_nonzero_hex(char *out, size_t nbytes)
 {
     do
-        random_hex(out, nbytes);
+        random_fast_hex(out, nbytes);
     while (strspn(out, "0") == 2 * nbytes);
 }
 

@@ -174,10 +174,18 @@ static void send_now(gw_req_t *r)
     gw_shared_t *sh = r->sh;
     double secs = (double)(clock_mono_us() - r->start_us) / 1e6;
     metrics_observe(sh->m_latency, secs);
-    char labels[256];
-    snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%d\"",
-             r->route ? route_id(r->route) : "unmatched", r->method_name ? r->method_name : "?", r->status);
-    metrics_add(metrics_counter("ecom_http_requests_total", "HTTP requests by route, method and status", labels), 1);
+    /* the registry is searched once per series and thread, then the pointer is kept */
+    const char *rid = r->route ? route_id(r->route) : "unmatched";
+    const char *mname = r->method_name ? r->method_name : "?";
+    char key[192];
+    int kl = snprintf(key, sizeof key, "%s|%s|%d", rid, mname, r->status);
+    void **slot = strmap_put(&r->th->req_counters, key, (size_t)kl < sizeof key ? (size_t)kl : sizeof key - 1, NULL);
+    if (!*slot) {
+        char labels[256];
+        snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%d\"", rid, mname, r->status);
+        *slot = metrics_counter("ecom_http_requests_total", "HTTP requests by route, method and status", labels);
+    }
+    metrics_add(*slot, 1);
     if (r->status >= 500)
         log_warn("%s %s -> %d (%.1f ms)", r->method_name, r->path, r->status, secs * 1000);
     else
@@ -393,6 +401,7 @@ static int thread_init(gw_thread_t *th, gw_shared_t *sh, int index)
     const config_t *cfg = sh->cfg;
     th->index = index;
     th->sh = sh;
+    strmap_init(&th->req_counters);
     th->base = event_base_new();
     th->http = evhttp_new(th->base);
     evhttp_set_gencb(th->http, on_request, th);
@@ -427,6 +436,7 @@ static void thread_free(gw_thread_t *th)
     if (th->http)
         evhttp_free(th->http);
     db_close(th->memdb);
+    strmap_free(&th->req_counters);
     if (th->base)
         event_base_free(th->base);
 }
