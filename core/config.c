@@ -264,6 +264,13 @@ static void cross_checks(config_t *cfg, int roles, errbuf_t *e)
             err_add(e, "JWT_SECRET: %zu bytes; at least 32 are required outside APP_ENV=development",
                     strlen(cfg->jwt_secret));
     }
+    if (strcmp(cfg->app_env, "production") == 0) {
+        /* development conveniences must not reach production */
+        if (cfg->notify_sink_file[0])
+            err_add(e, "NOTIFY_SINK_FILE: the development delivery file is refused with APP_ENV=production");
+        if (config_raw(cfg, "CHAOS_SEED"))
+            err_add(e, "CHAOS_SEED: deterministic chaos is for tests; unset it with APP_ENV=production");
+    }
     for (size_t i = 0; i < cfg->raw_n; i++) {
         const char *k = cfg->raw_keys[i];
         if (strncmp(k, "FLAG_", 5) == 0 && strcmp(cfg->raw_vals[i], "true") != 0 &&

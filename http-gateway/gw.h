@@ -49,6 +49,9 @@ struct gw_shared {
     const route_t *rows;
     size_t nrows;
     breaker_t **breakers; /* per row, NULL when the row has none */
+    hedge_tracker_t **hedge_trackers; /* per row with hedging, else NULL */
+    hedge_budget_t *hedge_budgets;    /* per row */
+    metric_t *m_hedges_sent, *m_hedge_wins;
     cache_t *cache;
     chaos_t chaos;
     jwtk_t keys;

@@ -106,22 +106,114 @@ static void events_answer(gw_req_t *r, json_object *data, size_t limit)
     gw_respond_json(r, 200, body);
 }
 
+/* One GET /events read, possibly hedged: the primary query, and after the
+ * route's p95 (or at once when the primary fails) a second one on another
+ * connection, within the hedge budget and never while the breaker is not
+ * closed. The first good answer wins; a late one is read and dropped. */
 typedef struct events_ctx {
     gw_req_t *r;
     events_q_t q;
+    int inflight;  /* attempts not finished */
+    int attempts;  /* attempts started */
+    bool done;     /* answered */
+    struct event hedge_ev;
+    bool hedge_armed;
 } events_ctx_t;
+
+typedef struct attempt {
+    events_ctx_t *ec;
+    int n; /* 0 = primary */
+    int64_t start_us;
+} attempt_t;
+
+static void start_attempt(events_ctx_t *ec);
+
+static void ec_maybe_free(events_ctx_t *ec)
+{
+    if (ec->inflight > 0 || ec->hedge_armed)
+        return;
+    gw_req_t *r = ec->r;
+    free(ec);
+    gw_unref(r);
+}
+
+static bool may_hedge(events_ctx_t *ec)
+{
+    gw_req_t *r = ec->r;
+    gw_shared_t *sh = r->sh;
+    const hedge_params_t *hp = &r->route->resilience.hedge;
+    breaker_t *b = sh->breakers[r->route_index];
+    return hp->enabled && !ec->done && ec->attempts < hedge_max_attempts(hp) &&
+           hedge_budget_allows(&sh->hedge_budgets[r->route_index]) && (!b || breaker_state(b) == BREAKER_CLOSED);
+}
+
+static void on_hedge_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    events_ctx_t *ec = arg;
+    ec->hedge_armed = false;
+    if (may_hedge(ec)) {
+        metrics_add(ec->r->sh->m_hedges_sent, 1);
+        start_attempt(ec);
+    }
+    ec_maybe_free(ec);
+}
+
+static void arm_hedge(events_ctx_t *ec)
+{
+    gw_req_t *r = ec->r;
+    if (!may_hedge(ec) || ec->hedge_armed)
+        return;
+    int64_t delay = hedge_delay_ms(r->sh->hedge_trackers[r->route_index], &r->route->resilience.hedge);
+    if (delay < 0)
+        return; /* not enough samples for a p95 yet */
+    evtimer_assign(&ec->hedge_ev, r->th->base, on_hedge_timer, ec);
+    gw_timer_add(&ec->hedge_ev, delay);
+    ec->hedge_armed = true;
+}
+
+static void attempt_done(attempt_t *at, bool ok)
+{
+    events_ctx_t *ec = at->ec;
+    gw_req_t *r = ec->r;
+    gw_shared_t *sh = r->sh;
+    if (sh->hedge_trackers[r->route_index] && ok)
+        hedge_tracker_observe(sh->hedge_trackers[r->route_index], clock_mono_us() - at->start_us);
+    hedge_budget_record(&sh->hedge_budgets[r->route_index], ok);
+    ec->inflight--;
+    free(at);
+}
 
 static void on_events(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
 {
     (void)n;
-    events_ctx_t *ec = arg;
+    attempt_t *at = arg;
+    events_ctx_t *ec = at->ec;
     gw_req_t *r = ec->r;
+    int which = at->n;
     log_ctx_set(&r->log);
-    if (err) {
+    attempt_done(at, err == NULL);
+    if (ec->done) {
+        pga_release(c, false); /* another attempt answered first */
+    } else if (err) {
         log_warn("events query failed: %s", err);
         pga_release(c, false);
-        gw_problem(r, 503, "storage-unavailable", "the events could not be read");
+        if (may_hedge(ec)) { /* a failure sends the next attempt at once */
+            metrics_add(r->sh->m_hedges_sent, 1);
+            start_attempt(ec);
+        } else if (ec->inflight == 0) {
+            ec->done = true;
+            gw_problem(r, 503, "storage-unavailable", "the events could not be read");
+        }
     } else {
+        ec->done = true;
+        if (ec->hedge_armed) {
+            event_del(&ec->hedge_ev);
+            ec->hedge_armed = false;
+        }
+        if (which > 0)
+            metrics_add(r->sh->m_hedge_wins, 1);
         PGresult *q = res[0];
         json_object *data = json_object_new_array();
         for (int i = 0; i < PQntuples(q); i++)
@@ -131,21 +223,27 @@ static void on_events(pga_conn_t *c, PGresult *const *res, int n, const char *er
         pga_release(c, false);
         events_answer(r, data, ec->q.limit);
     }
-    free(ec);
-    gw_unref(r);
+    ec_maybe_free(ec);
     log_ctx_set(NULL);
 }
 
 static void on_events_conn(pga_conn_t *c, const char *err, void *arg)
 {
-    events_ctx_t *ec = arg;
+    attempt_t *at = arg;
+    events_ctx_t *ec = at->ec;
     gw_req_t *r = ec->r;
-    if (!c) {
-        log_ctx_set(&r->log);
-        log_warn("no database connection for events: %s", err ? err : "?");
-        gw_problem(r, 503, "storage-unavailable", "the database is unavailable");
-        free(ec);
-        gw_unref(r);
+    log_ctx_set(&r->log);
+    if (!c || ec->done) {
+        if (c)
+            pga_release(c, false);
+        else
+            log_warn("no database connection for events: %s", err ? err : "?");
+        attempt_done(at, c != NULL);
+        if (!ec->done && ec->inflight == 0) {
+            ec->done = true;
+            gw_problem(r, 503, "storage-unavailable", "the database is unavailable");
+        }
+        ec_maybe_free(ec);
         log_ctx_set(NULL);
         return;
     }
@@ -159,12 +257,35 @@ static void on_events_conn(pga_conn_t *c, const char *err, void *arg)
                                      " AND ($3::uuid IS NULL OR id < $3::uuid) ORDER BY id DESC LIMIT $4",
                               .nparams = 4,
                               .params = p}};
-    if (pga_pipeline(c, st, 1, on_events, ec) != 0) {
+    if (pga_pipeline(c, st, 1, on_events, at) != 0) {
         pga_release(c, true);
-        gw_problem(r, 503, "storage-unavailable", "the database is unavailable");
-        free(ec);
-        gw_unref(r);
+        attempt_done(at, false);
+        if (!ec->done && ec->inflight == 0) {
+            ec->done = true;
+            gw_problem(r, 503, "storage-unavailable", "the database is unavailable");
+        }
+        ec_maybe_free(ec);
     }
+    log_ctx_set(NULL);
+}
+
+static void start_attempt(events_ctx_t *ec)
+{
+    attempt_t *at = xmalloc(sizeof *at);
+    *at = (attempt_t){ec, ec->attempts, clock_mono_us()};
+    ec->attempts++;
+    ec->inflight++;
+    if (pga_acquire(ec->r->th->pg, on_events_conn, at) != 0) {
+        ec->inflight--;
+        free(at);
+        if (!ec->done && ec->inflight == 0) {
+            ec->done = true;
+            gw_add_header(ec->r, "Retry-After", "1");
+            gw_problem(ec->r, 503, "storage-unavailable", "too many requests are waiting for the database");
+        }
+        return;
+    }
+    arm_hedge(ec);
 }
 
 static void get_events(gw_req_t *r)
@@ -188,15 +309,12 @@ static void get_events(gw_req_t *r)
         events_answer(r, data, q.limit);
         return;
     }
-    events_ctx_t *ec = xmalloc(sizeof *ec);
-    *ec = (events_ctx_t){r, q};
+    events_ctx_t *ec = xcalloc(1, sizeof *ec);
+    ec->r = r;
+    ec->q = q;
     gw_ref(r);
-    if (pga_acquire(r->th->pg, on_events_conn, ec) != 0) {
-        free(ec);
-        gw_unref(r);
-        gw_add_header(r, "Retry-After", "1");
-        gw_problem(r, 503, "storage-unavailable", "too many requests are waiting for the database");
-    }
+    start_attempt(ec);
+    ec_maybe_free(ec);
 }
 
 /* ---- POST /api/v1/analytics/events ---- */
@@ -292,6 +410,15 @@ static const schema_t events_response = {.type = SCHEMA_OBJECT, .props = events_
                                             .open_duration_ms = 20000, .half_open_max_calls = 5 }                   \
     }
 
+/* Reads also hedge: a second query after the route's p95, within budget. */
+#define STORE_READ_RESILIENCE                                                                                      \
+    {                                                                                                              \
+        .breaker = true,                                                                                           \
+        .breaker_params = {.failure_rate_threshold = 50, .window_ms = 30000, .minimum_calls = 20,                  \
+                           .open_duration_ms = 20000, .half_open_max_calls = 5},                                   \
+        .hedge = {.enabled = true, .max_attempts = 2 }                                                             \
+    }
+
 static const route_t routes[] = {
     {
         .id = "analytics.events.list",
@@ -300,7 +427,7 @@ static const route_t routes[] = {
         .handler = get_events,
         .cache = {.ttl_ms = 5000, .swr_ms = 25000, .stale_if_error_ms = 60000, .key = events_key},
         .permissions = {"events:read"},
-        .resilience = STORE_BREAKER,
+        .resilience = STORE_READ_RESILIENCE,
         .response_schema = &events_response,
     },
     {

@@ -471,9 +471,17 @@ static int shared_init(gw_shared_t *sh, const config_t *cfg, memstore_t *mem, at
     if (problems)
         return -1;
     sh->breakers = xcalloc(sh->nrows, sizeof *sh->breakers);
-    for (size_t i = 0; i < sh->nrows; i++)
+    sh->hedge_trackers = xcalloc(sh->nrows, sizeof *sh->hedge_trackers);
+    sh->hedge_budgets = xcalloc(sh->nrows, sizeof *sh->hedge_budgets);
+    for (size_t i = 0; i < sh->nrows; i++) {
         if (sh->rows[i].resilience.breaker)
             sh->breakers[i] = breaker_new(&sh->rows[i].resilience.breaker_params);
+        if (sh->rows[i].resilience.hedge.enabled)
+            sh->hedge_trackers[i] = hedge_tracker_new();
+        hedge_budget_init(&sh->hedge_budgets[i], 0, 0);
+    }
+    sh->m_hedges_sent = metrics_counter("ecom_hedges_sent_total", "Hedged attempts sent", "");
+    sh->m_hedge_wins = metrics_counter("ecom_hedge_wins_total", "Requests answered by a hedged attempt", "");
     sh->cache = cache_new(64u << 20, 1u << 20);
     chaos_init(&sh->chaos, 64);
     sh->m_cache_hit = metrics_counter("ecom_cache_requests_total", "Cache lookups by result", "result=\"hit\"");
@@ -495,10 +503,15 @@ static double breaker_state_gauge(void *arg)
 
 static void shared_free(gw_shared_t *sh)
 {
-    for (size_t i = 0; sh->breakers && i < sh->nrows; i++)
+    for (size_t i = 0; sh->breakers && i < sh->nrows; i++) {
         if (sh->breakers[i])
             breaker_free(sh->breakers[i]);
+        if (sh->hedge_trackers[i])
+            hedge_tracker_free(sh->hedge_trackers[i]);
+    }
     free(sh->breakers);
+    free(sh->hedge_trackers);
+    free(sh->hedge_budgets);
     if (sh->cache)
         cache_free(sh->cache);
     router_free(sh->router);

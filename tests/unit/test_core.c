@@ -140,6 +140,20 @@ static void test_config_every_problem(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(errors, "set JWT_SECRET, or both"));
     free(errors);
     config_free(&c);
+    /* development-only settings are refused in production */
+    setenv("APP_ENV", "production", 1);
+    setenv("NOTIFY_SINK_FILE", "/tmp/x.jsonl", 1);
+    setenv("JWT_SECRET", "0123456789abcdef0123456789abcdef", 1);
+    CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_GATEWAY, &errors), -1);
+    CU_ASSERT_PTR_NOT_NULL(errors ? strstr(errors, "NOTIFY_SINK_FILE") : NULL);
+    free(errors);
+    config_free(&c);
+    setenv("APP_ENV", "test", 1);
+    CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_GATEWAY, &errors), 0);
+    config_free(&c);
+    unsetenv("APP_ENV");
+    unsetenv("NOTIFY_SINK_FILE");
+    unsetenv("JWT_SECRET");
     /* the drainer needs no key */
     CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_DRAINER, &errors), 0);
     config_free(&c);
