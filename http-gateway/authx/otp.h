@@ -56,8 +56,8 @@ int otp_hotp(const uint8_t *key, size_t key_len, uint64_t counter, int digits, o
 int otp_totp_step(int64_t unix_time, int step_s, int64_t t0, int64_t *step) ECOM_NODISCARD;
 
 /* RFC 6238: otp_hotp at the step of unix_time. 0 or -1 as above. */
-int otp_totp(const uint8_t *key, size_t key_len, int64_t unix_time, int step_s, int64_t t0,
-             int digits, otp_hash_t hash, char *out) ECOM_NODISCARD;
+int otp_totp(const uint8_t *key, size_t key_len, int64_t unix_time, int step_s, int64_t t0, int digits, otp_hash_t hash,
+             char *out) ECOM_NODISCARD;
 
 typedef struct otp_totp_params {
     otp_hash_t hash; /* OTP_SHA1 (0) by default */
@@ -80,11 +80,10 @@ typedef struct otp_totp_params {
  * both failures identically to the client.
  * otp_totp_verify uses the enrolment defaults: SHA-1, 6 digits, 30 s, T0 = 0;
  * params NULL means the same. */
-int otp_totp_verify(const uint8_t *key, size_t key_len, const char *code, int64_t now, int window,
-                    int64_t last_step, int drift, int64_t *matched_step) ECOM_NODISCARD;
-int otp_totp_verify_params(const otp_totp_params_t *params, const uint8_t *key, size_t key_len,
-                           const char *code, int64_t now, int window, int64_t last_step, int drift,
-                           int64_t *matched_step) ECOM_NODISCARD;
+int otp_totp_verify(const uint8_t *key, size_t key_len, const char *code, int64_t now, int window, int64_t last_step,
+                    int drift, int64_t *matched_step) ECOM_NODISCARD;
+int otp_totp_verify_params(const otp_totp_params_t *params, const uint8_t *key, size_t key_len, const char *code,
+                           int64_t now, int window, int64_t last_step, int drift, int64_t *matched_step) ECOM_NODISCARD;
 
 /* The drift to record after a success (RFC 6238 §6): matched_step minus the
  * step of now, clamped to +-OTP_MAX_DRIFT (0 if now is before t0). */
@@ -104,7 +103,7 @@ int otp_self_test(char *err, size_t cap) ECOM_NODISCARD;
  * at or above the largest multiple of 10^6 below 2^32 are rejected and redrawn. */
 void otp_random_code(char out[OTP_CODE_LEN + 1]);
 
-#define OTP_TICKET_BYTES 24 /* 192 random bits */
+#define OTP_TICKET_BYTES 24  /* 192 random bits */
 #define OTP_TICKET_ID_LEN 32 /* base64url (RFC 4648 §5) of 24 bytes, no padding */
 /* A ticket id: OTP_TICKET_ID_LEN characters of [A-Za-z0-9_-] plus NUL. */
 void otp_ticket_id(char out[OTP_TICKET_ID_LEN + 1]);
@@ -116,8 +115,7 @@ bool otp_ticket_id_valid(const char *s);
  * HMAC-SHA-256(pepper, tenant || 0x00 || ticket_id || 0x00 || code). The NUL
  * separators make the split of the fields unambiguous. 0, or -1 (out_hex is
  * then empty) on a NULL argument, an empty pepper or an OpenSSL error. */
-int otp_code_mac(const uint8_t *pepper, size_t pepper_len, const char *tenant,
-                 const char *ticket_id, const char *code,
+int otp_code_mac(const uint8_t *pepper, size_t pepper_len, const char *tenant, const char *ticket_id, const char *code,
                  char out_hex[OTP_MAC_HEX_LEN + 1]) ECOM_NODISCARD;
 /* Constant-time comparison of two MACs from otp_code_mac (CRYPTO_memcmp over
  * the 64 characters); false when either is NULL or not 64 characters long. */
@@ -133,7 +131,7 @@ bool otp_mac_equal(const char *a_hex, const char *b_hex);
 int otp_secret_new(uint8_t *out, size_t len) ECOM_NODISCARD;
 
 /* Characters of the unpadded base32 form of n bytes. */
-#define OTP_BASE32_LEN(n) (((n) * 8 + 4) / 5)
+#define OTP_BASE32_LEN(n) (((n)*8 + 4) / 5)
 /* RFC 4648 §6 base32, upper case, without '=' padding, NUL-terminated. -1 if
  * out (cap bytes) is too small. */
 int otp_base32_encode(const uint8_t *in, size_t len, char *out, size_t cap) ECOM_NODISCARD;
@@ -151,7 +149,7 @@ int otp_base32_decode(const char *in, uint8_t *out, size_t cap, size_t *out_len)
  * SHA-1 only, as that is what authenticator apps implement. secret_b32 must be
  * upper-case unpadded base32. 0, or -1 on bad arguments or when out (cap bytes)
  * is too small. */
-int otp_uri(char *out, size_t cap, const char *issuer, const char *account,
-            const char *secret_b32, int digits, int period) ECOM_NODISCARD;
+int otp_uri(char *out, size_t cap, const char *issuer, const char *account, const char *secret_b32, int digits,
+            int period) ECOM_NODISCARD;
 
 #endif
