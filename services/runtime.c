@@ -21,7 +21,8 @@
 #define PEL_PAGE_FACTOR 4 /* a pending-list page is this many batches */
 
 typedef struct failure {
-    int count;
+    int count;     /* attempts that failed */
+    int deferrals; /* SVC_DEFER answers since the last attempt */
     int64_t due_ms;
     char *agg_key; /* stream \0 tenant \0 aggregate, owned */
     size_t agg_klen;
@@ -61,7 +62,7 @@ typedef struct rt {
     int64_t next_discover, next_reclaim, next_cleanup, next_probe;
     int64_t backoff_ms;
     int crash_deliveries;
-    metric_t *m_applied, *m_dup, *m_failed, *m_dlq, *m_missing, *m_batch_s, *m_e2e_s;
+    metric_t *m_applied, *m_dup, *m_failed, *m_deferred, *m_dlq, *m_missing, *m_batch_s, *m_e2e_s;
 } rt_t;
 
 static bool stopping(rt_t *rt)
@@ -220,9 +221,20 @@ static failure_t *failure_bump(rt_t *rt, const work_t *w)
         f->agg_klen = w->klen;
         *v = f;
     }
-    f->count++;
-    int64_t delay = rt->o->backoff_ms << (f->count - 1 < 16 ? f->count - 1 : 16);
-    f->due_ms = clock_mono_ms() + (delay > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : delay);
+    int64_t delay;
+    if (w->result == SVC_DEFER) {
+        f->deferrals++;
+        delay = rt->o->backoff_ms << (f->deferrals - 1 < 16 ? f->deferrals - 1 : 16);
+        if (delay > 5000)
+            delay = 5000;
+    } else {
+        f->count++;
+        f->deferrals = 0;
+        delay = rt->o->backoff_ms << (f->count - 1 < 16 ? f->count - 1 : 16);
+        if (delay > BACKOFF_CAP_MS)
+            delay = BACKOFF_CAP_MS;
+    }
+    f->due_ms = clock_mono_ms() + delay;
     return f;
 }
 
@@ -441,7 +453,8 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked)
         const char *reject = NULL;
         char why[200];
         json_object *payload = NULL;
-        if (m->deliveries > (uint32_t)rt->crash_deliveries) {
+        /* many deliveries with no failure on record here: earlier workers died on it */
+        if (!f && m->deliveries > (uint32_t)rt->crash_deliveries) {
             snprintf(why, sizeof why, "delivered %u times without completing", m->deliveries);
             reject = why;
         } else if (!type_accepted(rt->def, m->env.type)) {
@@ -481,15 +494,20 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked)
                     metrics_observe(rt->m_e2e_s, (double)(tnow - w->m->env.ts) / 1000.0);
                 } else if (w->failed) {
                     failure_t *f = failure_bump(rt, w);
-                    metrics_add(rt->m_failed, 1);
                     log_ctx_t lc;
                     char trace[40];
                     set_log_ctx(&lc, trace, &w->m->env);
                     const log_ctx_t *prev = log_ctx_set(&lc);
-                    log_warn("service %s: handler failed (attempt %d of %d): %s", rt->def->group, f->count,
-                             rt->o->max_attempts, w->error);
+                    if (w->result == SVC_DEFER) {
+                        metrics_add(rt->m_deferred, 1);
+                        log_info("service %s: deferred (%s); retrying later", rt->def->group, w->error);
+                    } else {
+                        metrics_add(rt->m_failed, 1);
+                        log_warn("service %s: handler failed (attempt %d of %d): %s", rt->def->group, f->count,
+                                 rt->o->max_attempts, w->error);
+                    }
                     log_ctx_set(prev);
-                    if (w->result == SVC_REJECT || f->count >= rt->o->max_attempts) {
+                    if (w->result == SVC_REJECT || (w->result != SVC_DEFER && f->count >= rt->o->max_attempts)) {
                         char reason[320];
                         snprintf(reason, sizeof reason, "%s after %d attempt%s: %s",
                                  w->result == SVC_REJECT ? "rejected" : "failed", f->count, f->count > 1 ? "s" : "",
@@ -653,6 +671,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     rt.m_applied = metrics_counter("ecom_service_applied_total", "Messages applied by the handler", labels);
     rt.m_dup = metrics_counter("ecom_service_duplicates_total", "Deliveries skipped by the inbox", labels);
     rt.m_failed = metrics_counter("ecom_service_failures_total", "Handler failures (retried)", labels);
+    rt.m_deferred = metrics_counter("ecom_service_deferred_total", "Messages deferred: a dependency was unavailable",
+                                    labels);
     rt.m_dlq = metrics_counter("ecom_service_dead_letters_total", "Messages moved to the DLQ", labels);
     rt.m_missing = metrics_counter("ecom_service_missing_payload_total", "Pending entries without payload", labels);
     rt.m_batch_s = metrics_histogram("ecom_service_batch_seconds", "Time to apply one batch", labels);

@@ -34,7 +34,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { SVC_OK = 0, SVC_RETRY = -1, SVC_REJECT = -2 } svc_result_t;
+/* SVC_RETRY: failed; counts as an attempt, retried with backoff, DLQ after
+ * max_attempts. SVC_REJECT: will never succeed; DLQ now. SVC_DEFER: a
+ * dependency is unavailable (e.g. its breaker is open): retried later with
+ * backoff (capped at 5 s), not counted as an attempt, never dead-lettered for it. */
+typedef enum { SVC_OK = 0, SVC_RETRY = -1, SVC_REJECT = -2, SVC_DEFER = -3 } svc_result_t;
 
 typedef struct svc_ctx {
     db_t *tx;                /* in a transaction */
