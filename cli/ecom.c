@@ -8,6 +8,7 @@
 #include "core/health.h"
 #include "core/log.h"
 #include "core/migrate.h"
+#include "core/otel.h"
 #include "bus/outbox.h"
 #include "http-gateway/gateway.h"
 #include "outbox-worker/drain.h"
@@ -254,6 +255,16 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     int rc = 0;
+    if (roles & (CFG_ROLE_GATEWAY | CFG_ROLE_SERVICE | CFG_ROLE_DRAINER)) {
+        char *oerr = NULL;
+        if (otel_init(&cfg, &oerr) != 0) {
+            fprintf(stderr, "ecom: OpenTelemetry configuration problems:\n%s", oerr ? oerr : "");
+            free(oerr);
+            config_free(&cfg);
+            free(args);
+            return 2;
+        }
+    }
     if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&cfg, nargs, args);
     } else if (strcmp(cmd, "outbox-worker") == 0) {
@@ -288,6 +299,7 @@ int main(int argc, char **argv)
     } else {
         rc = run_roles(&cfg, true, false, NULL, 0);
     }
+    otel_shutdown();
     config_free(&cfg);
     free(args);
     return rc;

@@ -70,7 +70,8 @@ static const citem_t items[] = {
      "OTLP/HTTP JSON traces endpoint; enables export"},
     {"OTEL_EXPORTER_OTLP_ENDPOINT", T_STR, F(otel_endpoint), "", 0, 0, NULL,
      "OTLP base endpoint (+ /v1/traces); enables export"},
-    {"OTEL_SERVICE_NAME", T_STR, F(otel_service_name), "ecom", 0, 0, NULL, "service.name of exported spans"},
+    {"OTEL_SERVICE_NAME", T_STR, F(otel_service_name), "", 0, 0, NULL,
+     "service.name of exported spans (unset: service.name of OTEL_RESOURCE_ATTRIBUTES, else unknown_service)"},
     {"P95_BUDGET_MS", T_INT, F(p95_budget_ms), "60", 1, 600000, NULL, "perf smoke p95 budget"},
     {"P99_BUDGET_MS", T_INT, F(p99_budget_ms), "150", 1, 600000, NULL, "perf smoke p99 budget"},
     {"ENABLE_PERF_SMOKE", T_BOOL, F(enable_perf_smoke), "false", 0, 0, NULL, "run the perf smoke in CI"},
@@ -78,6 +79,24 @@ static const citem_t items[] = {
      "accepted for compatibility with the original; the C gateway has one adapter"},
     {"NOTIFY_SINK_FILE", T_STR, F(notify_sink_file), "", 0, 0, NULL,
      "JSON Lines file the dev notification channel appends deliveries to"},
+    {"PAYMENT_PROVIDER_LATENCY_MS", T_INT, F(payment_provider_latency_ms), "2", 0, 60000, NULL,
+     "latency of the simulated payment provider per call, ms"},
+    {"PAYMENT_PROVIDER_FAILURE_RATE", T_INT, F(payment_provider_failure_rate), "0", 0, 100, NULL,
+     "percent of simulated provider calls that fail transiently (chaos; trips the provider breaker)"},
+    {"PAYMENT_BREAKER_OPEN_MS", T_INT, F(payment_breaker_open_ms), "5000", 100, 3600000, NULL,
+     "how long the provider breaker stays open before trial calls, ms"},
+    {"NOTIFY_CHANNELS", T_STR, F(notify_channels), "log", 0, 0, NULL,
+     "comma list of notification channels: log, webhook, smtp"},
+    {"NOTIFY_WEBHOOK_URL", T_URL, F(notify_webhook_url), "", 0, 0, "http",
+     "endpoint the webhook channel POSTs to (http:// only; required by that channel)"},
+    {"NOTIFY_WEBHOOK_SECRET", T_STR, F(notify_webhook_secret), "", 0, 0, NULL,
+     "HMAC-SHA256 key of the webhook's X-Ecom-Signature header (required by that channel)"},
+    {"NOTIFY_TIMEOUT_MS", T_INT, F(notify_timeout_ms), "5000", 100, 60000, NULL,
+     "connect and reply timeout of the webhook and smtp channels, ms"},
+    {"SMTP_HOST", T_STR, F(smtp_host), "", 0, 0, NULL,
+     "SMTP relay of the smtp channel, without authentication or TLS (required by that channel)"},
+    {"SMTP_PORT", T_INT, F(smtp_port), "25", 1, 65535, NULL, "port of SMTP_HOST"},
+    {"SMTP_FROM", T_STR, F(smtp_from), "ecom@localhost", 0, 0, NULL, "sender address of the smtp channel"},
 };
 
 typedef struct errbuf {
@@ -257,7 +276,7 @@ static void cross_checks(config_t *cfg, int roles, errbuf_t *e)
             err_add(e, "JWT: set JWT_SECRET, or both JWT_PRIVATE_KEY_PEM and JWT_PUBLIC_KEY_PEM");
         if (sec && (priv || pub))
             err_add(e, "JWT: JWT_SECRET and a PEM key are both set; choose one kind of key");
-        if (!sec && priv != pub)
+        if (priv != pub)
             err_add(e, "JWT: %s is set without %s", priv ? "JWT_PRIVATE_KEY_PEM" : "JWT_PUBLIC_KEY_PEM",
                     priv ? "JWT_PUBLIC_KEY_PEM" : "JWT_PRIVATE_KEY_PEM");
         if (sec && strlen(cfg->jwt_secret) < 32 && !dev)

@@ -53,6 +53,18 @@ typedef struct config {
     bool use_fastify; /* accepted for compatibility with the original; no effect */
     char *notify_sink_file;
 
+    /* payment and notification services */
+    long payment_provider_latency_ms;
+    long payment_provider_failure_rate; /* percent */
+    long payment_breaker_open_ms;
+    char *notify_channels;
+    char *notify_webhook_url;
+    char *notify_webhook_secret;
+    long notify_timeout_ms;
+    char *smtp_host;
+    long smtp_port;
+    char *smtp_from;
+
     /* raw KEY=VALUE pairs from environment and file (for FLAG_*), owned */
     char **raw_keys;
     char **raw_vals;

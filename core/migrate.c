@@ -15,7 +15,7 @@ static const char *const parts_all[] = {"bus", "gateway", "auth", "payment", "no
 static const char *const parts_payment[] = {"bus", "payment", NULL};
 static const char *const parts_notification[] = {"bus", "notification", NULL};
 static const char *const parts_analytics[] = {"bus", "analytics", NULL};
-static const char *const parts_gateway[] = {"bus", "gateway", "auth", "analytics", NULL};
+static const char *const parts_gateway[] = {"bus", "gateway", "auth", "payment", "notification", "analytics", NULL};
 static const char *const parts_bus[] = {"bus", NULL};
 
 const char *const *migrate_parts_for(const char *service)

@@ -119,10 +119,8 @@ static void on_claim(pga_conn_t *c, PGresult *const *res, int n, const char *err
         log_warn("idempotency claim failed: %s", err);
         gw_tx_abort(r);
         unavailable(r, "the idempotency store did not answer");
-    } else if (PQgetvalue(res[1], 0, 0)[0] != 't') {
-        gw_tx_abort(r);
-        in_flight(r);
     } else if (PQntuples(res[3]) == 1) {
+        /* a completed record: replay it (or 422), whoever holds the lock now */
         const char *fp = PQgetvalue(res[3], 0, 0);
         bool same = strcmp(fp, r->fingerprint) == 0;
         int status = atoi(PQgetvalue(res[3], 0, 1));
@@ -135,6 +133,9 @@ static void on_claim(pga_conn_t *c, PGresult *const *res, int n, const char *err
             conflict(r);
         free(ctype);
         free(body);
+    } else if (PQgetvalue(res[1], 0, 0)[0] != 't') {
+        gw_tx_abort(r);
+        in_flight(r);
     } else if (!r->answered) {
         r->idem_active = true; /* the lock is ours until the transaction ends */
         gw_pipeline_upstream(r);
@@ -283,6 +284,29 @@ void gw_cmd_free(gw_cmd_t *c)
     for (size_t i = 0; i < c->n; i++)
         gw_cmd_free_one(&c->msgs[i]);
     c->n = 0;
+    for (size_t i = 0; i < c->nops; i++) {
+        for (int k = 0; k < c->ops[i].nparams; k++)
+            free(c->ops[i].params[k]);
+        if (c->ops[i].free_arg)
+            c->ops[i].free_arg(c->ops[i].arg);
+    }
+    c->nops = 0;
+}
+
+int gw_cmd_op(gw_req_t *r, const char *name, const char *sql, int nparams, const char *const *params,
+              int (*mem_fn)(db_t *tx, void *arg), void *arg, void (*free_arg)(void *arg))
+{
+    gw_cmd_t *c = &r->cmd;
+    if (c->nops == GW_MAX_OPS || nparams > GW_OP_PARAMS) {
+        if (free_arg)
+            free_arg(arg);
+        return -1;
+    }
+    gw_op_t *op = &c->ops[c->nops++];
+    *op = (gw_op_t){.name = name, .sql = sql, .nparams = nparams, .mem = mem_fn, .arg = arg, .free_arg = free_arg};
+    for (int k = 0; k < nparams; k++)
+        op->params[k] = params[k] ? xstrdup(params[k]) : NULL;
+    return 0;
 }
 
 int gw_cmd_outbox(gw_req_t *r, const outbox_msg_t *m, char id[UUID_STR_LEN], const char **why)
@@ -351,10 +375,15 @@ static void on_commit(pga_conn_t *c, PGresult *const *res, int n, const char *er
 static void send_commit(gw_req_t *r, commit_ctx_t *cc, bool begin)
 {
     gw_cmd_t *cmd = &r->cmd;
-    pga_stmt_t st[GW_MAX_OUTBOX + 3];
+    pga_stmt_t st[GW_MAX_OPS + GW_MAX_OUTBOX + 3];
     int n = 0;
     if (begin)
         st[n++] = (pga_stmt_t){.sql = "BEGIN"};
+    for (size_t i = 0; i < cmd->nops; i++)
+        st[n++] = (pga_stmt_t){.name = cmd->ops[i].name,
+                               .sql = cmd->ops[i].sql,
+                               .nparams = cmd->ops[i].nparams,
+                               .params = (const char *const *)cmd->ops[i].params};
     for (size_t i = 0; i < cmd->n; i++) {
         bool notify = outbox_notify_due();
         st[n++] = (pga_stmt_t){.name = notify ? "gw_outbox_append_notify" : "gw_outbox_append",
@@ -409,6 +438,14 @@ static void mem_commit(gw_req_t *r, int status, const char *body, size_t len)
     if (db_begin(db) != 0) {
         unavailable(r, "the store is unavailable");
         return;
+    }
+    for (size_t i = 0; i < cmd->nops; i++) {
+        if (cmd->ops[i].mem && cmd->ops[i].mem(db, cmd->ops[i].arg) != 0) {
+            db_rollback(db);
+            gw_tx_abort(r);
+            unavailable(r, "the command could not be stored");
+            return;
+        }
     }
     for (size_t i = 0; i < cmd->n; i++) {
         const char *why = NULL;

@@ -69,6 +69,7 @@ struct gw_thread {
     gw_shared_t *sh;
     struct event_base *base;
     struct evhttp *http;
+    struct evhttp_bound_socket *listener;
     pga_pool_t *pg; /* PostgreSQL mode */
     db_t *memdb;    /* memory mode */
     chaos_rng_t rng;
@@ -83,8 +84,27 @@ typedef struct gw_header {
     char *name, *value;
 } gw_header_t;
 
-/* A command: what one write request commits, in one transaction. */
+#define GW_MAX_OPS 4
+#define GW_OP_PARAMS 12
+
+/* A domain write of a command: one SQL statement (PostgreSQL) and the same
+ * change on the memory store (mem runs inside the memory transaction; -1 rolls
+ * it back). */
+typedef struct gw_op {
+    const char *name; /* prepared-statement name */
+    const char *sql;
+    int nparams;
+    char *params[GW_OP_PARAMS]; /* owned copies; NULL = SQL NULL */
+    int (*mem)(db_t *tx, void *arg);
+    void *arg;
+    void (*free_arg)(void *arg);
+} gw_op_t;
+
+/* A command: what one write request commits, in one transaction: its domain
+ * writes, then its outbox messages, then (with a key) its idempotency record. */
 typedef struct gw_cmd {
+    gw_op_t ops[GW_MAX_OPS];
+    size_t nops;
     outbox_msg_t msgs[GW_MAX_OUTBOX]; /* strings owned (copied by gw_cmd_outbox) */
     outbox_params_t params[GW_MAX_OUTBOX];
     size_t n;
@@ -103,7 +123,11 @@ struct gw_req {
     char *query; /* owned, without '?', or NULL */
     char request_id[REQCTX_ID_BUF];
     traceparent_t trace;
-    char traceparent[REQCTX_TRACEPARENT_BUF];
+    char traceparent[REQCTX_TRACEPARENT_BUF]; /* ours: the caller's trace, our span */
+    char span_id[REQCTX_SPAN_ID_BUF];          /* our span */
+    char parent_span_id[REQCTX_SPAN_ID_BUF];   /* the caller's span, "" when we started the trace */
+    bool sampled;
+    int64_t start_ns;
     char tenant[REQCTX_TENANT_MAX + 1];
     principal_t principal;
     char *body; /* owned, NUL-terminated copy of the request body */
@@ -158,6 +182,7 @@ void gw_respond_json(gw_req_t *r, int status, json_object *body);
 /* A problem+json response (RFC 9457). */
 void gw_problem(gw_req_t *r, int status, const char *slug, const char *detail);
 void gw_add_header(gw_req_t *r, const char *name, const char *value);
+void gw_clear_headers(gw_req_t *r);
 /* Sends what is answered (once), then frees when nothing refers to it. */
 void gw_finish(gw_req_t *r);
 void gw_ref(gw_req_t *r);
@@ -177,6 +202,9 @@ void gw_pipeline_answered(gw_req_t *r);
 /* Idempotency claim before the handler: continues with gw_run_handler, or answers
  * (replay, 409, 422). */
 void gw_idem_claim(gw_req_t *r);
+/* Queues a domain write (see gw_op_t); params are copied. -1 when full. */
+int gw_cmd_op(gw_req_t *r, const char *name, const char *sql, int nparams, const char *const *params,
+              int (*mem)(db_t *tx, void *arg), void *arg, void (*free_arg)(void *arg));
 /* Queues an outbox message in the request's command; fills id. -1 with *why. */
 int gw_cmd_outbox(gw_req_t *r, const outbox_msg_t *m, char id[UUID_STR_LEN], const char **why);
 void gw_cmd_free(gw_cmd_t *c);

@@ -466,7 +466,7 @@ void gw_pipeline_answered(gw_req_t *r)
                 /* stale-if-error: the refresh failed, a copy is still allowed */
                 cache_waiters_run(w);
                 evbuffer_drain(r->out, len);
-                r->nheaders = 0;
+                gw_clear_headers(r);
                 serve_entry(r, r->lk.entry, CACHE_OUT_STALE, false);
                 return;
             }

@@ -7,6 +7,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/uuid.h"
+#include "http-gateway/routes_payments.h"
 #include "services/analytics/analytics.h"
 
 #include <event2/buffer.h>
@@ -458,6 +459,34 @@ static const route_t routes[] = {
         .resilience = {.breaker = true,
                        .breaker_params = {.failure_rate_threshold = 0.5, .window_ms = 30000, .minimum_calls = 2,
                                           .open_duration_ms = 20000, .half_open_max_calls = 5}},
+    },
+    {
+        .id = "payments.create",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/payments/payments",
+        .handler = gw_post_payment,
+        .idem = {.enabled = true, .required = true},
+        .permissions = {"payments:write"},
+        .resilience = STORE_BREAKER,
+        .publish = "payment.requested",
+    },
+    {
+        .id = "payments.get",
+        .methods = ROUTE_GET | ROUTE_HEAD,
+        .path = "/api/v1/payments/payments/:id",
+        .handler = gw_get_payment,
+        .permissions = {"payments:read"},
+        .resilience = STORE_BREAKER,
+    },
+    {
+        .id = "payments.refund",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/payments/payments/:id/refund",
+        .handler = gw_post_refund,
+        .idem = {.enabled = true, .required = true},
+        .permissions = {"payments:write"},
+        .resilience = STORE_BREAKER,
+        .publish = "payment.refund.requested",
     },
 };
 

@@ -8,6 +8,7 @@
 #include "core/clock.h"
 #include "core/health.h"
 #include "core/log.h"
+#include "core/otel.h"
 #include "http-gateway/flags.h"
 #include "http-gateway/problem.h"
 #include "http-gateway/schema.h"
@@ -35,6 +36,15 @@ void gw_add_header(gw_req_t *r, const char *name, const char *value)
     r->headers[r->nheaders].name = xstrdup(name);
     r->headers[r->nheaders].value = xstrdup(value);
     r->nheaders++;
+}
+
+void gw_clear_headers(gw_req_t *r)
+{
+    for (int i = 0; i < r->nheaders; i++) {
+        free(r->headers[i].name);
+        free(r->headers[i].value);
+    }
+    r->nheaders = 0;
 }
 
 static void set_body(gw_req_t *r, int status, const char *ctype, const void *body, size_t len)
@@ -186,6 +196,27 @@ static void send_now(gw_req_t *r)
         *slot = metrics_counter("ecom_http_requests_total", "HTTP requests by route, method and status", labels);
     }
     metrics_add(*slot, 1);
+    if (r->sampled && otel_enabled()) {
+        otel_span_t sp = {.kind = OTEL_KIND_SERVER, .start_ns = r->start_ns, .end_ns = otel_now_ns()};
+        memcpy(sp.trace_id, r->trace.trace_id, sizeof sp.trace_id);
+        memcpy(sp.span_id, r->span_id, sizeof sp.span_id);
+        memcpy(sp.parent_span_id, r->parent_span_id, sizeof sp.parent_span_id);
+        char name[160];
+        snprintf(name, sizeof name, "%s %s", mname, r->route ? r->route->path : "unmatched");
+        sp.name = name;
+        sp.status = r->status >= 500 ? OTEL_STATUS_ERROR : OTEL_STATUS_UNSET;
+        otel_attr_t a[] = {
+            {.key = "http.request.method", .type = OTEL_ATTR_STRING, .v.s = mname},
+            {.key = "url.path", .type = OTEL_ATTR_STRING, .v.s = r->path},
+            {.key = "http.route", .type = OTEL_ATTR_STRING, .v.s = r->route ? r->route->path : ""},
+            {.key = "http.response.status_code", .type = OTEL_ATTR_INT, .v.i = r->status},
+            {.key = "ecom.request_id", .type = OTEL_ATTR_STRING, .v.s = r->request_id},
+            {.key = "ecom.tenant", .type = OTEL_ATTR_STRING, .v.s = r->tenant},
+        };
+        memcpy(sp.attrs, a, sizeof a);
+        sp.nattrs = ECOM_ARRAY_LEN(a);
+        otel_span_end(&sp);
+    }
     if (r->status >= 500)
         log_warn("%s %s -> %d (%.1f ms)", r->method_name, r->path, r->status, secs * 1000);
     else
@@ -289,12 +320,19 @@ static void on_request(struct evhttp_request *ev, void *arg)
         r->query = xstrndup(q, strcspn(q, "#"));
     }
     const char *tp = evhttp_find_header(in, "traceparent");
-    if (!tp || reqctx_traceparent_parse(tp, &r->trace) != 0)
+    bool has_parent = tp && reqctx_traceparent_parse(tp, &r->trace) == 0;
+    if (!has_parent)
         reqctx_traceparent_new(&r->trace, true);
+    r->sampled = otel_should_sample(r->trace.trace_id, has_parent, reqctx_traceparent_sampled(&r->trace));
+    if (has_parent)
+        memcpy(r->parent_span_id, r->trace.span_id, sizeof r->parent_span_id);
     /* our span: a child of the caller's, carried into the outbox */
     traceparent_t mine;
     reqctx_traceparent_child(&r->trace, &mine);
+    mine.flags = (uint8_t)((mine.flags & ~1u) | (r->sampled ? 1u : 0u));
     reqctx_traceparent_format(&mine, r->traceparent);
+    memcpy(r->span_id, mine.span_id, sizeof r->span_id);
+    r->start_ns = otel_now_ns();
     r->log = (log_ctx_t){.request_id = r->request_id, .trace_id = r->trace.trace_id};
     log_ctx_set(&r->log);
 
@@ -339,8 +377,15 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         int64_t now = clock_mono_ms();
         if (!th->drain_until)
             th->drain_until = now + GW_REQUEST_TIMEOUT_MS + 1000;
-        if (th->active == 0 || now >= th->drain_until)
+        if (th->active == 0 || now >= th->drain_until) {
+            /* stop accepting here: the kernel hands new connections to the
+             * listeners of threads still draining (they answer 503) */
+            if (th->listener) {
+                evhttp_del_accept_socket(th->http, th->listener);
+                th->listener = NULL;
+            }
             event_base_loopexit(th->base, NULL);
+        }
         return;
     }
     if (th->index == 0) {
@@ -379,7 +424,8 @@ static int bind_reuseport(gw_thread_t *th, int port)
         close(fd);
         return -1;
     }
-    if (!evhttp_bind_listener(th->http, l)) {
+    th->listener = evhttp_bind_listener(th->http, l);
+    if (!th->listener) {
         evconnlistener_free(l);
         return -1;
     }

@@ -1,0 +1,370 @@
+/* http-gateway/routes_payments.c: the payment routes. A payment is written
+ * `pending` together with its payment.requested command (one transaction, an
+ * Idempotency-Key required); the payment service charges it. A refund is
+ * checked against what the payment has captured (a clear 422 here) and then
+ * requested through the outbox; the service applies it atomically. */
+#include "http-gateway/routes_payments.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/uuid.h"
+#include "services/payment/payment.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define AMOUNT_MAX 100000000000LL /* minor units: far beyond any single payment */
+
+static bool method_valid(const char *m)
+{
+    size_t n = strlen(m);
+    if (n == 0 || n > PAYMENT_METHOD_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((m[i] >= 'a' && m[i] <= 'z') || m[i] == '_' || (m[i] >= '0' && m[i] <= '9')))
+            return false;
+    return true;
+}
+
+static bool order_valid(const char *o)
+{
+    size_t n = strlen(o);
+    if (n == 0 || n > PAYMENT_ORDER_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)o[i] < 0x21 || o[i] == 0x7f)
+            return false;
+    return true;
+}
+
+/* A positive integer amount in minor units, or -1 (with a detail). */
+static int64_t amount_of(json_object *body, const char **detail)
+{
+    json_object *a;
+    if (!json_object_object_get_ex(body, "amount", &a) || !json_object_is_type(a, json_type_int)) {
+        *detail = "amount must be an integer number of minor units (e.g. 1999 for 19.99 EUR)";
+        return -1;
+    }
+    int64_t v = json_object_get_int64(a);
+    if (v <= 0 || v > AMOUNT_MAX) {
+        *detail = v <= 0 ? "amount must be greater than zero" : "amount is larger than any payment accepted";
+        return -1;
+    }
+    return v;
+}
+
+static void iso_time(int64_t ms, char *out, size_t cap)
+{
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, cap - n, ".%03dZ", (int)(ms % 1000));
+}
+
+static json_object *payment_json(const payment_t *p)
+{
+    json_object *o = json_object_new_object();
+    char t[40];
+    json_object_object_add(o, "id", json_object_new_string(p->id));
+    json_object_object_add(o, "orderId", json_object_new_string(p->order_id));
+    json_object_object_add(o, "amount", json_object_new_int64(p->amount));
+    json_object_object_add(o, "currency", json_object_new_string(p->currency));
+    json_object_object_add(o, "method", json_object_new_string(p->method));
+    json_object_object_add(o, "status", json_object_new_string(p->status));
+    json_object_object_add(o, "captured", json_object_new_int64(p->captured));
+    json_object_object_add(o, "refunded", json_object_new_int64(p->refunded));
+    json_object_object_add(o, "failureReason", p->failure_reason[0] ? json_object_new_string(p->failure_reason) : NULL);
+    iso_time(p->created_ms, t, sizeof t);
+    json_object_object_add(o, "createdAt", json_object_new_string(t));
+    iso_time(p->updated_ms, t, sizeof t);
+    json_object_object_add(o, "updatedAt", json_object_new_string(t));
+    return o;
+}
+
+/* ---- POST /api/v1/payments/payments ---- */
+
+static int mem_insert(db_t *tx, void *arg)
+{
+    return payment_mem_insert(tx, arg);
+}
+
+void gw_post_payment(gw_req_t *r)
+{
+    json_object *b = r->json;
+    if (!json_object_is_type(b, json_type_object)) {
+        gw_problem(r, 400, "validation-error", "the body must be a JSON object {orderId, amount, currency, method}");
+        return;
+    }
+    const char *order = json_get_str(b, "orderId");
+    const char *currency = json_get_str(b, "currency");
+    const char *method = json_get_str(b, "method");
+    const char *detail = NULL;
+    int64_t amount = amount_of(b, &detail);
+    if (!detail && (!order || !order_valid(order)))
+        detail = "orderId must be a string of 1 to 128 visible characters";
+    if (!detail && (!currency || payment_currency_exponent(currency) < 0))
+        detail = "currency must be an active ISO 4217 code in upper case (e.g. EUR)";
+    if (!detail && (!method || !method_valid(method)))
+        detail = "method must match [a-z0-9_]{1,32} (e.g. card)";
+    if (detail || amount < 0) {
+        gw_problem(r, 400, "validation-error", detail);
+        return;
+    }
+    payment_t *p = xcalloc(1, sizeof *p);
+    uuid_v7(p->id);
+    snprintf(p->tenant, sizeof p->tenant, "%s", r->tenant);
+    snprintf(p->order_id, sizeof p->order_id, "%s", order);
+    p->amount = amount;
+    snprintf(p->currency, sizeof p->currency, "%s", currency);
+    snprintf(p->method, sizeof p->method, "%s", method);
+    snprintf(p->status, sizeof p->status, "pending");
+    p->created_ms = p->updated_ms = clock_now_ms();
+    char amt[24];
+    snprintf(amt, sizeof amt, "%lld", (long long)amount);
+    const char *params[] = {p->id, p->tenant, p->order_id, amt, p->currency, p->method};
+    if (gw_cmd_op(r, "gw_payment_insert",
+                  "INSERT INTO payment.payments (id, tenant, order_id, amount, currency, method, status)"
+                  " VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+                  6, params, mem_insert, p, free) != 0) {
+        gw_problem(r, 500, NULL, "the payment could not be queued");
+        return;
+    }
+    json_object *payload = json_object_new_object();
+    json_object_object_add(payload, "paymentId", json_object_new_string(p->id));
+    json_object_object_add(payload, "orderId", json_object_new_string(order));
+    json_object_object_add(payload, "amount", json_object_new_int64(amount));
+    json_object_object_add(payload, "currency", json_object_new_string(currency));
+    json_object_object_add(payload, "method", json_object_new_string(method));
+    json_object_object_add(payload, "subject", json_object_new_string(r->principal.sub));
+    char aggregate[UUID_STR_LEN + 8];
+    snprintf(aggregate, sizeof aggregate, "payment:%s", p->id);
+    outbox_msg_t m = {.topic = "payment",
+                      .type = r->route->publish,
+                      .tenant = r->tenant,
+                      .aggregate_id = aggregate,
+                      .traceparent = r->traceparent,
+                      .request_id = r->request_id,
+                      .payload = json_object_to_json_string_ext(payload, JSON_C_TO_STRING_PLAIN)};
+    const char *why = NULL;
+    int rc = gw_cmd_outbox(r, &m, NULL, &why);
+    json_object_put(payload);
+    if (rc != 0) {
+        gw_problem(r, 400, "validation-error", why);
+        return;
+    }
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "id", json_object_new_string(p->id));
+    json_object_object_add(body, "status", json_object_new_string("pending"));
+    gw_cmd_commit(r, 202, body);
+}
+
+/* ---- reading one payment (PostgreSQL asynchronously, or memory) ---- */
+
+typedef void (*payment_cb)(gw_req_t *r, int found, const payment_t *p);
+
+typedef struct read_ctx {
+    gw_req_t *r;
+    payment_cb cb;
+    bool own_conn; /* acquired here (not the request's transaction) */
+} read_ctx_t;
+
+static const char sql_payment_get[] =
+    "SELECT id, tenant, order_id, amount, currency, method, status, captured, refunded,"
+    " coalesce(failure_reason, ''), (extract(epoch FROM created_at) * 1000)::bigint,"
+    " (extract(epoch FROM updated_at) * 1000)::bigint FROM payment.payments WHERE id = $1 AND tenant = $2";
+
+static void on_read(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
+{
+    (void)n;
+    read_ctx_t *rc = arg;
+    gw_req_t *r = rc->r;
+    log_ctx_set(&r->log);
+    payment_t p;
+    memset(&p, 0, sizeof p);
+    int found = -1;
+    if (!err) {
+        PGresult *q = res[0];
+        found = PQntuples(q) == 1 ? 0 : 1;
+        if (found == 0) {
+            snprintf(p.id, sizeof p.id, "%s", PQgetvalue(q, 0, 0));
+            snprintf(p.tenant, sizeof p.tenant, "%s", PQgetvalue(q, 0, 1));
+            snprintf(p.order_id, sizeof p.order_id, "%s", PQgetvalue(q, 0, 2));
+            p.amount = strtoll(PQgetvalue(q, 0, 3), NULL, 10);
+            snprintf(p.currency, sizeof p.currency, "%s", PQgetvalue(q, 0, 4));
+            snprintf(p.method, sizeof p.method, "%s", PQgetvalue(q, 0, 5));
+            snprintf(p.status, sizeof p.status, "%s", PQgetvalue(q, 0, 6));
+            p.captured = strtoll(PQgetvalue(q, 0, 7), NULL, 10);
+            p.refunded = strtoll(PQgetvalue(q, 0, 8), NULL, 10);
+            snprintf(p.failure_reason, sizeof p.failure_reason, "%s", PQgetvalue(q, 0, 9));
+            p.created_ms = strtoll(PQgetvalue(q, 0, 10), NULL, 10);
+            p.updated_ms = strtoll(PQgetvalue(q, 0, 11), NULL, 10);
+        }
+    } else {
+        log_warn("payment read failed: %s", err);
+    }
+    if (rc->own_conn)
+        pga_release(c, false);
+    rc->cb(r, found, &p);
+    free(rc);
+    gw_unref(r);
+    log_ctx_set(NULL);
+}
+
+static void read_with(gw_req_t *r, pga_conn_t *c, read_ctx_t *rc)
+{
+    const char *id = route_param(&r->params, "id");
+    const char *p[] = {id, r->tenant};
+    const pga_stmt_t st[] = {{.name = "gw_payment_get", .sql = sql_payment_get, .nparams = 2, .params = p}};
+    if (pga_pipeline(c, st, 1, on_read, rc) != 0) {
+        if (rc->own_conn)
+            pga_release(c, true);
+        rc->cb(r, -1, NULL);
+        free(rc);
+        gw_unref(r);
+    }
+}
+
+static void on_read_conn(pga_conn_t *c, const char *err, void *arg)
+{
+    read_ctx_t *rc = arg;
+    gw_req_t *r = rc->r;
+    if (!c) {
+        log_ctx_set(&r->log);
+        log_warn("no database connection for a payment read: %s", err ? err : "?");
+        rc->cb(r, -1, NULL);
+        free(rc);
+        gw_unref(r);
+        log_ctx_set(NULL);
+        return;
+    }
+    read_with(r, c, rc);
+}
+
+/* Reads the payment named by the :id parameter, in the request's transaction
+ * when it has one, and calls cb(found: 0 yes, 1 no, -1 error). */
+static void read_payment(gw_req_t *r, payment_cb cb)
+{
+    const char *id = route_param(&r->params, "id");
+    if (!id || !uuid_valid(id)) {
+        cb(r, 1, NULL);
+        return;
+    }
+    if (r->th->memdb) {
+        payment_t p;
+        int found = payment_get(r->th->memdb, r->tenant, id, &p);
+        cb(r, found, found == 0 ? &p : NULL);
+        return;
+    }
+    read_ctx_t *rc = xcalloc(1, sizeof *rc);
+    rc->r = r;
+    rc->cb = cb;
+    gw_ref(r);
+    if (r->pg) {
+        read_with(r, r->pg, rc);
+        return;
+    }
+    rc->own_conn = true;
+    if (pga_acquire(r->th->pg, on_read_conn, rc) != 0) {
+        free(rc);
+        gw_unref(r);
+        cb(r, -1, NULL);
+    }
+}
+
+static bool read_failed_or_reply(gw_req_t *r, int found)
+{
+    if (found < 0) {
+        gw_add_header(r, "Retry-After", "1");
+        gw_problem(r, 503, "storage-unavailable", "the payment could not be read");
+        return true;
+    }
+    if (found > 0) {
+        gw_problem(r, 404, "payment-not-found", "no payment with this id in this tenant");
+        return true;
+    }
+    return false;
+}
+
+/* ---- GET /api/v1/payments/payments/:id ---- */
+
+static void got_payment(gw_req_t *r, int found, const payment_t *p)
+{
+    if (read_failed_or_reply(r, found))
+        return;
+    gw_respond_json(r, 200, payment_json(p));
+}
+
+void gw_get_payment(gw_req_t *r)
+{
+    read_payment(r, got_payment);
+}
+
+/* ---- POST /api/v1/payments/payments/:id/refund ---- */
+
+static void refund_checked(gw_req_t *r, int found, const payment_t *p)
+{
+    if (read_failed_or_reply(r, found))
+        return;
+    const char *detail = NULL;
+    int64_t amount = amount_of(r->json, &detail);
+    if (amount < 0) {
+        gw_problem(r, 400, "validation-error", detail);
+        return;
+    }
+    if (strcmp(p->status, "succeeded") != 0) {
+        char d[128];
+        snprintf(d, sizeof d, "only a succeeded payment can be refunded (this one is %s)", p->status);
+        gw_problem(r, 409, "payment-not-refundable", d);
+        return;
+    }
+    if (amount > p->captured - p->refunded) {
+        char d[160];
+        snprintf(d, sizeof d, "refund of %lld exceeds what remains refundable (%lld of %lld captured)",
+                 (long long)amount, (long long)(p->captured - p->refunded), (long long)p->captured);
+        gw_problem(r, 422, "refund-exceeds-captured", d);
+        return;
+    }
+    char refund_id[UUID_STR_LEN];
+    uuid_v7(refund_id);
+    json_object *payload = json_object_new_object();
+    json_object_object_add(payload, "paymentId", json_object_new_string(p->id));
+    json_object_object_add(payload, "refundId", json_object_new_string(refund_id));
+    json_object_object_add(payload, "amount", json_object_new_int64(amount));
+    json_object_object_add(payload, "subject", json_object_new_string(r->principal.sub));
+    char aggregate[UUID_STR_LEN + 8];
+    snprintf(aggregate, sizeof aggregate, "payment:%s", p->id);
+    outbox_msg_t m = {.topic = "payment",
+                      .type = r->route->publish,
+                      .tenant = r->tenant,
+                      .aggregate_id = aggregate,
+                      .traceparent = r->traceparent,
+                      .request_id = r->request_id,
+                      .payload = json_object_to_json_string_ext(payload, JSON_C_TO_STRING_PLAIN)};
+    const char *why = NULL;
+    int rc = gw_cmd_outbox(r, &m, NULL, &why);
+    json_object_put(payload);
+    if (rc != 0) {
+        gw_problem(r, 400, "validation-error", why);
+        return;
+    }
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "id", json_object_new_string(refund_id));
+    json_object_object_add(body, "paymentId", json_object_new_string(p->id));
+    json_object_object_add(body, "amount", json_object_new_int64(amount));
+    json_object_object_add(body, "status", json_object_new_string("pending"));
+    gw_cmd_commit(r, 202, body);
+}
+
+void gw_post_refund(gw_req_t *r)
+{
+    if (!json_object_is_type(r->json, json_type_object)) {
+        gw_problem(r, 400, "validation-error", "the body must be a JSON object {amount}");
+        return;
+    }
+    read_payment(r, refund_checked);
+}

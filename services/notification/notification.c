@@ -1,0 +1,701 @@
+/* services/notification/notification.c: see notification.h. The channels
+ * themselves live in channel_*.c (channel.h). */
+#include "services/notification/notification.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/pg.h"
+#include "core/strmap.h"
+#include "services/notification/channel.h"
+#include "services/payment/payment.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SENT_MAX 4096 /* recent sends remembered across a rollback */
+#define OTP_CODE_MAX 16
+
+typedef enum { CH_LOG, CH_WEBHOOK, CH_SMTP, CH_COUNT } channel_t;
+
+static const char *const channel_names[CH_COUNT] = {"log", "webhook", "smtp"};
+
+/* ---- settings ---- */
+
+typedef struct settings {
+    channel_t order[CH_COUNT];
+    int n;
+    char *sink_file;
+    char *webhook_url, *webhook_host, *webhook_path, *webhook_secret;
+    int webhook_port;
+    char *smtp_host, *smtp_from;
+    int smtp_port;
+    int64_t timeout_ms;
+    breaker_t *breaker[CH_COUNT]; /* webhook and smtp */
+} settings_t;
+
+static pthread_mutex_t settings_mu = PTHREAD_MUTEX_INITIALIZER;
+static settings_t settings = {.order = {CH_LOG}, .n = 1, .timeout_ms = 5000};
+
+static void settings_clear(settings_t *s)
+{
+    free(s->sink_file);
+    free(s->webhook_url);
+    free(s->webhook_host);
+    free(s->webhook_path);
+    free(s->webhook_secret);
+    free(s->smtp_host);
+    free(s->smtp_from);
+    for (int i = 0; i < CH_COUNT; i++)
+        breaker_free(s->breaker[i]);
+    memset(s, 0, sizeof *s);
+}
+
+static void breaker_defaults(const breaker_params_t *in, breaker_params_t *out)
+{
+    *out = *in;
+    if (!out->window_ms)
+        out->window_ms = NOTIFY_BREAKER_WINDOW_MS;
+    if (!out->minimum_calls)
+        out->minimum_calls = NOTIFY_BREAKER_MIN_CALLS;
+    if (!(out->failure_rate_threshold > 0))
+        out->failure_rate_threshold = NOTIFY_BREAKER_FAILURE_RATE;
+    if (!out->open_duration_ms)
+        out->open_duration_ms = NOTIFY_BREAKER_OPEN_MS;
+    if (!out->half_open_max_calls)
+        out->half_open_max_calls = NOTIFY_BREAKER_HALF_OPEN_CALLS;
+}
+
+static void problem(char *err, size_t cap, size_t *len, const char *what)
+{
+    if (*len >= cap)
+        return;
+    int n = snprintf(err + *len, cap - *len, "%s%s", *len ? "; " : "", what);
+    if (n > 0)
+        *len += (size_t)n;
+}
+
+/* Parses "log, webhook" into s->order. */
+static void parse_channels(const char *list, settings_t *s, char *err, size_t cap, size_t *len)
+{
+    s->n = 0;
+    if (!list || !*list)
+        list = "log";
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        const char *w = p;
+        size_t wl = n;
+        while (wl && (*w == ' ' || *w == '\t')) {
+            w++;
+            wl--;
+        }
+        while (wl && (w[wl - 1] == ' ' || w[wl - 1] == '\t'))
+            wl--;
+        int found = -1;
+        for (int i = 0; i < CH_COUNT; i++)
+            if (strlen(channel_names[i]) == wl && strncmp(w, channel_names[i], wl) == 0)
+                found = i;
+        char msg[160];
+        if (found < 0) {
+            snprintf(msg, sizeof msg, "NOTIFY_CHANNELS: '%.*s' is not one of log, webhook, smtp", (int)wl, w);
+            problem(err, cap, len, msg);
+        } else {
+            bool dup = false;
+            for (int i = 0; i < s->n; i++)
+                dup |= s->order[i] == (channel_t)found;
+            if (dup) {
+                snprintf(msg, sizeof msg, "NOTIFY_CHANNELS: %s is listed twice", channel_names[found]);
+                problem(err, cap, len, msg);
+            } else {
+                s->order[s->n++] = (channel_t)found;
+            }
+        }
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+}
+
+static bool uses(const settings_t *s, channel_t ch)
+{
+    for (int i = 0; i < s->n; i++)
+        if (s->order[i] == ch)
+            return true;
+    return false;
+}
+
+int notification_configure(const notification_config_t *cfg, char *err, size_t cap)
+{
+    settings_t s = {0};
+    size_t len = 0;
+    err[0] = '\0';
+    parse_channels(cfg->channels, &s, err, cap, &len);
+    s.timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : 5000;
+    if (s.timeout_ms < 0)
+        problem(err, cap, &len, "NOTIFY_TIMEOUT_MS: must be positive");
+    if (cfg->sink_file && *cfg->sink_file)
+        s.sink_file = xstrdup(cfg->sink_file);
+
+    const char *url = cfg->webhook_url ? cfg->webhook_url : "";
+    if (*url) {
+        char host[256], path[1024];
+        int port = 0;
+        if (notification_webhook_parse_url(url, host, sizeof host, &port, path, sizeof path) != 0) {
+            problem(err, cap, &len, "NOTIFY_WEBHOOK_URL: expected http://host[:port][/path] (http only)");
+        } else {
+            s.webhook_url = xstrdup(url);
+            s.webhook_host = xstrdup(host);
+            s.webhook_path = xstrdup(path);
+            s.webhook_port = port;
+        }
+    } else if (uses(&s, CH_WEBHOOK)) {
+        problem(err, cap, &len, "NOTIFY_WEBHOOK_URL: required by the webhook channel");
+    }
+    if (cfg->webhook_secret && *cfg->webhook_secret)
+        s.webhook_secret = xstrdup(cfg->webhook_secret);
+    else if (uses(&s, CH_WEBHOOK))
+        problem(err, cap, &len, "NOTIFY_WEBHOOK_SECRET: required by the webhook channel");
+
+    if (cfg->smtp_host && *cfg->smtp_host)
+        s.smtp_host = xstrdup(cfg->smtp_host);
+    else if (uses(&s, CH_SMTP))
+        problem(err, cap, &len, "SMTP_HOST: required by the smtp channel");
+    s.smtp_port = cfg->smtp_port ? cfg->smtp_port : 25;
+    if (s.smtp_port < 1 || s.smtp_port > 65535)
+        problem(err, cap, &len, "SMTP_PORT: outside 1..65535");
+    const char *from = cfg->smtp_from && *cfg->smtp_from ? cfg->smtp_from : "ecom@localhost";
+    if (!notification_smtp_address_ok(from))
+        problem(err, cap, &len, "SMTP_FROM: expected an address like name@example.com");
+    s.smtp_from = xstrdup(from);
+
+    breaker_params_t bp;
+    breaker_defaults(&cfg->breaker, &bp);
+    char berr[256];
+    if (breaker_params_validate(&bp, berr, sizeof berr) != 0)
+        problem(err, cap, &len, berr);
+    if (len) {
+        settings_clear(&s);
+        return -1;
+    }
+    s.breaker[CH_WEBHOOK] = breaker_new(&bp);
+    s.breaker[CH_SMTP] = breaker_new(&bp);
+    pthread_mutex_lock(&settings_mu);
+    settings_t old = settings;
+    settings = s;
+    pthread_mutex_unlock(&settings_mu);
+    settings_clear(&old);
+    return 0;
+}
+
+/* The breaker of a networked channel, created with the defaults when the
+ * service runs unconfigured. */
+static breaker_t *channel_breaker(channel_t ch)
+{
+    pthread_mutex_lock(&settings_mu);
+    if (!settings.breaker[ch]) {
+        breaker_params_t bp;
+        breaker_defaults(&(breaker_params_t){0}, &bp);
+        settings.breaker[ch] = breaker_new(&bp);
+    }
+    breaker_t *b = settings.breaker[ch];
+    pthread_mutex_unlock(&settings_mu);
+    return b;
+}
+
+/* ---- recent sends (message id, channel), kept across a rollback ---- */
+
+static pthread_mutex_t sent_mu = PTHREAD_MUTEX_INITIALIZER;
+static strmap_t sent;
+static char *sent_ring[SENT_MAX];
+static size_t sent_next;
+static bool sent_ready;
+
+static size_t sent_key(const char *msg_id, channel_t ch, char *k, size_t cap)
+{
+    int n = snprintf(k, cap, "%s/%s", msg_id, channel_names[ch]);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static bool sent_recall(const char *msg_id, channel_t ch)
+{
+    char k[64];
+    size_t kl = sent_key(msg_id, ch, k, sizeof k);
+    pthread_mutex_lock(&sent_mu);
+    bool found = sent_ready && strmap_get(&sent, k, kl) != NULL;
+    pthread_mutex_unlock(&sent_mu);
+    return found;
+}
+
+static void sent_remember(const char *msg_id, channel_t ch)
+{
+    char k[64];
+    size_t kl = sent_key(msg_id, ch, k, sizeof k);
+    pthread_mutex_lock(&sent_mu);
+    if (!sent_ready) {
+        strmap_init(&sent);
+        sent_ready = true;
+    }
+    char *old = sent_ring[sent_next];
+    if (old) {
+        strmap_del(&sent, old, strlen(old), NULL);
+        free(old);
+    }
+    strmap_put(&sent, k, kl, NULL);
+    sent_ring[sent_next] = xstrdup(k);
+    sent_next = (sent_next + 1) % SENT_MAX;
+    pthread_mutex_unlock(&sent_mu);
+}
+
+/* ---- rendering ---- */
+
+void notification_format_time(int64_t ms, char *out, size_t cap)
+{
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    char base[24];
+    strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, cap, "%s.%03dZ", base, (int)(ms % 1000));
+}
+
+/* "12.34 EUR" from minor units; a currency we do not know prints its minor units. */
+static void money(int64_t minor, const char *currency, char *out, size_t cap)
+{
+    int exp = currency ? payment_currency_exponent(currency) : -1;
+    if (exp <= 0) {
+        snprintf(out, cap, "%lld%s%s", (long long)minor, currency ? " " : "", currency ? currency : "");
+        return;
+    }
+    int64_t div = 1;
+    for (int i = 0; i < exp; i++)
+        div *= 10;
+    const char *sign = minor < 0 ? "-" : "";
+    uint64_t a = minor < 0 ? (uint64_t)0 - (uint64_t)minor : (uint64_t)minor;
+    char frac[8];
+    uint64_t f = a % (uint64_t)div;
+    for (int i = exp - 1; i >= 0; i--, f /= 10)
+        frac[i] = (char)('0' + f % 10);
+    frac[exp] = '\0';
+    snprintf(out, cap, "%s%llu.%s %s", sign, (unsigned long long)(a / (uint64_t)div), frac, currency);
+}
+
+static bool code_ok(const char *code)
+{
+    size_t n = strlen(code);
+    if (n == 0 || n > OTP_CODE_MAX)
+        return false;
+    for (const char *c = code; *c; c++)
+        if (!((*c >= '0' && *c <= '9') || (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || *c == '-'))
+            return false;
+    return true;
+}
+
+typedef struct rendered {
+    char title[64];
+    char *text; /* owned */
+    const char *subject;
+    const char *requested_channel;
+} rendered_t;
+
+/* 1 rendered, 0 not a type we notify, -1 unusable payload (why set). */
+static int render(const envelope_t *e, json_object *pl, rendered_t *r, char *why, size_t cap)
+{
+    const char *subject = json_get_str(pl, "subject");
+    r->subject = subject && *subject ? subject : e->tenant;
+    r->requested_channel = "";
+    char amount[64], total[64];
+    int64_t v = 0;
+    const char *currency = json_get_str(pl, "currency");
+    const char *pid = json_get_str(pl, "paymentId");
+    const char *order = json_get_str(pl, "orderId");
+
+    if (strcmp(e->type, "auth.otp.requested") == 0) {
+        const char *code = json_get_str(pl, "code");
+        if (!subject || !*subject || !code || !code_ok(code)) {
+            snprintf(why, cap, "auth.otp.requested: subject and an alphanumeric code are required");
+            return -1;
+        }
+        const char *ch = json_get_str(pl, "channel");
+        r->requested_channel = ch ? ch : "";
+        snprintf(r->title, sizeof r->title, "Your login code");
+        r->text = xasprintf("Your login code is %s. If you did not ask for it, ignore this message.", code);
+        return 1;
+    }
+    if (strncmp(e->type, "payment.", 8) == 0 && (!pid || !uuid_valid(pid))) {
+        if (strcmp(e->type, "payment.succeeded") == 0 || strcmp(e->type, "payment.failed") == 0 ||
+            strcmp(e->type, "payment.refunded") == 0) {
+            snprintf(why, cap, "%s: paymentId missing or not a UUID", e->type);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(e->type, "payment.succeeded") == 0) {
+        if (!json_get_int64(pl, "amount", &v) || !currency) {
+            snprintf(why, cap, "payment.succeeded: amount and currency are required");
+            return -1;
+        }
+        money(v, currency, amount, sizeof amount);
+        snprintf(r->title, sizeof r->title, "Payment received");
+        r->text = xasprintf("We received your payment of %s%s%s (payment %s). Thank you.", amount,
+                            order ? " for order " : "", order ? order : "", pid);
+        return 1;
+    }
+    if (strcmp(e->type, "payment.failed") == 0) {
+        const char *reason = json_get_str(pl, "reason");
+        if (json_get_int64(pl, "amount", &v) && currency)
+            money(v, currency, amount, sizeof amount);
+        else
+            amount[0] = '\0';
+        snprintf(r->title, sizeof r->title, "Payment failed");
+        r->text = xasprintf("Your payment%s%s%s%s could not be completed: %s (payment %s).", amount[0] ? " of " : "",
+                            amount, order ? " for order " : "", order ? order : "", reason ? reason : "declined", pid);
+        return 1;
+    }
+    if (strcmp(e->type, "payment.refunded") == 0) {
+        int64_t sum = 0;
+        if (!json_get_int64(pl, "amount", &v)) {
+            snprintf(why, cap, "payment.refunded: amount is required");
+            return -1;
+        }
+        money(v, currency, amount, sizeof amount);
+        snprintf(r->title, sizeof r->title, "Refund issued");
+        if (json_get_int64(pl, "refunded", &sum)) {
+            money(sum, currency, total, sizeof total);
+            r->text = xasprintf("A refund of %s was issued for payment %s%s%s; %s refunded in total.", amount, pid,
+                                order ? ", order " : "", order ? order : "", total);
+        } else {
+            r->text = xasprintf("A refund of %s was issued for payment %s%s%s.", amount, pid, order ? ", order " : "",
+                                order ? order : "");
+        }
+        return 1;
+    }
+    return 0; /* another type of our topics: nothing to send */
+}
+
+/* ---- the deliveries table ---- */
+
+typedef struct mem_deliveries {
+    notification_delivery_t *rows; /* arrival order */
+    size_t n, cap;
+    strmap_t by_key; /* message id "/" channel -> present */
+} mem_deliveries_t;
+
+static void *mem_make(void)
+{
+    mem_deliveries_t *m = xcalloc(1, sizeof *m);
+    strmap_init(&m->by_key);
+    return m;
+}
+
+static void delivery_clear(notification_delivery_t *d)
+{
+    free(d->tenant);
+    free(d->subject);
+    free(d->type);
+    free(d->status);
+    free(d->detail);
+}
+
+static void mem_free(void *p)
+{
+    mem_deliveries_t *m = p;
+    for (size_t i = 0; i < m->n; i++)
+        delivery_clear(&m->rows[i]);
+    free(m->rows);
+    strmap_free(&m->by_key);
+    free(m);
+}
+
+static mem_deliveries_t *mem_table(db_t *tx)
+{
+    return db_mem_slot(tx, MEM_SLOT_NOTIFICATION, mem_make, mem_free);
+}
+
+static void undo_record(void *arg)
+{
+    mem_deliveries_t *m = arg;
+    notification_delivery_t *d = &m->rows[--m->n];
+    char k[64];
+    int kl = snprintf(k, sizeof k, "%s/%s", d->message_id, d->channel);
+    strmap_del(&m->by_key, k, (size_t)kl, NULL);
+    delivery_clear(d);
+}
+
+static const char sql_seen[] = "SELECT channel FROM notification.deliveries WHERE message_id = $1";
+static const char sql_record[] =
+    "INSERT INTO notification.deliveries (message_id, channel, tenant, subject, type, status, detail)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id, channel) DO NOTHING";
+
+/* Which channels already have a row for this message (bit per channel). 0 or -1. */
+static int recorded(db_t *tx, const char *msg_id, unsigned *bits)
+{
+    *bits = 0;
+    if (tx->kind == DB_MEMORY) {
+        mem_deliveries_t *m = mem_table(tx);
+        for (int ch = 0; ch < CH_COUNT; ch++) {
+            char k[64];
+            size_t kl = sent_key(msg_id, (channel_t)ch, k, sizeof k);
+            if (strmap_get(&m->by_key, k, kl))
+                *bits |= 1u << ch;
+        }
+        return 0;
+    }
+    if (db_prepare(tx, DB_STMT_NOTIFY_SEEN, sql_seen, 1) != 0)
+        return -1;
+    const char *p[] = {msg_id};
+    PGresult *r = db_exec_prepared(tx, DB_STMT_NOTIFY_SEEN, 1, p);
+    if (!r)
+        return -1;
+    for (int i = 0; i < PQntuples(r); i++)
+        for (int ch = 0; ch < CH_COUNT; ch++)
+            if (strcmp(PQgetvalue(r, i, 0), channel_names[ch]) == 0)
+                *bits |= 1u << ch;
+    PQclear(r);
+    return 0;
+}
+
+static int record(db_t *tx, const notify_msg_t *m, channel_t ch, const char *status, const char *detail)
+{
+    if (tx->kind == DB_MEMORY) {
+        mem_deliveries_t *t = mem_table(tx);
+        char k[64];
+        size_t kl = sent_key(m->message_id, ch, k, sizeof k);
+        bool created;
+        strmap_put(&t->by_key, k, kl, &created);
+        if (!created)
+            return 0;
+        if (t->n == t->cap) {
+            t->cap = t->cap ? t->cap * 2 : 256;
+            t->rows = xrealloc(t->rows, t->cap * sizeof *t->rows);
+        }
+        notification_delivery_t *d = &t->rows[t->n++];
+        memset(d, 0, sizeof *d);
+        snprintf(d->message_id, sizeof d->message_id, "%s", m->message_id);
+        snprintf(d->channel, sizeof d->channel, "%s", channel_names[ch]);
+        d->tenant = xstrdup(m->tenant);
+        d->subject = xstrdup(m->subject);
+        d->type = xstrdup(m->type);
+        d->status = xstrdup(status);
+        d->detail = xstrdup(detail);
+        d->created_ms = clock_now_ms();
+        db_mem_undo(tx, undo_record, t, NULL);
+        return 0;
+    }
+    if (db_prepare(tx, DB_STMT_NOTIFY_RECORD, sql_record, 7) != 0)
+        return -1;
+    const char *p[] = {m->message_id, channel_names[ch], m->tenant, m->subject, m->type, status, detail};
+    PGresult *r = db_exec_prepared(tx, DB_STMT_NOTIFY_RECORD, 7, p);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
+/* ---- delivering ---- */
+
+static void count_delivery(channel_t ch, const char *outcome)
+{
+    char labels[64];
+    snprintf(labels, sizeof labels, "channel=\"%s\",outcome=\"%s\"", channel_names[ch], outcome);
+    metrics_add(
+        metrics_counter("ecom_notification_deliveries_total", "Notification deliveries by channel and outcome", labels),
+        1);
+}
+
+/* Sends through a networked channel behind its breaker. SVC_OK with *o set,
+ * or SVC_DEFER when the breaker refuses or suspects an outage. */
+static svc_result_t send_guarded(svc_ctx_t *c, channel_t ch, const notify_msg_t *m, notify_outcome_t *o, char *detail,
+                                 size_t cap)
+{
+    breaker_t *b = channel_breaker(ch);
+    breaker_permit_t permit;
+    if (!breaker_acquire(b, &permit)) {
+        snprintf(c->error, sizeof c->error, "%s circuit open", channel_names[ch]);
+        return SVC_DEFER;
+    }
+    int64_t t0 = clock_mono_ms();
+    if (ch == CH_WEBHOOK) {
+        webhook_target_t t = {.host = settings.webhook_host,
+                              .port = settings.webhook_port,
+                              .path = settings.webhook_path,
+                              .secret = settings.webhook_secret};
+        *o = notification_webhook_deliver(m, &t, settings.timeout_ms, detail, cap);
+    } else {
+        smtp_target_t t = {.host = settings.smtp_host, .port = settings.smtp_port, .from = settings.smtp_from};
+        *o = notification_smtp_deliver(m, &t, settings.timeout_ms, detail, cap);
+    }
+    breaker_outcome_t bo = *o == NOTIFY_SENT     ? BREAKER_SUCCESS
+                           : *o == NOTIFY_FAILED ? BREAKER_FAILURE
+                                                 : BREAKER_IGNORED;
+    breaker_record(b, &permit, bo, clock_mono_ms() - t0);
+    if (*o == NOTIFY_FAILED && (permit.trial || breaker_state(b) != BREAKER_CLOSED)) {
+        count_delivery(ch, "failed");
+        snprintf(c->error, sizeof c->error, "%s circuit open: %.200s", channel_names[ch], detail);
+        return SVC_DEFER;
+    }
+    return SVC_OK;
+}
+
+static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m)
+{
+    unsigned done = 0;
+    if (recorded(c->tx, m->message_id, &done) != 0) {
+        snprintf(c->error, sizeof c->error, "reading deliveries failed (sqlstate %s)", pg_last_sqlstate());
+        return SVC_RETRY;
+    }
+    for (int i = 0; i < settings.n; i++) {
+        channel_t ch = settings.order[i];
+        if (done & (1u << ch))
+            continue; /* recorded by an earlier delivery of this message */
+        char detail[256] = "";
+        notify_outcome_t o;
+        if (sent_recall(m->message_id, ch)) {
+            o = NOTIFY_SENT;
+            snprintf(detail, sizeof detail, "sent by an earlier attempt");
+        } else if (ch == CH_LOG) {
+            o = notification_log_deliver(m, settings.sink_file, detail, sizeof detail);
+        } else {
+            svc_result_t r = send_guarded(c, ch, m, &o, detail, sizeof detail);
+            if (r != SVC_OK)
+                return r;
+        }
+        const char *status = NULL;
+        switch (o) {
+        case NOTIFY_SENT:
+            status = "sent";
+            sent_remember(m->message_id, ch);
+            break;
+        case NOTIFY_SKIPPED: status = "skipped"; break;
+        case NOTIFY_REFUSED:
+            status = "failed";
+            log_warn("notification via %s refused for good: %s", channel_names[ch], detail);
+            break;
+        case NOTIFY_REJECTED:
+        case NOTIFY_FAILED:
+            count_delivery(ch, "failed");
+            snprintf(c->error, sizeof c->error, "%s: %.200s", channel_names[ch], detail);
+            return SVC_RETRY;
+        }
+        count_delivery(ch, status);
+        if (record(c->tx, m, ch, status, detail) != 0) {
+            snprintf(c->error, sizeof c->error, "recording the %s delivery failed (sqlstate %s)", channel_names[ch],
+                     pg_last_sqlstate());
+            return SVC_RETRY;
+        }
+    }
+    return SVC_OK;
+}
+
+static svc_result_t handle(svc_ctx_t *c, void *arg)
+{
+    (void)arg;
+    const envelope_t *e = c->msg;
+    rendered_t r = {0};
+    char why[200];
+    int rc = render(e, c->payload, &r, why, sizeof why);
+    if (rc == 0)
+        return SVC_OK;
+    if (rc < 0) {
+        snprintf(c->error, sizeof c->error, "%s", why);
+        return SVC_REJECT;
+    }
+    notify_msg_t m = {.message_id = e->id,
+                      .tenant = e->tenant,
+                      .subject = r.subject,
+                      .type = e->type,
+                      .title = r.title,
+                      .text = r.text,
+                      .requested_channel = r.requested_channel,
+                      .at_ms = e->ts};
+    svc_result_t res = deliver(c, &m);
+    free(r.text);
+    return res;
+}
+
+const svc_def_t *notification_service(void)
+{
+    static const char *const topics[] = {"auth", "payment", NULL};
+    /* every type of those topics: the ones we do not notify about are
+     * acknowledged and ignored (render), not dead-lettered */
+    static const svc_def_t def = {.group = "notification", .topics = topics, .types = NULL, .handle = handle};
+    return &def;
+}
+
+/* ---- queries ---- */
+
+void notification_deliveries_free(notification_delivery_t *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        delivery_clear(&d[i]);
+    free(d);
+}
+
+int notification_list(db_t *db, const char *tenant, const char *subject, size_t limit, notification_delivery_t **out,
+                      size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    notification_delivery_t *res = xcalloc(limit + 1, sizeof *res);
+    size_t k = 0;
+    if (db->kind == DB_MEMORY) {
+        bool own = !db->in_tx; /* inside the caller's transaction when it has one */
+        if (own && db_begin(db) != 0) {
+            free(res);
+            return -1;
+        }
+        mem_deliveries_t *m = mem_table(db);
+        for (size_t i = m->n; i-- > 0 && k < limit;) {
+            const notification_delivery_t *d = &m->rows[i];
+            if (strcmp(d->tenant, tenant) != 0 || (subject && strcmp(d->subject, subject) != 0))
+                continue;
+            notification_delivery_t *o = &res[k++];
+            *o = *d;
+            o->tenant = xstrdup(d->tenant);
+            o->subject = xstrdup(d->subject);
+            o->type = xstrdup(d->type);
+            o->status = xstrdup(d->status);
+            o->detail = xstrdup(d->detail);
+        }
+        if (own && db_commit(db) != 0) {
+            notification_deliveries_free(res, k);
+            return -1;
+        }
+        *out = res;
+        *n = k;
+        return 0;
+    }
+    char lim[24];
+    snprintf(lim, sizeof lim, "%zu", limit);
+    const char *p[] = {tenant, subject, lim};
+    PGresult *r = pg_query(db->pg,
+                           "SELECT message_id, channel, tenant, coalesce(subject, ''), coalesce(type, ''),"
+                           " coalesce(status, ''), coalesce(detail, ''),"
+                           " (extract(epoch FROM created_at) * 1000)::bigint"
+                           " FROM notification.deliveries WHERE tenant = $1 AND ($2::text IS NULL OR subject = $2)"
+                           " ORDER BY created_at DESC, message_id DESC, channel LIMIT $3",
+                           3, p);
+    if (!r) {
+        free(res);
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(r); i++) {
+        notification_delivery_t *d = &res[k++];
+        snprintf(d->message_id, sizeof d->message_id, "%s", PQgetvalue(r, i, 0));
+        snprintf(d->channel, sizeof d->channel, "%s", PQgetvalue(r, i, 1));
+        d->tenant = xstrdup(PQgetvalue(r, i, 2));
+        d->subject = xstrdup(PQgetvalue(r, i, 3));
+        d->type = xstrdup(PQgetvalue(r, i, 4));
+        d->status = xstrdup(PQgetvalue(r, i, 5));
+        d->detail = xstrdup(PQgetvalue(r, i, 6));
+        d->created_ms = strtoll(PQgetvalue(r, i, 7), NULL, 10);
+    }
+    PQclear(r);
+    *out = res;
+    *n = k;
+    return 0;
+}

@@ -1,0 +1,76 @@
+/* services/notification/notification.h: the notification service
+ * (`ecom service notification`).
+ *
+ * It consumes the "auth" and "payment" topics, renders one message (a title
+ * and a text) for auth.otp.requested, payment.succeeded, payment.failed and
+ * payment.refunded, ignores every other type of those topics, and delivers
+ * the message through each configured channel: `log` (a log line, and a JSON
+ * Lines record in NOTIFY_SINK_FILE when set), `webhook` (an HMAC-signed HTTP
+ * POST) and `smtp` (a mail through an SMTP relay). The webhook and smtp
+ * channels each sit behind a circuit breaker.
+ *
+ * The recipient (`subject`) is the payload's "subject" when present (the OTP
+ * command always carries it; payment events carry it when the payment command
+ * did), else the tenant.
+ *
+ * Each delivery is recorded once per (message id, channel) in
+ * notification.deliveries, or a memory table, in the transaction that records
+ * the message in the inbox; a channel already recorded for a message is not
+ * delivered again. Sending is not transactional: a crash after a send and
+ * before the commit sends that channel again on redelivery (webhook receivers
+ * can drop the copy by its X-Ecom-Message-Id header). Within one process,
+ * a delivery made in a transaction that was then rolled back (the runtime
+ * retries a batch message by message when one of its messages fails) is
+ * remembered and recorded, not sent, on the next attempt.
+ * Owns: the memory table (MEM_SLOT_NOTIFICATION), the channel settings and
+ * breakers, and the memory of recent sends. */
+#ifndef ECOM_NOTIFICATION_H
+#define ECOM_NOTIFICATION_H
+
+#include "http-gateway/breaker.h"
+#include "services/runtime.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct notification_config {
+    const char *channels;       /* comma list of log, webhook, smtp; NULL or "" = "log" */
+    const char *sink_file;      /* log channel's JSON Lines file; NULL or "" = none */
+    const char *webhook_url;    /* http://host[:port]/path */
+    const char *webhook_secret; /* HMAC-SHA256 key, required with the webhook channel */
+    const char *smtp_host;      /* required with the smtp channel */
+    int smtp_port;              /* 0 = 25 */
+    const char *smtp_from;      /* NULL or "" = "ecom@localhost" */
+    int64_t timeout_ms;         /* connect and reply timeout; 0 = 5000 */
+    breaker_params_t breaker;   /* webhook and smtp breakers; zero fields = the defaults below */
+} notification_config_t;
+
+#define NOTIFY_BREAKER_WINDOW_MS 30000
+#define NOTIFY_BREAKER_MIN_CALLS 5
+#define NOTIFY_BREAKER_FAILURE_RATE 50.0
+#define NOTIFY_BREAKER_OPEN_MS 10000
+#define NOTIFY_BREAKER_HALF_OPEN_CALLS 2
+
+const svc_def_t *notification_service(void);
+
+/* Checks and applies the configuration (copied), and starts fresh breakers.
+ * Call before the service runs (not while handlers run). On failure returns
+ * -1 and err lists every problem, "; "-separated, and nothing changes.
+ * Without a call, the log channel alone runs, without a sink file. */
+int notification_configure(const notification_config_t *cfg, char *err, size_t cap) __attribute__((warn_unused_result));
+
+typedef struct notification_delivery {
+    char message_id[UUID_STR_LEN];
+    char channel[16];
+    char *tenant, *subject, *type, *status, *detail; /* status: sent | skipped | failed */
+    int64_t created_ms;
+} notification_delivery_t;
+
+/* Deliveries of a tenant, newest first; subject NULL = every subject; at most
+ * limit. *out owned (notification_deliveries_free). In the caller's open
+ * transaction when it has one. */
+int notification_list(db_t *db, const char *tenant, const char *subject, size_t limit, notification_delivery_t **out,
+                      size_t *n) __attribute__((warn_unused_result));
+void notification_deliveries_free(notification_delivery_t *d, size_t n);
+
+#endif

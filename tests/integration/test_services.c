@@ -1,0 +1,1211 @@
+/* tests/integration/test_services.c: the payment and notification services end
+ * to end (outbox -> drainer -> bus -> services -> outbox -> ...), on the
+ * in-memory store and bus and on real PostgreSQL and Redis: payments settle
+ * once, the provider breaker makes payments wait instead of failing, refunds
+ * never exceed the captured amount, and notifications reach the log sink, a
+ * signed webhook and an SMTP server run by the test. */
+#include "bus/bus.h"
+#include "bus/outbox.h"
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/pg.h"
+#include "http-gateway/breaker.h"
+#include "outbox-worker/drain.h"
+#include "services/analytics/analytics.h"
+#include "services/notification/notification.h"
+#include "services/payment/payment.h"
+#include "services/payment/provider.h"
+#include "services/runtime.h"
+#include "tests/testlib.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define TENANT "t1"
+#define BUYER "buyer@example.com"
+#define WEBHOOK_SECRET "test-webhook-secret"
+
+/* ---- the system under test: drainer and services on threads ---- */
+
+typedef struct sut {
+    bool memory;
+    const char *pg_url;
+    const char *redis_url;
+    memstore_t *mem;
+    membus_t *membus;
+    atomic_bool stop;
+    pthread_t drain_th;
+    pthread_t svc_th[3];
+    int nsvc;
+    const svc_def_t *defs[3];
+    svc_opts_t sopts[3];
+    char consumer[3][32];
+    drain_opts_t dopts;
+    char sink[128];
+    bool started;
+} sut_t;
+
+typedef struct svc_arg {
+    sut_t *s;
+    int i;
+} svc_arg_t;
+
+static void *drain_thread(void *arg)
+{
+    sut_t *s = arg;
+    log_set_role("drain");
+    drain_run(&s->dopts, &s->stop);
+    return NULL;
+}
+
+static void *svc_thread(void *arg)
+{
+    svc_arg_t *a = arg;
+    log_set_role(a->s->defs[a->i]->group);
+    svc_run(a->s->defs[a->i], &a->s->sopts[a->i], &a->s->stop);
+    free(a);
+    return NULL;
+}
+
+static void configure_notification(sut_t *s, const char *channels, const char *webhook_url, int smtp_port)
+{
+    notification_config_t nc = {.channels = channels,
+                                .sink_file = s->sink,
+                                .webhook_url = webhook_url,
+                                .webhook_secret = WEBHOOK_SECRET,
+                                .smtp_host = "127.0.0.1",
+                                .smtp_port = smtp_port ? smtp_port : 25,
+                                .smtp_from = "shop@example.com",
+                                .timeout_ms = 2000,
+                                .breaker = {.minimum_calls = 10}};
+    char err[512];
+    int rc = notification_configure(&nc, err, sizeof err);
+    if (rc != 0)
+        fprintf(stderr, "notification_configure: %s\n", err);
+    ASSERT_OK(rc);
+}
+
+static void configure_payment(const breaker_params_t *bp, double failure_rate)
+{
+    payment_config_t pc = {.provider_latency_ms = 1, .provider_failure_rate = failure_rate};
+    if (bp)
+        pc.breaker = *bp;
+    char err[256];
+    ASSERT_OK(payment_configure(&pc, err, sizeof err));
+    payment_provider_reset();
+}
+
+static void sut_init(sut_t *s, bool memory, const char *dbname)
+{
+    static int seq;
+    memset(s, 0, sizeof *s);
+    s->memory = memory;
+    if (memory) {
+        s->mem = memstore_new();
+        s->membus = membus_new();
+    } else {
+        s->pg_url = test_pg_db(dbname, true);
+        s->redis_url = test_redis_db();
+    }
+    snprintf(s->sink, sizeof s->sink, "/tmp/ecom-test-services-%d-%d.jsonl", (int)getpid(), ++seq);
+    unlink(s->sink);
+    s->dopts = (drain_opts_t){.database_url = s->pg_url,
+                              .mem = s->mem,
+                              .redis_url = s->redis_url,
+                              .membus = s->membus,
+                              .batch = 500,
+                              .poll_ms = 10,
+                              .retain_s = 0,
+                              .trim_interval_ms = 500};
+    configure_payment(NULL, 0);
+    configure_notification(s, "log", NULL, 0);
+}
+
+static void sut_add(sut_t *s, const svc_def_t *def)
+{
+    int i = s->nsvc++;
+    s->defs[i] = def;
+    snprintf(s->consumer[i], sizeof s->consumer[i], "test-%s", def->group);
+    s->sopts[i] = (svc_opts_t){.database_url = s->pg_url,
+                               .mem = s->mem,
+                               .redis_url = s->redis_url,
+                               .membus = s->membus,
+                               .consumer = s->consumer[i],
+                               .batch = 64,
+                               .block_ms = 50,
+                               .max_attempts = 5,
+                               .reclaim_idle_ms = 5000,
+                               .backoff_ms = 20,
+                               .inbox_retain_s = 3600};
+}
+
+static db_t *sut_db(sut_t *s)
+{
+    char *err = NULL;
+    db_t *db = s->memory ? db_open_memory(s->mem) : db_open_pg(s->pg_url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+    return db;
+}
+
+static bus_t *sut_bus(sut_t *s)
+{
+    char *err = NULL;
+    bus_t *b = s->memory ? bus_open_memory(s->membus) : bus_open_redis(s->redis_url, &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    return b;
+}
+
+static void sut_start(sut_t *s)
+{
+    /* Groups exist before anything is published: the drainer trims what every
+     * existing group has acknowledged, and analytics (every topic) discovers
+     * new streams only every 2 s, so it could join after its entries went. */
+    bus_t *b = sut_bus(s);
+    for (int i = 0; i < s->nsvc; i++) {
+        static const char *const all[] = {"payment", "auth", NULL};
+        const char *const *topics = s->defs[i]->topics ? s->defs[i]->topics : all;
+        for (const char *const *t = topics; *t; t++) {
+            char stream[BUS_STREAM_MAX];
+            envelope_stream_name(*t, stream, sizeof stream);
+            ASSERT_OK(bus_group_create(b, stream, s->defs[i]->group));
+        }
+    }
+    bus_close(b);
+    pthread_create(&s->drain_th, NULL, drain_thread, s);
+    for (int i = 0; i < s->nsvc; i++) {
+        svc_arg_t *a = xmalloc(sizeof *a);
+        *a = (svc_arg_t){s, i};
+        pthread_create(&s->svc_th[i], NULL, svc_thread, a);
+    }
+    s->started = true;
+}
+
+static void sut_stop(sut_t *s)
+{
+    atomic_store(&s->stop, true);
+    if (s->started) {
+        pthread_join(s->drain_th, NULL);
+        for (int i = 0; i < s->nsvc; i++)
+            pthread_join(s->svc_th[i], NULL);
+    }
+    memstore_free(s->mem);
+    membus_free(s->membus);
+    s->mem = NULL;
+    s->membus = NULL;
+    unlink(s->sink);
+    configure_payment(NULL, 0);
+}
+
+/* ---- writing commands as the gateway does ---- */
+
+/* Inserts a pending payment inside the open transaction tx. */
+static void insert_payment(db_t *tx, const char *id, int64_t amount, const char *method)
+{
+    char order[64];
+    snprintf(order, sizeof order, "order-%.8s", id + 28);
+    if (tx->kind == DB_MEMORY) {
+        payment_t p = {.amount = amount, .captured = 0, .refunded = 0};
+        snprintf(p.id, sizeof p.id, "%s", id);
+        snprintf(p.tenant, sizeof p.tenant, "%s", TENANT);
+        snprintf(p.order_id, sizeof p.order_id, "%s", order);
+        snprintf(p.currency, sizeof p.currency, "EUR");
+        snprintf(p.method, sizeof p.method, "%s", method);
+        snprintf(p.status, sizeof p.status, "pending");
+        ASSERT_OK(payment_mem_insert(tx, &p));
+        return;
+    }
+    char amt[24];
+    snprintf(amt, sizeof amt, "%lld", (long long)amount);
+    const char *prm[] = {id, TENANT, order, amt, "EUR", method};
+    PGresult *r = pg_query(tx->pg,
+                           "INSERT INTO payment.payments (id, tenant, order_id, amount, currency, method, status)"
+                           " VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+                           6, prm);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    PQclear(r);
+}
+
+static char *requested_payload(const char *id, int64_t amount, const char *method)
+{
+    return xasprintf("{\"paymentId\":\"%s\",\"orderId\":\"order-%.8s\",\"amount\":%lld,\"currency\":\"EUR\","
+                     "\"method\":\"%s\",\"subject\":\"" BUYER "\"}",
+                     id, id + 28, (long long)amount, method);
+}
+
+/* 0 or -1 (no CUnit assertion: writer threads call it too). */
+static int append_msg(db_t *tx, const char *topic, const char *type, const char *agg, const char *payload)
+{
+    outbox_msg_t m = {.topic = topic, .type = type, .tenant = TENANT, .aggregate_id = agg, .payload = payload};
+    const char *why = NULL;
+    return outbox_append(tx, &m, NULL, &why);
+}
+
+static void append(db_t *tx, const char *topic, const char *type, const char *agg, const char *payload)
+{
+    ASSERT_OK(append_msg(tx, topic, type, agg, payload));
+}
+
+/* Stream entry ids "<ms>-<seq>" in order: <0, 0, >0. */
+static int entry_cmp(const char *a, const char *b)
+{
+    unsigned long long am = 0, as = 0, bm = 0, bs = 0;
+    sscanf(a, "%llu-%llu", &am, &as);
+    sscanf(b, "%llu-%llu", &bm, &bs);
+    return am != bm ? (am < bm ? -1 : 1) : as != bs ? (as < bs ? -1 : 1) : 0;
+}
+
+/* n payments (pending row + payment.requested in one transaction each 50). */
+static void create_payments(sut_t *s, int n, int64_t amount, const char *method, char (*ids)[UUID_STR_LEN])
+{
+    db_t *db = sut_db(s);
+    for (int i = 0; i < n;) {
+        ASSERT_OK(db_begin(db));
+        for (int k = 0; k < 50 && i < n; k++, i++) {
+            uuid_v7(ids[i]);
+            insert_payment(db, ids[i], amount, method);
+            char agg[64];
+            snprintf(agg, sizeof agg, "payment:%s", ids[i]);
+            char *pl = requested_payload(ids[i], amount, method);
+            append(db, "payment", "payment.requested", agg, pl);
+            free(pl);
+        }
+        ASSERT_OK(db_commit(db));
+    }
+    db_close(db);
+}
+
+/* ---- observing ---- */
+
+static int count_status(sut_t *s, char (*ids)[UUID_STR_LEN], int n, const char *status)
+{
+    db_t *db = sut_db(s);
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        payment_t p;
+        if (payment_get(db, TENANT, ids[i], &p) == 0 && strcmp(p.status, status) == 0)
+            k++;
+    }
+    db_close(db);
+    return k;
+}
+
+static bool wait_status(sut_t *s, char (*ids)[UUID_STR_LEN], int n, const char *status, int timeout_ms)
+{
+    int64_t end = clock_mono_ms() + timeout_ms;
+    while (count_status(s, ids, n, status) < n) {
+        if (clock_mono_ms() > end)
+            return false;
+        clock_sleep_ms(50);
+    }
+    return true;
+}
+
+static payment_t get_payment(sut_t *s, const char *id)
+{
+    db_t *db = sut_db(s);
+    payment_t p;
+    memset(&p, 0, sizeof p);
+    CU_ASSERT_EQUAL(payment_get(db, TENANT, id, &p), 0);
+    db_close(db);
+    return p;
+}
+
+/* Lines of the sink file containing needle; each line must be one JSON object. */
+static size_t sink_lines(sut_t *s, const char *needle)
+{
+    FILE *f = fopen(s->sink, "r");
+    if (!f)
+        return 0;
+    char *line = NULL;
+    size_t cap = 0, n = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        json_object *o = NULL;
+        const char *why = NULL;
+        CU_ASSERT_EQUAL(json_parse_strict(line, (size_t)len - 1, &o, &why), 0);
+        json_object_put(o);
+        if (strstr(line, needle))
+            n++;
+    }
+    free(line);
+    fclose(f);
+    return n;
+}
+
+/* Deliveries of a subject (NULL = all), optionally of one type and channel. */
+static size_t deliveries(sut_t *s, const char *subject, const char *type, const char *channel)
+{
+    db_t *db = sut_db(s);
+    notification_delivery_t *d = NULL;
+    size_t n = 0, k = 0;
+    CU_ASSERT_EQUAL(notification_list(db, TENANT, subject, 10000, &d, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        if ((!type || strcmp(d[i].type, type) == 0) && (!channel || strcmp(d[i].channel, channel) == 0))
+            k++;
+    notification_deliveries_free(d, n);
+    db_close(db);
+    return k;
+}
+
+static bool wait_deliveries(sut_t *s, const char *subject, const char *type, const char *channel, size_t want,
+                            int timeout_ms)
+{
+    int64_t end = clock_mono_ms() + timeout_ms;
+    while (deliveries(s, subject, type, channel) < want) {
+        if (clock_mono_ms() > end)
+            return false;
+        clock_sleep_ms(50);
+    }
+    return true;
+}
+
+/* DLQ entries of a group; with needle, only those whose error contains it. */
+static size_t dlq(sut_t *s, const char *group, const char *needle)
+{
+    bus_t *b = sut_bus(s);
+    char stream[96];
+    snprintf(stream, sizeof stream, "ecom:dlq:%s", group);
+    bus_entry_t *ents = NULL;
+    size_t n = 0, k = 0;
+    CU_ASSERT_EQUAL(bus_range(b, stream, "-", "+", 0, &ents, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        for (size_t f = 0; f < ents[i].nfields; f++)
+            if (strcmp(ents[i].fields[2 * f], "error") == 0 && (!needle || strstr(ents[i].fields[2 * f + 1], needle)))
+                k++;
+    bus_entries_free(ents, n);
+    bus_close(b);
+    return k;
+}
+
+static size_t events_of_type(sut_t *s, const char *type)
+{
+    db_t *db = sut_db(s);
+    analytics_event_t *ev = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL(analytics_list(db, TENANT, type, NULL, 10000, &ev, &n), 0);
+    analytics_events_free(ev, n);
+    db_close(db);
+    return n;
+}
+
+/* ---- tests: payment ---- */
+
+static void happy_path(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_happy");
+    sut_add(&s, payment_service());
+    sut_add(&s, notification_service());
+    sut_add(&s, analytics_service());
+    sut_start(&s);
+    char ids[1][UUID_STR_LEN];
+    create_payments(&s, 1, 1999, "card", ids);
+    CU_ASSERT_TRUE(wait_status(&s, ids, 1, "succeeded", 15000));
+    payment_t p = get_payment(&s, ids[0]);
+    CU_ASSERT_EQUAL(p.captured, 1999);
+    CU_ASSERT_EQUAL(p.refunded, 0);
+    CU_ASSERT_STRING_EQUAL(p.currency, "EUR");
+    CU_ASSERT_EQUAL(strncmp(p.provider_ref, "sim_", 4), 0);
+    CU_ASSERT_TRUE(wait_deliveries(&s, BUYER, "payment.succeeded", "log", 1, 15000));
+    CU_ASSERT_TRUE(wait_deliveries(&s, NULL, NULL, NULL, 1, 1000));
+    for (int i = 0; i < 100 && events_of_type(&s, "payment.succeeded") < 1; i++)
+        clock_sleep_ms(50);
+    clock_sleep_ms(300); /* nothing more may arrive */
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, NULL), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, ids[0]), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, "\"type\":\"payment.succeeded\""), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, "19.99 EUR"), 1);
+    size_t nreq = events_of_type(&s, "payment.requested"), nok = events_of_type(&s, "payment.succeeded");
+    CU_ASSERT_EQUAL(nreq, 1);
+    CU_ASSERT_EQUAL(nok, 1);
+    if (nreq != 1 || nok != 1)
+        fprintf(stderr, "analytics: %zu payment.requested, %zu payment.succeeded\n", nreq, nok);
+    payment_provider_stats_t st;
+    payment_provider_stats(&st);
+    CU_ASSERT_EQUAL(st.charges, 1);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 0);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
+    sut_stop(&s);
+}
+
+static void test_happy_memory(void)
+{
+    happy_path(true);
+}
+
+static void test_happy_real(void)
+{
+    happy_path(false);
+}
+
+/* The same payment.requested envelope delivered twice charges once. */
+static void duplicate(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_dup");
+    sut_add(&s, payment_service());
+    sut_add(&s, notification_service());
+    sut_add(&s, analytics_service());
+    char id[UUID_STR_LEN];
+    uuid_v7(id);
+    db_t *db = sut_db(&s);
+    ASSERT_OK(db_begin(db));
+    insert_payment(db, id, 500, "card");
+    ASSERT_OK(db_commit(db));
+    db_close(db);
+    char agg[64];
+    snprintf(agg, sizeof agg, "payment:%s", id);
+    char *pl = requested_payload(id, 500, "card");
+    envelope_t e = {.type = "payment.requested",
+                    .topic = "payment",
+                    .tenant = TENANT,
+                    .aggregate_id = agg,
+                    .seq = 1,
+                    .ts = clock_now_ms(),
+                    .v = 1,
+                    .traceparent = "",
+                    .request_id = "",
+                    .payload = pl};
+    uuid_v7(e.id);
+    envelope_t twice[2] = {e, e};
+    bus_t *b = sut_bus(&s);
+    char entry[2][BUS_ID_MAX];
+    ASSERT_OK(bus_publish(b, twice, 2, entry));
+    sut_start(&s);
+    char ids[1][UUID_STR_LEN];
+    memcpy(ids[0], id, UUID_STR_LEN);
+    CU_ASSERT_TRUE(wait_status(&s, ids, 1, "succeeded", 15000));
+    /* both entries delivered to the payment group and acknowledged */
+    bool drained = false;
+    for (int i = 0; i < 200 && !drained; i++) {
+        bus_stream_info_t info;
+        memset(&info, 0, sizeof info);
+        ASSERT_OK(bus_stream_info(b, "ecom:payment", &info));
+        for (size_t g = 0; g < info.ngroups; g++)
+            if (strcmp(info.groups[g].name, "payment") == 0 && info.groups[g].pending == 0 &&
+                entry_cmp(info.groups[g].last_delivered, entry[1]) >= 0)
+                drained = true;
+        if (!drained)
+            clock_sleep_ms(50);
+    }
+    CU_ASSERT_TRUE(drained);
+    CU_ASSERT_TRUE(wait_deliveries(&s, BUYER, "payment.succeeded", NULL, 1, 15000));
+    for (int i = 0; i < 100 && events_of_type(&s, "payment.succeeded") < 1; i++)
+        clock_sleep_ms(50);
+    clock_sleep_ms(300);
+    payment_provider_stats_t st;
+    payment_provider_stats(&st);
+    CU_ASSERT_EQUAL(st.calls, 1);
+    CU_ASSERT_EQUAL(st.charges, 1);
+    CU_ASSERT_EQUAL(events_of_type(&s, "payment.succeeded"), 1);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, NULL), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, id), 1);
+    CU_ASSERT_EQUAL(get_payment(&s, id).captured, 500);
+    bus_close(b);
+    free(pl);
+    sut_stop(&s);
+}
+
+static void test_duplicate_memory(void)
+{
+    duplicate(true);
+}
+
+static void test_duplicate_real(void)
+{
+    duplicate(false);
+}
+
+/* Declines are final: failed with a reason, payment.failed, a notification. */
+static void decline(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_decline");
+    sut_add(&s, payment_service());
+    sut_add(&s, notification_service());
+    sut_start(&s);
+    char declined[1][UUID_STR_LEN], huge[1][UUID_STR_LEN];
+    create_payments(&s, 1, 700, "card_declined", declined);
+    create_payments(&s, 1, PROVIDER_LIMIT + 1, "card", huge);
+    CU_ASSERT_TRUE(wait_status(&s, declined, 1, "failed", 15000));
+    CU_ASSERT_TRUE(wait_status(&s, huge, 1, "failed", 15000));
+    payment_t p = get_payment(&s, declined[0]);
+    CU_ASSERT_PTR_NOT_NULL(strstr(p.failure_reason, "declined"));
+    CU_ASSERT_EQUAL(p.captured, 0);
+    p = get_payment(&s, huge[0]);
+    CU_ASSERT_PTR_NOT_NULL(strstr(p.failure_reason, "limit"));
+    CU_ASSERT_TRUE(wait_deliveries(&s, BUYER, "payment.failed", "log", 2, 15000));
+    clock_sleep_ms(300);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, NULL), 2);
+    CU_ASSERT_EQUAL(sink_lines(&s, "could not be completed"), 2);
+    CU_ASSERT_EQUAL(sink_lines(&s, declined[0]), 1);
+    payment_provider_stats_t st;
+    payment_provider_stats(&st);
+    CU_ASSERT_EQUAL(st.declines, 2);
+    CU_ASSERT_EQUAL(st.charges, 0);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 0);
+    sut_stop(&s);
+}
+
+static void test_decline_memory(void)
+{
+    decline(true);
+}
+
+static void test_decline_real(void)
+{
+    decline(false);
+}
+
+/* A provider failing every call for 2 s: the breaker opens, payments wait
+ * (deferred, not dead-lettered), and all complete once it recovers. */
+static void outage(bool memory)
+{
+    enum { N = 20 };
+    sut_t s;
+    sut_init(&s, memory, "svc_outage");
+    breaker_params_t bp = {.window_ms = 5000,
+                           .minimum_calls = 4,
+                           .failure_rate_threshold = 50,
+                           .open_duration_ms = 400,
+                           .half_open_max_calls = 2};
+    configure_payment(&bp, 100);
+    sut_add(&s, payment_service());
+    sut_add(&s, notification_service());
+    char ids[N][UUID_STR_LEN];
+    create_payments(&s, N, 1000, "card", ids);
+    metric_t *deferred = metrics_counter("ecom_service_deferred_total",
+                                         "Messages deferred: a dependency was unavailable", "group=\"payment\"");
+    uint64_t deferred0 = metrics_value(deferred);
+    sut_start(&s);
+    clock_sleep_ms(2000);
+    CU_ASSERT_TRUE(metrics_value(deferred) > deferred0);
+    breaker_stats_t bs;
+    payment_breaker_stats(&bs);
+    CU_ASSERT_TRUE(bs.rejected > 0);
+    if (bs.rejected == 0)
+        fprintf(stderr, "provider breaker is %s with no rejection\n", breaker_state_name(bs.state));
+    CU_ASSERT_EQUAL(count_status(&s, ids, N, "succeeded"), 0);
+    CU_ASSERT_EQUAL(count_status(&s, ids, N, "pending"), N);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 0);
+    payment_provider_stats_t st;
+    payment_provider_stats(&st);
+    CU_ASSERT_TRUE(st.failures >= 4);
+    CU_ASSERT_TRUE(st.calls < 4 * N); /* the open breaker kept most calls away */
+    payment_provider_set_failure_rate(0);
+    CU_ASSERT_TRUE(wait_status(&s, ids, N, "succeeded", 30000));
+    CU_ASSERT_TRUE(wait_deliveries(&s, BUYER, "payment.succeeded", "log", N, 15000));
+    payment_provider_stats(&st);
+    CU_ASSERT_EQUAL(st.charges, N);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 0);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
+    payment_breaker_stats(&bs);
+    CU_ASSERT_EQUAL(bs.state, BREAKER_CLOSED);
+    sut_stop(&s);
+}
+
+static void test_outage_memory(void)
+{
+    outage(true);
+}
+
+static void test_outage_real(void)
+{
+    outage(false);
+}
+
+/* ---- refunds ---- */
+
+enum { REFUND_PAYMENTS = 200, REFUND_AMOUNT = 1000 };
+static const int64_t refund_amounts[3] = {400, 500, 300}; /* 1200 > 1000 */
+
+typedef struct refund_writer {
+    sut_t *s;
+    char (*ids)[UUID_STR_LEN];
+    int which;
+    db_t *db; /* opened by the test's thread */
+    bool ok;
+} refund_writer_t;
+
+static void *refund_thread(void *arg)
+{
+    refund_writer_t *w = arg;
+    w->ok = true;
+    for (int i = 0; i < REFUND_PAYMENTS && w->ok;) {
+        if (db_begin(w->db) != 0) {
+            w->ok = false;
+            break;
+        }
+        for (int k = 0; k < 20 && i < REFUND_PAYMENTS; k++, i++) {
+            char rid[UUID_STR_LEN], agg[64];
+            uuid_v7(rid);
+            snprintf(agg, sizeof agg, "payment:%s", w->ids[i]);
+            char *pl = xasprintf("{\"paymentId\":\"%s\",\"refundId\":\"%s\",\"amount\":%lld}", w->ids[i], rid,
+                                 (long long)refund_amounts[w->which]);
+            if (append_msg(w->db, "payment", "payment.refund.requested", agg, pl) != 0)
+                w->ok = false;
+            free(pl);
+        }
+        if (!w->ok)
+            db_rollback(w->db);
+        else if (db_commit(w->db) != 0)
+            w->ok = false;
+    }
+    return NULL;
+}
+
+static uint64_t refunds_decided(sut_t *s, char (*ids)[UUID_STR_LEN])
+{
+    db_t *db = sut_db(s);
+    uint64_t n = 0;
+    for (int i = 0; i < REFUND_PAYMENTS; i++) {
+        payment_refund_totals_t t;
+        ASSERT_OK(payment_refund_totals(db, TENANT, ids[i], &t));
+        n += t.succeeded + t.rejected;
+    }
+    db_close(db);
+    return n;
+}
+
+static void refunds(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_refunds");
+    sut_add(&s, payment_service());
+    sut_add(&s, notification_service());
+    sut_start(&s);
+    char(*ids)[UUID_STR_LEN] = xcalloc(REFUND_PAYMENTS, sizeof *ids);
+    /* a slow provider: one at a time, 200 charges would take 4 s; a batch's
+     * charges go side by side */
+    payment_provider_set_latency_ms(20);
+    int64_t t0 = clock_mono_ms();
+    create_payments(&s, REFUND_PAYMENTS, REFUND_AMOUNT, "card", ids);
+    CU_ASSERT_TRUE(wait_status(&s, ids, REFUND_PAYMENTS, "succeeded", 30000));
+    int64_t took = clock_mono_ms() - t0;
+    CU_ASSERT_TRUE(took < 3000);
+    if (took >= 3000)
+        fprintf(stderr, "200 charges of 20 ms took %lld ms\n", (long long)took);
+    payment_provider_set_latency_ms(1);
+    /* three writers at once, each asking one refund of every payment */
+    pthread_t th[3];
+    refund_writer_t w[3];
+    for (int i = 0; i < 3; i++)
+        w[i] = (refund_writer_t){.s = &s, .ids = ids, .which = i, .db = sut_db(&s)};
+    for (int i = 0; i < 3; i++)
+        pthread_create(&th[i], NULL, refund_thread, &w[i]);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        CU_ASSERT_TRUE(w[i].ok);
+        db_close(w[i].db);
+    }
+    int64_t end = clock_mono_ms() + 30000;
+    while (refunds_decided(&s, ids) < 3 * REFUND_PAYMENTS && clock_mono_ms() < end)
+        clock_sleep_ms(100);
+    CU_ASSERT_EQUAL(refunds_decided(&s, ids), 3 * REFUND_PAYMENTS);
+    db_t *db = sut_db(&s);
+    int exact = 0, within = 0, rejected_each = 0;
+    size_t applied = 0;
+    for (int i = 0; i < REFUND_PAYMENTS; i++) {
+        payment_t p;
+        ASSERT_OK(payment_get(db, TENANT, ids[i], &p));
+        payment_refund_totals_t t;
+        ASSERT_OK(payment_refund_totals(db, TENANT, ids[i], &t));
+        within += p.refunded <= p.captured && p.captured == REFUND_AMOUNT;
+        exact += p.refunded == t.succeeded_sum && t.succeeded + t.rejected == 3;
+        rejected_each += t.rejected >= 1;
+        applied += t.succeeded;
+    }
+    db_close(db);
+    CU_ASSERT_EQUAL(within, REFUND_PAYMENTS);
+    CU_ASSERT_EQUAL(exact, REFUND_PAYMENTS);
+    CU_ASSERT_EQUAL(rejected_each, REFUND_PAYMENTS);
+    if (!memory) {
+        char *err = NULL;
+        PGconn *c = pg_connect(s.pg_url, "test", &err);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+        PGresult *r =
+            pg_query(c,
+                     "SELECT count(*) FROM payment.payments p WHERE p.refunded <> (SELECT coalesce(sum(amount), 0)"
+                     " FROM payment.refunds f WHERE f.payment_id = p.id AND f.status = 'succeeded')"
+                     " OR p.refunded > p.captured",
+                     0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "0");
+        PQclear(r);
+        r = pg_query(c, "SELECT count(*) FROM payment.refunds WHERE status = 'rejected' AND reason LIKE '%exceeds%'", 0,
+                     NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+        CU_ASSERT_TRUE(strtol(PQgetvalue(r, 0, 0), NULL, 10) >= REFUND_PAYMENTS);
+        PQclear(r);
+        PQfinish(c);
+    }
+    /* every applied refund was announced and notified; refund commands carry
+     * no subject, so the tenant is the recipient */
+    CU_ASSERT_TRUE(applied >= REFUND_PAYMENTS);
+    CU_ASSERT_TRUE(wait_deliveries(&s, TENANT, "payment.refunded", "log", applied, 15000));
+    clock_sleep_ms(200);
+    CU_ASSERT_EQUAL(deliveries(&s, TENANT, "payment.refunded", "log"), applied);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 0);
+    free(ids);
+    sut_stop(&s);
+}
+
+static void test_refunds_memory(void)
+{
+    refunds(true);
+}
+
+static void test_refunds_real(void)
+{
+    refunds(false);
+}
+
+/* An unknown payment id is rejected to the DLQ with its reason. */
+static void unknown_payment(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_unknown");
+    sut_add(&s, payment_service());
+    sut_start(&s);
+    char id[UUID_STR_LEN], agg[64];
+    uuid_v7(id);
+    snprintf(agg, sizeof agg, "payment:%s", id);
+    db_t *db = sut_db(&s);
+    ASSERT_OK(db_begin(db));
+    char *pl = requested_payload(id, 100, "card");
+    append(db, "payment", "payment.requested", agg, pl);
+    free(pl);
+    ASSERT_OK(db_commit(db));
+    db_close(db);
+    for (int i = 0; i < 200 && dlq(&s, "payment", NULL) == 0; i++)
+        clock_sleep_ms(50);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 1);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", "unknown payment"), 1);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", id), 1);
+    payment_provider_stats_t st;
+    payment_provider_stats(&st);
+    CU_ASSERT_EQUAL(st.calls, 0);
+    sut_stop(&s);
+}
+
+static void test_unknown_memory(void)
+{
+    unknown_payment(true);
+}
+
+static void test_unknown_real(void)
+{
+    unknown_payment(false);
+}
+
+/* ---- notification ---- */
+
+static void append_otp(sut_t *s, const char *code)
+{
+    db_t *db = sut_db(s);
+    ASSERT_OK(db_begin(db));
+    char *pl = xasprintf("{\"subject\":\"user@example.com\",\"channel\":\"email\",\"code\":\"%s\"}", code);
+    append(db, "auth", "auth.otp.requested", "otp:user-1", pl);
+    free(pl);
+    ASSERT_OK(db_commit(db));
+    db_close(db);
+}
+
+static void otp(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_otp");
+    sut_add(&s, notification_service());
+    sut_start(&s);
+    append_otp(&s, "123456");
+    CU_ASSERT_TRUE(wait_deliveries(&s, "user@example.com", "auth.otp.requested", "log", 1, 15000));
+    clock_sleep_ms(200);
+    CU_ASSERT_EQUAL(sink_lines(&s, "123456"), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, "Your login code is 123456"), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, "\"subject\":\"user@example.com\""), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, "\"channel\":\"log\""), 1);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, NULL), 1);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
+    sut_stop(&s);
+}
+
+static void test_otp_memory(void)
+{
+    otp(true);
+}
+
+static void test_otp_real(void)
+{
+    otp(false);
+}
+
+/* A webhook receiver on a thread of the test: answers 500 to the first
+ * fail_first requests, then 200; checks every signature. */
+typedef struct hook {
+    struct event_base *base;
+    struct evhttp *http;
+    struct event *tick;
+    int port;
+    pthread_t th;
+    atomic_bool stop;
+    atomic_int requests, good_signatures, fail_first;
+    pthread_mutex_t mu;
+    char message_ids[8][64];
+    char body[4096];
+} hook_t;
+
+static void hook_cb(struct evhttp_request *req, void *arg)
+{
+    hook_t *h = arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    unsigned char *body = evbuffer_pullup(in, -1);
+    const char *sig = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Ecom-Signature");
+    const char *mid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Ecom-Message-Id");
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    HMAC(EVP_sha256(), WEBHOOK_SECRET, (int)strlen(WEBHOOK_SECRET), body, n, md, &mdlen);
+    char want[80] = "sha256=";
+    for (unsigned i = 0; i < mdlen; i++)
+        snprintf(want + 7 + 2 * i, 3, "%02x", md[i]);
+    int k = atomic_fetch_add(&h->requests, 1);
+    if (sig && strcmp(sig, want) == 0 && evhttp_request_get_command(req) == EVHTTP_REQ_POST)
+        atomic_fetch_add(&h->good_signatures, 1);
+    pthread_mutex_lock(&h->mu);
+    if (k < 8)
+        snprintf(h->message_ids[k], sizeof h->message_ids[k], "%s", mid ? mid : "");
+    snprintf(h->body, sizeof h->body, "%.*s", (int)n, (const char *)body);
+    pthread_mutex_unlock(&h->mu);
+    int code = k < atomic_load(&h->fail_first) ? 500 : 200;
+    evhttp_send_reply(req, code, code == 200 ? "OK" : "Internal Server Error", NULL);
+}
+
+static void hook_tick(evutil_socket_t fd, short ev, void *arg)
+{
+    (void)fd;
+    (void)ev;
+    hook_t *h = arg;
+    if (atomic_load(&h->stop))
+        event_base_loopbreak(h->base);
+}
+
+static void *hook_thread(void *arg)
+{
+    hook_t *h = arg;
+    event_base_dispatch(h->base);
+    return NULL;
+}
+
+static void hook_start(hook_t *h, int fail_first)
+{
+    memset(h, 0, sizeof *h);
+    pthread_mutex_init(&h->mu, NULL);
+    atomic_store(&h->fail_first, fail_first);
+    h->base = event_base_new();
+    h->http = evhttp_new(h->base);
+    evhttp_set_gencb(h->http, hook_cb, h);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(h->http, "127.0.0.1", 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bs);
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    ASSERT_OK(getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl));
+    h->port = ntohs(sa.sin_port);
+    h->tick = event_new(h->base, -1, EV_PERSIST, hook_tick, h);
+    struct timeval tv = {0, 20000};
+    ASSERT_OK(event_add(h->tick, &tv));
+    pthread_create(&h->th, NULL, hook_thread, h);
+}
+
+static void hook_stop(hook_t *h)
+{
+    atomic_store(&h->stop, true);
+    pthread_join(h->th, NULL);
+    event_free(h->tick);
+    evhttp_free(h->http);
+    event_base_free(h->base);
+    pthread_mutex_destroy(&h->mu);
+}
+
+static void webhook(bool memory)
+{
+    hook_t h;
+    hook_start(&h, 2);
+    sut_t s;
+    sut_init(&s, memory, "svc_webhook");
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", h.port);
+    configure_notification(&s, "log,webhook", url, 0);
+    sut_add(&s, notification_service());
+    sut_start(&s);
+    append_otp(&s, "654321");
+    CU_ASSERT_TRUE(wait_deliveries(&s, "user@example.com", "auth.otp.requested", "webhook", 1, 15000));
+    clock_sleep_ms(300); /* nothing more may arrive */
+    CU_ASSERT_EQUAL(atomic_load(&h.requests), 3);
+    CU_ASSERT_EQUAL(atomic_load(&h.good_signatures), 3);
+    pthread_mutex_lock(&h.mu);
+    CU_ASSERT_TRUE(uuid_valid(h.message_ids[0]));
+    CU_ASSERT_STRING_EQUAL(h.message_ids[0], h.message_ids[1]);
+    CU_ASSERT_STRING_EQUAL(h.message_ids[0], h.message_ids[2]);
+    CU_ASSERT_PTR_NOT_NULL(strstr(h.body, "654321"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(h.body, "\"subject\":\"user@example.com\""));
+    pthread_mutex_unlock(&h.mu);
+    /* one row per channel, and the log line written once although the
+     * message was applied three times */
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "webhook"), 1);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "log"), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, "654321"), 1);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
+    sut_stop(&s);
+    hook_stop(&h);
+    configure_notification(&s, "log", NULL, 0);
+}
+
+static void test_webhook_memory(void)
+{
+    webhook(true);
+}
+
+static void test_webhook_real(void)
+{
+    webhook(false);
+}
+
+/* A tiny SMTP server on a thread of the test; keeps the last mail. */
+typedef struct smtpd {
+    int lfd;
+    int port;
+    pthread_t th;
+    atomic_bool stop;
+    atomic_int mails;
+    pthread_mutex_t mu;
+    char from[256], rcpt[256];
+    char data[8192];
+} smtpd_t;
+
+static bool smtpd_send(int fd, const char *s)
+{
+    return send(fd, s, strlen(s), MSG_NOSIGNAL) == (ssize_t)strlen(s);
+}
+
+/* One line (CRLF stripped) from fd into line; false on EOF or timeout. */
+static bool smtpd_line(int fd, char *buf, size_t *len, char *line, size_t cap)
+{
+    for (;;) {
+        char *eol = memchr(buf, '\n', *len);
+        if (eol) {
+            size_t ll = (size_t)(eol - buf) + 1;
+            snprintf(line, cap, "%.*s", (int)(ll - 1), buf);
+            line[strcspn(line, "\r")] = '\0';
+            memmove(buf, buf + ll, *len - ll);
+            *len -= ll;
+            return true;
+        }
+        if (*len >= 8192)
+            return false;
+        ssize_t r = recv(fd, buf + *len, 8192 - *len, 0);
+        if (r <= 0)
+            return false;
+        *len += (size_t)r;
+    }
+}
+
+static void smtpd_session(smtpd_t *d, int fd)
+{
+    struct timeval tv = {5, 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char *buf = xmalloc(8192);
+    size_t len = 0;
+    char line[1024];
+    char from[256] = "", rcpt[256] = "";
+    if (!smtpd_send(fd, "220 test.local ESMTP ready\r\n"))
+        goto out;
+    while (smtpd_line(fd, buf, &len, line, sizeof line)) {
+        if (strncmp(line, "EHLO ", 5) == 0) {
+            if (!smtpd_send(fd, "250-test.local greets you\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n"))
+                break;
+        } else if (strncmp(line, "MAIL FROM:", 10) == 0) {
+            snprintf(from, sizeof from, "%s", line + 10);
+            if (!smtpd_send(fd, "250 2.1.0 ok\r\n"))
+                break;
+        } else if (strncmp(line, "RCPT TO:", 8) == 0) {
+            snprintf(rcpt, sizeof rcpt, "%s", line + 8);
+            if (!smtpd_send(fd, "250 2.1.5 ok\r\n"))
+                break;
+        } else if (strcmp(line, "DATA") == 0) {
+            if (!smtpd_send(fd, "354 end with <CRLF>.<CRLF>\r\n"))
+                break;
+            char data[8192];
+            size_t dl = 0;
+            bool done = false;
+            while (!done && smtpd_line(fd, buf, &len, line, sizeof line)) {
+                if (strcmp(line, ".") == 0) {
+                    done = true;
+                    break;
+                }
+                dl += (size_t)snprintf(data + dl, sizeof data - dl, "%s\n", line);
+                if (dl >= sizeof data)
+                    dl = sizeof data - 1;
+            }
+            if (!done)
+                break;
+            pthread_mutex_lock(&d->mu);
+            snprintf(d->from, sizeof d->from, "%s", from);
+            snprintf(d->rcpt, sizeof d->rcpt, "%s", rcpt);
+            snprintf(d->data, sizeof d->data, "%.*s", (int)dl, data);
+            pthread_mutex_unlock(&d->mu);
+            atomic_fetch_add(&d->mails, 1);
+            if (!smtpd_send(fd, "250 2.0.0 queued as T1\r\n"))
+                break;
+        } else if (strcmp(line, "QUIT") == 0) {
+            if (!smtpd_send(fd, "221 2.0.0 bye\r\n"))
+                break;
+            break;
+        } else {
+            if (!smtpd_send(fd, "502 5.5.2 not implemented\r\n"))
+                break;
+        }
+    }
+out:
+    free(buf);
+    close(fd);
+}
+
+static void *smtpd_thread(void *arg)
+{
+    smtpd_t *d = arg;
+    while (!atomic_load(&d->stop)) {
+        struct pollfd p = {.fd = d->lfd, .events = POLLIN};
+        if (poll(&p, 1, 50) <= 0)
+            continue;
+        int fd = accept(d->lfd, NULL, NULL);
+        if (fd >= 0)
+            smtpd_session(d, fd);
+    }
+    return NULL;
+}
+
+static void smtpd_start(smtpd_t *d)
+{
+    memset(d, 0, sizeof *d);
+    pthread_mutex_init(&d->mu, NULL);
+    d->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CU_ASSERT_FATAL(d->lfd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ASSERT_OK(bind(d->lfd, (struct sockaddr *)&sa, sizeof sa));
+    ASSERT_OK(listen(d->lfd, 8));
+    socklen_t sl = sizeof sa;
+    ASSERT_OK(getsockname(d->lfd, (struct sockaddr *)&sa, &sl));
+    d->port = ntohs(sa.sin_port);
+    pthread_create(&d->th, NULL, smtpd_thread, d);
+}
+
+static void smtpd_stop(smtpd_t *d)
+{
+    atomic_store(&d->stop, true);
+    pthread_join(d->th, NULL);
+    close(d->lfd);
+    pthread_mutex_destroy(&d->mu);
+}
+
+static void smtp(bool memory)
+{
+    smtpd_t d;
+    smtpd_start(&d);
+    sut_t s;
+    sut_init(&s, memory, "svc_smtp");
+    configure_notification(&s, "smtp", NULL, d.port);
+    sut_add(&s, notification_service());
+    sut_start(&s);
+    append_otp(&s, "777888");
+    CU_ASSERT_TRUE(wait_deliveries(&s, "user@example.com", "auth.otp.requested", "smtp", 1, 15000));
+    clock_sleep_ms(200);
+    CU_ASSERT_EQUAL(atomic_load(&d.mails), 1);
+    pthread_mutex_lock(&d.mu);
+    CU_ASSERT_STRING_EQUAL(d.rcpt, "<user@example.com>");
+    CU_ASSERT_STRING_EQUAL(d.from, "<shop@example.com>");
+    CU_ASSERT_PTR_NOT_NULL(strstr(d.data, "Subject: Your login code"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(d.data, "Your login code is 777888"));
+    pthread_mutex_unlock(&d.mu);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "smtp"), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, "777888"), 0); /* the log channel is off */
+    sut_stop(&s);
+    smtpd_stop(&d);
+    configure_notification(&s, "log", NULL, 0);
+}
+
+static void test_smtp_memory(void)
+{
+    smtp(true);
+}
+
+static void test_smtp_real(void)
+{
+    smtp(false);
+}
+
+/* Configuration problems are reported together. */
+static void test_config_errors(void)
+{
+    notification_config_t nc = {
+        .channels = "log, pigeon, webhook", .webhook_url = "https://x.example/h", .smtp_from = "not an address"};
+    char err[512];
+    CU_ASSERT_EQUAL(notification_configure(&nc, err, sizeof err), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "pigeon"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "NOTIFY_WEBHOOK_URL"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "NOTIFY_WEBHOOK_SECRET"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "SMTP_FROM"));
+    CU_ASSERT_EQUAL(payment_currency_exponent("EUR"), 2);
+    CU_ASSERT_EQUAL(payment_currency_exponent("JPY"), 0);
+    CU_ASSERT_EQUAL(payment_currency_exponent("KWD"), 3);
+    CU_ASSERT_EQUAL(payment_currency_exponent("XXX"), -1);
+    CU_ASSERT_EQUAL(payment_currency_exponent("eur"), -1);
+}
+
+int main(void)
+{
+    log_configure(getenv("TEST_LOG_LEVEL") ? getenv("TEST_LOG_LEVEL") : "error", "text");
+    CU_TestInfo tests[] = {
+        {"configuration errors are reported together", test_config_errors},
+        {"payment happy path (memory)", test_happy_memory},
+        {"payment happy path (postgres+redis)", test_happy_real},
+        {"a command delivered twice charges once (memory)", test_duplicate_memory},
+        {"a command delivered twice charges once (postgres+redis)", test_duplicate_real},
+        {"declines are final (memory)", test_decline_memory},
+        {"declines are final (postgres+redis)", test_decline_real},
+        {"provider outage: breaker opens, payments wait, all complete (memory)", test_outage_memory},
+        {"provider outage: breaker opens, payments wait, all complete (postgres+redis)", test_outage_real},
+        {"200 payments, 3 concurrent refunds each: never over captured (memory)", test_refunds_memory},
+        {"200 payments, 3 concurrent refunds each: never over captured (postgres+redis)", test_refunds_real},
+        {"unknown payment goes to the DLQ with its reason (memory)", test_unknown_memory},
+        {"unknown payment goes to the DLQ with its reason (postgres+redis)", test_unknown_real},
+        {"OTP code reaches the sink file (memory)", test_otp_memory},
+        {"OTP code reaches the sink file (postgres+redis)", test_otp_real},
+        {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
+        {"signed webhook, 500 twice then 200: delivered once (postgres+redis)", test_webhook_real},
+        {"SMTP mail to the test server (memory)", test_smtp_memory},
+        {"SMTP mail to the test server (postgres+redis)", test_smtp_real},
+        CU_TEST_INFO_NULL,
+    };
+    int rc = test_main("services", tests, NULL, NULL);
+    payment_provider_reset();
+    return rc;
+}
