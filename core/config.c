@@ -2,6 +2,7 @@
 #include "core/config.h"
 
 #include "core/alloc.h"
+#include "core/errlist.h"
 #include "core/log.h"
 
 #include <errno.h>
@@ -99,29 +100,6 @@ static const citem_t items[] = {
     {"SMTP_FROM", T_STR, F(smtp_from), "ecom@localhost", 0, 0, NULL, "sender address of the smtp channel"},
 };
 
-typedef struct errbuf {
-    char *s;
-    size_t len;
-} errbuf_t;
-
-static void err_add(errbuf_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void err_add(errbuf_t *e, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    size_t ln = strlen(line);
-    e->s = xrealloc(e->s, e->len + ln + 2);
-    memcpy(e->s + e->len, line, ln);
-    e->len += ln;
-    e->s[e->len++] = '\n';
-    e->s[e->len] = '\0';
-}
-
 static void raw_set(config_t *cfg, const char *k, size_t klen, const char *v, size_t vlen, bool override)
 {
     for (size_t i = 0; i < cfg->raw_n; i++)
@@ -160,11 +138,11 @@ static bool valid_key(const char *k, size_t n)
 }
 
 /* Reads KEY=VALUE lines; values already set (from the environment) win. */
-static void load_file(config_t *cfg, const char *path, errbuf_t *e)
+static void load_file(config_t *cfg, const char *path, errlist_t *e)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
-        err_add(e, "--env-file %s: %s", path, strerror(errno));
+        errlist_add(e, "--env-file %s: %s", path, strerror(errno));
         return;
     }
     char *line = NULL;
@@ -184,7 +162,7 @@ static void load_file(config_t *cfg, const char *path, errbuf_t *e)
             p += 7;
         char *eq = strchr(p, '=');
         if (!eq || !valid_key(p, (size_t)(eq - p))) {
-            err_add(e, "%s:%d: expected KEY=VALUE", path, lineno);
+            errlist_add(e, "%s:%d: expected KEY=VALUE", path, lineno);
             continue;
         }
         char *v = eq + 1;
@@ -221,7 +199,7 @@ static bool opt_in(const char *opts, const char *v)
     return false;
 }
 
-static void parse_item(config_t *cfg, const citem_t *it, const char *v, errbuf_t *e)
+static void parse_item(config_t *cfg, const citem_t *it, const char *v, errlist_t *e)
 {
     char *base = (char *)cfg + it->off;
     switch (it->type) {
@@ -230,7 +208,7 @@ static void parse_item(config_t *cfg, const citem_t *it, const char *v, errbuf_t
         break;
     case T_ENUM:
         if (!opt_in(it->opts, v))
-            err_add(e, "%s: '%s' is not one of %s", it->name, v, it->opts);
+            errlist_add(e, "%s: '%s' is not one of %s", it->name, v, it->opts);
         *(char **)base = xstrdup(v);
         break;
     case T_URL:
@@ -241,7 +219,7 @@ static void parse_item(config_t *cfg, const citem_t *it, const char *v, errbuf_t
             if (n && n < sizeof scheme)
                 memcpy(scheme, v, n);
             if (!sep || !opt_in(it->opts, scheme) || !sep[3])
-                err_add(e, "%s: expected a %s:// URL", it->name, it->opts);
+                errlist_add(e, "%s: expected a %s:// URL", it->name, it->opts);
         }
         *(char **)base = xstrdup(v);
         break;
@@ -250,9 +228,9 @@ static void parse_item(config_t *cfg, const citem_t *it, const char *v, errbuf_t
         char *end;
         long n = strtol(v, &end, 10);
         if (!*v || *end || errno)
-            err_add(e, "%s: '%s' is not an integer", it->name, v);
+            errlist_add(e, "%s: '%s' is not an integer", it->name, v);
         else if (n < it->min || n > it->max)
-            err_add(e, "%s: %ld is outside %ld..%ld", it->name, n, it->min, it->max);
+            errlist_add(e, "%s: %ld is outside %ld..%ld", it->name, n, it->min, it->max);
         *(long *)base = n;
         break;
     }
@@ -262,46 +240,46 @@ static void parse_item(config_t *cfg, const citem_t *it, const char *v, errbuf_t
         else if (strcmp(v, "false") == 0)
             *(bool *)base = false;
         else
-            err_add(e, "%s: '%s' must be exactly true or false", it->name, v);
+            errlist_add(e, "%s: '%s' must be exactly true or false", it->name, v);
         break;
     }
 }
 
-static void cross_checks(config_t *cfg, int roles, errbuf_t *e)
+static void cross_checks(config_t *cfg, int roles, errlist_t *e)
 {
     bool dev = config_is_dev(cfg);
     if (roles & CFG_ROLE_GATEWAY) {
         bool sec = cfg->jwt_secret[0], priv = cfg->jwt_private_key_pem[0], pub = cfg->jwt_public_key_pem[0];
         if (!sec && !priv && !pub)
-            err_add(e, "JWT: set JWT_SECRET, or both JWT_PRIVATE_KEY_PEM and JWT_PUBLIC_KEY_PEM");
+            errlist_add(e, "JWT: set JWT_SECRET, or both JWT_PRIVATE_KEY_PEM and JWT_PUBLIC_KEY_PEM");
         if (sec && (priv || pub))
-            err_add(e, "JWT: JWT_SECRET and a PEM key are both set; choose one kind of key");
+            errlist_add(e, "JWT: JWT_SECRET and a PEM key are both set; choose one kind of key");
         if (priv != pub)
-            err_add(e, "JWT: %s is set without %s", priv ? "JWT_PRIVATE_KEY_PEM" : "JWT_PUBLIC_KEY_PEM",
+            errlist_add(e, "JWT: %s is set without %s", priv ? "JWT_PRIVATE_KEY_PEM" : "JWT_PUBLIC_KEY_PEM",
                     priv ? "JWT_PUBLIC_KEY_PEM" : "JWT_PRIVATE_KEY_PEM");
         if (sec && strlen(cfg->jwt_secret) < 32 && !dev)
-            err_add(e, "JWT_SECRET: %zu bytes; at least 32 are required outside APP_ENV=development",
+            errlist_add(e, "JWT_SECRET: %zu bytes; at least 32 are required outside APP_ENV=development",
                     strlen(cfg->jwt_secret));
     }
     if (strcmp(cfg->app_env, "production") == 0) {
         /* development conveniences must not reach production */
         if (cfg->notify_sink_file[0])
-            err_add(e, "NOTIFY_SINK_FILE: the development delivery file is refused with APP_ENV=production");
+            errlist_add(e, "NOTIFY_SINK_FILE: the development delivery file is refused with APP_ENV=production");
         if (config_raw(cfg, "CHAOS_SEED"))
-            err_add(e, "CHAOS_SEED: deterministic chaos is for tests; unset it with APP_ENV=production");
+            errlist_add(e, "CHAOS_SEED: deterministic chaos is for tests; unset it with APP_ENV=production");
     }
     for (size_t i = 0; i < cfg->raw_n; i++) {
         const char *k = cfg->raw_keys[i];
         if (strncmp(k, "FLAG_", 5) == 0 && strcmp(cfg->raw_vals[i], "true") != 0 &&
             strcmp(cfg->raw_vals[i], "false") != 0)
-            err_add(e, "%s: '%s' must be exactly true or false", k, cfg->raw_vals[i]);
+            errlist_add(e, "%s: '%s' must be exactly true or false", k, cfg->raw_vals[i]);
     }
 }
 
 int config_load(config_t *cfg, const char *env_file, int roles, char **errors)
 {
     memset(cfg, 0, sizeof *cfg);
-    errbuf_t e = {0};
+    errlist_t e = {0};
     for (char **ep = environ; *ep; ep++) {
         const char *eq = strchr(*ep, '=');
         if (eq && valid_key(*ep, (size_t)(eq - *ep)))

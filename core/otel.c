@@ -7,6 +7,8 @@
  * whose fake clock would desynchronise our deadlines from libevent's timers. */
 #include "core/otel.h"
 
+#include "core/errlist.h"
+
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -61,28 +63,6 @@ _Static_assert(RESOURCE_JSON_MAX + (long long)OTEL_BATCH_MAX * SPAN_JSON_MAX <= 
 
 /* ---- error list -------------------------------------------------------- */
 
-typedef struct errs {
-    char *s;
-    size_t len;
-} errs_t;
-
-static void err_add(errs_t *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void err_add(errs_t *e, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    size_t ln = strlen(line);
-    e->s = xrealloc(e->s, e->len + ln + 2);
-    memcpy(e->s + e->len, line, ln);
-    e->len += ln;
-    e->s[e->len++] = '\n';
-    e->s[e->len] = '\0';
-}
 
 /* ---- settings (written by otel_init before the exporter starts) -------- */
 
@@ -865,13 +845,13 @@ static void exporter_free(exporter_t *x)
     x->wake_rd = -1;
 }
 
-static int exporter_start(exporter_t *x, errs_t *e)
+static int exporter_start(exporter_t *x, errlist_t *e)
 {
     memset(x, 0, sizeof *x);
     x->wake_rd = -1;
     int fds[2];
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
-        err_add(e, "otel: pipe: %s", strerror(errno));
+        errlist_add(e, "otel: pipe: %s", strerror(errno));
         return -1;
     }
     x->wake_rd = fds[0];
@@ -884,19 +864,19 @@ static int exporter_start(exporter_t *x, errs_t *e)
         event_config_free(ec);
     }
     if (!x->base) {
-        err_add(e, "otel: cannot create an event base");
+        errlist_add(e, "otel: cannot create an event base");
         return -1;
     }
     if (set.resolve) {
         x->dns = evdns_base_new(x->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
         if (!x->dns) {
-            err_add(e, "otel: cannot read the resolver configuration to resolve '%s'", set.host);
+            errlist_add(e, "otel: cannot read the resolver configuration to resolve '%s'", set.host);
             return -1;
         }
     }
     x->conn = evhttp_connection_base_new(x->base, x->dns, set.host, (ev_uint16_t)set.port);
     if (!x->conn) {
-        err_add(e, "otel: cannot create an HTTP connection to %s", set.url);
+        errlist_add(e, "otel: cannot create an HTTP connection to %s", set.url);
         return -1;
     }
     evhttp_connection_set_retries(x->conn, 0);
@@ -920,7 +900,7 @@ static int exporter_start(exporter_t *x, errs_t *e)
     int rc = pthread_create(&ex_thread, NULL, exporter_main, x);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        err_add(e, "otel: cannot start the exporter thread: %s", strerror(rc));
+        errlist_add(e, "otel: cannot start the exporter thread: %s", strerror(rc));
         return -1;
     }
     ex_running = true;
@@ -1012,7 +992,7 @@ static void trim(const char **s, size_t *n)
 /* "k=v,k2=v2": blanks around keys and values dropped, values percent-decoded,
  * empty entries skipped. Problems name the entry by position, never by value
  * (header values are often credentials). */
-static void kv_parse(const char *name, const char *s, kv_t *out, errs_t *e)
+static void kv_parse(const char *name, const char *s, kv_t *out, errlist_t *e)
 {
     int entry = 0;
     for (const char *p = s; p;) {
@@ -1026,7 +1006,7 @@ static void kv_parse(const char *name, const char *s, kv_t *out, errs_t *e)
         entry++;
         const char *eq = memchr(it, '=', n);
         if (!eq) {
-            err_add(e, "%s: entry %d is not key=value", name, entry);
+            errlist_add(e, "%s: entry %d is not key=value", name, entry);
             continue;
         }
         const char *k = it, *v = eq + 1;
@@ -1034,12 +1014,12 @@ static void kv_parse(const char *name, const char *s, kv_t *out, errs_t *e)
         trim(&k, &kn);
         trim(&v, &vn);
         if (kn == 0) {
-            err_add(e, "%s: entry %d has an empty key", name, entry);
+            errlist_add(e, "%s: entry %d has an empty key", name, entry);
             continue;
         }
         char *val = pct_decode(v, vn);
         if (!val) {
-            err_add(e, "%s: entry %d has an invalid percent-encoding in its value", name, entry);
+            errlist_add(e, "%s: entry %d has an invalid percent-encoding in its value", name, entry);
             continue;
         }
         kv_put(out, xstrndup(k, kn), val);
@@ -1056,7 +1036,7 @@ static bool http_token(const char *s)
     return true;
 }
 
-static void parse_headers(const config_t *cfg, settings_t *s, errs_t *e)
+static void parse_headers(const config_t *cfg, settings_t *s, errlist_t *e)
 {
     const char *name = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
     const char *v = config_raw(cfg, name);
@@ -1070,27 +1050,27 @@ static void parse_headers(const config_t *cfg, settings_t *s, errs_t *e)
     kv_t kv = {0};
     kv_parse(name, v, &kv, e);
     if (kv.n > MAX_HEADERS)
-        err_add(e, "%s: %zu headers; at most %d are allowed", name, kv.n, MAX_HEADERS);
+        errlist_add(e, "%s: %zu headers; at most %d are allowed", name, kv.n, MAX_HEADERS);
     for (size_t i = 0; i < kv.n; i++) {
         bool ok = true;
         if (!http_token(kv.k[i])) {
-            err_add(e, "%s: '%.64s' is not a valid header name", name, kv.k[i]);
+            errlist_add(e, "%s: '%.64s' is not a valid header name", name, kv.k[i]);
             ok = false;
         }
         for (size_t r = 0; ok && r < ECOM_ARRAY_LEN(reserved); r++)
             if (strcasecmp(kv.k[i], reserved[r]) == 0) {
-                err_add(e, "%s: '%s' is set by the exporter and cannot be overridden", name, kv.k[i]);
+                errlist_add(e, "%s: '%s' is set by the exporter and cannot be overridden", name, kv.k[i]);
                 ok = false;
             }
         size_t vl = strlen(kv.v[i]);
         if (vl > HEADER_VALUE_MAX) {
-            err_add(e, "%s: the value of '%.64s' is longer than %d bytes", name, kv.k[i], HEADER_VALUE_MAX);
+            errlist_add(e, "%s: the value of '%.64s' is longer than %d bytes", name, kv.k[i], HEADER_VALUE_MAX);
             ok = false;
         }
         for (size_t c = 0; ok && c < vl; c++) {
             unsigned char ch = (unsigned char)kv.v[i][c];
             if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
-                err_add(e, "%s: the value of '%.64s' contains a control character", name, kv.k[i]);
+                errlist_add(e, "%s: the value of '%.64s' contains a control character", name, kv.k[i]);
                 ok = false;
             }
         }
@@ -1100,7 +1080,7 @@ static void parse_headers(const config_t *cfg, settings_t *s, errs_t *e)
     s->nhdr = kv.n;
 }
 
-static void parse_resource(const config_t *cfg, settings_t *s, errs_t *e)
+static void parse_resource(const config_t *cfg, settings_t *s, errlist_t *e)
 {
     const char *attrs = config_raw(cfg, "OTEL_RESOURCE_ATTRIBUTES");
     const char *svc = config_raw(cfg, "OTEL_SERVICE_NAME");
@@ -1109,10 +1089,10 @@ static void parse_resource(const config_t *cfg, settings_t *s, errs_t *e)
         kv_parse("OTEL_RESOURCE_ATTRIBUTES", attrs, &kv, e);
     size_t input = (attrs ? strlen(attrs) : 0) + (svc ? strlen(svc) : 0);
     if (input > RESOURCE_INPUT_MAX)
-        err_add(e, "OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME: %zu bytes together; at most %d", input,
+        errlist_add(e, "OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME: %zu bytes together; at most %d", input,
                 RESOURCE_INPUT_MAX);
     if (kv.n + 1 > RESOURCE_ATTRS_MAX)
-        err_add(e, "OTEL_RESOURCE_ATTRIBUTES: %zu attributes; at most %d", kv.n, RESOURCE_ATTRS_MAX - 1);
+        errlist_add(e, "OTEL_RESOURCE_ATTRIBUTES: %zu attributes; at most %d", kv.n, RESOURCE_ATTRS_MAX - 1);
     const char *service = "unknown_service";
     if (svc && *svc)
         service = svc;
@@ -1139,7 +1119,7 @@ static void parse_resource(const config_t *cfg, settings_t *s, errs_t *e)
     kv_free(&kv);
 }
 
-static void parse_sampler(const config_t *cfg, errs_t *e)
+static void parse_sampler(const config_t *cfg, errlist_t *e)
 {
     static const struct {
         const char *name;
@@ -1161,7 +1141,7 @@ static void parse_sampler(const config_t *cfg, errs_t *e)
         if (strcasecmp(v, names[i].name) == 0)
             break;
     if (i == ECOM_ARRAY_LEN(names)) {
-        err_add(e,
+        errlist_add(e,
                 "OTEL_TRACES_SAMPLER: '%.64s' is not one of always_on, always_off, traceidratio, "
                 "parentbased_always_on, parentbased_always_off, parentbased_traceidratio",
                 v);
@@ -1179,7 +1159,7 @@ static void parse_sampler(const config_t *cfg, errs_t *e)
         errno = 0;
         double r = strtod(arg, &end);
         if (end == arg || *end || errno || !isfinite(r) || r < 0.0 || r > 1.0) {
-            err_add(e, "OTEL_TRACES_SAMPLER_ARG: '%.64s' is not a ratio between 0 and 1", arg);
+            errlist_add(e, "OTEL_TRACES_SAMPLER_ARG: '%.64s' is not a ratio between 0 and 1", arg);
             return;
         }
         sampler.ratio = r;
@@ -1190,7 +1170,7 @@ static void parse_sampler(const config_t *cfg, errs_t *e)
         sampler.bound = sampler.ratio <= 0.0 ? 0 : UINT64_MAX;
 }
 
-static void parse_long(const config_t *cfg, const char *name, long def, long min, long max, long *out, errs_t *e)
+static void parse_long(const config_t *cfg, const char *name, long def, long min, long max, long *out, errlist_t *e)
 {
     const char *v = config_raw(cfg, name);
     *out = def;
@@ -1200,41 +1180,41 @@ static void parse_long(const config_t *cfg, const char *name, long def, long min
     errno = 0;
     long n = strtol(v, &end, 10);
     if (end == v || *end || errno)
-        err_add(e, "%s: '%.64s' is not an integer", name, v);
+        errlist_add(e, "%s: '%.64s' is not an integer", name, v);
     else if (n < min || n > max)
-        err_add(e, "%s: %ld is outside %ld..%ld", name, n, min, max);
+        errlist_add(e, "%s: %ld is outside %ld..%ld", name, n, min, max);
     else
         *out = n;
 }
 
 /* The endpoint URL: http://host[:port][/path][?query]. */
-static void parse_endpoint(const char *name, const char *url, settings_t *s, errs_t *e)
+static void parse_endpoint(const char *name, const char *url, settings_t *s, errlist_t *e)
 {
     struct evhttp_uri *u = evhttp_uri_parse(url);
     const char *scheme = u ? evhttp_uri_get_scheme(u) : NULL;
     const char *host = u ? evhttp_uri_get_host(u) : NULL;
     if (!u || !scheme || !host || !*host) {
-        err_add(e, "%s: '%.128s' is not an absolute http:// URL", name, url);
+        errlist_add(e, "%s: '%.128s' is not an absolute http:// URL", name, url);
         goto out;
     }
     if (strcasecmp(scheme, "https") == 0) {
-        err_add(e,
+        errlist_add(e,
                 "%s: https endpoints are not supported: this build has no TLS client; point it at an "
                 "http:// collector or agent (e.g. a local OpenTelemetry Collector that forwards over TLS)",
                 name);
         goto out;
     }
     if (strcasecmp(scheme, "http") != 0) {
-        err_add(e, "%s: scheme '%.16s' is not supported; use http://", name, scheme);
+        errlist_add(e, "%s: scheme '%.16s' is not supported; use http://", name, scheme);
         goto out;
     }
     if (evhttp_uri_get_userinfo(u)) {
-        err_add(e, "%s: credentials in the URL are not supported; use OTEL_EXPORTER_OTLP_HEADERS", name);
+        errlist_add(e, "%s: credentials in the URL are not supported; use OTEL_EXPORTER_OTLP_HEADERS", name);
         goto out;
     }
     int port = evhttp_uri_get_port(u);
     if (port == 0) {
-        err_add(e, "%s: port 0 is not valid", name);
+        errlist_add(e, "%s: port 0 is not valid", name);
         goto out;
     }
     size_t hl = strlen(host);
@@ -1264,7 +1244,7 @@ out:
 int otel_init(const config_t *cfg, char **err)
 {
     *err = NULL;
-    errs_t e = {0};
+    errlist_t e = {0};
     if (atomic_load(&enabled) || ex_running) {
         *err = xstrdup("otel: already initialised; call otel_shutdown first\n");
         return -1;
@@ -1287,7 +1267,7 @@ int otel_init(const config_t *cfg, char **err)
     parse_long(cfg, "OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1, 1 << 20, &queue, &e);
     parse_long(cfg, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", OTEL_BATCH_MAX, 1, OTEL_BATCH_MAX, &batch, &e);
     if (batch > queue)
-        err_add(&e, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE: %ld is larger than OTEL_BSP_MAX_QUEUE_SIZE (%ld)", batch, queue);
+        errlist_add(&e, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE: %ld is larger than OTEL_BSP_MAX_QUEUE_SIZE (%ld)", batch, queue);
     set.schedule_ms = schedule;
     set.export_timeout_ms = timeout;
     set.queue_max = (size_t)queue;

@@ -63,17 +63,22 @@ void random_fast_bytes(void *buf, size_t n)
     }
 }
 
-void random_fast_hex(char *out, size_t nbytes)
+static void to_hex(const unsigned char *b, size_t n, char *out)
 {
     static const char hex[] = "0123456789abcdef";
-    unsigned char b[64];
-    ECOM_ASSERT(nbytes <= sizeof b);
-    random_fast_bytes(b, nbytes);
-    for (size_t i = 0; i < nbytes; i++) {
+    for (size_t i = 0; i < n; i++) {
         out[2 * i] = hex[b[i] >> 4];
         out[2 * i + 1] = hex[b[i] & 15];
     }
-    out[2 * nbytes] = '\0';
+    out[2 * n] = '\0';
+}
+
+void random_fast_hex(char *out, size_t nbytes)
+{
+    unsigned char b[64];
+    ECOM_ASSERT(nbytes <= sizeof b);
+    random_fast_bytes(b, nbytes);
+    to_hex(b, nbytes, out);
 }
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -125,13 +130,8 @@ bool uuid_valid(const char *s)
 
 void random_hex(char *out, size_t nbytes)
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char b[64];
     ECOM_ASSERT(nbytes <= sizeof b);
     random_bytes(b, nbytes);
-    for (size_t i = 0; i < nbytes; i++) {
-        out[2 * i] = hex[b[i] >> 4];
-        out[2 * i + 1] = hex[b[i] & 15];
-    }
-    out[2 * nbytes] = '\0';
+    to_hex(b, nbytes, out);
 }

@@ -2,6 +2,7 @@
 #include "http-gateway/jwt.h"
 
 #include "core/alloc.h"
+#include "core/errlist.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/uuid.h"
@@ -14,19 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void add_err(char **errors, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void add_err(char **errors, const char *fmt, ...)
-{
-    char line[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    size_t old = *errors ? strlen(*errors) : 0;
-    *errors = xrealloc(*errors, old + strlen(line) + 2);
-    sprintf(*errors + old, "%s\n", line);
-}
 
 /* PEM text from configuration may carry literal "\n" sequences (env files). */
 static unsigned char *pem_text(const char *s, size_t *len)
@@ -61,7 +49,7 @@ static void kid_of(const unsigned char *key, size_t len, char out[17])
 int jwtk_init(jwtk_t *k, const config_t *cfg, char **errors)
 {
     memset(k, 0, sizeof *k);
-    *errors = NULL;
+    errlist_t el = {0};
     k->iss = xstrdup(cfg->jwt_issuer);
     k->aud = xstrdup(cfg->jwt_audience);
     if (cfg->jwt_secret[0]) {
@@ -74,7 +62,7 @@ int jwtk_init(jwtk_t *k, const config_t *cfg, char **errors)
                 log_warn("JWT_SECRET is %zu bytes: accepted only because APP_ENV=development; use 32 or more",
                          k->verify_len);
             else
-                add_err(errors, "JWT_SECRET: at least 32 bytes are required outside development");
+                errlist_add(&el, "JWT_SECRET: at least 32 bytes are required outside development");
         }
     } else if (cfg->jwt_private_key_pem[0] && cfg->jwt_public_key_pem[0]) {
         k->verify_key = pem_text(cfg->jwt_public_key_pem, &k->verify_len);
@@ -86,17 +74,17 @@ int jwtk_init(jwtk_t *k, const config_t *cfg, char **errors)
         EVP_PKEY *priv = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
         BIO_free(bio);
         if (!pub)
-            add_err(errors, "JWT_PUBLIC_KEY_PEM: not a PEM public key");
+            errlist_add(&el, "JWT_PUBLIC_KEY_PEM: not a PEM public key");
         if (!priv)
-            add_err(errors, "JWT_PRIVATE_KEY_PEM: not a PEM private key");
+            errlist_add(&el, "JWT_PRIVATE_KEY_PEM: not a PEM private key");
         if (pub && priv && EVP_PKEY_get_base_id(pub) != EVP_PKEY_get_base_id(priv))
-            add_err(errors, "JWT: the private and public keys are of different types");
+            errlist_add(&el, "JWT: the private and public keys are of different types");
         if (pub) {
             int type = EVP_PKEY_get_base_id(pub);
             if (type == EVP_PKEY_RSA) {
                 k->alg = JWT_ALG_RS256;
                 if (EVP_PKEY_get_bits(pub) < 2048)
-                    add_err(errors, "JWT_PUBLIC_KEY_PEM: RSA keys need at least 2048 bits (has %d)",
+                    errlist_add(&el, "JWT_PUBLIC_KEY_PEM: RSA keys need at least 2048 bits (has %d)",
                             EVP_PKEY_get_bits(pub));
             } else if (type == EVP_PKEY_EC) {
                 k->alg = JWT_ALG_ES256;
@@ -104,20 +92,21 @@ int jwtk_init(jwtk_t *k, const config_t *cfg, char **errors)
                 size_t cl = 0;
                 if (!EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, curve, sizeof curve, &cl) ||
                     strcmp(curve, "prime256v1") != 0)
-                    add_err(errors, "JWT_PUBLIC_KEY_PEM: EC keys must be on P-256 (has %s)", curve[0] ? curve : "?");
+                    errlist_add(&el, "JWT_PUBLIC_KEY_PEM: EC keys must be on P-256 (has %s)", curve[0] ? curve : "?");
             } else {
-                add_err(errors, "JWT_PUBLIC_KEY_PEM: only RSA (RS256) and EC P-256 (ES256) keys are supported");
+                errlist_add(&el, "JWT_PUBLIC_KEY_PEM: only RSA (RS256) and EC P-256 (ES256) keys are supported");
             }
         }
         EVP_PKEY_free(pub);
         EVP_PKEY_free(priv);
     } else {
-        add_err(errors, "JWT: set JWT_SECRET, or both JWT_PRIVATE_KEY_PEM and JWT_PUBLIC_KEY_PEM");
+        errlist_add(&el, "JWT: set JWT_SECRET, or both JWT_PRIVATE_KEY_PEM and JWT_PUBLIC_KEY_PEM");
     }
     snprintf(k->alg_name, sizeof k->alg_name, "%s", jwt_alg_str(k->alg));
     if (k->verify_key)
         kid_of(k->verify_key, k->verify_len, k->kid);
-    if (*errors) {
+    *errors = el.s;
+    if (el.s) {
         jwtk_free(k);
         return -1;
     }

@@ -86,6 +86,28 @@ static json_object *payment_json(const payment_t *p)
     return o;
 }
 
+/* Queues a payment command (topic "payment", aggregate "payment:<id>") with
+ * payload (consumed) in the request's command. 0, or -1 after answering 400. */
+static int queue_command(gw_req_t *r, const char *payment_id, json_object *payload)
+{
+    json_object_object_add(payload, "subject", json_object_new_string(r->principal.sub));
+    char aggregate[UUID_STR_LEN + 8];
+    snprintf(aggregate, sizeof aggregate, "payment:%s", payment_id);
+    outbox_msg_t m = {.topic = "payment",
+                      .type = r->route->publish,
+                      .tenant = r->tenant,
+                      .aggregate_id = aggregate,
+                      .traceparent = r->traceparent,
+                      .request_id = r->request_id,
+                      .payload = json_object_to_json_string_ext(payload, JSON_C_TO_STRING_PLAIN)};
+    const char *why = NULL;
+    int rc = gw_cmd_outbox(r, &m, NULL, &why);
+    json_object_put(payload);
+    if (rc != 0)
+        gw_problem(r, 400, "validation-error", why);
+    return rc;
+}
+
 /* ---- POST /api/v1/payments/payments ---- */
 
 static int mem_insert(db_t *tx, void *arg)
@@ -140,23 +162,8 @@ void gw_post_payment(gw_req_t *r)
     json_object_object_add(payload, "amount", json_object_new_int64(amount));
     json_object_object_add(payload, "currency", json_object_new_string(currency));
     json_object_object_add(payload, "method", json_object_new_string(method));
-    json_object_object_add(payload, "subject", json_object_new_string(r->principal.sub));
-    char aggregate[UUID_STR_LEN + 8];
-    snprintf(aggregate, sizeof aggregate, "payment:%s", p->id);
-    outbox_msg_t m = {.topic = "payment",
-                      .type = r->route->publish,
-                      .tenant = r->tenant,
-                      .aggregate_id = aggregate,
-                      .traceparent = r->traceparent,
-                      .request_id = r->request_id,
-                      .payload = json_object_to_json_string_ext(payload, JSON_C_TO_STRING_PLAIN)};
-    const char *why = NULL;
-    int rc = gw_cmd_outbox(r, &m, NULL, &why);
-    json_object_put(payload);
-    if (rc != 0) {
-        gw_problem(r, 400, "validation-error", why);
+    if (queue_command(r, p->id, payload) != 0)
         return;
-    }
     json_object *body = json_object_new_object();
     json_object_object_add(body, "id", json_object_new_string(p->id));
     json_object_object_add(body, "status", json_object_new_string("pending"));
@@ -335,23 +342,8 @@ static void refund_checked(gw_req_t *r, int found, const payment_t *p)
     json_object_object_add(payload, "paymentId", json_object_new_string(p->id));
     json_object_object_add(payload, "refundId", json_object_new_string(refund_id));
     json_object_object_add(payload, "amount", json_object_new_int64(amount));
-    json_object_object_add(payload, "subject", json_object_new_string(r->principal.sub));
-    char aggregate[UUID_STR_LEN + 8];
-    snprintf(aggregate, sizeof aggregate, "payment:%s", p->id);
-    outbox_msg_t m = {.topic = "payment",
-                      .type = r->route->publish,
-                      .tenant = r->tenant,
-                      .aggregate_id = aggregate,
-                      .traceparent = r->traceparent,
-                      .request_id = r->request_id,
-                      .payload = json_object_to_json_string_ext(payload, JSON_C_TO_STRING_PLAIN)};
-    const char *why = NULL;
-    int rc = gw_cmd_outbox(r, &m, NULL, &why);
-    json_object_put(payload);
-    if (rc != 0) {
-        gw_problem(r, 400, "validation-error", why);
+    if (queue_command(r, p->id, payload) != 0)
         return;
-    }
     json_object *body = json_object_new_object();
     json_object_object_add(body, "id", json_object_new_string(refund_id));
     json_object_object_add(body, "paymentId", json_object_new_string(p->id));
