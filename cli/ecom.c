@@ -68,6 +68,7 @@ static void *drainer_main(void *arg)
         .poll_ms = (int)r->cfg->outbox_poll_ms,
         .retain_s = r->cfg->outbox_retain_s,
         .trim_interval_ms = r->cfg->stream_trim_interval_ms,
+        .groups_for_topic = service_groups_for_topic,
     };
     drain_run(&o, &stop_flag);
     return NULL;
@@ -269,6 +270,12 @@ int main(int argc, char **argv)
         rc = cmd_migrate(&cfg, nargs, args);
     } else if (strcmp(cmd, "outbox-worker") == 0) {
         rc = run_roles(&cfg, false, true, NULL, 0);
+    } else if ((strcmp(cmd, "service") == 0 || strcmp(cmd, "all") == 0) && service_configure(&cfg, &errors) != 0) {
+        fprintf(stderr, "ecom: service configuration problems:\n");
+        for (char *line = strtok(errors, "\n"); line; line = strtok(NULL, "\n"))
+            fprintf(stderr, "  - %s\n", line);
+        free(errors);
+        rc = 2;
     } else if (strcmp(cmd, "service") == 0 || strcmp(cmd, "all") == 0) {
         const svc_def_t *svcs[8];
         size_t nsvc = 0;

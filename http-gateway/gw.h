@@ -16,7 +16,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/strmap.h"
-#include "http-gateway/breaker.h"
+#include "core/breaker.h"
 #include "http-gateway/cache.h"
 #include "http-gateway/chaos.h"
 #include "http-gateway/idem.h"

@@ -11,7 +11,7 @@
 #ifndef ECOM_ROUTE_H
 #define ECOM_ROUTE_H
 
-#include "http-gateway/breaker.h"
+#include "core/breaker.h"
 #include "http-gateway/chaos.h"
 #include "http-gateway/hedge.h"
 #include "http-gateway/schema.h"

@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/pg.h"
+#include "core/strmap.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@ typedef struct drainer {
     int64_t poison_until; /* a row failed: wait before retrying */
     int64_t next_probe;
     const char *store_name, *bus_name; /* readiness components */
+    strmap_t topics_ready;             /* topics whose consumer groups exist */
     metric_t *m_published, *m_batches, *m_errors, *m_dead, *m_held, *m_batch_s, *m_trimmed;
 } drainer_t;
 
@@ -155,6 +157,27 @@ static void to_envelopes(const outbox_row_t *rows, size_t n, envelope_t *out)
         out[i] = rows[i].env; /* shallow: borrowed for the publish call */
 }
 
+/* Creates the consumer groups of every topic in rows not seen before. */
+static int prepare_topics(drainer_t *d, const outbox_row_t *rows, size_t n)
+{
+    if (!d->o->groups_for_topic)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *t = rows[i].env.topic;
+        if (strmap_get(&d->topics_ready, t, strlen(t)))
+            continue;
+        const char *groups[16];
+        int ng = d->o->groups_for_topic(t, groups, 16);
+        char stream[BUS_STREAM_MAX];
+        envelope_stream_name(t, stream, sizeof stream);
+        for (int g = 0; g < ng; g++)
+            if (bus_group_create(d->bus, stream, groups[g]) != 0)
+                return -1;
+        strmap_put(&d->topics_ready, t, strlen(t), NULL);
+    }
+    return 0;
+}
+
 /* Publishes rows[0..n) in order. When the batch fails while Redis answers,
  * a row is poisoned: publish one at a time to find it, keep what went out,
  * and count an attempt against the poisoned row. Returns rows published. */
@@ -258,6 +281,7 @@ static void check_db(drainer_t *d)
 int drain_run(const drain_opts_t *o, atomic_bool *stop)
 {
     drainer_t d = {.o = o, .stop = stop, .member = -1};
+    strmap_init(&d.topics_ready);
     d.m_published = metrics_counter("ecom_outbox_published_total", "Outbox rows published to the bus", "");
     d.m_batches = metrics_counter("ecom_outbox_batches_total", "Publish batches", "");
     d.m_errors = metrics_counter("ecom_outbox_errors_total", "Failed drain steps (retried)", "");
@@ -326,7 +350,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
             wait_hint(&d, o->poll_ms);
             continue;
         }
-        size_t done = publish(&d, rows, n);
+        size_t done = prepare_topics(&d, rows, n) == 0 ? publish(&d, rows, n) : 0;
         log_debug("drain: fetched %zu rows, published %zu (first pos %lld)", n, done, (long long)rows[0].pos);
         if (done == 0 && d.poison_until <= clock_mono_ms()) {
             /* the bus is down: nothing went out, nothing is lost */
@@ -352,6 +376,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         outbox_rows_free(rows, n);
     }
     log_info("outbox-worker stopped");
+    strmap_free(&d.topics_ready);
     db_close(d.db);
     bus_close(d.bus);
     return 0;

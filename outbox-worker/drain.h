@@ -34,6 +34,10 @@ typedef struct drain_opts {
     int poll_ms;
     int64_t retain_s; /* 0: delete published rows; else keep them this long */
     int64_t trim_interval_ms;
+    /* Optional: the consumer groups of a topic. Before the first publish to a
+     * topic the drainer creates them, so trimming can never pass a group that
+     * has not been created yet (a service that discovers streams late). */
+    int (*groups_for_topic)(const char *topic, const char **out, int max);
 } drain_opts_t;
 
 /* Runs until *stop becomes true; finishes the batch in hand first. 0 on a

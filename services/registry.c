@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 
 static const char *const names[] = {"analytics", "payment", "notification", NULL};
@@ -26,6 +27,20 @@ const svc_def_t *service_lookup(const char *name)
 const char *const *service_names(void)
 {
     return names;
+}
+
+int service_groups_for_topic(const char *topic, const char **out, int max)
+{
+    int n = 0;
+    for (const char *const *name = names; *name && n < max; name++) {
+        const svc_def_t *d = service_lookup(*name);
+        bool wants = d->topics == NULL;
+        for (const char *const *t = d->topics; t && *t && !wants; t++)
+            wants = strcmp(*t, topic) == 0;
+        if (wants)
+            out[n++] = d->group;
+    }
+    return n;
 }
 
 int service_configure(const config_t *cfg, char **errors)

@@ -8,6 +8,9 @@
 
 /* The service called name, or NULL. */
 const svc_def_t *service_lookup(const char *name);
+/* The consumer groups (service names) that consume topic: those listing it and
+ * those consuming every topic. Fills out (borrowed names); returns the count. */
+int service_groups_for_topic(const char *topic, const char **out, int max);
 /* Names of every service, NULL-terminated (borrowed). */
 const char *const *service_names(void);
 /* Applies cfg to every service that reads settings; call once at startup,

@@ -27,7 +27,7 @@
 #ifndef ECOM_NOTIFICATION_H
 #define ECOM_NOTIFICATION_H
 
-#include "http-gateway/breaker.h"
+#include "core/breaker.h"
 #include "services/runtime.h"
 
 #include <stddef.h>

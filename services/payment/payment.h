@@ -26,7 +26,7 @@
 #define ECOM_PAYMENT_H
 
 #include "bus/envelope.h"
-#include "http-gateway/breaker.h"
+#include "core/breaker.h"
 #include "services/runtime.h"
 
 #include <stdbool.h>

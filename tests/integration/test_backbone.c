@@ -520,6 +520,50 @@ static void test_foreign_drainer_real(void)
     sut_stop(&foreign);
 }
 
+static int late_groups(const char *topic, const char **out, int max)
+{
+    (void)topic;
+    static const char *const g[] = {"early", "late"};
+    int n = 0;
+    for (; n < 2 && n < max; n++)
+        out[n] = g[n];
+    return n;
+}
+
+/* A service that starts after the stream has been trimmed still gets every
+ * message: the drainer creates the topic's groups before the first publish. */
+static void late_subscriber(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "late");
+    s.dopts.groups_for_topic = late_groups;
+    s.dopts.trim_interval_ms = 200;
+    sut_add_service(&s, "early", types_orders);
+    publish_orders(&s, 500, 10, 50, "order.placed");
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "early", 500, 30000));
+    clock_sleep_ms(600); /* trimming ran behind "early" */
+    /* now the late service joins */
+    int i = s.nsvc;
+    sut_add_service(&s, "late", types_orders);
+    svc_arg_t *a = xmalloc(sizeof *a);
+    *a = (svc_arg_t){&s, i};
+    pthread_create(&s.svc_th[i], NULL, svc_thread, a);
+    CU_ASSERT_TRUE(wait_inbox(&s, "late", 500, 30000));
+    check_applied(&s, "late", 500);
+    sut_stop(&s);
+}
+
+static void test_late_subscriber_memory(void)
+{
+    late_subscriber(true);
+}
+
+static void test_late_subscriber_real(void)
+{
+    late_subscriber(false);
+}
+
 int main(void)
 {
     log_configure(getenv("TEST_LOG_LEVEL") ? getenv("TEST_LOG_LEVEL") : "error", "text");
@@ -532,6 +576,8 @@ int main(void)
         {"bad input goes to the DLQ and never stalls (postgres+redis)", test_bad_input_real},
         {"two drainers at once (postgres+redis)", test_two_drainers_real},
         {"drainers of another database do not take this one's share", test_foreign_drainer_real},
+        {"a service created after trimming still gets everything (memory)", test_late_subscriber_memory},
+        {"a service created after trimming still gets everything (postgres+redis)", test_late_subscriber_real},
         CU_TEST_INFO_NULL,
     };
     return test_main("backbone", tests, NULL, NULL);

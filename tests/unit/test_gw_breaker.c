@@ -1,5 +1,5 @@
 /* tests/unit/test_gw_breaker.c: resilience4j semantics on the fake clock. */
-#include "http-gateway/breaker.h"
+#include "core/breaker.h"
 
 #include "core/clock.h"
 #include "tests/testlib.h"

@@ -1,4 +1,4 @@
-/* http-gateway/breaker.h: a per-route circuit breaker with resilience4j semantics
+/* core/breaker.h: a per-route circuit breaker with resilience4j semantics
  * (gateway.md §1.3): a time-based sliding window of per-second buckets, failure-
  * rate and slow-call-rate tripping after a minimum number of calls, OPEN for a
  * fixed duration, then HALF_OPEN with a fixed number of trial calls decided when

@@ -1,10 +1,10 @@
-/* http-gateway/breaker.c: see breaker.h.
+/* core/breaker.c: see breaker.h.
  *
  * The window is a ring of one bucket per second; a bucket whose second has left
  * the window is reset when its slot is reused and skipped when summing. Every
  * state change bumps the epoch, so a call admitted in an earlier state cannot
  * influence the new one (resilience4j lets them leak into HALF_OPEN). */
-#include "http-gateway/breaker.h"
+#include "core/breaker.h"
 
 #include "core/alloc.h"
 #include "core/clock.h"
