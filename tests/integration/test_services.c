@@ -12,7 +12,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/pg.h"
-#include "http-gateway/breaker.h"
+#include "core/breaker.h"
 #include "outbox-worker/drain.h"
 #include "services/analytics/analytics.h"
 #include "services/notification/notification.h"
