@@ -2,6 +2,8 @@
  *   ecomctl [--env-file FILE] publish --topic T --type X --tenant T --aggregate A --payload JSON [--count N]
  *                                     [--traceparent TP] [--request-id ID]
  *   ecomctl [--env-file FILE] status [--json]
+ *   ecomctl [--env-file FILE] dlq list --group G [--json]
+ *   ecomctl [--env-file FILE] dlq replay --group G (--id ENTRY | --all)
  * Reads DATABASE_URL and REDIS_URL like the daemons. Bad input: one line on
  * stderr and exit 2; an unreachable server: exit 1. */
 #include "bus/bus.h"
@@ -34,7 +36,9 @@ static void usage(FILE *f)
     fprintf(f, "usage: ecomctl [--env-file FILE] COMMAND\n"
                "  publish --topic T --type X --tenant T --aggregate A --payload JSON [--count N]\n"
                "          [--traceparent TP] [--request-id ID]   append to the outbox as a service would\n"
-               "  status [--json]                                  outbox, streams, groups, DLQs, inboxes\n");
+               "  status [--json]                                  outbox, streams, groups, DLQs, inboxes\n"
+               "  dlq list --group G [--json]                      dead letters of a group, with their errors\n"
+               "  dlq replay --group G (--id ENTRY | --all)        send dead letters back to their stream\n");
 }
 
 /* ---- publish ---- */
@@ -243,6 +247,125 @@ out:
     return rc;
 }
 
+/* ---- dlq ---- */
+
+static const char *field(const bus_entry_t *e, const char *name)
+{
+    for (size_t i = 0; i < e->nfields; i++)
+        if (strcmp(e->fields[2 * i], name) == 0)
+            return e->fields[2 * i + 1];
+    return NULL;
+}
+
+static int cmd_dlq(const config_t *cfg, int argc, char **argv)
+{
+    if (argc < 1 || (strcmp(argv[0], "list") != 0 && strcmp(argv[0], "replay") != 0))
+        return fail(2, "dlq: say list or replay");
+    bool replay = strcmp(argv[0], "replay") == 0, all = false, as_json = false;
+    const char *group = NULL, *id = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--group") == 0 && i + 1 < argc)
+            group = argv[++i];
+        else if (strcmp(argv[i], "--id") == 0 && i + 1 < argc)
+            id = argv[++i];
+        else if (strcmp(argv[i], "--all") == 0)
+            all = true;
+        else if (strcmp(argv[i], "--json") == 0)
+            as_json = true;
+        else
+            return fail(2, "dlq: unknown option %s", argv[i]);
+    }
+    if (!group || !envelope_name_valid(group))
+        return fail(2, "dlq: --group NAME is required");
+    if (replay && !id == !all)
+        return fail(2, "dlq replay: give --id ENTRY or --all");
+    if (!cfg->redis_url[0])
+        return fail(2, "dlq: REDIS_URL is not set (the in-memory bus lives inside `ecom all`)");
+    char *err = NULL;
+    bus_t *bus = bus_open_redis(cfg->redis_url, &err);
+    if (!bus) {
+        int rc = fail(1, "cannot connect to redis: %s", err);
+        free(err);
+        return rc;
+    }
+    char dlq[BUS_STREAM_MAX];
+    snprintf(dlq, sizeof dlq, "ecom:dlq:%s", group);
+    bus_entry_t *ents = NULL;
+    size_t n = 0;
+    int rc = 0;
+    if (bus_range(bus, dlq, id ? id : "-", id ? id : "+", 0, &ents, &n) != 0) {
+        rc = fail(1, "dlq: cannot read %s", dlq);
+        goto out;
+    }
+    if (id && n == 0) {
+        rc = fail(2, "dlq: no entry %s in %s", id, dlq);
+        goto out;
+    }
+    if (!replay) {
+        json_object *arr = json_object_new_array();
+        for (size_t i = 0; i < n; i++) {
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "entry", json_object_new_string(ents[i].entry_id));
+            for (size_t f = 0; f < ents[i].nfields; f++)
+                json_object_object_add(o, ents[i].fields[2 * f], json_object_new_string(ents[i].fields[2 * f + 1]));
+            json_object_array_add(arr, o);
+        }
+        if (as_json) {
+            printf("%s\n", json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN));
+        } else {
+            printf("%-22s %-38s %-24s %5s  %s\n", "ENTRY", "MESSAGE", "TYPE", "TRIES", "ERROR");
+            for (size_t i = 0; i < n; i++) {
+                const char *mid = field(&ents[i], "id"), *type = field(&ents[i], "type");
+                const char *tries = field(&ents[i], "deliveries"), *error = field(&ents[i], "error");
+                printf("%-22s %-38s %-24s %5s  %s\n", ents[i].entry_id, mid ? mid : "-", type ? type : "-",
+                       tries ? tries : "-", error ? error : "-");
+            }
+        }
+        json_object_put(arr);
+        goto out;
+    }
+    size_t sent = 0, skipped = 0;
+    for (size_t i = 0; i < n; i++) {
+        /* the envelope fields go back to the stream they came from; the inbox
+         * never recorded a dead-lettered message, so it is applied when it succeeds */
+        const char *names[ENV_NFIELDS], *vals[ENV_NFIELDS];
+        size_t nl[ENV_NFIELDS], vl[ENV_NFIELDS], k = 0;
+        for (int f = 0; f < ENV_NFIELDS; f++) {
+            const char *v = field(&ents[i], envelope_field_name(f));
+            if (!v)
+                continue;
+            names[k] = envelope_field_name(f);
+            vals[k] = v;
+            nl[k] = strlen(names[k]);
+            vl[k] = strlen(v);
+            k++;
+        }
+        envelope_t env;
+        const char *why = NULL;
+        if (envelope_from_fields(&env, names, nl, vals, vl, k, &why) != 0) {
+            fprintf(stderr, "ecomctl: dlq: entry %s cannot be replayed (%s); left in place\n", ents[i].entry_id, why);
+            envelope_clear(&env);
+            skipped++;
+            continue;
+        }
+        const char *ids[] = {ents[i].entry_id};
+        if (bus_publish(bus, &env, 1, NULL) != 0 || bus_delete_entries(bus, dlq, ids, 1) != 0) {
+            envelope_clear(&env);
+            rc = fail(1, "dlq: replay of %s failed", ents[i].entry_id);
+            goto out;
+        }
+        envelope_clear(&env);
+        sent++;
+    }
+    printf("replayed %zu, left %zu\n", sent, skipped);
+    if (skipped)
+        rc = 1;
+out:
+    bus_entries_free(ents, n);
+    bus_close(bus);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     const char *env_file = NULL;
@@ -281,6 +404,8 @@ int main(int argc, char **argv)
         rc = cmd_publish(&cfg, argc - i, argv + i);
     else if (strcmp(cmd, "status") == 0)
         rc = cmd_status(&cfg, argc - i, argv + i);
+    else if (strcmp(cmd, "dlq") == 0)
+        rc = cmd_dlq(&cfg, argc - i, argv + i);
     else
         rc = fail(2, "unknown command %s (try --help)", cmd);
     config_free(&cfg);
