@@ -78,6 +78,8 @@ static const citem_t items[] = {
     {"ENABLE_PERF_SMOKE", T_BOOL, F(enable_perf_smoke), "false", 0, 0, NULL, "run the perf smoke in CI"},
     {"USE_FASTIFY", T_BOOL, F(use_fastify), "false", 0, 0, NULL,
      "accepted for compatibility with the original; the C gateway has one adapter"},
+    {"OTP_PEPPER", T_STR, F(otp_pepper), "", 0, 0, NULL,
+     "HMAC key for stored OTP codes (>= 32 bytes outside development; unset in development: random per process)"},
     {"NOTIFY_SINK_FILE", T_STR, F(notify_sink_file), "", 0, 0, NULL,
      "JSON Lines file the dev notification channel appends deliveries to"},
     {"PAYMENT_PROVIDER_LATENCY_MS", T_INT, F(payment_provider_latency_ms), "2", 0, 60000, NULL,
@@ -257,11 +259,13 @@ static void cross_checks(config_t *cfg, int roles, errlist_t *e)
         if (priv != pub)
             errlist_add(e, "JWT: %s is set without %s", priv ? "JWT_PRIVATE_KEY_PEM" : "JWT_PUBLIC_KEY_PEM",
                     priv ? "JWT_PUBLIC_KEY_PEM" : "JWT_PRIVATE_KEY_PEM");
+        if (!dev && strlen(cfg->otp_pepper) < 32)
+            errlist_add(e, "OTP_PEPPER: at least 32 bytes are required outside APP_ENV=development");
         if (sec && strlen(cfg->jwt_secret) < 32 && !dev)
             errlist_add(e, "JWT_SECRET: %zu bytes; at least 32 are required outside APP_ENV=development",
                     strlen(cfg->jwt_secret));
     }
-    if (strcmp(cfg->app_env, "production") == 0) {
+    if (strcmp(cfg->app_env, "production") == 0 && (roles & (CFG_ROLE_GATEWAY | CFG_ROLE_DRAINER | CFG_ROLE_SERVICE))) {
         /* development conveniences must not reach production */
         if (cfg->notify_sink_file[0])
             errlist_add(e, "NOTIFY_SINK_FILE: the development delivery file is refused with APP_ENV=production");

@@ -52,6 +52,7 @@ typedef struct config {
     bool enable_perf_smoke;
     bool use_fastify; /* accepted for compatibility with the original; no effect */
     char *notify_sink_file;
+    char *otp_pepper; /* HMAC key of stored OTP codes */
 
     /* payment and notification services */
     long payment_provider_latency_ms;

@@ -505,6 +505,106 @@ void gw_cmd_commit(gw_req_t *r, int status, json_object *body)
     }
 }
 
+/* ---- statements in the request's transaction ---- */
+
+#define TX_MAX_STMTS 8
+#define TX_MAX_PARAMS 12
+
+typedef struct tx_ctx {
+    gw_req_t *r;
+    gw_tx_cb cb;
+    int n;
+    bool begin; /* a BEGIN was sent first: results are shifted by one */
+    pga_stmt_t st[TX_MAX_STMTS];
+    char *params[TX_MAX_STMTS][TX_MAX_PARAMS];
+} tx_ctx_t;
+
+static void tx_free(tx_ctx_t *t)
+{
+    for (int i = 0; i < t->n; i++)
+        for (int k = 0; k < t->st[i].nparams; k++)
+            free(t->params[i][k]);
+    free(t);
+}
+
+static void on_tx(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
+{
+    (void)c;
+    tx_ctx_t *t = arg;
+    gw_req_t *r = t->r;
+    log_ctx_set(&r->log);
+    int off = t->begin ? 1 : 0;
+    if (err) {
+        pga_release(r->pg, false);
+        r->pg = NULL;
+    }
+    t->cb(r, res + off, n - off, err);
+    tx_free(t);
+    gw_unref(r);
+    log_ctx_set(NULL);
+}
+
+static void tx_send(tx_ctx_t *t)
+{
+    gw_req_t *r = t->r;
+    pga_stmt_t st[TX_MAX_STMTS + 1];
+    int k = 0;
+    if (t->begin)
+        st[k++] = (pga_stmt_t){.sql = "BEGIN"};
+    for (int i = 0; i < t->n; i++)
+        st[k++] = t->st[i];
+    if (pga_pipeline(r->pg, st, k, on_tx, t) != 0) {
+        pga_release(r->pg, true);
+        r->pg = NULL;
+        t->cb(r, NULL, 0, "the database is unavailable");
+        tx_free(t);
+        gw_unref(r);
+    }
+}
+
+static void on_tx_conn(pga_conn_t *c, const char *err, void *arg)
+{
+    tx_ctx_t *t = arg;
+    gw_req_t *r = t->r;
+    log_ctx_set(&r->log);
+    if (!c) {
+        t->cb(r, NULL, 0, err ? err : "the database is unavailable");
+        tx_free(t);
+        gw_unref(r);
+    } else {
+        r->pg = c;
+        tx_send(t);
+    }
+    log_ctx_set(NULL);
+}
+
+void gw_tx_exec(gw_req_t *r, const pga_stmt_t *stmts, int n, gw_tx_cb cb)
+{
+    ECOM_ASSERT(!r->th->memdb && n <= TX_MAX_STMTS);
+    tx_ctx_t *t = xcalloc(1, sizeof *t);
+    t->r = r;
+    t->cb = cb;
+    t->n = n;
+    for (int i = 0; i < n; i++) {
+        ECOM_ASSERT(stmts[i].nparams <= TX_MAX_PARAMS);
+        t->st[i] = stmts[i];
+        for (int k = 0; k < stmts[i].nparams; k++)
+            t->params[i][k] = stmts[i].params[k] ? xstrdup(stmts[i].params[k]) : NULL;
+        t->st[i].params = (const char *const *)t->params[i];
+    }
+    gw_ref(r);
+    if (r->pg) {
+        tx_send(t);
+        return;
+    }
+    t->begin = true;
+    if (pga_acquire(r->th->pg, on_tx_conn, t) != 0) {
+        t->cb(r, NULL, 0, "too many requests are waiting for the database");
+        tx_free(t);
+        gw_unref(r);
+    }
+}
+
 /* ---- cleanup ---- */
 
 static void on_cleanup(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)

@@ -170,6 +170,8 @@ struct gw_req {
     pga_conn_t *pg;   /* leased connection (PostgreSQL mode) */
     bool mem_tx;      /* memory transaction open */
     gw_cmd_t cmd;
+    void *handler_state; /* a handler's own state across its asynchronous steps */
+    void (*handler_state_free)(void *);
 };
 
 typedef struct gw_req gw_req_t;
@@ -208,6 +210,13 @@ int gw_cmd_op(gw_req_t *r, const char *name, const char *sql, int nparams, const
 /* Queues an outbox message in the request's command; fills id. -1 with *why. */
 int gw_cmd_outbox(gw_req_t *r, const outbox_msg_t *m, char id[UUID_STR_LEN], const char **why);
 void gw_cmd_free(gw_cmd_t *c);
+/* Runs statements inside the request's transaction (opening it on a leased
+ * connection first when there is none), then cb with their results (borrowed,
+ * valid during cb; err NULL on success). The transaction stays open for
+ * gw_cmd_commit, or is rolled back when the request is answered otherwise.
+ * PostgreSQL mode only. */
+typedef void (*gw_tx_cb)(gw_req_t *r, PGresult *const *res, int n, const char *err);
+void gw_tx_exec(gw_req_t *r, const pga_stmt_t *stmts, int n, gw_tx_cb cb);
 /* Commits the command with its response (status, JSON body consumed): the
  * outbox rows, the idempotency record and the response in one transaction. */
 void gw_cmd_commit(gw_req_t *r, int status, json_object *body);

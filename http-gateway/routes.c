@@ -7,6 +7,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/uuid.h"
+#include "http-gateway/routes_auth.h"
 #include "http-gateway/routes_payments.h"
 #include "services/analytics/analytics.h"
 
@@ -487,6 +488,54 @@ static const route_t routes[] = {
         .permissions = {"payments:write"},
         .resilience = STORE_BREAKER,
         .publish = "payment.refund.requested",
+    },
+    {
+        .id = "analytics.auth.otp.request",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/analytics/auth/otp/request",
+        .handler = gw_otp_request,
+        .anonymous = true,
+        .resilience = STORE_BREAKER,
+    },
+    {
+        .id = "analytics.auth.otp.verify",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/analytics/auth/otp/verify",
+        .handler = gw_otp_verify,
+        .anonymous = true,
+        .resilience = STORE_BREAKER,
+    },
+    {
+        .id = "payments.auth.otp.request",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/payments/auth/otp/request",
+        .handler = gw_otp_request,
+        .anonymous = true,
+        .resilience = STORE_BREAKER,
+    },
+    {
+        .id = "payments.auth.otp.verify",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/payments/auth/otp/verify",
+        .handler = gw_otp_verify,
+        .anonymous = true,
+        .resilience = STORE_BREAKER,
+    },
+    {
+        .id = "notifications.auth.otp.request",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/notifications/auth/otp/request",
+        .handler = gw_otp_request,
+        .anonymous = true,
+        .resilience = STORE_BREAKER,
+    },
+    {
+        .id = "notifications.auth.otp.verify",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/notifications/auth/otp/verify",
+        .handler = gw_otp_verify,
+        .anonymous = true,
+        .resilience = STORE_BREAKER,
     },
 };
 

@@ -150,6 +150,8 @@ static void req_free(gw_req_t *r)
     free(r->cache_key);
     free(r->idem_store);
     gw_cmd_free(&r->cmd);
+    if (r->handler_state_free)
+        r->handler_state_free(r->handler_state);
     r->th->active--;
     free(r);
 }
@@ -448,7 +450,12 @@ static int thread_init(gw_thread_t *th, gw_shared_t *sh, int index)
     th->index = index;
     th->sh = sh;
     strmap_init(&th->req_counters);
-    th->base = event_base_new();
+    /* the changelist folds evhttp's disable/enable of a connection's events
+     * within one loop pass into at most one epoll_ctl */
+    struct event_config *ec = event_config_new();
+    event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    th->base = event_base_new_with_config(ec);
+    event_config_free(ec);
     th->http = evhttp_new(th->base);
     evhttp_set_gencb(th->http, on_request, th);
     evhttp_set_max_body_size(th->http, GW_HARD_MAX_BODY);

@@ -1320,6 +1320,7 @@ static int load_keys(jwtk_t *k, const char *secret)
 {
     setenv("APP_ENV", "production", 1);
     setenv("JWT_SECRET", secret, 1);
+    setenv("OTP_PEPPER", "test-pepper-0123456789abcdef0123456789", 1);
     unsetenv("JWT_PRIVATE_KEY_PEM");
     unsetenv("JWT_PUBLIC_KEY_PEM");
     unsetenv("JWT_ISSUER");
@@ -1338,6 +1339,7 @@ static int load_keys(jwtk_t *k, const char *secret)
     config_free(&cfg);
     unsetenv("APP_ENV");
     unsetenv("JWT_SECRET");
+    unsetenv("OTP_PEPPER");
     return rc;
 }
 
@@ -1420,7 +1422,8 @@ static void test_auth_production(void)
     }
     char e[600];
     snprintf(e, sizeof e, "DATABASE_URL=%s", pg_url);
-    const char *env[] = {e, "APP_ENV=production", "JWT_SECRET=" SECRET40, NULL};
+    const char *env[] = {e, "APP_ENV=production", "JWT_SECRET=" SECRET40,
+                         "OTP_PEPPER=test-pepper-0123456789abcdef0123456789", NULL};
     proc_t *g = spawn_ecom("gateway", env);
     CU_ASSERT_TRUE(g && wait_ready(g, 15000) == 0);
     if (!g || g->pid <= 0) {
@@ -1672,7 +1675,8 @@ static void test_memory_all(void)
     stop_clean(g, "ecom all (memory)");
 
     /* production mode: a token-less request is refused */
-    const char *penv[] = {"APP_ENV=production", "JWT_SECRET=" SECRET40, "DATABASE_URL=", "REDIS_URL=", NULL};
+    const char *penv[] = {"APP_ENV=production", "JWT_SECRET=" SECRET40, "OTP_PEPPER=test-pepper-0123456789abcdef0123456789",
+                          "DATABASE_URL=", "REDIS_URL=", NULL};
     g = spawn_ecom("all", penv);
     CU_ASSERT_PTR_NOT_NULL(g);
     if (g && wait_ready(g, 15000) == 0) {

@@ -13,6 +13,7 @@ run_stack() { # run_stack LABEL [ENV...]
   local port admin log pid
   port=$(free_port); admin=$(free_port)
   log=$(mktemp /tmp/ecom-demo.XXXXXX)
+  export NOTIFY_SINK_FILE="$log.sink"
   env "$@" PORT="$port" ADMIN_PORT="$admin" "$bin" --env-file env.dev all >"$log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null && break; sleep 0.1; done
@@ -20,7 +21,7 @@ run_stack() { # run_stack LABEL [ENV...]
   scripts/demo "http://127.0.0.1:$port" || { rc=1; tail -20 "$log"; }
   kill -TERM "$pid"
   if ! wait "$pid"; then echo "ecom all ($label) did not exit cleanly"; tail -20 "$log"; rc=1; fi
-  rm -f "$log"
+  rm -f "$log" "$log.sink"
 }
 
 run_stack memory DATABASE_URL= REDIS_URL=

@@ -149,7 +149,9 @@ static void test_config_every_problem(void)
     free(errors);
     config_free(&c);
     setenv("APP_ENV", "test", 1);
+    setenv("OTP_PEPPER", "0123456789abcdef0123456789abcdef", 1);
     CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_GATEWAY, &errors), 0);
+    unsetenv("OTP_PEPPER");
     config_free(&c);
     unsetenv("APP_ENV");
     unsetenv("NOTIFY_SINK_FILE");

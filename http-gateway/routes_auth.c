@@ -1,0 +1,521 @@
+/* http-gateway/routes_auth.c: OTP login (AuthX O1–O9), under every service
+ * prefix: POST …/auth/otp/request {subject, channel} -> {ticketId, expiresIn};
+ * POST …/auth/otp/verify {ticketId, code} -> {ok, accessToken, refreshToken,
+ * sessionId}.
+ *
+ * A code is 6 CSPRNG digits, stored only as HMAC-SHA-256(pepper, tenant,
+ * ticket, code); it reaches the user through the outbox (auth.otp.requested,
+ * delivered by the notification service). A new request voids the subject's
+ * open tickets on that channel; requests are limited to one per 30 s and five
+ * per 15 min per subject. A ticket allows 5 tries; a subject has a budget of 10
+ * failures per hour across tickets (then 429). Verification consumes the ticket
+ * with one conditional UPDATE, so of 20 parallel verifies exactly one wins, and
+ * every failure answers the same 401. Unknown subjects are treated exactly as
+ * known ones (no oracle). TOTP enrolment is not built yet: channel "totp" gets
+ * a ticket that no code opens, and nothing is sent.
+ * Owns: the memory tables of MEM_SLOT_AUTH. */
+#include "http-gateway/routes_auth.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/strmap.h"
+#include "core/uuid.h"
+#include "http-gateway/authx/otp.h"
+
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TICKET_TTL_S 300
+#define ACCESS_TTL_S 600
+#define TICKET_TRIES 5
+#define SUBJECT_FAILURES_PER_HOUR 10
+#define SUBJECT_MAX 256
+
+/* ---- the pepper ---- */
+
+static pthread_once_t pepper_once = PTHREAD_ONCE_INIT;
+static uint8_t dev_pepper[32];
+
+static void make_dev_pepper(void)
+{
+    random_bytes(dev_pepper, sizeof dev_pepper);
+}
+
+static void code_mac(gw_req_t *r, const char *ticket, const char *code, char out[65])
+{
+    const char *p = r->sh->cfg->otp_pepper;
+    if (p[0]) {
+        if (otp_code_mac((const uint8_t *)p, strlen(p), r->tenant, ticket, code, out) == 0)
+            return;
+    } else {
+        /* development without OTP_PEPPER (startup refuses that elsewhere): one per process */
+        pthread_once(&pepper_once, make_dev_pepper);
+        if (otp_code_mac(dev_pepper, sizeof dev_pepper, r->tenant, ticket, code, out) == 0)
+            return;
+    }
+    ECOM_ASSERT(!"otp_code_mac failed");
+}
+
+static void sha256_hex(const char *s, char out[65])
+{
+    unsigned char md[32];
+    unsigned n = 0;
+    EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        sprintf(out + 2 * i, "%02x", md[i]);
+}
+
+/* ---- memory tables ---- */
+
+typedef struct mticket {
+    char tenant[REQCTX_TENANT_MAX + 1];
+    char ticket[OTP_TICKET_ID_LEN + 1];
+    char subject[SUBJECT_MAX + 1];
+    char channel[8];
+    char mac[65];
+    int attempts;
+    int64_t created_ms, expires_ms;
+    bool consumed;
+} mticket_t;
+
+typedef struct mfail {
+    int64_t window_ms;
+    int failures;
+} mfail_t;
+
+typedef struct mauth {
+    mticket_t *t;
+    size_t n, cap;
+    strmap_t fails; /* tenant \0 subject -> mfail_t* */
+    size_t sessions;
+} mauth_t;
+
+static void *mem_make(void)
+{
+    mauth_t *m = xcalloc(1, sizeof *m);
+    strmap_init(&m->fails);
+    return m;
+}
+
+static void mem_free(void *p)
+{
+    mauth_t *m = p;
+    const char *k;
+    void *v;
+    for (size_t i = 0; strmap_next(&m->fails, &i, &k, NULL, &v);)
+        free(v);
+    strmap_free(&m->fails);
+    free(m->t);
+    free(m);
+}
+
+static mauth_t *mem(db_t *db)
+{
+    return db_mem_slot(db, MEM_SLOT_AUTH, mem_make, mem_free);
+}
+
+static mfail_t *mem_fail(mauth_t *m, const char *tenant, const char *subject, bool create)
+{
+    char key[REQCTX_TENANT_MAX + SUBJECT_MAX + 2];
+    int kl = snprintf(key, sizeof key, "%s%c%s", tenant, '\0', subject);
+    void **v = create ? strmap_put(&m->fails, key, (size_t)kl, NULL) : strmap_get(&m->fails, key, (size_t)kl);
+    if (!v)
+        return NULL;
+    if (!*v)
+        *v = xcalloc(1, sizeof(mfail_t));
+    return *v;
+}
+
+/* ---- shared validation ---- */
+
+static bool subject_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > SUBJECT_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x21 || s[i] == 0x7f)
+            return false;
+    return true;
+}
+
+static void too_many(gw_req_t *r, long retry_s, const char *detail)
+{
+    char ra[24];
+    snprintf(ra, sizeof ra, "%ld", retry_s > 0 ? retry_s : 1);
+    gw_add_header(r, "Retry-After", ra);
+    gw_problem(r, 429, "rate-limited", detail);
+}
+
+static void invalid_code(gw_req_t *r)
+{
+    gw_add_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+    gw_problem(r, 401, "invalid-code", "the code is wrong, expired or already used");
+}
+
+/* ---- POST …/auth/otp/request ---- */
+
+typedef struct otp_req {
+    char subject[SUBJECT_MAX + 1];
+    char channel[8];
+    char ticket[OTP_TICKET_ID_LEN + 1];
+    char code[OTP_CODE_LEN + 1];
+    char mac[65];
+} otp_req_t;
+
+static void request_answer(gw_req_t *r, const otp_req_t *q)
+{
+    if (strcmp(q->channel, "totp") != 0) {
+        json_object *p = json_object_new_object();
+        json_object_object_add(p, "subject", json_object_new_string(q->subject));
+        json_object_object_add(p, "channel", json_object_new_string(q->channel));
+        json_object_object_add(p, "ticketId", json_object_new_string(q->ticket));
+        json_object_object_add(p, "code", json_object_new_string(q->code));
+        json_object_object_add(p, "expiresIn", json_object_new_int(TICKET_TTL_S));
+        outbox_msg_t m = {.topic = "auth",
+                          .type = "auth.otp.requested",
+                          .tenant = r->tenant,
+                          .aggregate_id = q->subject,
+                          .traceparent = r->traceparent,
+                          .request_id = r->request_id,
+                          .payload = json_object_to_json_string_ext(p, JSON_C_TO_STRING_PLAIN)};
+        const char *why = NULL;
+        int rc = gw_cmd_outbox(r, &m, NULL, &why);
+        json_object_put(p);
+        if (rc != 0) {
+            gw_problem(r, 400, "validation-error", why);
+            return;
+        }
+    }
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "ticketId", json_object_new_string(q->ticket));
+    json_object_object_add(body, "expiresIn", json_object_new_int(TICKET_TTL_S));
+    gw_cmd_commit(r, 200, body);
+}
+
+static otp_req_t *pending_req(gw_req_t *r)
+{
+    return (otp_req_t *)r->handler_state;
+}
+
+static void on_requested(gw_req_t *r, PGresult *const *res, int n, const char *err)
+{
+    otp_req_t *q = pending_req(r);
+    if (err || n < 1) {
+        log_warn("otp request failed: %s", err ? err : "?");
+        gw_tx_abort(r);
+        gw_problem(r, 503, "storage-unavailable", "the login could not be started");
+        return;
+    }
+    if (atoi(PQgetvalue(res[0], 0, 0)) != 1) {
+        long retry = atol(PQgetvalue(res[0], 0, 1));
+        gw_tx_abort(r);
+        too_many(r, retry, "too many codes requested for this subject; wait before asking again");
+        return;
+    }
+    request_answer(r, q);
+}
+
+static const char sql_request[] =
+    "WITH recent AS (SELECT count(*) FILTER (WHERE created_at > now() - interval '15 minutes') AS n15,"
+    " max(created_at) AS last, min(created_at) FILTER (WHERE created_at > now() - interval '15 minutes') AS first15"
+    " FROM auth.otp_tickets WHERE tenant = $1 AND subject = $2),"
+    " ok AS (SELECT 1 FROM recent WHERE (last IS NULL OR last <= now() - interval '30 seconds') AND n15 < 5),"
+    " old AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND subject = $2 AND channel = $3"
+    " AND consumed_at IS NULL AND EXISTS (SELECT 1 FROM ok) RETURNING 1),"
+    " ins AS (INSERT INTO auth.otp_tickets (tenant, ticket_id, subject, channel, code_mac, expires_at)"
+    " SELECT $1, $4, $2, $3, $5, now() + interval '300 seconds' FROM ok RETURNING 1)"
+    " SELECT (SELECT count(*) FROM ins), greatest(1, ceil(extract(epoch FROM greatest("
+    " coalesce((SELECT last FROM recent) + interval '30 seconds' - now(), interval '0'),"
+    " CASE WHEN (SELECT n15 FROM recent) >= 5 THEN (SELECT first15 FROM recent) + interval '15 minutes' - now()"
+    " ELSE interval '0' END))))::int";
+
+static void mem_request(gw_req_t *r, otp_req_t *q)
+{
+    db_t *db = r->th->memdb;
+    if (db_begin(db) != 0) {
+        gw_problem(r, 503, "storage-unavailable", "the login could not be started");
+        return;
+    }
+    mauth_t *m = mem(db);
+    int64_t now = clock_now_ms(), last = 0, first15 = 0;
+    int n15 = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        mticket_t *t = &m->t[i];
+        if (strcmp(t->tenant, r->tenant) || strcmp(t->subject, q->subject))
+            continue;
+        if (t->created_ms > last)
+            last = t->created_ms;
+        if (t->created_ms > now - 900000) {
+            n15++;
+            if (!first15 || t->created_ms < first15)
+                first15 = t->created_ms;
+        }
+    }
+    long retry = 0;
+    if (last && now - last < 30000)
+        retry = (long)((last + 30000 - now + 999) / 1000);
+    if (n15 >= 5 && (first15 + 900000 - now + 999) / 1000 > retry)
+        retry = (long)((first15 + 900000 - now + 999) / 1000);
+    if (retry > 0) {
+        db_rollback(db);
+        too_many(r, retry, "too many codes requested for this subject; wait before asking again");
+        return;
+    }
+    /* drop tickets long expired, void this channel's open ones */
+    size_t k = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        mticket_t *t = &m->t[i];
+        if (t->expires_ms < now - 3600000)
+            continue;
+        if (!strcmp(t->tenant, r->tenant) && !strcmp(t->subject, q->subject) && !strcmp(t->channel, q->channel))
+            t->consumed = true;
+        m->t[k++] = *t;
+    }
+    m->n = k;
+    if (m->n == m->cap) {
+        m->cap = m->cap ? m->cap * 2 : 64;
+        m->t = xrealloc(m->t, m->cap * sizeof *m->t);
+    }
+    mticket_t *t = &m->t[m->n++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->tenant, sizeof t->tenant, "%s", r->tenant);
+    memcpy(t->ticket, q->ticket, sizeof t->ticket);
+    snprintf(t->subject, sizeof t->subject, "%s", q->subject);
+    snprintf(t->channel, sizeof t->channel, "%s", q->channel);
+    memcpy(t->mac, q->mac, sizeof t->mac);
+    t->created_ms = now;
+    t->expires_ms = now + TICKET_TTL_S * 1000;
+    if (db_commit(db) != 0) {
+        gw_problem(r, 503, "storage-unavailable", "the login could not be started");
+        return;
+    }
+    request_answer(r, q);
+}
+
+void gw_otp_request(gw_req_t *r)
+{
+    json_object *b = r->json;
+    const char *subject = json_object_is_type(b, json_type_object) ? json_get_str(b, "subject") : NULL;
+    const char *channel = json_object_is_type(b, json_type_object) ? json_get_str(b, "channel") : NULL;
+    if (!subject || !subject_valid(subject)) {
+        gw_problem(r, 400, "validation-error", "subject must be 1 to 256 visible characters");
+        return;
+    }
+    if (!channel || (strcmp(channel, "email") && strcmp(channel, "sms") && strcmp(channel, "totp"))) {
+        gw_problem(r, 400, "validation-error", "channel must be email, sms or totp");
+        return;
+    }
+    otp_req_t *q = xcalloc(1, sizeof *q);
+    r->handler_state = q;
+    r->handler_state_free = free;
+    snprintf(q->subject, sizeof q->subject, "%s", subject);
+    snprintf(q->channel, sizeof q->channel, "%s", channel);
+    otp_ticket_id(q->ticket);
+    otp_random_code(q->code);
+    if (strcmp(channel, "totp") == 0) {
+        char dead[OTP_CODE_LEN + 2];
+        random_hex(dead, 4); /* not a code anyone can type: the ticket opens with nothing */
+        code_mac(r, q->ticket, dead, q->mac);
+    } else {
+        code_mac(r, q->ticket, q->code, q->mac);
+    }
+    if (r->th->memdb) {
+        mem_request(r, q);
+        return;
+    }
+    const char *p[] = {r->tenant, q->subject, q->channel, q->ticket, q->mac};
+    const pga_stmt_t st[] = {{.name = "gw_otp_request", .sql = sql_request, .nparams = 5, .params = p}};
+    gw_tx_exec(r, st, 1, on_requested);
+}
+
+/* ---- POST …/auth/otp/verify ---- */
+
+typedef struct otp_ver {
+    char ticket[OTP_TICKET_ID_LEN + 1];
+    char sid[UUID_STR_LEN];
+    char refresh[64];
+    char refresh_hash[65];
+    char mac[65];
+} otp_ver_t;
+
+static void verified(gw_req_t *r, const otp_ver_t *v, const char *subject)
+{
+    principal_t p = {0};
+    snprintf(p.sub, sizeof p.sub, "%s", subject);
+    snprintf(p.tid, sizeof p.tid, "%s", r->tenant);
+    snprintf(p.sid, sizeof p.sid, "%s", v->sid);
+    char *token = NULL;
+    if (jwtk_sign(&r->sh->keys, &p, clock_now_ms() / 1000, ACCESS_TTL_S, &token) != 0) {
+        gw_tx_abort(r);
+        gw_problem(r, 500, NULL, "the access token could not be issued");
+        return;
+    }
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "ok", json_object_new_boolean(1));
+    json_object_object_add(body, "accessToken", json_object_new_string(token));
+    json_object_object_add(body, "refreshToken", json_object_new_string(v->refresh));
+    json_object_object_add(body, "sessionId", json_object_new_string(v->sid));
+    json_object_object_add(body, "expiresIn", json_object_new_int(ACCESS_TTL_S));
+    free(token);
+    gw_cmd_commit(r, 200, body);
+}
+
+static void on_failure_recorded(gw_req_t *r, PGresult *const *res, int n, const char *err)
+{
+    bool limited = false;
+    long retry = 0;
+    if (!err && n >= 1 && PQntuples(res[0]) == 1) {
+        limited = atoi(PQgetvalue(res[0], 0, 0)) > SUBJECT_FAILURES_PER_HOUR;
+        retry = atol(PQgetvalue(res[0], 0, 1));
+    }
+    if (r->pg) { /* committed by the pipeline's COMMIT */
+        pga_release(r->pg, err != NULL);
+        r->pg = NULL;
+    }
+    if (limited)
+        too_many(r, retry, "too many wrong codes for this subject; wait before trying again");
+    else
+        invalid_code(r);
+}
+
+static const char sql_verify[] =
+    "WITH b AS (SELECT 1 FROM auth.otp_failures f JOIN auth.otp_tickets t ON t.tenant = f.tenant"
+    " AND t.subject = f.subject WHERE t.tenant = $1 AND t.ticket_id = $2"
+    " AND f.window_start > now() - interval '1 hour' AND f.failures >= 10),"
+    " t AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND ticket_id = $2"
+    " AND consumed_at IS NULL AND attempts < 5 AND expires_at > now() AND code_mac = $3"
+    " AND NOT EXISTS (SELECT 1 FROM b) RETURNING subject),"
+    " s AS (INSERT INTO auth.sessions (sid, tenant, subject, refresh_hash) SELECT $4, $1, subject, $5 FROM t"
+    " RETURNING subject)"
+    " SELECT subject FROM s";
+static const char sql_fail[] =
+    "WITH t AS (UPDATE auth.otp_tickets SET attempts = attempts + 1 WHERE tenant = $1 AND ticket_id = $2"
+    " AND consumed_at IS NULL RETURNING subject),"
+    " f AS (INSERT INTO auth.otp_failures AS x (tenant, subject, window_start, failures)"
+    " SELECT $1, subject, now(), 1 FROM t ON CONFLICT (tenant, subject) DO UPDATE SET"
+    " failures = CASE WHEN x.window_start > now() - interval '1 hour' THEN x.failures + 1 ELSE 1 END,"
+    " window_start = CASE WHEN x.window_start > now() - interval '1 hour' THEN x.window_start ELSE now() END"
+    " RETURNING failures, ceil(extract(epoch FROM window_start + interval '1 hour' - now()))::int AS retry)"
+    " SELECT failures, retry FROM f";
+
+static void on_verify(gw_req_t *r, PGresult *const *res, int n, const char *err)
+{
+    otp_ver_t *v = (otp_ver_t *)r->handler_state;
+    if (err || n < 1) {
+        log_warn("otp verify failed: %s", err ? err : "?");
+        gw_tx_abort(r);
+        gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
+        return;
+    }
+    if (PQntuples(res[0]) == 1) {
+        char subject[SUBJECT_MAX + 1];
+        snprintf(subject, sizeof subject, "%s", PQgetvalue(res[0], 0, 0));
+        verified(r, v, subject);
+        return;
+    }
+    const char *p[] = {r->tenant, v->ticket};
+    const pga_stmt_t st[] = {{.name = "gw_otp_fail", .sql = sql_fail, .nparams = 2, .params = p},
+                             {.sql = "COMMIT"}};
+    gw_tx_exec(r, st, 2, on_failure_recorded);
+}
+
+static void mem_verify(gw_req_t *r, otp_ver_t *v)
+{
+    db_t *db = r->th->memdb;
+    if (db_begin(db) != 0) {
+        gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
+        return;
+    }
+    mauth_t *m = mem(db);
+    int64_t now = clock_now_ms();
+    mticket_t *t = NULL;
+    for (size_t i = 0; i < m->n && !t; i++)
+        if (!strcmp(m->t[i].tenant, r->tenant) && !strcmp(m->t[i].ticket, v->ticket))
+            t = &m->t[i];
+    mfail_t *f = t ? mem_fail(m, r->tenant, t->subject, false) : NULL;
+    bool budget_left = !f || f->window_ms <= now - 3600000 || f->failures < SUBJECT_FAILURES_PER_HOUR;
+    if (t && !t->consumed && t->attempts < TICKET_TRIES && t->expires_ms > now && budget_left &&
+        otp_mac_equal(t->mac, v->mac)) {
+        t->consumed = true;
+        m->sessions++;
+        char subject[SUBJECT_MAX + 1];
+        snprintf(subject, sizeof subject, "%s", t->subject);
+        if (db_commit(db) != 0) {
+            gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
+            return;
+        }
+        verified(r, v, subject);
+        return;
+    }
+    bool limited = false;
+    long retry = 0;
+    if (t && !t->consumed) {
+        t->attempts++;
+        f = mem_fail(m, r->tenant, t->subject, true);
+        if (f->window_ms <= now - 3600000) {
+            f->window_ms = now;
+            f->failures = 0;
+        }
+        f->failures++;
+        limited = f->failures > SUBJECT_FAILURES_PER_HOUR;
+        retry = (long)((f->window_ms + 3600000 - now + 999) / 1000);
+    }
+    if (db_commit(db) != 0) {
+        gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
+        return;
+    }
+    if (limited)
+        too_many(r, retry, "too many wrong codes for this subject; wait before trying again");
+    else
+        invalid_code(r);
+}
+
+void gw_otp_verify(gw_req_t *r)
+{
+    json_object *b = r->json;
+    const char *ticket = json_object_is_type(b, json_type_object) ? json_get_str(b, "ticketId") : NULL;
+    const char *code = json_object_is_type(b, json_type_object) ? json_get_str(b, "code") : NULL;
+    if (!ticket || !code) {
+        gw_problem(r, 400, "validation-error", "send {\"ticketId\": \"...\", \"code\": \"123456\"}");
+        return;
+    }
+    if (!otp_ticket_id_valid(ticket) || strlen(code) != OTP_CODE_LEN || strspn(code, "0123456789") != OTP_CODE_LEN) {
+        invalid_code(r); /* the same answer as any other wrong code */
+        return;
+    }
+    otp_ver_t *v = xcalloc(1, sizeof *v);
+    r->handler_state = v;
+    r->handler_state_free = free;
+    snprintf(v->ticket, sizeof v->ticket, "%s", ticket);
+    code_mac(r, v->ticket, code, v->mac);
+    uuid_v7(v->sid);
+    unsigned char raw[32];
+    random_bytes(raw, sizeof raw);
+    /* base64url without padding: 43 characters */
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t k = 0;
+    for (size_t i = 0; i < 32; i += 3) {
+        uint32_t x = (uint32_t)raw[i] << 16 | (i + 1 < 32 ? (uint32_t)raw[i + 1] << 8 : 0) |
+                     (i + 2 < 32 ? raw[i + 2] : 0);
+        v->refresh[k++] = b64[(x >> 18) & 63];
+        v->refresh[k++] = b64[(x >> 12) & 63];
+        if (i + 1 < 32)
+            v->refresh[k++] = b64[(x >> 6) & 63];
+        if (i + 2 < 32)
+            v->refresh[k++] = b64[x & 63];
+    }
+    v->refresh[k] = '\0';
+    sha256_hex(v->refresh, v->refresh_hash);
+    if (r->th->memdb) {
+        mem_verify(r, v);
+        return;
+    }
+    const char *p[] = {r->tenant, v->ticket, v->mac, v->sid, v->refresh_hash};
+    const pga_stmt_t st[] = {{.name = "gw_otp_verify", .sql = sql_verify, .nparams = 5, .params = p}};
+    gw_tx_exec(r, st, 1, on_verify);
+}
