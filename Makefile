@@ -31,6 +31,8 @@ test: bootstrap $(TEST_BUILD)/Makefile
 	@scripts/test-env scripts/run-tests $(TEST_BUILD)
 
 bench: bootstrap build
+	@scripts/bootstrap nginx
+	@cmake --build $(BUILD) -j $(JOBS) --target bench_backbone 2>/dev/null || true
 	@scripts/test-env scripts/run-bench $(BUILD)
 
 format:

@@ -215,7 +215,7 @@ CONF
     rc=1
   fi
 else
-  echo "gateway bench: nginx not installed (scripts/bootstrap installs it): no HTTP limit" >&2
+  echo "gateway bench: nginx not installed (make bench installs it): no HTTP limit" >&2
   rc=1
 fi
 
