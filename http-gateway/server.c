@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/otel.h"
 #include "http-gateway/flags.h"
+#include "http-gateway/authx/otp.h"
 #include "http-gateway/problem.h"
 #include "http-gateway/schema.h"
 
@@ -514,6 +515,12 @@ static int shared_init(gw_shared_t *sh, const config_t *cfg, memstore_t *mem, at
         fprintf(stderr, "ecom gateway: %s", errors);
         free(errors);
         errors = NULL;
+        problems++;
+    }
+    char selftest[256];
+    if (otp_self_test(selftest, sizeof selftest) != 0) {
+        /* RFC 4226 / 6238 known answers: a broken HMAC build must not issue codes */
+        fprintf(stderr, "ecom gateway: OTP self-test failed: %s\n", selftest);
         problems++;
     }
     if (jwtk_init(&sh->keys, cfg, &errors) != 0) {
