@@ -49,10 +49,10 @@
 #define STREAM "ecom:bench"
 #define TYPE "order.placed"
 #define TENANT "t1"
-#define NAGGS 1000          /* aggregates the messages are spread over */
-#define APPEND_TXN 5000     /* outbox rows per setup transaction */
-#define PUBLISH_CHUNK 1000  /* envelopes per bus_publish call in setup */
-#define WARMUP_MSGS 500     /* latency runs: paced messages before measuring */
+#define NAGGS 1000         /* aggregates the messages are spread over */
+#define APPEND_TXN 5000    /* outbox rows per setup transaction */
+#define PUBLISH_CHUNK 1000 /* envelopes per bus_publish call in setup */
+#define WARMUP_MSGS 500    /* latency runs: paced messages before measuring */
 #define TARGET_DRAIN 60000
 #define TARGET_CONSUME 50000
 #define TARGET_P99_MS 10
@@ -89,6 +89,8 @@ static int64_t mono0, wall0; /* one instant on both clocks: intended send times 
 
 /* ---- small helpers ---- */
 
+static pid_t spawned[2]; /* the process run's ecom processes, stopped by die() too */
+
 static _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static _Noreturn void die(const char *fmt, ...)
 {
@@ -98,6 +100,9 @@ static _Noreturn void die(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
+    for (int i = 0; i < 2; i++)
+        if (spawned[i] > 0)
+            kill(spawned[i], SIGKILL);
     exit(2);
 }
 
@@ -248,8 +253,8 @@ static double proc_cpu(pid_t pid, bool children, pid_t *ppid_out)
     int ppid;
     unsigned long ut, st;
     long cut, cst;
-    if (!p || sscanf(p + 2, "%c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld", &state, &ppid, &ut, &st,
-                     &cut, &cst) != 6)
+    if (!p || sscanf(p + 2, "%c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld", &state, &ppid, &ut, &st, &cut,
+                     &cst) != 6)
         return -1;
     if (ppid_out)
         *ppid_out = (pid_t)ppid;
@@ -341,8 +346,8 @@ static void cpu_print(const cpu_t *a, const cpu_t *b, const char *self_name, con
         po = 0; /* clock-tick rounding */
     printf(", postgres %.0f%% (backends: drainer's %.0f%%, service's %.0f%%, others %.0f%%, background %.0f%%),"
            " redis %.0f%%; whole machine %.0f%% of %ld00%% (the rest: other processes)\n",
-           100 * pg / w, 100 * pd / w, 100 * ps / w, 100 * po / w, 100 * pb / w,
-           100 * (b->redis - a->redis) / w, 100 * (b->busy - a->busy) / w, sysconf(_SC_NPROCESSORS_ONLN));
+           100 * pg / w, 100 * pd / w, 100 * ps / w, 100 * po / w, 100 * pb / w, 100 * (b->redis - a->redis) / w,
+           100 * (b->busy - a->busy) / w, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
 /* ---- the messages ---- */
@@ -350,8 +355,9 @@ static void cpu_print(const cpu_t *a, const cpu_t *b, const char *self_name, con
 static void msg_text(size_t i, char agg[32], char payload[160])
 {
     snprintf(agg, 32, "order-%zu", i % NAGGS);
-    snprintf(payload, 160, "{\"order_id\":\"order-%zu\",\"customer\":\"c-%zu\",\"total_cents\":%zu,"
-                           "\"currency\":\"EUR\",\"items\":%zu}",
+    snprintf(payload, 160,
+             "{\"order_id\":\"order-%zu\",\"customer\":\"c-%zu\",\"total_cents\":%zu,"
+             "\"currency\":\"EUR\",\"items\":%zu}",
              i % NAGGS, i % 7919, 1000 + i % 90000, 1 + i % 9);
 }
 
@@ -363,9 +369,16 @@ static envelope_t *make_envelopes(size_t n)
     for (size_t i = 0; i < n; i++) {
         char agg[32], payload[160];
         msg_text(i, agg, payload);
-        envelope_t src = {.type = TYPE, .topic = TOPIC, .tenant = TENANT, .aggregate_id = agg,
-                          .seq = (int64_t)(i / NAGGS) + 1, .ts = now, .v = 1, .traceparent = (char *)traceparent,
-                          .request_id = (char *)request_id, .payload = payload};
+        envelope_t src = {.type = TYPE,
+                          .topic = TOPIC,
+                          .tenant = TENANT,
+                          .aggregate_id = agg,
+                          .seq = (int64_t)(i / NAGGS) + 1,
+                          .ts = now,
+                          .v = 1,
+                          .traceparent = (char *)traceparent,
+                          .request_id = (char *)request_id,
+                          .payload = payload};
         uuid_v7(src.id);
         envelope_copy(&e[i], &src);
     }
@@ -398,8 +411,13 @@ static void append_rows(db_t *db, size_t n, size_t txn)
         for (size_t k = 0; k < txn && i < n; k++, i++) {
             char agg[32], payload[160];
             msg_text(i, agg, payload);
-            outbox_msg_t m = {.topic = TOPIC, .type = TYPE, .tenant = TENANT, .aggregate_id = agg,
-                              .traceparent = traceparent, .request_id = request_id, .payload = payload};
+            outbox_msg_t m = {.topic = TOPIC,
+                              .type = TYPE,
+                              .tenant = TENANT,
+                              .aggregate_id = agg,
+                              .traceparent = traceparent,
+                              .request_id = request_id,
+                              .payload = payload};
             const char *why = NULL;
             if (outbox_append(db, &m, NULL, &why) != 0)
                 die("outbox_append: %s", why);
@@ -426,12 +444,17 @@ static void *drainer_main(void *arg)
     return NULL;
 }
 
-static void drainer_start(drainer_t *d, const char *db_url, memstore_t *mem, const char *redis_url,
-                          membus_t *membus, int64_t retain_s)
+static void drainer_start(drainer_t *d, const char *db_url, memstore_t *mem, const char *redis_url, membus_t *membus,
+                          int64_t retain_s)
 {
     memset(d, 0, sizeof *d);
-    d->o = (drain_opts_t){.database_url = db_url, .mem = mem, .redis_url = redis_url, .membus = membus,
-                          .batch = outbox_batch, .poll_ms = DEF_POLL_MS, .retain_s = retain_s,
+    d->o = (drain_opts_t){.database_url = db_url,
+                          .mem = mem,
+                          .redis_url = redis_url,
+                          .membus = membus,
+                          .batch = outbox_batch,
+                          .poll_ms = DEF_POLL_MS,
+                          .retain_s = retain_s,
                           .trim_interval_ms = DEF_TRIM_MS};
     atomic_init(&d->stop, false);
     if (pthread_create(&d->th, NULL, drainer_main, d) != 0)
@@ -465,10 +488,17 @@ static void service_start(service_t *s, const svc_def_t *def, const char *db_url
 {
     memset(s, 0, sizeof *s);
     s->def = *def;
-    s->o = (svc_opts_t){.database_url = db_url, .mem = mem, .redis_url = redis_url, .membus = membus,
-                        .consumer = "bench-analytics", .batch = batch, .block_ms = DEF_BLOCK_MS,
-                        .max_attempts = DEF_MAX_ATTEMPTS, .reclaim_idle_ms = DEF_RECLAIM_MS,
-                        .backoff_ms = backoff_ms, .inbox_retain_s = DEF_INBOX_RETAIN_S};
+    s->o = (svc_opts_t){.database_url = db_url,
+                        .mem = mem,
+                        .redis_url = redis_url,
+                        .membus = membus,
+                        .consumer = "bench-analytics",
+                        .batch = batch,
+                        .block_ms = DEF_BLOCK_MS,
+                        .max_attempts = DEF_MAX_ATTEMPTS,
+                        .reclaim_idle_ms = DEF_RECLAIM_MS,
+                        .backoff_ms = backoff_ms,
+                        .inbox_retain_s = DEF_INBOX_RETAIN_S};
     atomic_init(&s->stop, false);
     if (pthread_create(&s->th, NULL, service_main, s) != 0)
         die("pthread_create failed");
@@ -639,8 +669,8 @@ static void bench_drain(void)
     append_rows(db, n_msgs, APPEND_TXN);
     int64_t app_us = clock_mono_us() - t0;
     db_close(db);
-    printf("  setup: outbox_append of %zu rows (%d per transaction) took %.2f s = %.0f rows/s (not a figure)\n",
-           n_msgs, APPEND_TXN, secs(app_us), per_s(n_msgs, app_us));
+    printf("  setup: outbox_append of %zu rows (%d per transaction) took %.2f s = %.0f rows/s (not a figure)\n", n_msgs,
+           APPEND_TXN, secs(app_us), per_s(n_msgs, app_us));
 
     /* (b) the claim-and-delete SQL alone, on a copy of the same rows */
     admin_exec("ANALYZE bus.outbox");
@@ -683,8 +713,7 @@ static void bench_drain(void)
         double r = per_s(n_msgs, us);
         printf("drain (postgres+redis): %zu rows in %.2f s = %.0f msgs/s, target >= %d: %s"
                " (raw pipelined XADD %.0f/s, bare claim+delete SQL %.0f rows/s; batch %zu, entry %zu bytes)\n",
-               n_msgs, secs(us), r, TARGET_DRAIN, verdict(r >= TARGET_DRAIN), xadd_rate, sql_rate,
-               outbox_batch, bytes);
+               n_msgs, secs(us), r, TARGET_DRAIN, verdict(r >= TARGET_DRAIN), xadd_rate, sql_rate, outbox_batch, bytes);
         cpu_print(&c0, &c1, "drainer", NULL, NULL);
     }
     if (left != 0 || len != n_msgs)
@@ -732,9 +761,12 @@ static double raw_read_ack(const char *url, size_t n, size_t batch)
     size_t got = 0;
     int64_t t0 = clock_mono_us();
     while (got < n) {
-        r = redisCommand(rc, "XREADGROUP GROUP bench-raw c1 COUNT %llu STREAMS %s >", (unsigned long long)batch, STREAM);
+        r = redisCommand(rc, "XREADGROUP GROUP bench-raw c1 COUNT %llu STREAMS %s >", (unsigned long long)batch,
+                         STREAM);
         if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->elements < 2)
-            die("redis XREADGROUP failed: %s", !r ? rc->errstr : r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            die("redis XREADGROUP failed: %s", !r                             ? rc->errstr
+                                               : r->type == REDIS_REPLY_ERROR ? r->str
+                                                                              : "unexpected reply");
         const redisReply *ents = r->element[0]->element[1];
         argv[0] = "XACK";
         argv[1] = STREAM;
@@ -882,8 +914,7 @@ static void bench_consume(bool with_poison)
             double r = per_s(n_msgs, us);
             printf("consume (postgres+redis, batch %zu): %zu msgs in %.2f s = %.0f msgs/s, target >= %d: %s"
                    " (XREADGROUP+XACK alone %.0f/s, inbox+analytics SQL alone %.0f msgs/s)\n",
-                   batch, n_msgs, secs(us), r, TARGET_CONSUME, verdict(r >= TARGET_CONSUME), redis_rate,
-                   store_rate);
+                   batch, n_msgs, secs(us), r, TARGET_CONSUME, verdict(r >= TARGET_CONSUME), redis_rate, store_rate);
             cpu_print(&c0, &c1, "service", NULL, NULL);
         } else {
             double r = per_s(want, all_us);
@@ -989,8 +1020,13 @@ static void *producer_main(void *arg)
                  "\"currency\":\"EUR\"}",
                  (long long)i, (long long)deadline, (long long)(wall0 + (deadline - mono0)), (long long)(i % 100),
                  (long long)(1000 + i % 9000));
-        outbox_msg_t m = {.topic = TOPIC, .type = TYPE, .tenant = TENANT, .aggregate_id = agg,
-                          .traceparent = traceparent, .request_id = request_id, .payload = payload};
+        outbox_msg_t m = {.topic = TOPIC,
+                          .type = TYPE,
+                          .tenant = TENANT,
+                          .aggregate_id = agg,
+                          .traceparent = traceparent,
+                          .request_id = request_id,
+                          .payload = payload};
         const char *why = NULL;
         if (db_begin(db) != 0) {
             atomic_fetch_add(&l->errors, 1);
@@ -1073,8 +1109,7 @@ static void e2e_hist(uint64_t out[E2E_NLE])
     const char *text = (const char *)evbuffer_pullup(b, -1);
     for (int i = 0; i < E2E_NLE; i++) {
         char key[160];
-        snprintf(key, sizeof key, "ecom_service_end_to_end_seconds_bucket{group=\"analytics\",le=\"%s\"} ",
-                 e2e_le[i]);
+        snprintf(key, sizeof key, "ecom_service_end_to_end_seconds_bucket{group=\"analytics\",le=\"%s\"} ", e2e_le[i]);
         const char *p = strstr(text, key);
         out[i] = p ? strtoull(p + strlen(key), NULL, 10) : 0;
     }
@@ -1113,8 +1148,7 @@ static void print_load(const load_t *l)
     dist_t a = dist_of(l->append_us, (size_t)l->count), late = dist_of(l->late_us, (size_t)l->count);
     printf("  load: %d connections, one transaction per message; producer BEGIN+append+COMMIT p50 %.2f ms, p99 %.2f ms,"
            " max %.2f ms; start behind schedule p99 %.2f ms, max %.2f ms%s\n",
-           l->np, a.p50, a.p99, a.max, late.p99, late.max,
-           atomic_load(&l->errors) ? " (some appends FAILED)" : "");
+           l->np, a.p50, a.p99, a.max, late.p99, late.max, atomic_load(&l->errors) ? " (some appends FAILED)" : "");
 }
 
 static void bench_latency(void)
@@ -1165,8 +1199,8 @@ static void bench_latency(void)
                " done): p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.2f ms, target p99 <= %d ms: %s (n=%zu; the"
                " runtime's own histogram, append ts -> after commit at 1 ms resolution: %.1f%% <= 5 ms,"
                " %.1f%% <= 10 ms)\n",
-               rate, latency_s, v.p50, v.p95, v.p99, v.max, TARGET_P99_MS, verdict(v.p99 <= TARGET_P99_MS), v.n,
-               le5, le10);
+               rate, latency_s, v.p50, v.p95, v.p99, v.max, TARGET_P99_MS, verdict(v.p99 <= TARGET_P99_MS), v.n, le5,
+               le10);
         print_load(&l);
         cpu_print(&c0, &c1, "drainer+service+producers (one process)", NULL, NULL);
     }
@@ -1265,6 +1299,8 @@ static void bench_process(void)
     const char *sargs[] = {ecom_bin, "service", "analytics", NULL};
     pid_t dp = spawn(dargs, rurl, dlog);
     pid_t sp = spawn(sargs, rurl, slog);
+    spawned[0] = dp;
+    spawned[1] = sp;
 
     load_t l;
     load_start(&l, 0, WARMUP_MSGS);
@@ -1296,9 +1332,12 @@ static void bench_process(void)
     long d_rss = -1, s_rss = -1;
     alive = proc_mem(dp, &d_rss, &d_hwm) && proc_mem(sp, &s_rss, &s_hwm);
     int drc = stop_child(dp), src = stop_child(sp);
+    spawned[0] = spawned[1] = 0;
     if (!warm || !done || !alive) {
-        fail("process run: %s (logs: %s, %s)", !warm ? "warm-up messages never arrived" : !alive ? "a child died"
-                                                                                                  : "timed out",
+        fail("process run: %s (logs: %s, %s)",
+             !warm    ? "warm-up messages never arrived"
+             : !alive ? "a child died"
+                      : "timed out",
              dlog, slog);
         load_free(&l);
         free(rurl);
@@ -1333,8 +1372,7 @@ static void bench_process(void)
     if (cnt != measured)
         fail("process run: %lld of %lld measured messages recorded", cnt, (long long)measured);
     if (drc != 0 || src != 0)
-        fail("process run: SIGTERM exit codes %d (outbox-worker) and %d (service); logs %s %s", drc, src, dlog,
-             slog);
+        fail("process run: SIGTERM exit codes %d (outbox-worker) and %d (service); logs %s %s", drc, src, dlog, slog);
     else {
         unlink(dlog);
         unlink(slog);
@@ -1400,8 +1438,8 @@ static void bench_memory(void)
             fail("memory consume batch %zu: %s, inbox %llu, events %llu", batch, us < 0 ? "timed out" : "done",
                  (unsigned long long)inbox, (unsigned long long)events);
         else
-            printf("consume (in-memory store and bus, batch %zu): %zu msgs in %.2f s = %.0f msgs/s\n", batch,
-                   n_msgs, secs(us), per_s(n_msgs, us));
+            printf("consume (in-memory store and bus, batch %zu): %zu msgs in %.2f s = %.0f msgs/s\n", batch, n_msgs,
+                   secs(us), per_s(n_msgs, us));
         fflush(stdout);
         memstore_free(mem);
         membus_free(mb);
@@ -1429,11 +1467,11 @@ static void print_steps(const char *what, const step_t *st, size_t ns, size_t n,
                tot ? 100.0 * (double)st[i].us / (double)tot : 0);
 }
 
-#define LAP(i)                                                                                                 \
-    do {                                                                                                       \
-        int64_t now_ = clock_mono_us();                                                                        \
-        st[i].us += now_ - t;                                                                                  \
-        t = now_;                                                                                              \
+#define LAP(i)                                                                                                         \
+    do {                                                                                                               \
+        int64_t now_ = clock_mono_us();                                                                                \
+        st[i].us += now_ - t;                                                                                          \
+        t = now_;                                                                                                      \
     } while (0)
 
 static void breakdown_redis(void)
@@ -1465,8 +1503,10 @@ static void breakdown_drain(void)
     int parts[OUTBOX_PARTITIONS];
     for (int p = 0; p < OUTBOX_PARTITIONS; p++)
         parts[p] = p;
-    step_t st[] = {{"outbox_fetch (SELECT + copy rows)", 0}, {"bus_publish (MULTI, XADD x n, EXEC)", 0},
-                   {"outbox_mark_published (DELETE, autocommit)", 0}, {"outbox_rows_free", 0}};
+    step_t st[] = {{"outbox_fetch (SELECT + copy rows)", 0},
+                   {"bus_publish (MULTI, XADD x n, EXEC)", 0},
+                   {"outbox_mark_published (DELETE, autocommit)", 0},
+                   {"outbox_rows_free", 0}};
     envelope_t *envs = xmalloc(outbox_batch * sizeof *envs);
     size_t done = 0, batches = 0;
     for (;;) {
@@ -1506,8 +1546,8 @@ static void breakdown_drain(void)
  * flush wait), 2 = inbox only, 3 = analytics only. */
 static void breakdown_consume(size_t batch, int variant)
 {
-    static const char *const names[] = {"as the runtime", "SET LOCAL synchronous_commit = off",
-                                        "inbox insert only", "analytics insert only"};
+    static const char *const names[] = {"as the runtime", "SET LOCAL synchronous_commit = off", "inbox insert only",
+                                        "analytics insert only"};
     envelope_t *envs = make_envelopes(n_msgs);
     reset_store();
     char *rurl = redis_db(6);
@@ -1564,7 +1604,7 @@ static void breakdown_consume(size_t batch, int variant)
         if (db_commit(db) != 0)
             die("COMMIT failed");
         LAP(5);
-        char (*eids)[BUS_ID_MAX] = xmalloc(bt.n * sizeof *eids);
+        char(*eids)[BUS_ID_MAX] = xmalloc(bt.n * sizeof *eids);
         const char **ap = xmalloc(bt.n * sizeof *ap);
         for (size_t i = 0; i < bt.n; i++) {
             memcpy(eids[i], bt.msgs[i].entry_id, BUS_ID_MAX);
@@ -1721,12 +1761,11 @@ int main(int argc, char **argv)
             pg_postmaster = pp;
         PQclear(pr);
     }
-    header();
     static const struct {
         const char *name;
         void (*fn)(void);
-    } phases[] = {{"drain", bench_drain}, {"consume", NULL}, {"poison", NULL},
-                  {"latency", bench_latency}, {"process", bench_process}, {"memory", bench_memory},
+    } phases[] = {{"drain", bench_drain},        {"consume", NULL},          {"poison", NULL},
+                  {"latency", bench_latency},    {"process", bench_process}, {"memory", bench_memory},
                   {"breakdown", bench_breakdown}};
     for (int k = 0; k < nonly; k++) {
         bool known = false;
@@ -1735,6 +1774,7 @@ int main(int argc, char **argv)
         if (!known)
             die("unknown phase '%s' (drain, consume, poison, latency, process, memory, breakdown)", only[k]);
     }
+    header();
     int64_t t0 = clock_mono_us();
     for (size_t i = 0; i < ECOM_ARRAY_LEN(phases); i++) {
         bool run = nonly == 0 && strcmp(phases[i].name, "breakdown") != 0; /* on request only */
