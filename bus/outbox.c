@@ -390,20 +390,11 @@ int outbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
     *deleted = 0;
     if (db->kind == DB_MEMORY)
         return 0; /* memory keeps no published window */
-    char secs[24], lim[24];
-    snprintf(secs, sizeof secs, "%lld", (long long)retain_s);
-    snprintf(lim, sizeof lim, "%zu", limit);
-    const char *p[] = {secs, lim};
-    PGresult *r = pg_query(db->pg,
+    return pg_delete_older(db->pg,
                            "DELETE FROM bus.outbox_published WHERE pos IN (SELECT pos FROM bus.outbox_published"
                            " WHERE published_at < now() - make_interval(secs => $1::double precision)"
                            " ORDER BY published_at LIMIT $2)",
-                           2, p);
-    if (!r)
-        return -1;
-    *deleted = (size_t)strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
-    return 0;
+                           retain_s, limit, deleted);
 }
 
 int outbox_stats(db_t *db, uint64_t *pending, int64_t *oldest_ms, uint64_t *dead)

@@ -130,14 +130,19 @@ bool json_get_int64(json_object *o, const char *key, int64_t *out)
 
 void json_buf_str(struct evbuffer *b, const char *s)
 {
+    json_buf_strn(b, s, strlen(s));
+}
+
+void json_buf_strn(struct evbuffer *b, const char *s, size_t len)
+{
     static const char hex[] = "0123456789abcdef";
     evbuffer_add(b, "\"", 1);
-    const char *run = s;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
+    size_t run = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
-        evbuffer_add(b, run, (size_t)(s - run));
+        evbuffer_add(b, s + run, i - run);
         char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
         size_t el = 2;
         if (c == '\n')
@@ -147,16 +152,14 @@ void json_buf_str(struct evbuffer *b, const char *s)
         else if (c == '\t')
             esc[1] = 't';
         else if (c < 0x20) {
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
+            memcpy(esc, "\\u00", 4);
             esc[4] = hex[c >> 4];
             esc[5] = hex[c & 15];
             el = 6;
         }
         evbuffer_add(b, esc, el);
-        run = s + 1;
+        run = i + 1;
     }
-    evbuffer_add(b, run, (size_t)(s - run));
+    evbuffer_add(b, s + run, len - run);
     evbuffer_add(b, "\"", 1);
 }

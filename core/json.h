@@ -26,5 +26,7 @@ bool json_get_int64(json_object *o, const char *key, int64_t *out);
 /* Appends s as a JSON string literal (with quotes) to a growing buffer. */
 struct evbuffer;
 void json_buf_str(struct evbuffer *b, const char *s);
+/* The same for len bytes, which may include NUL (written as \u0000). */
+void json_buf_strn(struct evbuffer *b, const char *s, size_t len);
 
 #endif

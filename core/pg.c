@@ -4,6 +4,8 @@
 #include "core/alloc.h"
 #include "core/log.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static _Thread_local char last_state[6];
@@ -71,4 +73,18 @@ const char *pg_last_sqlstate(void)
 bool pg_alive(PGconn *c)
 {
     return c && PQstatus(c) == CONNECTION_OK;
+}
+
+int pg_delete_older(PGconn *c, const char *sql, int64_t older_than_s, size_t limit, size_t *deleted)
+{
+    char secs[24], lim[24];
+    snprintf(secs, sizeof secs, "%lld", (long long)older_than_s);
+    snprintf(lim, sizeof lim, "%zu", limit);
+    const char *p[] = {secs, lim};
+    PGresult *r = pg_query(c, sql, 2, p);
+    if (!r)
+        return -1;
+    *deleted = (size_t)strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return 0;
 }

@@ -6,6 +6,8 @@
 
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 /* Connects; on failure returns NULL and *err (owned) says why. */
 PGconn *pg_connect(const char *url, const char *app_name, char **err);
@@ -14,6 +16,10 @@ int pg_exec(PGconn *c, const char *sql) __attribute__((warn_unused_result));
 /* Runs a parameterised query (text params). Returns the result when it is
  * PGRES_COMMAND_OK or PGRES_TUPLES_OK (caller PQclear()s it), else NULL (logged). */
 PGresult *pg_query(PGconn *c, const char *sql, int nparams, const char *const *params);
+/* Bounded cleanup: runs sql, a DELETE taking $1 = seconds (older than) and
+ * $2 = row limit, and sets *deleted to the rows it removed. 0 or -1 (logged). */
+int pg_delete_older(PGconn *c, const char *sql, int64_t older_than_s, size_t limit, size_t *deleted)
+    __attribute__((warn_unused_result));
 /* SQLSTATE of the last failed result on this thread, or "" (borrowed). */
 const char *pg_last_sqlstate(void);
 bool pg_alive(PGconn *c);

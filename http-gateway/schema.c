@@ -4,6 +4,8 @@
  * the whole value was written, so an error never leaves half a body behind. */
 #include "http-gateway/schema.h"
 
+#include "core/json.h"
+
 #include "core/alloc.h"
 
 #include <event2/buffer.h>
@@ -67,33 +69,7 @@ static int fail(const path_t *p, const char *why)
 
 static void write_str(struct evbuffer *b, const char *s, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
-    evbuffer_add(b, "\"", 1);
-    size_t run = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        evbuffer_add(b, s + run, i - run);
-        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
-        size_t el = 2;
-        if (c == '\n')
-            esc[1] = 'n';
-        else if (c == '\r')
-            esc[1] = 'r';
-        else if (c == '\t')
-            esc[1] = 't';
-        else if (c < 0x20) {
-            memcpy(esc, "\\u00", 4);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            el = 6;
-        }
-        evbuffer_add(b, esc, el);
-        run = i + 1;
-    }
-    evbuffer_add(b, s + run, len - run);
-    evbuffer_add(b, "\"", 1);
+    json_buf_strn(b, s, len);
 }
 
 /* A finite double as JavaScript prints it, close enough: integers below 1e21

@@ -167,18 +167,9 @@ int inbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
                 (*deleted)++;
         return db_commit(db);
     }
-    char secs[24], lim[24];
-    snprintf(secs, sizeof secs, "%lld", (long long)retain_s);
-    snprintf(lim, sizeof lim, "%zu", limit);
-    const char *p[] = {secs, lim};
-    PGresult *r = pg_query(db->pg,
+    return pg_delete_older(db->pg,
                            "DELETE FROM bus.inbox WHERE (grp, id) IN (SELECT grp, id FROM bus.inbox"
                            " WHERE received_at < now() - make_interval(secs => $1::double precision)"
                            " ORDER BY received_at LIMIT $2)",
-                           2, p);
-    if (!r)
-        return -1;
-    *deleted = (size_t)strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
-    return 0;
+                           retain_s, limit, deleted);
 }
