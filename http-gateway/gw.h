@@ -227,6 +227,12 @@ void gw_idem_cleanup(gw_thread_t *th);
 
 /* ---- handlers (routes.c) ---- */
 const route_t *gw_routes(size_t *n);
+/* The route modules' own tables, joined by gw_routes: AuthX sessions and
+ * administration (routes_authx.c), read models of the services (routes_reads.c). */
+extern const route_t *const gw_routes_authx;
+extern const size_t gw_routes_authx_n;
+extern const route_t *const gw_routes_reads;
+extern const size_t gw_routes_reads_n;
 void gw_run_handler(gw_req_t *r);
 
 #endif

@@ -12,6 +12,7 @@
 #include "services/analytics/analytics.h"
 
 #include <event2/buffer.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -539,10 +540,39 @@ static const route_t routes[] = {
     },
 };
 
+/* The tables of the route modules, joined once into one array (the pipeline
+ * indexes rows by their position). */
+static const route_t *all_rows;
+static size_t all_n;
+static pthread_once_t all_once = PTHREAD_ONCE_INIT;
+
+static void join_tables(void)
+{
+    struct {
+        const route_t *rows;
+        size_t n;
+    } t[] = {
+        {routes, ECOM_ARRAY_LEN(routes)},
+        {gw_routes_authx, gw_routes_authx_n},
+        {gw_routes_reads, gw_routes_reads_n},
+    };
+    size_t n = 0;
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(t); i++)
+        n += t[i].n;
+    route_t *rows = xcalloc(n, sizeof *rows);
+    size_t k = 0;
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(t); i++)
+        for (size_t j = 0; j < t[i].n; j++)
+            rows[k++] = t[i].rows[j];
+    all_rows = rows;
+    all_n = n;
+}
+
 const route_t *gw_routes(size_t *n)
 {
-    *n = ECOM_ARRAY_LEN(routes);
-    return routes;
+    pthread_once(&all_once, join_tables);
+    *n = all_n;
+    return all_rows;
 }
 
 void gw_run_handler(gw_req_t *r)

@@ -17,6 +17,7 @@
 #include "core/pg.h"
 #include "core/uuid.h"
 #include "http-gateway/jwt.h"
+#include "tests/httptest.h"
 #include "tests/testlib.h"
 
 #include <arpa/inet.h>
@@ -44,495 +45,13 @@
 #define FLAKY "/api/v1/analytics/flaky"
 #define SECRET40 "0123456789abcdef0123456789abcdef-test-40"
 
-/* ================= a small blocking HTTP/1.1 client ================= */
-
-typedef struct hresp {
-    int status; /* 0 when the exchange failed */
-    char *head; /* status line and headers, NUL-terminated */
-    char *body; /* NUL-terminated */
-    size_t len;
-} hresp_t;
-
-static void hfree(hresp_t *r)
-{
-    free(r->head);
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
-
-static _Atomic int http_timeout_s = 15; /* per read or write */
-
-static int hconnect(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct timeval tv = {atomic_load(&http_timeout_s), 0};
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* hdrs: extra header lines, each ending in "\r\n" (or NULL). */
-static int hsend(int fd, const char *method, const char *path, const char *hdrs, const char *body, size_t blen)
-{
-    char *head = body ? xasprintf("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Length: %zu\r\n\r\n", method, path,
-                                  hdrs ? hdrs : "", blen)
-                      : xasprintf("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n", method, path, hdrs ? hdrs : "");
-    int rc = write_all(fd, head, strlen(head));
-    free(head);
-    if (rc == 0 && body && blen)
-        rc = write_all(fd, body, blen);
-    return rc;
-}
-
-/* The value of a response header (case-insensitive name), copied into buf; NULL when absent. */
-static const char *hheader(const hresp_t *r, const char *name, char *buf, size_t cap)
-{
-    size_t nl = strlen(name);
-    for (const char *l = r->head ? strstr(r->head, "\r\n") : NULL; l && l[2] && l[2] != '\r'; l = strstr(l + 2, "\r\n")) {
-        const char *s = l + 2;
-        if (strncasecmp(s, name, nl) == 0 && s[nl] == ':') {
-            s += nl + 1;
-            while (*s == ' ' || *s == '\t')
-                s++;
-            size_t vl = strcspn(s, "\r");
-            snprintf(buf, cap, "%.*s", (int)vl, s);
-            return buf;
-        }
-    }
-    return NULL;
-}
-
-/* Reads one response: headers, then Content-Length bytes (or until the peer closes). */
-static int hrecv(int fd, bool head_only, hresp_t *r)
-{
-    memset(r, 0, sizeof *r);
-    size_t cap = 8192, n = 0;
-    char *buf = xmalloc(cap);
-    char *eoh = NULL;
-    while (!eoh) {
-        if (cap - n < 4096)
-            buf = xrealloc(buf, cap *= 2);
-        ssize_t k = recv(fd, buf + n, cap - n - 1, 0);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            free(buf);
-            return -1;
-        }
-        n += (size_t)k;
-        buf[n] = '\0';
-        eoh = strstr(buf, "\r\n\r\n");
-    }
-    size_t hlen = (size_t)(eoh - buf) + 4;
-    int status = 0;
-    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1) {
-        free(buf);
-        return -1;
-    }
-    r->head = xstrndup(buf, hlen);
-    char v[32];
-    long clen = hheader(r, "Content-Length", v, sizeof v) ? atol(v) : -1;
-    bool nobody = head_only || status == 304 || status == 204 || status < 200;
-    size_t want = nobody ? 0 : clen >= 0 ? (size_t)clen : SIZE_MAX;
-    size_t have = n - hlen;
-    memmove(buf, buf + hlen, have);
-    while (have < want) {
-        if (cap - have < 4096)
-            buf = xrealloc(buf, cap *= 2);
-        ssize_t k = recv(fd, buf + have, cap - have - 1, 0);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k == 0 && want == SIZE_MAX)
-            break;
-        if (k <= 0) {
-            free(buf);
-            hfree(r);
-            return -1;
-        }
-        have += (size_t)k;
-    }
-    if (want != SIZE_MAX && have > want)
-        have = want;
-    buf[have] = '\0';
-    r->body = buf;
-    r->len = have;
-    r->status = status;
-    return 0;
-}
-
-/* One request on a connection of its own. Returns 0, or -1 (r->status 0). */
-static int hreq(int port, const char *method, const char *path, const char *hdrs, const char *body, size_t blen,
-                hresp_t *r)
-{
-    memset(r, 0, sizeof *r);
-    int fd = hconnect(port);
-    if (fd < 0)
-        return -1;
-    int rc = hsend(fd, method, path, hdrs, body, blen);
-    if (rc == 0)
-        rc = hrecv(fd, strcmp(method, "HEAD") == 0, r);
-    close(fd);
-    return rc;
-}
-
-static int hget(int port, const char *path, const char *hdrs, hresp_t *r)
-{
-    return hreq(port, "GET", path, hdrs, NULL, 0, r);
-}
-
-static int hpost(int port, const char *path, const char *hdrs, const char *json, hresp_t *r)
-{
-    char *h = xasprintf("Content-Type: application/json\r\n%s", hdrs ? hdrs : "");
-    int rc = hreq(port, "POST", path, h, json, strlen(json), r);
-    free(h);
-    return rc;
-}
-
-/* ================= child processes ================= */
-
-typedef struct proc {
-    pid_t pid;
-    int port;
-    int status; /* wait status once reaped */
-    char log[96];
-} proc_t;
-
-#define MAX_PROCS 16
-static proc_t procs[MAX_PROCS];
-static int proc_seq;
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof sa;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-        port = ntohs(sa.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-/* Starts `ecom CMD` with the base environment (PORT free, GATEWAY_THREADS=2,
- * LOG_LEVEL=error, ADMIN_PORT=0; the keys below cleared) plus env ("KEY=VALUE"
- * strings, NULL-terminated). Output goes to the process's log file. */
-static proc_t *spawn_ecom(const char *cmd, const char *const *env)
-{
-    proc_t *p = NULL;
-    for (int i = 0; i < MAX_PROCS && !p; i++)
-        if (!procs[i].pid)
-            p = &procs[i];
-    if (!p)
-        return NULL;
-    memset(p, 0, sizeof *p);
-    p->port = free_port();
-    snprintf(p->log, sizeof p->log, "/tmp/ecom-gwtest-%d-%d.log", (int)getpid(), proc_seq++);
-    const char *bin = test_bin("ecom");
-    pid_t pid = fork();
-    if (pid < 0)
-        return NULL;
-    if (pid == 0) {
-        int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        static const char *const cleared[] = {"DATABASE_URL", "REDIS_URL", "APP_ENV", "JWT_SECRET",
-                                              "JWT_PRIVATE_KEY_PEM", "JWT_PUBLIC_KEY_PEM", "JWT_ISSUER",
-                                              "JWT_AUDIENCE", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                                              "OTEL_EXPORTER_OTLP_ENDPOINT", "CHAOS_SEED", NULL};
-        for (int i = 0; cleared[i]; i++)
-            unsetenv(cleared[i]);
-        char port[16];
-        snprintf(port, sizeof port, "%d", p->port);
-        setenv("PORT", port, 1);
-        setenv("GATEWAY_THREADS", "2", 1);
-        setenv("LOG_LEVEL", "error", 1);
-        setenv("ADMIN_PORT", "0", 1);
-        for (int i = 0; env && env[i]; i++) {
-            const char *eq = strchr(env[i], '=');
-            if (!eq)
-                continue;
-            char key[128];
-            snprintf(key, sizeof key, "%.*s", (int)(eq - env[i]), env[i]);
-            setenv(key, eq + 1, 1);
-        }
-        execl(bin, "ecom", cmd, (char *)NULL);
-        _exit(127);
-    }
-    p->pid = pid;
-    return p;
-}
-
-static void print_log(const proc_t *p)
-{
-    FILE *f = fopen(p->log, "r");
-    if (!f)
-        return;
-    char line[512];
-    int n = 0;
-    fprintf(stderr, "\n  --- %s ---\n", p->log);
-    while (fgets(line, sizeof line, f) && n++ < 40)
-        fprintf(stderr, "  | %s", line);
-    fclose(f);
-}
-
-static char *read_log(const proc_t *p)
-{
-    FILE *f = fopen(p->log, "r");
-    if (!f)
-        return xstrdup("");
-    char *s = xcalloc(1, 65536);
-    size_t n = fread(s, 1, 65535, f);
-    s[n] = '\0';
-    fclose(f);
-    return s;
-}
-
-/* Reaped? (non-blocking) */
-static bool proc_exited(proc_t *p)
-{
-    if (!p->pid)
-        return true;
-    int st;
-    if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
-        p->status = st;
-        p->pid = -p->pid; /* reaped; slot freed by proc_release */
-        return true;
-    }
-    return false;
-}
-
-static void proc_release(proc_t *p)
-{
-    if (p->pid > 0) {
-        kill(p->pid, SIGKILL);
-        waitpid(p->pid, NULL, 0);
-    }
-    unlink(p->log);
-    memset(p, 0, sizeof *p);
-}
-
-/* Sends sig and waits up to ms for the exit. Returns the exit code, or -1 when
- * it had to be killed (or died by a signal). The slot stays until proc_release. */
-static int proc_stop(proc_t *p, int sig, int ms)
-{
-    if (p->pid > 0)
-        kill(p->pid, sig);
-    int64_t end = clock_mono_ms() + ms;
-    while (!proc_exited(p) && clock_mono_ms() < end)
-        clock_sleep_ms(10);
-    if (p->pid > 0) {
-        kill(p->pid, SIGKILL);
-        waitpid(p->pid, NULL, 0);
-        p->pid = -p->pid;
-        return -1;
-    }
-    return WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1;
-}
-
 static proc_t *gw; /* a development gateway on the shared database, used by several tests */
-
-/* Kills and reaps every child but the shared gateway (all of them when all). */
-static void reap(bool all)
-{
-    for (int i = 0; i < MAX_PROCS; i++)
-        if (procs[i].pid && (all || &procs[i] != gw))
-            proc_release(&procs[i]);
-}
-
-static void reap_all(void)
-{
-    reap(false);
-}
-
-static void reap_everything(void)
-{
-    reap(true);
-}
-
-/* SIGTERM; the process must exit 0 within 15 s (a sanitizer report, a leak
- * included, makes the exit code non-zero). Then releases the slot. */
-static void stop_clean(proc_t *p, const char *what)
-{
-    int code = proc_stop(p, SIGTERM, 15000);
-    if (code != 0) {
-        fprintf(stderr, "\n  %s: exit code %d after SIGTERM\n", what, code);
-        print_log(p);
-    }
-    CU_ASSERT_EQUAL(code, 0);
-    proc_release(p);
-}
-
-/* Waits until /ready answers 200 (the process up, its store connected). */
-static int wait_ready(proc_t *p, int ms)
-{
-    int64_t end = clock_mono_ms() + ms;
-    while (clock_mono_ms() < end) {
-        if (proc_exited(p)) {
-            fprintf(stderr, "\n  ecom exited before it was ready (status %d)\n", p->status);
-            print_log(p);
-            return -1;
-        }
-        hresp_t r;
-        if (hget(p->port, "/ready", NULL, &r) == 0 && r.status == 200) {
-            hfree(&r);
-            return 0;
-        }
-        hfree(&r);
-        clock_sleep_ms(50);
-    }
-    fprintf(stderr, "\n  ecom not ready after %d ms\n", ms);
-    print_log(p);
-    return -1;
-}
-
 static const char *pg_url; /* the shared test database (migrated) */
 static PGconn *db;         /* blocking connection to it for checks */
 
-/* A development gateway on PostgreSQL (url), ready; NULL when it did not come up. */
-static proc_t *start_dev_gateway(const char *url)
+static void reap_everything(void)
 {
-    static char e[600];
-    snprintf(e, sizeof e, "DATABASE_URL=%s", url);
-    const char *env[] = {e, "APP_ENV=development", "JWT_SECRET=devsecret", NULL};
-    proc_t *p = spawn_ecom("gateway", env);
-    if (p && wait_ready(p, 15000) != 0) {
-        proc_release(p);
-        return NULL;
-    }
-    return p;
-}
-
-/* ================= small helpers ================= */
-
-static long long q_ll(PGconn *c, const char *sql, const char *param)
-{
-    const char *params[] = {param};
-    PGresult *r = pg_query(c, sql, param ? 1 : 0, params);
-    if (!r)
-        return -1;
-    long long v = PQntuples(r) && !PQgetisnull(r, 0, 0) ? atoll(PQgetvalue(r, 0, 0)) : -1;
-    PQclear(r);
-    return v;
-}
-
-static json_object *jparse(const hresp_t *r)
-{
-    return r->body ? json_tokener_parse(r->body) : NULL;
-}
-
-/* A string member of a JSON body, copied; "" when absent. */
-static void jstr(const hresp_t *r, const char *key, char *buf, size_t cap)
-{
-    json_object *o = jparse(r), *v;
-    buf[0] = '\0';
-    if (o && json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string))
-        snprintf(buf, cap, "%s", json_object_get_string(v));
-    json_object_put(o);
-}
-
-static bool ends_with(const char *s, const char *suffix)
-{
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
-static bool hex32(const char *s)
-{
-    if (strlen(s) != 32)
-        return false;
-    for (; *s; s++)
-        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
-            return false;
-    return true;
-}
-
-static bool expect_status(const hresp_t *r, int want, const char *what)
-{
-    if (r->status == want)
-        return true;
-    fprintf(stderr, "\n  %s: expected %d, got %d: %.300s\n", what, want, r->status, r->body ? r->body : "(none)");
-    return false;
-}
-
-/* A gateway-made error: status, application/problem+json, "status" = status,
- * "type" ending in type_suffix (NULL: about:blank), and requestId equal to the
- * echoed x-request-id (and to rid when given). */
-static void check_problem(const hresp_t *r, int status, const char *type_suffix, const char *rid, const char *what)
-{
-    CU_ASSERT_TRUE(expect_status(r, status, what));
-    char ct[128], hrid[160];
-    CU_ASSERT_TRUE(hheader(r, "Content-Type", ct, sizeof ct) && strncmp(ct, "application/problem+json", 24) == 0);
-    CU_ASSERT_PTR_NOT_NULL(hheader(r, "x-request-id", hrid, sizeof hrid));
-    json_object *o = jparse(r), *v;
-    CU_ASSERT_PTR_NOT_NULL(o);
-    if (!o)
-        return;
-    CU_ASSERT_TRUE(json_object_object_get_ex(o, "status", &v) && json_object_get_int(v) == status);
-    const char *type = json_object_object_get_ex(o, "type", &v) ? json_object_get_string(v) : "";
-    bool type_ok = type_suffix ? ends_with(type, type_suffix) : strcmp(type, "about:blank") == 0;
-    if (!type_ok)
-        fprintf(stderr, "\n  %s: problem type %s, expected ...%s\n", what, type, type_suffix ? type_suffix : "about:blank");
-    CU_ASSERT_TRUE(type_ok);
-    const char *body_rid = json_object_object_get_ex(o, "requestId", &v) ? json_object_get_string(v) : "";
-    CU_ASSERT_STRING_EQUAL(body_rid, hrid);
-    if (rid)
-        CU_ASSERT_STRING_EQUAL(body_rid, rid);
-    json_object_put(o);
-}
-
-/* The value of one sample line of /metrics ("name{labels}"), -1 when absent. */
-static double metric(int port, const char *series)
-{
-    hresp_t r;
-    double v = -1;
-    if (hget(port, "/metrics", NULL, &r) == 0 && r.status == 200) {
-        size_t n = strlen(series);
-        for (const char *l = r.body; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-            if (strncmp(l, series, n) == 0 && l[n] == ' ') {
-                v = strtod(l + n + 1, NULL);
-                break;
-            }
-    }
-    hfree(&r);
-    return v;
-}
-
-static char *unique(const char *prefix)
-{
-    static int n;
-    char hex[9];
-    random_hex(hex, 4);
-    return xasprintf("%s%d-%s-%d", prefix, (int)getpid(), hex, n++);
+    proc_reap(NULL);
 }
 
 /* ================= 1. idempotency ================= */
@@ -858,7 +377,7 @@ static int post_retry(int port, const char *hdrs, const char *body, hresp_t *r)
  * is replayed too rather than executed again. */
 static void test_crash_replay(void)
 {
-    reap_all();
+    proc_reap(gw);
     CU_ASSERT_PTR_NOT_NULL_FATAL(gw);
     proc_t *g1 = start_dev_gateway(pg_url);
     CU_ASSERT_PTR_NOT_NULL_FATAL(g1);
@@ -1020,7 +539,7 @@ static long long events_scans(PGconn *c)
 
 static void test_cache(void)
 {
-    reap_all();
+    proc_reap(gw);
     const char *url = test_pg_db("gwcache", true); /* its own database: the scan counts are this test's */
     char *err = NULL;
     PGconn *c = pg_connect(url, "test", &err);
@@ -1413,7 +932,7 @@ static void expect_401(int port, const char *tok, const char *what)
 
 static void test_auth_production(void)
 {
-    reap_all();
+    proc_reap(gw);
     jwtk_t k, other;
     CU_ASSERT_EQUAL_FATAL(load_keys(&k, SECRET40), 0);
     if (load_keys(&other, "another-secret-of-forty-bytes-0123456789") != 0) {
@@ -1550,7 +1069,7 @@ static int refused_start(const char *const *env, char **out)
 
 static void test_startup_refusals(void)
 {
-    reap_all();
+    proc_reap(gw);
     char *out = NULL;
     const char *env1[] = {"APP_ENV=production", "JWT_SECRET=devsecret", NULL};
     int rc = refused_start(env1, &out);
@@ -1590,7 +1109,7 @@ static void test_startup_refusals(void)
 
 static void test_breaker(void)
 {
-    reap_all();
+    proc_reap(gw);
     proc_t *g = start_dev_gateway(pg_url); /* a fresh process: a closed breaker */
     CU_ASSERT_PTR_NOT_NULL_FATAL(g);
     CU_ASSERT_EQUAL(metric(g->port, "ecom_breaker_state{route=\"analytics.flaky\"}"), 0);
@@ -1628,7 +1147,7 @@ static void test_breaker(void)
 
 static void test_memory_all(void)
 {
-    reap_all();
+    proc_reap(gw);
     const char *env[] = {"APP_ENV=development", "JWT_SECRET=devsecret", "DATABASE_URL=", "REDIS_URL=",
                          "OUTBOX_POLL_MS=20", NULL};
     proc_t *g = spawn_ecom("all", env);
@@ -1716,7 +1235,7 @@ static void *slow_get_run(void *arg)
  * flight (held in PostgreSQL by a table lock) still completes; then exit 0. */
 static void test_shutdown(void)
 {
-    reap_all();
+    proc_reap(gw);
     proc_t *g = start_dev_gateway(pg_url);
     CU_ASSERT_PTR_NOT_NULL_FATAL(g);
     char *err = NULL;
@@ -1788,7 +1307,7 @@ static void test_shutdown(void)
 
 static void test_health_without_db(void)
 {
-    reap_all();
+    proc_reap(gw);
     char e[128];
     snprintf(e, sizeof e, "DATABASE_URL=postgresql://postgres@127.0.0.1:%d/nowhere", free_port());
     const char *env[] = {e, "APP_ENV=development", "JWT_SECRET=devsecret", NULL};

@@ -1043,11 +1043,11 @@ static void smtpd_session(smtpd_t *d, int fd)
             if (!smtpd_send(fd, "250-test.local greets you\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n"))
                 break;
         } else if (strncmp(line, "MAIL FROM:", 10) == 0) {
-            snprintf(from, sizeof from, "%s", line + 10);
+            snprintf(from, sizeof from, "%.255s", line + 10);
             if (!smtpd_send(fd, "250 2.1.0 ok\r\n"))
                 break;
         } else if (strncmp(line, "RCPT TO:", 8) == 0) {
-            snprintf(rcpt, sizeof rcpt, "%s", line + 8);
+            snprintf(rcpt, sizeof rcpt, "%.255s", line + 8);
             if (!smtpd_send(fd, "250 2.1.5 ok\r\n"))
                 break;
         } else if (strcmp(line, "DATA") == 0) {

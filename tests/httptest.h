@@ -1,0 +1,90 @@
+/* tests/httptest.h: the harness of the tests that talk to `ecom` over real
+ * HTTP: a small blocking HTTP/1.1 client (one connection per request unless a
+ * test drives hconnect/hsend/hrecv itself), child processes of `ecom` on free
+ * loopback ports with an environment of their own (their output in a log file,
+ * printed when a test fails), and checks of JSON and problem+json answers.
+ * Owns: the child process table (proc_reap, proc_release) and every hresp_t's
+ * buffers (hfree). */
+#ifndef ECOM_TESTS_HTTPTEST_H
+#define ECOM_TESTS_HTTPTEST_H
+
+#include <json-c/json.h>
+#include <libpq-fe.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct hresp {
+    int status; /* 0 when the exchange failed */
+    char *head; /* status line and headers, NUL-terminated */
+    char *body; /* NUL-terminated */
+    size_t len;
+} hresp_t;
+
+extern _Atomic int http_timeout_s; /* per read or write; default 15 */
+
+void hfree(hresp_t *r);
+int hconnect(int port);
+int write_all(int fd, const char *p, size_t n);
+/* hdrs: extra header lines, each ending in "\r\n" (or NULL). */
+int hsend(int fd, const char *method, const char *path, const char *hdrs, const char *body, size_t blen);
+/* Reads one response: headers, then Content-Length bytes (or until the peer closes). */
+int hrecv(int fd, bool head_only, hresp_t *r);
+/* The value of a response header (case-insensitive name), copied into buf; NULL when absent. */
+const char *hheader(const hresp_t *r, const char *name, char *buf, size_t cap);
+/* One request on a connection of its own. Returns 0, or -1 (r->status 0). */
+int hreq(int port, const char *method, const char *path, const char *hdrs, const char *body, size_t blen,
+         hresp_t *r);
+int hget(int port, const char *path, const char *hdrs, hresp_t *r);
+/* POST with Content-Type: application/json. */
+int hpost(int port, const char *path, const char *hdrs, const char *json, hresp_t *r);
+
+typedef struct proc {
+    pid_t pid;
+    int port;
+    int status; /* wait status once reaped */
+    char log[96];
+} proc_t;
+
+#define MAX_PROCS 16
+
+int free_port(void);
+/* Starts `ecom CMD` with the base environment (PORT free, GATEWAY_THREADS=2,
+ * LOG_LEVEL=error, ADMIN_PORT=0; DATABASE_URL, REDIS_URL, APP_ENV, JWT_* and
+ * OTEL_* cleared) plus env ("KEY=VALUE" strings, NULL-terminated). */
+proc_t *spawn_ecom(const char *cmd, const char *const *env);
+void print_log(const proc_t *p);
+char *read_log(const proc_t *p); /* owned; "" when unreadable */
+bool proc_exited(proc_t *p);     /* reaped? (non-blocking) */
+void proc_release(proc_t *p);    /* kills if alive, reaps, frees the slot */
+/* Sends sig and waits up to ms; the exit code, or -1 when killed or signalled. */
+int proc_stop(proc_t *p, int sig, int ms);
+/* Kills and reaps every child but keep (NULL: all of them). */
+void proc_reap(const proc_t *keep);
+/* SIGTERM; asserts exit code 0 within 15 s; releases the slot. */
+void stop_clean(proc_t *p, const char *what);
+/* Waits until /ready answers 200. */
+int wait_ready(proc_t *p, int ms);
+/* A development gateway (APP_ENV=development, JWT_SECRET=devsecret) on url, ready. */
+proc_t *start_dev_gateway(const char *url);
+
+/* The first column of the first row as a number; -1 when none or NULL. */
+long long q_ll(PGconn *c, const char *sql, const char *param);
+json_object *jparse(const hresp_t *r); /* owned; NULL when not JSON */
+/* A string member of a JSON body, copied; "" when absent. */
+void jstr(const hresp_t *r, const char *key, char *buf, size_t cap);
+bool ends_with(const char *s, const char *suffix);
+bool hex32(const char *s);
+/* Prints the body when the status is not want. */
+bool expect_status(const hresp_t *r, int want, const char *what);
+/* A gateway-made error: status, application/problem+json, "status" = status,
+ * "type" ending in type_suffix (NULL: about:blank), requestId equal to the
+ * echoed x-request-id (and to rid when given). Asserts with CUnit. */
+void check_problem(const hresp_t *r, int status, const char *type_suffix, const char *rid, const char *what);
+/* The value of one sample line of /metrics ("name{labels}"), -1 when absent. */
+double metric(int port, const char *series);
+/* A unique string with the prefix (owned). */
+char *unique(const char *prefix);
+
+#endif
