@@ -53,6 +53,9 @@ typedef struct config {
     bool use_fastify; /* accepted for compatibility with the original; no effect */
     char *notify_sink_file;
     char *otp_pepper; /* HMAC key of stored OTP codes */
+    char *authx_bootstrap_file;
+    char *authx_schema;
+    long access_token_ttl_s;
 
     /* payment and notification services */
     long payment_provider_latency_ms;

@@ -347,6 +347,8 @@ static void answer_committed(gw_req_t *r, int status, const char *body, size_t l
     if (r->idem_store)
         gw_add_header(r, "Idempotent-Replayed", "false");
     r->idem_active = false;
+    if (r->on_committed)
+        r->on_committed(r);
     gw_respond(r, status, "application/json", body, len);
 }
 

@@ -17,6 +17,8 @@
 #include "core/metrics.h"
 #include "core/strmap.h"
 #include "core/breaker.h"
+#include "http-gateway/authx/policy.h"
+#include "http-gateway/authx/policy_sync.h"
 #include "http-gateway/cache.h"
 #include "http-gateway/chaos.h"
 #include "http-gateway/idem.h"
@@ -55,6 +57,9 @@ struct gw_shared {
     cache_t *cache;
     chaos_t chaos;
     jwtk_t keys;
+    policy_t *policy;          /* roles, bindings, tuples, revoked sessions */
+    policy_sync_t *policy_sync; /* PostgreSQL mode: follows the store */
+    json_object *authx_boot;    /* the bootstrap document, or NULL */
     atomic_bool *stop;
     atomic_bool draining;
     gw_thread_t *threads;
@@ -155,6 +160,10 @@ struct gw_req {
     chaos_decision_t chaos;
     struct event chaos_ev;
     bool chaos_armed;
+    struct event authz_ev; /* waiting for the policy snapshot to reach authz_min_rev */
+    bool authz_armed;
+    int64_t authz_min_rev;
+    int64_t authz_deadline_ms;
     char *cache_key;
     cache_lookup_t lk;
     cache_out_t cache_out;
@@ -172,6 +181,9 @@ struct gw_req {
     gw_cmd_t cmd;
     void *handler_state; /* a handler's own state across its asynchronous steps */
     void (*handler_state_free)(void *);
+    /* Runs once the command committed, before the answer is sent (e.g. a
+     * policy write applied to this process's authorization snapshot). */
+    void (*on_committed)(gw_req_t *r);
 };
 
 typedef struct gw_req gw_req_t;

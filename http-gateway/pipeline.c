@@ -21,6 +21,7 @@
 #include <strings.h>
 
 static void run_upstream(gw_req_t *r);
+static void after_authentication(gw_req_t *r);
 
 static const char *in_header(gw_req_t *r, const char *name)
 {
@@ -35,7 +36,10 @@ static bool authenticate_or_reply(gw_req_t *r)
     const char *auth = in_header(r, "Authorization");
     if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
         const char *why = NULL;
-        if (jwtk_verify(&sh->keys, auth + 7, clock_now_ms() / 1000, &r->principal, &why) != 0) {
+        int64_t now_ms = clock_now_ms();
+        if (jwtk_verify(&sh->keys, auth + 7, now_ms / 1000, &r->principal, &why) != 0 ||
+            (policy_sid_revoked(sh->policy, r->principal.sid, now_ms) && (why = "the session was revoked"))) {
+            memset(&r->principal, 0, sizeof r->principal);
             gw_add_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
             gw_problem(r, 401, "invalid-token", why);
             return false;
@@ -80,27 +84,89 @@ static bool tenant_or_reply(gw_req_t *r)
     return true;
 }
 
-static bool authorize_or_reply(gw_req_t *r)
+typedef enum { AUTHZ_OK, AUTHZ_REPLIED, AUTHZ_WAIT } authz_t;
+
+#define AUTHZ_WAIT_MS 1000 /* longest wait for the snapshot to reach a requested revision */
+
+static bool has_perm(gw_req_t *r, const char *perm)
 {
     const principal_t *p = &r->principal;
-    if (p->dev)
-        return true;
-    for (int i = 0; i < ROUTE_MAX_PERMS && r->route->permissions[i]; i++) {
-        bool has = false;
-        for (int k = 0; k < p->nperms && !has; k++)
-            has = strcmp(p->perms[k], r->route->permissions[i]) == 0;
-        if (!has) {
+    for (int k = 0; k < p->nperms; k++) /* granted by a token we signed */
+        if (strcmp(p->perms[k], perm) == 0)
+            return true;
+    return policy_allows(r->sh->policy, r->tenant, p->sub, perm);
+}
+
+/* RBAC (the route's permissions), ReBAC (its relation on the object named by a
+ * path parameter), then ABAC (its predicate). The snapshot must be fresh
+ * (fail closed) and, when the request names a revision (x-authz-revision, as
+ * returned by a policy write), at least that recent: the request waits for it
+ * up to AUTHZ_WAIT_MS. */
+static authz_t authorize(gw_req_t *r)
+{
+    const principal_t *p = &r->principal;
+    const route_t *rt = r->route;
+    policy_t *pol = r->sh->policy;
+    bool needs_policy = rt->permissions[0] || rt->rebac.relation;
+    if (p->dev || !needs_policy)
+        goto abac;
+    int64_t now = clock_now_ms();
+    if (!policy_fresh(pol, now)) {
+        gw_add_header(r, "Retry-After", "1");
+        gw_problem(r, 503, "authorization-unavailable", "the authorization store is unreachable");
+        return AUTHZ_REPLIED;
+    }
+    const char *want = in_header(r, "x-authz-revision");
+    if (want && !r->authz_min_rev) {
+        char *end = NULL;
+        long long v = strtoll(want, &end, 10);
+        if (!*want || *end || v < 0) {
+            gw_problem(r, 400, "invalid-revision", "x-authz-revision must be a revision number a policy write returned");
+            return AUTHZ_REPLIED;
+        }
+        r->authz_min_rev = v;
+        r->authz_deadline_ms = clock_mono_ms() + AUTHZ_WAIT_MS;
+    }
+    if (r->authz_min_rev && policy_revision(pol) < r->authz_min_rev) {
+        if (clock_mono_ms() >= r->authz_deadline_ms) {
+            gw_add_header(r, "Retry-After", "1");
+            gw_problem(r, 503, "revision-unavailable", "the requested authorization revision is not visible yet");
+            return AUTHZ_REPLIED;
+        }
+        policy_poke(pol);
+        return AUTHZ_WAIT;
+    }
+    for (int i = 0; i < ROUTE_MAX_PERMS && rt->permissions[i]; i++) {
+        if (!has_perm(r, rt->permissions[i])) {
             char detail[128];
-            snprintf(detail, sizeof detail, "requires the permission %s", r->route->permissions[i]);
+            snprintf(detail, sizeof detail, "requires the permission %s", rt->permissions[i]);
             gw_problem(r, 403, "insufficient-scope", detail);
-            return false;
+            return AUTHZ_REPLIED;
         }
     }
-    if (r->route->abac && !r->route->abac(r)) {
-        gw_problem(r, 403, "forbidden", "the request's attributes do not satisfy the route's policy");
-        return false;
+    if (rt->rebac.relation) {
+        const char *id = route_param(&r->params, rt->rebac.object_param);
+        char object[POLICY_REF_MAX + 2], subject[sizeof p->sub + 8];
+        snprintf(object, sizeof object, "%s:%s", rt->rebac.object_type, id ? id : "");
+        snprintf(subject, sizeof subject, "user:%s", p->sub);
+        if (!policy_ref_valid(object, false)) {
+            gw_problem(r, 404, NULL, "no such object");
+            return AUTHZ_REPLIED;
+        }
+        if (!policy_ref_valid(subject, false) ||
+            policy_check(pol, r->tenant, object, rt->rebac.relation, subject) != POLICY_ALLOW) {
+            char detail[POLICY_REF_MAX + 96];
+            snprintf(detail, sizeof detail, "requires the relation %s on %s", rt->rebac.relation, object);
+            gw_problem(r, 403, "forbidden", detail);
+            return AUTHZ_REPLIED;
+        }
     }
-    return true;
+abac:
+    if (rt->abac && !rt->abac(r)) {
+        gw_problem(r, 403, "forbidden", "the request's attributes do not satisfy the route's policy");
+        return AUTHZ_REPLIED;
+    }
+    return AUTHZ_OK;
 }
 
 static bool body_or_reply(gw_req_t *r)
@@ -406,8 +472,41 @@ void gw_pipeline_start(gw_req_t *r)
             return;
         }
     }
-    if (!authenticate_or_reply(r) || !tenant_or_reply(r) || !authorize_or_reply(r) || !body_or_reply(r))
+    if (!authenticate_or_reply(r) || !tenant_or_reply(r) || !body_or_reply(r))
         return;
+    after_authentication(r);
+}
+
+static void on_authz_wait(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_req_t *r = arg;
+    r->authz_armed = false;
+    log_ctx_set(&r->log);
+    if (!r->answered)
+        after_authentication(r);
+    gw_unref(r);
+    log_ctx_set(NULL);
+}
+
+/* Authorization (perhaps after waiting for the snapshot), then idempotency or
+ * cache, then the upstream stages. */
+static void after_authentication(gw_req_t *r)
+{
+    const route_t *rt = r->route;
+    switch (authorize(r)) {
+    case AUTHZ_REPLIED:
+        return;
+    case AUTHZ_WAIT:
+        evtimer_assign(&r->authz_ev, r->th->base, on_authz_wait, r);
+        gw_timer_add(&r->authz_ev, 2);
+        r->authz_armed = true;
+        gw_ref(r);
+        return;
+    case AUTHZ_OK:
+        break;
+    }
     if ((r->method & (ROUTE_POST | ROUTE_PATCH)) && rt->idem.enabled) {
         const char *key = in_header(r, "Idempotency-Key");
         if (!key && rt->idem.required) {

@@ -330,10 +330,22 @@ static void post_event(gw_req_t *r)
                    "the body must be a JSON object with a \"type\" string matching [A-Za-z0-9._:-]{1,128}");
         return;
     }
-    char aggregate[UUID_STR_LEN + 6];
-    char uuid[UUID_STR_LEN];
-    uuid_v7(uuid);
-    snprintf(aggregate, sizeof aggregate, "event:%s", uuid);
+    /* the aggregate orders a stream of events: a project's, a user's, or the event alone */
+    char aggregate[POLICY_REF_MAX + 16];
+    const char *project = json_get_str(r->json, "projectId");
+    json_object *pv = NULL;
+    if (json_object_object_get_ex(r->json, "projectId", &pv) &&
+        (!project || (snprintf(aggregate, sizeof aggregate, "project:%s", project), !policy_ref_valid(aggregate, false)))) {
+        gw_problem(r, 400, "validation-error", "projectId must be an id of [A-Za-z0-9_.@|:+=-], at most 120 bytes");
+        return;
+    }
+    if (!project && r->route->abac) {
+        snprintf(aggregate, sizeof aggregate, "user:%s", r->principal.sub);
+    } else if (!project) {
+        char uuid[UUID_STR_LEN];
+        uuid_v7(uuid);
+        snprintf(aggregate, sizeof aggregate, "event:%s", uuid);
+    }
     outbox_msg_t m = {.topic = "analytics",
                       .type = r->route->publish,
                       .tenant = r->tenant,
@@ -354,6 +366,23 @@ static void post_event(gw_req_t *r)
     gw_cmd_commit(r, 202, body);
 }
 
+/* ---- POST /api/v1/analytics/me/events: ABAC ---- */
+
+/* The runbook's predicate principal.userId === body.userId: the body's userId
+ * must be a string equal, byte for byte, to the caller's id (a number, a
+ * missing field or an embedded NUL never matches). The body was parsed
+ * strictly (duplicate keys and trailing data refused), so the handler sees
+ * exactly the value checked here. */
+static bool abac_body_user_is_principal(gw_req_t *r)
+{
+    json_object *v;
+    if (!r->principal.present || !json_object_is_type(r->json, json_type_object) ||
+        !json_object_object_get_ex(r->json, "userId", &v) || !json_object_is_type(v, json_type_string))
+        return false;
+    size_t n = (size_t)json_object_get_string_len(v);
+    return n == strlen(r->principal.sub) && memcmp(json_object_get_string(v), r->principal.sub, n) == 0;
+}
+
 /* ---- GET /api/v1/analytics/me ---- */
 
 static void get_me(gw_req_t *r)
@@ -369,7 +398,8 @@ static void get_me(gw_req_t *r)
         json_object_object_add(pj, "tenantId", json_object_new_string(p->tid[0] ? p->tid : r->tenant));
         if (p->sid[0])
             json_object_object_add(pj, "sessionId", json_object_new_string(p->sid));
-        json_object *roles = json_object_new_array();
+        /* roles as the policy holds them now (a token carries none of its own) */
+        json_object *roles = p->dev ? json_object_new_array() : policy_roles_of(r->sh->policy, r->tenant, p->sub);
         for (int i = 0; i < p->nroles; i++)
             json_object_array_add(roles, json_object_new_string(p->roles[i]));
         json_object_object_add(pj, "roles", roles);
@@ -440,6 +470,17 @@ static const route_t routes[] = {
         .handler = post_event,
         .idem = {.enabled = true},
         .permissions = {"events:write"},
+        .resilience = STORE_BREAKER,
+        .publish = "analytics.track",
+    },
+    {
+        .id = "analytics.me.events.create",
+        .methods = ROUTE_POST,
+        .path = "/api/v1/analytics/me/events",
+        .handler = post_event,
+        .idem = {.enabled = true},
+        .permissions = {"events:write"},
+        .abac = abac_body_user_is_principal,
         .resilience = STORE_BREAKER,
         .publish = "analytics.track",
     },

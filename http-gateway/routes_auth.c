@@ -22,15 +22,14 @@
 #include "core/strmap.h"
 #include "core/uuid.h"
 #include "http-gateway/authx/otp.h"
+#include "http-gateway/routes_authx.h"
 
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define TICKET_TTL_S 300
-#define ACCESS_TTL_S 600
 #define TICKET_TRIES 5
 #define SUBJECT_FAILURES_PER_HOUR 10
 #define SUBJECT_MAX 256
@@ -60,15 +59,6 @@ static void code_mac(gw_req_t *r, const char *ticket, const char *code, char out
     ECOM_ASSERT(!"otp_code_mac failed");
 }
 
-static void sha256_hex(const char *s, char out[65])
-{
-    unsigned char md[32];
-    unsigned n = 0;
-    EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        sprintf(out + 2 * i, "%02x", md[i]);
-}
-
 /* ---- memory tables ---- */
 
 typedef struct mticket {
@@ -91,7 +81,6 @@ typedef struct mauth {
     mticket_t *t;
     size_t n, cap;
     strmap_t fails; /* tenant \0 subject -> mfail_t* */
-    size_t sessions;
 } mauth_t;
 
 static void *mem_make(void)
@@ -337,32 +326,13 @@ void gw_otp_request(gw_req_t *r)
 
 typedef struct otp_ver {
     char ticket[OTP_TICKET_ID_LEN + 1];
-    char sid[UUID_STR_LEN];
-    char refresh[64];
-    char refresh_hash[65];
+    gw_session_new_t s;
     char mac[65];
 } otp_ver_t;
 
 static void verified(gw_req_t *r, const otp_ver_t *v, const char *subject)
 {
-    principal_t p = {0};
-    snprintf(p.sub, sizeof p.sub, "%s", subject);
-    snprintf(p.tid, sizeof p.tid, "%s", r->tenant);
-    snprintf(p.sid, sizeof p.sid, "%s", v->sid);
-    char *token = NULL;
-    if (jwtk_sign(&r->sh->keys, &p, clock_now_ms() / 1000, ACCESS_TTL_S, &token) != 0) {
-        gw_tx_abort(r);
-        gw_problem(r, 500, NULL, "the access token could not be issued");
-        return;
-    }
-    json_object *body = json_object_new_object();
-    json_object_object_add(body, "ok", json_object_new_boolean(1));
-    json_object_object_add(body, "accessToken", json_object_new_string(token));
-    json_object_object_add(body, "refreshToken", json_object_new_string(v->refresh));
-    json_object_object_add(body, "sessionId", json_object_new_string(v->sid));
-    json_object_object_add(body, "expiresIn", json_object_new_int(ACCESS_TTL_S));
-    free(token);
-    gw_cmd_commit(r, 200, body);
+    gw_tokens_answer(r, subject, v->s.sid, v->s.refresh);
 }
 
 static void on_failure_recorded(gw_req_t *r, PGresult *const *res, int n, const char *err)
@@ -390,8 +360,8 @@ static const char sql_verify[] =
     " t AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND ticket_id = $2"
     " AND consumed_at IS NULL AND attempts < 5 AND expires_at > now() AND code_mac = $3"
     " AND NOT EXISTS (SELECT 1 FROM b) RETURNING subject),"
-    " s AS (INSERT INTO auth.sessions (sid, tenant, subject, refresh_hash) SELECT $4, $1, subject, $5 FROM t"
-    " RETURNING subject)"
+    " s AS (INSERT INTO auth.sessions (sid, tenant, subject) SELECT $4, $1, subject FROM t RETURNING sid, subject),"
+    " rt AS (INSERT INTO auth.refresh_tokens (hash, sid, tenant, state) SELECT $5, sid, $1, 'active' FROM s)"
     " SELECT subject FROM s";
 static const char sql_fail[] =
     "WITH t AS (UPDATE auth.otp_tickets SET attempts = attempts + 1 WHERE tenant = $1 AND ticket_id = $2"
@@ -442,9 +412,9 @@ static void mem_verify(gw_req_t *r, otp_ver_t *v)
     if (t && !t->consumed && t->attempts < TICKET_TRIES && t->expires_ms > now && budget_left &&
         otp_mac_equal(t->mac, v->mac)) {
         t->consumed = true;
-        m->sessions++;
         char subject[SUBJECT_MAX + 1];
         snprintf(subject, sizeof subject, "%s", t->subject);
+        gw_session_mem_create(db, r->tenant, subject, &v->s);
         if (db_commit(db) != 0) {
             gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
             return;
@@ -493,29 +463,12 @@ void gw_otp_verify(gw_req_t *r)
     r->handler_state_free = free;
     snprintf(v->ticket, sizeof v->ticket, "%s", ticket);
     code_mac(r, v->ticket, code, v->mac);
-    uuid_v7(v->sid);
-    unsigned char raw[32];
-    random_bytes(raw, sizeof raw);
-    /* base64url without padding: 43 characters */
-    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t k = 0;
-    for (size_t i = 0; i < 32; i += 3) {
-        uint32_t x = (uint32_t)raw[i] << 16 | (i + 1 < 32 ? (uint32_t)raw[i + 1] << 8 : 0) |
-                     (i + 2 < 32 ? raw[i + 2] : 0);
-        v->refresh[k++] = b64[(x >> 18) & 63];
-        v->refresh[k++] = b64[(x >> 12) & 63];
-        if (i + 1 < 32)
-            v->refresh[k++] = b64[(x >> 6) & 63];
-        if (i + 2 < 32)
-            v->refresh[k++] = b64[x & 63];
-    }
-    v->refresh[k] = '\0';
-    sha256_hex(v->refresh, v->refresh_hash);
+    gw_session_secrets(&v->s);
     if (r->th->memdb) {
         mem_verify(r, v);
         return;
     }
-    const char *p[] = {r->tenant, v->ticket, v->mac, v->sid, v->refresh_hash};
+    const char *p[] = {r->tenant, v->ticket, v->mac, v->s.sid, v->s.refresh_hash};
     const pga_stmt_t st[] = {{.name = "gw_otp_verify", .sql = sql_verify, .nparams = 5, .params = p}};
     gw_tx_exec(r, st, 1, on_verify);
 }

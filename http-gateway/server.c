@@ -136,6 +136,8 @@ static void req_free(gw_req_t *r)
         event_del(&r->timeout_ev);
     if (r->chaos_armed)
         event_del(&r->chaos_ev);
+    if (r->authz_armed)
+        event_del(&r->authz_ev);
     if (r->cache_waiting)
         event_del(&r->cache_wait_ev);
     cache_entry_release(r->lk.entry);
@@ -526,6 +528,19 @@ static int shared_init(gw_shared_t *sh, const config_t *cfg, memstore_t *mem, at
     if (jwtk_init(&sh->keys, cfg, &errors) != 0) {
         fprintf(stderr, "ecom gateway: %s", errors);
         free(errors);
+        errors = NULL;
+        problems++;
+    }
+    sh->policy = policy_new(cfg->authx_schema, mem != NULL, &errors);
+    if (!sh->policy) {
+        fprintf(stderr, "ecom gateway: AUTHX_SCHEMA: %s", errors);
+        free(errors);
+        errors = NULL;
+        problems++;
+    }
+    if (cfg->authx_bootstrap_file[0] && policy_bootstrap_load(cfg->authx_bootstrap_file, &sh->authx_boot, &errors) != 0) {
+        fprintf(stderr, "ecom gateway: %s", errors);
+        free(errors);
         problems++;
     }
     if (problems)
@@ -576,6 +591,9 @@ static void shared_free(gw_shared_t *sh)
         cache_free(sh->cache);
     router_free(sh->router);
     jwtk_free(&sh->keys);
+    policy_sync_stop(sh->policy_sync);
+    policy_free(sh->policy);
+    json_object_put(sh->authx_boot);
 }
 
 int gateway_check(const config_t *cfg)
@@ -606,6 +624,14 @@ int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
     if (n < 1)
         n = 1;
     health_require(mem ? "memory-store" : "postgres");
+    if (mem) {
+        if (sh.authx_boot)
+            policy_bootstrap_apply(sh.policy, sh.authx_boot);
+    } else if (!(sh.policy_sync = policy_sync_start(sh.policy, cfg->database_url, sh.authx_boot))) {
+        fprintf(stderr, "ecom gateway: the policy follower could not start\n");
+        shared_free(&sh);
+        return -1;
+    }
     sh.nthreads = (int)n;
     sh.threads = xcalloc((size_t)n, sizeof *sh.threads);
     int rc = 0;

@@ -1,0 +1,812 @@
+/* http-gateway/authx/policy.c: the authorization snapshot (see policy.h).
+ * Keys join their parts with the unit separator 0x1f, which the grammar
+ * checks keep out of every part. */
+#include "http-gateway/authx/policy.h"
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/errlist.h"
+#include "core/log.h"
+#include "core/strmap.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SEP '\x1f'
+#define KEY_MAX (3 * POLICY_REF_MAX + 128)
+#define MAX_RULES 32
+#define MAX_TERMS 8
+#define VISITED_MAX 64
+
+/* ---- the schema ---- */
+
+typedef struct term {
+    char rel[POLICY_NAME_MAX + 1];
+    char tupleset[POLICY_NAME_MAX + 1]; /* "" for a computed userset */
+} term_t;
+
+typedef struct rule {
+    char rel[POLICY_NAME_MAX + 1];
+    term_t terms[MAX_TERMS];
+    int n;
+} rule_t;
+
+/* ---- rows ---- */
+
+typedef struct vec {
+    char **s;
+    size_t n, cap;
+} vec_t;
+
+typedef struct row { /* a tuple or a binding: presence with its revision */
+    int64_t rev;
+    bool deleted;
+} row_t;
+
+typedef struct tset { /* live subjects of one tenant, object and relation */
+    vec_t plain;    /* "type:id" */
+    vec_t usersets; /* "type:id#relation" */
+} tset_t;
+
+typedef struct role {
+    int64_t rev;
+    bool deleted;
+    vec_t perms;
+} role_t;
+
+typedef struct bset { /* role names bound to one tenant and subject */
+    vec_t roles;
+} bset_t;
+
+struct policy {
+    pthread_rwlock_t lock;
+    rule_t rules[MAX_RULES];
+    int nrules;
+    bool memory;
+    strmap_t tuples;   /* tenant object relation subject -> row_t */
+    strmap_t sets;     /* tenant object relation -> tset_t */
+    strmap_t roles;    /* tenant name -> role_t */
+    strmap_t bindings; /* tenant subject role -> row_t */
+    strmap_t bsets;    /* tenant subject -> bset_t */
+    strmap_t revoked;  /* sid -> int64_t until_ms */
+    size_t ntuples;
+    int64_t rev;
+    int64_t synced_ms;
+    int64_t next_purge_ms;
+    pthread_mutex_t poke_mu;
+    pthread_cond_t poke_cv;
+    bool poked;
+};
+
+static void vec_add(vec_t *v, const char *s)
+{
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 4;
+        v->s = xrealloc(v->s, v->cap * sizeof *v->s);
+    }
+    v->s[v->n++] = xstrdup(s);
+}
+
+static void vec_remove(vec_t *v, const char *s)
+{
+    for (size_t i = 0; i < v->n; i++)
+        if (strcmp(v->s[i], s) == 0) {
+            free(v->s[i]);
+            v->s[i] = v->s[--v->n];
+            return;
+        }
+}
+
+static bool vec_has(const vec_t *v, const char *s)
+{
+    for (size_t i = 0; i < v->n; i++)
+        if (strcmp(v->s[i], s) == 0)
+            return true;
+    return false;
+}
+
+static void vec_free(vec_t *v)
+{
+    for (size_t i = 0; i < v->n; i++)
+        free(v->s[i]);
+    free(v->s);
+    memset(v, 0, sizeof *v);
+}
+
+/* parts joined by SEP into buf; the length, or 0 when too long */
+static size_t key(char *buf, const char *a, const char *b, const char *c, const char *d)
+{
+    const char *parts[] = {a, b, c, d};
+    size_t n = 0;
+    for (int i = 0; i < 4 && parts[i]; i++) {
+        size_t l = strlen(parts[i]);
+        if (n + l + 2 > KEY_MAX)
+            return 0;
+        if (i)
+            buf[n++] = SEP;
+        memcpy(buf + n, parts[i], l);
+        n += l;
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+/* ---- grammar ---- */
+
+static bool name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == ':' || c == '.' || c == '*' ||
+           c == '-';
+}
+
+bool policy_name_valid(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 1 && s[0] == '*')
+        return true;
+    if (n == 0 || n > POLICY_NAME_MAX || !(s[0] >= 'a' && s[0] <= 'z'))
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (!name_char(s[i]))
+            return false;
+    return true;
+}
+
+static bool relation_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > POLICY_NAME_MAX || !(s[0] >= 'a' && s[0] <= 'z'))
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+            return false;
+    return true;
+}
+
+bool policy_relation_valid(const char *rel)
+{
+    return rel && relation_valid(rel, strlen(rel));
+}
+
+bool policy_ref_valid(const char *s, bool userset)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > POLICY_REF_MAX)
+        return false;
+    const char *colon = strchr(s, ':');
+    if (!colon || colon == s || !relation_valid(s, (size_t)(colon - s)))
+        return false;
+    const char *id = colon + 1, *hash = strchr(id, '#');
+    size_t idn = hash ? (size_t)(hash - id) : strlen(id);
+    if (idn == 0)
+        return false;
+    for (size_t i = 0; i < idn; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("_.@|:+=-", c)))
+            return false;
+    }
+    if (!hash)
+        return true;
+    return userset && relation_valid(hash + 1, strlen(hash + 1));
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t' || *s == '\n')
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n'))
+        *--e = '\0';
+    return s;
+}
+
+static int parse_schema(policy_t *p, const char *schema, errlist_t *errs)
+{
+    char *copy = xstrdup(schema), *save = NULL;
+    for (char *stmt = strtok_r(copy, ";", &save); stmt; stmt = strtok_r(NULL, ";", &save)) {
+        stmt = trim(stmt);
+        if (!*stmt)
+            continue;
+        char *colon = strchr(stmt, ':');
+        if (!colon) {
+            errlist_add(errs, "schema: \"%s\" is not \"relation: term | term\"", stmt);
+            continue;
+        }
+        *colon = '\0';
+        char *rel = trim(stmt);
+        if (!relation_valid(rel, strlen(rel)) || p->nrules == MAX_RULES) {
+            errlist_add(errs, "schema: bad relation \"%s\" (or more than %d rules)", rel, MAX_RULES);
+            continue;
+        }
+        rule_t *r = &p->rules[p->nrules++];
+        memset(r, 0, sizeof *r);
+        snprintf(r->rel, sizeof r->rel, "%s", rel);
+        char *tsave = NULL;
+        for (char *t = strtok_r(colon + 1, "|", &tsave); t; t = strtok_r(NULL, "|", &tsave)) {
+            t = trim(t);
+            char *arrow = strstr(t, "->");
+            const char *ts = "", *tr = t;
+            if (arrow) {
+                *arrow = '\0';
+                ts = trim(t);
+                tr = trim(arrow + 2);
+            }
+            if (!relation_valid(tr, strlen(tr)) || (arrow && !relation_valid(ts, strlen(ts))) || r->n == MAX_TERMS) {
+                errlist_add(errs, "schema: bad term in the rule of \"%s\"", r->rel);
+                continue;
+            }
+            snprintf(r->terms[r->n].rel, sizeof r->terms[0].rel, "%s", tr);
+            snprintf(r->terms[r->n].tupleset, sizeof r->terms[0].tupleset, "%s", ts);
+            r->n++;
+        }
+    }
+    free(copy);
+    return errs->s ? -1 : 0;
+}
+
+policy_t *policy_new(const char *schema, bool synced, char **errors)
+{
+    policy_t *p = xcalloc(1, sizeof *p);
+    errlist_t errs = {0};
+    if (parse_schema(p, schema && *schema ? schema : POLICY_DEFAULT_SCHEMA, &errs) != 0) {
+        *errors = errs.s;
+        free(p);
+        return NULL;
+    }
+    pthread_rwlock_init(&p->lock, NULL);
+    pthread_mutex_init(&p->poke_mu, NULL);
+    pthread_cond_init(&p->poke_cv, NULL);
+    strmap_init(&p->tuples);
+    strmap_init(&p->sets);
+    strmap_init(&p->roles);
+    strmap_init(&p->bindings);
+    strmap_init(&p->bsets);
+    strmap_init(&p->revoked);
+    p->memory = synced;
+    return p;
+}
+
+static void free_values(strmap_t *m, void (*f)(void *))
+{
+    const char *k;
+    void *v;
+    for (size_t i = 0; strmap_next(m, &i, &k, NULL, &v);) {
+        if (f)
+            f(v);
+        free(v);
+    }
+    strmap_free(m);
+}
+
+static void tset_clear(void *v)
+{
+    tset_t *t = v;
+    vec_free(&t->plain);
+    vec_free(&t->usersets);
+}
+
+static void role_clear(void *v)
+{
+    vec_free(&((role_t *)v)->perms);
+}
+
+static void bset_clear(void *v)
+{
+    vec_free(&((bset_t *)v)->roles);
+}
+
+void policy_free(policy_t *p)
+{
+    if (!p)
+        return;
+    free_values(&p->tuples, NULL);
+    free_values(&p->sets, tset_clear);
+    free_values(&p->roles, role_clear);
+    free_values(&p->bindings, NULL);
+    free_values(&p->bsets, bset_clear);
+    free_values(&p->revoked, NULL);
+    pthread_rwlock_destroy(&p->lock);
+    pthread_mutex_destroy(&p->poke_mu);
+    pthread_cond_destroy(&p->poke_cv);
+    free(p);
+}
+
+/* ---- writes ---- */
+
+/* The row's slot; false when rev is not newer than what it holds. */
+static row_t *newer_row(strmap_t *m, const char *k, size_t kl, int64_t rev)
+{
+    void **slot = strmap_put(m, k, kl, NULL);
+    if (!*slot)
+        *slot = xcalloc(1, sizeof(row_t));
+    row_t *r = *slot;
+    return rev > r->rev ? r : NULL;
+}
+
+static void bump(policy_t *p, int64_t rev)
+{
+    if (p->memory && rev > p->rev)
+        p->rev = rev;
+}
+
+void policy_put_tuple(policy_t *p, int64_t rev, const char *tenant, const char *object, const char *relation,
+                      const char *subject, bool deleted)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, tenant, object, relation, subject);
+    if (!kl)
+        return;
+    pthread_rwlock_wrlock(&p->lock);
+    bool had = false;
+    void **existing = strmap_get(&p->tuples, k, kl);
+    if (existing && *existing)
+        had = !((row_t *)*existing)->deleted;
+    row_t *row = newer_row(&p->tuples, k, kl, rev);
+    if (row) {
+        row->rev = rev;
+        row->deleted = deleted;
+        size_t sl = key(k, tenant, object, relation, NULL);
+        void **slot = strmap_put(&p->sets, k, sl, NULL);
+        if (!*slot)
+            *slot = xcalloc(1, sizeof(tset_t));
+        tset_t *t = *slot;
+        vec_t *v = strchr(subject, '#') ? &t->usersets : &t->plain;
+        if (deleted && had) {
+            vec_remove(v, subject);
+            p->ntuples--;
+        } else if (!deleted && !had) {
+            vec_add(v, subject);
+            p->ntuples++;
+        }
+        bump(p, rev);
+    }
+    pthread_rwlock_unlock(&p->lock);
+}
+
+void policy_put_role(policy_t *p, int64_t rev, const char *tenant, const char *name, const char *perms, bool deleted)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, tenant, name, NULL, NULL);
+    if (!kl)
+        return;
+    pthread_rwlock_wrlock(&p->lock);
+    void **slot = strmap_put(&p->roles, k, kl, NULL);
+    if (!*slot)
+        *slot = xcalloc(1, sizeof(role_t));
+    role_t *r = *slot;
+    if (rev > r->rev) {
+        r->rev = rev;
+        r->deleted = deleted;
+        vec_free(&r->perms);
+        char *copy = xstrdup(perms ? perms : ""), *save = NULL;
+        for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save))
+            if (!vec_has(&r->perms, t))
+                vec_add(&r->perms, t);
+        free(copy);
+        bump(p, rev);
+    }
+    pthread_rwlock_unlock(&p->lock);
+}
+
+void policy_put_binding(policy_t *p, int64_t rev, const char *tenant, const char *subject, const char *role,
+                        bool deleted)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, tenant, subject, role, NULL);
+    if (!kl)
+        return;
+    pthread_rwlock_wrlock(&p->lock);
+    bool had = false;
+    void **existing = strmap_get(&p->bindings, k, kl);
+    if (existing && *existing)
+        had = !((row_t *)*existing)->deleted;
+    row_t *row = newer_row(&p->bindings, k, kl, rev);
+    if (row) {
+        row->rev = rev;
+        row->deleted = deleted;
+        size_t sl = key(k, tenant, subject, NULL, NULL);
+        void **slot = strmap_put(&p->bsets, k, sl, NULL);
+        if (!*slot)
+            *slot = xcalloc(1, sizeof(bset_t));
+        bset_t *b = *slot;
+        if (deleted && had)
+            vec_remove(&b->roles, role);
+        else if (!deleted && !had)
+            vec_add(&b->roles, role);
+        bump(p, rev);
+    }
+    pthread_rwlock_unlock(&p->lock);
+}
+
+static void purge_revoked(policy_t *p, int64_t now_ms)
+{
+    if (now_ms < p->next_purge_ms)
+        return;
+    p->next_purge_ms = now_ms + 60000;
+    const char *k;
+    size_t kl;
+    void *v;
+    for (size_t i = 0; strmap_next(&p->revoked, &i, &k, &kl, &v);)
+        if (*(int64_t *)v <= now_ms) {
+            void *old = NULL;
+            strmap_del(&p->revoked, k, kl, &old);
+            free(old);
+        }
+}
+
+void policy_revoke_sid(policy_t *p, const char *sid, int64_t until_ms)
+{
+    pthread_rwlock_wrlock(&p->lock);
+    purge_revoked(p, clock_now_ms());
+    void **slot = strmap_put(&p->revoked, sid, strlen(sid), NULL);
+    if (!*slot)
+        *slot = xcalloc(1, sizeof(int64_t));
+    if (*(int64_t *)*slot < until_ms)
+        *(int64_t *)*slot = until_ms;
+    pthread_rwlock_unlock(&p->lock);
+}
+
+int64_t policy_revision(policy_t *p)
+{
+    pthread_rwlock_rdlock(&p->lock);
+    int64_t r = p->rev;
+    pthread_rwlock_unlock(&p->lock);
+    return r;
+}
+
+void policy_synced(policy_t *p, int64_t rev, int64_t now_ms)
+{
+    pthread_rwlock_wrlock(&p->lock);
+    if (rev > p->rev)
+        p->rev = rev;
+    p->synced_ms = now_ms;
+    pthread_rwlock_unlock(&p->lock);
+}
+
+int64_t policy_next_revision(policy_t *p)
+{
+    pthread_rwlock_wrlock(&p->lock);
+    int64_t r = ++p->rev;
+    pthread_rwlock_unlock(&p->lock);
+    return r;
+}
+
+bool policy_fresh(policy_t *p, int64_t now_ms)
+{
+    if (p->memory)
+        return true;
+    pthread_rwlock_rdlock(&p->lock);
+    bool fresh = p->synced_ms && now_ms - p->synced_ms <= POLICY_STALE_MS;
+    pthread_rwlock_unlock(&p->lock);
+    return fresh;
+}
+
+void policy_poke(policy_t *p)
+{
+    pthread_mutex_lock(&p->poke_mu);
+    p->poked = true;
+    pthread_cond_signal(&p->poke_cv);
+    pthread_mutex_unlock(&p->poke_mu);
+}
+
+bool policy_wait_poke(policy_t *p, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&p->poke_mu);
+    while (!p->poked && pthread_cond_timedwait(&p->poke_cv, &p->poke_mu, &ts) == 0) {
+    }
+    bool poked = p->poked;
+    p->poked = false;
+    pthread_mutex_unlock(&p->poke_mu);
+    return poked;
+}
+
+/* ---- checks ---- */
+
+static const role_t *find_role(policy_t *p, const char *tenant, const char *name)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, tenant, name, NULL, NULL);
+    void **v = kl ? strmap_get(&p->roles, k, kl) : NULL;
+    if (v && *v && !((role_t *)*v)->deleted)
+        return *v;
+    if (strcmp(tenant, "*") == 0)
+        return NULL;
+    kl = key(k, "*", name, NULL, NULL);
+    v = kl ? strmap_get(&p->roles, k, kl) : NULL;
+    return v && *v && !((role_t *)*v)->deleted ? *v : NULL;
+}
+
+static const bset_t *find_bset(policy_t *p, const char *tenant, const char *subject)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, tenant, subject, NULL, NULL);
+    void **v = kl ? strmap_get(&p->bsets, k, kl) : NULL;
+    return v ? *v : NULL;
+}
+
+/* Calls f for each role bound to subject in tenant until it returns true. */
+static bool each_role(policy_t *p, const char *tenant, const char *subject,
+                      bool (*f)(policy_t *p, const char *tenant, const char *role, void *arg), void *arg)
+{
+    const char *bt[] = {tenant, tenant, "*", "*"};
+    const char *bs[] = {subject, "*", subject, "*"};
+    for (int i = 0; i < 4; i++) {
+        if (i >= 2 && strcmp(tenant, "*") == 0)
+            break;
+        const bset_t *b = find_bset(p, bt[i], bs[i]);
+        for (size_t k = 0; b && k < b->roles.n; k++)
+            if (f(p, tenant, b->roles.s[k], arg))
+                return true;
+    }
+    return false;
+}
+
+static bool role_grants(policy_t *p, const char *tenant, const char *role, void *arg)
+{
+    const role_t *r = find_role(p, tenant, role);
+    for (size_t i = 0; r && i < r->perms.n; i++)
+        if (strcmp(r->perms.s[i], "*") == 0 || strcmp(r->perms.s[i], (const char *)arg) == 0)
+            return true;
+    return false;
+}
+
+bool policy_allows(policy_t *p, const char *tenant, const char *subject, const char *perm)
+{
+    pthread_rwlock_rdlock(&p->lock);
+    bool ok = each_role(p, tenant, subject, role_grants, (void *)perm);
+    pthread_rwlock_unlock(&p->lock);
+    return ok;
+}
+
+static bool collect_role(policy_t *p, const char *tenant, const char *role, void *arg)
+{
+    (void)p;
+    (void)tenant;
+    json_object *a = arg;
+    for (size_t i = 0; i < json_object_array_length(a); i++)
+        if (strcmp(json_object_get_string(json_object_array_get_idx(a, i)), role) == 0)
+            return false;
+    json_object_array_add(a, json_object_new_string(role));
+    return false;
+}
+
+json_object *policy_roles_of(policy_t *p, const char *tenant, const char *subject)
+{
+    json_object *a = json_object_new_array();
+    pthread_rwlock_rdlock(&p->lock);
+    each_role(p, tenant, subject, collect_role, a);
+    pthread_rwlock_unlock(&p->lock);
+    return a;
+}
+
+typedef struct walk {
+    policy_t *p;
+    const char *tenant, *user;
+    bool depth_exceeded;
+    char visited[VISITED_MAX][POLICY_REF_MAX + POLICY_NAME_MAX + 2];
+    int nvisited;
+} walk_t;
+
+static bool has_tuple(walk_t *w, const char *object, const char *relation, const char *subject)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, w->tenant, object, relation, subject);
+    void **v = kl ? strmap_get(&w->p->tuples, k, kl) : NULL;
+    return v && *v && !((row_t *)*v)->deleted;
+}
+
+static const tset_t *find_set(walk_t *w, const char *object, const char *relation)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, w->tenant, object, relation, NULL);
+    void **v = kl ? strmap_get(&w->p->sets, k, kl) : NULL;
+    return v ? *v : NULL;
+}
+
+static const rule_t *find_rule(const policy_t *p, const char *rel)
+{
+    for (int i = 0; i < p->nrules; i++)
+        if (strcmp(p->rules[i].rel, rel) == 0)
+            return &p->rules[i];
+    return NULL;
+}
+
+/* Is user in relation(object)? Each object#relation is expanded once per
+ * check (a cycle ends there); deeper than POLICY_DEPTH_MAX hops denies. */
+static bool check(walk_t *w, const char *object, const char *relation, int depth)
+{
+    if (depth > POLICY_DEPTH_MAX) {
+        w->depth_exceeded = true;
+        return false;
+    }
+    char here[sizeof w->visited[0]];
+    snprintf(here, sizeof here, "%s#%s", object, relation);
+    for (int i = 0; i < w->nvisited; i++)
+        if (strcmp(w->visited[i], here) == 0)
+            return false;
+    if (w->nvisited < VISITED_MAX)
+        memcpy(w->visited[w->nvisited++], here, sizeof here);
+    if (has_tuple(w, object, relation, w->user))
+        return true;
+    const tset_t *t = find_set(w, object, relation);
+    for (size_t i = 0; t && i < t->usersets.n; i++) {
+        char ref[POLICY_REF_MAX + 1];
+        snprintf(ref, sizeof ref, "%s", t->usersets.s[i]);
+        char *hash = strchr(ref, '#');
+        *hash = '\0';
+        if (check(w, ref, hash + 1, depth + 1))
+            return true;
+    }
+    const rule_t *r = find_rule(w->p, relation);
+    for (int i = 0; r && i < r->n; i++) {
+        const term_t *term = &r->terms[i];
+        if (!term->tupleset[0]) {
+            if (check(w, object, term->rel, depth + 1))
+                return true;
+            continue;
+        }
+        const tset_t *ts = find_set(w, object, term->tupleset);
+        for (size_t k = 0; ts && k < ts->plain.n; k++)
+            if (check(w, ts->plain.s[k], term->rel, depth + 1))
+                return true;
+    }
+    return false;
+}
+
+policy_verdict_t policy_check(policy_t *p, const char *tenant, const char *object, const char *relation,
+                              const char *subject)
+{
+    walk_t *w = xcalloc(1, sizeof *w);
+    w->p = p;
+    w->tenant = tenant;
+    w->user = subject;
+    pthread_rwlock_rdlock(&p->lock);
+    bool ok = check(w, object, relation, 0);
+    pthread_rwlock_unlock(&p->lock);
+    policy_verdict_t v = ok ? POLICY_ALLOW : w->depth_exceeded ? POLICY_DEPTH_EXCEEDED : POLICY_DENY;
+    free(w);
+    if (v == POLICY_DEPTH_EXCEEDED)
+        log_error("relation check %s#%s@%s in tenant %s went deeper than %d hops: denied", object, relation, subject,
+                  tenant, POLICY_DEPTH_MAX);
+    return v;
+}
+
+bool policy_sid_revoked(policy_t *p, const char *sid, int64_t now_ms)
+{
+    if (!sid || !*sid)
+        return false;
+    pthread_rwlock_rdlock(&p->lock);
+    void **v = strmap_get(&p->revoked, sid, strlen(sid));
+    bool revoked = v && *v && *(int64_t *)*v > now_ms;
+    pthread_rwlock_unlock(&p->lock);
+    return revoked;
+}
+
+static bool live_row(policy_t *p, strmap_t *m, const char *a, const char *b, const char *c, const char *d)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, a, b, c, d);
+    pthread_rwlock_rdlock(&p->lock);
+    void **v = kl ? strmap_get(m, k, kl) : NULL;
+    bool live = v && *v && !((row_t *)*v)->deleted;
+    pthread_rwlock_unlock(&p->lock);
+    return live;
+}
+
+bool policy_has_tuple(policy_t *p, const char *tenant, const char *object, const char *relation, const char *subject)
+{
+    return live_row(p, &p->tuples, tenant, object, relation, subject);
+}
+
+bool policy_has_binding(policy_t *p, const char *tenant, const char *subject, const char *role)
+{
+    return live_row(p, &p->bindings, tenant, subject, role, NULL);
+}
+
+bool policy_has_role(policy_t *p, const char *tenant, const char *name)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, tenant, name, NULL, NULL);
+    pthread_rwlock_rdlock(&p->lock);
+    void **v = kl ? strmap_get(&p->roles, k, kl) : NULL;
+    bool live = v && *v && !((role_t *)*v)->deleted;
+    pthread_rwlock_unlock(&p->lock);
+    return live;
+}
+
+/* ---- lists ---- */
+
+static int cmp_tuple(const void *a, const void *b)
+{
+    json_object *x = *(json_object *const *)a, *y = *(json_object *const *)b;
+    const char *keys[] = {"object", "relation", "subject"};
+    for (int i = 0; i < 3; i++) {
+        json_object *u, *v;
+        json_object_object_get_ex(x, keys[i], &u);
+        json_object_object_get_ex(y, keys[i], &v);
+        int c = strcmp(json_object_get_string(u), json_object_get_string(v));
+        if (c)
+            return c;
+    }
+    return 0;
+}
+
+json_object *policy_list_tuples(policy_t *p, const char *tenant, const char *object, const char *relation,
+                                const char *subject, size_t limit)
+{
+    json_object *a = json_object_new_array();
+    size_t tl = strlen(tenant);
+    pthread_rwlock_rdlock(&p->lock);
+    const char *k;
+    size_t kl;
+    void *v;
+    for (size_t i = 0; strmap_next(&p->tuples, &i, &k, &kl, &v) && json_object_array_length(a) < limit;) {
+        if (((row_t *)v)->deleted || kl <= tl || memcmp(k, tenant, tl) != 0 || k[tl] != SEP)
+            continue;
+        char buf[KEY_MAX];
+        snprintf(buf, sizeof buf, "%.*s", (int)(kl - tl - 1), k + tl + 1);
+        char *obj = buf, *rel = strchr(obj, SEP), *sub = rel ? strchr(rel + 1, SEP) : NULL;
+        if (!sub)
+            continue;
+        *rel++ = '\0';
+        *sub++ = '\0';
+        if ((object && strcmp(object, obj)) || (relation && strcmp(relation, rel)) || (subject && strcmp(subject, sub)))
+            continue;
+        json_object *t = json_object_new_object();
+        json_object_object_add(t, "object", json_object_new_string(obj));
+        json_object_object_add(t, "relation", json_object_new_string(rel));
+        json_object_object_add(t, "subject", json_object_new_string(sub));
+        json_object_array_add(a, t);
+    }
+    pthread_rwlock_unlock(&p->lock);
+    json_object_array_sort(a, cmp_tuple);
+    return a;
+}
+
+json_object *policy_list_roles(policy_t *p, const char *tenant)
+{
+    json_object *o = json_object_new_object();
+    pthread_rwlock_rdlock(&p->lock);
+    const char *scopes[] = {"*", tenant};
+    for (int s = 0; s < 2; s++) {
+        size_t tl = strlen(scopes[s]);
+        const char *k;
+        size_t kl;
+        void *v;
+        for (size_t i = 0; strmap_next(&p->roles, &i, &k, &kl, &v);) {
+            const role_t *r = v;
+            if (kl <= tl || memcmp(k, scopes[s], tl) != 0 || k[tl] != SEP)
+                continue;
+            char name[POLICY_NAME_MAX + 1];
+            snprintf(name, sizeof name, "%.*s", (int)(kl - tl - 1), k + tl + 1);
+            if (r->deleted)
+                continue; /* a tenant's deleted override leaves the default */
+            json_object *perms = json_object_new_array();
+            for (size_t j = 0; j < r->perms.n; j++)
+                json_object_array_add(perms, json_object_new_string(r->perms.s[j]));
+            json_object_object_add(o, name, perms);
+        }
+        if (strcmp(tenant, "*") == 0)
+            break;
+    }
+    pthread_rwlock_unlock(&p->lock);
+    return o;
+}
+
+size_t policy_tuple_count(policy_t *p)
+{
+    pthread_rwlock_rdlock(&p->lock);
+    size_t n = p->ntuples;
+    pthread_rwlock_unlock(&p->lock);
+    return n;
+}
