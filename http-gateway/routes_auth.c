@@ -11,8 +11,14 @@
  * failures per hour across tickets (then 429). Verification consumes the ticket
  * with one conditional UPDATE, so of 20 parallel verifies exactly one wins, and
  * every failure answers the same 401. Unknown subjects are treated exactly as
- * known ones (no oracle). TOTP enrolment is not built yet: channel "totp" gets
- * a ticket that no code opens, and nothing is sent.
+ * known ones (no oracle).
+ *
+ * Channel "totp" sends nothing: its ticket opens with a current code of the
+ * subject's active enrolment (RFC 6238, one step either side of the learned
+ * drift, a step not later than the last one used refused as a replay), and a
+ * subject without one gets a ticket no code opens, answered identically.
+ * Enrolment (POST …/auth/totp/enroll, …/activate, DELETE …/auth/totp) keeps
+ * the secret sealed with AES-256-GCM under a key derived from OTP_PEPPER.
  * Owns: the memory tables of MEM_SLOT_AUTH. */
 #include "http-gateway/routes_auth.h"
 
@@ -24,6 +30,9 @@
 #include "http-gateway/authx/otp.h"
 #include "http-gateway/routes_authx.h"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,19 +53,103 @@ static void make_dev_pepper(void)
     random_bytes(dev_pepper, sizeof dev_pepper);
 }
 
-static void code_mac(gw_req_t *r, const char *ticket, const char *code, char out[65])
+static void pepper(gw_req_t *r, const uint8_t **key, size_t *len)
 {
     const char *p = r->sh->cfg->otp_pepper;
     if (p[0]) {
-        if (otp_code_mac((const uint8_t *)p, strlen(p), r->tenant, ticket, code, out) == 0)
-            return;
-    } else {
-        /* development without OTP_PEPPER (startup refuses that elsewhere): one per process */
-        pthread_once(&pepper_once, make_dev_pepper);
-        if (otp_code_mac(dev_pepper, sizeof dev_pepper, r->tenant, ticket, code, out) == 0)
-            return;
+        *key = (const uint8_t *)p;
+        *len = strlen(p);
+        return;
     }
-    ECOM_ASSERT(!"otp_code_mac failed");
+    /* development without OTP_PEPPER (startup refuses that elsewhere): one per process */
+    pthread_once(&pepper_once, make_dev_pepper);
+    *key = dev_pepper;
+    *len = sizeof dev_pepper;
+}
+
+static void code_mac(gw_req_t *r, const char *ticket, const char *code, char out[65])
+{
+    const uint8_t *key;
+    size_t len;
+    pepper(r, &key, &len);
+    if (otp_code_mac(key, len, r->tenant, ticket, code, out) != 0)
+        ECOM_ASSERT(!"otp_code_mac failed");
+}
+
+/* ---- TOTP secrets at rest: AES-256-GCM, bound to tenant and subject ---- */
+
+#define SEAL_NONCE 12
+#define SEAL_TAG 16
+#define SEALED_HEX_MAX (2 * (SEAL_NONCE + OTP_SECRET_MAX_LEN + SEAL_TAG) + 1)
+
+static void seal_key(gw_req_t *r, uint8_t key[32])
+{
+    const uint8_t *p;
+    size_t n;
+    pepper(r, &p, &n);
+    unsigned kl = 0;
+    static const char label[] = "ecom/totp-secret/v1";
+    ECOM_ASSERT(HMAC(EVP_sha256(), p, (int)n, (const uint8_t *)label, sizeof label - 1, key, &kl) && kl == 32);
+}
+
+static size_t seal_aad(gw_req_t *r, const char *subject, uint8_t *aad, size_t cap)
+{
+    int n = snprintf((char *)aad, cap, "%s%c%s", r->tenant, '\0', subject);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+/* secret -> hex(nonce || ciphertext || tag). 0 or -1. */
+static int totp_seal(gw_req_t *r, const char *subject, const uint8_t *secret, size_t n, char out[SEALED_HEX_MAX])
+{
+    uint8_t key[32], buf[SEAL_NONCE + OTP_SECRET_MAX_LEN + SEAL_TAG], aad[REQCTX_TENANT_MAX + SUBJECT_MAX + 2];
+    if (n > OTP_SECRET_MAX_LEN)
+        return -1;
+    seal_key(r, key);
+    random_bytes(buf, SEAL_NONCE);
+    size_t al = seal_aad(r, subject, aad, sizeof aad);
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int len = 0, fin = 0, ok = c && EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, buf) == 1 &&
+                                 EVP_EncryptUpdate(c, NULL, &len, aad, (int)al) == 1 &&
+                                 EVP_EncryptUpdate(c, buf + SEAL_NONCE, &len, secret, (int)n) == 1 &&
+                                 EVP_EncryptFinal_ex(c, buf + SEAL_NONCE + len, &fin) == 1 &&
+                                 EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, SEAL_TAG, buf + SEAL_NONCE + n) == 1;
+    EVP_CIPHER_CTX_free(c);
+    OPENSSL_cleanse(key, sizeof key);
+    if (!ok)
+        return -1;
+    size_t total = SEAL_NONCE + n + SEAL_TAG;
+    for (size_t i = 0; i < total; i++)
+        snprintf(out + 2 * i, 3, "%02x", buf[i]);
+    return 0;
+}
+
+/* The inverse; -1 when the text was not sealed by this pepper for this tenant and subject. */
+static int totp_open(gw_req_t *r, const char *subject, const char *hex, uint8_t *secret, size_t *n)
+{
+    uint8_t key[32], buf[SEAL_NONCE + OTP_SECRET_MAX_LEN + SEAL_TAG], aad[REQCTX_TENANT_MAX + SUBJECT_MAX + 2];
+    size_t hl = strlen(hex);
+    if (hl % 2 || hl / 2 < SEAL_NONCE + OTP_SECRET_MIN_LEN + SEAL_TAG || hl / 2 > sizeof buf)
+        return -1;
+    for (size_t i = 0; i < hl / 2; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+            return -1;
+        buf[i] = (uint8_t)v;
+    }
+    size_t ct = hl / 2 - SEAL_NONCE - SEAL_TAG;
+    seal_key(r, key);
+    size_t al = seal_aad(r, subject, aad, sizeof aad);
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int len = 0, fin = 0,
+        ok = c && EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, buf) == 1 &&
+             EVP_DecryptUpdate(c, NULL, &len, aad, (int)al) == 1 &&
+             EVP_DecryptUpdate(c, secret, &len, buf + SEAL_NONCE, (int)ct) == 1 &&
+             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, SEAL_TAG, buf + SEAL_NONCE + ct) == 1 &&
+             EVP_DecryptFinal_ex(c, secret + len, &fin) == 1;
+    EVP_CIPHER_CTX_free(c);
+    OPENSSL_cleanse(key, sizeof key);
+    *n = ct;
+    return ok ? 0 : -1;
 }
 
 /* ---- memory tables ---- */
@@ -77,16 +170,26 @@ typedef struct mfail {
     int failures;
 } mfail_t;
 
+typedef struct mtotp {
+    uint8_t secret[OTP_SECRET_MAX_LEN];
+    size_t len;
+    bool active;
+    int64_t last_step;
+    int drift;
+} mtotp_t;
+
 typedef struct mauth {
     mticket_t *t;
     size_t n, cap;
     strmap_t fails; /* tenant \0 subject -> mfail_t* */
+    strmap_t totp;  /* tenant \0 subject -> mtotp_t* */
 } mauth_t;
 
 static void *mem_make(void)
 {
     mauth_t *m = xcalloc(1, sizeof *m);
     strmap_init(&m->fails);
+    strmap_init(&m->totp);
     return m;
 }
 
@@ -98,6 +201,11 @@ static void mem_free(void *p)
     for (size_t i = 0; strmap_next(&m->fails, &i, &k, NULL, &v);)
         free(v);
     strmap_free(&m->fails);
+    for (size_t i = 0; strmap_next(&m->totp, &i, &k, NULL, &v);) {
+        OPENSSL_cleanse(v, sizeof(mtotp_t));
+        free(v);
+    }
+    strmap_free(&m->totp);
     free(m->t);
     free(m);
 }
@@ -116,6 +224,20 @@ static mfail_t *mem_fail(mauth_t *m, const char *tenant, const char *subject, bo
         return NULL;
     if (!*v)
         *v = xcalloc(1, sizeof(mfail_t));
+    return *v;
+}
+
+static mtotp_t *mem_totp(mauth_t *m, const char *tenant, const char *subject, bool create)
+{
+    char key[REQCTX_TENANT_MAX + SUBJECT_MAX + 2];
+    int kl = snprintf(key, sizeof key, "%s%c%s", tenant, '\0', subject);
+    void **v = create ? strmap_put(&m->totp, key, (size_t)kl, NULL) : strmap_get(&m->totp, key, (size_t)kl);
+    if (!v)
+        return NULL;
+    if (!*v) {
+        *v = xcalloc(1, sizeof(mtotp_t));
+        ((mtotp_t *)*v)->last_step = OTP_NO_STEP;
+    }
     return *v;
 }
 
@@ -326,6 +448,7 @@ void gw_otp_request(gw_req_t *r)
 
 typedef struct otp_ver {
     char ticket[OTP_TICKET_ID_LEN + 1];
+    char code[OTP_CODE_LEN + 1];
     gw_session_new_t s;
     char mac[65];
 } otp_ver_t;
@@ -373,25 +496,93 @@ static const char sql_fail[] =
     " RETURNING failures, ceil(extract(epoch FROM window_start + interval '1 hour' - now()))::int AS retry)"
     " SELECT failures, retry FROM f";
 
+/* The enrolment behind a TOTP ticket that may still be used, both rows
+ * locked: concurrent verifies of one ticket, or of one subject's tickets,
+ * take turns, so a code opens one of them at most. */
+static const char sql_totp_ticket[] =
+    "SELECT t.subject, x.secret, x.last_step, x.drift FROM auth.otp_tickets t JOIN auth.totp x"
+    " ON x.tenant = t.tenant AND x.subject = t.subject AND x.state = 'active'"
+    " WHERE t.tenant = $1 AND t.ticket_id = $2 AND t.channel = 'totp' AND t.consumed_at IS NULL"
+    " AND t.attempts < 5 AND t.expires_at > now() AND NOT EXISTS (SELECT 1 FROM auth.otp_failures f"
+    " WHERE f.tenant = $1 AND f.subject = t.subject AND f.window_start > now() - interval '1 hour'"
+    " AND f.failures >= 10) FOR UPDATE";
+static const char sql_totp_consume[] =
+    "WITH t AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND ticket_id = $2"
+    " AND consumed_at IS NULL RETURNING subject),"
+    " x AS (UPDATE auth.totp SET last_step = $3, drift = $4 WHERE tenant = $1 AND subject IN (SELECT subject FROM t)),"
+    " s AS (INSERT INTO auth.sessions (sid, tenant, subject) SELECT $5, $1, subject FROM t RETURNING sid, subject),"
+    " rt AS (INSERT INTO auth.refresh_tokens (hash, sid, tenant, state) SELECT $6, sid, $1, 'active' FROM s)"
+    " SELECT subject FROM s";
+
+static void record_failure(gw_req_t *r, otp_ver_t *v)
+{
+    const char *p[] = {r->tenant, v->ticket};
+    const pga_stmt_t st[] = {{.name = "gw_otp_fail", .sql = sql_fail, .nparams = 2, .params = p},
+                             {.sql = "COMMIT"}};
+    gw_tx_exec(r, st, 2, on_failure_recorded);
+}
+
+static void on_totp_consumed(gw_req_t *r, PGresult *const *res, int n, const char *err)
+{
+    otp_ver_t *v = (otp_ver_t *)r->handler_state;
+    if (err || n < 1 || PQntuples(res[0]) != 1) {
+        log_warn("totp verify failed: %s", err ? err : "ticket gone");
+        gw_tx_abort(r);
+        gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
+        return;
+    }
+    char subject[SUBJECT_MAX + 1];
+    snprintf(subject, sizeof subject, "%s", PQgetvalue(res[0], 0, 0));
+    verified(r, v, subject);
+}
+
+/* A TOTP ticket's row: checks the code against the enrolment in C (the secret
+ * never leaves this process in the clear) and consumes the ticket. */
+static void verify_totp(gw_req_t *r, otp_ver_t *v, PGresult *row)
+{
+    uint8_t secret[OTP_SECRET_MAX_LEN];
+    size_t len = 0;
+    const char *subject = PQgetvalue(row, 0, 0);
+    int64_t last = atoll(PQgetvalue(row, 0, 2)), matched = 0, now = clock_now_ms() / 1000;
+    int drift = atoi(PQgetvalue(row, 0, 3));
+    int rc = totp_open(r, subject, PQgetvalue(row, 0, 1), secret, &len) == 0
+                 ? otp_totp_verify(secret, len, v->code, now, 1, last, drift, &matched)
+                 : OTP_REFUSED;
+    OPENSSL_cleanse(secret, sizeof secret);
+    if (rc == OTP_REPLAYED)
+        log_warn("a TOTP code was presented again for %s (refused)", subject);
+    if (rc != 0) {
+        record_failure(r, v);
+        return;
+    }
+    char ms[24], ds[16];
+    snprintf(ms, sizeof ms, "%lld", (long long)matched);
+    snprintf(ds, sizeof ds, "%d", otp_totp_drift(NULL, now, matched));
+    const char *p[] = {r->tenant, v->ticket, ms, ds, v->s.sid, v->s.refresh_hash};
+    const pga_stmt_t st[] = {{.name = "gw_totp_consume", .sql = sql_totp_consume, .nparams = 6, .params = p}};
+    gw_tx_exec(r, st, 1, on_totp_consumed);
+}
+
 static void on_verify(gw_req_t *r, PGresult *const *res, int n, const char *err)
 {
     otp_ver_t *v = (otp_ver_t *)r->handler_state;
-    if (err || n < 1) {
+    if (err || n < 2) {
         log_warn("otp verify failed: %s", err ? err : "?");
         gw_tx_abort(r);
         gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
         return;
     }
-    if (PQntuples(res[0]) == 1) {
+    if (PQntuples(res[1]) == 1) { /* an emailed or texted code matched */
         char subject[SUBJECT_MAX + 1];
-        snprintf(subject, sizeof subject, "%s", PQgetvalue(res[0], 0, 0));
+        snprintf(subject, sizeof subject, "%s", PQgetvalue(res[1], 0, 0));
         verified(r, v, subject);
         return;
     }
-    const char *p[] = {r->tenant, v->ticket};
-    const pga_stmt_t st[] = {{.name = "gw_otp_fail", .sql = sql_fail, .nparams = 2, .params = p},
-                             {.sql = "COMMIT"}};
-    gw_tx_exec(r, st, 2, on_failure_recorded);
+    if (PQntuples(res[0]) == 1) {
+        verify_totp(r, v, res[0]);
+        return;
+    }
+    record_failure(r, v);
 }
 
 static void mem_verify(gw_req_t *r, otp_ver_t *v)
@@ -409,8 +600,23 @@ static void mem_verify(gw_req_t *r, otp_ver_t *v)
             t = &m->t[i];
     mfail_t *f = t ? mem_fail(m, r->tenant, t->subject, false) : NULL;
     bool budget_left = !f || f->window_ms <= now - 3600000 || f->failures < SUBJECT_FAILURES_PER_HOUR;
-    if (t && !t->consumed && t->attempts < TICKET_TRIES && t->expires_ms > now && budget_left &&
-        otp_mac_equal(t->mac, v->mac)) {
+    bool usable = t && !t->consumed && t->attempts < TICKET_TRIES && t->expires_ms > now && budget_left;
+    bool match = usable && strcmp(t->channel, "totp") != 0 && otp_mac_equal(t->mac, v->mac);
+    if (usable && strcmp(t->channel, "totp") == 0) {
+        mtotp_t *x = mem_totp(m, r->tenant, t->subject, false);
+        int64_t matched = 0;
+        int rc = x && x->active ? otp_totp_verify(x->secret, x->len, v->code, now / 1000, 1, x->last_step, x->drift,
+                                                  &matched)
+                                : OTP_REFUSED;
+        if (rc == OTP_REPLAYED)
+            log_warn("a TOTP code was presented again for %s (refused)", t->subject);
+        if (rc == 0) {
+            x->last_step = matched;
+            x->drift = otp_totp_drift(NULL, now / 1000, matched);
+            match = true;
+        }
+    }
+    if (match) {
         t->consumed = true;
         char subject[SUBJECT_MAX + 1];
         snprintf(subject, sizeof subject, "%s", t->subject);
@@ -462,13 +668,295 @@ void gw_otp_verify(gw_req_t *r)
     r->handler_state = v;
     r->handler_state_free = free;
     snprintf(v->ticket, sizeof v->ticket, "%s", ticket);
+    snprintf(v->code, sizeof v->code, "%s", code);
     code_mac(r, v->ticket, code, v->mac);
     gw_session_secrets(&v->s);
     if (r->th->memdb) {
         mem_verify(r, v);
         return;
     }
+    /* one round trip: the TOTP enrolment behind the ticket (if it is one), and
+     * the conditional consumption of an emailed or texted code */
     const char *p[] = {r->tenant, v->ticket, v->mac, v->s.sid, v->s.refresh_hash};
-    const pga_stmt_t st[] = {{.name = "gw_otp_verify", .sql = sql_verify, .nparams = 5, .params = p}};
-    gw_tx_exec(r, st, 1, on_verify);
+    const pga_stmt_t st[] = {{.name = "gw_totp_ticket", .sql = sql_totp_ticket, .nparams = 2, .params = p},
+                             {.name = "gw_otp_verify", .sql = sql_verify, .nparams = 5, .params = p}};
+    gw_tx_exec(r, st, 2, on_verify);
+}
+
+/* ---- TOTP enrolment: POST …/auth/totp/enroll, …/auth/totp/activate, DELETE …/auth/totp ---- */
+
+#define TOTP_ISSUER "ecom"
+#define TOTP_URI_MAX 1024
+
+typedef struct totp_st {
+    char subject[SUBJECT_MAX + 1];
+    uint8_t secret[OTP_SECRET_LEN];
+    char b32[OTP_BASE32_LEN(OTP_SECRET_LEN) + 1];
+    char sealed[SEALED_HEX_MAX];
+    char code[OTP_CODE_LEN + 1];
+} totp_st_t;
+
+static void totp_st_free(void *p)
+{
+    OPENSSL_cleanse(p, sizeof(totp_st_t));
+    free(p);
+}
+
+static bool session_or_reply(gw_req_t *r)
+{
+    if (r->principal.present && !r->principal.dev && r->principal.sid[0])
+        return true;
+    gw_add_header(r, "WWW-Authenticate", "Bearer");
+    gw_problem(r, 401, "invalid-token", "a Bearer token of a session is required");
+    return false;
+}
+
+static totp_st_t *totp_state(gw_req_t *r)
+{
+    totp_st_t *st = xcalloc(1, sizeof *st);
+    snprintf(st->subject, sizeof st->subject, "%s", r->principal.sub);
+    r->handler_state = st;
+    r->handler_state_free = totp_st_free;
+    return st;
+}
+
+static void enrolled(gw_req_t *r, totp_st_t *st)
+{
+    char uri[TOTP_URI_MAX];
+    if (otp_uri(uri, sizeof uri, TOTP_ISSUER, st->subject, st->b32, OTP_DEFAULT_DIGITS, OTP_DEFAULT_STEP_S) != 0) {
+        gw_tx_abort(r);
+        gw_problem(r, 500, NULL, "the enrolment URI could not be built");
+        return;
+    }
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "otpauthUri", json_object_new_string(uri));
+    json_object_object_add(body, "secret", json_object_new_string(st->b32));
+    json_object_object_add(body, "algorithm", json_object_new_string("SHA1"));
+    json_object_object_add(body, "digits", json_object_new_int(OTP_DEFAULT_DIGITS));
+    json_object_object_add(body, "period", json_object_new_int(OTP_DEFAULT_STEP_S));
+    json_object_object_add(body, "state", json_object_new_string("pending"));
+    gw_add_header(r, "Cache-Control", "no-store");
+    gw_cmd_commit(r, 201, body);
+}
+
+static void already_enrolled(gw_req_t *r)
+{
+    gw_tx_abort(r);
+    gw_problem(r, 409, "totp-already-enrolled", "an active TOTP enrolment exists; DELETE …/auth/totp first");
+}
+
+static void on_enroll(gw_req_t *r, PGresult *const *res, int n, const char *err)
+{
+    if (err || n < 1) {
+        log_warn("totp enrolment failed: %s", err ? err : "?");
+        gw_tx_abort(r);
+        gw_problem(r, 503, "storage-unavailable", "the enrolment could not be stored");
+        return;
+    }
+    if (PQntuples(res[0]) != 1) {
+        already_enrolled(r);
+        return;
+    }
+    enrolled(r, r->handler_state);
+}
+
+void gw_totp_enroll(gw_req_t *r)
+{
+    if (!session_or_reply(r))
+        return;
+    totp_st_t *st = totp_state(r);
+    if (otp_secret_new(st->secret, sizeof st->secret) != 0 ||
+        otp_base32_encode(st->secret, sizeof st->secret, st->b32, sizeof st->b32) != 0 ||
+        totp_seal(r, st->subject, st->secret, sizeof st->secret, st->sealed) != 0) {
+        gw_problem(r, 500, NULL, "the secret could not be made");
+        return;
+    }
+    if (r->th->memdb) {
+        db_t *db = r->th->memdb;
+        if (db_begin(db) != 0) {
+            gw_problem(r, 503, "storage-unavailable", "the enrolment could not be stored");
+            return;
+        }
+        mtotp_t *x = mem_totp(mem(db), r->tenant, st->subject, true);
+        if (x->active) {
+            db_rollback(db);
+            already_enrolled(r);
+            return;
+        }
+        memcpy(x->secret, st->secret, sizeof st->secret);
+        x->len = sizeof st->secret;
+        x->last_step = OTP_NO_STEP;
+        x->drift = 0;
+        if (db_commit(db) != 0) {
+            gw_problem(r, 503, "storage-unavailable", "the enrolment could not be stored");
+            return;
+        }
+        enrolled(r, st);
+        return;
+    }
+    const char *p[] = {r->tenant, st->subject, st->sealed};
+    const pga_stmt_t stm[] = {
+        {.name = "gw_totp_enroll",
+         .sql = "INSERT INTO auth.totp AS x (tenant, subject, secret, state) VALUES ($1, $2, $3, 'pending')"
+                " ON CONFLICT (tenant, subject) DO UPDATE SET secret = EXCLUDED.secret, last_step = -1, drift = 0,"
+                " created_at = now() WHERE x.state = 'pending' RETURNING 1",
+         .nparams = 3,
+         .params = p}};
+    gw_tx_exec(r, stm, 1, on_enroll);
+}
+
+static void activation_refused(gw_req_t *r)
+{
+    gw_tx_abort(r);
+    gw_problem(r, 422, "invalid-code",
+               "the code does not match the pending enrolment (enrol, add the secret to the authenticator, then send "
+               "a current code)");
+}
+
+static void activated(gw_req_t *r)
+{
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "ok", json_object_new_boolean(1));
+    json_object_object_add(body, "state", json_object_new_string("active"));
+    gw_cmd_commit(r, 200, body);
+}
+
+static void on_activated(gw_req_t *r, PGresult *const *res, int n, const char *err)
+{
+    (void)res;
+    if (err || n < 1) {
+        gw_tx_abort(r);
+        gw_problem(r, 503, "storage-unavailable", "the enrolment could not be activated");
+        return;
+    }
+    activated(r);
+}
+
+static void on_pending(gw_req_t *r, PGresult *const *res, int n, const char *err)
+{
+    totp_st_t *st = r->handler_state;
+    if (err || n < 1) {
+        gw_tx_abort(r);
+        gw_problem(r, 503, "storage-unavailable", "the enrolment could not be read");
+        return;
+    }
+    if (PQntuples(res[0]) != 1) {
+        activation_refused(r);
+        return;
+    }
+    uint8_t secret[OTP_SECRET_MAX_LEN];
+    size_t len = 0;
+    int64_t matched = 0, now = clock_now_ms() / 1000;
+    int rc = totp_open(r, st->subject, PQgetvalue(res[0], 0, 0), secret, &len) == 0
+                 ? otp_totp_verify(secret, len, st->code, now, 1, OTP_NO_STEP, 0, &matched)
+                 : OTP_REFUSED;
+    OPENSSL_cleanse(secret, sizeof secret);
+    if (rc != 0) {
+        activation_refused(r);
+        return;
+    }
+    char ms[24], ds[16];
+    snprintf(ms, sizeof ms, "%lld", (long long)matched);
+    snprintf(ds, sizeof ds, "%d", otp_totp_drift(NULL, now, matched));
+    const char *p[] = {r->tenant, st->subject, ms, ds};
+    const pga_stmt_t stm[] = {
+        {.name = "gw_totp_activate",
+         .sql = "UPDATE auth.totp SET state = 'active', last_step = $3, drift = $4 WHERE tenant = $1 AND subject = $2"
+                " AND state = 'pending'",
+         .nparams = 4,
+         .params = p}};
+    gw_tx_exec(r, stm, 1, on_activated);
+}
+
+void gw_totp_activate(gw_req_t *r)
+{
+    if (!session_or_reply(r))
+        return;
+    const char *code = json_object_is_type(r->json, json_type_object) ? json_get_str(r->json, "code") : NULL;
+    if (!code || strlen(code) != OTP_CODE_LEN || strspn(code, "0123456789") != OTP_CODE_LEN) {
+        gw_problem(r, 400, "validation-error", "send {\"code\": \"123456\"} from the authenticator");
+        return;
+    }
+    totp_st_t *st = totp_state(r);
+    snprintf(st->code, sizeof st->code, "%s", code);
+    if (r->th->memdb) {
+        db_t *db = r->th->memdb;
+        if (db_begin(db) != 0) {
+            gw_problem(r, 503, "storage-unavailable", "the enrolment could not be read");
+            return;
+        }
+        mtotp_t *x = mem_totp(mem(db), r->tenant, st->subject, false);
+        int64_t matched = 0, now = clock_now_ms() / 1000;
+        if (!x || x->active || otp_totp_verify(x->secret, x->len, st->code, now, 1, OTP_NO_STEP, 0, &matched) != 0) {
+            db_rollback(db);
+            activation_refused(r);
+            return;
+        }
+        x->active = true;
+        x->last_step = matched;
+        x->drift = otp_totp_drift(NULL, now, matched);
+        if (db_commit(db) != 0) {
+            gw_problem(r, 503, "storage-unavailable", "the enrolment could not be activated");
+            return;
+        }
+        activated(r);
+        return;
+    }
+    const char *p[] = {r->tenant, st->subject};
+    const pga_stmt_t stm[] = {{.name = "gw_totp_pending",
+                               .sql = "SELECT secret FROM auth.totp WHERE tenant = $1 AND subject = $2"
+                                      " AND state = 'pending' FOR UPDATE",
+                               .nparams = 2,
+                               .params = p}};
+    gw_tx_exec(r, stm, 1, on_pending);
+}
+
+static void removed(gw_req_t *r, bool any)
+{
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "removed", json_object_new_boolean(any));
+    gw_cmd_commit(r, 200, body);
+}
+
+static void on_removed(gw_req_t *r, PGresult *const *res, int n, const char *err)
+{
+    if (err || n < 1) {
+        gw_tx_abort(r);
+        gw_problem(r, 503, "storage-unavailable", "the enrolment could not be removed");
+        return;
+    }
+    removed(r, PQntuples(res[0]) > 0);
+}
+
+void gw_totp_remove(gw_req_t *r)
+{
+    if (!session_or_reply(r))
+        return;
+    if (r->th->memdb) {
+        db_t *db = r->th->memdb;
+        if (db_begin(db) != 0) {
+            gw_problem(r, 503, "storage-unavailable", "the enrolment could not be removed");
+            return;
+        }
+        mauth_t *m = mem(db);
+        char key[REQCTX_TENANT_MAX + SUBJECT_MAX + 2];
+        int kl = snprintf(key, sizeof key, "%s%c%s", r->tenant, '\0', r->principal.sub);
+        void *old = NULL;
+        bool any = strmap_del(&m->totp, key, (size_t)kl, &old);
+        if (old)
+            OPENSSL_cleanse(old, sizeof(mtotp_t));
+        free(old);
+        if (db_commit(db) != 0) {
+            gw_problem(r, 503, "storage-unavailable", "the enrolment could not be removed");
+            return;
+        }
+        removed(r, any);
+        return;
+    }
+    const char *p[] = {r->tenant, r->principal.sub};
+    const pga_stmt_t stm[] = {{.name = "gw_totp_remove",
+                               .sql = "DELETE FROM auth.totp WHERE tenant = $1 AND subject = $2 RETURNING 1",
+                               .nparams = 2,
+                               .params = p}};
+    gw_tx_exec(r, stm, 1, on_removed);
 }

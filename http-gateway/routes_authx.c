@@ -9,6 +9,7 @@
 #include "core/strmap.h"
 #include "http-gateway/authx/policy.h"
 #include "http-gateway/authx/policy_sync.h"
+#include "http-gateway/routes_auth.h"
 
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -913,7 +914,13 @@ static void delete_member(gw_req_t *r)
     {.id = svc ".auth.sessions", .methods = ROUTE_GET, .path = "/api/v1/" svc "/auth/sessions",                    \
      .handler = get_sessions, .resilience = AUTH_BREAKER},                                                         \
     {.id = svc ".auth.sessions.revoke", .methods = ROUTE_DELETE, .path = "/api/v1/" svc "/auth/sessions/:sid",     \
-     .handler = delete_my_session, .resilience = AUTH_BREAKER}
+     .handler = delete_my_session, .resilience = AUTH_BREAKER},                                                    \
+    {.id = svc ".auth.totp.enroll", .methods = ROUTE_POST, .path = "/api/v1/" svc "/auth/totp/enroll",             \
+     .handler = gw_totp_enroll, .resilience = AUTH_BREAKER},                                                       \
+    {.id = svc ".auth.totp.activate", .methods = ROUTE_POST, .path = "/api/v1/" svc "/auth/totp/activate",         \
+     .handler = gw_totp_activate, .resilience = AUTH_BREAKER},                                                     \
+    {.id = svc ".auth.totp.remove", .methods = ROUTE_DELETE, .path = "/api/v1/" svc "/auth/totp",                  \
+     .handler = gw_totp_remove, .resilience = AUTH_BREAKER}
 
 #define ADMIN "/api/v1/analytics/admin/auth"
 
