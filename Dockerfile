@@ -32,6 +32,7 @@ COPY outbox-worker/ outbox-worker/
 COPY services/ services/
 COPY http-gateway/ http-gateway/
 COPY cli/ cli/
+COPY sdk/ sdk/
 # `make` = configure (RelWithDebInfo) + build the two binaries into build/bin/.
 RUN make \
  && strip --strip-debug build/bin/ecom build/bin/ecomctl \
@@ -58,6 +59,8 @@ RUN if ldd /usr/local/bin/ecom /usr/local/bin/ecomctl | grep 'not found'; then e
 
 USER ecom:ecom
 WORKDIR /var/lib/ecom
+# the development roles env.dev names (AUTHX_BOOTSTRAP_FILE=config/authx.dev.json)
+COPY config/ config/
 # Gateway HTTP (PORT) and the admin port of drainer and services (ADMIN_PORT):
 # /health, /ready and /metrics. Compose gives each role its own healthcheck.
 EXPOSE 3003 9100

@@ -74,16 +74,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 30000))
-    port_busy "$p" || { echo "$p"; return 0; }
-  done
-  echo "gateway bench: no free port" >&2
-  return 1
-}
+free_port() { "$here/../scripts/free-port"; }
 wait_http() { # URL PID: until URL answers 2xx, or the process is gone
   for _ in $(seq 1 200); do
     curl -fsS -o /dev/null "$1" 2>/dev/null && return 0

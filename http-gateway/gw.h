@@ -81,6 +81,8 @@ struct gw_thread {
     struct event *tick;
     int64_t next_cleanup;
     strmap_t req_counters; /* "route|method|status" -> metric_t*, this thread's lookups */
+    jwt_cache_t jwt_cache;  /* tokens this thread verified */
+    policy_cache_t authz_cache; /* relation checks this thread answered */
     int active;            /* requests alive on this thread */
     int64_t drain_until; /* shutting down: leave when idle or at this time */
 };

@@ -350,3 +350,45 @@ out:
     jwt_free(jwt);
     return rc;
 }
+
+/* ---- the verified-token cache ---- */
+
+static size_t token_slot(const char *t, size_t n)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)t[i]) * 1099511628211ull;
+    return (size_t)(h % JWT_CACHE_SLOTS);
+}
+
+bool jwt_cache_get(jwt_cache_t *c, const char *token, int64_t now_s, principal_t *out)
+{
+    size_t n = strlen(token);
+    jwt_cache_entry_t *e = c->slot[token_slot(token, n)];
+    if (!e || e->len != n || memcmp(e->token, token, n) != 0 || now_s >= e->p.exp)
+        return false;
+    *out = e->p;
+    return true;
+}
+
+void jwt_cache_put(jwt_cache_t *c, const char *token, const principal_t *p)
+{
+    size_t n = strlen(token);
+    jwt_cache_entry_t **s = &c->slot[token_slot(token, n)];
+    if (!*s)
+        *s = xcalloc(1, sizeof **s);
+    free((*s)->token);
+    (*s)->token = xstrndup(token, n);
+    (*s)->len = n;
+    (*s)->p = *p;
+}
+
+void jwt_cache_free(jwt_cache_t *c)
+{
+    for (size_t i = 0; i < JWT_CACHE_SLOTS; i++)
+        if (c->slot[i]) {
+            free(c->slot[i]->token);
+            free(c->slot[i]);
+            c->slot[i] = NULL;
+        }
+}

@@ -7,7 +7,8 @@
  * it used, then exp (required, integer), nbf and iat (not more than 60 s in the
  * future), iss, aud, token_use == "access" and sub are checked on the strictly
  * parsed payload. Signing issues tokens with the same key (login, dev tools).
- * Owns: the key material in jwtk_t (jwtk_free). */
+ * Owns: the key material in jwtk_t (jwtk_free), the entries of a
+ * jwt_cache_t (jwt_cache_free). */
 #ifndef ECOM_JWT_H
 #define ECOM_JWT_H
 
@@ -60,5 +61,28 @@ int jwtk_verify(const jwtk_t *k, const char *token, int64_t now_s, principal_t *
  * *token owned (free). */
 int jwtk_sign(const jwtk_t *k, const principal_t *p, int64_t now_s, int ttl_s, char **token)
     __attribute__((warn_unused_result));
+
+/* A thread's cache of verified tokens: verifying costs a signature and two
+ * JSON parses per request, so a token verified once is remembered (the full
+ * token bytes as the key) until its exp, without the skew that verification
+ * allows: a hit is never more lenient than jwtk_verify. What can change while
+ * a token lives (a revoked session, roles) is checked per request outside it.
+ * Direct-mapped; not thread-safe (one per gateway thread). */
+#define JWT_CACHE_SLOTS 256
+
+typedef struct jwt_cache_entry {
+    char *token;
+    size_t len;
+    principal_t p;
+} jwt_cache_entry_t;
+
+typedef struct jwt_cache {
+    jwt_cache_entry_t *slot[JWT_CACHE_SLOTS];
+} jwt_cache_t;
+
+/* true and *out filled when token was verified before and now_s < its exp */
+bool jwt_cache_get(jwt_cache_t *c, const char *token, int64_t now_s, principal_t *out);
+void jwt_cache_put(jwt_cache_t *c, const char *token, const principal_t *p);
+void jwt_cache_free(jwt_cache_t *c);
 
 #endif

@@ -37,11 +37,18 @@ static bool authenticate_or_reply(gw_req_t *r)
     if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
         const char *why = NULL;
         int64_t now_ms = clock_now_ms();
-        if (jwtk_verify(&sh->keys, auth + 7, now_ms / 1000, &r->principal, &why) != 0 ||
-            (policy_sid_revoked(sh->policy, r->principal.sid, now_ms) && (why = "the session was revoked"))) {
+        const char *tok = auth + 7;
+        bool ok = jwt_cache_get(&r->th->jwt_cache, tok, now_ms / 1000, &r->principal);
+        if (!ok && (ok = jwtk_verify(&sh->keys, tok, now_ms / 1000, &r->principal, &why) == 0))
+            jwt_cache_put(&r->th->jwt_cache, tok, &r->principal);
+        if (ok && policy_sid_revoked(sh->policy, r->principal.sid, now_ms)) {
+            ok = false;
+            why = "the session was revoked";
+        }
+        if (!ok) {
             memset(&r->principal, 0, sizeof r->principal);
             gw_add_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-            gw_problem(r, 401, "invalid-token", why);
+            gw_problem(r, 401, "invalid-token", why ? why : "invalid token");
             return false;
         }
         return true;
@@ -154,7 +161,8 @@ static authz_t authorize(gw_req_t *r)
             return AUTHZ_REPLIED;
         }
         if (!policy_ref_valid(subject, false) ||
-            policy_check(pol, r->tenant, object, rt->rebac.relation, subject) != POLICY_ALLOW) {
+            policy_check_cached(pol, &r->th->authz_cache, r->tenant, object, rt->rebac.relation, subject) !=
+                POLICY_ALLOW) {
             char detail[POLICY_REF_MAX + 96];
             snprintf(detail, sizeof detail, "requires the relation %s on %s", rt->rebac.relation, object);
             gw_problem(r, 403, "forbidden", detail);

@@ -35,6 +35,7 @@ typedef struct events_q {
     char cursor[UUID_STR_LEN];
     bool has_cursor;
     size_t limit;
+    char aggregate[POLICY_REF_MAX + 1]; /* only this aggregate's events ("" = all) */
 } events_q_t;
 
 static bool events_query_or_reply(gw_req_t *r, events_q_t *q)
@@ -252,14 +253,24 @@ static void on_events_conn(pga_conn_t *c, const char *err, void *arg)
     }
     char lim[16];
     snprintf(lim, sizeof lim, "%zu", ec->q.limit);
-    const char *p[] = {r->tenant, ec->q.has_type ? ec->q.type : NULL, ec->q.has_cursor ? ec->q.cursor : NULL, lim};
-    const pga_stmt_t st[] = {{.name = "gw_events",
-                              .sql = "SELECT id, type, topic, aggregate_id, seq,"
-                                     " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
-                                     " FROM analytics.events WHERE tenant = $1 AND ($2::text IS NULL OR type = $2)"
-                                     " AND ($3::uuid IS NULL OR id < $3::uuid) ORDER BY id DESC LIMIT $4",
-                              .nparams = 4,
-                              .params = p}};
+    const char *p[] = {r->tenant, ec->q.has_type ? ec->q.type : NULL, ec->q.has_cursor ? ec->q.cursor : NULL, lim,
+                       ec->q.aggregate};
+    const pga_stmt_t all = {.name = "gw_events",
+                            .sql = "SELECT id, type, topic, aggregate_id, seq,"
+                                   " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
+                                   " FROM analytics.events WHERE tenant = $1 AND ($2::text IS NULL OR type = $2)"
+                                   " AND ($3::uuid IS NULL OR id < $3::uuid) ORDER BY id DESC LIMIT $4",
+                            .nparams = 4,
+                            .params = p};
+    const pga_stmt_t one = {.name = "gw_aggregate_events",
+                            .sql = "SELECT id, type, topic, aggregate_id, seq,"
+                                   " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
+                                   " FROM analytics.events WHERE tenant = $1 AND aggregate_id = $5"
+                                   " AND ($2::text IS NULL OR type = $2) AND ($3::uuid IS NULL OR id < $3::uuid)"
+                                   " ORDER BY id DESC LIMIT $4",
+                            .nparams = 5,
+                            .params = p};
+    const pga_stmt_t st[] = {ec->q.aggregate[0] ? one : all};
     if (pga_pipeline(c, st, 1, on_events, at) != 0) {
         pga_release(c, true);
         attempt_done(at, false);
@@ -291,16 +302,15 @@ static void start_attempt(events_ctx_t *ec)
     arm_hedge(ec);
 }
 
-static void get_events(gw_req_t *r)
+static void list_events(gw_req_t *r, const events_q_t *qp)
 {
-    events_q_t q;
-    if (!events_query_or_reply(r, &q))
-        return;
+    events_q_t q = *qp;
     if (r->th->memdb) {
         analytics_event_t *ev = NULL;
         size_t n = 0;
-        if (analytics_list(r->th->memdb, r->tenant, q.has_type ? q.type : NULL, q.has_cursor ? q.cursor : NULL,
-                           q.limit, &ev, &n) != 0) {
+        if (analytics_list_filtered(r->th->memdb, r->tenant, q.has_type ? q.type : NULL,
+                                    q.aggregate[0] ? q.aggregate : NULL, q.has_cursor ? q.cursor : NULL, q.limit, &ev,
+                                    &n) != 0) {
             gw_problem(r, 503, "storage-unavailable", "the events could not be read");
             return;
         }
@@ -318,6 +328,26 @@ static void get_events(gw_req_t *r)
     gw_ref(r);
     start_attempt(ec);
     ec_maybe_free(ec);
+}
+
+static void get_events(gw_req_t *r)
+{
+    events_q_t q;
+    if (events_query_or_reply(r, &q))
+        list_events(r, &q);
+}
+
+/* ---- GET /api/v1/analytics/projects/:projectId/events: ReBAC viewer ---- */
+
+/* The project's events (those posted with its projectId), newest first, with
+ * the filters of GET /events; the pipeline checked viewer on the project. */
+static void get_project_events(gw_req_t *r)
+{
+    events_q_t q;
+    if (!events_query_or_reply(r, &q))
+        return;
+    snprintf(q.aggregate, sizeof q.aggregate, "project:%s", route_param(&r->params, "projectId"));
+    list_events(r, &q);
 }
 
 /* ---- POST /api/v1/analytics/events ---- */
@@ -460,6 +490,16 @@ static const route_t routes[] = {
         .handler = get_events,
         .cache = {.ttl_ms = 5000, .swr_ms = 25000, .stale_if_error_ms = 60000, .key = events_key},
         .permissions = {"events:read"},
+        .resilience = STORE_READ_RESILIENCE,
+        .response_schema = &events_response,
+    },
+    {
+        .id = "analytics.projects.events",
+        .methods = ROUTE_GET | ROUTE_HEAD,
+        .path = "/api/v1/analytics/projects/:projectId/events",
+        .handler = get_project_events,
+        .permissions = {"events:read"},
+        .rebac = {.relation = "viewer", .object_param = "projectId", .object_type = "project"},
         .resilience = STORE_READ_RESILIENCE,
         .response_schema = &events_response,
     },

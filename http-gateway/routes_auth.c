@@ -429,7 +429,7 @@ void gw_otp_request(gw_req_t *r)
     otp_ticket_id(q->ticket);
     otp_random_code(q->code);
     if (strcmp(channel, "totp") == 0) {
-        char dead[OTP_CODE_LEN + 2];
+        char dead[16];
         random_hex(dead, 4); /* not a code anyone can type: the ticket opens with nothing */
         code_mac(r, q->ticket, dead, q->mac);
     } else {

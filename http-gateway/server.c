@@ -493,6 +493,8 @@ static void thread_free(gw_thread_t *th)
         evhttp_free(th->http);
     db_close(th->memdb);
     strmap_free(&th->req_counters);
+    jwt_cache_free(&th->jwt_cache);
+    policy_cache_free(&th->authz_cache);
     if (th->base)
         event_base_free(th->base);
 }

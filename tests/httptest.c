@@ -3,6 +3,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/config.h"
 #include "core/pg.h"
 #include "core/uuid.h"
 #include "tests/testlib.h"
@@ -12,6 +13,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -482,4 +484,100 @@ char *unique(const char *prefix)
     char hex[9];
     random_hex(hex, 4);
     return xasprintf("%s%d-%s-%d", prefix, (int)getpid(), hex, n++);
+}
+
+/* ================= tokens ================= */
+
+int test_jwt_keys(jwtk_t *k, const char *secret)
+{
+    setenv("APP_ENV", "production", 1);
+    setenv("JWT_SECRET", secret, 1);
+    setenv("OTP_PEPPER", "test-pepper-0123456789abcdef0123456789", 1);
+    unsetenv("JWT_PRIVATE_KEY_PEM");
+    unsetenv("JWT_PUBLIC_KEY_PEM");
+    unsetenv("JWT_ISSUER");
+    unsetenv("JWT_AUDIENCE");
+    config_t cfg;
+    char *errors = NULL;
+    int rc = config_load(&cfg, NULL, CFG_ROLE_GATEWAY, &errors);
+    if (rc == 0) {
+        free(errors);
+        errors = NULL;
+        rc = jwtk_init(k, &cfg, &errors);
+    }
+    if (rc != 0)
+        fprintf(stderr, "\n  keys: %s\n", errors ? errors : "?");
+    free(errors);
+    config_free(&cfg);
+    unsetenv("APP_ENV");
+    unsetenv("JWT_SECRET");
+    unsetenv("OTP_PEPPER");
+    return rc;
+}
+
+char *test_jwt_mint(const jwtk_t *k, const char *sub, const char *tid, const char *const *perms, int64_t now_s, int ttl)
+{
+    principal_t p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.sub, sizeof p.sub, "%s", sub);
+    snprintf(p.tid, sizeof p.tid, "%s", tid);
+    for (int i = 0; perms && perms[i] && i < PRINCIPAL_MAX_PERMS; i++)
+        snprintf(p.perms[p.nperms++], sizeof p.perms[0], "%s", perms[i]);
+    char *tok = NULL;
+    if (jwtk_sign(k, &p, now_s, ttl, &tok) != 0)
+        return NULL;
+    return tok;
+}
+
+int hget_auth(int port, const char *path, const char *tok, const char *extra, hresp_t *r)
+{
+    char *h = xasprintf("Authorization: Bearer %s\r\n%s", tok, extra ? extra : "");
+    int rc = hget(port, path, h, r);
+    free(h);
+    return rc;
+}
+
+/* ================= concurrent requests ================= */
+
+
+static void *job_run(void *arg)
+{
+    job_t *j = arg;
+    int fd = hconnect(j->port);
+    j->refused = fd < 0;
+    pthread_barrier_wait(j->bar);
+    memset(&j->resp, 0, sizeof j->resp);
+    if (fd >= 0) {
+        if (hsend(fd, j->method, j->path, j->hdrs, j->body, j->body ? strlen(j->body) : 0) == 0 &&
+            hrecv(fd, false, &j->resp) != 0)
+            memset(&j->resp, 0, sizeof j->resp);
+        close(fd);
+    }
+    return NULL;
+}
+
+/* Runs n copies of one request at once, each on its own connection. */
+job_t *run_concurrent(int n, int port, const char *method, const char *path, const char *hdrs,
+                      const char *body)
+{
+    job_t *jobs = xcalloc((size_t)n, sizeof *jobs);
+    pthread_t *th = xcalloc((size_t)n, sizeof *th);
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, (unsigned)n);
+    for (int i = 0; i < n; i++) {
+        jobs[i] = (job_t){port, method, path, hdrs, body, &bar, {0}, false};
+        pthread_create(&th[i], NULL, job_run, &jobs[i]);
+    }
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&bar);
+    free(th);
+    return jobs;
+}
+
+void free_jobs(job_t *jobs, int n)
+{
+    for (int i = 0; i < n; i++)
+        hfree(&jobs[i].resp);
+    free(jobs);
 }

@@ -8,7 +8,10 @@
 #ifndef ECOM_TESTS_HTTPTEST_H
 #define ECOM_TESTS_HTTPTEST_H
 
+#include "http-gateway/jwt.h"
+
 #include <json-c/json.h>
+#include <pthread.h>
 #include <libpq-fe.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -86,5 +89,26 @@ void check_problem(const hresp_t *r, int status, const char *type_suffix, const 
 double metric(int port, const char *series);
 /* A unique string with the prefix (owned). */
 char *unique(const char *prefix);
+
+typedef struct job {
+    int port;
+    const char *method, *path, *hdrs, *body;
+    pthread_barrier_t *bar;
+    hresp_t resp;
+    bool refused; /* the connection was refused */
+} job_t;
+
+/* Runs n copies of one request at once, each on its own connection (all
+ * connected first, then sent together). Free with free_jobs. */
+job_t *run_concurrent(int n, int port, const char *method, const char *path, const char *hdrs, const char *body);
+void free_jobs(job_t *jobs, int n);
+
+/* Keys as a production gateway with JWT_SECRET=secret loads them. 0 or -1. */
+int test_jwt_keys(jwtk_t *k, const char *secret);
+/* An access token for sub in tenant tid (with perms when not NULL), issued at
+ * now_s for ttl seconds (owned; NULL on failure). */
+char *test_jwt_mint(const jwtk_t *k, const char *sub, const char *tid, const char *const *perms, int64_t now_s, int ttl);
+/* GET with "Authorization: Bearer tok" and extra header lines. */
+int hget_auth(int port, const char *path, const char *tok, const char *extra, hresp_t *r);
 
 #endif

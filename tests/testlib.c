@@ -132,7 +132,7 @@ const char *test_redis_private(void)
     if (test_sh("mkdir -p %s", priv_dir) != 0)
         die("cannot create a folder for Redis");
     for (int attempt = 0; attempt < 20; attempt++) {
-        priv_port = 20000 + (int)((getpid() * 7919 + attempt * 104729) % 30000);
+        priv_port = 20000 + (int)((getpid() * 7919 + attempt * 104729) % 12000);
         if (test_sh("redis-cli -p %d ping >/dev/null 2>&1", priv_port) == 0)
             continue; /* taken */
         if (priv_start() == 0) {

@@ -10,6 +10,7 @@
 #include "core/strmap.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,7 @@ struct policy {
     strmap_t revoked;  /* sid -> int64_t until_ms */
     size_t ntuples;
     int64_t rev;
+    _Atomic uint64_t gen; /* bumped by every applied change of roles, bindings or tuples */
     int64_t synced_ms;
     int64_t next_purge_ms;
     pthread_mutex_t poke_mu;
@@ -325,8 +327,10 @@ static row_t *newer_row(strmap_t *m, const char *k, size_t kl, int64_t rev)
     return rev > r->rev ? r : NULL;
 }
 
+/* A row changed (under the write lock). */
 static void bump(policy_t *p, int64_t rev)
 {
+    atomic_fetch_add(&p->gen, 1);
     if (p->memory && rev > p->rev)
         p->rev = rev;
 }
@@ -593,9 +597,20 @@ typedef struct walk {
     policy_t *p;
     const char *tenant, *user;
     bool depth_exceeded;
-    char visited[VISITED_MAX][POLICY_REF_MAX + POLICY_NAME_MAX + 2];
+    uint64_t visited[VISITED_MAX]; /* FNV-1a of "object#relation" expanded so far */
     int nvisited;
 } walk_t;
+
+static uint64_t fnv1a(const char *a, const char *b)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (const char *s = a; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    h = (h ^ '#') * 1099511628211ull;
+    for (const char *s = b; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
 
 static bool has_tuple(walk_t *w, const char *object, const char *relation, const char *subject)
 {
@@ -629,13 +644,12 @@ static bool check(walk_t *w, const char *object, const char *relation, int depth
         w->depth_exceeded = true;
         return false;
     }
-    char here[sizeof w->visited[0]];
-    snprintf(here, sizeof here, "%s#%s", object, relation);
+    uint64_t here = fnv1a(object, relation);
     for (int i = 0; i < w->nvisited; i++)
-        if (strcmp(w->visited[i], here) == 0)
+        if (w->visited[i] == here)
             return false;
     if (w->nvisited < VISITED_MAX)
-        memcpy(w->visited[w->nvisited++], here, sizeof here);
+        w->visited[w->nvisited++] = here;
     if (has_tuple(w, object, relation, w->user))
         return true;
     const tset_t *t = find_set(w, object, relation);
@@ -666,19 +680,62 @@ static bool check(walk_t *w, const char *object, const char *relation, int depth
 policy_verdict_t policy_check(policy_t *p, const char *tenant, const char *object, const char *relation,
                               const char *subject)
 {
-    walk_t *w = xcalloc(1, sizeof *w);
-    w->p = p;
-    w->tenant = tenant;
-    w->user = subject;
+    walk_t w = {.p = p, .tenant = tenant, .user = subject};
     pthread_rwlock_rdlock(&p->lock);
-    bool ok = check(w, object, relation, 0);
+    bool ok = check(&w, object, relation, 0);
     pthread_rwlock_unlock(&p->lock);
-    policy_verdict_t v = ok ? POLICY_ALLOW : w->depth_exceeded ? POLICY_DEPTH_EXCEEDED : POLICY_DENY;
-    free(w);
+    policy_verdict_t v = ok ? POLICY_ALLOW : w.depth_exceeded ? POLICY_DEPTH_EXCEEDED : POLICY_DENY;
     if (v == POLICY_DEPTH_EXCEEDED)
         log_error("relation check %s#%s@%s in tenant %s went deeper than %d hops: denied", object, relation, subject,
                   tenant, POLICY_DEPTH_MAX);
     return v;
+}
+
+struct policy_cache_entry {
+    uint64_t gen;
+    policy_verdict_t v;
+    size_t len;
+    char key[];
+};
+
+policy_verdict_t policy_check_cached(policy_t *p, policy_cache_t *c, const char *tenant, const char *object,
+                                     const char *relation, const char *subject)
+{
+    char k[KEY_MAX];
+    size_t kl = key(k, tenant, object, relation, subject);
+    if (!kl)
+        return policy_check(p, tenant, object, relation, subject);
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < kl; i++)
+        h = (h ^ (unsigned char)k[i]) * 1099511628211ull;
+    policy_cache_entry_t **s = &c->slot[h % POLICY_CACHE_SLOTS];
+    uint64_t gen = atomic_load(&p->gen);
+    if (*s && (*s)->gen == gen && (*s)->len == kl && memcmp((*s)->key, k, kl) == 0)
+        return (*s)->v;
+    walk_t w = {.p = p, .tenant = tenant, .user = subject};
+    pthread_rwlock_rdlock(&p->lock);
+    gen = atomic_load(&p->gen); /* the generation this verdict was computed at */
+    bool ok = check(&w, object, relation, 0);
+    pthread_rwlock_unlock(&p->lock);
+    if (w.depth_exceeded && !ok)
+        return policy_check(p, tenant, object, relation, subject); /* logs it; not remembered */
+    if (!*s || (*s)->len < kl) {
+        free(*s);
+        *s = xmalloc(sizeof **s + kl);
+    }
+    (*s)->gen = gen;
+    (*s)->v = ok ? POLICY_ALLOW : POLICY_DENY;
+    (*s)->len = kl;
+    memcpy((*s)->key, k, kl);
+    return (*s)->v;
+}
+
+void policy_cache_free(policy_cache_t *c)
+{
+    for (size_t i = 0; i < POLICY_CACHE_SLOTS; i++) {
+        free(c->slot[i]);
+        c->slot[i] = NULL;
+    }
 }
 
 bool policy_sid_revoked(policy_t *p, const char *sid, int64_t now_ms)

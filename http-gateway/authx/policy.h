@@ -17,7 +17,8 @@
  * The snapshot's revision is the one up to which every write is known to be
  * applied; a check that must see a given write waits until it gets there.
  * Thread-safe (a readers-writer lock).
- * Owns: everything in policy_t (policy_free), the JSON lists it returns. */
+ * Owns: everything in policy_t (policy_free), the JSON lists it returns,
+ * the entries of a policy_cache_t (policy_cache_free). */
 #ifndef ECOM_AUTHX_POLICY_H
 #define ECOM_AUTHX_POLICY_H
 
@@ -87,6 +88,20 @@ json_object *policy_roles_of(policy_t *p, const char *tenant, const char *subjec
 policy_verdict_t policy_check(policy_t *p, const char *tenant, const char *object, const char *relation,
                               const char *subject);
 bool policy_sid_revoked(policy_t *p, const char *sid, int64_t now_ms);
+
+/* A caller's memo of check verdicts (one per gateway thread; not
+ * thread-safe). An entry holds the whole question as its key and the
+ * snapshot's generation, which every applied write bumps: it answers only
+ * while nothing changed since, so it is never staler than policy_check. */
+#define POLICY_CACHE_SLOTS 512
+typedef struct policy_cache_entry policy_cache_entry_t;
+typedef struct policy_cache {
+    policy_cache_entry_t *slot[POLICY_CACHE_SLOTS];
+} policy_cache_t;
+policy_verdict_t policy_check_cached(policy_t *p, policy_cache_t *c, const char *tenant, const char *object,
+                                     const char *relation, const char *subject);
+void policy_cache_free(policy_cache_t *c);
+
 /* Live rows, exactly as written (no defaults, no rewrites). */
 bool policy_has_tuple(policy_t *p, const char *tenant, const char *object, const char *relation, const char *subject);
 bool policy_has_binding(policy_t *p, const char *tenant, const char *subject, const char *role);

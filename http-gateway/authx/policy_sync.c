@@ -16,6 +16,7 @@
 #include <string.h>
 
 #define FEED_BATCH 5000
+#define BOOT_MAX (64 << 20) /* bytes of a bootstrap document */
 
 const char policy_sql_lock[] = "SELECT pg_advisory_xact_lock(hashtext('auth.policy'))";
 
@@ -174,15 +175,15 @@ int policy_bootstrap_load(const char *path, json_object **out, char **errors)
         *errors = errs.s;
         return -1;
     }
-    char *text = xmalloc(1 << 20);
-    size_t n = fread(text, 1, (1 << 20) - 1, f);
-    bool too_big = !feof(f);
+    char *text = xmalloc(BOOT_MAX + 1);
+    size_t n = fread(text, 1, BOOT_MAX, f);
+    bool too_big = n == BOOT_MAX && fgetc(f) != EOF;
     fclose(f);
     text[n] = '\0';
     json_object *doc = NULL;
     const char *why = NULL;
     if (too_big)
-        errlist_add(&errs, "AUTHX_BOOTSTRAP_FILE %s: larger than 1 MiB", path);
+        errlist_add(&errs, "AUTHX_BOOTSTRAP_FILE %s: larger than %d MiB", path, BOOT_MAX >> 20);
     else if (json_parse_strict(text, n, &doc, &why) != 0)
         errlist_add(&errs, "AUTHX_BOOTSTRAP_FILE %s: %s", path, why);
     else

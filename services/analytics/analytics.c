@@ -3,6 +3,7 @@
 
 #include "core/alloc.h"
 #include "core/pg.h"
+#include "core/strmap.h"
 
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -72,14 +73,25 @@ static const char *event_type(const envelope_t *e, json_object *payload)
     return e->type;
 }
 
+/* Each statement inserts the events and, for the rows it did insert (a copy
+ * already recorded is skipped), bumps analytics.counts_by_minute: counters and
+ * events commit together. The counter rows are taken in key order. */
+#define COUNT_INSERTED                                                                                                 \
+    " RETURNING tenant, type, occurred_at)"                                                                            \
+    " INSERT INTO analytics.counts_by_minute AS c (tenant, type, minute, count)"                                       \
+    " SELECT tenant, type, date_trunc('minute', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*)"          \
+    " FROM e GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"                                                                        \
+    " ON CONFLICT (tenant, type, minute) DO UPDATE SET count = c.count + excluded.count"
+
 static const char sql_one[] =
-    "INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, to_timestamp($8::bigint / 1000.0)) ON CONFLICT (id) DO NOTHING";
+    "WITH e AS (INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, to_timestamp($8::bigint / 1000.0))"
+    " ON CONFLICT (id) DO NOTHING" COUNT_INSERTED;
 static const char sql_batch[] =
-    "INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
+    "WITH e AS (INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
     " SELECT id, tenant, type, topic, aggregate_id, seq, payload, to_timestamp(ts / 1000.0)"
     " FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, tenant text, type text, topic text, aggregate_id text,"
-    " seq bigint, payload jsonb, ts bigint) ON CONFLICT (id) DO NOTHING";
+    " seq bigint, payload jsonb, ts bigint) ON CONFLICT (id) DO NOTHING" COUNT_INSERTED;
 
 static svc_result_t handle(svc_ctx_t *c, void *arg)
 {
@@ -186,6 +198,12 @@ static void copy_event(analytics_event_t *dst, const analytics_event_t *src)
 int analytics_list(db_t *db, const char *tenant, const char *type, const char *before_id, size_t limit,
                    analytics_event_t **out, size_t *n)
 {
+    return analytics_list_filtered(db, tenant, type, NULL, before_id, limit, out, n);
+}
+
+int analytics_list_filtered(db_t *db, const char *tenant, const char *type, const char *aggregate,
+                            const char *before_id, size_t limit, analytics_event_t **out, size_t *n)
+{
     *out = NULL;
     *n = 0;
     analytics_event_t *res = xcalloc(limit + 1, sizeof *res);
@@ -205,7 +223,8 @@ int analytics_list(db_t *db, const char *tenant, const char *type, const char *b
                     started = true;
                 continue;
             }
-            if (strcmp(e->tenant, tenant) != 0 || (type && strcmp(e->type, type) != 0))
+            if (strcmp(e->tenant, tenant) != 0 || (type && strcmp(e->type, type) != 0) ||
+                (aggregate && strcmp(e->aggregate_id, aggregate) != 0))
                 continue;
             copy_event(&res[k++], e);
         }
@@ -219,13 +238,14 @@ int analytics_list(db_t *db, const char *tenant, const char *type, const char *b
     }
     char lim[24];
     snprintf(lim, sizeof lim, "%zu", limit);
-    const char *p[] = {tenant, type, before_id, lim};
+    const char *p[] = {tenant, type, before_id, lim, aggregate};
     PGresult *r = pg_query(db->pg,
                            "SELECT id, tenant, type, topic, aggregate_id, seq,"
                            " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
                            " FROM analytics.events WHERE tenant = $1 AND ($2::text IS NULL OR type = $2)"
-                           " AND ($3::uuid IS NULL OR id < $3::uuid) ORDER BY id DESC LIMIT $4",
-                           4, p);
+                           " AND ($3::uuid IS NULL OR id < $3::uuid) AND ($5::text IS NULL OR aggregate_id = $5)"
+                           " ORDER BY id DESC LIMIT $4",
+                           5, p);
     if (!r) {
         free(res);
         return -1;
@@ -260,5 +280,94 @@ int analytics_count(db_t *db, uint64_t *n)
         return -1;
     *n = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
+    return 0;
+}
+
+/* ---- counts per type over a window ---- */
+
+const char analytics_sql_stats[] =
+    "SELECT type, sum(count)::bigint FROM analytics.counts_by_minute"
+    " WHERE tenant = $1 AND minute >= to_timestamp($2::bigint) AND ($3::text IS NULL OR type = $3)"
+    " GROUP BY type ORDER BY 2 DESC, type COLLATE \"C\"";
+
+void analytics_type_counts_free(analytics_type_count_t *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(c[i].type);
+    free(c);
+}
+
+static int count_cmp(const void *a, const void *b)
+{
+    const analytics_type_count_t *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count > y->count ? -1 : 1;
+    return strcmp(x->type, y->type);
+}
+
+/* The memory read model keeps no counters: its events are counted. */
+static void mem_stats(db_t *db, const char *tenant, const char *type, int64_t since_ms, analytics_type_count_t **out,
+                      size_t *n)
+{
+    mem_events_t *m = db_mem_slot(db, MEM_SLOT_ANALYTICS, mem_make, mem_free);
+    strmap_t by_type;
+    strmap_init(&by_type);
+    for (size_t i = 0; i < m->n; i++) {
+        const analytics_event_t *e = &m->ev[i];
+        if (e->occurred_ms < since_ms || strcmp(e->tenant, tenant) != 0 || (type && strcmp(e->type, type) != 0))
+            continue;
+        void **v = strmap_put(&by_type, e->type, strlen(e->type), NULL);
+        *v = (void *)((intptr_t)*v + 1);
+    }
+    analytics_type_count_t *res = xcalloc(by_type.live + 1, sizeof *res);
+    size_t k = 0;
+    const char *key;
+    size_t klen;
+    void *val;
+    for (size_t it = 0; strmap_next(&by_type, &it, &key, &klen, &val);) {
+        res[k].type = xstrndup(key, klen);
+        res[k++].count = (int64_t)(intptr_t)val;
+    }
+    strmap_free(&by_type);
+    if (k > 1)
+        qsort(res, k, sizeof *res, count_cmp);
+    *out = res;
+    *n = k;
+}
+
+int analytics_stats(db_t *db, const char *tenant, const char *type, int64_t since_ms, analytics_type_count_t **out,
+                    size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (since_ms < 0 || since_ms % 60000 != 0)
+        return -1;
+    if (db->kind == DB_MEMORY) {
+        if (db_begin(db) != 0)
+            return -1;
+        mem_stats(db, tenant, type, since_ms, out, n);
+        if (db_commit(db) != 0) {
+            analytics_type_counts_free(*out, *n);
+            *out = NULL;
+            *n = 0;
+            return -1;
+        }
+        return 0;
+    }
+    char since[24];
+    snprintf(since, sizeof since, "%lld", (long long)(since_ms / 1000));
+    const char *p[] = {tenant, since, type};
+    PGresult *r = pg_query(db->pg, analytics_sql_stats, 3, p);
+    if (!r)
+        return -1;
+    int rows = PQntuples(r);
+    analytics_type_count_t *res = xcalloc((size_t)rows + 1, sizeof *res);
+    for (int i = 0; i < rows; i++) {
+        res[i].type = xstrdup(PQgetvalue(r, i, 0));
+        res[i].count = strtoll(PQgetvalue(r, i, 1), NULL, 10);
+    }
+    PQclear(r);
+    *out = res;
+    *n = (size_t)rows;
     return 0;
 }

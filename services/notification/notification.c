@@ -699,3 +699,151 @@ int notification_list(db_t *db, const char *tenant, const char *subject, size_t 
     *n = k;
     return 0;
 }
+
+/* ---- pages of one subject's deliveries ---- */
+
+#define PAGE_SELECT                                                                                                    \
+    "SELECT message_id, channel, coalesce(subject, ''), coalesce(type, ''), coalesce(status, ''),"                     \
+    " coalesce(detail, ''), (extract(epoch FROM created_at) * 1000000)::bigint"                                        \
+    " FROM notification.deliveries WHERE tenant = $1 AND subject = $2"
+#define PAGE_ORDER " ORDER BY created_at DESC, message_id DESC, channel DESC LIMIT $3"
+
+/* created_at is always set (DEFAULT now(), never written); the row comparison
+ * is one range of the (tenant, subject, created_at, message_id, channel) index */
+const char notification_sql_page[] = PAGE_SELECT PAGE_ORDER;
+const char notification_sql_page_after[] =
+    PAGE_SELECT " AND (created_at, message_id, channel)"
+                " < (to_timestamp(0) + $4::bigint * interval '1 microsecond', $5::uuid, $6::text)" PAGE_ORDER;
+
+int notification_key_cmp(const notification_key_t *a, const notification_key_t *b)
+{
+    if (a->created_us != b->created_us)
+        return a->created_us > b->created_us ? -1 : 1;
+    int c = strcmp(a->message_id, b->message_id);
+    if (c == 0)
+        c = strcmp(a->channel, b->channel);
+    return c > 0 ? -1 : c < 0 ? 1 : 0;
+}
+
+void notification_page_free(notification_page_row_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        delivery_clear(&rows[i].d);
+    free(rows);
+}
+
+void notification_page_row_from(const PGresult *res, int i, notification_page_row_t *row)
+{
+    memset(row, 0, sizeof *row);
+    notification_delivery_t *d = &row->d;
+    snprintf(d->message_id, sizeof d->message_id, "%s", PQgetvalue(res, i, 0));
+    snprintf(d->channel, sizeof d->channel, "%s", PQgetvalue(res, i, 1));
+    d->subject = xstrdup(PQgetvalue(res, i, 2));
+    d->type = xstrdup(PQgetvalue(res, i, 3));
+    d->status = xstrdup(PQgetvalue(res, i, 4));
+    d->detail = xstrdup(PQgetvalue(res, i, 5));
+    row->key.created_us = strtoll(PQgetvalue(res, i, 6), NULL, 10);
+    d->created_ms = row->key.created_us / 1000;
+    memcpy(row->key.message_id, d->message_id, sizeof row->key.message_id);
+    memcpy(row->key.channel, d->channel, sizeof row->key.channel);
+}
+
+static void mem_key(const notification_delivery_t *d, notification_key_t *k)
+{
+    k->created_us = d->created_ms * 1000;
+    memcpy(k->message_id, d->message_id, sizeof k->message_id);
+    memcpy(k->channel, d->channel, sizeof k->channel);
+}
+
+typedef struct mem_hit {
+    notification_key_t key;
+    const notification_delivery_t *d;
+} mem_hit_t;
+
+static int hit_cmp(const void *a, const void *b)
+{
+    return notification_key_cmp(&((const mem_hit_t *)a)->key, &((const mem_hit_t *)b)->key);
+}
+
+/* The memory table is in arrival order, which a clock step could make differ
+ * from key order: the subject's rows after the key are sorted, then cut. */
+static void mem_page(db_t *db, const char *tenant, const char *subject, const notification_key_t *after, size_t limit,
+                     notification_page_row_t *res, size_t *k)
+{
+    mem_deliveries_t *m = mem_table(db);
+    mem_hit_t *hits = NULL;
+    size_t nh = 0, cap = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        const notification_delivery_t *d = &m->rows[i];
+        if (strcmp(d->tenant, tenant) != 0 || strcmp(d->subject, subject) != 0)
+            continue;
+        mem_hit_t h = {.d = d};
+        mem_key(d, &h.key);
+        if (after && notification_key_cmp(&h.key, after) <= 0)
+            continue;
+        if (nh == cap) {
+            cap = cap ? cap * 2 : 64;
+            hits = xrealloc(hits, cap * sizeof *hits);
+        }
+        hits[nh++] = h;
+    }
+    if (nh > 1)
+        qsort(hits, nh, sizeof *hits, hit_cmp);
+    for (size_t i = 0; i < nh && *k < limit; i++) {
+        notification_page_row_t *o = &res[(*k)++];
+        const notification_delivery_t *d = hits[i].d;
+        o->d = *d;
+        o->d.tenant = xstrdup(d->tenant);
+        o->d.subject = xstrdup(d->subject);
+        o->d.type = xstrdup(d->type);
+        o->d.status = xstrdup(d->status);
+        o->d.detail = xstrdup(d->detail);
+        o->key = hits[i].key;
+    }
+    free(hits);
+}
+
+int notification_page(db_t *db, const char *tenant, const char *subject, const notification_key_t *after, size_t limit,
+                      notification_page_row_t **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    notification_page_row_t *res = xcalloc(limit + 1, sizeof *res);
+    size_t k = 0;
+    if (db->kind == DB_MEMORY) {
+        bool own = !db->in_tx; /* inside the caller's transaction when it has one */
+        if (own && db_begin(db) != 0) {
+            free(res);
+            return -1;
+        }
+        mem_page(db, tenant, subject, after, limit, res, &k);
+        if (own && db_commit(db) != 0) {
+            notification_page_free(res, k);
+            return -1;
+        }
+        *out = res;
+        *n = k;
+        return 0;
+    }
+    char lim[24], us[24];
+    snprintf(lim, sizeof lim, "%zu", limit);
+    PGresult *r;
+    if (after) {
+        snprintf(us, sizeof us, "%lld", (long long)after->created_us);
+        const char *p[] = {tenant, subject, lim, us, after->message_id, after->channel};
+        r = pg_query(db->pg, notification_sql_page_after, 6, p);
+    } else {
+        const char *p[] = {tenant, subject, lim};
+        r = pg_query(db->pg, notification_sql_page, 3, p);
+    }
+    if (!r) {
+        free(res);
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(r) && k < limit; i++)
+        notification_page_row_from(r, i, &res[k++]);
+    PQclear(r);
+    *out = res;
+    *n = k;
+    return 0;
+}

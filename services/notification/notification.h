@@ -73,4 +73,40 @@ int notification_list(db_t *db, const char *tenant, const char *subject, size_t 
                       size_t *n) __attribute__((warn_unused_result));
 void notification_deliveries_free(notification_delivery_t *d, size_t n);
 
+/* ---- pages of one subject's deliveries (GET /api/v1/notifications/deliveries) ----
+ * Newest first: ordered by (created time, message id, channel), each descending,
+ * which is a total order (message id and channel are the key). A page continues
+ * strictly after a key, so rows recorded between two page reads never make a
+ * page repeat or skip a row that was already there. */
+
+typedef struct notification_key {
+    int64_t created_us; /* created time in µs since the epoch (memory rows: their ms * 1000) */
+    char message_id[UUID_STR_LEN];
+    char channel[16];
+} notification_key_t;
+
+typedef struct notification_page_row {
+    notification_delivery_t d; /* created_ms = key.created_us / 1000 */
+    notification_key_t key;
+} notification_page_row_t;
+
+/* The page statements, for callers that run them themselves (the gateway's
+ * asynchronous reads): text parameters $1 tenant, $2 subject, $3 limit, and in
+ * the _after one $4 created µs, $5 message id, $6 channel of the key. Columns:
+ * message_id, channel, subject, type, status, detail (NULL as ''), created µs. */
+extern const char notification_sql_page[];
+extern const char notification_sql_page_after[];
+
+/* At most limit deliveries of (tenant, subject) in page order, after *after
+ * (NULL: from the newest). *out owned (notification_page_free). In the caller's
+ * open transaction when it has one. */
+int notification_page(db_t *db, const char *tenant, const char *subject, const notification_key_t *after, size_t limit,
+                      notification_page_row_t **out, size_t *n) __attribute__((warn_unused_result));
+void notification_page_free(notification_page_row_t *rows, size_t n);
+/* Row i of a result of the page statements into *row (strings owned; free the
+ * array with notification_page_free). */
+void notification_page_row_from(const PGresult *res, int i, notification_page_row_t *row);
+/* strcmp-like order of keys: < 0 when a comes first in a page (is newer). */
+int notification_key_cmp(const notification_key_t *a, const notification_key_t *b);
+
 #endif

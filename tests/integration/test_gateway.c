@@ -58,56 +58,6 @@ static void reap_everything(void)
 
 #define IDEM_N 50
 
-typedef struct job {
-    int port;
-    const char *method, *path, *hdrs, *body;
-    pthread_barrier_t *bar;
-    hresp_t resp;
-    bool refused; /* the connection was refused */
-} job_t;
-
-static void *job_run(void *arg)
-{
-    job_t *j = arg;
-    int fd = hconnect(j->port);
-    j->refused = fd < 0;
-    pthread_barrier_wait(j->bar);
-    memset(&j->resp, 0, sizeof j->resp);
-    if (fd >= 0) {
-        if (hsend(fd, j->method, j->path, j->hdrs, j->body, j->body ? strlen(j->body) : 0) == 0 &&
-            hrecv(fd, false, &j->resp) != 0)
-            memset(&j->resp, 0, sizeof j->resp);
-        close(fd);
-    }
-    return NULL;
-}
-
-/* Runs n copies of one request at once, each on its own connection. */
-static job_t *run_concurrent(int n, int port, const char *method, const char *path, const char *hdrs,
-                             const char *body)
-{
-    job_t *jobs = xcalloc((size_t)n, sizeof *jobs);
-    pthread_t *th = xcalloc((size_t)n, sizeof *th);
-    pthread_barrier_t bar;
-    pthread_barrier_init(&bar, NULL, (unsigned)n);
-    for (int i = 0; i < n; i++) {
-        jobs[i] = (job_t){port, method, path, hdrs, body, &bar, {0}, false};
-        pthread_create(&th[i], NULL, job_run, &jobs[i]);
-    }
-    for (int i = 0; i < n; i++)
-        pthread_join(th[i], NULL);
-    pthread_barrier_destroy(&bar);
-    free(th);
-    return jobs;
-}
-
-static void free_jobs(job_t *jobs, int n)
-{
-    for (int i = 0; i < n; i++)
-        hfree(&jobs[i].resp);
-    free(jobs);
-}
-
 /* Rows of bus.outbox and bus.outbox_published whose payload contains s. */
 static long long outbox_rows_with(const char *s)
 {
@@ -835,47 +785,6 @@ static void test_request_context(void)
 /* ================= 6. authentication in production ================= */
 
 /* Keys as the gateway loads them from JWT_SECRET (production, default issuer and audience). */
-static int load_keys(jwtk_t *k, const char *secret)
-{
-    setenv("APP_ENV", "production", 1);
-    setenv("JWT_SECRET", secret, 1);
-    setenv("OTP_PEPPER", "test-pepper-0123456789abcdef0123456789", 1);
-    unsetenv("JWT_PRIVATE_KEY_PEM");
-    unsetenv("JWT_PUBLIC_KEY_PEM");
-    unsetenv("JWT_ISSUER");
-    unsetenv("JWT_AUDIENCE");
-    config_t cfg;
-    char *errors = NULL;
-    int rc = config_load(&cfg, NULL, CFG_ROLE_GATEWAY, &errors);
-    if (rc == 0) {
-        free(errors);
-        errors = NULL;
-        rc = jwtk_init(k, &cfg, &errors);
-    }
-    if (rc != 0)
-        fprintf(stderr, "\n  keys: %s\n", errors ? errors : "?");
-    free(errors);
-    config_free(&cfg);
-    unsetenv("APP_ENV");
-    unsetenv("JWT_SECRET");
-    unsetenv("OTP_PEPPER");
-    return rc;
-}
-
-static char *mint(const jwtk_t *k, const char *sub, const char *tid, const char *const *perms, int64_t now_s, int ttl)
-{
-    principal_t p;
-    memset(&p, 0, sizeof p);
-    snprintf(p.sub, sizeof p.sub, "%s", sub);
-    snprintf(p.tid, sizeof p.tid, "%s", tid);
-    for (int i = 0; perms && perms[i] && i < PRINCIPAL_MAX_PERMS; i++)
-        snprintf(p.perms[p.nperms++], sizeof p.perms[0], "%s", perms[i]);
-    char *tok = NULL;
-    if (jwtk_sign(k, &p, now_s, ttl, &tok) != 0)
-        return NULL;
-    return tok;
-}
-
 static char *b64url(const unsigned char *in, size_t n)
 {
     char *out = xmalloc(4 * ((n + 2) / 3) + 1);
@@ -912,19 +821,11 @@ static char *payload_of(const char *tok)
     return b ? xstrndup(a + 1, (size_t)(b - a - 1)) : xstrdup("");
 }
 
-static int get_with_token(int port, const char *path, const char *tok, const char *extra, hresp_t *r)
-{
-    char *h = xasprintf("Authorization: Bearer %s\r\n%s", tok, extra ? extra : "");
-    int rc = hget(port, path, h, r);
-    free(h);
-    return rc;
-}
-
 static void expect_401(int port, const char *tok, const char *what)
 {
     hresp_t r;
     char v[128];
-    CU_ASSERT_EQUAL(get_with_token(port, ME, tok, NULL, &r), 0);
+    CU_ASSERT_EQUAL(hget_auth(port, ME, tok, NULL, &r), 0);
     check_problem(&r, 401, "invalid-token", NULL, what);
     CU_ASSERT_PTR_NOT_NULL(hheader(&r, "WWW-Authenticate", v, sizeof v));
     hfree(&r);
@@ -934,8 +835,8 @@ static void test_auth_production(void)
 {
     proc_reap(gw);
     jwtk_t k, other;
-    CU_ASSERT_EQUAL_FATAL(load_keys(&k, SECRET40), 0);
-    if (load_keys(&other, "another-secret-of-forty-bytes-0123456789") != 0) {
+    CU_ASSERT_EQUAL_FATAL(test_jwt_keys(&k, SECRET40), 0);
+    if (test_jwt_keys(&other, "another-secret-of-forty-bytes-0123456789") != 0) {
         jwtk_free(&k);
         CU_FAIL_FATAL("second key");
     }
@@ -969,7 +870,7 @@ static void test_auth_production(void)
     hfree(&r);
 
     /* a valid token */
-    char *good = mint(&k, "user-1", "t-auth", read_only, now, 300);
+    char *good = test_jwt_mint(&k, "user-1", "t-auth", read_only, now, 300);
     CU_ASSERT_PTR_NOT_NULL(good);
     if (!good) {
         jwtk_free(&k);
@@ -977,7 +878,7 @@ static void test_auth_production(void)
         proc_release(g);
         return;
     }
-    CU_ASSERT_EQUAL(get_with_token(port, ME, good, NULL, &r), 0);
+    CU_ASSERT_EQUAL(hget_auth(port, ME, good, NULL, &r), 0);
     CU_ASSERT_TRUE(expect_status(&r, 200, "/me with a valid token"));
     json_object *o = jparse(&r), *pr, *x;
     CU_ASSERT_TRUE(o && json_object_object_get_ex(o, "principal", &pr) && json_object_object_get_ex(pr, "userId", &x) &&
@@ -985,7 +886,7 @@ static void test_auth_production(void)
     CU_ASSERT_TRUE(o && json_object_object_get_ex(o, "tenant", &x) && strcmp(json_object_get_string(x), "t-auth") == 0);
     json_object_put(o);
     hfree(&r);
-    CU_ASSERT_EQUAL(get_with_token(port, EVENTS, good, NULL, &r), 0);
+    CU_ASSERT_EQUAL(hget_auth(port, EVENTS, good, NULL, &r), 0);
     CU_ASSERT_TRUE(expect_status(&r, 200, "GET /events with events:read"));
     hfree(&r);
 
@@ -995,7 +896,7 @@ static void test_auth_production(void)
     check_problem(&r, 403, "insufficient-scope", NULL, "POST without events:write");
     hfree(&r);
     free(h);
-    char *writer = mint(&k, "user-2", "t-auth", read_write, now, 300);
+    char *writer = test_jwt_mint(&k, "user-2", "t-auth", read_write, now, 300);
     h = xasprintf("Authorization: Bearer %s\r\n", writer);
     CU_ASSERT_EQUAL(hpost(port, EVENTS, h, "{\"type\":\"auth.rw\"}", &r), 0);
     CU_ASSERT_TRUE(expect_status(&r, 202, "POST with events:write"));
@@ -1003,22 +904,22 @@ static void test_auth_production(void)
     free(h);
 
     /* tenant header differing from the token's */
-    CU_ASSERT_EQUAL(get_with_token(port, ME, good, "x-tenant-id: t-other\r\n", &r), 0);
+    CU_ASSERT_EQUAL(hget_auth(port, ME, good, "x-tenant-id: t-other\r\n", &r), 0);
     check_problem(&r, 403, "", NULL, "tid differs from x-tenant-id");
     hfree(&r);
-    CU_ASSERT_EQUAL(get_with_token(port, ME, good, "x-tenant-id: t-auth\r\n", &r), 0);
+    CU_ASSERT_EQUAL(hget_auth(port, ME, good, "x-tenant-id: t-auth\r\n", &r), 0);
     CU_ASSERT_EQUAL(r.status, 200);
     hfree(&r);
 
     /* expired (beyond the 60 s skew) */
-    char *expired = mint(&k, "user-1", "t-auth", read_only, now - 1000, 10);
+    char *expired = test_jwt_mint(&k, "user-1", "t-auth", read_only, now - 1000, 10);
     expect_401(port, expired, "expired token");
     /* alg none */
     char *pl = payload_of(good);
     char *none = xasprintf("eyJhbGciOiJub25lIn0.%s.", pl);
     expect_401(port, none, "alg none");
     /* signed with another secret (its own kid) */
-    char *foreign = mint(&other, "user-1", "t-auth", read_only, now, 300);
+    char *foreign = test_jwt_mint(&other, "user-1", "t-auth", read_only, now, 300);
     expect_401(port, foreign, "another secret");
     /* our kid, HS256, signature under another secret; and the same construction under ours works */
     char hdr[128];
@@ -1026,7 +927,7 @@ static void test_auth_production(void)
     char *forged = hs256(hdr, pl, "another-secret-of-forty-bytes-0123456789");
     expect_401(port, forged, "our kid, another secret");
     char *handmade = hs256(hdr, pl, SECRET40);
-    CU_ASSERT_EQUAL(get_with_token(port, ME, handmade, NULL, &r), 0);
+    CU_ASSERT_EQUAL(hget_auth(port, ME, handmade, NULL, &r), 0);
     CU_ASSERT_TRUE(expect_status(&r, 200, "hand-built token under our secret"));
     hfree(&r);
     /* RFC 7515 appendix A.1 */

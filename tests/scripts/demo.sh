@@ -6,7 +6,7 @@ build=${1:-build-test}
 bin="$PWD/$build/bin/ecom"
 rc=0
 
-free_port() { while :; do p=$((20000 + RANDOM % 30000)); (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo $p; return; }; done; }
+free_port() { scripts/free-port; }
 
 run_stack() { # run_stack LABEL [ENV...]
   local label=$1; shift

@@ -6,6 +6,7 @@
 #include "core/clock.h"
 #include "http-gateway/authx/policy.h"
 #include "http-gateway/authx/policy_sync.h"
+#include "http-gateway/jwt.h"
 #include "tests/testlib.h"
 
 #include <stdio.h>
@@ -246,6 +247,45 @@ static void test_bootstrap(void)
     free(err);
 }
 
+/* The per-thread memos never answer past a change or an expiry. */
+static void test_caches(void)
+{
+    policy_t *p = fresh();
+    policy_cache_t c = {0};
+    tuple(p, "t", "project:1", "parent", "folder:f");
+    tuple(p, "t", "folder:f", "viewer", "user:a");
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(policy_check_cached(p, &c, "t", "project:1", "viewer", "user:a"), POLICY_ALLOW);
+    CU_ASSERT_EQUAL(policy_check_cached(p, &c, "t", "project:1", "viewer", "user:b"), POLICY_DENY);
+    /* a write anywhere: the remembered verdicts are recomputed */
+    policy_put_tuple(p, policy_next_revision(p), "t", "folder:f", "viewer", "user:a", true);
+    CU_ASSERT_EQUAL(policy_check_cached(p, &c, "t", "project:1", "viewer", "user:a"), POLICY_DENY);
+    tuple(p, "t", "folder:f", "viewer", "user:b");
+    CU_ASSERT_EQUAL(policy_check_cached(p, &c, "t", "project:1", "viewer", "user:b"), POLICY_ALLOW);
+    /* the whole question is the key: another tenant is another answer */
+    CU_ASSERT_EQUAL(policy_check_cached(p, &c, "u", "project:1", "viewer", "user:b"), POLICY_DENY);
+    /* many questions share the slots without mixing answers */
+    for (int i = 0; i < 2000; i++) {
+        char s[32];
+        snprintf(s, sizeof s, "user:n%d", i);
+        CU_ASSERT_EQUAL(policy_check_cached(p, &c, "t", "project:1", "viewer", s), POLICY_DENY);
+    }
+    CU_ASSERT_EQUAL(policy_check_cached(p, &c, "t", "project:1", "viewer", "user:b"), POLICY_ALLOW);
+    policy_cache_free(&c);
+    policy_free(p);
+
+    jwt_cache_t jc = {0};
+    principal_t pr = {0}, out;
+    snprintf(pr.sub, sizeof pr.sub, "u1");
+    pr.exp = 1000;
+    jwt_cache_put(&jc, "tok.a.b", &pr);
+    CU_ASSERT_TRUE(jwt_cache_get(&jc, "tok.a.b", 999, &out) && strcmp(out.sub, "u1") == 0);
+    CU_ASSERT_FALSE(jwt_cache_get(&jc, "tok.a.b", 1000, &out)); /* expired: verify again */
+    CU_ASSERT_FALSE(jwt_cache_get(&jc, "tok.a.c", 999, &out));
+    CU_ASSERT_FALSE(jwt_cache_get(&jc, "tok.a.", 999, &out));
+    jwt_cache_free(&jc);
+}
+
 int main(void)
 {
     CU_TestInfo tests[] = {
@@ -256,6 +296,7 @@ int main(void)
         {"revoked sessions", test_sid_denylist},
         {"grammar and schema", test_grammar_and_schema},
         {"bootstrap document", test_bootstrap},
+        {"check memo and verified-token cache", test_caches},
         CU_TEST_INFO_NULL,
     };
     return test_main("authx_policy", tests, NULL, NULL);

@@ -1,0 +1,981 @@
+/* tests/integration/test_authx.c: AuthX over real HTTP, on PostgreSQL, one
+ * test per group of spec IDs (authx.md §3): OTP login O1–O10, tokens J1 and
+ * the revoked-session check, refresh and logout R1–R5, RBAC P1–P4, ReBAC
+ * X1–X6, ABAC A1–A2, tenancy T1–T3. (The token attack cases of J3–J4, alg
+ * none, foreign keys, RFC 7515 A.1, expiry and claims, are in test_gateway.)
+ *
+ * Two production gateways (A and B) run on one database with a bootstrap file
+ * of roles; codes are read from the outbox rows the gateways commit (no
+ * drainer runs), and the tests move stored times back where a rule needs time
+ * to pass (the 30 s between code requests, a session's idle limit). */
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/pg.h"
+#include "core/uuid.h"
+#include "http-gateway/authx/otp.h"
+#include "http-gateway/jwt.h"
+#include "tests/httptest.h"
+#include "tests/testlib.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SECRET40 "0123456789abcdef0123456789abcdef-test-40"
+#define B "/api/v1/analytics"
+#define EVENTS B "/events"
+#define ADMIN B "/admin/auth"
+
+static proc_t *ga, *gb; /* production gateways on the shared database */
+static PGconn *db;
+static jwtk_t keys;
+static char boot_path[64];
+
+/* ================= helpers ================= */
+
+static int port_a(void)
+{
+    return ga->port;
+}
+
+static char *hdrs(const char *tenant, const char *tok)
+{
+    return xasprintf("%s%s%s%s%s", tenant ? "x-tenant-id: " : "", tenant ? tenant : "", tenant ? "\r\n" : "",
+                     tok ? "Authorization: Bearer " : "", tok ? tok : "");
+}
+
+/* hdrs() ends without CRLF when a token is given: add it */
+static char *hdrs_crlf(const char *tenant, const char *tok)
+{
+    char *h = hdrs(tenant, tok);
+    if (!tok)
+        return h;
+    char *x = xasprintf("%s\r\n", h);
+    free(h);
+    return x;
+}
+
+static int post(int port, const char *path, const char *tenant, const char *tok, const char *json, hresp_t *r)
+{
+    char *h = hdrs_crlf(tenant, tok);
+    int rc = hpost(port, path, h, json, r);
+    free(h);
+    return rc;
+}
+
+static int get(int port, const char *path, const char *tenant, const char *tok, hresp_t *r)
+{
+    char *h = hdrs_crlf(tenant, tok);
+    int rc = hget(port, path, h, r);
+    free(h);
+    return rc;
+}
+
+static int del(int port, const char *path, const char *tenant, const char *tok, hresp_t *r)
+{
+    char *h = hdrs_crlf(tenant, tok);
+    int rc = hreq(port, "DELETE", path, h, NULL, 0, r);
+    free(h);
+    return rc;
+}
+
+static char *token(const char *sub, const char *tid)
+{
+    return test_jwt_mint(&keys, sub, tid, NULL, clock_now_ms() / 1000, 600);
+}
+
+static long long q1(const char *sql, const char *a, const char *b)
+{
+    const char *p[] = {a, b};
+    PGresult *r = pg_query(db, sql, b ? 2 : a ? 1 : 0, p);
+    long long v = r && PQntuples(r) && !PQgetisnull(r, 0, 0) ? atoll(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    return v;
+}
+
+static char *qs(const char *sql, const char *a)
+{
+    const char *p[] = {a};
+    PGresult *r = pg_query(db, sql, 1, p);
+    char *v = r && PQntuples(r) && !PQgetisnull(r, 0, 0) ? xstrdup(PQgetvalue(r, 0, 0)) : NULL;
+    PQclear(r);
+    return v;
+}
+
+static void sql(const char *text, const char *a, const char *b)
+{
+    const char *p[] = {a, b};
+    PGresult *r = pg_query(db, text, b ? 2 : a ? 1 : 0, p);
+    CU_ASSERT_PTR_NOT_NULL(r);
+    PQclear(r);
+}
+
+/* The code the gateway committed to the outbox for ticket (NULL when none). */
+static char *code_of(const char *ticket)
+{
+    return qs("SELECT payload::jsonb->>'code' FROM bus.outbox WHERE type = 'auth.otp.requested'"
+              " AND payload::jsonb->>'ticketId' = $1",
+              ticket);
+}
+
+/* Lets the next code request for subject through the 30 s and 15 min limits. */
+static void age_requests(const char *tenant, const char *subject)
+{
+    sql("UPDATE auth.otp_tickets SET created_at = created_at - interval '16 minutes' WHERE tenant = $1"
+        " AND subject = $2",
+        tenant, subject);
+}
+
+static bool otp_request(int port, const char *tenant, const char *subject, const char *channel, char ticket[64])
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"subject\":\"%s\",\"channel\":\"%s\"}", subject, channel);
+    hresp_t r;
+    CU_ASSERT_EQUAL(post(port, B "/auth/otp/request", tenant, NULL, body, &r), 0);
+    bool ok = expect_status(&r, 200, "otp request");
+    jstr(&r, "ticketId", ticket, 64);
+    hfree(&r);
+    return ok && strlen(ticket) == OTP_TICKET_ID_LEN;
+}
+
+static int otp_verify(int port, const char *tenant, const char *ticket, const char *code, hresp_t *r)
+{
+    char body[256];
+    snprintf(body, sizeof body, "{\"ticketId\":\"%s\",\"code\":\"%s\"}", ticket, code);
+    return post(port, B "/auth/otp/verify", tenant, NULL, body, r);
+}
+
+typedef struct tokens {
+    char access[2048], refresh[128], sid[64];
+} tokens_t;
+
+static bool tokens_of(const hresp_t *r, tokens_t *t)
+{
+    jstr(r, "accessToken", t->access, sizeof t->access);
+    jstr(r, "refreshToken", t->refresh, sizeof t->refresh);
+    jstr(r, "sessionId", t->sid, sizeof t->sid);
+    return r->status == 200 && t->access[0] && t->refresh[0] && t->sid[0];
+}
+
+/* A full email login of subject in tenant on gateway A. */
+static bool login(const char *tenant, const char *subject, tokens_t *t)
+{
+    char ticket[64];
+    age_requests(tenant, subject);
+    if (!otp_request(port_a(), tenant, subject, "email", ticket))
+        return false;
+    char *code = code_of(ticket);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(code);
+    hresp_t r;
+    otp_verify(port_a(), tenant, ticket, code, &r);
+    free(code);
+    bool ok = expect_status(&r, 200, "otp verify") && tokens_of(&r, t);
+    hfree(&r);
+    return ok;
+}
+
+static int refresh(int port, const char *tenant, const char *rt, tokens_t *out)
+{
+    char body[256];
+    snprintf(body, sizeof body, "{\"refreshToken\":\"%s\"}", rt);
+    hresp_t r;
+    post(port, B "/auth/refresh", tenant, NULL, body, &r);
+    int status = r.status;
+    if (out)
+        tokens_of(&r, out);
+    hfree(&r);
+    return status;
+}
+
+static int status_of(int rc, hresp_t *r)
+{
+    int s = rc == 0 ? r->status : -1;
+    hfree(r);
+    return s;
+}
+
+static int get_status(int port, const char *path, const char *tenant, const char *tok)
+{
+    hresp_t r;
+    return status_of(get(port, path, tenant, tok, &r), &r);
+}
+
+/* Polls path until it answers want or ms pass; the last status. */
+static int get_until(int port, const char *path, const char *tenant, const char *tok, int want, int ms)
+{
+    int64_t end = clock_mono_ms() + ms;
+    int s;
+    while ((s = get_status(port, path, tenant, tok)) != want && clock_mono_ms() < end)
+        clock_sleep_ms(50);
+    return s;
+}
+
+/* A JSON part of a JWT (0 header, 1 payload), owned. */
+static json_object *jwt_part(const char *tok, int part)
+{
+    const char *s = tok;
+    for (int i = 0; i < part; i++)
+        s = strchr(s, '.') + 1;
+    size_t n = strcspn(s, ".");
+    char *b64 = xcalloc(1, n + 4);
+    for (size_t i = 0; i < n; i++)
+        b64[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
+    while (n % 4)
+        b64[n++] = '=';
+    unsigned char *out = xcalloc(1, n);
+    int len = EVP_DecodeBlock(out, (unsigned char *)b64, (int)n);
+    json_object *o = len > 0 ? json_tokener_parse((char *)out) : NULL;
+    free(b64);
+    free(out);
+    return o;
+}
+
+/* ================= O: OTP ================= */
+
+static void test_otp_login(void)
+{
+    char *subject = unique("alice");
+    char ticket[64];
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", subject, "email", ticket));
+    char *code = code_of(ticket);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(code);
+    CU_ASSERT_EQUAL(strlen(code), 6);
+    CU_ASSERT_EQUAL(strspn(code, "0123456789"), 6);
+    /* O9: only a MAC of the code is stored */
+    char *mac = qs("SELECT code_mac FROM auth.otp_tickets WHERE ticket_id = $1", ticket);
+    CU_ASSERT_TRUE(mac && strlen(mac) == 64 && !strstr(mac, code));
+    free(mac);
+    /* O4: wrong, unknown and other-tenant tickets get one identical answer */
+    char wrong[12];
+    snprintf(wrong, sizeof wrong, "%06d", (atoi(code) + 1) % 1000000);
+    hresp_t r1, r2, r3;
+    otp_verify(port_a(), "tenantA", ticket, wrong, &r1);
+    char unknown[OTP_TICKET_ID_LEN + 1];
+    otp_ticket_id(unknown);
+    otp_verify(port_a(), "tenantA", unknown, code, &r2);
+    otp_verify(port_a(), "tenantB", ticket, code, &r3);
+    const hresp_t *rs[] = {&r1, &r2, &r3};
+    char d0[256], d[256];
+    jstr(&r1, "detail", d0, sizeof d0);
+    for (int i = 0; i < 3; i++) {
+        check_problem(rs[i], 401, "invalid-code", NULL, "O4 wrong/unknown/other tenant");
+        jstr(rs[i], "detail", d, sizeof d);
+        CU_ASSERT_STRING_EQUAL(d, d0);
+    }
+    hfree(&r1);
+    hfree(&r2);
+    hfree(&r3);
+    /* O3: the right code once */
+    hresp_t r;
+    otp_verify(port_a(), "tenantA", ticket, code, &r);
+    tokens_t t;
+    CU_ASSERT_TRUE(expect_status(&r, 200, "O3 verify") && tokens_of(&r, &t));
+    json_object *o = jparse(&r), *v;
+    CU_ASSERT_TRUE(o && json_object_object_get_ex(o, "ok", &v) && json_object_get_boolean(v));
+    json_object_put(o);
+    hfree(&r);
+    CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", ticket, code, &r), &r), 401);
+    /* J1: the access token's claims */
+    json_object *h = jwt_part(t.access, 0), *p = jwt_part(t.access, 1);
+    CU_ASSERT_TRUE(h && json_object_object_get_ex(h, "kid", &v) && json_object_get_string_len(v) > 0);
+    const char *claims[] = {"iss", "aud", "sub", "tid", "sid", "jti", "iat", "nbf", "exp", "token_use"};
+    for (size_t i = 0; p && i < sizeof claims / sizeof claims[0]; i++)
+        CU_ASSERT_TRUE(json_object_object_get_ex(p, claims[i], NULL));
+    CU_ASSERT_TRUE(p && json_object_object_get_ex(p, "sub", &v) && !strcmp(json_object_get_string(v), subject));
+    CU_ASSERT_TRUE(p && json_object_object_get_ex(p, "tid", &v) && !strcmp(json_object_get_string(v), "tenantA"));
+    CU_ASSERT_TRUE(p && json_object_object_get_ex(p, "sid", &v) && !strcmp(json_object_get_string(v), t.sid));
+    CU_ASSERT_TRUE(p && json_object_object_get_ex(p, "token_use", &v) &&
+                   !strcmp(json_object_get_string(v), "access"));
+    json_object *iat, *exp;
+    CU_ASSERT_TRUE(p && json_object_object_get_ex(p, "iat", &iat) && json_object_object_get_ex(p, "exp", &exp) &&
+                   json_object_get_int64(exp) - json_object_get_int64(iat) >= 300 &&
+                   json_object_get_int64(exp) - json_object_get_int64(iat) <= 900);
+    json_object_put(h);
+    json_object_put(p);
+    /* the token works, in its tenant */
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, t.access), 200);
+    /* O2: an unknown subject, and TOTP without an enrolment: the same answer, nothing sent */
+    char *ghost = unique("nobody");
+    char t2[64];
+    CU_ASSERT_TRUE(otp_request(port_a(), "tenantA", ghost, "email", t2));
+    char *totp_subject = unique("no-totp");
+    CU_ASSERT_TRUE(otp_request(port_a(), "tenantA", totp_subject, "totp", t2));
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM bus.outbox WHERE payload::jsonb->>'subject' = $1", totp_subject, NULL), 0);
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM bus.outbox WHERE payload::jsonb->>'subject' = $1", subject, NULL), 1);
+    free(ghost);
+    free(totp_subject);
+    free(code);
+    free(subject);
+}
+
+static void test_otp_limits(void)
+{
+    hresp_t r;
+    char ticket[64], t2[64];
+    /* O5: five wrong codes burn the ticket */
+    char *s2 = unique("bob");
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s2, "email", ticket));
+    char *code = code_of(ticket);
+    char wrong[12];
+    snprintf(wrong, sizeof wrong, "%06d", (atoi(code) + 7) % 1000000);
+    for (int i = 0; i < 5; i++)
+        CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", ticket, wrong, &r), &r), 401);
+    CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", ticket, code, &r), &r), 401);
+    free(code);
+    /* O8 request limit, then O6: a new request voids the previous ticket */
+    char *s3 = unique("carol");
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s3, "email", ticket));
+    char *c1 = code_of(ticket);
+    post(port_a(), B "/auth/otp/request", "tenantA", NULL, "{\"subject\":\"x\",\"channel\":\"email\"}", &r);
+    hfree(&r);
+    char body[256];
+    snprintf(body, sizeof body, "{\"subject\":\"%s\",\"channel\":\"email\"}", s3);
+    post(port_a(), B "/auth/otp/request", "tenantA", NULL, body, &r);
+    char ra[16];
+    CU_ASSERT_EQUAL(r.status, 429);
+    CU_ASSERT_TRUE(hheader(&r, "Retry-After", ra, sizeof ra) && atoi(ra) >= 1 && atoi(ra) <= 30);
+    hfree(&r);
+    age_requests("tenantA", s3);
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s3, "email", t2));
+    char *c2 = code_of(t2);
+    CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", ticket, c1, &r), &r), 401);
+    CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", t2, c2, &r), &r), 200);
+    free(c1);
+    free(c2);
+    /* an expired ticket */
+    char *s5 = unique("dave");
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s5, "email", ticket));
+    code = code_of(ticket);
+    sql("UPDATE auth.otp_tickets SET expires_at = now() - interval '1 second' WHERE ticket_id = $1", ticket, NULL);
+    CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", ticket, code, &r), &r), 401);
+    free(code);
+    /* O8: more than 10 failures an hour across tickets: 429, even for the right code */
+    char *s4 = unique("mallory");
+    int statuses[11], k = 0;
+    for (int t = 0; t < 3; t++) {
+        age_requests("tenantA", s4);
+        CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s4, "email", ticket));
+        code = code_of(ticket);
+        snprintf(wrong, sizeof wrong, "%06d", (atoi(code) + 3) % 1000000);
+        for (int i = 0; i < 5 && k < 11; i++)
+            statuses[k++] = status_of(otp_verify(port_a(), "tenantA", ticket, wrong, &r), &r);
+        if (k == 11)
+            break;
+        free(code);
+    }
+    for (int i = 0; i < 10; i++)
+        CU_ASSERT_EQUAL(statuses[i], 401);
+    CU_ASSERT_EQUAL(statuses[10], 429);
+    otp_verify(port_a(), "tenantA", ticket, code, &r);
+    CU_ASSERT_EQUAL(r.status, 429);
+    CU_ASSERT_TRUE(hheader(&r, "Retry-After", ra, sizeof ra) && atoi(ra) >= 1 && atoi(ra) <= 3600);
+    hfree(&r);
+    free(code);
+    free(s2);
+    free(s3);
+    free(s4);
+    free(s5);
+}
+
+/* O7: twenty verifies of the right code at once: exactly one session */
+static void test_otp_race(void)
+{
+    char *s = unique("race");
+    char ticket[64];
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s, "email", ticket));
+    char *code = code_of(ticket);
+    char body[256];
+    snprintf(body, sizeof body, "{\"ticketId\":\"%s\",\"code\":\"%s\"}", ticket, code);
+    job_t *jobs = run_concurrent(20, port_a(), "POST", B "/auth/otp/verify",
+                                 "Content-Type: application/json\r\nx-tenant-id: tenantA\r\n", body);
+    int ok = 0, refused = 0;
+    for (int i = 0; i < 20; i++) {
+        ok += jobs[i].resp.status == 200;
+        refused += jobs[i].resp.status == 401;
+    }
+    CU_ASSERT_EQUAL(ok, 1);
+    CU_ASSERT_EQUAL(refused, 19);
+    free_jobs(jobs, 20);
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM auth.sessions WHERE subject = $1", s, NULL), 1);
+    free(code);
+    free(s);
+}
+
+/* O10: TOTP enrolment, the window, the replay rule */
+static void totp_code(const uint8_t *key, size_t n, int64_t step, char out[OTP_CODE_BUF])
+{
+    CU_ASSERT_EQUAL(otp_totp(key, n, step * 30, 30, 0, 6, OTP_SHA1, out), 0);
+}
+
+static void test_totp(void)
+{
+    char *s = unique("tina");
+    tokens_t t;
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &t));
+    hresp_t r;
+    post(port_a(), B "/auth/totp/enroll", NULL, t.access, "{}", &r);
+    CU_ASSERT_TRUE_FATAL(expect_status(&r, 201, "enroll"));
+    char uri[512], b32[128];
+    jstr(&r, "otpauthUri", uri, sizeof uri);
+    jstr(&r, "secret", b32, sizeof b32);
+    hfree(&r);
+    CU_ASSERT_EQUAL(strncmp(uri, "otpauth://totp/", 15), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(uri, b32));
+    uint8_t key[64];
+    size_t kn = 0;
+    CU_ASSERT_EQUAL_FATAL(otp_base32_decode(b32, key, sizeof key, &kn), 0);
+    CU_ASSERT_TRUE(kn >= 20);
+    /* the secret is stored sealed */
+    char *stored = qs("SELECT secret FROM auth.totp WHERE subject = $1", s);
+    char hex[2 * 64 + 1];
+    for (size_t i = 0; i < kn; i++)
+        snprintf(hex + 2 * i, 3, "%02x", key[i]);
+    CU_ASSERT_TRUE(stored && !strstr(stored, b32) && !strstr(stored, hex));
+    free(stored);
+    int64_t step = clock_now_ms() / 1000 / 30;
+    char code[OTP_CODE_BUF], body[128];
+    /* a wrong code does not activate; a current one does */
+    totp_code(key, kn, step + 5, code);
+    snprintf(body, sizeof body, "{\"code\":\"%s\"}", code);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/totp/activate", NULL, t.access, body, &r), &r), 422);
+    totp_code(key, kn, step, code);
+    snprintf(body, sizeof body, "{\"code\":\"%s\"}", code);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/totp/activate", NULL, t.access, body, &r), &r), 200);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/totp/enroll", NULL, t.access, "{}", &r), &r), 409);
+    /* login with the authenticator: the activation's step is spent (replay) */
+    char ticket[64];
+    age_requests("tenantA", s);
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s, "totp", ticket));
+    CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", ticket, code, &r), &r), 401);
+    /* two steps ahead is outside the window; one ahead is inside */
+    char ahead2[OTP_CODE_BUF], ahead1[OTP_CODE_BUF];
+    totp_code(key, kn, step + 3, ahead2);
+    CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", ticket, ahead2, &r), &r), 401);
+    totp_code(key, kn, step + 1, ahead1);
+    otp_verify(port_a(), "tenantA", ticket, ahead1, &r);
+    tokens_t t2;
+    CU_ASSERT_TRUE(expect_status(&r, 200, "totp login") && tokens_of(&r, &t2));
+    hfree(&r);
+    /* the same code on a new ticket: a replay */
+    age_requests("tenantA", s);
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s, "totp", ticket));
+    CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", ticket, ahead1, &r), &r), 401);
+    CU_ASSERT_EQUAL(q1("SELECT last_step FROM auth.totp WHERE subject = $1", s, NULL), step + 1);
+    /* removal: the enrolment is gone */
+    CU_ASSERT_EQUAL(status_of(del(port_a(), B "/auth/totp", NULL, t.access, &r), &r), 200);
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM auth.totp WHERE subject = $1", s, NULL), 0);
+    free(s);
+}
+
+/* ================= R: refresh, logout, sessions ================= */
+
+static void sha256_hex(const char *s, char out[65])
+{
+    unsigned char md[32];
+    unsigned n = 0;
+    EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static void test_refresh_rotation(void)
+{
+    char *s = unique("rita");
+    tokens_t t0, t1, t2;
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &t0));
+    /* R1: stored as a hash */
+    char h[65];
+    sha256_hex(t0.refresh, h);
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM auth.refresh_tokens WHERE hash = $1 AND sid = $2", h, t0.sid), 1);
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM auth.refresh_tokens WHERE hash = $1", t0.refresh, NULL), 0);
+    CU_ASSERT_EQUAL(strlen(t0.refresh), 43);
+    /* rotation: a new pair in the same session; the other tenant cannot use it */
+    CU_ASSERT_EQUAL(refresh(port_a(), "tenantB", t0.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, t0.refresh, &t1), 200);
+    CU_ASSERT_STRING_EQUAL(t1.sid, t0.sid);
+    CU_ASSERT_STRING_NOT_EQUAL(t1.refresh, t0.refresh);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, t1.access), 200);
+    /* R2: the rotated token again: refused, and the family is revoked */
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, t0.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, t1.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, t1.access), 401);
+    /* R4: the other gateway refuses the session's access tokens within 1 s */
+    clock_sleep_ms(1000);
+    CU_ASSERT_EQUAL(get_status(gb->port, B "/me", NULL, t1.access), 401);
+    CU_ASSERT_EQUAL(get_status(gb->port, B "/me", NULL, t0.access), 401);
+    /* R3: ten refreshes of one token at once: one success */
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &t2));
+    char body[256];
+    snprintf(body, sizeof body, "{\"refreshToken\":\"%s\"}", t2.refresh);
+    job_t *jobs = run_concurrent(10, port_a(), "POST", B "/auth/refresh", "Content-Type: application/json\r\n", body);
+    int ok = 0, refused = 0;
+    for (int i = 0; i < 10; i++) {
+        ok += jobs[i].resp.status == 200;
+        refused += jobs[i].resp.status == 401;
+    }
+    CU_ASSERT_EQUAL(ok, 1);
+    CU_ASSERT_EQUAL(refused, 9);
+    free_jobs(jobs, 10);
+    /* R5: idle and absolute lifetimes */
+    tokens_t t3, t4;
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &t3));
+    sql("UPDATE auth.sessions SET last_used_at = now() - interval '8 days' WHERE sid = $1", t3.sid, NULL);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, t3.refresh, NULL), 401);
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &t4));
+    sql("UPDATE auth.sessions SET expires_at = now() - interval '1 second' WHERE sid = $1", t4.sid, NULL);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, t4.refresh, NULL), 401);
+    free(s);
+}
+
+static int count_sessions(const char *tok)
+{
+    hresp_t r;
+    get(port_a(), B "/auth/sessions", NULL, tok, &r);
+    json_object *o = jparse(&r), *v;
+    int n = o && json_object_object_get_ex(o, "count", &v) ? json_object_get_int(v) : -1;
+    json_object_put(o);
+    hfree(&r);
+    return n;
+}
+
+static void test_logout_and_sessions(void)
+{
+    char *s = unique("lena");
+    tokens_t a, b, c;
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &a));
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &b));
+    CU_ASSERT_EQUAL(count_sessions(a.access), 2);
+    /* revoke another of my sessions */
+    hresp_t r;
+    char path[160];
+    snprintf(path, sizeof path, B "/auth/sessions/%s", b.sid);
+    CU_ASSERT_EQUAL(status_of(del(port_a(), path, NULL, a.access, &r), &r), 200);
+    CU_ASSERT_EQUAL(status_of(del(port_a(), path, NULL, a.access, &r), &r), 404);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, b.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, b.access), 401);
+    CU_ASSERT_EQUAL(count_sessions(a.access), 1);
+    /* someone else's session is not mine to revoke */
+    char *other = unique("otto");
+    tokens_t o;
+    CU_ASSERT_TRUE_FATAL(login("tenantA", other, &o));
+    snprintf(path, sizeof path, B "/auth/sessions/%s", o.sid);
+    CU_ASSERT_EQUAL(status_of(del(port_a(), path, NULL, a.access, &r), &r), 404);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, o.access), 200);
+    /* logout */
+    CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/logout", NULL, a.access, "{}", &r), &r), 200);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, a.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, a.access), 401);
+    /* logout-all */
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &b));
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &c));
+    CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/logout-all", NULL, c.access, "{}", &r), &r), 200);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, b.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, c.refresh, NULL), 401);
+    /* an admin revokes any session of the tenant; a user may not */
+    char *root = token("root", "tenantA"), *u1 = token("u1", "tenantA");
+    snprintf(path, sizeof path, ADMIN "/sessions/%s", o.sid);
+    CU_ASSERT_EQUAL(status_of(del(port_a(), path, NULL, u1, &r), &r), 403);
+    CU_ASSERT_EQUAL(status_of(del(port_a(), path, NULL, root, &r), &r), 200);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, o.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, o.access), 401);
+    /* no development login in production */
+    CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/dev-login", NULL, NULL, "{\"userId\":\"u1\"}", &r), &r), 404);
+    free(root);
+    free(u1);
+    free(other);
+    free(s);
+}
+
+/* ================= P: RBAC ================= */
+
+static void test_rbac(void)
+{
+    hresp_t r;
+    char *u1 = token("u1", "tenantA"), *u2 = token("u2", "tenantA"), *u1b = token("u1", "tenantB"),
+         *root = token("root", "tenantA");
+    /* P1 */
+    CU_ASSERT_EQUAL(status_of(post(port_a(), EVENTS, NULL, u1, "{\"type\":\"p1\"}", &r), &r), 202);
+    get(port_a(), EVENTS, NULL, u1, &r);
+    check_problem(&r, 403, "insufficient-scope", NULL, "P1 events:read");
+    hfree(&r);
+    CU_ASSERT_EQUAL(get_status(port_a(), EVENTS, NULL, NULL), 401);
+    CU_ASSERT_EQUAL(get_status(port_a(), EVENTS, NULL, u2), 200);
+    /* P2: the same role name in tenantB */
+    CU_ASSERT_EQUAL(get_status(port_a(), EVENTS, NULL, u1b), 200);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), EVENTS, NULL, u1b, "{\"type\":\"p2\"}", &r), &r), 403);
+    /* T2 / J5: a header that contradicts the token */
+    get(port_a(), EVENTS, "tenantB", u2, &r);
+    check_problem(&r, 403, "tenant-mismatch", NULL, "T2");
+    hfree(&r);
+    /* P3: a changed role applies within 5 s, on both gateways */
+    post(port_a(), ADMIN "/roles", NULL, root, "{\"name\":\"user\",\"permissions\":[\"events:write\",\"events:read\"]}",
+         &r);
+    CU_ASSERT_TRUE(expect_status(&r, 201, "role write"));
+    hfree(&r);
+    CU_ASSERT_EQUAL(get_until(port_a(), EVENTS, NULL, u1, 200, 5000), 200);
+    CU_ASSERT_EQUAL(get_until(gb->port, EVENTS, NULL, u1, 200, 5000), 200);
+    post(port_a(), ADMIN "/roles", NULL, root, "{\"name\":\"user\",\"permissions\":[\"events:write\"]}", &r);
+    hfree(&r);
+    CU_ASSERT_EQUAL(get_until(gb->port, EVENTS, NULL, u1, 403, 5000), 403);
+    /* bindings */
+    char *u3 = token("u3", "tenantA");
+    CU_ASSERT_EQUAL(get_status(port_a(), EVENTS, NULL, u3), 403);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), ADMIN "/members", NULL, root, "{\"subject\":\"u3\",\"role\":\"admin\"}", &r),
+                              &r),
+                    201);
+    CU_ASSERT_EQUAL(get_until(gb->port, EVENTS, NULL, u3, 200, 5000), 200);
+    CU_ASSERT_EQUAL(status_of(del(port_a(), ADMIN "/members?subject=u3&role=admin", NULL, root, &r), &r), 200);
+    CU_ASSERT_EQUAL(get_until(gb->port, EVENTS, NULL, u3, 403, 5000), 403);
+    /* role administration needs authx:admin; bad input is a 400 */
+    CU_ASSERT_EQUAL(status_of(post(port_a(), ADMIN "/roles", NULL, u2, "{\"name\":\"x\",\"permissions\":[]}", &r), &r),
+                    403);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), ADMIN "/roles", NULL, root, "{\"name\":\"Bad Name\",\"permissions\":[]}", &r),
+                              &r),
+                    400);
+    get(port_a(), ADMIN "/roles", NULL, root, &r);
+    CU_ASSERT_TRUE(expect_status(&r, 200, "roles") && strstr(r.body, "\"admin\":[\"events:write\",\"events:read\"]"));
+    hfree(&r);
+    /* P4: the store unreachable: fail closed with 503, and back */
+    sql("ALTER TABLE auth.tuples RENAME TO tuples_offline", NULL, NULL);
+    hget_auth(port_a(), EVENTS, u2, NULL, &r);
+    hfree(&r);
+    CU_ASSERT_EQUAL(get_until(port_a(), EVENTS, NULL, u2, 503, 10000), 503);
+    get(port_a(), EVENTS, NULL, u2, &r);
+    check_problem(&r, 503, "authorization-unavailable", NULL, "P4");
+    char ra[16];
+    CU_ASSERT_PTR_NOT_NULL(hheader(&r, "Retry-After", ra, sizeof ra));
+    hfree(&r);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, u2), 200); /* no permission needed there */
+    sql("ALTER TABLE auth.tuples_offline RENAME TO tuples", NULL, NULL);
+    CU_ASSERT_EQUAL(get_until(port_a(), EVENTS, NULL, u2, 200, 10000), 200);
+    CU_ASSERT_EQUAL(get_until(gb->port, EVENTS, NULL, u2, 200, 10000), 200);
+    free(u1);
+    free(u2);
+    free(u3);
+    free(u1b);
+    free(root);
+}
+
+/* ================= X: ReBAC ================= */
+
+static int write_tuple(int port, const char *tenant, const char *tok, const char *s, const char *rel, const char *o,
+                       char *rev, size_t cap)
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"subject\":\"%s\",\"relation\":\"%s\",\"object\":\"%s\"}", s, rel, o);
+    hresp_t r;
+    post(port, ADMIN "/rebac", tenant, tok, body, &r);
+    if (rev)
+        jstr(&r, "revision", rev, cap);
+    return status_of(0, &r);
+}
+
+/* allowed? -1 on a failed call; reason copied when given */
+static int check(int port, const char *tenant, const char *tok, const char *s, const char *rel, const char *o,
+                 const char *revision, char *reason, size_t cap)
+{
+    char path[512], *h = hdrs_crlf(tenant, tok);
+    snprintf(path, sizeof path, ADMIN "/rebac/check?subject=%s&relation=%s&object=%s", s, rel, o);
+    char *hx = revision ? xasprintf("%sx-authz-revision: %s\r\n", h, revision) : xstrdup(h);
+    hresp_t r;
+    hget(port, path, hx, &r);
+    free(h);
+    free(hx);
+    json_object *j = jparse(&r), *v;
+    int allowed = r.status == 200 && j && json_object_object_get_ex(j, "allowed", &v) ? json_object_get_boolean(v) : -1;
+    if (reason) {
+        reason[0] = '\0';
+        if (j && json_object_object_get_ex(j, "reason", &v))
+            snprintf(reason, cap, "%s", json_object_get_string(v));
+    }
+    if (allowed < 0) {
+        fprintf(stderr, "\n  check %s %s %s: %d %s\n", s, rel, o, r.status, r.body ? r.body : "");
+        char *log = read_log(port == ga->port ? ga : gb);
+        size_t n = strlen(log);
+        fprintf(stderr, "  --- the gateway's log, last lines ---\n%s\n", log + (n > 3000 ? n - 3000 : 0));
+        free(log);
+    }
+    json_object_put(j);
+    hfree(&r);
+    return allowed;
+}
+
+static void test_rebac(void)
+{
+    char *root = token("root", "tenantA"), *rootb = token("rootB", "tenantB"), *u1 = token("u1", "tenantA");
+    hresp_t r;
+    /* X4: who may write, and the grammar */
+    const char *body = "{\"subject\":\"user:1\",\"relation\":\"viewer\",\"object\":\"project:123\"}";
+    CU_ASSERT_EQUAL(status_of(post(port_a(), ADMIN "/rebac", "tenantA", NULL, body, &r), &r), 401);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), ADMIN "/rebac", NULL, u1, body, &r), &r), 403);
+    const char *bad[] = {"{\"subject\":\"user\",\"relation\":\"viewer\",\"object\":\"project:1\"}",
+                         "{\"subject\":\"user:1\",\"relation\":\"viewer\",\"object\":\"project:1#x\"}",
+                         "{\"subject\":\"user:1\",\"relation\":\"Viewer\",\"object\":\"project:1\"}",
+                         "{\"subject\":\"user:1\",\"relation\":\"viewer\"}", "[]"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CU_ASSERT_EQUAL(status_of(post(port_a(), ADMIN "/rebac", NULL, root, bad[i], &r), &r), 400);
+    char longobj[300];
+    memset(longobj, 'a', sizeof longobj);
+    memcpy(longobj, "project:", 8);
+    longobj[140] = '\0';
+    CU_ASSERT_EQUAL(write_tuple(port_a(), NULL, root, "user:1", "viewer", longobj, NULL, 0), 400);
+    /* X1 */
+    const char *tuples[][3] = {{"user:1", "owner", "project:123"},  {"user:2", "editor", "project:123"},
+                               {"user:3", "viewer", "project:123"}, {"folder:root", "parent", "project:123"},
+                               {"user:6", "viewer", "folder:root"}, {"group:eng#member", "viewer", "project:456"},
+                               {"user:5", "member", "group:eng"}};
+    char rev[32];
+    for (int i = 0; i < 7; i++)
+        CU_ASSERT_EQUAL(write_tuple(port_a(), NULL, root, tuples[i][0], tuples[i][1], tuples[i][2], rev, sizeof rev),
+                        201);
+    CU_ASSERT_TRUE(atoll(rev) > 0);
+    const int want[] = {1, 1, 1, 0, 0, 1};
+    for (int u = 1; u <= 6; u++) {
+        char s[16];
+        snprintf(s, sizeof s, "user:%d", u);
+        CU_ASSERT_EQUAL(check(port_a(), NULL, root, s, "viewer", "project:123", rev, NULL, 0), want[u - 1]);
+    }
+    CU_ASSERT_EQUAL(check(port_a(), NULL, root, "user:2", "owner", "project:123", NULL, NULL, 0), 0);
+    CU_ASSERT_EQUAL(check(port_a(), NULL, root, "user:5", "viewer", "project:456", NULL, NULL, 0), 1);
+    /* X2: tenantB sees none of it */
+    CU_ASSERT_EQUAL(check(port_a(), NULL, rootb, "user:1", "viewer", "project:123", NULL, NULL, 0), 0);
+    /* X3: a cycle ends and denies; a chain deeper than the cap denies and says why */
+    write_tuple(port_a(), NULL, root, "group:a#member", "member", "group:b", NULL, 0);
+    write_tuple(port_a(), NULL, root, "group:b#member", "member", "group:a", NULL, 0);
+    CU_ASSERT_EQUAL(check(port_a(), NULL, root, "user:1", "member", "group:a", NULL, NULL, 0), 0);
+    for (int i = 0; i < 27; i++) {
+        char o[32], s[40];
+        snprintf(o, sizeof o, "group:d%d", i);
+        snprintf(s, sizeof s, "group:d%d#member", i + 1);
+        write_tuple(port_a(), NULL, root, s, "member", o, NULL, 0);
+    }
+    write_tuple(port_a(), NULL, root, "user:deep", "member", "group:d27", rev, sizeof rev);
+    char reason[64];
+    CU_ASSERT_EQUAL(check(port_a(), NULL, root, "user:deep", "member", "group:d0", rev, reason, sizeof reason), 0);
+    CU_ASSERT_STRING_EQUAL(reason, "depth-exceeded");
+    CU_ASSERT_EQUAL(check(port_a(), NULL, root, "user:deep", "member", "group:d5", NULL, NULL, 0), 1);
+    /* X5: a write on A seen by B at the returned revision; a delete likewise */
+    CU_ASSERT_EQUAL(write_tuple(port_a(), NULL, root, "user:7", "viewer", "project:x5", rev, sizeof rev), 201);
+    CU_ASSERT_EQUAL(check(gb->port, NULL, root, "user:7", "viewer", "project:x5", rev, NULL, 0), 1);
+    del(port_a(), ADMIN "/rebac?subject=user:7&relation=viewer&object=project:x5", NULL, root, &r);
+    CU_ASSERT_TRUE(expect_status(&r, 200, "tuple delete"));
+    jstr(&r, "revision", rev, sizeof rev);
+    hfree(&r);
+    CU_ASSERT_EQUAL(check(gb->port, NULL, root, "user:7", "viewer", "project:x5", rev, NULL, 0), 0);
+    CU_ASSERT_EQUAL(check(port_a(), NULL, root, "user:7", "viewer", "project:x5", NULL, NULL, 0), 0);
+    /* a revision nobody wrote yet: 503 after the wait, not a stale answer */
+    hresp_t w;
+    hget(port_a(), ADMIN "/rebac/check?subject=user:1&relation=viewer&object=project:123",
+         "x-authz-revision: 999999999\r\nAuthorization: Bearer ", &w);
+    hfree(&w);
+    char *hx = xasprintf("Authorization: Bearer %s\r\nx-authz-revision: 999999999\r\n", root);
+    hget(port_a(), ADMIN "/rebac/check?subject=user:1&relation=viewer&object=project:123", hx, &w);
+    check_problem(&w, 503, "revision-unavailable", NULL, "future revision");
+    hfree(&w);
+    free(hx);
+    /* listing */
+    get(port_a(), ADMIN "/rebac?object=project:123", NULL, root, &r);
+    json_object *o = jparse(&r), *v;
+    CU_ASSERT_TRUE(o && json_object_object_get_ex(o, "count", &v) && json_object_get_int(v) == 4);
+    json_object_put(o);
+    hfree(&r);
+    /* X6: the route's relation on project:<projectId> */
+    char *one = token("1", "tenantA"), *four = token("4", "tenantA");
+    CU_ASSERT_EQUAL(write_tuple(port_a(), NULL, root, "user:1", "viewer", "project:proj_123", rev, sizeof rev), 201);
+    hx = xasprintf("Authorization: Bearer %s\r\nx-authz-revision: %s\r\n", one, rev);
+    hget(gb->port, B "/projects/proj_123/events", hx, &r);
+    CU_ASSERT_TRUE(expect_status(&r, 200, "X6 viewer"));
+    hfree(&r);
+    free(hx);
+    get(port_a(), B "/projects/proj_123/events", NULL, four, &r);
+    check_problem(&r, 403, "forbidden", NULL, "X6 not a viewer");
+    CU_ASSERT_TRUE(r.body && strstr(r.body, "project:proj_123"));
+    hfree(&r);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/projects/proj_123/events", NULL, NULL), 401);
+    free(one);
+    free(four);
+    free(root);
+    free(rootb);
+    free(u1);
+}
+
+/* ================= A: ABAC ================= */
+
+static void test_abac(void)
+{
+    char *u1 = token("u1", "tenantA"), *one = token("1", "tenantA");
+    hresp_t r;
+    const char *path = B "/me/events";
+    CU_ASSERT_EQUAL(status_of(post(port_a(), path, NULL, u1, "{\"userId\":\"u1\",\"type\":\"click\"}", &r), &r), 202);
+    post(port_a(), path, NULL, u1, "{\"userId\":\"u2\",\"type\":\"click\"}", &r);
+    check_problem(&r, 403, "forbidden", NULL, "A1 another user");
+    hfree(&r);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), path, NULL, u1, "{\"type\":\"click\"}", &r), &r), 403);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), path, NULL, one, "{\"userId\":1,\"type\":\"click\"}", &r), &r), 403);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), path, NULL, one, "{\"userId\":\"1\",\"type\":\"click\"}", &r), &r), 202);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), path, NULL, u1, "{\"userId\":\"u1\\u0000x\",\"type\":\"c\"}", &r), &r), 403);
+    /* A2: the guard reads what the handler reads */
+    const char *bodies[] = {"{\"userId\":\"u2\",\"userId\":\"u1\",\"type\":\"c\"}", "{\"userId\":\"u1\",\"type\":\"c\"} x",
+                            "{\"userId\":"};
+    for (int i = 0; i < 3; i++) {
+        post(port_a(), path, NULL, u1, bodies[i], &r);
+        check_problem(&r, 400, "malformed-json", NULL, "A2");
+        hfree(&r);
+    }
+    char *h = xasprintf("Authorization: Bearer %s\r\nContent-Type: text/plain\r\n", u1);
+    hreq(port_a(), "POST", path, h, "{\"userId\":\"u1\"}", 15, &r);
+    check_problem(&r, 415, "unsupported-media-type", NULL, "A2 content type");
+    hfree(&r);
+    free(h);
+    free(u1);
+    free(one);
+}
+
+/* ================= T: tenancy ================= */
+
+static void test_tenancy(void)
+{
+    hresp_t r;
+    char *u1 = token("u1", "tenantA"), *u1b = token("u1", "tenantB");
+    get(port_a(), B "/me", "bad tenant!", u1, &r);
+    check_problem(&r, 400, "invalid-tenant", NULL, "T1");
+    hfree(&r);
+    char long_tenant[70];
+    memset(long_tenant, 'a', 65);
+    long_tenant[65] = '\0';
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", long_tenant, u1), 400);
+    long_tenant[64] = '\0'; /* 64 is the longest id: then the token's tenant decides (403) */
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", long_tenant, u1), 403);
+    /* T1: the token's tenant when no header */
+    get(port_a(), B "/me", NULL, u1b, &r);
+    char tenant[64];
+    jstr(&r, "tenant", tenant, sizeof tenant);
+    CU_ASSERT_STRING_EQUAL(tenant, "tenantB");
+    hfree(&r);
+    /* T3: one Idempotency-Key in two tenants: two commands */
+    char *key = unique("idem"), *ha = xasprintf("Idempotency-Key: %s\r\nAuthorization: Bearer %s\r\n", key, u1),
+         *hb = xasprintf("Idempotency-Key: %s\r\nAuthorization: Bearer %s\r\n", key, u1b);
+    char rep[16];
+    hpost(port_a(), EVENTS, ha, "{\"type\":\"t3\"}", &r);
+    CU_ASSERT_EQUAL(r.status, 202);
+    hfree(&r);
+    post(port_a(), ADMIN "/roles", "tenantB", NULL, "{}", &r); /* (no token: 401, nothing written) */
+    hfree(&r);
+    char *root_b = token("rootB", "tenantB");
+    post(port_a(), ADMIN "/roles", NULL, root_b, "{\"name\":\"user\",\"permissions\":[\"events:read\",\"events:write\"]}",
+         &r);
+    hfree(&r);
+    int64_t end = clock_mono_ms() + 5000;
+    do {
+        hpost(port_a(), EVENTS, hb, "{\"type\":\"t3\"}", &r);
+        if (r.status == 202 || clock_mono_ms() > end)
+            break;
+        hfree(&r);
+        clock_sleep_ms(50);
+    } while (1);
+    CU_ASSERT_EQUAL(r.status, 202);
+    CU_ASSERT_TRUE(hheader(&r, "Idempotent-Replayed", rep, sizeof rep) && !strcmp(rep, "false"));
+    hfree(&r);
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM gateway.idempotency WHERE store_key LIKE '%' || $1 || '%'", key, NULL), 2);
+    post(port_a(), ADMIN "/roles", NULL, root_b, "{\"name\":\"user\",\"permissions\":[\"events:read\"]}", &r);
+    hfree(&r);
+    free(root_b);
+    free(key);
+    free(ha);
+    free(hb);
+    free(u1);
+    free(u1b);
+}
+
+/* ================= the suite ================= */
+
+static const char boot_json[] =
+    "{\"tenants\": {"
+    "\"*\": {\"roles\": {\"authx-admin\": [\"authx:admin\"]}},"
+    "\"tenantA\": {\"roles\": {\"user\": [\"events:write\"], \"admin\": [\"events:write\", \"events:read\"]},"
+    " \"members\": {\"u1\": [\"user\"], \"u2\": [\"admin\"], \"1\": [\"admin\"], \"4\": [\"admin\"],"
+    " \"root\": [\"authx-admin\"]}},"
+    "\"tenantB\": {\"roles\": {\"user\": [\"events:read\"]}, \"members\": {\"u1\": [\"user\"], \"rootB\":"
+    " [\"authx-admin\"]}}}}";
+
+static proc_t *start_prod(const char *url)
+{
+    static char e[600], bf[120];
+    snprintf(e, sizeof e, "DATABASE_URL=%s", url);
+    snprintf(bf, sizeof bf, "AUTHX_BOOTSTRAP_FILE=%s", boot_path);
+    const char *env[] = {e, bf, "APP_ENV=production", "JWT_SECRET=" SECRET40, "LOG_LEVEL=warn",
+                         "OTP_PEPPER=test-pepper-0123456789abcdef0123456789", NULL};
+    proc_t *p = spawn_ecom("gateway", env);
+    if (p && wait_ready(p, 15000) != 0) {
+        proc_release(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void reap_everything(void)
+{
+    proc_reap(NULL);
+    if (boot_path[0])
+        unlink(boot_path);
+}
+
+static int suite_init(void)
+{
+    const char *url = test_pg_db("authx", true);
+    char *err = NULL;
+    db = pg_connect(url, "test-authx", &err);
+    if (!db) {
+        fprintf(stderr, "test_authx: %s\n", err ? err : "?");
+        return -1;
+    }
+    if (test_jwt_keys(&keys, SECRET40) != 0)
+        return -1;
+    snprintf(boot_path, sizeof boot_path, "/tmp/ecom-authx-boot-%d.json", (int)getpid());
+    FILE *f = fopen(boot_path, "w");
+    if (!f || fputs(boot_json, f) < 0 || fclose(f) != 0)
+        return -1;
+    ga = start_prod(url);
+    gb = start_prod(url);
+    return ga && gb ? 0 : -1;
+}
+
+/* Last: both gateways exit 0 on SIGTERM (sanitizer reports and leaks included). */
+static void test_gateways_exit(void)
+{
+    stop_clean(ga, "gateway A");
+    stop_clean(gb, "gateway B");
+    ga = gb = NULL;
+}
+
+static int suite_clean(void)
+{
+    reap_everything();
+    jwtk_free(&keys);
+    if (db)
+        PQfinish(db);
+    return 0;
+}
+
+int main(void)
+{
+    atexit(reap_everything);
+    CU_TestInfo tests[] = {
+        {"O1-O4 O9 J1: email login, one answer for every failure, stored MACs", test_otp_login},
+        {"O5 O6 O8: tries per ticket, new ticket voids the old, budgets", test_otp_limits},
+        {"O7: twenty verifies at once, one session", test_otp_race},
+        {"O10: TOTP enrolment, window, replay", test_totp},
+        {"R1-R5: rotation, reuse revokes the family, deny-list, lifetimes", test_refresh_rotation},
+        {"R4: logout, logout-all, sessions, admin revoke", test_logout_and_sessions},
+        {"P1-P4 T2: roles per tenant, changes, fail closed", test_rbac},
+        {"X1-X6: tuples, rewrites, cycles, depth, revisions, the route check", test_rebac},
+        {"A1-A2: the ABAC guard on the exact body", test_abac},
+        {"T1 T3: tenant resolution and independent keys", test_tenancy},
+        {"the gateways exit cleanly", test_gateways_exit},
+        CU_TEST_INFO_NULL,
+    };
+    return test_main("authx", tests, suite_init, suite_clean);
+}
