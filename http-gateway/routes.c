@@ -36,7 +36,41 @@ typedef struct events_q {
     bool has_cursor;
     size_t limit;
     char aggregate[POLICY_REF_MAX + 1]; /* only this aggregate's events ("" = all) */
+    char since[UUID_STR_LEN];           /* the smallest UUIDv7 of the since instant ("" = none) */
 } events_q_t;
+
+/* since: Unix milliseconds, or RFC 3339 UTC ("2026-11-26T17:00:00Z", with an
+ * optional fraction). Event ids are UUIDv7 minted when the event was recorded,
+ * so "recorded at or after since" is "id >= the smallest id of that
+ * millisecond", one range of the (tenant, id) index. -1 when malformed. */
+static int since_bound(const char *v, char out[UUID_STR_LEN])
+{
+    int64_t ms = -1;
+    size_t n = strlen(v);
+    if (n > 0 && n <= 15 && strspn(v, "0123456789") == n) {
+        ms = strtoll(v, NULL, 10);
+    } else {
+        struct tm tm = {0};
+        const char *rest = strptime(v, "%Y-%m-%dT%H:%M:%S", &tm);
+        int frac = 0, digits = 0;
+        if (rest && *rest == '.')
+            for (rest++; *rest >= '0' && *rest <= '9'; rest++, digits++)
+                if (digits < 3)
+                    frac = frac * 10 + (*rest - '0');
+        for (; digits > 0 && digits < 3; digits++)
+            frac *= 10;
+        if (rest && (strcmp(rest, "Z") == 0 || strcmp(rest, "z") == 0)) {
+            time_t t = timegm(&tm);
+            if (t >= 0)
+                ms = (int64_t)t * 1000 + frac;
+        }
+    }
+    if (ms < 0 || ms >= (1LL << 48))
+        return -1;
+    snprintf(out, UUID_STR_LEN, "%08llx-%04llx-7000-8000-000000000000", (unsigned long long)(ms >> 16),
+             (unsigned long long)(ms & 0xffff));
+    return 0;
+}
 
 static bool events_query_or_reply(gw_req_t *r, events_q_t *q)
 {
@@ -60,6 +94,10 @@ static bool events_query_or_reply(gw_req_t *r, events_q_t *q)
             return false;
         }
         q->limit = (size_t)n;
+    }
+    if ((v = gw_query_arg(r, "since", buf, sizeof buf)) && since_bound(v, q->since) != 0) {
+        gw_problem(r, 400, "validation-error", "since must be Unix milliseconds or an RFC 3339 UTC time");
+        return false;
     }
     if ((v = gw_query_arg(r, "cursor", buf, sizeof buf))) {
         if (!uuid_valid(v)) {
@@ -95,10 +133,13 @@ static json_object *event_json(const char *id, const char *type, const char *top
 
 static void events_answer(gw_req_t *r, json_object *data, size_t limit)
 {
+    /* the reads fetch one row more than the page: a next page exists exactly when it came */
     size_t n = json_object_array_length(data);
     json_object *body = json_object_new_object();
     json_object *next = NULL;
-    if (n == limit && n > 0) {
+    if (n > limit) {
+        json_object_array_del_idx(data, limit, n - limit);
+        n = limit;
         json_object *last = json_object_array_get_idx(data, n - 1);
         json_object *id;
         if (json_object_object_get_ex(last, "id", &id))
@@ -252,23 +293,25 @@ static void on_events_conn(pga_conn_t *c, const char *err, void *arg)
         return;
     }
     char lim[16];
-    snprintf(lim, sizeof lim, "%zu", ec->q.limit);
+    snprintf(lim, sizeof lim, "%zu", ec->q.limit + 1);
+    const char *since = ec->q.since[0] ? ec->q.since : NULL;
     const char *p[] = {r->tenant, ec->q.has_type ? ec->q.type : NULL, ec->q.has_cursor ? ec->q.cursor : NULL, lim,
-                       ec->q.aggregate};
+                       since, ec->q.aggregate};
     const pga_stmt_t all = {.name = "gw_events",
                             .sql = "SELECT id, type, topic, aggregate_id, seq,"
                                    " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
                                    " FROM analytics.events WHERE tenant = $1 AND ($2::text IS NULL OR type = $2)"
-                                   " AND ($3::uuid IS NULL OR id < $3::uuid) ORDER BY id DESC LIMIT $4",
-                            .nparams = 4,
+                                   " AND ($3::uuid IS NULL OR id < $3::uuid) AND ($5::uuid IS NULL OR id >= $5::uuid)"
+                                   " ORDER BY id DESC LIMIT $4",
+                            .nparams = 5,
                             .params = p};
     const pga_stmt_t one = {.name = "gw_aggregate_events",
                             .sql = "SELECT id, type, topic, aggregate_id, seq,"
                                    " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
-                                   " FROM analytics.events WHERE tenant = $1 AND aggregate_id = $5"
+                                   " FROM analytics.events WHERE tenant = $1 AND aggregate_id = $6"
                                    " AND ($2::text IS NULL OR type = $2) AND ($3::uuid IS NULL OR id < $3::uuid)"
-                                   " ORDER BY id DESC LIMIT $4",
-                            .nparams = 5,
+                                   " AND ($5::uuid IS NULL OR id >= $5::uuid) ORDER BY id DESC LIMIT $4",
+                            .nparams = 6,
                             .params = p};
     const pga_stmt_t st[] = {ec->q.aggregate[0] ? one : all};
     if (pga_pipeline(c, st, 1, on_events, at) != 0) {
@@ -309,13 +352,13 @@ static void list_events(gw_req_t *r, const events_q_t *qp)
         analytics_event_t *ev = NULL;
         size_t n = 0;
         if (analytics_list_filtered(r->th->memdb, r->tenant, q.has_type ? q.type : NULL,
-                                    q.aggregate[0] ? q.aggregate : NULL, q.has_cursor ? q.cursor : NULL, q.limit, &ev,
-                                    &n) != 0) {
+                                    q.aggregate[0] ? q.aggregate : NULL, q.has_cursor ? q.cursor : NULL, q.limit + 1,
+                                    &ev, &n) != 0) {
             gw_problem(r, 503, "storage-unavailable", "the events could not be read");
             return;
         }
         json_object *data = json_object_new_array();
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n && (!q.since[0] || strcmp(ev[i].id, q.since) >= 0); i++) /* newest first */
             json_object_array_add(data, event_json(ev[i].id, ev[i].type, ev[i].topic, ev[i].aggregate_id, ev[i].seq,
                                                    ev[i].occurred_ms, ev[i].payload));
         analytics_events_free(ev, n);
