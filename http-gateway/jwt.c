@@ -79,6 +79,8 @@ int jwtk_init(jwtk_t *k, const config_t *cfg, char **errors)
             errlist_add(&el, "JWT_PRIVATE_KEY_PEM: not a PEM private key");
         if (pub && priv && EVP_PKEY_get_base_id(pub) != EVP_PKEY_get_base_id(priv))
             errlist_add(&el, "JWT: the private and public keys are of different types");
+        else if (pub && priv && EVP_PKEY_eq(pub, priv) != 1) /* tokens we sign would never verify */
+            errlist_add(&el, "JWT: JWT_PRIVATE_KEY_PEM and JWT_PUBLIC_KEY_PEM are not one key pair");
         if (pub) {
             int type = EVP_PKEY_get_base_id(pub);
             if (type == EVP_PKEY_RSA) {
