@@ -56,6 +56,7 @@ typedef struct config {
     char *authx_bootstrap_file;
     char *authx_schema;
     long access_token_ttl_s;
+    long authx_refresh_grace_s;
 
     /* payment and notification services */
     long payment_provider_latency_ms;

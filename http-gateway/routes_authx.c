@@ -99,6 +99,7 @@ enum { TOKEN_ACTIVE, TOKEN_ROTATED, TOKEN_REVOKED };
 typedef struct mtoken {
     char sid[UUID_STR_LEN];
     int state;
+    int64_t used_ms; /* when it was rotated */
 } mtoken_t;
 
 typedef struct msessions {
@@ -269,9 +270,12 @@ static const char sql_rotate[] =
     " ins AS (INSERT INTO auth.refresh_tokens (hash, sid, tenant, state) SELECT $3, sid, tenant, 'active' FROM cur),"
     " upd AS (UPDATE auth.sessions SET last_used_at = now() WHERE sid IN (SELECT sid FROM cur))"
     " SELECT sid, tenant, subject FROM cur";
-/* A rotated token came back: someone holds a copy. The family goes. */
+/* A rotated token came back after the grace period: someone holds a copy.
+ * The family goes. (Within AUTHX_REFRESH_GRACE_S it is only refused: a client
+ * that raced itself, not a thief.) */
 static const char sql_reuse[] =
-    "WITH f AS (SELECT sid FROM auth.refresh_tokens WHERE hash = $1 AND state = 'rotated'),"
+    "WITH f AS (SELECT sid FROM auth.refresh_tokens WHERE hash = $1 AND state = 'rotated'"
+    " AND used_at <= now() - make_interval(secs => $2::int)),"
     " s AS (UPDATE auth.sessions SET revoked_at = now(), revoked_rev = nextval('auth.rev')"
     " WHERE sid IN (SELECT sid FROM f) AND revoked_at IS NULL RETURNING sid),"
     " t AS (UPDATE auth.refresh_tokens SET state = 'revoked' WHERE sid IN (SELECT sid FROM f) AND state = 'active')"
@@ -319,9 +323,11 @@ static void on_rotate(gw_req_t *r, PGresult *const *res, int n, const char *err)
         gw_tokens_answer(r, subject, sid, st->next.refresh);
         return;
     }
-    const char *p[] = {st->hash};
+    char grace[16];
+    snprintf(grace, sizeof grace, "%ld", r->sh->cfg->authx_refresh_grace_s);
+    const char *p[] = {st->hash, grace};
     const pga_stmt_t stm[] = {{.name = "gw_policy_lock", .sql = policy_sql_lock},
-                              {.name = "gw_refresh_reuse", .sql = sql_reuse, .nparams = 1, .params = p},
+                              {.name = "gw_refresh_reuse", .sql = sql_reuse, .nparams = 2, .params = p},
                               {.sql = "COMMIT"}};
     gw_tx_exec(r, stm, 3, on_reuse);
 }
@@ -340,6 +346,7 @@ static void mem_refresh(gw_req_t *r, refresh_st_t *st, const char *tenant_hdr)
     msession_t *s = t ? mem_session(m, t->sid) : NULL;
     if (t && t->state == TOKEN_ACTIVE && mem_session_live(s, now) && (!tenant_hdr || !strcmp(s->tenant, tenant_hdr))) {
         t->state = TOKEN_ROTATED;
+        t->used_ms = now;
         s->last_used_ms = now;
         mtoken_t *nt = xcalloc(1, sizeof *nt);
         snprintf(nt->sid, sizeof nt->sid, "%s", s->sid);
@@ -356,7 +363,8 @@ static void mem_refresh(gw_req_t *r, refresh_st_t *st, const char *tenant_hdr)
         gw_tokens_answer(r, subject, sid, st->next.refresh);
         return;
     }
-    if (t && t->state == TOKEN_ROTATED && s && !s->revoked) {
+    if (t && t->state == TOKEN_ROTATED && s && !s->revoked &&
+        t->used_ms <= now - r->sh->cfg->authx_refresh_grace_s * 1000) {
         log_warn("refresh token reused: session %s revoked", s->sid);
         char tenant[REQCTX_TENANT_MAX + 1];
         snprintf(tenant, sizeof tenant, "%s", r->tenant);

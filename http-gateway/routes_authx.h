@@ -4,7 +4,9 @@
  * Sessions (AuthX R1–R5), under every service prefix B:
  *   POST B/auth/dev-login {userId}          development only (404 otherwise)
  *   POST B/auth/refresh {refreshToken}      rotates: one conditional UPDATE;
- *        a rotated token presented again revokes its whole session (family)
+ *        a rotated token presented again revokes its whole session (family),
+ *        unless within AUTHX_REFRESH_GRACE_S (0-30, default 0) of its rotation:
+ *        then it is only refused
  *   POST B/auth/logout                      revokes the caller's session
  *   POST B/auth/logout-all                  revokes every session of the caller
  *   GET  B/auth/sessions                    the caller's active sessions

@@ -519,6 +519,17 @@ static void test_refresh_rotation(void)
     CU_ASSERT_EQUAL(ok, 1);
     CU_ASSERT_EQUAL(refused, 9);
     free_jobs(jobs, 10);
+    /* R2 with a grace period (gateway B: 2 s): a rotated token soon after its
+     * rotation is refused but the session lives; later it revokes the family */
+    tokens_t g0, g1, g2;
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &g0));
+    CU_ASSERT_EQUAL(refresh(gb->port, NULL, g0.refresh, &g1), 200);
+    CU_ASSERT_EQUAL(refresh(gb->port, NULL, g0.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(refresh(gb->port, NULL, g1.refresh, &g2), 200);
+    clock_sleep_ms(2100);
+    CU_ASSERT_EQUAL(refresh(gb->port, NULL, g1.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(refresh(gb->port, NULL, g2.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(get_status(gb->port, B "/me", NULL, g2.access), 401);
     /* R5: idle and absolute lifetimes */
     tokens_t t3, t4;
     CU_ASSERT_TRUE_FATAL(login("tenantA", s, &t3));
@@ -901,12 +912,14 @@ static const char boot_json[] =
     "\"tenantB\": {\"roles\": {\"user\": [\"events:read\"]}, \"members\": {\"u1\": [\"user\"], \"rootB\":"
     " [\"authx-admin\"]}}}}";
 
-static proc_t *start_prod(const char *url)
+/* grace: AUTHX_REFRESH_GRACE_S */
+static proc_t *start_prod(const char *url, int grace)
 {
-    static char e[600], bf[120];
+    static char e[600], bf[120], g[64];
     snprintf(e, sizeof e, "DATABASE_URL=%s", url);
     snprintf(bf, sizeof bf, "AUTHX_BOOTSTRAP_FILE=%s", boot_path);
-    const char *env[] = {e, bf, "APP_ENV=production", "JWT_SECRET=" SECRET40, "LOG_LEVEL=warn",
+    snprintf(g, sizeof g, "AUTHX_REFRESH_GRACE_S=%d", grace);
+    const char *env[] = {e, bf, g, "APP_ENV=production", "JWT_SECRET=" SECRET40, "LOG_LEVEL=warn",
                          "OTP_PEPPER=test-pepper-0123456789abcdef0123456789", NULL};
     proc_t *p = spawn_ecom("gateway", env);
     if (p && wait_ready(p, 15000) != 0) {
@@ -938,8 +951,8 @@ static int suite_init(void)
     FILE *f = fopen(boot_path, "w");
     if (!f || fputs(boot_json, f) < 0 || fclose(f) != 0)
         return -1;
-    ga = start_prod(url);
-    gb = start_prod(url);
+    ga = start_prod(url, 0);
+    gb = start_prod(url, 2); /* B forgives a rotated token for 2 s */
     return ga && gb ? 0 : -1;
 }
 
