@@ -490,7 +490,7 @@ char *unique(const char *prefix)
 
 int test_jwt_keys(jwtk_t *k, const char *secret)
 {
-    setenv("APP_ENV", "production", 1);
+    setenv("APP_ENV", strlen(secret) < 32 ? "development" : "production", 1);
     setenv("JWT_SECRET", secret, 1);
     setenv("OTP_PEPPER", "test-pepper-0123456789abcdef0123456789", 1);
     unsetenv("JWT_PRIVATE_KEY_PEM");

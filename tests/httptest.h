@@ -103,7 +103,9 @@ typedef struct job {
 job_t *run_concurrent(int n, int port, const char *method, const char *path, const char *hdrs, const char *body);
 void free_jobs(job_t *jobs, int n);
 
-/* Keys as a production gateway with JWT_SECRET=secret loads them. 0 or -1. */
+/* Keys as a gateway with JWT_SECRET=secret loads them: in production, or in
+ * development when the secret is shorter than 32 bytes (the runbook's
+ * "devsecret"). 0 or -1. */
 int test_jwt_keys(jwtk_t *k, const char *secret);
 /* An access token for sub in tenant tid (with perms when not NULL), issued at
  * now_s for ttl seconds (owned; NULL on failure). */
