@@ -781,6 +781,17 @@ bool policy_has_role(policy_t *p, const char *tenant, const char *name)
     return live;
 }
 
+bool policy_is_member(policy_t *p, const char *tenant, const char *subject)
+{
+    if (!strcmp(tenant, "*") || !strcmp(subject, "*"))
+        return false;
+    pthread_rwlock_rdlock(&p->lock);
+    const bset_t *b = find_bset(p, tenant, subject);
+    bool member = b && b->roles.n > 0;
+    pthread_rwlock_unlock(&p->lock);
+    return member;
+}
+
 /* ---- lists ---- */
 
 static int cmp_tuple(const void *a, const void *b)

@@ -106,6 +106,10 @@ void policy_cache_free(policy_cache_t *c);
 bool policy_has_tuple(policy_t *p, const char *tenant, const char *object, const char *relation, const char *subject);
 bool policy_has_binding(policy_t *p, const char *tenant, const char *subject, const char *role);
 bool policy_has_role(policy_t *p, const char *tenant, const char *name);
+/* An explicit membership: subject has a role binding of its own in tenant
+ * (bindings of "*" do not count). A token of another tenant may then act in
+ * this one (AuthX T2). */
+bool policy_is_member(policy_t *p, const char *tenant, const char *subject);
 
 /* ---- lists (owned JSON) ---- */
 /* Tuples of tenant matching the non-NULL filters, at most limit:

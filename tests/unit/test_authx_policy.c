@@ -131,6 +131,10 @@ static void test_rbac(void)
     CU_ASSERT_TRUE(policy_allows(p, "tenantA", "u1", "events:read"));
     policy_put_binding(p, policy_next_revision(p), "tenantA", "u1", "user", true);
     CU_ASSERT_FALSE(policy_allows(p, "tenantA", "u1", "events:read"));
+    /* T2: membership is an own binding in the tenant */
+    CU_ASSERT_FALSE(policy_is_member(p, "tenantA", "u1")); /* its binding was deleted above */
+    CU_ASSERT_TRUE(policy_is_member(p, "tenantB", "u1"));
+    CU_ASSERT_FALSE(policy_is_member(p, "tenantC", "anyone")); /* "*" bindings do not count */
     /* "*" grants every permission */
     policy_put_role(p, policy_next_revision(p), "tenantA", "root", "*", false);
     policy_put_binding(p, policy_next_revision(p), "tenantA", "boss", "root", false);
