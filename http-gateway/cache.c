@@ -547,17 +547,35 @@ void cache_stats(cache_t *c, cache_stats_t *out)
 
 /* ---- keys and headers ---- */
 
+/* Appends "<tag><decimal length of s>:<s>;" (no printf: this runs on every
+ * cache hit). */
 static void key_part(char **buf, size_t *len, size_t *cap, const char *tag, const char *s)
 {
     if (!s)
         s = "";
-    size_t need = strlen(tag) + 24 + strlen(s);
+    size_t tl = strlen(tag), sl = strlen(s);
+    size_t need = tl + 20 + 1 + sl + 1;
     if (*len + need + 1 > *cap) {
         *cap = (*len + need + 1) * 2;
         *buf = xrealloc(*buf, *cap);
     }
-    int w = snprintf(*buf + *len, *cap - *len, "%s%zu:%s;", tag, strlen(s), s);
-    *len += (size_t)w;
+    char *o = *buf + *len;
+    memcpy(o, tag, tl);
+    o += tl;
+    char digits[20];
+    size_t nd = 0, v = sl;
+    do {
+        digits[nd++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (nd)
+        *o++ = digits[--nd];
+    *o++ = ':';
+    memcpy(o, s, sl);
+    o += sl;
+    *o++ = ';';
+    *o = '\0';
+    *len = (size_t)(o - *buf);
 }
 
 char *cache_key_build(const cache_key_parts_t *k)

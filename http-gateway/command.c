@@ -3,16 +3,25 @@
  * a replay can never duplicate a command and a crash can never leave a key
  * without its command.
  *
- * PostgreSQL: the claim opens the transaction and takes a transaction-scoped
- * advisory lock on the key (a second request with the key while the first is
- * in flight gets 409 at once), drops an expired record, and looks for a
- * completed one (replay, or 422 on a different fingerprint): one pipeline.
- * The commit appends the outbox rows, inserts the record with the response and
- * commits: a second pipeline. Without a key the command is one pipeline.
+ * PostgreSQL: the claim is deferred to the commit, so a command is ONE pipeline
+ * (one round trip, one implicit transaction ended by the pipeline's Sync):
+ *   1. claim: pg_try_advisory_xact_lock on the key (a concurrent request with
+ *      the key is refused with 409), an expired record dropped, the live record
+ *      returned (replay, or 422 on a different fingerprint);
+ *   2. guard: the record with the response, inserted only while the lock is held
+ *      and no live record exists; otherwise the statement divides by zero, which
+ *      aborts the pipeline, so nothing after it runs and nothing commits;
+ *   3. the domain writes, the outbox rows.
+ * The handler runs before the claim and has no effect until the commit. When it
+ * answers without committing (a validation error, a state check), the claim
+ * alone runs before that answer goes out, so a completed key still replays and
+ * a key in flight still gets 409, as if the claim had come first. A handler that
+ * opened the request's transaction (gw_tx_exec) gets the same statements inside
+ * it, followed by COMMIT. Without a key the command is one pipeline too.
  *
- * Memory: the claim marks the key in flight in a short transaction; the commit
- * appends the outbox rows and completes the record in a second one. The store
- * lock is never held while the request waits for anything. */
+ * Memory: the claim marks the key in flight in a short transaction before the
+ * handler; the commit appends the outbox rows and completes the record in a
+ * second one. The store lock is never held while the request waits for anything. */
 #include "http-gateway/gw.h"
 
 #include "core/alloc.h"
@@ -109,76 +118,156 @@ static void unavailable(gw_req_t *r, const char *what)
 
 /* ---- claim ---- */
 
-static void on_claim(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
+/* The claim: the lock, an expired record dropped (only by the lock holder), and
+ * the live record. One row: got, fingerprint, status, content type, body (NULLs
+ * when there is no live record). */
+static const char sql_claim[] =
+    "WITH lk AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS got),"
+    " gone AS (DELETE FROM gateway.idempotency WHERE store_key = $1 AND expires_at < now()"
+    " AND (SELECT got FROM lk) RETURNING 1)"
+    " SELECT (SELECT got FROM lk), i.fingerprint, i.status, coalesce(i.content_type, ''), i.body"
+    " FROM (SELECT 1) one LEFT JOIN gateway.idempotency i ON i.store_key = $1 AND i.expires_at >= now()";
+
+/* The record with the response, while the lock is held and no live record
+ * exists; else a division by zero (SQLSTATE 22012) aborts the pipeline. The lock
+ * is re-entrant within the transaction: taken again, it costs nothing. */
+static const char sql_record_guard[] =
+    "WITH ins AS (INSERT INTO gateway.idempotency (store_key, tenant, fingerprint, status, content_type, body,"
+    " expires_at) SELECT $1::text, $2::text, $3::text, $4::int, $5::text, $6::text,"
+    " now() + make_interval(secs => $7::int) WHERE pg_try_advisory_xact_lock(hashtextextended($1::text, 0))"
+    " ON CONFLICT (store_key) DO NOTHING RETURNING 1)"
+    " SELECT 1 / (SELECT count(*)::int FROM ins)";
+
+#define SQLSTATE_DIVISION_BY_ZERO "22012"
+
+/* What the claim's row says, for a command that did not commit. */
+typedef enum { CLAIM_FREE, CLAIM_REPLAY, CLAIM_CONFLICT, CLAIM_IN_FLIGHT } claim_t;
+
+static claim_t claim_outcome(gw_req_t *r, const PGresult *q)
 {
-    (void)c;
-    (void)n;
-    gw_req_t *r = arg;
-    log_ctx_set(&r->log);
-    if (err) {
-        log_warn("idempotency claim failed: %s", err);
-        gw_tx_abort(r);
-        unavailable(r, "the idempotency store did not answer");
-    } else if (PQntuples(res[3]) == 1) {
-        /* a completed record: replay it (or 422), whoever holds the lock now */
-        const char *fp = PQgetvalue(res[3], 0, 0);
-        bool same = strcmp(fp, r->fingerprint) == 0;
-        int status = atoi(PQgetvalue(res[3], 0, 1));
-        char *ctype = xstrdup(PQgetvalue(res[3], 0, 2));
-        char *body = xstrndup(PQgetvalue(res[3], 0, 3), (size_t)PQgetlength(res[3], 0, 3));
-        gw_tx_abort(r);
-        if (same)
-            replay(r, status, ctype, body, strlen(body));
-        else
-            conflict(r);
+    if (!q || PQresultStatus(q) != PGRES_TUPLES_OK || PQntuples(q) != 1)
+        return CLAIM_IN_FLIGHT;
+    if (!PQgetisnull(q, 0, 1))
+        return strcmp(PQgetvalue(q, 0, 1), r->fingerprint) == 0 ? CLAIM_REPLAY : CLAIM_CONFLICT;
+    return PQgetvalue(q, 0, 0)[0] == 't' ? CLAIM_FREE : CLAIM_IN_FLIGHT;
+}
+
+/* Answers a replay, a 422 or a 409 from the claim's row q (borrowed). */
+static void answer_claim(gw_req_t *r, claim_t o, const PGresult *q)
+{
+    if (o == CLAIM_REPLAY) {
+        int status = atoi(PQgetvalue(q, 0, 2));
+        char *ctype = xstrdup(PQgetvalue(q, 0, 3));
+        char *body = xstrndup(PQgetvalue(q, 0, 4), (size_t)PQgetlength(q, 0, 4));
+        replay(r, status, ctype, body, strlen(body));
         free(ctype);
         free(body);
-    } else if (PQgetvalue(res[1], 0, 0)[0] != 't') {
-        gw_tx_abort(r);
-        in_flight(r);
-    } else if (!r->answered) {
-        r->idem_active = true; /* the lock is ours until the transaction ends */
-        gw_pipeline_upstream(r);
+    } else if (o == CLAIM_CONFLICT) {
+        conflict(r);
     } else {
-        gw_tx_abort(r); /* timed out meanwhile */
+        in_flight(r);
     }
+}
+
+/* ---- a handler answered without committing: the claim decides first ---- */
+
+typedef struct settle_ctx {
+    gw_req_t *r;
+    bool own_conn; /* acquired here, not the request's transaction */
+} settle_ctx_t;
+
+/* Sends the handler's answer after all (the key is free, or the claim could not
+ * be read: the handler's answer stands, nothing was written). */
+static void settle_continue(gw_req_t *r)
+{
+    gw_pipeline_answered(r);
+}
+
+/* Replaces the handler's answer with the claim's. */
+static void settle_replace(gw_req_t *r, claim_t o, const PGresult *q)
+{
+    evbuffer_drain(r->out, evbuffer_get_length(r->out));
+    gw_clear_headers(r);
+    r->answered = false;
+    answer_claim(r, o, q);
+}
+
+static void on_settle(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
+{
+    (void)n;
+    settle_ctx_t *sc = arg;
+    gw_req_t *r = sc->r;
+    log_ctx_set(&r->log);
+    claim_t o = err ? CLAIM_FREE : claim_outcome(r, res[0]);
+    if (err)
+        log_warn("idempotency claim failed: %s", err);
+    if (sc->own_conn) {
+        pga_release(c, err != NULL); /* rolls back: releases the lock if it was taken */
+    } else if (err) {
+        pga_release(c, false);
+        r->pg = NULL;
+    }
+    if (o == CLAIM_FREE)
+        settle_continue(r);
+    else
+        settle_replace(r, o, res[0]);
+    free(sc);
     gw_unref(r);
     log_ctx_set(NULL);
 }
 
-static void on_claim_conn(pga_conn_t *c, const char *err, void *arg)
+static void settle_send(settle_ctx_t *sc, pga_conn_t *c)
 {
-    gw_req_t *r = arg;
-    log_ctx_set(&r->log);
-    if (!c || r->answered) {
-        if (c)
-            pga_release(c, false);
-        if (!c)
-            log_warn("no database connection for an idempotent request: %s", err ? err : "?");
-        unavailable(r, "the database is unavailable");
-        gw_unref(r);
-        log_ctx_set(NULL);
-        return;
-    }
-    r->pg = c;
+    gw_req_t *r = sc->r;
     const char *k[] = {r->idem_store};
-    const pga_stmt_t st[] = {
-        {.sql = "BEGIN"},
-        {.name = "gw_idem_lock", .sql = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", .nparams = 1,
-         .params = k},
-        {.name = "gw_idem_expire", .sql = "DELETE FROM gateway.idempotency WHERE store_key = $1 AND expires_at < now()",
-         .nparams = 1, .params = k},
-        {.name = "gw_idem_get",
-         .sql = "SELECT fingerprint, status, coalesce(content_type, ''), body FROM gateway.idempotency"
-                " WHERE store_key = $1",
-         .nparams = 1, .params = k},
-    };
-    if (pga_pipeline(c, st, 4, on_claim, r) != 0) {
-        gw_tx_abort(r);
-        unavailable(r, "the database is unavailable");
+    const pga_stmt_t st[] = {{.name = "gw_idem_claim", .sql = sql_claim, .nparams = 1, .params = k}};
+    if (pga_pipeline(c, st, 1, on_settle, sc) != 0) {
+        if (sc->own_conn)
+            pga_release(c, true);
+        else
+            gw_tx_abort(r);
+        free(sc);
+        settle_continue(r);
         gw_unref(r);
+    }
+}
+
+static void on_settle_conn(pga_conn_t *c, const char *err, void *arg)
+{
+    settle_ctx_t *sc = arg;
+    gw_req_t *r = sc->r;
+    log_ctx_set(&r->log);
+    if (!c) {
+        log_warn("no database connection for an idempotency claim: %s", err ? err : "?");
+        free(sc);
+        settle_continue(r);
+        gw_unref(r);
+    } else {
+        settle_send(sc, c);
     }
     log_ctx_set(NULL);
+}
+
+bool gw_idem_settle(gw_req_t *r)
+{
+    if (!r->idem_active || r->th->memdb)
+        return false;
+    r->idem_active = false; /* the claim runs now, once */
+    if (r->status == 504)
+        return false; /* timed out: answered at once, as before the claim */
+    settle_ctx_t *sc = xmalloc(sizeof *sc);
+    *sc = (settle_ctx_t){r, r->pg == NULL};
+    gw_ref(r);
+    if (r->pg) {
+        settle_send(sc, r->pg);
+        return true;
+    }
+    if (pga_acquire(r->th->pg, on_settle_conn, sc) != 0) {
+        free(sc);
+        gw_unref(r);
+        return false;
+    }
+    return true;
 }
 
 static void mem_claim(gw_req_t *r)
@@ -233,11 +322,10 @@ void gw_idem_claim(gw_req_t *r)
         mem_claim(r);
         return;
     }
-    gw_ref(r);
-    if (pga_acquire(r->th->pg, on_claim_conn, r) != 0) {
-        gw_unref(r);
-        unavailable(r, "too many requests are waiting for the database");
-    }
+    /* deferred: the claim runs in the commit's pipeline (or, when the handler
+     * answers otherwise, just before that answer: gw_idem_settle) */
+    r->idem_active = true;
+    gw_pipeline_upstream(r);
 }
 
 /* ---- abort ---- */
@@ -340,6 +428,10 @@ typedef struct commit_ctx {
     int status;
     char *body;
     size_t len;
+    bool claim; /* the pipeline claims the key: results 0 (claim) and 1 (guard) */
+    bool explicit_tx; /* inside the handler's transaction: ends with COMMIT */
+    struct commit_ctx *next; /* in the thread's queue of commands to group */
+    char status_s[8];        /* the record's parameters, kept for a group's pipeline */
 } commit_ctx_t;
 
 static void answer_committed(gw_req_t *r, int status, const char *body, size_t len)
@@ -352,35 +444,60 @@ static void answer_committed(gw_req_t *r, int status, const char *body, size_t l
     gw_respond(r, status, "application/json", body, len);
 }
 
+static void commit_ctx_free(commit_ctx_t *cc)
+{
+    free(cc->body);
+    free(cc);
+}
+
+/* The guard refused: the key is in flight or already has a live record. */
+static bool guard_refused(const commit_ctx_t *cc, PGresult *const *res, int n)
+{
+    if (!cc->claim || n < 2 || !res[0] || !res[1] || PQresultStatus(res[0]) != PGRES_TUPLES_OK)
+        return false;
+    const char *state = PQresultErrorField(res[1], PG_DIAG_SQLSTATE);
+    return state && strcmp(state, SQLSTATE_DIVISION_BY_ZERO) == 0;
+}
+
 static void on_commit(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
 {
-    (void)res;
-    (void)n;
     commit_ctx_t *cc = arg;
     gw_req_t *r = cc->r;
     log_ctx_set(&r->log);
-    pga_release(c, err != NULL);
+    bool refused = err && guard_refused(cc, res, n);
+    claim_t o = refused ? claim_outcome(r, res[0]) : CLAIM_FREE;
+    pga_release(c, err != NULL && !refused); /* a refused explicit transaction is rolled back */
     r->pg = NULL;
-    if (err) {
+    if (refused) {
+        answer_claim(r, o == CLAIM_FREE ? CLAIM_IN_FLIGHT : o, res[0]);
+    } else if (err) {
         log_warn("command commit failed: %s", err);
-        r->idem_active = false;
         unavailable(r, "the command could not be stored");
     } else {
         answer_committed(r, cc->status, cc->body, cc->len);
     }
-    free(cc->body);
-    free(cc);
+    commit_ctx_free(cc);
     gw_unref(r);
     log_ctx_set(NULL);
 }
 
-static void send_commit(gw_req_t *r, commit_ctx_t *cc, bool begin)
+/* One pipeline: [claim, guarded record,] domain writes, outbox rows [, COMMIT].
+ * Without an open transaction it is one implicit transaction, committed at the
+ * pipeline's Sync. */
+static void send_commit(gw_req_t *r, commit_ctx_t *cc)
 {
     gw_cmd_t *cmd = &r->cmd;
     pga_stmt_t st[GW_MAX_OPS + GW_MAX_OUTBOX + 3];
     int n = 0;
-    if (begin)
-        st[n++] = (pga_stmt_t){.sql = "BEGIN"};
+    char status[8], ttl[16];
+    const char *k[] = {r->idem_store};
+    const char *ip[] = {r->idem_store, r->tenant, r->fingerprint, status, "application/json", cc->body, ttl};
+    if (cc->claim) {
+        snprintf(status, sizeof status, "%d", cc->status);
+        snprintf(ttl, sizeof ttl, "%d", GW_IDEM_TTL_S);
+        st[n++] = (pga_stmt_t){.name = "gw_idem_claim", .sql = sql_claim, .nparams = 1, .params = k};
+        st[n++] = (pga_stmt_t){.name = "gw_idem_record", .sql = sql_record_guard, .nparams = 7, .params = ip};
+    }
     for (size_t i = 0; i < cmd->nops; i++)
         st[n++] = (pga_stmt_t){.name = cmd->ops[i].name,
                                .sql = cmd->ops[i].sql,
@@ -393,24 +510,20 @@ static void send_commit(gw_req_t *r, commit_ctx_t *cc, bool begin)
                                .nparams = 10,
                                .params = cmd->params[i].values};
     }
-    char status[8], ttl[16];
-    const char *ip[] = {r->idem_store, r->tenant, r->fingerprint, status, "application/json", cc->body, ttl};
-    if (r->idem_active) {
-        snprintf(status, sizeof status, "%d", cc->status);
-        snprintf(ttl, sizeof ttl, "%d", GW_IDEM_TTL_S);
-        st[n++] = (pga_stmt_t){
-            .name = "gw_idem_put",
-            .sql = "INSERT INTO gateway.idempotency (store_key, tenant, fingerprint, status, content_type, body,"
-                   " expires_at) VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7::int))",
-            .nparams = 7,
-            .params = ip};
+    if (cc->explicit_tx)
+        st[n++] = (pga_stmt_t){.sql = "COMMIT"};
+    if (n == 0) { /* nothing to write: the answer alone */
+        if (r->pg)
+            gw_tx_abort(r);
+        answer_committed(r, cc->status, cc->body, cc->len);
+        commit_ctx_free(cc);
+        gw_unref(r);
+        return;
     }
-    st[n++] = (pga_stmt_t){.sql = "COMMIT"};
     if (pga_pipeline(r->pg, st, n, on_commit, cc) != 0) {
         gw_tx_abort(r);
         unavailable(r, "the database is unavailable");
-        free(cc->body);
-        free(cc);
+        commit_ctx_free(cc);
         gw_unref(r);
     }
 }
@@ -423,14 +536,342 @@ static void on_commit_conn(pga_conn_t *c, const char *err, void *arg)
     if (!c) {
         log_warn("no database connection for a command: %s", err ? err : "?");
         unavailable(r, "the database is unavailable");
-        free(cc->body);
-        free(cc);
+        commit_ctx_free(cc);
+        gw_unref(r);
+    } else if (r->answered) { /* timed out while waiting: nothing is committed */
+        pga_release(c, false);
+        commit_ctx_free(cc);
         gw_unref(r);
     } else {
         r->pg = c;
-        send_commit(r, cc, true);
+        send_commit(r, cc);
     }
     log_ctx_set(NULL);
+}
+
+/* ---- grouped commits ----
+ *
+ * Commands of one gateway thread that wait for a connection at the same time
+ * commit together, in one transaction and one pipeline, so concurrent requests
+ * share one round trip and one WAL flush instead of one each (group_send):
+ * BEGIN, the claim of every distinct key, then per command its guarded record,
+ * domain writes and outbox rows, then COMMIT. Every command's record, rows and
+ * response still commit in one transaction (the group's). A second request with
+ * a key already in the group is in flight: 409, or the replay. When a key is
+ * found taken (a replay, 422 or 409: its guard fails), the whole transaction
+ * aborts; the claims, read before the guards, answer those commands, and the
+ * others go again on the same connection. When anything else fails, nothing of
+ * the group committed (one transaction), and each command runs again alone,
+ * where its own claim decides. If the connection was lost, a COMMIT may have
+ * happened: keyed commands run alone again and replay what was committed, and
+ * a command without a key answers 503, as a single command would. A group of
+ * one command is the single pipeline (send_commit). */
+
+#define GROUP_MAX 32       /* commands in one group */
+#define GROUP_COLLECTORS 4 /* connection requests outstanding per thread (the pool's size) */
+
+/* One queue per gateway thread (th->cmd_queue): a pool and its requests live on
+ * one thread. */
+typedef struct gw_cmd_queue {
+    pga_pool_t *pool;
+    commit_ctx_t *head, *tail;
+    int queued;
+    int collectors; /* pga_acquire calls not yet called back */
+} group_q_t;
+
+typedef struct group {
+    group_q_t *q;
+    pga_conn_t *c;
+    int n;
+    int tries;   /* pipelines sent for this group */
+    bool claims; /* the group has keys: an explicit transaction */
+    commit_ctx_t *cc[GROUP_MAX];
+    int claim_res[GROUP_MAX]; /* the result of cc[i]'s key's claim, -1 without a key */
+    int guard_res[GROUP_MAX]; /* the result of cc[i]'s guarded record, -1 when none */
+    bool first[GROUP_MAX];    /* cc[i] is the first of its key in the group (it writes) */
+} group_t;
+
+static void group_kick(group_q_t *q);
+
+static void cc_drop(commit_ctx_t *cc)
+{
+    gw_req_t *r = cc->r;
+    commit_ctx_free(cc);
+    gw_unref(r);
+}
+
+/* Answers cc with 503 and drops it. */
+static void cc_fail(commit_ctx_t *cc, const char *what)
+{
+    log_ctx_set(&cc->r->log);
+    unavailable(cc->r, what);
+    log_ctx_set(NULL);
+    cc_drop(cc);
+}
+
+static void q_fail_all(group_q_t *q, const char *what)
+{
+    commit_ctx_t *cc;
+    while ((cc = q->head)) {
+        q->head = cc->next;
+        q->queued--;
+        cc_fail(cc, what);
+    }
+    q->tail = NULL;
+}
+
+/* Runs cc alone (the single pipeline, its own claim), on a connection of its own. */
+static void cc_alone(commit_ctx_t *cc)
+{
+    if (pga_acquire(cc->r->th->pg, on_commit_conn, cc) != 0)
+        cc_fail(cc, "too many requests are waiting for the database");
+}
+
+static int cc_stmts(const commit_ctx_t *cc)
+{
+    return (cc->claim ? 2 : 0) + (int)cc->r->cmd.nops + (int)cc->r->cmd.n; /* claim, guard, writes */
+}
+
+static void group_free(group_t *g)
+{
+    free(g);
+}
+
+#define GROUP_TRIES 3 /* pipelines for one group before its commands run alone */
+
+static void group_send(group_t *g, bool rollback_first);
+
+/* The claim's outcome for cc[i] from its key's claim row q (borrowed). */
+static claim_t group_outcome(group_t *g, int i, const PGresult *q)
+{
+    claim_t o = claim_outcome(g->cc[i]->r, q);
+    if (o == CLAIM_FREE && !g->first[i])
+        o = CLAIM_IN_FLIGHT; /* the key's first request in this group holds it */
+    return o;
+}
+
+static void cc_answer_claim(commit_ctx_t *cc, claim_t o, const PGresult *q)
+{
+    log_ctx_set(&cc->r->log);
+    answer_claim(cc->r, o, q);
+    log_ctx_set(NULL);
+    cc_drop(cc);
+}
+
+static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
+{
+    group_t *g = arg;
+    if (!err) {
+        pga_release(c, false);
+        for (int i = 0; i < g->n; i++) {
+            commit_ctx_t *cc = g->cc[i];
+            if (cc->claim && !g->first[i]) {
+                const PGresult *q = res[g->claim_res[i]];
+                cc_answer_claim(cc, group_outcome(g, i, q), q);
+                continue;
+            }
+            log_ctx_set(&cc->r->log);
+            answer_committed(cc->r, cc->status, cc->body, cc->len);
+            log_ctx_set(NULL);
+            cc_drop(cc);
+        }
+        free(g);
+        return;
+    }
+    /* nothing of the group committed, unless the connection was lost after
+     * the COMMIT went out: then the keyed commands replay what was committed */
+    bool lost = pga_conn_backend_pid(c) == 0;
+    bool claims_read = !lost && g->claims && res;
+    for (int i = 0; claims_read && i < g->n; i++)
+        if (g->claim_res[i] >= 0 && (g->claim_res[i] >= n || !res[g->claim_res[i]] ||
+                                     PQresultStatus(res[g->claim_res[i]]) != PGRES_TUPLES_OK))
+            claims_read = false;
+    bool refused = false; /* only guards failed: a key was not free */
+    if (claims_read) {
+        refused = true;
+        for (int k = 0; k < n; k++) {
+            const char *state = res[k] ? PQresultErrorField(res[k], PG_DIAG_SQLSTATE) : NULL;
+            if (!state)
+                continue;
+            bool guard = false;
+            for (int i = 0; i < g->n; i++)
+                guard = guard || g->guard_res[i] == k;
+            if (!guard || strcmp(state, SQLSTATE_DIVISION_BY_ZERO) != 0)
+                refused = false;
+        }
+    }
+    if (!refused)
+        log_warn("a group of %d commands did not commit (%s): each runs alone", g->n, err);
+    int kept = 0;
+    for (int i = 0; i < g->n; i++) {
+        commit_ctx_t *cc = g->cc[i];
+        if (claims_read && cc->claim) {
+            const PGresult *q = res[g->claim_res[i]];
+            claim_t o = group_outcome(g, i, q);
+            if (o != CLAIM_FREE) {
+                cc_answer_claim(cc, o, q);
+                continue;
+            }
+        }
+        g->cc[kept++] = cc;
+    }
+    g->n = kept;
+    if (kept > 0 && refused && g->tries < GROUP_TRIES) {
+        group_send(g, true); /* the same connection: ROLLBACK, then the rest again */
+        return;
+    }
+    pga_release(c, false); /* a failed transaction is rolled back first */
+    for (int i = 0; i < g->n; i++) {
+        if (lost && !g->cc[i]->claim)
+            cc_fail(g->cc[i], "the command could not be stored");
+        else
+            cc_alone(g->cc[i]);
+    }
+    free(g);
+}
+
+/* One pipeline for the whole group: BEGIN, the claim of every distinct key,
+ * then per command its guarded record, domain writes and outbox rows, COMMIT.
+ * Without keys: the writes alone, one implicit transaction. A key found taken
+ * makes its guard fail, which aborts the transaction: the claims already read
+ * answer those commands, and the others are sent again (rollback_first). */
+static void group_send(group_t *g, bool rollback_first)
+{
+    pga_stmt_t st[PGA_MAX_STMTS];
+    const char *k[GROUP_MAX][1];
+    const char *ip[GROUP_MAX][7];
+    char ttl[16];
+    snprintf(ttl, sizeof ttl, "%d", GW_IDEM_TTL_S);
+    int n = 0;
+    g->tries++;
+    g->claims = false;
+    for (int i = 0; i < g->n; i++)
+        g->claims = g->claims || g->cc[i]->claim;
+    if (rollback_first)
+        st[n++] = (pga_stmt_t){.sql = "ROLLBACK"};
+    if (g->claims)
+        st[n++] = (pga_stmt_t){.sql = "BEGIN"};
+    for (int i = 0; i < g->n; i++) {
+        commit_ctx_t *cc = g->cc[i];
+        g->claim_res[i] = g->guard_res[i] = -1;
+        g->first[i] = true;
+        if (!cc->claim)
+            continue;
+        for (int j = 0; j < i; j++)
+            if (g->cc[j]->claim && strcmp(g->cc[j]->r->idem_store, cc->r->idem_store) == 0) {
+                g->claim_res[i] = g->claim_res[j];
+                g->first[i] = false;
+                break;
+            }
+        if (!g->first[i])
+            continue;
+        g->claim_res[i] = n;
+        k[i][0] = cc->r->idem_store;
+        st[n++] = (pga_stmt_t){.name = "gw_idem_claim", .sql = sql_claim, .nparams = 1, .params = k[i]};
+    }
+    for (int i = 0; i < g->n; i++) {
+        commit_ctx_t *cc = g->cc[i];
+        gw_req_t *r = cc->r;
+        gw_cmd_t *cmd = &r->cmd;
+        if (!g->first[i])
+            continue;
+        if (cc->claim) {
+            snprintf(cc->status_s, sizeof cc->status_s, "%d", cc->status);
+            const char *p[7] = {r->idem_store, r->tenant, r->fingerprint, cc->status_s, "application/json", cc->body,
+                                ttl};
+            memcpy(ip[i], p, sizeof p);
+            g->guard_res[i] = n;
+            st[n++] = (pga_stmt_t){.name = "gw_idem_record", .sql = sql_record_guard, .nparams = 7, .params = ip[i]};
+        }
+        for (size_t x = 0; x < cmd->nops; x++)
+            st[n++] = (pga_stmt_t){.name = cmd->ops[x].name,
+                                   .sql = cmd->ops[x].sql,
+                                   .nparams = cmd->ops[x].nparams,
+                                   .params = (const char *const *)cmd->ops[x].params};
+        for (size_t x = 0; x < cmd->n; x++) {
+            bool notify = outbox_notify_due();
+            st[n++] = (pga_stmt_t){.name = notify ? "gw_outbox_append_notify" : "gw_outbox_append",
+                                   .sql = notify ? outbox_sql_append_notify : outbox_sql_append,
+                                   .nparams = 10,
+                                   .params = cmd->params[x].values};
+        }
+    }
+    if (g->claims)
+        st[n++] = (pga_stmt_t){.sql = "COMMIT"};
+    if (pga_pipeline(g->c, st, n, on_group, g) != 0)
+        on_group(g->c, NULL, 0, "the pipeline could not be sent", g);
+}
+
+static void on_group_conn(pga_conn_t *c, const char *err, void *arg)
+{
+    group_q_t *q = arg;
+    q->collectors--;
+    if (!c) {
+        log_warn("no database connection for commands: %s", err ? err : "?");
+        q_fail_all(q, "the database is unavailable");
+        return;
+    }
+    group_t *g = xcalloc(1, sizeof *g);
+    g->q = q;
+    g->c = c;
+    int stmts = 3; /* ROLLBACK (a retry), BEGIN, COMMIT */
+    while (q->head && g->n < GROUP_MAX) {
+        commit_ctx_t *cc = q->head;
+        if (!cc->r->answered && g->n > 0 && stmts + cc_stmts(cc) > PGA_MAX_STMTS)
+            break;
+        q->head = cc->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->queued--;
+        cc->next = NULL;
+        if (cc->r->answered) { /* timed out while queued: nothing is committed */
+            cc_drop(cc);
+            continue;
+        }
+        stmts += cc_stmts(cc);
+        g->cc[g->n++] = cc;
+    }
+    group_kick(q);
+    if (g->n == 0) {
+        pga_release(c, false);
+        group_free(g);
+    } else if (g->n == 1) {
+        commit_ctx_t *cc = g->cc[0];
+        group_free(g);
+        cc->r->pg = c;
+        send_commit(cc->r, cc);
+    } else {
+        group_send(g, false);
+    }
+}
+
+static void group_kick(group_q_t *q)
+{
+    while (q->collectors < GROUP_COLLECTORS && q->collectors < q->queued) {
+        if (pga_acquire(q->pool, on_group_conn, q) != 0) {
+            if (q->collectors == 0)
+                q_fail_all(q, "too many requests are waiting for the database");
+            return;
+        }
+        q->collectors++;
+    }
+}
+
+static void group_enqueue(commit_ctx_t *cc)
+{
+    gw_thread_t *th = cc->r->th;
+    if (!th->cmd_queue) {
+        th->cmd_queue = xcalloc(1, sizeof *th->cmd_queue);
+        th->cmd_queue->pool = th->pg;
+    }
+    group_q_t *q = th->cmd_queue;
+    if (q->tail)
+        q->tail->next = cc;
+    else
+        q->head = cc;
+    q->tail = cc;
+    q->queued++;
+    group_kick(q);
 }
 
 static void mem_commit(gw_req_t *r, int status, const char *body, size_t len)
@@ -492,19 +933,31 @@ void gw_cmd_commit(gw_req_t *r, int status, json_object *body)
         return;
     }
     commit_ctx_t *cc = xmalloc(sizeof *cc);
-    *cc = (commit_ctx_t){r, status, xstrdup(s), strlen(s)};
+    *cc = (commit_ctx_t){.r = r,
+                         .status = status,
+                         .body = xstrdup(s),
+                         .len = strlen(s),
+                         .claim = r->idem_active,
+                         .explicit_tx = r->pg != NULL};
+    r->idem_active = false; /* claimed by this pipeline, whatever happens to it */
     json_object_put(body);
     gw_ref(r);
     if (r->pg) {
-        send_commit(r, cc, false);
+        send_commit(r, cc);
         return;
     }
-    if (pga_acquire(r->th->pg, on_commit_conn, cc) != 0) {
-        unavailable(r, "too many requests are waiting for the database");
-        free(cc->body);
-        free(cc);
-        gw_unref(r);
-    }
+    group_enqueue(cc);
+}
+
+void gw_cmd_queue_free(gw_thread_t *th)
+{
+    group_q_t *q = th->cmd_queue;
+    if (!q)
+        return;
+    ECOM_ASSERT(q->collectors == 0);
+    q_fail_all(q, "the gateway is stopping");
+    free(q);
+    th->cmd_queue = NULL;
 }
 
 /* ---- statements in the request's transaction ---- */

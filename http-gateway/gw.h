@@ -58,6 +58,7 @@ struct gw_shared {
     chaos_t chaos;
     jwtk_t keys;
     policy_t *policy;          /* roles, bindings, tuples, revoked sessions */
+    rl_t *rl;                  /* rate-limit state; NULL with RATE_LIMITS=false */
     policy_sync_t *policy_sync; /* PostgreSQL mode: follows the store */
     json_object *authx_boot;    /* the bootstrap document, or NULL */
     atomic_bool *stop;
@@ -76,6 +77,7 @@ struct gw_thread {
     struct evhttp *http;
     struct evhttp_bound_socket *listener;
     pga_pool_t *pg; /* PostgreSQL mode */
+    struct gw_cmd_queue *cmd_queue; /* commands waiting to commit in a group (command.c) */
     db_t *memdb;    /* memory mode */
     chaos_rng_t rng;
     struct event *tick;
@@ -216,8 +218,13 @@ void gw_pipeline_answered(gw_req_t *r);
 
 /* ---- commands (command.c) ---- */
 /* Idempotency claim before the handler: continues with gw_run_handler, or answers
- * (replay, 409, 422). */
+ * (replay, 409, 422). In PostgreSQL mode the claim is deferred into the commit's
+ * pipeline (command.c), and r->idem_active means "claim still to run". */
 void gw_idem_claim(gw_req_t *r);
+/* The handler answered without committing while the claim was deferred: true
+ * when the claim now runs and then sends the answer (or a replay, 409, 422 in its
+ * place); false when there is nothing to settle. Called by gw_respond. */
+bool gw_idem_settle(gw_req_t *r);
 /* Queues a domain write (see gw_op_t); params are copied. -1 when full. */
 int gw_cmd_op(gw_req_t *r, const char *name, const char *sql, int nparams, const char *const *params,
               int (*mem)(db_t *tx, void *arg), void *arg, void (*free_arg)(void *arg));
@@ -238,6 +245,8 @@ void gw_cmd_commit(gw_req_t *r, int status, json_object *body);
 void gw_tx_abort(gw_req_t *r);
 /* Periodic: expired idempotency records, in bounded batches. */
 void gw_idem_cleanup(gw_thread_t *th);
+/* After pga_pool_free (which answers every queued command): frees th->cmd_queue. */
+void gw_cmd_queue_free(gw_thread_t *th);
 
 /* ---- handlers (routes.c) ---- */
 const route_t *gw_routes(size_t *n);

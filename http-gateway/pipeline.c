@@ -1,6 +1,7 @@
 /* http-gateway/pipeline.c: the fixed order in which a route row's policies
  * apply: request context (server.c) -> route -> flag -> authentication ->
- * tenant -> authorization -> body -> idempotency (writes) or cache (reads) ->
+ * tenant -> rate limit -> body -> authorization (RBAC, ReBAC, then ABAC on
+ * the parsed body) -> idempotency (writes) or cache (reads) ->
  * breaker -> chaos -> handler -> breaker outcome -> schema -> cache store ->
  * send. Chaos sits at the upstream-call layer, inside the breaker, so injected
  * faults exercise the breaker and stale-if-error; a cached answer never meets
@@ -80,7 +81,8 @@ static bool tenant_or_reply(gw_req_t *r)
         gw_problem(r, 400, "invalid-tenant", "x-tenant-id must match [A-Za-z0-9_-]{1,64}");
         return false;
     }
-    if (h && p->present && !p->dev && p->tid[0] && strcmp(h, p->tid) != 0) {
+    if (h && p->present && !p->dev && p->tid[0] && strcmp(h, p->tid) != 0 &&
+        !policy_is_member(r->sh->policy, h, p->sub)) { /* a member of that tenant may act there */
         gw_problem(r, 403, "tenant-mismatch", "x-tenant-id differs from the token's tenant");
         return false;
     }
@@ -175,6 +177,38 @@ abac:
         return AUTHZ_REPLIED;
     }
     return AUTHZ_OK;
+}
+
+/* The route's rate limit, per (tenant, principal) or per client address:
+ * RateLimit-Policy and RateLimit on every answer of a limited route, 429 with
+ * Retry-After over it. */
+static bool rate_or_reply(gw_req_t *r)
+{
+    const route_rate_t *rate = &r->route->rate;
+    if (rate->limit.count <= 0 || !r->sh->rl || !r->ev)
+        return true;
+    char key[REQCTX_TENANT_MAX + sizeof r->principal.sub + 160];
+    if (rate->by_address) {
+        char *host = NULL;
+        ev_uint16_t port = 0;
+        evhttp_connection_get_peer(evhttp_request_get_connection(r->ev), &host, &port);
+        snprintf(key, sizeof key, "a|%s|%s", route_id(r->route), host ? host : "?");
+    } else {
+        snprintf(key, sizeof key, "p|%s|%s|%s", route_id(r->route), r->tenant, r->principal.sub);
+    }
+    rl_result_t res;
+    rl_take(r->sh->rl, key, &rate->limit, clock_now_ms(), &res);
+    char v[96];
+    snprintf(v, sizeof v, "\"default\";q=%d;w=%lld", rate->limit.count, (long long)(rate->limit.period_ms / 1000));
+    gw_add_header(r, "RateLimit-Policy", v);
+    snprintf(v, sizeof v, "\"default\";r=%d;t=%lld", res.remaining, (long long)((res.reset_ms + 999) / 1000));
+    gw_add_header(r, "RateLimit", v);
+    if (res.allowed)
+        return true;
+    snprintf(v, sizeof v, "%lld", (long long)((res.retry_after_ms + 999) / 1000));
+    gw_add_header(r, "Retry-After", v);
+    gw_problem(r, 429, "rate-limited", "too many requests for this route; retry after Retry-After seconds");
+    return false;
 }
 
 static bool body_or_reply(gw_req_t *r)
@@ -480,7 +514,7 @@ void gw_pipeline_start(gw_req_t *r)
             return;
         }
     }
-    if (!authenticate_or_reply(r) || !tenant_or_reply(r) || !body_or_reply(r))
+    if (!authenticate_or_reply(r) || !tenant_or_reply(r) || !rate_or_reply(r) || !body_or_reply(r))
         return;
     after_authentication(r);
 }

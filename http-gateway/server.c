@@ -18,6 +18,7 @@
 #include <sys/queue.h>
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
@@ -26,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- responses ---- */
@@ -63,6 +65,8 @@ void gw_respond(gw_req_t *r, int status, const char *content_type, const void *b
         return; /* already answered (timeout): the late result only finishes its own work */
     set_body(r, status, content_type, body, len);
     r->answered = true;
+    if (r->idem_active && gw_idem_settle(r))
+        return; /* the deferred idempotency claim decides what is sent */
     gw_pipeline_answered(r);
 }
 
@@ -172,26 +176,66 @@ void gw_unref(gw_req_t *r)
         req_free(r);
 }
 
-static void send_now(gw_req_t *r)
+/* evhttp_send_reply, then the response written at once. evhttp only queues the
+ * response and enables the write event, so by itself every reply costs one more
+ * loop pass and two epoll_ctl (write on, then off and read back on). Written
+ * here, and evhttp's write callback run through bufferevent_trigger, the
+ * connection goes back to reading within this pass, and the changelist folds
+ * the read-off/read-on into nothing. A partial write (a full socket buffer)
+ * or an error is left to the write event, as before. */
+static void reply_now(struct evhttp_request *ev, int status, const char *reason, struct evbuffer *body)
 {
-    struct evkeyvalq *h = evhttp_request_get_output_headers(r->ev);
-    evhttp_add_header(h, "x-request-id", r->request_id);
-    if (r->content_type)
-        evhttp_add_header(h, "Content-Type", r->content_type);
-    for (int i = 0; i < r->nheaders; i++)
-        evhttp_add_header(h, r->headers[i].name, r->headers[i].value);
-    bool head = r->method == ROUTE_HEAD;
-    if (head)
-        evbuffer_drain(r->out, evbuffer_get_length(r->out));
-    evhttp_send_reply(r->ev, r->status, http_reason(r->status), r->out);
-    r->ev = NULL;
-    r->sent = true;
-    gw_shared_t *sh = r->sh;
-    double secs = (double)(clock_mono_us() - r->start_us) / 1e6;
-    metrics_observe(sh->m_latency, secs);
+    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evhttp_send_reply(ev, status, reason, body);
+    if (!bev)
+        return;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    if (fd < 0 || evbuffer_get_length(out) == 0 || !(bufferevent_get_enabled(bev) & EV_WRITE))
+        return;
+    if (evbuffer_write(out, fd) > 0 && evbuffer_get_length(out) == 0)
+        bufferevent_trigger(bev, EV_WRITE, 0); /* evhttp's write callback: the reply is done */
+}
+
+/* The Date header, formatted once a second per thread (evhttp would format it
+ * on every reply when the header is missing). */
+static void add_date(struct evkeyvalq *h)
+{
+    static _Thread_local time_t sec = -1;
+    static _Thread_local char date[40];
+    time_t now = time(NULL);
+    if (now != sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        if (strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm) == 0)
+            return;
+        sec = now;
+    }
+    evhttp_add_header(h, "Date", date);
+}
+
+/* The request counter of (route, method, status): a per-thread memo in front of
+ * the thread's map, so a request neither formats nor hashes a key. */
+typedef struct ctr_memo {
+    const route_t *route;
+    const char *method; /* one of method_name()'s literals */
+    int status;
+    metric_t *metric;
+} ctr_memo_t;
+
+#define CTR_MEMO 64
+
+static metric_t *request_counter(gw_req_t *r)
+{
+    static _Thread_local ctr_memo_t memo[CTR_MEMO];
+    const char *mname = r->method_name ? r->method_name : "?";
+    uintptr_t hv = ((uintptr_t)r->route >> 4) ^ ((uintptr_t)mname >> 2) ^ ((uintptr_t)r->status * 31u);
+    ctr_memo_t *m = &memo[hv % CTR_MEMO];
+    if (m->metric && m->route == r->route && m->method == mname && m->status == r->status)
+        return m->metric;
     /* the registry is searched once per series and thread, then the pointer is kept */
     const char *rid = r->route ? route_id(r->route) : "unmatched";
-    const char *mname = r->method_name ? r->method_name : "?";
     char key[192];
     int kl = snprintf(key, sizeof key, "%s|%s|%d", rid, mname, r->status);
     void **slot = strmap_put(&r->th->req_counters, key, (size_t)kl < sizeof key ? (size_t)kl : sizeof key - 1, NULL);
@@ -200,7 +244,30 @@ static void send_now(gw_req_t *r)
         snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%d\"", rid, mname, r->status);
         *slot = metrics_counter("ecom_http_requests_total", "HTTP requests by route, method and status", labels);
     }
-    metrics_add(*slot, 1);
+    *m = (ctr_memo_t){r->route, mname, r->status, *slot};
+    return *slot;
+}
+
+static void send_now(gw_req_t *r)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->ev);
+    add_date(h);
+    evhttp_add_header(h, "x-request-id", r->request_id);
+    if (r->content_type)
+        evhttp_add_header(h, "Content-Type", r->content_type);
+    for (int i = 0; i < r->nheaders; i++)
+        evhttp_add_header(h, r->headers[i].name, r->headers[i].value);
+    bool head = r->method == ROUTE_HEAD;
+    if (head)
+        evbuffer_drain(r->out, evbuffer_get_length(r->out));
+    reply_now(r->ev, r->status, http_reason(r->status), r->out);
+    r->ev = NULL;
+    r->sent = true;
+    gw_shared_t *sh = r->sh;
+    double secs = (double)(clock_mono_us() - r->start_us) / 1e6;
+    metrics_observe(sh->m_latency, secs);
+    metrics_add(request_counter(r), 1);
+    const char *mname = r->method_name ? r->method_name : "?";
     if (r->sampled && otel_enabled()) {
         otel_span_t sp = {.kind = OTEL_KIND_SERVER, .start_ns = r->start_ns, .end_ns = otel_now_ns()};
         memcpy(sp.trace_id, r->trace.trace_id, sizeof sp.trace_id);
@@ -279,10 +346,11 @@ static void health_reply(struct evhttp_request *ev, const char *request_id, bool
     else
         evbuffer_add_printf(b, "{\"status\":\"pass\"}");
     struct evkeyvalq *h = evhttp_request_get_output_headers(ev);
+    add_date(h);
     evhttp_add_header(h, "Content-Type", "application/health+json");
     evhttp_add_header(h, "Cache-Control", "no-store");
     evhttp_add_header(h, "x-request-id", request_id);
-    evhttp_send_reply(ev, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", b);
+    reply_now(ev, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", b);
     evbuffer_free(b);
 }
 
@@ -305,7 +373,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
         metrics_render(b);
         evhttp_add_header(evhttp_request_get_output_headers(ev), "Content-Type", "text/plain; version=0.0.4");
         evhttp_add_header(evhttp_request_get_output_headers(ev), "x-request-id", rid);
-        evhttp_send_reply(ev, 200, "OK", b);
+        reply_now(ev, 200, "OK", b);
         evbuffer_free(b);
         return;
     }
@@ -489,6 +557,7 @@ static void thread_free(gw_thread_t *th)
         event_free(th->tick);
     if (th->pg)
         pga_pool_free(th->pg); /* pending database work calls back (and answers) first */
+    gw_cmd_queue_free(th);
     if (th->http)
         evhttp_free(th->http);
     db_close(th->memdb);
@@ -560,6 +629,7 @@ static int shared_init(gw_shared_t *sh, const config_t *cfg, memstore_t *mem, at
     sh->m_hedges_sent = metrics_counter("ecom_hedges_sent_total", "Hedged attempts sent", "");
     sh->m_hedge_wins = metrics_counter("ecom_hedge_wins_total", "Requests answered by a hedged attempt", "");
     sh->cache = cache_new(64u << 20, 1u << 20);
+    sh->rl = cfg->rate_limits ? rl_new(1u << 20) : NULL;
     chaos_init(&sh->chaos, 64);
     sh->m_cache_hit = metrics_counter("ecom_cache_requests_total", "Cache lookups by result", "result=\"hit\"");
     sh->m_cache_miss = metrics_counter("ecom_cache_requests_total", "Cache lookups by result", "result=\"miss\"");
@@ -593,6 +663,7 @@ static void shared_free(gw_shared_t *sh)
         cache_free(sh->cache);
     router_free(sh->router);
     jwtk_free(&sh->keys);
+    rl_free(sh->rl);
     policy_sync_stop(sh->policy_sync);
     policy_free(sh->policy);
     json_object_put(sh->authx_boot);

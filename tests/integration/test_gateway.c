@@ -249,6 +249,158 @@ static void test_idempotency(void)
     free(key);
 }
 
+/* ================= 1b. grouped commits ================= */
+
+/* Concurrent commands share a transaction (command.c, "grouped commits"). New
+ * keys, replays and reused keys with another body arrive at once, so groups mix
+ * them: a taken key aborts its group's transaction, which is sent again without
+ * it. Each request still gets its own answer, and each new key exactly one
+ * command. */
+
+#define MIX_NEW 20
+#define MIX_OLD 10
+#define MIX_BAD 5
+#define MIX_N (MIX_NEW + MIX_OLD + MIX_BAD)
+
+typedef struct mix_job {
+    int port;
+    char hdrs[200], body[160];
+    pthread_barrier_t *bar;
+    hresp_t resp;
+} mix_job_t;
+
+static void *mix_run(void *arg)
+{
+    mix_job_t *j = arg;
+    int fd = hconnect(j->port);
+    pthread_barrier_wait(j->bar);
+    memset(&j->resp, 0, sizeof j->resp);
+    if (fd >= 0 && hsend(fd, "POST", EVENTS, j->hdrs, j->body, strlen(j->body)) == 0)
+        hrecv(fd, false, &j->resp);
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+static void test_grouped_commits(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(gw);
+    char *tag = unique("mix");
+    char *old_body[MIX_OLD];
+    for (int i = 0; i < MIX_OLD; i++) {
+        char hdrs[200];
+        old_body[i] = xasprintf("{\"type\":\"%s.old.%d\"}", tag, i);
+        snprintf(hdrs, sizeof hdrs, "Content-Type: application/json\r\nIdempotency-Key: %s-old-%d\r\n", tag, i);
+        hresp_t r;
+        CU_ASSERT_EQUAL(hpost(gw->port, EVENTS, hdrs, old_body[i], &r), 0);
+        CU_ASSERT_TRUE(expect_status(&r, 202, "first of an old key"));
+        hfree(&r);
+    }
+    for (int round = 0; round < 3; round++) {
+        mix_job_t jobs[MIX_N];
+        pthread_t th[MIX_N];
+        pthread_barrier_t bar;
+        pthread_barrier_init(&bar, NULL, MIX_N);
+        for (int i = 0; i < MIX_N; i++) {
+            mix_job_t *j = &jobs[i];
+            j->port = gw->port;
+            j->bar = &bar;
+            if (i < MIX_NEW) {
+                snprintf(j->hdrs, sizeof j->hdrs, "Content-Type: application/json\r\nIdempotency-Key: %s-new-%d-%d\r\n",
+                         tag, round, i);
+                snprintf(j->body, sizeof j->body, "{\"type\":\"%s.new.%d.%d\"}", tag, round, i);
+            } else if (i < MIX_NEW + MIX_OLD) {
+                int k = i - MIX_NEW;
+                snprintf(j->hdrs, sizeof j->hdrs, "Content-Type: application/json\r\nIdempotency-Key: %s-old-%d\r\n",
+                         tag, k);
+                snprintf(j->body, sizeof j->body, "%s", old_body[k]);
+            } else {
+                int k = i - MIX_NEW - MIX_OLD;
+                snprintf(j->hdrs, sizeof j->hdrs, "Content-Type: application/json\r\nIdempotency-Key: %s-old-%d\r\n",
+                         tag, k);
+                snprintf(j->body, sizeof j->body, "{\"type\":\"%s.other.%d\"}", tag, k);
+            }
+            pthread_create(&th[i], NULL, mix_run, j);
+        }
+        for (int i = 0; i < MIX_N; i++)
+            pthread_join(th[i], NULL);
+        pthread_barrier_destroy(&bar);
+        int bad = 0;
+        for (int i = 0; i < MIX_N; i++) {
+            hresp_t *r = &jobs[i].resp;
+            char rep[16] = "";
+            hheader(r, "Idempotent-Replayed", rep, sizeof rep);
+            bool ok;
+            if (i < MIX_NEW) {
+                char type[96];
+                snprintf(type, sizeof type, "\"%s.new.%d.%d\"", tag, round, i);
+                ok = r->status == 202 && strcmp(rep, "false") == 0 && outbox_rows_with(type) == 1;
+            } else if (i < MIX_NEW + MIX_OLD) {
+                ok = r->status == 202 && strcmp(rep, "true") == 0;
+            } else {
+                ok = r->status == 422;
+            }
+            if (!ok) {
+                bad++;
+                fprintf(stderr, "\n  grouped commits, round %d, request %d: %d replayed=%s %.200s\n", round, i,
+                        r->status, rep, r->body ? r->body : "");
+            }
+            hfree(r);
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+    }
+    /* a handler that answers without committing (here a 400) meets the claim
+     * before its answer goes out: a completed key with another body is still a
+     * 422, and a 400 stores nothing, so the key then works with a valid body */
+    char hdrs[200];
+    hresp_t r;
+    snprintf(hdrs, sizeof hdrs, "Content-Type: application/json\r\nIdempotency-Key: %s-old-0\r\n", tag);
+    CU_ASSERT_EQUAL(hpost(gw->port, EVENTS, hdrs, "{\"name\":\"no type\"}", &r), 0);
+    check_problem(&r, 422, "idempotency-key-reused", NULL, "invalid body on a completed key");
+    hfree(&r);
+    snprintf(hdrs, sizeof hdrs, "Content-Type: application/json\r\nIdempotency-Key: %s-fresh\r\n", tag);
+    CU_ASSERT_EQUAL(hpost(gw->port, EVENTS, hdrs, "{\"name\":\"no type\"}", &r), 0);
+    check_problem(&r, 400, "validation-error", NULL, "invalid body on a new key");
+    hfree(&r);
+    char *fresh = xasprintf("{\"type\":\"%s.fresh\"}", tag);
+    CU_ASSERT_EQUAL(hpost(gw->port, EVENTS, hdrs, fresh, &r), 0);
+    CU_ASSERT_TRUE(expect_status(&r, 202, "valid body after a 400 on the key"));
+    char rep[16] = "";
+    CU_ASSERT_STRING_EQUAL(hheader(&r, "Idempotent-Replayed", rep, sizeof rep) ? rep : "", "false");
+    hfree(&r);
+    free(fresh);
+    /* the old keys' commands were never repeated */
+    for (int i = 0; i < MIX_OLD; i++) {
+        char type[96];
+        snprintf(type, sizeof type, "\"%s.old.%d\"", tag, i);
+        CU_ASSERT_EQUAL(outbox_rows_with(type), 1);
+    }
+    /* an expired record is dropped by the next claim: the key runs a new command */
+    char *store = xasprintf("%s-old-1", tag);
+    PGresult *up = pg_query(db, "UPDATE gateway.idempotency SET expires_at = now() - interval '1 second'"
+                                " WHERE strpos(store_key, $1) > 0",
+                            1, (const char *const[]){store});
+    CU_ASSERT_TRUE(up && atoi(PQcmdTuples(up)) == 1);
+    PQclear(up);
+    snprintf(hdrs, sizeof hdrs, "Content-Type: application/json\r\nIdempotency-Key: %s\r\n", store);
+    CU_ASSERT_EQUAL(hpost(gw->port, EVENTS, hdrs, old_body[1], &r), 0);
+    CU_ASSERT_TRUE(expect_status(&r, 202, "same key after its record expired"));
+    CU_ASSERT_STRING_EQUAL(hheader(&r, "Idempotent-Replayed", rep, sizeof rep) ? rep : "", "false");
+    hfree(&r);
+    char type1[96];
+    snprintf(type1, sizeof type1, "\"%s.old.1\"", tag);
+    CU_ASSERT_EQUAL(outbox_rows_with(type1), 2);
+    CU_ASSERT_EQUAL(idem_rows_with(store), 1);
+    CU_ASSERT_EQUAL(hpost(gw->port, EVENTS, hdrs, old_body[1], &r), 0); /* and replays that one */
+    CU_ASSERT_STRING_EQUAL(hheader(&r, "Idempotent-Replayed", rep, sizeof rep) ? rep : "", "true");
+    hfree(&r);
+    CU_ASSERT_EQUAL(outbox_rows_with(type1), 2);
+    free(store);
+    for (int i = 0; i < MIX_OLD; i++)
+        free(old_body[i]);
+    free(tag);
+}
+
 /* ================= 2. a gateway killed between commit and reply ================= */
 
 #define CRASH_THREADS 8
@@ -1237,6 +1389,239 @@ static void test_health_without_db(void)
     stop_clean(g, "gateway without PostgreSQL");
 }
 
+/* ================= 11. hedged reads ================= */
+
+/* GET /events hedges: after the route's p95 a second attempt goes to another
+ * pooled connection, the first good answer wins, the late one is read and
+ * dropped, and the budget (gRPC retry throttling) stops hedging after failures.
+ * The first attempt is made slow deterministically: a test session holds an
+ * ACCESS EXCLUSIVE lock on analytics.events, so every attempt waits for it in
+ * PostgreSQL, where pg_stat_activity shows it (wait_event_type Lock); the
+ * primary's backend is then stopped with SIGSTOP before the lock is released,
+ * so only the hedge can answer (SIGCONT lets the primary finish afterwards). */
+
+#define HEDGE_HOLD_MS 200 /* every warm-up latency is at least this: p95 >= it */
+#define HEDGE_WARM_ROUNDS 6
+#define HEDGE_POOL 4 /* the gateway's connections per thread (server.c) */
+
+typedef struct waiting {
+    int n;
+    int pid[16];
+    double start_ms[16]; /* query_start, ms since the epoch */
+} waiting_t;
+
+/* The gateway's backends waiting for a lock on analytics.events, oldest query first. */
+static void gw_waiting(PGconn *c, waiting_t *w)
+{
+    w->n = 0;
+    PGresult *r = pg_query(c,
+                           "SELECT pid, extract(epoch FROM query_start) * 1000 FROM pg_stat_activity"
+                           " WHERE datname = current_database() AND application_name = 'ecom-gateway'"
+                           " AND wait_event_type = 'Lock' AND strpos(query, 'analytics.events') > 0"
+                           " ORDER BY query_start",
+                           0, NULL);
+    for (int i = 0; r && i < PQntuples(r) && i < 16; i++) {
+        w->pid[w->n] = atoi(PQgetvalue(r, i, 0));
+        w->start_ms[w->n++] = atof(PQgetvalue(r, i, 1));
+    }
+    PQclear(r);
+}
+
+/* Polls until exactly want backends wait (or ms pass); the last look in w. */
+static bool wait_waiting(PGconn *c, int want, int ms, waiting_t *w)
+{
+    int64_t end = clock_mono_ms() + ms;
+    do {
+        gw_waiting(c, w);
+        if (w->n == want)
+            return true;
+        clock_sleep_ms(2);
+    } while (clock_mono_ms() < end);
+    return false;
+}
+
+typedef struct hedge_get {
+    int port, fd; /* fd >= 0: send on this keep-alive connection */
+    char path[96];
+    int64_t ms; /* client-side latency */
+    hresp_t r;
+} hedge_get_t;
+
+static void *hedge_get_run(void *arg)
+{
+    hedge_get_t *g = arg;
+    int64_t t0 = clock_mono_ms();
+    memset(&g->r, 0, sizeof g->r);
+    if (g->fd >= 0) {
+        if (hsend(g->fd, "GET", g->path, "x-tenant-id: hedge\r\n", NULL, 0) != 0 || hrecv(g->fd, false, &g->r) != 0)
+            g->r.status = 0;
+    } else if (hget(g->port, g->path, "x-tenant-id: hedge\r\n", &g->r) != 0) {
+        g->r.status = 0;
+    }
+    g->ms = clock_mono_ms() - t0;
+    return NULL;
+}
+
+static bool lock_events(PGconn *c)
+{
+    return pg_exec(c, "BEGIN") == 0 && pg_exec(c, "LOCK TABLE analytics.events IN ACCESS EXCLUSIVE MODE") == 0;
+}
+
+static void unlock_events(PGconn *c)
+{
+    if (pg_exec(c, "COMMIT") != 0)
+        fprintf(stderr, "\n  hedge test: COMMIT of the lock failed\n");
+}
+
+static void test_hedge(void)
+{
+    proc_reap(gw);
+    const char *url = test_pg_db("gwhedge", true);
+    char *err = NULL;
+    PGconn *c = pg_connect(url, "test-hedge", &err), *w = pg_connect(url, "test-hedge-watch", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+    char e[600];
+    snprintf(e, sizeof e, "DATABASE_URL=%s", url);
+    /* one thread: one pool of HEDGE_POOL connections, so a warm-up round fills it */
+    const char *env[] = {e, "APP_ENV=development", "JWT_SECRET=devsecret", "GATEWAY_THREADS=1", NULL};
+    proc_t *g = spawn_ecom("gateway", env);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+    if (wait_ready(g, 15000) != 0) {
+        CU_FAIL("hedge gateway not ready");
+        proc_release(g);
+        PQfinish(c);
+        PQfinish(w);
+        return;
+    }
+    const char *sent = "ecom_hedges_sent_total", *wins = "ecom_hedge_wins_total";
+    int stopped = 0; /* a backend under SIGSTOP, resumed whatever happens */
+    int key = 0;     /* every GET its own cache key: each one a MISS that reaches PostgreSQL */
+
+    /* warm-up: HEDGE_WARM_ROUNDS x HEDGE_POOL queries, each held >= HEDGE_HOLD_MS
+     * by the lock. Below 20 samples there is no p95, so none of them hedges. */
+    int64_t warm_max = 0;
+    for (int round = 0; round < HEDGE_WARM_ROUNDS; round++) {
+        CU_ASSERT_TRUE_FATAL(lock_events(c));
+        hedge_get_t hg[HEDGE_POOL];
+        pthread_t th[HEDGE_POOL];
+        for (int i = 0; i < HEDGE_POOL; i++) {
+            hg[i] = (hedge_get_t){.port = g->port, .fd = -1};
+            snprintf(hg[i].path, sizeof hg[i].path, EVENTS "?limit=%d", ++key);
+            pthread_create(&th[i], NULL, hedge_get_run, &hg[i]);
+        }
+        waiting_t wt;
+        bool all = wait_waiting(w, HEDGE_POOL, 10000, &wt);
+        CU_ASSERT_TRUE(all);
+        clock_sleep_ms(HEDGE_HOLD_MS); /* every query of the round has started: each waits >= this */
+        unlock_events(c);
+        for (int i = 0; i < HEDGE_POOL; i++) {
+            pthread_join(th[i], NULL);
+            CU_ASSERT_TRUE(expect_status(&hg[i].r, 200, "warm-up GET"));
+            if (hg[i].ms > warm_max)
+                warm_max = hg[i].ms;
+            hfree(&hg[i].r);
+        }
+    }
+    CU_ASSERT_EQUAL(metric(g->port, sent), 0); /* nothing hedged without a p95 */
+
+    /* 1. a slow primary: the hedge goes out after the p95, and wins */
+    double sent0 = metric(g->port, sent), wins0 = metric(g->port, wins);
+    hedge_get_t h = {.port = g->port, .fd = hconnect(g->port)};
+    CU_ASSERT_TRUE_FATAL(h.fd >= 0);
+    snprintf(h.path, sizeof h.path, EVENTS "?limit=%d", ++key);
+    CU_ASSERT_TRUE_FATAL(lock_events(c));
+    pthread_t th;
+    pthread_create(&th, NULL, hedge_get_run, &h);
+    waiting_t wt;
+    CU_ASSERT_TRUE(wait_waiting(w, 1, 10000, &wt));
+    int primary = wt.n == 1 ? wt.pid[0] : 0;
+    clock_sleep_ms(HEDGE_HOLD_MS / 2);
+    gw_waiting(w, &wt);
+    CU_ASSERT_EQUAL(wt.n, 1); /* no hedge before the p95 */
+    CU_ASSERT_EQUAL(metric(g->port, sent), sent0);
+    bool two = wait_waiting(w, 2, 10000, &wt);
+    CU_ASSERT_TRUE(two);
+    double gap = two ? wt.start_ms[1] - wt.start_ms[0] : -1;
+    CU_ASSERT_TRUE(two && wt.pid[0] == primary && wt.pid[1] != primary);
+    /* the delay is the p95 of the warm-up latencies: at least the hold, at most
+     * the slowest (the gap between the two queries' starts also holds the
+     * primary's own way to PostgreSQL, a few ms on a busy machine) */
+    CU_ASSERT_TRUE(gap >= HEDGE_HOLD_MS * 3 / 4 && gap <= (double)warm_max + 50);
+    CU_ASSERT_EQUAL(metric(g->port, sent), sent0 + 1);
+    if (primary > 0 && kill(primary, SIGSTOP) == 0)
+        stopped = primary;
+    CU_ASSERT_TRUE(stopped > 0);
+    unlock_events(c); /* the hedge runs; the stopped primary cannot answer */
+    pthread_join(th, NULL);
+    CU_ASSERT_TRUE(expect_status(&h.r, 200, "hedged GET"));
+    char v[128];
+    CU_ASSERT_STRING_EQUAL(hheader(&h.r, "X-Cache-Status", v, sizeof v) ? v : "", "MISS");
+    json_object *body = jparse(&h.r);
+    json_object *cnt = NULL;
+    CU_ASSERT_TRUE(body && json_object_object_get_ex(body, "count", &cnt));
+    json_object_put(body);
+    hfree(&h.r);
+    CU_ASSERT_EQUAL(metric(g->port, wins), wins0 + 1);
+    fprintf(stderr, "\n  hedge sent %.0f ms after the primary (warm-up p95 >= %d ms, slowest %lld ms)\n", gap,
+            HEDGE_HOLD_MS, (long long)warm_max);
+    if (stopped)
+        kill(stopped, SIGCONT);
+    stopped = 0;
+    /* the primary's late answer is read and dropped: no second response on the
+     * connection, the counters stay, and the connection serves the next request */
+    clock_sleep_ms(300);
+    char extra[64];
+    ssize_t got = recv(h.fd, extra, sizeof extra, MSG_DONTWAIT);
+    CU_ASSERT_TRUE(got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    CU_ASSERT_EQUAL(metric(g->port, sent), sent0 + 1);
+    CU_ASSERT_EQUAL(metric(g->port, wins), wins0 + 1);
+    snprintf(h.path, sizeof h.path, EVENTS "?limit=%d", key); /* the same key: now cached */
+    hedge_get_run(&h);
+    CU_ASSERT_TRUE(expect_status(&h.r, 200, "GET after the hedge, same connection"));
+    CU_ASSERT_STRING_EQUAL(hheader(&h.r, "X-Cache-Status", v, sizeof v) ? v : "", "HIT");
+    hfree(&h.r);
+    close(h.fd);
+
+    /* 2. the budget: 10 tokens, a failed attempt costs 1, no hedge while tokens
+     * <= 5. Three requests whose primary and hedge both fail (their backends
+     * terminated while waiting) cost 2 tokens each: 10 -> 4. The fourth is not
+     * hedged, however slow. */
+    for (int round = 0; round < 4; round++) {
+        double s0 = metric(g->port, sent);
+        hedge_get_t b = {.port = g->port, .fd = -1};
+        snprintf(b.path, sizeof b.path, EVENTS "?limit=%d", ++key);
+        CU_ASSERT_TRUE_FATAL(lock_events(c));
+        pthread_create(&th, NULL, hedge_get_run, &b);
+        CU_ASSERT_TRUE(wait_waiting(w, 1, 10000, &wt));
+        if (round < 3) {
+            CU_ASSERT_TRUE(wait_waiting(w, 2, 10000, &wt));
+            CU_ASSERT_EQUAL(metric(g->port, sent), s0 + 1);
+            char pids[64];
+            snprintf(pids, sizeof pids, "{%d,%d}", wt.pid[0], wt.pid[1]);
+            CU_ASSERT_EQUAL(q_ll(w, "SELECT count(*) FILTER (WHERE pg_terminate_backend(p)) FROM unnest($1::int[]) p",
+                                 pids),
+                            2);
+        } else {
+            clock_sleep_ms((int)warm_max + 200); /* well past the hedge delay */
+            gw_waiting(w, &wt);
+            CU_ASSERT_EQUAL(wt.n, 1); /* the budget allows no hedge */
+            CU_ASSERT_EQUAL(metric(g->port, sent), s0);
+        }
+        unlock_events(c);
+        pthread_join(th, NULL);
+        CU_ASSERT_EQUAL(b.r.status, round < 3 ? 503 : 200);
+        hfree(&b.r);
+    }
+    CU_ASSERT_EQUAL(metric(g->port, wins), wins0 + 1);
+    if (stopped)
+        kill(stopped, SIGCONT);
+    stop_clean(g, "hedge gateway");
+    PQfinish(c);
+    PQfinish(w);
+}
+
 /* The shared gateway served every request of tests 1, 4 and 5: it stops cleanly
  * (no sanitizer report, no leak). */
 static void test_shared_gateway_exit(void)
@@ -1280,6 +1665,7 @@ int main(void)
     atexit(reap_everything);
     CU_TestInfo tests[] = {
         {"idempotency: 50 concurrent POSTs, one command; 422; tenants; invalid keys", test_idempotency},
+        {"idempotency: grouped commits mix new keys, replays, 422s; a 400 stores nothing; expiry", test_grouped_commits},
         {"idempotency: kill -9 between commit and reply, replayed after restart", test_crash_replay},
         {"cache: MISS/HIT/304, per tenant, stale served with exactly one refresh", test_cache},
         {"errors: problem+json 404 405 415 400 413", test_errors},
@@ -1290,6 +1676,7 @@ int main(void)
         {"ecom all in memory: POST reaches the read model; production needs a token", test_memory_all},
         {"shutdown: SIGTERM drains, /ready 503, exit 0", test_shutdown},
         {"/health alive without PostgreSQL, /ready 503", test_health_without_db},
+        {"hedged reads: a slow primary, the hedge after the p95 wins; the budget stops hedging", test_hedge},
         {"the shared gateway exits 0 on SIGTERM (sanitizers clean)", test_shared_gateway_exit},
         CU_TEST_INFO_NULL,
     };

@@ -89,6 +89,44 @@ static void test_p95(void)
     hedge_tracker_free(t);
 }
 
+/* The boundaries: the first p95 at exactly HEDGE_MIN_SAMPLES samples (nearest
+ * rank ceil(0.95 n)), a fixed delay that ignores the samples, and a hedge never
+ * sooner than 1 ms; the budget's threshold is strict (tokens > max/2) with a
+ * custom bucket as with the default one. */
+static void test_boundaries(void)
+{
+    hedge_tracker_t *t = hedge_tracker_new();
+    hedge_params_t adaptive = {.enabled = true};
+    hedge_params_t fixed = {.enabled = true, .delay_ms = 7};
+    for (int i = 1; i <= HEDGE_MIN_SAMPLES; i++)
+        hedge_tracker_observe(t, (int64_t)i * 1000); /* 1..20 ms */
+    CU_ASSERT_EQUAL(hedge_tracker_p95_us(t), 19000); /* rank ceil(19.0) = 19 */
+    CU_ASSERT_EQUAL(hedge_delay_ms(t, &adaptive), 19);
+    CU_ASSERT_EQUAL(hedge_delay_ms(t, &fixed), 7);
+    hedge_tracker_observe(t, 1000000); /* 21 samples: rank ceil(19.95) = 20 */
+    CU_ASSERT_EQUAL(hedge_tracker_p95_us(t), 20000);
+    hedge_tracker_observe(t, 19001); /* 22: rank ceil(20.9) = 21, the 21st smallest */
+    CU_ASSERT_EQUAL(hedge_tracker_p95_us(t), 20000);
+    CU_ASSERT_EQUAL(hedge_delay_ms(t, &adaptive), 20);
+    hedge_tracker_observe(t, -5); /* a negative latency counts as 0 */
+    CU_ASSERT_EQUAL(hedge_tracker_p95_us(t), 20000);
+    hedge_tracker_free(t);
+
+    hedge_budget_t b;
+    hedge_budget_init(&b, 4, 0.5); /* 4 tokens: hedges while tokens > 2 */
+    hedge_budget_record(&b, false);
+    CU_ASSERT_TRUE(hedge_budget_allows(&b)); /* 3 */
+    hedge_budget_record(&b, false);
+    CU_ASSERT_FALSE(hedge_budget_allows(&b)); /* 2 = max/2 */
+    hedge_budget_record(&b, true);
+    CU_ASSERT_DOUBLE_EQUAL(hedge_budget_tokens(&b), 2.5, 1e-9);
+    CU_ASSERT_TRUE(hedge_budget_allows(&b));
+    hedge_budget_init(&b, 10, 0.0004); /* a ratio below a thousandth still earns one */
+    hedge_budget_record(&b, false);
+    hedge_budget_record(&b, true);
+    CU_ASSERT_DOUBLE_EQUAL(hedge_budget_tokens(&b), 9.001, 1e-9);
+}
+
 static void test_params(void)
 {
     char err[128];
@@ -115,6 +153,7 @@ int main(void)
         {"budget: gRPC retry throttling", test_budget_grpc},
         {"budget under concurrency", test_budget_threads},
         {"adaptive delay at p95", test_p95},
+        {"boundaries: first p95, nearest rank, strict budget threshold", test_boundaries},
         {"parameters", test_params},
         CU_TEST_INFO_NULL,
     };
