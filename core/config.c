@@ -84,6 +84,8 @@ static const citem_t items[] = {
      "JSON file seeding roles, role bindings and relation tuples per tenant at gateway start (idempotent)"},
     {"AUTHX_SCHEMA", T_STR, F(authx_schema), "viewer: editor | parent->viewer; editor: owner", 0, 0, NULL,
      "ReBAC userset rewrites: \"rel: term | term; ...\", a term being a relation or tupleset->relation"},
+    {"RATE_LIMITS", T_BOOL, F(rate_limits), "true", 0, 0, NULL,
+     "enforce the routes' rate limits (GCRA per principal or client address; off only for load tests)"},
     {"AUTHX_REFRESH_GRACE_S", T_INT, F(authx_refresh_grace_s), "0", 0, 30, NULL,
      "seconds after a refresh during which the rotated token is refused without revoking its session"},
     {"ACCESS_TOKEN_TTL_S", T_INT, F(access_token_ttl_s), "600", 300, 900, NULL,

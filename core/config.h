@@ -57,6 +57,7 @@ typedef struct config {
     char *authx_schema;
     long access_token_ttl_s;
     long authx_refresh_grace_s;
+    bool rate_limits;
 
     /* payment and notification services */
     long payment_provider_latency_ms;

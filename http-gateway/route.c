@@ -287,6 +287,11 @@ static void check_policies(problems_t *pr, size_t i, const route_t *r, const tmp
                     rb->object_param);
     }
 
+    const rl_limit_t *rl = &r->rate.limit;
+    if (rl->count < 0 || rl->burst < 0 || rl->period_ms < 0 || (rl->count > 0 && rl->period_ms == 0) ||
+        (rl->count == 0 && (rl->burst || rl->period_ms || r->rate.by_address)))
+        problem(pr, i, r, "rate limit needs count > 0 per period_ms > 0 (burst >= 0)");
+
     if (chaos_params_validate(&r->chaos, err, sizeof err) != 0)
         problem(pr, i, r, "%s", err);
 

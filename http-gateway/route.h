@@ -14,6 +14,7 @@
 #include "core/breaker.h"
 #include "http-gateway/chaos.h"
 #include "http-gateway/hedge.h"
+#include "http-gateway/ratelimit.h"
 #include "http-gateway/schema.h"
 
 #include <stdbool.h>
@@ -72,6 +73,13 @@ typedef struct route_rebac {
     const char *object_type;  /* e.g. "order" */
 } route_rebac_t;
 
+/* Enabled when limit.count > 0: GCRA per (tenant, principal, route), or per
+ * (client address, route) when by_address (routes used before login). */
+typedef struct route_rate {
+    rl_limit_t limit;
+    bool by_address;
+} route_rate_t;
+
 typedef struct route_resilience {
     bool breaker;
     breaker_params_t breaker_params; /* zero fields take breaker.h defaults */
@@ -90,6 +98,7 @@ typedef struct route {
     route_rebac_t rebac;
     gw_abac_fn abac;
     chaos_params_t chaos;
+    route_rate_t rate;
     route_resilience_t resilience;
     const schema_t *response_schema; /* NULL: the handler's body as it is */
     const char *publish;             /* event type the route publishes, e.g. "analytics.event" */

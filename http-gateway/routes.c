@@ -620,6 +620,7 @@ static const route_t routes[] = {
         .path = "/api/v1/analytics/auth/otp/request",
         .handler = gw_otp_request,
         .anonymous = true,
+        .rate = {.limit = {.count = 20, .period_ms = 60000, .burst = 10}, .by_address = true},
         .resilience = STORE_BREAKER,
     },
     {
@@ -628,6 +629,7 @@ static const route_t routes[] = {
         .path = "/api/v1/analytics/auth/otp/verify",
         .handler = gw_otp_verify,
         .anonymous = true,
+        .rate = {.limit = {.count = 60, .period_ms = 60000, .burst = 20}, .by_address = true},
         .resilience = STORE_BREAKER,
     },
     {
@@ -636,6 +638,7 @@ static const route_t routes[] = {
         .path = "/api/v1/payments/auth/otp/request",
         .handler = gw_otp_request,
         .anonymous = true,
+        .rate = {.limit = {.count = 20, .period_ms = 60000, .burst = 10}, .by_address = true},
         .resilience = STORE_BREAKER,
     },
     {
@@ -644,6 +647,7 @@ static const route_t routes[] = {
         .path = "/api/v1/payments/auth/otp/verify",
         .handler = gw_otp_verify,
         .anonymous = true,
+        .rate = {.limit = {.count = 60, .period_ms = 60000, .burst = 20}, .by_address = true},
         .resilience = STORE_BREAKER,
     },
     {
@@ -652,6 +656,7 @@ static const route_t routes[] = {
         .path = "/api/v1/notifications/auth/otp/request",
         .handler = gw_otp_request,
         .anonymous = true,
+        .rate = {.limit = {.count = 20, .period_ms = 60000, .burst = 10}, .by_address = true},
         .resilience = STORE_BREAKER,
     },
     {
@@ -660,6 +665,7 @@ static const route_t routes[] = {
         .path = "/api/v1/notifications/auth/otp/verify",
         .handler = gw_otp_verify,
         .anonymous = true,
+        .rate = {.limit = {.count = 60, .period_ms = 60000, .burst = 20}, .by_address = true},
         .resilience = STORE_BREAKER,
     },
 };

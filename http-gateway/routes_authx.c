@@ -910,11 +910,15 @@ static void delete_member(gw_req_t *r)
                                             .open_duration_ms = 20000, .half_open_max_calls = 5 }                   \
     }
 
+/* count per minute with as many again at once, per client address */
+#define PER_ADDRESS(n, b) {.limit = {.count = (n), .period_ms = 60000, .burst = (b)}, .by_address = true}
+
 #define SESSION_ROUTES(svc)                                                                                         \
     {.id = svc ".auth.dev-login", .methods = ROUTE_POST, .path = "/api/v1/" svc "/auth/dev-login",                 \
      .handler = dev_login, .anonymous = true, .resilience = AUTH_BREAKER},                                         \
     {.id = svc ".auth.refresh", .methods = ROUTE_POST, .path = "/api/v1/" svc "/auth/refresh",                     \
-     .handler = post_refresh, .anonymous = true, .resilience = AUTH_BREAKER},                                      \
+     .handler = post_refresh, .anonymous = true, .rate = PER_ADDRESS(120, 60),                                     \
+     .resilience = AUTH_BREAKER},                                                                                  \
     {.id = svc ".auth.logout", .methods = ROUTE_POST, .path = "/api/v1/" svc "/auth/logout",                       \
      .handler = post_logout, .resilience = AUTH_BREAKER},                                                          \
     {.id = svc ".auth.logout-all", .methods = ROUTE_POST, .path = "/api/v1/" svc "/auth/logout-all",               \
@@ -926,7 +930,8 @@ static void delete_member(gw_req_t *r)
     {.id = svc ".auth.totp.enroll", .methods = ROUTE_POST, .path = "/api/v1/" svc "/auth/totp/enroll",             \
      .handler = gw_totp_enroll, .resilience = AUTH_BREAKER},                                                       \
     {.id = svc ".auth.totp.activate", .methods = ROUTE_POST, .path = "/api/v1/" svc "/auth/totp/activate",         \
-     .handler = gw_totp_activate, .resilience = AUTH_BREAKER},                                                     \
+     .handler = gw_totp_activate, .rate = {.limit = {.count = 10, .period_ms = 60000, .burst = 5}},                \
+     .resilience = AUTH_BREAKER},                                                                                  \
     {.id = svc ".auth.totp.remove", .methods = ROUTE_DELETE, .path = "/api/v1/" svc "/auth/totp",                  \
      .handler = gw_totp_remove, .resilience = AUTH_BREAKER}
 

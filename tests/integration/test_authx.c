@@ -860,6 +860,13 @@ static void test_tenancy(void)
     CU_ASSERT_EQUAL(get_status(port_a(), B "/me", long_tenant, u1), 400);
     long_tenant[64] = '\0'; /* 64 is the longest id: then the token's tenant decides (403) */
     CU_ASSERT_EQUAL(get_status(port_a(), B "/me", long_tenant, u1), 403);
+    /* T2: a token of another tenant acts here only with a membership (an own binding) */
+    char *rootb = token("rootB", "tenantB");
+    CU_ASSERT_EQUAL(status_of(post(port_a(), EVENTS, "tenantA", u1b, "{\"type\":\"t2\"}", &r), &r), 202);
+    get(port_a(), B "/me", "tenantA", rootb, &r);
+    check_problem(&r, 403, "tenant-mismatch", NULL, "T2 without membership");
+    hfree(&r);
+    free(rootb);
     /* T1: the token's tenant when no header */
     get(port_a(), B "/me", NULL, u1b, &r);
     char tenant[64];
@@ -901,6 +908,48 @@ static void test_tenancy(void)
     free(u1b);
 }
 
+/* ================= rate limits ================= */
+
+/* O8's address bucket: code requests from one address, 20 a minute with 10 at
+ * once (GCRA), and the RateLimit headers; a route without a limit has none. */
+static void test_address_limits(void)
+{
+    const char *env[] = {"APP_ENV=development", "JWT_SECRET=devsecret", NULL};
+    proc_t *g = spawn_ecom("gateway", env);
+    CU_ASSERT_TRUE_FATAL(g && wait_ready(g, 15000) == 0);
+    int ok = 0, limited = 0;
+    char ra[32] = "", policy[128] = "", state[128] = "";
+    for (int i = 0; i < 14; i++) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"subject\":\"addr-%d@example.com\",\"channel\":\"email\"}", i);
+        hresp_t r;
+        post(g->port, B "/auth/otp/request", NULL, NULL, body, &r);
+        if (r.status == 200) {
+            ok++;
+            hheader(&r, "RateLimit-Policy", policy, sizeof policy);
+            hheader(&r, "RateLimit", state, sizeof state);
+        } else if (r.status == 429) {
+            if (!limited)
+                check_problem(&r, 429, "rate-limited", NULL, "address limit");
+            limited++;
+            hheader(&r, "Retry-After", ra, sizeof ra);
+        }
+        hfree(&r);
+    }
+    CU_ASSERT_EQUAL(ok, 11); /* one plus a burst of 10: the rest wait for 3 s each */
+    CU_ASSERT_EQUAL(limited, 3);
+    CU_ASSERT_TRUE(atoi(ra) >= 1 && atoi(ra) <= 3);
+    CU_ASSERT_STRING_EQUAL(policy, "\"default\";q=20;w=60");
+    CU_ASSERT_EQUAL(strncmp(state, "\"default\";r=0;t=", strlen("\"default\";r=0;t=")), 0);
+    /* another route of the same address is not limited by it */
+    hresp_t r;
+    get(g->port, B "/me", NULL, NULL, &r);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_PTR_NULL(hheader(&r, "RateLimit", state, sizeof state));
+    hfree(&r);
+    stop_clean(g, "rate-limited gateway");
+}
+
 /* ================= the suite ================= */
 
 static const char boot_json[] =
@@ -919,7 +968,8 @@ static proc_t *start_prod(const char *url, int grace)
     snprintf(e, sizeof e, "DATABASE_URL=%s", url);
     snprintf(bf, sizeof bf, "AUTHX_BOOTSTRAP_FILE=%s", boot_path);
     snprintf(g, sizeof g, "AUTHX_REFRESH_GRACE_S=%d", grace);
-    const char *env[] = {e, bf, g, "APP_ENV=production", "JWT_SECRET=" SECRET40, "LOG_LEVEL=warn",
+    /* the tests make many login calls from one address: the address limits are tested on a gateway of their own */
+    const char *env[] = {e, bf, g, "APP_ENV=production", "JWT_SECRET=" SECRET40, "LOG_LEVEL=warn", "RATE_LIMITS=false",
                          "OTP_PEPPER=test-pepper-0123456789abcdef0123456789", NULL};
     proc_t *p = spawn_ecom("gateway", env);
     if (p && wait_ready(p, 15000) != 0) {
@@ -987,6 +1037,7 @@ int main(void)
         {"X1-X6: tuples, rewrites, cycles, depth, revisions, the route check", test_rebac},
         {"A1-A2: the ABAC guard on the exact body", test_abac},
         {"T1 T3: tenant resolution and independent keys", test_tenancy},
+        {"O8 address bucket: GCRA with RateLimit headers", test_address_limits},
         {"the gateways exit cleanly", test_gateways_exit},
         CU_TEST_INFO_NULL,
     };

@@ -278,6 +278,9 @@ static void test_validation_lists_every_problem(void)
         /* 21 */ {.id = "dup", .methods = ROUTE_GET, .path = "/r", .handler = h_get},
         /* 22 */ {.id = "dup", .methods = ROUTE_GET, .path = "/s", .handler = h_get},
         /* 23 */ {.methods = ROUTE_GET, .path = NULL, .handler = h_get},
+        /* 24 */
+        {.methods = ROUTE_GET, .path = "/t", .handler = h_get, .rate = {.limit = {.count = 5, .period_ms = 0}}},
+        /* 25 */ {.methods = ROUTE_GET, .path = "/u", .handler = h_get, .rate = {.by_address = true}},
     };
     char *errors = NULL;
     CU_ASSERT_EQUAL(router_validate(bad, ECOM_ARRAY_LEN(bad), &errors), -1);
@@ -305,15 +308,17 @@ static void test_validation_lists_every_problem(void)
         "route 20 (GET /q): cache settings without cache ttl_ms",
         "route 22 (GET /s): id 'dup' already used by route 21",
         "route 23 (GET (null)): no path template",
+        "route 24 (GET /t): rate limit needs count > 0 per period_ms > 0",
+        "route 25 (GET /u): rate limit needs count > 0 per period_ms > 0",
     };
     for (size_t i = 0; i < ECOM_ARRAY_LEN(expect); i++)
         if (!strstr(errors, expect[i])) {
             fprintf(stderr, "\nmissing: %s\nin:\n%s", expect[i], errors);
             CU_FAIL(expect[i]);
         }
-    if (count_lines(errors) != 22)
+    if (count_lines(errors) != 24)
         fprintf(stderr, "\n%s", errors);
-    CU_ASSERT_EQUAL(count_lines(errors), 22); /* one line per bad row */
+    CU_ASSERT_EQUAL(count_lines(errors), 24); /* one line per bad row */
     router_t *r = NULL;
     char *errors2 = NULL;
     CU_ASSERT_EQUAL(router_new(bad, ECOM_ARRAY_LEN(bad), &r, &errors2), -1);
