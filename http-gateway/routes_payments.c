@@ -180,10 +180,12 @@ typedef struct read_ctx {
     bool own_conn; /* acquired here (not the request's transaction) */
 } read_ctx_t;
 
+/* found by the primary key only: `(tenant = $2) IS TRUE` can only filter (see
+ * services/payment/payment.c) */
 static const char sql_payment_get[] =
     "SELECT id, tenant, order_id, amount, currency, method, status, captured, refunded,"
     " coalesce(failure_reason, ''), (extract(epoch FROM created_at) * 1000)::bigint,"
-    " (extract(epoch FROM updated_at) * 1000)::bigint FROM payment.payments WHERE id = $1 AND tenant = $2";
+    " (extract(epoch FROM updated_at) * 1000)::bigint FROM payment.payments WHERE id = $1 AND (tenant = $2) IS TRUE";
 
 static void on_read(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
 {

@@ -1,0 +1,1044 @@
+/* bench/bench_shop.c: the shop flow under load, end to end, on real
+ * processes: HTTP POST /api/v1/payments/payments (202) -> outbox ->
+ * outbox-worker -> Redis -> `ecom service payment` (provider simulator,
+ * payment.succeeded through the outbox) -> outbox-worker -> Redis ->
+ * `ecom service notification` -> the signed webhook receipt, which arrives
+ * at a receiver in this program. `ecom service analytics` runs too (it
+ * consumes every topic, as in production). Beside it, in the same rounds, the
+ * raw PostgreSQL commit rate: pgbench, one single-row INSERT per transaction,
+ * 16 clients. Figures are printed, never asserted; the exit status is
+ * non-zero only when a run could not complete (receipts missing).
+ *
+ * Each round runs, in this order: pgbench; a closed-loop run (BENCH_CLIENTS
+ * keep-alive connections posting as fast as the gateway answers) that gives
+ * completed payments/s (receipts arrived per second in the window) and the
+ * latency under saturation; then open-loop runs at each rate of BENCH_RATES,
+ * latency measured from each payment's scheduled send time (no coordinated
+ * omission) to its receipt, with where the time goes (the median and p99 of
+ * each step, from the rows' timestamps). Medians over the rounds at the end.
+ *
+ * Usage, inside scripts/test-env on a freshly migrated database (scripts/run-bench):
+ *   bench_shop [--ecom PATH]
+ * Environment: DATABASE_URL, REDIS_URL (logical db 10 is flushed and used),
+ * BENCH_SECONDS (per run, default 8), BENCH_ROUNDS (default 3), BENCH_CLIENTS
+ * (closed loop, default 32), BENCH_RATES (payments/s, default "250,1000"),
+ * GATEWAY_THREADS (default 2), PAYMENT_PROVIDER_LATENCY_MS (default 2, the
+ * production default), BENCH_SHOP_SKIP_PGBENCH=1, BENCH_KEEP_LOGS=1 (keep and
+ * name the processes' log files), BENCH_LOG_LEVEL (default warn).
+ * Owns: everything it starts (threads, child processes, connections, files). */
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/config.h"
+#include "core/pg.h"
+#include "core/redis.h"
+#include "core/strmap.h"
+#include "core/uuid.h"
+#include "http-gateway/jwt.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SECRET40 "0123456789abcdef0123456789abcdef-bnch-40"
+#define PEPPER "bench-pepper-0123456789abcdef0123456789a"
+#define HOOK_SECRET "bench-webhook-secret"
+#define TENANT "bench"
+#define REDIS_DB 10
+#define MAX_RATES 4
+#define MAX_ROUNDS 9
+#define DRAIN_TIMEOUT_MS 120000
+#define TARGET_RATE 1000
+#define TARGET_P99_MS 50
+
+static const char *pg_url;
+static char redis_url[600];
+static const char *ecom_bin = "build/bin/ecom";
+static int secs = 8, rounds = 3, nclients = 32, gw_threads = 2;
+static int rates[MAX_RATES] = {250, 1000};
+static int nrates = 2;
+static const char *provider_latency = "2";
+static char *token;
+static char boot_path[96];
+static int failures;
+
+static int64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ================= processes ================= */
+
+typedef struct role {
+    const char *name;
+    pid_t pid;
+    int port;
+    char log[96];
+} role_t;
+
+enum { R_GATEWAY, R_DRAINER, R_PAYMENT, R_NOTIFICATION, R_ANALYTICS, R_COUNT };
+static role_t roles[R_COUNT] = {{.name = "gateway"},
+                                {.name = "outbox-worker"},
+                                {.name = "payment"},
+                                {.name = "notification"},
+                                {.name = "analytics"}};
+
+static void stop_all(void)
+{
+    for (int i = R_COUNT - 1; i >= 0; i--)
+        if (roles[i].pid > 0) {
+            kill(roles[i].pid, SIGTERM);
+            int64_t end = clock_mono_ms() + 10000;
+            while (waitpid(roles[i].pid, NULL, WNOHANG) == 0 && clock_mono_ms() < end)
+                clock_sleep_ms(20);
+            kill(roles[i].pid, SIGKILL);
+            waitpid(roles[i].pid, NULL, 0);
+            roles[i].pid = 0;
+        }
+}
+
+static _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static _Noreturn void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "bench_shop: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    stop_all();
+    exit(2);
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    for (int i = 0; i < R_COUNT; i++)
+        if (roles[i].pid > 0)
+            kill(roles[i].pid, SIGKILL);
+    _exit(3);
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+        port = ntohs(sa.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static void spawn(role_t *r, const char *const *argv, const char *const *env)
+{
+    r->port = free_port();
+    snprintf(r->log, sizeof r->log, "/tmp/ecom-bench-shop-%d-%s.log", (int)getpid(), r->name);
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork failed");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive this program */
+        int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        char port[16], threads[16];
+        snprintf(port, sizeof port, "%d", r->port);
+        snprintf(threads, sizeof threads, "%d", gw_threads);
+        setenv("DATABASE_URL", pg_url, 1);
+        setenv("REDIS_URL", redis_url, 1);
+        setenv("APP_ENV", "production", 1);
+        setenv("JWT_SECRET", SECRET40, 1);
+        setenv("OTP_PEPPER", PEPPER, 1);
+        setenv("AUTHX_BOOTSTRAP_FILE", boot_path, 1);
+        const char *lvl = getenv("BENCH_LOG_LEVEL");
+        setenv("LOG_LEVEL", lvl && *lvl ? lvl : "warn", 1);
+        setenv("PORT", port, 1);
+        setenv("ADMIN_PORT", port, 1);
+        setenv("GATEWAY_THREADS", threads, 1);
+        setenv("ECOM_INSTANCE", r->name, 1);
+        setenv("PAYMENT_PROVIDER_LATENCY_MS", provider_latency, 1);
+        for (int i = 0; env && env[i]; i++) {
+            const char *eq = strchr(env[i], '=');
+            char key[128];
+            snprintf(key, sizeof key, "%.*s", (int)(eq - env[i]), env[i]);
+            setenv(key, eq + 1, 1);
+        }
+        execv(ecom_bin, (char *const *)argv);
+        _exit(127);
+    }
+    r->pid = pid;
+}
+
+/* ================= a keep-alive HTTP/1.1 client ================= */
+
+typedef struct conn {
+    int fd;
+    char buf[16384];
+    size_t have;
+} conn_t;
+
+static int conn_open(conn_t *c, int port)
+{
+    c->have = 0;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct timeval tv = {30, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(c->fd);
+        c->fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+static void conn_close(conn_t *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    c->have = 0;
+}
+
+/* One request; the status (0 on a transport failure); the body's "id" into id. */
+static int conn_post(conn_t *c, int port, const char *req, size_t n, char id[UUID_STR_LEN])
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (c->fd < 0 && conn_open(c, port) != 0)
+            return 0;
+        size_t off = 0;
+        while (off < n) {
+            ssize_t w = send(c->fd, req + off, n - off, MSG_NOSIGNAL);
+            if (w <= 0)
+                break;
+            off += (size_t)w;
+        }
+        if (off < n) {
+            conn_close(c);
+            continue;
+        }
+        c->have = 0;
+        char *eoh = NULL;
+        size_t need = 0;
+        for (;;) {
+            ssize_t k = recv(c->fd, c->buf + c->have, sizeof c->buf - 1 - c->have, 0);
+            if (k <= 0)
+                break;
+            c->have += (size_t)k;
+            c->buf[c->have] = '\0';
+            if (!eoh && (eoh = strstr(c->buf, "\r\n\r\n"))) {
+                const char *cl = strcasestr(c->buf, "\r\nContent-Length:");
+                need = (size_t)(eoh - c->buf) + 4 + (cl && cl < eoh ? (size_t)atol(cl + 17) : 0);
+            }
+            if (eoh && c->have >= need)
+                break;
+        }
+        if (!eoh || c->have < need) {
+            conn_close(c);
+            if (c->have == 0)
+                continue; /* the server closed an idle connection: once more */
+            return 0;
+        }
+        int status = 0;
+        sscanf(c->buf, "HTTP/1.%*d %d", &status);
+        const char *p = strstr(eoh, "\"id\":\"");
+        if (id && p && strlen(p + 6) >= 36) {
+            memcpy(id, p + 6, 36);
+            id[36] = '\0';
+        }
+        if (strcasestr(c->buf, "\r\nConnection: close"))
+            conn_close(c);
+        return status;
+    }
+    return 0;
+}
+
+/* ================= the webhook receiver ================= */
+
+typedef struct receipt {
+    char id[UUID_STR_LEN]; /* payment id */
+    int64_t at_us;         /* wall clock */
+} receipt_t;
+
+static struct {
+    struct event_base *base;
+    struct evhttp *http;
+    struct event *tick;
+    int port;
+    pthread_t th;
+    atomic_bool stop;
+    pthread_mutex_t mu;
+    receipt_t *r;
+    size_t n, cap;
+    atomic_long other; /* requests that were not a payment receipt */
+} hook;
+
+static void hook_cb(struct evhttp_request *req, void *arg)
+{
+    (void)arg;
+    int64_t now = wall_us();
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    char *body = xstrndup((const char *)evbuffer_pullup(in, -1), n);
+    const char *p = strstr(body, "\"type\":\"payment.succeeded\"") ? strstr(body, "(payment ") : NULL;
+    receipt_t rc;
+    if (p && strlen(p + 9) >= 36) {
+        memcpy(rc.id, p + 9, 36);
+        rc.id[36] = '\0';
+    }
+    if (p && uuid_valid(rc.id)) {
+        rc.at_us = now;
+        pthread_mutex_lock(&hook.mu);
+        if (hook.n == hook.cap) {
+            hook.cap = hook.cap ? hook.cap * 2 : 65536;
+            hook.r = xrealloc(hook.r, hook.cap * sizeof *hook.r);
+        }
+        hook.r[hook.n++] = rc;
+        pthread_mutex_unlock(&hook.mu);
+    } else {
+        atomic_fetch_add(&hook.other, 1);
+    }
+    free(body);
+    evhttp_send_reply(req, 200, "OK", NULL);
+}
+
+static void hook_tick(evutil_socket_t fd, short ev, void *arg)
+{
+    (void)fd;
+    (void)ev;
+    (void)arg;
+    if (atomic_load(&hook.stop))
+        event_base_loopbreak(hook.base);
+}
+
+static void *hook_thread(void *arg)
+{
+    (void)arg;
+    event_base_dispatch(hook.base);
+    return NULL;
+}
+
+static void hook_start(void)
+{
+    pthread_mutex_init(&hook.mu, NULL);
+    hook.base = event_base_new();
+    hook.http = evhttp_new(hook.base);
+    evhttp_set_gencb(hook.http, hook_cb, NULL);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(hook.http, "127.0.0.1", 0);
+    if (!bs)
+        die("cannot bind the webhook receiver");
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl) != 0)
+        die("getsockname failed");
+    hook.port = ntohs(sa.sin_port);
+    hook.tick = event_new(hook.base, -1, EV_PERSIST, hook_tick, NULL);
+    struct timeval tv = {0, 50000};
+    event_add(hook.tick, &tv);
+    pthread_create(&hook.th, NULL, hook_thread, NULL);
+}
+
+static void hook_stop(void)
+{
+    atomic_store(&hook.stop, true);
+    pthread_join(hook.th, NULL);
+    event_free(hook.tick);
+    evhttp_free(hook.http);
+    event_base_free(hook.base);
+    free(hook.r);
+}
+
+static size_t hook_count(void)
+{
+    pthread_mutex_lock(&hook.mu);
+    size_t n = hook.n;
+    pthread_mutex_unlock(&hook.mu);
+    return n;
+}
+
+/* ================= one run ================= */
+
+typedef struct pay {
+    char id[UUID_STR_LEN];
+    int status;
+    int64_t sched_us, sent_us, resp_us, receipt_us; /* wall clock; receipt 0 when none */
+} pay_t;
+
+typedef struct run {
+    pay_t *p;
+    size_t cap;
+    _Atomic size_t next;
+    int rate;              /* 0: closed loop */
+    int64_t t0_us, end_us; /* wall */
+    char tag[16];
+} run_t;
+
+static void *client(void *arg)
+{
+    run_t *run = arg;
+    conn_t c = {.fd = -1};
+    char body[160], req[4096];
+    for (;;) {
+        size_t i = atomic_fetch_add(&run->next, 1);
+        if (i >= run->cap)
+            break;
+        pay_t *p = &run->p[i];
+        if (run->rate) {
+            p->sched_us = run->t0_us + (int64_t)((double)i * 1e6 / run->rate);
+            if (p->sched_us >= run->end_us)
+                break;
+            int64_t wait = p->sched_us - wall_us();
+            if (wait > 0)
+                usleep((useconds_t)wait);
+        } else if (wall_us() >= run->end_us) {
+            break;
+        }
+        int bl = snprintf(body, sizeof body,
+                          "{\"orderId\":\"o-%s-%zu\",\"amount\":%zu,\"currency\":\"EUR\",\"method\":\"card\"}",
+                          run->tag, i, 100 + i % 10000);
+        int rl = snprintf(req, sizeof req,
+                          "POST /api/v1/payments/payments HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Authorization: Bearer %s\r\nx-tenant-id: " TENANT "\r\nIdempotency-Key: k-%s-%zu\r\n"
+                          "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+                          token, run->tag, i, bl, body);
+        p->sent_us = wall_us();
+        if (!run->rate)
+            p->sched_us = p->sent_us;
+        p->status = conn_post(&c, roles[R_GATEWAY].port, req, (size_t)rl, p->id);
+        p->resp_us = wall_us();
+    }
+    conn_close(&c);
+    return NULL;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(int64_t *v, size_t n, double q)
+{
+    if (!n)
+        return -1;
+    size_t k = (size_t)(q * (double)(n - 1) + 0.5);
+    return (double)v[k];
+}
+
+typedef struct result {
+    double offered;                       /* requests/s sent */
+    double accepted;                      /* 202/s */
+    double completed;                     /* receipts/s arrived inside the window */
+    double p50, p99;                      /* end to end, ms */
+    double http_p99;                      /* HTTP 202, ms */
+    double drain_s;                       /* after the window, until the last receipt */
+    size_t n, missing;                    /* accepted payments, receipts missing after the drain */
+    double cpu_ms[R_COUNT], cpu_total_ms; /* CPU per completed payment, per role and the whole machine */
+    double cpu_pg_ms, cpu_redis_ms;       /* this database's backends, this Redis server */
+    double rtt_p50, rtt_p99;              /* a SELECT 1 round trip during the run, ms */
+} result_t;
+
+/* utime + stime of a process, in ms. */
+static double proc_cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+        return (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+    return 0;
+}
+
+/* CPU time (ms) of every process whose command line contains needle, e.g.
+ * the PostgreSQL backends of one database ("postgres: postgres DB ...") or
+ * one Redis server ("redis-server 127.0.0.1:PORT"). */
+static double cpu_of_matching(const char *needle)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    double sum = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        char path[300], cmd[256];
+        snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t n = fread(cmd, 1, sizeof cmd - 1, f);
+        fclose(f);
+        for (size_t i = 0; i < n; i++)
+            if (!cmd[i])
+                cmd[i] = ' ';
+        cmd[n] = '\0';
+        if (strstr(cmd, needle))
+            sum += proc_cpu_ms((pid_t)atoi(e->d_name));
+    }
+    closedir(d);
+    return sum;
+}
+
+static char pg_needle[160], redis_needle[300];
+
+/* Busy CPU time of the whole machine, in ms (every core). */
+static double machine_busy_ms(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return 0;
+    unsigned long long v[8] = {0};
+    int k = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+                   &v[7]);
+    fclose(f);
+    if (k < 8)
+        return 0;
+    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The receipts of the run's accepted payments, matched into p[].receipt_us;
+ * returns how many payments have their receipt. */
+static size_t match_receipts(run_t *run, size_t n, size_t from)
+{
+    strmap_t idx;
+    strmap_init(&idx);
+    for (size_t i = 0; i < n; i++)
+        if (run->p[i].status == 202 && uuid_valid(run->p[i].id))
+            *strmap_put(&idx, run->p[i].id, 36, NULL) = &run->p[i];
+    pthread_mutex_lock(&hook.mu);
+    for (size_t k = from; k < hook.n; k++) {
+        void **v = strmap_get(&idx, hook.r[k].id, 36);
+        if (v) {
+            pay_t *p = *v;
+            if (!p->receipt_us) /* the first copy counts */
+                p->receipt_us = hook.r[k].at_us;
+        }
+    }
+    pthread_mutex_unlock(&hook.mu);
+    size_t got = 0;
+    for (size_t i = 0; i < n; i++)
+        got += run->p[i].receipt_us != 0;
+    strmap_free(&idx);
+    return got;
+}
+
+/* Where the time goes: each step's time since the send, from the rows. */
+static void breakdown(run_t *run, size_t n)
+{
+    int64_t t_start = clock_mono_ms();
+    struct evbuffer *ids = evbuffer_new();
+    evbuffer_add(ids, "{", 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (run->p[i].receipt_us)
+            evbuffer_add_printf(ids, "%s%s", k++ ? "," : "", run->p[i].id);
+    evbuffer_add(ids, "}", 2);
+    char *err = NULL;
+    PGconn *c = pg_connect(pg_url, "bench_shop", &err);
+    if (!c) {
+        printf("    (breakdown: %s)\n", err ? err : "?");
+        free(err);
+        evbuffer_free(ids);
+        return;
+    }
+    /* the id list is a parameter: without this the planner guesses 100 rows and
+     * loops over the outbox window once per payment */
+    if (pg_exec(c, "SET enable_nestloop = off") != 0)
+        printf("    (breakdown: SET failed)\n");
+    const char *params[] = {(const char *)evbuffer_pullup(ids, -1)};
+    PGresult *r = pg_query(
+        c,
+        "WITH p AS (SELECT unnest($1::uuid[]) AS id)"
+        " SELECT p.id,"
+        " (extract(epoch FROM rq.published_at) * 1e6)::bigint,"
+        " (extract(epoch FROM pay.updated_at) * 1e6)::bigint,"
+        " (extract(epoch FROM ok.published_at) * 1e6)::bigint,"
+        " (extract(epoch FROM d.created_at) * 1e6)::bigint"
+        " FROM p JOIN payment.payments pay ON pay.id = p.id"
+        " JOIN bus.outbox_published rq ON rq.type = 'payment.requested' AND rq.aggregate_id = 'payment:' || p.id"
+        " JOIN bus.outbox_published ok ON ok.type = 'payment.succeeded' AND ok.aggregate_id = 'payment:' || p.id"
+        " JOIN notification.deliveries d ON d.message_id = ok.id AND d.channel = 'webhook'",
+        1, params);
+    evbuffer_free(ids);
+    if (!r) {
+        PQfinish(c);
+        return;
+    }
+    size_t rows = (size_t)PQntuples(r);
+    strmap_t idx;
+    strmap_init(&idx);
+    for (size_t i = 0; i < n; i++)
+        if (run->p[i].receipt_us)
+            *strmap_put(&idx, run->p[i].id, 36, NULL) = &run->p[i];
+    enum { S_HTTP, S_DRAINED, S_PAYTX, S_EVT, S_NOTIFYTX, S_RECEIPT, S_N };
+    static const char *const names[S_N] = {"202 answered",          "command on the stream",
+                                           "payment tx began",      "payment.succeeded on the stream",
+                                           "notification tx began", "receipt arrived"};
+    int64_t *v[S_N];
+    for (int s = 0; s < S_N; s++)
+        v[s] = xcalloc(rows + 1, sizeof *v[s]);
+    size_t m = 0;
+    for (size_t i = 0; i < rows; i++) {
+        void **pp = strmap_get(&idx, PQgetvalue(r, (int)i, 0), 36);
+        if (!pp)
+            continue;
+        pay_t *p = *pp;
+        int64_t t0 = p->sched_us;
+        v[S_HTTP][m] = p->resp_us - t0;
+        v[S_DRAINED][m] = strtoll(PQgetvalue(r, (int)i, 1), NULL, 10) - t0;
+        v[S_PAYTX][m] = strtoll(PQgetvalue(r, (int)i, 2), NULL, 10) - t0;
+        v[S_EVT][m] = strtoll(PQgetvalue(r, (int)i, 3), NULL, 10) - t0;
+        v[S_NOTIFYTX][m] = strtoll(PQgetvalue(r, (int)i, 4), NULL, 10) - t0;
+        v[S_RECEIPT][m] = p->receipt_us - t0;
+        m++;
+    }
+    printf("      where the time goes (%zu payments; ms since the scheduled send; the tx times are the\n"
+           "      transactions' now(), i.e. when the batch's transaction started):\n",
+           m);
+    for (int s = 0; s < S_N; s++) {
+        qsort(v[s], m, sizeof *v[s], cmp_i64);
+        printf("        %-34s p50 %8.1f   p99 %8.1f\n", names[s], pct(v[s], m, 0.5) / 1000.0,
+               pct(v[s], m, 0.99) / 1000.0);
+        free(v[s]);
+    }
+    printf("        (the breakdown's query took %.1f s)\n", (double)(clock_mono_ms() - t_start) / 1000.0);
+    strmap_free(&idx);
+    PQclear(r);
+    PQfinish(c);
+}
+
+/* A PostgreSQL round trip (SELECT 1) every 10 ms while a run goes on: what
+ * one statement of a service costs at that load. */
+typedef struct prober {
+    pthread_t th;
+    atomic_bool stop;
+    int64_t *us;
+    size_t n, cap;
+} prober_t;
+
+static void *probe(void *arg)
+{
+    prober_t *pr = arg;
+    char *err = NULL;
+    PGconn *c = pg_connect(pg_url, "bench_shop_probe", &err);
+    free(err);
+    while (c && !atomic_load(&pr->stop)) {
+        int64_t t0 = clock_mono_us();
+        PGresult *r = PQexec(c, "SELECT 1");
+        int64_t dt = clock_mono_us() - t0;
+        PQclear(r);
+        if (pr->n < pr->cap)
+            pr->us[pr->n++] = dt;
+        clock_sleep_ms(10);
+    }
+    if (c)
+        PQfinish(c);
+    return NULL;
+}
+
+static void print_result(const char *label, const struct result *r);
+
+static result_t run_once(int rate, bool explain, const char *label)
+{
+    static int seq;
+    run_t run = {0};
+    snprintf(run.tag, sizeof run.tag, "%d-%d", (int)getpid(), seq++);
+    run.rate = rate;
+    run.cap = rate ? (size_t)rate * (size_t)secs + 16 : (size_t)secs * 20000;
+    run.p = xcalloc(run.cap, sizeof *run.p);
+    size_t hook0 = hook_count();
+    prober_t pr = {.cap = (size_t)secs * 200 + 16};
+    pr.us = xcalloc(pr.cap, sizeof *pr.us);
+    pthread_create(&pr.th, NULL, probe, &pr);
+    double cpu0[R_COUNT], busy0 = machine_busy_ms();
+    double pg0 = cpu_of_matching(pg_needle), redis0 = cpu_of_matching(redis_needle);
+    for (int i = 0; i < R_COUNT; i++)
+        cpu0[i] = proc_cpu_ms(roles[i].pid);
+    run.t0_us = wall_us() + 20000;
+    run.end_us = run.t0_us + (int64_t)secs * 1000000;
+    int nth = nclients;
+    pthread_t *th = xcalloc((size_t)nth, sizeof *th);
+    for (int i = 0; i < nth; i++)
+        pthread_create(&th[i], NULL, client, &run);
+    for (int i = 0; i < nth; i++)
+        pthread_join(th[i], NULL);
+    size_t n = atomic_load(&run.next);
+    if (n > run.cap)
+        n = run.cap;
+    /* clients stop at the first index past the window; keep those that were sent */
+    size_t sent = 0, acc = 0;
+    int64_t resp_max = run.end_us;
+    for (size_t i = 0; i < n; i++)
+        if (run.p[i].sent_us) {
+            sent++;
+            acc += run.p[i].status == 202;
+            if (run.p[i].resp_us > resp_max)
+                resp_max = run.p[i].resp_us;
+        }
+    atomic_store(&pr.stop, true);
+    pthread_join(pr.th, NULL);
+    qsort(pr.us, pr.n, sizeof *pr.us, cmp_i64);
+    size_t got_in_window = 0;
+    /* wait for every receipt */
+    int64_t deadline = clock_mono_ms() + DRAIN_TIMEOUT_MS;
+    size_t got = 0;
+    while (clock_mono_ms() < deadline) {
+        got = match_receipts(&run, n, hook0);
+        if (got >= acc)
+            break;
+        clock_sleep_ms(100);
+    }
+    /* CPU from the start to the last receipt: all the work of these payments */
+    double cpu1[R_COUNT];
+    for (int i = 0; i < R_COUNT; i++)
+        cpu1[i] = proc_cpu_ms(roles[i].pid);
+    double busy1 = machine_busy_ms();
+    double pg1 = cpu_of_matching(pg_needle), redis1 = cpu_of_matching(redis_needle);
+    got = 0;
+    int64_t last = 0;
+    for (size_t i = 0; i < n; i++)
+        if (run.p[i].receipt_us) {
+            got++;
+            got_in_window += run.p[i].receipt_us <= run.end_us;
+            if (run.p[i].receipt_us > last)
+                last = run.p[i].receipt_us;
+        }
+    result_t res = {0};
+    double win = (double)(run.end_us - run.t0_us) / 1e6;
+    res.offered = (double)sent / win;
+    res.accepted = (double)acc / win;
+    res.completed = (double)got_in_window / win;
+    res.n = acc;
+    res.missing = acc - got;
+    res.drain_s = last > run.end_us ? (double)(last - run.end_us) / 1e6 : 0;
+    int64_t *lat = xcalloc(got + 1, sizeof *lat), *http = xcalloc(sent + 1, sizeof *http);
+    size_t k = 0, h = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (run.p[i].receipt_us)
+            lat[k++] = run.p[i].receipt_us - run.p[i].sched_us;
+        if (run.p[i].sent_us)
+            http[h++] = run.p[i].resp_us - run.p[i].sched_us;
+    }
+    qsort(lat, k, sizeof *lat, cmp_i64);
+    qsort(http, h, sizeof *http, cmp_i64);
+    res.p50 = pct(lat, k, 0.5) / 1000.0;
+    res.p99 = pct(lat, k, 0.99) / 1000.0;
+    res.http_p99 = pct(http, h, 0.99) / 1000.0;
+    double done = got ? (double)got : 1;
+    for (int i = 0; i < R_COUNT; i++)
+        res.cpu_ms[i] = (cpu1[i] - cpu0[i]) / done;
+    res.cpu_total_ms = (busy1 - busy0) / done;
+    res.cpu_pg_ms = (pg1 - pg0) / done;
+    res.cpu_redis_ms = (redis1 - redis0) / done;
+    res.rtt_p50 = pct(pr.us, pr.n, 0.5) / 1000.0;
+    res.rtt_p99 = pct(pr.us, pr.n, 0.99) / 1000.0;
+    free(pr.us);
+    if (res.missing) {
+        printf("  FAILED: %zu of %zu accepted payments got no receipt within %d s\n", res.missing, acc,
+               DRAIN_TIMEOUT_MS / 1000);
+        failures++;
+    }
+    if (acc < sent)
+        printf("    (%zu of %zu requests were not answered 202)\n", sent - acc, sent);
+    if (label)
+        print_result(label, &res);
+    if (explain)
+        breakdown(&run, n);
+    free(lat);
+    free(http);
+    free(run.p);
+    free(th);
+    return res;
+}
+
+/* ================= pgbench ================= */
+
+static double pgbench_tps(void)
+{
+    char *err = NULL;
+    PGconn *c = pg_connect(pg_url, "bench_shop", &err);
+    if (!c)
+        die("%s", err ? err : "connect failed");
+    if (pg_exec(c, "SET client_min_messages = warning") != 0 ||
+        pg_exec(c, "CREATE TABLE IF NOT EXISTS bench_shop_commit (id bigserial PRIMARY KEY, v integer NOT NULL)") !=
+            0 ||
+        pg_exec(c, "TRUNCATE bench_shop_commit") != 0)
+        die("cannot prepare the pgbench table");
+    PQfinish(c);
+    char script[96], out[96];
+    snprintf(script, sizeof script, "/tmp/bench-shop-pgb-%d.sql", (int)getpid());
+    snprintf(out, sizeof out, "/tmp/bench-shop-pgb-%d.out", (int)getpid());
+    FILE *f = fopen(script, "w");
+    if (!f)
+        die("cannot write %s", script);
+    fprintf(f, "INSERT INTO bench_shop_commit (v) VALUES (1);\n");
+    fclose(f);
+    char *cmd = xasprintf("pgbench -n -M prepared -c 16 -j 2 -T %d -f %s '%s' >%s 2>&1", secs, script, pg_url, out);
+    int rc = system(cmd);
+    free(cmd);
+    double tps = -1;
+    f = fopen(out, "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "tps = ", 6) == 0 && tps < 0)
+            tps = strtod(line + 6, NULL);
+    if (f)
+        fclose(f);
+    if (rc != 0 || tps < 0)
+        printf("    (pgbench failed: see %s)\n", out);
+    else
+        unlink(out);
+    unlink(script);
+    return tps;
+}
+
+/* ================= setup ================= */
+
+static void mint_token(void)
+{
+    setenv("APP_ENV", "production", 1);
+    setenv("JWT_SECRET", SECRET40, 1);
+    setenv("OTP_PEPPER", PEPPER, 1);
+    config_t cfg;
+    char *errors = NULL;
+    jwtk_t k;
+    if (config_load(&cfg, NULL, CFG_ROLE_GATEWAY, &errors) != 0 || jwtk_init(&k, &cfg, &errors) != 0)
+        die("keys: %s", errors ? errors : "?");
+    principal_t p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.sub, sizeof p.sub, "shopper@example.com");
+    snprintf(p.tid, sizeof p.tid, TENANT);
+    if (jwtk_sign(&k, &p, clock_now_ms() / 1000, 900, &token) != 0)
+        die("cannot sign a token");
+    jwtk_free(&k);
+    config_free(&cfg);
+}
+
+static int wait_ready(role_t *r, int ms)
+{
+    int64_t end = clock_mono_ms() + ms;
+    const char req[] = "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    while (clock_mono_ms() < end) {
+        if (waitpid(r->pid, NULL, WNOHANG) == r->pid) {
+            r->pid = 0;
+            return -1;
+        }
+        conn_t c = {.fd = -1};
+        if (conn_open(&c, r->port) == 0) {
+            char buf[64] = "";
+            if (send(c.fd, req, sizeof req - 1, MSG_NOSIGNAL) > 0 && recv(c.fd, buf, sizeof buf - 1, 0) > 12 &&
+                strncmp(buf + 9, "200", 3) == 0) {
+                conn_close(&c);
+                return 0;
+            }
+            conn_close(&c);
+        }
+        clock_sleep_ms(50);
+    }
+    return -1;
+}
+
+static void start_stack(void)
+{
+    snprintf(boot_path, sizeof boot_path, "/tmp/bench-shop-boot-%d.json", (int)getpid());
+    FILE *f = fopen(boot_path, "w");
+    if (!f)
+        die("cannot write %s", boot_path);
+    fprintf(f, "{\"tenants\": {\"" TENANT "\": {\"roles\": {\"shopper\": [\"payments:write\", \"payments:read\"]},"
+               " \"members\": {\"*\": [\"shopper\"]}}}}\n");
+    fclose(f);
+    char hook_url[96];
+    snprintf(hook_url, sizeof hook_url, "NOTIFY_WEBHOOK_URL=http://127.0.0.1:%d/receipts", hook.port);
+    static const char *const a_gw[] = {"ecom", "gateway", NULL};
+    static const char *const a_dr[] = {"ecom", "outbox-worker", NULL};
+    static const char *const a_pay[] = {"ecom", "service", "payment", NULL};
+    static const char *const a_not[] = {"ecom", "service", "notification", NULL};
+    static const char *const a_an[] = {"ecom", "service", "analytics", NULL};
+    const char *e_not[] = {"NOTIFY_CHANNELS=webhook", hook_url, "NOTIFY_WEBHOOK_SECRET=" HOOK_SECRET, NULL};
+    spawn(&roles[R_GATEWAY], a_gw, NULL);
+    spawn(&roles[R_DRAINER], a_dr, NULL);
+    spawn(&roles[R_PAYMENT], a_pay, NULL);
+    spawn(&roles[R_NOTIFICATION], a_not, e_not);
+    spawn(&roles[R_ANALYTICS], a_an, NULL);
+    for (int i = 0; i < R_COUNT; i++)
+        if (wait_ready(&roles[i], 30000) != 0)
+            die("%s did not become ready (see %s)", roles[i].name, roles[i].log);
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    double *c = xcalloc((size_t)n, sizeof *c);
+    memcpy(c, v, (size_t)n * sizeof *c);
+    qsort(c, (size_t)n, sizeof *c, cmp_d);
+    double m = n % 2 ? c[n / 2] : (c[n / 2 - 1] + c[n / 2]) / 2;
+    free(c);
+    return m;
+}
+
+static void print_result(const char *label, const struct result *r)
+{
+    printf("    %-26s offered %7.0f/s  accepted %7.0f/s  completed %7.0f/s  e2e p50 %7.1f ms  p99 %7.1f ms"
+           "  (HTTP p99 %.1f ms, drain %.1f s)\n",
+           label, r->offered, r->accepted, r->completed, r->p50, r->p99, r->http_p99, r->drain_s);
+    printf("      CPU ms per completed payment (run and drain): gateway %.2f, outbox-worker %.2f, payment %.2f,"
+           " notification %.2f, analytics %.2f, PostgreSQL backends %.2f, Redis %.2f; whole machine %.2f\n",
+           r->cpu_ms[R_GATEWAY], r->cpu_ms[R_DRAINER], r->cpu_ms[R_PAYMENT], r->cpu_ms[R_NOTIFICATION],
+           r->cpu_ms[R_ANALYTICS], r->cpu_pg_ms, r->cpu_redis_ms, r->cpu_total_ms);
+    printf("      PostgreSQL meanwhile: a SELECT 1 round trip p50 %.2f ms, p99 %.2f ms\n", r->rtt_p50, r->rtt_p99);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--ecom") == 0 && i + 1 < argc)
+            ecom_bin = argv[++i];
+    pg_url = getenv("DATABASE_URL");
+    const char *rbase = getenv("REDIS_URL");
+    if (!pg_url || !*pg_url || !rbase || !*rbase)
+        die("DATABASE_URL and REDIS_URL must be set (scripts/run-bench inside scripts/test-env)");
+    const char *v;
+    if ((v = getenv("BENCH_SECONDS")) && atoi(v) > 0)
+        secs = atoi(v);
+    if ((v = getenv("BENCH_ROUNDS")) && atoi(v) > 0)
+        rounds = atoi(v) > MAX_ROUNDS ? MAX_ROUNDS : atoi(v);
+    if ((v = getenv("BENCH_CLIENTS")) && atoi(v) > 0)
+        nclients = atoi(v);
+    if ((v = getenv("GATEWAY_THREADS")) && atoi(v) > 0)
+        gw_threads = atoi(v);
+    if ((v = getenv("PAYMENT_PROVIDER_LATENCY_MS")) && *v)
+        provider_latency = v;
+    if ((v = getenv("BENCH_RATES")) && *v) {
+        nrates = 0;
+        char *copy = xstrdup(v), *save = NULL;
+        for (char *t = strtok_r(copy, ",", &save); t && nrates < MAX_RATES; t = strtok_r(NULL, ",", &save))
+            if (atoi(t) > 0)
+                rates[nrates++] = atoi(t);
+        free(copy);
+    }
+    bool skip_pgbench = (v = getenv("BENCH_SHOP_SKIP_PGBENCH")) && strcmp(v, "1") == 0;
+    /* whose CPU counts as this run's PostgreSQL and Redis */
+    const char *slash = strrchr(pg_url, '/');
+    snprintf(pg_needle, sizeof pg_needle, "postgres: postgres %.*s ", (int)strcspn(slash ? slash + 1 : "", "?"),
+             slash ? slash + 1 : "");
+    {
+        redis_url_t ru;
+        if (redis_url_parse(rbase, &ru) == 0)
+            snprintf(redis_needle, sizeof redis_needle, "redis-server %s:%d", ru.host, ru.port);
+        else
+            snprintf(redis_needle, sizeof redis_needle, "redis-server ?");
+    }
+    /* a Redis logical db of its own, emptied */
+    snprintf(redis_url, sizeof redis_url, "%s/%d", rbase, REDIS_DB);
+    char *err = NULL;
+    redisContext *rc = redis_connect_url(redis_url, 5000, &err);
+    if (!rc)
+        die("redis: %s", err ? err : "?");
+    freeReplyObject(redisCommand(rc, "FLUSHDB"));
+    redisFree(rc);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+
+    hook_start();
+    mint_token();
+    start_stack();
+    printf("shop flow end to end: %ld cores; gateway (%d threads), outbox-worker, payment, notification (webhook),\n"
+           "analytics as separate production processes; provider latency %s ms; %d s per run, %d rounds;\n"
+           "closed loop: %d keep-alive connections; target >= %d completed payments/s at p99 <= %d ms\n",
+           sysconf(_SC_NPROCESSORS_ONLN), gw_threads, provider_latency, secs, rounds, nclients, TARGET_RATE,
+           TARGET_P99_MS);
+    /* warm-up: connections, prepared statements, consumer groups */
+    {
+        int saved = secs;
+        secs = 2;
+        result_t w = run_once(100, false, NULL);
+        secs = saved;
+        printf("  warm-up: %zu payments, %zu receipts missing\n", w.n, w.missing);
+    }
+    double tps[MAX_ROUNDS], closed_done[MAX_ROUNDS], closed_p99[MAX_ROUNDS], closed_acc[MAX_ROUNDS];
+    double open_done[MAX_RATES][MAX_ROUNDS], open_p50[MAX_RATES][MAX_ROUNDS], open_p99[MAX_RATES][MAX_ROUNDS];
+    for (int r = 0; r < rounds; r++) {
+        printf("  round %d\n", r + 1);
+        tps[r] = skip_pgbench ? -1 : pgbench_tps();
+        printf("    %-26s %.0f commits/s (pgbench -M prepared, 16 clients, single-row INSERT)\n", "pgbench", tps[r]);
+        fflush(stdout);
+        result_t c = run_once(0, false, "closed loop (saturation)");
+        closed_done[r] = c.completed;
+        closed_p99[r] = c.p99;
+        closed_acc[r] = c.accepted;
+        for (int k = 0; k < nrates; k++) {
+            char label[48];
+            snprintf(label, sizeof label, "open loop %d/s", rates[k]);
+            result_t o = run_once(rates[k], r == rounds - 1, label);
+            open_done[k][r] = o.completed;
+            open_p50[k][r] = o.p50;
+            open_p99[k][r] = o.p99;
+        }
+    }
+    printf("  medians over %d rounds:\n", rounds);
+    printf("    pgbench single-row INSERT, 16 clients: %.0f commits/s\n", median(tps, rounds));
+    printf("    closed loop: %.0f payments/s accepted, %.0f completed end to end/s, e2e p99 %.1f ms\n",
+           median(closed_acc, rounds), median(closed_done, rounds), median(closed_p99, rounds));
+    for (int k = 0; k < nrates; k++)
+        printf("    open loop %5d/s: %.0f completed/s, e2e p50 %.1f ms, p99 %.1f ms\n", rates[k],
+               median(open_done[k], rounds), median(open_p50[k], rounds), median(open_p99[k], rounds));
+    stop_all();
+    hook_stop();
+    const char *keep = getenv("BENCH_KEEP_LOGS");
+    for (int i = 0; i < R_COUNT; i++) {
+        if (keep && strcmp(keep, "1") == 0)
+            printf("  log of %s: %s\n", roles[i].name, roles[i].log);
+        else
+            unlink(roles[i].log);
+    }
+    unlink(boot_path);
+    free(token);
+    return failures ? 1 : 0;
+}
