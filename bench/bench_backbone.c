@@ -1541,6 +1541,68 @@ static void breakdown_drain(void)
     free(rurl);
 }
 
+/* The drainer's loop as drain_run does it on full batches: the removal of the
+ * previous batch and the fetch of the next go out in one pipelined round trip
+ * before the publish, and are collected after it. */
+static void breakdown_drain_overlapped(void)
+{
+    reset_store();
+    char *rurl = redis_db(6);
+    db_t *db = open_pg("bench-breakdown");
+    append_rows(db, n_msgs, APPEND_TXN);
+    admin_exec("ANALYZE bus.outbox");
+    admin_exec("CHECKPOINT");
+    bus_t *b = open_bus(rurl);
+    int parts[OUTBOX_PARTITIONS];
+    for (int p = 0; p < OUTBOX_PARTITIONS; p++)
+        parts[p] = p;
+    step_t st[] = {{"outbox_step_send (queue DELETE prev + SELECT next)", 0},
+                   {"bus_publish (MULTI, XADD x n, EXEC)", 0},
+                   {"outbox_step_wait (what the publish did not hide)", 0},
+                   {"outbox_step_free", 0}};
+    envelope_t *envs = xmalloc(outbox_batch * sizeof *envs);
+    int64_t *pos = xmalloc(2 * outbox_batch * sizeof *pos);
+    size_t done = 0, batches = 0, ndone = 0;
+    outbox_step_t cur, next;
+    if (outbox_step_send(db, &cur, NULL, 0, false, parts, OUTBOX_PARTITIONS, NULL, 0, outbox_batch) != 0 ||
+        outbox_step_wait(db, &cur) != 0)
+        die("outbox step failed");
+    while (cur.n > 0) {
+        int64_t t = clock_mono_us();
+        size_t k = cur.n;
+        for (size_t i = 0; i < k; i++)
+            pos[ndone + i] = cur.rows[i].pos;
+        if (outbox_step_send(db, &next, pos, ndone, false, parts, OUTBOX_PARTITIONS, pos + ndone, k, outbox_batch) != 0)
+            die("outbox_step_send failed");
+        LAP(0);
+        for (size_t i = 0; i < k; i++)
+            envs[i] = cur.rows[i].env;
+        if (bus_publish(b, envs, k, NULL) != 0)
+            die("bus_publish failed");
+        LAP(1);
+        if (outbox_step_wait(db, &next) != 0 || !next.removed)
+            die("outbox_step_wait failed");
+        LAP(2);
+        memmove(pos, pos + ndone, k * sizeof *pos);
+        ndone = k;
+        outbox_step_free(&cur);
+        cur = next;
+        LAP(3);
+        done += k;
+        batches++;
+    }
+    outbox_step_free(&cur);
+    if (outbox_remove(db, pos, ndone, false) != 0)
+        die("outbox_remove failed");
+    free(pos);
+    free(envs);
+    bus_close(b);
+    db_close(db);
+    print_steps("drain overlapped (postgres+redis)", st, ECOM_ARRAY_LEN(st), done, batches);
+    free(redis_db(6));
+    free(rurl);
+}
+
 /* The runtime's fast path by hand: read, parse, inbox, handler, commit, ack.
  * variant: 0 = as the runtime does it, 1 = synchronous_commit off (no WAL
  * flush wait), 2 = inbox only, 3 = analytics only. */
@@ -1639,6 +1701,7 @@ static void bench_breakdown(void)
 {
     breakdown_redis();
     breakdown_drain();
+    breakdown_drain_overlapped();
     for (int v = 0; v < 4; v++)
         breakdown_consume(DEF_SVC_BATCH, v);
     fflush(stdout);

@@ -23,6 +23,7 @@
 #define CMD_TIMEOUT_MS 5000
 #define DECODE_STACK 32
 #define TRIM_GROUPS_MAX 1024
+#define PUBLISH_FLUSH_EVERY 128 /* XADDs formatted between two writes of a publish */
 
 /* ---- commands as argv ---- */
 
@@ -123,6 +124,18 @@ static int append(bus_t *b, const char *what, const cmd_t *c)
     return 0;
 }
 
+/* Writes the queued commands of a pipeline out now; -1 drops the connection. */
+static int flush(bus_t *b, const char *what)
+{
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(b->rc, &done) != REDIS_OK) {
+            drop(b, what);
+            return -1;
+        }
+    return 0;
+}
+
 /* Reads n replies of a pipeline into r[] (all or none: on failure every reply
  * is freed and the connection dropped). */
 static int collect(bus_t *b, const char *what, redisReply **r, size_t n)
@@ -132,8 +145,10 @@ static int collect(bus_t *b, const char *what, redisReply **r, size_t n)
         if (redisGetReply(b->rc, &p) != REDIS_OK || !p) {
             if (p)
                 freeReplyObject(p);
-            for (size_t k = 0; k < i; k++)
+            for (size_t k = 0; k < i; k++) {
                 freeReplyObject(r[k]);
+                r[k] = NULL; /* callers free what is left in r[] */
+            }
             drop(b, what);
             return -1;
         }
@@ -331,6 +346,10 @@ static int r_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)
             arg(&c, envelope_field_value(&msgs[i], f, tmp[f]));
         }
         if (append(b, "publish", &c) != 0)
+            goto out;
+        /* Hand what is queued to Redis now and then: it parses and queues these
+         * commands while we format the next ones (it runs none before EXEC). */
+        if ((i + 1) % PUBLISH_FLUSH_EVERY == 0 && i + 1 < n && flush(b, "publish") != 0)
             goto out;
     }
     cmd_reset(&c);

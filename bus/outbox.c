@@ -322,7 +322,7 @@ static void mem_remove(mem_outbox_t *m, int64_t pos)
     }
 }
 
-int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool archive)
+int outbox_remove(db_t *db, const int64_t *pos, size_t n, bool archive)
 {
     if (n == 0)
         return 0;
@@ -331,17 +331,13 @@ int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool arc
             return -1;
         mem_outbox_t *m = mem(db);
         for (size_t i = 0; i < n; i++)
-            mem_remove(m, rows[i].pos);
+            mem_remove(m, pos[i]);
         return db_commit(db);
     }
     int stmt = archive ? DB_STMT_OUTBOX_ARCHIVE : DB_STMT_OUTBOX_DELETE;
     if (db_prepare(db, stmt, archive ? sql_archive : sql_delete, 1) != 0)
         return -1;
-    int64_t *pos = xmalloc(n * sizeof *pos);
-    for (size_t i = 0; i < n; i++)
-        pos[i] = rows[i].pos;
     char *arr = int_array(pos, n, true);
-    free(pos);
     const char *p[] = {arr};
     PGresult *r = db_exec_prepared(db, stmt, 1, p);
     free(arr);
@@ -349,6 +345,209 @@ int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool arc
         return -1;
     PQclear(r);
     return 0;
+}
+
+int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool archive)
+{
+    if (n == 0)
+        return 0;
+    int64_t *pos = xmalloc(n * sizeof *pos);
+    for (size_t i = 0; i < n; i++)
+        pos[i] = rows[i].pos;
+    int rc = outbox_remove(db, pos, n, archive);
+    free(pos);
+    return rc;
+}
+
+/* ---- the drainer's overlapped step ---- */
+
+/* Statement bits of this file's own prepared statements, from the top of the
+ * range core/db.h leaves free; db_prepare names bit b "ecom_s<b>". */
+#define STMT_STEP_FETCH (DB_STMT_MAX - 1)
+
+static const char sql_step_fetch[] =
+    "SELECT pos, partition, attempts, id, type, topic, tenant, aggregate_id, seq, ts, v, traceparent,"
+    " request_id, payload FROM bus.outbox WHERE partition = ANY($1::smallint[])"
+    " AND (pos > $3 OR pos <> ALL($4::bigint[])) ORDER BY pos LIMIT $2";
+
+static void stmt_name(int bit, char buf[16])
+{
+    snprintf(buf, 16, "ecom_s%d", bit);
+}
+
+static bool in_sorted(const int64_t *v, size_t n, int64_t x)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid] == x)
+            return true;
+        if (v[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+static int mem_step(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndone, bool archive, const int64_t *skip,
+                    size_t nskip, size_t limit)
+{
+    if (outbox_remove(db, done, ndone, archive) != 0)
+        return -1;
+    st->removed = true;
+    if (db_begin(db) != 0)
+        return -1;
+    mem_outbox_t *m = mem(db);
+    st->rows = xcalloc((m->n < limit ? m->n : limit) + 1, sizeof *st->rows);
+    for (size_t i = 0; i < m->n && st->n < limit; i++) {
+        const outbox_row_t *src = &m->rows[m->head + i];
+        if (in_sorted(skip, nskip, src->pos))
+            continue;
+        outbox_row_t *o = &st->rows[st->n++];
+        o->pos = src->pos;
+        o->partition = src->partition;
+        o->attempts = src->attempts;
+        envelope_copy(&o->env, &src->env);
+    }
+    return db_commit(db);
+}
+
+int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndone, bool archive, const int *parts,
+                     size_t nparts, const int64_t *skip, size_t nskip, size_t limit)
+{
+    memset(st, 0, sizeof *st);
+    if (db->kind == DB_MEMORY) {
+        st->copies = true;
+        st->rc = mem_step(db, st, done, ndone, archive, skip, nskip, limit);
+        return 0;
+    }
+    int del = archive ? DB_STMT_OUTBOX_ARCHIVE : DB_STMT_OUTBOX_DELETE;
+    if (db_prepare(db, STMT_STEP_FETCH, sql_step_fetch, 4) != 0 ||
+        (ndone && db_prepare(db, del, archive ? sql_archive : sql_delete, 1) != 0))
+        return -1;
+    PGconn *c = db->pg;
+    if (!PQenterPipelineMode(c)) {
+        log_warn("postgres: cannot enter pipeline mode: %s", PQerrorMessage(c));
+        return -1;
+    }
+    char name[16], lim[24], max[24];
+    char *parr = int_array(parts, nparts, false), *sarr = int_array(skip, nskip, true);
+    snprintf(lim, sizeof lim, "%zu", limit);
+    snprintf(max, sizeof max, "%lld", nskip ? (long long)skip[nskip - 1] : 0LL);
+    bool ok = true;
+    if (ndone) {
+        char *darr = int_array(done, ndone, true);
+        const char *p[] = {darr};
+        stmt_name(del, name);
+        ok = PQsendQueryPrepared(c, name, 1, p, NULL, NULL, 0) == 1;
+        free(darr);
+        st->nq += ok;
+    }
+    const char *p[] = {parr, lim, max, sarr};
+    stmt_name(STMT_STEP_FETCH, name);
+    if (ok && PQsendQueryPrepared(c, name, 4, p, NULL, NULL, 0) == 1)
+        st->nq++;
+    else
+        ok = false;
+    ok = ok && PQpipelineSync(c) == 1;
+    free(parr);
+    free(sarr);
+    if (!ok) {
+        /* a send failed: the connection is broken (the caller checks it) */
+        log_warn("postgres: outbox step not sent: %s", PQerrorMessage(c));
+        st->nq = -1;
+        return -1;
+    }
+    return 0;
+}
+
+int outbox_step_wait(db_t *db, outbox_step_t *st)
+{
+    if (db->kind == DB_MEMORY)
+        return st->rc;
+    ECOM_ASSERT(st->nq > 0);
+    bool had_delete = st->nq > 1;
+    PGconn *c = db->pg;
+    PGresult *fetched = NULL;
+    bool failed = false, synced = false, deleted = false;
+    int ends = 0; /* NULLs seen: one closes each statement's results */
+    while (!synced && ends <= st->nq) {
+        PGresult *r = PQgetResult(c);
+        if (!r) {
+            if (PQstatus(c) == CONNECTION_BAD) {
+                failed = true;
+                break;
+            }
+            ends++;
+            continue;
+        }
+        switch (PQresultStatus(r)) {
+        case PGRES_PIPELINE_SYNC:
+            synced = true;
+            break;
+        case PGRES_COMMAND_OK: /* the removal */
+            deleted = true;
+            break;
+        case PGRES_TUPLES_OK: /* the fetch */
+            if (!fetched) {
+                fetched = r;
+                r = NULL;
+            }
+            break;
+        case PGRES_PIPELINE_ABORTED:
+            failed = true;
+            break;
+        default: {
+            const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+            log_warn("postgres error sqlstate=%s stmt=outbox step error=%.*s", state ? state : "08000",
+                     (int)strcspn(PQresultErrorMessage(r), "\n"), PQresultErrorMessage(r));
+            failed = true;
+            break;
+        }
+        }
+        PQclear(r);
+    }
+    if (!synced || !PQexitPipelineMode(c))
+        failed = true;
+    st->nq = 0;
+    if (failed || !fetched) {
+        PQclear(fetched);
+        return -1;
+    }
+    st->removed = deleted || !had_delete;
+    int nt = PQntuples(fetched);
+    st->res = fetched;
+    st->rows = xcalloc((size_t)nt + 1, sizeof *st->rows);
+    st->n = (size_t)nt;
+    for (int i = 0; i < nt; i++) {
+        outbox_row_t *o = &st->rows[i];
+        o->pos = strtoll(PQgetvalue(fetched, i, 0), NULL, 10);
+        o->partition = atoi(PQgetvalue(fetched, i, 1));
+        o->attempts = atoi(PQgetvalue(fetched, i, 2));
+        snprintf(o->env.id, sizeof o->env.id, "%s", PQgetvalue(fetched, i, 3));
+        o->env.type = PQgetvalue(fetched, i, 4);
+        o->env.topic = PQgetvalue(fetched, i, 5);
+        o->env.tenant = PQgetvalue(fetched, i, 6);
+        o->env.aggregate_id = PQgetvalue(fetched, i, 7);
+        o->env.seq = strtoll(PQgetvalue(fetched, i, 8), NULL, 10);
+        o->env.ts = strtoll(PQgetvalue(fetched, i, 9), NULL, 10);
+        o->env.v = atoi(PQgetvalue(fetched, i, 10));
+        o->env.traceparent = PQgetvalue(fetched, i, 11);
+        o->env.request_id = PQgetvalue(fetched, i, 12);
+        o->env.payload = PQgetvalue(fetched, i, 13);
+    }
+    return 0;
+}
+
+void outbox_step_free(outbox_step_t *st)
+{
+    if (st->copies)
+        outbox_rows_free(st->rows, st->n);
+    else
+        free(st->rows);
+    PQclear(st->res);
+    memset(st, 0, sizeof *st);
 }
 
 int outbox_mark_failed(db_t *db, const outbox_row_t *row, const char *error, bool dead)

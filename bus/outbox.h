@@ -72,6 +72,35 @@ int outbox_fetch(db_t *db, const int *parts, size_t nparts, size_t limit, outbox
 /* Removes published rows (keeping them in bus.outbox_published when archive). */
 int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool archive)
     __attribute__((warn_unused_result));
+/* The same by position. */
+int outbox_remove(db_t *db, const int64_t *pos, size_t n, bool archive) __attribute__((warn_unused_result));
+
+/* The drainer's overlapped step: in one round trip, remove the rows already
+ * published (done) and fetch the next oldest rows of the given partitions,
+ * leaving out the rows in flight (skip: fetched, being published, not yet
+ * removed; ascending positions). PostgreSQL: both statements go out in
+ * pipeline mode as one implicit transaction and outbox_step_send returns
+ * without waiting, so the caller can publish meanwhile; the connection must
+ * not be used again before outbox_step_wait. Memory: done at once.
+ * The fetched rows borrow their strings from the step's result. */
+typedef struct outbox_step {
+    outbox_row_t *rows; /* after outbox_step_wait: oldest first; owned by the step */
+    size_t n;
+    bool removed; /* the done rows are gone from bus.outbox */
+    /* private */
+    void *res;   /* PGresult the rows point into (PostgreSQL) */
+    bool copies; /* rows own their strings (memory) */
+    int nq;      /* statements in flight (PostgreSQL) */
+    int rc;      /* memory: the outcome of the step */
+} outbox_step_t;
+int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndone, bool archive, const int *parts,
+                     size_t nparts, const int64_t *skip, size_t nskip, size_t limit)
+    __attribute__((warn_unused_result));
+/* Collects the answers. 0: st->rows/n/removed are set. -1: the connection
+ * failed or a statement was refused; nothing was fetched and nothing
+ * removed (check the connection). Either way outbox_step_free releases st. */
+int outbox_step_wait(db_t *db, outbox_step_t *st) __attribute__((warn_unused_result));
+void outbox_step_free(outbox_step_t *st);
 /* A row that cannot be published: count the attempt, or after too many move
  * it to bus.outbox_dead with the error. */
 int outbox_mark_failed(db_t *db, const outbox_row_t *row, const char *error, bool dead)

@@ -34,6 +34,10 @@ typedef struct drainer {
     int64_t next_probe;
     const char *store_name, *bus_name; /* readiness components */
     strmap_t topics_ready;             /* topics whose consumer groups exist */
+    outbox_step_t next;                /* rows fetched while the previous batch went out */
+    bool have_next;
+    int64_t *unmarked; /* positions published but not yet removed from bus.outbox */
+    size_t nunmarked, unmarked_cap;
     metric_t *m_published, *m_batches, *m_errors, *m_dead, *m_held, *m_batch_s, *m_trimmed;
 } drainer_t;
 
@@ -60,8 +64,16 @@ static void backoff(drainer_t *d)
     nap(d, d->backoff_ms);
 }
 
+static void discard_next(drainer_t *d)
+{
+    if (d->have_next)
+        outbox_step_free(&d->next);
+    d->have_next = false;
+}
+
 static void lost_connection(drainer_t *d)
 {
+    discard_next(d);
     /* session locks die with the connection */
     memset(d->held, 0, sizeof d->held);
     d->nheld = 0;
@@ -158,11 +170,15 @@ static void to_envelopes(const outbox_row_t *rows, size_t n, envelope_t *out)
 }
 
 /* Creates the consumer groups of every topic in rows not seen before. */
-static int prepare_topics(drainer_t *d, const outbox_row_t *rows, size_t n)
+/* On failure *bad is the first row whose topic is not ready (the rows before
+ * it can go out). */
+static int prepare_topics(drainer_t *d, const outbox_row_t *rows, size_t n, size_t *bad)
 {
+    *bad = n;
     if (!d->o->groups_for_topic)
         return 0;
     for (size_t i = 0; i < n; i++) {
+        *bad = i;
         const char *t = rows[i].env.topic;
         if (strmap_get(&d->topics_ready, t, strlen(t)))
             continue;
@@ -175,14 +191,18 @@ static int prepare_topics(drainer_t *d, const outbox_row_t *rows, size_t n)
                 return -1;
         strmap_put(&d->topics_ready, t, strlen(t), NULL);
     }
+    *bad = n;
     return 0;
 }
 
-/* Publishes rows[0..n) in order. When the batch fails while Redis answers,
- * a row is poisoned: publish one at a time to find it, keep what went out,
- * and count an attempt against the poisoned row. Returns rows published. */
-static size_t publish(drainer_t *d, outbox_row_t *rows, size_t n)
+/* Publishes rows[0..n) in order (the bus only: the database connection may
+ * have a step in flight). When the batch fails while Redis answers, a row is
+ * poisoned: publish one at a time to find it and keep what went out; *poisoned
+ * tells the caller to count an attempt against rows[done] (poison_row) once
+ * the database connection is free. Returns rows published. */
+static size_t publish(drainer_t *d, outbox_row_t *rows, size_t n, bool *poisoned)
 {
+    *poisoned = false;
     envelope_t *envs = xmalloc(n * sizeof *envs);
     to_envelopes(rows, n, envs);
     int rc = bus_publish(d->bus, envs, n, NULL);
@@ -191,18 +211,21 @@ static size_t publish(drainer_t *d, outbox_row_t *rows, size_t n)
         for (done = 0; done < n; done++)
             if (bus_publish(d->bus, &envs[done], 1, NULL) != 0)
                 break;
-        if (done < n && bus_ping(d->bus) == 0) {
-            outbox_row_t *bad = &rows[done];
-            bool dead = bad->attempts + 1 >= DRAIN_ROW_ATTEMPTS;
-            log_error("outbox row could not be published msg_id=%s attempt=%d%s", bad->env.id, bad->attempts + 1,
-                      dead ? " (moved to bus.outbox_dead)" : "");
-            if (outbox_mark_failed(d->db, bad, "publish refused by the bus", dead) == 0 && dead)
-                metrics_add(d->m_dead, 1);
-            d->poison_until = clock_mono_ms() + (dead ? 0 : 100LL << (bad->attempts < 6 ? bad->attempts : 6));
-        }
+        *poisoned = done < n && bus_ping(d->bus) == 0;
     }
     free(envs);
     return done;
+}
+
+/* Counts an attempt against a row the bus refused, or moves it to bus.outbox_dead. */
+static void poison_row(drainer_t *d, const outbox_row_t *bad)
+{
+    bool dead = bad->attempts + 1 >= DRAIN_ROW_ATTEMPTS;
+    log_error("outbox row could not be published msg_id=%s attempt=%d%s", bad->env.id, bad->attempts + 1,
+              dead ? " (moved to bus.outbox_dead)" : "");
+    if (outbox_mark_failed(d->db, bad, "publish refused by the bus", dead) == 0 && dead)
+        metrics_add(d->m_dead, 1);
+    d->poison_until = clock_mono_ms() + (dead ? 0 : 100LL << (bad->attempts < 6 ? bad->attempts : 6));
 }
 
 static void maintenance(drainer_t *d)
@@ -278,6 +301,50 @@ static void check_db(drainer_t *d)
     }
 }
 
+/* A step failed: a connection left in pipeline mode is not trusted again. */
+static void step_failed(drainer_t *d)
+{
+    metrics_add(d->m_errors, 1);
+    if (d->db && d->db->kind == DB_PG && PQpipelineStatus(d->db->pg) != PQ_PIPELINE_OFF) {
+        health_report(d->store_name, false, 0);
+        db_close(d->db);
+        d->db = NULL;
+        lost_connection(d);
+    }
+    check_db(d);
+}
+
+static void add_unmarked(drainer_t *d, const outbox_row_t *rows, size_t n)
+{
+    if (d->nunmarked + n > d->unmarked_cap) {
+        d->unmarked_cap = (d->nunmarked + n) * 2;
+        d->unmarked = xrealloc(d->unmarked, d->unmarked_cap * sizeof *d->unmarked);
+    }
+    for (size_t i = 0; i < n; i++)
+        d->unmarked[d->nunmarked++] = rows[i].pos;
+}
+
+/* The next batch: the one fetched during the last publish, or (when there is
+ * none) removes the published rows and fetches, in one round trip. */
+static int next_batch(drainer_t *d, const int *parts, size_t np, outbox_step_t *cur)
+{
+    if (d->have_next && (d->next.n > 0 || d->nunmarked == 0)) {
+        *cur = d->next;
+        d->have_next = false;
+        return 0;
+    }
+    discard_next(d);
+    if (outbox_step_send(d->db, cur, d->unmarked, d->nunmarked, d->o->retain_s > 0, parts, np, NULL, 0, d->o->batch) !=
+            0 ||
+        outbox_step_wait(d->db, cur) != 0) {
+        outbox_step_free(cur);
+        return -1;
+    }
+    if (cur->removed)
+        d->nunmarked = 0;
+    return 0;
+}
+
 int drain_run(const drain_opts_t *o, atomic_bool *stop)
 {
     drainer_t d = {.o = o, .stop = stop, .member = -1};
@@ -316,12 +383,21 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         if (!memory && now >= d.next_rebalance) {
             d.next_rebalance = now + REBALANCE_MS;
             int64_t t0 = clock_mono_us();
+            bool before[OUTBOX_PARTITIONS];
+            memcpy(before, d.held, sizeof before);
+            /* published rows go before any partition is given up, so the next
+             * holder does not publish them again */
+            if (d.nunmarked && outbox_remove(d.db, d.unmarked, d.nunmarked, o->retain_s > 0) == 0)
+                d.nunmarked = 0;
             if (rebalance(&d) != 0) {
+                discard_next(&d);
                 metrics_add(d.m_errors, 1);
                 check_db(&d);
                 backoff(&d);
                 continue;
             }
+            if (memcmp(before, d.held, sizeof before) != 0)
+                discard_next(&d); /* it may hold rows of a partition given up */
             health_report(d.store_name, true, (double)(clock_mono_us() - t0) / 1000.0);
         }
         if (now >= d.next_maintenance && d.held[0]) {
@@ -336,46 +412,93 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         for (int p = 0; p < OUTBOX_PARTITIONS; p++)
             if (d.held[p])
                 parts[np++] = p;
-        outbox_row_t *rows = NULL;
-        size_t n = 0;
         int64_t t0 = clock_mono_us();
-        if (outbox_fetch(d.db, parts, np, o->batch, &rows, &n) != 0) {
-            metrics_add(d.m_errors, 1);
-            check_db(&d);
+        outbox_step_t cur;
+        if (next_batch(&d, parts, np, &cur) != 0) {
+            step_failed(&d);
             backoff(&d);
             continue;
         }
-        if (n == 0) {
-            outbox_rows_free(rows, 0);
+        if (cur.n == 0) {
+            outbox_step_free(&cur);
             wait_hint(&d, o->poll_ms);
             continue;
         }
-        size_t done = prepare_topics(&d, rows, n) == 0 ? publish(&d, rows, n) : 0;
-        log_debug("drain: fetched %zu rows, published %zu (first pos %lld)", n, done, (long long)rows[0].pos);
-        if (done == 0 && d.poison_until <= clock_mono_ms()) {
+        size_t bad_topic;
+        bool ready = prepare_topics(&d, cur.rows, cur.n, &bad_topic) == 0, db_ok = true;
+        /* Redis answers but refuses a topic's stream (say, a key of another type):
+         * the rows before go out and the first row of that topic is poisoned */
+        bool refused = !ready && bus_ping(d.bus) == 0;
+        /* A full batch: more rows are likely waiting. While this batch goes out,
+         * remove the previous one and fetch the next, leaving out this one's rows.
+         * (A partial batch took every row there was: the next step removes it.) */
+        bool overlap = ready && cur.n == o->batch;
+        if (overlap) {
+            int64_t *skip = xmalloc(cur.n * sizeof *skip);
+            for (size_t i = 0; i < cur.n; i++)
+                skip[i] = cur.rows[i].pos;
+            if (outbox_step_send(d.db, &d.next, d.unmarked, d.nunmarked, o->retain_s > 0, parts, np, skip, cur.n,
+                                 o->batch) != 0) {
+                outbox_step_free(&d.next);
+                overlap = false;
+                db_ok = false;
+            }
+            free(skip);
+        }
+        bool poisoned = false;
+        size_t done = 0;
+        if (ready)
+            done = publish(&d, cur.rows, cur.n, &poisoned);
+        else if (refused) {
+            done = bad_topic ? publish(&d, cur.rows, bad_topic, &poisoned) : 0;
+            if (done == bad_topic)
+                poisoned = true;
+        }
+        if (overlap) {
+            if (outbox_step_wait(d.db, &d.next) == 0) {
+                d.have_next = true;
+                if (d.next.removed)
+                    d.nunmarked = 0;
+            } else {
+                outbox_step_free(&d.next);
+                db_ok = false;
+            }
+        }
+        log_debug("drain: fetched %zu rows, published %zu (first pos %lld)", cur.n, done, (long long)cur.rows[0].pos);
+        add_unmarked(&d, cur.rows, done);
+        if (done < cur.n)
+            discard_next(&d); /* it may hold later rows of an aggregate whose row did not go out */
+        if (!db_ok) {
+            /* published but not removed: they go out again and the inbox drops the copies */
+            step_failed(&d);
+        } else if (poisoned) {
+            poison_row(&d, &cur.rows[done]);
+        }
+        if (done == 0 && !poisoned) {
             /* the bus is down: nothing went out, nothing is lost */
             health_report(d.bus_name, false, 0);
             metrics_add(d.m_errors, 1);
-            outbox_rows_free(rows, n);
+            outbox_step_free(&cur);
             if (bus_ensure(d.bus) != 0)
                 log_warn("outbox-worker: redis unavailable; retrying");
             backoff(&d);
             continue;
         }
         health_report(d.bus_name, true, (double)(clock_mono_us() - t0) / 1000.0);
-        if (outbox_mark_published(d.db, rows, done, o->retain_s > 0) != 0) {
-            /* published but not marked: they go out again and the inbox drops the copies */
-            metrics_add(d.m_errors, 1);
-            check_db(&d);
-        } else {
-            d.backoff_ms = 0;
+        if (done) {
             metrics_add(d.m_published, done);
             metrics_add(d.m_batches, 1);
             metrics_observe(d.m_batch_s, (double)(clock_mono_us() - t0) / 1e6);
         }
-        outbox_rows_free(rows, n);
+        if (db_ok)
+            d.backoff_ms = 0;
+        outbox_step_free(&cur);
     }
+    discard_next(&d);
+    if (d.db && d.nunmarked && outbox_remove(d.db, d.unmarked, d.nunmarked, o->retain_s > 0) != 0)
+        log_warn("outbox-worker: %zu published rows not removed (they go out again)", d.nunmarked);
     log_info("outbox-worker stopped");
+    free(d.unmarked);
     strmap_free(&d.topics_ready);
     db_close(d.db);
     bus_close(d.bus);

@@ -5,8 +5,14 @@
  * drainer's partitions are taken over within about a second of its connection
  * closing), reads its partitions' oldest rows, publishes them with one
  * pipelined XADD batch, then deletes them (or moves them to the published
- * window). It wakes on a throttled NOTIFY hint and polls as a fallback.
- * A row that cannot be published is retried with backoff and, after
+ * window). After a full batch the next step overlaps the publish: the removal
+ * of the batch before and the fetch of the next one (leaving out the rows in
+ * flight) go to PostgreSQL in one pipelined round trip before the XADDs and
+ * are collected after them; a batch that did not wholly go out discards what
+ * was fetched behind it. Published rows are removed before any partition is
+ * given up. It wakes on a throttled NOTIFY hint and polls as a fallback.
+ * A row that cannot be published (Redis answers but refuses its XADD or
+ * the consumer groups of its stream) is retried with backoff and, after
  * DRAIN_ROW_ATTEMPTS tries, moved to bus.outbox_dead; it never hot-spins.
  * The holder of partition 0 also cleans the published window and trims
  * streams below every consumer group's position.

@@ -111,19 +111,42 @@ static pid_t spawn_worker(int g)
     return spawn(argv);
 }
 
+/* Processes that ended by themselves (a crash, a sanitizer report) rather than
+ * by our SIGKILL, or that did not exit 0 on SIGTERM. */
+static int unexpected_exits;
+
+static void unexpected(pid_t pid, int st, const char *when)
+{
+    unexpected_exits++;
+    if (WIFSIGNALED(st))
+        fprintf(stderr, "\n  process %d %s: killed by signal %d\n", (int)pid, when, WTERMSIG(st));
+    else
+        fprintf(stderr, "\n  process %d %s: exit status %d\n", (int)pid, when, WEXITSTATUS(st));
+}
+
 static void kill9(pid_t pid)
 {
+    int st = 0;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+        unexpected(pid, st, "ended before it was killed");
+        return;
+    }
     kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    if (waitpid(pid, &st, 0) == pid && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+        unexpected(pid, st, "ended before it was killed");
 }
 
 static void stop_proc(pid_t pid)
 {
     kill(pid, SIGTERM);
     int64_t end = clock_mono_ms() + 10000;
+    int st = 0;
     while (clock_mono_ms() < end) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+                unexpected(pid, st, "on SIGTERM");
             return;
+        }
         clock_sleep_ms(20);
     }
     kill9(pid);
@@ -258,6 +281,7 @@ static void test_kill9_everything(void)
         stop_proc(drainers[d]);
     for (int g = 0; g < GROUPS; g++)
         stop_proc(workers[g]);
+    CU_ASSERT_EQUAL(unexpected_exits, 0); /* every death was one of ours */
     PQfinish(c);
 }
 
