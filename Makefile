@@ -32,7 +32,7 @@ test: bootstrap $(TEST_BUILD)/Makefile
 
 bench: bootstrap build
 	@scripts/bootstrap nginx
-	@cmake --build $(BUILD) -j $(JOBS) --target bench_backbone 2>/dev/null || true
+	@cmake --build $(BUILD) -j $(JOBS) --target benches
 	@scripts/test-env scripts/run-bench $(BUILD)
 
 format:
