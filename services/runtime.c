@@ -275,6 +275,16 @@ static void set_log_ctx(log_ctx_t *lc, char *trace, const envelope_t *e)
     lc->msg_id = e->id;
 }
 
+static void log_applied(rt_t *rt, const work_t *w, const char *what)
+{
+    log_ctx_t lc;
+    char trace[40];
+    set_log_ctx(&lc, trace, &w->m->env);
+    const log_ctx_t *prev = log_ctx_set(&lc);
+    log_debug("service %s: %s %s", rt->def->group, what, w->m->env.type);
+    log_ctx_set(prev);
+}
+
 static svc_result_t run_handler(rt_t *rt, work_t *w)
 {
     svc_ctx_t c = {.tx = rt->db, .msg = &w->m->env, .payload = w->payload, .group = rt->def->group};
@@ -338,6 +348,8 @@ static int apply_fast(rt_t *rt, work_t *ws, size_t n)
     for (size_t i = 0; i < n; i++) {
         ws[i].done = true;
         metrics_add(fresh[i] ? rt->m_applied : rt->m_dup, 1);
+        if (LOG_DEBUG >= log_min_level) /* one line per message, with its trace, when debugging */
+            log_applied(rt, &ws[i], fresh[i] ? "applied" : "skipped (already applied)");
     }
     rc = 1;
 out:
@@ -394,6 +406,9 @@ static int apply_slow(rt_t *rt, work_t *ws, size_t n, strmap_t *blocked)
     }
     if (db_commit(rt->db) != 0)
         goto broken_committed;
+    for (size_t i = 0; i < n && LOG_DEBUG >= log_min_level; i++)
+        if (ws[i].done)
+            log_applied(rt, &ws[i], "handled one by one");
     return 0;
 broken:
     db_rollback(rt->db);
