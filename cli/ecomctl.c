@@ -4,6 +4,7 @@
  *   ecomctl [--env-file FILE] status [--json]
  *   ecomctl [--env-file FILE] dlq list --group G [--json]
  *   ecomctl [--env-file FILE] dlq replay --group G (--id ENTRY | --all)
+ *   ecomctl [--env-file FILE] redrive --since SECONDS [--topic T]
  * Reads DATABASE_URL and REDIS_URL like the daemons. Bad input: one line on
  * stderr and exit 2; an unreachable server: exit 1. */
 #include "bus/bus.h"
@@ -13,6 +14,9 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/pg.h"
+#include "core/strmap.h"
+#include "outbox-worker/drain.h"
+#include "services/registry.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -38,7 +42,10 @@ static void usage(FILE *f)
                "          [--traceparent TP] [--request-id ID]   append to the outbox as a service would\n"
                "  status [--json]                                  outbox, streams, groups, DLQs, inboxes\n"
                "  dlq list --group G [--json]                      dead letters of a group, with their errors\n"
-               "  dlq replay --group G (--id ENTRY | --all)        send dead letters back to their stream\n");
+               "  dlq replay --group G (--id ENTRY | --all)        send dead letters back to their stream\n"
+               "  redrive --since SECONDS [--topic T]              publish again what was published in the last\n"
+               "                                                   SECONDS (after Redis lost data; inboxes skip\n"
+               "                                                   what was applied); outbox-workers stopped\n");
 }
 
 /* ---- publish ---- */
@@ -366,6 +373,134 @@ out:
     return rc;
 }
 
+/* ---- redrive: the published window back onto the streams ---- */
+
+#define REDRIVE_BATCH 500 /* the LIMIT of the query below */
+
+/* Every partition's lock, so no drainer publishes meanwhile (per aggregate
+ * order). Fails, naming how many are held, when a drainer is running. */
+static int lock_partitions(PGconn *c)
+{
+    char sql[160];
+    int held = 0;
+    for (int p = 0; p < OUTBOX_PARTITIONS; p++) {
+        snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%d, %d)", DRAIN_LOCK_PARTITION, p);
+        PGresult *r = pg_query(c, sql, 0, NULL);
+        if (!r)
+            return -1;
+        held += PQgetvalue(r, 0, 0)[0] != 't';
+        PQclear(r);
+    }
+    return held;
+}
+
+static int cmd_redrive(const config_t *cfg, int argc, char **argv)
+{
+    long since = -1;
+    const char *topic = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--since") == 0 && i + 1 < argc) {
+            char *end;
+            since = strtol(argv[++i], &end, 10);
+            if (*end || since < 1 || since > 365L * 86400)
+                return fail(2, "redrive: --since takes seconds, 1..31536000");
+        } else if (strcmp(argv[i], "--topic") == 0 && i + 1 < argc) {
+            topic = argv[++i];
+            if (!envelope_name_valid(topic))
+                return fail(2, "redrive: --topic must match [A-Za-z0-9._:-]{1,128}");
+        } else {
+            return fail(2, "redrive: unknown option %s", argv[i]);
+        }
+    }
+    if (since < 0)
+        return fail(2, "redrive: --since SECONDS is required");
+    if (!cfg->database_url[0] || !cfg->redis_url[0])
+        return fail(2, "redrive: DATABASE_URL and REDIS_URL are required");
+    char *err = NULL;
+    PGconn *c = pg_connect(cfg->database_url, "ecomctl", &err);
+    if (!c) {
+        int rc = fail(1, "cannot connect to postgres: %s", err);
+        free(err);
+        return rc;
+    }
+    bus_t *bus = bus_open_redis(cfg->redis_url, &err);
+    if (!bus) {
+        int rc = fail(1, "cannot connect to redis: %s", err);
+        free(err);
+        PQfinish(c);
+        return rc;
+    }
+    int rc = 0;
+    int held = lock_partitions(c);
+    if (held != 0) {
+        rc = held < 0 ? fail(1, "redrive: cannot take the partition locks")
+                      : fail(1, "redrive: %d partitions are held by running outbox-workers; stop them first", held);
+        goto out;
+    }
+    char secs[24], last[24] = "0";
+    snprintf(secs, sizeof secs, "%ld", since);
+    long total = 0;
+    strmap_t ready;
+    strmap_init(&ready);
+    for (;;) {
+        const char *p[] = {secs, last, topic};
+        PGresult *r = pg_query(c,
+                               "SELECT pos, id, topic, type, tenant, aggregate_id, seq, ts, v, traceparent, request_id,"
+                               " payload FROM bus.outbox_published WHERE published_at >= now() - make_interval(secs => $1)"
+                               " AND pos > $2::bigint AND ($3::text IS NULL OR topic = $3) ORDER BY pos LIMIT 500",
+                               3, p);
+        if (!r) {
+            rc = fail(1, "redrive: cannot read bus.outbox_published");
+            break;
+        }
+        int n = PQntuples(r);
+        envelope_t *envs = xcalloc((size_t)n + 1, sizeof *envs);
+        for (int i = 0; i < n && rc == 0; i++) {
+            envelope_t *e = &envs[i];
+            snprintf(e->id, sizeof e->id, "%s", PQgetvalue(r, i, 1));
+            e->topic = PQgetvalue(r, i, 2);
+            e->type = PQgetvalue(r, i, 3);
+            e->tenant = PQgetvalue(r, i, 4);
+            e->aggregate_id = PQgetvalue(r, i, 5);
+            e->seq = atoll(PQgetvalue(r, i, 6));
+            e->ts = atoll(PQgetvalue(r, i, 7));
+            e->v = atoi(PQgetvalue(r, i, 8));
+            e->traceparent = PQgetvalue(r, i, 9);
+            e->request_id = PQgetvalue(r, i, 10);
+            e->payload = PQgetvalue(r, i, 11);
+            /* the groups first, as the drainer does, so a lost stream's
+             * subscribers read the entries from the start */
+            if (!strmap_get(&ready, e->topic, strlen(e->topic))) {
+                const char *groups[16];
+                int ng = service_groups_for_topic(e->topic, groups, 16);
+                char stream[BUS_STREAM_MAX];
+                envelope_stream_name(e->topic, stream, sizeof stream);
+                for (int g = 0; g < ng && rc == 0; g++)
+                    if (bus_group_create(bus, stream, groups[g]) != 0)
+                        rc = fail(1, "redrive: cannot create group %s on %s", groups[g], stream);
+                strmap_put(&ready, e->topic, strlen(e->topic), NULL);
+            }
+        }
+        if (rc == 0 && n > 0 && bus_publish(bus, envs, (size_t)n, NULL) != 0)
+            rc = fail(1, "redrive: publishing failed after %ld messages", total);
+        if (rc == 0 && n > 0) {
+            total += n;
+            snprintf(last, sizeof last, "%s", PQgetvalue(r, n - 1, 0));
+        }
+        free(envs);
+        PQclear(r);
+        if (rc != 0 || n < REDRIVE_BATCH)
+            break;
+    }
+    strmap_free(&ready);
+    if (rc == 0)
+        printf("redrive: %ld messages published again (consumers skip those they applied)\n", total);
+out:
+    bus_close(bus);
+    PQfinish(c); /* releases the partition locks */
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     const char *env_file = NULL;
@@ -406,6 +541,8 @@ int main(int argc, char **argv)
         rc = cmd_status(&cfg, argc - i, argv + i);
     else if (strcmp(cmd, "dlq") == 0)
         rc = cmd_dlq(&cfg, argc - i, argv + i);
+    else if (strcmp(cmd, "redrive") == 0)
+        rc = cmd_redrive(&cfg, argc - i, argv + i);
     else
         rc = fail(2, "unknown command %s (try --help)", cmd);
     config_free(&cfg);

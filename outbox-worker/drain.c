@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOCK_PARTITION 1162104653 /* 'ECOM': advisory lock class of partitions */
+#define LOCK_PARTITION DRAIN_LOCK_PARTITION
 #define LOCK_MEMBER 1162104656    /* drainer membership slots */
 #define REBALANCE_MS 1000
 #define BACKOFF_MAX_MS 5000

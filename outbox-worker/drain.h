@@ -21,6 +21,11 @@
 #ifndef ECOM_DRAIN_H
 #define ECOM_DRAIN_H
 
+/* Advisory lock class of the partitions (key: the partition number, in the
+ * database of the outbox). Whoever holds a partition's lock is its only
+ * publisher: `ecomctl redrive` takes them all. */
+#define DRAIN_LOCK_PARTITION 1162104653 /* 'ECOM' */
+
 #include "bus/bus.h"
 #include "core/db.h"
 
