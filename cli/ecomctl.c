@@ -131,6 +131,32 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
 
 /* ---- status ---- */
 
+/* Both servers (PostgreSQL and Redis), or the exit code: 2 when a URL is
+ * unset (the in-memory state lives inside `ecom all`), 1 when unreachable. */
+static int open_both(const config_t *cfg, const char *what, db_t **db, bus_t **bus)
+{
+    if (!cfg->database_url[0] || !cfg->redis_url[0])
+        return fail(2, "%s: DATABASE_URL and REDIS_URL must be set (in-memory state lives inside `ecom all`; "
+                       "see its /metrics)",
+                    what);
+    char *err = NULL;
+    *db = db_open_pg(cfg->database_url, "ecomctl", &err);
+    if (!*db) {
+        int rc = fail(1, "cannot connect to postgres: %s", err);
+        free(err);
+        return rc;
+    }
+    *bus = bus_open_redis(cfg->redis_url, &err);
+    if (!*bus) {
+        int rc = fail(1, "cannot connect to redis: %s", err);
+        free(err);
+        db_close(*db);
+        *db = NULL;
+        return rc;
+    }
+    return 0;
+}
+
 static int cmd_status(const config_t *cfg, int argc, char **argv)
 {
     bool as_json = false;
@@ -140,24 +166,11 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
         else
             return fail(2, "status: unknown option %s", argv[i]);
     }
-    if (!cfg->database_url[0] || !cfg->redis_url[0])
-        return fail(2, "status: DATABASE_URL and REDIS_URL must be set (in-memory state lives inside `ecom all`; "
-                       "see its /metrics)");
-    char *err = NULL;
-    db_t *db = db_open_pg(cfg->database_url, "ecomctl", &err);
-    if (!db) {
-        int rc = fail(1, "cannot connect to postgres: %s", err);
-        free(err);
+    db_t *db = NULL;
+    bus_t *bus = NULL;
+    int rc = open_both(cfg, "status", &db, &bus);
+    if (rc != 0)
         return rc;
-    }
-    bus_t *bus = bus_open_redis(cfg->redis_url, &err);
-    if (!bus) {
-        int rc = fail(1, "cannot connect to redis: %s", err);
-        free(err);
-        db_close(db);
-        return rc;
-    }
-    int rc = 0;
     uint64_t pending = 0, dead = 0;
     int64_t oldest = 0;
     json_object *root = json_object_new_object();
@@ -414,23 +427,12 @@ static int cmd_redrive(const config_t *cfg, int argc, char **argv)
     }
     if (since < 0)
         return fail(2, "redrive: --since SECONDS is required");
-    if (!cfg->database_url[0] || !cfg->redis_url[0])
-        return fail(2, "redrive: DATABASE_URL and REDIS_URL are required");
-    char *err = NULL;
-    PGconn *c = pg_connect(cfg->database_url, "ecomctl", &err);
-    if (!c) {
-        int rc = fail(1, "cannot connect to postgres: %s", err);
-        free(err);
+    db_t *db = NULL;
+    bus_t *bus = NULL;
+    int rc = open_both(cfg, "redrive", &db, &bus);
+    if (rc != 0)
         return rc;
-    }
-    bus_t *bus = bus_open_redis(cfg->redis_url, &err);
-    if (!bus) {
-        int rc = fail(1, "cannot connect to redis: %s", err);
-        free(err);
-        PQfinish(c);
-        return rc;
-    }
-    int rc = 0;
+    PGconn *c = db->pg;
     int held = lock_partitions(c);
     if (held != 0) {
         rc = held < 0 ? fail(1, "redrive: cannot take the partition locks")
@@ -497,7 +499,7 @@ static int cmd_redrive(const config_t *cfg, int argc, char **argv)
         printf("redrive: %ld messages published again (consumers skip those they applied)\n", total);
 out:
     bus_close(bus);
-    PQfinish(c); /* releases the partition locks */
+    db_close(db); /* releases the partition locks */
     return rc;
 }
 
