@@ -9,6 +9,12 @@
 #include "tests/testlib.h"
 
 #include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -580,4 +586,71 @@ void free_jobs(job_t *jobs, int n)
     for (int i = 0; i < n; i++)
         hfree(&jobs[i].resp);
     free(jobs);
+}
+
+/* ================= a webhook receiver ================= */
+
+static void sink_tick(evutil_socket_t fd, short ev, void *arg)
+{
+    (void)fd;
+    (void)ev;
+    http_sink_t *s = arg;
+    if (atomic_load(&s->stop))
+        event_base_loopbreak(s->base);
+}
+
+static void *sink_thread(void *arg)
+{
+    http_sink_t *s = arg;
+    event_base_dispatch(s->base);
+    return NULL;
+}
+
+int http_sink_start(http_sink_t *s, void (*cb)(struct evhttp_request *req, void *arg), void *arg)
+{
+    memset(s, 0, sizeof *s);
+    s->base = event_base_new();
+    s->http = evhttp_new(s->base);
+    evhttp_set_gencb(s->http, cb, arg);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(s->http, "127.0.0.1", 0);
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    if (!bs || getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl) != 0) {
+        evhttp_free(s->http);
+        event_base_free(s->base);
+        memset(s, 0, sizeof *s);
+        return -1;
+    }
+    s->port = ntohs(sa.sin_port);
+    s->tick = event_new(s->base, -1, EV_PERSIST, sink_tick, s);
+    struct timeval tv = {0, 20000};
+    event_add(s->tick, &tv);
+    return pthread_create(&s->th, NULL, sink_thread, s) == 0 ? 0 : -1;
+}
+
+void http_sink_stop(http_sink_t *s)
+{
+    if (!s->base)
+        return;
+    atomic_store(&s->stop, true);
+    pthread_join(s->th, NULL);
+    event_free(s->tick);
+    evhttp_free(s->http);
+    event_base_free(s->base);
+    memset(s, 0, sizeof *s);
+}
+
+bool webhook_signed(struct evhttp_request *req, const char *secret)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const unsigned char *body = evbuffer_pullup(in, -1);
+    const char *sig = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Ecom-Signature");
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    HMAC(EVP_sha256(), secret, (int)strlen(secret), body, n, md, &mdlen);
+    char want[80] = "sha256=";
+    for (unsigned i = 0; i < mdlen; i++)
+        snprintf(want + 7 + 2 * i, 3, "%02x", md[i]);
+    return sig && strcmp(sig, want) == 0 && evhttp_request_get_command(req) == EVHTTP_REQ_POST;
 }

@@ -103,6 +103,26 @@ typedef struct job {
 job_t *run_concurrent(int n, int port, const char *method, const char *path, const char *hdrs, const char *body);
 void free_jobs(job_t *jobs, int n);
 
+/* An HTTP server on a thread of the test program (libevent), for the webhook
+ * receivers: cb(req, arg) answers each request on that thread. */
+struct evhttp_request;
+typedef struct http_sink {
+    struct event_base *base;
+    struct evhttp *http;
+    struct event *tick;
+    pthread_t th;
+    atomic_bool stop;
+    int port; /* 127.0.0.1, chosen by the kernel */
+} http_sink_t;
+
+/* 0, or -1 when it cannot listen. */
+int http_sink_start(http_sink_t *s, void (*cb)(struct evhttp_request *req, void *arg), void *arg);
+/* Stops and joins the thread; a sink never started is left alone. */
+void http_sink_stop(http_sink_t *s);
+/* A webhook delivery as ecom signs it: a POST whose X-Ecom-Signature is
+ * "sha256=" + hex HMAC-SHA-256 of the body under secret. */
+bool webhook_signed(struct evhttp_request *req, const char *secret);
+
 /* Keys as a gateway with JWT_SECRET=secret loads them: in production, or in
  * development when the secret is shorter than 32 bytes (the runbook's
  * "devsecret"). 0 or -1. */

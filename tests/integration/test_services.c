@@ -19,6 +19,7 @@
 #include "services/payment/payment.h"
 #include "services/payment/provider.h"
 #include "services/runtime.h"
+#include "tests/httptest.h"
 #include "tests/testlib.h"
 
 #include <arpa/inet.h>
@@ -28,8 +29,6 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -861,12 +860,7 @@ static void test_otp_real(void)
 /* A webhook receiver on a thread of the test: answers 500 to the first
  * fail_first requests, then 200; checks every signature. */
 typedef struct hook {
-    struct event_base *base;
-    struct evhttp *http;
-    struct event *tick;
-    int port;
-    pthread_t th;
-    atomic_bool stop;
+    http_sink_t srv;
     atomic_int requests, good_signatures, fail_first;
     pthread_mutex_t mu;
     char message_ids[8][64];
@@ -879,16 +873,9 @@ static void hook_cb(struct evhttp_request *req, void *arg)
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
     unsigned char *body = evbuffer_pullup(in, -1);
-    const char *sig = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Ecom-Signature");
     const char *mid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Ecom-Message-Id");
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    HMAC(EVP_sha256(), WEBHOOK_SECRET, (int)strlen(WEBHOOK_SECRET), body, n, md, &mdlen);
-    char want[80] = "sha256=";
-    for (unsigned i = 0; i < mdlen; i++)
-        snprintf(want + 7 + 2 * i, 3, "%02x", md[i]);
     int k = atomic_fetch_add(&h->requests, 1);
-    if (sig && strcmp(sig, want) == 0 && evhttp_request_get_command(req) == EVHTTP_REQ_POST)
+    if (webhook_signed(req, WEBHOOK_SECRET))
         atomic_fetch_add(&h->good_signatures, 1);
     pthread_mutex_lock(&h->mu);
     if (k < 8)
@@ -899,49 +886,17 @@ static void hook_cb(struct evhttp_request *req, void *arg)
     evhttp_send_reply(req, code, code == 200 ? "OK" : "Internal Server Error", NULL);
 }
 
-static void hook_tick(evutil_socket_t fd, short ev, void *arg)
-{
-    (void)fd;
-    (void)ev;
-    hook_t *h = arg;
-    if (atomic_load(&h->stop))
-        event_base_loopbreak(h->base);
-}
-
-static void *hook_thread(void *arg)
-{
-    hook_t *h = arg;
-    event_base_dispatch(h->base);
-    return NULL;
-}
-
 static void hook_start(hook_t *h, int fail_first)
 {
     memset(h, 0, sizeof *h);
     pthread_mutex_init(&h->mu, NULL);
     atomic_store(&h->fail_first, fail_first);
-    h->base = event_base_new();
-    h->http = evhttp_new(h->base);
-    evhttp_set_gencb(h->http, hook_cb, h);
-    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(h->http, "127.0.0.1", 0);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(bs);
-    struct sockaddr_in sa;
-    socklen_t sl = sizeof sa;
-    ASSERT_OK(getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl));
-    h->port = ntohs(sa.sin_port);
-    h->tick = event_new(h->base, -1, EV_PERSIST, hook_tick, h);
-    struct timeval tv = {0, 20000};
-    ASSERT_OK(event_add(h->tick, &tv));
-    pthread_create(&h->th, NULL, hook_thread, h);
+    ASSERT_OK(http_sink_start(&h->srv, hook_cb, h));
 }
 
 static void hook_stop(hook_t *h)
 {
-    atomic_store(&h->stop, true);
-    pthread_join(h->th, NULL);
-    event_free(h->tick);
-    evhttp_free(h->http);
-    event_base_free(h->base);
+    http_sink_stop(&h->srv);
     pthread_mutex_destroy(&h->mu);
 }
 
@@ -952,7 +907,7 @@ static void webhook(bool memory)
     sut_t s;
     sut_init(&s, memory, "svc_webhook");
     char url[96];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", h.port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", h.srv.port);
     configure_notification(&s, "log,webhook", url, 0);
     sut_add(&s, notification_service());
     sut_start(&s);

@@ -36,8 +36,6 @@
 #include <event2/keyvalq_struct.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -236,12 +234,7 @@ typedef struct hook_req {
 } hook_req_t;
 
 typedef struct hook {
-    struct event_base *base;
-    struct evhttp *http;
-    struct event *tick;
-    int port;
-    pthread_t th;
-    atomic_bool stop;
+    http_sink_t srv;
     atomic_int requests, bad_signatures;
     pthread_mutex_t mu;
     hook_req_t *reqs;
@@ -256,17 +249,9 @@ static void hook_cb(struct evhttp_request *req, void *arg)
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
     unsigned char *body = evbuffer_pullup(in, -1);
-    const char *sig = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Ecom-Signature");
     const char *mid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Ecom-Message-Id");
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    HMAC(EVP_sha256(), WEBHOOK_SECRET, (int)strlen(WEBHOOK_SECRET), body, n, md, &mdlen);
-    char want[80] = "sha256=";
-    for (unsigned i = 0; i < mdlen; i++)
-        snprintf(want + 7 + 2 * i, 3, "%02x", md[i]);
     atomic_fetch_add(&h->requests, 1);
-    bool good = sig && strcmp(sig, want) == 0 && evhttp_request_get_command(req) == EVHTTP_REQ_POST;
-    if (!good) {
+    if (!webhook_signed(req, WEBHOOK_SECRET)) {
         atomic_fetch_add(&h->bad_signatures, 1);
         evhttp_send_reply(req, 401, "Unauthorized", NULL);
         return;
@@ -289,52 +274,18 @@ static void hook_cb(struct evhttp_request *req, void *arg)
     evhttp_send_reply(req, 200, "OK", NULL);
 }
 
-static void hook_tick(evutil_socket_t fd, short ev, void *arg)
-{
-    (void)fd;
-    (void)ev;
-    hook_t *h = arg;
-    if (atomic_load(&h->stop))
-        event_base_loopbreak(h->base);
-}
-
-static void *hook_thread(void *arg)
-{
-    hook_t *h = arg;
-    event_base_dispatch(h->base);
-    return NULL;
-}
-
 static int hook_start(hook_t *h)
 {
     memset(h, 0, sizeof *h);
     pthread_mutex_init(&h->mu, NULL);
-    h->base = event_base_new();
-    h->http = evhttp_new(h->base);
-    evhttp_set_gencb(h->http, hook_cb, h);
-    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(h->http, "127.0.0.1", 0);
-    if (!bs)
-        return -1;
-    struct sockaddr_in sa;
-    socklen_t sl = sizeof sa;
-    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl) != 0)
-        return -1;
-    h->port = ntohs(sa.sin_port);
-    h->tick = event_new(h->base, -1, EV_PERSIST, hook_tick, h);
-    struct timeval tv = {0, 20000};
-    event_add(h->tick, &tv);
-    return pthread_create(&h->th, NULL, hook_thread, h) == 0 ? 0 : -1;
+    return http_sink_start(&h->srv, hook_cb, h);
 }
 
 static void hook_stop(hook_t *h)
 {
-    if (!h->base)
+    if (!h->srv.base)
         return;
-    atomic_store(&h->stop, true);
-    pthread_join(h->th, NULL);
-    event_free(h->tick);
-    evhttp_free(h->http);
-    event_base_free(h->base);
+    http_sink_stop(&h->srv);
     pthread_mutex_destroy(&h->mu);
     for (size_t i = 0; i < h->n; i++)
         free(h->reqs[i].body);
@@ -527,7 +478,7 @@ static int suite_init(void)
         return 1;
 
     char hook_url[96];
-    snprintf(hook_url, sizeof hook_url, "NOTIFY_WEBHOOK_URL=http://127.0.0.1:%d/receipts", hook.port);
+    snprintf(hook_url, sizeof hook_url, "NOTIFY_WEBHOOK_URL=http://127.0.0.1:%d/receipts", hook.srv.port);
     static const char *const gw_argv[] = {"ecom", "gateway", NULL};
     static const char *const dr_argv[] = {"ecom", "outbox-worker", NULL};
     static const char *const no_argv[] = {"ecom", "service", "notification", NULL};
