@@ -309,6 +309,8 @@ static void on_events_conn(pga_conn_t *c, const char *err, void *arg)
                             .sql = "SELECT id, type, topic, aggregate_id, seq,"
                                    " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
                                    " FROM analytics.events WHERE tenant = $1 AND aggregate_id = $6"
+                                   /* the partial index of project feeds (analytics/006) */
+                                   " AND aggregate_id LIKE 'project:%'"
                                    " AND ($2::text IS NULL OR type = $2) AND ($3::uuid IS NULL OR id < $3::uuid)"
                                    " AND ($5::uuid IS NULL OR id >= $5::uuid) ORDER BY id DESC LIMIT $4",
                             .nparams = 6,

@@ -9,6 +9,7 @@
 #include "core/pg.h"
 #include "core/strmap.h"
 #include "inbox/inbox.h"
+#include "services/reader.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #define CLEANUP_MS 60000
 #define BACKOFF_CAP_MS 30000
 #define PEL_PAGE_FACTOR 4 /* a pending-list page is this many batches */
+#define READ_AHEAD_BLOCK_MS 100
 
 typedef struct failure {
     int count;     /* attempts that failed */
@@ -52,13 +54,15 @@ typedef struct rt {
     atomic_bool *stop;
     db_t *db;
     bus_t *bus;
-    bool memory;
+    bool memory; /* memory store */
+    bool redis;  /* Redis bus (else memory): reads go through the read-ahead */
     bool lease;
+    svc_reader_t *reader;
     char **streams;
     size_t nstreams;
-    strmap_t failures; /* stream \0 entry id -> failure_t* */
-    acks_t *acks;      /* per stream, parallel to streams */
-    int64_t pel_due_ms;  /* when to scan the own pending list; INT64_MAX = no need */
+    strmap_t failures;  /* stream \0 entry id -> failure_t* */
+    acks_t *acks;       /* per stream, parallel to streams */
+    int64_t pel_due_ms; /* when to scan the own pending list; INT64_MAX = no need */
     int64_t next_discover, next_reclaim, next_cleanup, next_probe;
     int64_t backoff_ms;
     int crash_deliveries;
@@ -246,8 +250,8 @@ static int dead_letter(rt_t *rt, const bus_msg_t *m, const char *reason)
     if (bus_dead_letter(rt->bus, rt->def->group, m, reason) != 0)
         return -1;
     metrics_add(rt->m_dlq, 1);
-    log_error("service %s: message dead-lettered msg_id=%s entry=%s deliveries=%u reason=\"%s\"", rt->def->group,
-              id, m->entry_id, m->deliveries, reason);
+    log_error("service %s: message dead-lettered msg_id=%s entry=%s deliveries=%u reason=\"%s\"", rt->def->group, id,
+              m->entry_id, m->deliveries, reason);
     failure_drop(rt, m);
     ack_later(rt, m);
     return 0;
@@ -430,7 +434,8 @@ static void schedule_failures(rt_t *rt)
     }
 }
 
-static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked)
+/* pre: the batch's payloads parsed by the read-ahead (taken from it), or NULL. */
+static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t *pre)
 {
     int64_t t0 = clock_mono_us();
     work_t *ws = xcalloc(bt->n + 1, sizeof *ws);
@@ -440,8 +445,8 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked)
         bus_msg_t *m = &bt->msgs[i];
         if (m->missing) {
             metrics_add(rt->m_missing, 1);
-            log_warn("service %s: pending entry %s of %s has no payload (trimmed or deleted); dropped",
-                     rt->def->group, m->entry_id, m->stream);
+            log_warn("service %s: pending entry %s of %s has no payload (trimmed or deleted); dropped", rt->def->group,
+                     m->entry_id, m->stream);
             failure_drop(rt, m);
             ack_later(rt, m);
             continue;
@@ -477,8 +482,15 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked)
             reject = why;
         } else {
             const char *jwhy = NULL;
-            if (json_parse_strict(m->env.payload, strlen(m->env.payload), &payload, &jwhy) != 0) {
-                snprintf(why, sizeof why, "unparsable payload: %s", jwhy);
+            if (pre && i < pre->n) {
+                payload = pre->payload[i];
+                pre->payload[i] = NULL;
+                jwhy = pre->error[i];
+            } else if (json_parse_strict(m->env.payload, strlen(m->env.payload), &payload, &jwhy) != 0) {
+                payload = NULL;
+            }
+            if (!payload) {
+                snprintf(why, sizeof why, "unparsable payload: %s", jwhy ? jwhy : "malformed JSON");
                 reject = why;
             }
         }
@@ -574,7 +586,7 @@ static int scan_pending(rt_t *rt)
             snprintf(after, sizeof after, "%s", bt.msgs[bt.n - 1].entry_id);
             size_t got = bt.n;
             log_debug("service %s: %zu pending entries of %s after %s", rt->def->group, got, stream, after);
-            process(rt, &bt, &blocked);
+            process(rt, &bt, &blocked, NULL);
             if (got < page)
                 break;
         }
@@ -686,8 +698,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     rt.m_applied = metrics_counter("ecom_service_applied_total", "Messages applied by the handler", labels);
     rt.m_dup = metrics_counter("ecom_service_duplicates_total", "Deliveries skipped by the inbox", labels);
     rt.m_failed = metrics_counter("ecom_service_failures_total", "Handler failures (retried)", labels);
-    rt.m_deferred = metrics_counter("ecom_service_deferred_total", "Messages deferred: a dependency was unavailable",
-                                    labels);
+    rt.m_deferred =
+        metrics_counter("ecom_service_deferred_total", "Messages deferred: a dependency was unavailable", labels);
     rt.m_dlq = metrics_counter("ecom_service_dead_letters_total", "Messages moved to the DLQ", labels);
     rt.m_missing = metrics_counter("ecom_service_missing_payload_total", "Pending entries without payload", labels);
     rt.m_batch_s = metrics_histogram("ecom_service_batch_seconds", "Time to apply one batch", labels);
@@ -698,6 +710,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
              bus_name(&rt));
 
     bus_batch_t bt = {0};
+    reader_parsed_t parsed = {0};
+    rt.redis = o->redis_url && *o->redis_url;
     const char **streams = NULL;
     while (!stopping(&rt)) {
         if (connect_all(&rt) != 0) {
@@ -710,6 +724,11 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             probe(&rt);
         }
         if (!rt.memory && !rt.lease) {
+            if (rt.reader && reader_outstanding(rt.reader)) {
+                /* read while the lease was ours: the next holder claims those entries */
+                (void)reader_take(rt.reader, &bt, &parsed);
+                bus_batch_clear(&bt);
+            }
             if (!try_lease(&rt)) {
                 nap(&rt, 1000); /* standby: another consumer of this group is active */
                 continue;
@@ -762,7 +781,22 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             block = (int)(rt.pel_due_ms - now) > 1 ? (int)(rt.pel_due_ms - now) : 1;
         bus_batch_clear(&bt);
         int64_t t0 = clock_mono_us();
-        if (bus_read(rt.bus, def->group, o->consumer, streams, rt.nstreams, false, o->batch, block, &bt) != 0) {
+        if (rt.redis && !rt.reader) {
+            char *err = NULL;
+            if (!(rt.reader = reader_start(o->redis_url, def->group, o->consumer, &err))) {
+                log_debug("service %s: no read-ahead (%s); reading in line", def->group, err);
+                free(err);
+            }
+        }
+        int rrc;
+        if (rt.reader) {
+            if (!reader_outstanding(rt.reader))
+                reader_request(rt.reader, streams, rt.nstreams, o->batch, block);
+            rrc = reader_take(rt.reader, &bt, &parsed);
+        } else {
+            rrc = bus_read(rt.bus, def->group, o->consumer, streams, rt.nstreams, false, o->batch, block, &bt);
+        }
+        if (rrc != 0) {
             health_report(bus_name(&rt), false, 0);
             if (bus_ensure(rt.bus) == 0) {
                 /* the stream or group may have been deleted: create groups again */
@@ -778,12 +812,28 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         if (bt.n == 0)
             continue;
         log_debug("service %s: read %zu new entries (first %s)", def->group, bt.n, bt.msgs[0].entry_id);
+        /* the next read runs while this batch is applied (short block: a
+         * retry that falls due meanwhile waits at most that long) */
+        if (rt.reader && !stopping(&rt) && rt.pel_due_ms > now)
+            reader_request(rt.reader, streams, rt.nstreams, o->batch,
+                           block < READ_AHEAD_BLOCK_MS ? block : READ_AHEAD_BLOCK_MS);
         strmap_t blocked;
         strmap_init(&blocked);
         blocked_from_failures(&rt, &blocked);
-        process(&rt, &bt, &blocked);
+        process(&rt, &bt, &blocked, rt.reader ? &parsed : NULL);
         strmap_free(&blocked);
     }
+    /* a read-ahead that came back while stopping is applied too, while the lease is ours */
+    if (rt.reader && reader_outstanding(rt.reader) && reader_take(rt.reader, &bt, &parsed) == 0 && bt.n && rt.db &&
+        (rt.memory || rt.lease) && !db_broken(&rt)) {
+        strmap_t blocked;
+        strmap_init(&blocked);
+        blocked_from_failures(&rt, &blocked);
+        process(&rt, &bt, &blocked, &parsed);
+        strmap_free(&blocked);
+    }
+    reader_stop(rt.reader);
+    reader_parsed_free(&parsed);
     /* finish: acknowledgements of applied work go out before we leave */
     if (rt.bus && flush_acks(&rt) != 0)
         log_warn("service %s: some acknowledgements were not sent; the inbox absorbs the redelivery", def->group);

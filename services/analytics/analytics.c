@@ -86,7 +86,7 @@ static const char *event_type(const envelope_t *e, json_object *payload)
 static const char sql_one[] =
     "WITH e AS (INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
     " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, to_timestamp($8::bigint / 1000.0))"
-    " ON CONFLICT (id) DO NOTHING" COUNT_INSERTED;
+    " ON CONFLICT (tenant, id) DO NOTHING" COUNT_INSERTED;
 /* The batch as eight arrays in PostgreSQL's binary array format: no escaping,
  * no JSON document to build and parse (the payloads are parsed once, by the
  * ::jsonb cast). */
@@ -95,7 +95,7 @@ static const char sql_batch[] =
     " SELECT id, tenant, type, topic, aggregate_id, seq, payload::jsonb, to_timestamp(ts / 1000.0)"
     " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],"
     " $8::bigint[]) AS x(id, tenant, type, topic, aggregate_id, seq, payload, ts)"
-    " ON CONFLICT (id) DO NOTHING" COUNT_INSERTED;
+    " ON CONFLICT (tenant, id) DO NOTHING" COUNT_INSERTED;
 
 #define OID_INT8 20
 #define OID_TEXT 25

@@ -1,0 +1,197 @@
+/* services/reader.c: the runtime's read-ahead thread (see reader.h). */
+#include "services/reader.h"
+
+#include "core/alloc.h"
+#include "core/log.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct svc_reader {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bus_t *bus;
+    char *group, *consumer;
+    /* the request; guarded by mu */
+    bool requested; /* a read to do */
+    bool finished;  /* its result is in bt/parsed/rc */
+    bool quit;
+    char **streams;
+    size_t ns;
+    size_t count;
+    int block_ms;
+    /* the result */
+    int rc;
+    bus_batch_t bt;
+    reader_parsed_t parsed;
+};
+
+static void parsed_reserve(reader_parsed_t *p, size_t n)
+{
+    if (n <= p->cap)
+        return;
+    p->cap = n;
+    p->payload = xrealloc(p->payload, n * sizeof *p->payload);
+    p->error = xrealloc(p->error, n * sizeof *p->error);
+}
+
+static void parsed_clear(reader_parsed_t *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        json_object_put(p->payload[i]);
+    p->n = 0;
+}
+
+void reader_parsed_free(reader_parsed_t *p)
+{
+    parsed_clear(p);
+    free(p->payload);
+    free(p->error);
+    memset(p, 0, sizeof *p);
+}
+
+/* Parses every decoded entry's payload; the runtime decides what a failure means. */
+static void parse_all(const bus_batch_t *bt, reader_parsed_t *p)
+{
+    parsed_reserve(p, bt->n);
+    for (size_t i = 0; i < bt->n; i++) {
+        const bus_msg_t *m = &bt->msgs[i];
+        p->payload[i] = NULL;
+        p->error[i] = NULL;
+        if (m->missing || m->bad)
+            continue;
+        if (json_parse_strict(m->env.payload, strlen(m->env.payload), &p->payload[i], &p->error[i]) != 0)
+            p->payload[i] = NULL;
+    }
+    p->n = bt->n;
+}
+
+static void free_streams(svc_reader_t *r)
+{
+    for (size_t i = 0; i < r->ns; i++)
+        free(r->streams[i]);
+    free(r->streams);
+    r->streams = NULL;
+    r->ns = 0;
+}
+
+static void *reader_main(void *arg)
+{
+    svc_reader_t *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->quit && (!r->requested || r->finished))
+            pthread_cond_wait(&r->cv, &r->mu);
+        if (r->quit)
+            break;
+        pthread_mutex_unlock(&r->mu);
+        /* the request's fields are not touched by the runtime until finished */
+        bus_batch_clear(&r->bt);
+        parsed_clear(&r->parsed);
+        int rc = bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count,
+                          r->block_ms, &r->bt);
+        if (rc == 0)
+            parse_all(&r->bt, &r->parsed);
+        else if (bus_ensure(r->bus) != 0)
+            log_debug("service %s: read-ahead connection is down", r->group);
+        pthread_mutex_lock(&r->mu);
+        r->rc = rc;
+        r->finished = true;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+svc_reader_t *reader_start(const char *redis_url, const char *group, const char *consumer, char **err)
+{
+    bus_t *bus = bus_open_redis(redis_url, err);
+    if (!bus)
+        return NULL;
+    svc_reader_t *r = xcalloc(1, sizeof *r);
+    r->bus = bus;
+    r->group = xstrdup(group);
+    r->consumer = xstrdup(consumer);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    if (pthread_create(&r->thread, NULL, reader_main, r) != 0) {
+        *err = xstrdup("cannot start the read-ahead thread");
+        bus_close(bus);
+        free(r->group);
+        free(r->consumer);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void reader_stop(svc_reader_t *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->mu);
+    r->quit = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->thread, NULL); /* a read in flight ends within its block time */
+    bus_batch_free(&r->bt);
+    reader_parsed_free(&r->parsed);
+    free_streams(r);
+    bus_close(r->bus);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r->group);
+    free(r->consumer);
+    free(r);
+}
+
+void reader_request(svc_reader_t *r, const char *const *streams, size_t ns, size_t count, int block_ms)
+{
+    pthread_mutex_lock(&r->mu);
+    if (!r->requested) {
+        free_streams(r);
+        r->streams = xmalloc((ns ? ns : 1) * sizeof *r->streams);
+        for (size_t i = 0; i < ns; i++)
+            r->streams[i] = xstrdup(streams[i]);
+        r->ns = ns;
+        r->count = count;
+        r->block_ms = block_ms;
+        r->requested = true;
+        r->finished = false;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+bool reader_outstanding(const svc_reader_t *r)
+{
+    svc_reader_t *w = (svc_reader_t *)r; /* the lock is not part of the value */
+    pthread_mutex_lock(&w->mu);
+    bool o = w->requested;
+    pthread_mutex_unlock(&w->mu);
+    return o;
+}
+
+int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
+{
+    pthread_mutex_lock(&r->mu);
+    while (r->requested && !r->finished)
+        pthread_cond_wait(&r->cv, &r->mu);
+    int rc = r->requested ? r->rc : -1;
+    bus_batch_clear(out);
+    parsed_clear(parsed);
+    if (rc == 0) { /* swap: the reader keeps the old arrays for its next read */
+        bus_batch_t t = *out;
+        *out = r->bt;
+        r->bt = t;
+        reader_parsed_t pt = *parsed;
+        *parsed = r->parsed;
+        r->parsed = pt;
+    }
+    r->requested = false;
+    r->finished = false;
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}

@@ -1,0 +1,53 @@
+/* services/reader.h: the runtime's read-ahead: one thread with its own Redis
+ * connection that reads a consumer's new entries (XREADGROUP ">") and parses
+ * their payloads while the runtime applies the batch before, so Redis, the
+ * entry decoding and JSON parsing overlap the PostgreSQL transaction instead
+ * of adding to it.
+ *
+ * One request at a time: reader_request() starts a read, reader_take() waits
+ * for it and hands over its entries. Entries a read returns are in the
+ * consumer's pending list from then on, whether or not they are ever taken;
+ * the runtime's pending-list scan and the inbox cover what a dropped read left.
+ * Owns: its thread, its bus connection and the entries and payloads of the
+ * read in hand until they are taken. */
+#ifndef ECOM_SVC_READER_H
+#define ECOM_SVC_READER_H
+
+#include "bus/bus.h"
+#include "core/json.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct svc_reader svc_reader_t;
+
+/* The parsed payloads of a taken batch, parallel to its messages: payload[i]
+ * is NULL for a missing or bad entry or when the payload did not parse (then
+ * error[i] says why; static or owned by the batch until the next take). */
+typedef struct reader_parsed {
+    json_object **payload; /* owned by the taker: json_object_put each */
+    const char **error;
+    size_t n, cap;
+} reader_parsed_t;
+
+/* Connects to redis_url and starts the thread. NULL (with *err, caller frees)
+ * when Redis cannot be reached. */
+svc_reader_t *reader_start(const char *redis_url, const char *group, const char *consumer, char **err);
+/* Stops the thread (waiting for a read in flight) and closes the connection;
+ * a read not taken is dropped (its entries stay pending). NULL is a no-op. */
+void reader_stop(svc_reader_t *r);
+
+/* Starts a read of new entries of ns streams (copied), at most count per
+ * stream, blocking up to block_ms. Only when reader_outstanding() is false. */
+void reader_request(svc_reader_t *r, const char *const *streams, size_t ns, size_t count, int block_ms);
+/* A read was requested and not taken yet. */
+bool reader_outstanding(const svc_reader_t *r);
+/* Waits for the outstanding read and moves its entries into out (cleared
+ * first) and their parsed payloads into parsed (cleared first; the caller puts
+ * the objects it does not keep). 0, or -1 when the read failed (the reader has
+ * reconnected or will try again at the next request). */
+int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed);
+/* Puts every payload left in parsed and frees its arrays. */
+void reader_parsed_free(reader_parsed_t *p);
+
+#endif
