@@ -68,11 +68,13 @@
 #define DEF_RECLAIM_MS 30000
 #define DEF_BACKOFF_MS 200
 #define DEF_INBOX_RETAIN_S 604800
+#define DEF_LANES 2
 
 static const char traceparent[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 static const char request_id[] = "7f3c9a2e5b1d4c8fa0e6b3d2c1f09876";
 
 static const char *pg_url;
+static size_t svc_lanes = DEF_LANES; /* SERVICE_LANES */
 static char redis_base[512];
 static const char *ecom_bin = "build/bin/ecom";
 static size_t n_msgs = 100000;
@@ -495,6 +497,7 @@ static void service_start(service_t *s, const svc_def_t *def, const char *db_url
                         .consumer = "bench-analytics",
                         .batch = batch,
                         .block_ms = DEF_BLOCK_MS,
+                        .lanes = (int)svc_lanes,
                         .max_attempts = DEF_MAX_ATTEMPTS,
                         .reclaim_idle_ms = DEF_RECLAIM_MS,
                         .backoff_ms = backoff_ms,
@@ -912,9 +915,10 @@ static void bench_consume(bool with_poison)
                  (unsigned long long)(metrics_value(m_dlq) - dbase));
         } else if (!with_poison) {
             double r = per_s(n_msgs, us);
-            printf("consume (postgres+redis, batch %zu): %zu msgs in %.2f s = %.0f msgs/s, target >= %d: %s"
+            printf("consume (postgres+redis, batch %zu, %zu lane%s): %zu msgs in %.2f s = %.0f msgs/s, target >= %d: %s"
                    " (XREADGROUP+XACK alone %.0f/s, inbox+analytics SQL alone %.0f msgs/s)\n",
-                   batch, n_msgs, secs(us), r, TARGET_CONSUME, verdict(r >= TARGET_CONSUME), redis_rate, store_rate);
+                   batch, svc_lanes, svc_lanes > 1 ? "s" : "", n_msgs, secs(us), r, TARGET_CONSUME,
+                   verdict(r >= TARGET_CONSUME), redis_rate, store_rate);
             cpu_print(&c0, &c1, "service", NULL, NULL);
         } else {
             double r = per_s(want, all_us);
@@ -1781,6 +1785,7 @@ int main(int argc, char **argv)
     if (slash)
         *slash = '\0';
     n_msgs = env_size("BENCH_N", 100000);
+    svc_lanes = env_size("SERVICE_LANES", DEF_LANES);
     outbox_batch = env_size("OUTBOX_BATCH", 1000);
     latency_s = (int)env_size("BENCH_LATENCY_S", 10);
     rate = (int)env_size("BENCH_RATE", 1000);

@@ -86,6 +86,7 @@ static void *service_main(void *arg)
         .consumer = r->consumer,
         .batch = (size_t)r->cfg->service_batch,
         .block_ms = (int)r->cfg->service_block_ms,
+        .lanes = (int)r->cfg->service_lanes,
         .max_attempts = (int)r->cfg->service_max_attempts,
         .reclaim_idle_ms = r->cfg->service_reclaim_idle_ms,
         .backoff_ms = r->cfg->service_backoff_ms,

@@ -30,6 +30,7 @@ typedef struct config {
     /* services */
     long service_batch;
     long service_block_ms;
+    long service_lanes;
     long service_max_attempts;
     long service_reclaim_idle_ms;
     long service_backoff_ms;

@@ -61,6 +61,8 @@ typedef struct db {
     size_t sp[8]; /* memory savepoint marks (undo lengths) */
     int sp_n;
     uint64_t prepared; /* PostgreSQL: statements prepared on this connection (bits) */
+    int lane;          /* which of a service's connections this is (services/runtime.h); handlers
+                          use it to spread rows every lane would otherwise update */
 } db_t;
 
 /* Prepared statements, one bit each, prepared once per connection. */

@@ -11,6 +11,8 @@
 #include "inbox/inbox.h"
 #include "services/reader.h"
 
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +44,21 @@ typedef struct work {
     char error[256];
 } work_t;
 
+/* One connection a batch is applied on. Lane 0 is the runtime's own
+ * connection and runs on its thread; the others have a thread each. */
+typedef struct lane {
+    struct rt *rt;
+    db_t *db; /* lanes > 0: own connection (NULL while down) */
+    pthread_t thread;
+    bool started;
+    /* the job, guarded by rt->lane_mu */
+    work_t *ws;
+    size_t n;
+    strmap_t *blocked;
+    int rc;
+    bool busy, quit;
+} lane_t;
+
 typedef struct acks {
     char stream[BUS_STREAM_MAX];
     char **ids;
@@ -58,6 +75,10 @@ typedef struct rt {
     bool redis;  /* Redis bus (else memory): reads go through the read-ahead */
     bool lease;
     svc_reader_t *reader;
+    lane_t *lanes; /* nlanes; lanes[0].db is db */
+    size_t nlanes;
+    pthread_mutex_t lane_mu;
+    pthread_cond_t lane_cv;
     char **streams;
     size_t nstreams;
     strmap_t failures;  /* stream \0 entry id -> failure_t* */
@@ -289,9 +310,9 @@ static void log_applied(rt_t *rt, const work_t *w, const char *what)
     log_ctx_set(prev);
 }
 
-static svc_result_t run_handler(rt_t *rt, work_t *w)
+static svc_result_t run_handler(rt_t *rt, db_t *db, work_t *w)
 {
-    svc_ctx_t c = {.tx = rt->db, .msg = &w->m->env, .payload = w->payload, .group = rt->def->group};
+    svc_ctx_t c = {.tx = db, .msg = &w->m->env, .payload = w->payload, .group = rt->def->group};
     log_ctx_t lc;
     char trace[40];
     set_log_ctx(&lc, trace, &w->m->env);
@@ -303,15 +324,20 @@ static svc_result_t run_handler(rt_t *rt, work_t *w)
     return r;
 }
 
+static bool conn_broken(db_t *db)
+{
+    return db->kind == DB_PG && !pg_alive(db->pg);
+}
+
 static bool db_broken(rt_t *rt)
 {
-    return rt->db->kind == DB_PG && !pg_alive(rt->db->pg);
+    return conn_broken(rt->db);
 }
 
 /* All at once. 1 = committed, 0 = a handler failed (rolled back), -1 = storage failure. */
-static int apply_fast(rt_t *rt, work_t *ws, size_t n)
+static int apply_fast(rt_t *rt, db_t *db, work_t *ws, size_t n)
 {
-    if (db_begin(rt->db) != 0)
+    if (db_begin(db) != 0)
         return -1;
     const char **ids = xmalloc(n * sizeof *ids);
     bool *fresh = xcalloc(n, sizeof *fresh);
@@ -320,7 +346,7 @@ static int apply_fast(rt_t *rt, work_t *ws, size_t n)
     int rc = -1;
     for (size_t i = 0; i < n; i++)
         ids[i] = ws[i].m->env.id;
-    if (inbox_record_batch(rt->db, rt->def->group, ids, n, fresh) != 0)
+    if (inbox_record_batch(db, rt->def->group, ids, n, fresh) != 0)
         goto out;
     size_t nn = 0;
     for (size_t i = 0; i < n; i++)
@@ -330,11 +356,11 @@ static int apply_fast(rt_t *rt, work_t *ws, size_t n)
         }
     svc_result_t r = SVC_OK;
     if (nn && rt->def->handle_batch) {
-        r = rt->def->handle_batch(rt->db, envs, pl, nn, rt->def->arg);
+        r = rt->def->handle_batch(db, envs, pl, nn, rt->def->arg);
     } else {
         for (size_t i = 0; i < n && r == SVC_OK; i++)
             if (fresh[i]) {
-                r = run_handler(rt, &ws[i]);
+                r = run_handler(rt, db, &ws[i]);
                 if (r != SVC_OK) {
                     ws[i].failed_fast = true; /* an attempt: the slow pass does not run it again */
                     ws[i].result = r;
@@ -342,10 +368,10 @@ static int apply_fast(rt_t *rt, work_t *ws, size_t n)
             }
     }
     if (r != SVC_OK) {
-        rc = db_broken(rt) ? -1 : 0;
+        rc = conn_broken(db) ? -1 : 0;
         goto out;
     }
-    if (db_commit(rt->db) != 0) {
+    if (db_commit(db) != 0) {
         rc = -1;
         goto out;
     }
@@ -358,7 +384,7 @@ static int apply_fast(rt_t *rt, work_t *ws, size_t n)
     rc = 1;
 out:
     if (rc != 1)
-        db_rollback(rt->db);
+        db_rollback(db);
     free(ids);
     free(fresh);
     free(envs);
@@ -367,9 +393,9 @@ out:
 }
 
 /* One savepoint per message. 0 = committed, -1 = storage failure. */
-static int apply_slow(rt_t *rt, work_t *ws, size_t n, strmap_t *blocked)
+static int apply_slow(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *blocked)
 {
-    if (db_begin(rt->db) != 0)
+    if (db_begin(db) != 0)
         return -1;
     for (size_t i = 0; i < n; i++) {
         work_t *w = &ws[i];
@@ -380,12 +406,12 @@ static int apply_slow(rt_t *rt, work_t *ws, size_t n, strmap_t *blocked)
             strmap_put(blocked, w->key, w->klen, NULL);
             continue;
         }
-        if (db_savepoint(rt->db) != 0)
+        if (db_savepoint(db) != 0)
             goto broken;
-        int rec = inbox_record(rt->db, rt->def->group, w->m->env.id);
+        int rec = inbox_record(db, rt->def->group, w->m->env.id);
         if (rec < 0) {
-            db_rollback_to(rt->db);
-            if (db_broken(rt))
+            db_rollback_to(db);
+            if (conn_broken(db))
                 goto broken;
             snprintf(w->error, sizeof w->error, "inbox write failed");
             w->result = SVC_RETRY;
@@ -393,29 +419,29 @@ static int apply_slow(rt_t *rt, work_t *ws, size_t n, strmap_t *blocked)
             strmap_put(blocked, w->key, w->klen, NULL);
             continue;
         }
-        svc_result_t r = rec == 0 ? SVC_OK : run_handler(rt, w);
+        svc_result_t r = rec == 0 ? SVC_OK : run_handler(rt, db, w);
         if (r == SVC_OK) {
-            if (db_release(rt->db) != 0)
+            if (db_release(db) != 0)
                 goto broken;
             w->done = true;
             metrics_add(rec == 0 ? rt->m_dup : rt->m_applied, 1);
             continue;
         }
-        db_rollback_to(rt->db);
-        if (db_broken(rt))
+        db_rollback_to(db);
+        if (conn_broken(db))
             goto broken;
         w->result = r;
         w->failed = true;
         strmap_put(blocked, w->key, w->klen, NULL);
     }
-    if (db_commit(rt->db) != 0)
+    if (db_commit(db) != 0)
         goto broken_committed;
     for (size_t i = 0; i < n && LOG_DEBUG >= log_min_level; i++)
         if (ws[i].done)
             log_applied(rt, &ws[i], "handled one by one");
     return 0;
 broken:
-    db_rollback(rt->db);
+    db_rollback(db);
 broken_committed:
     for (size_t i = 0; i < n; i++)
         ws[i].done = ws[i].failed = false;
@@ -432,6 +458,158 @@ static void schedule_failures(rt_t *rt)
         if (f->due_ms < rt->pel_due_ms)
             rt->pel_due_ms = f->due_ms;
     }
+}
+
+/* All at once, then one by one when a handler failed. */
+static int apply(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *blocked)
+{
+    int rc = apply_fast(rt, db, ws, n);
+    if (rc == 0)
+        rc = apply_slow(rt, db, ws, n, blocked);
+    return rc;
+}
+
+static void *lane_main(void *arg)
+{
+    lane_t *l = arg;
+    rt_t *rt = l->rt;
+    pthread_mutex_lock(&rt->lane_mu);
+    for (;;) {
+        while (!l->quit && !l->busy)
+            pthread_cond_wait(&rt->lane_cv, &rt->lane_mu);
+        if (l->quit)
+            break;
+        pthread_mutex_unlock(&rt->lane_mu);
+        int rc = l->db ? apply(rt, l->db, l->ws, l->n, l->blocked) : -1;
+        pthread_mutex_lock(&rt->lane_mu);
+        l->rc = rc;
+        l->busy = false;
+        pthread_cond_broadcast(&rt->lane_cv);
+    }
+    pthread_mutex_unlock(&rt->lane_mu);
+    return NULL;
+}
+
+static uint32_t lane_of(const rt_t *rt, const char *key, size_t klen)
+{
+    uint32_t h = 2166136261u; /* FNV-1a over stream, tenant and aggregate */
+    for (size_t i = 0; i < klen; i++)
+        h = (h ^ (unsigned char)key[i]) * 16777619u;
+    return h % (uint32_t)rt->nlanes;
+}
+
+/* Applies ws on every lane at once, each lane the messages of its
+ * aggregates in batch order; the lanes' blocked aggregates are merged back.
+ * -1 when any lane had a storage failure (its messages stay pending; the
+ * other lanes' commits stand). */
+static int apply_lanes(rt_t *rt, work_t *ws, size_t n, strmap_t *blocked)
+{
+    if (rt->nlanes <= 1)
+        return apply(rt, rt->db, ws, n, blocked);
+    size_t nl = rt->nlanes;
+    work_t *sorted = xmalloc(n * sizeof *sorted);
+    uint32_t *which = xmalloc(n * sizeof *which);
+    size_t *start = xcalloc(nl + 1, sizeof *start);
+    for (size_t i = 0; i < n; i++) {
+        which[i] = lane_of(rt, ws[i].key, ws[i].klen);
+        start[which[i] + 1]++;
+    }
+    for (size_t k = 0; k < nl; k++)
+        start[k + 1] += start[k];
+    size_t *fill = xmalloc(nl * sizeof *fill);
+    memcpy(fill, start, nl * sizeof *fill);
+    for (size_t i = 0; i < n; i++)
+        sorted[fill[which[i]]++] = ws[i]; /* stable: batch order within a lane */
+    strmap_t *lb = xcalloc(nl, sizeof *lb);
+    for (size_t k = 0; k < nl; k++)
+        strmap_init(&lb[k]);
+    const char *key;
+    size_t klen;
+    for (size_t i = 0; strmap_next(blocked, &i, &key, &klen, NULL);)
+        strmap_put(&lb[lane_of(rt, key, klen)], key, klen, NULL);
+
+    pthread_mutex_lock(&rt->lane_mu);
+    for (size_t k = 1; k < nl; k++) {
+        lane_t *l = &rt->lanes[k];
+        l->ws = sorted + start[k];
+        l->n = start[k + 1] - start[k];
+        l->blocked = &lb[k];
+        l->rc = 0;
+        l->busy = l->n > 0;
+    }
+    pthread_cond_broadcast(&rt->lane_cv);
+    pthread_mutex_unlock(&rt->lane_mu);
+    int rc = start[1] > 0 ? apply(rt, rt->db, sorted, start[1], &lb[0]) : 0;
+    pthread_mutex_lock(&rt->lane_mu);
+    for (size_t k = 1; k < nl; k++) {
+        while (rt->lanes[k].busy)
+            pthread_cond_wait(&rt->lane_cv, &rt->lane_mu);
+        if (rt->lanes[k].rc < 0)
+            rc = -1;
+    }
+    pthread_mutex_unlock(&rt->lane_mu);
+
+    /* back in batch order: ws[i] came from sorted[...] in the same order */
+    memcpy(fill, start, nl * sizeof *fill);
+    for (size_t i = 0; i < n; i++)
+        ws[i] = sorted[fill[which[i]]++];
+    for (size_t k = 0; k < nl; k++) {
+        for (size_t i = 0; strmap_next(&lb[k], &i, &key, &klen, NULL);)
+            strmap_put(blocked, key, klen, NULL);
+        strmap_free(&lb[k]);
+    }
+    free(lb);
+    free(fill);
+    free(start);
+    free(which);
+    free(sorted);
+    return rc;
+}
+
+static void lanes_close(rt_t *rt)
+{
+    for (size_t k = 1; k < rt->nlanes; k++) {
+        db_close(rt->lanes[k].db);
+        rt->lanes[k].db = NULL;
+    }
+}
+
+static void lanes_stop(rt_t *rt)
+{
+    pthread_mutex_lock(&rt->lane_mu);
+    for (size_t k = 1; k < rt->nlanes; k++)
+        rt->lanes[k].quit = true;
+    pthread_cond_broadcast(&rt->lane_cv);
+    pthread_mutex_unlock(&rt->lane_mu);
+    for (size_t k = 1; k < rt->nlanes; k++)
+        if (rt->lanes[k].started)
+            pthread_join(rt->lanes[k].thread, NULL);
+    lanes_close(rt);
+    free(rt->lanes);
+    pthread_mutex_destroy(&rt->lane_mu);
+    pthread_cond_destroy(&rt->lane_cv);
+}
+
+/* Opens the lanes' connections that are down. 0 when every lane has one. */
+static int lanes_connect(rt_t *rt)
+{
+    for (size_t k = 1; k < rt->nlanes; k++) {
+        lane_t *l = &rt->lanes[k];
+        if (l->db && conn_broken(l->db)) {
+            db_close(l->db);
+            l->db = NULL;
+        }
+        if (!l->db) {
+            char *err = NULL;
+            if (!(l->db = db_open_pg(rt->o->database_url, rt->def->group, &err))) {
+                log_warn("service %s: lane %zu: postgres unavailable: %s", rt->def->group, k, err);
+                free(err);
+                return -1;
+            }
+            l->db->lane = (int)k;
+        }
+    }
+    return 0;
 }
 
 /* pre: the batch's payloads parsed by the read-ahead (taken from it), or NULL. */
@@ -504,9 +682,7 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
     }
 
     if (nw) {
-        int rc = apply_fast(rt, ws, nw);
-        if (rc == 0)
-            rc = apply_slow(rt, ws, nw, blocked);
+        int rc = apply_lanes(rt, ws, nw, blocked);
         if (rc < 0) {
             health_report(store_name(rt), false, 0);
             rt->pel_due_ms = clock_mono_ms() + 200; /* everything stays pending; try again */
@@ -664,6 +840,7 @@ static int connect_all(rt_t *rt)
     if (rt->db && db_broken(rt)) {
         db_close(rt->db);
         rt->db = NULL;
+        lanes_close(rt); /* the lease went with it: no lane may write on */
     }
     if (!rt->db) {
         rt->lease = false;
@@ -674,6 +851,10 @@ static int connect_all(rt_t *rt)
             health_report(store_name(rt), false, 0);
             return -1;
         }
+    }
+    if (rt->db && lanes_connect(rt) != 0) {
+        health_report(store_name(rt), false, 0);
+        return -1;
     }
     if (!rt->bus) {
         rt->bus = o->redis_url && *o->redis_url ? bus_open_redis(o->redis_url, &err) : bus_open_memory(o->membus);
@@ -709,6 +890,19 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     log_info("service %s started as consumer %s (%s store, %s bus)", def->group, o->consumer, store_name(&rt),
              bus_name(&rt));
 
+    rt.nlanes = !rt.memory && def->concurrent && o->lanes > 1 ? (size_t)o->lanes : 1;
+    rt.lanes = xcalloc(rt.nlanes, sizeof *rt.lanes);
+    pthread_mutex_init(&rt.lane_mu, NULL);
+    pthread_cond_init(&rt.lane_cv, NULL);
+    for (size_t k = 1; k < rt.nlanes; k++) {
+        rt.lanes[k].rt = &rt;
+        rt.lanes[k].started = pthread_create(&rt.lanes[k].thread, NULL, lane_main, &rt.lanes[k]) == 0;
+        if (!rt.lanes[k].started) {
+            log_warn("service %s: cannot start lane threads; applying on one connection", def->group);
+            rt.nlanes = k;
+            break;
+        }
+    }
     bus_batch_t bt = {0};
     reader_parsed_t parsed = {0};
     rt.redis = o->redis_url && *o->redis_url;
@@ -834,6 +1028,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     }
     reader_stop(rt.reader);
     reader_parsed_free(&parsed);
+    lanes_stop(&rt);
     /* finish: acknowledgements of applied work go out before we leave */
     if (rt.bus && flush_acks(&rt) != 0)
         log_warn("service %s: some acknowledgements were not sent; the inbox absorbs the redelivery", def->group);

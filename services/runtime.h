@@ -20,7 +20,11 @@
  *
  * With PostgreSQL, one consumer per group is active at a time (a session
  * advisory lock: the lease); a standby takes over when the holder's
- * connection closes and claims its pending entries at once.
+ * connection closes and claims its pending entries at once. A service whose
+ * handlers allow it applies each batch on several connections (lanes), the
+ * messages split by aggregate so each aggregate keeps its order; a lane that
+ * is still committing when its consumer lost the lease can only race the new
+ * holder on the inbox's unique key, which serialises them per message.
  * Owns: its database and bus handles. */
 #ifndef ECOM_RUNTIME_H
 #define ECOM_RUNTIME_H
@@ -58,6 +62,10 @@ typedef struct svc_def {
     svc_result_t (*handle_batch)(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads,
                                  size_t n, void *arg);
     void *arg;
+    /* The handlers may run on several connections at once (no shared state
+     * but the database): the runtime then applies a batch on o->lanes
+     * connections, split by aggregate. */
+    bool concurrent;
 } svc_def_t;
 
 typedef struct svc_opts {
@@ -68,6 +76,7 @@ typedef struct svc_opts {
     const char *consumer; /* stable consumer name */
     size_t batch;
     int block_ms;
+    int lanes; /* PostgreSQL connections per batch when def->concurrent; 0 = 1 */
     int max_attempts;
     int64_t reclaim_idle_ms;
     int64_t backoff_ms;

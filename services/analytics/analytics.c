@@ -78,10 +78,10 @@ static const char *event_type(const envelope_t *e, json_object *payload)
  * events commit together. The counter rows are taken in key order. */
 #define COUNT_INSERTED                                                                                                 \
     " RETURNING tenant, type, occurred_at)"                                                                            \
-    " INSERT INTO analytics.counts_by_minute AS c (tenant, type, minute, count)"                                       \
-    " SELECT tenant, type, date_trunc('minute', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*)"          \
-    " FROM e GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"                                                                        \
-    " ON CONFLICT (tenant, type, minute) DO UPDATE SET count = c.count + excluded.count"
+    " INSERT INTO analytics.counts_by_minute AS c (tenant, type, minute, shard, count)"                                \
+    " SELECT tenant, type, date_trunc('minute', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', $9::smallint,"     \
+    " count(*) FROM e GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"                                                               \
+    " ON CONFLICT (tenant, minute, type, shard) DO UPDATE SET count = c.count + excluded.count"
 
 static const char sql_one[] =
     "WITH e AS (INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
@@ -191,18 +191,18 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
         mem_add(c->tx, e, type);
         return SVC_OK;
     }
-    if (db_prepare(c->tx, DB_STMT_ANALYTICS_ONE, sql_one, 8) != 0) {
+    if (db_prepare(c->tx, DB_STMT_ANALYTICS_ONE, sql_one, 9) != 0) {
         snprintf(c->error, sizeof c->error, "prepare failed");
         return SVC_RETRY;
     }
-    char seq[24], ts[24];
+    char seq[24], ts[24], shard[12];
     snprintf(seq, sizeof seq, "%lld", (long long)e->seq);
     snprintf(ts, sizeof ts, "%lld", (long long)e->ts);
-    const char *p[] = {e->id, e->tenant, type, e->topic, e->aggregate_id, seq, e->payload, ts};
-    PGresult *r = db_exec_prepared(c->tx, DB_STMT_ANALYTICS_ONE, 8, p);
+    snprintf(shard, sizeof shard, "%d", c->tx->lane);
+    const char *p[] = {e->id, e->tenant, type, e->topic, e->aggregate_id, seq, e->payload, ts, shard};
+    PGresult *r = db_exec_prepared(c->tx, DB_STMT_ANALYTICS_ONE, 9, p);
     if (!r) {
-        snprintf(c->error, sizeof c->error, "insert into analytics.events failed (sqlstate %s)",
-                 pg_last_sqlstate());
+        snprintf(c->error, sizeof c->error, "insert into analytics.events failed (sqlstate %s)", pg_last_sqlstate());
         return SVC_RETRY;
     }
     PQclear(r);
@@ -237,8 +237,11 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         ba_text(&a[6], e->payload);
         ba_int8(&a[7], e->ts);
     }
-    const char *vals[N_ARRAYS];
-    int lens[N_ARRAYS], fmts[N_ARRAYS];
+    /* the arrays in binary, then the counter shard (this connection's lane) as text */
+    char shard[12];
+    snprintf(shard, sizeof shard, "%d", tx->lane);
+    const char *vals[N_ARRAYS + 1] = {[N_ARRAYS] = shard};
+    int lens[N_ARRAYS + 1] = {0}, fmts[N_ARRAYS + 1] = {0};
     for (int k = 0; k < N_ARRAYS; k++) {
         vals[k] = (const char *)a[k].buf;
         lens[k] = (int)a[k].len;
@@ -250,8 +253,8 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     PGresult *r = NULL;
     char name[16];
     snprintf(name, sizeof name, "ecom_s%d", DB_STMT_ANALYTICS_BATCH);
-    if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, N_ARRAYS) == 0)
-        r = PQexecPrepared(tx->pg, name, N_ARRAYS, vals, lens, fmts, 0);
+    if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, N_ARRAYS + 1) == 0)
+        r = PQexecPrepared(tx->pg, name, N_ARRAYS + 1, vals, lens, fmts, 0);
     if (r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK)) {
         rc = SVC_OK;
     } else {
@@ -275,6 +278,7 @@ const svc_def_t *analytics_service(void)
         .types = NULL,  /* every type */
         .handle = handle,
         .handle_batch = handle_batch,
+        .concurrent = true, /* stateless: every effect is in the transaction */
     };
     return &def;
 }

@@ -148,12 +148,17 @@ static void sut_init(sut_t *s, bool memory, const char *dbname)
         PGconn *c = pg_connect(s->pg_url, "test", &err);
         CU_ASSERT_PTR_NOT_NULL_FATAL(c);
         ASSERT_OK(pg_exec(c, "CREATE TABLE test_applied (ord bigserial PRIMARY KEY, grp text, id uuid,"
-                             " agg text, seq bigint)"));
+                             " agg text, seq bigint, pid int NOT NULL DEFAULT pg_backend_pid())"));
         PQfinish(c);
     }
     mem_rec.n = 0;
-    s->dopts = (drain_opts_t){.database_url = s->pg_url, .mem = s->mem, .redis_url = s->redis_url,
-                              .membus = s->membus, .batch = 500, .poll_ms = 20, .retain_s = 0,
+    s->dopts = (drain_opts_t){.database_url = s->pg_url,
+                              .mem = s->mem,
+                              .redis_url = s->redis_url,
+                              .membus = s->membus,
+                              .batch = 500,
+                              .poll_ms = 20,
+                              .retain_s = 0,
                               .trim_interval_ms = 500};
 }
 
@@ -161,12 +166,26 @@ static void sut_add_service(sut_t *s, const char *group, const char *const *type
 {
     int i = s->nsvc++;
     s->hcfg[i] = (handler_cfg_t){.group = group};
-    s->defs[i] = (svc_def_t){.group = group, .topics = topics_orders, .types = types, .handle = record_handler,
-                             .arg = &s->hcfg[i]};
+    /* concurrent, on two lanes: with PostgreSQL every flow here also checks
+     * that a batch split by aggregate keeps each aggregate's order */
+    s->defs[i] = (svc_def_t){.group = group,
+                             .topics = topics_orders,
+                             .types = types,
+                             .handle = record_handler,
+                             .arg = &s->hcfg[i],
+                             .concurrent = true};
     snprintf(s->consumer[i], sizeof s->consumer[i], "test-%s", group);
-    s->sopts[i] = (svc_opts_t){.database_url = s->pg_url, .mem = s->mem, .redis_url = s->redis_url,
-                               .membus = s->membus, .consumer = s->consumer[i], .batch = 128, .block_ms = 100,
-                               .max_attempts = 5, .reclaim_idle_ms = 2000, .backoff_ms = 20,
+    s->sopts[i] = (svc_opts_t){.database_url = s->pg_url,
+                               .mem = s->mem,
+                               .redis_url = s->redis_url,
+                               .membus = s->membus,
+                               .consumer = s->consumer[i],
+                               .batch = 128,
+                               .block_ms = 100,
+                               .lanes = 2,
+                               .max_attempts = 5,
+                               .reclaim_idle_ms = 2000,
+                               .backoff_ms = 20,
                                .inbox_retain_s = 3600};
 }
 
@@ -221,8 +240,7 @@ static void publish_orders(sut_t *s, int n, int naggs, int txn, const char *type
             char agg[32], payload[64];
             snprintf(agg, sizeof agg, "order-%d", i % naggs);
             snprintf(payload, sizeof payload, "{\"n\":%d}", i);
-            outbox_msg_t m = {.topic = "orders", .type = type, .tenant = "t1", .aggregate_id = agg,
-                              .payload = payload};
+            outbox_msg_t m = {.topic = "orders", .type = type, .tenant = "t1", .aggregate_id = agg, .payload = payload};
             const char *why = NULL;
             ASSERT_OK(outbox_append(db, &m, NULL, &why));
         }
@@ -317,6 +335,17 @@ static void flow_10k(bool memory)
     for (int g = 0; g < 3; g++) {
         CU_ASSERT_EQUAL(inbox_n(&s, s.defs[g].group), 10000);
         check_applied(&s, s.defs[g].group, 10000);
+        if (!memory) { /* both lanes applied: 100 aggregates split over two connections */
+            char *err = NULL;
+            PGconn *c = pg_connect(s.pg_url, "test", &err);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+            const char *p[] = {s.defs[g].group};
+            PGresult *r = pg_query(c, "SELECT count(DISTINCT pid) FROM test_applied WHERE grp = $1", 1, p);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+            CU_ASSERT_EQUAL(atoi(PQgetvalue(r, 0, 0)), 2);
+            PQclear(r);
+            PQfinish(c);
+        }
     }
     db_t *db = sut_db(&s);
     uint64_t pending = 1, dead = 1;
@@ -406,23 +435,26 @@ static void bad_input(bool memory)
     db_t *db = sut_db(&s);
     ASSERT_OK(db_begin(db));
     const char *why = NULL;
-    outbox_msg_t bad_json = {.topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = "x",
+    outbox_msg_t bad_json = {.topic = "orders",
+                             .type = "order.placed",
+                             .tenant = "t1",
+                             .aggregate_id = "x",
                              .payload = "{\"a\":1} trailing"};
     ASSERT_OK(outbox_append(db, &bad_json, NULL, &why));
-    outbox_msg_t unknown = {.topic = "orders", .type = "order.exploded", .tenant = "t1", .aggregate_id = "y",
-                            .payload = "{}"};
+    outbox_msg_t unknown = {
+        .topic = "orders", .type = "order.exploded", .tenant = "t1", .aggregate_id = "y", .payload = "{}"};
     ASSERT_OK(outbox_append(db, &unknown, NULL, &why));
     char *big = xmalloc(300 * 1024);
     memset(big, ' ', 300 * 1024 - 1);
     big[0] = '"';
     big[300 * 1024 - 2] = '"';
     big[300 * 1024 - 1] = '\0';
-    outbox_msg_t huge = {.topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = "z",
-                         .payload = big};
+    outbox_msg_t huge = {
+        .topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = "z", .payload = big};
     CU_ASSERT_EQUAL(outbox_append(db, &huge, NULL, &why), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(why, "OUTBOX_MAX_PAYLOAD"));
-    outbox_msg_t bad_name = {.topic = "or ders", .type = "order.placed", .tenant = "t1", .aggregate_id = "z",
-                             .payload = "{}"};
+    outbox_msg_t bad_name = {
+        .topic = "or ders", .type = "order.placed", .tenant = "t1", .aggregate_id = "z", .payload = "{}"};
     CU_ASSERT_EQUAL(outbox_append(db, &bad_name, NULL, &why), -1);
     free(big);
     ASSERT_OK(db_commit(db));
@@ -570,8 +602,8 @@ static void append_one(db_t *db, const char *agg, int k)
 {
     char payload[32];
     snprintf(payload, sizeof payload, "{\"k\":%d}", k);
-    outbox_msg_t m = {.topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = agg,
-                      .payload = payload};
+    outbox_msg_t m = {
+        .topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = agg, .payload = payload};
     const char *why = NULL;
     ASSERT_OK(db_begin(db));
     ASSERT_OK(outbox_append(db, &m, NULL, &why));
@@ -629,8 +661,8 @@ static void outbox_steps(bool memory)
         CU_ASSERT_EQUAL(payload_k(&s2.rows[i]), (int)i + 3);
     /* a transaction that took its position first commits last: it is not skipped */
     const char *why = NULL;
-    outbox_msg_t m = {.topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = "c",
-                      .payload = "{\"k\":6}"};
+    outbox_msg_t m = {
+        .topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = "c", .payload = "{\"k\":6}"};
     if (late) {
         ASSERT_OK(db_begin(late));
         ASSERT_OK(outbox_append(late, &m, NULL, &why));
@@ -675,8 +707,7 @@ int main(void)
 {
     log_configure(getenv("TEST_LOG_LEVEL") ? getenv("TEST_LOG_LEVEL") : "error", "text");
     CU_TestInfo tests[] = {
-        {"the drainer's overlapped step leaves rows in flight out, never late ones (memory)",
-         test_outbox_steps_memory},
+        {"the drainer's overlapped step leaves rows in flight out, never late ones (memory)", test_outbox_steps_memory},
         {"the drainer's overlapped step leaves rows in flight out, never late ones (postgres)", test_outbox_steps_real},
         {"10k messages, 100 aggregates, 3 groups (memory)", test_flow_memory},
         {"10k messages, 100 aggregates, 3 groups (postgres+redis)", test_flow_real},
