@@ -792,8 +792,14 @@ const svc_def_t *payment_service(void)
                                         "payment.refunded",
                                         "payment.refund.rejected",
                                         NULL};
-    static const svc_def_t def = {
-        .group = "payment", .topics = topics, .types = types, .handle = handle, .handle_batch = handle_batch};
+    /* concurrent: a payment's commands share its aggregate (one lane), and the
+     * provider, its breaker and the answers memory are thread-safe */
+    static const svc_def_t def = {.group = "payment",
+                                  .topics = topics,
+                                  .types = types,
+                                  .handle = handle,
+                                  .handle_batch = handle_batch,
+                                  .concurrent = true};
     return &def;
 }
 

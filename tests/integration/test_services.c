@@ -149,6 +149,7 @@ static void sut_add(sut_t *s, const svc_def_t *def)
                                .consumer = s->consumer[i],
                                .batch = 64,
                                .block_ms = 50,
+                               .lanes = 2, /* production's default: PostgreSQL runs split by aggregate */
                                .max_attempts = 5,
                                .reclaim_idle_ms = 5000,
                                .backoff_ms = 20,
