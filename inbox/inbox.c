@@ -3,6 +3,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/log.h"
 #include "core/pg.h"
 #include "core/strmap.h"
 
@@ -67,8 +68,8 @@ int inbox_record(db_t *tx, const char *group, const char *msg_id)
 {
     if (tx->kind == DB_MEMORY)
         return mem_record(tx, group, msg_id);
-    if (db_prepare(tx, DB_STMT_INBOX_ONE,
-                   "INSERT INTO bus.inbox (grp, id) VALUES ($1, $2) ON CONFLICT DO NOTHING", 2) != 0)
+    if (db_prepare(tx, DB_STMT_INBOX_ONE, "INSERT INTO bus.inbox (grp, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                   2) != 0)
         return -1;
     const char *p[] = {group, msg_id};
     PGresult *r = db_exec_prepared(tx, DB_STMT_INBOX_ONE, 2, p);
@@ -77,6 +78,52 @@ int inbox_record(db_t *tx, const char *group, const char *msg_id)
     int added = atoi(PQcmdTuples(r));
     PQclear(r);
     return added == 1 ? 1 : 0;
+}
+
+/* "{id,id,...}": PostgreSQL's text form of a uuid[]; the caller frees it. */
+static char *uuid_array_text(const char *const *ids, size_t n)
+{
+    char *arr = xmalloc(n * 37 + 3);
+    size_t len = 0;
+    arr[len++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            arr[len++] = ',';
+        memcpy(arr + len, ids[i], 36);
+        len += 36;
+    }
+    arr[len++] = '}';
+    arr[len] = '\0';
+    return arr;
+}
+
+int inbox_record_fresh(db_t *tx, const char *group, const char *const *ids, size_t n)
+{
+    if (tx->kind == DB_MEMORY) {
+        int rc = 0;
+        for (size_t i = 0; i < n; i++)
+            if (mem_record(tx, group, ids[i]) != 1)
+                rc = 1; /* the caller's rollback undoes the others */
+        return rc;
+    }
+    if (db_prepare(tx, DB_STMT_INBOX_FRESH, "INSERT INTO bus.inbox (grp, id) SELECT $1, unnest($2::uuid[])", 2) != 0)
+        return -1;
+    char *arr = uuid_array_text(ids, n);
+    const char *p[] = {group, arr};
+    char name[16];
+    snprintf(name, sizeof name, "ecom_s%d", DB_STMT_INBOX_FRESH);
+    /* executed here: a duplicate is an expected answer, not an error to log */
+    PGresult *r = PQexecPrepared(tx->pg, name, 2, p, NULL, NULL, 0);
+    free(arr);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    int rc = st == PGRES_COMMAND_OK ? 0 : state && strcmp(state, "23505") == 0 ? 1 : -1;
+    if (rc < 0)
+        log_warn("postgres error sqlstate=%s stmt=inbox insert error=%.*s", state ? state : "08000",
+                 (int)strcspn(r ? PQresultErrorMessage(r) : PQerrorMessage(tx->pg), "\n"),
+                 r ? PQresultErrorMessage(r) : PQerrorMessage(tx->pg));
+    PQclear(r);
+    return rc;
 }
 
 int inbox_record_batch(db_t *tx, const char *group, const char *const *ids, size_t n, bool *is_new)
@@ -91,17 +138,7 @@ int inbox_record_batch(db_t *tx, const char *group, const char *const *ids, size
                    " ON CONFLICT DO NOTHING RETURNING id",
                    2) != 0)
         return -1;
-    char *arr = xmalloc(n * 37 + 3);
-    size_t len = 0;
-    arr[len++] = '{';
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            arr[len++] = ',';
-        memcpy(arr + len, ids[i], 36);
-        len += 36;
-    }
-    arr[len++] = '}';
-    arr[len] = '\0';
+    char *arr = uuid_array_text(ids, n);
     const char *p[] = {group, arr};
     PGresult *r = db_exec_prepared(tx, DB_STMT_INBOX_BATCH, 2, p);
     free(arr);

@@ -346,8 +346,19 @@ static int apply_fast(rt_t *rt, db_t *db, work_t *ws, size_t n)
     int rc = -1;
     for (size_t i = 0; i < n; i++)
         ids[i] = ws[i].m->env.id;
-    if (inbox_record_batch(db, rt->def->group, ids, n, fresh) != 0)
+    /* most batches are all new: the cheap insert, and only when it finds an
+     * id applied before, the batch again with the one that tells which */
+    int fr = inbox_record_fresh(db, rt->def->group, ids, n);
+    if (fr < 0)
         goto out;
+    if (fr == 0) {
+        for (size_t i = 0; i < n; i++)
+            fresh[i] = true;
+    } else {
+        db_rollback(db);
+        if (db_begin(db) != 0 || inbox_record_batch(db, rt->def->group, ids, n, fresh) != 0)
+            goto out;
+    }
     size_t nn = 0;
     for (size_t i = 0; i < n; i++)
         if (fresh[i]) {
