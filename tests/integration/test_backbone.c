@@ -7,6 +7,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/pg.h"
 #include "core/redis.h"
 #include "core/strmap.h"
@@ -586,6 +587,39 @@ static void late_subscriber(bool memory)
     sut_stop(&s);
 }
 
+/* The whole stream delivered again (the group rewound, as after a broker
+ * restore) while new messages arrive: batches of applied ids, and the one
+ * mixing applied and new ids, apply only the new ones, once and in order. */
+static void test_redelivered_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "redeliver");
+    s.dopts.trim_interval_ms = 3600000; /* keep the entries, to deliver them again */
+    sut_add_service(&s, "g1", types_orders);
+    publish_orders(&s, 1000, 20, 100, "order.placed");
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "g1", 1000, 30000));
+    metric_t *dups =
+        metrics_counter("ecom_service_duplicates_total", "Deliveries skipped by the inbox", "group=\"g1\"");
+    uint64_t dup0 = metrics_value(dups);
+    char *err = NULL;
+    redisContext *rc = redis_connect_url(s.redis_url, 2000, &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rc);
+    redisReply *r = redisCommand(rc, "XGROUP SETID ecom:orders g1 0");
+    CU_ASSERT_TRUE(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    redisFree(rc);
+    publish_orders(&s, 1000, 20, 100, "order.paid");
+    CU_ASSERT_TRUE(wait_inbox(&s, "g1", 2000, 30000));
+    int64_t end = clock_mono_ms() + 30000;
+    while (metrics_value(dups) - dup0 < 1000 && clock_mono_ms() < end)
+        clock_sleep_ms(50);
+    CU_ASSERT_EQUAL(metrics_value(dups) - dup0, 1000);
+    check_applied(&s, "g1", 2000);
+    sut_stop(&s);
+}
+
 static void test_late_subscriber_memory(void)
 {
     late_subscriber(true);
@@ -719,6 +753,7 @@ int main(void)
         {"drainers of another database do not take this one's share", test_foreign_drainer_real},
         {"a service created after trimming still gets everything (memory)", test_late_subscriber_memory},
         {"a service created after trimming still gets everything (postgres+redis)", test_late_subscriber_real},
+        {"a rewound group's batches of applied and new ids apply only the new (postgres+redis)", test_redelivered_real},
         CU_TEST_INFO_NULL,
     };
     return test_main("backbone", tests, NULL, NULL);
