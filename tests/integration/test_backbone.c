@@ -620,6 +620,42 @@ static void test_redelivered_real(void)
     sut_stop(&s);
 }
 
+/* Inbox cleanup (PostgreSQL; the runtime cleans only there) removes ids
+ * older than the window, at most limit a call, and keeps the recent ones. */
+static void test_inbox_cleanup_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "inboxclean");
+    db_t *db = sut_db(&s);
+    static const char *const ids[] = {"0190a000-0000-7000-8000-000000000001", "0190a000-0000-7000-8000-000000000002",
+                                      "0190a000-0000-7000-8000-000000000003", "0190a000-0000-7000-8000-000000000004",
+                                      "0190a000-0000-7000-8000-000000000005"};
+    ASSERT_OK(db_begin(db));
+    for (size_t i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(inbox_record(db, "g", ids[i]), 1);
+    ASSERT_OK(db_commit(db));
+    ASSERT_OK(pg_exec(db->pg, "UPDATE bus.inbox SET received_at = now() - interval '2 hours'"));
+    ASSERT_OK(db_begin(db));
+    for (size_t i = 3; i < 5; i++)
+        CU_ASSERT_EQUAL(inbox_record(db, "g", ids[i]), 1);
+    ASSERT_OK(db_commit(db));
+    size_t gone = 0;
+    ASSERT_OK(inbox_cleanup(db, 3600, 2, &gone));
+    CU_ASSERT_EQUAL(gone, 2);
+    ASSERT_OK(inbox_cleanup(db, 3600, 2, &gone));
+    CU_ASSERT_EQUAL(gone, 1);
+    ASSERT_OK(inbox_cleanup(db, 3600, 2, &gone));
+    CU_ASSERT_EQUAL(gone, 0);
+    uint64_t left = 0;
+    ASSERT_OK(inbox_count(db, "g", &left));
+    CU_ASSERT_EQUAL(left, 2);
+    ASSERT_OK(db_begin(db)); /* the recent ones are still seen */
+    CU_ASSERT_EQUAL(inbox_record(db, "g", ids[4]), 0);
+    ASSERT_OK(db_commit(db));
+    db_close(db);
+    sut_stop(&s);
+}
+
 static void test_late_subscriber_memory(void)
 {
     late_subscriber(true);
@@ -753,6 +789,7 @@ int main(void)
         {"drainers of another database do not take this one's share", test_foreign_drainer_real},
         {"a service created after trimming still gets everything (memory)", test_late_subscriber_memory},
         {"a service created after trimming still gets everything (postgres+redis)", test_late_subscriber_real},
+        {"inbox cleanup takes old ids in bounded steps and keeps recent ones (postgres)", test_inbox_cleanup_real},
         {"a rewound group's batches of applied and new ids apply only the new (postgres+redis)", test_redelivered_real},
         CU_TEST_INFO_NULL,
     };
