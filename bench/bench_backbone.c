@@ -864,7 +864,7 @@ static void bench_consume(bool with_poison)
         bus_t *b = open_bus(rurl);
         int64_t pub_us = publish_all(b, envs, n_msgs);
         if (bi == 0 && !with_poison)
-            printf("  setup: bus_publish (MULTI/EXEC pipelined, %d per call) of %zu msgs took %.2f s = %.0f msgs/s"
+            printf("  setup: bus_publish (pipelined XADD, %d per call) of %zu msgs took %.2f s = %.0f msgs/s"
                    " (not a figure)\n",
                    PUBLISH_CHUNK, n_msgs, secs(pub_us), per_s(n_msgs, pub_us));
         double redis_rate = 0, store_rate = 0;
@@ -1508,7 +1508,7 @@ static void breakdown_drain(void)
     for (int p = 0; p < OUTBOX_PARTITIONS; p++)
         parts[p] = p;
     step_t st[] = {{"outbox_fetch (SELECT + copy rows)", 0},
-                   {"bus_publish (MULTI, XADD x n, EXEC)", 0},
+                   {"bus_publish (XADD x n, pipelined)", 0},
                    {"outbox_mark_published (DELETE, autocommit)", 0},
                    {"outbox_rows_free", 0}};
     envelope_t *envs = xmalloc(outbox_batch * sizeof *envs);
@@ -1561,7 +1561,7 @@ static void breakdown_drain_overlapped(void)
     for (int p = 0; p < OUTBOX_PARTITIONS; p++)
         parts[p] = p;
     step_t st[] = {{"outbox_step_send (queue DELETE prev + SELECT next)", 0},
-                   {"bus_publish (MULTI, XADD x n, EXEC)", 0},
+                   {"bus_publish (XADD x n, pipelined)", 0},
                    {"outbox_step_wait (what the publish did not hide)", 0},
                    {"outbox_step_free", 0}};
     envelope_t *envs = xmalloc(outbox_batch * sizeof *envs);

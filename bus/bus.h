@@ -10,8 +10,11 @@
  * one suite against both.
  *
  * A bus_t is one thread's handle (a blocking hiredis connection, or a view of a
- * membus_t). All functions return 0 on success and -1 on failure (logged); a
- * failure never half-applies a publish of one stream's batch.
+ * membus_t). All functions return 0 on success and -1 on failure (logged).
+ * A failed publish may have appended the first part of the batch (Redis:
+ * pipelined XADDs, no transaction); publishing the batch again then appends
+ * copies after it, which keeps every aggregate's order for a consumer whose
+ * inbox skips what it applied.
  * Owns: the connection, and every message in a bus_batch_t (bus_batch_clear). */
 #ifndef ECOM_BUS_H
 #define ECOM_BUS_H
@@ -22,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BUS_ID_MAX 48     /* "<ms>-<seq>" */
+#define BUS_ID_MAX 48 /* "<ms>-<seq>" */
 #define BUS_STREAM_MAX 160
 
 typedef struct bus bus_t;
@@ -31,11 +34,11 @@ typedef struct membus membus_t;
 typedef struct bus_msg {
     char entry_id[BUS_ID_MAX]; /* stream entry id */
     char stream[BUS_STREAM_MAX];
-    envelope_t env;       /* valid when !missing && !bad */
-    bool missing;         /* pending entry whose payload was trimmed or deleted */
-    bool bad;             /* entry fields failed to decode; why says how */
-    const char *why;      /* static text for bad entries */
-    uint32_t deliveries;  /* delivery count, when the read reports it (0 = unknown) */
+    envelope_t env;      /* valid when !missing && !bad */
+    bool missing;        /* pending entry whose payload was trimmed or deleted */
+    bool bad;            /* entry fields failed to decode; why says how */
+    const char *why;     /* static text for bad entries */
+    uint32_t deliveries; /* delivery count, when the read reports it (0 = unknown) */
 } bus_msg_t;
 
 typedef struct bus_batch {
@@ -45,8 +48,8 @@ typedef struct bus_batch {
 
 typedef struct bus_group_info {
     char name[64];
-    uint64_t pending;      /* entries delivered, not acknowledged */
-    int64_t lag;           /* entries not yet delivered to the group; -1 unknown */
+    uint64_t pending; /* entries delivered, not acknowledged */
+    int64_t lag;      /* entries not yet delivered to the group; -1 unknown */
     char last_delivered[BUS_ID_MAX];
     uint64_t consumers;
 } bus_group_info_t;
@@ -102,8 +105,8 @@ int bus_group_create(bus_t *b, const char *stream, const char *group) __attribut
 /* XREADGROUP over ns streams. own_pending: the consumer's own pending entries
  * from the start (history read, no blocking); else new entries, blocking up to
  * block_ms (0 = no block). Appends to out, at most count per stream. */
-int bus_read(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
-             bool own_pending, size_t count, int block_ms, bus_batch_t *out) __attribute__((warn_unused_result));
+int bus_read(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns, bool own_pending,
+             size_t count, int block_ms, bus_batch_t *out) __attribute__((warn_unused_result));
 
 /* The consumer's own pending entries of one stream with ids after after_id
  * ("0" = from the start), oldest first, at most count; deliveries filled.
@@ -122,8 +125,8 @@ int bus_reclaim(bus_t *b, const char *stream, const char *group, const char *con
                 size_t count, bus_batch_t *out) __attribute__((warn_unused_result));
 
 /* Pending entries of a group (oldest first), at most max. */
-int bus_pending(bus_t *b, const char *stream, const char *group, bus_pending_entry_t *out, size_t max,
-                size_t *n) __attribute__((warn_unused_result));
+int bus_pending(bus_t *b, const char *stream, const char *group, bus_pending_entry_t *out, size_t max, size_t *n)
+    __attribute__((warn_unused_result));
 
 /* Appends m to "ecom:dlq:<group>" with reason, deliveries, source stream and
  * entry id. Does not acknowledge (the caller acks after). */
