@@ -51,13 +51,23 @@ char *xstrndup(const char *s, size_t n)
 
 char *xasprintf(const char *fmt, ...)
 {
+    /* formatted once on the stack, then copied at its size (vasprintf grows and
+     * shrinks a buffer of its own); formatted again only when longer */
+    char small[256];
     va_list ap;
     va_start(ap, fmt);
-    char *out = NULL;
-    int n = vasprintf(&out, fmt, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
     if (n < 0)
         oom(0);
+    char *out = xmalloc((size_t)n + 1);
+    if ((size_t)n < sizeof small) {
+        memcpy(out, small, (size_t)n + 1);
+        return out;
+    }
+    va_start(ap, fmt);
+    vsnprintf(out, (size_t)n + 1, fmt, ap);
+    va_end(ap);
     return out;
 }
 

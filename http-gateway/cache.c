@@ -547,21 +547,11 @@ void cache_stats(cache_t *c, cache_stats_t *out)
 
 /* ---- keys and headers ---- */
 
-/* Appends "<tag><decimal length of s>:<s>;" (no printf: this runs on every
- * cache hit). */
-static void key_part(char **buf, size_t *len, size_t *cap, const char *tag, const char *s)
+/* Writes "<tag><decimal length of s>:<s>;" at o (tag one character, s NULL
+ * for ""), returns the end; no printf: this runs on every cache hit. */
+static char *key_part(char *o, char tag, const char *s, size_t sl)
 {
-    if (!s)
-        s = "";
-    size_t tl = strlen(tag), sl = strlen(s);
-    size_t need = tl + 20 + 1 + sl + 1;
-    if (*len + need + 1 > *cap) {
-        *cap = (*len + need + 1) * 2;
-        *buf = xrealloc(*buf, *cap);
-    }
-    char *o = *buf + *len;
-    memcpy(o, tag, tl);
-    o += tl;
+    *o++ = tag;
     char digits[20];
     size_t nd = 0, v = sl;
     do {
@@ -571,35 +561,43 @@ static void key_part(char **buf, size_t *len, size_t *cap, const char *tag, cons
     while (nd)
         *o++ = digits[--nd];
     *o++ = ':';
-    memcpy(o, s, sl);
+    if (sl)
+        memcpy(o, s, sl);
     o += sl;
     *o++ = ';';
-    *o = '\0';
-    *len = (size_t)(o - *buf);
+    return o;
 }
+
+#define KEY_PARTS 8
 
 char *cache_key_build(const cache_key_parts_t *k)
 {
-    size_t len = 0, cap = 256;
-    char *buf = xmalloc(cap);
-    buf[0] = '\0';
     const char *method = k->method && strcmp(k->method, "HEAD") == 0 ? "GET" : k->method;
-    key_part(&buf, &len, &cap, "r", k->route_id);
-    key_part(&buf, &len, &cap, "m", method);
     char *path = route_norm_path(k->path);
-    char *query = route_norm_query(k->query);
-    key_part(&buf, &len, &cap, "p", path);
-    key_part(&buf, &len, &cap, "q", query);
+    const char *q = k->query && k->query[0] == '?' ? k->query + 1 : k->query;
+    /* no query normalises to "" (most reads): no scratch buffers for it */
+    char *query = q && q[0] && q[0] != '#' ? route_norm_query(k->query) : NULL;
+    /* shared: "s6:shared;" in place of the tenant and the principal */
+    char tags[KEY_PARTS] = {'r', 'm', 'p', 'q', 'k', 'v', 't', 'u'};
+    const char *parts[KEY_PARTS] = {k->route_id, method, path, query, k->custom, k->vary, k->tenant, k->principal};
+    int n = KEY_PARTS;
+    if (k->shared) {
+        tags[6] = 's';
+        parts[6] = "shared";
+        n = 7;
+    }
+    size_t lens[KEY_PARTS], total = 1;
+    for (int i = 0; i < n; i++) {
+        lens[i] = parts[i] ? strlen(parts[i]) : 0;
+        total += 1 + 20 + 1 + lens[i] + 1;
+    }
+    char *buf = xmalloc(total);
+    char *o = buf;
+    for (int i = 0; i < n; i++)
+        o = key_part(o, tags[i], parts[i], lens[i]);
+    *o = '\0';
     free(path);
     free(query);
-    key_part(&buf, &len, &cap, "k", k->custom);
-    key_part(&buf, &len, &cap, "v", k->vary);
-    if (k->shared) {
-        key_part(&buf, &len, &cap, "s", "shared");
-    } else {
-        key_part(&buf, &len, &cap, "t", k->tenant);
-        key_part(&buf, &len, &cap, "u", k->principal);
-    }
     return buf;
 }
 
@@ -699,7 +697,28 @@ void cache_status_value(char *out, size_t cap, cache_out_t kind, int64_t ttl_s, 
     const char *fwd = NULL;
     switch (kind) {
     case CACHE_OUT_HIT:
-    case CACHE_OUT_STALE: snprintf(out, cap, "gw; hit; ttl=%" PRId64, ttl_s); return;
+    case CACHE_OUT_STALE: { /* "gw; hit; ttl=%" PRId64, without printf: every hit runs it */
+        static const char head[] = "gw; hit; ttl=";
+        char d[24];
+        size_t nd = 0;
+        uint64_t v = ttl_s < 0 ? 0 - (uint64_t)ttl_s : (uint64_t)ttl_s;
+        do {
+            d[nd++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        if (ttl_s < 0)
+            d[nd++] = '-';
+        if (cap < sizeof head + nd) { /* never with CACHE_STATUS_MAX */
+            snprintf(out, cap, "gw; hit; ttl=%" PRId64, ttl_s);
+            return;
+        }
+        memcpy(out, head, sizeof head - 1);
+        char *o = out + sizeof head - 1;
+        while (nd)
+            *o++ = d[--nd];
+        *o = '\0';
+        return;
+    }
     case CACHE_OUT_MISS: fwd = "uri-miss"; break;
     case CACHE_OUT_REFRESH: fwd = "stale"; break;
     case CACHE_OUT_BYPASS: fwd = "bypass"; break;

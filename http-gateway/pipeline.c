@@ -24,6 +24,28 @@
 static void run_upstream(gw_req_t *r);
 static void after_authentication(gw_req_t *r);
 
+/* snprintf(dst, cap, "%s", s) without printf: these run on every request. */
+static void copy_str(char *dst, size_t cap, const char *s)
+{
+    size_t n = strnlen(s, cap - 1);
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
+/* The decimal digits of v (>= 0) into out[24]. */
+static void fmt_age(char out[24], int64_t v)
+{
+    char d[24];
+    size_t n = 0;
+    do {
+        d[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = d[n - 1 - i];
+    out[n] = '\0';
+}
+
 static const char *in_header(gw_req_t *r, const char *name)
 {
     return r->ev ? evhttp_find_header(evhttp_request_get_input_headers(r->ev), name) : NULL;
@@ -63,7 +85,7 @@ static bool authenticate_or_reply(gw_req_t *r)
         /* development only: the runbook's token-less curls act as a dev principal */
         r->principal.present = true;
         r->principal.dev = true;
-        snprintf(r->principal.sub, sizeof r->principal.sub, "dev");
+        copy_str(r->principal.sub, sizeof r->principal.sub, "dev");
         return true;
     }
     if (r->route->anonymous)
@@ -87,9 +109,9 @@ static bool tenant_or_reply(gw_req_t *r)
         return false;
     }
     const char *t = h ? h : (p->present && p->tid[0]) ? p->tid : "default";
-    snprintf(r->tenant, sizeof r->tenant, "%s", t);
+    copy_str(r->tenant, sizeof r->tenant, t);
     if (p->dev)
-        snprintf(r->principal.tid, sizeof r->principal.tid, "%s", t);
+        copy_str(r->principal.tid, sizeof r->principal.tid, t);
     return true;
 }
 
@@ -233,6 +255,13 @@ static bool body_or_reply(gw_req_t *r)
 
 /* ---- cache ---- */
 
+static void release_body(const void *data, size_t len, void *arg)
+{
+    (void)data;
+    (void)len;
+    cache_entry_release(arg);
+}
+
 static void serve_entry(gw_req_t *r, cache_entry_t *e, cache_out_t kind, bool collapsed)
 {
     cache_policy_t pol;
@@ -242,7 +271,7 @@ static void serve_entry(gw_req_t *r, cache_entry_t *e, cache_out_t kind, bool co
     gw_add_header(r, "Cache-Status", v);
     gw_add_header(r, "X-Cache-Status", cache_x_status(kind));
     gw_add_header(r, "ETag", e->etag);
-    snprintf(age, sizeof age, "%lld", (long long)cache_age_s(e));
+    fmt_age(age, cache_age_s(e)); /* never negative */
     gw_add_header(r, "Age", age);
     const char *inm = in_header(r, "If-None-Match");
     r->answered = true;
@@ -252,7 +281,12 @@ static void serve_entry(gw_req_t *r, cache_entry_t *e, cache_out_t kind, bool co
     } else {
         r->status = e->status;
         r->content_type = e->content_type ? e->content_type : "application/json";
-        evbuffer_add(r->out, e->body, e->body_len);
+        /* the body by reference (no copy), the entry held until the bytes are written */
+        cache_entry_ref(e);
+        if (evbuffer_add_reference(r->out, e->body, e->body_len, release_body, e) != 0) {
+            cache_entry_release(e);
+            evbuffer_add(r->out, e->body, e->body_len);
+        }
         /* content_type must outlive the entry reference: keep the reference until free */
     }
     gw_finish(r);
@@ -387,10 +421,7 @@ static void on_bg_timeout(evutil_socket_t fd, short what, void *arg)
  * whose answer only goes into the cache. */
 static void start_refresh(gw_req_t *r)
 {
-    gw_req_t *bg = xcalloc(1, sizeof *bg);
-    r->th->active++;
-    bg->th = r->th;
-    bg->sh = r->sh;
+    gw_req_t *bg = gw_req_new(r->th);
     bg->background = true;
     bg->start_us = clock_mono_us();
     bg->out = evbuffer_new();

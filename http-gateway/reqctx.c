@@ -119,8 +119,22 @@ void reqctx_traceparent_child(const traceparent_t *parent, traceparent_t *out)
 
 void reqctx_traceparent_format(const traceparent_t *tp, char out[REQCTX_TRACEPARENT_BUF])
 {
-    snprintf(out, REQCTX_TRACEPARENT_BUF, "00-%.32s-%.16s-%02x", tp->trace_id, tp->span_id,
-             (unsigned)tp->flags);
+    /* "00-%.32s-%.16s-%02x", without printf: this runs on every request */
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    memcpy(o, "00-", 3);
+    o += 3;
+    size_t n = strnlen(tp->trace_id, 32);
+    memcpy(o, tp->trace_id, n);
+    o += n;
+    *o++ = '-';
+    n = strnlen(tp->span_id, 16);
+    memcpy(o, tp->span_id, n);
+    o += n;
+    *o++ = '-';
+    *o++ = hex[tp->flags >> 4];
+    *o++ = hex[tp->flags & 15];
+    *o = '\0';
 }
 
 bool reqctx_traceparent_sampled(const traceparent_t *tp)

@@ -1,6 +1,7 @@
 /* http-gateway/server.c: threads, listeners and the request lifecycle
  * (see gateway.h and gw.h). Every request is answered exactly once, from a
- * per-request context bounded by our own timer. */
+ * per-request context bounded by our own timer (armed once the request waits
+ * on something: an answer given within the evhttp callback needs none). */
 #include "http-gateway/gateway.h"
 #include "http-gateway/gw.h"
 
@@ -32,22 +33,41 @@
 
 /* ---- responses ---- */
 
+/* A copy of s in the request's header arena, or on the heap when it is full. */
+static char *hdr_copy(gw_req_t *r, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    if (n > sizeof r->hdr_arena - r->hdr_used)
+        return xstrdup(s);
+    char *p = r->hdr_arena + r->hdr_used;
+    memcpy(p, s, n);
+    r->hdr_used += n;
+    return p;
+}
+
+static void hdr_free(gw_req_t *r, char *p)
+{
+    if (p < r->hdr_arena || p >= r->hdr_arena + sizeof r->hdr_arena)
+        free(p);
+}
+
 void gw_add_header(gw_req_t *r, const char *name, const char *value)
 {
     if (r->nheaders == (int)ECOM_ARRAY_LEN(r->headers))
         return;
-    r->headers[r->nheaders].name = xstrdup(name);
-    r->headers[r->nheaders].value = xstrdup(value);
+    r->headers[r->nheaders].name = hdr_copy(r, name);
+    r->headers[r->nheaders].value = hdr_copy(r, value);
     r->nheaders++;
 }
 
 void gw_clear_headers(gw_req_t *r)
 {
     for (int i = 0; i < r->nheaders; i++) {
-        free(r->headers[i].name);
-        free(r->headers[i].value);
+        hdr_free(r, r->headers[i].name);
+        hdr_free(r, r->headers[i].value);
     }
     r->nheaders = 0;
+    r->hdr_used = 0;
 }
 
 static void set_body(gw_req_t *r, int status, const char *ctype, const void *body, size_t len)
@@ -133,6 +153,22 @@ void gw_timer_add(struct event *ev, int64_t ms)
 
 /* ---- lifecycle ---- */
 
+gw_req_t *gw_req_new(gw_thread_t *th)
+{
+    gw_req_t *r = th->spare;
+    if (r) {
+        th->spare = r->next_spare;
+        th->nspare--;
+        memset(r, 0, sizeof *r);
+    } else {
+        r = xcalloc(1, sizeof *r);
+    }
+    th->active++;
+    r->th = th;
+    r->sh = th->sh;
+    return r;
+}
+
 static void req_free(gw_req_t *r)
 {
     ECOM_ASSERT(!r->pg && !r->mem_tx);
@@ -145,10 +181,7 @@ static void req_free(gw_req_t *r)
     if (r->cache_waiting)
         event_del(&r->cache_wait_ev);
     cache_entry_release(r->lk.entry);
-    for (int i = 0; i < r->nheaders; i++) {
-        free(r->headers[i].name);
-        free(r->headers[i].value);
-    }
+    gw_clear_headers(r);
     evbuffer_free(r->out);
     json_object_put(r->json);
     free(r->path);
@@ -159,8 +192,15 @@ static void req_free(gw_req_t *r)
     gw_cmd_free(&r->cmd);
     if (r->handler_state_free)
         r->handler_state_free(r->handler_state);
-    r->th->active--;
-    free(r);
+    gw_thread_t *th = r->th;
+    th->active--;
+    if (th->nspare < GW_SPARE_REQS) {
+        r->next_spare = th->spare;
+        th->spare = r;
+        th->nspare++;
+    } else {
+        free(r);
+    }
 }
 
 void gw_ref(gw_req_t *r)
@@ -378,10 +418,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
         return;
     }
 
-    gw_req_t *r = xcalloc(1, sizeof *r);
-    th->active++;
-    r->th = th;
-    r->sh = sh;
+    gw_req_t *r = gw_req_new(th);
     r->ev = ev;
     r->start_us = clock_mono_us();
     r->out = evbuffer_new();
@@ -405,14 +442,10 @@ static void on_request(struct evhttp_request *ev, void *arg)
     mine.flags = (uint8_t)((mine.flags & ~1u) | (r->sampled ? 1u : 0u));
     reqctx_traceparent_format(&mine, r->traceparent);
     memcpy(r->span_id, mine.span_id, sizeof r->span_id);
-    r->start_ns = otel_now_ns();
+    if (r->sampled)
+        r->start_ns = otel_now_ns(); /* read only for the span of a sampled request */
     r->log = (log_ctx_t){.request_id = r->request_id, .trace_id = r->trace.trace_id};
     log_ctx_set(&r->log);
-
-    evtimer_assign(&r->timeout_ev, th->base, on_timeout, r);
-    struct timeval tv = {GW_REQUEST_TIMEOUT_MS / 1000, (GW_REQUEST_TIMEOUT_MS % 1000) * 1000};
-    evtimer_add(&r->timeout_ev, &tv);
-    r->timeout_armed = true;
 
     gw_ref(r);
     if (atomic_load(&sh->draining)) {
@@ -430,6 +463,13 @@ static void on_request(struct evhttp_request *ev, void *arg)
             r->body_len = blen;
             gw_pipeline_start(r);
         }
+    }
+    if (!r->sent) {
+        /* still waiting on something: bound it. Armed only now, as a request
+         * answered within this call (a cache hit) cannot time out. */
+        evtimer_assign(&r->timeout_ev, th->base, on_timeout, r);
+        gw_timer_add(&r->timeout_ev, GW_REQUEST_TIMEOUT_MS);
+        r->timeout_armed = true;
     }
     gw_unref(r);
     log_ctx_set(NULL);
@@ -561,6 +601,11 @@ static void thread_free(gw_thread_t *th)
     if (th->http)
         evhttp_free(th->http);
     db_close(th->memdb);
+    while (th->spare) {
+        gw_req_t *r = th->spare;
+        th->spare = r->next_spare;
+        free(r);
+    }
     strmap_free(&th->req_counters);
     jwt_cache_free(&th->jwt_cache);
     policy_cache_free(&th->authz_cache);
