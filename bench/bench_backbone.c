@@ -68,7 +68,7 @@
 #define DEF_RECLAIM_MS 30000
 #define DEF_BACKOFF_MS 200
 #define DEF_INBOX_RETAIN_S 604800
-#define DEF_LANES 2
+#define DEF_LANES 1
 
 static const char traceparent[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 static const char request_id[] = "7f3c9a2e5b1d4c8fa0e6b3d2c1f09876";
@@ -1771,6 +1771,7 @@ int main(int argc, char **argv)
             die("usage: bench_backbone [--ecom PATH] [drain] [consume] [poison] [latency] [process] [memory]"
                 " [breakdown]");
     }
+    alloc_tune(); /* as the ecom program does */
     const char *lvl = getenv("LOG_LEVEL");
     log_configure(lvl && *lvl ? lvl : "off", "text");
     signal(SIGPIPE, SIG_IGN);

@@ -2,6 +2,7 @@
  *   gateway | outbox-worker | service NAME... | all | migrate [--service NAME] [--check]
  * Setup runs in a fixed order: arguments, configuration (every problem at
  * once), logging, signals, stores, roles; then each role's loop on its thread. */
+#include "bus/outbox.h"
 #include "core/admin.h"
 #include "core/alloc.h"
 #include "core/config.h"
@@ -9,7 +10,6 @@
 #include "core/log.h"
 #include "core/migrate.h"
 #include "core/otel.h"
-#include "bus/outbox.h"
 #include "http-gateway/gateway.h"
 #include "outbox-worker/drain.h"
 #include "services/registry.h"
@@ -185,6 +185,7 @@ static int run_roles(const config_t *cfg, bool gateway, bool drainer, const svc_
 
 int main(int argc, char **argv)
 {
+    alloc_tune();
     const char *env_file = NULL;
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {

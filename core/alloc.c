@@ -1,6 +1,7 @@
 /* core/alloc.c: see alloc.h. */
 #include "core/alloc.h"
 
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,11 @@ char *xstrndup(const char *s, size_t n)
     memcpy(p, s, n);
     p[n] = '\0';
     return p;
+}
+
+void alloc_tune(void)
+{
+    (void)mallopt(M_MXFAST, 0);
 }
 
 char *xasprintf(const char *fmt, ...)
