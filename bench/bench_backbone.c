@@ -62,7 +62,7 @@
 #define DEF_POLL_MS 100
 #define DEF_RETAIN_S 3600
 #define DEF_TRIM_MS 10000
-#define DEF_SVC_BATCH 256
+#define DEF_SVC_BATCH 1000
 #define DEF_BLOCK_MS 1000
 #define DEF_MAX_ATTEMPTS 5
 #define DEF_RECLAIM_MS 30000
@@ -79,8 +79,8 @@ static char redis_base[512];
 static const char *ecom_bin = "build/bin/ecom";
 static size_t n_msgs = 100000;
 static size_t outbox_batch = 1000;
-static size_t svc_batches[8] = {64, 256, 1000};
-static size_t n_svc_batches = 3;
+static size_t svc_batches[8] = {256, 1000};
+static size_t n_svc_batches = 2;
 static int latency_s = 10;
 static int rate = 1000;
 static int failures;

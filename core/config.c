@@ -21,8 +21,8 @@ typedef struct citem {
     const char *name;
     ctype_t type;
     size_t off;
-    const char *def; /* goes through the same parser */
-    long min, max;   /* T_INT bounds; */
+    const char *def;  /* goes through the same parser */
+    long min, max;    /* T_INT bounds; */
     const char *opts; /* T_ENUM: "a|b|c"; T_URL: accepted schemes "postgres|postgresql" */
     const char *doc;
 } citem_t;
@@ -48,7 +48,7 @@ static const citem_t items[] = {
      "largest payload outbox_append accepts, bytes"},
     {"OUTBOX_RETAIN_S", T_INT, F(outbox_retain_s), "3600", 0, 30 * 86400, NULL,
      "seconds published outbox rows are kept for re-drive after a broker loss"},
-    {"SERVICE_BATCH", T_INT, F(service_batch), "256", 1, 10000, NULL, "messages per consumer transaction"},
+    {"SERVICE_BATCH", T_INT, F(service_batch), "1000", 1, 10000, NULL, "messages per consumer transaction (at most)"},
     {"SERVICE_BLOCK_MS", T_INT, F(service_block_ms), "1000", 1, 60000, NULL, "XREADGROUP BLOCK in ms"},
     {"SERVICE_LANES", T_INT, F(service_lanes), "1", 1, 8, NULL,
      "PostgreSQL connections a service applies a batch on, split by aggregate (services whose handlers allow "
@@ -218,9 +218,7 @@ static void parse_item(config_t *cfg, const citem_t *it, const char *v, errlist_
 {
     char *base = (char *)cfg + it->off;
     switch (it->type) {
-    case T_STR:
-        *(char **)base = xstrdup(v);
-        break;
+    case T_STR: *(char **)base = xstrdup(v); break;
     case T_ENUM:
         if (!opt_in(it->opts, v))
             errlist_add(e, "%s: '%s' is not one of %s", it->name, v, it->opts);
@@ -271,12 +269,12 @@ static void cross_checks(config_t *cfg, int roles, errlist_t *e)
             errlist_add(e, "JWT: JWT_SECRET and a PEM key are both set; choose one kind of key");
         if (priv != pub)
             errlist_add(e, "JWT: %s is set without %s", priv ? "JWT_PRIVATE_KEY_PEM" : "JWT_PUBLIC_KEY_PEM",
-                    priv ? "JWT_PUBLIC_KEY_PEM" : "JWT_PRIVATE_KEY_PEM");
+                        priv ? "JWT_PUBLIC_KEY_PEM" : "JWT_PRIVATE_KEY_PEM");
         if (!dev && strlen(cfg->otp_pepper) < 32)
             errlist_add(e, "OTP_PEPPER: at least 32 bytes are required outside APP_ENV=development");
         if (sec && strlen(cfg->jwt_secret) < 32 && !dev)
             errlist_add(e, "JWT_SECRET: %zu bytes; at least 32 are required outside APP_ENV=development",
-                    strlen(cfg->jwt_secret));
+                        strlen(cfg->jwt_secret));
     }
     if (strcmp(cfg->app_env, "production") == 0 && (roles & (CFG_ROLE_GATEWAY | CFG_ROLE_DRAINER | CFG_ROLE_SERVICE))) {
         /* development conveniences must not reach production */
