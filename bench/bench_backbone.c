@@ -68,7 +68,7 @@
 #define DEF_RECLAIM_MS 30000
 #define DEF_BACKOFF_MS 200
 #define DEF_INBOX_RETAIN_S 604800
-#define DEF_LANES 1
+#define DEF_LANES 4
 
 static const char traceparent[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 static const char request_id[] = "7f3c9a2e5b1d4c8fa0e6b3d2c1f09876";
@@ -915,9 +915,10 @@ static void bench_consume(bool with_poison)
                  (unsigned long long)(metrics_value(m_dlq) - dbase));
         } else if (!with_poison) {
             double r = per_s(n_msgs, us);
+            size_t eff_lanes = analytics_service()->concurrent ? svc_lanes : 1; /* lanes it ran on */
             printf("consume (postgres+redis, batch %zu, %zu lane%s): %zu msgs in %.2f s = %.0f msgs/s, target >= %d: %s"
                    " (XREADGROUP+XACK alone %.0f/s, inbox+analytics SQL alone %.0f msgs/s)\n",
-                   batch, svc_lanes, svc_lanes > 1 ? "s" : "", n_msgs, secs(us), r, TARGET_CONSUME,
+                   batch, eff_lanes, eff_lanes > 1 ? "s" : "", n_msgs, secs(us), r, TARGET_CONSUME,
                    verdict(r >= TARGET_CONSUME), redis_rate, store_rate);
             cpu_print(&c0, &c1, "service", NULL, NULL);
         } else {
