@@ -590,9 +590,10 @@ int outbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
     if (db->kind == DB_MEMORY)
         return 0; /* memory keeps no published window */
     return pg_delete_older(db->pg,
+                           /* oldest first by position: the primary key, no sort */
                            "DELETE FROM bus.outbox_published WHERE pos IN (SELECT pos FROM bus.outbox_published"
                            " WHERE published_at < now() - make_interval(secs => $1::double precision)"
-                           " ORDER BY published_at LIMIT $2)",
+                           " ORDER BY pos LIMIT $2)",
                            retain_s, limit, deleted);
 }
 

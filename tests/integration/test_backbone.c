@@ -656,6 +656,33 @@ static void test_inbox_cleanup_real(void)
     sut_stop(&s);
 }
 
+/* The re-drive window's cleanup removes rows published before the window,
+ * oldest first, at most limit a call, and keeps the recent ones. */
+static void test_published_cleanup_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "pubclean");
+    db_t *db = sut_db(&s);
+    ASSERT_OK(pg_exec(db->pg, "INSERT INTO bus.outbox_published (pos, id, partition, topic, type, tenant,"
+                              " aggregate_id, seq, ts, v, traceparent, request_id, payload, published_at)"
+                              " SELECT n, gen_random_uuid(), 0, 'orders', 'order.placed', 't1', 'order-1', n, 0, 1,"
+                              " '', '', '{}', CASE WHEN n <= 3 THEN now() - interval '2 hours' ELSE now() END"
+                              " FROM generate_series(1, 5) n"));
+    size_t gone = 0;
+    ASSERT_OK(outbox_cleanup(db, 3600, 2, &gone));
+    CU_ASSERT_EQUAL(gone, 2);
+    ASSERT_OK(outbox_cleanup(db, 3600, 2, &gone));
+    CU_ASSERT_EQUAL(gone, 1);
+    ASSERT_OK(outbox_cleanup(db, 3600, 2, &gone));
+    CU_ASSERT_EQUAL(gone, 0);
+    PGresult *r = pg_query(db->pg, "SELECT string_agg(pos::text, ',' ORDER BY pos) FROM bus.outbox_published", 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "4,5");
+    PQclear(r);
+    db_close(db);
+    sut_stop(&s);
+}
+
 static void test_late_subscriber_memory(void)
 {
     late_subscriber(true);
@@ -790,6 +817,7 @@ int main(void)
         {"a service created after trimming still gets everything (memory)", test_late_subscriber_memory},
         {"a service created after trimming still gets everything (postgres+redis)", test_late_subscriber_real},
         {"inbox cleanup takes old ids in bounded steps and keeps recent ones (postgres)", test_inbox_cleanup_real},
+        {"the re-drive window's cleanup takes old rows oldest first, bounded (postgres)", test_published_cleanup_real},
         {"a rewound group's batches of applied and new ids apply only the new (postgres+redis)", test_redelivered_real},
         CU_TEST_INFO_NULL,
     };
