@@ -180,9 +180,10 @@ int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
     while (r->requested && !r->finished)
         pthread_cond_wait(&r->cv, &r->mu);
     int rc = r->requested ? r->rc : -1;
-    bus_batch_clear(out);
-    parsed_clear(parsed);
-    if (rc == 0) { /* swap: the reader keeps the old arrays for its next read */
+    if (rc != 0) {
+        bus_batch_clear(out);
+        parsed_clear(parsed);
+    } else { /* swap: the reader frees the batch before (at its next read, on its thread) */
         bus_batch_t t = *out;
         *out = r->bt;
         r->bt = t;

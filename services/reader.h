@@ -42,10 +42,12 @@ void reader_stop(svc_reader_t *r);
 void reader_request(svc_reader_t *r, const char *const *streams, size_t ns, size_t count, int block_ms);
 /* A read was requested and not taken yet. */
 bool reader_outstanding(const svc_reader_t *r);
-/* Waits for the outstanding read and moves its entries into out (cleared
- * first) and their parsed payloads into parsed (cleared first; the caller puts
- * the objects it does not keep). 0, or -1 when the read failed (the reader has
- * reconnected or will try again at the next request). */
+/* Waits for the outstanding read and hands over its entries in out and their
+ * parsed payloads in parsed, which stay owned by the reader: what out and
+ * parsed held before goes back to it and is freed on its thread (the caller
+ * borrows payloads; it must not put them). 0, or -1 when the read failed (out
+ * and parsed are then empty; the reader has reconnected or will try again at
+ * the next request). */
 int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed);
 /* Puts every payload left in parsed and frees its arrays. */
 void reader_parsed_free(reader_parsed_t *p);

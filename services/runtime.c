@@ -672,8 +672,7 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
         } else {
             const char *jwhy = NULL;
             if (pre && i < pre->n) {
-                payload = pre->payload[i];
-                pre->payload[i] = NULL;
+                payload = pre->payload[i]; /* borrowed: the read-ahead frees it, on its thread */
                 jwhy = pre->error[i];
             } else if (json_parse_strict(m->env.payload, strlen(m->env.payload), &payload, &jwhy) != 0) {
                 payload = NULL;
@@ -741,7 +740,8 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
         log_warn("service %s: acknowledgement failed; will retry", rt->def->group);
     }
     for (size_t i = 0; i < nw; i++) {
-        json_object_put(ws[i].payload);
+        if (!pre)
+            json_object_put(ws[i].payload);
         free(ws[i].key);
     }
     free(ws);

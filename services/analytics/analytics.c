@@ -85,17 +85,17 @@ static const char *event_type(const envelope_t *e, json_object *payload)
 
 static const char sql_one[] =
     "WITH e AS (INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, to_timestamp($8::bigint / 1000.0))"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7::json, to_timestamp($8::bigint / 1000.0))"
     " ON CONFLICT (tenant, id) DO NOTHING" COUNT_INSERTED;
 /* The batch as eight arrays in PostgreSQL's binary array format: no escaping,
- * no JSON document to build and parse (the payloads are parsed once, by the
- * ::jsonb cast). A plain INSERT: the runtime gives only messages the inbox
+ * no JSON document to build and parse (the payloads are checked once, by the
+ * ::json cast, and stored as they came). A plain INSERT: the runtime gives only messages the inbox
  * has not seen, so a copy already here is rare (an inbox id expired, or an
  * event written by other means) and costs the one-at-a-time pass, whose
  * statement skips it; ON CONFLICT would cost every row about twice. */
 static const char sql_batch[] =
     "WITH e AS (INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
-    " SELECT id, tenant, type, topic, aggregate_id, seq, payload::jsonb, to_timestamp(ts / 1000.0)"
+    " SELECT id, tenant, type, topic, aggregate_id, seq, payload::json, to_timestamp(ts / 1000.0)"
     " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],"
     " $8::bigint[]) AS x(id, tenant, type, topic, aggregate_id, seq, payload, ts)" COUNT_INSERTED;
 
