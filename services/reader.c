@@ -2,11 +2,14 @@
 #include "services/reader.h"
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define TOP_UP_AFTER_US 200 /* a read result older than this is topped up at take */
 
 struct svc_reader {
     pthread_t thread;
@@ -23,6 +26,7 @@ struct svc_reader {
     size_t count;
     int block_ms;
     /* the result */
+    int64_t finished_us; /* when the read came back */
     int rc;
     bus_batch_t bt;
     reader_parsed_t parsed;
@@ -52,11 +56,12 @@ void reader_parsed_free(reader_parsed_t *p)
     memset(p, 0, sizeof *p);
 }
 
-/* Parses every decoded entry's payload; the runtime decides what a failure means. */
-static void parse_all(const bus_batch_t *bt, reader_parsed_t *p)
+/* Parses the payloads of the decoded entries from index from on; the runtime
+ * decides what a failure means. */
+static void parse_from(const bus_batch_t *bt, reader_parsed_t *p, size_t from)
 {
     parsed_reserve(p, bt->n);
-    for (size_t i = 0; i < bt->n; i++) {
+    for (size_t i = from; i < bt->n; i++) {
         const bus_msg_t *m = &bt->msgs[i];
         p->payload[i] = NULL;
         p->error[i] = NULL;
@@ -93,11 +98,12 @@ static void *reader_main(void *arg)
         int rc = bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count,
                           r->block_ms, &r->bt);
         if (rc == 0)
-            parse_all(&r->bt, &r->parsed);
+            parse_from(&r->bt, &r->parsed, 0);
         else if (bus_ensure(r->bus) != 0)
             log_debug("service %s: read-ahead connection is down", r->group);
         pthread_mutex_lock(&r->mu);
         r->rc = rc;
+        r->finished_us = clock_mono_us();
         r->finished = true;
         pthread_cond_broadcast(&r->cv);
     }
@@ -180,6 +186,21 @@ int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
     while (r->requested && !r->finished)
         pthread_cond_wait(&r->cv, &r->mu);
     int rc = r->requested ? r->rc : -1;
+    if (rc == 0 && r->bt.n < r->count && clock_mono_us() - r->finished_us > TOP_UP_AFTER_US) {
+        /* The read came back a while ago with room to spare, and more entries
+         * may have come since: take them now (no blocking), or each would
+         * wait for a transaction of its own. The thread is idle between a
+         * finished read and the next request, so its connection is free. */
+        size_t before = r->bt.n;
+        if (bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count - before, 0,
+                     &r->bt) == 0) {
+            parse_from(&r->bt, &r->parsed, before);
+        } else { /* keep what the read gave; whatever the top-up got stays pending */
+            for (size_t i = before; i < r->bt.n; i++)
+                envelope_clear(&r->bt.msgs[i].env);
+            r->bt.n = before;
+        }
+    }
     if (rc != 0) {
         bus_batch_clear(out);
         parsed_clear(parsed);

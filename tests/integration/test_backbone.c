@@ -620,6 +620,18 @@ static void test_redelivered_real(void)
     sut_stop(&s);
 }
 
+/* With three rows past a one-hour window, a cleanup of at most two a call
+ * takes two, then one, then none. */
+static void three_old_in_steps_of_two(db_t *db, int (*cleanup)(db_t *, int64_t, size_t, size_t *))
+{
+    static const size_t want[] = {2, 1, 0};
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(want); i++) {
+        size_t gone = 99;
+        ASSERT_OK(cleanup(db, 3600, 2, &gone));
+        CU_ASSERT_EQUAL(gone, want[i]);
+    }
+}
+
 /* Inbox cleanup (PostgreSQL; the runtime cleans only there) removes ids
  * older than the window, at most limit a call, and keeps the recent ones. */
 static void test_inbox_cleanup_real(void)
@@ -639,13 +651,7 @@ static void test_inbox_cleanup_real(void)
     for (size_t i = 3; i < 5; i++)
         CU_ASSERT_EQUAL(inbox_record(db, "g", ids[i]), 1);
     ASSERT_OK(db_commit(db));
-    size_t gone = 0;
-    ASSERT_OK(inbox_cleanup(db, 3600, 2, &gone));
-    CU_ASSERT_EQUAL(gone, 2);
-    ASSERT_OK(inbox_cleanup(db, 3600, 2, &gone));
-    CU_ASSERT_EQUAL(gone, 1);
-    ASSERT_OK(inbox_cleanup(db, 3600, 2, &gone));
-    CU_ASSERT_EQUAL(gone, 0);
+    three_old_in_steps_of_two(db, inbox_cleanup);
     uint64_t left = 0;
     ASSERT_OK(inbox_count(db, "g", &left));
     CU_ASSERT_EQUAL(left, 2);
@@ -668,13 +674,7 @@ static void test_published_cleanup_real(void)
                               " SELECT n, gen_random_uuid(), 0, 'orders', 'order.placed', 't1', 'order-1', n, 0, 1,"
                               " '', '', '{}', CASE WHEN n <= 3 THEN now() - interval '2 hours' ELSE now() END"
                               " FROM generate_series(1, 5) n"));
-    size_t gone = 0;
-    ASSERT_OK(outbox_cleanup(db, 3600, 2, &gone));
-    CU_ASSERT_EQUAL(gone, 2);
-    ASSERT_OK(outbox_cleanup(db, 3600, 2, &gone));
-    CU_ASSERT_EQUAL(gone, 1);
-    ASSERT_OK(outbox_cleanup(db, 3600, 2, &gone));
-    CU_ASSERT_EQUAL(gone, 0);
+    three_old_in_steps_of_two(db, outbox_cleanup);
     PGresult *r = pg_query(db->pg, "SELECT string_agg(pos::text, ',' ORDER BY pos) FROM bus.outbox_published", 0, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "4,5");
