@@ -87,7 +87,7 @@ typedef struct rt {
     int64_t next_discover, next_reclaim, next_cleanup, next_probe;
     int64_t backoff_ms;
     int crash_deliveries;
-    metric_t *m_applied, *m_dup, *m_failed, *m_deferred, *m_dlq, *m_missing, *m_batch_s, *m_e2e_s;
+    metric_t *m_applied, *m_dup, *m_ignored, *m_failed, *m_deferred, *m_dlq, *m_missing, *m_batch_s, *m_e2e_s;
 } rt_t;
 
 static bool stopping(rt_t *rt)
@@ -280,14 +280,17 @@ static int dead_letter(rt_t *rt, const bus_msg_t *m, const char *reason)
 
 /* ---- applying a batch ---- */
 
-static bool type_accepted(const svc_def_t *def, const char *type)
+static bool type_in(const char *const *list, const char *type)
 {
-    if (!def->types)
-        return true;
-    for (const char *const *t = def->types; *t; t++)
+    for (const char *const *t = list; t && *t; t++)
         if (strcmp(*t, type) == 0)
             return true;
     return false;
+}
+
+static bool type_accepted(const svc_def_t *def, const char *type)
+{
+    return !def->types || type_in(def->types, type);
 }
 
 static void set_log_ctx(log_ctx_t *lc, char *trace, const envelope_t *e)
@@ -647,6 +650,12 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
                 rt->pel_due_ms = 0;
             continue;
         }
+        if (type_in(rt->def->ignored_types, m->env.type)) {
+            metrics_add(rt->m_ignored, 1); /* nothing to apply: no transaction, no inbox row */
+            failure_drop(rt, m);
+            ack_later(rt, m);
+            continue;
+        }
         size_t tl = strlen(m->env.tenant), al = strlen(m->env.aggregate_id), sl = strlen(m->stream);
         char *key = xmalloc(sl + tl + al + 3);
         memcpy(key, m->stream, sl + 1);
@@ -894,6 +903,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         metrics_counter("ecom_service_deferred_total", "Messages deferred: a dependency was unavailable", labels);
     rt.m_dlq = metrics_counter("ecom_service_dead_letters_total", "Messages moved to the DLQ", labels);
     rt.m_missing = metrics_counter("ecom_service_missing_payload_total", "Pending entries without payload", labels);
+    rt.m_ignored =
+        metrics_counter("ecom_service_ignored_total", "Messages of types the service has nothing to do for", labels);
     rt.m_batch_s = metrics_histogram("ecom_service_batch_seconds", "Time to apply one batch", labels);
     rt.m_e2e_s = metrics_histogram("ecom_service_end_to_end_seconds", "Outbox append to handler commit", labels);
     health_require(store_name(&rt));

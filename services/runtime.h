@@ -45,22 +45,25 @@
 typedef enum { SVC_OK = 0, SVC_RETRY = -1, SVC_REJECT = -2, SVC_DEFER = -3 } svc_result_t;
 
 typedef struct svc_ctx {
-    db_t *tx;                /* in a transaction */
-    const envelope_t *msg;   /* borrowed */
-    json_object *payload;    /* parsed strictly, borrowed */
+    db_t *tx;              /* in a transaction */
+    const envelope_t *msg; /* borrowed */
+    json_object *payload;  /* parsed strictly, borrowed */
     const char *group;
-    char error[256];         /* set by a failing handler */
+    char error[256]; /* set by a failing handler */
 } svc_ctx_t;
 
 typedef struct svc_def {
-    const char *group;               /* consumer group = service name */
-    const char *const *topics;       /* NULL-terminated; NULL = every topic (discovered) */
-    const char *const *types;        /* accepted types, NULL-terminated; NULL = all */
+    const char *group;         /* consumer group = service name */
+    const char *const *topics; /* NULL-terminated; NULL = every topic (discovered) */
+    const char *const *types;  /* accepted types, NULL-terminated; NULL = all */
+    /* Types on its topics the service has nothing to do for (e.g. its own
+     * events): acknowledged without a transaction or an inbox row. */
+    const char *const *ignored_types;
     svc_result_t (*handle)(svc_ctx_t *c, void *arg);
     /* Optional: applies n new messages at once inside tx. Anything but SVC_OK
      * makes the runtime retry the batch one message at a time with handle(). */
-    svc_result_t (*handle_batch)(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads,
-                                 size_t n, void *arg);
+    svc_result_t (*handle_batch)(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
+                                 void *arg);
     void *arg;
     /* The handlers may run on several connections at once (no shared state
      * but the database): the runtime then applies a batch on o->lanes

@@ -621,11 +621,17 @@ const svc_def_t *notification_service(void)
 {
     static const char *const topics[] = {"auth", "payment", NULL};
     /* every type of those topics: the ones we do not notify about are
-     * acknowledged and ignored (render), not dead-lettered */
+     * acknowledged and ignored (render), not dead-lettered; the payment
+     * commands, the most frequent of them, without a transaction at all */
+    static const char *const commands[] = {"payment.requested", "payment.refund.requested", NULL};
     /* concurrent: a delivery depends on its own message only; settings,
      * breakers and the recent-sends memory are guarded */
-    static const svc_def_t def = {
-        .group = "notification", .topics = topics, .types = NULL, .handle = handle, .concurrent = true};
+    static const svc_def_t def = {.group = "notification",
+                                  .topics = topics,
+                                  .types = NULL,
+                                  .ignored_types = commands,
+                                  .handle = handle,
+                                  .concurrent = true};
     return &def;
 }
 

@@ -866,20 +866,17 @@ out:
 const svc_def_t *payment_service(void)
 {
     static const char *const topics[] = {"payment", NULL};
-    /* the commands, and the events this service itself appends to the same
-     * stream (accepted and ignored, so they do not fill the DLQ) */
-    static const char *const types[] = {"payment.requested",
-                                        "payment.refund.requested",
-                                        "payment.succeeded",
-                                        "payment.failed",
-                                        "payment.refunded",
-                                        "payment.refund.rejected",
-                                        NULL};
+    static const char *const types[] = {"payment.requested", "payment.refund.requested", NULL};
+    /* the events this service itself appends to the same stream: acknowledged
+     * as they come (no transaction, no inbox row), never dead-lettered */
+    static const char *const own_events[] = {"payment.succeeded", "payment.failed", "payment.refunded",
+                                             "payment.refund.rejected", NULL};
     /* concurrent: a payment's commands share its aggregate (one lane), and the
      * provider, its breaker and the answers memory are thread-safe */
     static const svc_def_t def = {.group = "payment",
                                   .topics = topics,
                                   .types = types,
+                                  .ignored_types = own_events,
                                   .handle = handle,
                                   .handle_batch = handle_batch,
                                   .concurrent = true};
