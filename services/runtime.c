@@ -704,43 +704,45 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
         int rc = apply_lanes(rt, ws, nw, blocked);
         if (rc < 0) {
             health_report(store_name(rt), false, 0);
-            rt->pel_due_ms = clock_mono_ms() + 200; /* everything stays pending; try again */
+            rt->pel_due_ms = clock_mono_ms() + 200; /* what did not commit stays pending; try again */
         } else {
             health_report(store_name(rt), true, (double)(clock_mono_us() - t0) / 1000.0);
-            int64_t tnow = clock_now_ms();
-            for (size_t i = 0; i < nw; i++) {
-                work_t *w = &ws[i];
-                if (w->done) {
-                    failure_drop(rt, w->m);
-                    ack_later(rt, w->m);
-                    metrics_observe(rt->m_e2e_s, (double)(tnow - w->m->env.ts) / 1000.0);
-                } else if (w->failed) {
-                    failure_t *f = failure_bump(rt, w);
-                    log_ctx_t lc;
-                    char trace[40];
-                    set_log_ctx(&lc, trace, &w->m->env);
-                    const log_ctx_t *prev = log_ctx_set(&lc);
-                    if (w->result == SVC_DEFER) {
-                        metrics_add(rt->m_deferred, 1);
-                        log_info("service %s: deferred (%s); retrying later", rt->def->group, w->error);
-                    } else {
-                        metrics_add(rt->m_failed, 1);
-                        log_warn("service %s: handler failed (attempt %d of %d): %s", rt->def->group, f->count,
-                                 rt->o->max_attempts, w->error);
-                    }
-                    log_ctx_set(prev);
-                    if (w->result == SVC_REJECT || (w->result != SVC_DEFER && f->count >= rt->o->max_attempts)) {
-                        char reason[320];
-                        snprintf(reason, sizeof reason, "%s after %d attempt%s: %s",
-                                 w->result == SVC_REJECT ? "rejected" : "failed", f->count, f->count > 1 ? "s" : "",
-                                 w->error);
-                        /* 0: messages waiting behind it can go now */
-                        (void)dead_letter(rt, w->m, reason);
-                        rt->pel_due_ms = 0;
-                    }
+        }
+        /* after a storage failure only the lanes that committed have done
+         * or failed messages (a lane that failed leaves its own neither) */
+        int64_t tnow = clock_now_ms();
+        for (size_t i = 0; i < nw; i++) {
+            work_t *w = &ws[i];
+            if (w->done) {
+                failure_drop(rt, w->m);
+                ack_later(rt, w->m);
+                metrics_observe(rt->m_e2e_s, (double)(tnow - w->m->env.ts) / 1000.0);
+            } else if (w->failed) {
+                failure_t *f = failure_bump(rt, w);
+                log_ctx_t lc;
+                char trace[40];
+                set_log_ctx(&lc, trace, &w->m->env);
+                const log_ctx_t *prev = log_ctx_set(&lc);
+                if (w->result == SVC_DEFER) {
+                    metrics_add(rt->m_deferred, 1);
+                    log_info("service %s: deferred (%s); retrying later", rt->def->group, w->error);
+                } else {
+                    metrics_add(rt->m_failed, 1);
+                    log_warn("service %s: handler failed (attempt %d of %d): %s", rt->def->group, f->count,
+                             rt->o->max_attempts, w->error);
                 }
-                /* neither done nor failed: waiting behind an earlier failure of its aggregate */
+                log_ctx_set(prev);
+                if (w->result == SVC_REJECT || (w->result != SVC_DEFER && f->count >= rt->o->max_attempts)) {
+                    char reason[320];
+                    snprintf(reason, sizeof reason, "%s after %d attempt%s: %s",
+                             w->result == SVC_REJECT ? "rejected" : "failed", f->count, f->count > 1 ? "s" : "",
+                             w->error);
+                    /* 0: messages waiting behind it can go now */
+                    (void)dead_letter(rt, w->m, reason);
+                    rt->pel_due_ms = 0;
+                }
             }
+            /* neither done nor failed: waiting behind an earlier failure of its aggregate */
         }
     }
     schedule_failures(rt);
