@@ -406,53 +406,130 @@ out:
     return rc;
 }
 
-/* One savepoint per message. 0 = committed, -1 = storage failure. */
+/* One message under its own savepoint, inside the open transaction: skipped
+ * behind an earlier failure of its aggregate; on failure marked failed and
+ * its aggregate blocked. 0, or -1 on a storage failure. */
+static int apply_one(rt_t *rt, db_t *db, work_t *w, strmap_t *blocked)
+{
+    if (strmap_get(blocked, w->key, w->klen))
+        return 0; /* an earlier message of this aggregate failed: keep order */
+    if (w->failed_fast) {
+        w->failed = true;
+        strmap_put(blocked, w->key, w->klen, NULL);
+        return 0;
+    }
+    if (db_savepoint(db) != 0)
+        return -1;
+    int rec = inbox_record(db, rt->def->group, w->m->env.id);
+    if (rec < 0) {
+        db_rollback_to(db);
+        if (conn_broken(db))
+            return -1;
+        snprintf(w->error, sizeof w->error, "inbox write failed");
+        w->result = SVC_RETRY;
+        w->failed = true;
+        strmap_put(blocked, w->key, w->klen, NULL);
+        return 0;
+    }
+    svc_result_t r = rec == 0 ? SVC_OK : run_handler(rt, db, w);
+    if (r == SVC_OK) {
+        if (db_release(db) != 0)
+            return -1;
+        w->done = true;
+        metrics_add(rec == 0 ? rt->m_dup : rt->m_applied, 1);
+        return 0;
+    }
+    db_rollback_to(db);
+    if (conn_broken(db))
+        return -1;
+    w->result = r;
+    w->failed = true;
+    strmap_put(blocked, w->key, w->klen, NULL);
+    return 0;
+}
+
+/* The messages of ws not blocked, inside the open transaction: all at once
+ * through the batch handler under one savepoint; when that fails, the first
+ * half and then the second (which sees what the first blocked), down to
+ * single messages. One failing message in n costs about 2 log2(n) batch calls
+ * instead of n single ones. 0, or -1 on a storage failure. */
+static int apply_halves(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *blocked)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        m += !strmap_get(blocked, ws[i].key, ws[i].klen);
+    if (m <= 1 || n <= 2) {
+        for (size_t i = 0; i < n; i++)
+            if (apply_one(rt, db, &ws[i], blocked) != 0)
+                return -1;
+        return 0;
+    }
+    const char **ids = xmalloc(m * sizeof *ids);
+    work_t **in = xmalloc(m * sizeof *in);
+    bool *fresh = xcalloc(m, sizeof *fresh);
+    const envelope_t **envs = xmalloc(m * sizeof *envs);
+    json_object **pl = xmalloc(m * sizeof *pl);
+    size_t k = 0, nn = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!strmap_get(blocked, ws[i].key, ws[i].klen)) {
+            in[k] = &ws[i];
+            ids[k++] = ws[i].m->env.id;
+        }
+    int rc = -1;
+    if (db_savepoint(db) != 0)
+        goto out;
+    svc_result_t r = SVC_RETRY;
+    if (inbox_record_batch(db, rt->def->group, ids, m, fresh) == 0) {
+        for (size_t i = 0; i < m; i++)
+            if (fresh[i]) {
+                envs[nn] = &in[i]->m->env;
+                pl[nn++] = in[i]->payload;
+            }
+        r = nn ? rt->def->handle_batch(db, envs, pl, nn, rt->def->arg) : SVC_OK;
+    }
+    if (r == SVC_OK) {
+        if (db_release(db) != 0)
+            goto out;
+        for (size_t i = 0; i < m; i++) {
+            in[i]->done = true;
+            metrics_add(fresh[i] ? rt->m_applied : rt->m_dup, 1);
+        }
+        rc = 0;
+        goto out;
+    }
+    db_rollback_to(db);
+    if (conn_broken(db))
+        goto out;
+    rc = apply_halves(rt, db, ws, n / 2, blocked) != 0 || apply_halves(rt, db, ws + n / 2, n - n / 2, blocked) != 0 ? -1
+                                                                                                                    : 0;
+out:
+    free(ids);
+    free(in);
+    free(fresh);
+    free(envs);
+    free(pl);
+    return rc;
+}
+
+/* After the all-at-once pass failed: halves with the batch handler, or one
+ * savepoint per message. 0 = committed, -1 = storage failure. */
 static int apply_slow(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *blocked)
 {
     if (db_begin(db) != 0)
         return -1;
-    for (size_t i = 0; i < n; i++) {
-        work_t *w = &ws[i];
-        if (strmap_get(blocked, w->key, w->klen))
-            continue; /* an earlier message of this aggregate failed: keep order */
-        if (w->failed_fast) {
-            w->failed = true;
-            strmap_put(blocked, w->key, w->klen, NULL);
-            continue;
-        }
-        if (db_savepoint(db) != 0)
+    if (rt->def->handle_batch) {
+        if (apply_halves(rt, db, ws, n, blocked) != 0)
             goto broken;
-        int rec = inbox_record(db, rt->def->group, w->m->env.id);
-        if (rec < 0) {
-            db_rollback_to(db);
-            if (conn_broken(db))
+    } else {
+        for (size_t i = 0; i < n; i++)
+            if (apply_one(rt, db, &ws[i], blocked) != 0)
                 goto broken;
-            snprintf(w->error, sizeof w->error, "inbox write failed");
-            w->result = SVC_RETRY;
-            w->failed = true;
-            strmap_put(blocked, w->key, w->klen, NULL);
-            continue;
-        }
-        svc_result_t r = rec == 0 ? SVC_OK : run_handler(rt, db, w);
-        if (r == SVC_OK) {
-            if (db_release(db) != 0)
-                goto broken;
-            w->done = true;
-            metrics_add(rec == 0 ? rt->m_dup : rt->m_applied, 1);
-            continue;
-        }
-        db_rollback_to(db);
-        if (conn_broken(db))
-            goto broken;
-        w->result = r;
-        w->failed = true;
-        strmap_put(blocked, w->key, w->klen, NULL);
     }
     if (db_commit(db) != 0)
         goto broken_committed;
     for (size_t i = 0; i < n && LOG_DEBUG >= log_min_level; i++)
         if (ws[i].done)
-            log_applied(rt, &ws[i], "handled one by one");
+            log_applied(rt, &ws[i], "applied after a failure in its batch");
     return 0;
 broken:
     db_rollback(db);

@@ -90,6 +90,19 @@ static svc_result_t record_handler(svc_ctx_t *c, void *arg)
     return SVC_OK;
 }
 
+/* record_handler's batch form: the messages in order; one failure fails the batch. */
+static svc_result_t record_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
+                                 void *arg)
+{
+    for (size_t i = 0; i < n; i++) {
+        svc_ctx_t c = {.tx = tx, .msg = msgs[i], .payload = payloads[i], .group = ((handler_cfg_t *)arg)->group};
+        svc_result_t r = record_handler(&c, arg);
+        if (r != SVC_OK)
+            return r;
+    }
+    return SVC_OK;
+}
+
 /* ---- the system under test, on threads ---- */
 
 typedef struct sut {
@@ -108,6 +121,7 @@ typedef struct sut {
     svc_opts_t sopts[4];
     char consumer[4][32];
     drain_opts_t dopts;
+    bool batch_handler; /* services get record_batch too */
 } sut_t;
 
 static void *drain_thread(void *arg)
@@ -174,7 +188,8 @@ static void sut_add_service(sut_t *s, const char *group, const char *const *type
                              .types = types,
                              .handle = record_handler,
                              .arg = &s->hcfg[i],
-                             .concurrent = true};
+                             .concurrent = true,
+                             .handle_batch = s->batch_handler ? record_batch : NULL};
     snprintf(s->consumer[i], sizeof s->consumer[i], "test-%s", group);
     s->sopts[i] = (svc_opts_t){.database_url = s->pg_url,
                                .mem = s->mem,
@@ -371,10 +386,11 @@ static void test_flow_real(void)
 /* One message fails twice then succeeds; another always fails and is
  * dead-lettered after 5 attempts; messages behind each in its aggregate wait
  * for it, other aggregates flow on. */
-static void retries(bool memory)
+static void retries(bool memory, bool batch)
 {
     sut_t s;
     sut_init(&s, memory, "retry");
+    s.batch_handler = batch;
     sut_add_service(&s, "r1", types_orders);
     sut_add_service(&s, "r2", types_orders);
     s.hcfg[0].fail_aggregate = "order-3";
@@ -388,8 +404,10 @@ static void retries(bool memory)
     CU_ASSERT_TRUE(wait_inbox(&s, "r1", 200, 60000));
     CU_ASSERT_TRUE(wait_inbox(&s, "r2", 199, 60000));
     clock_sleep_ms(500);
-    CU_ASSERT_EQUAL(s.hcfg[0].failed, 2);
-    CU_ASSERT_EQUAL(s.hcfg[1].failed, 5);
+    if (!batch) { /* with a batch handler, the batches around a failing message fail too */
+        CU_ASSERT_EQUAL(s.hcfg[0].failed, 2);
+        CU_ASSERT_EQUAL(s.hcfg[1].failed, 5);
+    }
     check_applied(&s, "r1", 200);
     /* r2: the dead-lettered message is missing, so order-5 shows one gap
      * (seq 2 -> 4) in memory; check counts and the DLQ instead */
@@ -416,12 +434,22 @@ static void retries(bool memory)
 
 static void test_retries_memory(void)
 {
-    retries(true);
+    retries(true, false);
 }
 
 static void test_retries_real(void)
 {
-    retries(false);
+    retries(false, false);
+}
+
+static void test_retries_batch_memory(void)
+{
+    retries(true, true);
+}
+
+static void test_retries_batch_real(void)
+{
+    retries(false, true);
 }
 
 /* Bad input: entries with missing fields, an unparsable payload and an unknown
@@ -810,6 +838,10 @@ int main(void)
         {"10k messages, 100 aggregates, 3 groups (postgres+redis)", test_flow_real},
         {"retries, backoff and DLQ keep order (memory)", test_retries_memory},
         {"retries, backoff and DLQ keep order (postgres+redis)", test_retries_real},
+        {"retries with a batch handler: halves find the failing message, order kept (memory)",
+         test_retries_batch_memory},
+        {"retries with a batch handler: halves find the failing message, order kept (postgres+redis)",
+         test_retries_batch_real},
         {"bad input goes to the DLQ and never stalls (memory)", test_bad_input_memory},
         {"bad input goes to the DLQ and never stalls (postgres+redis)", test_bad_input_real},
         {"two drainers at once (postgres+redis)", test_two_drainers_real},
