@@ -7,7 +7,9 @@
  * same transaction; entries are acknowledged only after commit.
  *
  * Failures: the fast path applies a whole batch at once; if any handler fails,
- * the batch is rolled back and applied again one message per savepoint, so a
+ * the batch is rolled back and applied again by halves under savepoints (the
+ * batch handler on each half, down to single messages; one savepoint per
+ * message for a service without a batch handler), so a
  * failing message never sinks the others. A failed message stays pending and
  * is retried with exponential backoff from the consumer's own pending list;
  * later messages of the same aggregate wait behind it (per-aggregate order),
