@@ -63,7 +63,8 @@ typedef struct svc_def {
     const char *const *ignored_types;
     svc_result_t (*handle)(svc_ctx_t *c, void *arg);
     /* Optional: applies n new messages at once inside tx. Anything but SVC_OK
-     * makes the runtime retry the batch one message at a time with handle(). */
+     * makes the runtime apply the batch again by halves with handle_batch,
+     * down to single messages, which go through handle(). */
     svc_result_t (*handle_batch)(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
                                  void *arg);
     void *arg;
