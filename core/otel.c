@@ -63,7 +63,6 @@ _Static_assert(RESOURCE_JSON_MAX + (long long)OTEL_BATCH_MAX * SPAN_JSON_MAX <= 
 
 /* ---- error list -------------------------------------------------------- */
 
-
 /* ---- settings (written by otel_init before the exporter starts) -------- */
 
 typedef struct settings {
@@ -942,17 +941,6 @@ static void kv_put(kv_t *kv, char *k, char *v)
     kv->n++;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes n bytes of s into a new string (owned); NULL on a bad escape. */
 static char *pct_decode(const char *s, size_t n)
 {
@@ -967,7 +955,7 @@ static char *pct_decode(const char *s, size_t n)
             free(out);
             return NULL;
         }
-        int a = hexval((unsigned char)s[i + 1]), b = hexval((unsigned char)s[i + 2]);
+        int a = hex_digit((unsigned char)s[i + 1]), b = hex_digit((unsigned char)s[i + 2]);
         if (a < 0 || b < 0) {
             free(out);
             return NULL;
@@ -1090,7 +1078,7 @@ static void parse_resource(const config_t *cfg, settings_t *s, errlist_t *e)
     size_t input = (attrs ? strlen(attrs) : 0) + (svc ? strlen(svc) : 0);
     if (input > RESOURCE_INPUT_MAX)
         errlist_add(e, "OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME: %zu bytes together; at most %d", input,
-                RESOURCE_INPUT_MAX);
+                    RESOURCE_INPUT_MAX);
     if (kv.n + 1 > RESOURCE_ATTRS_MAX)
         errlist_add(e, "OTEL_RESOURCE_ATTRIBUTES: %zu attributes; at most %d", kv.n, RESOURCE_ATTRS_MAX - 1);
     const char *service = "unknown_service";
@@ -1142,9 +1130,9 @@ static void parse_sampler(const config_t *cfg, errlist_t *e)
             break;
     if (i == ECOM_ARRAY_LEN(names)) {
         errlist_add(e,
-                "OTEL_TRACES_SAMPLER: '%.64s' is not one of always_on, always_off, traceidratio, "
-                "parentbased_always_on, parentbased_always_off, parentbased_traceidratio",
-                v);
+                    "OTEL_TRACES_SAMPLER: '%.64s' is not one of always_on, always_off, traceidratio, "
+                    "parentbased_always_on, parentbased_always_off, parentbased_traceidratio",
+                    v);
         return;
     }
     sampler.parent_based = names[i].parent_based;
@@ -1199,9 +1187,9 @@ static void parse_endpoint(const char *name, const char *url, settings_t *s, err
     }
     if (strcasecmp(scheme, "https") == 0) {
         errlist_add(e,
-                "%s: https endpoints are not supported: this build has no TLS client; point it at an "
-                "http:// collector or agent (e.g. a local OpenTelemetry Collector that forwards over TLS)",
-                name);
+                    "%s: https endpoints are not supported: this build has no TLS client; point it at an "
+                    "http:// collector or agent (e.g. a local OpenTelemetry Collector that forwards over TLS)",
+                    name);
         goto out;
     }
     if (strcasecmp(scheme, "http") != 0) {
@@ -1267,7 +1255,8 @@ int otel_init(const config_t *cfg, char **err)
     parse_long(cfg, "OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1, 1 << 20, &queue, &e);
     parse_long(cfg, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", OTEL_BATCH_MAX, 1, OTEL_BATCH_MAX, &batch, &e);
     if (batch > queue)
-        errlist_add(&e, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE: %ld is larger than OTEL_BSP_MAX_QUEUE_SIZE (%ld)", batch, queue);
+        errlist_add(&e, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE: %ld is larger than OTEL_BSP_MAX_QUEUE_SIZE (%ld)", batch,
+                    queue);
     set.schedule_ms = schedule;
     set.export_timeout_ms = timeout;
     set.queue_max = (size_t)queue;

@@ -63,6 +63,17 @@ void random_fast_bytes(void *buf, size_t n)
     }
 }
 
+int hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 static void to_hex(const unsigned char *b, size_t n, char *out)
 {
     static const char hex[] = "0123456789abcdef";
@@ -108,9 +119,8 @@ void uuid_v7(char out[UUID_STR_LEN])
     b[6] = (unsigned char)(0x70 | (c >> 8));
     b[7] = (unsigned char)c;
     b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
-    snprintf(out, UUID_STR_LEN,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
-             b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    snprintf(out, UUID_STR_LEN, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
 bool uuid_valid(const char *s)

@@ -1,6 +1,6 @@
 /* core/uuid.h: UUIDv7 (RFC 9562): 48-bit Unix ms, then a 12-bit counter that keeps
  * ids from one process strictly increasing within a millisecond, then random bits
- * from the OS CSPRNG. Also random hex ids (request ids, trace ids). */
+ * from the OS CSPRNG. Also random hex ids (request ids, trace ids) and hex digits. */
 #ifndef ECOM_UUID_H
 #define ECOM_UUID_H
 
@@ -22,5 +22,7 @@ void random_bytes(void *buf, size_t n);
 void random_fast_bytes(void *buf, size_t n);
 /* random_hex from random_fast_bytes. */
 void random_fast_hex(char *out, size_t nbytes);
+/* The value of hex digit c (either case), or -1 when c is not one. */
+int hex_digit(int c);
 
 #endif

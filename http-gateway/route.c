@@ -8,6 +8,7 @@
 #include "http-gateway/route.h"
 
 #include "core/alloc.h"
+#include "core/uuid.h"
 #include "http-gateway/cache.h"
 #include "http-gateway/flags.h"
 
@@ -98,17 +99,6 @@ static bool is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* RFC 3986 pchar, except the percent escape (checked separately). */
 static bool pchar(char c)
 {
@@ -156,13 +146,11 @@ static int parse_template(const char *path, tmpl_t *t, char *why, size_t cap)
             for (size_t i = 2; ok && i < sl; i++)
                 ok = is_alpha(p[i]) || is_digit(p[i]) || p[i] == '_';
             if (!ok) {
-                snprintf(why, cap, "bad parameter name ':%.*s'", (int)(sl > 70 ? 70 : sl - 1),
-                         p + 1);
+                snprintf(why, cap, "bad parameter name ':%.*s'", (int)(sl > 70 ? 70 : sl - 1), p + 1);
                 return -1;
             }
             for (size_t i = 0; i + 1 < t->nseg; i++)
-                if (t->seg[i].param && t->seg[i].len == s->len &&
-                    !memcmp(t->seg[i].s, s->s, s->len)) {
+                if (t->seg[i].param && t->seg[i].len == s->len && !memcmp(t->seg[i].s, s->s, s->len)) {
                     snprintf(why, cap, "parameter ':%.*s' twice", (int)s->len, s->s);
                     return -1;
                 }
@@ -173,11 +161,10 @@ static int parse_template(const char *path, tmpl_t *t, char *why, size_t cap)
         } else {
             *s = (seg_t){p, sl, false};
             for (size_t i = 0; i < sl; i++) {
-                bool ok = pchar(p[i]) || (p[i] == '%' && i + 2 < sl && hexval(p[i + 1]) >= 0 &&
-                                          hexval(p[i + 2]) >= 0);
+                bool ok =
+                    pchar(p[i]) || (p[i] == '%' && i + 2 < sl && hex_digit(p[i + 1]) >= 0 && hex_digit(p[i + 2]) >= 0);
                 if (!ok) {
-                    snprintf(why, cap, "character 0x%02x not allowed in a path",
-                             (unsigned)(unsigned char)p[i]);
+                    snprintf(why, cap, "character 0x%02x not allowed in a path", (unsigned)(unsigned char)p[i]);
                     return -1;
                 }
             }
@@ -205,8 +192,7 @@ static bool same_shape(const tmpl_t *a, const tmpl_t *b)
 static bool template_has_param(const tmpl_t *t, const char *name)
 {
     for (size_t i = 0; i < t->nseg; i++)
-        if (t->seg[i].param && t->seg[i].len == strlen(name) &&
-            !memcmp(t->seg[i].s, name, t->seg[i].len))
+        if (t->seg[i].param && t->seg[i].len == strlen(name) && !memcmp(t->seg[i].s, name, t->seg[i].len))
             return true;
     return false;
 }
@@ -230,8 +216,7 @@ static void problem(problems_t *pr, size_t i, const route_t *r, const char *fmt,
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
     methods_list(r->methods, "|", meth, sizeof meth);
-    char *line = xasprintf("route %zu (%s %.200s): %s\n", i, meth[0] ? meth : "-",
-                           r->path ? r->path : "(null)", what);
+    char *line = xasprintf("route %zu (%s %.200s): %s\n", i, meth[0] ? meth : "-", r->path ? r->path : "(null)", what);
     size_t ll = strlen(line);
     pr->text = xrealloc(pr->text, pr->len + ll + 1);
     memcpy(pr->text + pr->len, line, ll + 1);
@@ -250,15 +235,13 @@ static bool name_ok(const char *s, const char *extra)
     return true;
 }
 
-static void check_policies(problems_t *pr, size_t i, const route_t *r, const tmpl_t *t,
-                           bool tmpl_ok)
+static void check_policies(problems_t *pr, size_t i, const route_t *r, const tmpl_t *t, bool tmpl_ok)
 {
     char err[512];
     const route_cache_t *c = &r->cache;
     if (c->ttl_ms < 0 || c->swr_ms < 0 || c->stale_if_error_ms < 0 || c->lock_timeout_ms < 0)
         problem(pr, i, r, "cache durations must not be negative");
-    if (c->ttl_ms == 0 && (c->swr_ms > 0 || c->stale_if_error_ms > 0 || c->lock_timeout_ms > 0 ||
-                           c->shared || c->key))
+    if (c->ttl_ms == 0 && (c->swr_ms > 0 || c->stale_if_error_ms > 0 || c->lock_timeout_ms > 0 || c->shared || c->key))
         problem(pr, i, r, "cache settings without cache ttl_ms");
     if (c->ttl_ms > 0 && !(r->methods & (ROUTE_GET | ROUTE_HEAD)))
         problem(pr, i, r, "cache policy on a route without GET or HEAD");
@@ -283,8 +266,7 @@ static void check_policies(problems_t *pr, size_t i, const route_t *r, const tmp
         if (!rb->object_param)
             problem(pr, i, r, "rebac needs an object parameter");
         else if (tmpl_ok && !template_has_param(t, rb->object_param))
-            problem(pr, i, r, "rebac object parameter ':%.64s' is not in the template",
-                    rb->object_param);
+            problem(pr, i, r, "rebac object parameter ':%.64s' is not in the template", rb->object_param);
     }
 
     const rl_limit_t *rl = &r->rate.limit;
@@ -295,8 +277,7 @@ static void check_policies(problems_t *pr, size_t i, const route_t *r, const tmp
     if (chaos_params_validate(&r->chaos, err, sizeof err) != 0)
         problem(pr, i, r, "%s", err);
 
-    if (r->resilience.breaker &&
-        breaker_params_validate(&r->resilience.breaker_params, err, sizeof err) != 0)
+    if (r->resilience.breaker && breaker_params_validate(&r->resilience.breaker_params, err, sizeof err) != 0)
         problem(pr, i, r, "breaker: %s", err);
     const hedge_params_t *h = &r->resilience.hedge;
     if (hedge_params_validate(h, err, sizeof err) != 0)
@@ -413,7 +394,7 @@ static bool param_ok(const seg_t *s)
     for (size_t i = 0; i < s->len; i++) {
         if (s->s[i] != '%')
             continue;
-        if (i + 2 >= s->len || hexval(s->s[i + 1]) < 0 || hexval(s->s[i + 2]) < 0)
+        if (i + 2 >= s->len || hex_digit(s->s[i + 1]) < 0 || hex_digit(s->s[i + 2]) < 0)
             return false;
         if (s->s[i + 1] == '0' && s->s[i + 2] == '0')
             return false;
@@ -443,7 +424,7 @@ static void fill_params(const compiled_t *c, const seg_t *segs, route_params_t *
         size_t o = 0;
         for (size_t j = 0; j < ps->len; j++) {
             if (ps->s[j] == '%') {
-                dst[o++] = (char)(hexval(ps->s[j + 1]) * 16 + hexval(ps->s[j + 2]));
+                dst[o++] = (char)(hex_digit(ps->s[j + 1]) * 16 + hex_digit(ps->s[j + 2]));
                 j += 2;
             } else {
                 dst[o++] = ps->s[j];
@@ -458,8 +439,8 @@ static void fill_params(const compiled_t *c, const seg_t *segs, route_params_t *
     params->n = k;
 }
 
-route_result_t router_match(const router_t *r, unsigned method, const char *path,
-                            route_params_t *params, const route_t **route)
+route_result_t router_match(const router_t *r, unsigned method, const char *path, route_params_t *params,
+                            const route_t **route)
 {
     params->n = 0;
     params->allow[0] = '\0';
@@ -525,8 +506,7 @@ void route_cache_policy(const route_t *r, cache_policy_t *out)
     out->ttl_ms = r->cache.ttl_ms;
     out->swr_ms = r->cache.swr_ms;
     out->stale_if_error_ms = r->cache.stale_if_error_ms;
-    out->lock_timeout_ms =
-        r->cache.lock_timeout_ms > 0 ? r->cache.lock_timeout_ms : CACHE_DEFAULT_LOCK_TIMEOUT_MS;
+    out->lock_timeout_ms = r->cache.lock_timeout_ms > 0 ? r->cache.lock_timeout_ms : CACHE_DEFAULT_LOCK_TIMEOUT_MS;
 }
 
 /* ---- URL normalisation ---- */
@@ -543,8 +523,8 @@ static size_t norm_component(const char *s, size_t len, char *out)
     static const char hex[] = "0123456789ABCDEF";
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%' && i + 2 < len && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-            int v = hexval(s[i + 1]) * 16 + hexval(s[i + 2]);
+        if (s[i] == '%' && i + 2 < len && hex_digit(s[i + 1]) >= 0 && hex_digit(s[i + 2]) >= 0) {
+            int v = hex_digit(s[i + 1]) * 16 + hex_digit(s[i + 2]);
             if (unreserved(v)) {
                 out[o++] = (char)v;
             } else {

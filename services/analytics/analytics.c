@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/pg.h"
 #include "core/strmap.h"
+#include "core/uuid.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,17 +153,6 @@ static void ba_int8(bin_array_t *a, int64_t v)
     ba_u32(a, (uint32_t)u);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* A UUID in its text form as 16 bytes; -1 when it is not one. */
 static int ba_uuid(bin_array_t *a, const char *s)
 {
@@ -171,7 +161,7 @@ static int ba_uuid(bin_array_t *a, const char *s)
     for (const char *p = s; *p && k < 16; p++) {
         if (*p == '-')
             continue;
-        int hi = hexval(p[0]), lo = p[1] ? hexval(p[1]) : -1;
+        int hi = hex_digit(p[0]), lo = p[1] ? hex_digit(p[1]) : -1;
         if (hi < 0 || lo < 0)
             return -1;
         b[k++] = (unsigned char)(hi << 4 | lo);
