@@ -141,7 +141,7 @@ static authz_t authorize(gw_req_t *r)
     bool needs_policy = rt->permissions[0] || rt->rebac.relation;
     if (p->dev || !needs_policy)
         goto abac;
-    int64_t now = clock_now_ms();
+    int64_t now = clock_mono_ms();
     if (!policy_fresh(pol, now)) {
         gw_add_header(r, "Retry-After", "1");
         gw_problem(r, 503, "authorization-unavailable", "the authorization store is unreachable");

@@ -794,7 +794,7 @@ static void get_check(gw_req_t *r)
     pwrite_t w = {0};
     if (!tuple_args(r, false, &w))
         return;
-    if (!r->sh->dev && !policy_fresh(r->sh->policy, clock_now_ms())) {
+    if (!r->sh->dev && !policy_fresh(r->sh->policy, clock_mono_ms())) {
         unavailable(r, "the authorization store is unreachable");
         return;
     }

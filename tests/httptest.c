@@ -212,6 +212,25 @@ int free_port(void)
     return port;
 }
 
+int port_hold(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int on = 1;
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || getsockname(fd, (struct sockaddr *)&sa, &sl) != 0) {
+        close(fd);
+        return -1;
+    }
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
 /* Starts `ecom CMD` with the base environment (PORT free, GATEWAY_THREADS=2,
  * LOG_LEVEL=error, ADMIN_PORT=0; the keys below cleared) plus env ("KEY=VALUE"
  * strings, NULL-terminated). Output goes to the process's log file. */
@@ -224,12 +243,18 @@ proc_t *spawn_ecom(const char *cmd, const char *const *env)
     if (!p)
         return NULL;
     memset(p, 0, sizeof *p);
-    p->port = free_port();
+    int hold = port_hold(&p->port);
+    if (hold < 0)
+        return NULL;
+    p->hold = hold + 1;
     snprintf(p->log, sizeof p->log, "/tmp/ecom-gwtest-%d-%d.log", (int)getpid(), proc_seq++);
     const char *bin = test_bin("ecom");
     pid_t pid = fork();
-    if (pid < 0)
+    if (pid < 0) {
+        close(hold);
+        p->hold = 0;
         return NULL;
+    }
     if (pid == 0) {
         int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
@@ -282,8 +307,13 @@ char *read_log(const proc_t *p)
     FILE *f = fopen(p->log, "r");
     if (!f)
         return xstrdup("");
-    char *s = xcalloc(1, 65536);
-    size_t n = fread(s, 1, 65535, f);
+    size_t cap = 65536, n = 0, got;
+    char *s = xmalloc(cap);
+    while ((got = fread(s + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (cap - n - 1 == 0)
+            s = xrealloc(s, cap *= 2);
+    }
     s[n] = '\0';
     fclose(f);
     return s;
@@ -310,6 +340,8 @@ void proc_release(proc_t *p)
         waitpid(p->pid, NULL, 0);
     }
     unlink(p->log);
+    if (p->hold)
+        close(p->hold - 1);
     memset(p, 0, sizeof *p);
 }
 

@@ -47,12 +47,21 @@ typedef struct proc {
     pid_t pid;
     int port;
     int status; /* wait status once reaped */
+    int hold;   /* port_hold's socket + 1 (0: none) */
     char log[96];
 } proc_t;
 
 #define MAX_PROCS 16
 
+/* A port nobody listens on now (free again at once: for "nobody there" tests). */
 int free_port(void);
+/* A port kept ours: a bound, never listening socket with SO_REUSEPORT, which
+ * a gateway (SO_REUSEPORT too) binds beside while no other program's bind to
+ * port 0 can be handed it. Test programs run side by side and each starts
+ * gateways: a port probed and closed again could reach two of them, which
+ * SO_REUSEPORT would let share it silently. Returns the socket (close it
+ * when the process that uses the port is gone) and *port, or -1. */
+int port_hold(int *port);
 /* Starts `ecom CMD` with the base environment (PORT free, GATEWAY_THREADS=2,
  * LOG_LEVEL=error, ADMIN_PORT=0; DATABASE_URL, REDIS_URL, APP_ENV, JWT_* and
  * OTEL_* cleared) plus env ("KEY=VALUE" strings, NULL-terminated). */

@@ -66,7 +66,9 @@ void policy_revoke_sid(policy_t *p, const char *sid, int64_t until_ms);
 
 /* The revision up to which every write is applied. */
 int64_t policy_revision(policy_t *p);
-/* The change feed applied everything up to rev, at now_ms. */
+/* The change feed applied everything up to rev, at now_ms (clock_mono_ms,
+ * as for policy_fresh: a step of the wall clock neither ages nor refreshes
+ * the snapshot). */
 void policy_synced(policy_t *p, int64_t rev, int64_t now_ms);
 /* Memory mode: the next revision for a write (the snapshot is the store). */
 int64_t policy_next_revision(policy_t *p);

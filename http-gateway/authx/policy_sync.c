@@ -317,7 +317,7 @@ static int follow(policy_sync_t *s)
             s->last_rev = rev;
     }
     PQclear(r);
-    policy_synced(s->p, s->last_rev, clock_now_ms());
+    policy_synced(s->p, s->last_rev, clock_mono_ms());
     return n == FEED_BATCH ? 1 : 0;
 }
 

@@ -63,6 +63,7 @@
 typedef struct role {
     pid_t pid;
     int port; /* PORT of the gateway, ADMIN_PORT of the others */
+    int hold; /* the gateway's port_hold socket + 1 (0: none) */
     char name[32];
     char log[128];
 } role_t;
@@ -73,11 +74,27 @@ static char boot_path[96];
 static role_t gw, drainer, pay, notif, anal;
 static int role_seq;
 
+/* The role is gone: its slot and held port are free. */
+static void role_unhold(role_t *r)
+{
+    if (r->hold)
+        close(r->hold - 1);
+    r->hold = 0;
+    r->pid = 0;
+}
+
 static void role_start(role_t *r, const char *name, const char *const *argv, const char *const *env)
 {
     memset(r, 0, sizeof *r);
     snprintf(r->name, sizeof r->name, "%s", name);
-    r->port = free_port();
+    /* the gateway listens with SO_REUSEPORT: its port stays held (see
+     * port_hold); an admin port taken twice fails the bind loudly instead */
+    if (strcmp(name, "gateway") == 0) {
+        int fd = port_hold(&r->port);
+        r->hold = fd >= 0 ? fd + 1 : 0;
+    } else {
+        r->port = free_port();
+    }
     snprintf(r->log, sizeof r->log, "/tmp/ecom-shop-%d-%s-%d.log", (int)getpid(), name, role_seq++);
     pid_t pid = fork();
     if (pid < 0) {
@@ -160,7 +177,7 @@ static int role_wait_ready(role_t *r, int ms)
         int st;
         if (waitpid(r->pid, &st, WNOHANG) == r->pid) {
             fprintf(stderr, "\n  %s exited before it was ready (status %d)\n", r->name, st);
-            r->pid = 0;
+            role_unhold(r);
             role_print_log(r, 30);
             return -1;
         }
@@ -204,7 +221,7 @@ static void role_stop(role_t *r)
     CU_ASSERT_TRUE(clean);
     if (clean)
         unlink(r->log); /* kept for a look when the stop was not clean */
-    r->pid = 0;
+    role_unhold(r);
 }
 
 static void role_kill(role_t *r)
@@ -213,7 +230,7 @@ static void role_kill(role_t *r)
         kill(r->pid, SIGKILL);
         waitpid(r->pid, NULL, 0);
     }
-    r->pid = 0;
+    role_unhold(r);
 }
 
 static void start_payment(const char *failure_rate)

@@ -85,17 +85,17 @@ static void test_revisions(void)
 {
     char *err = NULL;
     policy_t *p = policy_new(NULL, false, &err);
-    CU_ASSERT_FALSE(policy_fresh(p, clock_now_ms())); /* never synced: fail closed */
+    CU_ASSERT_FALSE(policy_fresh(p, clock_mono_ms())); /* never synced: fail closed */
     policy_put_tuple(p, 10, "t", "doc:1", "viewer", "user:1", true);
     policy_put_tuple(p, 9, "t", "doc:1", "viewer", "user:1", false);
     CU_ASSERT_FALSE(allowed(p, "t", "doc:1", "viewer", "user:1"));
     policy_put_tuple(p, 11, "t", "doc:1", "viewer", "user:1", false);
     CU_ASSERT_TRUE(allowed(p, "t", "doc:1", "viewer", "user:1"));
     CU_ASSERT_EQUAL(policy_revision(p), 0); /* only the feed moves the revision of a followed snapshot */
-    policy_synced(p, 11, clock_now_ms());
+    policy_synced(p, 11, clock_mono_ms());
     CU_ASSERT_EQUAL(policy_revision(p), 11);
-    CU_ASSERT_TRUE(policy_fresh(p, clock_now_ms()));
-    CU_ASSERT_FALSE(policy_fresh(p, clock_now_ms() + POLICY_STALE_MS + 1));
+    CU_ASSERT_TRUE(policy_fresh(p, clock_mono_ms()));
+    CU_ASSERT_FALSE(policy_fresh(p, clock_mono_ms() + POLICY_STALE_MS + 1));
     policy_put_role(p, 5, "t", "user", "a:b c:d", false);
     policy_put_role(p, 4, "t", "user", "x:y", false);
     policy_put_binding(p, 6, "t", "u1", "user", false);
