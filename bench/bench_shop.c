@@ -24,7 +24,8 @@
  * (closed loop, default 32), BENCH_RATES (payments/s, default "250,1000"),
  * GATEWAY_THREADS (default 2), PAYMENT_PROVIDER_LATENCY_MS (default 2, the
  * production default), BENCH_SHOP_SKIP_PGBENCH=1, BENCH_KEEP_LOGS=1 (keep and
- * name the processes' log files), BENCH_LOG_LEVEL (default warn).
+ * name the processes' log files), BENCH_LOG_LEVEL (default warn),
+ * BENCH_SHOP_SKIP_CLOSED=1 (open-loop runs only).
  * Owns: everything it starts (threads, child processes, connections, files). */
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -963,6 +964,7 @@ int main(int argc, char **argv)
         free(copy);
     }
     bool skip_pgbench = (v = getenv("BENCH_SHOP_SKIP_PGBENCH")) && strcmp(v, "1") == 0;
+    bool skip_closed = (v = getenv("BENCH_SHOP_SKIP_CLOSED")) && strcmp(v, "1") == 0;
     /* whose CPU counts as this run's PostgreSQL and Redis */
     const char *slash = strrchr(pg_url, '/');
     snprintf(pg_needle, sizeof pg_needle, "postgres: postgres %.*s ", (int)strcspn(slash ? slash + 1 : "", "?"),
@@ -1009,7 +1011,9 @@ int main(int argc, char **argv)
         tps[r] = skip_pgbench ? -1 : pgbench_tps();
         printf("    %-26s %.0f commits/s (pgbench -M prepared, 16 clients, single-row INSERT)\n", "pgbench", tps[r]);
         fflush(stdout);
-        result_t c = run_once(0, false, "closed loop (saturation)");
+        result_t c = {0};
+        if (!skip_closed)
+            c = run_once(0, false, "closed loop (saturation)");
         closed_done[r] = c.completed;
         closed_p99[r] = c.p99;
         closed_acc[r] = c.accepted;

@@ -86,6 +86,8 @@ enum {
     DB_STMT_NOTIFY_RECORD,
     DB_STMT_INBOX_FRESH,
     DB_STMT_PAYMENT_LOCK_MANY,
+    DB_STMT_NOTIFY_SEEN_MANY,
+    DB_STMT_NOTIFY_RECORD_MANY,
     DB_STMT_MAX = 64
 };
 
@@ -99,10 +101,17 @@ void db_close(db_t *db);
 /* PostgreSQL: reconnects when the connection is gone. 0 when usable. */
 int db_ensure(db_t *db) __attribute__((warn_unused_result));
 
-/* Prepares statement `bit` on this connection the first time; 0 when ready. */
+/* Prepares statement `bit` on this connection the first time; 0 when ready.
+ * These connections run with plan_cache_mode = force_generic_plan: a
+ * prepared statement is planned once. */
 int db_prepare(db_t *db, int bit, const char *sql, int nparams) __attribute__((warn_unused_result));
 /* Executes prepared statement `bit` (text params); result as pg_query. */
 PGresult *db_exec_prepared(db_t *db, int bit, int nparams, const char *const *params);
+/* The same with PQexecPrepared's lengths and formats (binary parameters, e.g.
+ * core/pgarray.h); a failure whose SQLSTATE is quiet_state (may be NULL) is
+ * logged at debug level only, for callers that expect and handle it. */
+PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const *values, const int *lengths,
+                               const int *formats, const char *quiet_state);
 
 int db_begin(db_t *db) __attribute__((warn_unused_result));
 int db_commit(db_t *db) __attribute__((warn_unused_result));

@@ -27,7 +27,7 @@ PGconn *pg_connect(const char *url, const char *app_name, char **err)
     return c;
 }
 
-static bool check(PGconn *c, PGresult *r, const char *sql)
+bool pg_result_ok(PGconn *c, PGresult *r, const char *what, const char *quiet_state)
 {
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
@@ -38,13 +38,21 @@ static bool check(PGconn *c, PGresult *r, const char *sql)
     snprintf(last_state, sizeof last_state, "%s", state ? state : "08000");
     const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(c);
     char first[80];
-    snprintf(first, sizeof first, "%s", sql);
+    snprintf(first, sizeof first, "%s", what);
     char *nl = strchr(first, '\n');
     if (nl)
         *nl = '\0';
-    log_warn("postgres error sqlstate=%s sql=\"%s\" error=%.*s", last_state, first,
-             (int)strcspn(msg ? msg : "", "\n"), msg ? msg : "");
+    int mlen = (int)strcspn(msg ? msg : "", "\n");
+    if (quiet_state && strcmp(last_state, quiet_state) == 0)
+        log_debug("postgres sqlstate=%s sql=\"%s\" error=%.*s", last_state, first, mlen, msg ? msg : "");
+    else
+        log_warn("postgres error sqlstate=%s sql=\"%s\" error=%.*s", last_state, first, mlen, msg ? msg : "");
     return false;
+}
+
+static bool check(PGconn *c, PGresult *r, const char *sql)
+{
+    return pg_result_ok(c, r, sql, NULL);
 }
 
 int pg_exec(PGconn *c, const char *sql)

@@ -20,6 +20,11 @@ PGresult *pg_query(PGconn *c, const char *sql, int nparams, const char *const *p
  * $2 = row limit, and sets *deleted to the rows it removed. 0 or -1 (logged). */
 int pg_delete_older(PGconn *c, const char *sql, int64_t older_than_s, size_t limit, size_t *deleted)
     __attribute__((warn_unused_result));
+/* true when r is PGRES_COMMAND_OK or PGRES_TUPLES_OK; otherwise logs what
+ * failed (a warning, or a debug line when the SQLSTATE is quiet_state, a
+ * failure the caller expects and handles) and records the SQLSTATE for
+ * pg_last_sqlstate. r may be NULL (the connection's error is used). */
+bool pg_result_ok(PGconn *c, PGresult *r, const char *what, const char *quiet_state);
 /* SQLSTATE of the last failed result on this thread, or "" (borrowed). */
 const char *pg_last_sqlstate(void);
 bool pg_alive(PGconn *c);

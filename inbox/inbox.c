@@ -5,6 +5,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/pg.h"
+#include "core/pgarray.h"
 #include "core/strmap.h"
 
 #include <stdio.h>
@@ -80,21 +81,14 @@ int inbox_record(db_t *tx, const char *group, const char *msg_id)
     return added == 1 ? 1 : 0;
 }
 
-/* "{id,id,...}": PostgreSQL's text form of a uuid[]; the caller frees it. */
-static char *uuid_array_text(const char *const *ids, size_t n)
+/* The ids as a binary uuid[] parameter; -1 when one is not a UUID. */
+static int uuid_array(const char *const *ids, size_t n, pg_array_t *a)
 {
-    char *arr = xmalloc(n * 37 + 3);
-    size_t len = 0;
-    arr[len++] = '{';
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            arr[len++] = ',';
-        memcpy(arr + len, ids[i], 36);
-        len += 36;
-    }
-    arr[len++] = '}';
-    arr[len] = '\0';
-    return arr;
+    pg_array_begin(a, PG_OID_UUID, n);
+    for (size_t i = 0; i < n; i++)
+        if (pg_array_uuid(a, ids[i]) != 0)
+            return -1;
+    return 0;
 }
 
 int inbox_record_fresh(db_t *tx, const char *group, const char *const *ids, size_t n)
@@ -108,21 +102,17 @@ int inbox_record_fresh(db_t *tx, const char *group, const char *const *ids, size
     }
     if (db_prepare(tx, DB_STMT_INBOX_FRESH, "INSERT INTO bus.inbox (grp, id) SELECT $1, unnest($2::uuid[])", 2) != 0)
         return -1;
-    char *arr = uuid_array_text(ids, n);
-    const char *p[] = {group, arr};
-    char name[16];
-    snprintf(name, sizeof name, "ecom_s%d", DB_STMT_INBOX_FRESH);
-    /* executed here: a duplicate is an expected answer, not an error to log */
-    PGresult *r = PQexecPrepared(tx->pg, name, 2, p, NULL, NULL, 0);
-    free(arr);
-    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    int rc = st == PGRES_COMMAND_OK ? 0 : state && strcmp(state, "23505") == 0 ? 1 : -1;
-    if (rc < 0)
-        log_warn("postgres error sqlstate=%s stmt=inbox insert error=%.*s", state ? state : "08000",
-                 (int)strcspn(r ? PQresultErrorMessage(r) : PQerrorMessage(tx->pg), "\n"),
-                 r ? PQresultErrorMessage(r) : PQerrorMessage(tx->pg));
-    PQclear(r);
+    pg_array_t arr = {0};
+    int rc = -1;
+    if (uuid_array(ids, n, &arr) == 0) {
+        const char *p[] = {group, (const char *)arr.buf};
+        int lens[] = {0, (int)arr.len}, fmts[] = {0, 1};
+        /* a duplicate is an expected answer, not an error to log */
+        PGresult *r = db_exec_prepared_bin(tx, DB_STMT_INBOX_FRESH, 2, p, lens, fmts, "23505");
+        rc = r ? 0 : strcmp(pg_last_sqlstate(), "23505") == 0 ? 1 : -1;
+        PQclear(r);
+    }
+    pg_array_free(&arr);
     return rc;
 }
 
@@ -138,10 +128,14 @@ int inbox_record_batch(db_t *tx, const char *group, const char *const *ids, size
                    " ON CONFLICT DO NOTHING RETURNING id",
                    2) != 0)
         return -1;
-    char *arr = uuid_array_text(ids, n);
-    const char *p[] = {group, arr};
-    PGresult *r = db_exec_prepared(tx, DB_STMT_INBOX_BATCH, 2, p);
-    free(arr);
+    pg_array_t arr = {0};
+    PGresult *r = NULL;
+    if (uuid_array(ids, n, &arr) == 0) {
+        const char *p[] = {group, (const char *)arr.buf};
+        int lens[] = {0, (int)arr.len}, fmts[] = {0, 1};
+        r = db_exec_prepared_bin(tx, DB_STMT_INBOX_BATCH, 2, p, lens, fmts, NULL);
+    }
+    pg_array_free(&arr);
     if (!r)
         return -1;
     /* RETURNING gives the new ids; mark them (ids are few hundred: a map keeps it linear) */

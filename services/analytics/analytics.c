@@ -4,6 +4,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/pg.h"
+#include "core/pgarray.h"
 #include "core/strmap.h"
 #include "core/uuid.h"
 
@@ -100,80 +101,6 @@ static const char sql_batch[] =
     " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],"
     " $8::bigint[]) AS x(id, tenant, type, topic, aggregate_id, seq, payload, ts)" COUNT_INSERTED;
 
-#define OID_INT8 20
-#define OID_TEXT 25
-#define OID_UUID 2950
-
-/* One binary array parameter (array_recv's format): header, then per element
- * its length and bytes, all integers big-endian. */
-typedef struct bin_array {
-    unsigned char *buf;
-    size_t len, cap;
-} bin_array_t;
-
-static void ba_put(bin_array_t *a, const void *p, size_t n)
-{
-    if (a->len + n > a->cap) {
-        a->cap = (a->len + n) * 2;
-        a->buf = xrealloc(a->buf, a->cap);
-    }
-    memcpy(a->buf + a->len, p, n);
-    a->len += n;
-}
-
-static void ba_u32(bin_array_t *a, uint32_t v)
-{
-    unsigned char b[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16), (unsigned char)(v >> 8),
-                          (unsigned char)v};
-    ba_put(a, b, 4);
-}
-
-static void ba_begin(bin_array_t *a, uint32_t elem_oid, size_t n)
-{
-    a->len = 0;
-    ba_u32(a, 1); /* dimensions */
-    ba_u32(a, 0); /* no NULLs */
-    ba_u32(a, elem_oid);
-    ba_u32(a, (uint32_t)n);
-    ba_u32(a, 1); /* lower bound */
-}
-
-static void ba_text(bin_array_t *a, const char *s)
-{
-    size_t n = strlen(s);
-    ba_u32(a, (uint32_t)n);
-    ba_put(a, s, n);
-}
-
-static void ba_int8(bin_array_t *a, int64_t v)
-{
-    uint64_t u = (uint64_t)v;
-    ba_u32(a, 8);
-    ba_u32(a, (uint32_t)(u >> 32));
-    ba_u32(a, (uint32_t)u);
-}
-
-/* A UUID in its text form as 16 bytes; -1 when it is not one. */
-static int ba_uuid(bin_array_t *a, const char *s)
-{
-    unsigned char b[16];
-    size_t k = 0;
-    for (const char *p = s; *p && k < 16; p++) {
-        if (*p == '-')
-            continue;
-        int hi = hex_digit(p[0]), lo = p[1] ? hex_digit(p[1]) : -1;
-        if (hi < 0 || lo < 0)
-            return -1;
-        b[k++] = (unsigned char)(hi << 4 | lo);
-        p++;
-    }
-    if (k != 16)
-        return -1;
-    ba_u32(a, 16);
-    ba_put(a, b, 16);
-    return 0;
-}
-
 static svc_result_t handle(svc_ctx_t *c, void *arg)
 {
     (void)arg;
@@ -211,23 +138,23 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         return SVC_OK;
     }
     enum { N_ARRAYS = 8 };
-    static const uint32_t oids[N_ARRAYS] = {OID_UUID, OID_TEXT, OID_TEXT, OID_TEXT,
-                                            OID_TEXT, OID_INT8, OID_TEXT, OID_INT8};
-    bin_array_t a[N_ARRAYS] = {{0}};
+    static const uint32_t oids[N_ARRAYS] = {PG_OID_UUID, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT,
+                                            PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT, PG_OID_INT8};
+    pg_array_t a[N_ARRAYS] = {{0}};
     svc_result_t rc = SVC_RETRY;
     for (int k = 0; k < N_ARRAYS; k++)
-        ba_begin(&a[k], oids[k], n);
+        pg_array_begin(&a[k], oids[k], n);
     for (size_t i = 0; i < n; i++) {
         const envelope_t *e = msgs[i];
-        if (ba_uuid(&a[0], e->id) != 0)
+        if (pg_array_uuid(&a[0], e->id) != 0)
             goto out; /* the one-at-a-time pass reports it */
-        ba_text(&a[1], e->tenant);
-        ba_text(&a[2], event_type(e, payloads[i]));
-        ba_text(&a[3], e->topic);
-        ba_text(&a[4], e->aggregate_id);
-        ba_int8(&a[5], e->seq);
-        ba_text(&a[6], e->payload);
-        ba_int8(&a[7], e->ts);
+        pg_array_text(&a[1], e->tenant);
+        pg_array_text(&a[2], event_type(e, payloads[i]));
+        pg_array_text(&a[3], e->topic);
+        pg_array_text(&a[4], e->aggregate_id);
+        pg_array_int8(&a[5], e->seq);
+        pg_array_text(&a[6], e->payload);
+        pg_array_int8(&a[7], e->ts);
     }
     /* the arrays in binary, then the counter shard (this connection's lane) as text */
     char shard[12];
@@ -240,28 +167,17 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         fmts[k] = 1;
     }
     /* prepared once per connection (a batch is often one message at low load);
-     * executed here because db_exec_prepared takes text parameters only.
-     * db_prepare names statement bit b "ecom_s<b>". */
-    PGresult *r = NULL;
-    char name[16];
-    snprintf(name, sizeof name, "ecom_s%d", DB_STMT_ANALYTICS_BATCH);
-    if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, N_ARRAYS + 1) == 0)
-        r = PQexecPrepared(tx->pg, name, N_ARRAYS + 1, vals, lens, fmts, 0);
-    if (r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK)) {
-        rc = SVC_OK;
-    } else {
-        const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-        const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(tx->pg);
-        if (state && strcmp(state, "23505") == 0)
-            log_debug("analytics: an event of the batch is recorded already; applying one at a time");
-        else
-            log_warn("postgres error sqlstate=%s stmt=analytics batch error=%.*s", state ? state : "08000",
-                     (int)strcspn(msg, "\n"), msg);
+     * an id recorded already (23505) is expected: the runtime then applies
+     * the batch one message at a time */
+    if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, N_ARRAYS + 1) == 0) {
+        PGresult *r = db_exec_prepared_bin(tx, DB_STMT_ANALYTICS_BATCH, N_ARRAYS + 1, vals, lens, fmts, "23505");
+        if (r)
+            rc = SVC_OK;
+        PQclear(r);
     }
-    PQclear(r);
 out:
     for (int k = 0; k < N_ARRAYS; k++)
-        free(a[k].buf);
+        pg_array_free(&a[k]);
     return rc;
 }
 

@@ -7,11 +7,14 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/pg.h"
+#include "core/pgarray.h"
 #include "core/strmap.h"
+#include "core/uuid.h"
 #include "services/notification/channel.h"
 #include "services/payment/payment.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -498,6 +501,16 @@ static int record(db_t *tx, const notify_msg_t *m, channel_t ch, const char *sta
 
 /* ---- delivering ---- */
 
+/* A batch's delivery records, as the columns of one INSERT (binary arrays). */
+#define RECORD_COLS 7
+typedef struct record_batch {
+    pg_array_t col[RECORD_COLS]; /* message_id, channel, tenant, subject, type, status, detail */
+    uint32_t n;
+    bool bad; /* a message id that is not a UUID: the batch goes one at a time */
+} record_batch_t;
+
+static void batch_add(record_batch_t *b, const notify_msg_t *m, channel_t ch, const char *status, const char *detail);
+
 static void count_delivery(channel_t ch, const char *outcome)
 {
     char labels[64];
@@ -541,13 +554,11 @@ static svc_result_t send_guarded(svc_ctx_t *c, channel_t ch, const notify_msg_t 
     return SVC_OK;
 }
 
-static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m)
+/* Delivers m on every configured channel not in done (bits of channels
+ * recorded before), recording each delivery now, or into batch when given
+ * (written by handle_batch after the whole batch). */
+static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, record_batch_t *batch)
 {
-    unsigned done = 0;
-    if (recorded(c->tx, m->message_id, &done) != 0) {
-        snprintf(c->error, sizeof c->error, "reading deliveries failed (sqlstate %s)", pg_last_sqlstate());
-        return SVC_RETRY;
-    }
     for (int i = 0; i < settings.n; i++) {
         channel_t ch = settings.order[i];
         if (done & (1u << ch))
@@ -582,6 +593,10 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m)
             return SVC_RETRY;
         }
         count_delivery(ch, status);
+        if (batch) {
+            batch_add(batch, m, ch, status, detail);
+            continue;
+        }
         if (record(c->tx, m, ch, status, detail) != 0) {
             snprintf(c->error, sizeof c->error, "recording the %s delivery failed (sqlstate %s)", channel_names[ch],
                      pg_last_sqlstate());
@@ -612,8 +627,158 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
                       .text = r.text,
                       .requested_channel = r.requested_channel,
                       .at_ms = e->ts};
-    svc_result_t res = deliver(c, &m);
+    unsigned done = 0;
+    svc_result_t res = SVC_RETRY;
+    if (recorded(c->tx, m.message_id, &done) != 0)
+        snprintf(c->error, sizeof c->error, "reading deliveries failed (sqlstate %s)", pg_last_sqlstate());
+    else
+        res = deliver(c, &m, done, NULL);
     free(r.text);
+    return res;
+}
+
+static const char sql_seen_many[] =
+    "SELECT message_id, channel FROM notification.deliveries WHERE message_id = ANY($1::uuid[])";
+static const char sql_record_many[] =
+    "INSERT INTO notification.deliveries (message_id, channel, tenant, subject, type, status, detail)"
+    " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])"
+    " ON CONFLICT (message_id, channel) DO NOTHING";
+
+/* The channels recorded for each of the batch's messages, in one statement:
+ * map from the lower-case message id to the bits (stored as the pointer).
+ * 0 or -1. */
+static int recorded_many(db_t *tx, const envelope_t *const *msgs, size_t n, strmap_t *done)
+{
+    pg_array_t ids = {0};
+    pg_array_begin(&ids, PG_OID_UUID, n);
+    for (size_t i = 0; i < n; i++)
+        if (pg_array_uuid(&ids, msgs[i]->id) != 0) {
+            pg_array_free(&ids);
+            return -1; /* one at a time, the bad id is reported where it belongs */
+        }
+    PGresult *r = NULL;
+    if (db_prepare(tx, DB_STMT_NOTIFY_SEEN_MANY, sql_seen_many, 1) == 0)
+        r = db_exec_prepared_bin(tx, DB_STMT_NOTIFY_SEEN_MANY, 1, (const char *[]){(const char *)ids.buf},
+                                 (int[]){(int)ids.len}, (int[]){1}, NULL);
+    pg_array_free(&ids);
+    if (!r)
+        return -1;
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *id = PQgetvalue(r, i, 0), *channel = PQgetvalue(r, i, 1);
+        void **v = strmap_put(done, id, strlen(id), NULL);
+        for (int ch = 0; ch < CH_COUNT; ch++)
+            if (strcmp(channel, channel_names[ch]) == 0)
+                *v = (void *)((uintptr_t)*v | 1u << ch);
+    }
+    PQclear(r);
+    return 0;
+}
+
+static void batch_add(record_batch_t *b, const notify_msg_t *m, channel_t ch, const char *status, const char *detail)
+{
+    if (pg_array_uuid(&b->col[0], m->message_id) != 0) {
+        b->bad = true;
+        return;
+    }
+    pg_array_text(&b->col[1], channel_names[ch]);
+    pg_array_text(&b->col[2], m->tenant);
+    pg_array_text(&b->col[3], m->subject);
+    pg_array_text(&b->col[4], m->type);
+    pg_array_text(&b->col[5], status);
+    pg_array_text(&b->col[6], detail);
+    b->n++;
+}
+
+/* Writes the batch's records in one statement. 0 or -1. */
+static int batch_write(db_t *tx, record_batch_t *b)
+{
+    if (b->bad)
+        return -1;
+    if (b->n == 0)
+        return 0;
+    /* each column was started for 0 elements: the count goes in now (the
+     * fourth 32-bit word of the header, big-endian) */
+    const char *vals[RECORD_COLS];
+    int lens[RECORD_COLS], fmts[RECORD_COLS];
+    for (int k = 0; k < RECORD_COLS; k++) {
+        unsigned char *h = b->col[k].buf + 12;
+        h[0] = (unsigned char)(b->n >> 24);
+        h[1] = (unsigned char)(b->n >> 16);
+        h[2] = (unsigned char)(b->n >> 8);
+        h[3] = (unsigned char)b->n;
+        vals[k] = (const char *)b->col[k].buf;
+        lens[k] = (int)b->col[k].len;
+        fmts[k] = 1;
+    }
+    if (db_prepare(tx, DB_STMT_NOTIFY_RECORD_MANY, sql_record_many, RECORD_COLS) != 0)
+        return -1;
+    PGresult *r = db_exec_prepared_bin(tx, DB_STMT_NOTIFY_RECORD_MANY, RECORD_COLS, vals, lens, fmts, NULL);
+    PQclear(r);
+    return r ? 0 : -1;
+}
+
+/* A batch in two statements around the sends: which deliveries exist, then
+ * every new one at once (two statements per message before). A send that
+ * fails fails the batch; the runtime applies it again by halves, and what
+ * was sent meanwhile is not sent twice (the recent-sends memory). */
+static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
+                                 void *arg)
+{
+    if (tx->kind == DB_MEMORY) {
+        for (size_t i = 0; i < n; i++) {
+            svc_ctx_t c = {.tx = tx, .msg = msgs[i], .payload = payloads[i], .group = "notification"};
+            svc_result_t r = handle(&c, arg);
+            if (r != SVC_OK)
+                return r;
+        }
+        return SVC_OK;
+    }
+    strmap_t done;
+    strmap_init(&done);
+    record_batch_t b = {0};
+    for (int k = 0; k < RECORD_COLS; k++)
+        pg_array_begin(&b.col[k], k == 0 ? PG_OID_UUID : PG_OID_TEXT, 0);
+    svc_result_t res = recorded_many(tx, msgs, n, &done) == 0 ? SVC_OK : SVC_RETRY;
+    for (size_t i = 0; i < n && res == SVC_OK; i++) {
+        const envelope_t *e = msgs[i];
+        rendered_t r = {0};
+        char why[200];
+        int rc = render(e, payloads[i], &r, why, sizeof why);
+        if (rc <= 0) {
+            if (rc < 0)
+                res = SVC_REJECT; /* handle() rejects it on its own */
+            continue;
+        }
+        char trace[33] = "", low[UUID_STR_LEN];
+        if (e->traceparent && strlen(e->traceparent) >= 35)
+            snprintf(trace, sizeof trace, "%.32s", e->traceparent + 3);
+        log_ctx_t lc = {.request_id = e->request_id, .trace_id = trace, .msg_id = e->id};
+        const log_ctx_t *prev = log_ctx_set(&lc);
+        size_t il = strlen(e->id);
+        for (size_t k = 0; k < il && k < sizeof low - 1; k++)
+            low[k] = (char)(e->id[k] >= 'A' && e->id[k] <= 'F' ? e->id[k] + 32 : e->id[k]);
+        low[il < sizeof low - 1 ? il : sizeof low - 1] = '\0';
+        void **bits = strmap_get(&done, low, strlen(low));
+        notify_msg_t m = {.message_id = e->id,
+                          .tenant = e->tenant,
+                          .subject = r.subject,
+                          .type = e->type,
+                          .title = r.title,
+                          .text = r.text,
+                          .requested_channel = r.requested_channel,
+                          .at_ms = e->ts};
+        svc_ctx_t c = {.tx = tx, .msg = e, .payload = payloads[i], .group = "notification"};
+        res = deliver(&c, &m, bits ? (unsigned)(uintptr_t)*bits : 0, &b);
+        if (res != SVC_OK)
+            log_debug("notification batch: %s", c.error);
+        log_ctx_set(prev);
+        free(r.text);
+    }
+    if (res == SVC_OK && batch_write(tx, &b) != 0)
+        res = SVC_RETRY;
+    for (int k = 0; k < RECORD_COLS; k++)
+        pg_array_free(&b.col[k]);
+    strmap_free(&done);
     return res;
 }
 
@@ -631,6 +796,7 @@ const svc_def_t *notification_service(void)
                                   .types = NULL,
                                   .ignored_types = commands,
                                   .handle = handle,
+                                  .handle_batch = handle_batch,
                                   .concurrent = true};
     return &def;
 }

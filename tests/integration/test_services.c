@@ -13,6 +13,7 @@
 #include "core/metrics.h"
 #include "core/pg.h"
 #include "core/breaker.h"
+#include "inbox/inbox.h"
 #include "outbox-worker/drain.h"
 #include "services/analytics/analytics.h"
 #include "services/notification/notification.h"
@@ -853,6 +854,61 @@ static void test_otp_memory(void)
     otp(true);
 }
 
+/* A message the inbox no longer remembers (its row cleaned up) arrives again,
+ * in one batch with a new one: the delivery already recorded is not sent
+ * again; the new message is sent once. */
+static void redelivered(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_redeliver");
+    sut_add(&s, notification_service());
+    sut_start(&s);
+    envelope_t e[2];
+    for (int i = 0; i < 2; i++) {
+        e[i] = (envelope_t){.type = "auth.otp.requested",
+                            .topic = "auth",
+                            .tenant = TENANT,
+                            .aggregate_id = i ? "otp:user-2" : "otp:user-1",
+                            .seq = 1,
+                            .ts = clock_now_ms(),
+                            .v = 1,
+                            .traceparent = "",
+                            .request_id = "",
+                            .payload = i ? "{\"subject\":\"b@example.com\",\"code\":\"222222\"}"
+                                         : "{\"subject\":\"a@example.com\",\"code\":\"111111\"}"};
+        uuid_v7(e[i].id);
+    }
+    bus_t *b = sut_bus(&s);
+    char entry[2][BUS_ID_MAX];
+    ASSERT_OK(bus_publish(b, e, 1, entry));
+    CU_ASSERT_TRUE(wait_deliveries(&s, "a@example.com", "auth.otp.requested", "log", 1, 15000));
+    clock_sleep_ms(200); /* acknowledged */
+    db_t *db = sut_db(&s);
+    size_t cleaned = 0;
+    ASSERT_OK(inbox_cleanup(db, 0, 1000, &cleaned));
+    CU_ASSERT_EQUAL(cleaned, 1);
+    db_close(db);
+    ASSERT_OK(bus_publish(b, e, 2, entry)); /* the first again, and a new one */
+    CU_ASSERT_TRUE(wait_deliveries(&s, "b@example.com", "auth.otp.requested", "log", 1, 15000));
+    clock_sleep_ms(300);
+    CU_ASSERT_EQUAL(sink_lines(&s, "111111"), 1);
+    CU_ASSERT_EQUAL(sink_lines(&s, "222222"), 1);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, NULL), 2);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
+    bus_close(b);
+    sut_stop(&s);
+}
+
+static void test_redelivered_memory(void)
+{
+    redelivered(true);
+}
+
+static void test_redelivered_real(void)
+{
+    redelivered(false);
+}
+
 static void test_otp_real(void)
 {
     otp(false);
@@ -1155,6 +1211,8 @@ int main(void)
         {"unknown payment goes to the DLQ with its reason (postgres+redis)", test_unknown_real},
         {"OTP code reaches the sink file (memory)", test_otp_memory},
         {"OTP code reaches the sink file (postgres+redis)", test_otp_real},
+        {"a delivery recorded before is not sent again (memory)", test_redelivered_memory},
+        {"a delivery recorded before is not sent again (postgres+redis)", test_redelivered_real},
         {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
         {"signed webhook, 500 twice then 200: delivered once (postgres+redis)", test_webhook_real},
         {"SMTP mail to the test server (memory)", test_smtp_memory},
