@@ -5,6 +5,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/pg.h"
+#include "core/pgarray.h"
 #include "core/strmap.h"
 
 #include <stdatomic.h>
@@ -213,6 +214,88 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
     if (id_out)
         memcpy(id_out, op.id, UUID_STR_LEN);
     return 0;
+}
+
+/* Many messages in one statement: each (tenant, aggregate) draws as many
+ * numbers from its sequence row as it has messages, and its messages take
+ * them in array order; positions follow array order too (rows are inserted
+ * in that order). */
+#define APPEND_MANY_INSERT \
+    "WITH m AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]," \
+    " $7::bigint[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY" \
+    " AS m(id, part, tenant, aggregate_id, topic, type, ts, traceparent, request_id, payload, ord))," \
+    " s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq)" \
+    " SELECT tenant, aggregate_id, count(*) FROM m GROUP BY tenant, aggregate_id" \
+    " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + EXCLUDED.seq" \
+    " RETURNING tenant, aggregate_id, seq)," \
+    " i AS (INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent," \
+    " request_id, payload)" \
+    " SELECT m.id, m.part::smallint, m.tenant, m.aggregate_id, m.topic, m.type," \
+    " s.seq - count(*) OVER w + row_number() OVER (w ORDER BY m.ord), m.ts, m.traceparent, m.request_id," \
+    " m.payload FROM m JOIN s USING (tenant, aggregate_id)" \
+    " WINDOW w AS (PARTITION BY m.tenant, m.aggregate_id) ORDER BY m.ord RETURNING 1)"
+static const char sql_append_many[] = APPEND_MANY_INSERT " SELECT count(*) FROM i";
+static const char sql_append_many_notify[] =
+    APPEND_MANY_INSERT " SELECT count(*), pg_notify('ecom_outbox', '') FROM i";
+
+int outbox_append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **why)
+{
+    ECOM_ASSERT(tx->in_tx);
+    for (size_t i = 0; i < n; i++)
+        if (validate(&msgs[i], why) != 0)
+            return -1;
+    if (n == 0)
+        return 0;
+    if (tx->kind == DB_MEMORY) {
+        for (size_t i = 0; i < n; i++)
+            if (outbox_append(tx, &msgs[i], NULL, why) != 0)
+                return -1;
+        return 0;
+    }
+    enum { COLS = 10 };
+    static const uint32_t oids[COLS] = {PG_OID_UUID, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT,
+                                        PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT};
+    pg_array_t a[COLS] = {{0}};
+    for (int k = 0; k < COLS; k++)
+        pg_array_begin(&a[k], oids[k], n);
+    int64_t now = clock_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        const outbox_msg_t *m = &msgs[i];
+        char id[UUID_STR_LEN];
+        uuid_v7(id);
+        if (pg_array_uuid(&a[0], id) != 0)
+            ECOM_ASSERT(!"uuid_v7 makes UUIDs");
+        pg_array_int8(&a[1], outbox_partition_of(m->tenant, m->aggregate_id));
+        pg_array_text(&a[2], m->tenant);
+        pg_array_text(&a[3], m->aggregate_id);
+        pg_array_text(&a[4], m->topic);
+        pg_array_text(&a[5], m->type);
+        pg_array_int8(&a[6], now);
+        pg_array_text(&a[7], m->traceparent ? m->traceparent : "");
+        pg_array_text(&a[8], m->request_id ? m->request_id : "");
+        pg_array_text(&a[9], m->payload);
+    }
+    const char *vals[COLS];
+    int lens[COLS], fmts[COLS];
+    for (int k = 0; k < COLS; k++) {
+        vals[k] = (const char *)a[k].buf;
+        lens[k] = (int)a[k].len;
+        fmts[k] = 1;
+    }
+    bool notify = outbox_notify_due();
+    int stmt = notify ? DB_STMT_OUTBOX_APPEND_MANY_NOTIFY : DB_STMT_OUTBOX_APPEND_MANY;
+    int rc = -1;
+    if (db_prepare(tx, stmt, notify ? sql_append_many_notify : sql_append_many, COLS) == 0) {
+        PGresult *r = db_exec_prepared_bin(tx, stmt, COLS, vals, lens, fmts, NULL);
+        if (r && strtoull(PQgetvalue(r, 0, 0), NULL, 10) == n)
+            rc = 0;
+        PQclear(r);
+    }
+    for (int k = 0; k < COLS; k++)
+        pg_array_free(&a[k]);
+    if (rc != 0)
+        *why = "storage error";
+    return rc;
 }
 
 /* ---- drain side ---- */

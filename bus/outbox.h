@@ -47,6 +47,12 @@ int outbox_partition_of(const char *tenant, const char *aggregate_id);
 int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], const char **why)
     __attribute__((warn_unused_result));
 
+/* Appends n messages inside tx in one statement, in array order (positions
+ * and each aggregate's seq follow it), as n outbox_append calls would. All
+ * or nothing: an invalid message (*why as outbox_append's) writes nothing. */
+int outbox_append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **why)
+    __attribute__((warn_unused_result));
+
 /* For asynchronous writers (the gateway): validates m exactly as
  * outbox_append does, assigns the id and fills the 10 text parameters of
  * outbox_sql_append (borrowing m's strings; numbers in p->buf). The caller

@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/pg.h"
+#include "core/pgarray.h"
 #include "core/strmap.h"
 #include "services/payment/provider.h"
 
@@ -465,11 +466,121 @@ static svc_result_t charge(svc_ctx_t *c, const payment_t *p, provider_answer_t *
     return SVC_RETRY;
 }
 
+/* ---- writes a batch holds back ---- */
+
+/* A PostgreSQL batch (handle_batch) writes its settles as one UPDATE and its
+ * events as one outbox statement, when it ends or before it reads a payment
+ * row again (a refund, a payment changed earlier in the batch): two
+ * statements per batch instead of two per payment. */
+typedef struct deferred {
+    bool on;
+    pg_array_t settle[5]; /* id, tenant, status, reason ("" = none), ref */
+    uint32_t nsettle;
+    outbox_msg_t *ev;
+    char **owned; /* each event's payload and aggregate id */
+    size_t nev, cap;
+} deferred_t;
+
+static const char sql_settle_many[] =
+    "UPDATE payment.payments p SET status = u.status,"
+    " captured = CASE WHEN u.status = 'succeeded' THEN p.amount ELSE 0 END,"
+    " failure_reason = nullif(u.reason, ''), provider_ref = nullif(u.ref, ''), updated_at = now()"
+    " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, tenant, status, reason, ref)"
+    " WHERE p.id = u.id AND (p.tenant = u.tenant) IS TRUE AND p.status = 'pending'";
+
+static void defer_reset(deferred_t *d)
+{
+    for (int k = 0; k < 5; k++)
+        pg_array_begin(&d->settle[k], k == 0 ? PG_OID_UUID : PG_OID_TEXT, 0);
+    d->nsettle = 0;
+    for (size_t i = 0; i < 2 * d->nev; i++)
+        free(d->owned[i]);
+    d->nev = 0;
+}
+
+static void defer_free(deferred_t *d)
+{
+    defer_reset(d);
+    for (int k = 0; k < 5; k++)
+        pg_array_free(&d->settle[k]);
+    free(d->ev);
+    free(d->owned);
+}
+
+static void defer_settle(deferred_t *d, const payment_t *p, const char *status, const char *reason, const char *ref)
+{
+    if (pg_array_uuid(&d->settle[0], p->id) != 0)
+        ECOM_ASSERT(!"payment ids are UUIDs (checked when read)");
+    pg_array_text(&d->settle[1], p->tenant);
+    pg_array_text(&d->settle[2], status);
+    pg_array_text(&d->settle[3], reason ? reason : "");
+    pg_array_text(&d->settle[4], ref ? ref : "");
+    d->nsettle++;
+}
+
+/* m's payload and aggregate id are taken (owned here from now on). */
+static void defer_event(deferred_t *d, const outbox_msg_t *m, char *payload, char *aggregate)
+{
+    if (d->nev == d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 64;
+        d->ev = xrealloc(d->ev, d->cap * sizeof *d->ev);
+        d->owned = xrealloc(d->owned, 2 * d->cap * sizeof *d->owned);
+    }
+    d->ev[d->nev] = *m;
+    d->ev[d->nev].payload = payload;
+    d->ev[d->nev].aggregate_id = aggregate;
+    d->owned[2 * d->nev] = payload;
+    d->owned[2 * d->nev + 1] = aggregate;
+    d->nev++;
+}
+
+/* Writes what was held back. 0, or -1 (the batch fails and is applied again). */
+static int defer_flush(db_t *tx, deferred_t *d)
+{
+    if (!d->on || (d->nsettle == 0 && d->nev == 0))
+        return 0;
+    int rc = 0;
+    if (d->nsettle) {
+        const char *vals[5];
+        int lens[5], fmts[5];
+        for (int k = 0; k < 5; k++) {
+            /* the element count goes into the header now: its fourth 32-bit word */
+            unsigned char *h = d->settle[k].buf + 12;
+            h[0] = (unsigned char)(d->nsettle >> 24);
+            h[1] = (unsigned char)(d->nsettle >> 16);
+            h[2] = (unsigned char)(d->nsettle >> 8);
+            h[3] = (unsigned char)d->nsettle;
+            vals[k] = (const char *)d->settle[k].buf;
+            lens[k] = (int)d->settle[k].len;
+            fmts[k] = 1;
+        }
+        PGresult *r = NULL;
+        if (db_prepare(tx, DB_STMT_PAYMENT_SETTLE_MANY, sql_settle_many, 5) == 0)
+            r = db_exec_prepared_bin(tx, DB_STMT_PAYMENT_SETTLE_MANY, 5, vals, lens, fmts, NULL);
+        /* every row is locked by this transaction and was pending: all of them change */
+        if (!r || strtoul(PQcmdTuples(r), NULL, 10) != d->nsettle) {
+            if (r)
+                log_warn("payment batch: %s of %u settles applied", PQcmdTuples(r), d->nsettle);
+            rc = -1;
+        }
+        PQclear(r);
+    }
+    const char *why = NULL;
+    if (rc == 0 && d->nev && outbox_append_many(tx, d->ev, d->nev, &why) != 0) {
+        log_warn("payment batch: outbox append of %zu events failed: %s", d->nev, why ? why : "?");
+        rc = -1;
+    }
+    defer_reset(d);
+    return rc;
+}
+
 /* ---- events ---- */
 
-/* Appends one event about payment p to the outbox in c->tx; body is the JSON
- * object's members after "paymentId" (starting with a comma, or empty). */
-static svc_result_t emit(svc_ctx_t *c, const char *type, const char *payment_id, struct evbuffer *members)
+/* Appends one event about payment p to the outbox in c->tx (or holds it back
+ * in d, when d is on); body is the JSON object's members after "paymentId"
+ * (starting with a comma, or empty). */
+static svc_result_t emit(svc_ctx_t *c, deferred_t *d, const char *type, const char *payment_id,
+                         struct evbuffer *members)
 {
     struct evbuffer *b = evbuffer_new();
     evbuffer_add_printf(b, "{\"paymentId\":\"%s\"", payment_id);
@@ -491,6 +602,11 @@ static svc_result_t emit(svc_ctx_t *c, const char *type, const char *payment_id,
                       .traceparent = e->traceparent,
                       .request_id = e->request_id,
                       .payload = (const char *)evbuffer_pullup(b, -1)};
+    if (d && d->on) {
+        defer_event(d, &m, xstrdup(m.payload), xstrdup(agg));
+        evbuffer_free(b);
+        return SVC_OK;
+    }
     const char *why = NULL;
     int rc = outbox_append(c->tx, &m, NULL, &why);
     evbuffer_free(b);
@@ -517,6 +633,7 @@ typedef struct prefetch {
      * batch changes it (then NULL: read it again) */
     strmap_t read;
     payment_t *read_rows;
+    deferred_t w; /* PostgreSQL: the batch's settles and events, held back */
 } prefetch_t;
 
 /* The batch's locked copy of payment id of tenant, or NULL (not read, or
@@ -552,6 +669,10 @@ static svc_result_t on_requested(svc_ctx_t *c, prefetch_t *pf)
     lower_id(pid, id);
     payment_t p;
     const payment_t *known = pf_row(pf, tenant, id); /* locked by this transaction already */
+    if (!known && pf && defer_flush(c->tx, &pf->w) != 0) {
+        snprintf(c->error, sizeof c->error, "writing the batch's payments failed (sqlstate %s)", pg_last_sqlstate());
+        return SVC_RETRY;
+    }
     int rc = known ? (p = *known, 0) : tx_read(c->tx, tenant, id, true, &p);
     pf_touch(pf, id);
     if (rc < 0) {
@@ -576,7 +697,9 @@ static svc_result_t on_requested(svc_ctx_t *c, prefetch_t *pf)
     if (r != SVC_OK)
         return r;
     bool ok = a.outcome == PROVIDER_APPROVED;
-    if (tx_settle(c->tx, &p, ok ? "succeeded" : "failed", ok ? NULL : a.reason, ok ? a.ref : NULL) != 0) {
+    if (pf && pf->w.on)
+        defer_settle(&pf->w, &p, ok ? "succeeded" : "failed", ok ? NULL : a.reason, ok ? a.ref : NULL);
+    else if (tx_settle(c->tx, &p, ok ? "succeeded" : "failed", ok ? NULL : a.reason, ok ? a.ref : NULL) != 0) {
         snprintf(c->error, sizeof c->error, "recording payment %s failed (sqlstate %s)", id, pg_last_sqlstate());
         return SVC_RETRY;
     }
@@ -592,7 +715,7 @@ static svc_result_t on_requested(svc_ctx_t *c, prefetch_t *pf)
     } else {
         log_debug("payment %s succeeded (provider ref %s)", id, a.ref);
     }
-    r = emit(c, ok ? "payment.succeeded" : "payment.failed", id, members);
+    r = emit(c, pf ? &pf->w : NULL, ok ? "payment.succeeded" : "payment.failed", id, members);
     evbuffer_free(members);
     return r;
 }
@@ -709,7 +832,7 @@ static svc_result_t on_refund(svc_ctx_t *c)
         json_buf_str(members, reason);
         log_info("refund %s of payment %s rejected: %s", refund_id, id, reason);
     }
-    svc_result_t res = emit(c, applied ? "payment.refunded" : "payment.refund.rejected", id, members);
+    svc_result_t res = emit(c, NULL, applied ? "payment.refunded" : "payment.refund.rejected", id, members);
     evbuffer_free(members);
     return res;
 storage:
@@ -723,6 +846,12 @@ static svc_result_t handle_one(svc_ctx_t *c, prefetch_t *pf)
     if (strcmp(type, "payment.requested") == 0)
         return on_requested(c, pf);
     if (strcmp(type, "payment.refund.requested") == 0) {
+        /* the refund reads the row and appends after the events held back */
+        if (pf && defer_flush(c->tx, &pf->w) != 0) {
+            snprintf(c->error, sizeof c->error, "writing the batch's payments failed (sqlstate %s)",
+                     pg_last_sqlstate());
+            return SVC_RETRY;
+        }
         const char *pid = json_get_str(c->payload, "paymentId");
         if (pid && uuid_valid(pid)) {
             char id[UUID_STR_LEN];
@@ -803,6 +932,8 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     (void)arg;
     prefetch_t pf = {.rows = xcalloc(n, sizeof *pf.rows)};
     strmap_init(&pf.read);
+    defer_reset(&pf.w);
+    pf.w.on = tx->kind == DB_PG;
     svc_result_t r = SVC_OK;
     if (tx->kind == DB_PG && read_batch(tx, msgs, payloads, n, &pf) != 0) {
         r = SVC_RETRY;
@@ -854,7 +985,10 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         r = handle_one(&c, &pf);
         log_ctx_set(prev);
     }
+    if (r == SVC_OK && defer_flush(tx, &pf.w) != 0)
+        r = SVC_RETRY;
 out:
+    defer_free(&pf.w);
     free(pf.rows);
     free(pf.result);
     free(pf.error);
