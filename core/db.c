@@ -35,25 +35,9 @@ void memstore_free(memstore_t *m)
     free(m);
 }
 
-/* Connects; the statements db_prepare keeps are fixed shapes on the hot
- * path, so each uses its generic plan from the first execution: PostgreSQL
- * otherwise keeps planning a statement whose custom plans look cheaper (the
- * payment batch's `id = ANY($1)` lock was planned on every call, planning
- * costing three times its execution). */
-static PGconn *connect_pg(const char *url, const char *app_name, char **err)
-{
-    PGconn *c = pg_connect(url, app_name, err);
-    if (c && pg_exec(c, "SET plan_cache_mode = force_generic_plan") != 0) {
-        *err = xstrdup("SET plan_cache_mode failed");
-        PQfinish(c);
-        return NULL;
-    }
-    return c;
-}
-
 db_t *db_open_pg(const char *url, const char *app_name, char **err)
 {
-    PGconn *c = connect_pg(url, app_name, err);
+    PGconn *c = pg_connect(url, app_name, err);
     if (!c)
         return NULL;
     db_t *db = xcalloc(1, sizeof *db);
@@ -90,7 +74,7 @@ int db_ensure(db_t *db)
     if (db->kind == DB_MEMORY || pg_alive(db->pg))
         return 0;
     char *err = NULL;
-    PGconn *c = connect_pg(db->url, db->app_name, &err);
+    PGconn *c = pg_connect(db->url, db->app_name, &err);
     if (!c) {
         log_warn("postgres reconnect failed: %s", err);
         free(err);

@@ -104,9 +104,7 @@ void db_close(db_t *db);
 /* PostgreSQL: reconnects when the connection is gone. 0 when usable. */
 int db_ensure(db_t *db) __attribute__((warn_unused_result));
 
-/* Prepares statement `bit` on this connection the first time; 0 when ready.
- * These connections run with plan_cache_mode = force_generic_plan: a
- * prepared statement is planned once. */
+/* Prepares statement `bit` on this connection the first time; 0 when ready. */
 int db_prepare(db_t *db, int bit, const char *sql, int nparams) __attribute__((warn_unused_result));
 /* Executes prepared statement `bit` (text params); result as pg_query. */
 PGresult *db_exec_prepared(db_t *db, int bit, int nparams, const char *const *params);
