@@ -343,13 +343,11 @@ int outbox_fetch(db_t *db, const int *parts, size_t nparts, size_t limit, outbox
         *n = k;
         return 0;
     }
-    if (db_prepare(db, DB_STMT_OUTBOX_FETCH, sql_fetch, 2) != 0)
-        return -1;
     char *arr = int_array(parts, nparts, false);
     char lim[24];
     snprintf(lim, sizeof lim, "%zu", limit);
     const char *p[] = {arr, lim};
-    PGresult *r = db_exec_prepared(db, DB_STMT_OUTBOX_FETCH, 2, p);
+    PGresult *r = db_exec_params_bin(db, sql_fetch, 2, p, NULL, NULL, NULL); /* unnamed: see outbox_step_send */
     free(arr);
     if (!r)
         return -1;
@@ -417,12 +415,10 @@ int outbox_remove(db_t *db, const int64_t *pos, size_t n, bool archive)
             mem_remove(m, pos[i]);
         return db_commit(db);
     }
-    int stmt = archive ? DB_STMT_OUTBOX_ARCHIVE : DB_STMT_OUTBOX_DELETE;
-    if (db_prepare(db, stmt, archive ? sql_archive : sql_delete, 1) != 0)
-        return -1;
     char *arr = int_array(pos, n, true);
     const char *p[] = {arr};
-    PGresult *r = db_exec_prepared(db, stmt, 1, p);
+    PGresult *r = db_exec_params_bin(db, archive ? sql_archive : sql_delete, 1, p, NULL, NULL,
+                                     NULL); /* unnamed: see outbox_step_send */
     free(arr);
     if (!r)
         return -1;
@@ -444,19 +440,10 @@ int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool arc
 
 /* ---- the drainer's overlapped step ---- */
 
-/* Statement bits of this file's own prepared statements, from the top of the
- * range core/db.h leaves free; db_prepare names bit b "ecom_s<b>". */
-#define STMT_STEP_FETCH (DB_STMT_MAX - 1)
-
 static const char sql_step_fetch[] =
     "SELECT pos, partition, attempts, id, type, topic, tenant, aggregate_id, seq, ts, v, traceparent,"
     " request_id, payload FROM bus.outbox WHERE partition = ANY($1::smallint[])"
     " AND (pos > $3 OR pos <> ALL($4::bigint[])) ORDER BY pos LIMIT $2";
-
-static void stmt_name(int bit, char buf[16])
-{
-    snprintf(buf, 16, "ecom_s%d", bit);
-}
 
 static bool in_sorted(const int64_t *v, size_t n, int64_t x)
 {
@@ -505,16 +492,17 @@ int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t nd
         st->rc = mem_step(db, st, done, ndone, archive, skip, nskip, limit);
         return 0;
     }
-    int del = archive ? DB_STMT_OUTBOX_ARCHIVE : DB_STMT_OUTBOX_DELETE;
-    if (db_prepare(db, STMT_STEP_FETCH, sql_step_fetch, 4) != 0 ||
-        (ndone && db_prepare(db, del, archive ? sql_archive : sql_delete, 1) != 0))
-        return -1;
+    /* Both statements unnamed, planned for their parameters each time: the
+     * outbox is a queue whose size swings from empty to a backlog of
+     * millions, with dead rows between vacuums, so a plan cached while it
+     * was small (a sequential scan) would cost a scan of the whole backlog
+     * per batch exactly when the drainer must catch up. */
     PGconn *c = db->pg;
     if (!PQenterPipelineMode(c)) {
         log_warn("postgres: cannot enter pipeline mode: %s", PQerrorMessage(c));
         return -1;
     }
-    char name[16], lim[24], max[24];
+    char lim[24], max[24];
     char *parr = int_array(parts, nparts, false), *sarr = int_array(skip, nskip, true);
     snprintf(lim, sizeof lim, "%zu", limit);
     snprintf(max, sizeof max, "%lld", nskip ? (long long)skip[nskip - 1] : 0LL);
@@ -522,14 +510,12 @@ int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t nd
     if (ndone) {
         char *darr = int_array(done, ndone, true);
         const char *p[] = {darr};
-        stmt_name(del, name);
-        ok = PQsendQueryPrepared(c, name, 1, p, NULL, NULL, 0) == 1;
+        ok = PQsendQueryParams(c, archive ? sql_archive : sql_delete, 1, NULL, p, NULL, NULL, 0) == 1;
         free(darr);
         st->nq += ok;
     }
     const char *p[] = {parr, lim, max, sarr};
-    stmt_name(STMT_STEP_FETCH, name);
-    if (ok && PQsendQueryPrepared(c, name, 4, p, NULL, NULL, 0) == 1)
+    if (ok && PQsendQueryParams(c, sql_step_fetch, 4, NULL, p, NULL, NULL, 0) == 1)
         st->nq++;
     else
         ok = false;

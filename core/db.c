@@ -126,6 +126,16 @@ PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const
     return NULL;
 }
 
+PGresult *db_exec_params_bin(db_t *db, const char *sql, int nparams, const char *const *values, const int *lengths,
+                             const int *formats, const char *quiet_state)
+{
+    PGresult *r = PQexecParams(db->pg, sql, nparams, NULL, values, lengths, formats, 0);
+    if (pg_result_ok(db->pg, r, sql, quiet_state))
+        return r;
+    PQclear(r);
+    return NULL;
+}
+
 int db_begin(db_t *db)
 {
     ECOM_ASSERT(!db->in_tx);

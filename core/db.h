@@ -69,9 +69,6 @@ typedef struct db {
 enum {
     DB_STMT_OUTBOX_APPEND,
     DB_STMT_OUTBOX_APPEND_NOTIFY,
-    DB_STMT_OUTBOX_FETCH,
-    DB_STMT_OUTBOX_DELETE,
-    DB_STMT_OUTBOX_ARCHIVE,
     DB_STMT_INBOX_ONE,
     DB_STMT_INBOX_BATCH,
     DB_STMT_ANALYTICS_ONE,
@@ -85,12 +82,9 @@ enum {
     DB_STMT_NOTIFY_SEEN,
     DB_STMT_NOTIFY_RECORD,
     DB_STMT_INBOX_FRESH,
-    DB_STMT_PAYMENT_LOCK_MANY,
-    DB_STMT_NOTIFY_SEEN_MANY,
     DB_STMT_NOTIFY_RECORD_MANY,
     DB_STMT_OUTBOX_APPEND_MANY,
     DB_STMT_OUTBOX_APPEND_MANY_NOTIFY,
-    DB_STMT_PAYMENT_SETTLE_MANY,
     DB_STMT_MAX = 64
 };
 
@@ -108,6 +102,13 @@ int db_ensure(db_t *db) __attribute__((warn_unused_result));
 int db_prepare(db_t *db, int bit, const char *sql, int nparams) __attribute__((warn_unused_result));
 /* Executes prepared statement `bit` (text params); result as pg_query. */
 PGresult *db_exec_prepared(db_t *db, int bit, int nparams, const char *const *params);
+/* sql as an unnamed statement, planned for these very parameters (lengths
+ * and formats as PQexecParams'): for lookups by an array of keys, whose
+ * cached generic plan, made while a table was small, would stay a
+ * sequential scan as the table grows. Result as pg_query; quiet_state as
+ * db_exec_prepared_bin. */
+PGresult *db_exec_params_bin(db_t *db, const char *sql, int nparams, const char *const *values, const int *lengths,
+                             const int *formats, const char *quiet_state);
 /* The same with PQexecPrepared's lengths and formats (binary parameters, e.g.
  * core/pgarray.h); a failure whose SQLSTATE is quiet_state (may be NULL) is
  * logged at debug level only, for callers that expect and handle it. */

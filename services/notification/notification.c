@@ -656,10 +656,9 @@ static int recorded_many(db_t *tx, const envelope_t *const *msgs, size_t n, strm
             pg_array_free(&ids);
             return -1; /* one at a time, the bad id is reported where it belongs */
         }
-    PGresult *r = NULL;
-    if (db_prepare(tx, DB_STMT_NOTIFY_SEEN_MANY, sql_seen_many, 1) == 0)
-        r = db_exec_prepared_bin(tx, DB_STMT_NOTIFY_SEEN_MANY, 1, (const char *[]){(const char *)ids.buf},
-                                 (int[]){(int)ids.len}, (int[]){1}, NULL);
+    /* unnamed: planned for this array (db_exec_params_bin) */
+    PGresult *r = db_exec_params_bin(tx, sql_seen_many, 1, (const char *[]){(const char *)ids.buf},
+                                     (int[]){(int)ids.len}, (int[]){1}, NULL);
     pg_array_free(&ids);
     if (!r)
         return -1;

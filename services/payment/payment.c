@@ -554,9 +554,8 @@ static int defer_flush(db_t *tx, deferred_t *d)
             lens[k] = (int)d->settle[k].len;
             fmts[k] = 1;
         }
-        PGresult *r = NULL;
-        if (db_prepare(tx, DB_STMT_PAYMENT_SETTLE_MANY, sql_settle_many, 5) == 0)
-            r = db_exec_prepared_bin(tx, DB_STMT_PAYMENT_SETTLE_MANY, 5, vals, lens, fmts, NULL);
+        /* unnamed: planned for this array (db_exec_params_bin) */
+        PGresult *r = db_exec_params_bin(tx, sql_settle_many, 5, vals, lens, fmts, NULL);
         /* every row is locked by this transaction and was pending: all of them change */
         if (!r || strtoul(PQcmdTuples(r), NULL, 10) != d->nsettle) {
             if (r)
@@ -904,10 +903,9 @@ static int read_batch(db_t *tx, const envelope_t *const *msgs, json_object *cons
     evbuffer_add(arr, k ? "}" : "{}", k ? 2 : 3); /* with the terminating NUL */
     int rc = -1;
     PGresult *r = NULL;
-    if (db_prepare(tx, DB_STMT_PAYMENT_LOCK_MANY, sql_lock_many, 1) == 0) {
-        const char *p[] = {(const char *)evbuffer_pullup(arr, -1)};
-        r = db_exec_prepared(tx, DB_STMT_PAYMENT_LOCK_MANY, 1, p);
-    }
+    /* unnamed: planned for this array (db_exec_params_bin) */
+    const char *p[] = {(const char *)evbuffer_pullup(arr, -1)};
+    r = db_exec_params_bin(tx, sql_lock_many, 1, p, NULL, NULL, NULL);
     if (r) {
         int nt = PQntuples(r);
         pf->read_rows = xcalloc(nt ? (size_t)nt : 1, sizeof *pf->read_rows);
