@@ -277,11 +277,7 @@ int outbox_append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char 
     }
     const char *vals[COLS];
     int lens[COLS], fmts[COLS];
-    for (int k = 0; k < COLS; k++) {
-        vals[k] = (const char *)a[k].buf;
-        lens[k] = (int)a[k].len;
-        fmts[k] = 1;
-    }
+    pg_array_params(a, COLS, (uint32_t)n, vals, lens, fmts);
     bool notify = outbox_notify_due();
     int stmt = notify ? DB_STMT_OUTBOX_APPEND_MANY_NOTIFY : DB_STMT_OUTBOX_APPEND_MANY;
     int rc = -1;

@@ -74,3 +74,17 @@ void pg_array_free(pg_array_t *a)
     free(a->buf);
     memset(a, 0, sizeof *a);
 }
+
+void pg_array_params(pg_array_t *a, int n, uint32_t count, const char **vals, int *lens, int *fmts)
+{
+    for (int k = 0; k < n; k++) {
+        unsigned char *h = a[k].buf + 12; /* the header's fourth word: the element count */
+        h[0] = (unsigned char)(count >> 24);
+        h[1] = (unsigned char)(count >> 16);
+        h[2] = (unsigned char)(count >> 8);
+        h[3] = (unsigned char)count;
+        vals[k] = (const char *)a[k].buf;
+        lens[k] = (int)a[k].len;
+        fmts[k] = 1;
+    }
+}

@@ -5,7 +5,9 @@
  *   pg_array_t ids = {0};
  *   pg_array_begin(&ids, PG_OID_UUID, n);
  *   for (...) if (pg_array_uuid(&ids, id) != 0) ...;
- *   db_exec_prepared_bin(tx, bit, 1, (const char *[]){(char *)ids.buf}, (int[]){(int)ids.len}, (int[]){1}, NULL);
+ *   const char *v[1]; int len[1], fmt[1];
+ *   pg_array_params(&ids, 1, n, v, len, fmt);
+ *   db_exec_params_bin(tx, sql, 1, v, len, fmt, NULL);
  *   pg_array_free(&ids);
  *
  * No NULL elements. Owns: the buffer (pg_array_free; begin reuses it). */
@@ -32,5 +34,9 @@ void pg_array_int8(pg_array_t *a, int64_t v);
  * (nothing added). */
 int pg_array_uuid(pg_array_t *a, const char *s) __attribute__((warn_unused_result));
 void pg_array_free(pg_array_t *a);
+/* n arrays as the binary parameters of one statement: each array's element
+ * count set to count (arrays begun before their length was known), and
+ * vals/lens/fmts filled for PQexecParams or PQexecPrepared. */
+void pg_array_params(pg_array_t *a, int n, uint32_t count, const char **vals, int *lens, int *fmts);
 
 #endif

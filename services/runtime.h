@@ -69,8 +69,8 @@ typedef struct svc_def {
                                  void *arg);
     void *arg;
     /* The handlers may run on several connections at once (no shared state
-     * but the database): the runtime then applies a batch on o->lanes
-     * connections, split by aggregate. */
+     * but the database): the runtime then applies a batch on up to o->lanes
+     * connections (one per 16 messages), split by aggregate. */
     bool concurrent;
 } svc_def_t;
 
@@ -82,7 +82,7 @@ typedef struct svc_opts {
     const char *consumer; /* stable consumer name */
     size_t batch;
     int block_ms;
-    int lanes; /* PostgreSQL connections per batch when def->concurrent; 0 = 1 */
+    int lanes; /* PostgreSQL connections per batch at most when def->concurrent; 0 = 1 */
     int max_attempts;
     int64_t reclaim_idle_ms;
     int64_t backoff_ms;

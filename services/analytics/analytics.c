@@ -161,11 +161,7 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     snprintf(shard, sizeof shard, "%d", tx->lane);
     const char *vals[N_ARRAYS + 1] = {[N_ARRAYS] = shard};
     int lens[N_ARRAYS + 1] = {0}, fmts[N_ARRAYS + 1] = {0};
-    for (int k = 0; k < N_ARRAYS; k++) {
-        vals[k] = (const char *)a[k].buf;
-        lens[k] = (int)a[k].len;
-        fmts[k] = 1;
-    }
+    pg_array_params(a, N_ARRAYS, (uint32_t)n, vals, lens, fmts);
     /* prepared once per connection (a batch is often one message at low load);
      * an id recorded already (23505) is expected: the runtime then applies
      * the batch one message at a time */

@@ -606,6 +606,19 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, 
     return SVC_OK;
 }
 
+/* The message to deliver for envelope e, rendered as r (borrowed from both). */
+static notify_msg_t message_of(const envelope_t *e, const rendered_t *r)
+{
+    return (notify_msg_t){.message_id = e->id,
+                          .tenant = e->tenant,
+                          .subject = r->subject,
+                          .type = e->type,
+                          .title = r->title,
+                          .text = r->text,
+                          .requested_channel = r->requested_channel,
+                          .at_ms = e->ts};
+}
+
 static svc_result_t handle(svc_ctx_t *c, void *arg)
 {
     (void)arg;
@@ -619,14 +632,7 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
         snprintf(c->error, sizeof c->error, "%s", why);
         return SVC_REJECT;
     }
-    notify_msg_t m = {.message_id = e->id,
-                      .tenant = e->tenant,
-                      .subject = r.subject,
-                      .type = e->type,
-                      .title = r.title,
-                      .text = r.text,
-                      .requested_channel = r.requested_channel,
-                      .at_ms = e->ts};
+    notify_msg_t m = message_of(e, &r);
     unsigned done = 0;
     svc_result_t res = SVC_RETRY;
     if (recorded(c->tx, m.message_id, &done) != 0)
@@ -656,9 +662,11 @@ static int recorded_many(db_t *tx, const envelope_t *const *msgs, size_t n, strm
             pg_array_free(&ids);
             return -1; /* one at a time, the bad id is reported where it belongs */
         }
+    const char *val[1];
+    int len[1], fmt[1];
+    pg_array_params(&ids, 1, (uint32_t)n, val, len, fmt);
     /* unnamed: planned for this array (db_exec_params_bin) */
-    PGresult *r = db_exec_params_bin(tx, sql_seen_many, 1, (const char *[]){(const char *)ids.buf},
-                                     (int[]){(int)ids.len}, (int[]){1}, NULL);
+    PGresult *r = db_exec_params_bin(tx, sql_seen_many, 1, val, len, fmt, NULL);
     pg_array_free(&ids);
     if (!r)
         return -1;
@@ -695,20 +703,9 @@ static int batch_write(db_t *tx, record_batch_t *b)
         return -1;
     if (b->n == 0)
         return 0;
-    /* each column was started for 0 elements: the count goes in now (the
-     * fourth 32-bit word of the header, big-endian) */
     const char *vals[RECORD_COLS];
     int lens[RECORD_COLS], fmts[RECORD_COLS];
-    for (int k = 0; k < RECORD_COLS; k++) {
-        unsigned char *h = b->col[k].buf + 12;
-        h[0] = (unsigned char)(b->n >> 24);
-        h[1] = (unsigned char)(b->n >> 16);
-        h[2] = (unsigned char)(b->n >> 8);
-        h[3] = (unsigned char)b->n;
-        vals[k] = (const char *)b->col[k].buf;
-        lens[k] = (int)b->col[k].len;
-        fmts[k] = 1;
-    }
+    pg_array_params(b->col, RECORD_COLS, b->n, vals, lens, fmts); /* begun for 0 elements */
     if (db_prepare(tx, DB_STMT_NOTIFY_RECORD_MANY, sql_record_many, RECORD_COLS) != 0)
         return -1;
     PGresult *r = db_exec_prepared_bin(tx, DB_STMT_NOTIFY_RECORD_MANY, RECORD_COLS, vals, lens, fmts, NULL);
@@ -758,14 +755,7 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
             low[k] = (char)(e->id[k] >= 'A' && e->id[k] <= 'F' ? e->id[k] + 32 : e->id[k]);
         low[il < sizeof low - 1 ? il : sizeof low - 1] = '\0';
         void **bits = strmap_get(&done, low, strlen(low));
-        notify_msg_t m = {.message_id = e->id,
-                          .tenant = e->tenant,
-                          .subject = r.subject,
-                          .type = e->type,
-                          .title = r.title,
-                          .text = r.text,
-                          .requested_channel = r.requested_channel,
-                          .at_ms = e->ts};
+        notify_msg_t m = message_of(e, &r);
         svc_ctx_t c = {.tx = tx, .msg = e, .payload = payloads[i], .group = "notification"};
         res = deliver(&c, &m, bits ? (unsigned)(uintptr_t)*bits : 0, &b);
         if (res != SVC_OK)

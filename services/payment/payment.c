@@ -543,17 +543,7 @@ static int defer_flush(db_t *tx, deferred_t *d)
     if (d->nsettle) {
         const char *vals[5];
         int lens[5], fmts[5];
-        for (int k = 0; k < 5; k++) {
-            /* the element count goes into the header now: its fourth 32-bit word */
-            unsigned char *h = d->settle[k].buf + 12;
-            h[0] = (unsigned char)(d->nsettle >> 24);
-            h[1] = (unsigned char)(d->nsettle >> 16);
-            h[2] = (unsigned char)(d->nsettle >> 8);
-            h[3] = (unsigned char)d->nsettle;
-            vals[k] = (const char *)d->settle[k].buf;
-            lens[k] = (int)d->settle[k].len;
-            fmts[k] = 1;
-        }
+        pg_array_params(d->settle, 5, d->nsettle, vals, lens, fmts); /* begun for 0 elements */
         /* unnamed: planned for this array (db_exec_params_bin) */
         PGresult *r = db_exec_params_bin(tx, sql_settle_many, 5, vals, lens, fmts, NULL);
         /* every row is locked by this transaction and was pending: all of them change */
