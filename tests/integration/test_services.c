@@ -770,6 +770,87 @@ static void refunds(bool memory)
     sut_stop(&s);
 }
 
+/* A refund in the same batch as its payment's charge: the batch holds its
+ * settles back (PostgreSQL) and must write them before the refund reads the
+ * row, or the refund would find the payment still pending. */
+static void refund_same_batch(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_refund_batch");
+    sut_add(&s, payment_service());
+    char ids[3][UUID_STR_LEN];
+    db_t *db = sut_db(&s);
+    ASSERT_OK(db_begin(db));
+    for (int i = 0; i < 3; i++) {
+        uuid_v7(ids[i]);
+        insert_payment(db, ids[i], 1000, "card");
+    }
+    ASSERT_OK(db_commit(db));
+    db_close(db);
+    /* on the stream before the service starts: its first read takes them all, one batch */
+    static const int64_t refund[3] = {300, 0, 2000}; /* applied, none, over the captured amount */
+    envelope_t e[6];
+    char agg[3][64], *pl[6] = {0};
+    size_t n = 0;
+    for (int i = 0; i < 3; i++) {
+        snprintf(agg[i], sizeof agg[i], "payment:%s", ids[i]);
+        for (int k = 0; k < (refund[i] ? 2 : 1); k++) {
+            char rid[UUID_STR_LEN];
+            uuid_v7(rid);
+            pl[n] = k ? xasprintf("{\"paymentId\":\"%s\",\"refundId\":\"%s\",\"amount\":%lld}", ids[i], rid,
+                                  (long long)refund[i])
+                      : requested_payload(ids[i], 1000, "card");
+            e[n] = (envelope_t){.type = k ? "payment.refund.requested" : "payment.requested",
+                                .topic = "payment",
+                                .tenant = TENANT,
+                                .aggregate_id = agg[i],
+                                .seq = k + 1,
+                                .ts = clock_now_ms(),
+                                .v = 1,
+                                .traceparent = "",
+                                .request_id = "",
+                                .payload = pl[n]};
+            uuid_v7(e[n].id);
+            n++;
+        }
+    }
+    bus_t *b = sut_bus(&s);
+    char entry[6][BUS_ID_MAX];
+    ASSERT_OK(bus_publish(b, e, n, entry));
+    bus_close(b);
+    for (size_t i = 0; i < n; i++)
+        free(pl[i]);
+    sut_start(&s);
+    CU_ASSERT_TRUE(wait_status(&s, ids, 3, "succeeded", 15000));
+    int64_t end = clock_mono_ms() + 15000;
+    payment_refund_totals_t t0 = {0}, t2 = {0};
+    while (clock_mono_ms() < end && (t0.succeeded + t0.rejected < 1 || t2.succeeded + t2.rejected < 1)) {
+        db = sut_db(&s);
+        ASSERT_OK(payment_refund_totals(db, TENANT, ids[0], &t0));
+        ASSERT_OK(payment_refund_totals(db, TENANT, ids[2], &t2));
+        db_close(db);
+        clock_sleep_ms(50);
+    }
+    CU_ASSERT_EQUAL(t0.succeeded, 1);
+    CU_ASSERT_EQUAL(t0.succeeded_sum, 300);
+    CU_ASSERT_EQUAL(t2.rejected, 1);
+    CU_ASSERT_EQUAL(get_payment(&s, ids[0]).refunded, 300);
+    CU_ASSERT_EQUAL(get_payment(&s, ids[1]).captured, 1000);
+    CU_ASSERT_EQUAL(get_payment(&s, ids[2]).refunded, 0);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 0);
+    sut_stop(&s);
+}
+
+static void test_refund_same_batch_memory(void)
+{
+    refund_same_batch(true);
+}
+
+static void test_refund_same_batch_real(void)
+{
+    refund_same_batch(false);
+}
+
 static void test_refunds_memory(void)
 {
     refunds(true);
@@ -1205,6 +1286,8 @@ int main(void)
         {"declines are final (postgres+redis)", test_decline_real},
         {"provider outage: breaker opens, payments wait, all complete (memory)", test_outage_memory},
         {"provider outage: breaker opens, payments wait, all complete (postgres+redis)", test_outage_real},
+        {"a refund in its payment's batch sees the payment succeeded (memory)", test_refund_same_batch_memory},
+        {"a refund in its payment's batch sees the payment succeeded (postgres+redis)", test_refund_same_batch_real},
         {"200 payments, 3 concurrent refunds each: never over captured (memory)", test_refunds_memory},
         {"200 payments, 3 concurrent refunds each: never over captured (postgres+redis)", test_refunds_real},
         {"unknown payment goes to the DLQ with its reason (memory)", test_unknown_memory},
