@@ -640,10 +640,17 @@ static void *sink_thread(void *arg)
 
 int http_sink_start(http_sink_t *s, void (*cb)(struct evhttp_request *req, void *arg), void *arg)
 {
+    return http_sink_start_idle(s, cb, arg, 0);
+}
+
+int http_sink_start_idle(http_sink_t *s, void (*cb)(struct evhttp_request *req, void *arg), void *arg, int idle_s)
+{
     memset(s, 0, sizeof *s);
     s->base = event_base_new();
     s->http = evhttp_new(s->base);
     evhttp_set_gencb(s->http, cb, arg);
+    if (idle_s > 0)
+        evhttp_set_timeout(s->http, idle_s);
     struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(s->http, "127.0.0.1", 0);
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;

@@ -126,6 +126,8 @@ typedef struct http_sink {
 
 /* 0, or -1 when it cannot listen. */
 int http_sink_start(http_sink_t *s, void (*cb)(struct evhttp_request *req, void *arg), void *arg);
+/* The same, closing a connection idle for idle_s seconds (0: evhttp's default). */
+int http_sink_start_idle(http_sink_t *s, void (*cb)(struct evhttp_request *req, void *arg), void *arg, int idle_s);
 /* Stops and joins the thread; a sink never started is left alone. */
 void http_sink_stop(http_sink_t *s);
 /* A webhook delivery as ecom signs it: a POST whose X-Ecom-Signature is

@@ -2,19 +2,24 @@
  * POST of the message as JSON to an http:// endpoint, signed with
  * X-Ecom-Signature: sha256=<hex HMAC-SHA256 of the body under the secret>, and
  * carrying X-Ecom-Message-Id so a receiver can drop a redelivered copy.
+ * Connections are kept open per delivering thread (below).
  * A 2xx answer delivers; anything else is retried by the caller. TLS is not
  * spoken here: put a TLS-terminating proxy in front of an https receiver. */
 #include "services/notification/channel.h"
 
+#include "core/alloc.h"
 #include "core/clock.h"
 #include "core/json.h"
 
 #include <event2/buffer.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define REPLY_MAX 16384 /* bytes of the answer read (the status line is what counts) */
@@ -88,36 +93,144 @@ static void sign(const char *secret, const void *body, size_t n, char hex[65])
     hex[64] = '\0';
 }
 
-/* Reads the answer's status code (until EOF, REPLY_MAX bytes or the deadline). */
-static int read_status(int fd, int64_t deadline, char *detail, size_t cap)
+/* ---- kept connections ----
+ *
+ * Each delivering thread keeps its last connection open (HTTP/1.1 keep-alive)
+ * and sends the next webhook to the same receiver over it: a connection per
+ * webhook cost a connect, an accept and a close on both sides per receipt.
+ * The connection is closed when the thread ends (a key destructor), when the
+ * receiver says `Connection: close` or frames its answer by closing, and on
+ * any error. */
+
+typedef struct kept {
+    int fd;
+    int port;
+    char host[256];
+} kept_t;
+
+static pthread_key_t kept_key;
+static pthread_once_t kept_once = PTHREAD_ONCE_INIT;
+
+static void kept_free(void *p)
 {
+    kept_t *k = p;
+    if (k->fd >= 0)
+        close(k->fd);
+    free(k);
+}
+
+static void kept_init(void)
+{
+    if (pthread_key_create(&kept_key, kept_free) != 0)
+        abort();
+}
+
+/* This thread's kept connection to host:port, or -1 (any other one closed). */
+static int kept_take(const char *host, int port)
+{
+    pthread_once(&kept_once, kept_init);
+    kept_t *k = pthread_getspecific(kept_key);
+    if (!k || k->fd < 0)
+        return -1;
+    int fd = k->fd;
+    k->fd = -1;
+    if (k->port == port && strcmp(k->host, host) == 0)
+        return fd;
+    close(fd);
+    return -1;
+}
+
+static void kept_put(int fd, const char *host, int port)
+{
+    pthread_once(&kept_once, kept_init);
+    kept_t *k = pthread_getspecific(kept_key);
+    if (!k) {
+        k = xcalloc(1, sizeof *k);
+        k->fd = -1;
+        if (pthread_setspecific(kept_key, k) != 0) {
+            free(k);
+            close(fd);
+            return;
+        }
+    }
+    if (k->fd >= 0)
+        close(k->fd);
+    k->fd = fd;
+    k->port = port;
+    snprintf(k->host, sizeof k->host, "%s", host);
+}
+
+/* Case-insensitive: does the header block (NUL-terminated after its last
+ * CRLF) have a line "name: ..."? Its value is copied to val when given. */
+static bool header_value(const char *headers, const char *name, char *val, size_t cap)
+{
+    size_t nl = strlen(name);
+    for (const char *line = strstr(headers, "\r\n"); line && line[2]; line = strstr(line + 2, "\r\n")) {
+        const char *h = line + 2;
+        if (strncasecmp(h, name, nl) != 0 || h[nl] != ':')
+            continue;
+        const char *v = h + nl + 1;
+        v += strspn(v, " \t");
+        size_t vl = strcspn(v, "\r");
+        if (val)
+            snprintf(val, cap, "%.*s", (int)vl, v);
+        return true;
+    }
+    return false;
+}
+
+/* Reads the answer: its status code (-1 with detail set when there is none)
+ * and whether the connection may carry another request (the whole answer was
+ * read, framed by Content-Length, and the receiver did not close it). */
+static int read_answer(int fd, int64_t deadline, bool *reusable, bool *nothing, char *detail, size_t cap)
+{
+    *reusable = false;
+    *nothing = true;
     char *buf = malloc(REPLY_MAX + 1);
     if (!buf)
         return -1;
-    size_t len = 0;
+    size_t len = 0, need = 0;
     int status = -1;
+    const char *body = NULL;
     while (len < REPLY_MAX) {
         ssize_t r = notification_net_recv(fd, buf + len, REPLY_MAX - len, deadline);
         if (r < 0) {
             snprintf(detail, cap, "webhook: no answer before the timeout");
-            break;
+            goto out;
         }
+        if (r > 0)
+            *nothing = false;
         len += (size_t)r;
         buf[len] = '\0';
-        char *eol = strstr(buf, "\r\n");
-        if (eol) {
+        if (!body && (body = strstr(buf, "\r\n\r\n")) != NULL) {
+            body += 4;
             int code = 0;
-            if (sscanf(buf, "HTTP/1.%*[01] %3d", &code) == 1 && code >= 100 && code <= 599)
-                status = code;
-            else
+            if (sscanf(buf, "HTTP/1.%*[01] %3d", &code) != 1 || code < 100 || code > 599) {
                 snprintf(detail, cap, "webhook: malformed status line");
-            break;
+                goto out;
+            }
+            status = code;
+            char v[64], *hend = (char *)body - 2, saved = *hend;
+            *hend = '\0'; /* the header block alone: status line and headers, each ending in CRLF */
+            bool close_asked = header_value(buf, "Connection", v, sizeof v) && strcasestr(v, "close");
+            bool sized = header_value(buf, "Content-Length", v, sizeof v) && strspn(v, "0123456789") == strlen(v) &&
+                         v[0] && strlen(v) < 8;
+            *hend = saved;
+            if (!sized || close_asked || strncmp(buf, "HTTP/1.0", 8) == 0)
+                goto out; /* the status is what counts; the connection goes */
+            need = (size_t)(body - buf) + strtoul(v, NULL, 10);
+        }
+        if (body && len >= need) {
+            *reusable = len == need; /* nothing beyond the answer */
+            goto out;
         }
         if (r == 0) {
-            snprintf(detail, cap, "webhook: connection closed before an answer");
-            break;
+            if (!body)
+                snprintf(detail, cap, "webhook: connection closed before an answer");
+            goto out;
         }
     }
+out:
     free(buf);
     return status;
 }
@@ -148,27 +261,44 @@ notify_outcome_t notification_webhook_deliver(const notify_msg_t *m, const webho
     evbuffer_add_printf(req,
                         "POST %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: ecom-notification\r\n"
                         "Content-Type: application/json\r\nContent-Length: %zu\r\n"
-                        "X-Ecom-Signature: sha256=%s\r\nX-Ecom-Message-Id: %s\r\nConnection: close\r\n\r\n",
+                        "X-Ecom-Signature: sha256=%s\r\nX-Ecom-Message-Id: %s\r\n\r\n",
                         t->path, v6 ? "[" : "", t->host, v6 ? "]" : "", t->port, blen, sig, m->message_id);
     evbuffer_add_buffer(req, body);
     evbuffer_free(body);
 
     notify_outcome_t out = NOTIFY_FAILED;
     int64_t deadline = clock_mono_ms() + timeout_ms;
-    char err[160];
-    int fd = notification_net_connect(t->host, t->port, deadline, err, sizeof err);
-    if (fd < 0) {
-        snprintf(detail, cap, "webhook %s:%d: %s", t->host, t->port, err);
-        goto out;
-    }
     size_t rlen = evbuffer_get_length(req);
-    if (notification_net_send(fd, evbuffer_pullup(req, -1), rlen, deadline) != 0) {
-        snprintf(detail, cap, "webhook %s:%d: sending failed", t->host, t->port);
-        close(fd);
-        goto out;
+    const void *bytes = evbuffer_pullup(req, -1);
+    int status = -1;
+    /* over the kept connection first; when it turns out closed by the
+     * receiver meanwhile (nothing came back), once more on a new one */
+    for (int attempt = 0; attempt < 2 && status < 0; attempt++) {
+        int fd = attempt == 0 ? kept_take(t->host, t->port) : -1;
+        bool reused = fd >= 0;
+        if (!reused) {
+            if (attempt == 0)
+                attempt = 1; /* a new connection: no second try */
+            char err[160];
+            fd = notification_net_connect(t->host, t->port, deadline, err, sizeof err);
+            if (fd < 0) {
+                snprintf(detail, cap, "webhook %s:%d: %s", t->host, t->port, err);
+                goto out;
+            }
+        }
+        bool reusable = false, nothing = true;
+        if (notification_net_send(fd, bytes, rlen, deadline) != 0) {
+            snprintf(detail, cap, "webhook %s:%d: sending failed", t->host, t->port);
+        } else {
+            status = read_answer(fd, deadline, &reusable, &nothing, detail, cap);
+        }
+        if (status >= 0 && reusable)
+            kept_put(fd, t->host, t->port);
+        else
+            close(fd);
+        if (status < 0 && !(reused && nothing))
+            goto out; /* a new connection failed, or the receiver answered something unusable */
     }
-    int status = read_status(fd, deadline, detail, cap);
-    close(fd);
     if (status < 0)
         goto out;
     snprintf(detail, cap, "HTTP %d", status);

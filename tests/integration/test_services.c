@@ -1094,6 +1094,84 @@ static void test_webhook_memory(void)
     webhook(true);
 }
 
+/* A receiver that notes each request's peer port (one per connection) and
+ * answers request number close_at with Connection: close. */
+typedef struct port_hook {
+    http_sink_t srv;
+    atomic_int requests;
+    int close_at;
+    pthread_mutex_t mu;
+    int ports[16], nports;
+} port_hook_t;
+
+static void port_hook_cb(struct evhttp_request *req, void *arg)
+{
+    port_hook_t *h = arg;
+    int k = atomic_fetch_add(&h->requests, 1);
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    evhttp_connection_get_peer(evhttp_request_get_connection(req), &addr, &port);
+    pthread_mutex_lock(&h->mu);
+    bool seen = false;
+    for (int i = 0; i < h->nports; i++)
+        seen = seen || h->ports[i] == port;
+    if (!seen && h->nports < 16)
+        h->ports[h->nports++] = port;
+    pthread_mutex_unlock(&h->mu);
+    if (k == h->close_at)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+    evhttp_send_reply(req, 200, "OK", NULL);
+}
+
+static int port_hook_ports(port_hook_t *h)
+{
+    pthread_mutex_lock(&h->mu);
+    int n = h->nports;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+/* Webhooks go over a kept connection; one the receiver asked to close is
+ * not reused; one it closed while idle is replaced without a failed delivery. */
+static void test_webhook_kept(void)
+{
+    port_hook_t h = {.close_at = 3};
+    pthread_mutex_init(&h.mu, NULL);
+    ASSERT_OK(http_sink_start_idle(&h.srv, port_hook_cb, &h, 1));
+    sut_t s;
+    sut_init(&s, true, "svc_webhook_kept");
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", h.srv.port);
+    configure_notification(&s, "webhook", url, 0);
+    sut_add(&s, notification_service());
+    sut_start(&s);
+    metric_t *failed = metrics_counter("ecom_notification_deliveries_total",
+                                       "Notification deliveries by channel and outcome",
+                                       "channel=\"webhook\",outcome=\"failed\"");
+    uint64_t failed_before = metrics_value(failed);
+    static const char *const codes[] = {"100001", "100002", "100003", "100004", "100005", "100006"};
+    for (int i = 0; i < 6; i++) {
+        if (i == 5)
+            clock_sleep_ms(1600); /* the receiver drops the idle connection after 1 s */
+        append_otp(&s, codes[i]);
+        CU_ASSERT_TRUE(wait_deliveries(&s, "user@example.com", "auth.otp.requested", "webhook", (size_t)i + 1, 15000));
+        if (i == 2)
+            CU_ASSERT_EQUAL(port_hook_ports(&h), 1); /* three webhooks, one connection */
+    }
+    clock_sleep_ms(200);
+    CU_ASSERT_EQUAL(atomic_load(&h.requests), 6); /* each delivered once */
+    /* 1-4 on the first connection (4 asked to close), 5 on a second, 6 on a
+     * third after the receiver closed the second while idle */
+    CU_ASSERT_EQUAL(port_hook_ports(&h), 3);
+    CU_ASSERT_EQUAL(metrics_value(failed), failed_before); /* the dropped connection cost no failed attempt */
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "webhook"), 6);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
+    sut_stop(&s);
+    http_sink_stop(&h.srv);
+    pthread_mutex_destroy(&h.mu);
+    configure_notification(&s, "log", NULL, 0);
+}
+
 static void test_webhook_real(void)
 {
     webhook(false);
@@ -1315,6 +1393,7 @@ int main(void)
         {"a delivery recorded before is not sent again (postgres+redis)", test_redelivered_real},
         {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
         {"signed webhook, 500 twice then 200: delivered once (postgres+redis)", test_webhook_real},
+        {"webhooks share a kept connection; closed ones are replaced (memory)", test_webhook_kept},
         {"SMTP mail to the test server (memory)", test_smtp_memory},
         {"SMTP mail to the test server (postgres+redis)", test_smtp_real},
         CU_TEST_INFO_NULL,
