@@ -1132,12 +1132,13 @@ static int port_hook_ports(port_hook_t *h)
 }
 
 /* Webhooks go over a kept connection; one the receiver asked to close is
- * not reused; one it closed while idle is replaced without a failed delivery. */
+ * not reused; one it closed while idle (3 s) is replaced without a failed
+ * delivery. */
 static void test_webhook_kept(void)
 {
     port_hook_t h = {.close_at = 3};
     pthread_mutex_init(&h.mu, NULL);
-    ASSERT_OK(http_sink_start_idle(&h.srv, port_hook_cb, &h, 1));
+    ASSERT_OK(http_sink_start_idle(&h.srv, port_hook_cb, &h, 3)); /* well above the time between webhooks 1-5 */
     sut_t s;
     sut_init(&s, true, "svc_webhook_kept");
     char url[96];
@@ -1152,7 +1153,7 @@ static void test_webhook_kept(void)
     static const char *const codes[] = {"100001", "100002", "100003", "100004", "100005", "100006"};
     for (int i = 0; i < 6; i++) {
         if (i == 5)
-            clock_sleep_ms(1600); /* the receiver drops the idle connection after 1 s */
+            clock_sleep_ms(3600); /* the receiver drops the idle connection after 3 s */
         append_otp(&s, codes[i]);
         CU_ASSERT_TRUE(wait_deliveries(&s, "user@example.com", "auth.otp.requested", "webhook", (size_t)i + 1, 15000));
         if (i == 2)
