@@ -1547,6 +1547,13 @@ static void test_hedge(void)
     CU_ASSERT_TRUE(two);
     double gap = two ? wt.start_ms[1] - wt.start_ms[0] : -1;
     CU_ASSERT_TRUE(two && wt.pid[0] == primary && wt.pid[1] != primary);
+    if (!two || wt.pid[0] != primary) {
+        fprintf(stderr, "\n  hedge test: primary backend %d; waiting now:", primary);
+        for (int i = 0; i < wt.n; i++)
+            fprintf(stderr, " pid %d from %.1f ms", wt.pid[i], wt.start_ms[i] - wt.start_ms[0]);
+        fprintf(stderr, "\n");
+        print_log(g);
+    }
     /* the delay is the p95 of the warm-up latencies: at least the hold, at most
      * the slowest (the gap between the two queries' starts also holds the
      * primary's own way to PostgreSQL, a few ms on a busy machine) */
