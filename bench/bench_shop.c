@@ -15,7 +15,10 @@
  * latency under saturation; then open-loop runs at each rate of BENCH_RATES,
  * latency measured from each payment's scheduled send time (no coordinated
  * omission) to its receipt, with where the time goes (the median and p99 of
- * each step, from the rows' timestamps). Medians over the rounds at the end.
+ * each step, from the rows' timestamps). Every run prints the CPU per
+ * completed payment of each process, of this database's PostgreSQL backends
+ * (also split by the role whose connection they serve) and of the machine.
+ * Medians over the rounds at the end.
  *
  * Usage, inside scripts/test-env on a freshly migrated database (scripts/run-bench):
  *   bench_shop [--ecom PATH]
@@ -468,6 +471,7 @@ typedef struct result {
     size_t n, missing;                    /* accepted payments, receipts missing after the drain */
     double cpu_ms[R_COUNT], cpu_total_ms; /* CPU per completed payment, per role and the whole machine */
     double cpu_pg_ms, cpu_redis_ms;       /* this database's backends, this Redis server */
+    double cpu_pg_role[R_COUNT];          /* the backends of each role's connections */
     double rtt_p50, rtt_p99;              /* a SELECT 1 round trip during the run, ms */
 } result_t;
 
@@ -521,6 +525,34 @@ static double cpu_of_matching(const char *needle)
 }
 
 static char pg_needle[160], redis_needle[300];
+
+/* CPU time (ms) of this database's backends, summed by the role whose
+ * connections they serve (pg_stat_activity.application_name). A backend that
+ * connects during a run counts from zero, one that leaves takes its time
+ * along: the roles keep their connections open, so both are rare. */
+static void cpu_pg_by_role(double out[R_COUNT])
+{
+    static const char *const apps[][2] = {{"ecom-gateway", "gateway"},       {"ecom-gateway-policy", "gateway"},
+                                          {"ecom-outbox-worker", "outbox-worker"}, {"payment", "payment"},
+                                          {"notification", "notification"}, {"analytics", "analytics"}};
+    memset(out, 0, R_COUNT * sizeof *out);
+    char *err = NULL;
+    PGconn *c = pg_connect(pg_url, "bench_shop", &err);
+    if (!c) {
+        free(err);
+        return;
+    }
+    PGresult *r = pg_query(c, "SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database()",
+                           0, NULL);
+    for (int i = 0; r && i < PQntuples(r); i++)
+        for (size_t a = 0; a < sizeof apps / sizeof apps[0]; a++)
+            if (strcmp(PQgetvalue(r, i, 1), apps[a][0]) == 0)
+                for (int k = 0; k < R_COUNT; k++)
+                    if (strcmp(roles[k].name, apps[a][1]) == 0)
+                        out[k] += proc_cpu_ms((pid_t)atoi(PQgetvalue(r, i, 0)));
+    PQclear(r);
+    PQfinish(c);
+}
 
 /* Busy CPU time of the whole machine, in ms (every core). */
 static double machine_busy_ms(void)
@@ -692,7 +724,8 @@ static result_t run_once(int rate, bool explain, const char *label)
     pr.us = xcalloc(pr.cap, sizeof *pr.us);
     pthread_create(&pr.th, NULL, probe, &pr);
     double cpu0[R_COUNT], busy0 = machine_busy_ms();
-    double pg0 = cpu_of_matching(pg_needle), redis0 = cpu_of_matching(redis_needle);
+    double pg0 = cpu_of_matching(pg_needle), redis0 = cpu_of_matching(redis_needle), pgr0[R_COUNT];
+    cpu_pg_by_role(pgr0);
     for (int i = 0; i < R_COUNT; i++)
         cpu0[i] = proc_cpu_ms(roles[i].pid);
     run.t0_us = wall_us() + 20000;
@@ -734,7 +767,8 @@ static result_t run_once(int rate, bool explain, const char *label)
     for (int i = 0; i < R_COUNT; i++)
         cpu1[i] = proc_cpu_ms(roles[i].pid);
     double busy1 = machine_busy_ms();
-    double pg1 = cpu_of_matching(pg_needle), redis1 = cpu_of_matching(redis_needle);
+    double pg1 = cpu_of_matching(pg_needle), redis1 = cpu_of_matching(redis_needle), pgr1[R_COUNT];
+    cpu_pg_by_role(pgr1);
     got = 0;
     int64_t last = 0;
     for (size_t i = 0; i < n; i++)
@@ -766,8 +800,10 @@ static result_t run_once(int rate, bool explain, const char *label)
     res.p99 = pct(lat, k, 0.99) / 1000.0;
     res.http_p99 = pct(http, h, 0.99) / 1000.0;
     double done = got ? (double)got : 1;
-    for (int i = 0; i < R_COUNT; i++)
+    for (int i = 0; i < R_COUNT; i++) {
         res.cpu_ms[i] = (cpu1[i] - cpu0[i]) / done;
+        res.cpu_pg_role[i] = (pgr1[i] - pgr0[i]) / done;
+    }
     res.cpu_total_ms = (busy1 - busy0) / done;
     res.cpu_pg_ms = (pg1 - pg0) / done;
     res.cpu_redis_ms = (redis1 - redis0) / done;
@@ -931,6 +967,10 @@ static void print_result(const char *label, const struct result *r)
            " notification %.2f, analytics %.2f, PostgreSQL backends %.2f, Redis %.2f; whole machine %.2f\n",
            r->cpu_ms[R_GATEWAY], r->cpu_ms[R_DRAINER], r->cpu_ms[R_PAYMENT], r->cpu_ms[R_NOTIFICATION],
            r->cpu_ms[R_ANALYTICS], r->cpu_pg_ms, r->cpu_redis_ms, r->cpu_total_ms);
+    printf("      of it in PostgreSQL, by the connections of: gateway %.2f, outbox-worker %.2f, payment %.2f,"
+           " notification %.2f, analytics %.2f\n",
+           r->cpu_pg_role[R_GATEWAY], r->cpu_pg_role[R_DRAINER], r->cpu_pg_role[R_PAYMENT],
+           r->cpu_pg_role[R_NOTIFICATION], r->cpu_pg_role[R_ANALYTICS]);
     printf("      PostgreSQL meanwhile: a SELECT 1 round trip p50 %.2f ms, p99 %.2f ms\n", r->rtt_p50, r->rtt_p99);
     fflush(stdout);
 }

@@ -138,6 +138,13 @@ bool uuid_valid(const char *s)
     return true;
 }
 
+void uuid_lower(const char *in, char out[UUID_STR_LEN])
+{
+    for (int i = 0; i < 36; i++)
+        out[i] = (char)tolower((unsigned char)in[i]);
+    out[36] = '\0';
+}
+
 void random_hex(char *out, size_t nbytes)
 {
     unsigned char b[64];

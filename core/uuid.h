@@ -11,6 +11,8 @@
 
 void uuid_v7(char out[UUID_STR_LEN]);
 bool uuid_valid(const char *s); /* canonical lowercase or uppercase 8-4-4-4-12 */
+/* The first 36 characters of in, lowercased, as PostgreSQL prints a uuid (in: a uuid_valid id). */
+void uuid_lower(const char *in, char out[UUID_STR_LEN]);
 /* n random bytes as 2n lowercase hex characters plus NUL. */
 void random_hex(char *out, size_t nbytes);
 /* Fills buf with CSPRNG bytes; aborts if the OS cannot provide them. For

@@ -7,6 +7,7 @@
 #include "core/pg.h"
 #include "core/pgarray.h"
 #include "core/strmap.h"
+#include "core/uuid.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,10 +145,8 @@ int inbox_record_batch(db_t *tx, const char *group, const char *const *ids, size
     for (int i = 0; i < PQntuples(r); i++)
         strmap_put(&fresh, PQgetvalue(r, i, 0), 36, NULL);
     for (size_t i = 0; i < n; i++) {
-        char low[37];
-        for (int k = 0; k < 36; k++)
-            low[k] = (char)((ids[i][k] >= 'A' && ids[i][k] <= 'F') ? ids[i][k] + 32 : ids[i][k]);
-        low[36] = '\0';
+        char low[UUID_STR_LEN];
+        uuid_lower(ids[i], low);
         void **v = strmap_get(&fresh, low, 36);
         is_new[i] = v != NULL;
         if (v) /* a duplicate id inside one batch counts once */

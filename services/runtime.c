@@ -293,7 +293,7 @@ static bool type_accepted(const svc_def_t *def, const char *type)
     return !def->types || type_in(def->types, type);
 }
 
-static void set_log_ctx(log_ctx_t *lc, char *trace, const envelope_t *e)
+void svc_log_ctx(log_ctx_t *lc, char trace[33], const envelope_t *e)
 {
     trace[0] = '\0';
     if (e->traceparent && strlen(e->traceparent) >= 35)
@@ -307,7 +307,7 @@ static void log_applied(rt_t *rt, const work_t *w, const char *what)
 {
     log_ctx_t lc;
     char trace[40];
-    set_log_ctx(&lc, trace, &w->m->env);
+    svc_log_ctx(&lc, trace, &w->m->env);
     const log_ctx_t *prev = log_ctx_set(&lc);
     log_debug("service %s: %s %s", rt->def->group, what, w->m->env.type);
     log_ctx_set(prev);
@@ -318,7 +318,7 @@ static svc_result_t run_handler(rt_t *rt, db_t *db, work_t *w)
     svc_ctx_t c = {.tx = db, .msg = &w->m->env, .payload = w->payload, .group = rt->def->group};
     log_ctx_t lc;
     char trace[40];
-    set_log_ctx(&lc, trace, &w->m->env);
+    svc_log_ctx(&lc, trace, &w->m->env);
     const log_ctx_t *prev = log_ctx_set(&lc);
     svc_result_t r = rt->def->handle(&c, rt->def->arg);
     if (r != SVC_OK)
@@ -582,11 +582,10 @@ static void *lane_main(void *arg)
 }
 
 /* Messages per lane before another lane is worth its transaction: each
- * lane commits on its own, and a small transaction costs PostgreSQL about
- * 0.3 ms of CPU here whatever it holds (pgbench, one INSERT per commit), so
- * a batch of a few messages split four ways cost four commits where one
- * does (the shop flow at 250 payments/s spent most of PostgreSQL's CPU on
- * commits). */
+ * lane commits on its own, and a transaction costs PostgreSQL much the same
+ * whatever it holds, so a batch of a few messages split four ways cost four
+ * commits where one does (bench_shop: PostgreSQL CPU per payment is about
+ * four times higher at 250 payments/s, in small batches, than saturated). */
 #define LANE_MIN_MESSAGES 16
 
 static uint32_t lane_of(size_t nl, const char *key, size_t klen)
@@ -810,7 +809,7 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
                 failure_t *f = failure_bump(rt, w);
                 log_ctx_t lc;
                 char trace[40];
-                set_log_ctx(&lc, trace, &w->m->env);
+                svc_log_ctx(&lc, trace, &w->m->env);
                 const log_ctx_t *prev = log_ctx_set(&lc);
                 if (w->result == SVC_DEFER) {
                     metrics_add(rt->m_deferred, 1);

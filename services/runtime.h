@@ -34,6 +34,7 @@
 #include "bus/bus.h"
 #include "core/db.h"
 #include "core/json.h"
+#include "core/log.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -88,6 +89,11 @@ typedef struct svc_opts {
     int64_t backoff_ms;
     int64_t inbox_retain_s;
 } svc_opts_t;
+
+/* The log context of message e (request id, trace id from its traceparent,
+ * message id) into lc; trace holds the trace id. For batch handlers, which
+ * apply their messages themselves: log_ctx_set(lc) around each one. */
+void svc_log_ctx(log_ctx_t *lc, char trace[33], const envelope_t *e);
 
 /* Runs until *stop; finishes the batch in hand. 0 on a clean stop. */
 int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop);

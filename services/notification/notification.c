@@ -745,16 +745,12 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
                 res = SVC_REJECT; /* handle() rejects it on its own */
             continue;
         }
-        char trace[33] = "", low[UUID_STR_LEN];
-        if (e->traceparent && strlen(e->traceparent) >= 35)
-            snprintf(trace, sizeof trace, "%.32s", e->traceparent + 3);
-        log_ctx_t lc = {.request_id = e->request_id, .trace_id = trace, .msg_id = e->id};
+        log_ctx_t lc;
+        char trace[33], low[UUID_STR_LEN];
+        svc_log_ctx(&lc, trace, e);
         const log_ctx_t *prev = log_ctx_set(&lc);
-        size_t il = strlen(e->id);
-        for (size_t k = 0; k < il && k < sizeof low - 1; k++)
-            low[k] = (char)(e->id[k] >= 'A' && e->id[k] <= 'F' ? e->id[k] + 32 : e->id[k]);
-        low[il < sizeof low - 1 ? il : sizeof low - 1] = '\0';
-        void **bits = strmap_get(&done, low, strlen(low));
+        uuid_lower(e->id, low); /* a UUID: recorded_many checked every id of the batch */
+        void **bits = strmap_get(&done, low, 36);
         notify_msg_t m = message_of(e, &r);
         svc_ctx_t c = {.tx = tx, .msg = e, .payload = payloads[i], .group = "notification"};
         res = deliver(&c, &m, bits ? (unsigned)(uintptr_t)*bits : 0, &b);

@@ -11,7 +11,6 @@
 #include "core/strmap.h"
 #include "services/payment/provider.h"
 
-#include <ctype.h>
 #include <event2/buffer.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -27,13 +26,6 @@
 static bool status_valid(const char *s)
 {
     return strcmp(s, "pending") == 0 || strcmp(s, "succeeded") == 0 || strcmp(s, "failed") == 0;
-}
-
-static void lower_id(const char *in, char out[UUID_STR_LEN])
-{
-    for (int i = 0; i < 36; i++)
-        out[i] = (char)tolower((unsigned char)in[i]);
-    out[36] = '\0';
 }
 
 /* ---- ISO 4217 ---- */
@@ -126,7 +118,7 @@ static mem_pay_t *mem_tables(db_t *tx)
 static payment_t *mem_find(mem_pay_t *m, const char *tenant, const char *id)
 {
     char low[UUID_STR_LEN];
-    lower_id(id, low);
+    uuid_lower(id, low);
     void **v = strmap_get(&m->by_id, low, 36);
     if (!v)
         return NULL;
@@ -153,7 +145,7 @@ int payment_mem_insert(db_t *tx, const payment_t *p)
         return -1;
     mem_pay_t *m = mem_tables(tx);
     char low[UUID_STR_LEN];
-    lower_id(p->id, low);
+    uuid_lower(p->id, low);
     bool created;
     void **slot = strmap_put(&m->by_id, low, 36, &created);
     if (!created)
@@ -210,7 +202,7 @@ static void mem_add_refund(db_t *tx, mem_pay_t *m, const char *id, const payment
                            const char *reason)
 {
     mem_refund_t *r = xcalloc(1, sizeof *r);
-    lower_id(id, r->id);
+    uuid_lower(id, r->id);
     memcpy(r->payment_id, p->id, UUID_STR_LEN);
     r->tenant = xstrdup(p->tenant);
     r->amount = amount;
@@ -655,7 +647,7 @@ static svc_result_t on_requested(svc_ctx_t *c, prefetch_t *pf)
         return SVC_REJECT;
     }
     char id[UUID_STR_LEN];
-    lower_id(pid, id);
+    uuid_lower(pid, id);
     payment_t p;
     const payment_t *known = pf_row(pf, tenant, id); /* locked by this transaction already */
     if (!known && pf && defer_flush(c->tx, &pf->w) != 0) {
@@ -732,8 +724,8 @@ static svc_result_t on_refund(svc_ctx_t *c)
         return SVC_REJECT;
     }
     char id[UUID_STR_LEN], refund_id[UUID_STR_LEN];
-    lower_id(pid, id);
-    lower_id(rid, refund_id);
+    uuid_lower(pid, id);
+    uuid_lower(rid, refund_id);
     char amt[24];
     snprintf(amt, sizeof amt, "%lld", (long long)amount);
     bool applied = false;
@@ -844,7 +836,7 @@ static svc_result_t handle_one(svc_ctx_t *c, prefetch_t *pf)
         const char *pid = json_get_str(c->payload, "paymentId");
         if (pid && uuid_valid(pid)) {
             char id[UUID_STR_LEN];
-            lower_id(pid, id);
+            uuid_lower(pid, id);
             pf_touch(pf, id);
         }
         return on_refund(c);
@@ -879,36 +871,33 @@ static const char sql_lock_many[] = "SELECT " PAYMENT_COLUMNS " FROM payment.pay
  * (a round trip per payment was most of the service's time). 0 or -1. */
 static int read_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n, prefetch_t *pf)
 {
-    struct evbuffer *arr = evbuffer_new();
-    size_t k = 0;
+    pg_array_t ids = {0};
+    pg_array_begin(&ids, PG_OID_UUID, 0);
+    uint32_t k = 0;
     for (size_t i = 0; i < n; i++) {
         if (strcmp(msgs[i]->type, "payment.requested") != 0 && strcmp(msgs[i]->type, "payment.refund.requested") != 0)
             continue;
         const char *pid = json_get_str(payloads[i], "paymentId");
-        if (!pid || !uuid_valid(pid))
-            continue;
-        evbuffer_add(arr, k++ ? "," : "{", 1);
-        evbuffer_add(arr, pid, strlen(pid));
+        if (pid && uuid_valid(pid) && pg_array_uuid(&ids, pid) == 0)
+            k++;
     }
-    evbuffer_add(arr, k ? "}" : "{}", k ? 2 : 3); /* with the terminating NUL */
-    int rc = -1;
-    PGresult *r = NULL;
+    const char *val[1];
+    int len[1], fmt[1];
+    pg_array_params(&ids, 1, k, val, len, fmt);
     /* unnamed: planned for this array (db_exec_params_bin) */
-    const char *p[] = {(const char *)evbuffer_pullup(arr, -1)};
-    r = db_exec_params_bin(tx, sql_lock_many, 1, p, NULL, NULL, NULL);
-    if (r) {
-        int nt = PQntuples(r);
-        pf->read_rows = xcalloc(nt ? (size_t)nt : 1, sizeof *pf->read_rows);
-        for (int i = 0; i < nt; i++) {
-            row_from_pg(r, i, &pf->read_rows[i]);
-            payment_t *row = &pf->read_rows[i];
-            *strmap_put(&pf->read, row->id, strlen(row->id), NULL) = row;
-        }
-        PQclear(r);
-        rc = 0;
+    PGresult *r = db_exec_params_bin(tx, sql_lock_many, 1, val, len, fmt, NULL);
+    pg_array_free(&ids);
+    if (!r)
+        return -1;
+    int nt = PQntuples(r);
+    pf->read_rows = xcalloc(nt ? (size_t)nt : 1, sizeof *pf->read_rows);
+    for (int i = 0; i < nt; i++) {
+        row_from_pg(r, i, &pf->read_rows[i]);
+        payment_t *row = &pf->read_rows[i];
+        *strmap_put(&pf->read, row->id, strlen(row->id), NULL) = row;
     }
-    evbuffer_free(arr);
-    return rc;
+    PQclear(r);
+    return 0;
 }
 
 /* Charges the batch's pending payments side by side (the provider's latency
@@ -934,7 +923,7 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         if (!pid || !uuid_valid(pid))
             continue; /* handle_one rejects it */
         char id[UUID_STR_LEN];
-        lower_id(pid, id);
+        uuid_lower(pid, id);
         payment_t *p = &pf.rows[pf.n];
         const payment_t *row = pf_row(&pf, msgs[i]->tenant, id);
         int rc = row ? (*p = *row, 0) : pf.read_rows ? 1 : tx_read(tx, msgs[i]->tenant, id, true, p);
@@ -964,10 +953,9 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     for (size_t i = 0; i < n && r == SVC_OK; i++) {
         const envelope_t *e = msgs[i];
         /* the runtime sets the log context per message only for handle() */
-        char trace[33] = "";
-        if (e->traceparent && strlen(e->traceparent) >= 35)
-            snprintf(trace, sizeof trace, "%.32s", e->traceparent + 3);
-        log_ctx_t lc = {.request_id = e->request_id, .trace_id = trace, .msg_id = e->id};
+        log_ctx_t lc;
+        char trace[33];
+        svc_log_ctx(&lc, trace, e);
         const log_ctx_t *prev = log_ctx_set(&lc);
         svc_ctx_t c = {.tx = tx, .msg = e, .payload = payloads[i], .group = "payment"};
         r = handle_one(&c, &pf);
@@ -1012,7 +1000,7 @@ int payment_get(db_t *db, const char *tenant, const char *id, payment_t *out)
     if (!uuid_valid(id))
         return 1;
     char low[UUID_STR_LEN];
-    lower_id(id, low);
+    uuid_lower(id, low);
     if (db->kind == DB_MEMORY) {
         bool own = !db->in_tx; /* inside the caller's transaction when it has one */
         if (own && db_begin(db) != 0)
@@ -1041,7 +1029,7 @@ int payment_refund_totals(db_t *db, const char *tenant, const char *payment_id, 
     if (!uuid_valid(payment_id))
         return 0;
     char low[UUID_STR_LEN];
-    lower_id(payment_id, low);
+    uuid_lower(payment_id, low);
     if (db->kind == DB_MEMORY) {
         bool own = !db->in_tx;
         if (own && db_begin(db) != 0)
