@@ -122,6 +122,14 @@ gw_pg_ticks() {
   done
   echo "$t"
 }
+# nginx: the master and its workers
+nginx_ticks() {
+  local t=0 p
+  for p in $nginx_pid $(pgrep -P "$nginx_pid" 2>/dev/null); do
+    t=$((t + $(proc_ticks "$p")))
+  done
+  echo "$t"
+}
 hz=$(getconf CLK_TCK)
 # RUN LABEL URL [wrk args]: runs wrk, prints its row and the CPU time spent per
 # request by the gateway and by its PostgreSQL backends (figures that a busy
@@ -130,19 +138,24 @@ run_wrk() {
   local name=$1 label=$2 url=$3
   shift 3
   w_rps=0 w_p50=0 w_p99=0 w_n=0 w_bad=0 w_err=0
-  local g0 p0 g1 p1
-  g0=$(proc_ticks "$gw_pid") p0=$(gw_pg_ticks)
+  local g0 p0 g1 p1 x0 x1
+  g0=$(proc_ticks "$gw_pid") p0=$(gw_pg_ticks) x0=0
+  [ -n "$nginx_pid" ] && x0=$(nginx_ticks)
   if ! "${wrk_cmd[@]}" "$@" "$url" >"$tmp/$name.wrk" 2>&1; then
     echo "  $label: wrk failed:" && sed 's/^/    /' "$tmp/$name.wrk"
     rc=1
     return 1
   fi
-  g1=$(proc_ticks "$gw_pid") p1=$(gw_pg_ticks)
+  g1=$(proc_ticks "$gw_pid") p1=$(gw_pg_ticks) x1=0
+  [ -n "$nginx_pid" ] && x1=$(nginx_ticks)
   read -r w_rps w_p50 w_p99 w_n w_bad w_err < <(wrk_parse "$tmp/$name.wrk")
   row "$label" "$w_rps" "req/s" "$w_p50" "$w_p99" "non-2xx $w_bad, socket errors $w_err"
   if [ "${w_n:-0}" -gt 0 ] && [[ $url == "$gw"* ]]; then
     awk -v g=$((g1 - g0)) -v p=$((p1 - p0)) -v n="$w_n" -v hz="$hz" 'BEGIN {
       printf "      cpu per request: gateway %.1f us, its PostgreSQL backends %.1f us\n", g * 1e6 / hz / n, p * 1e6 / hz / n }'
+  elif [ "${w_n:-0}" -gt 0 ] && [ -n "$nginx_url" ] && [[ $url == "$nginx_url"* ]]; then
+    awk -v x=$((x1 - x0)) -v n="$w_n" -v hz="$hz" 'BEGIN {
+      printf "      cpu per request: nginx %.1f us\n", x * 1e6 / hz / n }'
   fi
 }
 # RUN LABEL CLIENTS SCRIPT: pgbench, prints its row, leaves the figures in p_*

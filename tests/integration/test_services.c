@@ -793,7 +793,7 @@ static void refund_same_batch(bool memory)
     char agg[3][64], *pl[6] = {0};
     size_t n = 0;
     for (int i = 0; i < 3; i++) {
-        snprintf(agg[i], sizeof agg[i], "payment:%s", ids[i]);
+        snprintf(agg[i], sizeof agg[i], "payment:%.36s", ids[i]);
         for (int k = 0; k < (refund[i] ? 2 : 1); k++) {
             char rid[UUID_STR_LEN];
             uuid_v7(rid);
