@@ -55,6 +55,7 @@ struct bus {
     /* Redis backend */
     redisContext *rc; /* owned; NULL while disconnected (bus_ensure reconnects) */
     char *url;        /* owned */
+    struct reply_arena *arena; /* owned; the replies of stream reads (bus_redis.c) */
     /* memory backend */
     membus_t *mb; /* borrowed, shared with other handles */
 };

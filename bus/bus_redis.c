@@ -7,8 +7,12 @@
  * Error replies (NOGROUP, WRONGTYPE, ...) leave the connection as it is.
  * Commands time out after CMD_TIMEOUT_MS; a blocking read widens the socket
  * timeout by its BLOCK time for that one command.
- * Owns: the redisContext and the URL. */
+ * A stream read's replies are built in the handle's reply arena (one
+ * allocation per 64 KiB instead of two per field) and dropped together
+ * once its entries are decoded.
+ * Owns: the redisContext, the URL and the reply arena. */
 #include "bus/bus_internal.h"
+#include "bus/reply_arena.h"
 
 #include "core/alloc.h"
 #include "core/log.h"
@@ -137,16 +141,19 @@ static int flush(bus_t *b, const char *what)
 }
 
 /* Reads n replies of a pipeline into r[] (all or none: on failure every reply
- * is freed and the connection dropped). */
+ * is freed and the connection dropped). In the reply arena (arena_begin) the
+ * replies are freed by arena_end instead. */
 static int collect(bus_t *b, const char *what, redisReply **r, size_t n)
 {
+    bool arena = b->rc->reader->privdata == b->arena && b->arena;
     for (size_t i = 0; i < n; i++) {
         void *p = NULL;
         if (redisGetReply(b->rc, &p) != REDIS_OK || !p) {
-            if (p)
+            if (p && !arena)
                 freeReplyObject(p);
             for (size_t k = 0; k < i; k++) {
-                freeReplyObject(r[k]);
+                if (!arena)
+                    freeReplyObject(r[k]);
                 r[k] = NULL; /* callers free what is left in r[] */
             }
             drop(b, what);
@@ -155,6 +162,25 @@ static int collect(bus_t *b, const char *what, redisReply **r, size_t n)
         r[i] = p;
     }
     return 0;
+}
+
+/* The replies read from now on are built in the handle's arena. */
+static void arena_begin(bus_t *b)
+{
+    if (!b->arena)
+        b->arena = reply_arena_new();
+    reply_arena_attach(b->arena, b->rc->reader);
+}
+
+/* Drops the replies built since arena_begin (r[0..n), set to NULL); the
+ * reader allocates on its own again. */
+static void arena_end(bus_t *b, redisReply **r, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        r[i] = NULL;
+    if (b->rc)
+        reply_arena_detach(b->arena, b->rc->reader);
+    reply_arena_reset(b->arena);
 }
 
 static void free_replies(redisReply **r, size_t n)
@@ -298,6 +324,8 @@ static void r_close(bus_t *b)
 {
     redisFree(b->rc);
     b->rc = NULL;
+    reply_arena_free(b->arena);
+    b->arena = NULL;
     free(b->url);
     b->url = NULL;
 }
@@ -413,7 +441,7 @@ static int r_read(bus_t *b, const char *group, const char *consumer, const char 
     size_t nr = 1 + (own_pending ? ns : 0);
     redisReply **r = xcalloc(nr, sizeof *r);
     size_t start = out->n;
-    bool widened = false;
+    bool widened = false, in_arena = false;
 
     arg(&c, "XREADGROUP");
     arg(&c, "GROUP");
@@ -448,6 +476,8 @@ static int r_read(bus_t *b, const char *group, const char *consumer, const char 
             goto out;
         widened = true;
     }
+    arena_begin(b); /* the entries are copied out (decode_entry) before arena_end */
+    in_arena = true;
     if (collect(b, "XREADGROUP", r, nr) != 0)
         goto out;
     if (is_error(r[0], "XREADGROUP", streams[0]))
@@ -482,7 +512,10 @@ out:
             envelope_clear(&out->msgs[i].env);
         out->n = start;
     }
-    free_replies(r, nr);
+    if (in_arena)
+        arena_end(b, r, nr);
+    else
+        free_replies(r, nr);
     free(r);
     cmd_free(&c);
     return rc;

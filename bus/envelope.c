@@ -12,6 +12,11 @@ static const char *const names[ENV_NFIELDS] = {"id", "type", "topic", "tenant", 
 
 void envelope_clear(envelope_t *e)
 {
+    if (e->strings) {
+        free(e->strings);
+        memset(e, 0, sizeof *e);
+        return;
+    }
     free(e->type);
     free(e->topic);
     free(e->tenant);
@@ -40,6 +45,7 @@ void envelope_copy(envelope_t *dst, const envelope_t *src)
     dst->traceparent = dup_or_empty(src->traceparent);
     dst->request_id = dup_or_empty(src->request_id);
     dst->payload = dup_or_empty(src->payload);
+    dst->strings = NULL;
 }
 
 void envelope_stream_name(const char *topic, char *buf, size_t cap)
@@ -96,11 +102,39 @@ static bool parse_i64(const char *s, size_t n, int64_t *out)
     return true;
 }
 
+/* The string fields' values into one allocation (e->strings): those in
+ * `have` (a bit per slot of sv/sl, in the order of dst); the others NULL. */
+static void strings_fill(envelope_t *e, const char *const *sv, const size_t *sl, int nslots, unsigned have)
+{
+    char **dst[] = {&e->type, &e->topic, &e->tenant, &e->aggregate_id, &e->traceparent, &e->request_id,
+                    &e->payload};
+    size_t total = 0;
+    for (int k = 0; k < nslots; k++)
+        if (have & (1u << k))
+            total += sl[k] + 1;
+    if (total == 0)
+        return;
+    char *p = e->strings = xmalloc(total);
+    for (int k = 0; k < nslots; k++) {
+        if (!(have & (1u << k)))
+            continue;
+        memcpy(p, sv[k], sl[k]);
+        p[sl[k]] = '\0';
+        *dst[k] = p;
+        p += sl[k] + 1;
+    }
+}
+
 int envelope_from_fields(envelope_t *e, const char *const *fnames, const size_t *nlens,
                          const char *const *vals, const size_t *vlens, size_t n, const char **why)
 {
     memset(e, 0, sizeof *e);
     unsigned seen = 0;
+    /* the string fields' values, copied into one allocation at the end */
+    enum { S_TYPE, S_TOPIC, S_TENANT, S_AGGREGATE, S_TRACEPARENT, S_REQUEST_ID, S_PAYLOAD, S_N };
+    const char *sv[S_N] = {"", "", "", "", "", "", ""};
+    size_t sl[S_N] = {0};
+    unsigned have = 0; /* slots seen */
     for (size_t i = 0; i < n; i++) {
         int f = -1;
         for (int k = 0; k < ENV_NFIELDS; k++)
@@ -114,29 +148,30 @@ int envelope_from_fields(envelope_t *e, const char *const *fnames, const size_t 
         const char *v = vals[i];
         size_t vl = vlens[i];
         int64_t num = 0;
+        int slot = -1;
         switch (f) {
         case 0:
             if (vl != 36) {
                 *why = "invalid id";
-                return -1;
+                goto fail;
             }
             memcpy(e->id, v, 36);
             e->id[36] = '\0';
             if (!uuid_valid(e->id)) {
                 *why = "invalid id";
-                return -1;
+                goto fail;
             }
             break;
-        case 1: e->type = xstrndup(v, vl); break;
-        case 2: e->topic = xstrndup(v, vl); break;
-        case 3: e->tenant = xstrndup(v, vl); break;
-        case 4: e->aggregate_id = xstrndup(v, vl); break;
+        case 1: slot = S_TYPE; break;
+        case 2: slot = S_TOPIC; break;
+        case 3: slot = S_TENANT; break;
+        case 4: slot = S_AGGREGATE; break;
         case 5:
         case 6:
         case 7:
             if (!parse_i64(v, vl, &num)) {
                 *why = f == 5 ? "invalid seq" : f == 6 ? "invalid ts" : "invalid v";
-                return -1;
+                goto fail;
             }
             if (f == 5)
                 e->seq = num;
@@ -145,9 +180,14 @@ int envelope_from_fields(envelope_t *e, const char *const *fnames, const size_t 
             else
                 e->v = (int)num;
             break;
-        case 8: e->traceparent = xstrndup(v, vl); break;
-        case 9: e->request_id = xstrndup(v, vl); break;
-        default: e->payload = xstrndup(v, vl); break;
+        case 8: slot = S_TRACEPARENT; break;
+        case 9: slot = S_REQUEST_ID; break;
+        default: slot = S_PAYLOAD; break;
+        }
+        if (slot >= 0) {
+            sv[slot] = v;
+            sl[slot] = vl;
+            have |= 1u << slot;
         }
     }
     static const char *const missing[] = {"missing field id", "missing field type", "missing field topic",
@@ -155,19 +195,20 @@ int envelope_from_fields(envelope_t *e, const char *const *fnames, const size_t 
     for (int k = 0; k < 5; k++)
         if (!(seen & (1u << k))) {
             *why = missing[k];
-            return -1;
+            goto fail;
         }
     if (!(seen & (1u << 10))) {
         *why = "missing field payload";
-        return -1;
+        goto fail;
     }
-    if (!e->traceparent)
-        e->traceparent = xstrdup("");
-    if (!e->request_id)
-        e->request_id = xstrdup("");
+    /* absent traceparent and request id are "" */
+    strings_fill(e, sv, sl, S_N, have | 1u << S_TRACEPARENT | 1u << S_REQUEST_ID);
     if (!envelope_name_valid(e->type) || !envelope_name_valid(e->tenant) || !envelope_name_valid(e->topic)) {
         *why = "invalid type, topic or tenant";
         return -1;
     }
     return 0;
+fail:
+    strings_fill(e, sv, sl, S_N, have); /* what decoded, for a dead letter */
+    return -1;
 }

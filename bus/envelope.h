@@ -28,6 +28,10 @@ typedef struct envelope {
     char *traceparent; /* may be "" */
     char *request_id;  /* may be "" */
     char *payload;     /* JSON text */
+    /* When set, every string field above points into this one allocation
+     * (envelope_from_fields); else each is its own. envelope_clear frees
+     * either way; a field must not be freed or replaced on its own. */
+    char *strings;
 } envelope_t;
 
 void envelope_clear(envelope_t *e);
