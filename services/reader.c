@@ -6,10 +6,20 @@
 #include "core/log.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define TOP_UP_AFTER_US 200 /* a read result older than this is topped up at take */
+
+/* Acknowledgements to send, in the order handed over. */
+typedef struct ack_job {
+    struct ack_job *next;
+    char stream[BUS_STREAM_MAX];
+    size_t n;
+    char (*ids)[BUS_ID_MAX];
+} ack_job_t;
 
 struct svc_reader {
     pthread_t thread;
@@ -30,7 +40,61 @@ struct svc_reader {
     int rc;
     bus_batch_t bt;
     reader_parsed_t parsed;
+    /* acknowledgements handed over, guarded by mu: the thread sends them as
+     * soon as it is free; after a failed send it waits for the next request */
+    ack_job_t *acks, *acks_tail;
+    bool acks_held; /* the last send failed: try again with the next request */
+    bool io_busy;   /* the thread is using the connection (sending or reading) */
 };
+
+/* Sends the jobs in order; returns those that failed (in order, to retry). */
+static ack_job_t *send_acks(svc_reader_t *r, ack_job_t *jobs)
+{
+    ack_job_t *failed = NULL, **tail = &failed;
+    while (jobs) {
+        ack_job_t *j = jobs;
+        jobs = j->next;
+        j->next = NULL;
+        const char **p = xmalloc(j->n * sizeof *p);
+        for (size_t i = 0; i < j->n; i++)
+            p[i] = j->ids[i];
+        int rc = bus_ack(r->bus, j->stream, r->group, p, j->n);
+        free(p);
+        if (rc == 0) {
+            free(j->ids);
+            free(j);
+        } else {
+            *tail = j;
+            tail = &j->next;
+        }
+    }
+    return failed;
+}
+
+/* Puts jobs (failed sends, in order) back before what was handed over since.
+ * Under mu. */
+static void requeue_acks(svc_reader_t *r, ack_job_t *jobs)
+{
+    if (!jobs)
+        return;
+    ack_job_t *last = jobs;
+    while (last->next)
+        last = last->next;
+    last->next = r->acks;
+    if (!r->acks)
+        r->acks_tail = last;
+    r->acks = jobs;
+}
+
+static void free_acks(ack_job_t *jobs)
+{
+    while (jobs) {
+        ack_job_t *j = jobs;
+        jobs = j->next;
+        free(j->ids);
+        free(j);
+    }
+}
 
 static void parsed_reserve(reader_parsed_t *p, size_t n)
 {
@@ -87,10 +151,35 @@ static void *reader_main(void *arg)
     svc_reader_t *r = arg;
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        while (!r->quit && (!r->requested || r->finished))
+        while (!r->quit && !(r->acks && !r->acks_held) && (!r->requested || r->finished))
             pthread_cond_wait(&r->cv, &r->mu);
         if (r->quit)
             break;
+        bool read = r->requested && !r->finished;
+        if (read)
+            r->acks_held = false;
+        if (r->acks && !r->acks_held) {
+            /* the acknowledgements handed over go first (the runtime uses the
+             * connection only while the thread is idle: io_busy) */
+            ack_job_t *acks = r->acks;
+            r->acks = r->acks_tail = NULL;
+            r->io_busy = true;
+            pthread_mutex_unlock(&r->mu);
+            ack_job_t *failed = send_acks(r, acks);
+            if (failed && bus_ensure(r->bus) != 0)
+                log_debug("service %s: read-ahead connection is down", r->group);
+            pthread_mutex_lock(&r->mu);
+            r->io_busy = false;
+            if (failed) {
+                log_debug("service %s: acknowledgements failed; trying again with the next read", r->group);
+                requeue_acks(r, failed);
+                r->acks_held = true;
+            }
+            pthread_cond_broadcast(&r->cv);
+        }
+        if (!read)
+            continue;
+        r->io_busy = true;
         pthread_mutex_unlock(&r->mu);
         /* the request's fields are not touched by the runtime until finished */
         bus_batch_clear(&r->bt);
@@ -102,6 +191,7 @@ static void *reader_main(void *arg)
         else if (bus_ensure(r->bus) != 0)
             log_debug("service %s: read-ahead connection is down", r->group);
         pthread_mutex_lock(&r->mu);
+        r->io_busy = false;
         r->rc = rc;
         r->finished_us = clock_mono_us();
         r->finished = true;
@@ -142,6 +232,12 @@ void reader_stop(svc_reader_t *r)
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     pthread_join(r->thread, NULL); /* a read in flight ends within its block time */
+    /* what is still queued goes out now (the thread is gone: the connection is ours) */
+    ack_job_t *failed = send_acks(r, r->acks);
+    if (failed)
+        log_warn("service %s: some acknowledgements were not sent; the inbox absorbs the redelivery", r->group);
+    free_acks(failed);
+    r->acks = r->acks_tail = NULL;
     bus_batch_free(&r->bt);
     reader_parsed_free(&r->parsed);
     free_streams(r);
@@ -183,7 +279,7 @@ bool reader_outstanding(const svc_reader_t *r)
 int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
 {
     pthread_mutex_lock(&r->mu);
-    while (r->requested && !r->finished)
+    while ((r->requested && !r->finished) || r->io_busy)
         pthread_cond_wait(&r->cv, &r->mu);
     int rc = r->requested ? r->rc : -1;
     if (rc == 0 && r->bt.n < r->count && clock_mono_us() - r->finished_us > TOP_UP_AFTER_US) {
@@ -214,6 +310,48 @@ int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
     }
     r->requested = false;
     r->finished = false;
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+void reader_ack(svc_reader_t *r, const char *stream, const char *const *ids, size_t n)
+{
+    if (n == 0)
+        return;
+    ack_job_t *j = xcalloc(1, sizeof *j);
+    snprintf(j->stream, sizeof j->stream, "%s", stream);
+    j->ids = xmalloc(n * sizeof *j->ids);
+    for (size_t i = 0; i < n; i++)
+        snprintf(j->ids[i], sizeof j->ids[i], "%s", ids[i]);
+    j->n = n;
+    pthread_mutex_lock(&r->mu);
+    if (r->acks_tail)
+        r->acks_tail->next = j;
+    else
+        r->acks = j;
+    r->acks_tail = j;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+int reader_wait_acks(svc_reader_t *r, int64_t max_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(max_ms / 1000);
+    until.tv_nsec += (long)(max_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->mu);
+    bool timed_out = false;
+    while (!timed_out && r->acks && !r->acks_held)
+        timed_out = pthread_cond_timedwait(&r->cv, &r->mu, &until) != 0;
+    /* a send in progress finishes (each takes one round trip) */
+    while (r->io_busy && !(r->requested && !r->finished) && !timed_out)
+        timed_out = pthread_cond_timedwait(&r->cv, &r->mu, &until) != 0;
+    int rc = r->acks ? -1 : 0;
     pthread_mutex_unlock(&r->mu);
     return rc;
 }

@@ -8,8 +8,8 @@
  * for it and hands over its entries. Entries a read returns are in the
  * consumer's pending list from then on, whether or not they are ever taken;
  * the runtime's pending-list scan and the inbox cover what a dropped read left.
- * Owns: its thread, its bus connection and the entries and payloads of the
- * read in hand until they are taken. */
+ * Owns: its thread, its bus connection, the entries and payloads of the
+ * read in hand until they are taken, and the acknowledgements handed to it. */
 #ifndef ECOM_SVC_READER_H
 #define ECOM_SVC_READER_H
 
@@ -17,6 +17,7 @@
 #include "core/json.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 typedef struct svc_reader svc_reader_t;
@@ -49,6 +50,17 @@ bool reader_outstanding(const svc_reader_t *r);
  * and parsed are then empty; the reader has reconnected or will try again at
  * the next request). */
 int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed);
+/* Hands over the acknowledgement of n entries of stream (ids copied): the
+ * thread sends it (XACK) on its own connection as soon as it is not reading,
+ * off the applying thread; a failed one is tried again with the next read,
+ * and what is still queued at reader_stop goes out then. Until it is sent the
+ * entries stay pending: one never acknowledged is delivered again, and the
+ * inbox skips it. */
+void reader_ack(svc_reader_t *r, const char *stream, const char *const *ids, size_t n);
+/* Waits (at most max_ms) until the acknowledgements handed over are sent,
+ * e.g. before the runtime reads its own pending entries, which would deliver
+ * the unacknowledged ones again. 0, or -1 when some are still queued. */
+int reader_wait_acks(svc_reader_t *r, int64_t max_ms);
 /* Puts every payload left in parsed and frees its arrays. */
 void reader_parsed_free(reader_parsed_t *p);
 

@@ -23,6 +23,7 @@
 #define BACKOFF_CAP_MS 30000
 #define PEL_PAGE_FACTOR 4 /* a pending-list page is this many batches */
 #define READ_AHEAD_BLOCK_MS 100
+#define ACK_WAIT_MS (READ_AHEAD_BLOCK_MS + 400) /* for the read-ahead's acknowledgements before a scan */
 
 typedef struct failure {
     int count;     /* attempts that failed */
@@ -185,6 +186,21 @@ static void ack_later(rt_t *rt, const bus_msg_t *m)
     a->ids[a->n++] = xstrdup(m->entry_id);
 }
 
+/* With the read-ahead: the acknowledgements go to its thread, which sends
+ * them before its next read, off the applying thread. */
+static void hand_acks(rt_t *rt)
+{
+    for (size_t i = 0; i < rt->nstreams; i++) {
+        acks_t *a = &rt->acks[i];
+        if (!a->n)
+            continue;
+        reader_ack(rt->reader, a->stream, (const char *const *)a->ids, a->n);
+        for (size_t k = 0; k < a->n; k++)
+            free(a->ids[k]);
+        a->n = 0;
+    }
+}
+
 static int flush_acks(rt_t *rt)
 {
     int rc = 0;
@@ -274,7 +290,11 @@ static int dead_letter(rt_t *rt, const bus_msg_t *m, const char *reason)
     log_error("service %s: message dead-lettered msg_id=%s entry=%s deliveries=%u reason=\"%s\"", rt->def->group, id,
               m->entry_id, m->deliveries, reason);
     failure_drop(rt, m);
-    ack_later(rt, m);
+    /* at once: a pending scan must not find it again (it would be
+     * dead-lettered twice); later with the others if this fails */
+    const char *eid = m->entry_id;
+    if (bus_ack(rt->bus, m->stream, rt->def->group, &eid, 1) != 0)
+        ack_later(rt, m);
     return 0;
 }
 
@@ -834,7 +854,9 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
         }
     }
     schedule_failures(rt);
-    if (flush_acks(rt) != 0) {
+    if (rt->reader)
+        hand_acks(rt);
+    else if (flush_acks(rt) != 0) {
         health_report(bus_name(rt), false, 0);
         log_warn("service %s: acknowledgement failed; will retry", rt->def->group);
     }
@@ -1072,6 +1094,11 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
                 log_debug("service %s: inbox cleanup removed %zu ids", def->group, gone);
         }
         if (now >= rt.pel_due_ms) {
+            /* what the read-ahead still has to acknowledge would be delivered
+             * again by the scan (the inbox would skip it, but its delivery
+             * count would grow) */
+            if (rt.reader && reader_wait_acks(rt.reader, ACK_WAIT_MS) != 0)
+                log_debug("service %s: acknowledgements still queued before the pending scan", def->group);
             if (scan_pending(&rt) != 0) {
                 if (bus_ensure(rt.bus) != 0)
                     log_debug("service %s: bus reconnect failed", def->group);

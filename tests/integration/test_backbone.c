@@ -529,8 +529,16 @@ static void bad_input(bool memory)
     CU_ASSERT_EQUAL(seen, 7);
     bus_entries_free(ents, n);
     check_applied(&s, "b1", 20);
+    /* nothing stays pending: applied and dead-lettered entries are all
+     * acknowledged (those applied by the read-ahead thread, shortly after
+     * their commit) */
     bus_stream_info_t info = {0};
-    CU_ASSERT_EQUAL(bus_stream_info(b, "ecom:orders", &info), 0);
+    for (int i = 0; i < 40; i++) {
+        CU_ASSERT_EQUAL_FATAL(bus_stream_info(b, "ecom:orders", &info), 0);
+        if (info.ngroups == 1 && info.groups[0].pending == 0)
+            break;
+        clock_sleep_ms(50);
+    }
     CU_ASSERT_EQUAL(info.ngroups, 1);
     CU_ASSERT_EQUAL(info.groups[0].pending, 0);
     bus_close(b);
