@@ -229,6 +229,8 @@ static size_t fail_key(const bus_msg_t *m, char *buf, size_t cap)
 
 static failure_t *failure_get(rt_t *rt, const bus_msg_t *m)
 {
+    if (rt->failures.live == 0)
+        return NULL; /* the usual case: no key to format */
     char k[BUS_STREAM_MAX + BUS_ID_MAX + 2];
     size_t kl = fail_key(m, k, sizeof k);
     void **v = strmap_get(&rt->failures, k, kl);
@@ -237,6 +239,8 @@ static failure_t *failure_get(rt_t *rt, const bus_msg_t *m)
 
 static void failure_drop(rt_t *rt, const bus_msg_t *m)
 {
+    if (rt->failures.live == 0)
+        return;
     char k[BUS_STREAM_MAX + BUS_ID_MAX + 2];
     size_t kl = fail_key(m, k, sizeof k);
     void *old = NULL;
