@@ -479,6 +479,16 @@ static int mem_step(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndo
     return db_commit(db);
 }
 
+int outbox_drain_session(db_t *db)
+{
+    if (db->kind != DB_PG)
+        return 0;
+    if (pg_exec(db->pg, "SET enable_seqscan = off") != 0)
+        return -1;
+    db->index_scans = true;
+    return 0;
+}
+
 int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndone, bool archive, const int *parts,
                      size_t nparts, const int64_t *skip, size_t nskip, size_t limit)
 {
@@ -488,12 +498,16 @@ int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t nd
         st->rc = mem_step(db, st, done, ndone, archive, skip, nskip, limit);
         return 0;
     }
-    /* Both statements unnamed, planned for their parameters each time: the
-     * outbox is a queue whose size swings from empty to a backlog of
-     * millions, with dead rows between vacuums, so a plan cached while it
-     * was small (a sequential scan) would cost a scan of the whole backlog
-     * per batch exactly when the drainer must catch up. */
+    /* On a drainer's session (index scans only) both statements run
+     * prepared; elsewhere unnamed, planned for their parameters each time,
+     * for the reason outbox_drain_session gives. */
     PGconn *c = db->pg;
+    bool prepared = db->index_scans && db_prepare(db, DB_STMT_OUTBOX_STEP_FETCH, sql_step_fetch, 4) == 0 &&
+                    db_prepare(db, archive ? DB_STMT_OUTBOX_STEP_ARCHIVE : DB_STMT_OUTBOX_STEP_DELETE,
+                               archive ? sql_archive : sql_delete, 1) == 0;
+    char name_fetch[16], name_remove[16];
+    db_stmt_name(DB_STMT_OUTBOX_STEP_FETCH, name_fetch);
+    db_stmt_name(archive ? DB_STMT_OUTBOX_STEP_ARCHIVE : DB_STMT_OUTBOX_STEP_DELETE, name_remove);
     if (!PQenterPipelineMode(c)) {
         log_warn("postgres: cannot enter pipeline mode: %s", PQerrorMessage(c));
         return -1;
@@ -506,12 +520,14 @@ int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t nd
     if (ndone) {
         char *darr = int_array(done, ndone, true);
         const char *p[] = {darr};
-        ok = PQsendQueryParams(c, archive ? sql_archive : sql_delete, 1, NULL, p, NULL, NULL, 0) == 1;
+        ok = (prepared ? PQsendQueryPrepared(c, name_remove, 1, p, NULL, NULL, 0)
+                       : PQsendQueryParams(c, archive ? sql_archive : sql_delete, 1, NULL, p, NULL, NULL, 0)) == 1;
         free(darr);
         st->nq += ok;
     }
     const char *p[] = {parr, lim, max, sarr};
-    if (ok && PQsendQueryParams(c, sql_step_fetch, 4, NULL, p, NULL, NULL, 0) == 1)
+    if (ok && (prepared ? PQsendQueryPrepared(c, name_fetch, 4, p, NULL, NULL, 0)
+                        : PQsendQueryParams(c, sql_step_fetch, 4, NULL, p, NULL, NULL, 0)) == 1)
         st->nq++;
     else
         ok = false;

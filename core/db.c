@@ -84,10 +84,11 @@ int db_ensure(db_t *db)
     db->pg = c;
     db->in_tx = false;
     db->prepared = 0;
+    db->index_scans = false; /* a session setting: gone with the connection */
     return 0;
 }
 
-static const char *stmt_name(int bit, char buf[16])
+const char *db_stmt_name(int bit, char buf[16])
 {
     snprintf(buf, 16, "ecom_s%d", bit);
     return buf;
@@ -99,7 +100,7 @@ int db_prepare(db_t *db, int bit, const char *sql, int nparams)
     if (db->prepared & (1ULL << bit))
         return 0;
     char name[16];
-    PGresult *r = PQprepare(db->pg, stmt_name(bit, name), sql, nparams, NULL);
+    PGresult *r = PQprepare(db->pg, db_stmt_name(bit, name), sql, nparams, NULL);
     bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok)
         log_warn("postgres prepare failed: %s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->pg));
@@ -118,7 +119,7 @@ PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const
                                const int *formats, const char *quiet_state)
 {
     char name[16], what[32];
-    PGresult *r = PQexecPrepared(db->pg, stmt_name(bit, name), nparams, values, lengths, formats, 0);
+    PGresult *r = PQexecPrepared(db->pg, db_stmt_name(bit, name), nparams, values, lengths, formats, 0);
     snprintf(what, sizeof what, "prepared %s", name);
     if (pg_result_ok(db->pg, r, what, quiet_state))
         return r;

@@ -63,6 +63,7 @@ typedef struct db {
     uint64_t prepared; /* PostgreSQL: statements prepared on this connection (bits) */
     int lane;          /* which of a service's connections this is (services/runtime.h); handlers
                           use it to spread rows every lane would otherwise update */
+    bool index_scans;  /* PostgreSQL: enable_seqscan is off on this connection (outbox_drain_session) */
 } db_t;
 
 /* Prepared statements, one bit each, prepared once per connection. */
@@ -85,6 +86,9 @@ enum {
     DB_STMT_NOTIFY_RECORD_MANY,
     DB_STMT_OUTBOX_APPEND_MANY,
     DB_STMT_OUTBOX_APPEND_MANY_NOTIFY,
+    DB_STMT_OUTBOX_STEP_FETCH,
+    DB_STMT_OUTBOX_STEP_DELETE,
+    DB_STMT_OUTBOX_STEP_ARCHIVE,
     DB_STMT_MAX = 64
 };
 
@@ -98,6 +102,8 @@ void db_close(db_t *db);
 /* PostgreSQL: reconnects when the connection is gone. 0 when usable. */
 int db_ensure(db_t *db) __attribute__((warn_unused_result));
 
+/* The server-side name of prepared statement `bit` (for PQsendQueryPrepared in pipelines). */
+const char *db_stmt_name(int bit, char buf[16]);
 /* Prepares statement `bit` on this connection the first time; 0 when ready. */
 int db_prepare(db_t *db, int bit, const char *sql, int nparams) __attribute__((warn_unused_result));
 /* Executes prepared statement `bit` (text params); result as pg_query. */

@@ -280,7 +280,8 @@ static int connect_all(drainer_t *d)
          * the removal shares a round trip with the next fetch, whose rows
          * would otherwise wait for that flush. */
         if (d->db->kind == DB_PG && (pg_exec(d->db->pg, "LISTEN ecom_outbox") != 0 ||
-                                     pg_exec(d->db->pg, "SET synchronous_commit = off") != 0)) {
+                                     pg_exec(d->db->pg, "SET synchronous_commit = off") != 0 ||
+                                     outbox_drain_session(d->db) != 0)) {
             db_close(d->db);
             d->db = NULL;
             return -1;
