@@ -481,12 +481,7 @@ static int mem_step(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndo
 
 int outbox_drain_session(db_t *db)
 {
-    if (db->kind != DB_PG)
-        return 0;
-    if (pg_exec(db->pg, "SET enable_seqscan = off") != 0)
-        return -1;
-    db->index_scans = true;
-    return 0;
+    return db_index_scans_only(db);
 }
 
 int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndone, bool archive, const int *parts,

@@ -88,6 +88,24 @@ int db_ensure(db_t *db)
     return 0;
 }
 
+int db_index_scans_only(db_t *db)
+{
+    if (db->kind != DB_PG)
+        return 0;
+    if (pg_exec(db->pg, "SET enable_seqscan = off") != 0)
+        return -1;
+    db->index_scans = true;
+    return 0;
+}
+
+PGresult *db_exec_lookup(db_t *db, int bit, const char *sql, int nparams, const char *const *values,
+                         const int *lengths, const int *formats, const char *quiet_state)
+{
+    if (db->index_scans && db_prepare(db, bit, sql, nparams) == 0)
+        return db_exec_prepared_bin(db, bit, nparams, values, lengths, formats, quiet_state);
+    return db_exec_params_bin(db, sql, nparams, values, lengths, formats, quiet_state);
+}
+
 const char *db_stmt_name(int bit, char buf[16])
 {
     snprintf(buf, 16, "ecom_s%d", bit);

@@ -63,7 +63,7 @@ typedef struct db {
     uint64_t prepared; /* PostgreSQL: statements prepared on this connection (bits) */
     int lane;          /* which of a service's connections this is (services/runtime.h); handlers
                           use it to spread rows every lane would otherwise update */
-    bool index_scans;  /* PostgreSQL: enable_seqscan is off on this connection (outbox_drain_session) */
+    bool index_scans;  /* PostgreSQL: enable_seqscan is off on this connection (db_index_scans_only) */
 } db_t;
 
 /* Prepared statements, one bit each, prepared once per connection. */
@@ -89,6 +89,9 @@ enum {
     DB_STMT_OUTBOX_STEP_FETCH,
     DB_STMT_OUTBOX_STEP_DELETE,
     DB_STMT_OUTBOX_STEP_ARCHIVE,
+    DB_STMT_PAYMENT_LOCK_MANY,
+    DB_STMT_PAYMENT_SETTLE_MANY,
+    DB_STMT_NOTIFY_SEEN_MANY,
     DB_STMT_MAX = 64
 };
 
@@ -102,6 +105,19 @@ void db_close(db_t *db);
 /* PostgreSQL: reconnects when the connection is gone. 0 when usable. */
 int db_ensure(db_t *db) __attribute__((warn_unused_result));
 
+/* Index scans only on this connection (PostgreSQL: enable_seqscan = off;
+ * memory: nothing to do), so that lookups by an array of keys can run
+ * prepared: their generic plan is then an index scan whatever the table's
+ * size when it was made, where otherwise a plan made while a table was small
+ * (a sequential scan) would stay as it grows. Sets index_scans; a reconnect
+ * (db_ensure) clears it. 0, or -1. */
+int db_index_scans_only(db_t *db) __attribute__((warn_unused_result));
+/* A lookup by an array of keys (lengths and formats as PQexecParams'): with
+ * index_scans, prepared statement `bit` (planned once); else sql unnamed,
+ * planned for these very parameters (db_exec_params_bin). Result as
+ * db_exec_prepared_bin. */
+PGresult *db_exec_lookup(db_t *db, int bit, const char *sql, int nparams, const char *const *values,
+                         const int *lengths, const int *formats, const char *quiet_state);
 /* The server-side name of prepared statement `bit` (for PQsendQueryPrepared in pipelines). */
 const char *db_stmt_name(int bit, char buf[16]);
 /* Prepares statement `bit` on this connection the first time; 0 when ready. */

@@ -733,6 +733,11 @@ static int lanes_connect(rt_t *rt)
                 return -1;
             }
             l->db->lane = (int)k;
+            if (db_index_scans_only(l->db) != 0) {
+                db_close(l->db);
+                l->db = NULL;
+                return -1;
+            }
         }
     }
     return 0;
@@ -984,6 +989,13 @@ static int connect_all(rt_t *rt)
         if (!rt->db) {
             log_warn("service %s: postgres unavailable: %s", rt->def->group, err);
             free(err);
+            health_report(store_name(rt), false, 0);
+            return -1;
+        }
+        /* handlers' lookups by arrays of keys run prepared (db_exec_lookup) */
+        if (db_index_scans_only(rt->db) != 0) {
+            db_close(rt->db);
+            rt->db = NULL;
             health_report(store_name(rt), false, 0);
             return -1;
         }

@@ -27,6 +27,10 @@
  * messages split by aggregate so each aggregate keeps its order; a lane that
  * is still committing when its consumer lost the lease can only race the new
  * holder on the inbox's unique key, which serialises them per message.
+ * The runtime's PostgreSQL connections use index scans only
+ * (db_index_scans_only): handlers' lookups by arrays of keys run prepared
+ * through db_exec_lookup, and a table without an index for a query is still
+ * read (a sequential scan is only made costly, not forbidden).
  * Owns: its database and bus handles. */
 #ifndef ECOM_RUNTIME_H
 #define ECOM_RUNTIME_H

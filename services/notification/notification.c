@@ -665,8 +665,8 @@ static int recorded_many(db_t *tx, const envelope_t *const *msgs, size_t n, strm
     const char *val[1];
     int len[1], fmt[1];
     pg_array_params(&ids, 1, (uint32_t)n, val, len, fmt);
-    /* unnamed: planned for this array (db_exec_params_bin) */
-    PGresult *r = db_exec_params_bin(tx, sql_seen_many, 1, val, len, fmt, NULL);
+    /* prepared on the runtime's index-scan connections, else planned for this array */
+    PGresult *r = db_exec_lookup(tx, DB_STMT_NOTIFY_SEEN_MANY, sql_seen_many, 1, val, len, fmt, NULL);
     pg_array_free(&ids);
     if (!r)
         return -1;

@@ -536,8 +536,8 @@ static int defer_flush(db_t *tx, deferred_t *d)
         const char *vals[5];
         int lens[5], fmts[5];
         pg_array_params(d->settle, 5, d->nsettle, vals, lens, fmts); /* begun for 0 elements */
-        /* unnamed: planned for this array (db_exec_params_bin) */
-        PGresult *r = db_exec_params_bin(tx, sql_settle_many, 5, vals, lens, fmts, NULL);
+        /* prepared on the runtime's index-scan connections, else planned for this array */
+        PGresult *r = db_exec_lookup(tx, DB_STMT_PAYMENT_SETTLE_MANY, sql_settle_many, 5, vals, lens, fmts, NULL);
         /* every row is locked by this transaction and was pending: all of them change */
         if (!r || strtoul(PQcmdTuples(r), NULL, 10) != d->nsettle) {
             if (r)
@@ -884,8 +884,8 @@ static int read_batch(db_t *tx, const envelope_t *const *msgs, json_object *cons
     const char *val[1];
     int len[1], fmt[1];
     pg_array_params(&ids, 1, k, val, len, fmt);
-    /* unnamed: planned for this array (db_exec_params_bin) */
-    PGresult *r = db_exec_params_bin(tx, sql_lock_many, 1, val, len, fmt, NULL);
+    /* prepared on the runtime's index-scan connections, else planned for this array */
+    PGresult *r = db_exec_lookup(tx, DB_STMT_PAYMENT_LOCK_MANY, sql_lock_many, 1, val, len, fmt, NULL);
     pg_array_free(&ids);
     if (!r)
         return -1;
