@@ -613,13 +613,7 @@ static void read_own(mstream_t *s, mgroup_t *g, mconsumer_t *c, bus_id_t after, 
 
 static void deadline_after(struct timespec *ts, int ms)
 {
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
+    clock_deadline(ts, CLOCK_MONOTONIC, ms);
 }
 
 static int mem_read(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,

@@ -2,6 +2,7 @@
 #include "core/db.h"
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/pg.h"
 
@@ -276,13 +277,7 @@ void db_mem_wait(db_t *db, uint64_t *seen, int timeout_ms)
 {
     memstore_t *m = db->mem;
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    clock_deadline(&ts, CLOCK_MONOTONIC, timeout_ms);
     pthread_mutex_lock(&m->mu);
     while (m->version == *seen) {
         if (pthread_cond_timedwait(&m->changed, &m->mu, &ts) == ETIMEDOUT)

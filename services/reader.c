@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define TOP_UP_AFTER_US 200 /* a read result older than this is topped up at take */
 
@@ -45,6 +44,7 @@ struct svc_reader {
     ack_job_t *acks, *acks_tail;
     bool acks_held; /* the last send failed: try again with the next request */
     bool io_busy;   /* the thread is using the connection (sending or reading) */
+    bool sending;   /* ... sending acknowledgements it took from the queue */
 };
 
 /* Sends the jobs in order; returns those that failed (in order, to retry). */
@@ -163,13 +163,13 @@ static void *reader_main(void *arg)
              * connection only while the thread is idle: io_busy) */
             ack_job_t *acks = r->acks;
             r->acks = r->acks_tail = NULL;
-            r->io_busy = true;
+            r->io_busy = r->sending = true;
             pthread_mutex_unlock(&r->mu);
             ack_job_t *failed = send_acks(r, acks);
             if (failed && bus_ensure(r->bus) != 0)
                 log_debug("service %s: read-ahead connection is down", r->group);
             pthread_mutex_lock(&r->mu);
-            r->io_busy = false;
+            r->io_busy = r->sending = false;
             if (failed) {
                 log_debug("service %s: acknowledgements failed; trying again with the next read", r->group);
                 requeue_acks(r, failed);
@@ -337,19 +337,13 @@ void reader_ack(svc_reader_t *r, const char *stream, const char *const *ids, siz
 int reader_wait_acks(svc_reader_t *r, int64_t max_ms)
 {
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)(max_ms / 1000);
-    until.tv_nsec += (long)(max_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    clock_deadline(&until, CLOCK_REALTIME, max_ms);
     pthread_mutex_lock(&r->mu);
     bool timed_out = false;
     while (!timed_out && r->acks && !r->acks_held)
         timed_out = pthread_cond_timedwait(&r->cv, &r->mu, &until) != 0;
-    /* a send in progress finishes (each takes one round trip) */
-    while (r->io_busy && !(r->requested && !r->finished) && !timed_out)
+    /* the send in progress finishes (a round trip per stream) */
+    while (r->sending && !timed_out)
         timed_out = pthread_cond_timedwait(&r->cv, &r->mu, &until) != 0;
     int rc = r->acks ? -1 : 0;
     pthread_mutex_unlock(&r->mu);

@@ -498,13 +498,7 @@ void policy_poke(policy_t *p)
 bool policy_wait_poke(policy_t *p, int ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    clock_deadline(&ts, CLOCK_REALTIME, ms);
     pthread_mutex_lock(&p->poke_mu);
     while (!p->poked && pthread_cond_timedwait(&p->poke_cv, &p->poke_mu, &ts) == 0) {
     }

@@ -4,6 +4,7 @@
 #include "core/otel.h"
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/config.h"
 #include "core/metrics.h"
 #include "core/uuid.h"
@@ -146,13 +147,7 @@ static void collector_reset(const step_t *steps, size_t n)
 static size_t collector_wait(size_t n, int timeout_ms)
 {
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    clock_deadline(&dl, CLOCK_REALTIME, timeout_ms);
     pthread_mutex_lock(&col.mu);
     while (col.n < n && pthread_cond_timedwait(&col.cv, &col.mu, &dl) == 0)
         ;
