@@ -1008,6 +1008,52 @@ static void concurrent_handles(const backend_t *be)
     bus_close(b);
 }
 
+/* Entries of every size read back intact, read after read on one handle:
+ * payloads larger than the Redis backend's reply arena chunks (64 KiB), and
+ * batches whose replies span many chunks (kept and reused across reads). */
+static void big_entries_read_back(const backend_t *be)
+{
+    bus_t *b = be->open();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    const char *s = "ecom:t.big";
+    ASSERT_OK(bus_group_create(b, s, "g"));
+    static const size_t sizes[] = {0, 1, 65536 - 64, 65536, 200000, 3};
+    enum { N = 6, ROUNDS = 3, SMALL = 2000 };
+    for (int round = 0; round < ROUNDS; round++) {
+        envelope_t e[N];
+        for (size_t i = 0; i < N; i++) {
+            make_env(&e[i], "t.big", i);
+            free(e[i].payload);
+            /* a JSON string of sizes[i] characters, different per round */
+            char *p = xmalloc(sizes[i] + 3);
+            p[0] = '"';
+            for (size_t k = 0; k < sizes[i]; k++)
+                p[1 + k] = (char)('a' + (k + (size_t)round + i) % 26);
+            p[sizes[i] + 1] = '"';
+            p[sizes[i] + 2] = '\0';
+            e[i].payload = p;
+        }
+        ASSERT_OK(bus_publish(b, e, N, NULL));
+        ASSERT_OK(publish_n(b, "t.big", SMALL, NULL));
+        bus_batch_t bt = {0};
+        ASSERT_OK(bus_read(b, "g", "c1", &s, 1, false, N + SMALL, 0, &bt));
+        CU_ASSERT_EQUAL_FATAL(bt.n, N + SMALL);
+        for (size_t i = 0; i < N; i++) {
+            CU_ASSERT(!bt.msgs[i].bad && !bt.msgs[i].missing);
+            CU_ASSERT(env_equal(&bt.msgs[i].env, &e[i]));
+        }
+        for (size_t i = N; i < bt.n; i++) {
+            char want[32];
+            snprintf(want, sizeof want, "{\"i\":%zu}", i - N);
+            CU_ASSERT_STRING_EQUAL(bt.msgs[i].env.payload, want);
+        }
+        bus_batch_free(&bt);
+        for (size_t i = 0; i < N; i++)
+            envelope_clear(&e[i]);
+    }
+    bus_close(b);
+}
+
 /* 100k messages through publish, read and ack, in order, in bounded time. */
 static void throughput_100k(const backend_t *be)
 {
@@ -1154,6 +1200,7 @@ static void memory_is_memory(void)
 /* clang-format on */
 
 BOTH(publish_order_and_ids)
+BOTH(big_entries_read_back)
 BOTH(group_created_late)
 BOTH(read_new_vs_own_pending)
 BOTH(read_pending_pages)
@@ -1190,6 +1237,7 @@ int main(void)
 {
     static CU_TestInfo tests[] = {
         PAIR(publish_order_and_ids),
+        PAIR(big_entries_read_back),
         PAIR(group_created_late),
         PAIR(read_new_vs_own_pending),
         PAIR(read_pending_pages),
