@@ -232,6 +232,18 @@ int bus_ack(bus_t *b, const char *stream, const char *group, const char *const *
     return b->ops->ack(b, stream, group, ids, n);
 }
 
+int bus_ack_ids(bus_t *b, const char *stream, const char *group, const char (*ids)[BUS_ID_MAX], size_t n)
+{
+    if (n == 0)
+        return 0;
+    const char **p = xmalloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = ids[i];
+    int rc = bus_ack(b, stream, group, p, n);
+    free(p);
+    return rc;
+}
+
 int bus_reclaim(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t min_idle_ms,
                 size_t count, bus_batch_t *out)
 {

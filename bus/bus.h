@@ -114,6 +114,9 @@ int bus_read(bus_t *b, const char *group, const char *consumer, const char *cons
 int bus_read_pending(bus_t *b, const char *group, const char *consumer, const char *stream, const char *after_id,
                      size_t count, bus_batch_t *out) __attribute__((warn_unused_result));
 
+/* bus_ack over ids kept side by side (a batch's entry ids, one allocation). */
+int bus_ack_ids(bus_t *b, const char *stream, const char *group, const char (*ids)[BUS_ID_MAX], size_t n)
+    __attribute__((warn_unused_result));
 int bus_ack(bus_t *b, const char *stream, const char *group, const char *const *ids, size_t n)
     __attribute__((warn_unused_result));
 

@@ -479,11 +479,6 @@ static int mem_step(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndo
     return db_commit(db);
 }
 
-int outbox_drain_session(db_t *db)
-{
-    return db_index_scans_only(db);
-}
-
 int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndone, bool archive, const int *parts,
                      size_t nparts, const int64_t *skip, size_t nskip, size_t limit)
 {
@@ -493,9 +488,13 @@ int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t nd
         st->rc = mem_step(db, st, done, ndone, archive, skip, nskip, limit);
         return 0;
     }
-    /* On a drainer's session (index scans only) both statements run
-     * prepared; elsewhere unnamed, planned for their parameters each time,
-     * for the reason outbox_drain_session gives. */
+    /* On a connection with index scans only (db_index_scans_only: the
+     * drainer's) both statements run prepared, their generic plan an index
+     * scan; elsewhere unnamed, planned for their parameters each time: the
+     * outbox is a queue whose size swings from empty to a backlog of
+     * millions, so a generic plan made while it was small (a sequential
+     * scan) would read the whole backlog per batch exactly when the drainer
+     * must catch up. */
     PGconn *c = db->pg;
     bool prepared = db->index_scans && db_prepare(db, DB_STMT_OUTBOX_STEP_FETCH, sql_step_fetch, 4) == 0 &&
                     db_prepare(db, archive ? DB_STMT_OUTBOX_STEP_ARCHIVE : DB_STMT_OUTBOX_STEP_DELETE,

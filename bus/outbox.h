@@ -81,15 +81,6 @@ int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool arc
 /* The same by position. */
 int outbox_remove(db_t *db, const int64_t *pos, size_t n, bool archive) __attribute__((warn_unused_result));
 
-/* Readies a drainer's connection (PostgreSQL; memory: nothing to do): index
- * scans only, so the step's statements can run prepared, planned once. The
- * outbox is a queue whose size swings from empty to a backlog of millions,
- * with dead rows between vacuums: a generic plan made while it was small (a
- * sequential scan) would read the whole backlog per batch exactly when the
- * drainer must catch up, so without this the step plans its statements for
- * each call (about 0.1 ms of PostgreSQL CPU per wake-up). 0, or -1. */
-int outbox_drain_session(db_t *db) __attribute__((warn_unused_result));
-
 /* The drainer's overlapped step: in one round trip, remove the rows already
  * published (done) and fetch the next oldest rows of the given partitions,
  * leaving out the rows in flight (skip: fetched, being published, not yet

@@ -278,10 +278,11 @@ static int connect_all(drainer_t *d)
          * which go out again and every inbox skips (bus.h's contract); a row
          * leaves the outbox only after Redis took it, so none is lost. And
          * the removal shares a round trip with the next fetch, whose rows
-         * would otherwise wait for that flush. */
+         * would otherwise wait for that flush. Index scans only: the step's
+         * fetch and removal then run prepared (outbox_step_send). */
         if (d->db->kind == DB_PG && (pg_exec(d->db->pg, "LISTEN ecom_outbox") != 0 ||
                                      pg_exec(d->db->pg, "SET synchronous_commit = off") != 0 ||
-                                     outbox_drain_session(d->db) != 0)) {
+                                     db_index_scans_only(d->db) != 0)) {
             db_close(d->db);
             d->db = NULL;
             return -1;

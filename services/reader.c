@@ -43,8 +43,7 @@ struct svc_reader {
      * soon as it is free; after a failed send it waits for the next request */
     ack_job_t *acks, *acks_tail;
     bool acks_held; /* the last send failed: try again with the next request */
-    bool io_busy;   /* the thread is using the connection (sending or reading) */
-    bool sending;   /* ... sending acknowledgements it took from the queue */
+    bool sending;   /* the thread is sending acknowledgements it took (it owns the connection) */
 };
 
 /* Sends the jobs in order; returns those that failed (in order, to retry). */
@@ -55,12 +54,7 @@ static ack_job_t *send_acks(svc_reader_t *r, ack_job_t *jobs)
         ack_job_t *j = jobs;
         jobs = j->next;
         j->next = NULL;
-        const char **p = xmalloc(j->n * sizeof *p);
-        for (size_t i = 0; i < j->n; i++)
-            p[i] = j->ids[i];
-        int rc = bus_ack(r->bus, j->stream, r->group, p, j->n);
-        free(p);
-        if (rc == 0) {
+        if (bus_ack_ids(r->bus, j->stream, r->group, (const char (*)[BUS_ID_MAX])j->ids, j->n) == 0) {
             free(j->ids);
             free(j);
         } else {
@@ -159,17 +153,18 @@ static void *reader_main(void *arg)
         if (read)
             r->acks_held = false;
         if (r->acks && !r->acks_held) {
-            /* the acknowledgements handed over go first (the runtime uses the
-             * connection only while the thread is idle: io_busy) */
+            /* the acknowledgements handed over go first (the runtime's top-up
+             * uses the connection only while the thread is neither reading
+             * nor sending) */
             ack_job_t *acks = r->acks;
             r->acks = r->acks_tail = NULL;
-            r->io_busy = r->sending = true;
+            r->sending = true;
             pthread_mutex_unlock(&r->mu);
             ack_job_t *failed = send_acks(r, acks);
             if (failed && bus_ensure(r->bus) != 0)
                 log_debug("service %s: read-ahead connection is down", r->group);
             pthread_mutex_lock(&r->mu);
-            r->io_busy = r->sending = false;
+            r->sending = false;
             if (failed) {
                 log_debug("service %s: acknowledgements failed; trying again with the next read", r->group);
                 requeue_acks(r, failed);
@@ -179,7 +174,6 @@ static void *reader_main(void *arg)
         }
         if (!read)
             continue;
-        r->io_busy = true;
         pthread_mutex_unlock(&r->mu);
         /* the request's fields are not touched by the runtime until finished */
         bus_batch_clear(&r->bt);
@@ -191,7 +185,6 @@ static void *reader_main(void *arg)
         else if (bus_ensure(r->bus) != 0)
             log_debug("service %s: read-ahead connection is down", r->group);
         pthread_mutex_lock(&r->mu);
-        r->io_busy = false;
         r->rc = rc;
         r->finished_us = clock_mono_us();
         r->finished = true;
@@ -279,7 +272,7 @@ bool reader_outstanding(const svc_reader_t *r)
 int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
 {
     pthread_mutex_lock(&r->mu);
-    while ((r->requested && !r->finished) || r->io_busy)
+    while ((r->requested && !r->finished) || r->sending)
         pthread_cond_wait(&r->cv, &r->mu);
     int rc = r->requested ? r->rc : -1;
     if (rc == 0 && r->bt.n < r->count && clock_mono_us() - r->finished_us > TOP_UP_AFTER_US) {
@@ -314,15 +307,15 @@ int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
     return rc;
 }
 
-void reader_ack(svc_reader_t *r, const char *stream, const char *const *ids, size_t n)
+void reader_ack(svc_reader_t *r, const char *stream, char (*ids)[BUS_ID_MAX], size_t n)
 {
-    if (n == 0)
+    if (n == 0) {
+        free(ids);
         return;
+    }
     ack_job_t *j = xcalloc(1, sizeof *j);
     snprintf(j->stream, sizeof j->stream, "%s", stream);
-    j->ids = xmalloc(n * sizeof *j->ids);
-    for (size_t i = 0; i < n; i++)
-        snprintf(j->ids[i], sizeof j->ids[i], "%s", ids[i]);
+    j->ids = ids;
     j->n = n;
     pthread_mutex_lock(&r->mu);
     if (r->acks_tail)

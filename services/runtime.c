@@ -62,7 +62,7 @@ typedef struct lane {
 
 typedef struct acks {
     char stream[BUS_STREAM_MAX];
-    char **ids;
+    char (*ids)[BUS_ID_MAX]; /* side by side: handed to the read-ahead whole */
     size_t n, cap;
 } acks_t;
 
@@ -183,7 +183,7 @@ static void ack_later(rt_t *rt, const bus_msg_t *m)
         a->cap = a->cap ? a->cap * 2 : 256;
         a->ids = xrealloc(a->ids, a->cap * sizeof *a->ids);
     }
-    a->ids[a->n++] = xstrdup(m->entry_id);
+    memcpy(a->ids[a->n++], m->entry_id, BUS_ID_MAX);
 }
 
 /* With the read-ahead: the acknowledgements go to its thread, which sends
@@ -194,10 +194,9 @@ static void hand_acks(rt_t *rt)
         acks_t *a = &rt->acks[i];
         if (!a->n)
             continue;
-        reader_ack(rt->reader, a->stream, (const char *const *)a->ids, a->n);
-        for (size_t k = 0; k < a->n; k++)
-            free(a->ids[k]);
-        a->n = 0;
+        reader_ack(rt->reader, a->stream, a->ids, a->n); /* the ids go with it */
+        a->ids = NULL;
+        a->n = a->cap = 0;
     }
 }
 
@@ -208,12 +207,10 @@ static int flush_acks(rt_t *rt)
         acks_t *a = &rt->acks[i];
         if (!a->n)
             continue;
-        if (bus_ack(rt->bus, a->stream, rt->def->group, (const char *const *)a->ids, a->n) != 0) {
+        if (bus_ack_ids(rt->bus, a->stream, rt->def->group, (const char (*)[BUS_ID_MAX])a->ids, a->n) != 0) {
             rc = -1;
             continue;
         }
-        for (size_t k = 0; k < a->n; k++)
-            free(a->ids[k]);
         a->n = 0;
     }
     return rc;
@@ -1199,8 +1196,6 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     }
     strmap_free(&rt.failures);
     for (size_t i = 0; i < rt.nstreams; i++) {
-        for (size_t k2 = 0; k2 < rt.acks[i].n; k2++)
-            free(rt.acks[i].ids[k2]);
         free(rt.acks[i].ids);
         free(rt.streams[i]);
     }

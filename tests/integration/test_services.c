@@ -1055,17 +1055,24 @@ static void hook_stop(hook_t *h)
     pthread_mutex_destroy(&h->mu);
 }
 
+/* Starts notification on s with channels, its webhook pointing at the local
+ * receiver on port. */
+static void start_webhook_notification(sut_t *s, bool memory, const char *name, const char *channels, int port)
+{
+    sut_init(s, memory, name);
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", port);
+    configure_notification(s, channels, url, 0);
+    sut_add(s, notification_service());
+    sut_start(s);
+}
+
 static void webhook(bool memory)
 {
     hook_t h;
     hook_start(&h, 2);
     sut_t s;
-    sut_init(&s, memory, "svc_webhook");
-    char url[96];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", h.srv.port);
-    configure_notification(&s, "log,webhook", url, 0);
-    sut_add(&s, notification_service());
-    sut_start(&s);
+    start_webhook_notification(&s, memory, "svc_webhook", "log,webhook", h.srv.port);
     append_otp(&s, "654321");
     CU_ASSERT_TRUE(wait_deliveries(&s, "user@example.com", "auth.otp.requested", "webhook", 1, 15000));
     clock_sleep_ms(300); /* nothing more may arrive */
@@ -1140,12 +1147,7 @@ static void test_webhook_kept(void)
     pthread_mutex_init(&h.mu, NULL);
     ASSERT_OK(http_sink_start_idle(&h.srv, port_hook_cb, &h, 3)); /* well above the time between webhooks 1-5 */
     sut_t s;
-    sut_init(&s, true, "svc_webhook_kept");
-    char url[96];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", h.srv.port);
-    configure_notification(&s, "webhook", url, 0);
-    sut_add(&s, notification_service());
-    sut_start(&s);
+    start_webhook_notification(&s, true, "svc_webhook_kept", "webhook", h.srv.port);
     metric_t *failed = metrics_counter("ecom_notification_deliveries_total",
                                        "Notification deliveries by channel and outcome",
                                        "channel=\"webhook\",outcome=\"failed\"");
