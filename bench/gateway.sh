@@ -316,12 +316,15 @@ created='ecom_http_requests_total{route="analytics.events.create",method="POST",
 outbox0=$(sql 'SELECT count(*) FROM bus.outbox')
 idem0=$(sql 'SELECT count(*) FROM gateway.idempotency')
 c0=$(metric "$created")
+xacts() { sql "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
+x0=$(xacts)
 post_rps=0 post_p99=0
 if BENCH_KEY_PREFIX="u$(random_hex)" run_wrk post_unique "POST /api/v1/analytics/events (unique keys)" "$events" \
   -s "$here/lua/post_unique.lua"; then
   post_rps=$w_rps post_p99=$w_p99
 fi
-sleep 1 # requests still in flight when wrk stopped
+sleep 1 # requests still in flight when wrk stopped (and the statistics' flush)
+x_d=$(($(xacts) - x0))
 outbox_d=$(($(sql 'SELECT count(*) FROM bus.outbox') - outbox0))
 idem_d=$(($(sql 'SELECT count(*) FROM gateway.idempotency') - idem0))
 ok=$((w_n - w_bad))
@@ -330,6 +333,7 @@ check="ok"
 [ "$outbox_d" -ge "$ok" ] && [ "$outbox_d" -le $((ok + conns)) ] && [ "$idem_d" -eq "$outbox_d" ] || check="MISMATCH"
 echo "      check: wrk saw $w_n responses ($w_bad non-2xx, $w_err socket errors); gateway answered 202 to" \
   "$(($(metric "$created") - c0)); new outbox rows $outbox_d, new idempotency records $idem_d: $check"
+echo "      transactions committed in the database: $x_d ($(awk -v a="$outbox_d" -v b="$x_d" 'BEGIN { if (b > 0) printf "%.1f", a / b; else printf "n/a" }') commands per transaction)"
 fi
 
 pgb_rps=0 pgb_p99=0 pgp_rps=0

@@ -358,31 +358,70 @@ static bool db_broken(rt_t *rt)
     return conn_broken(rt->db);
 }
 
+/* Which of the n messages (ws[i]->m->env, ids[i] its id) are new, inside
+ * the open transaction: fresh[i]. Through the inbox, which records the new
+ * ones; or through the service's own record (def->seen), which the handlers
+ * write: an id twice in the batch is new only the first time. 0 or -1. */
+static int mark_fresh(rt_t *rt, db_t *db, work_t *const *ws, const char *const *ids, size_t n, bool *fresh)
+{
+    if (!rt->def->seen)
+        return inbox_record_batch(db, rt->def->group, ids, n, fresh);
+    const envelope_t **envs = xmalloc(n * sizeof *envs);
+    for (size_t i = 0; i < n; i++)
+        envs[i] = &ws[i]->m->env;
+    int rc = rt->def->seen(db, envs, n, fresh, rt->def->arg);
+    free(envs);
+    if (rc != 0)
+        return -1;
+    strmap_t batch;
+    strmap_init(&batch);
+    for (size_t i = 0; i < n; i++) {
+        bool created = false;
+        strmap_put(&batch, ids[i], strlen(ids[i]), &created);
+        fresh[i] = !fresh[i] && created;
+    }
+    strmap_free(&batch);
+    return 0;
+}
+
 /* All at once. 1 = committed, 0 = a handler failed (rolled back), -1 = storage failure. */
 static int apply_fast(rt_t *rt, db_t *db, work_t *ws, size_t n)
 {
     if (db_begin(db) != 0)
         return -1;
     const char **ids = xmalloc(n * sizeof *ids);
+    work_t **in = xmalloc(n * sizeof *in);
     bool *fresh = xcalloc(n, sizeof *fresh);
     const envelope_t **envs = xmalloc(n * sizeof *envs);
     json_object **pl = xmalloc(n * sizeof *pl);
     int rc = -1;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         ids[i] = ws[i].m->env.id;
-    /* most batches are all new: the cheap insert, and only when it finds an
-     * id applied before, the batch again with the one that tells which */
-    int fr = inbox_record_fresh(db, rt->def->group, ids, n);
-    if (fr < 0)
-        goto out;
-    if (fr == 0) {
-        for (size_t i = 0; i < n; i++)
-            fresh[i] = true;
-    } else {
-        db_rollback(db);
-        if (db_begin(db) != 0 || inbox_record_batch(db, rt->def->group, ids, n, fresh) != 0)
-            goto out;
+        in[i] = &ws[i];
     }
+    /* most batches are all new: the cheap insert (or none, when the handlers
+     * record the ids themselves), and only when it finds an id applied
+     * before, the batch again with the step that tells which */
+    bool rechecked = false;
+    if (rt->def->seen && !rt->def->handle_batch) { /* handle() runs only for what seen() did not find */
+        if (mark_fresh(rt, db, in, ids, n, fresh) != 0)
+            goto out;
+        rechecked = true;
+    } else {
+        int fr = rt->def->seen ? 0 : inbox_record_fresh(db, rt->def->group, ids, n);
+        if (fr < 0)
+            goto out;
+        if (fr == 0) {
+            for (size_t i = 0; i < n; i++)
+                fresh[i] = true;
+        } else {
+            db_rollback(db);
+            if (db_begin(db) != 0 || mark_fresh(rt, db, in, ids, n, fresh) != 0)
+                goto out;
+            rechecked = true;
+        }
+    }
+again:;
     size_t nn = 0;
     for (size_t i = 0; i < n; i++)
         if (fresh[i]) {
@@ -401,6 +440,22 @@ static int apply_fast(rt_t *rt, db_t *db, work_t *ws, size_t n)
                     ws[i].result = r;
                 }
             }
+    }
+    if (r != SVC_OK && rt->def->seen && !rechecked && !conn_broken(db)) {
+        /* the handlers' own record may have found a copy: which ones, then
+         * the rest; when none was there, the failure is the handler's */
+        db_rollback(db);
+        if (db_begin(db) != 0 || mark_fresh(rt, db, in, ids, n, fresh) != 0)
+            goto out;
+        rechecked = true;
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            k += fresh[i];
+        if (k < n) {
+            for (size_t i = 0; i < n; i++)
+                ws[i].failed_fast = false;
+            goto again;
+        }
     }
     if (r != SVC_OK) {
         rc = conn_broken(db) ? -1 : 0;
@@ -421,6 +476,7 @@ out:
     if (rc != 1)
         db_rollback(db);
     free(ids);
+    free(in);
     free(fresh);
     free(envs);
     free(pl);
@@ -441,7 +497,14 @@ static int apply_one(rt_t *rt, db_t *db, work_t *w, strmap_t *blocked)
     }
     if (db_savepoint(db) != 0)
         return -1;
-    int rec = inbox_record(db, rt->def->group, w->m->env.id);
+    int rec;
+    if (rt->def->seen) {
+        bool was = false;
+        const envelope_t *e = &w->m->env;
+        rec = rt->def->seen(db, &e, 1, &was, rt->def->arg) != 0 ? -1 : was ? 0 : 1;
+    } else {
+        rec = inbox_record(db, rt->def->group, w->m->env.id);
+    }
     if (rec < 0) {
         db_rollback_to(db);
         if (conn_broken(db))
@@ -500,7 +563,7 @@ static int apply_halves(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *bloc
     if (db_savepoint(db) != 0)
         goto out;
     svc_result_t r = SVC_RETRY;
-    if (inbox_record_batch(db, rt->def->group, ids, m, fresh) == 0) {
+    if (mark_fresh(rt, db, in, ids, m, fresh) == 0) {
         for (size_t i = 0; i < m; i++)
             if (fresh[i]) {
                 envs[nn] = &in[i]->m->env;

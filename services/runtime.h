@@ -73,6 +73,15 @@ typedef struct svc_def {
     svc_result_t (*handle_batch)(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
                                  void *arg);
     void *arg;
+    /* Optional: the service keeps its own record of the messages it applied
+     * (its read model, under a unique key on the message id), written by its
+     * handlers in the same transaction as their effects, and the runtime
+     * writes no bus.inbox row for it. handle_batch must fail (not skip) when
+     * it meets a message recorded already: the runtime then asks seen() which
+     * ones are (seen[i], inside the open transaction, which it sees) and
+     * applies the others; handle() runs only for a message seen() did not
+     * find. 0 or -1 (storage error). */
+    int (*seen)(db_t *tx, const envelope_t *const *msgs, size_t n, bool *seen, void *arg);
     /* The handlers may run on several connections at once (no shared state
      * but the database): the runtime then applies a batch on up to o->lanes
      * connections (one per 16 messages), split by aggregate. */

@@ -17,24 +17,34 @@
 typedef struct mem_events {
     analytics_event_t *ev;
     size_t n, cap;
+    strmap_t ids; /* the ids of ev: the service's record of what it applied */
 } mem_events_t;
 
 static void *mem_make(void)
 {
-    return xcalloc(1, sizeof(mem_events_t));
+    mem_events_t *m = xcalloc(1, sizeof *m);
+    strmap_init(&m->ids);
+    return m;
 }
 
 static void mem_free(void *p)
 {
     mem_events_t *m = p;
     analytics_events_free(m->ev, m->n);
+    strmap_free(&m->ids);
     free(m);
+}
+
+static mem_events_t *mem(db_t *db)
+{
+    return db_mem_slot(db, MEM_SLOT_ANALYTICS, mem_make, mem_free);
 }
 
 static void undo_add(void *arg)
 {
     mem_events_t *m = arg;
     analytics_event_t *e = &m->ev[--m->n];
+    strmap_del(&m->ids, e->id, strlen(e->id), NULL);
     free(e->tenant);
     free(e->type);
     free(e->topic);
@@ -42,9 +52,14 @@ static void undo_add(void *arg)
     free(e->payload);
 }
 
-static void mem_add(db_t *tx, const envelope_t *env, const char *type)
+/* false when the id is recorded already (nothing added) */
+static bool mem_add(db_t *tx, const envelope_t *env, const char *type)
 {
-    mem_events_t *m = db_mem_slot(tx, MEM_SLOT_ANALYTICS, mem_make, mem_free);
+    mem_events_t *m = mem(tx);
+    bool created = false;
+    strmap_put(&m->ids, env->id, strlen(env->id), &created);
+    if (!created)
+        return false;
     if (m->n == m->cap) {
         m->cap = m->cap ? m->cap * 2 : 256;
         m->ev = xrealloc(m->ev, m->cap * sizeof *m->ev);
@@ -59,6 +74,7 @@ static void mem_add(db_t *tx, const envelope_t *env, const char *type)
     e->occurred_ms = env->ts;
     e->payload = xstrdup(env->payload);
     db_mem_undo(tx, undo_add, m, NULL);
+    return true;
 }
 
 /* ---- handlers ---- */
@@ -107,7 +123,7 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
     const envelope_t *e = c->msg;
     const char *type = event_type(e, c->payload);
     if (c->tx->kind == DB_MEMORY) {
-        mem_add(c->tx, e, type);
+        (void)mem_add(c->tx, e, type); /* a copy recorded already is skipped, as ON CONFLICT DO NOTHING */
         return SVC_OK;
     }
     if (db_prepare(c->tx, DB_STMT_ANALYTICS_ONE, sql_one, 9) != 0) {
@@ -134,7 +150,8 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     (void)arg;
     if (tx->kind == DB_MEMORY) {
         for (size_t i = 0; i < n; i++)
-            mem_add(tx, msgs[i], event_type(msgs[i], payloads[i]));
+            if (!mem_add(tx, msgs[i], event_type(msgs[i], payloads[i])))
+                return SVC_RETRY; /* as the plain INSERT's 23505: the runtime asks seen() */
         return SVC_OK;
     }
     enum { N_ARRAYS = 8 };
@@ -177,6 +194,54 @@ out:
     return rc;
 }
 
+/* Which messages the read model holds already: its unique (tenant, id) is
+ * the service's record of what it applied (the runtime keeps no bus.inbox
+ * row for analytics). Inside the open transaction, so it sees what this
+ * transaction wrote. */
+static const char sql_seen[] = "SELECT x.i FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS x(tenant, id, i)"
+                               " WHERE EXISTS (SELECT 1 FROM analytics.events e WHERE e.tenant = x.tenant AND e.id = x.id)";
+
+static int seen(db_t *tx, const envelope_t *const *msgs, size_t n, bool *out, void *arg)
+{
+    (void)arg;
+    for (size_t i = 0; i < n; i++)
+        out[i] = false;
+    if (tx->kind == DB_MEMORY) {
+        mem_events_t *m = mem(tx);
+        for (size_t i = 0; i < n; i++)
+            out[i] = strmap_get(&m->ids, msgs[i]->id, strlen(msgs[i]->id)) != NULL;
+        return 0;
+    }
+    pg_array_t a[2] = {{0}};
+    pg_array_begin(&a[0], PG_OID_TEXT, n);
+    pg_array_begin(&a[1], PG_OID_UUID, n);
+    int rc = -1;
+    for (size_t i = 0; i < n; i++) {
+        pg_array_text(&a[0], msgs[i]->tenant);
+        if (pg_array_uuid(&a[1], msgs[i]->id) != 0)
+            goto out;
+    }
+    const char *vals[2];
+    int lens[2], fmts[2];
+    pg_array_params(a, 2, (uint32_t)n, vals, lens, fmts);
+    if (db_prepare(tx, DB_STMT_ANALYTICS_SEEN, sql_seen, 2) != 0)
+        goto out;
+    PGresult *r = db_exec_prepared_bin(tx, DB_STMT_ANALYTICS_SEEN, 2, vals, lens, fmts, NULL);
+    if (!r)
+        goto out;
+    for (int k = 0; k < PQntuples(r); k++) {
+        long long i = strtoll(PQgetvalue(r, k, 0), NULL, 10);
+        if (i >= 1 && (size_t)i <= n)
+            out[i - 1] = true;
+    }
+    PQclear(r);
+    rc = 0;
+out:
+    pg_array_free(&a[0]);
+    pg_array_free(&a[1]);
+    return rc;
+}
+
 const svc_def_t *analytics_service(void)
 {
     static const svc_def_t def = {
@@ -185,6 +250,7 @@ const svc_def_t *analytics_service(void)
         .types = NULL,  /* every type */
         .handle = handle,
         .handle_batch = handle_batch,
+        .seen = seen,
         /* one lane: every insert of a batch lands on the same index pages
          * (ascending ids), so a second connection only contends for them
          * (consume 33k vs 40k msgs/s on two lanes, docs/benchmarks.md) */
@@ -237,7 +303,7 @@ int analytics_list_filtered(db_t *db, const char *tenant, const char *type, cons
             free(res);
             return -1;
         }
-        mem_events_t *m = db_mem_slot(db, MEM_SLOT_ANALYTICS, mem_make, mem_free);
+        mem_events_t *m = mem(db);
         /* ids are UUIDv7: newest first = descending id, the same order as PostgreSQL below */
         bool started = before_id == NULL;
         for (size_t i = m->n; i-- > 0 && k < limit;) {
@@ -296,7 +362,7 @@ int analytics_count(db_t *db, uint64_t *n)
     if (db->kind == DB_MEMORY) {
         if (db_begin(db) != 0)
             return -1;
-        *n = ((mem_events_t *)db_mem_slot(db, MEM_SLOT_ANALYTICS, mem_make, mem_free))->n;
+        *n = mem(db)->n;
         return db_commit(db);
     }
     PGresult *r = pg_query(db->pg, "SELECT count(*) FROM analytics.events", 0, NULL);
@@ -333,7 +399,7 @@ static int count_cmp(const void *a, const void *b)
 static void mem_stats(db_t *db, const char *tenant, const char *type, int64_t since_ms, analytics_type_count_t **out,
                       size_t *n)
 {
-    mem_events_t *m = db_mem_slot(db, MEM_SLOT_ANALYTICS, mem_make, mem_free);
+    mem_events_t *m = mem(db);
     strmap_t by_type;
     strmap_init(&by_type);
     for (size_t i = 0; i < m->n; i++) {

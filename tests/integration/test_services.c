@@ -1007,6 +1007,87 @@ static void test_redelivered_real(void)
     redelivered(false);
 }
 
+/* ---- tests: analytics ---- */
+
+static int64_t stats_count(sut_t *s, const char *type)
+{
+    db_t *db = sut_db(s);
+    analytics_type_count_t *c = NULL;
+    size_t n = 0;
+    int64_t since = (clock_now_ms() / 60000 - 5) * 60000, total = 0;
+    CU_ASSERT_EQUAL(analytics_stats(db, TENANT, type, since, &c, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        total += c[i].count;
+    analytics_type_counts_free(c, n);
+    db_close(db);
+    return total;
+}
+
+/* Analytics records what it applied in its read model (no bus.inbox row):
+ * a copy of an applied event, alone or in a batch with new ones, and an
+ * event twice in one batch are each recorded and counted once. */
+static void analytics_copies(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_an_copies");
+    sut_add(&s, analytics_service());
+    metric_t *dup = metrics_counter("ecom_service_duplicates_total", "Deliveries skipped by the inbox",
+                                    "group=\"analytics\"");
+    metric_t *applied =
+        metrics_counter("ecom_service_applied_total", "Messages applied by the handler", "group=\"analytics\"");
+    uint64_t dup0 = metrics_value(dup), applied0 = metrics_value(applied);
+    sut_start(&s);
+    envelope_t e[4];
+    char agg[4][32];
+    for (int i = 0; i < 4; i++) {
+        snprintf(agg[i], sizeof agg[i], "order:an-%d", i);
+        e[i] = (envelope_t){.type = "order.viewed",
+                            .topic = "shop",
+                            .tenant = TENANT,
+                            .aggregate_id = agg[i],
+                            .seq = 1,
+                            .ts = clock_now_ms(),
+                            .v = 1,
+                            .traceparent = "",
+                            .request_id = "",
+                            .payload = "{\"n\":1}"};
+        uuid_v7(e[i].id);
+    }
+    bus_t *b = sut_bus(&s);
+    ASSERT_OK(bus_publish(b, e, 1, NULL)); /* e0 */
+    for (int i = 0; i < 200 && events_of_type(&s, "order.viewed") < 1; i++)
+        clock_sleep_ms(50);
+    CU_ASSERT_EQUAL(events_of_type(&s, "order.viewed"), 1);
+    /* e0 again with e1, then e2 twice in one batch, then e0 alone again */
+    envelope_t next[5] = {e[0], e[1], e[2], e[2], e[0]};
+    ASSERT_OK(bus_publish(b, next, 5, NULL));
+    for (int i = 0; i < 200 && metrics_value(dup) < dup0 + 3; i++)
+        clock_sleep_ms(50);
+    clock_sleep_ms(300); /* anything extra would show now */
+    CU_ASSERT_EQUAL(events_of_type(&s, "order.viewed"), 3);
+    CU_ASSERT_EQUAL(stats_count(&s, "order.viewed"), 3);
+    CU_ASSERT_EQUAL(metrics_value(dup) - dup0, 3);
+    CU_ASSERT_EQUAL(metrics_value(applied) - applied0, 3);
+    CU_ASSERT_EQUAL(dlq(&s, "analytics", NULL), 0);
+    db_t *db = sut_db(&s);
+    uint64_t inbox = 1;
+    ASSERT_OK(inbox_count(db, "analytics", &inbox));
+    CU_ASSERT_EQUAL(inbox, 0);
+    db_close(db);
+    bus_close(b);
+    sut_stop(&s);
+}
+
+static void test_analytics_copies_memory(void)
+{
+    analytics_copies(true);
+}
+
+static void test_analytics_copies_real(void)
+{
+    analytics_copies(false);
+}
+
 static void test_otp_real(void)
 {
     otp(false);
@@ -1394,6 +1475,9 @@ int main(void)
         {"OTP code reaches the sink file (postgres+redis)", test_otp_real},
         {"a delivery recorded before is not sent again (memory)", test_redelivered_memory},
         {"a delivery recorded before is not sent again (postgres+redis)", test_redelivered_real},
+        {"analytics records copies of an event once, without inbox rows (memory)", test_analytics_copies_memory},
+        {"analytics records copies of an event once, without inbox rows (postgres+redis)",
+         test_analytics_copies_real},
         {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
         {"signed webhook, 500 twice then 200: delivered once (postgres+redis)", test_webhook_real},
         {"webhooks share a kept connection; closed ones are replaced (memory)", test_webhook_kept},
