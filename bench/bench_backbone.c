@@ -86,7 +86,7 @@ static int rate = 1000;
 static int failures;
 static PGconn *admin;
 static const svc_def_t *analytics;
-static metric_t *m_published, *m_applied, *m_dlq;
+static metric_t *m_published, *m_applied, *m_dlq, *m_dup;
 static int64_t mono0, wall0; /* one instant on both clocks: intended send times on the wall clock */
 
 /* ---- small helpers ---- */
@@ -877,7 +877,7 @@ static void bench_consume(bool with_poison)
             def.handle_batch = poison_batch;
         }
         size_t want = with_poison ? n_msgs - 1 : n_msgs;
-        uint64_t base = metrics_value(m_applied), dbase = metrics_value(m_dlq);
+        uint64_t base = metrics_value(m_applied), dbase = metrics_value(m_dlq), dup0 = metrics_value(m_dup);
         service_t s;
         int64_t backoff = with_poison ? 10 : DEF_BACKOFF_MS;
         cpu_t c0, c1;
@@ -913,17 +913,19 @@ static void bench_consume(bool with_poison)
             double r = per_s(n_msgs, us);
             size_t eff_lanes = analytics_service()->concurrent ? svc_lanes : 1; /* lanes it ran on */
             printf("consume (postgres+redis, batch %zu, %zu lane%s): %zu msgs in %.2f s = %.0f msgs/s, target >= %d: %s"
-                   " (XREADGROUP+XACK alone %.0f/s, the service's SQL alone %.0f msgs/s)\n",
+                   " (XREADGROUP+XACK alone %.0f/s, the service's SQL alone %.0f msgs/s); copies skipped %llu\n",
                    batch, eff_lanes, eff_lanes > 1 ? "s" : "", n_msgs, secs(us), r, TARGET_CONSUME,
-                   verdict(r >= TARGET_CONSUME), redis_rate, store_rate);
+                   verdict(r >= TARGET_CONSUME), redis_rate, store_rate,
+                   (unsigned long long)(metrics_value(m_dup) - dup0));
             cpu_print(&c0, &c1, "service", NULL, NULL);
         } else {
             double r = per_s(want, all_us);
             printf("consume with one poison message (postgres+redis, batch %zu): %llu applied + %llu dead-lettered"
                    " in %.2f s = %.0f msgs/s, target >= %d: %s (poison in ecom:dlq:analytics after %.2f s:"
-                   " %d attempts, backoff from %lld ms)\n",
+                   " %d attempts, backoff from %lld ms); copies skipped %llu\n",
                    batch, (unsigned long long)events, (unsigned long long)dlq, secs(all_us), r, TARGET_CONSUME,
-                   verdict(r >= TARGET_CONSUME), secs(dlq_us), DEF_MAX_ATTEMPTS, (long long)backoff);
+                   verdict(r >= TARGET_CONSUME), secs(dlq_us), DEF_MAX_ATTEMPTS, (long long)backoff,
+                   (unsigned long long)(metrics_value(m_dup) - dup0));
             cpu_print(&c0, &c1, "service", NULL, NULL);
         }
         /* analytics's own record of what it applied is analytics.events: no inbox rows */
@@ -1823,6 +1825,7 @@ int main(int argc, char **argv)
     m_published = metrics_counter("ecom_outbox_published_total", "Outbox rows published to the bus", "");
     m_applied = metrics_counter("ecom_service_applied_total", "Messages applied by the handler", "group=\"analytics\"");
     m_dlq = metrics_counter("ecom_service_dead_letters_total", "Messages moved to the DLQ", "group=\"analytics\"");
+    m_dup = metrics_counter("ecom_service_duplicates_total", "Deliveries skipped by the inbox", "group=\"analytics\"");
 
     PGresult *pr = pg_query(admin, "SELECT pg_backend_pid()", 0, NULL);
     if (pr) {

@@ -1169,7 +1169,9 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             if (inbox_cleanup(rt.db, o->inbox_retain_s, 5000, &gone) == 0 && gone)
                 log_debug("service %s: inbox cleanup removed %zu ids", def->group, gone);
         }
-        if (now >= rt.pel_due_ms) {
+        /* a read in flight is taken first: its entries are pending already,
+         * and the scan would deliver them, then the read a second time */
+        if (now >= rt.pel_due_ms && !(rt.reader && reader_outstanding(rt.reader))) {
             /* what the read-ahead still has to acknowledge would be delivered
              * again by the scan (the inbox would skip it, but its delivery
              * count would grow) */
