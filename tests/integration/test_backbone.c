@@ -453,6 +453,29 @@ static void test_retries_real(void)
     retries(false, false);
 }
 
+/* A retry falls due while the read-ahead holds the next batch (a backlog of
+ * 3,000 entries, batches of 128): the retry's scan of the pending list must
+ * not deliver that batch, which the read would then deliver a second time. */
+static void test_retries_read_ahead_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "retry_ahead");
+    sut_add_service(&s, "ra", types_orders);
+    s.hcfg[0].fail_aggregate = "order-3";
+    s.hcfg[0].fail_seq = 2;
+    s.hcfg[0].fail_times = 3;
+    metric_t *dup = metrics_counter("ecom_service_duplicates_total", "Deliveries skipped by the inbox", "group=\"ra\"");
+    uint64_t dup0 = metrics_value(dup);
+    publish_orders(&s, 3000, 30, 100, "order.placed");
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "ra", 3000, 60000));
+    clock_sleep_ms(300);
+    CU_ASSERT_EQUAL(s.hcfg[0].failed, 3);
+    check_applied(&s, "ra", 3000);
+    CU_ASSERT_EQUAL(metrics_value(dup), dup0);
+    sut_stop(&s);
+}
+
 static void test_retries_batch_memory(void)
 {
     retries(true, true);
@@ -928,6 +951,8 @@ int main(void)
          test_retries_batch_memory},
         {"retries with a batch handler: halves find the failing message, order kept (postgres+redis)",
          test_retries_batch_real},
+        {"a retry's scan leaves the batch the read-ahead holds alone (postgres+redis)",
+         test_retries_read_ahead_real},
         {"bad input goes to the DLQ and never stalls (memory)", test_bad_input_memory},
         {"bad input goes to the DLQ and never stalls (postgres+redis)", test_bad_input_real},
         {"two drainers at once (postgres+redis)", test_two_drainers_real},
