@@ -1169,9 +1169,14 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             if (inbox_cleanup(rt.db, o->inbox_retain_s, 5000, &gone) == 0 && gone)
                 log_debug("service %s: inbox cleanup removed %zu ids", def->group, gone);
         }
-        /* a read in flight is taken first: its entries are pending already,
-         * and the scan would deliver them, then the read a second time */
-        if (now >= rt.pel_due_ms && !(rt.reader && reader_outstanding(rt.reader))) {
+        if (now >= rt.pel_due_ms) {
+            /* a read in flight holds entries that are pending already: the
+             * scan delivers them, in order after older pending entries (a
+             * claim's, a failure's), so the read is dropped, not applied
+             * first and not delivered a second time */
+            if (rt.reader && reader_outstanding(rt.reader) && reader_take(rt.reader, &bt, &parsed) == 0 && bt.n)
+                log_debug("service %s: %zu entries read ahead left to the pending scan", def->group, bt.n);
+            bus_batch_clear(&bt);
             /* what the read-ahead still has to acknowledge would be delivered
              * again by the scan (the inbox would skip it, but its delivery
              * count would grow) */
