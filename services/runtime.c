@@ -942,7 +942,6 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
 /* Scans the consumer's own pending entries, oldest first, a page at a time. */
 static int scan_pending(rt_t *rt)
 {
-    int64_t now = clock_mono_ms();
     rt->pel_due_ms = INT64_MAX;
     size_t page = rt->o->batch * PEL_PAGE_FACTOR;
     bus_batch_t bt = {0};
@@ -972,7 +971,7 @@ static int scan_pending(rt_t *rt)
     bus_batch_free(&bt);
     schedule_failures(rt);
     if (rc != 0)
-        rt->pel_due_ms = now + 500;
+        rt->pel_due_ms = 0; /* no new entries before a scan succeeds (the caller backs off) */
     return rc;
 }
 
@@ -1213,6 +1212,11 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             rrc = bus_read(rt.bus, def->group, o->consumer, streams, rt.nstreams, false, o->batch, block, &bt);
         }
         if (rrc != 0) {
+            /* a read whose answer was lost (Redis restarted, the connection
+             * broke) may have delivered entries to this consumer all the
+             * same: they are in its pending list, older than anything a new
+             * read returns, so the pending list is read first */
+            rt.pel_due_ms = 0;
             health_report(bus_name(&rt), false, 0);
             if (bus_ensure(rt.bus) == 0) {
                 /* the stream or group may have been deleted: create groups again */

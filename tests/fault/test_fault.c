@@ -268,6 +268,27 @@ static void test_kill9_everything(void)
                      1, p);
         CU_ASSERT_PTR_NOT_NULL_FATAL(r);
         CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "0"); /* in order per aggregate */
+        if (strcmp(PQgetvalue(r, 0, 0), "0") != 0) { /* show the first ones out of order */
+            PGresult *x = pg_query(c,
+                                   "SELECT agg, prev, seq, ord FROM (SELECT agg, seq, ord, lag(seq) OVER"
+                                   " (PARTITION BY agg ORDER BY ord) AS prev FROM test_applied WHERE grp = $1) t"
+                                   " WHERE prev IS NOT NULL AND seq <> prev + 1 ORDER BY ord LIMIT 5",
+                                   1, p);
+            for (int i = 0; x && i < PQntuples(x); i++)
+                fprintf(stderr, "  %s: %s applied after %s for %s (ord %s)\n", groups[g], PQgetvalue(x, i, 2),
+                        PQgetvalue(x, i, 1), PQgetvalue(x, i, 0), PQgetvalue(x, i, 3));
+            if (x && PQntuples(x) > 0) { /* the first one's aggregate around it, and its outbox history */
+                const char *q[] = {groups[g], PQgetvalue(x, 0, 0), PQgetvalue(x, 0, 2)};
+                PGresult *y = pg_query(c,
+                                       "SELECT string_agg(seq || '@' || ord, ' ' ORDER BY ord) FROM test_applied"
+                                       " WHERE grp = $1 AND agg = $2 AND seq BETWEEN $3::bigint - 3 AND $3::bigint + 3",
+                                       3, q);
+                if (y && PQntuples(y) == 1)
+                    fprintf(stderr, "  %s %s seq@ord: %s\n", groups[g], q[1], PQgetvalue(y, 0, 0));
+                PQclear(y);
+            }
+            PQclear(x);
+        }
         PQclear(r);
     }
     PGresult *r = pg_query(c, "SELECT (SELECT count(*) FROM bus.outbox), (SELECT count(*) FROM bus.outbox_dead)",
