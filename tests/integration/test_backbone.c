@@ -11,6 +11,7 @@
 #include "core/pg.h"
 #include "core/redis.h"
 #include "core/strmap.h"
+#include "core/uuid.h"
 #include "inbox/inbox.h"
 #include "outbox-worker/drain.h"
 #include "services/runtime.h"
@@ -473,6 +474,81 @@ static void test_retries_read_ahead_real(void)
     CU_ASSERT_EQUAL(s.hcfg[0].failed, 3);
     check_applied(&s, "ra", 3000);
     CU_ASSERT_EQUAL(metrics_value(dup), dup0);
+    sut_stop(&s);
+}
+
+/* Entries a read moved into the consumer's pending list although its answer
+ * was lost (as when Redis restarts between executing XREADGROUP and
+ * answering): the test reads them itself, under the service's consumer name,
+ * in the transaction that adds them, then drops the service's connections,
+ * then adds a later message of the same aggregate. The lost ones must be
+ * applied before it, without waiting for the idle reclaim (set far away). */
+static void xadd_order(redisContext *rc, int seq)
+{
+    char id[UUID_STR_LEN], seqs[16], ts[24], payload[32];
+    uuid_v7(id);
+    snprintf(seqs, sizeof seqs, "%d", seq);
+    snprintf(ts, sizeof ts, "%lld", (long long)clock_now_ms());
+    snprintf(payload, sizeof payload, "{\"n\":%d}", seq);
+    const char *argv[] = {"XADD", "ecom:orders", "*", "id", id, "type", "order.placed", "topic", "orders", "tenant",
+                          "t1", "aggregate_id", "order-lost", "seq", seqs, "ts", ts, "v", "1", "traceparent", "",
+                          "request_id", "", "payload", payload};
+    ASSERT_OK(redisAppendCommandArgv(rc, (int)ECOM_ARRAY_LEN(argv), argv, NULL));
+}
+
+static void test_lost_read_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "lostread");
+    s.redis_url = test_redis_private(); /* its clients are dropped below: no other test's */
+    sut_add_service(&s, "lr", types_orders);
+    s.sopts[0].reclaim_idle_ms = 600000;
+    char *err = NULL;
+    redisContext *rc = redis_connect_url(s.redis_url, 2000, &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rc);
+    redisReply *x = redisCommand(rc, "XGROUP CREATE ecom:orders lr $ MKSTREAM");
+    CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
+    freeReplyObject(x);
+    sut_start(&s, 0);
+    clock_sleep_ms(500); /* the service is up, waiting for new entries */
+    /* seq 1 and 2, read at once for test-lr: pending, never answered to it */
+    ASSERT_OK(redisAppendCommand(rc, "MULTI"));
+    xadd_order(rc, 1);
+    xadd_order(rc, 2);
+    ASSERT_OK(redisAppendCommand(rc, "XREADGROUP GROUP lr test-lr COUNT 10 STREAMS ecom:orders >"));
+    ASSERT_OK(redisAppendCommand(rc, "EXEC"));
+    for (int i = 0; i < 5; i++) {
+        x = NULL;
+        CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
+        CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
+        if (i == 4) /* EXEC: the XREADGROUP took both */
+            CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_ARRAY && x->elements == 3 && x->element[2]->elements == 1 &&
+                           x->element[2]->element[0]->element[1]->elements == 2);
+        freeReplyObject(x);
+    }
+    x = redisCommand(rc, "CLIENT KILL TYPE normal SKIPME yes");
+    CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_INTEGER && x->integer >= 1);
+    freeReplyObject(x);
+    xadd_order(rc, 3);
+    x = NULL;
+    CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
+    freeReplyObject(x);
+    redisFree(rc);
+    PGconn *c = pg_connect(s.pg_url, "test", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    char got[64] = "";
+    for (int i = 0; i < 250; i++) { /* 10 s: far less than the reclaim */
+        PGresult *r = pg_query(c, "SELECT coalesce(string_agg(seq::text, ',' ORDER BY ord), '') FROM test_applied", 0,
+                               NULL);
+        snprintf(got, sizeof got, "%s", r ? PQgetvalue(r, 0, 0) : "");
+        PQclear(r);
+        if (strcmp(got, "1,2,3") == 0)
+            break;
+        clock_sleep_ms(40);
+    }
+    CU_ASSERT_STRING_EQUAL(got, "1,2,3");
+    PQfinish(c);
+    free(err);
     sut_stop(&s);
 }
 
@@ -953,6 +1029,7 @@ int main(void)
          test_retries_batch_real},
         {"a retry's scan leaves the batch the read-ahead holds alone (postgres+redis)",
          test_retries_read_ahead_real},
+        {"entries of a read whose answer was lost go before later ones (postgres+redis)", test_lost_read_real},
         {"bad input goes to the DLQ and never stalls (memory)", test_bad_input_memory},
         {"bad input goes to the DLQ and never stalls (postgres+redis)", test_bad_input_real},
         {"two drainers at once (postgres+redis)", test_two_drainers_real},
