@@ -384,6 +384,14 @@ static int mark_fresh(rt_t *rt, db_t *db, work_t *const *ws, const char *const *
     return 0;
 }
 
+/* Rolls back what the batch wrote, then marks which messages are new in a
+ * transaction of its own (mark_fresh). 0 or -1. */
+static int restart_fresh(rt_t *rt, db_t *db, work_t *const *ws, const char *const *ids, size_t n, bool *fresh)
+{
+    db_rollback(db);
+    return db_begin(db) != 0 ? -1 : mark_fresh(rt, db, ws, ids, n, fresh);
+}
+
 /* All at once. 1 = committed, 0 = a handler failed (rolled back), -1 = storage failure. */
 static int apply_fast(rt_t *rt, db_t *db, work_t *ws, size_t n)
 {
@@ -415,8 +423,7 @@ static int apply_fast(rt_t *rt, db_t *db, work_t *ws, size_t n)
             for (size_t i = 0; i < n; i++)
                 fresh[i] = true;
         } else {
-            db_rollback(db);
-            if (db_begin(db) != 0 || mark_fresh(rt, db, in, ids, n, fresh) != 0)
+            if (restart_fresh(rt, db, in, ids, n, fresh) != 0)
                 goto out;
             rechecked = true;
         }
@@ -444,8 +451,7 @@ again:;
     if (r != SVC_OK && rt->def->seen && !rechecked && !conn_broken(db)) {
         /* the handlers' own record may have found a copy: which ones, then
          * the rest; when none was there, the failure is the handler's */
-        db_rollback(db);
-        if (db_begin(db) != 0 || mark_fresh(rt, db, in, ids, n, fresh) != 0)
+        if (restart_fresh(rt, db, in, ids, n, fresh) != 0)
             goto out;
         rechecked = true;
         size_t k = 0;

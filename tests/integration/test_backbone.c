@@ -400,22 +400,11 @@ static void retries(bool memory, bool batch)
     s.hcfg[1].fail_aggregate = "order-5";
     s.hcfg[1].fail_seq = 3;
     s.hcfg[1].fail_times = -1;
-    metric_t *dup[2];
-    uint64_t dup0[2];
-    for (int g = 0; g < 2; g++) {
-        dup[g] = metrics_counter("ecom_service_duplicates_total", "Deliveries skipped by the inbox",
-                                 g ? "group=\"r2\"" : "group=\"r1\"");
-        dup0[g] = metrics_value(dup[g]);
-    }
     publish_orders(&s, 200, 10, 20, "order.placed"); /* 20 messages per aggregate */
     sut_start(&s, 1);
     CU_ASSERT_TRUE(wait_inbox(&s, "r1", 200, 60000));
     CU_ASSERT_TRUE(wait_inbox(&s, "r2", 199, 60000));
     clock_sleep_ms(500);
-    /* the retries' scans of the pending list deliver nothing twice (not
-     * what the read-ahead holds either) */
-    CU_ASSERT_EQUAL(metrics_value(dup[0]), dup0[0]);
-    CU_ASSERT_EQUAL(metrics_value(dup[1]), dup0[1]);
     if (!batch) { /* with a batch handler, the batches around a failing message fail too */
         CU_ASSERT_EQUAL(s.hcfg[0].failed, 2);
         CU_ASSERT_EQUAL(s.hcfg[1].failed, 5);
@@ -510,7 +499,16 @@ static void test_lost_read_real(void)
     CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
     freeReplyObject(x);
     sut_start(&s, 0);
-    clock_sleep_ms(500); /* the service is up, waiting for new entries */
+    /* the service is up: its connection and its read-ahead's (it waits for new entries) */
+    for (int i = 0, clients = 0; i < 500 && clients < 3; i++) {
+        clock_sleep_ms(20);
+        x = redisCommand(rc, "CLIENT LIST");
+        clients = 0;
+        for (const char *p = x && x->type == REDIS_REPLY_STRING ? x->str : ""; (p = strstr(p, "id=")); p += 3)
+            clients++;
+        freeReplyObject(x);
+    }
+    clock_sleep_ms(100);
     /* seq 1 and 2, read at once for test-lr: pending, never answered to it */
     ASSERT_OK(redisAppendCommand(rc, "MULTI"));
     xadd_order(rc, 1);
