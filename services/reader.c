@@ -284,10 +284,15 @@ int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
         if (bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count - before, 0,
                      &r->bt) == 0) {
             parse_from(&r->bt, &r->parsed, before);
-        } else { /* keep what the read gave; whatever the top-up got stays pending */
+        } else {
+            /* a read whose answer was lost may still have delivered entries
+             * to this consumer: the take fails like a read, so the runtime
+             * reads its pending list (these and the first read's entries,
+             * oldest first) before anything newer */
             for (size_t i = before; i < r->bt.n; i++)
                 envelope_clear(&r->bt.msgs[i].env);
             r->bt.n = before;
+            rc = -1;
         }
     }
     if (rc != 0) {

@@ -46,8 +46,10 @@ bool reader_outstanding(const svc_reader_t *r);
 /* Waits for the outstanding read and hands over its entries in out and their
  * parsed payloads in parsed, which stay owned by the reader: what out and
  * parsed held before goes back to it and is freed on its thread (the caller
- * borrows payloads; it must not put them). 0, or -1 when the read failed (out
- * and parsed are then empty; the reader has reconnected or will try again at
+ * borrows payloads; it must not put them). 0, or -1 when the read failed, or
+ * the top-up read made here when the read came back a while ago (out and
+ * parsed are then empty; entries a lost answer delivered are in the
+ * consumer's pending list; the reader has reconnected or will try again at
  * the next request). */
 int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed);
 /* Hands over the acknowledgement of n entries of stream (ids: owned by the

@@ -545,6 +545,8 @@ static void test_lost_read_real(void)
         clock_sleep_ms(40);
     }
     CU_ASSERT_STRING_EQUAL(got, "1,2,3");
+    if (strcmp(got, "1,2,3") != 0)
+        fprintf(stderr, "\n  lost read: applied in this order: '%s'\n", got);
     PQfinish(c);
     free(err);
     sut_stop(&s);
