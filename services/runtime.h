@@ -2,9 +2,10 @@
  *
  * A service is a consumer group on the streams of its topics, with a stable
  * consumer name. Each batch is applied in one transaction that first records
- * the message ids in the inbox (a duplicate is skipped and acknowledged), then
- * runs the handler, which may write its effects and append outbox rows in the
- * same transaction; entries are acknowledged only after commit.
+ * the message ids in the inbox (a duplicate is skipped and acknowledged; a
+ * service with its own record of applied ids, svc_def_t.seen, writes none),
+ * then runs the handler, which may write its effects and append outbox rows in
+ * the same transaction; entries are acknowledged only after commit.
  *
  * Failures: the fast path applies a whole batch at once; if any handler fails,
  * the batch is rolled back and applied again by halves under savepoints (the

@@ -107,10 +107,11 @@ static const char sql_one[] =
     " ON CONFLICT (tenant, id) DO NOTHING" COUNT_INSERTED;
 /* The batch as eight arrays in PostgreSQL's binary array format: no escaping,
  * no JSON document to build and parse (the payloads are checked once, by the
- * ::json cast, and stored as they came). A plain INSERT: the runtime gives only messages the inbox
- * has not seen, so a copy already here is rare (an inbox id expired, or an
- * event written by other means) and costs the one-at-a-time pass, whose
- * statement skips it; ON CONFLICT would cost every row about twice. */
+ * ::json cast, and stored as they came). A plain INSERT: the table's unique
+ * (tenant, id) is the service's record of what it applied, and a copy (a
+ * redelivery, rare) makes it fail with 23505; the runtime then asks seen()
+ * which ones and runs the batch again without them. ON CONFLICT would cost
+ * every row about twice. */
 static const char sql_batch[] =
     "WITH e AS (INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
     " SELECT id, tenant, type, topic, aggregate_id, seq, payload::json, to_timestamp(ts / 1000.0)"
@@ -180,8 +181,8 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     int lens[N_ARRAYS + 1] = {0}, fmts[N_ARRAYS + 1] = {0};
     pg_array_params(a, N_ARRAYS, (uint32_t)n, vals, lens, fmts);
     /* prepared once per connection (a batch is often one message at low load);
-     * an id recorded already (23505) is expected: the runtime then applies
-     * the batch one message at a time */
+     * an id recorded already (23505) is expected: the runtime then asks
+     * seen() and applies the rest */
     if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, N_ARRAYS + 1) == 0) {
         PGresult *r = db_exec_prepared_bin(tx, DB_STMT_ANALYTICS_BATCH, N_ARRAYS + 1, vals, lens, fmts, "23505");
         if (r)

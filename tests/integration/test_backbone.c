@@ -466,12 +466,8 @@ static void test_retries_read_ahead_real(void)
     sut_stop(&s);
 }
 
-/* Entries a read moved into the consumer's pending list although its answer
- * was lost (as when Redis restarts between executing XREADGROUP and
- * answering): the test reads them itself, under the service's consumer name,
- * in the transaction that adds them, then drops the service's connections,
- * then adds a later message of the same aggregate. The lost ones must be
- * applied before it, without waiting for the idle reclaim (set far away). */
+/* Queues (no reply read) an XADD of order-lost's message seq, in the bus's
+ * entry format. */
 static void xadd_order(redisContext *rc, int seq)
 {
     char id[UUID_STR_LEN], seqs[16], ts[24], payload[32];
@@ -485,6 +481,12 @@ static void xadd_order(redisContext *rc, int seq)
     ASSERT_OK(redisAppendCommandArgv(rc, (int)ECOM_ARRAY_LEN(argv), argv, NULL));
 }
 
+/* Entries a read moved into the consumer's pending list although its answer
+ * was lost (as when Redis restarts between executing XREADGROUP and
+ * answering): the test reads them itself, under the service's consumer name,
+ * in the transaction that adds them, then drops the service's connections,
+ * then adds a later message of the same aggregate. The lost ones must be
+ * applied before it, without waiting for the idle reclaim (set far away). */
 static void test_lost_read_real(void)
 {
     sut_t s;
