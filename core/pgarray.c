@@ -49,6 +49,12 @@ void pg_array_int8(pg_array_t *a, int64_t v)
     u32(a, (uint32_t)u);
 }
 
+void pg_array_timestamptz_ms(pg_array_t *a, int64_t unix_ms)
+{
+    /* timestamptz_recv: microseconds since 2000-01-01 00:00 UTC */
+    pg_array_int8(a, (unix_ms - 946684800000LL) * 1000);
+}
+
 int pg_array_uuid(pg_array_t *a, const char *s)
 {
     unsigned char b[16];

@@ -107,16 +107,77 @@ static const char sql_one[] =
     " ON CONFLICT (tenant, id) DO NOTHING" COUNT_INSERTED;
 /* The batch as eight arrays in PostgreSQL's binary array format: no escaping,
  * no JSON document to build and parse (the payloads are checked once, by the
- * ::json cast, and stored as they came). A plain INSERT: the table's unique
- * (tenant, id) is the service's record of what it applied, and a copy (a
- * redelivery, rare) makes it fail with 23505; the runtime then asks seen()
- * which ones and runs the batch again without them. ON CONFLICT would cost
- * every row about twice. */
+ * ::json cast, and stored as they came), the times as timestamptz values (no
+ * arithmetic per row). A plain INSERT: the table's unique (tenant, id) is the
+ * service's record of what it applied, and a copy (a redelivery, rare) makes
+ * it fail with 23505; the runtime then asks seen() which ones and runs the
+ * batch again without them. ON CONFLICT would cost every row about twice.
+ * Since the INSERT writes every row or fails, the counters' increments are
+ * counted here ($10-$13, one element per tenant, type and minute) instead of
+ * from a RETURNING of every row; the counter rows are taken in the same order
+ * as sql_one's. */
 static const char sql_batch[] =
     "WITH e AS (INSERT INTO analytics.events (id, tenant, type, topic, aggregate_id, seq, payload, occurred_at)"
-    " SELECT id, tenant, type, topic, aggregate_id, seq, payload::json, to_timestamp(ts / 1000.0)"
+    " SELECT id, tenant, type, topic, aggregate_id, seq, payload::json, ts"
     " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],"
-    " $8::bigint[]) AS x(id, tenant, type, topic, aggregate_id, seq, payload, ts)" COUNT_INSERTED;
+    " $8::timestamptz[]) AS x(id, tenant, type, topic, aggregate_id, seq, payload, ts))"
+    " INSERT INTO analytics.counts_by_minute AS c (tenant, type, minute, shard, count)"
+    " SELECT tenant, type, minute, $9::smallint, n"
+    " FROM unnest($10::text[], $11::text[], $12::timestamptz[], $13::bigint[]) AS k(tenant, type, minute, n)"
+    " ORDER BY 1, 2, 3"
+    " ON CONFLICT (tenant, minute, type, shard) DO UPDATE SET count = c.count + excluded.count";
+
+/* One counter increment of a batch: its events of a tenant and type in one minute. */
+typedef struct minute_count {
+    const char *tenant, *type;
+    int64_t minute_ms;
+    int64_t n;
+} minute_count_t;
+
+static int64_t minute_of(int64_t ms)
+{
+    int64_t r = ms % 60000;
+    return ms - (r < 0 ? r + 60000 : r);
+}
+
+static int minute_count_cmp(const void *pa, const void *pb)
+{
+    const minute_count_t *a = pa, *b = pb;
+    int c = strcmp(a->tenant, b->tenant);
+    if (c == 0)
+        c = strcmp(a->type, b->type);
+    if (c == 0)
+        c = (a->minute_ms > b->minute_ms) - (a->minute_ms < b->minute_ms);
+    return c;
+}
+
+/* The batch's increments in k (n entries; the strings are the batch's) as
+ * four arrays; the number of increments. */
+static size_t count_minutes(const envelope_t *const *msgs, const char *const *types, size_t n, minute_count_t *k,
+                            pg_array_t *out)
+{
+    for (size_t i = 0; i < n; i++)
+        k[i] = (minute_count_t){msgs[i]->tenant, types[i], minute_of(msgs[i]->ts), 1};
+    qsort(k, n, sizeof *k, minute_count_cmp);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (m && minute_count_cmp(&k[m - 1], &k[i]) == 0)
+            k[m - 1].n++;
+        else
+            k[m++] = k[i];
+    }
+    pg_array_begin(&out[0], PG_OID_TEXT, m);
+    pg_array_begin(&out[1], PG_OID_TEXT, m);
+    pg_array_begin(&out[2], PG_OID_TIMESTAMPTZ, m);
+    pg_array_begin(&out[3], PG_OID_INT8, m);
+    for (size_t i = 0; i < m; i++) {
+        pg_array_text(&out[0], k[i].tenant);
+        pg_array_text(&out[1], k[i].type);
+        pg_array_timestamptz_ms(&out[2], k[i].minute_ms);
+        pg_array_int8(&out[3], k[i].n);
+    }
+    return m;
+}
 
 static svc_result_t handle(svc_ctx_t *c, void *arg)
 {
@@ -155,10 +216,12 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
                 return SVC_RETRY; /* as the plain INSERT's 23505: the runtime asks seen() */
         return SVC_OK;
     }
-    enum { N_ARRAYS = 8 };
+    enum { N_ARRAYS = 8, N_COUNTS = 4 };
     static const uint32_t oids[N_ARRAYS] = {PG_OID_UUID, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT,
-                                            PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT, PG_OID_INT8};
-    pg_array_t a[N_ARRAYS] = {{0}};
+                                            PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT, PG_OID_TIMESTAMPTZ};
+    pg_array_t a[N_ARRAYS] = {{0}}, cnt[N_COUNTS] = {{0}};
+    const char **types = xmalloc(n * sizeof *types);
+    minute_count_t *keys = xmalloc(n * sizeof *keys);
     svc_result_t rc = SVC_RETRY;
     for (int k = 0; k < N_ARRAYS; k++)
         pg_array_begin(&a[k], oids[k], n);
@@ -166,25 +229,30 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         const envelope_t *e = msgs[i];
         if (pg_array_uuid(&a[0], e->id) != 0)
             goto out; /* the one-at-a-time pass reports it */
+        types[i] = event_type(e, payloads[i]);
         pg_array_text(&a[1], e->tenant);
-        pg_array_text(&a[2], event_type(e, payloads[i]));
+        pg_array_text(&a[2], types[i]);
         pg_array_text(&a[3], e->topic);
         pg_array_text(&a[4], e->aggregate_id);
         pg_array_int8(&a[5], e->seq);
         pg_array_text(&a[6], e->payload);
-        pg_array_int8(&a[7], e->ts);
+        pg_array_timestamptz_ms(&a[7], e->ts);
     }
-    /* the arrays in binary, then the counter shard (this connection's lane) as text */
+    size_t m = count_minutes(msgs, types, n, keys, cnt);
+    /* the events' arrays in binary, the counter shard (this connection's
+     * lane) as text, then the increments' arrays */
     char shard[12];
     snprintf(shard, sizeof shard, "%d", tx->lane);
-    const char *vals[N_ARRAYS + 1] = {[N_ARRAYS] = shard};
-    int lens[N_ARRAYS + 1] = {0}, fmts[N_ARRAYS + 1] = {0};
+    enum { N_PARAMS = N_ARRAYS + 1 + N_COUNTS };
+    const char *vals[N_PARAMS] = {[N_ARRAYS] = shard};
+    int lens[N_PARAMS] = {0}, fmts[N_PARAMS] = {0};
     pg_array_params(a, N_ARRAYS, (uint32_t)n, vals, lens, fmts);
+    pg_array_params(cnt, N_COUNTS, (uint32_t)m, vals + N_ARRAYS + 1, lens + N_ARRAYS + 1, fmts + N_ARRAYS + 1);
     /* prepared once per connection (a batch is often one message at low load);
      * an id recorded already (23505) is expected: the runtime then asks
      * seen() and applies the rest */
-    if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, N_ARRAYS + 1) == 0) {
-        PGresult *r = db_exec_prepared_bin(tx, DB_STMT_ANALYTICS_BATCH, N_ARRAYS + 1, vals, lens, fmts, "23505");
+    if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, N_PARAMS) == 0) {
+        PGresult *r = db_exec_prepared_bin(tx, DB_STMT_ANALYTICS_BATCH, N_PARAMS, vals, lens, fmts, "23505");
         if (r)
             rc = SVC_OK;
         PQclear(r);
@@ -192,6 +260,10 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
 out:
     for (int k = 0; k < N_ARRAYS; k++)
         pg_array_free(&a[k]);
+    for (int k = 0; k < N_COUNTS; k++)
+        pg_array_free(&cnt[k]);
+    free(types);
+    free(keys);
     return rc;
 }
 

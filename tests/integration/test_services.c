@@ -1078,6 +1078,99 @@ static void analytics_copies(bool memory)
     sut_stop(&s);
 }
 
+/* Counts of the tenant's events of type at or after since_ms (a whole minute). */
+static int64_t stats_since(sut_t *s, const char *type, int64_t since_ms)
+{
+    db_t *db = sut_db(s);
+    analytics_type_count_t *c = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    CU_ASSERT_EQUAL(analytics_stats(db, TENANT, type, since_ms, &c, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        total += c[i].count;
+    analytics_type_counts_free(c, n);
+    db_close(db);
+    return total;
+}
+
+/* One batch of events of two tenants and two types around minute
+ * boundaries (the last and the first millisecond of a minute): the counters
+ * count each (tenant, type, UTC minute) as the events' occurred_at says, and
+ * occurred_at is the envelope's time to the millisecond. */
+static void analytics_minutes(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_an_minutes");
+    sut_add(&s, analytics_service());
+    int64_t m0 = clock_now_ms() / 60000 * 60000; /* this minute */
+    static const struct {
+        char *tenant, *type; /* as envelope_t's */
+        int64_t at; /* from m0 */
+        int n;
+    } plan[] = {
+        {TENANT, "an.min.a", -120001, 3}, /* the last millisecond of minute -3 */
+        {TENANT, "an.min.a", -120000, 2}, /* the first of minute -2 */
+        {"t2", "an.min.a", -60000, 5},    /* another tenant's */
+        {TENANT, "an.min.a", -1, 4},      /* the last of minute -1 */
+        {TENANT, "an.min.b", -59999, 2},
+    };
+    envelope_t e[16];
+    char agg[16][32];
+    size_t k = 0;
+    for (size_t p = 0; p < ECOM_ARRAY_LEN(plan); p++)
+        for (int i = 0; i < plan[p].n; i++, k++) {
+            snprintf(agg[k], sizeof agg[k], "order:min-%zu", k);
+            e[k] = (envelope_t){.type = plan[p].type,
+                                .topic = "shop",
+                                .tenant = plan[p].tenant,
+                                .aggregate_id = agg[k],
+                                .seq = 1,
+                                .ts = m0 + plan[p].at,
+                                .v = 1,
+                                .traceparent = "",
+                                .request_id = "",
+                                .payload = "{\"n\":1}"};
+            uuid_v7(e[k].id);
+        }
+    bus_t *b = sut_bus(&s);
+    ASSERT_OK(bus_publish(b, e, k, NULL)); /* before the service starts: one batch */
+    sut_start(&s);
+    for (int i = 0; i < 200 && events_of_type(&s, "an.min.b") < 2; i++)
+        clock_sleep_ms(50);
+    clock_sleep_ms(200);
+    CU_ASSERT_EQUAL(stats_since(&s, "an.min.a", m0 - 180000), 9);
+    CU_ASSERT_EQUAL(stats_since(&s, "an.min.a", m0 - 120000), 6);
+    CU_ASSERT_EQUAL(stats_since(&s, "an.min.a", m0 - 60000), 4);
+    CU_ASSERT_EQUAL(stats_since(&s, "an.min.a", m0), 0);
+    CU_ASSERT_EQUAL(stats_since(&s, "an.min.b", m0 - 60000), 2);
+    CU_ASSERT_EQUAL(stats_since(&s, NULL, m0 - 120000), 8);
+    db_t *db = sut_db(&s);
+    analytics_event_t *ev = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL(analytics_list(db, TENANT, NULL, NULL, 100, &ev, &n), 0);
+    CU_ASSERT_EQUAL(n, 11);
+    size_t exact = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < k; j++)
+            if (strcmp(ev[i].id, e[j].id) == 0 && ev[i].occurred_ms == e[j].ts)
+                exact++;
+    CU_ASSERT_EQUAL(exact, 11);
+    analytics_events_free(ev, n);
+    db_close(db);
+    bus_close(b);
+    sut_stop(&s);
+}
+
+static void test_analytics_minutes_memory(void)
+{
+    analytics_minutes(true);
+}
+
+static void test_analytics_minutes_real(void)
+{
+    analytics_minutes(false);
+}
+
 static void test_analytics_copies_memory(void)
 {
     analytics_copies(true);
@@ -1476,6 +1569,8 @@ int main(void)
         {"a delivery recorded before is not sent again (memory)", test_redelivered_memory},
         {"a delivery recorded before is not sent again (postgres+redis)", test_redelivered_real},
         {"analytics records copies of an event once, without inbox rows (memory)", test_analytics_copies_memory},
+        {"analytics counts a batch by tenant, type and UTC minute (memory)", test_analytics_minutes_memory},
+        {"analytics counts a batch by tenant, type and UTC minute (postgres+redis)", test_analytics_minutes_real},
         {"analytics records copies of an event once, without inbox rows (postgres+redis)",
          test_analytics_copies_real},
         {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
