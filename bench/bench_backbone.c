@@ -729,10 +729,12 @@ static void bench_drain(void)
 /* ---- 2. consume ---- */
 
 static char poison_id[UUID_STR_LEN];
+static atomic_ullong poison_handled; /* messages handed to the handlers, applied or not */
 
 static svc_result_t poison_one(svc_ctx_t *c, void *arg)
 {
     (void)arg;
+    poison_handled++;
     if (strcmp(c->msg->id, poison_id) == 0) {
         snprintf(c->error, sizeof c->error, "bench: poisoned message");
         return SVC_RETRY;
@@ -744,6 +746,7 @@ static svc_result_t poison_batch(db_t *tx, const envelope_t *const *msgs, json_o
                                  void *arg)
 {
     (void)arg;
+    poison_handled += n;
     for (size_t i = 0; i < n; i++)
         if (strcmp(msgs[i]->id, poison_id) == 0)
             return SVC_RETRY;
@@ -873,6 +876,7 @@ static void bench_consume(bool with_poison)
         svc_def_t def = *analytics;
         if (with_poison) {
             memcpy(poison_id, envs[n_msgs / 2].id, UUID_STR_LEN);
+            poison_handled = 0;
             def.handle = poison_one;
             def.handle_batch = poison_batch;
         }
@@ -922,10 +926,10 @@ static void bench_consume(bool with_poison)
             double r = per_s(want, all_us);
             printf("consume with one poison message (postgres+redis, batch %zu): %llu applied + %llu dead-lettered"
                    " in %.2f s = %.0f msgs/s, target >= %d: %s (poison in ecom:dlq:analytics after %.2f s:"
-                   " %d attempts, backoff from %lld ms); copies skipped %llu\n",
+                   " %d attempts, backoff from %lld ms); copies skipped %llu; messages handed to the handlers %llu\n",
                    batch, (unsigned long long)events, (unsigned long long)dlq, secs(all_us), r, TARGET_CONSUME,
                    verdict(r >= TARGET_CONSUME), secs(dlq_us), DEF_MAX_ATTEMPTS, (long long)backoff,
-                   (unsigned long long)(metrics_value(m_dup) - dup0));
+                   (unsigned long long)(metrics_value(m_dup) - dup0), (unsigned long long)poison_handled);
             cpu_print(&c0, &c1, "service", NULL, NULL);
         }
         /* analytics's own record of what it applied is analytics.events: no inbox rows */

@@ -41,6 +41,7 @@ typedef struct work {
     bool done;        /* applied or duplicate: ack */
     bool failed;      /* handler failed this time */
     bool failed_fast; /* the handler already failed in the all-at-once pass */
+    bool suspect;     /* failed before: applied on its own, ahead of the rest */
     svc_result_t result;
     char error[256];
 } work_t;
@@ -494,6 +495,8 @@ out:
  * its aggregate blocked. 0, or -1 on a storage failure. */
 static int apply_one(rt_t *rt, db_t *db, work_t *w, strmap_t *blocked)
 {
+    if (w->done || w->failed)
+        return 0; /* a suspect, applied (or failed) first */
     if (strmap_get(blocked, w->key, w->klen))
         return 0; /* an earlier message of this aggregate failed: keep order */
     if (w->failed_fast) {
@@ -538,6 +541,12 @@ static int apply_one(rt_t *rt, db_t *db, work_t *w, strmap_t *blocked)
     return 0;
 }
 
+/* Neither applied nor failed yet, and not behind a failure of its aggregate. */
+static bool waiting(const work_t *w, strmap_t *blocked)
+{
+    return !w->done && !w->failed && !strmap_get(blocked, w->key, w->klen);
+}
+
 /* The messages of ws not blocked, inside the open transaction: all at once
  * through the batch handler under one savepoint; when that fails, the first
  * half and then the second (which sees what the first blocked), down to
@@ -547,7 +556,7 @@ static int apply_halves(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *bloc
 {
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
-        m += !strmap_get(blocked, ws[i].key, ws[i].klen);
+        m += waiting(&ws[i], blocked);
     if (m <= 1 || n <= 2) {
         for (size_t i = 0; i < n; i++)
             if (apply_one(rt, db, &ws[i], blocked) != 0)
@@ -561,7 +570,7 @@ static int apply_halves(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *bloc
     json_object **pl = xmalloc(m * sizeof *pl);
     size_t k = 0, nn = 0;
     for (size_t i = 0; i < n; i++)
-        if (!strmap_get(blocked, ws[i].key, ws[i].klen)) {
+        if (waiting(&ws[i], blocked)) {
             in[k] = &ws[i];
             ids[k++] = ws[i].m->env.id;
         }
@@ -601,13 +610,19 @@ out:
     return rc;
 }
 
-/* After the all-at-once pass failed: halves with the batch handler, or one
- * savepoint per message. 0 = committed, -1 = storage failure. */
+/* After the all-at-once pass failed, or when a message of the batch failed
+ * before: halves with the batch handler, or one savepoint per message. A
+ * message that failed before (the first of its aggregate in the batch) goes
+ * first, under a savepoint of its own, so that its next failure does not
+ * fail the batch around it again. 0 = committed, -1 = storage failure. */
 static int apply_slow(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *blocked)
 {
     if (db_begin(db) != 0)
         return -1;
     if (rt->def->handle_batch) {
+        for (size_t i = 0; i < n; i++)
+            if (ws[i].suspect && apply_one(rt, db, &ws[i], blocked) != 0)
+                goto broken;
         if (apply_halves(rt, db, ws, n, blocked) != 0)
             goto broken;
     } else {
@@ -641,9 +656,13 @@ static void schedule_failures(rt_t *rt)
     }
 }
 
-/* All at once, then one by one when a handler failed. */
+/* All at once, then one by one when a handler failed; a batch with a
+ * message that failed before goes the slow way at once. */
 static int apply(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *blocked)
 {
+    for (size_t i = 0; i < n; i++)
+        if (ws[i].suspect)
+            return apply_slow(rt, db, ws, n, blocked);
     int rc = apply_fast(rt, db, ws, n);
     if (rc == 0)
         rc = apply_slow(rt, db, ws, n, blocked);
@@ -880,7 +899,7 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
             free(key);
             continue;
         }
-        ws[nw++] = (work_t){.m = m, .payload = payload, .key = key, .klen = klen};
+        ws[nw++] = (work_t){.m = m, .payload = payload, .key = key, .klen = klen, .suspect = f != NULL};
     }
 
     if (nw) {
