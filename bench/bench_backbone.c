@@ -1663,7 +1663,7 @@ static void breakdown_consume(size_t batch, int variant)
         LAP(1);
         if (db_begin(db) != 0)
             die("BEGIN failed");
-        if (variant == 1 && pg_exec(db->pg, "SET LOCAL synchronous_commit = off") != 0)
+        if (variant == 1 && pg_exec(db_pg(db), "SET LOCAL synchronous_commit = off") != 0)
             die("SET failed");
         LAP(2);
         /* the runtime's first try: a plain insert of every id (a duplicate

@@ -495,7 +495,7 @@ int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t nd
      * millions, so a generic plan made while it was small (a sequential
      * scan) would read the whole backlog per batch exactly when the drainer
      * must catch up. */
-    PGconn *c = db->pg;
+    PGconn *c = db_pg(db);
     bool prepared = db->index_scans && db_prepare(db, DB_STMT_OUTBOX_STEP_FETCH, sql_step_fetch, 4) == 0 &&
                     db_prepare(db, archive ? DB_STMT_OUTBOX_STEP_ARCHIVE : DB_STMT_OUTBOX_STEP_DELETE,
                                archive ? sql_archive : sql_delete, 1) == 0;
@@ -543,7 +543,7 @@ int outbox_step_wait(db_t *db, outbox_step_t *st)
         return st->rc;
     ECOM_ASSERT(st->nq > 0);
     bool had_delete = st->nq > 1;
-    PGconn *c = db->pg;
+    PGconn *c = db->pgc; /* reading what outbox_step_send sent */
     PGresult *fetched = NULL;
     bool failed = false, synced = false, deleted = false;
     int ends = 0; /* NULLs seen: one closes each statement's results */
@@ -646,13 +646,13 @@ int outbox_mark_failed(db_t *db, const outbox_row_t *row, const char *error, boo
     snprintf(pos, sizeof pos, "%lld", (long long)row->pos);
     const char *p[] = {pos, error};
     PGresult *r =
-        dead ? pg_query(db->pg,
+        dead ? pg_query(db_pg(db),
                         "WITH d AS (DELETE FROM bus.outbox WHERE pos = $1 RETURNING *)"
                         " INSERT INTO bus.outbox_dead (pos, id, partition, topic, type, tenant, aggregate_id, seq,"
                         " ts, v, traceparent, request_id, payload, error) SELECT pos, id, partition, topic, type,"
                         " tenant, aggregate_id, seq, ts, v, traceparent, request_id, payload, $2 FROM d",
                         2, p)
-             : pg_query(db->pg, "UPDATE bus.outbox SET attempts = attempts + 1 WHERE pos = $1", 1, p);
+             : pg_query(db_pg(db), "UPDATE bus.outbox SET attempts = attempts + 1 WHERE pos = $1", 1, p);
     if (!r)
         return -1;
     PQclear(r);
@@ -664,7 +664,7 @@ int outbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
     *deleted = 0;
     if (db->kind == DB_MEMORY)
         return 0; /* memory keeps no published window */
-    return pg_delete_older(db->pg,
+    return pg_delete_older(db_pg(db),
                            /* oldest first by position: the primary key, no sort */
                            "DELETE FROM bus.outbox_published WHERE pos IN (SELECT pos FROM bus.outbox_published"
                            " WHERE published_at < now() - make_interval(secs => $1::double precision)"
@@ -683,7 +683,7 @@ int outbox_stats(db_t *db, uint64_t *pending, int64_t *oldest_ms, uint64_t *dead
         *dead = m->dead;
         return db_commit(db);
     }
-    PGresult *r = pg_query(db->pg,
+    PGresult *r = pg_query(db_pg(db),
                            "SELECT (SELECT count(*) FROM bus.outbox),"
                            " coalesce((extract(epoch FROM now()) * 1000)::bigint - (SELECT min(ts) FROM bus.outbox), 0),"
                            " (SELECT count(*) FROM bus.outbox_dead)",

@@ -221,7 +221,7 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
     json_object_object_add(root, "streams", js);
     json_object_object_add(root, "dlq", jd);
 
-    PGresult *r = pg_query(db->pg, "SELECT grp, count(*) FROM bus.inbox GROUP BY grp ORDER BY grp", 0, NULL);
+    PGresult *r = pg_query(db_pg(db), "SELECT grp, count(*) FROM bus.inbox GROUP BY grp ORDER BY grp", 0, NULL);
     json_object *ji = json_object_new_object();
     for (int i = 0; r && i < PQntuples(r); i++)
         json_object_object_add(ji, PQgetvalue(r, i, 0), json_object_new_int64(strtoll(PQgetvalue(r, i, 1), NULL, 10)));
@@ -432,7 +432,7 @@ static int cmd_redrive(const config_t *cfg, int argc, char **argv)
     int rc = open_both(cfg, "redrive", &db, &bus);
     if (rc != 0)
         return rc;
-    PGconn *c = db->pg;
+    PGconn *c = db_pg(db);
     int held = lock_partitions(c);
     if (held != 0) {
         rc = held < 0 ? fail(1, "redrive: cannot take the partition locks")

@@ -43,7 +43,7 @@ db_t *db_open_pg(const char *url, const char *app_name, char **err)
         return NULL;
     db_t *db = xcalloc(1, sizeof *db);
     db->kind = DB_PG;
-    db->pg = c;
+    db->pgc = c;
     db->url = xstrdup(url);
     db->app_name = xstrdup(app_name ? app_name : "ecom");
     return db;
@@ -63,7 +63,7 @@ void db_close(db_t *db)
         return;
     if (db->in_tx)
         db_rollback(db);
-    PQfinish(db->pg);
+    PQfinish(db->pgc);
     free(db->url);
     free(db->app_name);
     free(db->undo);
@@ -72,7 +72,7 @@ void db_close(db_t *db)
 
 int db_ensure(db_t *db)
 {
-    if (db->kind == DB_MEMORY || pg_alive(db->pg))
+    if (db->kind == DB_MEMORY || pg_alive(db->pgc))
         return 0;
     char *err = NULL;
     PGconn *c = pg_connect(db->url, db->app_name, &err);
@@ -81,9 +81,10 @@ int db_ensure(db_t *db)
         free(err);
         return -1;
     }
-    PQfinish(db->pg);
-    db->pg = c;
+    PQfinish(db->pgc);
+    db->pgc = c;
     db->in_tx = false;
+    db->begin_pending = false;
     db->prepared = 0;
     db->index_scans = false; /* a session setting: gone with the connection */
     return 0;
@@ -93,7 +94,7 @@ int db_index_scans_only(db_t *db)
 {
     if (db->kind != DB_PG)
         return 0;
-    if (pg_exec(db->pg, "SET enable_seqscan = off") != 0)
+    if (pg_exec(db->pgc, "SET enable_seqscan = off") != 0)
         return -1;
     db->index_scans = true;
     return 0;
@@ -119,10 +120,10 @@ int db_prepare(db_t *db, int bit, const char *sql, int nparams)
     if (db->prepared & (1ULL << bit))
         return 0;
     char name[16];
-    PGresult *r = PQprepare(db->pg, db_stmt_name(bit, name), sql, nparams, NULL);
+    PGresult *r = PQprepare(db->pgc, db_stmt_name(bit, name), sql, nparams, NULL);
     bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok)
-        log_warn("postgres prepare failed: %s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->pg));
+        log_warn("postgres prepare failed: %s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->pgc));
     PQclear(r);
     if (ok)
         db->prepared |= 1ULL << bit;
@@ -134,13 +135,82 @@ PGresult *db_exec_prepared(db_t *db, int bit, int nparams, const char *const *pa
     return db_exec_prepared_bin(db, bit, nparams, params, NULL, NULL, NULL);
 }
 
+PGconn *db_pg(db_t *db)
+{
+    if (db->kind != DB_PG)
+        return NULL;
+    if (db->begin_pending) {
+        db->begin_pending = false;
+        if (pg_exec(db->pgc, "BEGIN") != 0)
+            return NULL; /* nothing may run outside the transaction */
+    }
+    return db->pgc;
+}
+
+/* Drops a connection left in an unknown state (a pipeline not read to its
+ * end): db_ensure connects again, and the open transaction is lost. */
+static void drop_connection(db_t *db)
+{
+    log_warn("postgres: pipeline not completed; dropping the connection");
+    PQfinish(db->pgc);
+    db->pgc = NULL;
+}
+
+/* The pending BEGIN and one statement (prepared `name`, else sql unnamed) in
+ * one pipeline: one round trip. The statement's result (NULL when it could
+ * not run: BEGIN failed, the connection broke); an error result as
+ * PQexecParams would return it. */
+static PGresult *exec_after_begin(db_t *db, const char *name, const char *sql, int nparams,
+                                  const char *const *values, const int *lengths, const int *formats)
+{
+    PGconn *c = db->pgc;
+    db->begin_pending = false;
+    if (PQenterPipelineMode(c) != 1)
+        return NULL;
+    bool sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+                (name ? PQsendQueryPrepared(c, name, nparams, values, lengths, formats, 0)
+                      : PQsendQueryParams(c, sql, nparams, NULL, values, lengths, formats, 0)) == 1 &&
+                PQpipelineSync(c) == 1;
+    PGresult *res = NULL;
+    bool synced = false;
+    /* results: BEGIN's, NULL, the statement's, NULL, then the sync */
+    for (int ends = 0; sent && !synced && ends <= 2;) {
+        PGresult *r = PQgetResult(c);
+        if (!r) {
+            if (PQstatus(c) == CONNECTION_BAD)
+                break;
+            ends++;
+            continue;
+        }
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_PIPELINE_SYNC) {
+            synced = true;
+        } else if (ends == 0) {
+            if (st != PGRES_COMMAND_OK)
+                (void)pg_result_ok(c, r, "BEGIN", NULL); /* logs it; the statement comes back aborted */
+        } else if (!res) {
+            res = r;
+            continue;
+        }
+        PQclear(r);
+    }
+    if (!synced || PQexitPipelineMode(c) != 1) {
+        PQclear(res);
+        drop_connection(db);
+        return NULL;
+    }
+    return res;
+}
+
 PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const *values, const int *lengths,
                                const int *formats, const char *quiet_state)
 {
     char name[16], what[32];
-    PGresult *r = PQexecPrepared(db->pg, db_stmt_name(bit, name), nparams, values, lengths, formats, 0);
+    PGresult *r = db->begin_pending
+                      ? exec_after_begin(db, db_stmt_name(bit, name), NULL, nparams, values, lengths, formats)
+                      : PQexecPrepared(db->pgc, db_stmt_name(bit, name), nparams, values, lengths, formats, 0);
     snprintf(what, sizeof what, "prepared %s", name);
-    if (pg_result_ok(db->pg, r, what, quiet_state))
+    if (pg_result_ok(db->pgc, r, what, quiet_state))
         return r;
     PQclear(r);
     return NULL;
@@ -149,8 +219,9 @@ PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const
 PGresult *db_exec_params_bin(db_t *db, const char *sql, int nparams, const char *const *values, const int *lengths,
                              const int *formats, const char *quiet_state)
 {
-    PGresult *r = PQexecParams(db->pg, sql, nparams, NULL, values, lengths, formats, 0);
-    if (pg_result_ok(db->pg, r, sql, quiet_state))
+    PGresult *r = db->begin_pending ? exec_after_begin(db, NULL, sql, nparams, values, lengths, formats)
+                                    : PQexecParams(db->pgc, sql, nparams, NULL, values, lengths, formats, 0);
+    if (pg_result_ok(db->pgc, r, sql, quiet_state))
         return r;
     PQclear(r);
     return NULL;
@@ -160,8 +231,9 @@ int db_begin(db_t *db)
 {
     ECOM_ASSERT(!db->in_tx);
     if (db->kind == DB_PG) {
-        if (db_ensure(db) != 0 || pg_exec(db->pg, "BEGIN") != 0)
+        if (db_ensure(db) != 0)
             return -1;
+        db->begin_pending = true;
     } else {
         pthread_mutex_lock(&db->mem->mu);
         db->undo_n = 0;
@@ -185,11 +257,15 @@ int db_commit(db_t *db)
     ECOM_ASSERT(db->in_tx);
     db->in_tx = false;
     if (db->kind == DB_PG) {
-        PGresult *r = PQexec(db->pg, "COMMIT");
+        if (db->begin_pending) { /* nothing ran: nothing to commit */
+            db->begin_pending = false;
+            return 0;
+        }
+        PGresult *r = PQexec(db->pgc, "COMMIT");
         /* COMMIT of an aborted transaction answers ROLLBACK: that is a failure */
         bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0;
         if (!ok)
-            log_warn("postgres commit failed: %s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->pg));
+            log_warn("postgres commit failed: %s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->pgc));
         PQclear(r);
         return ok ? 0 : -1;
     }
@@ -211,7 +287,11 @@ void db_rollback(db_t *db)
         return;
     db->in_tx = false;
     if (db->kind == DB_PG) {
-        if (pg_alive(db->pg) && pg_exec(db->pg, "ROLLBACK") != 0)
+        if (db->begin_pending) {
+            db->begin_pending = false;
+            return;
+        }
+        if (pg_alive(db->pgc) && pg_exec(db->pgc, "ROLLBACK") != 0)
             log_debug("rollback failed; the connection will be reset");
         return;
     }
@@ -223,7 +303,7 @@ int db_savepoint(db_t *db)
 {
     ECOM_ASSERT(db->in_tx);
     if (db->kind == DB_PG)
-        return pg_exec(db->pg, "SAVEPOINT sp");
+        return pg_exec(db_pg(db), "SAVEPOINT sp");
     ECOM_ASSERT(db->sp_n < 8);
     db->sp[db->sp_n++] = db->undo_n;
     return 0;
@@ -233,7 +313,7 @@ int db_release(db_t *db)
 {
     ECOM_ASSERT(db->in_tx);
     if (db->kind == DB_PG)
-        return pg_exec(db->pg, "RELEASE SAVEPOINT sp");
+        return pg_exec(db->pgc, "RELEASE SAVEPOINT sp");
     ECOM_ASSERT(db->sp_n > 0);
     db->sp_n--;
     return 0;
@@ -243,7 +323,7 @@ void db_rollback_to(db_t *db)
 {
     ECOM_ASSERT(db->in_tx);
     if (db->kind == DB_PG) {
-        if (pg_exec(db->pg, "ROLLBACK TO SAVEPOINT sp") != 0 || pg_exec(db->pg, "RELEASE SAVEPOINT sp") != 0)
+        if (pg_exec(db->pgc, "ROLLBACK TO SAVEPOINT sp") != 0 || pg_exec(db->pgc, "RELEASE SAVEPOINT sp") != 0)
             log_debug("rollback to savepoint failed");
         return;
     }

@@ -50,11 +50,12 @@ typedef struct db_undo {
 
 typedef struct db {
     db_kind_t kind;
-    PGconn *pg;
+    PGconn *pgc; /* the connection: db_pg() inside a transaction (it sends a pending BEGIN) */
     char *url;
     char *app_name;
     memstore_t *mem;
     bool in_tx;
+    bool begin_pending; /* PostgreSQL: db_begin's BEGIN goes with the first statement */
     bool wrote; /* memory: this transaction changed something */
     db_undo_t *undo;
     size_t undo_n, undo_cap;
@@ -138,6 +139,16 @@ PGresult *db_exec_params_bin(db_t *db, const char *sql, int nparams, const char 
 PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const *values, const int *lengths,
                                const int *formats, const char *quiet_state);
 
+/* PostgreSQL: the connection, for statements of one's own; inside a
+ * transaction whose BEGIN is still pending (db_begin) it sends that first.
+ * NULL when it cannot (libpq's calls then fail). Status checks that must
+ * not start anything read db->pgc. */
+PGconn *db_pg(db_t *db);
+
+/* PostgreSQL: BEGIN goes out with the transaction's first statement (one
+ * round trip for both, in a pipeline) from db_exec_prepared_bin,
+ * db_exec_params_bin and db_exec_lookup, or alone from db_pg; a transaction
+ * that ran no statement costs no round trip at all. */
 int db_begin(db_t *db) __attribute__((warn_unused_result));
 int db_commit(db_t *db) __attribute__((warn_unused_result));
 void db_rollback(db_t *db);

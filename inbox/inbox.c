@@ -173,7 +173,7 @@ int inbox_count(db_t *db, const char *group, uint64_t *n)
         return db_commit(db);
     }
     const char *p[] = {group};
-    PGresult *r = pg_query(db->pg, "SELECT count(*) FROM bus.inbox WHERE grp = $1", 1, p);
+    PGresult *r = pg_query(db_pg(db), "SELECT count(*) FROM bus.inbox WHERE grp = $1", 1, p);
     if (!r)
         return -1;
     *n = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
@@ -199,7 +199,7 @@ int inbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
     }
     /* any limit old rows, by their row addresses (the BRIN index of bus/002
      * finds them; an order would sort every old row first) */
-    return pg_delete_older(db->pg,
+    return pg_delete_older(db_pg(db),
                            "DELETE FROM bus.inbox WHERE ctid = ANY (ARRAY(SELECT ctid FROM bus.inbox"
                            " WHERE received_at < now() - make_interval(secs => $1::double precision)"
                            " LIMIT $2))",

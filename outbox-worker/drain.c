@@ -85,7 +85,7 @@ static bool try_lock(drainer_t *d, int cls, int key)
 {
     char sql[96];
     snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%d, %d)", cls, key);
-    PGresult *r = pg_query(d->db->pg, sql, 0, NULL);
+    PGresult *r = pg_query(db_pg(d->db), sql, 0, NULL);
     bool got = r && PQgetvalue(r, 0, 0)[0] == 't';
     PQclear(r);
     return got;
@@ -95,7 +95,7 @@ static int unlock(drainer_t *d, int cls, int key)
 {
     char sql[96];
     snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock(%d, %d)", cls, key);
-    PGresult *r = pg_query(d->db->pg, sql, 0, NULL);
+    PGresult *r = pg_query(db_pg(d->db), sql, 0, NULL);
     int rc = r ? 0 : -1;
     PQclear(r);
     return rc;
@@ -118,7 +118,7 @@ static int rebalance(drainer_t *d)
              "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %d AND objsubid = 2"
              " AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
              LOCK_MEMBER);
-    PGresult *r = pg_query(d->db->pg, sql, 0, NULL);
+    PGresult *r = pg_query(db_pg(d->db), sql, 0, NULL);
     if (!r)
         return -1;
     int live = atoi(PQgetvalue(r, 0, 0));
@@ -138,7 +138,7 @@ static int rebalance(drainer_t *d)
             d->held[p] = true;
             d->nheld++;
         }
-    if (!pg_alive(d->db->pg))
+    if (!pg_alive(d->db->pgc))
         return -1;
     metrics_set(d->m_held, d->nheld);
     return 0;
@@ -152,7 +152,7 @@ static void wait_hint(drainer_t *d, int ms)
         db_mem_wait(d->db, &seen, ms);
         return;
     }
-    PGconn *c = d->db->pg;
+    PGconn *c = d->db->pgc;
     struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
     if (pfd.fd >= 0 && poll(&pfd, 1, ms) > 0) {
         if (!PQconsumeInput(c))
@@ -253,7 +253,7 @@ static void maintenance(drainer_t *d)
 static void probe(drainer_t *d)
 {
     int64_t t0 = clock_mono_us();
-    bool ok = d->db->kind == DB_MEMORY || pg_exec(d->db->pg, "SELECT 1") == 0;
+    bool ok = d->db->kind == DB_MEMORY || pg_exec(db_pg(d->db), "SELECT 1") == 0;
     int64_t t1 = clock_mono_us();
     health_report(d->store_name, ok, (double)(t1 - t0) / 1000.0);
     ok = bus_ping(d->bus) == 0;
@@ -280,8 +280,8 @@ static int connect_all(drainer_t *d)
          * the removal shares a round trip with the next fetch, whose rows
          * would otherwise wait for that flush. Index scans only: the step's
          * fetch and removal then run prepared (outbox_step_send). */
-        if (d->db->kind == DB_PG && (pg_exec(d->db->pg, "LISTEN ecom_outbox") != 0 ||
-                                     pg_exec(d->db->pg, "SET synchronous_commit = off") != 0 ||
+        if (d->db->kind == DB_PG && (pg_exec(db_pg(d->db), "LISTEN ecom_outbox") != 0 ||
+                                     pg_exec(db_pg(d->db), "SET synchronous_commit = off") != 0 ||
                                      db_index_scans_only(d->db) != 0)) {
             db_close(d->db);
             d->db = NULL;
@@ -302,7 +302,7 @@ static int connect_all(drainer_t *d)
 
 static void check_db(drainer_t *d)
 {
-    if (d->db && d->db->kind == DB_PG && !pg_alive(d->db->pg)) {
+    if (d->db && d->db->kind == DB_PG && !pg_alive(d->db->pgc)) {
         health_report(d->store_name, false, 0);
         db_close(d->db);
         d->db = NULL;
@@ -314,7 +314,7 @@ static void check_db(drainer_t *d)
 static void step_failed(drainer_t *d)
 {
     metrics_add(d->m_errors, 1);
-    if (d->db && d->db->kind == DB_PG && PQpipelineStatus(d->db->pg) != PQ_PIPELINE_OFF) {
+    if (d->db && d->db->kind == DB_PG && PQpipelineStatus(d->db->pgc) != PQ_PIPELINE_OFF) {
         health_report(d->store_name, false, 0);
         db_close(d->db);
         d->db = NULL;

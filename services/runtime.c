@@ -351,7 +351,7 @@ static svc_result_t run_handler(rt_t *rt, db_t *db, work_t *w)
 
 static bool conn_broken(db_t *db)
 {
-    return db->kind == DB_PG && !pg_alive(db->pg);
+    return db->kind == DB_PG && !pg_alive(db->pgc);
 }
 
 static bool db_broken(rt_t *rt)
@@ -1040,7 +1040,7 @@ static void reclaim(rt_t *rt, int64_t min_idle)
 static void probe(rt_t *rt)
 {
     int64_t t0 = clock_mono_us();
-    bool ok = rt->memory || pg_exec(rt->db->pg, "SELECT 1") == 0;
+    bool ok = rt->memory || pg_exec(db_pg(rt->db), "SELECT 1") == 0;
     int64_t t1 = clock_mono_us();
     health_report(store_name(rt), ok, (double)(t1 - t0) / 1000.0);
     ok = bus_ping(rt->bus) == 0;
@@ -1052,7 +1052,7 @@ static bool try_lease(rt_t *rt)
     const char *p[] = {rt->def->group};
     char sql[96];
     snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%d, hashtext($1))", LOCK_LEASE);
-    PGresult *r = pg_query(rt->db->pg, sql, 1, p);
+    PGresult *r = pg_query(db_pg(rt->db), sql, 1, p);
     bool got = r && PQgetvalue(r, 0, 0)[0] == 't';
     PQclear(r);
     return got;

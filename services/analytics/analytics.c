@@ -402,7 +402,7 @@ int analytics_list_filtered(db_t *db, const char *tenant, const char *type, cons
     char lim[24];
     snprintf(lim, sizeof lim, "%zu", limit);
     const char *p[] = {tenant, type, before_id, lim, aggregate};
-    PGresult *r = pg_query(db->pg,
+    PGresult *r = pg_query(db_pg(db),
                            "SELECT id, tenant, type, topic, aggregate_id, seq,"
                            " (extract(epoch FROM occurred_at) * 1000)::bigint, payload::text"
                            " FROM analytics.events WHERE tenant = $1 AND ($2::text IS NULL OR type = $2)"
@@ -438,7 +438,7 @@ int analytics_count(db_t *db, uint64_t *n)
         *n = mem(db)->n;
         return db_commit(db);
     }
-    PGresult *r = pg_query(db->pg, "SELECT count(*) FROM analytics.events", 0, NULL);
+    PGresult *r = pg_query(db_pg(db), "SELECT count(*) FROM analytics.events", 0, NULL);
     if (!r)
         return -1;
     *n = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
@@ -520,7 +520,7 @@ int analytics_stats(db_t *db, const char *tenant, const char *type, int64_t sinc
     char since[24];
     snprintf(since, sizeof since, "%lld", (long long)(since_ms / 1000));
     const char *p[] = {tenant, since, type};
-    PGresult *r = pg_query(db->pg, analytics_sql_stats, 3, p);
+    PGresult *r = pg_query(db_pg(db), analytics_sql_stats, 3, p);
     if (!r)
         return -1;
     int rows = PQntuples(r);

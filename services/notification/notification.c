@@ -832,7 +832,7 @@ int notification_list(db_t *db, const char *tenant, const char *subject, size_t 
     char lim[24];
     snprintf(lim, sizeof lim, "%zu", limit);
     const char *p[] = {tenant, subject, lim};
-    PGresult *r = pg_query(db->pg,
+    PGresult *r = pg_query(db_pg(db),
                            "SELECT message_id, channel, tenant, coalesce(subject, ''), coalesce(type, ''),"
                            " coalesce(status, ''), coalesce(detail, ''),"
                            " (extract(epoch FROM created_at) * 1000)::bigint"
@@ -991,10 +991,10 @@ int notification_page(db_t *db, const char *tenant, const char *subject, const n
     if (after) {
         snprintf(us, sizeof us, "%lld", (long long)after->created_us);
         const char *p[] = {tenant, subject, lim, us, after->message_id, after->channel};
-        r = pg_query(db->pg, notification_sql_page_after, 6, p);
+        r = pg_query(db_pg(db), notification_sql_page_after, 6, p);
     } else {
         const char *p[] = {tenant, subject, lim};
-        r = pg_query(db->pg, notification_sql_page, 3, p);
+        r = pg_query(db_pg(db), notification_sql_page, 3, p);
     }
     if (!r) {
         free(res);

@@ -1013,7 +1013,7 @@ int payment_get(db_t *db, const char *tenant, const char *id, payment_t *out)
         return p ? 0 : 1;
     }
     const char *p[] = {low, tenant};
-    PGresult *r = pg_query(db->pg, sql_read, 2, p);
+    PGresult *r = pg_query(db_pg(db), sql_read, 2, p);
     if (!r)
         return -1;
     int rc = PQntuples(r) == 1 ? 0 : 1;
@@ -1049,7 +1049,7 @@ int payment_refund_totals(db_t *db, const char *tenant, const char *payment_id, 
         return own ? db_commit(db) : 0;
     }
     const char *p[] = {low, tenant};
-    PGresult *r = pg_query(db->pg,
+    PGresult *r = pg_query(db_pg(db),
                            "SELECT count(*) FILTER (WHERE status = 'succeeded'),"
                            " coalesce(sum(amount) FILTER (WHERE status = 'succeeded'), 0),"
                            " count(*) FILTER (WHERE status = 'rejected')"

@@ -48,7 +48,7 @@ static svc_result_t record(svc_ctx_t *c, void *arg)
     char seq[24];
     snprintf(seq, sizeof seq, "%lld", (long long)c->msg->seq);
     const char *p[] = {c->group, c->msg->id, c->msg->aggregate_id, seq};
-    PGresult *r = pg_query(c->tx->pg, "INSERT INTO test_applied (grp, id, agg, seq) VALUES ($1, $2, $3, $4)", 4, p);
+    PGresult *r = pg_query(db_pg(c->tx), "INSERT INTO test_applied (grp, id, agg, seq) VALUES ($1, $2, $3, $4)", 4, p);
     if (!r) {
         snprintf(c->error, sizeof c->error, "insert failed");
         return SVC_RETRY;

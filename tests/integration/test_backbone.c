@@ -83,7 +83,7 @@ static svc_result_t record_handler(svc_ctx_t *c, void *arg)
     char seq[24];
     snprintf(seq, sizeof seq, "%lld", (long long)e->seq);
     const char *p[] = {c->group, e->id, e->aggregate_id, seq};
-    PGresult *r = pg_query(c->tx->pg, "INSERT INTO test_applied (grp, id, agg, seq) VALUES ($1, $2, $3, $4)", 4, p);
+    PGresult *r = pg_query(db_pg(c->tx), "INSERT INTO test_applied (grp, id, agg, seq) VALUES ($1, $2, $3, $4)", 4, p);
     if (!r) {
         snprintf(c->error, sizeof c->error, "insert failed");
         return SVC_RETRY;
@@ -748,6 +748,98 @@ static void late_subscriber(bool memory)
 /* The whole stream delivered again (the group rewound, as after a broker
  * restore) while new messages arrive: batches of applied ids, and the one
  * mixing applied and new ids, apply only the new ones, once and in order. */
+/* Rows of t_defer, as "a,b,..." ("" when none). */
+static void defer_rows(PGconn *c, char *buf, size_t cap)
+{
+    PGresult *r = pg_query(c, "SELECT coalesce(string_agg(k, ',' ORDER BY k), '') FROM t_defer", 0, NULL);
+    snprintf(buf, cap, "%s", r ? PQgetvalue(r, 0, 0) : "?");
+    PQclear(r);
+}
+
+/* db_begin sends nothing: BEGIN goes with the transaction's first statement,
+ * in one pipeline, whichever way that statement goes (prepared, unnamed, or
+ * through db_pg), and the transaction is a transaction all the same. */
+static void test_deferred_begin_real(void)
+{
+    const char *url = test_pg_db("deferbegin", true);
+    char *err = NULL;
+    db_t *db = db_open_pg(url, "test-defer", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+    PGconn *watch = pg_connect(url, "test-defer-watch", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(watch);
+    ASSERT_OK(pg_exec(db_pg(db), "CREATE TABLE t_defer (k text PRIMARY KEY)"));
+    const char *ins = "INSERT INTO t_defer (k) VALUES ($1)";
+    enum { BIT = DB_STMT_MAX - 1 }; /* no module's */
+    char rows[64];
+
+    /* unnamed first statement, rolled back */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE); /* nothing sent yet */
+    PGresult *r = db_exec_params_bin(db, ins, 1, (const char *const[]){"a"}, NULL, NULL, NULL);
+    CU_ASSERT_PTR_NOT_NULL(r);
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_INTRANS);
+    defer_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, ""); /* not committed: invisible elsewhere */
+    db_rollback(db);
+    defer_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "");
+
+    /* prepared first statement, committed */
+    ASSERT_OK(db_begin(db));
+    ASSERT_OK(db_prepare(db, BIT, ins, 1));
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE); /* preparing needs no transaction */
+    r = db_exec_prepared(db, BIT, 1, (const char *const[]){"a"});
+    CU_ASSERT_PTR_NOT_NULL(r);
+    PQclear(r);
+    ASSERT_OK(db_commit(db));
+    defer_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a");
+
+    /* a failing first statement: its error comes back, the transaction is
+     * aborted, rolls back, and the connection serves the next one */
+    ASSERT_OK(db_begin(db));
+    r = db_exec_prepared_bin(db, BIT, 1, (const char *const[]){"a"}, NULL, NULL, "23505");
+    CU_ASSERT_PTR_NULL(r);
+    CU_ASSERT_STRING_EQUAL(pg_last_sqlstate(), "23505");
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_INERROR);
+    CU_ASSERT_EQUAL(PQpipelineStatus(db->pgc), PQ_PIPELINE_OFF);
+    db_rollback(db);
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
+
+    /* statements of one's own through db_pg are inside the transaction */
+    ASSERT_OK(db_begin(db));
+    r = pg_query(db_pg(db), ins, 1, (const char *const[]){"b"});
+    CU_ASSERT_PTR_NOT_NULL(r);
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_INTRANS);
+    db_rollback(db);
+    defer_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a");
+
+    /* a savepoint first, then statements: one taken back, one kept */
+    ASSERT_OK(db_begin(db));
+    ASSERT_OK(db_savepoint(db));
+    r = db_exec_prepared(db, BIT, 1, (const char *const[]){"c"});
+    PQclear(r);
+    db_rollback_to(db);
+    r = db_exec_prepared(db, BIT, 1, (const char *const[]){"d"});
+    CU_ASSERT_PTR_NOT_NULL(r);
+    PQclear(r);
+    ASSERT_OK(db_commit(db));
+    defer_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a,d");
+
+    /* a transaction that ran nothing costs nothing and commits */
+    ASSERT_OK(db_begin(db));
+    ASSERT_OK(db_commit(db));
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
+
+    PQfinish(watch);
+    db_close(db);
+}
+
 static void test_redelivered_real(void)
 {
     sut_t s;
@@ -804,7 +896,7 @@ static void test_inbox_cleanup_real(void)
     for (size_t i = 0; i < 3; i++)
         CU_ASSERT_EQUAL(inbox_record(db, "g", ids[i]), 1);
     ASSERT_OK(db_commit(db));
-    ASSERT_OK(pg_exec(db->pg, "UPDATE bus.inbox SET received_at = now() - interval '2 hours'"));
+    ASSERT_OK(pg_exec(db_pg(db), "UPDATE bus.inbox SET received_at = now() - interval '2 hours'"));
     ASSERT_OK(db_begin(db));
     for (size_t i = 3; i < 5; i++)
         CU_ASSERT_EQUAL(inbox_record(db, "g", ids[i]), 1);
@@ -827,13 +919,13 @@ static void test_published_cleanup_real(void)
     sut_t s;
     sut_init(&s, false, "pubclean");
     db_t *db = sut_db(&s);
-    ASSERT_OK(pg_exec(db->pg, "INSERT INTO bus.outbox_published (pos, id, partition, topic, type, tenant,"
+    ASSERT_OK(pg_exec(db_pg(db), "INSERT INTO bus.outbox_published (pos, id, partition, topic, type, tenant,"
                               " aggregate_id, seq, ts, v, traceparent, request_id, payload, published_at)"
                               " SELECT n, gen_random_uuid(), 0, 'orders', 'order.placed', 't1', 'order-1', n, 0, 1,"
                               " '', '', '{}', CASE WHEN n <= 3 THEN now() - interval '2 hours' ELSE now() END"
                               " FROM generate_series(1, 5) n"));
     three_old_in_steps_of_two(db, outbox_cleanup);
-    PGresult *r = pg_query(db->pg, "SELECT string_agg(pos::text, ',' ORDER BY pos) FROM bus.outbox_published", 0, NULL);
+    PGresult *r = pg_query(db_pg(db), "SELECT string_agg(pos::text, ',' ORDER BY pos) FROM bus.outbox_published", 0, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "4,5");
     PQclear(r);
@@ -1031,6 +1123,7 @@ int main(void)
         {"the drainer's overlapped step leaves rows in flight out, never late ones (postgres)", test_outbox_steps_real},
         {"many appends in one statement: order, sequences, all or nothing (memory)", test_append_many_memory},
         {"many appends in one statement: order, sequences, all or nothing (postgres)", test_append_many_real},
+        {"a transaction's BEGIN goes with its first statement (postgres)", test_deferred_begin_real},
         {"10k messages, 100 aggregates, 3 groups (memory)", test_flow_memory},
         {"10k messages, 100 aggregates, 3 groups (postgres+redis)", test_flow_real},
         {"retries, backoff and DLQ keep order (memory)", test_retries_memory},

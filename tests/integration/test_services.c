@@ -237,7 +237,7 @@ static void insert_payment(db_t *tx, const char *id, int64_t amount, const char 
     char amt[24];
     snprintf(amt, sizeof amt, "%lld", (long long)amount);
     const char *prm[] = {id, TENANT, order, amt, "EUR", method};
-    PGresult *r = pg_query(tx->pg,
+    PGresult *r = pg_query(db_pg(tx),
                            "INSERT INTO payment.payments (id, tenant, order_id, amount, currency, method, status)"
                            " VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
                            6, prm);
@@ -976,7 +976,7 @@ static void redelivered(bool memory)
         /* recorded by another process (its row only): nothing here but the
          * table says it went out */
         const char *p[] = {e[0].id, TENANT};
-        PGresult *r = pg_query(db->pg,
+        PGresult *r = pg_query(db_pg(db),
                                "INSERT INTO notification.deliveries (message_id, channel, tenant, subject, type,"
                                " status, detail) VALUES ($1, 'log', $2, 'a@example.com', 'auth.otp.requested',"
                                " 'sent', 'by another process')",
