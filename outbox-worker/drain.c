@@ -28,7 +28,8 @@ typedef struct drainer {
     bool held[OUTBOX_PARTITIONS];
     int nheld;
     int member; /* membership slot, -1 when none */
-    int64_t next_rebalance, next_maintenance;
+    int64_t next_rebalance, next_maintenance, next_vacuum;
+    size_t since_vacuum; /* rows published (and so removed) since the last VACUUM */
     int64_t backoff_ms;
     int64_t poison_until; /* a row failed: wait before retrying */
     int64_t next_probe;
@@ -325,12 +326,40 @@ static void step_failed(drainer_t *d)
 
 static void add_unmarked(drainer_t *d, const outbox_row_t *rows, size_t n)
 {
+    d->since_vacuum += n;
     if (d->nunmarked + n > d->unmarked_cap) {
         d->unmarked_cap = (d->nunmarked + n) * 2;
         d->unmarked = xrealloc(d->unmarked, d->unmarked_cap * sizeof *d->unmarked);
     }
     for (size_t i = 0; i < n; i++)
         d->unmarked[d->nunmarked++] = rows[i].pos;
+}
+
+/* The fetch reads bus.outbox in pos order from its start, so every fetch
+ * walks the index entries of the rows removed before it until a VACUUM takes
+ * them away: after a burst of 60,000 rows a fetch of 20 costs 0.3 ms instead
+ * of 0.05 (EXPLAIN ANALYZE; 8 ms the first time), and in the shop flow at
+ * 250 payments/s right after a saturated run the drainer's backend spent
+ * 1.6-3.2 ms of CPU per payment on it instead of 0.5-0.7. The autovacuum
+ * launcher visits a database about once a minute, so the drainer vacuums the
+ * table itself every DRAIN_VACUUM_ROWS published rows, at most once a second
+ * and at most 1/DRAIN_VACUUM_DUTY of its time (a VACUUM of a queue table
+ * takes milliseconds; one with a large backlog longer). One another drainer
+ * is running is skipped; without the right to vacuum the table PostgreSQL
+ * skips it with a warning, and autovacuum does the work as before. */
+#define DRAIN_VACUUM_ROWS 2000
+#define DRAIN_VACUUM_MIN_MS 1000
+#define DRAIN_VACUUM_DUTY 20
+
+static void vacuum_outbox(drainer_t *d, int64_t now)
+{
+    d->since_vacuum = 0;
+    int64_t t0 = clock_mono_us();
+    if (pg_exec(db_pg(d->db), "VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) bus.outbox") != 0)
+        log_debug("outbox-worker: VACUUM of bus.outbox failed");
+    int64_t ms = (clock_mono_us() - t0) / 1000;
+    log_debug("outbox-worker: VACUUM of bus.outbox took %lld ms", (long long)ms);
+    d->next_vacuum = now + (ms * DRAIN_VACUUM_DUTY > DRAIN_VACUUM_MIN_MS ? ms * DRAIN_VACUUM_DUTY : DRAIN_VACUUM_MIN_MS);
 }
 
 /* The next batch: the one fetched during the last publish, or (when there is
@@ -413,6 +442,9 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
             d.next_maintenance = now + o->trim_interval_ms;
             maintenance(&d);
         }
+        if (!memory && d.since_vacuum >= (o->vacuum_rows ? o->vacuum_rows : DRAIN_VACUUM_ROWS) &&
+            now >= d.next_vacuum)
+            vacuum_outbox(&d, now);
         if (d.nheld == 0 || now < d.poison_until) {
             nap(&d, d.nheld == 0 ? REBALANCE_MS / 2 : d.poison_until - now);
             continue;

@@ -45,6 +45,7 @@ typedef struct drain_opts {
     int poll_ms;
     int64_t retain_s; /* 0: delete published rows; else keep them this long */
     int64_t trim_interval_ms;
+    size_t vacuum_rows; /* rows published between VACUUMs of bus.outbox (0: DRAIN_VACUUM_ROWS) */
     /* Optional: the consumer groups of a topic. Before the first publish to a
      * topic the drainer creates them, so trimming can never pass a group that
      * has not been created yet (a service that discovers streams late). */

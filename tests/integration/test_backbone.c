@@ -692,6 +692,46 @@ static void test_two_drainers_real(void)
     sut_stop(&s);
 }
 
+/* bus.outbox's vacuum count, or -1. */
+static long long outbox_vacuums(PGconn *c)
+{
+    PGresult *r = pg_query(c, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'bus.outbox'::regclass",
+                           0, NULL);
+    long long v = r && PQntuples(r) == 1 ? atoll(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    return v;
+}
+
+/* The drainer vacuums bus.outbox itself every vacuum_rows published rows
+ * (autovacuum is off for the table here): a fetch walks the index entries of
+ * removed rows until a vacuum takes them away. */
+static void test_drainer_vacuums_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "drainvac");
+    s.dopts.vacuum_rows = 500;
+    sut_add_service(&s, "v1", types_orders);
+    char *err = NULL;
+    PGconn *c = pg_connect(s.pg_url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    ASSERT_OK(pg_exec(c, "ALTER TABLE bus.outbox SET (autovacuum_enabled = off)"));
+    long long v0 = outbox_vacuums(c);
+    publish_orders(&s, 3000, 30, 100, "order.placed");
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "v1", 3000, 60000));
+    long long v = v0;
+    for (int i = 0; i < 100 && v <= v0; i++) { /* the statistics arrive a little later */
+        clock_sleep_ms(50);
+        v = outbox_vacuums(c);
+    }
+    CU_ASSERT_TRUE(v0 >= 0 && v > v0);
+    check_applied(&s, "v1", 3000);
+    sut_stop(&s);
+    ASSERT_OK(pg_exec(c, "ALTER TABLE bus.outbox RESET (autovacuum_enabled)"));
+    PQfinish(c);
+}
+
 /* Drainers of another database on the same server neither count towards this
  * database's fair share nor hold its partitions: every row is drained. */
 static void test_foreign_drainer_real(void)
@@ -1138,6 +1178,7 @@ int main(void)
         {"bad input goes to the DLQ and never stalls (memory)", test_bad_input_memory},
         {"bad input goes to the DLQ and never stalls (postgres+redis)", test_bad_input_real},
         {"two drainers at once (postgres+redis)", test_two_drainers_real},
+        {"the drainer vacuums the outbox it empties (postgres+redis)", test_drainer_vacuums_real},
         {"drainers of another database do not take this one's share", test_foreign_drainer_real},
         {"a service created after trimming still gets everything (memory)", test_late_subscriber_memory},
         {"a service created after trimming still gets everything (postgres+redis)", test_late_subscriber_real},
