@@ -436,10 +436,15 @@ int outbox_mark_published(db_t *db, const outbox_row_t *rows, size_t n, bool arc
 
 /* ---- the drainer's overlapped step ---- */
 
+/* $1 the partitions (NULL: all of them, no test per row), $4 the rows in
+ * flight, as a hashed subplan: `pos <> ALL($4)` compared each row below $3
+ * with every element (a fetch of 1,000 past a batch of 1,000 in flight took
+ * 3.5-4.4 ms instead of 1.8-2.0, EXPLAIN ANALYZE; 1.4-1.6 with NULL for
+ * the partitions). */
 static const char sql_step_fetch[] =
     "SELECT pos, partition, attempts, id, type, topic, tenant, aggregate_id, seq, ts, v, traceparent,"
-    " request_id, payload FROM bus.outbox WHERE partition = ANY($1::smallint[])"
-    " AND (pos > $3 OR pos <> ALL($4::bigint[])) ORDER BY pos LIMIT $2";
+    " request_id, payload FROM bus.outbox WHERE ($1::smallint[] IS NULL OR partition = ANY($1::smallint[]))"
+    " AND (pos > $3 OR pos NOT IN (SELECT unnest($4::bigint[]))) ORDER BY pos LIMIT $2";
 
 static bool in_sorted(const int64_t *v, size_t n, int64_t x)
 {
@@ -507,7 +512,8 @@ int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t nd
         return -1;
     }
     char lim[24], max[24];
-    char *parr = int_array(parts, nparts, false), *sarr = int_array(skip, nskip, true);
+    char *parr = nparts < OUTBOX_PARTITIONS ? int_array(parts, nparts, false) : NULL;
+    char *sarr = int_array(skip, nskip, true);
     snprintf(lim, sizeof lim, "%zu", limit);
     snprintf(max, sizeof max, "%lld", nskip ? (long long)skip[nskip - 1] : 0LL);
     bool ok = true;
