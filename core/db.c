@@ -164,9 +164,9 @@ static PGresult *exec_after_begin(db_t *db, const char *name, const char *sql, i
                                   const char *const *values, const int *lengths, const int *formats)
 {
     PGconn *c = db->pgc;
-    db->begin_pending = false;
     if (PQenterPipelineMode(c) != 1)
-        return NULL;
+        return NULL; /* BEGIN still pending: nothing runs outside the transaction */
+    db->begin_pending = false;
     bool sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
                 (name ? PQsendQueryPrepared(c, name, nparams, values, lengths, formats, 0)
                       : PQsendQueryParams(c, sql, nparams, NULL, values, lengths, formats, 0)) == 1 &&

@@ -796,6 +796,14 @@ static void defer_rows(PGconn *c, char *buf, size_t cap)
     PQclear(r);
 }
 
+/* Inserts k into t_defer with prepared statement `bit`: true when it did. */
+static bool defer_insert(db_t *db, int bit, const char *k)
+{
+    PGresult *r = db_exec_prepared(db, bit, 1, (const char *const[]){k});
+    PQclear(r);
+    return r != NULL;
+}
+
 /* db_begin sends nothing: BEGIN goes with the transaction's first statement,
  * in one pipeline, whichever way that statement goes (prepared, unnamed, or
  * through db_pg), and the transaction is a transaction all the same. */
@@ -830,9 +838,7 @@ static void test_deferred_begin_real(void)
     ASSERT_OK(db_begin(db));
     ASSERT_OK(db_prepare(db, BIT, ins, 1));
     CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE); /* preparing needs no transaction */
-    r = db_exec_prepared(db, BIT, 1, (const char *const[]){"a"});
-    CU_ASSERT_PTR_NOT_NULL(r);
-    PQclear(r);
+    CU_ASSERT_TRUE(defer_insert(db, BIT, "a"));
     ASSERT_OK(db_commit(db));
     defer_rows(watch, rows, sizeof rows);
     CU_ASSERT_STRING_EQUAL(rows, "a");
@@ -861,12 +867,9 @@ static void test_deferred_begin_real(void)
     /* a savepoint first, then statements: one taken back, one kept */
     ASSERT_OK(db_begin(db));
     ASSERT_OK(db_savepoint(db));
-    r = db_exec_prepared(db, BIT, 1, (const char *const[]){"c"});
-    PQclear(r);
+    CU_ASSERT_TRUE(defer_insert(db, BIT, "c"));
     db_rollback_to(db);
-    r = db_exec_prepared(db, BIT, 1, (const char *const[]){"d"});
-    CU_ASSERT_PTR_NOT_NULL(r);
-    PQclear(r);
+    CU_ASSERT_TRUE(defer_insert(db, BIT, "d"));
     ASSERT_OK(db_commit(db));
     defer_rows(watch, rows, sizeof rows);
     CU_ASSERT_STRING_EQUAL(rows, "a,d");

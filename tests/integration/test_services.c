@@ -1009,18 +1009,25 @@ static void test_redelivered_real(void)
 
 /* ---- tests: analytics ---- */
 
-static int64_t stats_count(sut_t *s, const char *type)
+/* Counts of the tenant's events of type at or after since_ms (a whole minute). */
+static int64_t stats_since(sut_t *s, const char *type, int64_t since_ms)
 {
     db_t *db = sut_db(s);
     analytics_type_count_t *c = NULL;
     size_t n = 0;
-    int64_t since = (clock_now_ms() / 60000 - 5) * 60000, total = 0;
-    CU_ASSERT_EQUAL(analytics_stats(db, TENANT, type, since, &c, &n), 0);
+    int64_t total = 0;
+    CU_ASSERT_EQUAL(analytics_stats(db, TENANT, type, since_ms, &c, &n), 0);
     for (size_t i = 0; i < n; i++)
         total += c[i].count;
     analytics_type_counts_free(c, n);
     db_close(db);
     return total;
+}
+
+/* ... over the last five minutes and this one. */
+static int64_t stats_count(sut_t *s, const char *type)
+{
+    return stats_since(s, type, (clock_now_ms() / 60000 - 5) * 60000);
 }
 
 /* Analytics records what it applied in its read model (no bus.inbox row):
@@ -1076,21 +1083,6 @@ static void analytics_copies(bool memory)
     db_close(db);
     bus_close(b);
     sut_stop(&s);
-}
-
-/* Counts of the tenant's events of type at or after since_ms (a whole minute). */
-static int64_t stats_since(sut_t *s, const char *type, int64_t since_ms)
-{
-    db_t *db = sut_db(s);
-    analytics_type_count_t *c = NULL;
-    size_t n = 0;
-    int64_t total = 0;
-    CU_ASSERT_EQUAL(analytics_stats(db, TENANT, type, since_ms, &c, &n), 0);
-    for (size_t i = 0; i < n; i++)
-        total += c[i].count;
-    analytics_type_counts_free(c, n);
-    db_close(db);
-    return total;
 }
 
 /* One batch of events of two tenants and two types around minute
