@@ -26,6 +26,15 @@ int test_main(const char *suite, CU_TestInfo *tests, int (*init)(void), int (*cl
 {
     if (CU_initialize_registry() != CUE_SUCCESS)
         return 2;
+    /* TEST_ONLY=text runs only the tests whose name holds it (none found: a failure) */
+    const char *only = getenv("TEST_ONLY");
+    if (only && *only) {
+        size_t k = 0;
+        for (size_t i = 0; tests[i].pName; i++)
+            if (strstr(tests[i].pName, only))
+                tests[k++] = tests[i];
+        tests[k] = (CU_TestInfo)CU_TEST_INFO_NULL;
+    }
     CU_SuiteInfo suites[] = {{(char *)suite, init, clean, NULL, NULL, tests}, CU_SUITE_INFO_NULL};
     if (CU_register_suites(suites) != CUE_SUCCESS)
         return 2;

@@ -7,7 +7,8 @@
 #include <CUnit/CUnit.h>
 #include <stdbool.h>
 
-/* Runs the tests; returns the process exit code (0 when all passed). */
+/* Runs the tests (only those whose name holds $TEST_ONLY, when it is set);
+ * returns the process exit code (0 when all passed, 1 also when none ran). */
 int test_main(const char *suite, CU_TestInfo *tests, int (*init)(void), int (*clean)(void));
 
 /* A fresh database on the test server, migrated when migrate is true.
