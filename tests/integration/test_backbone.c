@@ -15,6 +15,7 @@
 #include "inbox/inbox.h"
 #include "outbox-worker/drain.h"
 #include "services/runtime.h"
+#include "tests/httptest.h"
 #include "tests/testlib.h"
 
 #include <pthread.h>
@@ -878,6 +879,25 @@ static void test_deferred_begin_real(void)
     ASSERT_OK(db_begin(db));
     ASSERT_OK(db_commit(db));
     CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
+
+    /* the backend goes away before the first statement: it fails, the
+     * connection is given up, db_ensure connects again and work goes on */
+    char pid[16];
+    snprintf(pid, sizeof pid, "%d", PQbackendPID(db->pgc));
+    CU_ASSERT_EQUAL(q_ll(watch, "SELECT count(*) FILTER (WHERE pg_terminate_backend($1::int)) FROM (SELECT 1) o", pid),
+                    1);
+    clock_sleep_ms(100);
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_FALSE(defer_insert(db, BIT, "e"));
+    CU_ASSERT_FALSE(pg_alive(db->pgc));
+    db_rollback(db);
+    ASSERT_OK(db_ensure(db));
+    ASSERT_OK(db_begin(db));
+    ASSERT_OK(db_prepare(db, BIT, ins, 1));
+    CU_ASSERT_TRUE(defer_insert(db, BIT, "f"));
+    ASSERT_OK(db_commit(db));
+    defer_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a,d,f");
 
     PQfinish(watch);
     db_close(db);
