@@ -10,6 +10,14 @@
 
 static _Thread_local char last_state[6];
 
+/* Server notices (a VACUUM's warning, say) go to the log, not to stderr as
+ * libpq would print them. */
+static void notice_to_log(void *arg, const char *message)
+{
+    (void)arg;
+    log_debug("postgres notice: %.*s", (int)strcspn(message, "\n"), message);
+}
+
 PGconn *pg_connect(const char *url, const char *app_name, char **err)
 {
     const char *keys[] = {"dbname", "fallback_application_name", "connect_timeout", NULL};
@@ -24,6 +32,7 @@ PGconn *pg_connect(const char *url, const char *app_name, char **err)
         PQfinish(c);
         return NULL;
     }
+    PQsetNoticeProcessor(c, notice_to_log, NULL);
     return c;
 }
 

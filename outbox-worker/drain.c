@@ -30,6 +30,7 @@ typedef struct drainer {
     int member; /* membership slot, -1 when none */
     int64_t next_rebalance, next_maintenance, next_vacuum;
     size_t since_vacuum; /* rows published (and so removed) since the last VACUUM */
+    bool may_vacuum;     /* the connection's role owns bus.outbox (vacuum_outbox) */
     int64_t backoff_ms;
     int64_t poison_until; /* a row failed: wait before retrying */
     int64_t next_probe;
@@ -39,7 +40,7 @@ typedef struct drainer {
     bool have_next;
     int64_t *unmarked; /* positions published but not yet removed from bus.outbox */
     size_t nunmarked, unmarked_cap;
-    metric_t *m_published, *m_batches, *m_errors, *m_dead, *m_held, *m_batch_s, *m_trimmed;
+    metric_t *m_published, *m_batches, *m_errors, *m_dead, *m_held, *m_batch_s, *m_trimmed, *m_vacuums;
 } drainer_t;
 
 static bool stopping(drainer_t *d)
@@ -261,6 +262,21 @@ static void probe(drainer_t *d)
     health_report(d->bus_name, ok, (double)(clock_mono_us() - t1) / 1000.0);
 }
 
+/* Whether this connection's role owns bus.outbox (or is a superuser): only
+ * then may it VACUUM the table (vacuum_outbox); otherwise that is left to
+ * autovacuum, said once in the log. */
+static bool may_vacuum_outbox(drainer_t *d)
+{
+    PGresult *r = pg_query(db_pg(d->db),
+                           "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = 'bus.outbox'::regclass", 0,
+                           NULL);
+    bool ok = r && PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    if (!ok)
+        log_info("outbox-worker: this role does not own bus.outbox; autovacuum alone cleans it");
+    return ok;
+}
+
 static int connect_all(drainer_t *d)
 {
     const drain_opts_t *o = d->o;
@@ -288,6 +304,7 @@ static int connect_all(drainer_t *d)
             d->db = NULL;
             return -1;
         }
+        d->may_vacuum = d->db->kind == DB_PG && may_vacuum_outbox(d);
     }
     if (!d->bus) {
         d->bus = o->redis_url && *o->redis_url ? bus_open_redis(o->redis_url, &err) : bus_open_memory(o->membus);
@@ -345,8 +362,8 @@ static void add_unmarked(drainer_t *d, const outbox_row_t *rows, size_t n)
  * table itself every DRAIN_VACUUM_ROWS published rows, at most once a second
  * and at most 1/DRAIN_VACUUM_DUTY of its time (a VACUUM of a queue table
  * takes milliseconds; one with a large backlog longer). One another drainer
- * is running is skipped; without the right to vacuum the table PostgreSQL
- * skips it with a warning, and autovacuum does the work as before. */
+ * is running is skipped. A role that does not own the table may not vacuum
+ * it: autovacuum does the work then, as before (may_vacuum_outbox). */
 #define DRAIN_VACUUM_ROWS 2000
 #define DRAIN_VACUUM_MIN_MS 1000
 #define DRAIN_VACUUM_DUTY 20
@@ -357,6 +374,8 @@ static void vacuum_outbox(drainer_t *d, int64_t now)
     int64_t t0 = clock_mono_us();
     if (pg_exec(db_pg(d->db), "VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) bus.outbox") != 0)
         log_debug("outbox-worker: VACUUM of bus.outbox failed");
+    else
+        metrics_add(d->m_vacuums, 1);
     int64_t ms = (clock_mono_us() - t0) / 1000;
     log_debug("outbox-worker: VACUUM of bus.outbox took %lld ms", (long long)ms);
     d->next_vacuum = now + (ms * DRAIN_VACUUM_DUTY > DRAIN_VACUUM_MIN_MS ? ms * DRAIN_VACUUM_DUTY : DRAIN_VACUUM_MIN_MS);
@@ -394,6 +413,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
     d.m_held = metrics_gauge("ecom_outbox_partitions_held", "Outbox partitions held by this drainer", "");
     d.m_batch_s = metrics_histogram("ecom_outbox_batch_seconds", "Time to publish and mark one batch", "");
     d.m_trimmed = metrics_counter("ecom_stream_trimmed_total", "Stream entries trimmed after every group acked", "");
+    d.m_vacuums = metrics_counter("ecom_outbox_vacuums_total", "VACUUMs of bus.outbox run by this drainer", "");
     bool memory = !(o->database_url && *o->database_url);
     d.store_name = memory ? "memory-store" : "postgres";
     d.bus_name = o->redis_url && *o->redis_url ? "redis" : "memory-bus";
@@ -442,7 +462,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
             d.next_maintenance = now + o->trim_interval_ms;
             maintenance(&d);
         }
-        if (!memory && d.since_vacuum >= (o->vacuum_rows ? o->vacuum_rows : DRAIN_VACUUM_ROWS) &&
+        if (d.may_vacuum && d.since_vacuum >= (o->vacuum_rows ? o->vacuum_rows : DRAIN_VACUUM_ROWS) &&
             now >= d.next_vacuum)
             vacuum_outbox(&d, now);
         if (d.nheld == 0 || now < d.poison_until) {

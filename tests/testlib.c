@@ -13,13 +13,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char *urls[32];
+static char *urls[64]; /* the URLs handed out, freed at the end */
 static int nurls;
 
 static _Noreturn void die(const char *msg)
 {
     fprintf(stderr, "test setup: %s\n", msg);
     exit(2);
+}
+
+static void keep_url(char *url)
+{
+    if (nurls == (int)(sizeof urls / sizeof urls[0]))
+        die("too many test databases in one program (raise urls[] in tests/testlib.c)");
+    urls[nurls++] = url;
 }
 
 int test_main(const char *suite, CU_TestInfo *tests, int (*init)(void), int (*clean)(void))
@@ -97,7 +104,7 @@ const char *test_pg_db(const char *name, bool migrate)
     const char *slash = strrchr(base, '/');
     const char *q = strchr(slash, '?');
     char *url = xasprintf("%.*s/%s%s", (int)(slash - base), base, db, q ? q : "");
-    urls[nurls++] = url;
+    keep_url(url);
     if (migrate) {
         char *cmd = xasprintf("DATABASE_URL='%s' %s migrate >/tmp/ecom-migrate-%d.log 2>&1", url,
                               test_bin("ecom"), (int)getpid());
@@ -147,7 +154,7 @@ const char *test_redis_private(void)
         if (priv_start() == 0) {
             atexit(priv_stop);
             char *url = xasprintf("redis://127.0.0.1:%d", priv_port);
-            urls[nurls++] = url;
+            keep_url(url);
             return url;
         }
     }
@@ -185,6 +192,6 @@ const char *test_redis_db(void)
     freeReplyObject(r);
     redisFree(c);
     char *url = xasprintf("%s/%lld", base, n);
-    urls[nurls++] = url;
+    keep_url(url);
     return url;
 }

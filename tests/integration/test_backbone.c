@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- what a test handler records, transactionally, on either store ---- */
 
@@ -693,6 +694,13 @@ static void test_two_drainers_real(void)
     sut_stop(&s);
 }
 
+/* The drainers' own VACUUMs of bus.outbox (the metric). */
+static uint64_t drainer_vacuums(void)
+{
+    return metrics_value(
+        metrics_counter("ecom_outbox_vacuums_total", "VACUUMs of bus.outbox run by this drainer", ""));
+}
+
 /* bus.outbox's vacuum count, or -1. */
 static long long outbox_vacuums(PGconn *c)
 {
@@ -718,9 +726,11 @@ static void test_drainer_vacuums_real(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(c);
     ASSERT_OK(pg_exec(c, "ALTER TABLE bus.outbox SET (autovacuum_enabled = off)"));
     long long v0 = outbox_vacuums(c);
+    uint64_t m0 = drainer_vacuums();
     publish_orders(&s, 3000, 30, 100, "order.placed");
     sut_start(&s, 1);
     CU_ASSERT_TRUE(wait_inbox(&s, "v1", 3000, 60000));
+    CU_ASSERT_TRUE(drainer_vacuums() > m0);
     long long v = v0;
     for (int i = 0; i < 100 && v <= v0; i++) { /* the statistics arrive a little later */
         clock_sleep_ms(50);
@@ -731,6 +741,48 @@ static void test_drainer_vacuums_real(void)
     sut_stop(&s);
     ASSERT_OK(pg_exec(c, "ALTER TABLE bus.outbox RESET (autovacuum_enabled)"));
     PQfinish(c);
+}
+
+/* A drainer whose role does not own bus.outbox (least privilege: rights on
+ * the rows only) drains as before and leaves the table to autovacuum: no
+ * VACUUM of its own, which PostgreSQL would refuse with a warning. */
+static void test_drainer_not_owner_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "drainrole");
+    s.dopts.vacuum_rows = 500;
+    sut_add_service(&s, "v2", types_orders);
+    char *err = NULL;
+    PGconn *c = pg_connect(s.pg_url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    char role[48], sql[512];
+    snprintf(role, sizeof role, "t_drainer_%d", (int)getpid());
+    snprintf(sql, sizeof sql,
+             "DROP ROLE IF EXISTS %s; CREATE ROLE %s LOGIN; GRANT USAGE ON SCHEMA bus TO %s;"
+             " GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA bus TO %s;"
+             " GRANT USAGE ON ALL SEQUENCES IN SCHEMA bus TO %s",
+             role, role, role, role, role);
+    ASSERT_OK(pg_exec(c, sql));
+    ASSERT_OK(pg_exec(c, "ALTER TABLE bus.outbox SET (autovacuum_enabled = off)"));
+    /* the drainer connects as that role */
+    char *url = xasprintf("%s%suser=%s", s.pg_url, strchr(s.pg_url, '?') ? "&" : "?", role);
+    s.dopts.database_url = url;
+    long long v0 = outbox_vacuums(c);
+    uint64_t m0 = drainer_vacuums();
+    publish_orders(&s, 3000, 30, 100, "order.placed");
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "v2", 3000, 60000));
+    CU_ASSERT_EQUAL(drainer_vacuums(), m0); /* none tried */
+    clock_sleep_ms(1500); /* statistics of a VACUUM, if one had run, would be in */
+    CU_ASSERT_EQUAL(outbox_vacuums(c), v0);
+    CU_ASSERT_EQUAL(q_ll(c, "SELECT count(*) FROM bus.outbox", NULL), 0);
+    check_applied(&s, "v2", 3000);
+    sut_stop(&s);
+    snprintf(sql, sizeof sql, "DROP OWNED BY %s; DROP ROLE %s", role, role);
+    ASSERT_OK(pg_exec(c, sql));
+    PQfinish(c);
+    free(url);
 }
 
 /* Drainers of another database on the same server neither count towards this
@@ -1202,6 +1254,8 @@ int main(void)
         {"bad input goes to the DLQ and never stalls (postgres+redis)", test_bad_input_real},
         {"two drainers at once (postgres+redis)", test_two_drainers_real},
         {"the drainer vacuums the outbox it empties (postgres+redis)", test_drainer_vacuums_real},
+        {"a drainer whose role does not own the outbox leaves it to autovacuum (postgres+redis)",
+         test_drainer_not_owner_real},
         {"drainers of another database do not take this one's share", test_foreign_drainer_real},
         {"a service created after trimming still gets everything (memory)", test_late_subscriber_memory},
         {"a service created after trimming still gets everything (postgres+redis)", test_late_subscriber_real},
