@@ -30,7 +30,7 @@ typedef struct drainer {
     int member; /* membership slot, -1 when none */
     int64_t next_rebalance, next_maintenance, next_vacuum;
     size_t since_vacuum; /* rows published (and so removed) since the last VACUUM */
-    bool may_vacuum;     /* the connection's role owns bus.outbox (vacuum_outbox) */
+    int may_vacuum;      /* the connection's role owns bus.outbox: 1, 0, -1 not asked yet (vacuum_outbox) */
     int64_t backoff_ms;
     int64_t poison_until; /* a row failed: wait before retrying */
     int64_t next_probe;
@@ -262,21 +262,6 @@ static void probe(drainer_t *d)
     health_report(d->bus_name, ok, (double)(clock_mono_us() - t1) / 1000.0);
 }
 
-/* Whether this connection's role owns bus.outbox (or is a superuser): only
- * then may it VACUUM the table (vacuum_outbox); otherwise that is left to
- * autovacuum, said once in the log. */
-static bool may_vacuum_outbox(drainer_t *d)
-{
-    PGresult *r = pg_query(db_pg(d->db),
-                           "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = 'bus.outbox'::regclass", 0,
-                           NULL);
-    bool ok = r && PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
-    PQclear(r);
-    if (!ok)
-        log_info("outbox-worker: this role does not own bus.outbox; autovacuum alone cleans it");
-    return ok;
-}
-
 static int connect_all(drainer_t *d)
 {
     const drain_opts_t *o = d->o;
@@ -304,7 +289,7 @@ static int connect_all(drainer_t *d)
             d->db = NULL;
             return -1;
         }
-        d->may_vacuum = d->db->kind == DB_PG && may_vacuum_outbox(d);
+        d->may_vacuum = -1;
     }
     if (!d->bus) {
         d->bus = o->redis_url && *o->redis_url ? bus_open_redis(o->redis_url, &err) : bus_open_memory(o->membus);
@@ -368,9 +353,30 @@ static void add_unmarked(drainer_t *d, const outbox_row_t *rows, size_t n)
 #define DRAIN_VACUUM_MIN_MS 1000
 #define DRAIN_VACUUM_DUTY 20
 
+/* Whether this connection's role owns bus.outbox (or is a superuser): only
+ * then may it VACUUM the table; otherwise that is left to autovacuum, said
+ * once in the log. Asked once per connection, when the first VACUUM is due. */
+static bool may_vacuum_outbox(drainer_t *d)
+{
+    if (d->may_vacuum < 0) {
+        PGresult *r = pg_query(db_pg(d->db),
+                               "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = 'bus.outbox'::regclass",
+                               0, NULL);
+        if (!r)
+            return false; /* asked again next time */
+        d->may_vacuum = PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+        if (!d->may_vacuum)
+            log_info("outbox-worker: this role does not own bus.outbox; autovacuum alone cleans it");
+    }
+    return d->may_vacuum == 1;
+}
+
 static void vacuum_outbox(drainer_t *d, int64_t now)
 {
     d->since_vacuum = 0;
+    if (!may_vacuum_outbox(d))
+        return;
     int64_t t0 = clock_mono_us();
     if (pg_exec(db_pg(d->db), "VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) bus.outbox") != 0)
         log_debug("outbox-worker: VACUUM of bus.outbox failed");
@@ -462,7 +468,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
             d.next_maintenance = now + o->trim_interval_ms;
             maintenance(&d);
         }
-        if (d.may_vacuum && d.since_vacuum >= (o->vacuum_rows ? o->vacuum_rows : DRAIN_VACUUM_ROWS) &&
+        if (!memory && d.since_vacuum >= (o->vacuum_rows ? o->vacuum_rows : DRAIN_VACUUM_ROWS) &&
             now >= d.next_vacuum)
             vacuum_outbox(&d, now);
         if (d.nheld == 0 || now < d.poison_until) {
