@@ -5,8 +5,10 @@
  * only when a run could not complete (timeout, lost or extra messages).
  *
  * Usage, inside scripts/test-env on a freshly migrated database (scripts/run-bench):
- *   bench_backbone [--ecom PATH] [drain] [consume] [poison] [latency] [process] [memory] [breakdown]
- * With no phase named, every phase but breakdown runs. breakdown (on request)
+ *   bench_backbone [--ecom PATH] [drain] [fetch] [consume] [poison] [latency] [process] [memory] [breakdown]
+ * With no phase named, every phase but breakdown runs. fetch times the
+ * drainer's fetch (one outbox_step) over rows removed before a VACUUM and
+ * past a batch in flight. breakdown (on request)
  * does the drainer's and the service's steps by hand and times each, to show
  * where the time goes.
  * Environment: DATABASE_URL (migrated; its backbone tables are emptied between
@@ -724,6 +726,99 @@ static void bench_drain(void)
              (unsigned long long)len, STREAM, n_msgs);
     fflush(stdout);
     free(rurl);
+}
+
+/* ---- the drainer's fetch ---- */
+
+/* Adds n rows straight into bus.outbox (one statement; what the fetch reads). */
+static void insert_rows(size_t n)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO bus.outbox (id, partition, topic, type, tenant, aggregate_id, seq, ts, payload)"
+             " SELECT gen_random_uuid(), g %% %d, '%s', '%s', '%s', 'fetch-' || g, 1, 0, '{}'"
+             " FROM generate_series(1, %zu) g",
+             OUTBOX_PARTITIONS, TOPIC, TYPE, TENANT, n);
+    admin_exec(sql);
+}
+
+/* One fetch of up to limit rows, as the drainer sends it (every partition,
+ * skip = the rows in flight); its time in ms, the rows in *st (caller frees). */
+static double fetch_once(db_t *db, const int64_t *skip, size_t nskip, size_t limit, outbox_step_t *st)
+{
+    int parts[OUTBOX_PARTITIONS];
+    for (int p = 0; p < OUTBOX_PARTITIONS; p++)
+        parts[p] = p;
+    int64_t t0 = clock_mono_us();
+    if (outbox_step_send(db, st, NULL, 0, false, parts, OUTBOX_PARTITIONS, skip, nskip, limit) != 0 ||
+        outbox_step_wait(db, st) != 0)
+        die("fetch: outbox step failed");
+    return (double)(clock_mono_us() - t0) / 1000.0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median ms of reps fetches; the row count of the last in *got. */
+static double fetch_median(db_t *db, const int64_t *skip, size_t nskip, size_t limit, size_t *got)
+{
+    enum { REPS = 21 };
+    double t[REPS];
+    for (int i = 0; i < REPS; i++) {
+        outbox_step_t st = {0};
+        t[i] = fetch_once(db, skip, nskip, limit, &st);
+        *got = st.n;
+        outbox_step_free(&st);
+    }
+    qsort(t, REPS, sizeof *t, cmp_double);
+    return t[REPS / 2];
+}
+
+/* The fetch reads bus.outbox from its lowest pos, so it walks the index
+ * entries of removed rows until a VACUUM takes them away (the drainer vacuums
+ * the table itself for that), and leaves the batch in flight out with a
+ * hashed NOT IN. */
+static void bench_fetch(void)
+{
+    enum { REMOVED = 60000, WAITING = 20, BATCH = 1000 };
+    reset_store();
+    admin_exec("ALTER TABLE bus.outbox SET (autovacuum_enabled = off)");
+    db_t *db = open_pg("bench-fetch");
+    if (db_index_scans_only(db) != 0) /* as the drainer: the fetch runs prepared */
+        die("fetch: SET failed");
+    insert_rows(REMOVED);
+    admin_exec("DELETE FROM bus.outbox"); /* as if published */
+    insert_rows(WAITING);
+    size_t got = 0;
+    outbox_step_t st = {0};
+    double first = fetch_once(db, NULL, 0, BATCH, &st);
+    outbox_step_free(&st);
+    double dead = fetch_median(db, NULL, 0, BATCH, &got);
+    admin_exec("VACUUM bus.outbox");
+    double clean = fetch_median(db, NULL, 0, BATCH, &got);
+    printf("fetch (postgres): %zu waiting rows behind %d removed ones: %.2f ms the first time, then %.2f ms"
+           " (median of 21); after a VACUUM %.2f ms\n",
+           got, REMOVED, first, dead, clean);
+    /* a batch in flight: the next fetch leaves its rows out */
+    insert_rows(2 * BATCH - WAITING);
+    fetch_once(db, NULL, 0, BATCH, &st);
+    int64_t *skip = xmalloc(st.n * sizeof *skip);
+    size_t nskip = st.n;
+    for (size_t i = 0; i < nskip; i++)
+        skip[i] = st.rows[i].pos;
+    outbox_step_free(&st);
+    double past = fetch_median(db, skip, nskip, BATCH, &got);
+    double alone = fetch_median(db, NULL, 0, BATCH, &got);
+    printf("fetch (postgres): %zu rows past %zu in flight %.2f ms, the first %zu with nothing in flight %.2f ms"
+           " (medians of 21)\n",
+           got, nskip, past, got, alone);
+    free(skip);
+    db_close(db);
+    admin_exec("ALTER TABLE bus.outbox RESET (autovacuum_enabled)");
+    fflush(stdout);
 }
 
 /* ---- 2. consume ---- */
@@ -1775,8 +1870,8 @@ int main(int argc, char **argv)
         else if (argv[i][0] != '-' && nonly < 8)
             only[nonly++] = argv[i];
         else
-            die("usage: bench_backbone [--ecom PATH] [drain] [consume] [poison] [latency] [process] [memory]"
-                " [breakdown]");
+            die("usage: bench_backbone [--ecom PATH] [drain] [fetch] [consume] [poison] [latency] [process]"
+                " [memory] [breakdown]");
     }
     alloc_tune(); /* as the ecom program does */
     const char *lvl = getenv("LOG_LEVEL");
@@ -1841,7 +1936,8 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         void (*fn)(void);
-    } phases[] = {{"drain", bench_drain},        {"consume", NULL},          {"poison", NULL},
+    } phases[] = {{"drain", bench_drain},        {"fetch", bench_fetch},     {"consume", NULL},
+                  {"poison", NULL},
                   {"latency", bench_latency},    {"process", bench_process}, {"memory", bench_memory},
                   {"breakdown", bench_breakdown}};
     for (int k = 0; k < nonly; k++) {
@@ -1849,7 +1945,8 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < ECOM_ARRAY_LEN(phases); i++)
             known |= strcmp(only[k], phases[i].name) == 0;
         if (!known)
-            die("unknown phase '%s' (drain, consume, poison, latency, process, memory, breakdown)", only[k]);
+            die("unknown phase '%s' (drain, fetch, consume, poison, latency, process, memory, breakdown)",
+                only[k]);
     }
     header();
     int64_t t0 = clock_mono_us();

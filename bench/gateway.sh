@@ -20,7 +20,8 @@
 #   7. the gateway's peak RSS (VmHWM) after the load
 # and the ratios the issue targets; each ratio's two sides run back to back.
 # Under each gateway run: the CPU time per request of the gateway and of its
-# PostgreSQL backends (from /proc; PostgreSQL must run on this machine).
+# PostgreSQL backends (from /proc; PostgreSQL must run on this machine), and
+# the gateway's and nginx's user and kernel time and preemptions per request.
 # The POSTs are checked: non-2xx answers, outbox rows and idempotency records
 # written against the requests wrk counted.
 # BENCH_ONLY=get,post,pgbench runs only those groups (default: all): get = 1-3,
@@ -131,6 +132,25 @@ nginx_ticks() {
   echo "$t"
 }
 hz=$(getconf CLK_TCK)
+# PIDS: user ticks, system ticks and involuntary context switches (a thread
+# preempted while it could run) summed over the processes and their threads
+srv_snap() {
+  local p u=0 k=0 c=0 a b v
+  for p in "$@"; do
+    read -r a b < <(awk '{ print $14, $15 }' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+    v=$(cat /proc/"$p"/task/*/status 2>/dev/null | awk '$1 == "nonvoluntary_ctxt_switches:" { s += $2 } END { print s + 0 }')
+    u=$((u + a)) k=$((k + b)) c=$((c + v))
+  done
+  echo "$u $k $c"
+}
+# BEFORE AFTER N (srv_snap outputs, requests): user and kernel time per
+# request, and preemptions per request
+srv_split() {
+  awk -v b="$1" -v a="$2" -v n="$3" -v hz="$hz" 'BEGIN {
+    split(b, x, " "); split(a, y, " ")
+    printf "(user %.1f us, kernel %.1f us; preempted %.2f times per request)",
+      (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n, (y[3] - x[3]) / n }'
+}
 # RUN LABEL URL [wrk args]: runs wrk, prints its row and the CPU time spent per
 # request by the gateway and by its PostgreSQL backends (figures that a busy
 # machine moves much less than requests/s), leaves the figures in w_*
@@ -138,24 +158,26 @@ run_wrk() {
   local name=$1 label=$2 url=$3
   shift 3
   w_rps=0 w_p50=0 w_p99=0 w_n=0 w_bad=0 w_err=0
-  local g0 p0 g1 p1 x0 x1
-  g0=$(proc_ticks "$gw_pid") p0=$(gw_pg_ticks) x0=0
-  [ -n "$nginx_pid" ] && x0=$(nginx_ticks)
+  local g0 p0 g1 p1 x0 x1 gs0 gs1 ns0="" ns1=""
+  g0=$(proc_ticks "$gw_pid") p0=$(gw_pg_ticks) x0=0 gs0=$(srv_snap "$gw_pid")
+  [ -n "$nginx_pid" ] && x0=$(nginx_ticks) && ns0=$(srv_snap $nginx_pid $(pgrep -P "$nginx_pid"))
   if ! "${wrk_cmd[@]}" "$@" "$url" >"$tmp/$name.wrk" 2>&1; then
     echo "  $label: wrk failed:" && sed 's/^/    /' "$tmp/$name.wrk"
     rc=1
     return 1
   fi
-  g1=$(proc_ticks "$gw_pid") p1=$(gw_pg_ticks) x1=0
-  [ -n "$nginx_pid" ] && x1=$(nginx_ticks)
+  g1=$(proc_ticks "$gw_pid") p1=$(gw_pg_ticks) x1=0 gs1=$(srv_snap "$gw_pid")
+  [ -n "$nginx_pid" ] && x1=$(nginx_ticks) && ns1=$(srv_snap $nginx_pid $(pgrep -P "$nginx_pid"))
   read -r w_rps w_p50 w_p99 w_n w_bad w_err < <(wrk_parse "$tmp/$name.wrk")
   row "$label" "$w_rps" "req/s" "$w_p50" "$w_p99" "non-2xx $w_bad, socket errors $w_err"
   if [ "${w_n:-0}" -gt 0 ] && [[ $url == "$gw"* ]]; then
     awk -v g=$((g1 - g0)) -v p=$((p1 - p0)) -v n="$w_n" -v hz="$hz" 'BEGIN {
       printf "      cpu per request: gateway %.1f us, its PostgreSQL backends %.1f us\n", g * 1e6 / hz / n, p * 1e6 / hz / n }'
+    echo "        gateway $(srv_split "$gs0" "$gs1" "$w_n")"
   elif [ "${w_n:-0}" -gt 0 ] && [ -n "$nginx_url" ] && [[ $url == "$nginx_url"* ]]; then
     awk -v x=$((x1 - x0)) -v n="$w_n" -v hz="$hz" 'BEGIN {
       printf "      cpu per request: nginx %.1f us\n", x * 1e6 / hz / n }'
+    echo "        nginx $(srv_split "$ns0" "$ns1" "$w_n")"
   fi
 }
 # RUN LABEL CLIENTS SCRIPT: pgbench, prints its row, leaves the figures in p_*

@@ -339,8 +339,9 @@ static void add_unmarked(drainer_t *d, const outbox_row_t *rows, size_t n)
 
 /* The fetch reads bus.outbox in pos order from its start, so every fetch
  * walks the index entries of the rows removed before it until a VACUUM takes
- * them away: after a burst of 60,000 rows a fetch of 20 costs 0.3 ms instead
- * of 0.05 (EXPLAIN ANALYZE; 8 ms the first time), and in the shop flow at
+ * them away: behind 60,000 removed rows a fetch of 20 costs about twice as
+ * much as after a VACUUM, and 11-17 ms the first time (bench_backbone
+ * fetch), and in the shop flow at
  * 250 payments/s right after a saturated run the drainer's backend spent
  * 1.6-3.2 ms of CPU per payment on it instead of 0.5-0.7. The autovacuum
  * launcher visits a database about once a minute, so the drainer vacuums the

@@ -711,20 +711,29 @@ static long long outbox_vacuums(PGconn *c)
     return v;
 }
 
-/* The drainer vacuums bus.outbox itself every vacuum_rows published rows
- * (autovacuum is off for the table here): a fetch walks the index entries of
- * removed rows until a vacuum takes them away. */
-static void test_drainer_vacuums_real(void)
+/* A system whose drainer vacuums every 500 published rows and whose
+ * bus.outbox has autovacuum off (so every VACUUM counted is a drainer's),
+ * with one service, group; the test's own connection to its database. */
+static PGconn *vacuum_sut(sut_t *s, const char *db, const char *group)
 {
-    sut_t s;
-    sut_init(&s, false, "drainvac");
-    s.dopts.vacuum_rows = 500;
-    sut_add_service(&s, "v1", types_orders);
+    sut_init(s, false, db);
+    s->dopts.vacuum_rows = 500;
+    sut_add_service(s, group, types_orders);
     char *err = NULL;
-    PGconn *c = pg_connect(s.pg_url, "test", &err);
+    PGconn *c = pg_connect(s->pg_url, "test", &err);
     free(err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(c);
     ASSERT_OK(pg_exec(c, "ALTER TABLE bus.outbox SET (autovacuum_enabled = off)"));
+    return c;
+}
+
+/* The drainer vacuums bus.outbox itself every vacuum_rows published rows: a
+ * fetch walks the index entries of removed rows until a vacuum takes them
+ * away. */
+static void test_drainer_vacuums_real(void)
+{
+    sut_t s;
+    PGconn *c = vacuum_sut(&s, "drainvac", "v1");
     long long v0 = outbox_vacuums(c);
     uint64_t m0 = drainer_vacuums();
     publish_orders(&s, 3000, 30, 100, "order.placed");
@@ -739,7 +748,6 @@ static void test_drainer_vacuums_real(void)
     CU_ASSERT_TRUE(v0 >= 0 && v > v0);
     check_applied(&s, "v1", 3000);
     sut_stop(&s);
-    ASSERT_OK(pg_exec(c, "ALTER TABLE bus.outbox RESET (autovacuum_enabled)"));
     PQfinish(c);
 }
 
@@ -749,13 +757,7 @@ static void test_drainer_vacuums_real(void)
 static void test_drainer_not_owner_real(void)
 {
     sut_t s;
-    sut_init(&s, false, "drainrole");
-    s.dopts.vacuum_rows = 500;
-    sut_add_service(&s, "v2", types_orders);
-    char *err = NULL;
-    PGconn *c = pg_connect(s.pg_url, "test", &err);
-    free(err);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    PGconn *c = vacuum_sut(&s, "drainrole", "v2");
     char role[48], sql[512];
     snprintf(role, sizeof role, "t_drainer_%d", (int)getpid());
     snprintf(sql, sizeof sql,
@@ -764,7 +766,6 @@ static void test_drainer_not_owner_real(void)
              " GRANT USAGE ON ALL SEQUENCES IN SCHEMA bus TO %s",
              role, role, role, role, role);
     ASSERT_OK(pg_exec(c, sql));
-    ASSERT_OK(pg_exec(c, "ALTER TABLE bus.outbox SET (autovacuum_enabled = off)"));
     /* the drainer connects as that role */
     char *url = xasprintf("%s%suser=%s", s.pg_url, strchr(s.pg_url, '?') ? "&" : "?", role);
     s.dopts.database_url = url;

@@ -1030,6 +1030,22 @@ static int64_t stats_count(sut_t *s, const char *type)
     return stats_since(s, type, (clock_now_ms() / 60000 - 5) * 60000);
 }
 
+/* An event of the shop topic at ts, with a new id (the strings are borrowed). */
+static void shop_event(envelope_t *e, char *tenant, char *type, char *aggregate, int64_t ts)
+{
+    *e = (envelope_t){.type = type,
+                      .topic = "shop",
+                      .tenant = tenant,
+                      .aggregate_id = aggregate,
+                      .seq = 1,
+                      .ts = ts,
+                      .v = 1,
+                      .traceparent = "",
+                      .request_id = "",
+                      .payload = "{\"n\":1}"};
+    uuid_v7(e->id);
+}
+
 /* Analytics records what it applied in its read model (no bus.inbox row):
  * a copy of an applied event, alone or in a batch with new ones, and an
  * event twice in one batch are each recorded and counted once. */
@@ -1048,17 +1064,7 @@ static void analytics_copies(bool memory)
     char agg[4][32];
     for (int i = 0; i < 4; i++) {
         snprintf(agg[i], sizeof agg[i], "order:an-%d", i);
-        e[i] = (envelope_t){.type = "order.viewed",
-                            .topic = "shop",
-                            .tenant = TENANT,
-                            .aggregate_id = agg[i],
-                            .seq = 1,
-                            .ts = clock_now_ms(),
-                            .v = 1,
-                            .traceparent = "",
-                            .request_id = "",
-                            .payload = "{\"n\":1}"};
-        uuid_v7(e[i].id);
+        shop_event(&e[i], TENANT, "order.viewed", agg[i], clock_now_ms());
     }
     bus_t *b = sut_bus(&s);
     ASSERT_OK(bus_publish(b, e, 1, NULL)); /* e0 */
@@ -1112,17 +1118,7 @@ static void analytics_minutes(bool memory)
     for (size_t p = 0; p < ECOM_ARRAY_LEN(plan); p++)
         for (int i = 0; i < plan[p].n; i++, k++) {
             snprintf(agg[k], sizeof agg[k], "order:min-%zu", k);
-            e[k] = (envelope_t){.type = plan[p].type,
-                                .topic = "shop",
-                                .tenant = plan[p].tenant,
-                                .aggregate_id = agg[k],
-                                .seq = 1,
-                                .ts = m0 + plan[p].at,
-                                .v = 1,
-                                .traceparent = "",
-                                .request_id = "",
-                                .payload = "{\"n\":1}"};
-            uuid_v7(e[k].id);
+            shop_event(&e[k], plan[p].tenant, plan[p].type, agg[k], m0 + plan[p].at);
         }
     bus_t *b = sut_bus(&s);
     ASSERT_OK(bus_publish(b, e, k, NULL)); /* before the service starts: one batch */
