@@ -711,6 +711,71 @@ static void *probe(void *arg)
 
 static void print_result(const char *label, const struct result *r);
 
+/* ---- each stage's batches, from its /metrics ---- */
+
+typedef struct stage_stats {
+    double batches, messages, seconds; /* batch count, messages in them, time spent applying them */
+} stage_stats_t;
+
+/* The sum over every series of metric (all label sets) in a Prometheus text. */
+static double metric_sum(const char *text, const char *metric)
+{
+    double total = 0;
+    size_t ml = strlen(metric);
+    for (const char *line = text; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+        if (strncmp(line, metric, ml) != 0 || (line[ml] != ' ' && line[ml] != '{'))
+            continue;
+        const char *v = line[ml] == '{' ? strchr(line, '}') : line + ml;
+        if (v)
+            total += strtod(v + 1, NULL);
+    }
+    return total;
+}
+
+/* Scrapes a role's batch counters; zeros when its /metrics does not answer. */
+static stage_stats_t stage_stats(const role_t *r)
+{
+    stage_stats_t st = {0};
+    conn_t c = {.fd = -1};
+    if (conn_open(&c, r->port) != 0)
+        return st;
+    const char req[] = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    struct evbuffer *b = evbuffer_new();
+    if (send(c.fd, req, sizeof req - 1, MSG_NOSIGNAL) > 0) {
+        char buf[16384];
+        ssize_t got;
+        while ((got = recv(c.fd, buf, sizeof buf, 0)) > 0)
+            evbuffer_add(b, buf, (size_t)got);
+    }
+    conn_close(&c);
+    evbuffer_add(b, "", 1);
+    const char *text = (const char *)evbuffer_pullup(b, -1);
+    if (r == &roles[R_DRAINER]) {
+        st.batches = metric_sum(text, "ecom_outbox_batches_total");
+        st.messages = metric_sum(text, "ecom_outbox_published_total");
+        st.seconds = metric_sum(text, "ecom_outbox_batch_seconds_sum");
+    } else {
+        st.batches = metric_sum(text, "ecom_service_batch_seconds_count");
+        st.messages = metric_sum(text, "ecom_service_applied_total") + metric_sum(text, "ecom_service_duplicates_total") +
+                      metric_sum(text, "ecom_service_ignored_total");
+        st.seconds = metric_sum(text, "ecom_service_batch_seconds_sum");
+    }
+    evbuffer_free(b);
+    return st;
+}
+
+static void print_stages(const stage_stats_t *s0, const stage_stats_t *s1)
+{
+    printf("      batches (count, messages each, ms each):");
+    for (int i = R_DRAINER; i < R_COUNT; i++) {
+        double nb = s1[i].batches - s0[i].batches;
+        double per = nb > 0 ? (s1[i].messages - s0[i].messages) / nb : 0;
+        double ms = nb > 0 ? (s1[i].seconds - s0[i].seconds) * 1000.0 / nb : 0;
+        printf("%s %s %.0f, %.1f, %.2f", i == R_DRAINER ? "" : ";", roles[i].name, nb, per, ms);
+    }
+    printf("\n");
+}
+
 static result_t run_once(int rate, bool explain, const char *label)
 {
     static int seq;
@@ -726,8 +791,12 @@ static result_t run_once(int rate, bool explain, const char *label)
     double cpu0[R_COUNT], busy0 = machine_busy_ms();
     double pg0 = cpu_of_matching(pg_needle), redis0 = cpu_of_matching(redis_needle), pgr0[R_COUNT];
     cpu_pg_by_role(pgr0);
-    for (int i = 0; i < R_COUNT; i++)
+    stage_stats_t st0[R_COUNT] = {{0}}, st1[R_COUNT] = {{0}};
+    for (int i = 0; i < R_COUNT; i++) {
         cpu0[i] = proc_cpu_ms(roles[i].pid);
+        if (explain && i != R_GATEWAY)
+            st0[i] = stage_stats(&roles[i]);
+    }
     run.t0_us = wall_us() + 20000;
     run.end_us = run.t0_us + (int64_t)secs * 1000000;
     int nth = nclients;
@@ -764,8 +833,11 @@ static result_t run_once(int rate, bool explain, const char *label)
     }
     /* CPU from the start to the last receipt: all the work of these payments */
     double cpu1[R_COUNT];
-    for (int i = 0; i < R_COUNT; i++)
+    for (int i = 0; i < R_COUNT; i++) {
         cpu1[i] = proc_cpu_ms(roles[i].pid);
+        if (explain && i != R_GATEWAY)
+            st1[i] = stage_stats(&roles[i]);
+    }
     double busy1 = machine_busy_ms();
     double pg1 = cpu_of_matching(pg_needle), redis1 = cpu_of_matching(redis_needle), pgr1[R_COUNT];
     cpu_pg_by_role(pgr1);
@@ -819,8 +891,10 @@ static result_t run_once(int rate, bool explain, const char *label)
         printf("    (%zu of %zu requests were not answered 202)\n", sent - acc, sent);
     if (label)
         print_result(label, &res);
-    if (explain)
+    if (explain) {
+        print_stages(st0, st1);
         breakdown(&run, n);
+    }
     free(lat);
     free(http);
     free(run.p);

@@ -10,6 +10,7 @@
 #include "core/pgarray.h"
 #include "core/strmap.h"
 #include "core/uuid.h"
+#include "core/workpool.h"
 #include "services/notification/channel.h"
 #include "services/payment/payment.h"
 
@@ -554,10 +555,22 @@ static svc_result_t send_guarded(svc_ctx_t *c, channel_t ch, const notify_msg_t 
     return SVC_OK;
 }
 
+/* The networked sends of one message made ahead of its delivery (a batch's
+ * sends run side by side, then the batch is delivered in order). */
+typedef struct presend {
+    unsigned have; /* bits of the channels sent ahead */
+    notify_outcome_t o[CH_COUNT];
+    svc_result_t r[CH_COUNT]; /* send_guarded's result */
+    char detail[CH_COUNT][256];
+    char error[256]; /* the error of a result other than SVC_OK */
+} presend_t;
+
 /* Delivers m on every configured channel not in done (bits of channels
  * recorded before), recording each delivery now, or into batch when given
- * (written by handle_batch after the whole batch). */
-static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, record_batch_t *batch)
+ * (written by handle_batch after the whole batch). pre: its sends made
+ * ahead, or NULL. */
+static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, record_batch_t *batch,
+                            const presend_t *pre)
 {
     for (int i = 0; i < settings.n; i++) {
         channel_t ch = settings.order[i];
@@ -565,7 +578,14 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, 
             continue; /* recorded by an earlier delivery of this message */
         char detail[256] = "";
         notify_outcome_t o;
-        if (sent_recall(m->message_id, ch)) {
+        if (pre && (pre->have & (1u << ch))) {
+            if (pre->r[ch] != SVC_OK) {
+                snprintf(c->error, sizeof c->error, "%s", pre->error);
+                return pre->r[ch];
+            }
+            o = pre->o[ch];
+            snprintf(detail, sizeof detail, "%s", pre->detail[ch]);
+        } else if (sent_recall(m->message_id, ch)) {
             o = NOTIFY_SENT;
             snprintf(detail, sizeof detail, "sent by an earlier attempt");
         } else if (ch == CH_LOG) {
@@ -638,7 +658,7 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
     if (recorded(c->tx, m.message_id, &done) != 0)
         snprintf(c->error, sizeof c->error, "reading deliveries failed (sqlstate %s)", pg_last_sqlstate());
     else
-        res = deliver(c, &m, done, NULL);
+        res = deliver(c, &m, done, NULL, NULL);
     free(r.text);
     return res;
 }
@@ -713,10 +733,127 @@ static int batch_write(db_t *tx, record_batch_t *b)
     return r ? 0 : -1;
 }
 
+/* ---- a batch's sends, side by side ---- */
+
+#define SEND_THREADS 16 /* networked sends side by side (+ the calling thread) */
+
+typedef struct ahead {
+    size_t n;               /* messages of the batch */
+    const envelope_t *const *msgs;
+    rendered_t *r;          /* rendered[i]; text NULL when not notified */
+    unsigned *done;         /* channels recorded before, per message */
+    presend_t *pre;         /* per message */
+    size_t *order, ngroups; /* message indices grouped by aggregate, batch order within */
+    size_t *group_start;    /* group g is order[group_start[g] .. group_start[g + 1]) */
+} ahead_t;
+
+static bool networked(channel_t ch)
+{
+    return ch == CH_WEBHOOK || ch == CH_SMTP;
+}
+
+/* Sends the messages of one aggregate, in order, on their networked
+ * channels; stops at the first that does not go (the later ones wait for
+ * it, as they would delivered one at a time). What was sent is remembered at
+ * once, so a batch that fails later does not send it again. */
+static void send_group(void *arg, size_t g)
+{
+    ahead_t *a = arg;
+    for (size_t k = a->group_start[g]; k < a->group_start[g + 1]; k++) {
+        size_t i = a->order[k];
+        const envelope_t *e = a->msgs[i];
+        notify_msg_t m = message_of(e, &a->r[i]);
+        presend_t *p = &a->pre[i];
+        log_ctx_t lc;
+        char trace[33];
+        svc_log_ctx(&lc, trace, e);
+        const log_ctx_t *prev = log_ctx_set(&lc);
+        bool stop = false;
+        for (int x = 0; x < settings.n && !stop; x++) {
+            channel_t ch = settings.order[x];
+            if (!networked(ch) || (a->done[i] & (1u << ch)) || sent_recall(m.message_id, ch))
+                continue;
+            svc_ctx_t c = {.msg = e, .group = "notification"};
+            p->have |= 1u << ch;
+            p->r[ch] = send_guarded(&c, ch, &m, &p->o[ch], p->detail[ch], sizeof p->detail[ch]);
+            if (p->r[ch] != SVC_OK) {
+                snprintf(p->error, sizeof p->error, "%s", c.error);
+                stop = true;
+            } else if (p->o[ch] == NOTIFY_SENT) {
+                sent_remember(m.message_id, ch);
+            } else if (p->o[ch] == NOTIFY_REJECTED || p->o[ch] == NOTIFY_FAILED) {
+                stop = true;
+            }
+        }
+        log_ctx_set(prev);
+        if (stop)
+            break;
+    }
+}
+
+static workpool_t *send_pool;
+static pthread_once_t send_once = PTHREAD_ONCE_INIT;
+
+static void send_pool_make(void)
+{
+    send_pool = workpool_new(SEND_THREADS, 0); /* lives as long as the process; its threads keep their connections */
+}
+
+/* Groups the messages that have networked sends to make by aggregate and
+ * makes them, a group per thread of the pool. */
+static void send_ahead(ahead_t *a)
+{
+    bool any_net = false;
+    for (int x = 0; x < settings.n; x++)
+        any_net = any_net || networked(settings.order[x]);
+    if (!any_net)
+        return;
+    a->order = xmalloc((a->n + 1) * sizeof *a->order);
+    a->group_start = xmalloc((a->n + 1) * sizeof *a->group_start);
+    strmap_t first; /* tenant \0 aggregate -> group index + 1 */
+    strmap_init(&first);
+    size_t *group_of = xmalloc((a->n + 1) * sizeof *group_of), *count = xcalloc(a->n + 1, sizeof *count);
+    size_t m = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        group_of[i] = SIZE_MAX;
+        if (!a->r[i].text)
+            continue;
+        const envelope_t *e = a->msgs[i];
+        size_t tl = strlen(e->tenant), al = strlen(e->aggregate_id);
+        char *key = xmalloc(tl + al + 2);
+        memcpy(key, e->tenant, tl + 1);
+        memcpy(key + tl + 1, e->aggregate_id, al + 1);
+        bool created;
+        void **v = strmap_put(&first, key, tl + al + 1, &created);
+        free(key);
+        if (created)
+            *v = (void *)(uintptr_t)++a->ngroups;
+        group_of[i] = (uintptr_t)*v - 1;
+        count[group_of[i]]++;
+        m++;
+    }
+    a->group_start[0] = 0;
+    for (size_t g = 0; g < a->ngroups; g++)
+        a->group_start[g + 1] = a->group_start[g] + count[g];
+    memset(count, 0, (a->n + 1) * sizeof *count);
+    for (size_t i = 0; i < a->n; i++)
+        if (group_of[i] != SIZE_MAX)
+            a->order[a->group_start[group_of[i]] + count[group_of[i]]++] = i;
+    free(group_of);
+    free(count);
+    strmap_free(&first);
+    if (m == 0)
+        return;
+    pthread_once(&send_once, send_pool_make);
+    workpool_run(send_pool, a->ngroups, send_group, a);
+}
+
 /* A batch in two statements around the sends: which deliveries exist, then
- * every new one at once (two statements per message before). A send that
- * fails fails the batch; the runtime applies it again by halves, and what
- * was sent meanwhile is not sent twice (the recent-sends memory). */
+ * every new one at once (two statements per message before). The networked
+ * sends go side by side (a thread per aggregate, its messages in order), then
+ * the batch is delivered and recorded in order. A send that fails fails the
+ * batch; the runtime applies it again by halves, and what was sent
+ * meanwhile is not sent twice (the recent-sends memory). */
 static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
                                  void *arg)
 {
@@ -734,33 +871,53 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     record_batch_t b = {0};
     for (int k = 0; k < RECORD_COLS; k++)
         pg_array_begin(&b.col[k], k == 0 ? PG_OID_UUID : PG_OID_TEXT, 0);
+    ahead_t a = {.n = n,
+                 .msgs = msgs,
+                 .r = xcalloc(n, sizeof *a.r),
+                 .done = xcalloc(n, sizeof *a.done),
+                 .pre = xcalloc(n, sizeof *a.pre)};
     svc_result_t res = recorded_many(tx, msgs, n, &done) == 0 ? SVC_OK : SVC_RETRY;
     for (size_t i = 0; i < n && res == SVC_OK; i++) {
-        const envelope_t *e = msgs[i];
-        rendered_t r = {0};
         char why[200];
-        int rc = render(e, payloads[i], &r, why, sizeof why);
+        int rc = render(msgs[i], payloads[i], &a.r[i], why, sizeof why);
         if (rc <= 0) {
+            free(a.r[i].text);
+            a.r[i].text = NULL;
             if (rc < 0)
                 res = SVC_REJECT; /* handle() rejects it on its own */
             continue;
         }
+        char low[UUID_STR_LEN];
+        uuid_lower(msgs[i]->id, low); /* a UUID: recorded_many checked every id of the batch */
+        void **bits = strmap_get(&done, low, 36);
+        a.done[i] = bits ? (unsigned)(uintptr_t)*bits : 0;
+    }
+    if (res == SVC_OK)
+        send_ahead(&a);
+    for (size_t i = 0; i < n && res == SVC_OK; i++) {
+        const envelope_t *e = msgs[i];
+        if (!a.r[i].text)
+            continue;
         log_ctx_t lc;
-        char trace[33], low[UUID_STR_LEN];
+        char trace[33];
         svc_log_ctx(&lc, trace, e);
         const log_ctx_t *prev = log_ctx_set(&lc);
-        uuid_lower(e->id, low); /* a UUID: recorded_many checked every id of the batch */
-        void **bits = strmap_get(&done, low, 36);
-        notify_msg_t m = message_of(e, &r);
+        notify_msg_t m = message_of(e, &a.r[i]);
         svc_ctx_t c = {.tx = tx, .msg = e, .payload = payloads[i], .group = "notification"};
-        res = deliver(&c, &m, bits ? (unsigned)(uintptr_t)*bits : 0, &b);
+        res = deliver(&c, &m, a.done[i], &b, &a.pre[i]);
         if (res != SVC_OK)
             log_debug("notification batch: %s", c.error);
         log_ctx_set(prev);
-        free(r.text);
     }
     if (res == SVC_OK && batch_write(tx, &b) != 0)
         res = SVC_RETRY;
+    for (size_t i = 0; i < n; i++)
+        free(a.r[i].text);
+    free(a.r);
+    free(a.done);
+    free(a.pre);
+    free(a.order);
+    free(a.group_start);
     for (int k = 0; k < RECORD_COLS; k++)
         pg_array_free(&b.col[k]);
     strmap_free(&done);

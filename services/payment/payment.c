@@ -9,17 +9,17 @@
 #include "core/pg.h"
 #include "core/pgarray.h"
 #include "core/strmap.h"
+#include "core/workpool.h"
 #include "services/payment/provider.h"
 
 #include <event2/buffer.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define ANSWERS_MAX 16384   /* provider answers remembered for replays after a rollback (> SERVICE_BATCH) */
-#define PREFETCH_THREADS 31 /* provider calls of one batch side by side (+ the service's thread) */
+#define PREFETCH_THREADS 31 /* provider calls side by side (+ the calling thread) */
 
 /* ---- small helpers ---- */
 
@@ -608,7 +608,6 @@ typedef struct prefetch {
     svc_result_t *result;
     char (*error)[256];
     size_t n;
-    _Atomic size_t next;
     /* every payment the batch's commands name, read and locked at its start
      * (PostgreSQL: one statement): id -> payment_t*, until a command of the
      * batch changes it (then NULL: read it again) */
@@ -850,18 +849,23 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
     return handle_one(c, NULL);
 }
 
-static void *prefetch_worker(void *arg)
+/* Charges pending payment i of the batch (on a thread of the pool). */
+static void prefetch_one(void *arg, size_t i)
 {
     prefetch_t *pf = arg;
-    for (;;) {
-        size_t i = atomic_fetch_add(&pf->next, 1);
-        if (i >= pf->n)
-            return NULL;
-        svc_ctx_t c = {0};
-        provider_answer_t a;
-        pf->result[i] = charge(&c, &pf->rows[i], &a);
-        memcpy(pf->error[i], c.error, sizeof c.error);
-    }
+    svc_ctx_t c = {0};
+    provider_answer_t a;
+    pf->result[i] = charge(&c, &pf->rows[i], &a);
+    memcpy(pf->error[i], c.error, sizeof c.error);
+}
+
+/* The provider calls of every batch of the process share these threads. */
+static workpool_t *prefetch_pool;
+static pthread_once_t prefetch_once = PTHREAD_ONCE_INIT;
+
+static void prefetch_pool_make(void)
+{
+    prefetch_pool = workpool_new(PREFETCH_THREADS, 0); /* lives as long as the process */
 }
 
 static const char sql_lock_many[] = "SELECT " PAYMENT_COLUMNS " FROM payment.payments WHERE id = ANY ($1::uuid[])"
@@ -941,14 +945,8 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     pf.result = xcalloc(pf.n ? pf.n : 1, sizeof *pf.result);
     pf.error = xcalloc(pf.n ? pf.n : 1, sizeof *pf.error);
     if (pf.n > 1) {
-        pthread_t th[PREFETCH_THREADS];
-        size_t nth = 0;
-        for (; nth < PREFETCH_THREADS && nth < pf.n; nth++)
-            if (pthread_create(&th[nth], NULL, prefetch_worker, &pf) != 0)
-                break;
-        prefetch_worker(&pf); /* this thread works too */
-        for (size_t k = 0; k < nth; k++)
-            pthread_join(th[k], NULL);
+        pthread_once(&prefetch_once, prefetch_pool_make);
+        workpool_run(prefetch_pool, pf.n, prefetch_one, &pf);
     }
     for (size_t i = 0; i < n && r == SVC_OK; i++) {
         const envelope_t *e = msgs[i];

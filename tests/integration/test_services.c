@@ -1342,6 +1342,133 @@ static void test_webhook_real(void)
     webhook(false);
 }
 
+/* A receiver that answers each webhook 30 ms later (so sends made side by
+ * side overlap), notes the most requests it held at once, and checks that
+ * the receipts of one payment come one at a time, in order (received, then
+ * refunded); the first request for payment fail_pid answers 500. */
+#define SLOW_PAYMENTS 8
+typedef struct slow_hook {
+    http_sink_t srv;
+    pthread_mutex_t mu; /* the sink's thread and the test's */
+    int requests, in_flight, most;
+    char pids[SLOW_PAYMENTS][UUID_STR_LEN];
+    int received[SLOW_PAYMENTS], refunded[SLOW_PAYMENTS]; /* 200s answered */
+    bool busy[SLOW_PAYMENTS];
+    int out_of_order, overlapping, failed;
+    int fail_pid; /* -1: none */
+} slow_hook_t;
+
+typedef struct slow_reply {
+    slow_hook_t *h;
+    struct evhttp_request *req;
+    int pid;
+    bool refund;
+} slow_reply_t;
+
+static void slow_reply(evutil_socket_t fd, short ev, void *arg)
+{
+    (void)fd;
+    (void)ev;
+    slow_reply_t *r = arg;
+    slow_hook_t *h = r->h;
+    pthread_mutex_lock(&h->mu);
+    int code = 200;
+    if (r->pid == h->fail_pid && !r->refund && h->failed == 0) {
+        code = 500;
+        h->failed++;
+    } else if (r->pid >= 0) {
+        (r->refund ? h->refunded : h->received)[r->pid]++;
+    }
+    if (r->pid >= 0)
+        h->busy[r->pid] = false;
+    h->in_flight--;
+    pthread_mutex_unlock(&h->mu);
+    evhttp_send_reply(r->req, code, code == 200 ? "OK" : "Internal Server Error", NULL);
+    free(r);
+}
+
+static void slow_hook_cb(struct evhttp_request *req, void *arg)
+{
+    slow_hook_t *h = arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    char *body = xstrndup((const char *)evbuffer_pullup(in, -1), n);
+    slow_reply_t *r = xmalloc(sizeof *r);
+    *r = (slow_reply_t){.h = h, .req = req, .pid = -1, .refund = strstr(body, "Refund issued") != NULL};
+    pthread_mutex_lock(&h->mu);
+    for (int i = 0; i < SLOW_PAYMENTS; i++)
+        if (strstr(body, h->pids[i]))
+            r->pid = i;
+    h->requests++;
+    if (++h->in_flight > h->most)
+        h->most = h->in_flight;
+    if (r->pid >= 0) {
+        if (h->busy[r->pid])
+            h->overlapping++;
+        h->busy[r->pid] = true;
+        if (r->refund ? h->received[r->pid] == 0 : h->refunded[r->pid] > 0)
+            h->out_of_order++;
+    }
+    pthread_mutex_unlock(&h->mu);
+    free(body);
+    struct timeval tv = {0, 30000};
+    event_base_once(h->srv.base, -1, EV_TIMEOUT, slow_reply, r, &tv);
+}
+
+/* A batch's webhooks go out side by side, the receipts of one payment one
+ * after the other and in order; a failed one holds back only its payment's
+ * later receipt, and nothing is sent twice. */
+static void test_webhook_side_by_side(void)
+{
+    slow_hook_t h = {.fail_pid = 0};
+    pthread_mutex_init(&h.mu, NULL);
+    ASSERT_OK(http_sink_start(&h.srv, slow_hook_cb, &h));
+    sut_t s;
+    start_webhook_notification(&s, false, "svc_webhook_side", "webhook", h.srv.port);
+    db_t *db = sut_db(&s);
+    ASSERT_OK(db_begin(db));
+    for (int i = 0; i < SLOW_PAYMENTS; i++) {
+        char agg[64];
+        pthread_mutex_lock(&h.mu);
+        uuid_v7(h.pids[i]);
+        pthread_mutex_unlock(&h.mu);
+        snprintf(agg, sizeof agg, "payment:%s", h.pids[i]);
+        char *ok = xasprintf("{\"paymentId\":\"%s\",\"amount\":1000,\"currency\":\"EUR\",\"subject\":\"" BUYER "\"}",
+                             h.pids[i]);
+        char *back = xasprintf("{\"paymentId\":\"%s\",\"amount\":300,\"refunded\":300,\"currency\":\"EUR\","
+                               "\"subject\":\"" BUYER "\"}",
+                               h.pids[i]);
+        append(db, "payment", "payment.succeeded", agg, ok);
+        append(db, "payment", "payment.refunded", agg, back);
+        free(ok);
+        free(back);
+    }
+    ASSERT_OK(db_commit(db));
+    db_close(db);
+    CU_ASSERT_TRUE(wait_deliveries(&s, BUYER, NULL, "webhook", 2 * SLOW_PAYMENTS, 20000));
+    clock_sleep_ms(300); /* nothing more may arrive */
+    pthread_mutex_lock(&h.mu);
+    CU_ASSERT_TRUE(h.most >= 2);
+    CU_ASSERT_EQUAL(h.overlapping, 0);
+    CU_ASSERT_EQUAL(h.out_of_order, 0);
+    CU_ASSERT_EQUAL(h.failed, 1);
+    CU_ASSERT_EQUAL(h.requests, 2 * SLOW_PAYMENTS + 1); /* the failed one again, nothing else twice */
+    for (int i = 0; i < SLOW_PAYMENTS; i++) {
+        CU_ASSERT_EQUAL(h.received[i], 1);
+        CU_ASSERT_EQUAL(h.refunded[i], 1);
+    }
+    if (h.most < 2 || h.overlapping || h.out_of_order || h.requests != 2 * SLOW_PAYMENTS + 1)
+        fprintf(stderr, "receiver: most %d at once, %d overlapping, %d out of order, %d requests\n", h.most,
+                h.overlapping, h.out_of_order, h.requests);
+    pthread_mutex_unlock(&h.mu);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "webhook"), 2 * SLOW_PAYMENTS);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
+    sut_stop(&s);
+    http_sink_stop(&h.srv);
+    pthread_mutex_destroy(&h.mu);
+    configure_notification(&s, "log", NULL, 0);
+}
+
 /* A tiny SMTP server on a thread of the test; keeps the last mail. */
 typedef struct smtpd {
     int lfd;
@@ -1564,6 +1691,7 @@ int main(void)
         {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
         {"signed webhook, 500 twice then 200: delivered once (postgres+redis)", test_webhook_real},
         {"webhooks share a kept connection; closed ones are replaced (memory)", test_webhook_kept},
+        {"a batch's webhooks go side by side, each payment's in order (postgres+redis)", test_webhook_side_by_side},
         {"SMTP mail to the test server (memory)", test_smtp_memory},
         {"SMTP mail to the test server (postgres+redis)", test_smtp_real},
         CU_TEST_INFO_NULL,

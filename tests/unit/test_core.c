@@ -1,5 +1,5 @@
 /* tests/unit/test_core.c: core/ — strict JSON, UUIDv7, configuration, the
- * string map, envelopes and the metrics text. */
+ * string map, envelopes, the metrics text and the work pool. */
 #include "bus/envelope.h"
 #include "core/alloc.h"
 #include "core/config.h"
@@ -7,9 +7,12 @@
 #include "core/metrics.h"
 #include "core/strmap.h"
 #include "core/uuid.h"
+#include "core/workpool.h"
 #include "tests/testlib.h"
 
 #include <event2/buffer.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,6 +257,91 @@ static void test_metrics_text(void)
     metrics_reset();
 }
 
+/* ---- work pool ---- */
+
+typedef struct pool_job {
+    atomic_int runs[64];
+    atomic_int running, most; /* items running now, and at most at once */
+    int together;             /* an item waits (up to 5 s) until this many run at once */
+    pthread_t caller;
+    atomic_int on_caller;
+} pool_job_t;
+
+static void pool_item(void *arg, size_t i)
+{
+    pool_job_t *j = arg;
+    int now = atomic_fetch_add(&j->running, 1) + 1;
+    int most = atomic_load(&j->most);
+    while (now > most && !atomic_compare_exchange_weak(&j->most, &most, now))
+        ;
+    if (pthread_equal(pthread_self(), j->caller))
+        atomic_fetch_add(&j->on_caller, 1);
+    /* a blocking call: the items meet only when they run on as many threads */
+    for (int waited = 0; atomic_load(&j->running) < j->together && waited < 5000; waited++)
+        usleep(1000);
+    usleep(2000);
+    atomic_fetch_add(&j->runs[i], 1);
+    atomic_fetch_sub(&j->running, 1);
+}
+
+typedef struct pool_caller {
+    workpool_t *p;
+    pool_job_t job;
+    size_t n;
+} pool_caller_t;
+
+static void *pool_call(void *arg)
+{
+    pool_caller_t *c = arg;
+    c->job.caller = pthread_self();
+    workpool_run(c->p, c->n, pool_item, &c->job);
+    return NULL;
+}
+
+static void test_workpool(void)
+{
+    workpool_t *p = workpool_new(4, 0);
+    /* one item: the caller alone, no thread started */
+    pool_caller_t one = {.p = p, .n = 1};
+    pool_call(&one);
+    CU_ASSERT_EQUAL(atomic_load(&one.job.runs[0]), 1);
+    CU_ASSERT_EQUAL(atomic_load(&one.job.on_caller), 1);
+    CU_ASSERT_EQUAL(workpool_started(p), 0);
+    workpool_run(p, 0, pool_item, NULL); /* nothing to do: fn never called (NULL arg would crash) */
+
+    /* ten items on four threads and the caller: each once, five at a time */
+    pool_caller_t ten = {.p = p, .n = 10, .job.together = 5};
+    pool_call(&ten);
+    for (size_t i = 0; i < ten.n; i++)
+        CU_ASSERT_EQUAL(atomic_load(&ten.job.runs[i]), 1);
+    CU_ASSERT_EQUAL(atomic_load(&ten.job.most), 5);
+    CU_ASSERT_TRUE(atomic_load(&ten.job.on_caller) >= 1);
+    CU_ASSERT_EQUAL(workpool_started(p), 4);
+
+    /* two callers at once share the threads; every item of each runs once */
+    pool_caller_t a = {.p = p, .n = 20}, b = {.p = p, .n = 7};
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, pool_call, &a);
+    pthread_create(&tb, NULL, pool_call, &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    for (size_t i = 0; i < a.n; i++)
+        CU_ASSERT_EQUAL(atomic_load(&a.job.runs[i]), 1);
+    for (size_t i = 0; i < b.n; i++)
+        CU_ASSERT_EQUAL(atomic_load(&b.job.runs[i]), 1);
+    CU_ASSERT_EQUAL(workpool_started(p), 4);
+    workpool_free(p);
+
+    /* a pool of no threads runs every item on its caller, in order */
+    workpool_t *none = workpool_new(0, 0);
+    pool_caller_t seq = {.p = none, .n = 3};
+    pool_call(&seq);
+    CU_ASSERT_EQUAL(atomic_load(&seq.job.on_caller), 3);
+    CU_ASSERT_EQUAL(atomic_load(&seq.job.most), 1);
+    workpool_free(none);
+    workpool_free(NULL);
+}
+
 int main(void)
 {
     CU_TestInfo tests[] = {
@@ -265,6 +353,7 @@ int main(void)
         {"string map", test_strmap},
         {"envelope fields round trip", test_envelope_fields},
         {"metrics Prometheus text", test_metrics_text},
+        {"work pool: every item once, side by side, several callers", test_workpool},
         CU_TEST_INFO_NULL,
     };
     return test_main("core", tests, NULL, NULL);
