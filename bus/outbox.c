@@ -237,8 +237,12 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
 static const char sql_append_many[] = APPEND_MANY_INSERT " SELECT count(*) FROM i";
 static const char sql_append_many_notify[] =
     APPEND_MANY_INSERT " SELECT count(*), pg_notify('ecom_outbox', '') FROM i";
+/* held back: nobody reads the count, so a short one divides by zero */
+#define HOLD_MANY_CHECK " SELECT 1 / (count(*) = cardinality($1::uuid[]))::int"
+static const char sql_hold_many[] = APPEND_MANY_INSERT HOLD_MANY_CHECK " FROM i";
+static const char sql_hold_many_notify[] = APPEND_MANY_INSERT HOLD_MANY_CHECK ", pg_notify('ecom_outbox', '') FROM i";
 
-int outbox_append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **why)
+static int append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, bool hold, const char **why)
 {
     ECOM_ASSERT(tx->in_tx);
     for (size_t i = 0; i < n; i++)
@@ -279,19 +283,34 @@ int outbox_append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char 
     int lens[COLS], fmts[COLS];
     pg_array_params(a, COLS, (uint32_t)n, vals, lens, fmts);
     bool notify = outbox_notify_due();
-    int stmt = notify ? DB_STMT_OUTBOX_APPEND_MANY_NOTIFY : DB_STMT_OUTBOX_APPEND_MANY;
     int rc = -1;
-    if (db_prepare(tx, stmt, notify ? sql_append_many_notify : sql_append_many, COLS) == 0) {
-        PGresult *r = db_exec_prepared_bin(tx, stmt, COLS, vals, lens, fmts, NULL);
-        if (r && strtoull(PQgetvalue(r, 0, 0), NULL, 10) == n)
-            rc = 0;
-        PQclear(r);
+    if (hold) {
+        rc = db_defer(tx, notify ? DB_STMT_OUTBOX_HOLD_MANY_NOTIFY : DB_STMT_OUTBOX_HOLD_MANY,
+                      notify ? sql_hold_many_notify : sql_hold_many, COLS, vals, lens, fmts, NULL);
+    } else {
+        int stmt = notify ? DB_STMT_OUTBOX_APPEND_MANY_NOTIFY : DB_STMT_OUTBOX_APPEND_MANY;
+        if (db_prepare(tx, stmt, notify ? sql_append_many_notify : sql_append_many, COLS) == 0) {
+            PGresult *r = db_exec_prepared_bin(tx, stmt, COLS, vals, lens, fmts, NULL);
+            if (r && strtoull(PQgetvalue(r, 0, 0), NULL, 10) == n)
+                rc = 0;
+            PQclear(r);
+        }
     }
     for (int k = 0; k < COLS; k++)
         pg_array_free(&a[k]);
     if (rc != 0)
         *why = "storage error";
     return rc;
+}
+
+int outbox_append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **why)
+{
+    return append_many(tx, msgs, n, false, why);
+}
+
+int outbox_hold_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **why)
+{
+    return append_many(tx, msgs, n, true, why);
 }
 
 /* ---- drain side ---- */

@@ -52,6 +52,11 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
  * or nothing: an invalid message (*why as outbox_append's) writes nothing. */
 int outbox_append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **why)
     __attribute__((warn_unused_result));
+/* The same, held back (db_defer) to go with the transaction's next round
+ * trip, usually its COMMIT; the statement checks that every row went in. A
+ * failure to write then fails that step. Memory: written at once. */
+int outbox_hold_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **why)
+    __attribute__((warn_unused_result));
 
 /* For asynchronous writers (the gateway): validates m exactly as
  * outbox_append does, assigns the id and fills the 10 text parameters of

@@ -36,6 +36,8 @@ void memstore_free(memstore_t *m)
     free(m);
 }
 
+static void held_clear(db_t *db);
+
 db_t *db_open_pg(const char *url, const char *app_name, char **err)
 {
     PGconn *c = pg_connect(url, app_name, err);
@@ -63,6 +65,8 @@ void db_close(db_t *db)
         return;
     if (db->in_tx)
         db_rollback(db);
+    held_clear(db);
+    free(db->held);
     PQfinish(db->pgc);
     free(db->url);
     free(db->app_name);
@@ -83,6 +87,7 @@ int db_ensure(db_t *db)
     }
     PQfinish(db->pgc);
     db->pgc = c;
+    held_clear(db);
     db->in_tx = false;
     db->begin_pending = false;
     db->prepared = 0;
@@ -135,17 +140,6 @@ PGresult *db_exec_prepared(db_t *db, int bit, int nparams, const char *const *pa
     return db_exec_prepared_bin(db, bit, nparams, params, NULL, NULL, NULL);
 }
 
-PGconn *db_pg(db_t *db)
-{
-    if (db->kind != DB_PG)
-        return NULL;
-    if (db->begin_pending) {
-        db->begin_pending = false;
-        if (pg_exec(db->pgc, "BEGIN") != 0)
-            return NULL; /* nothing may run outside the transaction */
-    }
-    return db->pgc;
-}
 
 /* Drops a connection left in an unknown state (a pipeline not read to its
  * end): db_ensure connects again, and the open transaction is lost. */
@@ -156,59 +150,208 @@ static void drop_connection(db_t *db)
     db->pgc = NULL;
 }
 
-/* The pending BEGIN and one statement (prepared `name`, else sql unnamed) in
- * one pipeline: one round trip. The statement's result (NULL when it could
- * not run: BEGIN failed, the connection broke); an error result as
- * PQexecParams would return it. */
-static PGresult *exec_after_begin(db_t *db, const char *name, const char *sql, int nparams,
-                                  const char *const *values, const int *lengths, const int *formats)
+/* ---- held writes (db_defer) ---- */
+
+typedef struct db_held {
+    int bit;
+    int nparams;
+    char **values;
+    int *lengths, *formats;
+    const char *quiet_state;
+} db_held_t;
+
+static void held_clear(db_t *db)
+{
+    for (size_t i = 0; i < db->nheld; i++) {
+        db_held_t *h = &db->held[i];
+        for (int k = 0; k < h->nparams; k++)
+            free(h->values[k]);
+        free(h->values);
+        free(h->lengths);
+        free(h->formats);
+    }
+    db->nheld = 0;
+}
+
+int db_defer(db_t *db, int bit, const char *sql, int nparams, const char *const *values, const int *lengths,
+             const int *formats, const char *quiet_state)
+{
+    ECOM_ASSERT(db->in_tx);
+    if (db->kind != DB_PG || db_prepare(db, bit, sql, nparams) != 0)
+        return -1;
+    if (db->nheld == db->held_cap) {
+        db->held_cap = db->held_cap ? db->held_cap * 2 : 4;
+        db->held = xrealloc(db->held, db->held_cap * sizeof *db->held);
+    }
+    db_held_t *h = &db->held[db->nheld++];
+    *h = (db_held_t){.bit = bit,
+                     .nparams = nparams,
+                     .values = xcalloc(nparams ? (size_t)nparams : 1, sizeof *h->values),
+                     .lengths = xcalloc(nparams ? (size_t)nparams : 1, sizeof *h->lengths),
+                     .formats = xcalloc(nparams ? (size_t)nparams : 1, sizeof *h->formats),
+                     .quiet_state = quiet_state};
+    for (int k = 0; k < nparams; k++) {
+        if (!values[k])
+            continue;
+        bool bin = formats && formats[k] == 1;
+        size_t n = bin ? (size_t)lengths[k] : strlen(values[k]) + 1;
+        h->values[k] = xmalloc(n ? n : 1);
+        memcpy(h->values[k], values[k], n);
+        h->lengths[k] = bin ? lengths[k] : 0;
+        h->formats[k] = bin ? 1 : 0;
+    }
+    return 0;
+}
+
+/* One statement of a pipeline: prepared `name`, else sql unnamed. */
+typedef struct pl_stmt {
+    const char *name, *sql;
+    int nparams;
+    const char *const *values;
+    const int *lengths, *formats;
+    const char *quiet_state;
+} pl_stmt_t;
+
+/* The pending BEGIN, the held writes and then tail[0..ntail) in one
+ * pipeline: one round trip. The last statement's result into *last (owned
+ * by the caller; NULL when it did not run; none when ntail is 0). Returns 0
+ * when every statement before it succeeded, 1 when one failed (logged; the later ones did
+ * not run: the transaction is aborted), -1 when the pipeline broke (the
+ * connection is dropped). The held writes are gone in every case. */
+static int pipeline(db_t *db, const pl_stmt_t *tail, int ntail, PGresult **last)
 {
     PGconn *c = db->pgc;
+    *last = NULL;
+    int n = (db->begin_pending ? 1 : 0) + (int)db->nheld + ntail;
+    pl_stmt_t *st = xcalloc((size_t)n, sizeof *st);
+    char (*names)[16] = xcalloc(db->nheld + 1, sizeof *names);
+    int k = 0;
+    if (db->begin_pending)
+        st[k++] = (pl_stmt_t){.sql = "BEGIN"};
+    for (size_t i = 0; i < db->nheld; i++) {
+        db_held_t *h = &db->held[i];
+        st[k++] = (pl_stmt_t){.name = db_stmt_name(h->bit, names[i]),
+                              .nparams = h->nparams,
+                              .values = (const char *const *)h->values,
+                              .lengths = h->lengths,
+                              .formats = h->formats,
+                              .quiet_state = h->quiet_state};
+    }
+    for (int i = 0; i < ntail; i++)
+        st[k++] = tail[i];
+    int rc = -1;
     if (PQenterPipelineMode(c) != 1)
-        return NULL; /* BEGIN still pending: nothing runs outside the transaction */
+        goto out; /* BEGIN still pending: nothing runs outside the transaction */
     db->begin_pending = false;
-    bool sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
-                (name ? PQsendQueryPrepared(c, name, nparams, values, lengths, formats, 0)
-                      : PQsendQueryParams(c, sql, nparams, NULL, values, lengths, formats, 0)) == 1 &&
-                PQpipelineSync(c) == 1;
-    PGresult *res = NULL;
-    bool synced = false;
-    /* results: BEGIN's, NULL, the statement's, NULL, then the sync */
-    for (int ends = 0; sent && !synced && ends <= 2;) {
+    bool sent = true;
+    for (int i = 0; i < n && sent; i++)
+        sent = (st[i].name ? PQsendQueryPrepared(c, st[i].name, st[i].nparams, st[i].values, st[i].lengths,
+                                                 st[i].formats, 0)
+                           : PQsendQueryParams(c, st[i].sql, st[i].nparams, NULL, st[i].values, st[i].lengths,
+                                               st[i].formats, 0)) == 1;
+    sent = sent && PQpipelineSync(c) == 1;
+    bool failed = false, synced = false;
+    /* each statement's result and a NULL after it, then the sync */
+    for (int i = 0; sent && i <= n; i++) {
         PGresult *r = PQgetResult(c);
-        if (!r) {
-            if (PQstatus(c) == CONNECTION_BAD)
-                break;
-            ends++;
-            continue;
+        if (!r)
+            break; /* the connection broke */
+        if (i == n) {
+            synced = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+            PQclear(r);
+            break;
         }
-        ExecStatusType st = PQresultStatus(r);
-        if (st == PGRES_PIPELINE_SYNC) {
-            synced = true;
-        } else if (ends == 0) {
-            if (st != PGRES_COMMAND_OK)
-                (void)pg_result_ok(c, r, "BEGIN", NULL); /* logs it; the statement comes back aborted */
-        } else if (!res) {
-            res = r;
-            continue;
+        if (ntail > 0 && i == n - 1) {
+            *last = r;
+        } else {
+            ExecStatusType es = PQresultStatus(r);
+            if (!failed && es != PGRES_PIPELINE_ABORTED && es != PGRES_COMMAND_OK && es != PGRES_TUPLES_OK)
+                (void)pg_result_ok(c, r, st[i].name ? st[i].name : st[i].sql, st[i].quiet_state); /* held */
+            failed = failed || (es != PGRES_COMMAND_OK && es != PGRES_TUPLES_OK);
+            PQclear(r);
         }
-        PQclear(r);
+        PGresult *end = PQgetResult(c); /* NULL: this statement's results are over */
+        if (end) {
+            PQclear(end);
+            break;
+        }
     }
     if (!synced || PQexitPipelineMode(c) != 1) {
-        PQclear(res);
+        PQclear(*last);
+        *last = NULL;
         drop_connection(db);
+        goto out;
+    }
+    rc = failed ? 1 : 0;
+out:
+    held_clear(db);
+    free(st);
+    free(names);
+    return rc;
+}
+
+/* A statement after the pending BEGIN and the held writes: its result, or
+ * NULL when it did not run: an earlier one failed (*held_failed; logged,
+ * pg_last_sqlstate is its state) or the connection broke. An error result
+ * as PQexecParams would return it. */
+static PGresult *exec_after(db_t *db, const char *name, const char *sql, int nparams, const char *const *values,
+                            const int *lengths, const int *formats, bool *held_failed)
+{
+    pl_stmt_t st = {.name = name, .sql = sql, .nparams = nparams, .values = values, .lengths = lengths,
+                    .formats = formats};
+    PGresult *r = NULL;
+    int rc = pipeline(db, &st, 1, &r);
+    *held_failed = rc == 1;
+    if (rc != 0) {
+        PQclear(r);
         return NULL;
     }
-    return res;
+    return r;
+}
+
+/* Sends what is pending (BEGIN, held writes) with one more simple statement
+ * sql. 0, or -1 (a held write or sql failed, or the connection broke). */
+static int exec_simple_after(db_t *db, const char *sql)
+{
+    if (!db->begin_pending && db->nheld == 0)
+        return pg_exec(db->pgc, sql);
+    bool held_failed;
+    PGresult *r = exec_after(db, NULL, sql, 0, NULL, NULL, NULL, &held_failed);
+    bool ok = !held_failed && pg_result_ok(db->pgc, r, sql, NULL);
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+PGconn *db_pg(db_t *db)
+{
+    if (db->kind != DB_PG)
+        return NULL;
+    if (db->nheld) {
+        PGresult *r = NULL;
+        int rc = pipeline(db, NULL, 0, &r); /* BEGIN and the held writes */
+        PQclear(r);
+        if (rc != 0)
+            return rc < 0 ? NULL : db->pgc; /* failed: the transaction is aborted, as after a failed statement */
+    }
+    if (db->begin_pending) {
+        db->begin_pending = false;
+        if (pg_exec(db->pgc, "BEGIN") != 0)
+            return NULL; /* nothing may run outside the transaction */
+    }
+    return db->pgc;
 }
 
 PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const *values, const int *lengths,
                                const int *formats, const char *quiet_state)
 {
     char name[16], what[32];
-    PGresult *r = db->begin_pending
-                      ? exec_after_begin(db, db_stmt_name(bit, name), NULL, nparams, values, lengths, formats)
-                      : PQexecPrepared(db->pgc, db_stmt_name(bit, name), nparams, values, lengths, formats, 0);
+    bool held_failed = false;
+    PGresult *r =
+        db->begin_pending || db->nheld
+            ? exec_after(db, db_stmt_name(bit, name), NULL, nparams, values, lengths, formats, &held_failed)
+            : PQexecPrepared(db->pgc, db_stmt_name(bit, name), nparams, values, lengths, formats, 0);
+    if (held_failed)
+        return NULL; /* logged with its own statement */
     snprintf(what, sizeof what, "prepared %s", name);
     if (pg_result_ok(db->pgc, r, what, quiet_state))
         return r;
@@ -219,8 +362,12 @@ PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const
 PGresult *db_exec_params_bin(db_t *db, const char *sql, int nparams, const char *const *values, const int *lengths,
                              const int *formats, const char *quiet_state)
 {
-    PGresult *r = db->begin_pending ? exec_after_begin(db, NULL, sql, nparams, values, lengths, formats)
-                                    : PQexecParams(db->pgc, sql, nparams, NULL, values, lengths, formats, 0);
+    bool held_failed = false;
+    PGresult *r = db->begin_pending || db->nheld
+                      ? exec_after(db, NULL, sql, nparams, values, lengths, formats, &held_failed)
+                      : PQexecParams(db->pgc, sql, nparams, NULL, values, lengths, formats, 0);
+    if (held_failed)
+        return NULL; /* logged with its own statement */
     if (pg_result_ok(db->pgc, r, sql, quiet_state))
         return r;
     PQclear(r);
@@ -257,15 +404,31 @@ int db_commit(db_t *db)
     ECOM_ASSERT(db->in_tx);
     db->in_tx = false;
     if (db->kind == DB_PG) {
-        if (db->begin_pending) { /* nothing ran: nothing to commit */
+        if (db->begin_pending && db->nheld == 0) { /* nothing ran: nothing to commit */
             db->begin_pending = false;
             return 0;
         }
-        PGresult *r = PQexec(db->pgc, "COMMIT");
+        int rc = 0;
+        PGresult *r = NULL;
+        if (db->nheld) {
+            static const pl_stmt_t commit = {.sql = "COMMIT"};
+            rc = pipeline(db, &commit, 1, &r);
+        } else {
+            r = PQexec(db->pgc, "COMMIT");
+        }
+        if (rc == 1) { /* a held write failed: the COMMIT did not run */
+            PQclear(r);
+            PGresult *rb = PQexec(db->pgc, "ROLLBACK"); /* not pg_exec: pg_last_sqlstate stays the write's */
+            if (PQresultStatus(rb) != PGRES_COMMAND_OK)
+                log_debug("rollback failed; the connection will be reset");
+            PQclear(rb);
+            return -1;
+        }
         /* COMMIT of an aborted transaction answers ROLLBACK: that is a failure */
-        bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0;
+        bool ok = rc == 0 && r && PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0;
         if (!ok)
-            log_warn("postgres commit failed: %s", r ? PQresultErrorMessage(r) : PQerrorMessage(db->pgc));
+            log_warn("postgres commit failed: %s",
+                     r ? PQresultErrorMessage(r) : db->pgc ? PQerrorMessage(db->pgc) : "connection dropped");
         PQclear(r);
         return ok ? 0 : -1;
     }
@@ -287,6 +450,7 @@ void db_rollback(db_t *db)
         return;
     db->in_tx = false;
     if (db->kind == DB_PG) {
+        held_clear(db);
         if (db->begin_pending) {
             db->begin_pending = false;
             return;
@@ -303,7 +467,7 @@ int db_savepoint(db_t *db)
 {
     ECOM_ASSERT(db->in_tx);
     if (db->kind == DB_PG)
-        return pg_exec(db_pg(db), "SAVEPOINT sp");
+        return exec_simple_after(db, "SAVEPOINT sp");
     ECOM_ASSERT(db->sp_n < 8);
     db->sp[db->sp_n++] = db->undo_n;
     return 0;
@@ -313,7 +477,7 @@ int db_release(db_t *db)
 {
     ECOM_ASSERT(db->in_tx);
     if (db->kind == DB_PG)
-        return pg_exec(db->pgc, "RELEASE SAVEPOINT sp");
+        return exec_simple_after(db, "RELEASE SAVEPOINT sp");
     ECOM_ASSERT(db->sp_n > 0);
     db->sp_n--;
     return 0;
@@ -323,6 +487,7 @@ void db_rollback_to(db_t *db)
 {
     ECOM_ASSERT(db->in_tx);
     if (db->kind == DB_PG) {
+        held_clear(db); /* written after the savepoint (db_savepoint sent the ones before) */
         if (pg_exec(db->pgc, "ROLLBACK TO SAVEPOINT sp") != 0 || pg_exec(db->pgc, "RELEASE SAVEPOINT sp") != 0)
             log_debug("rollback to savepoint failed");
         return;

@@ -65,6 +65,8 @@ typedef struct db {
     int lane;          /* which of a service's connections this is (services/runtime.h); handlers
                           use it to spread rows every lane would otherwise update */
     bool index_scans;  /* PostgreSQL: enable_seqscan is off on this connection (db_index_scans_only) */
+    struct db_held *held; /* PostgreSQL: writes held back for the next round trip (db_defer) */
+    size_t nheld, held_cap;
 } db_t;
 
 /* Prepared statements, one bit each, prepared once per connection. */
@@ -94,6 +96,9 @@ enum {
     DB_STMT_PAYMENT_SETTLE_MANY,
     DB_STMT_NOTIFY_SEEN_MANY,
     DB_STMT_ANALYTICS_SEEN,
+    DB_STMT_OUTBOX_HOLD_MANY,
+    DB_STMT_OUTBOX_HOLD_MANY_NOTIFY,
+    DB_STMT_PAYMENT_SETTLE_HELD,
     DB_STMT_MAX = 64
 };
 
@@ -139,6 +144,21 @@ PGresult *db_exec_params_bin(db_t *db, const char *sql, int nparams, const char 
 PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const *values, const int *lengths,
                                const int *formats, const char *quiet_state);
 
+/* PostgreSQL: a write whose result the caller does not need, held back and
+ * sent in one pipeline with whatever next needs the server: the COMMIT (so a
+ * batch's last writes and its commit cost one round trip), RELEASE or
+ * SAVEPOINT, any db_exec_* statement, db_pg. A held write that fails fails
+ * that step: db_commit or db_release returns -1 with the connection still
+ * alive and nothing committed (db_commit has rolled back; after db_release
+ * the caller rolls back to the savepoint), a statement returns NULL. So a
+ * held statement checks its own outcome, raising an error where a caller
+ * would have checked its result. Prepared statement `bit` (prepared now the
+ * first time); the parameters are copied; a failure whose SQLSTATE is
+ * quiet_state is logged at debug level. Memory: not available (-1).
+ * 0, or -1 when it could not be prepared. */
+int db_defer(db_t *db, int bit, const char *sql, int nparams, const char *const *values, const int *lengths,
+             const int *formats, const char *quiet_state) __attribute__((warn_unused_result));
+
 /* PostgreSQL: the connection, for statements of one's own; inside a
  * transaction whose BEGIN is still pending (db_begin) it sends that first.
  * NULL when it cannot (libpq's calls then fail). Status checks that must
@@ -148,7 +168,9 @@ PGconn *db_pg(db_t *db);
 /* PostgreSQL: BEGIN goes out with the transaction's first statement (one
  * round trip for both, in a pipeline) from db_exec_prepared_bin,
  * db_exec_params_bin and db_exec_lookup, or alone from db_pg; a transaction
- * that ran no statement costs no round trip at all. */
+ * that ran no statement costs no round trip at all. db_commit sends the held
+ * writes (db_defer) with the COMMIT; after it no transaction is open,
+ * whatever it returns. */
 int db_begin(db_t *db) __attribute__((warn_unused_result));
 int db_commit(db_t *db) __attribute__((warn_unused_result));
 void db_rollback(db_t *db);

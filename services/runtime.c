@@ -469,7 +469,9 @@ again:;
         goto out;
     }
     if (db_commit(db) != 0) {
-        rc = -1;
+        /* a write the handlers held back (db_defer) failed at the commit:
+         * a handler's failure, found late; the slow pass finds whose */
+        rc = conn_broken(db) ? -1 : 0;
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -526,11 +528,16 @@ static int apply_one(rt_t *rt, db_t *db, work_t *w, strmap_t *blocked)
     }
     svc_result_t r = rec == 0 ? SVC_OK : run_handler(rt, db, w);
     if (r == SVC_OK) {
-        if (db_release(db) != 0)
+        if (db_release(db) == 0) {
+            w->done = true;
+            metrics_add(rec == 0 ? rt->m_dup : rt->m_applied, 1);
+            return 0;
+        }
+        if (conn_broken(db))
             return -1;
-        w->done = true;
-        metrics_add(rec == 0 ? rt->m_dup : rt->m_applied, 1);
-        return 0;
+        /* a write it held back (db_defer) failed with the release */
+        snprintf(w->error, sizeof w->error, "its writes failed (sqlstate %s)", pg_last_sqlstate());
+        r = SVC_RETRY;
     }
     db_rollback_to(db);
     if (conn_broken(db))
@@ -586,9 +593,12 @@ static int apply_halves(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *bloc
             }
         r = nn ? rt->def->handle_batch(db, envs, pl, nn, rt->def->arg) : SVC_OK;
     }
-    if (r == SVC_OK) {
-        if (db_release(db) != 0)
+    if (r == SVC_OK && db_release(db) != 0) {
+        if (conn_broken(db))
             goto out;
+        r = SVC_RETRY; /* a write held back (db_defer) failed with the release: halves, as for a failure */
+    }
+    if (r == SVC_OK) {
         for (size_t i = 0; i < m; i++) {
             in[i]->done = true;
             metrics_add(fresh[i] ? rt->m_applied : rt->m_dup, 1);

@@ -70,7 +70,9 @@ typedef struct svc_def {
     svc_result_t (*handle)(svc_ctx_t *c, void *arg);
     /* Optional: applies n new messages at once inside tx. Anything but SVC_OK
      * makes the runtime apply the batch again by halves with handle_batch,
-     * down to single messages, which go through handle(). */
+     * down to single messages, which go through handle(). A write a handler
+     * holds back (db_defer) that fails at the commit, or at a savepoint's
+     * release, counts as that handler's failure. */
     svc_result_t (*handle_batch)(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
                                  void *arg);
     void *arg;

@@ -248,15 +248,11 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     int lens[N_PARAMS] = {0}, fmts[N_PARAMS] = {0};
     pg_array_params(a, N_ARRAYS, (uint32_t)n, vals, lens, fmts);
     pg_array_params(cnt, N_COUNTS, (uint32_t)m, vals + N_ARRAYS + 1, lens + N_ARRAYS + 1, fmts + N_ARRAYS + 1);
-    /* prepared once per connection (a batch is often one message at low load);
-     * an id recorded already (23505) is expected: the runtime then asks
-     * seen() and applies the rest */
-    if (db_prepare(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, N_PARAMS) == 0) {
-        PGresult *r = db_exec_prepared_bin(tx, DB_STMT_ANALYTICS_BATCH, N_PARAMS, vals, lens, fmts, "23505");
-        if (r)
-            rc = SVC_OK;
-        PQclear(r);
-    }
+    /* held back to go with the COMMIT (one round trip for both); an id
+     * recorded already (23505) is expected: it fails the commit, and the
+     * runtime's slow pass asks seen() and applies the rest */
+    if (db_defer(tx, DB_STMT_ANALYTICS_BATCH, sql_batch, N_PARAMS, vals, lens, fmts, "23505") == 0)
+        rc = SVC_OK;
 out:
     for (int k = 0; k < N_ARRAYS; k++)
         pg_array_free(&a[k]);

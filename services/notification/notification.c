@@ -726,11 +726,8 @@ static int batch_write(db_t *tx, record_batch_t *b)
     const char *vals[RECORD_COLS];
     int lens[RECORD_COLS], fmts[RECORD_COLS];
     pg_array_params(b->col, RECORD_COLS, b->n, vals, lens, fmts); /* begun for 0 elements */
-    if (db_prepare(tx, DB_STMT_NOTIFY_RECORD_MANY, sql_record_many, RECORD_COLS) != 0)
-        return -1;
-    PGresult *r = db_exec_prepared_bin(tx, DB_STMT_NOTIFY_RECORD_MANY, RECORD_COLS, vals, lens, fmts, NULL);
-    PQclear(r);
-    return r ? 0 : -1;
+    /* held back to go with the COMMIT: one round trip for both */
+    return db_defer(tx, DB_STMT_NOTIFY_RECORD_MANY, sql_record_many, RECORD_COLS, vals, lens, fmts, NULL);
 }
 
 /* ---- a batch's sends, side by side ---- */

@@ -526,12 +526,40 @@ static void defer_event(deferred_t *d, const outbox_msg_t *m, char *payload, cha
     d->nev++;
 }
 
-/* Writes what was held back. 0, or -1 (the batch fails and is applied again). */
+/* The settles held back to the commit (db_defer): nobody reads the row
+ * count, so the statement checks it (every row is locked by this
+ * transaction and was pending: all of them change). */
+static const char sql_settle_held[] =
+    "WITH s AS (UPDATE payment.payments p SET status = u.status,"
+    " captured = CASE WHEN u.status = 'succeeded' THEN p.amount ELSE 0 END,"
+    " failure_reason = nullif(u.reason, ''), provider_ref = nullif(u.ref, ''), updated_at = now()"
+    " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, tenant, status, reason, ref)"
+    " WHERE p.id = u.id AND (p.tenant = u.tenant) IS TRUE AND p.status = 'pending' RETURNING 1)"
+    " SELECT 1 / (count(*) = cardinality($1::uuid[]))::int FROM s";
+
+/* Writes what was held back: on the runtime's index-scan connections the
+ * settles and the events go with the transaction's COMMIT (one round trip
+ * for the three), else now. 0, or -1 (the batch fails and is applied again). */
 static int defer_flush(db_t *tx, deferred_t *d)
 {
     if (!d->on || (d->nsettle == 0 && d->nev == 0))
         return 0;
     int rc = 0;
+    const char *why = NULL;
+    if (tx->index_scans) {
+        if (d->nsettle) {
+            const char *vals[5];
+            int lens[5], fmts[5];
+            pg_array_params(d->settle, 5, d->nsettle, vals, lens, fmts);
+            rc = db_defer(tx, DB_STMT_PAYMENT_SETTLE_HELD, sql_settle_held, 5, vals, lens, fmts, NULL);
+        }
+        if (rc == 0 && d->nev && outbox_hold_many(tx, d->ev, d->nev, &why) != 0) {
+            log_warn("payment batch: outbox append of %zu events failed: %s", d->nev, why ? why : "?");
+            rc = -1;
+        }
+        defer_reset(d);
+        return rc;
+    }
     if (d->nsettle) {
         const char *vals[5];
         int lens[5], fmts[5];
@@ -546,7 +574,6 @@ static int defer_flush(db_t *tx, deferred_t *d)
         }
         PQclear(r);
     }
-    const char *why = NULL;
     if (rc == 0 && d->nev && outbox_append_many(tx, d->ev, d->nev, &why) != 0) {
         log_warn("payment batch: outbox append of %zu events failed: %s", d->nev, why ? why : "?");
         rc = -1;

@@ -54,7 +54,10 @@ typedef struct handler_cfg {
     int fail_times; /* -1 = always */
     int failed;     /* how many times it failed so far */
     int batch_failed; /* record_batch calls that failed */
+    bool hold;        /* postgres: writes held back (db_defer), the injected failure too */
 } handler_cfg_t;
+
+enum { BIT_HELD_FAIL = DB_STMT_MAX - 3, BIT_HELD_RECORD = DB_STMT_MAX - 4 }; /* no module's */
 
 static svc_result_t record_handler(svc_ctx_t *c, void *arg)
 {
@@ -63,6 +66,9 @@ static svc_result_t record_handler(svc_ctx_t *c, void *arg)
     if (h->fail_aggregate && strcmp(e->aggregate_id, h->fail_aggregate) == 0 && e->seq == h->fail_seq &&
         (h->fail_times < 0 || h->failed < h->fail_times)) {
         __atomic_add_fetch(&h->failed, 1, __ATOMIC_SEQ_CST);
+        if (h->hold && c->tx->kind == DB_PG) /* fails where the held writes go: the commit or the release */
+            return db_defer(c->tx, BIT_HELD_FAIL, "SELECT 1 / 0", 0, NULL, NULL, NULL, NULL) == 0 ? SVC_OK
+                                                                                                  : SVC_RETRY;
         snprintf(c->error, sizeof c->error, "injected failure");
         return SVC_RETRY;
     }
@@ -85,7 +91,10 @@ static svc_result_t record_handler(svc_ctx_t *c, void *arg)
     char seq[24];
     snprintf(seq, sizeof seq, "%lld", (long long)e->seq);
     const char *p[] = {c->group, e->id, e->aggregate_id, seq};
-    PGresult *r = pg_query(db_pg(c->tx), "INSERT INTO test_applied (grp, id, agg, seq) VALUES ($1, $2, $3, $4)", 4, p);
+    static const char ins[] = "INSERT INTO test_applied (grp, id, agg, seq) VALUES ($1, $2, $3, $4)";
+    if (h->hold)
+        return db_defer(c->tx, BIT_HELD_RECORD, ins, 4, p, NULL, NULL, NULL) == 0 ? SVC_OK : SVC_RETRY;
+    PGresult *r = pg_query(db_pg(c->tx), ins, 4, p);
     if (!r) {
         snprintf(c->error, sizeof c->error, "insert failed");
         return SVC_RETRY;
@@ -392,13 +401,14 @@ static void test_flow_real(void)
 /* One message fails twice then succeeds; another always fails and is
  * dead-lettered after 5 attempts; messages behind each in its aggregate wait
  * for it, other aggregates flow on. */
-static void retries(bool memory, bool batch)
+static void retries(bool memory, bool batch, bool hold)
 {
     sut_t s;
-    sut_init(&s, memory, "retry");
+    sut_init(&s, memory, hold ? "retry_held" : "retry");
     s.batch_handler = batch;
     sut_add_service(&s, "r1", types_orders);
     sut_add_service(&s, "r2", types_orders);
+    s.hcfg[0].hold = s.hcfg[1].hold = hold;
     s.hcfg[0].fail_aggregate = "order-3";
     s.hcfg[0].fail_seq = 2;
     s.hcfg[0].fail_times = 2;
@@ -410,7 +420,10 @@ static void retries(bool memory, bool batch)
     CU_ASSERT_TRUE(wait_inbox(&s, "r1", 200, 60000));
     CU_ASSERT_TRUE(wait_inbox(&s, "r2", 199, 60000));
     clock_sleep_ms(500);
-    if (!batch) { /* with a batch handler, the batches around a failing message fail too */
+    if (hold) { /* the batch calls succeed; the held failure comes back at the commit or release */
+        CU_ASSERT_TRUE(s.hcfg[1].failed >= 5);
+        CU_ASSERT_EQUAL(s.hcfg[1].batch_failed, 0);
+    } else if (!batch) { /* with a batch handler, the batches around a failing message fail too */
         CU_ASSERT_EQUAL(s.hcfg[0].failed, 2);
         CU_ASSERT_EQUAL(s.hcfg[1].failed, 5);
     } else {
@@ -433,7 +446,9 @@ static void retries(bool memory, bool batch)
     bool reason = false, agg = false;
     for (size_t i = 0; n == 1 && i < ents[0].nfields; i++) {
         const char *k = ents[0].fields[2 * i], *v = ents[0].fields[2 * i + 1];
-        if (strcmp(k, "error") == 0 && strstr(v, "injected failure") && strstr(v, "5 attempts"))
+        /* a held write's failure is reported with its SQLSTATE (22012: 1 / 0) */
+        if (strcmp(k, "error") == 0 && strstr(v, hold ? "sqlstate 22012" : "injected failure") &&
+            strstr(v, "5 attempts"))
             reason = true;
         if (strcmp(k, "aggregate_id") == 0 && strcmp(v, "order-5") == 0)
             agg = true;
@@ -447,12 +462,12 @@ static void retries(bool memory, bool batch)
 
 static void test_retries_memory(void)
 {
-    retries(true, false);
+    retries(true, false, false);
 }
 
 static void test_retries_real(void)
 {
-    retries(false, false);
+    retries(false, false, false);
 }
 
 /* A retry falls due while the read-ahead holds the next batch (a backlog of
@@ -568,12 +583,20 @@ static void test_lost_read_real(void)
 
 static void test_retries_batch_memory(void)
 {
-    retries(true, true);
+    retries(true, true, false);
 }
 
 static void test_retries_batch_real(void)
 {
-    retries(false, true);
+    retries(false, true, false);
+}
+
+/* The same with the handlers' writes held back to the commit (db_defer),
+ * the injected failure too: it surfaces at the commit or a savepoint's
+ * release, and is found and retried as a handler's failure. */
+static void test_retries_held_real(void)
+{
+    retries(false, true, true);
 }
 
 /* Bad input: entries with missing fields, an unparsable payload and an unknown
@@ -956,6 +979,135 @@ static void test_deferred_begin_real(void)
     db_close(db);
 }
 
+static bool held_insert(db_t *db, int bit, const char *k)
+{
+    return db_defer(db, bit, "INSERT INTO t_held (k) VALUES ($1)", 1, (const char *const[]){k}, NULL, NULL,
+                    "23505") == 0;
+}
+
+static void held_rows(PGconn *c, char *out, size_t cap)
+{
+    PGresult *r = pg_query(c, "SELECT coalesce(string_agg(k, ',' ORDER BY k), '') FROM t_held", 0, NULL);
+    snprintf(out, cap, "%s", r && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "?");
+    PQclear(r);
+}
+
+/* db_defer holds writes back until the next round trip: they go with the
+ * COMMIT, a statement, a savepoint's release or db_pg, in order, in the
+ * transaction; one that fails fails that step with its own SQLSTATE, and
+ * nothing of the transaction commits. */
+static void test_held_writes_real(void)
+{
+    const char *url = test_pg_db("heldwrites", true);
+    char *err = NULL;
+    db_t *db = db_open_pg(url, "test-held", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+    PGconn *watch = pg_connect(url, "test-held-watch", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(watch);
+    ASSERT_OK(pg_exec(db_pg(db), "CREATE TABLE t_held (k text PRIMARY KEY)"));
+    enum { BIT = DB_STMT_MAX - 2 }; /* no module's */
+    char rows[64];
+
+    /* two held writes go with the COMMIT */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "a"));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "b"));
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE); /* nothing sent yet, not even BEGIN */
+    ASSERT_OK(db_commit(db));
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
+    held_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a,b");
+
+    /* one fails at the COMMIT: its SQLSTATE, nothing committed, no
+     * transaction left open, the connection serves the next one */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "c"));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "a"));
+    CU_ASSERT_EQUAL(db_commit(db), -1);
+    CU_ASSERT_STRING_EQUAL(pg_last_sqlstate(), "23505");
+    CU_ASSERT_TRUE(pg_alive(db->pgc));
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
+    CU_ASSERT_EQUAL(PQpipelineStatus(db->pgc), PQ_PIPELINE_OFF);
+    held_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a,b");
+
+    /* a statement after a held write runs after it, in the transaction */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "d"));
+    PGresult *r = db_exec_params_bin(db, "SELECT count(*) FROM t_held", 0, NULL, NULL, NULL, NULL);
+    CU_ASSERT_TRUE(r && strcmp(PQgetvalue(r, 0, 0), "3") == 0);
+    PQclear(r);
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_INTRANS);
+    db_rollback(db);
+    held_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a,b");
+
+    /* ... and fails with it when it fails, with the held write's SQLSTATE */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "b"));
+    r = db_exec_params_bin(db, "SELECT 1", 0, NULL, NULL, NULL, NULL);
+    CU_ASSERT_PTR_NULL(r);
+    CU_ASSERT_STRING_EQUAL(pg_last_sqlstate(), "23505");
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_INERROR);
+    db_rollback(db);
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
+
+    /* savepoints: the writes before one go with SAVEPOINT, those after it
+     * with RELEASE; a failure there leaves the savepoint to roll back to,
+     * and what came before it commits */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "e"));
+    ASSERT_OK(db_savepoint(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "f"));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "a"));
+    CU_ASSERT_EQUAL(db_release(db), -1);
+    CU_ASSERT_STRING_EQUAL(pg_last_sqlstate(), "23505");
+    CU_ASSERT_TRUE(pg_alive(db->pgc));
+    db_rollback_to(db);
+    ASSERT_OK(db_savepoint(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "g"));
+    ASSERT_OK(db_release(db));
+    ASSERT_OK(db_commit(db));
+    held_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a,b,e,g");
+
+    /* taken back: a rollback to a savepoint and a rollback drop what is held */
+    ASSERT_OK(db_begin(db));
+    ASSERT_OK(db_savepoint(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "h"));
+    db_rollback_to(db);
+    CU_ASSERT_TRUE(held_insert(db, BIT, "i"));
+    ASSERT_OK(db_commit(db));
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "j"));
+    db_rollback(db);
+    ASSERT_OK(db_begin(db));
+    ASSERT_OK(db_commit(db)); /* nothing held is left to send */
+    held_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a,b,e,g,i");
+
+    /* db_pg sends them before handing out the connection */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "k"));
+    r = pg_query(db_pg(db), "SELECT count(*) FROM t_held WHERE k = 'k'", 0, NULL);
+    CU_ASSERT_TRUE(r && strcmp(PQgetvalue(r, 0, 0), "1") == 0);
+    PQclear(r);
+    db_rollback(db);
+
+    /* memory has nothing to hold back */
+    memstore_t *ms = memstore_new();
+    db_t *mdb = db_open_memory(ms);
+    ASSERT_OK(db_begin(mdb));
+    CU_ASSERT_EQUAL(db_defer(mdb, BIT, "SELECT 1", 0, NULL, NULL, NULL, NULL), -1);
+    db_rollback(mdb);
+    db_close(mdb);
+    memstore_free(ms);
+
+    PQfinish(watch);
+    db_close(db);
+}
+
 static void test_redelivered_real(void)
 {
     sut_t s;
@@ -1240,6 +1392,7 @@ int main(void)
         {"many appends in one statement: order, sequences, all or nothing (memory)", test_append_many_memory},
         {"many appends in one statement: order, sequences, all or nothing (postgres)", test_append_many_real},
         {"a transaction's BEGIN goes with its first statement (postgres)", test_deferred_begin_real},
+        {"held writes go with the next round trip; one that fails fails it (postgres)", test_held_writes_real},
         {"10k messages, 100 aggregates, 3 groups (memory)", test_flow_memory},
         {"10k messages, 100 aggregates, 3 groups (postgres+redis)", test_flow_real},
         {"retries, backoff and DLQ keep order (memory)", test_retries_memory},
@@ -1248,6 +1401,8 @@ int main(void)
          test_retries_batch_memory},
         {"retries with a batch handler: halves find the failing message, order kept (postgres+redis)",
          test_retries_batch_real},
+        {"retries when held writes fail at the commit: halves find the message, order kept (postgres+redis)",
+         test_retries_held_real},
         {"a retry's scan leaves the batch the read-ahead holds alone (postgres+redis)",
          test_retries_read_ahead_real},
         {"entries of a read whose answer was lost go before later ones (postgres+redis)", test_lost_read_real},
