@@ -91,6 +91,7 @@ static void *service_main(void *arg)
         .reclaim_idle_ms = r->cfg->service_reclaim_idle_ms,
         .backoff_ms = r->cfg->service_backoff_ms,
         .inbox_retain_s = r->cfg->inbox_retain_s,
+        .linger_ms = strcmp(r->svc->group, "analytics") == 0 ? (int)r->cfg->analytics_linger_ms : 0,
     };
     svc_run(r->svc, &o, &stop_flag);
     return NULL;

@@ -35,6 +35,7 @@ typedef struct config {
     long service_reclaim_idle_ms;
     long service_backoff_ms;
     long inbox_retain_s;
+    long analytics_linger_ms;
     long stream_trim_interval_ms;
 
     /* gateway */

@@ -1267,9 +1267,12 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         if (bt.n == 0)
             continue;
         log_debug("service %s: read %zu new entries (first %s)", def->group, bt.n, bt.msgs[0].entry_id);
+        int64_t read_at = clock_mono_ms();
+        bool linger = o->linger_ms > 0 && bt.n < o->batch;
         /* the next read runs while this batch is applied (short block: a
-         * retry that falls due meanwhile waits at most that long) */
-        if (rt.reader && !stopping(&rt) && rt.pel_due_ms > now)
+         * retry that falls due meanwhile waits at most that long), unless
+         * it is to wait for more entries to arrive */
+        if (rt.reader && !stopping(&rt) && rt.pel_due_ms > now && !linger)
             reader_request(rt.reader, streams, rt.nstreams, o->batch,
                            block < READ_AHEAD_BLOCK_MS ? block : READ_AHEAD_BLOCK_MS);
         strmap_t blocked;
@@ -1277,6 +1280,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         blocked_from_failures(&rt, &blocked);
         process(&rt, &bt, &blocked, rt.reader ? &parsed : NULL);
         strmap_free(&blocked);
+        if (linger)
+            nap(&rt, read_at + o->linger_ms - clock_mono_ms());
     }
     /* a read-ahead that came back while stopping is applied too, while the lease is ours */
     if (rt.reader && reader_outstanding(rt.reader) && reader_take(rt.reader, &bt, &parsed) == 0 && bt.n && rt.db &&

@@ -104,6 +104,11 @@ typedef struct svc_opts {
     int64_t reclaim_idle_ms;
     int64_t backoff_ms;
     int64_t inbox_retain_s;
+    /* A read that comes back with fewer than `batch` entries makes the next
+     * read wait until linger_ms after it, so that one transaction takes what
+     * arrived meanwhile: fewer, larger batches for a service off the
+     * requests' path (analytics), its effects that much later. 0 = none. */
+    int linger_ms;
 } svc_opts_t;
 
 /* The log context of message e (request id, trace id from its traceparent,

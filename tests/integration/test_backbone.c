@@ -54,6 +54,7 @@ typedef struct handler_cfg {
     int fail_times; /* -1 = always */
     int failed;     /* how many times it failed so far */
     int batch_failed; /* record_batch calls that failed */
+    int batch_calls;  /* record_batch calls */
     bool hold;        /* postgres: writes held back (db_defer), the injected failure too */
 } handler_cfg_t;
 
@@ -107,6 +108,7 @@ static svc_result_t record_handler(svc_ctx_t *c, void *arg)
 static svc_result_t record_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
                                  void *arg)
 {
+    __atomic_add_fetch(&((handler_cfg_t *)arg)->batch_calls, 1, __ATOMIC_SEQ_CST);
     for (size_t i = 0; i < n; i++) {
         svc_ctx_t c = {.tx = tx, .msg = msgs[i], .payload = payloads[i], .group = ((handler_cfg_t *)arg)->group};
         svc_result_t r = record_handler(&c, arg);
@@ -597,6 +599,44 @@ static void test_retries_batch_real(void)
 static void test_retries_held_real(void)
 {
     retries(false, true, true);
+}
+
+/* A service with a linger waits after a short read, so that what arrives
+ * meanwhile goes in one batch: ten messages committed one by one, 20 ms
+ * apart, inside the linger, are applied in one or two batch calls (one per
+ * message without it), exactly once and in order. */
+static void linger(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "linger");
+    s.batch_handler = true;
+    sut_add_service(&s, "lg", types_orders);
+    s.sopts[0].linger_ms = 1500;
+    sut_start(&s, 1);
+    publish_orders(&s, 1, 1, 1, "order.placed");
+    CU_ASSERT_TRUE(wait_inbox(&s, "lg", 1, 15000));
+    int calls0 = __atomic_load_n(&s.hcfg[0].batch_calls, __ATOMIC_SEQ_CST);
+    for (int i = 0; i < 10; i++) {
+        publish_orders(&s, 1, 1, 1, "order.placed");
+        clock_sleep_ms(20);
+    }
+    CU_ASSERT_TRUE(wait_inbox(&s, "lg", 11, 15000));
+    int calls = __atomic_load_n(&s.hcfg[0].batch_calls, __ATOMIC_SEQ_CST) - calls0;
+    CU_ASSERT_TRUE(calls >= 1 && calls <= 2);
+    if (calls > 2)
+        fprintf(stderr, "\n  ten messages took %d batch calls\n", calls);
+    check_applied(&s, "lg", 11);
+    sut_stop(&s);
+}
+
+static void test_linger_memory(void)
+{
+    linger(true);
+}
+
+static void test_linger_real(void)
+{
+    linger(false);
 }
 
 /* Bad input: entries with missing fields, an unparsable payload and an unknown
@@ -1406,6 +1446,8 @@ int main(void)
         {"a retry's scan leaves the batch the read-ahead holds alone (postgres+redis)",
          test_retries_read_ahead_real},
         {"entries of a read whose answer was lost go before later ones (postgres+redis)", test_lost_read_real},
+        {"a lingering service takes what arrives meanwhile in one batch (memory)", test_linger_memory},
+        {"a lingering service takes what arrives meanwhile in one batch (postgres+redis)", test_linger_real},
         {"bad input goes to the DLQ and never stalls (memory)", test_bad_input_memory},
         {"bad input goes to the DLQ and never stalls (postgres+redis)", test_bad_input_real},
         {"two drainers at once (postgres+redis)", test_two_drainers_real},
