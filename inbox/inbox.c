@@ -92,7 +92,9 @@ static int uuid_array(const char *const *ids, size_t n, pg_array_t *a)
     return 0;
 }
 
-int inbox_record_fresh(db_t *tx, const char *group, const char *const *ids, size_t n)
+static const char sql_fresh[] = "INSERT INTO bus.inbox (grp, id) SELECT $1, unnest($2::uuid[])";
+
+static int record_fresh(db_t *tx, const char *group, const char *const *ids, size_t n, bool hold)
 {
     if (tx->kind == DB_MEMORY) {
         int rc = 0;
@@ -101,7 +103,7 @@ int inbox_record_fresh(db_t *tx, const char *group, const char *const *ids, size
                 rc = 1; /* the caller's rollback undoes the others */
         return rc;
     }
-    if (db_prepare(tx, DB_STMT_INBOX_FRESH, "INSERT INTO bus.inbox (grp, id) SELECT $1, unnest($2::uuid[])", 2) != 0)
+    if (db_prepare(tx, DB_STMT_INBOX_FRESH, sql_fresh, 2) != 0)
         return -1;
     pg_array_t arr = {0};
     int rc = -1;
@@ -109,12 +111,26 @@ int inbox_record_fresh(db_t *tx, const char *group, const char *const *ids, size
         const char *p[] = {group, (const char *)arr.buf};
         int lens[] = {0, (int)arr.len}, fmts[] = {0, 1};
         /* a duplicate is an expected answer, not an error to log */
-        PGresult *r = db_exec_prepared_bin(tx, DB_STMT_INBOX_FRESH, 2, p, lens, fmts, "23505");
-        rc = r ? 0 : strcmp(pg_last_sqlstate(), "23505") == 0 ? 1 : -1;
-        PQclear(r);
+        if (hold) {
+            rc = db_defer(tx, DB_STMT_INBOX_FRESH, sql_fresh, 2, p, lens, fmts, "23505");
+        } else {
+            PGresult *r = db_exec_prepared_bin(tx, DB_STMT_INBOX_FRESH, 2, p, lens, fmts, "23505");
+            rc = r ? 0 : strcmp(pg_last_sqlstate(), "23505") == 0 ? 1 : -1;
+            PQclear(r);
+        }
     }
     pg_array_free(&arr);
     return rc;
+}
+
+int inbox_record_fresh(db_t *tx, const char *group, const char *const *ids, size_t n)
+{
+    return record_fresh(tx, group, ids, n, false);
+}
+
+int inbox_hold_fresh(db_t *tx, const char *group, const char *const *ids, size_t n)
+{
+    return record_fresh(tx, group, ids, n, true);
 }
 
 int inbox_record_batch(db_t *tx, const char *group, const char *const *ids, size_t n, bool *is_new)

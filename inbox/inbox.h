@@ -24,6 +24,13 @@ int inbox_record_batch(db_t *tx, const char *group, const char *const *ids, size
  * and the caller rolls back and uses inbox_record_batch; -1 = storage error. */
 int inbox_record_fresh(db_t *tx, const char *group, const char *const *ids, size_t n)
     __attribute__((warn_unused_result));
+/* The same insert held back (db_defer) to go with the transaction's next
+ * round trip: an id recorded already then fails that step (SQLSTATE 23505,
+ * logged at debug level) instead of answering 1 here. Memory: as
+ * inbox_record_fresh. 0 = held (PostgreSQL) or all recorded; 1, -1 as
+ * inbox_record_fresh. */
+int inbox_hold_fresh(db_t *tx, const char *group, const char *const *ids, size_t n)
+    __attribute__((warn_unused_result));
 /* Ids applied by a group (for status and tests). Not in a transaction. */
 int inbox_count(db_t *db, const char *group, uint64_t *n) __attribute__((warn_unused_result));
 /* Deletes at most limit ids older than retain_s. Not in a transaction. */

@@ -417,7 +417,13 @@ static int apply_fast(rt_t *rt, db_t *db, work_t *ws, size_t n)
             goto out;
         rechecked = true;
     } else {
-        int fr = rt->def->seen ? 0 : inbox_record_fresh(db, rt->def->group, ids, n);
+        /* held back to go with the batch handler's first statement when it
+         * says it has one before any effect elsewhere: a copy then fails the
+         * batch, and the slow pass tells which */
+        bool hold = rt->def->handle_batch && rt->def->statement_first;
+        int fr = rt->def->seen ? 0
+                 : hold        ? inbox_hold_fresh(db, rt->def->group, ids, n)
+                               : inbox_record_fresh(db, rt->def->group, ids, n);
         if (fr < 0)
             goto out;
         if (fr == 0) {

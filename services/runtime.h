@@ -89,6 +89,11 @@ typedef struct svc_def {
      * but the database): the runtime then applies a batch on up to o->lanes
      * connections (one per 16 messages), split by aggregate. */
     bool concurrent;
+    /* handle_batch runs a statement before it does anything outside the
+     * database (a provider call, a webhook): the runtime may then hold the
+     * batch's inbox insert back to go with that statement (one round trip
+     * for both; a copy fails that statement, and the slow pass tells which). */
+    bool statement_first;
 } svc_def_t;
 
 typedef struct svc_opts {

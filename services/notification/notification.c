@@ -936,7 +936,8 @@ const svc_def_t *notification_service(void)
                                   .ignored_types = commands,
                                   .handle = handle,
                                   .handle_batch = handle_batch,
-                                  .concurrent = true};
+                                  .concurrent = true,
+                                  .statement_first = true}; /* recorded_many, then the sends */
     return &def;
 }
 

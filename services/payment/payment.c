@@ -1014,7 +1014,8 @@ const svc_def_t *payment_service(void)
                                   .ignored_types = own_events,
                                   .handle = handle,
                                   .handle_batch = handle_batch,
-                                  .concurrent = true};
+                                  .concurrent = true,
+                                  .statement_first = true}; /* read_batch, then the provider */
     return &def;
 }
 

@@ -1148,12 +1148,14 @@ static void test_held_writes_real(void)
     db_close(db);
 }
 
-static void test_redelivered_real(void)
+static void redelivered(bool held_inbox)
 {
     sut_t s;
-    sut_init(&s, false, "redeliver");
+    sut_init(&s, false, held_inbox ? "redeliver_held" : "redeliver");
     s.dopts.trim_interval_ms = 3600000; /* keep the entries, to deliver them again */
+    s.batch_handler = held_inbox;
     sut_add_service(&s, "g1", types_orders);
+    s.defs[0].statement_first = held_inbox; /* record_batch's insert goes before anything else */
     publish_orders(&s, 1000, 20, 100, "order.placed");
     sut_start(&s, 1);
     CU_ASSERT_TRUE(wait_inbox(&s, "g1", 1000, 30000));
@@ -1176,6 +1178,19 @@ static void test_redelivered_real(void)
     CU_ASSERT_EQUAL(metrics_value(dups) - dup0, 1000);
     check_applied(&s, "g1", 2000);
     sut_stop(&s);
+}
+
+static void test_redelivered_real(void)
+{
+    redelivered(false);
+}
+
+/* The same with a batch handler whose inbox insert is held back to go with
+ * its first statement: the copies fail that statement, and the slow pass
+ * applies only the new ids. */
+static void test_redelivered_held_real(void)
+{
+    redelivered(true);
 }
 
 /* With three rows past a one-hour window, a cleanup of at most two a call
@@ -1460,6 +1475,8 @@ int main(void)
         {"inbox cleanup takes old ids in bounded steps and keeps recent ones (postgres)", test_inbox_cleanup_real},
         {"the re-drive window's cleanup takes old rows oldest first, bounded (postgres)", test_published_cleanup_real},
         {"a rewound group's batches of applied and new ids apply only the new (postgres+redis)", test_redelivered_real},
+        {"a rewound group's batches apply only the new, the inbox insert held to the first statement (postgres+redis)",
+         test_redelivered_held_real},
         CU_TEST_INFO_NULL,
     };
     return test_main("backbone", tests, NULL, NULL);
