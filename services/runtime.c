@@ -980,8 +980,30 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
         metrics_observe(rt->m_batch_s, (double)(clock_mono_us() - t0) / 1e6);
 }
 
-/* Scans the consumer's own pending entries, oldest first, a page at a time. */
-static int scan_pending(rt_t *rt)
+/* Stream entry ids "<ms>-<seq>" in order: <0, 0, >0. */
+static int entry_cmp(const char *a, const char *b)
+{
+    unsigned long long am = 0, as = 0, bm = 0, bs = 0;
+    sscanf(a, "%llu-%llu", &am, &as);
+    sscanf(b, "%llu-%llu", &bm, &bs);
+    return am != bm ? (am < bm ? -1 : 1) : as != bs ? (as < bs ? -1 : 1) : 0;
+}
+
+/* The first entry of stream in bt, or NULL. */
+static const char *first_of(const bus_batch_t *bt, const char *stream)
+{
+    for (size_t i = 0; bt && i < bt->n; i++)
+        if (strcmp(bt->msgs[i].stream, stream) == 0)
+            return bt->msgs[i].entry_id;
+    return NULL;
+}
+
+/* Scans the consumer's own pending entries, oldest first, a page at a time.
+ * With `ahead` (a read's batch, delivered and so pending too, applied by
+ * the caller right after): only the entries older than its first of each
+ * stream, in pages that start small (what is pending before a fresh read is
+ * usually a failed message and the few behind it). */
+static int scan_pending(rt_t *rt, const bus_batch_t *ahead)
 {
     rt->pel_due_ms = INT64_MAX;
     size_t page = rt->o->batch * PEL_PAGE_FACTOR;
@@ -991,21 +1013,33 @@ static int scan_pending(rt_t *rt)
         strmap_t blocked;
         strmap_init(&blocked);
         char after[BUS_ID_MAX] = "0";
+        const char *stream = rt->streams[s];
+        const char *bound = first_of(ahead, stream);
+        size_t count = bound && page > 64 ? 64 : page;
         for (;;) {
             bus_batch_clear(&bt);
-            const char *stream = rt->streams[s];
-            if (bus_read_pending(rt->bus, rt->def->group, rt->o->consumer, stream, after, page, &bt) != 0) {
+            if (bus_read_pending(rt->bus, rt->def->group, rt->o->consumer, stream, after, count, &bt) != 0) {
                 rc = -1;
                 break;
             }
+            size_t got = bt.n;
+            bool past = false; /* reached the read's own entries */
+            for (size_t i = 0; bound && i < bt.n; i++)
+                if (entry_cmp(bt.msgs[i].entry_id, bound) >= 0) {
+                    for (size_t k = i; k < bt.n; k++)
+                        envelope_clear(&bt.msgs[k].env);
+                    bt.n = i;
+                    past = true;
+                    break;
+                }
             if (bt.n == 0)
                 break;
             snprintf(after, sizeof after, "%s", bt.msgs[bt.n - 1].entry_id);
-            size_t got = bt.n;
-            log_debug("service %s: %zu pending entries of %s after %s", rt->def->group, got, stream, after);
+            log_debug("service %s: %zu pending entries of %s up to %s", rt->def->group, bt.n, stream, after);
             process(rt, &bt, &blocked, NULL);
-            if (got < page)
+            if (past || got < count)
                 break;
+            count = count * 2 < page ? count * 2 : page;
         }
         strmap_free(&blocked);
     }
@@ -1016,7 +1050,6 @@ static int scan_pending(rt_t *rt)
     return rc;
 }
 
-/* Entries of the failure map whose aggregate must wait (for reads of new entries). */
 static void blocked_from_failures(rt_t *rt, strmap_t *blocked)
 {
     const char *k;
@@ -1211,22 +1244,35 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         }
         if (now >= rt.pel_due_ms) {
             /* a read in flight holds entries that are pending already: the
-             * scan delivers them, in order after older pending entries (a
-             * claim's, a failure's), so the read is dropped, not applied
-             * first and not delivered a second time */
-            if (rt.reader && reader_outstanding(rt.reader) && reader_take(rt.reader, &bt, &parsed) == 0 && bt.n)
-                log_debug("service %s: %zu entries read ahead left to the pending scan", def->group, bt.n);
-            bus_batch_clear(&bt);
+             * scan applies the pending entries older than them first (a
+             * claim's, a failure's), then the read's batch is applied: in
+             * order, and nothing delivered a second time */
+            bool ahead = rt.reader && reader_outstanding(rt.reader) && reader_take(rt.reader, &bt, &parsed) == 0 &&
+                         bt.n > 0;
+            if (!ahead)
+                bus_batch_clear(&bt);
             /* what the read-ahead still has to acknowledge would be delivered
              * again by the scan (the inbox would skip it, but its delivery
              * count would grow) */
             if (rt.reader && reader_wait_acks(rt.reader, ACK_WAIT_MS) != 0)
                 log_debug("service %s: acknowledgements still queued before the pending scan", def->group);
-            if (scan_pending(&rt) != 0) {
+            if (scan_pending(&rt, ahead ? &bt : NULL) != 0) {
+                /* the read's batch stays pending: the next scan delivers it */
+                bus_batch_clear(&bt);
                 if (bus_ensure(rt.bus) != 0)
                     log_debug("service %s: bus reconnect failed", def->group);
                 backoff(&rt);
+                continue;
             }
+            if (ahead && !stopping(&rt)) {
+                log_debug("service %s: %zu entries read ahead applied after the pending scan", def->group, bt.n);
+                strmap_t blocked;
+                strmap_init(&blocked);
+                blocked_from_failures(&rt, &blocked);
+                process(&rt, &bt, &blocked, &parsed);
+                strmap_free(&blocked);
+            }
+            bus_batch_clear(&bt);
             continue;
         }
         streams = xrealloc(streams, rt.nstreams * sizeof *streams);
