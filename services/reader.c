@@ -26,6 +26,7 @@ struct svc_reader {
     pthread_cond_t cv;
     bus_t *bus;
     char *group, *consumer;
+    const char *const *skip_types; /* payloads not parsed */
     /* the request; guarded by mu */
     bool requested; /* a read to do */
     bool finished;  /* its result is in bt/parsed/rc */
@@ -114,16 +115,24 @@ void reader_parsed_free(reader_parsed_t *p)
     memset(p, 0, sizeof *p);
 }
 
-/* Parses the payloads of the decoded entries from index from on; the runtime
- * decides what a failure means. */
-static void parse_from(const bus_batch_t *bt, reader_parsed_t *p, size_t from)
+static bool skipped(const char *const *types, const char *type)
+{
+    for (size_t i = 0; types && types[i]; i++)
+        if (strcmp(types[i], type) == 0)
+            return true;
+    return false;
+}
+
+/* Parses the payloads of the decoded entries from index from on, but those
+ * of skip_types; the runtime decides what a failure means. */
+static void parse_from(const bus_batch_t *bt, reader_parsed_t *p, size_t from, const char *const *skip_types)
 {
     parsed_reserve(p, bt->n);
     for (size_t i = from; i < bt->n; i++) {
         const bus_msg_t *m = &bt->msgs[i];
         p->payload[i] = NULL;
         p->error[i] = NULL;
-        if (m->missing || m->bad)
+        if (m->missing || m->bad || skipped(skip_types, m->env.type))
             continue;
         if (json_parse_strict(m->env.payload, strlen(m->env.payload), &p->payload[i], &p->error[i]) != 0)
             p->payload[i] = NULL;
@@ -181,7 +190,7 @@ static void *reader_main(void *arg)
         int rc = bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count,
                           r->block_ms, &r->bt);
         if (rc == 0)
-            parse_from(&r->bt, &r->parsed, 0);
+            parse_from(&r->bt, &r->parsed, 0, r->skip_types);
         else if (bus_ensure(r->bus) != 0)
             log_debug("service %s: read-ahead connection is down", r->group);
         pthread_mutex_lock(&r->mu);
@@ -194,7 +203,8 @@ static void *reader_main(void *arg)
     return NULL;
 }
 
-svc_reader_t *reader_start(const char *redis_url, const char *group, const char *consumer, char **err)
+svc_reader_t *reader_start(const char *redis_url, const char *group, const char *consumer,
+                           const char *const *skip_types, char **err)
 {
     bus_t *bus = bus_open_redis(redis_url, err);
     if (!bus)
@@ -203,6 +213,7 @@ svc_reader_t *reader_start(const char *redis_url, const char *group, const char 
     r->bus = bus;
     r->group = xstrdup(group);
     r->consumer = xstrdup(consumer);
+    r->skip_types = skip_types;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     if (pthread_create(&r->thread, NULL, reader_main, r) != 0) {
@@ -283,7 +294,7 @@ int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
         size_t before = r->bt.n;
         if (bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count - before, 0,
                      &r->bt) == 0) {
-            parse_from(&r->bt, &r->parsed, before);
+            parse_from(&r->bt, &r->parsed, before, r->skip_types);
         } else {
             /* a read whose answer was lost may still have delivered entries
              * to this consumer: the take fails like a read, so the runtime

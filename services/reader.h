@@ -31,9 +31,12 @@ typedef struct reader_parsed {
     size_t n, cap;
 } reader_parsed_t;
 
-/* Connects to redis_url and starts the thread. NULL (with *err, caller frees)
- * when Redis cannot be reached. */
-svc_reader_t *reader_start(const char *redis_url, const char *group, const char *consumer, char **err);
+/* Connects to redis_url and starts the thread. skip_types (NULL-terminated,
+ * borrowed for the reader's life; may be NULL): types whose payload is not
+ * parsed (the service acknowledges them unread), payload[i] NULL with no
+ * error. NULL (with *err, caller frees) when Redis cannot be reached. */
+svc_reader_t *reader_start(const char *redis_url, const char *group, const char *consumer,
+                           const char *const *skip_types, char **err);
 /* Stops the thread (waiting for a read in flight) and closes the connection;
  * a read not taken is dropped (its entries stay pending). NULL is a no-op. */
 void reader_stop(svc_reader_t *r);

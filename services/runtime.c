@@ -1285,7 +1285,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         int64_t t0 = clock_mono_us();
         if (rt.redis && !rt.reader) {
             char *err = NULL;
-            if (!(rt.reader = reader_start(o->redis_url, def->group, o->consumer, &err))) {
+            if (!(rt.reader = reader_start(o->redis_url, def->group, o->consumer, def->ignored_types, &err))) {
                 log_debug("service %s: no read-ahead (%s); reading in line", def->group, err);
                 free(err);
             }
