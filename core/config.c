@@ -59,9 +59,9 @@ static const citem_t items[] = {
      "pending entries idle this long are reclaimed from other consumers"},
     {"SERVICE_BACKOFF_MS", T_INT, F(service_backoff_ms), "200", 1, 600000, NULL,
      "first retry delay; doubles per failure"},
-    {"ANALYTICS_LINGER_MS", T_INT, F(analytics_linger_ms), "20", 0, 10000, NULL,
+    {"ANALYTICS_LINGER_MS", T_INT, F(analytics_linger_ms), "0", 0, 10000, NULL,
      "analytics waits up to this long for a short batch to fill: fewer, larger transactions, its read model "
-     "that much later"},
+     "that much later (0 = off)"},
     {"INBOX_RETAIN_S", T_INT, F(inbox_retain_s), "604800", 60, 365 * 86400, NULL,
      "seconds inbox ids are kept (dedup window)"},
     {"STREAM_TRIM_INTERVAL_MS", T_INT, F(stream_trim_interval_ms), "10000", 100, 3600000, NULL,
