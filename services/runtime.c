@@ -42,6 +42,7 @@ typedef struct work {
     bool failed;      /* handler failed this time */
     bool failed_fast; /* the handler already failed in the all-at-once pass */
     bool suspect;     /* failed before: applied on its own, ahead of the rest */
+    bool blamed;      /* a batch handler named it as the one its batch failed on */
     svc_result_t result;
     char error[256];
 } work_t;
@@ -315,6 +316,30 @@ static bool type_accepted(const svc_def_t *def, const char *type)
     return !def->types || type_in(def->types, type);
 }
 
+/* The message a batch handler said its batch failed on (an index into the
+ * messages it was handed), on this thread, until the next batch call. */
+static _Thread_local size_t blame_at;
+static _Thread_local bool blame_set;
+
+void svc_batch_failed_at(size_t i)
+{
+    blame_at = i;
+    blame_set = true;
+}
+
+/* Calls the batch handler; on a failure marks the message it blamed
+ * (which[k] is the work item of msgs[k]). */
+static svc_result_t run_batch(rt_t *rt, db_t *db, const envelope_t **envs, json_object **pl, size_t nn,
+                              work_t *const *which)
+{
+    blame_set = false;
+    svc_result_t r = rt->def->handle_batch(db, envs, pl, nn, rt->def->arg);
+    if (r != SVC_OK && blame_set && blame_at < nn)
+        which[blame_at]->blamed = true;
+    blame_set = false;
+    return r;
+}
+
 void svc_log_ctx(log_ctx_t *lc, char trace[33], const envelope_t *e)
 {
     trace[0] = '\0';
@@ -403,6 +428,7 @@ static int apply_fast(rt_t *rt, db_t *db, work_t *ws, size_t n)
     bool *fresh = xcalloc(n, sizeof *fresh);
     const envelope_t **envs = xmalloc(n * sizeof *envs);
     json_object **pl = xmalloc(n * sizeof *pl);
+    work_t **which = xmalloc(n * sizeof *which);
     int rc = -1;
     for (size_t i = 0; i < n; i++) {
         ids[i] = ws[i].m->env.id;
@@ -439,12 +465,13 @@ again:;
     size_t nn = 0;
     for (size_t i = 0; i < n; i++)
         if (fresh[i]) {
+            which[nn] = &ws[i];
             envs[nn] = &ws[i].m->env;
             pl[nn++] = ws[i].payload;
         }
     svc_result_t r = SVC_OK;
     if (nn && rt->def->handle_batch) {
-        r = rt->def->handle_batch(db, envs, pl, nn, rt->def->arg);
+        r = run_batch(rt, db, envs, pl, nn, which);
     } else {
         for (size_t i = 0; i < n && r == SVC_OK; i++)
             if (fresh[i]) {
@@ -495,6 +522,7 @@ out:
     free(fresh);
     free(envs);
     free(pl);
+    free(which);
     return rc;
 }
 
@@ -570,6 +598,15 @@ static int apply_halves(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *bloc
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
         m += waiting(&ws[i], blocked);
+    /* the handler named the message its batch failed on: those before it
+     * as one batch, it alone, those after it as one batch */
+    for (size_t h = 0; h < n && m > 1 && n > 2; h++)
+        if (ws[h].blamed && waiting(&ws[h], blocked)) {
+            ws[h].blamed = false;
+            if (apply_halves(rt, db, ws, h, blocked) != 0 || apply_one(rt, db, &ws[h], blocked) != 0)
+                return -1;
+            return apply_halves(rt, db, ws + h + 1, n - h - 1, blocked);
+        }
     if (m <= 1 || n <= 2) {
         for (size_t i = 0; i < n; i++)
             if (apply_one(rt, db, &ws[i], blocked) != 0)
@@ -581,6 +618,7 @@ static int apply_halves(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *bloc
     bool *fresh = xcalloc(m, sizeof *fresh);
     const envelope_t **envs = xmalloc(m * sizeof *envs);
     json_object **pl = xmalloc(m * sizeof *pl);
+    work_t **which = xmalloc(m * sizeof *which);
     size_t k = 0, nn = 0;
     for (size_t i = 0; i < n; i++)
         if (waiting(&ws[i], blocked)) {
@@ -594,10 +632,11 @@ static int apply_halves(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *bloc
     if (mark_fresh(rt, db, in, ids, m, fresh) == 0) {
         for (size_t i = 0; i < m; i++)
             if (fresh[i]) {
+                which[nn] = in[i];
                 envs[nn] = &in[i]->m->env;
                 pl[nn++] = in[i]->payload;
             }
-        r = nn ? rt->def->handle_batch(db, envs, pl, nn, rt->def->arg) : SVC_OK;
+        r = nn ? run_batch(rt, db, envs, pl, nn, which) : SVC_OK;
     }
     if (r == SVC_OK && db_release(db) != 0) {
         if (conn_broken(db))
@@ -615,14 +654,22 @@ static int apply_halves(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *bloc
     db_rollback_to(db);
     if (conn_broken(db))
         goto out;
-    rc = apply_halves(rt, db, ws, n / 2, blocked) != 0 || apply_halves(rt, db, ws + n / 2, n - n / 2, blocked) != 0 ? -1
-                                                                                                                    : 0;
+    bool named = false;
+    for (size_t i = 0; i < nn && !named; i++)
+        named = which[i]->blamed;
+    if (named) /* split at the message the handler named */
+        rc = apply_halves(rt, db, ws, n, blocked);
+    else
+        rc = apply_halves(rt, db, ws, n / 2, blocked) != 0 || apply_halves(rt, db, ws + n / 2, n - n / 2, blocked) != 0
+                 ? -1
+                 : 0;
 out:
     free(ids);
     free(in);
     free(fresh);
     free(envs);
     free(pl);
+    free(which);
     return rc;
 }
 

@@ -121,6 +121,13 @@ typedef struct svc_opts {
  * apply their messages themselves: log_ctx_set(lc) around each one. */
 void svc_log_ctx(log_ctx_t *lc, char trace[33], const envelope_t *e);
 
+/* For batch handlers: the batch failed because of msgs[i] (say so before
+ * returning anything but SVC_OK). The runtime then applies the messages
+ * before it as one batch, it alone (handle()), and the rest as one batch,
+ * instead of halving the batch down to it. Optional; a wrong index only
+ * costs the halving it would have saved. */
+void svc_batch_failed_at(size_t i);
+
 /* Runs until *stop; finishes the batch in hand. 0 on a clean stop. */
 int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop);
 

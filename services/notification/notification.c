@@ -880,8 +880,10 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         if (rc <= 0) {
             free(a.r[i].text);
             a.r[i].text = NULL;
-            if (rc < 0)
+            if (rc < 0) {
                 res = SVC_REJECT; /* handle() rejects it on its own */
+                svc_batch_failed_at(i);
+            }
             continue;
         }
         char low[UUID_STR_LEN];
@@ -902,8 +904,10 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         notify_msg_t m = message_of(e, &a.r[i]);
         svc_ctx_t c = {.tx = tx, .msg = e, .payload = payloads[i], .group = "notification"};
         res = deliver(&c, &m, a.done[i], &b, &a.pre[i]);
-        if (res != SVC_OK)
+        if (res != SVC_OK) {
             log_debug("notification batch: %s", c.error);
+            svc_batch_failed_at(i);
+        }
         log_ctx_set(prev);
     }
     if (res == SVC_OK && batch_write(tx, &b) != 0)

@@ -984,6 +984,8 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         const log_ctx_t *prev = log_ctx_set(&lc);
         svc_ctx_t c = {.tx = tx, .msg = e, .payload = payloads[i], .group = "payment"};
         r = handle_one(&c, &pf);
+        if (r != SVC_OK)
+            svc_batch_failed_at(i); /* the others go as a batch, this one alone */
         log_ctx_set(prev);
     }
     if (r == SVC_OK && defer_flush(tx, &pf.w) != 0)

@@ -56,6 +56,7 @@ typedef struct handler_cfg {
     int batch_failed; /* record_batch calls that failed */
     int batch_calls;  /* record_batch calls */
     bool hold;        /* postgres: writes held back (db_defer), the injected failure too */
+    bool name;        /* record_batch names the message it failed on (svc_batch_failed_at) */
 } handler_cfg_t;
 
 enum { BIT_HELD_FAIL = DB_STMT_MAX - 3, BIT_HELD_RECORD = DB_STMT_MAX - 4 }; /* no module's */
@@ -114,6 +115,8 @@ static svc_result_t record_batch(db_t *tx, const envelope_t *const *msgs, json_o
         svc_result_t r = record_handler(&c, arg);
         if (r != SVC_OK) {
             __atomic_add_fetch(&((handler_cfg_t *)arg)->batch_failed, 1, __ATOMIC_SEQ_CST);
+            if (((handler_cfg_t *)arg)->name)
+                svc_batch_failed_at(i);
             return r;
         }
     }
@@ -403,14 +406,15 @@ static void test_flow_real(void)
 /* One message fails twice then succeeds; another always fails and is
  * dead-lettered after 5 attempts; messages behind each in its aggregate wait
  * for it, other aggregates flow on. */
-static void retries(bool memory, bool batch, bool hold)
+static void retries(bool memory, bool batch, bool hold, bool name)
 {
     sut_t s;
-    sut_init(&s, memory, hold ? "retry_held" : "retry");
+    sut_init(&s, memory, hold ? "retry_held" : name ? "retry_named" : "retry");
     s.batch_handler = batch;
     sut_add_service(&s, "r1", types_orders);
     sut_add_service(&s, "r2", types_orders);
     s.hcfg[0].hold = s.hcfg[1].hold = hold;
+    s.hcfg[0].name = s.hcfg[1].name = name;
     s.hcfg[0].fail_aggregate = "order-3";
     s.hcfg[0].fail_seq = 2;
     s.hcfg[0].fail_times = 2;
@@ -425,6 +429,12 @@ static void retries(bool memory, bool batch, bool hold)
     if (hold) { /* the batch calls succeed; the held failure comes back at the commit or release */
         CU_ASSERT_TRUE(s.hcfg[1].failed >= 5);
         CU_ASSERT_EQUAL(s.hcfg[1].batch_failed, 0);
+    } else if (name) {
+        /* the batch that met it split there at once: one failed batch call
+         * (or two, should it come back inside a batch before it is known) */
+        CU_ASSERT_TRUE(s.hcfg[1].batch_failed >= 1 && s.hcfg[1].batch_failed <= 2);
+        if (s.hcfg[1].batch_failed > 2)
+            fprintf(stderr, "\n  batches failed by the named message: %d\n", s.hcfg[1].batch_failed);
     } else if (!batch) { /* with a batch handler, the batches around a failing message fail too */
         CU_ASSERT_EQUAL(s.hcfg[0].failed, 2);
         CU_ASSERT_EQUAL(s.hcfg[1].failed, 5);
@@ -464,12 +474,12 @@ static void retries(bool memory, bool batch, bool hold)
 
 static void test_retries_memory(void)
 {
-    retries(true, false, false);
+    retries(true, false, false, false);
 }
 
 static void test_retries_real(void)
 {
-    retries(false, false, false);
+    retries(false, false, false, false);
 }
 
 /* A retry falls due while the read-ahead holds the next batch (a backlog of
@@ -585,12 +595,25 @@ static void test_lost_read_real(void)
 
 static void test_retries_batch_memory(void)
 {
-    retries(true, true, false);
+    retries(true, true, false, false);
 }
 
 static void test_retries_batch_real(void)
 {
-    retries(false, true, false);
+    retries(false, true, false, false);
+}
+
+/* A batch handler that names the message it failed on: the batch is split
+ * there (the messages before it as one batch, it alone, the rest as one)
+ * instead of halved down to it. */
+static void test_retries_named_memory(void)
+{
+    retries(true, true, false, true);
+}
+
+static void test_retries_named_real(void)
+{
+    retries(false, true, false, true);
 }
 
 /* The same with the handlers' writes held back to the commit (db_defer),
@@ -598,7 +621,7 @@ static void test_retries_batch_real(void)
  * release, and is found and retried as a handler's failure. */
 static void test_retries_held_real(void)
 {
-    retries(false, true, true);
+    retries(false, true, true, false);
 }
 
 /* A service with a linger waits after a short read, so that what arrives
@@ -1456,6 +1479,10 @@ int main(void)
          test_retries_batch_memory},
         {"retries with a batch handler: halves find the failing message, order kept (postgres+redis)",
          test_retries_batch_real},
+        {"retries with a batch handler that names the failing message: split there, order kept (memory)",
+         test_retries_named_memory},
+        {"retries with a batch handler that names the failing message: split there, order kept (postgres+redis)",
+         test_retries_named_real},
         {"retries when held writes fail at the commit: halves find the message, order kept (postgres+redis)",
          test_retries_held_real},
         {"a retry's scan leaves the batch the read-ahead holds alone (postgres+redis)",
