@@ -944,19 +944,32 @@ static bool defer_insert(db_t *db, int bit, const char *k)
     return r != NULL;
 }
 
+/* A fresh database dbname with table (k text PRIMARY KEY): a handle on it,
+ * and a second connection (*watch) that sees only what was committed. */
+static db_t *db_and_watch(const char *dbname, const char *table, PGconn **watch)
+{
+    const char *url = test_pg_db(dbname, true);
+    char *err = NULL;
+    db_t *db = db_open_pg(url, "test-db", &err);
+    free(err);
+    err = NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+    *watch = pg_connect(url, "test-db-watch", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(*watch);
+    char sql[96];
+    snprintf(sql, sizeof sql, "CREATE TABLE %s (k text PRIMARY KEY)", table);
+    ASSERT_OK(pg_exec(db_pg(db), sql));
+    return db;
+}
+
 /* db_begin sends nothing: BEGIN goes with the transaction's first statement,
  * in one pipeline, whichever way that statement goes (prepared, unnamed, or
  * through db_pg), and the transaction is a transaction all the same. */
 static void test_deferred_begin_real(void)
 {
-    const char *url = test_pg_db("deferbegin", true);
-    char *err = NULL;
-    db_t *db = db_open_pg(url, "test-defer", &err);
-    free(err);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
-    PGconn *watch = pg_connect(url, "test-defer-watch", &err);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(watch);
-    ASSERT_OK(pg_exec(db_pg(db), "CREATE TABLE t_defer (k text PRIMARY KEY)"));
+    PGconn *watch = NULL;
+    db_t *db = db_and_watch("deferbegin", "t_defer", &watch);
     const char *ins = "INSERT INTO t_defer (k) VALUES ($1)";
     enum { BIT = DB_STMT_MAX - 1 }; /* no module's */
     char rows[64];
@@ -1061,14 +1074,8 @@ static void held_rows(PGconn *c, char *out, size_t cap)
  * nothing of the transaction commits. */
 static void test_held_writes_real(void)
 {
-    const char *url = test_pg_db("heldwrites", true);
-    char *err = NULL;
-    db_t *db = db_open_pg(url, "test-held", &err);
-    free(err);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
-    PGconn *watch = pg_connect(url, "test-held-watch", &err);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(watch);
-    ASSERT_OK(pg_exec(db_pg(db), "CREATE TABLE t_held (k text PRIMARY KEY)"));
+    PGconn *watch = NULL;
+    db_t *db = db_and_watch("heldwrites", "t_held", &watch);
     enum { BIT = DB_STMT_MAX - 2 }; /* no module's */
     char rows[64];
 
