@@ -240,8 +240,11 @@ static int pipeline(db_t *db, const pl_stmt_t *tail, int ntail, PGresult **last)
     for (int i = 0; i < ntail; i++)
         st[k++] = tail[i];
     int rc = -1;
-    if (PQenterPipelineMode(c) != 1)
-        goto out; /* BEGIN still pending: nothing runs outside the transaction */
+    if (PQenterPipelineMode(c) != 1) {
+        /* the held writes are lost: the transaction must not go on without them */
+        drop_connection(db);
+        goto out;
+    }
     db->begin_pending = false;
     bool sent = true;
     for (int i = 0; i < n && sent; i++)
@@ -302,6 +305,7 @@ static PGresult *exec_after(db_t *db, const char *name, const char *sql, int npa
     PGresult *r = NULL;
     int rc = pipeline(db, &st, 1, &r);
     *held_failed = rc == 1;
+    db->held_failed = rc == 1;
     if (rc != 0) {
         PQclear(r);
         return NULL;
@@ -346,6 +350,7 @@ PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const
 {
     char name[16], what[32];
     bool held_failed = false;
+    db->held_failed = false;
     PGresult *r =
         db->begin_pending || db->nheld
             ? exec_after(db, db_stmt_name(bit, name), NULL, nparams, values, lengths, formats, &held_failed)
@@ -363,6 +368,7 @@ PGresult *db_exec_params_bin(db_t *db, const char *sql, int nparams, const char 
                              const int *formats, const char *quiet_state)
 {
     bool held_failed = false;
+    db->held_failed = false;
     PGresult *r = db->begin_pending || db->nheld
                       ? exec_after(db, NULL, sql, nparams, values, lengths, formats, &held_failed)
                       : PQexecParams(db->pgc, sql, nparams, NULL, values, lengths, formats, 0);
@@ -419,9 +425,10 @@ int db_commit(db_t *db)
         if (rc == 1) { /* a held write failed: the COMMIT did not run */
             PQclear(r);
             PGresult *rb = PQexec(db->pgc, "ROLLBACK"); /* not pg_exec: pg_last_sqlstate stays the write's */
-            if (PQresultStatus(rb) != PGRES_COMMAND_OK)
-                log_debug("rollback failed; the connection will be reset");
+            bool rolled_back = PQresultStatus(rb) == PGRES_COMMAND_OK;
             PQclear(rb);
+            if (!rolled_back)
+                drop_connection(db); /* no transaction may stay open: db_ensure connects again */
             return -1;
         }
         /* COMMIT of an aborted transaction answers ROLLBACK: that is a failure */

@@ -67,6 +67,7 @@ typedef struct db {
     bool index_scans;  /* PostgreSQL: enable_seqscan is off on this connection (db_index_scans_only) */
     struct db_held *held; /* PostgreSQL: writes held back for the next round trip (db_defer) */
     size_t nheld, held_cap;
+    bool held_failed; /* the last db_exec_* did not run: a held write before it failed */
 } db_t;
 
 /* Prepared statements, one bit each, prepared once per connection. */
@@ -150,9 +151,11 @@ PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const
  * SAVEPOINT, any db_exec_* statement, db_pg. A held write that fails fails
  * that step: db_commit or db_release returns -1 with the connection still
  * alive and nothing committed (db_commit has rolled back; after db_release
- * the caller rolls back to the savepoint), a statement returns NULL. So a
- * held statement checks its own outcome, raising an error where a caller
- * would have checked its result. Prepared statement `bit` (prepared now the
+ * the caller rolls back to the savepoint; db_savepoint fails the same way), a
+ * statement returns NULL with db->held_failed set and pg_last_sqlstate() the
+ * held write's (not the statement's: a caller that reads a SQLSTATE as an
+ * answer checks held_failed first). So a held statement checks its own
+ * outcome, raising an error where a caller would have checked its result. Prepared statement `bit` (prepared now the
  * first time); the parameters are copied; a failure whose SQLSTATE is
  * quiet_state is logged at debug level. Memory: not available (-1).
  * 0, or -1 when it could not be prepared. */

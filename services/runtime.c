@@ -892,8 +892,9 @@ static int lanes_connect(rt_t *rt)
 }
 
 /* pre: the batch's payloads parsed by the read-ahead (taken from it), or NULL. */
-static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t *pre)
+static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t *pre)
 {
+    int stored = 0; /* -1: a lane could not store its part */
     int64_t t0 = clock_mono_us();
     work_t *ws = xcalloc(bt->n + 1, sizeof *ws);
     size_t nw = 0;
@@ -968,6 +969,7 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
     if (nw) {
         int rc = apply_lanes(rt, ws, nw, blocked);
         if (rc < 0) {
+            stored = -1;
             health_report(store_name(rt), false, 0);
             rt->pel_due_ms = clock_mono_ms() + 200; /* what did not commit stays pending; try again */
         } else {
@@ -1025,6 +1027,7 @@ static void process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_
     free(ws);
     if (nw)
         metrics_observe(rt->m_batch_s, (double)(clock_mono_us() - t0) / 1e6);
+    return stored;
 }
 
 /* Stream entry ids "<ms>-<seq>" in order: <0, 0, >0. */
@@ -1083,7 +1086,10 @@ static int scan_pending(rt_t *rt, const bus_batch_t *ahead)
                 break;
             snprintf(after, sizeof after, "%s", bt.msgs[bt.n - 1].entry_id);
             log_debug("service %s: %zu pending entries of %s up to %s", rt->def->group, bt.n, stream, after);
-            process(rt, &bt, &blocked, NULL);
+            if (process(rt, &bt, &blocked, NULL) != 0) {
+                rc = -1; /* what did not commit stays pending: nothing newer goes before it */
+                break;
+            }
             if (past || got < count)
                 break;
             count = count * 2 < page ? count * 2 : page;

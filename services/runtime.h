@@ -92,7 +92,9 @@ typedef struct svc_def {
     /* handle_batch runs a statement before it does anything outside the
      * database (a provider call, a webhook): the runtime may then hold the
      * batch's inbox insert back to go with that statement (one round trip
-     * for both; a copy fails that statement, and the slow pass tells which). */
+     * for both; a copy fails that statement, db->held_failed set, and the
+     * slow pass tells which). Any failure of that first statement must fail
+     * the batch, whatever its SQLSTATE. */
     bool statement_first;
 } svc_def_t;
 
@@ -121,7 +123,8 @@ typedef struct svc_opts {
  * apply their messages themselves: log_ctx_set(lc) around each one. */
 void svc_log_ctx(log_ctx_t *lc, char trace[33], const envelope_t *e);
 
-/* For batch handlers: the batch failed because of msgs[i] (say so before
+/* For batch handlers, on the thread that runs handle_batch (not from a
+ * pool's thread): the batch failed because of msgs[i] (say so before
  * returning anything but SVC_OK). The runtime then applies the messages
  * before it as one batch, it alone (handle()), and the rest as one batch,
  * instead of halving the batch down to it. Optional; a wrong index only

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <time.h>
 
-#define SENT_MAX 4096 /* recent sends remembered across a rollback */
+#define SENT_MAX 4096 /* recent final outcomes remembered across a rollback */
 #define OTP_CODE_MAX 16
 
 typedef enum { CH_LOG, CH_WEBHOOK, CH_SMTP, CH_COUNT } channel_t;
@@ -211,10 +211,19 @@ static breaker_t *channel_breaker(channel_t ch)
     return b;
 }
 
-/* ---- recent sends (message id, channel), kept across a rollback ---- */
+/* ---- recent final outcomes (message id, channel), kept across a rollback ----
+ *
+ * What went out (sent) or will never go (refused for good, skipped), so a
+ * batch applied again after a rollback neither sends twice nor asks a
+ * receiver that refused for good again. */
+
+typedef struct sent_rec {
+    notify_outcome_t o;
+    char detail[256];
+} sent_rec_t;
 
 static pthread_mutex_t sent_mu = PTHREAD_MUTEX_INITIALIZER;
-static strmap_t sent;
+static strmap_t sent; /* key -> sent_rec_t* (owned) */
 static char *sent_ring[SENT_MAX];
 static size_t sent_next;
 static bool sent_ready;
@@ -225,18 +234,32 @@ static size_t sent_key(const char *msg_id, channel_t ch, char *k, size_t cap)
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
-static bool sent_recall(const char *msg_id, channel_t ch)
+static bool final_outcome(notify_outcome_t o)
+{
+    return o == NOTIFY_SENT || o == NOTIFY_REFUSED || o == NOTIFY_SKIPPED;
+}
+
+/* The outcome remembered for (msg_id, ch) into *o and detail; false when none. */
+static bool sent_recall(const char *msg_id, channel_t ch, notify_outcome_t *o, char *detail, size_t cap)
 {
     char k[64];
     size_t kl = sent_key(msg_id, ch, k, sizeof k);
     pthread_mutex_lock(&sent_mu);
-    bool found = sent_ready && strmap_get(&sent, k, kl) != NULL;
+    void **v = sent_ready ? strmap_get(&sent, k, kl) : NULL;
+    if (v) {
+        const sent_rec_t *r = *v;
+        *o = r->o;
+        snprintf(detail, cap, "%.220s (an earlier attempt)", r->detail);
+    }
     pthread_mutex_unlock(&sent_mu);
-    return found;
+    return v != NULL;
 }
 
-static void sent_remember(const char *msg_id, channel_t ch)
+/* Remembers a final outcome (sent, refused, skipped); others are not. */
+static void sent_remember(const char *msg_id, channel_t ch, notify_outcome_t o, const char *detail)
 {
+    if (!final_outcome(o))
+        return;
     char k[64];
     size_t kl = sent_key(msg_id, ch, k, sizeof k);
     pthread_mutex_lock(&sent_mu);
@@ -244,14 +267,23 @@ static void sent_remember(const char *msg_id, channel_t ch)
         strmap_init(&sent);
         sent_ready = true;
     }
-    char *old = sent_ring[sent_next];
-    if (old) {
-        strmap_del(&sent, old, strlen(old), NULL);
-        free(old);
+    void **v = strmap_get(&sent, k, kl);
+    if (!v) { /* a new key takes the ring's oldest slot */
+        char *old = sent_ring[sent_next];
+        if (old) {
+            void *gone = NULL;
+            if (strmap_del(&sent, old, strlen(old), &gone))
+                free(gone);
+            free(old);
+        }
+        sent_ring[sent_next] = xstrdup(k);
+        sent_next = (sent_next + 1) % SENT_MAX;
+        v = strmap_put(&sent, k, kl, NULL);
+        *v = xmalloc(sizeof(sent_rec_t));
     }
-    strmap_put(&sent, k, kl, NULL);
-    sent_ring[sent_next] = xstrdup(k);
-    sent_next = (sent_next + 1) % SENT_MAX;
+    sent_rec_t *rec = *v;
+    rec->o = o;
+    snprintf(rec->detail, sizeof rec->detail, "%s", detail ? detail : "");
     pthread_mutex_unlock(&sent_mu);
 }
 
@@ -578,6 +610,7 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, 
             continue; /* recorded by an earlier delivery of this message */
         char detail[256] = "";
         notify_outcome_t o;
+        bool recalled = false;
         if (pre && (pre->have & (1u << ch))) {
             if (pre->r[ch] != SVC_OK) {
                 snprintf(c->error, sizeof c->error, "%s", pre->error);
@@ -585,9 +618,8 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, 
             }
             o = pre->o[ch];
             snprintf(detail, sizeof detail, "%s", pre->detail[ch]);
-        } else if (sent_recall(m->message_id, ch)) {
-            o = NOTIFY_SENT;
-            snprintf(detail, sizeof detail, "sent by an earlier attempt");
+        } else if (sent_recall(m->message_id, ch, &o, detail, sizeof detail)) {
+            recalled = true; /* its outcome is known: not sent again */
         } else if (ch == CH_LOG) {
             o = notification_log_deliver(m, settings.sink_file, detail, sizeof detail);
         } else {
@@ -596,10 +628,11 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, 
                 return r;
         }
         const char *status = NULL;
+        if (!recalled)
+            sent_remember(m->message_id, ch, o, detail);
         switch (o) {
         case NOTIFY_SENT:
             status = "sent";
-            sent_remember(m->message_id, ch);
             break;
         case NOTIFY_SKIPPED: status = "skipped"; break;
         case NOTIFY_REFUSED:
@@ -768,7 +801,9 @@ static void send_group(void *arg, size_t g)
         bool stop = false;
         for (int x = 0; x < settings.n && !stop; x++) {
             channel_t ch = settings.order[x];
-            if (!networked(ch) || (a->done[i] & (1u << ch)) || sent_recall(m.message_id, ch))
+            notify_outcome_t known;
+            char kd[8];
+            if (!networked(ch) || (a->done[i] & (1u << ch)) || sent_recall(m.message_id, ch, &known, kd, sizeof kd))
                 continue;
             svc_ctx_t c = {.msg = e, .group = "notification"};
             p->have |= 1u << ch;
@@ -776,10 +811,10 @@ static void send_group(void *arg, size_t g)
             if (p->r[ch] != SVC_OK) {
                 snprintf(p->error, sizeof p->error, "%s", c.error);
                 stop = true;
-            } else if (p->o[ch] == NOTIFY_SENT) {
-                sent_remember(m.message_id, ch);
-            } else if (p->o[ch] == NOTIFY_REJECTED || p->o[ch] == NOTIFY_FAILED) {
-                stop = true;
+            } else if (final_outcome(p->o[ch])) {
+                sent_remember(m.message_id, ch, p->o[ch], p->detail[ch]);
+            } else {
+                stop = true; /* rejected or failed: the later ones of the aggregate wait for it */
             }
         }
         log_ctx_set(prev);

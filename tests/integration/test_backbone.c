@@ -1107,6 +1107,7 @@ static void test_held_writes_real(void)
     CU_ASSERT_TRUE(held_insert(db, BIT, "d"));
     PGresult *r = db_exec_params_bin(db, "SELECT count(*) FROM t_held", 0, NULL, NULL, NULL, NULL);
     CU_ASSERT_TRUE(r && strcmp(PQgetvalue(r, 0, 0), "3") == 0);
+    CU_ASSERT_FALSE(db->held_failed);
     PQclear(r);
     CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_INTRANS);
     db_rollback(db);
@@ -1118,6 +1119,7 @@ static void test_held_writes_real(void)
     CU_ASSERT_TRUE(held_insert(db, BIT, "b"));
     r = db_exec_params_bin(db, "SELECT 1", 0, NULL, NULL, NULL, NULL);
     CU_ASSERT_PTR_NULL(r);
+    CU_ASSERT_TRUE(db->held_failed); /* the statement did not run: the 23505 is the held write's */
     CU_ASSERT_STRING_EQUAL(pg_last_sqlstate(), "23505");
     CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_INERROR);
     db_rollback(db);

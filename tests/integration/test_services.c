@@ -1479,6 +1479,11 @@ typedef struct smtpd {
     pthread_mutex_t mu;
     char from[256], rcpt[256];
     char data[8192];
+    /* RCPT TO:<refuse> is refused for good (550); the first tempfail ones of
+     * another address are refused for now (451); each counted */
+    const char *refuse;
+    int tempfail;
+    atomic_int refused, tempfailed;
 } smtpd_t;
 
 static bool smtpd_send(int fd, const char *s)
@@ -1528,7 +1533,15 @@ static void smtpd_session(smtpd_t *d, int fd)
                 break;
         } else if (strncmp(line, "RCPT TO:", 8) == 0) {
             snprintf(rcpt, sizeof rcpt, "%.255s", line + 8);
-            if (!smtpd_send(fd, "250 2.1.5 ok\r\n"))
+            const char *answer = "250 2.1.5 ok\r\n";
+            if (d->refuse && strstr(rcpt, d->refuse)) {
+                atomic_fetch_add(&d->refused, 1);
+                answer = "550 5.1.1 no such user\r\n";
+            } else if (atomic_load(&d->tempfailed) < d->tempfail) {
+                atomic_fetch_add(&d->tempfailed, 1);
+                answer = "451 4.3.0 try again later\r\n";
+            }
+            if (!smtpd_send(fd, answer))
                 break;
         } else if (strcmp(line, "DATA") == 0) {
             if (!smtpd_send(fd, "354 end with <CRLF>.<CRLF>\r\n"))
@@ -1637,6 +1650,56 @@ static void test_smtp_memory(void)
     smtp(true);
 }
 
+/* One batch, two aggregates: a code to an address the relay refuses for good
+ * and one it refuses for now the first time. The refusal is recorded once
+ * and the relay is not asked again when the batch is applied again for the
+ * other one, which is delivered on its retry. */
+static void test_smtp_refused_once_real(void)
+{
+    smtpd_t d;
+    smtpd_start(&d);
+    d.refuse = "nobody@example.com";
+    d.tempfail = 1;
+    sut_t s;
+    sut_init(&s, false, "svc_smtp_refused");
+    configure_notification(&s, "smtp", NULL, d.port);
+    sut_add(&s, notification_service());
+    static const char *const to[] = {"user", "nobody"};
+    envelope_t e[2];
+    char agg[2][32], pl[2][128];
+    for (int i = 0; i < 2; i++) {
+        snprintf(agg[i], sizeof agg[i], "otp:%s", to[i]);
+        snprintf(pl[i], sizeof pl[i], "{\"subject\":\"%s@example.com\",\"channel\":\"email\",\"code\":\"%d\"}",
+                 to[i], 111222 + i);
+        e[i] = (envelope_t){.type = "auth.otp.requested",
+                            .topic = "auth",
+                            .tenant = TENANT,
+                            .aggregate_id = agg[i],
+                            .seq = 1,
+                            .ts = clock_now_ms(),
+                            .v = 1,
+                            .traceparent = "",
+                            .request_id = "",
+                            .payload = pl[i]};
+        uuid_v7(e[i].id);
+    }
+    bus_t *b = sut_bus(&s);
+    ASSERT_OK(bus_publish(b, e, 2, NULL)); /* before the service starts: one batch */
+    bus_close(b);
+    sut_start(&s);
+    CU_ASSERT_TRUE(wait_deliveries(&s, "user@example.com", "auth.otp.requested", "smtp", 1, 15000));
+    CU_ASSERT_TRUE(wait_deliveries(&s, "nobody@example.com", "auth.otp.requested", "smtp", 1, 15000));
+    clock_sleep_ms(300);
+    CU_ASSERT_EQUAL(atomic_load(&d.tempfailed), 1);
+    CU_ASSERT_EQUAL(atomic_load(&d.refused), 1);
+    CU_ASSERT_EQUAL(atomic_load(&d.mails), 1);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "smtp"), 2);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
+    sut_stop(&s);
+    smtpd_stop(&d);
+    configure_notification(&s, "log", NULL, 0);
+}
+
 static void test_smtp_real(void)
 {
     smtp(false);
@@ -1688,6 +1751,8 @@ int main(void)
         {"analytics counts a batch by tenant, type and UTC minute (postgres+redis)", test_analytics_minutes_real},
         {"analytics records copies of an event once, without inbox rows (postgres+redis)",
          test_analytics_copies_real},
+        {"a batch's refusal for good is asked once while the batch is retried (postgres+redis)",
+         test_smtp_refused_once_real},
         {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
         {"signed webhook, 500 twice then 200: delivered once (postgres+redis)", test_webhook_real},
         {"webhooks share a kept connection; closed ones are replaced (memory)", test_webhook_kept},
