@@ -925,18 +925,15 @@ static void late_subscriber(bool memory)
     sut_stop(&s);
 }
 
-/* The whole stream delivered again (the group rewound, as after a broker
- * restore) while new messages arrive: batches of applied ids, and the one
- * mixing applied and new ids, apply only the new ones, once and in order. */
-/* Rows of t_defer, as "a,b,..." ("" when none). */
+/* Rows of t_k, as "a,b,..." ("" when none). */
 static void defer_rows(PGconn *c, char *buf, size_t cap)
 {
-    PGresult *r = pg_query(c, "SELECT coalesce(string_agg(k, ',' ORDER BY k), '') FROM t_defer", 0, NULL);
-    snprintf(buf, cap, "%s", r ? PQgetvalue(r, 0, 0) : "?");
+    PGresult *r = pg_query(c, "SELECT coalesce(string_agg(k, ',' ORDER BY k), '') FROM t_k", 0, NULL);
+    snprintf(buf, cap, "%s", r && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "?");
     PQclear(r);
 }
 
-/* Inserts k into t_defer with prepared statement `bit`: true when it did. */
+/* Inserts k into t_k with prepared statement `bit`: true when it did. */
 static bool defer_insert(db_t *db, int bit, const char *k)
 {
     PGresult *r = db_exec_prepared(db, bit, 1, (const char *const[]){k});
@@ -944,9 +941,10 @@ static bool defer_insert(db_t *db, int bit, const char *k)
     return r != NULL;
 }
 
-/* A fresh database dbname with table (k text PRIMARY KEY): a handle on it,
- * and a second connection (*watch) that sees only what was committed. */
-static db_t *db_and_watch(const char *dbname, const char *table, PGconn **watch)
+/* A fresh database dbname with table t_k (k text PRIMARY KEY): a handle on
+ * it, and a second connection (*watch) that sees only what was committed
+ * (defer_rows). */
+static db_t *db_and_watch(const char *dbname, PGconn **watch)
 {
     const char *url = test_pg_db(dbname, true);
     char *err = NULL;
@@ -957,9 +955,7 @@ static db_t *db_and_watch(const char *dbname, const char *table, PGconn **watch)
     *watch = pg_connect(url, "test-db-watch", &err);
     free(err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(*watch);
-    char sql[96];
-    snprintf(sql, sizeof sql, "CREATE TABLE %s (k text PRIMARY KEY)", table);
-    ASSERT_OK(pg_exec(db_pg(db), sql));
+    ASSERT_OK(pg_exec(db_pg(db), "CREATE TABLE t_k (k text PRIMARY KEY)"));
     return db;
 }
 
@@ -969,8 +965,8 @@ static db_t *db_and_watch(const char *dbname, const char *table, PGconn **watch)
 static void test_deferred_begin_real(void)
 {
     PGconn *watch = NULL;
-    db_t *db = db_and_watch("deferbegin", "t_defer", &watch);
-    const char *ins = "INSERT INTO t_defer (k) VALUES ($1)";
+    db_t *db = db_and_watch("deferbegin", &watch);
+    const char *ins = "INSERT INTO t_k (k) VALUES ($1)";
     enum { BIT = DB_STMT_MAX - 1 }; /* no module's */
     char rows[64];
 
@@ -1055,17 +1051,11 @@ static void test_deferred_begin_real(void)
     db_close(db);
 }
 
+/* Holds back (db_defer) an insert of k into t_k: true when it is held. */
 static bool held_insert(db_t *db, int bit, const char *k)
 {
-    return db_defer(db, bit, "INSERT INTO t_held (k) VALUES ($1)", 1, (const char *const[]){k}, NULL, NULL,
+    return db_defer(db, bit, "INSERT INTO t_k (k) VALUES ($1)", 1, (const char *const[]){k}, NULL, NULL,
                     "23505") == 0;
-}
-
-static void held_rows(PGconn *c, char *out, size_t cap)
-{
-    PGresult *r = pg_query(c, "SELECT coalesce(string_agg(k, ',' ORDER BY k), '') FROM t_held", 0, NULL);
-    snprintf(out, cap, "%s", r && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "?");
-    PQclear(r);
 }
 
 /* db_defer holds writes back until the next round trip: they go with the
@@ -1075,7 +1065,7 @@ static void held_rows(PGconn *c, char *out, size_t cap)
 static void test_held_writes_real(void)
 {
     PGconn *watch = NULL;
-    db_t *db = db_and_watch("heldwrites", "t_held", &watch);
+    db_t *db = db_and_watch("heldwrites", &watch);
     enum { BIT = DB_STMT_MAX - 2 }; /* no module's */
     char rows[64];
 
@@ -1086,7 +1076,7 @@ static void test_held_writes_real(void)
     CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE); /* nothing sent yet, not even BEGIN */
     ASSERT_OK(db_commit(db));
     CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
-    held_rows(watch, rows, sizeof rows);
+    defer_rows(watch, rows, sizeof rows);
     CU_ASSERT_STRING_EQUAL(rows, "a,b");
 
     /* one fails at the COMMIT: its SQLSTATE, nothing committed, no
@@ -1099,19 +1089,19 @@ static void test_held_writes_real(void)
     CU_ASSERT_TRUE(pg_alive(db->pgc));
     CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
     CU_ASSERT_EQUAL(PQpipelineStatus(db->pgc), PQ_PIPELINE_OFF);
-    held_rows(watch, rows, sizeof rows);
+    defer_rows(watch, rows, sizeof rows);
     CU_ASSERT_STRING_EQUAL(rows, "a,b");
 
     /* a statement after a held write runs after it, in the transaction */
     ASSERT_OK(db_begin(db));
     CU_ASSERT_TRUE(held_insert(db, BIT, "d"));
-    PGresult *r = db_exec_params_bin(db, "SELECT count(*) FROM t_held", 0, NULL, NULL, NULL, NULL);
+    PGresult *r = db_exec_params_bin(db, "SELECT count(*) FROM t_k", 0, NULL, NULL, NULL, NULL);
     CU_ASSERT_TRUE(r && strcmp(PQgetvalue(r, 0, 0), "3") == 0);
     CU_ASSERT_FALSE(db->held_failed);
     PQclear(r);
     CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_INTRANS);
     db_rollback(db);
-    held_rows(watch, rows, sizeof rows);
+    defer_rows(watch, rows, sizeof rows);
     CU_ASSERT_STRING_EQUAL(rows, "a,b");
 
     /* ... and fails with it when it fails, with the held write's SQLSTATE */
@@ -1141,7 +1131,7 @@ static void test_held_writes_real(void)
     CU_ASSERT_TRUE(held_insert(db, BIT, "g"));
     ASSERT_OK(db_release(db));
     ASSERT_OK(db_commit(db));
-    held_rows(watch, rows, sizeof rows);
+    defer_rows(watch, rows, sizeof rows);
     CU_ASSERT_STRING_EQUAL(rows, "a,b,e,g");
 
     /* taken back: a rollback to a savepoint and a rollback drop what is held */
@@ -1156,13 +1146,13 @@ static void test_held_writes_real(void)
     db_rollback(db);
     ASSERT_OK(db_begin(db));
     ASSERT_OK(db_commit(db)); /* nothing held is left to send */
-    held_rows(watch, rows, sizeof rows);
+    defer_rows(watch, rows, sizeof rows);
     CU_ASSERT_STRING_EQUAL(rows, "a,b,e,g,i");
 
     /* db_pg sends them before handing out the connection */
     ASSERT_OK(db_begin(db));
     CU_ASSERT_TRUE(held_insert(db, BIT, "k"));
-    r = pg_query(db_pg(db), "SELECT count(*) FROM t_held WHERE k = 'k'", 0, NULL);
+    r = pg_query(db_pg(db), "SELECT count(*) FROM t_k WHERE k = 'k'", 0, NULL);
     CU_ASSERT_TRUE(r && strcmp(PQgetvalue(r, 0, 0), "1") == 0);
     PQclear(r);
     db_rollback(db);
@@ -1180,6 +1170,9 @@ static void test_held_writes_real(void)
     db_close(db);
 }
 
+/* The whole stream delivered again (the group rewound, as after a broker
+ * restore) while new messages arrive: batches of applied ids, and the one
+ * mixing applied and new ids, apply only the new ones, once and in order. */
 static void redelivered(bool held_inbox)
 {
     sut_t s;
