@@ -8,6 +8,7 @@
 #include "core/metrics.h"
 #include "core/pg.h"
 #include "core/pgarray.h"
+#include "core/recent.h"
 #include "core/strmap.h"
 #include "core/uuid.h"
 #include "core/workpool.h"
@@ -222,11 +223,7 @@ typedef struct sent_rec {
     char detail[256];
 } sent_rec_t;
 
-static pthread_mutex_t sent_mu = PTHREAD_MUTEX_INITIALIZER;
-static strmap_t sent; /* key -> sent_rec_t* (owned) */
-static char *sent_ring[SENT_MAX];
-static size_t sent_next;
-static bool sent_ready;
+static recent_t sent = RECENT_INIT(SENT_MAX, sizeof(sent_rec_t)); /* "message id/channel" -> outcome */
 
 static size_t sent_key(const char *msg_id, channel_t ch, char *k, size_t cap)
 {
@@ -243,48 +240,23 @@ static bool final_outcome(notify_outcome_t o)
 static bool sent_recall(const char *msg_id, channel_t ch, notify_outcome_t *o, char *detail, size_t cap)
 {
     char k[64];
-    size_t kl = sent_key(msg_id, ch, k, sizeof k);
-    pthread_mutex_lock(&sent_mu);
-    void **v = sent_ready ? strmap_get(&sent, k, kl) : NULL;
-    if (v) {
-        const sent_rec_t *r = *v;
-        *o = r->o;
-        snprintf(detail, cap, "%.220s (an earlier attempt)", r->detail);
-    }
-    pthread_mutex_unlock(&sent_mu);
-    return v != NULL;
+    sent_rec_t r;
+    if (sent_key(msg_id, ch, k, sizeof k) == 0 || !recent_get(&sent, k, &r))
+        return false;
+    *o = r.o;
+    snprintf(detail, cap, "%.220s (an earlier attempt)", r.detail);
+    return true;
 }
 
 /* Remembers a final outcome (sent, refused, skipped); others are not. */
 static void sent_remember(const char *msg_id, channel_t ch, notify_outcome_t o, const char *detail)
 {
-    if (!final_outcome(o))
-        return;
     char k[64];
-    size_t kl = sent_key(msg_id, ch, k, sizeof k);
-    pthread_mutex_lock(&sent_mu);
-    if (!sent_ready) {
-        strmap_init(&sent);
-        sent_ready = true;
-    }
-    void **v = strmap_get(&sent, k, kl);
-    if (!v) { /* a new key takes the ring's oldest slot */
-        char *old = sent_ring[sent_next];
-        if (old) {
-            void *gone = NULL;
-            if (strmap_del(&sent, old, strlen(old), &gone))
-                free(gone);
-            free(old);
-        }
-        sent_ring[sent_next] = xstrdup(k);
-        sent_next = (sent_next + 1) % SENT_MAX;
-        v = strmap_put(&sent, k, kl, NULL);
-        *v = xmalloc(sizeof(sent_rec_t));
-    }
-    sent_rec_t *rec = *v;
-    rec->o = o;
-    snprintf(rec->detail, sizeof rec->detail, "%s", detail ? detail : "");
-    pthread_mutex_unlock(&sent_mu);
+    if (!final_outcome(o) || sent_key(msg_id, ch, k, sizeof k) == 0)
+        return;
+    sent_rec_t r = {.o = o};
+    snprintf(r.detail, sizeof r.detail, "%s", detail ? detail : "");
+    recent_put(&sent, k, &r);
 }
 
 /* ---- rendering ---- */

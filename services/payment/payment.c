@@ -8,6 +8,7 @@
 #include "core/metrics.h"
 #include "core/pg.h"
 #include "core/pgarray.h"
+#include "core/recent.h"
 #include "core/strmap.h"
 #include "core/workpool.h"
 #include "services/payment/provider.h"
@@ -378,46 +379,16 @@ void payment_breaker_stats(breaker_stats_t *out)
 /* Provider answers (approved or declined) by payment id, remembered so that a
  * batch the runtime rolls back and applies again does not call the provider a
  * second time; the provider's idempotency key covers a process restart. */
-static pthread_mutex_t answers_mu = PTHREAD_MUTEX_INITIALIZER;
-static strmap_t answers; /* payment id -> provider_answer_t* */
-static char *answers_ring[ANSWERS_MAX];
-static size_t answers_next;
-static bool answers_ready;
+static recent_t answers = RECENT_INIT(ANSWERS_MAX, sizeof(provider_answer_t)); /* payment id -> answer */
 
 static bool answers_recall(const char *id, provider_answer_t *out)
 {
-    pthread_mutex_lock(&answers_mu);
-    void **v = answers_ready ? strmap_get(&answers, id, strlen(id)) : NULL;
-    if (v)
-        *out = *(provider_answer_t *)*v;
-    pthread_mutex_unlock(&answers_mu);
-    return v != NULL;
+    return recent_get(&answers, id, out);
 }
 
 static void answers_remember(const char *id, const provider_answer_t *a)
 {
-    pthread_mutex_lock(&answers_mu);
-    if (!answers_ready) {
-        strmap_init(&answers);
-        answers_ready = true;
-    }
-    char *old = answers_ring[answers_next];
-    if (old) {
-        void *val = NULL;
-        if (strmap_del(&answers, old, strlen(old), &val))
-            free(val);
-        free(old);
-    }
-    bool created;
-    void **slot = strmap_put(&answers, id, strlen(id), &created);
-    if (!created)
-        free(*slot);
-    provider_answer_t *copy = xmalloc(sizeof *copy);
-    *copy = *a;
-    *slot = copy;
-    answers_ring[answers_next] = xstrdup(id);
-    answers_next = (answers_next + 1) % ANSWERS_MAX;
-    pthread_mutex_unlock(&answers_mu);
+    recent_put(&answers, id, a);
 }
 
 static void count_call(const char *outcome)

@@ -3,7 +3,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
-#include "core/strmap.h"
+#include "core/recent.h"
 #include "core/uuid.h"
 
 #include <pthread.h>
@@ -21,10 +21,7 @@ typedef struct remembered {
 } remembered_t;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static strmap_t keys;                 /* idempotency key -> remembered_t* */
-static char *ring[PROVIDER_KEYS_MAX]; /* keys in arrival order, for eviction (owned) */
-static size_t ring_next;
-static bool keys_ready;
+static recent_t keys = RECENT_INIT(PROVIDER_KEYS_MAX, sizeof(remembered_t)); /* idempotency key -> answer */
 
 static _Atomic int64_t latency_ms = 2;
 static _Atomic uint32_t failure_ppm; /* parts per million */
@@ -69,43 +66,21 @@ static const char *decline_reason(int64_t amount, const char *method)
 /* Looks key up; when found copies the answer into out. Called with mu held. */
 static bool recall(const char *key, provider_answer_t *out)
 {
-    if (!keys_ready)
+    remembered_t r;
+    if (!recent_get(&keys, key, &r))
         return false;
-    void **v = strmap_get(&keys, key, strlen(key));
-    if (!v)
-        return false;
-    const remembered_t *r = *v;
-    out->outcome = r->outcome;
-    snprintf(out->ref, sizeof out->ref, "%s", r->ref);
-    snprintf(out->reason, sizeof out->reason, "%s", r->reason ? r->reason : "");
+    out->outcome = r.outcome;
+    snprintf(out->ref, sizeof out->ref, "%s", r.ref);
+    snprintf(out->reason, sizeof out->reason, "%s", r.reason ? r.reason : "");
     return true;
 }
 
 /* Called with mu held. */
 static void remember(const char *key, const provider_answer_t *a, const char *reason)
 {
-    if (!keys_ready) {
-        strmap_init(&keys);
-        keys_ready = true;
-    }
-    char *old = ring[ring_next];
-    if (old) {
-        void *val = NULL;
-        if (strmap_del(&keys, old, strlen(old), &val))
-            free(val);
-        free(old);
-    }
-    remembered_t *r = xcalloc(1, sizeof *r);
-    r->outcome = a->outcome;
-    snprintf(r->ref, sizeof r->ref, "%s", a->ref);
-    r->reason = reason;
-    bool created;
-    void **slot = strmap_put(&keys, key, strlen(key), &created);
-    if (!created)
-        free(*slot);
-    *slot = r;
-    ring[ring_next] = xstrdup(key);
-    ring_next = (ring_next + 1) % PROVIDER_KEYS_MAX;
+    remembered_t r = {.outcome = a->outcome, .reason = reason};
+    snprintf(r.ref, sizeof r.ref, "%s", a->ref);
+    recent_put(&keys, key, &r);
 }
 
 void payment_provider_charge(const char *idem_key, int64_t amount, const char *currency, const char *method,
@@ -154,19 +129,7 @@ void payment_provider_stats(payment_provider_stats_t *out)
 void payment_provider_reset(void)
 {
     pthread_mutex_lock(&mu);
-    if (keys_ready) {
-        const char *k;
-        void *v;
-        for (size_t i = 0; strmap_next(&keys, &i, &k, NULL, &v);)
-            free(v);
-        strmap_free(&keys);
-        keys_ready = false;
-    }
-    for (size_t i = 0; i < PROVIDER_KEYS_MAX; i++) {
-        free(ring[i]);
-        ring[i] = NULL;
-    }
-    ring_next = 0;
+    recent_clear(&keys);
     pthread_mutex_unlock(&mu);
     atomic_store(&n_calls, 0);
     atomic_store(&n_charges, 0);

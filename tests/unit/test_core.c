@@ -1,10 +1,12 @@
 /* tests/unit/test_core.c: core/ — strict JSON, UUIDv7, configuration, the
- * string map, envelopes, the metrics text and the work pool. */
+ * string map, envelopes, the metrics text, the work pool and the bounded
+ * memory of recent values. */
 #include "bus/envelope.h"
 #include "core/alloc.h"
 #include "core/config.h"
 #include "core/json.h"
 #include "core/metrics.h"
+#include "core/recent.h"
 #include "core/strmap.h"
 #include "core/uuid.h"
 #include "core/workpool.h"
@@ -342,6 +344,38 @@ static void test_workpool(void)
     workpool_free(NULL);
 }
 
+static void test_recent(void)
+{
+    static recent_t r = RECENT_INIT(3, sizeof(int));
+    int v = 0;
+    CU_ASSERT_FALSE(recent_get(&r, "a", &v)); /* nothing kept before the first put */
+    for (int i = 1; i <= 3; i++) {
+        char k[2] = {(char)('a' + i - 1), 0};
+        recent_put(&r, k, &i);
+    }
+    CU_ASSERT_TRUE(recent_get(&r, "b", &v));
+    CU_ASSERT_EQUAL(v, 2);
+    int x = 20;
+    recent_put(&r, "b", &x); /* again: replaced in place, nothing pushed out */
+    CU_ASSERT_TRUE(recent_get(&r, "a", &v) && v == 1);
+    CU_ASSERT_TRUE(recent_get(&r, "b", &v) && v == 20);
+    int d = 4;
+    recent_put(&r, "d", &d); /* a fourth key pushes out the oldest, a */
+    CU_ASSERT_FALSE(recent_get(&r, "a", &v));
+    CU_ASSERT_TRUE(recent_get(&r, "b", &v) && v == 20);
+    CU_ASSERT_TRUE(recent_get(&r, "c", &v) && v == 3);
+    CU_ASSERT_TRUE(recent_get(&r, "d", &v) && v == 4);
+    int e = 5;
+    recent_put(&r, "e", &e); /* then b, whose value changed but whose place did not */
+    CU_ASSERT_FALSE(recent_get(&r, "b", &v));
+    CU_ASSERT_TRUE(recent_get(&r, "e", &v) && v == 5);
+    recent_clear(&r);
+    CU_ASSERT_FALSE(recent_get(&r, "e", &v));
+    recent_put(&r, "f", &e); /* usable again after a clear */
+    CU_ASSERT_TRUE(recent_get(&r, "f", &v) && v == 5);
+    recent_clear(&r);
+}
+
 int main(void)
 {
     CU_TestInfo tests[] = {
@@ -354,6 +388,7 @@ int main(void)
         {"envelope fields round trip", test_envelope_fields},
         {"metrics Prometheus text", test_metrics_text},
         {"work pool: every item once, side by side, several callers", test_workpool},
+        {"recent values: bounded, oldest key out first, a key again in place", test_recent},
         CU_TEST_INFO_NULL,
     };
     return test_main("core", tests, NULL, NULL);
