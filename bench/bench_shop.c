@@ -474,6 +474,7 @@ typedef struct result {
     double drain_s;                       /* after the window, until the last receipt */
     size_t n, missing;                    /* accepted payments, receipts missing after the drain */
     double cpu_ms[R_COUNT], cpu_total_ms; /* CPU per completed payment, per role and the whole machine */
+    double cpu_self_ms;                   /* this program's: the clients, the receipts' receiver, the probe */
     double cpu_pg_ms, cpu_redis_ms;       /* this database's backends, this Redis server */
     double cpu_pg_role[R_COUNT];          /* the backends of each role's connections */
     double rtt_p50, rtt_p99;              /* a SELECT 1 round trip during the run, ms */
@@ -792,7 +793,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     prober_t pr = {.cap = (size_t)secs * 200 + 16};
     pr.us = xcalloc(pr.cap, sizeof *pr.us);
     pthread_create(&pr.th, NULL, probe, &pr);
-    double cpu0[R_COUNT], busy0 = machine_busy_ms();
+    double cpu0[R_COUNT], busy0 = machine_busy_ms(), self0 = proc_cpu_ms(getpid());
     double pg0 = cpu_of_matching(pg_needle), redis0 = cpu_of_matching(redis_needle), pgr0[R_COUNT];
     cpu_pg_by_role(pgr0);
     stage_stats_t st0[R_COUNT] = {{0}}, st1[R_COUNT] = {{0}};
@@ -842,7 +843,7 @@ static result_t run_once(int rate, bool explain, const char *label)
         if (explain && i != R_GATEWAY)
             st1[i] = stage_stats(&roles[i]);
     }
-    double busy1 = machine_busy_ms();
+    double busy1 = machine_busy_ms(), self1 = proc_cpu_ms(getpid());
     double pg1 = cpu_of_matching(pg_needle), redis1 = cpu_of_matching(redis_needle), pgr1[R_COUNT];
     cpu_pg_by_role(pgr1);
     got = 0;
@@ -881,6 +882,7 @@ static result_t run_once(int rate, bool explain, const char *label)
         res.cpu_pg_role[i] = (pgr1[i] - pgr0[i]) / done;
     }
     res.cpu_total_ms = (busy1 - busy0) / done;
+    res.cpu_self_ms = (self1 - self0) / done;
     res.cpu_pg_ms = (pg1 - pg0) / done;
     res.cpu_redis_ms = (redis1 - redis0) / done;
     res.rtt_p50 = pct(pr.us, pr.n, 0.5) / 1000.0;
@@ -1045,6 +1047,7 @@ static void print_result(const char *label, const struct result *r)
            " notification %.2f, analytics %.2f, PostgreSQL backends %.2f, Redis %.2f; whole machine %.2f\n",
            r->cpu_ms[R_GATEWAY], r->cpu_ms[R_DRAINER], r->cpu_ms[R_PAYMENT], r->cpu_ms[R_NOTIFICATION],
            r->cpu_ms[R_ANALYTICS], r->cpu_pg_ms, r->cpu_redis_ms, r->cpu_total_ms);
+    printf("      of the machine's, this program's (the clients, the receipts' receiver): %.2f\n", r->cpu_self_ms);
     printf("      of it in PostgreSQL, by the connections of: gateway %.2f, outbox-worker %.2f, payment %.2f,"
            " notification %.2f, analytics %.2f\n",
            r->cpu_pg_role[R_GATEWAY], r->cpu_pg_role[R_DRAINER], r->cpu_pg_role[R_PAYMENT],
