@@ -60,6 +60,15 @@ int bus_id_cmp(bus_id_t a, bus_id_t b)
     return 0;
 }
 
+int bus_entry_id_cmp(const char *a, const char *b)
+{
+    bus_id_t x = {0}, y = {0};
+    int ea = bus_id_parse(a, strlen(a), NULL, &x), eb = bus_id_parse(b, strlen(b), NULL, &y);
+    if (ea != 0 || eb != 0)
+        return ea != 0 ? (eb != 0 ? 0 : -1) : 1;
+    return bus_id_cmp(x, y);
+}
+
 void bus_id_format(bus_id_t id, char out[BUS_ID_MAX])
 {
     snprintf(out, BUS_ID_MAX, "%" PRIu64 "-%" PRIu64, id.ms, id.seq);

@@ -99,6 +99,10 @@ int bus_ping(bus_t *b) __attribute__((warn_unused_result));
 int bus_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)[BUS_ID_MAX])
     __attribute__((warn_unused_result));
 
+/* Stream entry ids "<ms>-<seq>" in order: < 0, 0, > 0 (an unparsable id
+ * sorts first). */
+int bus_entry_id_cmp(const char *a, const char *b);
+
 /* Creates the group at the start of the stream (creating the stream) if missing. */
 int bus_group_create(bus_t *b, const char *stream, const char *group) __attribute__((warn_unused_result));
 

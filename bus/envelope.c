@@ -212,3 +212,11 @@ fail:
     strings_fill(e, sv, sl, S_N, have); /* what decoded, for a dead letter */
     return -1;
 }
+
+bool envelope_type_in(const char *const *types, const char *type)
+{
+    for (const char *const *t = types; t && *t; t++)
+        if (strcmp(*t, type) == 0)
+            return true;
+    return false;
+}

@@ -53,4 +53,7 @@ int envelope_from_fields(envelope_t *e, const char *const *names, const size_t *
 /* Topic, type, tenant and aggregate names: [A-Za-z0-9._:-]{1,128}. */
 bool envelope_name_valid(const char *s);
 
+/* Whether type is one of types (NULL-terminated; NULL holds none). */
+bool envelope_type_in(const char *const *types, const char *type);
+
 #endif

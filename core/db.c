@@ -105,8 +105,8 @@ int db_index_scans_only(db_t *db)
     return 0;
 }
 
-PGresult *db_exec_lookup(db_t *db, int bit, const char *sql, int nparams, const char *const *values,
-                         const int *lengths, const int *formats, const char *quiet_state)
+PGresult *db_exec_lookup(db_t *db, int bit, const char *sql, int nparams, const char *const *values, const int *lengths,
+                         const int *formats, const char *quiet_state)
 {
     if (db->index_scans && db_prepare(db, bit, sql, nparams) == 0)
         return db_exec_prepared_bin(db, bit, nparams, values, lengths, formats, quiet_state);
@@ -139,7 +139,6 @@ PGresult *db_exec_prepared(db_t *db, int bit, int nparams, const char *const *pa
 {
     return db_exec_prepared_bin(db, bit, nparams, params, NULL, NULL, NULL);
 }
-
 
 /* Drops a connection left in an unknown state (a pipeline not read to its
  * end): db_ensure connects again, and the open transaction is lost. */
@@ -224,7 +223,7 @@ static int pipeline(db_t *db, const pl_stmt_t *tail, int ntail, PGresult **last)
     *last = NULL;
     int n = (db->begin_pending ? 1 : 0) + (int)db->nheld + ntail;
     pl_stmt_t *st = xcalloc((size_t)n, sizeof *st);
-    char (*names)[16] = xcalloc(db->nheld + 1, sizeof *names);
+    char(*names)[16] = xcalloc(db->nheld + 1, sizeof *names);
     int k = 0;
     if (db->begin_pending)
         st[k++] = (pl_stmt_t){.sql = "BEGIN"};
@@ -248,10 +247,10 @@ static int pipeline(db_t *db, const pl_stmt_t *tail, int ntail, PGresult **last)
     db->begin_pending = false;
     bool sent = true;
     for (int i = 0; i < n && sent; i++)
-        sent = (st[i].name ? PQsendQueryPrepared(c, st[i].name, st[i].nparams, st[i].values, st[i].lengths,
-                                                 st[i].formats, 0)
-                           : PQsendQueryParams(c, st[i].sql, st[i].nparams, NULL, st[i].values, st[i].lengths,
-                                               st[i].formats, 0)) == 1;
+        sent = (st[i].name
+                    ? PQsendQueryPrepared(c, st[i].name, st[i].nparams, st[i].values, st[i].lengths, st[i].formats, 0)
+                    : PQsendQueryParams(c, st[i].sql, st[i].nparams, NULL, st[i].values, st[i].lengths, st[i].formats,
+                                        0)) == 1;
     sent = sent && PQpipelineSync(c) == 1;
     bool failed = false, synced = false;
     /* each statement's result and a NULL after it, then the sync */
@@ -294,17 +293,16 @@ out:
 }
 
 /* A statement after the pending BEGIN and the held writes: its result, or
- * NULL when it did not run: an earlier one failed (*held_failed; logged,
+ * NULL when it did not run: an earlier one failed (db->held_failed; logged,
  * pg_last_sqlstate is its state) or the connection broke. An error result
  * as PQexecParams would return it. */
 static PGresult *exec_after(db_t *db, const char *name, const char *sql, int nparams, const char *const *values,
-                            const int *lengths, const int *formats, bool *held_failed)
+                            const int *lengths, const int *formats)
 {
-    pl_stmt_t st = {.name = name, .sql = sql, .nparams = nparams, .values = values, .lengths = lengths,
-                    .formats = formats};
+    pl_stmt_t st = {
+        .name = name, .sql = sql, .nparams = nparams, .values = values, .lengths = lengths, .formats = formats};
     PGresult *r = NULL;
     int rc = pipeline(db, &st, 1, &r);
-    *held_failed = rc == 1;
     db->held_failed = rc == 1;
     if (rc != 0) {
         PQclear(r);
@@ -319,9 +317,8 @@ static int exec_simple_after(db_t *db, const char *sql)
 {
     if (!db->begin_pending && db->nheld == 0)
         return pg_exec(db->pgc, sql);
-    bool held_failed;
-    PGresult *r = exec_after(db, NULL, sql, 0, NULL, NULL, NULL, &held_failed);
-    bool ok = !held_failed && pg_result_ok(db->pgc, r, sql, NULL);
+    PGresult *r = exec_after(db, NULL, sql, 0, NULL, NULL, NULL);
+    bool ok = !db->held_failed && pg_result_ok(db->pgc, r, sql, NULL);
     PQclear(r);
     return ok ? 0 : -1;
 }
@@ -349,13 +346,11 @@ PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const
                                const int *formats, const char *quiet_state)
 {
     char name[16], what[32];
-    bool held_failed = false;
     db->held_failed = false;
-    PGresult *r =
-        db->begin_pending || db->nheld
-            ? exec_after(db, db_stmt_name(bit, name), NULL, nparams, values, lengths, formats, &held_failed)
-            : PQexecPrepared(db->pgc, db_stmt_name(bit, name), nparams, values, lengths, formats, 0);
-    if (held_failed)
+    PGresult *r = db->begin_pending || db->nheld
+                      ? exec_after(db, db_stmt_name(bit, name), NULL, nparams, values, lengths, formats)
+                      : PQexecPrepared(db->pgc, db_stmt_name(bit, name), nparams, values, lengths, formats, 0);
+    if (db->held_failed)
         return NULL; /* logged with its own statement */
     snprintf(what, sizeof what, "prepared %s", name);
     if (pg_result_ok(db->pgc, r, what, quiet_state))
@@ -367,12 +362,11 @@ PGresult *db_exec_prepared_bin(db_t *db, int bit, int nparams, const char *const
 PGresult *db_exec_params_bin(db_t *db, const char *sql, int nparams, const char *const *values, const int *lengths,
                              const int *formats, const char *quiet_state)
 {
-    bool held_failed = false;
     db->held_failed = false;
     PGresult *r = db->begin_pending || db->nheld
-                      ? exec_after(db, NULL, sql, nparams, values, lengths, formats, &held_failed)
+                      ? exec_after(db, NULL, sql, nparams, values, lengths, formats)
                       : PQexecParams(db->pgc, sql, nparams, NULL, values, lengths, formats, 0);
-    if (held_failed)
+    if (db->held_failed)
         return NULL; /* logged with its own statement */
     if (pg_result_ok(db->pgc, r, sql, quiet_state))
         return r;
@@ -434,8 +428,9 @@ int db_commit(db_t *db)
         /* COMMIT of an aborted transaction answers ROLLBACK: that is a failure */
         bool ok = rc == 0 && r && PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0;
         if (!ok)
-            log_warn("postgres commit failed: %s",
-                     r ? PQresultErrorMessage(r) : db->pgc ? PQerrorMessage(db->pgc) : "connection dropped");
+            log_warn("postgres commit failed: %s", r         ? PQresultErrorMessage(r)
+                                                   : db->pgc ? PQerrorMessage(db->pgc)
+                                                             : "connection dropped");
         PQclear(r);
         return ok ? 0 : -1;
     }

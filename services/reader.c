@@ -115,14 +115,6 @@ void reader_parsed_free(reader_parsed_t *p)
     memset(p, 0, sizeof *p);
 }
 
-static bool skipped(const char *const *types, const char *type)
-{
-    for (size_t i = 0; types && types[i]; i++)
-        if (strcmp(types[i], type) == 0)
-            return true;
-    return false;
-}
-
 /* Parses the payloads of the decoded entries from index from on, but those
  * of skip_types; the runtime decides what a failure means. */
 static void parse_from(const bus_batch_t *bt, reader_parsed_t *p, size_t from, const char *const *skip_types)
@@ -132,7 +124,7 @@ static void parse_from(const bus_batch_t *bt, reader_parsed_t *p, size_t from, c
         const bus_msg_t *m = &bt->msgs[i];
         p->payload[i] = NULL;
         p->error[i] = NULL;
-        if (m->missing || m->bad || skipped(skip_types, m->env.type))
+        if (m->missing || m->bad || envelope_type_in(skip_types, m->env.type))
             continue;
         if (json_parse_strict(m->env.payload, strlen(m->env.payload), &p->payload[i], &p->error[i]) != 0)
             p->payload[i] = NULL;

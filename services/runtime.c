@@ -303,17 +303,9 @@ static int dead_letter(rt_t *rt, const bus_msg_t *m, const char *reason)
 
 /* ---- applying a batch ---- */
 
-static bool type_in(const char *const *list, const char *type)
-{
-    for (const char *const *t = list; t && *t; t++)
-        if (strcmp(*t, type) == 0)
-            return true;
-    return false;
-}
-
 static bool type_accepted(const svc_def_t *def, const char *type)
 {
-    return !def->types || type_in(def->types, type);
+    return !def->types || envelope_type_in(def->types, type);
 }
 
 /* The message a batch handler said its batch failed on (an index into the
@@ -916,7 +908,7 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
                 rt->pel_due_ms = 0;
             continue;
         }
-        if (type_in(rt->def->ignored_types, m->env.type)) {
+        if (envelope_type_in(rt->def->ignored_types, m->env.type)) {
             metrics_add(rt->m_ignored, 1); /* nothing to apply: no transaction, no inbox row */
             failure_drop(rt, m);
             ack_later(rt, m);
@@ -1030,15 +1022,6 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
     return stored;
 }
 
-/* Stream entry ids "<ms>-<seq>" in order: <0, 0, >0. */
-static int entry_cmp(const char *a, const char *b)
-{
-    unsigned long long am = 0, as = 0, bm = 0, bs = 0;
-    sscanf(a, "%llu-%llu", &am, &as);
-    sscanf(b, "%llu-%llu", &bm, &bs);
-    return am != bm ? (am < bm ? -1 : 1) : as != bs ? (as < bs ? -1 : 1) : 0;
-}
-
 /* The first entry of stream in bt, or NULL. */
 static const char *first_of(const bus_batch_t *bt, const char *stream)
 {
@@ -1075,7 +1058,7 @@ static int scan_pending(rt_t *rt, const bus_batch_t *ahead)
             size_t got = bt.n;
             bool past = false; /* reached the read's own entries */
             for (size_t i = 0; bound && i < bt.n; i++)
-                if (entry_cmp(bt.msgs[i].entry_id, bound) >= 0) {
+                if (bus_entry_id_cmp(bt.msgs[i].entry_id, bound) >= 0) {
                     for (size_t k = i; k < bt.n; k++)
                         envelope_clear(&bt.msgs[k].env);
                     bt.n = i;
@@ -1103,6 +1086,7 @@ static int scan_pending(rt_t *rt, const bus_batch_t *ahead)
     return rc;
 }
 
+/* Entries of the failure map whose aggregate must wait (for reads of new entries). */
 static void blocked_from_failures(rt_t *rt, strmap_t *blocked)
 {
     const char *k;
@@ -1139,6 +1123,17 @@ static void reclaim(rt_t *rt, int64_t min_idle)
 }
 
 /* Reports both dependencies for /ready, measured with a round trip each. */
+/* Applies a read's batch of new entries, behind the aggregates whose
+ * earlier messages wait on a failure; pre as process(). */
+static void process_read(rt_t *rt, bus_batch_t *bt, reader_parsed_t *pre)
+{
+    strmap_t blocked;
+    strmap_init(&blocked);
+    blocked_from_failures(rt, &blocked);
+    process(rt, bt, &blocked, pre);
+    strmap_free(&blocked);
+}
+
 static void probe(rt_t *rt)
 {
     int64_t t0 = clock_mono_us();
@@ -1319,11 +1314,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             }
             if (ahead && !stopping(&rt)) {
                 log_debug("service %s: %zu entries read ahead applied after the pending scan", def->group, bt.n);
-                strmap_t blocked;
-                strmap_init(&blocked);
-                blocked_from_failures(&rt, &blocked);
-                process(&rt, &bt, &blocked, &parsed);
-                strmap_free(&blocked);
+                process_read(&rt, &bt, &parsed);
             }
             bus_batch_clear(&bt);
             continue;
@@ -1380,23 +1371,14 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         if (rt.reader && !stopping(&rt) && rt.pel_due_ms > now && !linger)
             reader_request(rt.reader, streams, rt.nstreams, o->batch,
                            block < READ_AHEAD_BLOCK_MS ? block : READ_AHEAD_BLOCK_MS);
-        strmap_t blocked;
-        strmap_init(&blocked);
-        blocked_from_failures(&rt, &blocked);
-        process(&rt, &bt, &blocked, rt.reader ? &parsed : NULL);
-        strmap_free(&blocked);
+        process_read(&rt, &bt, rt.reader ? &parsed : NULL);
         if (linger)
             nap(&rt, read_at + o->linger_ms - clock_mono_ms());
     }
     /* a read-ahead that came back while stopping is applied too, while the lease is ours */
     if (rt.reader && reader_outstanding(rt.reader) && reader_take(rt.reader, &bt, &parsed) == 0 && bt.n && rt.db &&
-        (rt.memory || rt.lease) && !db_broken(&rt)) {
-        strmap_t blocked;
-        strmap_init(&blocked);
-        blocked_from_failures(&rt, &blocked);
-        process(&rt, &bt, &blocked, &parsed);
-        strmap_free(&blocked);
-    }
+        (rt.memory || rt.lease) && !db_broken(&rt))
+        process_read(&rt, &bt, &parsed);
     reader_stop(rt.reader);
     reader_parsed_free(&parsed);
     lanes_stop(&rt);

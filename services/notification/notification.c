@@ -248,6 +248,14 @@ static bool sent_recall(const char *msg_id, channel_t ch, notify_outcome_t *o, c
     return true;
 }
 
+/* Whether an outcome is remembered for (msg_id, ch). */
+static bool sent_known(const char *msg_id, channel_t ch)
+{
+    notify_outcome_t o;
+    char detail[8];
+    return sent_recall(msg_id, ch, &o, detail, sizeof detail);
+}
+
 /* Remembers a final outcome (sent, refused, skipped); others are not. */
 static void sent_remember(const char *msg_id, channel_t ch, notify_outcome_t o, const char *detail)
 {
@@ -773,9 +781,7 @@ static void send_group(void *arg, size_t g)
         bool stop = false;
         for (int x = 0; x < settings.n && !stop; x++) {
             channel_t ch = settings.order[x];
-            notify_outcome_t known;
-            char kd[8];
-            if (!networked(ch) || (a->done[i] & (1u << ch)) || sent_recall(m.message_id, ch, &known, kd, sizeof kd))
+            if (!networked(ch) || (a->done[i] & (1u << ch)) || sent_known(m.message_id, ch))
                 continue;
             svc_ctx_t c = {.msg = e, .group = "notification"};
             p->have |= 1u << ch;
@@ -856,8 +862,8 @@ static void send_ahead(ahead_t *a)
  * every new one at once (two statements per message before). The networked
  * sends go side by side (a thread per aggregate, its messages in order), then
  * the batch is delivered and recorded in order. A send that fails fails the
- * batch; the runtime applies it again by halves, and what was sent
- * meanwhile is not sent twice (the recent-sends memory). */
+ * batch; the runtime applies it again by halves, and what was sent or
+ * refused for good meanwhile is not asked again (the recent outcomes). */
 static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
                                  void *arg)
 {

@@ -444,12 +444,13 @@ typedef struct deferred {
     size_t nev, cap;
 } deferred_t;
 
-static const char sql_settle_many[] =
-    "UPDATE payment.payments p SET status = u.status,"
-    " captured = CASE WHEN u.status = 'succeeded' THEN p.amount ELSE 0 END,"
-    " failure_reason = nullif(u.reason, ''), provider_ref = nullif(u.ref, ''), updated_at = now()"
-    " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, tenant, status, reason, ref)"
-    " WHERE p.id = u.id AND (p.tenant = u.tenant) IS TRUE AND p.status = 'pending'";
+#define SETTLE_MANY                                                                                                    \
+    "UPDATE payment.payments p SET status = u.status,"                                                                 \
+    " captured = CASE WHEN u.status = 'succeeded' THEN p.amount ELSE 0 END,"                                           \
+    " failure_reason = nullif(u.reason, ''), provider_ref = nullif(u.ref, ''), updated_at = now()"                     \
+    " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, tenant, status, reason, ref)"   \
+    " WHERE p.id = u.id AND (p.tenant = u.tenant) IS TRUE AND p.status = 'pending'"
+static const char sql_settle_many[] = SETTLE_MANY;
 
 static void defer_reset(deferred_t *d)
 {
@@ -501,12 +502,7 @@ static void defer_event(deferred_t *d, const outbox_msg_t *m, char *payload, cha
  * count, so the statement checks it (every row is locked by this
  * transaction and was pending: all of them change). */
 static const char sql_settle_held[] =
-    "WITH s AS (UPDATE payment.payments p SET status = u.status,"
-    " captured = CASE WHEN u.status = 'succeeded' THEN p.amount ELSE 0 END,"
-    " failure_reason = nullif(u.reason, ''), provider_ref = nullif(u.ref, ''), updated_at = now()"
-    " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, tenant, status, reason, ref)"
-    " WHERE p.id = u.id AND (p.tenant = u.tenant) IS TRUE AND p.status = 'pending' RETURNING 1)"
-    " SELECT 1 / (count(*) = cardinality($1::uuid[]))::int FROM s";
+    "WITH s AS (" SETTLE_MANY " RETURNING 1) SELECT 1 / (count(*) = cardinality($1::uuid[]))::int FROM s";
 
 /* Writes what was held back: on the runtime's index-scan connections the
  * settles and the events go with the transaction's COMMIT (one round trip

@@ -265,15 +265,6 @@ static void append(db_t *tx, const char *topic, const char *type, const char *ag
     ASSERT_OK(append_msg(tx, topic, type, agg, payload));
 }
 
-/* Stream entry ids "<ms>-<seq>" in order: <0, 0, >0. */
-static int entry_cmp(const char *a, const char *b)
-{
-    unsigned long long am = 0, as = 0, bm = 0, bs = 0;
-    sscanf(a, "%llu-%llu", &am, &as);
-    sscanf(b, "%llu-%llu", &bm, &bs);
-    return am != bm ? (am < bm ? -1 : 1) : as != bs ? (as < bs ? -1 : 1) : 0;
-}
-
 /* n payments (pending row + payment.requested in one transaction each 50). */
 static void create_payments(sut_t *s, int n, int64_t amount, const char *method, char (*ids)[UUID_STR_LEN])
 {
@@ -503,7 +494,7 @@ static void duplicate(bool memory)
         ASSERT_OK(bus_stream_info(b, "ecom:payment", &info));
         for (size_t g = 0; g < info.ngroups; g++)
             if (strcmp(info.groups[g].name, "payment") == 0 && info.groups[g].pending == 0 &&
-                entry_cmp(info.groups[g].last_delivered, entry[1]) >= 0)
+                bus_entry_id_cmp(info.groups[g].last_delivered, entry[1]) >= 0)
                 drained = true;
         if (!drained)
             clock_sleep_ms(50);

@@ -1,6 +1,7 @@
 /* tests/unit/test_core.c: core/ — strict JSON, UUIDv7, configuration, the
  * string map, envelopes, the metrics text, the work pool and the bounded
  * memory of recent values. */
+#include "bus/bus.h"
 #include "bus/envelope.h"
 #include "core/alloc.h"
 #include "core/config.h"
@@ -230,6 +231,20 @@ static void test_envelope_fields(void)
     CU_ASSERT_FALSE(envelope_name_valid("has space"));
     CU_ASSERT_FALSE(envelope_name_valid(""));
     CU_ASSERT_TRUE(envelope_name_valid("auth.otp.requested"));
+    static const char *const types[] = {"payment.requested", "payment.refund.requested", NULL};
+    CU_ASSERT_TRUE(envelope_type_in(types, "payment.refund.requested"));
+    CU_ASSERT_FALSE(envelope_type_in(types, "payment.refund"));
+    CU_ASSERT_FALSE(envelope_type_in(NULL, "payment.requested"));
+}
+
+static void test_entry_ids(void)
+{
+    CU_ASSERT_TRUE(bus_entry_id_cmp("9-0", "10-0") < 0); /* numbers, not text */
+    CU_ASSERT_TRUE(bus_entry_id_cmp("10-2", "10-11") < 0);
+    CU_ASSERT_TRUE(bus_entry_id_cmp("10-11", "10-2") > 0);
+    CU_ASSERT_EQUAL(bus_entry_id_cmp("1795761172443-25", "1795761172443-25"), 0);
+    CU_ASSERT_TRUE(bus_entry_id_cmp("junk", "1-0") < 0);
+    CU_ASSERT_TRUE(bus_entry_id_cmp("1-0", "junk") > 0);
 }
 
 static void test_metrics_text(void)
@@ -386,6 +401,7 @@ int main(void)
         {"config: every problem at once", test_config_every_problem},
         {"string map", test_strmap},
         {"envelope fields round trip", test_envelope_fields},
+        {"stream entry ids compare as numbers", test_entry_ids},
         {"metrics Prometheus text", test_metrics_text},
         {"work pool: every item once, side by side, several callers", test_workpool},
         {"recent values: bounded, oldest key out first, a key again in place", test_recent},
