@@ -22,6 +22,7 @@
 #include "http-gateway/authx/policy_sync.h"
 #include "http-gateway/cache.h"
 #include "http-gateway/chaos.h"
+#include "http-gateway/http1.h"
 #include "http-gateway/idem.h"
 #include "http-gateway/jwt.h"
 #include "http-gateway/pgasync.h"
@@ -35,8 +36,8 @@
 #include <stdatomic.h>
 
 #define GW_MAX_BODY (1024 * 1024)     /* per request; larger bodies get 413 */
-#define GW_HARD_MAX_BODY (8 * 1024 * 1024) /* evhttp's own limit (its plain 413) */
-#define GW_MAX_HEADERS 16384
+#define GW_MAX_HEADERS 16384 /* request line and fields; more is a 431 */
+#define GW_IDLE_TIMEOUT_S 60 /* an idle keep-alive connection, a request's arrival */
 #define GW_REQUEST_TIMEOUT_MS 10000
 #define GW_MAX_OUTBOX 8 /* outbox messages one command may append */
 #define GW_IDEM_TTL_S (24 * 3600)
@@ -83,8 +84,7 @@ struct gw_thread {
     pthread_t thread;
     gw_shared_t *sh;
     struct event_base *base;
-    struct evhttp *http;
-    struct evhttp_bound_socket *listener;
+    h1_server_t *http;
     pga_pool_t *pg; /* PostgreSQL mode */
     struct gw_cmd_queue *cmd_queue; /* commands waiting to commit in a group (command.c) */
     db_t *memdb;    /* memory mode */
@@ -133,7 +133,7 @@ typedef struct gw_cmd {
 struct gw_req {
     gw_thread_t *th;
     gw_shared_t *sh;
-    struct evhttp_request *ev; /* NULL once answered, and for background refreshes */
+    h1_req_t *ev; /* NULL once answered, and for background refreshes */
     const route_t *route;
     size_t route_index;
     route_params_t params;

@@ -48,7 +48,7 @@ static void fmt_age(char out[24], int64_t v)
 
 static const char *in_header(gw_req_t *r, const char *name)
 {
-    return r->ev ? evhttp_find_header(evhttp_request_get_input_headers(r->ev), name) : NULL;
+    return r->ev ? h1_req_header(r->ev, name) : NULL;
 }
 
 /* ---- authentication, tenant, authorization ---- */
@@ -211,10 +211,7 @@ static bool rate_or_reply(gw_req_t *r)
         return true;
     char key[REQCTX_TENANT_MAX + sizeof r->principal.sub + 160];
     if (rate->by_address) {
-        char *host = NULL;
-        ev_uint16_t port = 0;
-        evhttp_connection_get_peer(evhttp_request_get_connection(r->ev), &host, &port);
-        snprintf(key, sizeof key, "a|%s|%s", route_id(r->route), host ? host : "?");
+        snprintf(key, sizeof key, "a|%s|%s", route_id(r->route), h1_req_peer(r->ev));
     } else {
         snprintf(key, sizeof key, "p|%s|%s|%s", route_id(r->route), r->tenant, r->principal.sub);
     }

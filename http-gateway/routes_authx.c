@@ -396,7 +396,7 @@ static void post_refresh(gw_req_t *r)
     sha256_hex(tok, st->hash);
     gw_session_secrets(&st->next);
     char hdr[REQCTX_TENANT_MAX + 1] = "";
-    const char *h = r->ev ? evhttp_find_header(evhttp_request_get_input_headers(r->ev), "x-tenant-id") : NULL;
+    const char *h = r->ev ? h1_req_header(r->ev, "x-tenant-id") : NULL;
     if (h)
         snprintf(hdr, sizeof hdr, "%s", h);
     if (r->th->memdb) {

@@ -1,7 +1,7 @@
 /* http-gateway/server.c: threads, listeners and the request lifecycle
  * (see gateway.h and gw.h). Every request is answered exactly once, from a
  * per-request context bounded by our own timer (armed once the request waits
- * on something: an answer given within the evhttp callback needs none). */
+ * on something: an answer given within the request callback needs none). */
 #include "http-gateway/gateway.h"
 #include "http-gateway/gw.h"
 
@@ -19,9 +19,7 @@
 #include <sys/queue.h>
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/keyvalq_struct.h>
-#include <event2/listener.h>
 #include <event2/thread.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -216,31 +214,8 @@ void gw_unref(gw_req_t *r)
         req_free(r);
 }
 
-/* evhttp_send_reply, then the response written at once. evhttp only queues the
- * response and enables the write event, so by itself every reply costs one more
- * loop pass and two epoll_ctl (write on, then off and read back on). Written
- * here, and evhttp's write callback run through bufferevent_trigger, the
- * connection goes back to reading within this pass, and the changelist folds
- * the read-off/read-on into nothing. A partial write (a full socket buffer)
- * or an error is left to the write event, as before. */
-static void reply_now(struct evhttp_request *ev, int status, const char *reason, struct evbuffer *body)
-{
-    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
-    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
-    evhttp_send_reply(ev, status, reason, body);
-    if (!bev)
-        return;
-    struct evbuffer *out = bufferevent_get_output(bev);
-    evutil_socket_t fd = bufferevent_getfd(bev);
-    if (fd < 0 || evbuffer_get_length(out) == 0 || !(bufferevent_get_enabled(bev) & EV_WRITE))
-        return;
-    if (evbuffer_write(out, fd) > 0 && evbuffer_get_length(out) == 0)
-        bufferevent_trigger(bev, EV_WRITE, 0); /* evhttp's write callback: the reply is done */
-}
-
-/* The Date header, formatted once a second per thread (evhttp would format it
- * on every reply when the header is missing). */
-static void add_date(struct evkeyvalq *h)
+/* The Date header's value, formatted once a second per thread. */
+static const char *http_date(void)
 {
     static _Thread_local time_t sec = -1;
     static _Thread_local char date[40];
@@ -249,10 +224,22 @@ static void add_date(struct evkeyvalq *h)
         struct tm tm;
         gmtime_r(&now, &tm);
         if (strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm) == 0)
-            return;
+            date[0] = '\0';
         sec = now;
     }
-    evhttp_add_header(h, "Date", date);
+    return date;
+}
+
+/* An answer made here rather than by the pipeline: /health, /ready, /metrics
+ * and what the HTTP layer refused. */
+static void reply_plain(h1_req_t *q, int status, const char *ctype, bool no_store, const char *request_id,
+                        struct evbuffer *body)
+{
+    h1_field_t f[4] = {{"Date", http_date()}, {"Content-Type", ctype}, {"x-request-id", request_id}};
+    size_t n = 3;
+    if (no_store)
+        f[n++] = (h1_field_t){"Cache-Control", "no-store"};
+    h1_reply(q, status, http_reason(status), f, n, body);
 }
 
 /* The request counter of (route, method, status): a per-thread memo in front of
@@ -290,17 +277,15 @@ static metric_t *request_counter(gw_req_t *r)
 
 static void send_now(gw_req_t *r)
 {
-    struct evkeyvalq *h = evhttp_request_get_output_headers(r->ev);
-    add_date(h);
-    evhttp_add_header(h, "x-request-id", r->request_id);
+    h1_field_t f[3 + ECOM_ARRAY_LEN(r->headers)];
+    size_t n = 0;
+    f[n++] = (h1_field_t){"Date", http_date()};
+    f[n++] = (h1_field_t){"x-request-id", r->request_id};
     if (r->content_type)
-        evhttp_add_header(h, "Content-Type", r->content_type);
+        f[n++] = (h1_field_t){"Content-Type", r->content_type};
     for (int i = 0; i < r->nheaders; i++)
-        evhttp_add_header(h, r->headers[i].name, r->headers[i].value);
-    bool head = r->method == ROUTE_HEAD;
-    if (head)
-        evbuffer_drain(r->out, evbuffer_get_length(r->out));
-    reply_now(r->ev, r->status, http_reason(r->status), r->out);
+        f[n++] = (h1_field_t){r->headers[i].name, r->headers[i].value};
+    h1_reply(r->ev, r->status, http_reason(r->status), f, n, r->out);
     r->ev = NULL;
     r->sent = true;
     gw_shared_t *sh = r->sh;
@@ -363,45 +348,67 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     log_ctx_set(NULL);
 }
 
-static const char *method_name(enum evhttp_cmd_type t, unsigned *bit)
+/* The method's name as a static literal (the metrics' label), and its route bit. */
+static const char *method_name(const char *m, unsigned *bit)
 {
-    switch (t) {
-    case EVHTTP_REQ_GET: *bit = ROUTE_GET; return "GET";
-    case EVHTTP_REQ_HEAD: *bit = ROUTE_HEAD; return "HEAD";
-    case EVHTTP_REQ_POST: *bit = ROUTE_POST; return "POST";
-    case EVHTTP_REQ_PUT: *bit = ROUTE_PUT; return "PUT";
-    case EVHTTP_REQ_PATCH: *bit = ROUTE_PATCH; return "PATCH";
-    case EVHTTP_REQ_DELETE: *bit = ROUTE_DELETE; return "DELETE";
-    case EVHTTP_REQ_OPTIONS: *bit = 0; return "OPTIONS";
-    default: *bit = 0; return "OTHER";
-    }
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } known[] = {{"GET", ROUTE_GET},       {"POST", ROUTE_POST},     {"HEAD", ROUTE_HEAD}, {"PUT", ROUTE_PUT},
+                 {"PATCH", ROUTE_PATCH},   {"DELETE", ROUTE_DELETE}, {"OPTIONS", 0}};
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(known); i++)
+        if (strcmp(m, known[i].name) == 0) {
+            *bit = known[i].bit;
+            return known[i].name;
+        }
+    *bit = 0;
+    return "OTHER";
 }
 
-static void health_reply(struct evhttp_request *ev, const char *request_id, bool ready)
+static void health_reply(h1_req_t *q, const char *request_id, bool ready)
 {
     struct evbuffer *b = evbuffer_new();
     bool ok = true;
     if (ready)
         ok = health_render(b, "1");
     else
-        evbuffer_add_printf(b, "{\"status\":\"pass\"}");
-    struct evkeyvalq *h = evhttp_request_get_output_headers(ev);
-    add_date(h);
-    evhttp_add_header(h, "Content-Type", "application/health+json");
-    evhttp_add_header(h, "Cache-Control", "no-store");
-    evhttp_add_header(h, "x-request-id", request_id);
-    reply_now(ev, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", b);
+        evbuffer_add(b, "{\"status\":\"pass\"}", 17);
+    reply_plain(q, ok ? 200 : 503, "application/health+json", true, request_id, b);
     evbuffer_free(b);
 }
 
-static void on_request(struct evhttp_request *ev, void *arg)
+/* A request the HTTP layer refused (http1.h): its problem+json, then the
+ * connection closes. */
+static void refused_reply(h1_req_t *q, const char *request_id, int status)
+{
+    const char *slug = "bad-request", *detail = "the request is not valid HTTP/1.1";
+    switch (status) {
+    case 413: slug = "payload-too-large"; detail = "the request body is larger than 1 MiB"; break;
+    case 417: slug = "expectation-failed"; detail = "the only expectation supported is 100-continue"; break;
+    case 431: slug = "request-header-fields-too-large"; detail = "the request line and header fields exceed 16 KiB"; break;
+    case 501: slug = "not-implemented"; detail = "the only transfer coding supported is chunked"; break;
+    case 505: slug = "http-version-not-supported"; detail = "only HTTP/1.0 and HTTP/1.1 are served"; break;
+    default: break;
+    }
+    struct evbuffer *b = evbuffer_new();
+    const char *target = h1_req_target(q);
+    problem_render(b, status, slug, NULL, detail, *target ? target : NULL, request_id, NULL);
+    reply_plain(q, status, PROBLEM_CONTENT_TYPE, false, request_id, b);
+    evbuffer_free(b);
+}
+
+static void on_request(h1_req_t *ev, void *arg)
 {
     gw_thread_t *th = arg;
     gw_shared_t *sh = th->sh;
-    const char *uri = evhttp_request_get_uri(ev);
-    struct evkeyvalq *in = evhttp_request_get_input_headers(ev);
+    const char *uri = h1_req_target(ev);
     char rid[REQCTX_ID_BUF];
-    reqctx_request_id(evhttp_find_header(in, "x-request-id"), rid);
+    reqctx_request_id(h1_req_header(ev, "x-request-id"), rid);
+    int refused = h1_req_error(ev);
+    if (refused) {
+        refused_reply(ev, rid, refused);
+        return;
+    }
 
     size_t plen = strcspn(uri, "?#");
     if ((plen == 7 && strncmp(uri, "/health", 7) == 0) || (plen == 6 && strncmp(uri, "/ready", 6) == 0)) {
@@ -411,9 +418,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
     if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
         struct evbuffer *b = evbuffer_new();
         metrics_render(b);
-        evhttp_add_header(evhttp_request_get_output_headers(ev), "Content-Type", "text/plain; version=0.0.4");
-        evhttp_add_header(evhttp_request_get_output_headers(ev), "x-request-id", rid);
-        reply_now(ev, 200, "OK", b);
+        reply_plain(ev, 200, "text/plain; version=0.0.4", false, rid, b);
         evbuffer_free(b);
         return;
     }
@@ -423,13 +428,13 @@ static void on_request(struct evhttp_request *ev, void *arg)
     r->start_us = clock_mono_us();
     r->out = evbuffer_new();
     memcpy(r->request_id, rid, sizeof rid);
-    r->method_name = method_name(evhttp_request_get_command(ev), &r->method);
+    r->method_name = method_name(h1_req_method(ev), &r->method);
     r->path = xstrndup(uri, plen);
     if (uri[plen] == '?') {
         const char *q = uri + plen + 1;
         r->query = xstrndup(q, strcspn(q, "#"));
     }
-    const char *tp = evhttp_find_header(in, "traceparent");
+    const char *tp = h1_req_header(ev, "traceparent");
     bool has_parent = tp && reqctx_traceparent_parse(tp, &r->trace) == 0;
     if (!has_parent)
         reqctx_traceparent_new(&r->trace, true);
@@ -452,17 +457,14 @@ static void on_request(struct evhttp_request *ev, void *arg)
         gw_add_header(r, "Retry-After", "1");
         gw_problem(r, 503, "shutting-down", "the gateway is shutting down");
     } else {
-        struct evbuffer *body = evhttp_request_get_input_buffer(ev);
-        size_t blen = evbuffer_get_length(body);
-        if (blen > GW_MAX_BODY) {
-            gw_problem(r, 413, "payload-too-large", "the request body is larger than 1 MiB");
-        } else {
-            r->body = xmalloc(blen + 1);
-            evbuffer_copyout(body, r->body, blen);
-            r->body[blen] = '\0';
-            r->body_len = blen;
-            gw_pipeline_start(r);
-        }
+        size_t blen = 0;
+        const char *body = h1_req_body(ev, &blen); /* at most GW_MAX_BODY: http1 refuses more */
+        r->body = xmalloc(blen + 1);
+        if (blen)
+            memcpy(r->body, body, blen);
+        r->body[blen] = '\0';
+        r->body_len = blen;
+        gw_pipeline_start(r);
     }
     if (!r->sent) {
         /* still waiting on something: bound it. Armed only now, as a request
@@ -487,20 +489,19 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         /* /ready turns 503 first; requests in flight finish (bounded by their timers) */
         if (!atomic_exchange(&sh->draining, true))
             health_set_shutting_down(true);
+        h1_server_set_closing(th->http); /* answers close their connections from now on */
         int64_t now = clock_mono_ms();
         if (!th->drain_until)
             th->drain_until = now + GW_REQUEST_TIMEOUT_MS + 1000;
         if (th->active == 0 || now >= th->drain_until) {
             /* stop accepting here: the kernel hands new connections to the
              * listeners of threads still draining (they answer 503) */
-            if (th->listener) {
-                evhttp_del_accept_socket(th->http, th->listener);
-                th->listener = NULL;
-            }
+            h1_server_stop_accepting(th->http);
             event_base_loopexit(th->base, NULL);
         }
         return;
     }
+    h1_server_sweep(th->http);
     if (th->index == 0) {
         int64_t now = clock_mono_ms();
         if (now >= th->next_cleanup) {
@@ -531,18 +532,9 @@ static int bind_reuseport(gw_thread_t *th, int port)
         close(fd);
         return -1;
     }
-    struct evconnlistener *l =
-        evconnlistener_new(th->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
-    if (!l) {
-        close(fd);
-        return -1;
-    }
-    th->listener = evhttp_bind_listener(th->http, l);
-    if (!th->listener) {
-        evconnlistener_free(l);
-        return -1;
-    }
-    return 0;
+    h1_limits_t lim = {.max_head = GW_MAX_HEADERS, .max_body = GW_MAX_BODY, .timeout_s = GW_IDLE_TIMEOUT_S};
+    th->http = h1_server_new(th->base, fd, &lim, on_request, th);
+    return th->http ? 0 : -1;
 }
 
 static void *thread_main(void *arg)
@@ -561,20 +553,13 @@ static int thread_init(gw_thread_t *th, gw_shared_t *sh, int index)
     th->index = index;
     th->sh = sh;
     strmap_init(&th->req_counters);
-    /* the changelist folds evhttp's disable/enable of a connection's events
-     * within one loop pass into at most one epoll_ctl */
+    /* the changelist folds an event's delete and re-add within one loop pass
+     * (a connection's write event, the database connections') into at most one
+     * epoll_ctl */
     struct event_config *ec = event_config_new();
     event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
     th->base = event_base_new_with_config(ec);
     event_config_free(ec);
-    th->http = evhttp_new(th->base);
-    evhttp_set_gencb(th->http, on_request, th);
-    evhttp_set_max_body_size(th->http, GW_HARD_MAX_BODY);
-    evhttp_set_max_headers_size(th->http, GW_MAX_HEADERS);
-    evhttp_set_timeout(th->http, 60);
-    evhttp_set_flags(th->http, EVHTTP_SERVER_LINGERING_CLOSE);
-    evhttp_set_allowed_methods(th->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                             EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
     chaos_rng_seed(&th->rng, (uint64_t)strtoull(config_raw(cfg, "CHAOS_SEED") ? config_raw(cfg, "CHAOS_SEED") : "0",
                                                NULL, 10),
                    (uint64_t)index);
@@ -598,8 +583,7 @@ static void thread_free(gw_thread_t *th)
     if (th->pg)
         pga_pool_free(th->pg); /* pending database work calls back (and answers) first */
     gw_cmd_queue_free(th);
-    if (th->http)
-        evhttp_free(th->http);
+    h1_server_free(th->http); /* after the pool: its callbacks answer their requests */
     db_close(th->memdb);
     while (th->spare) {
         gw_req_t *r = th->spare;
