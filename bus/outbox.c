@@ -234,8 +234,8 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
     " s.seq - count(*) OVER w + row_number() OVER (w ORDER BY m.ord), m.ts, m.traceparent, m.request_id," \
     " m.payload FROM m JOIN s USING (tenant, aggregate_id)" \
     " WINDOW w AS (PARTITION BY m.tenant, m.aggregate_id) ORDER BY m.ord RETURNING 1)"
-static const char sql_append_many[] = APPEND_MANY_INSERT " SELECT count(*) FROM i";
-static const char sql_append_many_notify[] =
+const char outbox_sql_append_many[] = APPEND_MANY_INSERT " SELECT count(*) FROM i";
+const char outbox_sql_append_many_notify[] =
     APPEND_MANY_INSERT " SELECT count(*), pg_notify('ecom_outbox', '') FROM i";
 /* held back: nobody reads the count, so a short one divides by zero */
 #define HOLD_MANY_CHECK " SELECT 1 / (count(*) = cardinality($1::uuid[]))::int"
@@ -289,7 +289,7 @@ static int append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, bool hold, 
                       notify ? sql_hold_many_notify : sql_hold_many, COLS, vals, lens, fmts, NULL);
     } else {
         int stmt = notify ? DB_STMT_OUTBOX_APPEND_MANY_NOTIFY : DB_STMT_OUTBOX_APPEND_MANY;
-        if (db_prepare(tx, stmt, notify ? sql_append_many_notify : sql_append_many, COLS) == 0) {
+        if (db_prepare(tx, stmt, notify ? outbox_sql_append_many_notify : outbox_sql_append_many, COLS) == 0) {
             PGresult *r = db_exec_prepared_bin(tx, stmt, COLS, vals, lens, fmts, NULL);
             if (r && strtoull(PQgetvalue(r, 0, 0), NULL, 10) == n)
                 rc = 0;

@@ -73,6 +73,13 @@ int outbox_append_params(db_t *tx, const outbox_msg_t *m, const outbox_params_t 
     __attribute__((warn_unused_result));
 extern const char outbox_sql_append[];
 extern const char outbox_sql_append_notify[];
+/* outbox_sql_append for many messages in one statement: each of the 10
+ * parameters an array of that parameter's values, in outbox_params' order
+ * ($1 uuid[], $2 bigint[], $3-$6 text[], $7 bigint[], $8-$10 text[]); a
+ * (tenant, aggregate)'s messages take their sequence numbers in array order.
+ * One row: how many went in. */
+extern const char outbox_sql_append_many[];
+extern const char outbox_sql_append_many_notify[];
 /* Whether this append should carry the drainer's wake-up hint (throttled per process). */
 bool outbox_notify_due(void);
 

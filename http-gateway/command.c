@@ -554,8 +554,9 @@ static void on_commit_conn(pga_conn_t *c, const char *err, void *arg)
  * Commands of one gateway thread that wait for a connection at the same time
  * commit together, in one transaction and one pipeline, so concurrent requests
  * share one round trip and one WAL flush instead of one each (group_send):
- * BEGIN, the claim of every distinct key, then per command its guarded record,
- * domain writes and outbox rows, then COMMIT. Every command's record, rows and
+ * BEGIN, the claim of every distinct key, the guarded records of all of them in
+ * one statement, each command's domain writes, all outbox rows in one
+ * statement, then COMMIT. Every command's record, rows and
  * response still commit in one transaction (the group's). A second request with
  * a key already in the group is in flight: 409, or the replay. When a key is
  * found taken (a replay, 422 or 409: its guard fails), the whole transaction
@@ -629,7 +630,7 @@ static void cc_alone(commit_ctx_t *cc)
 
 static int cc_stmts(const commit_ctx_t *cc)
 {
-    return (cc->claim ? 2 : 0) + (int)cc->r->cmd.nops + (int)cc->r->cmd.n; /* claim, guard, writes */
+    return (cc->claim ? 2 : 0) + (int)cc->r->cmd.nops + (int)cc->r->cmd.n; /* at most: claim, guard, writes */
 }
 
 static void group_free(group_t *g)
@@ -730,16 +731,74 @@ static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err
     free(g);
 }
 
+/* A text-format array literal ({"a","b\\"c",NULL}), built for one parameter. */
+typedef struct tarr {
+    char *p;
+    size_t len, cap;
+} tarr_t;
+
+static void tarr_put(tarr_t *a, const char *s, size_t n)
+{
+    if (a->len + n + 2 > a->cap) {
+        a->cap = (a->len + n + 2) * 2;
+        a->p = xrealloc(a->p, a->cap);
+    }
+    memcpy(a->p + a->len, s, n);
+    a->len += n;
+    a->p[a->len] = '\0';
+}
+
+static void tarr_add(tarr_t *a, const char *v)
+{
+    tarr_put(a, a->len ? "," : "{", 1);
+    if (!v) {
+        tarr_put(a, "NULL", 4);
+        return;
+    }
+    tarr_put(a, "\"", 1);
+    for (const char *q = v; *q;) {
+        size_t run = strcspn(q, "\"\\");
+        tarr_put(a, q, run);
+        q += run;
+        if (*q) {
+            char esc[2] = {'\\', *q++};
+            tarr_put(a, esc, 2);
+        }
+    }
+    tarr_put(a, "\"", 1);
+}
+
+static const char *tarr_end(tarr_t *a)
+{
+    if (!a->len)
+        tarr_put(a, "{", 1);
+    tarr_put(a, "}", 1);
+    return a->p;
+}
+
+/* The records of a group's keys in one statement, while the locks are held and
+ * no live record exists; else a division by zero (SQLSTATE 22012) aborts the
+ * pipeline, as sql_record_guard does for one key. */
+static const char sql_record_guard_many[] =
+    "WITH ins AS (INSERT INTO gateway.idempotency (store_key, tenant, fingerprint, status, content_type, body,"
+    " expires_at) SELECT u.k, u.t, u.f, u.s, $5::text, u.b, now() + make_interval(secs => $7::int)"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $6::text[]) AS u(k, t, f, s, b)"
+    " WHERE pg_try_advisory_xact_lock(hashtextextended(u.k, 0))"
+    " ON CONFLICT (store_key) DO NOTHING RETURNING 1)"
+    " SELECT 1 / (SELECT (count(*) = cardinality($1::text[]))::int FROM ins)";
+
+enum { REC_COLS = 5, OUTBOX_COLS = 10 };
+
 /* One pipeline for the whole group: BEGIN, the claim of every distinct key,
- * then per command its guarded record, domain writes and outbox rows, COMMIT.
- * Without keys: the writes alone, one implicit transaction. A key found taken
- * makes its guard fail, which aborts the transaction: the claims already read
- * answer those commands, and the others are sent again (rollback_first). */
+ * the guarded records of all of them (one statement), each command's domain
+ * writes, every outbox row (one statement), COMMIT. Without keys: the writes
+ * alone, one implicit transaction. A key found taken makes the guard fail,
+ * which aborts the transaction: the claims already read answer those
+ * commands, and the others are sent again (rollback_first). */
 static void group_send(group_t *g, bool rollback_first)
 {
     pga_stmt_t st[PGA_MAX_STMTS];
     const char *k[GROUP_MAX][1];
-    const char *ip[GROUP_MAX][7];
     char ttl[16];
     snprintf(ttl, sizeof ttl, "%d", GW_IDEM_TTL_S);
     int n = 0;
@@ -769,36 +828,62 @@ static void group_send(group_t *g, bool rollback_first)
         k[i][0] = cc->r->idem_store;
         st[n++] = (pga_stmt_t){.name = "gw_idem_claim", .sql = sql_claim, .nparams = 1, .params = k[i]};
     }
+    /* every key's guarded record in one statement, every outbox row in one:
+     * per command only its domain writes remain statements of their own */
+    tarr_t rec[REC_COLS] = {{0}}, box[OUTBOX_COLS] = {{0}};
+    int nrec = 0, nbox = 0;
     for (int i = 0; i < g->n; i++) {
         commit_ctx_t *cc = g->cc[i];
         gw_req_t *r = cc->r;
-        gw_cmd_t *cmd = &r->cmd;
+        if (!g->first[i] || !cc->claim)
+            continue;
+        snprintf(cc->status_s, sizeof cc->status_s, "%d", cc->status);
+        const char *v[REC_COLS] = {r->idem_store, r->tenant, r->fingerprint, cc->status_s, cc->body};
+        for (int c = 0; c < REC_COLS; c++)
+            tarr_add(&rec[c], v[c]);
+        nrec++;
+    }
+    const char *rp[7];
+    if (nrec) {
+        for (int i = 0; i < g->n; i++)
+            if (g->first[i] && g->cc[i]->claim)
+                g->guard_res[i] = n;
+        const char *p[7] = {tarr_end(&rec[0]), tarr_end(&rec[1]), tarr_end(&rec[2]), tarr_end(&rec[3]),
+                            "application/json", tarr_end(&rec[4]), ttl};
+        memcpy(rp, p, sizeof p);
+        st[n++] = (pga_stmt_t){.name = "gw_idem_record_many", .sql = sql_record_guard_many, .nparams = 7, .params = rp};
+    }
+    for (int i = 0; i < g->n; i++) {
+        gw_cmd_t *cmd = &g->cc[i]->r->cmd;
         if (!g->first[i])
             continue;
-        if (cc->claim) {
-            snprintf(cc->status_s, sizeof cc->status_s, "%d", cc->status);
-            const char *p[7] = {r->idem_store, r->tenant, r->fingerprint, cc->status_s, "application/json", cc->body,
-                                ttl};
-            memcpy(ip[i], p, sizeof p);
-            g->guard_res[i] = n;
-            st[n++] = (pga_stmt_t){.name = "gw_idem_record", .sql = sql_record_guard, .nparams = 7, .params = ip[i]};
-        }
         for (size_t x = 0; x < cmd->nops; x++)
             st[n++] = (pga_stmt_t){.name = cmd->ops[x].name,
                                    .sql = cmd->ops[x].sql,
                                    .nparams = cmd->ops[x].nparams,
                                    .params = (const char *const *)cmd->ops[x].params};
-        for (size_t x = 0; x < cmd->n; x++) {
-            bool notify = outbox_notify_due();
-            st[n++] = (pga_stmt_t){.name = notify ? "gw_outbox_append_notify" : "gw_outbox_append",
-                                   .sql = notify ? outbox_sql_append_notify : outbox_sql_append,
-                                   .nparams = 10,
-                                   .params = cmd->params[x].values};
-        }
+        for (size_t x = 0; x < cmd->n; x++, nbox++)
+            for (int c = 0; c < OUTBOX_COLS; c++)
+                tarr_add(&box[c], cmd->params[x].values[c]);
+    }
+    const char *bp[OUTBOX_COLS];
+    if (nbox) {
+        for (int c = 0; c < OUTBOX_COLS; c++)
+            bp[c] = tarr_end(&box[c]);
+        bool notify = outbox_notify_due();
+        st[n++] = (pga_stmt_t){.name = notify ? "gw_outbox_append_many_notify" : "gw_outbox_append_many",
+                               .sql = notify ? outbox_sql_append_many_notify : outbox_sql_append_many,
+                               .nparams = OUTBOX_COLS,
+                               .params = bp};
     }
     if (g->claims)
         st[n++] = (pga_stmt_t){.sql = "COMMIT"};
-    if (pga_pipeline(g->c, st, n, on_group, g) != 0)
+    int rc = pga_pipeline(g->c, st, n, on_group, g); /* the parameters are copied */
+    for (int c = 0; c < REC_COLS; c++)
+        free(rec[c].p);
+    for (int c = 0; c < OUTBOX_COLS; c++)
+        free(box[c].p);
+    if (rc != 0)
         on_group(g->c, NULL, 0, "the pipeline could not be sent", g);
 }
 
