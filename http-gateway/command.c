@@ -554,9 +554,13 @@ static void on_commit_conn(pga_conn_t *c, const char *err, void *arg)
  * Commands of one gateway thread that wait for a connection at the same time
  * commit together, in one transaction and one pipeline, so concurrent requests
  * share one round trip and one WAL flush instead of one each (group_send):
- * BEGIN, the claim of every distinct key, the guarded records of all of them in
- * one statement, each command's domain writes, all outbox rows in one
- * statement, then COMMIT. Every command's record, rows and
+ * BEGIN, the guarded records of every distinct key in one statement, each
+ * command's domain writes, all outbox rows in one statement, then COMMIT. The
+ * first try takes every key to be new and reads no claims: a key that is not
+ * (a replay, a 422, a 409) makes the guard fail, and the group goes again on
+ * the same connection with the claim of every key before the guards. A group
+ * holding a key that this thread saw committed or taken lately (a retry, most
+ * likely) claims at once. Every command's record, rows and
  * response still commit in one transaction (the group's). A second request with
  * a key already in the group is in flight: 409, or the replay. When a key is
  * found taken (a replay, 422 or 409: its guard fails), the whole transaction
@@ -573,11 +577,14 @@ static void on_commit_conn(pga_conn_t *c, const char *err, void *arg)
 
 /* One queue per gateway thread (th->cmd_queue): a pool and its requests live on
  * one thread. */
+#define RECENT_KEYS 4096 /* keys this thread saw committed or taken lately (direct-mapped hashes) */
+
 typedef struct gw_cmd_queue {
     pga_pool_t *pool;
     commit_ctx_t *head, *tail;
     int queued;
     int collectors; /* pga_acquire calls not yet called back */
+    uint64_t recent[RECENT_KEYS];
 } group_q_t;
 
 typedef struct group {
@@ -590,7 +597,31 @@ typedef struct group {
     int claim_res[GROUP_MAX]; /* the result of cc[i]'s key's claim, -1 without a key */
     int guard_res[GROUP_MAX]; /* the result of cc[i]'s guarded record, -1 when none */
     bool first[GROUP_MAX];    /* cc[i] is the first of its key in the group (it writes) */
+    /* This try has no claims: every key is taken to be new, and a key that is
+     * not makes the guard fail; the group then goes again with its claims. A
+     * group with a key seen lately (a replay is likely) claims at once. */
+    bool optimistic;
 } group_t;
+
+static uint64_t key_hash(const char *k)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *k; k++)
+        h = (h ^ (unsigned char)*k) * 1099511628211ull;
+    return h | 1; /* never 0: 0 is an empty slot */
+}
+
+static void recent_add(group_q_t *q, const char *key)
+{
+    uint64_t h = key_hash(key);
+    q->recent[h % RECENT_KEYS] = h;
+}
+
+static bool recent_has(const group_q_t *q, const char *key)
+{
+    uint64_t h = key_hash(key);
+    return q->recent[h % RECENT_KEYS] == h;
+}
 
 static void group_kick(group_q_t *q);
 
@@ -659,6 +690,25 @@ static void cc_answer_claim(commit_ctx_t *cc, claim_t o, const PGresult *q)
     cc_drop(cc);
 }
 
+/* Whether the pipeline failed only by guards refusing (SQLSTATE 22012): a key
+ * was not free. */
+static bool only_guards_refused(const group_t *g, PGresult *const *res, int n)
+{
+    bool any = false;
+    for (int k = 0; k < n; k++) {
+        const char *state = res[k] ? PQresultErrorField(res[k], PG_DIAG_SQLSTATE) : NULL;
+        if (!state)
+            continue;
+        bool guard = false;
+        for (int i = 0; i < g->n; i++)
+            guard = guard || g->guard_res[i] == k;
+        if (!guard || strcmp(state, SQLSTATE_DIVISION_BY_ZERO) != 0)
+            return false;
+        any = true;
+    }
+    return any;
+}
+
 static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
 {
     group_t *g = arg;
@@ -667,10 +717,16 @@ static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err
         for (int i = 0; i < g->n; i++) {
             commit_ctx_t *cc = g->cc[i];
             if (cc->claim && !g->first[i]) {
+                if (g->claim_res[i] < 0) { /* optimistic: the key's first command in the group holds it */
+                    cc_answer_claim(cc, CLAIM_IN_FLIGHT, NULL);
+                    continue;
+                }
                 const PGresult *q = res[g->claim_res[i]];
                 cc_answer_claim(cc, group_outcome(g, i, q), q);
                 continue;
             }
+            if (cc->claim)
+                recent_add(g->q, cc->r->idem_store);
             log_ctx_set(&cc->r->log);
             answer_committed(cc->r, cc->status, cc->body, cc->len);
             log_ctx_set(NULL);
@@ -682,25 +738,17 @@ static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err
     /* nothing of the group committed, unless the connection was lost after
      * the COMMIT went out: then the keyed commands replay what was committed */
     bool lost = pga_conn_backend_pid(c) == 0;
-    bool claims_read = !lost && g->claims && res;
+    if (g->optimistic && !lost && res && only_guards_refused(g, res, n) && g->tries < GROUP_TRIES) {
+        metrics_add(g->cc[0]->r->sh->m_group_retries, 1);
+        group_send(g, true); /* a key was not new: the same connection, ROLLBACK, then with the claims */
+        return;
+    }
+    bool claims_read = !lost && g->claims && res && !g->optimistic;
     for (int i = 0; claims_read && i < g->n; i++)
         if (g->claim_res[i] >= 0 && (g->claim_res[i] >= n || !res[g->claim_res[i]] ||
                                      PQresultStatus(res[g->claim_res[i]]) != PGRES_TUPLES_OK))
             claims_read = false;
-    bool refused = false; /* only guards failed: a key was not free */
-    if (claims_read) {
-        refused = true;
-        for (int k = 0; k < n; k++) {
-            const char *state = res[k] ? PQresultErrorField(res[k], PG_DIAG_SQLSTATE) : NULL;
-            if (!state)
-                continue;
-            bool guard = false;
-            for (int i = 0; i < g->n; i++)
-                guard = guard || g->guard_res[i] == k;
-            if (!guard || strcmp(state, SQLSTATE_DIVISION_BY_ZERO) != 0)
-                refused = false;
-        }
-    }
+    bool refused = claims_read && only_guards_refused(g, res, n); /* a key was not free */
     if (!refused)
         log_warn("a group of %d commands did not commit (%s): each runs alone", g->n, err);
     int kept = 0;
@@ -710,6 +758,7 @@ static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err
             const PGresult *q = res[g->claim_res[i]];
             claim_t o = group_outcome(g, i, q);
             if (o != CLAIM_FREE) {
+                recent_add(g->q, cc->r->idem_store); /* its next retry claims at once */
                 cc_answer_claim(cc, o, q);
                 continue;
             }
@@ -777,24 +826,29 @@ static const char *tarr_end(tarr_t *a)
 }
 
 /* The records of a group's keys in one statement, while the locks are held and
- * no live record exists; else a division by zero (SQLSTATE 22012) aborts the
- * pipeline, as sql_record_guard does for one key. */
+ * no live record exists (an expired one is replaced: an optimistic try has not
+ * dropped it); else a division by zero (SQLSTATE 22012) aborts the pipeline,
+ * as sql_record_guard does for one key. */
 static const char sql_record_guard_many[] =
     "WITH ins AS (INSERT INTO gateway.idempotency (store_key, tenant, fingerprint, status, content_type, body,"
     " expires_at) SELECT u.k, u.t, u.f, u.s, $5::text, u.b, now() + make_interval(secs => $7::int)"
     " FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $6::text[]) AS u(k, t, f, s, b)"
     " WHERE pg_try_advisory_xact_lock(hashtextextended(u.k, 0))"
-    " ON CONFLICT (store_key) DO NOTHING RETURNING 1)"
+    " ON CONFLICT (store_key) DO UPDATE SET tenant = EXCLUDED.tenant, fingerprint = EXCLUDED.fingerprint,"
+    " status = EXCLUDED.status, content_type = EXCLUDED.content_type, body = EXCLUDED.body,"
+    " created_at = now(), expires_at = EXCLUDED.expires_at WHERE gateway.idempotency.expires_at < now()"
+    " RETURNING 1)"
     " SELECT 1 / (SELECT (count(*) = cardinality($1::text[]))::int FROM ins)";
 
 enum { REC_COLS = 5, OUTBOX_COLS = 10 };
 
-/* One pipeline for the whole group: BEGIN, the claim of every distinct key,
- * the guarded records of all of them (one statement), each command's domain
- * writes, every outbox row (one statement), COMMIT. Without keys: the writes
- * alone, one implicit transaction. A key found taken makes the guard fail,
- * which aborts the transaction: the claims already read answer those
- * commands, and the others are sent again (rollback_first). */
+/* One pipeline for the whole group: BEGIN, the claim of every distinct key
+ * (not on an optimistic first try), the guarded records of all of them (one
+ * statement), each command's domain writes, every outbox row (one statement),
+ * COMMIT. Without keys: the writes alone, one implicit transaction. A key
+ * found taken makes the guard fail, which aborts the transaction: then an
+ * optimistic try goes again with claims, and otherwise the claims already read
+ * answer those commands and the others are sent again (rollback_first). */
 static void group_send(group_t *g, bool rollback_first)
 {
     pga_stmt_t st[PGA_MAX_STMTS];
@@ -802,6 +856,10 @@ static void group_send(group_t *g, bool rollback_first)
     char ttl[16];
     snprintf(ttl, sizeof ttl, "%d", GW_IDEM_TTL_S);
     int n = 0;
+    g->optimistic = g->tries == 0;
+    for (int i = 0; i < g->n && g->optimistic; i++)
+        if (g->cc[i]->claim && recent_has(g->q, g->cc[i]->r->idem_store))
+            g->optimistic = false;
     g->tries++;
     g->claims = false;
     for (int i = 0; i < g->n; i++)
@@ -822,7 +880,7 @@ static void group_send(group_t *g, bool rollback_first)
                 g->first[i] = false;
                 break;
             }
-        if (!g->first[i])
+        if (!g->first[i] || g->optimistic)
             continue;
         g->claim_res[i] = n;
         k[i][0] = cc->r->idem_store;

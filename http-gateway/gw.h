@@ -77,6 +77,7 @@ struct gw_shared {
     int nthreads;
     metric_t *m_cache_hit, *m_cache_miss, *m_cache_stale, *m_idem_replay, *m_idem_conflict, *m_idem_inflight;
     metric_t *m_latency, *m_breaker_rejected, *m_chaos;
+    metric_t *m_group_retries; /* command groups sent again with their claims (command.c) */
 };
 
 struct gw_thread {

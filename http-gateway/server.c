@@ -669,6 +669,8 @@ static int shared_init(gw_shared_t *sh, const config_t *cfg, memstore_t *mem, at
     sh->m_latency = metrics_histogram("ecom_http_request_duration_seconds", "Request latency", "");
     sh->m_breaker_rejected = metrics_counter("ecom_breaker_rejected_total", "Calls refused by open breakers", "");
     sh->m_chaos = metrics_counter("ecom_chaos_injected_total", "Requests that got a chaos fault", "");
+    sh->m_group_retries = metrics_counter("ecom_command_group_retries_total",
+                                          "Command groups sent again with their claims: a key in them was not new", "");
     return 0;
 }
 

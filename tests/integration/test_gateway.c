@@ -297,6 +297,7 @@ static void test_grouped_commits(void)
         CU_ASSERT_TRUE(expect_status(&r, 202, "first of an old key"));
         hfree(&r);
     }
+    double retried0 = metric(gw->port, "ecom_command_group_retries_total");
     for (int round = 0; round < 3; round++) {
         mix_job_t jobs[MIX_N];
         pthread_t th[MIX_N];
@@ -350,6 +351,10 @@ static void test_grouped_commits(void)
         }
         CU_ASSERT_EQUAL(bad, 0);
     }
+    /* the old keys were committed one at a time: no thread remembers them, so a
+     * group of round 0 took them for new, was refused and went again with claims */
+    fprintf(stderr, "\n  grouped commits: %.0f groups sent again with their claims\n",
+            metric(gw->port, "ecom_command_group_retries_total") - retried0);
     /* a handler that answers without committing (here a 400) meets the claim
      * before its answer goes out: a completed key with another body is still a
      * 422, and a 400 stores nothing, so the key then works with a valid body */
@@ -397,6 +402,53 @@ static void test_grouped_commits(void)
     hfree(&r);
     CU_ASSERT_EQUAL(outbox_rows_with(type1), 2);
     free(store);
+
+    /* keys whose records expired, sent at once with new keys: a group that
+     * takes every key to be new (no claims) replaces the expired records in
+     * its one guarded insert, so it is not refused and sent again. These keys
+     * were committed one at a time, so no thread remembers them (command.c,
+     * recent keys) and their groups go without claims. */
+    enum { EXP_N = 8 };
+    mix_job_t ej[2 * EXP_N];
+    pthread_t eth[2 * EXP_N];
+    for (int i = 0; i < EXP_N; i++) {
+        snprintf(ej[i].hdrs, sizeof ej[i].hdrs, "Content-Type: application/json\r\nIdempotency-Key: %s-exp-%d\r\n",
+                 tag, i);
+        snprintf(ej[i].body, sizeof ej[i].body, "{\"type\":\"%s.exp.%d\"}", tag, i);
+        CU_ASSERT_EQUAL(hpost(gw->port, EVENTS, ej[i].hdrs, ej[i].body, &r), 0);
+        CU_ASSERT_TRUE(expect_status(&r, 202, "first of a key that will expire"));
+        hfree(&r);
+        snprintf(ej[EXP_N + i].hdrs, sizeof ej[i].hdrs,
+                 "Content-Type: application/json\r\nIdempotency-Key: %s-exp-new-%d\r\n", tag, i);
+        snprintf(ej[EXP_N + i].body, sizeof ej[i].body, "{\"type\":\"%s.expnew.%d\"}", tag, i);
+    }
+    char *like = xasprintf("%s-exp-", tag);
+    up = pg_query(db, "UPDATE gateway.idempotency SET expires_at = now() - interval '1 second'"
+                      " WHERE strpos(store_key, $1) > 0",
+                  1, (const char *const[]){like});
+    CU_ASSERT_TRUE(up && atoi(PQcmdTuples(up)) == EXP_N);
+    PQclear(up);
+    free(like);
+    double retries0 = metric(gw->port, "ecom_command_group_retries_total");
+    pthread_barrier_t ebar;
+    pthread_barrier_init(&ebar, NULL, 2 * EXP_N);
+    for (int i = 0; i < 2 * EXP_N; i++) {
+        ej[i].port = gw->port;
+        ej[i].bar = &ebar;
+        pthread_create(&eth[i], NULL, mix_run, &ej[i]);
+    }
+    for (int i = 0; i < 2 * EXP_N; i++)
+        pthread_join(eth[i], NULL);
+    pthread_barrier_destroy(&ebar);
+    for (int i = 0; i < 2 * EXP_N; i++) {
+        char type[96];
+        snprintf(type, sizeof type, i < EXP_N ? "\"%s.exp.%d\"" : "\"%s.expnew.%d\"", tag, i % EXP_N);
+        CU_ASSERT_TRUE(expect_status(&ej[i].resp, 202, "an expired or new key, sent at once"));
+        CU_ASSERT_STRING_EQUAL(hheader(&ej[i].resp, "Idempotent-Replayed", rep, sizeof rep) ? rep : "", "false");
+        CU_ASSERT_EQUAL(outbox_rows_with(type), i < EXP_N ? 2 : 1);
+        hfree(&ej[i].resp);
+    }
+    CU_ASSERT_EQUAL(metric(gw->port, "ecom_command_group_retries_total"), retries0);
     for (int i = 0; i < MIX_OLD; i++)
         free(old_body[i]);
     free(tag);
