@@ -569,11 +569,18 @@ static void on_commit_conn(pga_conn_t *c, const char *err, void *arg)
  * the group committed (one transaction), and each command runs again alone,
  * where its own claim decides. If the connection was lost, a COMMIT may have
  * happened: keyed commands run alone again and replay what was committed, and
- * a command without a key answers 503, as a single command would. A group of
- * one command is the single pipeline (send_commit). */
+ * a command without a key answers 503, as a single command would (send_commit,
+ * the pipeline of one command with its claim, is what a command runs alone).
+ *
+ * While a group is on its way, the commands that follow wait for it and go
+ * together in the next one: a second group goes beside it only once
+ * GROUP_SPREAD commands wait. Under a moderate load that makes fewer, larger
+ * transactions (one WAL flush and one round trip for more commands); under a
+ * heavy one, up to GROUP_COLLECTORS groups run side by side. */
 
 #define GROUP_MAX 32       /* commands in one group */
-#define GROUP_COLLECTORS 4 /* connection requests outstanding per thread (the pool's size) */
+#define GROUP_COLLECTORS 4 /* groups in flight per thread, with the connection requests (the pool's size) */
+#define GROUP_SPREAD 8     /* commands waiting that start a second group beside one in flight */
 
 /* One queue per gateway thread (th->cmd_queue): a pool and its requests live on
  * one thread. */
@@ -584,6 +591,7 @@ typedef struct gw_cmd_queue {
     commit_ctx_t *head, *tail;
     int queued;
     int collectors; /* pga_acquire calls not yet called back */
+    int inflight;   /* groups sent and not yet answered */
     uint64_t recent[RECENT_KEYS];
 } group_q_t;
 
@@ -669,6 +677,15 @@ static void group_free(group_t *g)
     free(g);
 }
 
+/* A group sent is answered: the next one may go. */
+static void group_done(group_t *g)
+{
+    group_q_t *q = g->q;
+    q->inflight--;
+    free(g);
+    group_kick(q);
+}
+
 #define GROUP_TRIES 3 /* pipelines for one group before its commands run alone */
 
 static void group_send(group_t *g, bool rollback_first);
@@ -732,7 +749,7 @@ static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err
             log_ctx_set(NULL);
             cc_drop(cc);
         }
-        free(g);
+        group_done(g);
         return;
     }
     /* nothing of the group committed, unless the connection was lost after
@@ -777,7 +794,7 @@ static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err
         else
             cc_alone(g->cc[i]);
     }
-    free(g);
+    group_done(g);
 }
 
 /* A text-format array literal ({"a","b\\"c",NULL}), built for one parameter. */
@@ -974,23 +991,22 @@ static void on_group_conn(pga_conn_t *c, const char *err, void *arg)
         stmts += cc_stmts(cc);
         g->cc[g->n++] = cc;
     }
-    group_kick(q);
     if (g->n == 0) {
+        group_kick(q);
         pga_release(c, false);
         group_free(g);
-    } else if (g->n == 1) {
-        commit_ctx_t *cc = g->cc[0];
-        group_free(g);
-        cc->r->pg = c;
-        send_commit(cc->r, cc);
     } else {
+        q->inflight++;
+        group_kick(q);
         group_send(g, false);
     }
 }
 
 static void group_kick(group_q_t *q)
 {
-    while (q->collectors < GROUP_COLLECTORS && q->collectors < q->queued) {
+    while (q->collectors + q->inflight < GROUP_COLLECTORS && q->collectors < q->queued) {
+        if (q->collectors + q->inflight > 0 && q->queued < GROUP_SPREAD)
+            break; /* a group is on its way: the next one grows while it runs */
         if (pga_acquire(q->pool, on_group_conn, q) != 0) {
             if (q->collectors == 0)
                 q_fail_all(q, "too many requests are waiting for the database");
