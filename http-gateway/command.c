@@ -587,6 +587,7 @@ static void on_commit_conn(pga_conn_t *c, const char *err, void *arg)
 #define RECENT_KEYS 4096 /* keys this thread saw committed or taken lately (direct-mapped hashes) */
 
 typedef struct gw_cmd_queue {
+    gw_thread_t *th;
     pga_pool_t *pool;
     commit_ctx_t *head, *tail;
     int queued;
@@ -681,8 +682,13 @@ static void group_free(group_t *g)
 static void group_done(group_t *g)
 {
     group_q_t *q = g->q;
+    gw_shared_t *sh = q->th->sh;
     q->inflight--;
     free(g);
+    if (atomic_fetch_sub(&sh->commit_inflight, 1) == 1 && !atomic_load(&sh->draining))
+        for (int i = 0; i < sh->nthreads; i++) /* the other threads' waiting commands may go */
+            if (&sh->threads[i] != q->th && sh->threads[i].commit_kick)
+                event_active(sh->threads[i].commit_kick, EV_TIMEOUT, 0);
     group_kick(q);
 }
 
@@ -997,6 +1003,7 @@ static void on_group_conn(pga_conn_t *c, const char *err, void *arg)
         group_free(g);
     } else {
         q->inflight++;
+        atomic_fetch_add(&q->th->sh->commit_inflight, 1);
         group_kick(q);
         group_send(g, false);
     }
@@ -1004,9 +1011,13 @@ static void on_group_conn(pga_conn_t *c, const char *err, void *arg)
 
 static void group_kick(group_q_t *q)
 {
+    gw_shared_t *sh = q->th->sh;
     while (q->collectors + q->inflight < GROUP_COLLECTORS && q->collectors < q->queued) {
-        if (q->collectors + q->inflight > 0 && q->queued < GROUP_SPREAD)
-            break; /* a group is on its way: the next one grows while it runs */
+        /* a group is on its way (this thread's, or while the gateway is not
+         * draining, another thread's): the next one grows while it runs */
+        int busy = q->collectors + (atomic_load(&sh->draining) ? q->inflight : atomic_load(&sh->commit_inflight));
+        if (busy > 0 && q->queued < GROUP_SPREAD)
+            break;
         if (pga_acquire(q->pool, on_group_conn, q) != 0) {
             if (q->collectors == 0)
                 q_fail_all(q, "too many requests are waiting for the database");
@@ -1021,6 +1032,7 @@ static void group_enqueue(commit_ctx_t *cc)
     gw_thread_t *th = cc->r->th;
     if (!th->cmd_queue) {
         th->cmd_queue = xcalloc(1, sizeof *th->cmd_queue);
+        th->cmd_queue->th = th;
         th->cmd_queue->pool = th->pg;
     }
     group_q_t *q = th->cmd_queue;
@@ -1106,6 +1118,12 @@ void gw_cmd_commit(gw_req_t *r, int status, json_object *body)
         return;
     }
     group_enqueue(cc);
+}
+
+void gw_cmd_kick(gw_thread_t *th)
+{
+    if (th->cmd_queue)
+        group_kick(th->cmd_queue);
 }
 
 void gw_cmd_queue_free(gw_thread_t *th)

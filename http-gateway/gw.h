@@ -78,6 +78,7 @@ struct gw_shared {
     metric_t *m_cache_hit, *m_cache_miss, *m_cache_stale, *m_idem_replay, *m_idem_conflict, *m_idem_inflight;
     metric_t *m_latency, *m_breaker_rejected, *m_chaos;
     metric_t *m_group_retries; /* command groups sent again with their claims (command.c) */
+    atomic_int commit_inflight; /* command groups on their way, all threads (command.c) */
 };
 
 struct gw_thread {
@@ -88,6 +89,7 @@ struct gw_thread {
     h1_server_t *http;
     pga_pool_t *pg; /* PostgreSQL mode */
     struct gw_cmd_queue *cmd_queue; /* commands waiting to commit in a group (command.c) */
+    struct event *commit_kick; /* another thread's group came back: this one's may go (command.c) */
     db_t *memdb;    /* memory mode */
     chaos_rng_t rng;
     struct event *tick;
@@ -265,6 +267,8 @@ void gw_tx_abort(gw_req_t *r);
 void gw_idem_cleanup(gw_thread_t *th);
 /* After pga_pool_free (which answers every queued command): frees th->cmd_queue. */
 void gw_cmd_queue_free(gw_thread_t *th);
+/* The thread's waiting commands may go now (its commit_kick event). */
+void gw_cmd_kick(gw_thread_t *th);
 
 /* ---- handlers (routes.c) ---- */
 const route_t *gw_routes(size_t *n);

@@ -502,6 +502,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     }
     h1_server_sweep(th->http);
+    gw_cmd_kick(th); /* commands waiting on another thread's group: never longer than a tick */
     if (th->index == 0) {
         int64_t now = clock_mono_ms();
         if (now >= th->next_cleanup) {
@@ -516,6 +517,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
             health_report("memory-store", true, 0);
         }
     }
+}
+
+static void on_commit_kick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_cmd_kick(arg);
 }
 
 static int bind_reuseport(gw_thread_t *th, int port)
@@ -571,6 +579,7 @@ static int thread_init(gw_thread_t *th, gw_shared_t *sh, int index)
         fprintf(stderr, "ecom gateway: cannot listen on port %ld: %s\n", cfg->port, strerror(errno));
         return -1;
     }
+    th->commit_kick = event_new(th->base, -1, 0, on_commit_kick, th);
     th->tick = event_new(th->base, -1, EV_PERSIST, on_tick, th);
     event_add(th->tick, &(struct timeval){0, 100000});
     return 0;
@@ -580,6 +589,8 @@ static void thread_free(gw_thread_t *th)
 {
     if (th->tick)
         event_free(th->tick);
+    if (th->commit_kick)
+        event_free(th->commit_kick);
     if (th->pg)
         pga_pool_free(th->pg); /* pending database work calls back (and answers) first */
     gw_cmd_queue_free(th);
