@@ -31,11 +31,11 @@
 #include <unistd.h>
 
 #define H1_BUF_INITIAL 4096
-#define H1_LINGER_MS 2000          /* reading what a client still sends after our last answer */
-#define H1_LINGER_MAX (16u << 20)  /* ... at most this much */
-#define H1_CHUNK_LINE_MAX 1024     /* a chunk-size line with its extensions */
-#define H1_TRAILER_MAX 8192        /* the trailer section of a chunked body */
-#define H1_HEAD_STACK 2048         /* an answer's head is built here when it fits */
+#define H1_LINGER_MS 2000         /* reading what a client still sends after our last answer */
+#define H1_LINGER_MAX (16u << 20) /* ... at most this much */
+#define H1_CHUNK_LINE_MAX 1024    /* a chunk-size line with its extensions */
+#define H1_TRAILER_MAX 8192       /* the trailer section of a chunked body */
+#define H1_HEAD_STACK 2048        /* an answer's head is built here when it fits */
 
 typedef enum {
     ST_HEAD,     /* reading a request's head */
@@ -479,8 +479,10 @@ static int dechunk(h1_conn_t *c)
             size_t i = 0;
             for (; i < ll; i++) {
                 char ch = line[i];
-                int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
-                        : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+                int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                        : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                        : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                                 : -1;
                 if (d < 0)
                     break;
                 if (size > (UINT64_MAX >> 4))
@@ -566,7 +568,7 @@ static void conn_advance(h1_conn_t *c)
     while (c->fd >= 0 && !c->dead) {
         if (c->state == ST_HEAD) {
             if (evbuffer_get_length(c->out) > 0)
-                return; /* the previous answer is still going out */
+                return;      /* the previous answer is still going out */
             size_t skip = 0; /* empty lines before a request line are ignored */
             while (c->len - skip >= 2 && c->buf[skip] == '\r' && c->buf[skip + 1] == '\n')
                 skip += 2;

@@ -37,8 +37,8 @@ static h1_server_t *srv;
 static pthread_t srv_thread;
 static int port;
 static atomic_int mode = MODE_NOW;
-static atomic_int requests;   /* requests the callback saw */
-static atomic_int answered;   /* answers given */
+static atomic_int requests;    /* requests the callback saw */
+static atomic_int answered;    /* answers given */
 static atomic_size_t big_body; /* GET /big answers this many bytes */
 
 typedef struct later {
@@ -347,8 +347,8 @@ static void pipelined(int how)
 {
     atomic_store(&mode, how);
     client_t *c = cl_open();
-    const char *reqs = GET("/one", "") "POST /two HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello" GET("/three", "")
-        "POST /four HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    const char *reqs = GET("/one", "") "POST /two HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello" GET(
+        "/three", "") "POST /four HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
     CU_ASSERT_EQUAL(cl_sends(c, reqs), 0);
     expect_body(c, "GET /one 0:");
     expect_body(c, "POST /two 5:hello");
@@ -417,7 +417,8 @@ static void test_continue(void)
     CU_ASSERT_EQUAL(cl_sends(c, "ping"), 0);
     expect_body(c, "POST /e 4:ping");
     /* the body sent at once: no 100 needed, none sent */
-    CU_ASSERT_EQUAL(cl_sends(c, "POST /f HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok"), 0);
+    CU_ASSERT_EQUAL(cl_sends(c, "POST /f HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok"),
+                    0);
     expect_body(c, "POST /f 2:ok");
     cl_close(c);
 }
@@ -467,11 +468,11 @@ static void test_refusals(void)
     } cases[] = {
         {"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
         {"GET / HTTP/1.1\r\nHost: t\r\nX-A: one\r\n two\r\n\r\n", 400}, /* obs-fold */
-        {"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\nb\r\n\r\n", 400},          /* a bare LF */
-        {"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n", 400},          /* a bare CR */
-        {"GET / HTTP/1.1\r\nHost : t\r\n\r\n", 400},                      /* space before the colon */
-        {"GET / HTTP/1.1\r\nX-A: a\r\n\r\n", 400},                        /* no Host */
-        {"GET / HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", 400},           /* two Hosts */
+        {"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\nb\r\n\r\n", 400},        /* a bare LF */
+        {"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n", 400},        /* a bare CR */
+        {"GET / HTTP/1.1\r\nHost : t\r\n\r\n", 400},                    /* space before the colon */
+        {"GET / HTTP/1.1\r\nX-A: a\r\n\r\n", 400},                      /* no Host */
+        {"GET / HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", 400},          /* two Hosts */
         {"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n", 400},
         {"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400},
         {"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400},
