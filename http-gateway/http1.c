@@ -11,6 +11,7 @@
 #include "http-gateway/http1.h"
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 
 #include <arpa/inet.h>
@@ -98,15 +99,15 @@ struct h1_server {
     void *arg;
     h1_conn_t *conns; /* every open connection */
     size_t nconns;
+    bool accept_paused; /* accept failed (out of file descriptors): resumed by the sweep or a close */
     bool closing;
     int64_t last_sweep;
 };
 
 static int64_t now_ms(h1_server_t *s)
 {
-    struct timeval tv;
-    event_base_gettimeofday_cached(s->base, &tv);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    (void)s;
+    return clock_mono_ms(); /* not the wall clock: a clock step moves no timeout */
 }
 
 /* ---- character classes (RFC 9110 §5.6.2, §5.5) ---- */
@@ -136,6 +137,14 @@ static void conn_read_on(h1_conn_t *c, bool on)
     c->rev_on = on;
 }
 
+static void accept_resume(h1_server_t *s)
+{
+    if (s->accept_paused && s->listener) {
+        s->accept_paused = false;
+        evconnlistener_enable(s->listener);
+    }
+}
+
 static void conn_free(h1_conn_t *c)
 {
     h1_server_t *s = c->s;
@@ -147,6 +156,7 @@ static void conn_free(h1_conn_t *c)
     if (c->fd >= 0) {
         close(c->fd);
         s->nconns--;
+        accept_resume(s);
     }
     if (c->prev)
         c->prev->next = c->next;
@@ -173,6 +183,7 @@ static void conn_close(h1_conn_t *c)
         close(c->fd);
         c->fd = -1;
         c->s->nconns--;
+        accept_resume(c->s);
     }
     if (c->state == ST_INFLIGHT)
         return;
@@ -246,14 +257,16 @@ static void conn_after_write(h1_conn_t *c, int flushed)
     }
     if (flushed > 0)
         return;
-    if (c->state == ST_LINGER)
-        return;
+    if (c->state != ST_HEAD)
+        return; /* a 100 Continue went out: the request is still being read, or in flight */
     if (c->close_after) {
         conn_linger(c);
         return;
     }
-    if (!c->in_dispatch && c->len > 0)
-        event_active(&c->kick, 0, 0); /* a pipelined request waits: parsed on the next pass */
+    if (!c->eof)
+        conn_read_on(c, true); /* off while the buffer was full behind the answer */
+    if (!c->in_dispatch && (c->len > 0 || c->eof))
+        event_active(&c->kick, 0, 0); /* a pipelined request waits, or the client is done */
 }
 
 static void on_write(evutil_socket_t fd, short what, void *arg)
@@ -357,8 +370,21 @@ static int parse_head(h1_conn_t *c)
     q->target = t;
     q->minor = p[7] - '0';
     p += 10;
-    if (!(t[0] == '/' || (t[0] == '*' && t[1] == '\0' && strcmp(m, "OPTIONS") == 0)))
-        return 400;
+    if (!(t[0] == '/' || (t[0] == '*' && t[1] == '\0' && strcmp(m, "OPTIONS") == 0))) {
+        /* absolute-form (RFC 9112 §3.2.2): the path and query are the target */
+        size_t scheme = strncasecmp(t, "http://", 7) == 0 ? 7 : strncasecmp(t, "https://", 8) == 0 ? 8 : 0;
+        if (!scheme)
+            return 400;
+        char *a = t + scheme, *path = a + strcspn(a, "/?");
+        if (path == a || *path == '?')
+            return 400;
+        if (*path == '/') {
+            q->target = path;
+        } else {
+            t[0] = '/'; /* no path: "/", written over the scheme */
+            t[1] = '\0';
+        }
+    }
 
     /* field-line = field-name ":" OWS field-value OWS CRLF */
     while (p < end) {
@@ -489,9 +515,14 @@ static int dechunk(h1_conn_t *c)
                     return 413;
                 size = size * 16 + (uint64_t)d;
             }
-            if (i == 0)
+            if (i == 0 || ll > H1_CHUNK_LINE_MAX)
                 return 400;
-            for (; i < ll; i++) /* chunk extensions: ignored, but only printable */
+            size_t j = i; /* chunk-size [BWS] *( ";" chunk-ext ): extensions ignored, only printable */
+            while (j < ll && (line[j] == ' ' || line[j] == '\t'))
+                j++;
+            if (j < ll && line[j] != ';')
+                return 400;
+            for (; i < ll; i++)
                 if (!is_field_vchar((unsigned char)line[i]))
                     return 400;
             if (size == 0) {
@@ -578,14 +609,16 @@ static void conn_advance(h1_conn_t *c)
                 c->scan = 0;
             }
             if (c->len < 4)
-                return;
+                goto need_more;
             size_t from = c->scan;
             char *e = memmem(c->buf + from, c->len - from, "\r\n\r\n", 4);
             if (!e) {
                 c->scan = c->len - 3;
-                if (c->len > c->s->lim.max_head)
+                if (c->len > c->s->lim.max_head) {
                     fail(c, 431);
-                break;
+                    break;
+                }
+                goto need_more;
             }
             c->head_len = (size_t)(e - c->buf) + 4;
             int st = c->head_len > c->s->lim.max_head ? 431 : parse_head(c);
@@ -598,9 +631,9 @@ static void conn_advance(h1_conn_t *c)
             size_t need = c->head_len + c->body_need;
             if (c->len < need) {
                 reserve(c, need);
-                if (c->expect_continue && !c->continue_sent)
+                if (c->expect_continue && !c->continue_sent && !c->eof)
                     send_continue(c);
-                return;
+                goto need_more;
             }
             c->q.body = c->body_need ? c->buf + c->head_len : NULL;
             c->q.body_len = c->body_need;
@@ -616,9 +649,9 @@ static void conn_advance(h1_conn_t *c)
                 }
                 if (c->len == c->cap)
                     reserve(c, c->cap * 2);
-                if (c->expect_continue && !c->continue_sent)
+                if (c->expect_continue && !c->continue_sent && !c->eof)
                     send_continue(c);
-                return;
+                goto need_more;
             }
             if (st != 1) {
                 fail(c, st);
@@ -638,6 +671,11 @@ static void conn_advance(h1_conn_t *c)
     }
     if (c->dead)
         conn_free(c);
+    return;
+need_more:
+    /* the client shut its side: what it sent is answered, then the connection closes */
+    if (c->eof && c->fd >= 0 && evbuffer_get_length(c->out) == 0)
+        conn_close(c);
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg)
@@ -658,15 +696,17 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (c->len == c->cap) {
-        if (c->state == ST_INFLIGHT) {
-            conn_read_on(c, false); /* no room until the answer: the client waits */
+        if (c->state == ST_INFLIGHT || evbuffer_get_length(c->out) > 0) {
+            /* no room until the answer is given, or has gone out (a client that
+             * pipelines without reading): the client waits */
+            conn_read_on(c, false);
             return;
         }
         reserve(c, c->cap ? c->cap * 2 : H1_BUF_INITIAL);
     }
     ssize_t n = recv(fd, c->buf + c->len, c->cap - c->len, 0);
     if (n > 0) {
-        if (c->len == 0 && c->state == ST_HEAD)
+        if (c->len == 0 && c->state == ST_HEAD && c->buf[0] != '\r' && c->buf[0] != '\n')
             c->mark_ms = now_ms(c->s); /* a request begins: it must arrive within the timeout */
         c->len += (size_t)n;
         if (c->state != ST_INFLIGHT)
@@ -675,13 +715,17 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
-    if (n == 0 && c->state == ST_INFLIGHT) {
-        c->eof = true; /* the client shut its side and waits for the answer */
-        c->close_after = true;
+    if (n == 0 && (c->state == ST_INFLIGHT || evbuffer_get_length(c->out) > 0 || c->len > 0)) {
+        /* the client shut its side: it still gets the answers to what it sent
+         * (a request in flight, an answer still going out, complete requests
+         * in the buffer), then the connection closes */
+        c->eof = true;
         conn_read_on(c, false);
+        if (c->state != ST_INFLIGHT && evbuffer_get_length(c->out) == 0)
+            conn_advance(c);
         return;
     }
-    conn_close(c); /* the client left (or failed) between requests, or mid-request */
+    conn_close(c); /* the client left (or failed) between requests */
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
@@ -724,6 +768,19 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 
 /* ---- the server ---- */
 
+/* accept() failed (out of file descriptors, say): the listening socket would
+ * be ready again at once, so it is left alone until a connection closes or
+ * the next sweep. */
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    h1_server_t *s = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    evconnlistener_disable(l);
+    if (!s->accept_paused)
+        log_warn("http1: accepting paused (%s); %zu connections open", evutil_socket_error_to_string(err), s->nconns);
+    s->accept_paused = true;
+}
+
 h1_server_t *h1_server_new(struct event_base *base, int fd, const h1_limits_t *lim, h1_request_cb cb, void *arg)
 {
     h1_server_t *s = xcalloc(1, sizeof *s);
@@ -737,6 +794,7 @@ h1_server_t *h1_server_new(struct event_base *base, int fd, const h1_limits_t *l
         free(s);
         return NULL;
     }
+    evconnlistener_set_error_cb(s->listener, on_accept_error);
     return s;
 }
 
@@ -760,6 +818,7 @@ void h1_server_sweep(h1_server_t *s)
     if (s->last_sweep && now - s->last_sweep < 1000)
         return;
     s->last_sweep = now;
+    accept_resume(s);
     int64_t limit = (int64_t)s->lim.timeout_s * 1000;
     h1_conn_t *next;
     for (h1_conn_t *c = s->conns; c; c = next) {
@@ -893,6 +952,8 @@ void h1_reply(h1_req_t *q, int status, const char *reason, const h1_field_t *fie
         log_error("http1: an answer for a request that is not waiting for one (status %d)", status);
         return;
     }
+    if (status < 100 || status > 999)
+        status = 500;
     size_t blen = body ? evbuffer_get_length(body) : 0;
     bool bodyless = q->head || status < 200 || status == 204 || status == 304;
     bool close = c->close_after || c->s->closing;
@@ -900,8 +961,6 @@ void h1_reply(h1_req_t *q, int status, const char *reason, const h1_field_t *fie
     if (c->fd >= 0) {
         head_t h = {.cap = sizeof h.stack};
         h.p = h.stack;
-        if (status < 100 || status > 999)
-            status = 500;
         char sl[13] = "HTTP/1.1 000";
         sl[9] = (char)('0' + status / 100);
         sl[10] = (char)('0' + status / 10 % 10);

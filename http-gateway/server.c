@@ -490,6 +490,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         if (!atomic_exchange(&sh->draining, true))
             health_set_shutting_down(true);
         h1_server_set_closing(th->http); /* answers close their connections from now on */
+        h1_server_sweep(th->http);       /* idle ones close now, timeouts go on */
         int64_t now = clock_mono_ms();
         if (!th->drain_until)
             th->drain_until = now + GW_REQUEST_TIMEOUT_MS + 1000;

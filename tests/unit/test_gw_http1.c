@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -340,6 +341,11 @@ static void test_keep_alive(void)
     /* empty lines before a request line are ignored */
     CU_ASSERT_EQUAL(cl_sends(c, "\r\n\r\n" GET("/b", "")), 0);
     expect_body(c, "GET /b 0:");
+    /* absolute-form: the path and query are the target */
+    CU_ASSERT_EQUAL(cl_sends(c, "GET http://t/abs?x=1 HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
+    expect_body(c, "GET /abs?x=1 0:");
+    CU_ASSERT_EQUAL(cl_sends(c, "GET HTTPS://t:8443 HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
+    expect_body(c, "GET / 0:");
     cl_close(c);
 }
 
@@ -480,6 +486,9 @@ static void test_refusals(void)
         {"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
         {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
         {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n", 400},
+        {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5xyz\r\nhello\r\n0\r\n\r\n", 400},
+        {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0x10\r\n0123456789abcdef\r\n0\r\n\r\n", 400},
+        {"GET ftp://t/x HTTP/1.1\r\nHost: t\r\n\r\n", 400},
         {"GET /x y HTTP/1.1\r\nHost: t\r\n\r\n", 400},
         {"GET x HTTP/1.1\r\nHost: t\r\n\r\n", 400},
         {"G(T / HTTP/1.1\r\nHost: t\r\n\r\n", 400},
@@ -564,6 +573,23 @@ static void test_client_leaves(void)
     CU_ASSERT_TRUE(cl_closed(c));
     cl_close(c);
 
+    /* half-closed at once behind a large answer and a pipelined request, answered
+     * at once: both answers arrive whole, then the connection closes */
+    atomic_store(&mode, MODE_NOW);
+    atomic_store(&big_body, (size_t)(4u << 20));
+    c = cl_open();
+    CU_ASSERT_EQUAL(cl_sends(c, GET("/big", "") GET("/after-big", "")), 0);
+    shutdown(c->fd, SHUT_WR);
+    nanosleep(&(struct timespec){0, 100000000}, NULL); /* the server sees the EOF with the answer unsent */
+    resp_t big;
+    CU_ASSERT_EQUAL_FATAL(cl_read(c, false, &big), 0);
+    CU_ASSERT_EQUAL(big.blen, 4u << 20);
+    free(big.body);
+    expect_body(c, "GET /after-big 0:");
+    CU_ASSERT_TRUE(cl_closed(c));
+    cl_close(c);
+    atomic_store(&mode, MODE_LATER);
+
     /* gone while its request is in flight (and one more pipelined): the answer
      * goes nowhere, nothing leaks (ASan), the server goes on */
     int before = atomic_load(&answered), seen = atomic_load(&requests);
@@ -606,6 +632,44 @@ static void test_large_answer(void)
     cl_close(c);
 }
 
+/* A client that pipelines without reading its answers: once an answer cannot
+ * go out, the server stops reading, so what the client can write stays
+ * bounded by the socket buffers (it would otherwise reach the 64 MiB cap). */
+static void test_pipeliner_not_reading(void)
+{
+    atomic_store(&mode, MODE_NOW);
+    atomic_store(&big_body, (size_t)(4u << 20));
+    client_t *c = cl_open();
+    int fl = fcntl(c->fd, F_GETFL);
+    fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
+    static const char req[] = GET("/big", "");
+    char chunk[64 * (sizeof req - 1)];
+    for (size_t i = 0; i < 64; i++)
+        memcpy(chunk + i * (sizeof req - 1), req, sizeof req - 1);
+    size_t total = 0, cap = 64u << 20;
+    while (total < cap) {
+        struct pollfd pfd = {.fd = c->fd, .events = POLLOUT};
+        if (poll(&pfd, 1, 300) <= 0)
+            break; /* no room for 300 ms: the server stopped reading */
+        ssize_t k = send(c->fd, chunk, sizeof chunk, MSG_NOSIGNAL);
+        if (k > 0)
+            total += (size_t)k;
+        else if (k < 0 && errno != EAGAIN && errno != EINTR)
+            break;
+    }
+    fprintf(stderr, "\n  a client pipelining without reading wrote %.1f MiB before the server stopped reading\n",
+            (double)total / (1u << 20));
+    CU_ASSERT_TRUE(total < cap / 2);
+    struct linger lg = {1, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    cl_close(c);
+    /* the server goes on */
+    c = cl_open();
+    CU_ASSERT_EQUAL(cl_sends(c, GET("/after-pipeliner", "")), 0);
+    expect_body(c, "GET /after-pipeliner 0:");
+    cl_close(c);
+}
+
 static void test_invalid_answer_fields(void)
 {
     atomic_store(&mode, MODE_NOW);
@@ -636,6 +700,47 @@ static void test_timeouts(void)
     CU_ASSERT_TRUE(cl_closed(half));
     cl_close(idle);
     cl_close(half);
+    /* empty lines are not a request: sending one every 300 ms does not keep
+     * an idle connection open */
+    client_t *crlf = cl_open();
+    bool closed = false;
+    for (int i = 0; i < 30 && !closed; i++) {
+        closed = cl_sends(crlf, "\r\n") != 0;
+        struct pollfd pfd = {.fd = crlf->fd, .events = POLLIN};
+        if (!closed && poll(&pfd, 1, 300) > 0)
+            closed = cl_closed(crlf);
+    }
+    CU_ASSERT_TRUE(closed);
+    cl_close(crlf);
+}
+
+/* The process runs out of file descriptors while a client connects: accepting
+ * pauses (rather than failing in a loop) and resumes once descriptors are
+ * free again, and the waiting client is served. */
+static void test_out_of_descriptors(void)
+{
+    atomic_store(&mode, MODE_NOW);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CU_ASSERT_TRUE_FATAL(fd >= 0);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int *held = xmalloc(65536 * sizeof *held);
+    int n = 0;
+    while (n < 65536 && (held[n] = dup(fd)) >= 0)
+        n++;
+    CU_ASSERT_EQUAL(errno, EMFILE);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CU_ASSERT_EQUAL(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0); /* queued by the kernel */
+    nanosleep(&(struct timespec){0, 300000000}, NULL);                  /* the server's accept fails */
+    while (n > 0)
+        close(held[--n]);
+    free(held);
+    client_t *c = xcalloc(1, sizeof *c);
+    c->fd = fd;
+    CU_ASSERT_EQUAL(cl_sends(c, GET("/after-emfile", "")), 0);
+    expect_body(c, "GET /after-emfile 0:");
+    cl_close(c);
 }
 
 int main(void)
@@ -652,8 +757,10 @@ int main(void)
         {"a 2 MiB body: 413, drained so the client reads it", test_too_large_drained},
         {"a client that half-closes or leaves mid-request", test_client_leaves},
         {"an answer larger than the socket takes, then the next", test_large_answer},
+        {"a client pipelining without reading is not buffered without bound", test_pipeliner_not_reading},
         {"answer fields with CR/LF or a bad name are left out", test_invalid_answer_fields},
         {"idle and half-sent connections time out", test_timeouts},
+        {"out of file descriptors: accepting pauses, then resumes", test_out_of_descriptors},
         CU_TEST_INFO_NULL,
     };
     return test_main("gw_http1", tests, start_server, stop_server);
