@@ -582,10 +582,10 @@ static void on_commit_conn(pga_conn_t *c, const char *err, void *arg)
 #define GROUP_COLLECTORS 4 /* groups in flight per thread, with the connection requests (the pool's size) */
 #define GROUP_SPREAD 8     /* commands waiting that start a second group beside one in flight */
 
-/* One queue per gateway thread (th->cmd_queue): a pool and its requests live on
- * one thread. */
 #define RECENT_KEYS 4096 /* keys this thread saw committed or taken lately (direct-mapped hashes) */
 
+/* One queue per gateway thread (th->cmd_queue): a pool and its requests live on
+ * one thread. */
 typedef struct gw_cmd_queue {
     gw_thread_t *th;
     pga_pool_t *pool;
