@@ -27,6 +27,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/pgarray.h"
 #include "core/strmap.h"
 
 #include <event2/buffer.h>
@@ -431,7 +432,6 @@ typedef struct commit_ctx {
     bool claim; /* the pipeline claims the key: results 0 (claim) and 1 (guard) */
     bool explicit_tx; /* inside the handler's transaction: ends with COMMIT */
     struct commit_ctx *next; /* in the thread's queue of commands to group */
-    char status_s[8];        /* the record's parameters, kept for a group's pipeline */
 } commit_ctx_t;
 
 static void answer_committed(gw_req_t *r, int status, const char *body, size_t len)
@@ -803,59 +803,14 @@ static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err
     group_done(g);
 }
 
-/* A text-format array literal ({"a","b\\"c",NULL}), built for one parameter. */
-typedef struct tarr {
-    char *p;
-    size_t len, cap;
-} tarr_t;
-
-static void tarr_put(tarr_t *a, const char *s, size_t n)
-{
-    if (a->len + n + 2 > a->cap) {
-        a->cap = (a->len + n + 2) * 2;
-        a->p = xrealloc(a->p, a->cap);
-    }
-    memcpy(a->p + a->len, s, n);
-    a->len += n;
-    a->p[a->len] = '\0';
-}
-
-static void tarr_add(tarr_t *a, const char *v)
-{
-    tarr_put(a, a->len ? "," : "{", 1);
-    if (!v) {
-        tarr_put(a, "NULL", 4);
-        return;
-    }
-    tarr_put(a, "\"", 1);
-    for (const char *q = v; *q;) {
-        size_t run = strcspn(q, "\"\\");
-        tarr_put(a, q, run);
-        q += run;
-        if (*q) {
-            char esc[2] = {'\\', *q++};
-            tarr_put(a, esc, 2);
-        }
-    }
-    tarr_put(a, "\"", 1);
-}
-
-static const char *tarr_end(tarr_t *a)
-{
-    if (!a->len)
-        tarr_put(a, "{", 1);
-    tarr_put(a, "}", 1);
-    return a->p;
-}
-
 /* The records of a group's keys in one statement, while the locks are held and
  * no live record exists (an expired one is replaced: an optimistic try has not
  * dropped it); else a division by zero (SQLSTATE 22012) aborts the pipeline,
  * as sql_record_guard does for one key. */
 static const char sql_record_guard_many[] =
     "WITH ins AS (INSERT INTO gateway.idempotency (store_key, tenant, fingerprint, status, content_type, body,"
-    " expires_at) SELECT u.k, u.t, u.f, u.s, $5::text, u.b, now() + make_interval(secs => $7::int)"
-    " FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $6::text[]) AS u(k, t, f, s, b)"
+    " expires_at) SELECT u.k, u.t, u.f, u.s::int, $6::text, u.b, now() + make_interval(secs => $7::int)"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) AS u(k, t, f, s, b)"
     " WHERE pg_try_advisory_xact_lock(hashtextextended(u.k, 0))"
     " ON CONFLICT (store_key) DO UPDATE SET tenant = EXCLUDED.tenant, fingerprint = EXCLUDED.fingerprint,"
     " status = EXCLUDED.status, content_type = EXCLUDED.content_type, body = EXCLUDED.body,"
@@ -909,30 +864,46 @@ static void group_send(group_t *g, bool rollback_first)
         k[i][0] = cc->r->idem_store;
         st[n++] = (pga_stmt_t){.name = "gw_idem_claim", .sql = sql_claim, .nparams = 1, .params = k[i]};
     }
-    /* every key's guarded record in one statement, every outbox row in one:
-     * per command only its domain writes remain statements of their own */
-    tarr_t rec[REC_COLS] = {{0}}, box[OUTBOX_COLS] = {{0}};
-    int nrec = 0, nbox = 0;
+    /* every key's guarded record in one statement, every outbox row in one
+     * (binary arrays, core/pgarray.h): per command only its domain writes
+     * remain statements of their own */
+    static const uint32_t rec_oids[REC_COLS] = {PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT};
+    static const uint32_t box_oids[OUTBOX_COLS] = {PG_OID_UUID, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT,
+                                                   PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT};
+    pg_array_t rec[REC_COLS] = {{0}}, box[OUTBOX_COLS] = {{0}};
+    for (int c = 0; c < REC_COLS; c++)
+        pg_array_begin(&rec[c], rec_oids[c], 0);
+    for (int c = 0; c < OUTBOX_COLS; c++)
+        pg_array_begin(&box[c], box_oids[c], 0);
+    uint32_t nrec = 0, nbox = 0;
     for (int i = 0; i < g->n; i++) {
         commit_ctx_t *cc = g->cc[i];
         gw_req_t *r = cc->r;
         if (!g->first[i] || !cc->claim)
             continue;
-        snprintf(cc->status_s, sizeof cc->status_s, "%d", cc->status);
-        const char *v[REC_COLS] = {r->idem_store, r->tenant, r->fingerprint, cc->status_s, cc->body};
-        for (int c = 0; c < REC_COLS; c++)
-            tarr_add(&rec[c], v[c]);
+        pg_array_text(&rec[0], r->idem_store);
+        pg_array_text(&rec[1], r->tenant);
+        pg_array_text(&rec[2], r->fingerprint);
+        pg_array_int8(&rec[3], cc->status);
+        pg_array_text(&rec[4], cc->body);
         nrec++;
     }
     const char *rp[7];
+    int rl[7], rf[7];
     if (nrec) {
         for (int i = 0; i < g->n; i++)
             if (g->first[i] && g->cc[i]->claim)
                 g->guard_res[i] = n;
-        const char *p[7] = {tarr_end(&rec[0]), tarr_end(&rec[1]), tarr_end(&rec[2]), tarr_end(&rec[3]),
-                            "application/json", tarr_end(&rec[4]), ttl};
-        memcpy(rp, p, sizeof p);
-        st[n++] = (pga_stmt_t){.name = "gw_idem_record_many", .sql = sql_record_guard_many, .nparams = 7, .params = rp};
+        pg_array_params(rec, REC_COLS, nrec, rp, rl, rf);
+        rp[5] = "application/json";
+        rp[6] = ttl;
+        rf[5] = rf[6] = rl[5] = rl[6] = 0;
+        st[n++] = (pga_stmt_t){.name = "gw_idem_record_many",
+                               .sql = sql_record_guard_many,
+                               .nparams = 7,
+                               .params = rp,
+                               .lengths = rl,
+                               .formats = rf};
     }
     for (int i = 0; i < g->n; i++) {
         gw_cmd_t *cmd = &g->cc[i]->r->cmd;
@@ -943,27 +914,37 @@ static void group_send(group_t *g, bool rollback_first)
                                    .sql = cmd->ops[x].sql,
                                    .nparams = cmd->ops[x].nparams,
                                    .params = (const char *const *)cmd->ops[x].params};
-        for (size_t x = 0; x < cmd->n; x++, nbox++)
-            for (int c = 0; c < OUTBOX_COLS; c++)
-                tarr_add(&box[c], cmd->params[x].values[c]);
+        for (size_t x = 0; x < cmd->n; x++, nbox++) {
+            const char *const *v = cmd->params[x].values; /* outbox_params' order and forms */
+            if (pg_array_uuid(&box[0], v[0]) != 0)
+                ECOM_ASSERT(!"outbox_params makes UUIDs");
+            pg_array_int8(&box[1], strtoll(v[1], NULL, 10));
+            for (int c = 2; c < 6; c++)
+                pg_array_text(&box[c], v[c]);
+            pg_array_int8(&box[6], strtoll(v[6], NULL, 10));
+            for (int c = 7; c < OUTBOX_COLS; c++)
+                pg_array_text(&box[c], v[c]);
+        }
     }
     const char *bp[OUTBOX_COLS];
+    int bl[OUTBOX_COLS], bf[OUTBOX_COLS];
     if (nbox) {
-        for (int c = 0; c < OUTBOX_COLS; c++)
-            bp[c] = tarr_end(&box[c]);
+        pg_array_params(box, OUTBOX_COLS, nbox, bp, bl, bf);
         bool notify = outbox_notify_due();
         st[n++] = (pga_stmt_t){.name = notify ? "gw_outbox_append_many_notify" : "gw_outbox_append_many",
                                .sql = notify ? outbox_sql_append_many_notify : outbox_sql_append_many,
                                .nparams = OUTBOX_COLS,
-                               .params = bp};
+                               .params = bp,
+                               .lengths = bl,
+                               .formats = bf};
     }
     if (g->claims)
         st[n++] = (pga_stmt_t){.sql = "COMMIT"};
     int rc = pga_pipeline(g->c, st, n, on_group, g); /* the parameters are copied */
     for (int c = 0; c < REC_COLS; c++)
-        free(rec[c].p);
+        pg_array_free(&rec[c]);
     for (int c = 0; c < OUTBOX_COLS; c++)
-        free(box[c].p);
+        pg_array_free(&box[c]);
     if (rc != 0)
         on_group(g->c, NULL, 0, "the pipeline could not be sent", g);
 }

@@ -838,11 +838,6 @@ void h1_server_sweep(h1_server_t *s)
     }
 }
 
-size_t h1_server_connections(const h1_server_t *s)
-{
-    return s->nconns;
-}
-
 void h1_server_free(h1_server_t *s)
 {
     if (!s)

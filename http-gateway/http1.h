@@ -54,8 +54,6 @@ void h1_server_stop_accepting(h1_server_t *s);
 void h1_server_set_closing(h1_server_t *s);
 /* Closes connections past their timeouts; call it often (it acts once a second). */
 void h1_server_sweep(h1_server_t *s);
-/* Open connections. */
-size_t h1_server_connections(const h1_server_t *s);
 /* Closes every connection. A request not answered by then is gone with it:
  * answer (or drop) every request before. */
 void h1_server_free(h1_server_t *s);

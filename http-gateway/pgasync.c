@@ -441,8 +441,8 @@ static int op_submit(pga_conn_t *c, const pga_stmt_t *stmts, int n, pga_result_c
                 prepared = true;
             }
         }
-        int ok = prepared ? PQsendQueryPrepared(c->pg, s->name, s->nparams, s->params, NULL, NULL, 0)
-                          : PQsendQueryParams(c->pg, s->sql, s->nparams, NULL, s->params, NULL, NULL, 0);
+        int ok = prepared ? PQsendQueryPrepared(c->pg, s->name, s->nparams, s->params, s->lengths, s->formats, 0)
+                          : PQsendQueryParams(c->pg, s->sql, s->nparams, NULL, s->params, s->lengths, s->formats, 0);
         if (!ok)
             goto fail;
         o->tags[o->ntags++] = (tag_t){.stmt = i};

@@ -66,6 +66,10 @@ typedef struct pga_stmt {
     /* Text parameters; NULL entries are SQL NULL. Copied at submit (libpq buffers
      * the whole pipeline before pga_pipeline returns): the caller's memory may go. */
     const char *const *params;
+    /* Optional, both or neither: per parameter its length and format (1 =
+     * binary, e.g. core/pgarray.h's arrays; 0 = text, whose length is unused). */
+    const int *lengths;
+    const int *formats;
 } pga_stmt_t;
 
 /* c is the leased connection, or NULL with err saying why: "timeout",

@@ -941,6 +941,19 @@ static bool defer_insert(db_t *db, int bit, const char *k)
     return r != NULL;
 }
 
+/* In a transaction of its own: a savepoint, `dropped` inserted and taken back
+ * to it, `kept` inserted, then the commit. */
+static void savepoint_drop_keep(db_t *db, bool (*insert)(db_t *, int, const char *), int bit, const char *dropped,
+                                const char *kept)
+{
+    ASSERT_OK(db_begin(db));
+    ASSERT_OK(db_savepoint(db));
+    CU_ASSERT_TRUE(insert(db, bit, dropped));
+    db_rollback_to(db);
+    CU_ASSERT_TRUE(insert(db, bit, kept));
+    ASSERT_OK(db_commit(db));
+}
+
 /* A fresh database dbname with table t_k (k text PRIMARY KEY): a handle on
  * it, and a second connection (*watch) that sees only what was committed
  * (defer_rows). */
@@ -1014,12 +1027,7 @@ static void test_deferred_begin_real(void)
     CU_ASSERT_STRING_EQUAL(rows, "a");
 
     /* a savepoint first, then statements: one taken back, one kept */
-    ASSERT_OK(db_begin(db));
-    ASSERT_OK(db_savepoint(db));
-    CU_ASSERT_TRUE(defer_insert(db, BIT, "c"));
-    db_rollback_to(db);
-    CU_ASSERT_TRUE(defer_insert(db, BIT, "d"));
-    ASSERT_OK(db_commit(db));
+    savepoint_drop_keep(db, defer_insert, BIT, "c", "d");
     defer_rows(watch, rows, sizeof rows);
     CU_ASSERT_STRING_EQUAL(rows, "a,d");
 
@@ -1135,12 +1143,7 @@ static void test_held_writes_real(void)
     CU_ASSERT_STRING_EQUAL(rows, "a,b,e,g");
 
     /* taken back: a rollback to a savepoint and a rollback drop what is held */
-    ASSERT_OK(db_begin(db));
-    ASSERT_OK(db_savepoint(db));
-    CU_ASSERT_TRUE(held_insert(db, BIT, "h"));
-    db_rollback_to(db);
-    CU_ASSERT_TRUE(held_insert(db, BIT, "i"));
-    ASSERT_OK(db_commit(db));
+    savepoint_drop_keep(db, held_insert, BIT, "h", "i");
     ASSERT_OK(db_begin(db));
     CU_ASSERT_TRUE(held_insert(db, BIT, "j"));
     db_rollback(db);
