@@ -9,6 +9,8 @@
 #   2. GET /api/v1/analytics/events, cache hot (warmed first)
 #   3. nginx, worker_processes 2 (= GATEWAY_THREADS), returning the same small
 #      JSON body as the cached GET: the HTTP limit of this machine
+#   2-3 again with one server thread: a gateway with GATEWAY_THREADS=1, nginx
+#      with 1 worker (wrk unchanged)
 #   4. POST /api/v1/analytics/events, one fixed key: replays of the first answer
 #   5. POST /api/v1/analytics/events, a unique Idempotency-Key per request
 # pgbench -M prepared, BENCH_SECONDS each, one outbox row per transaction:
@@ -56,6 +58,7 @@ query=""
 case "$DATABASE_URL" in *\?*) query="?${DATABASE_URL#*\?}" ;; esac
 bench_url="$base/$db$query"
 gw_pid=""
+one_pid=""
 nginx_pid=""
 
 stop() { # PID: TERM, then KILL after 5 s
@@ -71,6 +74,7 @@ cleanup() {
   local s=$?
   trap - EXIT INT TERM
   stop "$gw_pid"
+  stop "$one_pid"
   stop "$nginx_pid"
   psql -q -X "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$tmp"
@@ -214,27 +218,42 @@ want() { [[ $only == *",$1,"* ]]; }
 psql -q -X -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
 DATABASE_URL="$bench_url" "$ecom" migrate >/dev/null
 
+# THREADS PORT LOG: starts a gateway on the bench database; its pid in started_pid
+start_gateway() {
+  env APP_ENV=development GATEWAY_THREADS="$1" LOG_LEVEL=warn PORT="$2" \
+    JWT_SECRET="gwbench-$(random_hex)-$(random_hex)" DATABASE_URL="$bench_url" \
+    "$ecom" gateway >"$3" 2>&1 &
+  started_pid=$!
+  if ! wait_http "http://127.0.0.1:$2/health" "$started_pid"; then
+    echo "gateway bench: the gateway did not start:" >&2
+    sed 's/^/  /' "$3" >&2
+    exit 1
+  fi
+}
 gw_port=$(free_port)
 gw="http://127.0.0.1:$gw_port"
-env APP_ENV=development GATEWAY_THREADS="$threads" LOG_LEVEL=warn PORT="$gw_port" \
-  JWT_SECRET="gwbench-$(random_hex)-$(random_hex)" DATABASE_URL="$bench_url" \
-  "$ecom" gateway >"$tmp/gateway.log" 2>&1 &
-gw_pid=$!
-if ! wait_http "$gw/health" "$gw_pid"; then
-  echo "gateway bench: the gateway did not start:" >&2
-  sed 's/^/  /' "$tmp/gateway.log" >&2
-  exit 1
-fi
+start_gateway "$threads" "$gw_port" "$tmp/gateway.log"
+gw_pid=$started_pid
 
-nginx_url=""
-if command -v nginx >/dev/null 2>&1; then
+# WORKERS: nginx answering the cached GET's body; sets nginx_pid and nginx_url
+# (empty, and rc=1, when it cannot run)
+start_nginx() {
+  nginx_url=""
+  nginx_pid=""
+  if ! command -v nginx >/dev/null 2>&1; then
+    echo "gateway bench: nginx not installed (make bench installs it): no HTTP limit" >&2
+    rc=1
+    return 0
+  fi
+  local nginx_port
   nginx_port=$(free_port)
   while [ "$nginx_port" = "$gw_port" ]; do nginx_port=$(free_port); done
+  rm -rf "$tmp/nginx"
   mkdir -p "$tmp/nginx"
   {
     [ "$(id -u)" -ne 0 ] || echo "user root;"
     cat <<CONF
-worker_processes $threads;
+worker_processes $1;
 daemon off;
 pid $tmp/nginx/nginx.pid;
 error_log $tmp/nginx/error.log warn;
@@ -266,10 +285,8 @@ CONF
     cat "$tmp/nginx/stdout.log" "$tmp/nginx/error.log" >&2 2>/dev/null || true
     rc=1
   fi
-else
-  echo "gateway bench: nginx not installed (make bench installs it): no HTTP limit" >&2
-  rc=1
-fi
+}
+start_nginx "$threads"
 
 metric() { curl -fsS "$gw/metrics" | awk -v k="$1" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }'; }
 pg_setting() { sql "SHOW $1"; }
@@ -287,7 +304,7 @@ echo
 # ---- HTTP: the cached GET and nginx back to back, so the ratio sees the same machine ----
 
 events="$gw/api/v1/analytics/events"
-health_rps=0 get_rps=0 get_p99=0 nginx_rps=0
+health_rps=0 get_rps=0 get_p99=0 nginx_rps=0 get1_rps=0 get1_p99=0 nginx1_rps=0
 if want get; then
 run_wrk health "GET /health" "$gw/health" || true
 health_rps=$w_rps
@@ -313,6 +330,32 @@ if [ -n "$nginx_url" ]; then
   nginx_pid=""
 else
   echo "  nginx: skipped"
+fi
+
+# The same pair with one server thread (the gateway's GATEWAY_THREADS=1, nginx's
+# 1 worker; wrk unchanged): on 2 cores wrk's two threads need one core, and a
+# second server thread mostly competes with them for the other.
+if [ "$threads" -gt 1 ]; then
+  echo "  one server thread (GATEWAY_THREADS=1, nginx 1 worker; wrk unchanged):"
+  main_pid=$gw_pid main_gw=$gw
+  one_port=$(free_port)
+  while [ "$one_port" = "$gw_port" ]; do one_port=$(free_port); done
+  start_gateway 1 "$one_port" "$tmp/gateway1.log"
+  gw_pid=$started_pid gw="http://127.0.0.1:$one_port"
+  one_pid=$gw_pid
+  curl -fsS -o /dev/null "$gw/api/v1/analytics/events"
+  if run_wrk get_hot1 "GET /api/v1/analytics/events (cache hot)" "$gw/api/v1/analytics/events"; then
+    get1_rps=$w_rps get1_p99=$w_p99
+  fi
+  stop "$one_pid"
+  one_pid=""
+  gw_pid=$main_pid gw=$main_gw
+  start_nginx 1
+  if [ -n "$nginx_url" ]; then
+    run_wrk nginx1 "nginx, 1 worker, same ${#fixed_body}-byte body" "$nginx_url" && nginx1_rps=$w_rps
+    stop "$nginx_pid"
+    nginx_pid=""
+  fi
 fi
 fi
 
@@ -417,6 +460,11 @@ echo "  targets (issue 3), figures of this run:"
 echo "    cached GET vs nginx:        $(pct "$get_rps" "$nginx_rps") of nginx's req/s (target >= 70%:" \
   "$(verdict cmp_ge "$(pct "$get_rps" "$nginx_rps" | tr -d '%')" 70)); p99 $get_p99 ms" \
   "(target <= 5 ms: $(verdict cmp_le "$get_p99" 5))"
+if [ "$threads" -gt 1 ]; then
+  echo "    the same, one server thread: $(pct "$get1_rps" "$nginx1_rps") of nginx's req/s (target >= 70%:" \
+    "$(verdict cmp_ge "$(pct "$get1_rps" "$nginx1_rps" | tr -d '%')" 70)); p99 $get1_p99 ms" \
+    "(target <= 5 ms: $(verdict cmp_le "$get1_p99" 5))"
+fi
 echo "    POST unique vs pgbench:     $(pct "$post_rps" "$pgp_rps") of the plain single-row INSERT's tx/s," \
   "$(pct "$post_rps" "$pgb_rps") of the gateway's upsert CTE (target >= 60%:" \
   "$(verdict cmp_ge "$(pct "$post_rps" "$pgp_rps" | tr -d '%')" 60)); p99 $post_p99 ms" \
