@@ -99,7 +99,8 @@ int db_index_scans_only(db_t *db)
 {
     if (db->kind != DB_PG)
         return 0;
-    if (pg_exec(db->pgc, "SET enable_seqscan = off") != 0)
+    /* one round trip for both (a simple query may hold several statements) */
+    if (pg_exec(db->pgc, "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan") != 0)
         return -1;
     db->index_scans = true;
     return 0;

@@ -117,8 +117,12 @@ int db_ensure(db_t *db) __attribute__((warn_unused_result));
  * memory: nothing to do), so that lookups by an array of keys can run
  * prepared: their generic plan is then an index scan whatever the table's
  * size when it was made, where otherwise a plan made while a table was small
- * (a sequential scan) would stay as it grows. Sets index_scans; a reconnect
- * (db_ensure) clears it. 0, or -1. */
+ * (a sequential scan) would stay as it grows. The connection also always
+ * uses the generic plan (plan_cache_mode = force_generic_plan): its cost,
+ * estimated for arrays of 10 keys, exceeds that of a custom plan for the 1 or
+ * 2 keys of a small batch, so PostgreSQL would otherwise plan such a
+ * statement again at every execution (0.2-0.3 ms of its CPU each time).
+ * Sets index_scans; a reconnect (db_ensure) clears it. 0, or -1. */
 int db_index_scans_only(db_t *db) __attribute__((warn_unused_result));
 /* A lookup by an array of keys (lengths and formats as PQexecParams'): with
  * index_scans, prepared statement `bit` (planned once); else sql unnamed,
