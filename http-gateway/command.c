@@ -374,7 +374,7 @@ void gw_cmd_free(gw_cmd_t *c)
         gw_cmd_free_one(&c->msgs[i]);
     c->n = 0;
     for (size_t i = 0; i < c->nops; i++) {
-        for (int k = 0; k < c->ops[i].nparams; k++)
+        for (int k = 0; k < c->ops[i].def->nparams; k++)
             free(c->ops[i].params[k]);
         if (c->ops[i].free_arg)
             c->ops[i].free_arg(c->ops[i].arg);
@@ -382,18 +382,18 @@ void gw_cmd_free(gw_cmd_t *c)
     c->nops = 0;
 }
 
-int gw_cmd_op(gw_req_t *r, const char *name, const char *sql, int nparams, const char *const *params,
-              int (*mem_fn)(db_t *tx, void *arg), void *arg, void (*free_arg)(void *arg))
+int gw_cmd_op(gw_req_t *r, const gw_op_def_t *def, const char *const *params, int (*mem_fn)(db_t *tx, void *arg),
+              void *arg, void (*free_arg)(void *arg))
 {
     gw_cmd_t *c = &r->cmd;
-    if (c->nops == GW_MAX_OPS || nparams > GW_OP_PARAMS) {
+    if (c->nops == GW_MAX_OPS || def->nparams > GW_OP_PARAMS) {
         if (free_arg)
             free_arg(arg);
         return -1;
     }
     gw_op_t *op = &c->ops[c->nops++];
-    *op = (gw_op_t){.name = name, .sql = sql, .nparams = nparams, .mem = mem_fn, .arg = arg, .free_arg = free_arg};
-    for (int k = 0; k < nparams; k++)
+    *op = (gw_op_t){.def = def, .mem = mem_fn, .arg = arg, .free_arg = free_arg};
+    for (int k = 0; k < def->nparams; k++)
         op->params[k] = params[k] ? xstrdup(params[k]) : NULL;
     return 0;
 }
@@ -484,6 +484,15 @@ static void on_commit(pga_conn_t *c, PGresult *const *res, int n, const char *er
 /* One pipeline: [claim, guarded record,] domain writes, outbox rows [, COMMIT].
  * Without an open transaction it is one implicit transaction, committed at the
  * pipeline's Sync. */
+/* One command's domain write as a statement of its own. */
+static pga_stmt_t op_stmt(const gw_op_t *op)
+{
+    return (pga_stmt_t){.name = op->def->name,
+                        .sql = op->def->sql,
+                        .nparams = op->def->nparams,
+                        .params = (const char *const *)op->params};
+}
+
 static void send_commit(gw_req_t *r, commit_ctx_t *cc)
 {
     gw_cmd_t *cmd = &r->cmd;
@@ -499,10 +508,7 @@ static void send_commit(gw_req_t *r, commit_ctx_t *cc)
         st[n++] = (pga_stmt_t){.name = "gw_idem_record", .sql = sql_record_guard, .nparams = 7, .params = ip};
     }
     for (size_t i = 0; i < cmd->nops; i++)
-        st[n++] = (pga_stmt_t){.name = cmd->ops[i].name,
-                               .sql = cmd->ops[i].sql,
-                               .nparams = cmd->ops[i].nparams,
-                               .params = (const char *const *)cmd->ops[i].params};
+        st[n++] = op_stmt(&cmd->ops[i]);
     for (size_t i = 0; i < cmd->n; i++) {
         bool notify = outbox_notify_due();
         st[n++] = (pga_stmt_t){.name = notify ? "gw_outbox_append_notify" : "gw_outbox_append",
@@ -820,9 +826,44 @@ static const char sql_record_guard_many[] =
 
 enum { REC_COLS = 5, OUTBOX_COLS = 10 };
 
+/* The writes of one definition for many commands of a group (group_send). */
+#define MERGE_DEFS 4
+typedef struct merge {
+    const gw_op_def_t *def;
+    pg_array_t col[GW_OP_PARAMS]; /* text[], one per parameter */
+    uint32_t count;
+    const char *vals[GW_OP_PARAMS];
+    int lens[GW_OP_PARAMS], fmts[GW_OP_PARAMS];
+} merge_t;
+
+/* op's definition's slot in mg (started when new), or NULL when op goes alone:
+ * no form for many, a NULL parameter, or MERGE_DEFS definitions already. */
+static merge_t *merge_slot(merge_t *mg, int *nmg, const gw_op_t *op)
+{
+    if (!op->def->many_sql)
+        return NULL;
+    for (int k = 0; k < op->def->nparams; k++)
+        if (!op->params[k])
+            return NULL;
+    for (int j = 0; j < *nmg; j++)
+        if (mg[j].def == op->def)
+            return &mg[j];
+    if (*nmg == MERGE_DEFS)
+        return NULL;
+    merge_t *m = &mg[(*nmg)++];
+    m->def = op->def;
+    m->count = 0;
+    for (int k = 0; k < op->def->nparams; k++) {
+        m->col[k] = (pg_array_t){0};
+        pg_array_begin(&m->col[k], PG_OID_TEXT, 0);
+    }
+    return m;
+}
+
 /* One pipeline for the whole group: BEGIN, the claim of every distinct key
  * (not on an optimistic first try), the guarded records of all of them (one
- * statement), each command's domain writes, every outbox row (one statement),
+ * statement), the commands' domain writes (one statement per definition where
+ * it can: merge_slot), every outbox row (one statement),
  * COMMIT. Without keys: the writes alone, one implicit transaction. A key
  * found taken makes the guard fail, which aborts the transaction: then an
  * optimistic try goes again with claims, and otherwise the claims already read
@@ -905,15 +946,25 @@ static void group_send(group_t *g, bool rollback_first)
                                .lengths = rl,
                                .formats = rf};
     }
+    /* Domain writes: a command's only write, when its definition has a form
+     * for many commands, goes in that definition's statement (text arrays, in
+     * the group's order; the commands are unrelated, so the order of their
+     * writes does not matter); any other write is a statement of its own. */
+    merge_t mg[MERGE_DEFS];
+    int nmg = 0;
     for (int i = 0; i < g->n; i++) {
         gw_cmd_t *cmd = &g->cc[i]->r->cmd;
         if (!g->first[i])
             continue;
-        for (size_t x = 0; x < cmd->nops; x++)
-            st[n++] = (pga_stmt_t){.name = cmd->ops[x].name,
-                                   .sql = cmd->ops[x].sql,
-                                   .nparams = cmd->ops[x].nparams,
-                                   .params = (const char *const *)cmd->ops[x].params};
+        merge_t *m = cmd->nops == 1 ? merge_slot(mg, &nmg, &cmd->ops[0]) : NULL;
+        if (m) {
+            for (int col = 0; col < m->def->nparams; col++)
+                pg_array_text(&m->col[col], cmd->ops[0].params[col]);
+            m->count++;
+        } else {
+            for (size_t x = 0; x < cmd->nops; x++)
+                st[n++] = op_stmt(&cmd->ops[x]);
+        }
         for (size_t x = 0; x < cmd->n; x++, nbox++) {
             const char *const *v = cmd->params[x].values; /* outbox_params' order and forms */
             if (pg_array_uuid(&box[0], v[0]) != 0)
@@ -925,6 +976,18 @@ static void group_send(group_t *g, bool rollback_first)
             for (int c = 7; c < OUTBOX_COLS; c++)
                 pg_array_text(&box[c], v[c]);
         }
+    }
+    for (int j = 0; j < nmg; j++) {
+        merge_t *m = &mg[j];
+        pg_array_params(m->col, m->def->nparams, m->count, m->vals, m->lens, m->fmts);
+        if (m->count > 1)
+            metrics_add(g->cc[0]->r->sh->m_writes_merged, m->count);
+        st[n++] = (pga_stmt_t){.name = m->def->many_name,
+                               .sql = m->def->many_sql,
+                               .nparams = m->def->nparams,
+                               .params = m->vals,
+                               .lengths = m->lens,
+                               .formats = m->fmts};
     }
     const char *bp[OUTBOX_COLS];
     int bl[OUTBOX_COLS], bf[OUTBOX_COLS];
@@ -945,6 +1008,9 @@ static void group_send(group_t *g, bool rollback_first)
         pg_array_free(&rec[c]);
     for (int c = 0; c < OUTBOX_COLS; c++)
         pg_array_free(&box[c]);
+    for (int j = 0; j < nmg; j++)
+        for (int col = 0; col < mg[j].def->nparams; col++)
+            pg_array_free(&mg[j].col[col]);
     if (rc != 0)
         on_group(g->c, NULL, 0, "the pipeline could not be sent", g);
 }

@@ -78,6 +78,7 @@ struct gw_shared {
     metric_t *m_cache_hit, *m_cache_miss, *m_cache_stale, *m_idem_replay, *m_idem_conflict, *m_idem_inflight;
     metric_t *m_latency, *m_breaker_rejected, *m_chaos;
     metric_t *m_group_retries; /* command groups sent again with their claims (command.c) */
+    metric_t *m_writes_merged; /* domain writes sent in one statement with others (command.c) */
     atomic_int commit_inflight; /* command groups on their way, all threads (command.c) */
 };
 
@@ -110,13 +111,22 @@ typedef struct gw_header {
 #define GW_MAX_OPS 4
 #define GW_OP_PARAMS 12
 
+/* A domain write a route queues for its commands (static storage). */
+typedef struct gw_op_def {
+    const char *name; /* prepared-statement name */
+    const char *sql;  /* one command's write, parameters $1..$nparams (text) */
+    int nparams;
+    /* Optional: the same write for several commands of a commit group in one
+     * statement: $k is a text[] holding parameter k of each command, in
+     * order (commands with a NULL parameter, or more than one write, use sql). */
+    const char *many_name, *many_sql;
+} gw_op_def_t;
+
 /* A domain write of a command: one SQL statement (PostgreSQL) and the same
  * change on the memory store (mem runs inside the memory transaction; -1 rolls
  * it back). */
 typedef struct gw_op {
-    const char *name; /* prepared-statement name */
-    const char *sql;
-    int nparams;
+    const gw_op_def_t *def;
     char *params[GW_OP_PARAMS]; /* owned copies; NULL = SQL NULL */
     int (*mem)(db_t *tx, void *arg);
     void *arg;
@@ -246,8 +256,8 @@ void gw_idem_claim(gw_req_t *r);
  * place); false when there is nothing to settle. Called by gw_respond. */
 bool gw_idem_settle(gw_req_t *r);
 /* Queues a domain write (see gw_op_t); params are copied. -1 when full. */
-int gw_cmd_op(gw_req_t *r, const char *name, const char *sql, int nparams, const char *const *params,
-              int (*mem)(db_t *tx, void *arg), void *arg, void (*free_arg)(void *arg));
+int gw_cmd_op(gw_req_t *r, const gw_op_def_t *def, const char *const *params, int (*mem)(db_t *tx, void *arg),
+              void *arg, void (*free_arg)(void *arg));
 /* Queues an outbox message in the request's command; fills id. -1 with *why. */
 int gw_cmd_outbox(gw_req_t *r, const outbox_msg_t *m, char id[UUID_STR_LEN], const char **why);
 void gw_cmd_free(gw_cmd_t *c);

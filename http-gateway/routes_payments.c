@@ -115,6 +115,17 @@ static int mem_insert(db_t *tx, void *arg)
     return payment_mem_insert(tx, arg);
 }
 
+static const gw_op_def_t payment_insert = {
+    .name = "gw_payment_insert",
+    .sql = "INSERT INTO payment.payments (id, tenant, order_id, amount, currency, method, status)"
+           " VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+    .nparams = 6,
+    .many_name = "gw_payment_insert_many",
+    .many_sql = "INSERT INTO payment.payments (id, tenant, order_id, amount, currency, method, status)"
+                " SELECT u.id::uuid, u.tenant, u.order_id, u.amount::bigint, u.currency, u.method, 'pending'"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+                " AS u(id, tenant, order_id, amount, currency, method)"};
+
 void gw_post_payment(gw_req_t *r)
 {
     json_object *b = r->json;
@@ -149,10 +160,7 @@ void gw_post_payment(gw_req_t *r)
     char amt[24];
     snprintf(amt, sizeof amt, "%lld", (long long)amount);
     const char *params[] = {p->id, p->tenant, p->order_id, amt, p->currency, p->method};
-    if (gw_cmd_op(r, "gw_payment_insert",
-                  "INSERT INTO payment.payments (id, tenant, order_id, amount, currency, method, status)"
-                  " VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
-                  6, params, mem_insert, p, free) != 0) {
+    if (gw_cmd_op(r, &payment_insert, params, mem_insert, p, free) != 0) {
         gw_problem(r, 500, NULL, "the payment could not be queued");
         return;
     }

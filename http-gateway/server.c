@@ -683,6 +683,9 @@ static int shared_init(gw_shared_t *sh, const config_t *cfg, memstore_t *mem, at
     sh->m_chaos = metrics_counter("ecom_chaos_injected_total", "Requests that got a chaos fault", "");
     sh->m_group_retries = metrics_counter("ecom_command_group_retries_total",
                                           "Command groups sent again with their claims: a key in them was not new", "");
+    sh->m_writes_merged =
+        metrics_counter("ecom_command_writes_merged_total",
+                        "Domain writes of a command group sent in one statement with others of their kind", "");
     return 0;
 }
 
