@@ -781,8 +781,26 @@ static void print_stages(const stage_stats_t *s0, const stage_stats_t *s1)
     printf("\n");
 }
 
+/* A run starts with what the runs before it wrote on disk: PostgreSQL's dirty
+ * buffers (CHECKPOINT) and the kernel's write-back (sync), as bench_backbone's
+ * phases do, so that no run pays for the writes of a saturated one before it. */
+static void settle(void)
+{
+    char *err = NULL;
+    PGconn *c = pg_connect(pg_url, "bench_shop", &err);
+    if (!c) {
+        free(err);
+    } else {
+        if (pg_exec(c, "CHECKPOINT") != 0)
+            fprintf(stderr, "bench_shop: CHECKPOINT refused (not a superuser?): runs may inherit write-back\n");
+        PQfinish(c);
+    }
+    sync();
+}
+
 static result_t run_once(int rate, bool explain, const char *label)
 {
+    settle();
     static int seq;
     run_t run = {0};
     snprintf(run.tag, sizeof run.tag, "%d-%d", (int)getpid(), seq++);
