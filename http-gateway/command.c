@@ -481,9 +481,6 @@ static void on_commit(pga_conn_t *c, PGresult *const *res, int n, const char *er
     log_ctx_set(NULL);
 }
 
-/* One pipeline: [claim, guarded record,] domain writes, outbox rows [, COMMIT].
- * Without an open transaction it is one implicit transaction, committed at the
- * pipeline's Sync. */
 /* One command's domain write as a statement of its own. */
 static pga_stmt_t op_stmt(const gw_op_t *op)
 {
@@ -493,6 +490,9 @@ static pga_stmt_t op_stmt(const gw_op_t *op)
                         .params = (const char *const *)op->params};
 }
 
+/* One pipeline: [claim, guarded record,] domain writes, outbox rows [, COMMIT].
+ * Without an open transaction it is one implicit transaction, committed at the
+ * pipeline's Sync. */
 static void send_commit(gw_req_t *r, commit_ctx_t *cc)
 {
     gw_cmd_t *cmd = &r->cmd;
