@@ -146,7 +146,23 @@ static int rebalance(drainer_t *d)
     return 0;
 }
 
-/* Waits for a NOTIFY hint on the LISTEN connection, up to ms. */
+/* Takes the hints libpq has read (with a step's results, or by
+ * PQconsumeInput); true when there was one. */
+static bool take_hints(PGconn *c)
+{
+    bool any = false;
+    PGnotify *n;
+    while ((n = PQnotifies(c)) != NULL) {
+        PQfreemem(n);
+        any = true;
+    }
+    return any;
+}
+
+/* Waits for a NOTIFY hint on the LISTEN connection, up to ms; not at all when
+ * libpq already read one (it reads the hints that arrive while a step's
+ * results come in, and the socket then has nothing more to say: polling it
+ * would wait the full ms for a row already committed). */
 static void wait_hint(drainer_t *d, int ms)
 {
     if (d->db->kind == DB_MEMORY) {
@@ -155,14 +171,14 @@ static void wait_hint(drainer_t *d, int ms)
         return;
     }
     PGconn *c = d->db->pgc;
+    if (take_hints(c))
+        return;
     struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
     if (pfd.fd >= 0 && poll(&pfd, 1, ms) > 0) {
         if (!PQconsumeInput(c))
             return;
     }
-    PGnotify *n;
-    while ((n = PQnotifies(c)) != NULL)
-        PQfreemem(n);
+    take_hints(c);
 }
 
 static void to_envelopes(const outbox_row_t *rows, size_t n, envelope_t *out)
