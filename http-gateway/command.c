@@ -616,6 +616,7 @@ typedef struct group {
      * not makes the guard fail; the group then goes again with its claims. A
      * group with a key seen lately (a replay is likely) claims at once. */
     bool optimistic;
+    uint32_t merged; /* domain writes this try sent in statements with others */
 } group_t;
 
 static uint64_t key_hash(const char *k)
@@ -743,6 +744,8 @@ static void on_group(pga_conn_t *c, PGresult *const *res, int n, const char *err
     group_t *g = arg;
     if (!err) {
         pga_release(c, false);
+        if (g->merged) /* counted once committed: a failed try goes again or alone */
+            metrics_add(g->cc[0]->r->sh->m_writes_merged, g->merged);
         for (int i = 0; i < g->n; i++) {
             commit_ctx_t *cc = g->cc[i];
             if (cc->claim && !g->first[i]) {
@@ -952,6 +955,7 @@ static void group_send(group_t *g, bool rollback_first)
      * writes does not matter); any other write is a statement of its own. */
     merge_t mg[MERGE_DEFS];
     int nmg = 0;
+    g->merged = 0;
     for (int i = 0; i < g->n; i++) {
         gw_cmd_t *cmd = &g->cc[i]->r->cmd;
         if (!g->first[i])
@@ -981,7 +985,7 @@ static void group_send(group_t *g, bool rollback_first)
         merge_t *m = &mg[j];
         pg_array_params(m->col, m->def->nparams, m->count, m->vals, m->lens, m->fmts);
         if (m->count > 1)
-            metrics_add(g->cc[0]->r->sh->m_writes_merged, m->count);
+            g->merged += m->count;
         st[n++] = (pga_stmt_t){.name = m->def->many_name,
                                .sql = m->def->many_sql,
                                .nparams = m->def->nparams,
