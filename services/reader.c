@@ -275,14 +275,18 @@ bool reader_outstanding(const svc_reader_t *r)
 int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
 {
     pthread_mutex_lock(&r->mu);
-    while ((r->requested && !r->finished) || r->sending)
+    while (r->requested && !r->finished)
         pthread_cond_wait(&r->cv, &r->mu);
     int rc = r->requested ? r->rc : -1;
     if (rc == 0 && r->bt.n < r->count && clock_mono_us() - r->finished_us > TOP_UP_AFTER_US) {
         /* The read came back a while ago with room to spare, and more entries
          * may have come since: take them now (no blocking), or each would
-         * wait for a transaction of its own. The thread is idle between a
-         * finished read and the next request, so its connection is free. */
+         * wait for a transaction of its own. Between a finished read and the
+         * next request the thread only sends acknowledgements: once those
+         * are out, its connection is free. A full batch does not wait for
+         * them (the XACK of the batch before, a round trip of its own). */
+        while (r->sending)
+            pthread_cond_wait(&r->cv, &r->mu);
         size_t before = r->bt.n;
         if (bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count - before, 0,
                      &r->bt) == 0) {
