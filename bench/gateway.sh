@@ -26,6 +26,9 @@
 # the gateway's and nginx's user and kernel time and preemptions per request.
 # The POSTs are checked: non-2xx answers, outbox rows and idempotency records
 # written against the requests wrk counted.
+# Before the runs: CHECKPOINT, sync, and a wait (up to 30 s) for a second in
+# which the machine is 85% idle (what the benchmarks before left behind, such
+# as autovacuum, finishes first); the wait is printed.
 # BENCH_ONLY=get,post,pgbench runs only those groups (default: all): get = 1-3,
 # post = 4-5, pgbench = 6. Figures are printed, never asserted; the exit status
 # is non-zero only when a run could not be made. Every process started here is
@@ -291,6 +294,27 @@ start_nginx "$threads"
 metric() { curl -fsS "$gw/metrics" | awk -v k="$1" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }'; }
 pg_setting() { sql "SHOW $1"; }
 
+# The benchmarks before this one (make bench) leave work behind: dirty pages,
+# a checkpoint, autovacuum of their tables. Their writes go to disk first, then
+# the runs wait (up to 30 s) for a second in which the machine is 85% idle.
+# cpu_idle_pct: the share of the cores idle over one second, in percent.
+cpu_idle_pct() {
+  local a b
+  a=$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    t = y[1] - x[1]; printf "%.0f", (t > 0 ? 100 * (y[2] - x[2]) / t : 100) }'
+}
+psql -q -X "$DATABASE_URL" -c "CHECKPOINT" >/dev/null 2>&1 || true
+sync
+quiet_s=0
+idle=$(cpu_idle_pct)
+while [ "$idle" -lt 85 ] && [ "$quiet_s" -lt 30 ]; do
+  quiet_s=$((quiet_s + 1))
+  idle=$(cpu_idle_pct)
+done
+
 echo "== gateway (bench/gateway.sh)"
 echo "  wrk -t$threads -c$conns -d${secs}s --latency on 127.0.0.1; ecom gateway: GATEWAY_THREADS=$threads," \
   "APP_ENV=development, $gw_pool PostgreSQL connections; pgbench -M prepared -j$threads -T$secs"
@@ -298,7 +322,9 @@ echo "  PostgreSQL $(sql 'SHOW server_version'): fsync=$(pg_setting fsync)," \
   "synchronous_commit=$(pg_setting synchronous_commit), wal_sync_method=$(pg_setting wal_sync_method)"
 echo "  NOTE: wrk (or pgbench), the server under test and PostgreSQL all share this machine's $(nproc) cores;"
 echo "        every figure below is with the load generator on the same cores" \
-  "(load average before the run: $(cut -d' ' -f1-3 /proc/loadavg))."
+  "(load average before the run: $(cut -d' ' -f1-3 /proc/loadavg));"
+echo "        the runs started once the machine was ${idle}% idle over a second (after ${quiet_s} s of waiting," \
+  "CHECKPOINT and sync)."
 echo
 
 # ---- HTTP: the cached GET and nginx back to back, so the ratio sees the same machine ----
