@@ -33,6 +33,7 @@ typedef struct drainer {
     int may_vacuum;      /* the connection's role owns bus.outbox: 1, 0, -1 not asked yet (vacuum_outbox) */
     int64_t backoff_ms;
     int64_t poison_until; /* a row failed: wait before retrying */
+    int empty;            /* fetches in a row that found nothing since rows last came */
     int64_t next_probe;
     const char *store_name, *bus_name; /* readiness components */
     strmap_t topics_ready;             /* topics whose consumer groups exist */
@@ -179,6 +180,14 @@ static void wait_hint(drainer_t *d, int ms)
             return;
     }
     take_hints(c);
+}
+
+int drain_idle_wait_ms(int empty, int poll_ms)
+{
+    int64_t ms = DRAIN_RECHECK_MS;
+    for (int i = 0; i < empty && ms < poll_ms; i++)
+        ms *= 2;
+    return ms < poll_ms ? (int)ms : poll_ms;
 }
 
 static void to_envelopes(const outbox_row_t *rows, size_t n, envelope_t *out)
@@ -505,9 +514,12 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         }
         if (cur.n == 0) {
             outbox_step_free(&cur);
-            wait_hint(&d, o->poll_ms);
+            wait_hint(&d, drain_idle_wait_ms(d.empty, o->poll_ms));
+            if (d.empty < 30)
+                d.empty++;
             continue;
         }
+        d.empty = 0;
         size_t bad_topic;
         bool ready = prepare_topics(&d, cur.rows, cur.n, &bad_topic) == 0, db_ok = true;
         /* Redis answers but refuses a topic's stream (say, a key of another type):

@@ -10,7 +10,12 @@
  * flight) go to PostgreSQL in one pipelined round trip before the XADDs and
  * are collected after them; a batch that did not wholly go out discards what
  * was fetched behind it. Published rows are removed before any partition is
- * given up. It wakes on a throttled NOTIFY hint and polls as a fallback.
+ * given up. It wakes on a throttled NOTIFY hint and polls as a fallback:
+ * an append inside the throttle's window carries no hint and relies on a
+ * later one, which a transaction that commits late (or a hinted one that
+ * rolls back) may not have; so after rows came, the drainer looks again
+ * without a hint after DRAIN_RECHECK_MS, doubling the wait at each empty look
+ * up to poll_ms (drain_idle_wait_ms).
  * A row that cannot be published (Redis answers but refuses its XADD or
  * the consumer groups of its stream) is retried with backoff and, after
  * DRAIN_ROW_ATTEMPTS tries, moved to bus.outbox_dead; it never hot-spins.
@@ -35,6 +40,7 @@
 #include <stdint.h>
 
 #define DRAIN_ROW_ATTEMPTS 10
+#define DRAIN_RECHECK_MS 4 /* twice the appenders' hint throttle (outbox.c) */
 
 typedef struct drain_opts {
     const char *database_url; /* NULL or "": memory (mem must be set) */
@@ -51,6 +57,11 @@ typedef struct drain_opts {
      * has not been created yet (a service that discovers streams late). */
     int (*groups_for_topic)(const char *topic, const char **out, int max);
 } drain_opts_t;
+
+/* How long the drainer waits for a hint after `empty` fetches in a row came
+ * back empty since the last rows: DRAIN_RECHECK_MS doubled `empty` times, at
+ * most poll_ms. */
+int drain_idle_wait_ms(int empty, int poll_ms);
 
 /* Runs until *stop becomes true; finishes the batch in hand first. 0 on a
  * clean stop. */

@@ -837,6 +837,63 @@ static void test_drainer_vacuums_real(void)
     PQfinish(c);
 }
 
+/* Waits up to timeout_ms for ecom:orders to hold want entries. */
+static bool wait_stream_len(bus_t *b, uint64_t want, int timeout_ms)
+{
+    bus_stream_info_t info = {0};
+    for (int64_t end = clock_mono_ms() + timeout_ms; clock_mono_ms() < end; clock_sleep_ms(10))
+        if (bus_stream_info(b, "ecom:orders", &info) == 0 && info.length >= want)
+            return true;
+    return false;
+}
+
+/* A row whose transaction carried no wake-up hint (an append inside another
+ * one's throttle window that commits after the drainer looked, or one whose
+ * hinted transaction rolled back) goes out without one: after rows came, the
+ * drainer looks again after DRAIN_RECHECK_MS, doubling, long before its poll
+ * interval (here a minute). */
+static void test_drainer_rechecks_real(void)
+{
+    CU_ASSERT_EQUAL(drain_idle_wait_ms(0, 100), DRAIN_RECHECK_MS);
+    CU_ASSERT_EQUAL(drain_idle_wait_ms(1, 100), 2 * DRAIN_RECHECK_MS);
+    CU_ASSERT_EQUAL(drain_idle_wait_ms(3, 100), 8 * DRAIN_RECHECK_MS);
+    CU_ASSERT_EQUAL(drain_idle_wait_ms(5, 100), 100);
+    CU_ASSERT_EQUAL(drain_idle_wait_ms(30, 60000), 60000);
+    CU_ASSERT_EQUAL(drain_idle_wait_ms(0, 1), 1);
+
+    sut_t s;
+    sut_init(&s, false, "drainrecheck");
+    s.dopts.poll_ms = 60000;
+    sut_start(&s, 1);
+    bus_t *b = sut_bus(&s);
+    db_t *db = sut_db(&s);
+    /* the first row with a hint of its own (whatever the throttle says) */
+    ASSERT_OK(db_begin(db));
+    outbox_msg_t m = {
+        .topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = "order-h", .payload = "{\"n\":1}"};
+    const char *why = NULL;
+    ASSERT_OK(outbox_append(db, &m, NULL, &why));
+    ASSERT_OK(pg_exec(db_pg(db), "NOTIFY ecom_outbox"));
+    ASSERT_OK(db_commit(db));
+    CU_ASSERT_TRUE_FATAL(wait_stream_len(b, 1, 10000));
+    /* the second with none: the row as an append writes it, no NOTIFY */
+    char id[UUID_STR_LEN], part[8], ts[24];
+    uuid_v7(id);
+    snprintf(part, sizeof part, "%d", outbox_partition_of("t1", "order-q"));
+    snprintf(ts, sizeof ts, "%lld", (long long)clock_now_ms());
+    const char *prm[] = {id, part, ts};
+    PGresult *r = pg_query(db_pg(db),
+                           "INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, payload)"
+                           " VALUES ($1, $2, 't1', 'order-q', 'orders', 'order.placed', 1, $3, '{\"n\":2}')",
+                           3, prm);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    PQclear(r);
+    CU_ASSERT_TRUE(wait_stream_len(b, 2, 10000));
+    db_close(db);
+    bus_close(b);
+    sut_stop(&s);
+}
+
 /* A drainer whose role does not own bus.outbox (least privilege: rights on
  * the rows only) drains as before and leaves the table to autovacuum: no
  * VACUUM of its own, which PostgreSQL would refuse with a warning. */
@@ -1471,6 +1528,8 @@ int main(void)
     log_configure(getenv("TEST_LOG_LEVEL") ? getenv("TEST_LOG_LEVEL") : "error", "text");
     CU_TestInfo tests[] = {
         {"the drainer's overlapped step leaves rows in flight out, never late ones (memory)", test_outbox_steps_memory},
+        {"a row without a wake-up hint goes out long before the poll interval (postgres+redis)",
+         test_drainer_rechecks_real},
         {"the drainer's overlapped step leaves rows in flight out, never late ones (postgres)", test_outbox_steps_real},
         {"many appends in one statement: order, sequences, all or nothing (memory)", test_append_many_memory},
         {"many appends in one statement: order, sequences, all or nothing (postgres)", test_append_many_real},
@@ -1490,8 +1549,7 @@ int main(void)
          test_retries_named_real},
         {"retries when held writes fail at the commit: halves find the message, order kept (postgres+redis)",
          test_retries_held_real},
-        {"a retry's scan leaves the batch the read-ahead holds alone (postgres+redis)",
-         test_retries_read_ahead_real},
+        {"a retry's scan leaves the batch the read-ahead holds alone (postgres+redis)", test_retries_read_ahead_real},
         {"entries of a read whose answer was lost go before later ones (postgres+redis)", test_lost_read_real},
         {"a lingering service takes what arrives meanwhile in one batch (memory)", test_linger_memory},
         {"a lingering service takes what arrives meanwhile in one batch (postgres+redis)", test_linger_real},
