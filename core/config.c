@@ -43,7 +43,8 @@ static const citem_t items[] = {
      "stable instance name used in consumer names (default: host name)"},
     {"OUTBOX_BATCH", T_INT, F(outbox_batch), "1000", 1, 10000, NULL, "rows published per batch"},
     {"OUTBOX_POLL_MS", T_INT, F(outbox_poll_ms), "100", 1, 60000, NULL,
-     "poll interval in ms when no NOTIFY wake-up arrives"},
+     "longest wait in ms for a NOTIFY wake-up when idle (after rows came the drainer looks again sooner: 4 ms, "
+     "doubling up to this)"},
     {"OUTBOX_MAX_PAYLOAD", T_INT, F(outbox_max_payload), "262144", 64, 16777216, NULL,
      "largest payload outbox_append accepts, bytes"},
     {"OUTBOX_RETAIN_S", T_INT, F(outbox_retain_s), "3600", 0, 30 * 86400, NULL,
