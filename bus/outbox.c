@@ -689,11 +689,17 @@ int outbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
     *deleted = 0;
     if (db->kind == DB_MEMORY)
         return 0; /* memory keeps no published window */
+    /* The limit lowest positions, those of them published before the
+     * window: rows are published in about the order of their positions, so
+     * the oldest are there. A call reads limit rows of the primary key
+     * whatever the table holds; a filter on published_at over the whole
+     * table read all of it when nothing was old yet (its BRIN index skips
+     * only the ranges summarized). A row published late below younger ones
+     * waits for them to age: seconds, at most the spread of a drain. */
     return pg_delete_older(db_pg(db),
-                           /* oldest first by position: the primary key, no sort */
                            "DELETE FROM bus.outbox_published WHERE pos IN (SELECT pos FROM bus.outbox_published"
-                           " WHERE published_at < now() - make_interval(secs => $1::double precision)"
-                           " ORDER BY pos LIMIT $2)",
+                           " ORDER BY pos LIMIT $2)"
+                           " AND published_at < now() - make_interval(secs => $1::double precision)",
                            retain_s, limit, deleted);
 }
 

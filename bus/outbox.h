@@ -123,7 +123,8 @@ void outbox_step_free(outbox_step_t *st);
  * it to bus.outbox_dead with the error. */
 int outbox_mark_failed(db_t *db, const outbox_row_t *row, const char *error, bool dead)
     __attribute__((warn_unused_result));
-/* Deletes at most limit archived rows older than retain_s; *deleted set. */
+/* Deletes archived rows older than retain_s among the limit lowest positions
+ * (outbox.c says why); *deleted set. */
 int outbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted) __attribute__((warn_unused_result));
 /* Pending rows and the age of the oldest (ms, 0 when none). */
 int outbox_stats(db_t *db, uint64_t *pending, int64_t *oldest_ms, uint64_t *dead) __attribute__((warn_unused_result));
