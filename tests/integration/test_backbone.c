@@ -1341,8 +1341,8 @@ static void test_published_cleanup_real(void)
     sut_stop(&s);
 }
 
-/* Rows the table's statistics show read (sequential and by index) since the
- * counters were last flushed: flushes this backend's counts first. */
+/* Rows of table read so far (sequentially and through indexes), as the
+ * statistics show them. */
 static long long rows_read(db_t *db, const char *table)
 {
     const char *p[] = {table};
@@ -1356,6 +1356,8 @@ static long long rows_read(db_t *db, const char *table)
     return n;
 }
 
+/* Rows of table a cleanup (limit 100, nothing old) read: this backend's
+ * counts are flushed before and after it. */
 static long long cleanup_reads(db_t *db, const char *table, int (*cleanup)(db_t *, int64_t, size_t, size_t *))
 {
     ASSERT_OK(pg_exec(db_pg(db), "SELECT pg_stat_force_next_flush()"));
@@ -1381,15 +1383,15 @@ static void test_cleanup_bounded_real(void)
     db_t *db = sut_db(&s);
     ASSERT_OK(db_index_scans_only(db));
     ASSERT_OK(pg_exec(db_pg(db), "INSERT INTO bus.outbox_published (pos, id, partition, topic, type, tenant,"
-                              " aggregate_id, seq, ts, v, traceparent, request_id, payload)"
-                              " SELECT n, gen_random_uuid(), 0, 'orders', 'order.placed', 't1', 'order-1', n, 0, 1,"
-                              " '', '', '{}' FROM generate_series(1, 20000) n"));
+                                 " aggregate_id, seq, ts, v, traceparent, request_id, payload)"
+                                 " SELECT n, gen_random_uuid(), 0, 'orders', 'order.placed', 't1', 'order-1', n, 0, 1,"
+                                 " '', '', '{}' FROM generate_series(1, 20000) n"));
     ASSERT_OK(pg_exec(db_pg(db), "INSERT INTO bus.inbox (grp, id) SELECT 'g', gen_random_uuid()"
-                              " FROM generate_series(1, 20000)"));
+                                 " FROM generate_series(1, 20000)"));
     /* as autovacuum leaves them: statistics, block ranges summarized */
     ASSERT_OK(pg_exec(db_pg(db), "ANALYZE bus.outbox_published, bus.inbox"));
     ASSERT_OK(pg_exec(db_pg(db), "SELECT brin_summarize_new_values('bus.inbox_received_at'),"
-                              " brin_summarize_new_values('bus.outbox_published_at')"));
+                                 " brin_summarize_new_values('bus.outbox_published_at')"));
     long long pub = cleanup_reads(db, "bus.outbox_published", outbox_cleanup);
     long long inbox = cleanup_reads(db, "bus.inbox", inbox_cleanup);
     CU_ASSERT_TRUE(pub >= 0 && pub <= 1000);
@@ -1587,10 +1589,6 @@ int main(void)
     log_configure(getenv("TEST_LOG_LEVEL") ? getenv("TEST_LOG_LEVEL") : "error", "text");
     CU_TestInfo tests[] = {
         {"the drainer's overlapped step leaves rows in flight out, never late ones (memory)", test_outbox_steps_memory},
-        {"cleanups read about their limit of rows with nothing old, under generic plans (postgres)",
-         test_cleanup_bounded_real},
-        {"a row without a wake-up hint goes out long before the poll interval (postgres+redis)",
-         test_drainer_rechecks_real},
         {"the drainer's overlapped step leaves rows in flight out, never late ones (postgres)", test_outbox_steps_real},
         {"many appends in one statement: order, sequences, all or nothing (memory)", test_append_many_memory},
         {"many appends in one statement: order, sequences, all or nothing (postgres)", test_append_many_real},
@@ -1625,6 +1623,10 @@ int main(void)
         {"a service created after trimming still gets everything (postgres+redis)", test_late_subscriber_real},
         {"inbox cleanup takes old ids in bounded steps and keeps recent ones (postgres)", test_inbox_cleanup_real},
         {"the re-drive window's cleanup takes old rows oldest first, bounded (postgres)", test_published_cleanup_real},
+        {"cleanups read about their limit of rows with nothing old, under generic plans (postgres)",
+         test_cleanup_bounded_real},
+        {"a row without a wake-up hint goes out long before the poll interval (postgres+redis)",
+         test_drainer_rechecks_real},
         {"a rewound group's batches of applied and new ids apply only the new (postgres+redis)", test_redelivered_real},
         {"a rewound group's batches apply only the new, the inbox insert held to the first statement (postgres+redis)",
          test_redelivered_held_real},
