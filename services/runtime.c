@@ -1314,6 +1314,17 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             }
             if (ahead && !stopping(&rt)) {
                 log_debug("service %s: %zu entries read ahead applied after the pending scan", def->group, bt.n);
+                /* the next read runs while it is applied, as on the way below
+                 * (unless a retry is due at once, the next turn scanning
+                 * again, or the service lingers over a short batch) */
+                int64_t due = rt.pel_due_ms - clock_mono_ms();
+                if (due > 0 && !(o->linger_ms > 0 && bt.n < o->batch)) {
+                    streams = xrealloc(streams, rt.nstreams * sizeof *streams);
+                    for (size_t i = 0; i < rt.nstreams; i++)
+                        streams[i] = rt.streams[i];
+                    reader_request(rt.reader, streams, rt.nstreams, o->batch,
+                                   due < READ_AHEAD_BLOCK_MS ? (int)due : READ_AHEAD_BLOCK_MS);
+                }
                 process_read(&rt, &bt, &parsed);
             }
             bus_batch_clear(&bt);
