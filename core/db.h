@@ -123,7 +123,10 @@ int db_ensure(db_t *db) __attribute__((warn_unused_result));
  * 2 keys of a small batch, so PostgreSQL would otherwise plan such a
  * statement again at every execution (0.2-0.3 ms of its CPU each time).
  * (A condition on a parameter's value, `$1 IS NULL OR ...`, is then never
- * folded away: the plan must serve every value.)
+ * folded away: the plan must serve every value; and a range on a parameter,
+ * `ts < now() - $1`, is costed as matching a third of the table, so a query
+ * whose cost depends on how many rows match must be bounded by its shape, as
+ * outbox_cleanup's is.)
  * Sets index_scans; a reconnect (db_ensure) clears it. 0, or -1. */
 int db_index_scans_only(db_t *db) __attribute__((warn_unused_result));
 /* A lookup by an array of keys (lengths and formats as PQexecParams'): with

@@ -98,20 +98,10 @@ int pg_delete_older(PGconn *c, const char *sql, int64_t older_than_s, size_t lim
     snprintf(secs, sizeof secs, "%lld", (long long)older_than_s);
     snprintf(lim, sizeof lim, "%zu", limit);
     const char *p[] = {secs, lim};
-    bool own = PQtransactionStatus(c) == PQTRANS_IDLE;
-    if (pg_exec(c, own ? "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan"
-                       : "SET LOCAL plan_cache_mode = force_custom_plan") != 0) {
-        if (own && PQtransactionStatus(c) != PQTRANS_IDLE && pg_exec(c, "ROLLBACK") != 0)
-            log_debug("pg: ROLLBACK after a failed cleanup failed");
-        return -1;
-    }
     PGresult *r = pg_query(c, sql, 2, p);
-    if (!r) {
-        if (own && pg_exec(c, "ROLLBACK") != 0)
-            log_debug("pg: ROLLBACK after a failed cleanup failed");
+    if (!r)
         return -1;
-    }
     *deleted = (size_t)strtoull(PQcmdTuples(r), NULL, 10);
     PQclear(r);
-    return own ? pg_exec(c, "COMMIT") : 0;
+    return 0;
 }

@@ -17,12 +17,7 @@ int pg_exec(PGconn *c, const char *sql) __attribute__((warn_unused_result));
  * PGRES_COMMAND_OK or PGRES_TUPLES_OK (caller PQclear()s it), else NULL (logged). */
 PGresult *pg_query(PGconn *c, const char *sql, int nparams, const char *const *params);
 /* Bounded cleanup: runs sql, a DELETE taking $1 = seconds (older than) and
- * $2 = row limit, and sets *deleted to the rows it removed. 0 or -1 (logged).
- * The statement is planned for its values (a custom plan, even on a
- * connection that forces generic plans, db_index_scans_only): a generic plan
- * knows neither the cutoff nor the limit and takes a third of the table to
- * be old, and with nothing old a plan made for that reads the whole table.
- * Outside a transaction it runs in one of its own. */
+ * $2 = row limit, and sets *deleted to the rows it removed. 0 or -1 (logged). */
 int pg_delete_older(PGconn *c, const char *sql, int64_t older_than_s, size_t limit, size_t *deleted)
     __attribute__((warn_unused_result));
 /* true when r is PGRES_COMMAND_OK or PGRES_TUPLES_OK; otherwise logs what
