@@ -7,104 +7,375 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Counts the keys of every object in document pre-order. The text has already
- * been accepted by json-c in strict mode, so only strings and structure matter. */
-static size_t count_keys(const char *s, size_t len, size_t *counts, size_t max_objs)
+/* ---- the validator ----
+ *
+ * One pass over the text, no document built. Keys are remembered per open
+ * object as a hash of their decoded code points and their place in the text;
+ * when an object closes, keys with the same hash are compared code point by
+ * code point (so "a" and "\u0061" are one key). */
+
+typedef struct key_seen {
+    uint64_t hash;
+    size_t at; /* the first byte after the key's opening quote */
+} key_seen_t;
+
+typedef struct jv {
+    const unsigned char *s;
+    size_t n, i;
+    const char *why;
+    key_seen_t *keys;
+    size_t nkeys, cap;
+    key_seen_t local[64];
+} jv_t;
+
+static bool jv_fail(jv_t *v, const char *why)
 {
-    size_t nobj = 0;
-    /* stack of object indexes (or SIZE_MAX for arrays) */
-    size_t stack[JSON_MAX_DEPTH + 2];
-    int depth = -1;
-    bool expect_key = false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c == '"') {
-            if (expect_key && depth >= 0 && stack[depth] != SIZE_MAX)
-                counts[stack[depth]]++;
-            expect_key = false;
-            for (i++; i < len && s[i] != '"'; i++)
-                if (s[i] == '\\')
-                    i++;
-        } else if (c == '{') {
-            if (nobj == max_objs || depth + 1 > JSON_MAX_DEPTH)
-                return SIZE_MAX;
-            counts[nobj] = 0;
-            stack[++depth] = nobj++;
-            expect_key = true;
-        } else if (c == '[') {
-            if (depth + 1 > JSON_MAX_DEPTH)
-                return SIZE_MAX;
-            stack[++depth] = SIZE_MAX;
-        } else if (c == '}' || c == ']') {
-            depth--;
-        } else if (c == ',') {
-            expect_key = depth >= 0 && stack[depth] != SIZE_MAX;
-        }
-    }
-    return nobj;
+    if (!v->why)
+        v->why = why;
+    return false;
 }
 
-/* Walks the parsed tree in the same pre-order; an object with fewer members
- * than keys in the text had a duplicate. */
-static bool same_counts(json_object *o, const size_t *counts, size_t n, size_t *idx)
+static void skip_ws(jv_t *v)
 {
-    if (json_object_is_type(o, json_type_object)) {
-        if (*idx >= n || (size_t)json_object_object_length(o) != counts[*idx])
-            return false;
-        (*idx)++;
-        json_object_object_foreach(o, k, v)
-        {
-            (void)k;
-            if (v && !same_counts(v, counts, n, idx))
-                return false;
+    while (v->i < v->n && (v->s[v->i] == ' ' || v->s[v->i] == '\t' || v->s[v->i] == '\n' || v->s[v->i] == '\r'))
+        v->i++;
+}
+
+static int hex4(const unsigned char *s, size_t n, size_t i)
+{
+    if (n - i < 4)
+        return -1;
+    int u = 0;
+    for (size_t k = i; k < i + 4; k++) {
+        unsigned char c = s[k];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        u = u << 4 | d;
+    }
+    return u;
+}
+
+/* The code point of the UTF-8 sequence at s[*i] (lead byte >= 0x80), in its
+ * shortest form, not a surrogate, at most U+10FFFF; advances. -1 if not. */
+static int32_t utf8_next(const unsigned char *s, size_t n, size_t *i)
+{
+    unsigned char c = s[*i];
+    size_t len;
+    uint32_t cp, min;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2, cp = c & 0x1f, min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3, cp = c & 0x0f, min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+        return -1;
+    }
+    if (n - *i < len)
+        return -1;
+    for (size_t k = 1; k < len; k++) {
+        unsigned char d = s[*i + k];
+        if ((d & 0xc0) != 0x80)
+            return -1;
+        cp = cp << 6 | (d & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return -1;
+    *i += len;
+    return (int32_t)cp;
+}
+
+/* The next code point of a string whose body goes on at *i: 1 (with *cp),
+ * 0 at the closing quote (consumed), -1 when the string is malformed: a
+ * control character, a bad escape, a lone surrogate, invalid UTF-8, no end. */
+static int str_next(const unsigned char *s, size_t n, size_t *i, uint32_t *cp)
+{
+    if (*i >= n)
+        return -1;
+    unsigned char c = s[*i];
+    if (c == '"') {
+        (*i)++;
+        return 0;
+    }
+    if (c < 0x20)
+        return -1;
+    if (c != '\\') {
+        if (c < 0x80) {
+            *cp = c;
+            (*i)++;
+            return 1;
         }
-    } else if (json_object_is_type(o, json_type_array)) {
-        size_t al = json_object_array_length(o);
-        for (size_t i = 0; i < al; i++) {
-            json_object *v = json_object_array_get_idx(o, i);
-            if (v && !same_counts(v, counts, n, idx))
-                return false;
-        }
+        int32_t u = utf8_next(s, n, i);
+        if (u < 0)
+            return -1;
+        *cp = (uint32_t)u;
+        return 1;
+    }
+    if (n - *i < 2)
+        return -1;
+    c = s[*i + 1];
+    *i += 2;
+    switch (c) {
+    case '"':
+    case '\\':
+    case '/': *cp = c; return 1;
+    case 'b': *cp = '\b'; return 1;
+    case 'f': *cp = '\f'; return 1;
+    case 'n': *cp = '\n'; return 1;
+    case 'r': *cp = '\r'; return 1;
+    case 't': *cp = '\t'; return 1;
+    case 'u': break;
+    default: return -1;
+    }
+    int u = hex4(s, n, *i);
+    if (u < 0 || (u >= 0xdc00 && u <= 0xdfff))
+        return -1; /* not hex, or a low surrogate with no high one before it */
+    *i += 4;
+    if (u >= 0xd800 && u <= 0xdbff) {
+        int lo = *i + 6 <= n && s[*i] == '\\' && s[*i + 1] == 'u' ? hex4(s, n, *i + 2) : -1;
+        if (lo < 0xdc00 || lo > 0xdfff)
+            return -1; /* a high surrogate alone */
+        *i += 6;
+        u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+    }
+    *cp = (uint32_t)u;
+    return 1;
+}
+
+static bool string(jv_t *v, uint64_t *hash)
+{
+    v->i++; /* the opening quote */
+    uint64_t h = 14695981039346656037u;
+    for (;;) {
+        /* plain ASCII needs no decoding */
+        while (!hash && v->i < v->n && v->s[v->i] >= 0x20 && v->s[v->i] < 0x80 && v->s[v->i] != '"' &&
+               v->s[v->i] != '\\')
+            v->i++;
+        uint32_t cp;
+        int r = str_next(v->s, v->n, &v->i, &cp);
+        if (r < 0)
+            return jv_fail(v, "malformed JSON");
+        if (r == 0)
+            break;
+        h = (h ^ cp) * 1099511628211u;
+    }
+    if (hash)
+        *hash = h;
+    return true;
+}
+
+static bool digits(jv_t *v)
+{
+    if (v->i >= v->n || v->s[v->i] < '0' || v->s[v->i] > '9')
+        return false;
+    while (v->i < v->n && v->s[v->i] >= '0' && v->s[v->i] <= '9')
+        v->i++;
+    return true;
+}
+
+/* -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static bool number(jv_t *v)
+{
+    if (v->s[v->i] == '-')
+        v->i++;
+    if (v->i < v->n && v->s[v->i] == '0')
+        v->i++;
+    else if (!digits(v))
+        return jv_fail(v, "malformed JSON");
+    if (v->i < v->n && v->s[v->i] == '.') {
+        v->i++;
+        if (!digits(v))
+            return jv_fail(v, "malformed JSON");
+    }
+    if (v->i < v->n && (v->s[v->i] == 'e' || v->s[v->i] == 'E')) {
+        v->i++;
+        if (v->i < v->n && (v->s[v->i] == '+' || v->s[v->i] == '-'))
+            v->i++;
+        if (!digits(v))
+            return jv_fail(v, "malformed JSON");
     }
     return true;
+}
+
+static bool literal(jv_t *v, const char *word, size_t len)
+{
+    if (v->n - v->i < len || memcmp(v->s + v->i, word, len) != 0)
+        return jv_fail(v, "malformed JSON");
+    v->i += len;
+    return true;
+}
+
+/* The keys at a and b (both well formed) decode to the same code points. */
+static bool same_key(const unsigned char *s, size_t n, size_t a, size_t b)
+{
+    for (;;) {
+        uint32_t ca = 0, cb = 0;
+        int ra = str_next(s, n, &a, &ca), rb = str_next(s, n, &b, &cb);
+        if (ra != rb || ca != cb)
+            return false;
+        if (ra == 0)
+            return true;
+    }
+}
+
+static int by_hash(const void *x, const void *y)
+{
+    uint64_t a = ((const key_seen_t *)x)->hash, b = ((const key_seen_t *)y)->hash;
+    return a < b ? -1 : a > b;
+}
+
+/* Whether the keys of the object from keys[base] on are all different. */
+static bool keys_distinct(jv_t *v, size_t base)
+{
+    key_seen_t *k = v->keys + base;
+    size_t m = v->nkeys - base;
+    if (m > 16)
+        qsort(k, m, sizeof *k, by_hash); /* equal hashes side by side */
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = i + 1; j < m && (m <= 16 || k[j].hash == k[i].hash); j++)
+            if (k[j].hash == k[i].hash && same_key(v->s, v->n, k[i].at, k[j].at))
+                return false;
+    return true;
+}
+
+static bool value(jv_t *v, int depth);
+
+static bool object(jv_t *v, int depth)
+{
+    v->i++;
+    size_t base = v->nkeys;
+    skip_ws(v);
+    if (v->i < v->n && v->s[v->i] == '}') {
+        v->i++;
+        return true;
+    }
+    for (;;) {
+        skip_ws(v);
+        if (v->i >= v->n || v->s[v->i] != '"')
+            return jv_fail(v, "malformed JSON");
+        key_seen_t k = {.at = v->i + 1};
+        if (!string(v, &k.hash))
+            return false;
+        if (v->nkeys == v->cap) {
+            v->cap *= 2;
+            if (v->keys == v->local) {
+                v->keys = xmalloc(v->cap * sizeof *v->keys);
+                memcpy(v->keys, v->local, sizeof v->local);
+            } else {
+                v->keys = xrealloc(v->keys, v->cap * sizeof *v->keys);
+            }
+        }
+        v->keys[v->nkeys++] = k;
+        skip_ws(v);
+        if (v->i >= v->n || v->s[v->i] != ':')
+            return jv_fail(v, "malformed JSON");
+        v->i++;
+        if (!value(v, depth + 1))
+            return false;
+        skip_ws(v);
+        if (v->i < v->n && v->s[v->i] == ',') {
+            v->i++;
+            continue;
+        }
+        if (v->i < v->n && v->s[v->i] == '}') {
+            v->i++;
+            break;
+        }
+        return jv_fail(v, "malformed JSON");
+    }
+    bool ok = keys_distinct(v, base);
+    v->nkeys = base;
+    return ok || jv_fail(v, "duplicate key in JSON object");
+}
+
+static bool array(jv_t *v, int depth)
+{
+    v->i++;
+    skip_ws(v);
+    if (v->i < v->n && v->s[v->i] == ']') {
+        v->i++;
+        return true;
+    }
+    for (;;) {
+        if (!value(v, depth + 1))
+            return false;
+        skip_ws(v);
+        if (v->i < v->n && v->s[v->i] == ',') {
+            v->i++;
+            continue;
+        }
+        if (v->i < v->n && v->s[v->i] == ']') {
+            v->i++;
+            return true;
+        }
+        return jv_fail(v, "malformed JSON");
+    }
+}
+
+/* A value at depth (the document is at 1; a member or element one deeper
+ * than its container: json-c's count, so that both refuse the same depths). */
+static bool value(jv_t *v, int depth)
+{
+    if (depth > JSON_MAX_DEPTH)
+        return jv_fail(v, "JSON nested too deeply");
+    skip_ws(v);
+    if (v->i >= v->n)
+        return jv_fail(v, "malformed JSON");
+    switch (v->s[v->i]) {
+    case '{': return object(v, depth);
+    case '[': return array(v, depth);
+    case '"': return string(v, NULL);
+    case 't': return literal(v, "true", 4);
+    case 'f': return literal(v, "false", 5);
+    case 'n': return literal(v, "null", 4);
+    default:
+        if (v->s[v->i] == '-' || (v->s[v->i] >= '0' && v->s[v->i] <= '9'))
+            return number(v);
+        return jv_fail(v, "malformed JSON");
+    }
+}
+
+int json_validate(const char *buf, size_t len, const char **why)
+{
+    if (len == 0) {
+        *why = "empty body";
+        return -1;
+    }
+    jv_t v = {.s = (const unsigned char *)buf, .n = len, .cap = sizeof v.local / sizeof v.local[0]};
+    v.keys = v.local;
+    bool ok = value(&v, 1);
+    if (ok) {
+        skip_ws(&v);
+        if (v.i < v.n)
+            ok = jv_fail(&v, "trailing data after the JSON value");
+    }
+    if (v.keys != v.local)
+        free(v.keys);
+    if (!ok)
+        *why = v.why;
+    return ok ? 0 : -1;
 }
 
 int json_parse_strict(const char *buf, size_t len, json_object **out, const char **why)
 {
     *out = NULL;
-    if (len == 0) {
-        *why = "empty body";
+    if (json_validate(buf, len, why) != 0)
         return -1;
-    }
+    /* json-c accepts all the validator does (and more); it builds the document */
     json_tokener *tok = json_tokener_new_ex(JSON_MAX_DEPTH);
-    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
     json_object *o = json_tokener_parse_ex(tok, buf, (int)len);
-    enum json_tokener_error jerr = json_tokener_get_error(tok);
-    size_t used = json_tokener_get_parse_end(tok);
+    if (!o && json_tokener_get_error(tok) == json_tokener_continue)
+        o = json_tokener_parse_ex(tok, " ", 1); /* a number at the very end needs a character after it */
+    bool ok = o && json_tokener_get_error(tok) == json_tokener_success;
     json_tokener_free(tok);
-    if (!o || jerr != json_tokener_success) {
-        json_object_put(o);
-        *why = jerr == json_tokener_error_depth ? "JSON nested too deeply" : "malformed JSON";
-        return -1;
-    }
-    for (size_t i = used; i < len; i++)
-        if (buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\n' && buf[i] != '\r') {
-            json_object_put(o);
-            *why = "trailing data after the JSON value";
-            return -1;
-        }
-    /* objects are at most one per two bytes of text */
-    size_t max_objs = len / 2 + 1;
-    size_t stack_counts[64];
-    size_t *counts = max_objs <= 64 ? stack_counts : xmalloc(max_objs * sizeof *counts);
-    size_t n = count_keys(buf, used, counts, max_objs);
-    size_t idx = 0;
-    bool ok = n != SIZE_MAX && same_counts(o, counts, n, &idx) && idx == n;
-    if (counts != stack_counts)
-        free(counts);
     if (!ok) {
         json_object_put(o);
-        *why = "duplicate key in JSON object";
+        *why = "malformed JSON"; /* a document that is null alone (nothing to hand over) */
         return -1;
     }
     *out = o;

@@ -1,9 +1,16 @@
-/* core/json.h: strict JSON input over json-c, and small accessors.
+/* core/json.h: strict JSON input (our validator, json-c's documents), and
+ * small accessors.
  *
  * json-c alone accepts trailing data and resolves duplicate keys to the last
  * value; a gateway that checks one value while a handler reads another is a
- * parser differential. json_parse_strict refuses both, refuses invalid UTF-8,
- * and bounds depth. */
+ * parser differential. Even in its strict mode it also takes numbers RFC 8259
+ * does not (00, -01, 1., NaN, Infinity), raw control characters in strings,
+ * lone surrogate escapes and UTF-8 that is not in its shortest form, all of
+ * which PostgreSQL's json type refuses. json_validate accepts exactly RFC 8259
+ * JSON texts with distinct keys in every object (compared after unescaping),
+ * valid UTF-8, paired surrogates, and at most JSON_MAX_DEPTH levels (a value
+ * inside n containers is at level n + 1); json_parse_strict accepts what it
+ * accepts (but a document that is null alone) and builds the document. */
 #ifndef ECOM_JSON_H
 #define ECOM_JSON_H
 
@@ -13,6 +20,10 @@
 #include <stdint.h>
 
 #define JSON_MAX_DEPTH 32
+
+/* Checks that exactly len bytes are one JSON text (above), building nothing:
+ * 0, or -1 with *why a static one-line reason. */
+int json_validate(const char *buf, size_t len, const char **why) __attribute__((warn_unused_result));
 
 /* Parses exactly len bytes. On success *out is owned by the caller (json_object_put).
  * On failure returns -1 and *why is a static one-line reason. */

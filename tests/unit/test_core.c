@@ -62,6 +62,281 @@ static void test_json_strict(void)
     json_object_put(o);
 }
 
+static int validate_n(const char *s, size_t n)
+{
+    const char *why = NULL;
+    int rc = json_validate(s, n, &why);
+    CU_ASSERT_TRUE(rc == 0 || (why && *why));
+    return rc;
+}
+
+static int validate(const char *s)
+{
+    return validate_n(s, strlen(s));
+}
+
+/* n brackets (or objects "{"a":...}") around inner. */
+static char *nest(int n, bool objects, const char *inner)
+{
+    size_t len = strlen(inner) + (size_t)n * 6 + 1;
+    char *b = xmalloc(len), *p = b;
+    for (int i = 0; i < n; i++)
+        p += objects ? (size_t)sprintf(p, "{\"a\":") : (size_t)sprintf(p, "[");
+    p += sprintf(p, "%s", inner);
+    for (int i = 0; i < n; i++)
+        *p++ = objects ? '}' : ']';
+    *p = '\0';
+    return b;
+}
+
+static void test_json_validate(void)
+{
+    static const char *const good[] = {
+        "{}",
+        "[]",
+        "0",
+        "-0",
+        "1",
+        "-1",
+        "12.5",
+        "1e5",
+        "1E+5",
+        "1.5e-3",
+        "-0.0e0",
+        "99999999999999999999",
+        "true",
+        "false",
+        "null",
+        "\"\"",
+        "\"a\\\"\\\\\\/\\b\\f\\n\\r\\tb\"",
+        " \t\n\r{ \"a\" : [ 1 , 2 ] } \r\n",
+        "\"\\u0000\"",
+        "{\"\\u0000\":1}",
+        "\"\\ud834\\udd1e\"",
+        "\"\\uD834\\uDD1E\"",
+        "\"\xc3\xa9\"",
+        "\"\xe2\x82\xac\"",
+        "\"\xf0\x9f\x98\x80\"",
+        "\"\xf4\x8f\xbf\xbf\"",
+        "[{\"x\":1},{\"x\":1}]",
+        "{\"a\":{\"a\":1},\"b\":{\"a\":1}}",
+        "{\"a\":\"}\",\"b\":\"{,\"}",
+        "{\"ab\":1,\"a\":2,\"b\":3}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (validate(good[i]) != 0) {
+            fprintf(stderr, "refused: %s\n", good[i]);
+            CU_FAIL("a valid text refused");
+        }
+    static const char *const bad[] = {
+        "",
+        " ",
+        "01",
+        "00",
+        "-01",
+        "1.",
+        ".5",
+        "+1",
+        "-",
+        "1e",
+        "1e+",
+        "0x10",
+        "1.e1",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "nul",
+        "tru",
+        "True",
+        "'a'",
+        "[1,]",
+        "{\"a\":1,}",
+        "[1 2]",
+        "{\"a\" 1}",
+        "{a:1}",
+        "/*c*/1",
+        "1//c",
+        "\v1",
+        "\f1",
+        "1 2",
+        "[1]x",
+        "{}{}",
+        "\"abc",
+        "[1",
+        "{\"a\":1",
+        "{\"a\"}",
+        "{,}",
+        "[,1]",
+        "\"a\tb\"",
+        "\"a\x01\"",
+        "\"a\x1f\"",
+        "\"\\x\"",
+        "\"\\u12\"",
+        "\"\\uZZZZ\"",
+        "\"\\U0041\"",
+        "\"\\ud800\"",
+        "\"\\udc00\"",
+        "\"\\ud800x\"",
+        "\"\\ud800\\u0041\"",
+        "\"\\udc00\\ud800\"",
+        "\"\xc0\x80\"",
+        "\"\xc1\xbf\"",
+        "\"\xe0\x80\xaf\"",
+        "\"\xed\xa0\x80\"",
+        "\"\xf4\x90\x80\x80\"",
+        "\"\xf5\x80\x80\x80\"",
+        "\"\xe2\x82\"",
+        "\"\xff\"",
+        "\"\x80\"",
+        "{\"a\":1,\"a\":2}",
+        "{\"a\":1,\"\\u0061\":2}",
+        "{\"\\u00e9\":1,\"\xc3\xa9\":2}",
+        "{\"a\":{\"b\":1,\"b\":2}}",
+        "[{\"x\":1},{\"x\":1,\"y\":{\"x\":2,\"x\":3}}]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (validate(bad[i]) == 0) {
+            fprintf(stderr, "accepted: %s\n", bad[i]);
+            CU_FAIL("an invalid text accepted");
+        }
+    CU_ASSERT_EQUAL(validate_n("1\0", 2), -1); /* NUL after the value */
+    CU_ASSERT_EQUAL(validate_n("\"a\0b\"", 5), -1);
+    const char *why = NULL;
+    CU_ASSERT_EQUAL(json_validate("{\"a\":1} x", 9, &why), -1);
+    CU_ASSERT_STRING_EQUAL(why, "trailing data after the JSON value");
+    CU_ASSERT_EQUAL(json_validate("{\"a\":1,\"a\":1}", 13, &why), -1);
+    CU_ASSERT_STRING_EQUAL(why, "duplicate key in JSON object");
+
+    /* depth: a value inside n containers is at level n + 1 (json-c counts so) */
+    char *d;
+    CU_ASSERT_EQUAL(validate(d = nest(32, false, "")), 0); /* the innermost [] at level 32 */
+    free(d);
+    CU_ASSERT_EQUAL(validate(d = nest(33, false, "")), -1);
+    free(d);
+    CU_ASSERT_EQUAL(validate(d = nest(31, true, "1")), 0); /* the 1 at level 32 */
+    free(d);
+    d = nest(32, true, "1");
+    CU_ASSERT_EQUAL(json_validate(d, strlen(d), &why), -1);
+    CU_ASSERT_STRING_EQUAL(why, "JSON nested too deeply");
+    free(d);
+
+    /* many keys: distinct ones pass, one repeated among them (escaped) does not */
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "{");
+    for (int i = 0; i < 3000; i++)
+        evbuffer_add_printf(b, "%s\"k%d\":%d", i ? "," : "", i, i);
+    evbuffer_add_printf(b, "}");
+    size_t blen = evbuffer_get_length(b);
+    CU_ASSERT_EQUAL(validate_n((const char *)evbuffer_pullup(b, -1), blen), 0);
+    evbuffer_drain(b, blen);
+    evbuffer_add_printf(b, "{");
+    for (int i = 0; i < 3000; i++)
+        evbuffer_add_printf(b, "\"k%d\":%d,", i, i);
+    evbuffer_add_printf(b, "\"k\\u0031234\":0}"); /* "k1234" again */
+    blen = evbuffer_get_length(b);
+    CU_ASSERT_EQUAL(json_validate((const char *)evbuffer_pullup(b, -1), blen, &why), -1);
+    CU_ASSERT_STRING_EQUAL(why, "duplicate key in JSON object");
+    evbuffer_free(b);
+
+    /* the parser accepts what the validator does, but a bare null, and builds it */
+    json_object *o = NULL;
+    CU_ASSERT_EQUAL(json_parse_strict("12", 2, &o, &why), 0); /* a number at the very end */
+    CU_ASSERT_EQUAL(json_object_get_int64(o), 12);
+    json_object_put(o);
+    CU_ASSERT_EQUAL(json_parse_strict("\"\\ud834\\udd1e\"", 14, &o, &why), 0);
+    CU_ASSERT_STRING_EQUAL(json_object_get_string(o), "\xf0\x9d\x84\x9e");
+    json_object_put(o);
+    CU_ASSERT_EQUAL(json_parse_strict("null", 4, &o, &why), -1);
+    CU_ASSERT_PTR_NULL(o);
+    CU_ASSERT_EQUAL(json_parse_strict("[1.]", 4, &o, &why), -1);
+    CU_ASSERT_PTR_NULL(o);
+}
+
+/* What json-c's strict mode makes of s: 0 when it builds a document. */
+static int jsonc_strict(const char *s, size_t n)
+{
+    json_tokener *tok = json_tokener_new_ex(JSON_MAX_DEPTH);
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    json_object *o = json_tokener_parse_ex(tok, s, (int)n);
+    size_t used = json_tokener_get_parse_end(tok);
+    if (!o && json_tokener_get_error(tok) == json_tokener_continue && used == n)
+        o = json_tokener_parse_ex(tok, " ", 1);
+    int rc = o && json_tokener_get_error(tok) == json_tokener_success ? 0 : -1;
+    if (rc == 0 && n > used) /* what follows must be whitespace */
+        for (size_t i = used; i < n; i++)
+            if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+                rc = -1;
+    json_object_put(o);
+    json_tokener_free(tok);
+    return rc;
+}
+
+/* Random edits of valid documents: whatever the validator accepts, json-c
+ * parses too (it is the looser of the two), and json_parse_strict agrees
+ * with the validator; a document json_parse_strict builds and json-c writes
+ * back validates again. Seeded: the same inputs every run. */
+static void test_json_differential(void)
+{
+    static const char *const seeds[] = {
+        "{\"type\":\"payment.requested\",\"paymentId\":\"0190c1f2-8b1c-7cc1-9c1a-1234567890ab\",\"amount\":1999,"
+        "\"currency\":\"EUR\",\"tags\":[\"a\",\"b\"],\"meta\":{\"x\":null,\"y\":true,\"z\":-1.5e3}}",
+        "[1,-0,0.5,2e10,\"\\u00e9\\n\",{\"\":{}},[[[]]],false]",
+        "{\"k\\u0041\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\",\"kA2\":\"\\ud83d\\ude00\"}",
+    };
+    static const char alphabet[] = "{}[]\",:\\ -+.eE019atrufnslu\x01\x80\xc3\xa9\xed\xf4";
+    uint64_t seed = 0x9e3779b97f4a7c15u;
+    size_t accepted = 0, refused = 0;
+    char buf[512];
+    for (int round = 0; round < 30000; round++) {
+        const char *src = seeds[round % 3];
+        size_t n = strlen(src);
+        memcpy(buf, src, n);
+        int edits = 1 + (int)(seed % 3);
+        for (int e = 0; e < edits; e++) {
+            seed = seed * 6364136223846793005u + 1442695040888963407u;
+            size_t at = (size_t)(seed >> 33) % (n + 1);
+            char c = alphabet[(seed >> 20) % (sizeof alphabet - 1)];
+            switch ((seed >> 12) % 3) {
+            case 0: /* replace */
+                if (at < n)
+                    buf[at] = c;
+                break;
+            case 1: /* insert */
+                if (n + 1 < sizeof buf) {
+                    memmove(buf + at + 1, buf + at, n - at);
+                    buf[at] = c;
+                    n++;
+                }
+                break;
+            default: /* delete */
+                if (at < n) {
+                    memmove(buf + at, buf + at + 1, n - at - 1);
+                    n--;
+                }
+            }
+        }
+        const char *why = NULL;
+        int v = json_validate(buf, n, &why);
+        json_object *o = NULL;
+        int p = json_parse_strict(buf, n, &o, &why);
+        bool bare_null = v == 0 && p != 0 && jsonc_strict(buf, n) == 0;
+        if (v == 0 && jsonc_strict(buf, n) != 0)
+            CU_FAIL("the validator accepts what json-c refuses");
+        if (p != v && !bare_null)
+            CU_FAIL("json_parse_strict and json_validate disagree");
+        if (p == 0) {
+            const char *back = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+            if (json_validate(back, strlen(back), &why) != 0)
+                CU_FAIL("a built document does not validate when written back");
+        }
+        json_object_put(o);
+        v == 0 ? accepted++ : refused++;
+    }
+    /* the edits make both kinds, plenty of each */
+    CU_ASSERT_TRUE(accepted > 1000);
+    CU_ASSERT_TRUE(refused > 1000);
+}
+
 static void test_json_escape(void)
 {
     struct evbuffer *b = evbuffer_new();
@@ -395,6 +670,8 @@ int main(void)
 {
     CU_TestInfo tests[] = {
         {"strict JSON refuses trailing data, duplicates, bad UTF-8, depth", test_json_strict},
+        {"JSON validator: RFC 8259 numbers, strings, UTF-8, depth, distinct keys", test_json_validate},
+        {"JSON validator against json-c on random edits", test_json_differential},
         {"JSON string escaping", test_json_escape},
         {"UUIDv7 layout and order", test_uuid_v7},
         {"config: env file, environment wins", test_config_file_and_env},
