@@ -27,6 +27,7 @@ struct svc_reader {
     bus_t *bus;
     char *group, *consumer;
     const char *const *skip_types; /* payloads not parsed */
+    bool validate_only;            /* payloads checked, not parsed */
     /* the request; guarded by mu */
     bool requested; /* a read to do */
     bool finished;  /* its result is in bt/parsed/rc */
@@ -115,9 +116,11 @@ void reader_parsed_free(reader_parsed_t *p)
     memset(p, 0, sizeof *p);
 }
 
-/* Parses the payloads of the decoded entries from index from on, but those
- * of skip_types; the runtime decides what a failure means. */
-static void parse_from(const bus_batch_t *bt, reader_parsed_t *p, size_t from, const char *const *skip_types)
+/* Parses (or with validate_only checks) the payloads of the decoded entries
+ * from index from on, but those of skip_types; the runtime decides what a
+ * failure means. */
+static void parse_from(const bus_batch_t *bt, reader_parsed_t *p, size_t from, const char *const *skip_types,
+                       bool validate_only)
 {
     parsed_reserve(p, bt->n);
     for (size_t i = from; i < bt->n; i++) {
@@ -126,8 +129,12 @@ static void parse_from(const bus_batch_t *bt, reader_parsed_t *p, size_t from, c
         p->error[i] = NULL;
         if (m->missing || m->bad || envelope_type_in(skip_types, m->env.type))
             continue;
-        if (json_parse_strict(m->env.payload, strlen(m->env.payload), &p->payload[i], &p->error[i]) != 0)
+        if (validate_only) {
+            if (json_validate(m->env.payload, strlen(m->env.payload), &p->error[i]) != 0 && !p->error[i])
+                p->error[i] = "malformed JSON";
+        } else if (json_parse_strict(m->env.payload, strlen(m->env.payload), &p->payload[i], &p->error[i]) != 0) {
             p->payload[i] = NULL;
+        }
     }
     p->n = bt->n;
 }
@@ -182,7 +189,7 @@ static void *reader_main(void *arg)
         int rc = bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count,
                           r->block_ms, &r->bt);
         if (rc == 0)
-            parse_from(&r->bt, &r->parsed, 0, r->skip_types);
+            parse_from(&r->bt, &r->parsed, 0, r->skip_types, r->validate_only);
         else if (bus_ensure(r->bus) != 0)
             log_debug("service %s: read-ahead connection is down", r->group);
         pthread_mutex_lock(&r->mu);
@@ -196,7 +203,7 @@ static void *reader_main(void *arg)
 }
 
 svc_reader_t *reader_start(const char *redis_url, const char *group, const char *consumer,
-                           const char *const *skip_types, char **err)
+                           const char *const *skip_types, bool validate_only, char **err)
 {
     bus_t *bus = bus_open_redis(redis_url, err);
     if (!bus)
@@ -206,6 +213,7 @@ svc_reader_t *reader_start(const char *redis_url, const char *group, const char 
     r->group = xstrdup(group);
     r->consumer = xstrdup(consumer);
     r->skip_types = skip_types;
+    r->validate_only = validate_only;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     if (pthread_create(&r->thread, NULL, reader_main, r) != 0) {
@@ -290,7 +298,7 @@ int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
         size_t before = r->bt.n;
         if (bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count - before, 0,
                      &r->bt) == 0) {
-            parse_from(&r->bt, &r->parsed, before, r->skip_types);
+            parse_from(&r->bt, &r->parsed, before, r->skip_types, r->validate_only);
         } else {
             /* a read whose answer was lost may still have delivered entries
              * to this consumer: the take fails like a read, so the runtime

@@ -23,8 +23,9 @@
 typedef struct svc_reader svc_reader_t;
 
 /* The parsed payloads of a taken batch, parallel to its messages: payload[i]
- * is NULL for a missing or bad entry or when the payload did not parse (then
- * error[i] says why; static or owned by the batch until the next take). */
+ * is NULL for a missing or bad entry, when the payload did not parse (then
+ * error[i] says why; static or owned by the batch until the next take), and
+ * for every payload of a validate_only reader. */
 typedef struct reader_parsed {
     json_object **payload; /* owned by the taker: json_object_put each */
     const char **error;
@@ -34,9 +35,11 @@ typedef struct reader_parsed {
 /* Connects to redis_url and starts the thread. skip_types (NULL-terminated,
  * borrowed for the reader's life; may be NULL): types whose payload is not
  * parsed (the service acknowledges them unread), payload[i] NULL with no
- * error. NULL (with *err, caller frees) when Redis cannot be reached. */
+ * error. validate_only: payloads are checked (json_validate), not parsed:
+ * payload[i] is NULL, error[i] says why one is not JSON. NULL (with *err,
+ * caller frees) when Redis cannot be reached. */
 svc_reader_t *reader_start(const char *redis_url, const char *group, const char *consumer,
-                           const char *const *skip_types, char **err);
+                           const char *const *skip_types, bool validate_only, char **err);
 /* Stops the thread (waiting for a read in flight) and closes the connection;
  * a read not taken is dropped (its entries stay pending). NULL is a no-op. */
 void reader_stop(svc_reader_t *r);

@@ -938,13 +938,17 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
             reject = why;
         } else {
             const char *jwhy = NULL;
+            bool parsed;
             if (pre && i < pre->n) {
                 payload = pre->payload[i]; /* borrowed: the read-ahead frees it, on its thread */
                 jwhy = pre->error[i];
-            } else if (json_parse_strict(m->env.payload, strlen(m->env.payload), &payload, &jwhy) != 0) {
-                payload = NULL;
+                parsed = rt->def->payload_unread ? !jwhy : payload != NULL;
+            } else if (rt->def->payload_unread) {
+                parsed = json_validate(m->env.payload, strlen(m->env.payload), &jwhy) == 0;
+            } else {
+                parsed = json_parse_strict(m->env.payload, strlen(m->env.payload), &payload, &jwhy) == 0;
             }
-            if (!payload) {
+            if (!parsed) {
                 snprintf(why, sizeof why, "unparsable payload: %s", jwhy ? jwhy : "malformed JSON");
                 reject = why;
             }
@@ -1340,7 +1344,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         int64_t t0 = clock_mono_us();
         if (rt.redis && !rt.reader) {
             char *err = NULL;
-            if (!(rt.reader = reader_start(o->redis_url, def->group, o->consumer, def->ignored_types, &err))) {
+            if (!(rt.reader = reader_start(o->redis_url, def->group, o->consumer, def->ignored_types,
+                                           def->payload_unread, &err))) {
                 log_debug("service %s: no read-ahead (%s); reading in line", def->group, err);
                 free(err);
             }

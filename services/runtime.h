@@ -96,6 +96,11 @@ typedef struct svc_def {
      * slow pass tells which). Any failure of that first statement must fail
      * the batch, whatever its SQLSTATE. */
     bool statement_first;
+    /* The handlers never read the payloads' documents (they keep the text,
+     * or parse the few they need themselves): the runtime checks that each
+     * payload is strict JSON (json_validate) without building a document,
+     * and hands the handlers NULL payloads. */
+    bool payload_unread;
 } svc_def_t;
 
 typedef struct svc_opts {

@@ -1037,6 +1037,57 @@ static void shop_event(envelope_t *e, char *tenant, char *type, char *aggregate,
     uuid_v7(e->id);
 }
 
+/* Analytics builds no payload documents (payload_unread): a tracked event's
+ * type still comes from its payload (escaped key included), an invalid one
+ * falls back to the envelope's, and a payload that is not RFC 8259 JSON (a
+ * number json-c alone would take) goes to the DLQ, the others applied. */
+static void analytics_payloads(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "svc_an_payloads");
+    sut_add(&s, analytics_service());
+    static const struct {
+        char *type, *payload;
+    } plan[] = {
+        {"analytics.track", "{\"type\":\"an.pl.view\",\"x\":1}"},
+        {"analytics.track", "{\"\\u0074ype\":\"an.pl.click\"}"},
+        {"analytics.track", "{\"type\":\"an.pl.view\",\"x\":1.}"},
+        {"analytics.track", "{\"type\":\"not a name\"}"},
+        {"an.pl.plain", "{\"n\":1}"},
+    };
+    envelope_t e[ECOM_ARRAY_LEN(plan)];
+    char agg[ECOM_ARRAY_LEN(plan)][32];
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(plan); i++) {
+        snprintf(agg[i], sizeof agg[i], "order:pl-%zu", i);
+        shop_event(&e[i], TENANT, plan[i].type, agg[i], clock_now_ms());
+        e[i].payload = plan[i].payload;
+    }
+    bus_t *b = sut_bus(&s);
+    ASSERT_OK(bus_publish(b, e, ECOM_ARRAY_LEN(plan), NULL)); /* before the service starts: one batch */
+    sut_start(&s);
+    for (int i = 0; i < 200 && (events_of_type(&s, "an.pl.plain") < 1 || dlq(&s, "analytics", NULL) < 1); i++)
+        clock_sleep_ms(50);
+    clock_sleep_ms(200);
+    CU_ASSERT_EQUAL(events_of_type(&s, "an.pl.view"), 1);
+    CU_ASSERT_EQUAL(events_of_type(&s, "an.pl.click"), 1);
+    CU_ASSERT_EQUAL(events_of_type(&s, "analytics.track"), 1);
+    CU_ASSERT_EQUAL(events_of_type(&s, "an.pl.plain"), 1);
+    CU_ASSERT_EQUAL(dlq(&s, "analytics", "unparsable payload: malformed JSON"), 1);
+    CU_ASSERT_EQUAL(dlq(&s, "analytics", NULL), 1);
+    bus_close(b);
+    sut_stop(&s);
+}
+
+static void test_analytics_payloads_memory(void)
+{
+    analytics_payloads(true);
+}
+
+static void test_analytics_payloads_real(void)
+{
+    analytics_payloads(false);
+}
+
 /* Analytics records what it applied in its read model (no bus.inbox row):
  * a copy of an applied event, alone or in a batch with new ones, and an
  * event twice in one batch are each recorded and counted once. */
@@ -1720,6 +1771,9 @@ int main(void)
     CU_TestInfo tests[] = {
         {"configuration errors are reported together", test_config_errors},
         {"payment happy path (memory)", test_happy_memory},
+        {"analytics: payloads checked, not built; tracked types from them (memory)", test_analytics_payloads_memory},
+        {"analytics: payloads checked, not built; tracked types from them (postgres+redis)",
+         test_analytics_payloads_real},
         {"payment happy path (postgres+redis)", test_happy_real},
         {"a command delivered twice charges once (memory)", test_duplicate_memory},
         {"a command delivered twice charges once (postgres+redis)", test_duplicate_real},
@@ -1740,8 +1794,7 @@ int main(void)
         {"analytics records copies of an event once, without inbox rows (memory)", test_analytics_copies_memory},
         {"analytics counts a batch by tenant, type and UTC minute (memory)", test_analytics_minutes_memory},
         {"analytics counts a batch by tenant, type and UTC minute (postgres+redis)", test_analytics_minutes_real},
-        {"analytics records copies of an event once, without inbox rows (postgres+redis)",
-         test_analytics_copies_real},
+        {"analytics records copies of an event once, without inbox rows (postgres+redis)", test_analytics_copies_real},
         {"a batch's refusal for good is asked once while the batch is retried (postgres+redis)",
          test_smtp_refused_once_real},
         {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
