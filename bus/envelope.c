@@ -7,8 +7,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const names[ENV_NFIELDS] = {"id", "type", "topic", "tenant", "aggregate_id", "seq",
-                                                "ts", "v", "traceparent", "request_id", "payload"};
+/* The stream entry's field names and their lengths (every entry decoded
+ * compares its field names with them). */
+#define FIELD(s)                                                                                                       \
+    {                                                                                                                  \
+        s, sizeof s - 1                                                                                                \
+    }
+static const struct {
+    const char *name;
+    size_t len;
+} fields[ENV_NFIELDS] = {FIELD("id"),           FIELD("type"),       FIELD("topic"),  FIELD("tenant"),
+                         FIELD("aggregate_id"), FIELD("seq"),        FIELD("ts"),     FIELD("v"),
+                         FIELD("traceparent"),  FIELD("request_id"), FIELD("payload")};
 
 void envelope_clear(envelope_t *e)
 {
@@ -55,7 +65,7 @@ void envelope_stream_name(const char *topic, char *buf, size_t cap)
 
 const char *envelope_field_name(int i)
 {
-    return names[i];
+    return fields[i].name;
 }
 
 const char *envelope_field_value(const envelope_t *e, int i, char tmp[32])
@@ -138,7 +148,7 @@ int envelope_from_fields(envelope_t *e, const char *const *fnames, const size_t 
     for (size_t i = 0; i < n; i++) {
         int f = -1;
         for (int k = 0; k < ENV_NFIELDS; k++)
-            if (strlen(names[k]) == nlens[i] && memcmp(names[k], fnames[i], nlens[i]) == 0) {
+            if (fields[k].len == nlens[i] && memcmp(fields[k].name, fnames[i], nlens[i]) == 0) {
                 f = k;
                 break;
             }
