@@ -11,6 +11,7 @@
 #include "core/strmap.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +21,31 @@
 #define REBALANCE_MS 1000
 #define BACKOFF_MAX_MS 5000
 
-typedef struct drainer {
+typedef struct drainer drainer_t;
+
+/* The step that goes beside a full batch's publish (remove the batch before,
+ * fetch the next) is built, sent, and its rows read and decoded on a helper
+ * thread: on the drainer's thread that took about 1.7 ms of each 17 ms cycle
+ * of 1,000 rows, while Redis waited for the next XADDs (timed in the drain
+ * phase of bench_backbone). Until the helper is done the drainer's thread
+ * touches neither the PostgreSQL connection, nor next, nor the unmarked
+ * positions; it publishes on its own Redis connection meanwhile. */
+typedef struct stepper {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, quit;
+    bool posted; /* a step to run (the fields below), until done */
+    bool done;
+    drainer_t *d;
+    const int *parts;
+    size_t nparts;
+    int64_t *skip; /* owned while posted */
+    size_t nskip;
+    int rc; /* 0, -1 the send failed, -2 the answers did not come */
+} stepper_t;
+
+struct drainer {
     const drain_opts_t *o;
     atomic_bool *stop;
     db_t *db;
@@ -42,7 +67,8 @@ typedef struct drainer {
     int64_t *unmarked; /* positions published but not yet removed from bus.outbox */
     size_t nunmarked, unmarked_cap;
     metric_t *m_published, *m_batches, *m_errors, *m_dead, *m_held, *m_batch_s, *m_trimmed, *m_vacuums;
-} drainer_t;
+    stepper_t stepper;
+};
 
 static bool stopping(drainer_t *d)
 {
@@ -413,6 +439,91 @@ static void vacuum_outbox(drainer_t *d, int64_t now)
     d->next_vacuum = now + (ms * DRAIN_VACUUM_DUTY > DRAIN_VACUUM_MIN_MS ? ms * DRAIN_VACUUM_DUTY : DRAIN_VACUUM_MIN_MS);
 }
 
+static void *stepper_main(void *arg)
+{
+    stepper_t *h = arg;
+    pthread_mutex_lock(&h->mu);
+    for (;;) {
+        while (!h->quit && !(h->posted && !h->done))
+            pthread_cond_wait(&h->cv, &h->mu);
+        if (h->quit)
+            break;
+        pthread_mutex_unlock(&h->mu);
+        drainer_t *d = h->d;
+        int rc = 0;
+        if (outbox_step_send(d->db, &d->next, d->unmarked, d->nunmarked, d->o->retain_s > 0, h->parts, h->nparts,
+                             h->skip, h->nskip, d->o->batch) != 0)
+            rc = -1;
+        else if (outbox_step_wait(d->db, &d->next) != 0)
+            rc = -2;
+        pthread_mutex_lock(&h->mu);
+        h->rc = rc;
+        h->done = true;
+        pthread_cond_broadcast(&h->cv);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return NULL;
+}
+
+/* Starts the step on the helper (skip: taken). 0, or -1 when the helper
+ * cannot be started (the caller then runs the step itself). */
+static int stepper_post(drainer_t *d, const int *parts, size_t nparts, int64_t *skip, size_t nskip)
+{
+    stepper_t *h = &d->stepper;
+    if (!h->started) {
+        pthread_mutex_init(&h->mu, NULL);
+        pthread_cond_init(&h->cv, NULL);
+        if (pthread_create(&h->thread, NULL, stepper_main, h) != 0) {
+            pthread_mutex_destroy(&h->mu);
+            pthread_cond_destroy(&h->cv);
+            return -1;
+        }
+        h->started = true;
+    }
+    pthread_mutex_lock(&h->mu);
+    h->d = d;
+    h->parts = parts;
+    h->nparts = nparts;
+    h->skip = skip;
+    h->nskip = nskip;
+    h->rc = 0;
+    h->done = false;
+    h->posted = true;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    return 0;
+}
+
+/* Waits for the posted step: 0, -1 (send failed) or -2 (no answers). */
+static int stepper_join(drainer_t *d)
+{
+    stepper_t *h = &d->stepper;
+    pthread_mutex_lock(&h->mu);
+    while (!h->done)
+        pthread_cond_wait(&h->cv, &h->mu);
+    int rc = h->rc;
+    free(h->skip);
+    h->skip = NULL;
+    h->posted = h->done = false;
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
+static void stepper_stop(drainer_t *d)
+{
+    stepper_t *h = &d->stepper;
+    if (!h->started)
+        return;
+    pthread_mutex_lock(&h->mu);
+    h->quit = true;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    pthread_join(h->thread, NULL);
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->cv);
+    h->started = false;
+}
+
 /* The next batch: the one fetched during the last publish, or (when there is
  * none) removes the published rows and fetches, in one round trip. */
 static int next_batch(drainer_t *d, const int *parts, size_t np, outbox_step_t *cur)
@@ -528,18 +639,22 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         /* A full batch: more rows are likely waiting. While this batch goes out,
          * remove the previous one and fetch the next, leaving out this one's rows.
          * (A partial batch took every row there was: the next step removes it.) */
-        bool overlap = ready && cur.n == o->batch;
+        bool overlap = ready && cur.n == o->batch, helped = false;
         if (overlap) {
             int64_t *skip = xmalloc(cur.n * sizeof *skip);
             for (size_t i = 0; i < cur.n; i++)
                 skip[i] = cur.rows[i].pos;
-            if (outbox_step_send(d.db, &d.next, d.unmarked, d.nunmarked, o->retain_s > 0, parts, np, skip, cur.n,
-                                 o->batch) != 0) {
-                outbox_step_free(&d.next);
-                overlap = false;
-                db_ok = false;
+            if (stepper_post(&d, parts, np, skip, cur.n) == 0) {
+                helped = true;
+            } else {
+                if (outbox_step_send(d.db, &d.next, d.unmarked, d.nunmarked, o->retain_s > 0, parts, np, skip, cur.n,
+                                     o->batch) != 0) {
+                    outbox_step_free(&d.next);
+                    overlap = false;
+                    db_ok = false;
+                }
+                free(skip);
             }
-            free(skip);
         }
         bool poisoned = false;
         size_t done = 0;
@@ -551,7 +666,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
                 poisoned = true;
         }
         if (overlap) {
-            if (outbox_step_wait(d.db, &d.next) == 0) {
+            if ((helped ? stepper_join(&d) : outbox_step_wait(d.db, &d.next)) == 0) {
                 d.have_next = true;
                 if (d.next.removed)
                     d.nunmarked = 0;
@@ -590,6 +705,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
             d.backoff_ms = 0;
         outbox_step_free(&cur);
     }
+    stepper_stop(&d);
     discard_next(&d);
     if (d.db && d.nunmarked && outbox_remove(d.db, d.unmarked, d.nunmarked, o->retain_s > 0) != 0)
         log_warn("outbox-worker: %zu published rows not removed (they go out again)", d.nunmarked);
