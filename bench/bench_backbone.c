@@ -1276,6 +1276,7 @@ static void bench_latency(void)
     svc_def_t def = *analytics;
     def.handle = lat_one;
     def.handle_batch = lat_batch;
+    def.payload_unread = false; /* these handlers read the send time from the payload */
     drainer_t d;
     service_t s;
     uint64_t base = metrics_value(m_applied);
