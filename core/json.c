@@ -4,6 +4,7 @@
 #include "core/alloc.h"
 
 #include <event2/buffer.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,6 +147,9 @@ static int str_next(const unsigned char *s, size_t n, size_t *i, uint32_t *cp)
     return 1;
 }
 
+/* A string; for a key (hash given) also the hash of its code points. A key
+ * may not hold U+0000: json-c cuts a key there, so "a\u0000x" and "a" would
+ * be two keys here and one in the document. */
 static bool string(jv_t *v, uint64_t *hash)
 {
     v->i++; /* the opening quote */
@@ -157,7 +161,7 @@ static bool string(jv_t *v, uint64_t *hash)
             v->i++;
         uint32_t cp;
         int r = str_next(v->s, v->n, &v->i, &cp);
-        if (r < 0)
+        if (r < 0 || (hash && r == 1 && cp == 0))
             return jv_fail(v, "malformed JSON");
         if (r == 0)
             break;
@@ -209,50 +213,88 @@ static bool literal(jv_t *v, const char *word, size_t len)
     return true;
 }
 
-/* The keys at a and b (both well formed) decode to the same code points. */
-static bool same_key(const unsigned char *s, size_t n, size_t a, size_t b)
+/* The text being validated, for by_key (qsort passes no context). */
+static _Thread_local const jv_t *sorting;
+
+/* Code point order of the keys at a and b (both well formed). */
+static int key_order(const unsigned char *s, size_t n, size_t a, size_t b)
 {
     for (;;) {
         uint32_t ca = 0, cb = 0;
         int ra = str_next(s, n, &a, &ca), rb = str_next(s, n, &b, &cb);
-        if (ra != rb || ca != cb)
-            return false;
+        if (ra != rb)
+            return ra < rb ? -1 : 1; /* the shorter first */
         if (ra == 0)
-            return true;
+            return 0;
+        if (ca != cb)
+            return ca < cb ? -1 : 1;
     }
 }
 
-static int by_hash(const void *x, const void *y)
+/* By hash, then by the keys themselves: equal keys end up side by side even
+ * among keys made to share a hash. */
+static int by_key(const void *x, const void *y)
 {
-    uint64_t a = ((const key_seen_t *)x)->hash, b = ((const key_seen_t *)y)->hash;
-    return a < b ? -1 : a > b;
+    const key_seen_t *a = x, *b = y;
+    if (a->hash != b->hash)
+        return a->hash < b->hash ? -1 : 1;
+    return key_order(sorting->s, sorting->n, a->at, b->at);
 }
 
-/* Whether the keys of the object from keys[base] on are all different. */
+/* Whether the keys of the object from keys[base] on are all different:
+ * every pair of a few, else neighbours once sorted (n log n comparisons
+ * whatever the keys). */
 static bool keys_distinct(jv_t *v, size_t base)
 {
     key_seen_t *k = v->keys + base;
     size_t m = v->nkeys - base;
-    if (m > 16)
-        qsort(k, m, sizeof *k, by_hash); /* equal hashes side by side */
-    for (size_t i = 0; i < m; i++)
-        for (size_t j = i + 1; j < m && (m <= 16 || k[j].hash == k[i].hash); j++)
-            if (k[j].hash == k[i].hash && same_key(v->s, v->n, k[i].at, k[j].at))
-                return false;
+    if (m <= 16) {
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = i + 1; j < m; j++)
+                if (k[j].hash == k[i].hash && key_order(v->s, v->n, k[i].at, k[j].at) == 0)
+                    return false;
+        return true;
+    }
+    sorting = v;
+    qsort(k, m, sizeof *k, by_key);
+    sorting = NULL;
+    for (size_t i = 1; i < m; i++)
+        if (k[i].hash == k[i - 1].hash && key_order(v->s, v->n, k[i - 1].at, k[i].at) == 0)
+            return false;
     return true;
 }
 
 static bool value(jv_t *v, int depth);
 
-static bool object(jv_t *v, int depth)
+/* At a container's opening bracket: consumes it, and its closing one too
+ * when nothing is between them (then true). */
+static bool open_empty(jv_t *v, unsigned char close)
 {
     v->i++;
-    size_t base = v->nkeys;
     skip_ws(v);
-    if (v->i < v->n && v->s[v->i] == '}') {
+    if (v->i < v->n && v->s[v->i] == close) {
         v->i++;
         return true;
     }
+    return false;
+}
+
+/* After a member or an element: 1 at a comma (another follows), 0 at the
+ * container's closing bracket (consumed), -1 at anything else. */
+static int comma_or_close(jv_t *v, unsigned char close)
+{
+    skip_ws(v);
+    if (v->i < v->n && (v->s[v->i] == ',' || v->s[v->i] == close))
+        return v->s[v->i++] == ',';
+    jv_fail(v, "malformed JSON");
+    return -1;
+}
+
+static bool object(jv_t *v, int depth)
+{
+    size_t base = v->nkeys;
+    if (open_empty(v, '}'))
+        return true;
     for (;;) {
         skip_ws(v);
         if (v->i >= v->n || v->s[v->i] != '"')
@@ -276,16 +318,11 @@ static bool object(jv_t *v, int depth)
         v->i++;
         if (!value(v, depth + 1))
             return false;
-        skip_ws(v);
-        if (v->i < v->n && v->s[v->i] == ',') {
-            v->i++;
-            continue;
-        }
-        if (v->i < v->n && v->s[v->i] == '}') {
-            v->i++;
+        int more = comma_or_close(v, '}');
+        if (more < 0)
+            return false;
+        if (!more)
             break;
-        }
-        return jv_fail(v, "malformed JSON");
     }
     bool ok = keys_distinct(v, base);
     v->nkeys = base;
@@ -294,25 +331,14 @@ static bool object(jv_t *v, int depth)
 
 static bool array(jv_t *v, int depth)
 {
-    v->i++;
-    skip_ws(v);
-    if (v->i < v->n && v->s[v->i] == ']') {
-        v->i++;
+    if (open_empty(v, ']'))
         return true;
-    }
     for (;;) {
         if (!value(v, depth + 1))
             return false;
-        skip_ws(v);
-        if (v->i < v->n && v->s[v->i] == ',') {
-            v->i++;
-            continue;
-        }
-        if (v->i < v->n && v->s[v->i] == ']') {
-            v->i++;
-            return true;
-        }
-        return jv_fail(v, "malformed JSON");
+        int more = comma_or_close(v, ']');
+        if (more <= 0)
+            return more == 0;
     }
 }
 
@@ -349,8 +375,13 @@ int json_validate(const char *buf, size_t len, const char **why)
     v.keys = v.local;
     bool ok = value(&v, 1);
     if (ok) {
+        size_t lead = 0; /* a value was read: it starts before len */
+        while (buf[lead] == ' ' || buf[lead] == '\t' || buf[lead] == '\n' || buf[lead] == '\r')
+            lead++;
         skip_ws(&v);
-        if (v.i < v.n)
+        if (buf[lead] == 'n')
+            ok = jv_fail(&v, "the JSON document is null"); /* there is nothing to hand over */
+        else if (v.i < v.n)
             ok = jv_fail(&v, "trailing data after the JSON value");
     }
     if (v.keys != v.local)
@@ -363,6 +394,10 @@ int json_validate(const char *buf, size_t len, const char **why)
 int json_parse_strict(const char *buf, size_t len, json_object **out, const char **why)
 {
     *out = NULL;
+    if (len > INT_MAX) { /* json-c takes an int */
+        *why = "JSON text too large";
+        return -1;
+    }
     if (json_validate(buf, len, why) != 0)
         return -1;
     /* json-c accepts all the validator does (and more); it builds the document */
@@ -375,7 +410,7 @@ int json_parse_strict(const char *buf, size_t len, json_object **out, const char
     json_tokener_free(tok);
     if (!ok) {
         json_object_put(o);
-        *why = "malformed JSON"; /* a document that is null alone (nothing to hand over) */
+        *why = "malformed JSON"; /* not expected: json-c takes every text the validator does */
         return -1;
     }
     *out = o;

@@ -9,8 +9,10 @@
  * which PostgreSQL's json type refuses. json_validate accepts exactly RFC 8259
  * JSON texts with distinct keys in every object (compared after unescaping),
  * valid UTF-8, paired surrogates, and at most JSON_MAX_DEPTH levels (a value
- * inside n containers is at level n + 1); json_parse_strict accepts what it
- * accepts (but a document that is null alone) and builds the document. */
+ * inside n containers is at level n + 1), but a document that is null alone
+ * (there is nothing to hand over) and keys holding U+0000 (json-c cuts a key
+ * there: two keys here would be one in the document); json_parse_strict
+ * accepts the same texts and builds the document. */
 #ifndef ECOM_JSON_H
 #define ECOM_JSON_H
 
