@@ -1736,7 +1736,7 @@ static void breakdown_consume(size_t batch, int variant)
     admin_exec("CHECKPOINT");
     db_t *db = open_pg("bench-breakdown");
     step_t st[] = {{"bus_read (XREADGROUP, decode)", 0},
-                   {"json_parse_strict of each payload", 0},
+                   {"each payload checked (json_validate, as the runtime does for analytics)", 0},
                    {"BEGIN", 0},
                    {"inbox_record_fresh", 0},
                    {"analytics handle_batch", 0},
@@ -1759,7 +1759,10 @@ static void breakdown_consume(size_t batch, int variant)
             break;
         for (size_t i = 0; i < bt.n; i++) {
             const char *why = NULL;
-            if (json_parse_strict(bt.msgs[i].env.payload, strlen(bt.msgs[i].env.payload), &pl[i], &why) != 0)
+            const char *text = bt.msgs[i].env.payload;
+            pl[i] = NULL; /* as the runtime: analytics's payloads are checked, not built */
+            if (analytics->payload_unread ? json_validate(text, strlen(text), &why) != 0
+                                          : json_parse_strict(text, strlen(text), &pl[i], &why) != 0)
                 die("payload: %s", why);
             ids[i] = bt.msgs[i].env.id;
             ep[i] = &bt.msgs[i].env;

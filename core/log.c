@@ -44,6 +44,11 @@ void log_set_role(const char *role)
     log_role = role;
 }
 
+const char *log_get_role(void)
+{
+    return log_role;
+}
+
 const log_ctx_t *log_ctx_set(const log_ctx_t *ctx)
 {
     const log_ctx_t *prev = log_ctx;

@@ -24,6 +24,7 @@ extern log_level_t log_min_level;
 
 void log_configure(const char *level, const char *format); /* "debug".., "text"|"json" */
 void log_set_role(const char *role);                       /* per thread, borrowed */
+const char *log_get_role(void);                            /* this thread's (a helper thread takes it on) */
 /* Sets this thread's context; returns the previous one (to restore). Borrowed. */
 const log_ctx_t *log_ctx_set(const log_ctx_t *ctx);
 int log_level_parse(const char *s, log_level_t *out);

@@ -43,6 +43,7 @@ typedef struct stepper {
     int64_t *skip; /* owned while posted */
     size_t nskip;
     int rc; /* 0, -1 the send failed, -2 the answers did not come */
+    const char *role; /* the drainer thread's log role, the helper's too */
 } stepper_t;
 
 struct drainer {
@@ -442,6 +443,7 @@ static void vacuum_outbox(drainer_t *d, int64_t now)
 static void *stepper_main(void *arg)
 {
     stepper_t *h = arg;
+    log_set_role(h->role);
     pthread_mutex_lock(&h->mu);
     for (;;) {
         while (!h->quit && !(h->posted && !h->done))
@@ -473,6 +475,7 @@ static int stepper_post(drainer_t *d, const int *parts, size_t nparts, int64_t *
     if (!h->started) {
         pthread_mutex_init(&h->mu, NULL);
         pthread_cond_init(&h->cv, NULL);
+        h->role = log_get_role();
         if (pthread_create(&h->thread, NULL, stepper_main, h) != 0) {
             pthread_mutex_destroy(&h->mu);
             pthread_cond_destroy(&h->cv);
