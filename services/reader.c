@@ -129,12 +129,10 @@ static void parse_from(const bus_batch_t *bt, reader_parsed_t *p, size_t from, c
         p->error[i] = NULL;
         if (m->missing || m->bad || envelope_type_in(skip_types, m->env.type))
             continue;
-        if (validate_only) {
-            if (json_validate(m->env.payload, strlen(m->env.payload), &p->error[i]) != 0 && !p->error[i])
-                p->error[i] = "malformed JSON";
-        } else if (json_parse_strict(m->env.payload, strlen(m->env.payload), &p->payload[i], &p->error[i]) != 0) {
+        size_t len = strlen(m->env.payload);
+        if (validate_only ? json_validate(m->env.payload, len, &p->error[i]) != 0 /* error[i] says why */
+                          : json_parse_strict(m->env.payload, len, &p->payload[i], &p->error[i]) != 0)
             p->payload[i] = NULL;
-        }
     }
     p->n = bt->n;
 }
