@@ -80,8 +80,12 @@ extern const char outbox_sql_append_notify[];
  * One row: how many went in. */
 extern const char outbox_sql_append_many[];
 extern const char outbox_sql_append_many_notify[];
-/* Whether this append should carry the drainer's wake-up hint (throttled per process). */
+/* Whether this append should carry the drainer's wake-up hint (throttled per
+ * process). outbox_append and its kin send it after their transaction's
+ * commit (outbox_sql_hint, db_after_commit); the gateway's asynchronous
+ * writers put it in their statement (the _notify variants). */
 bool outbox_notify_due(void);
+extern const char outbox_sql_hint[];
 
 /* Drain side. Oldest rows first from the given partitions (memory: all).
  * Not in a transaction. *rows owned by the caller (outbox_rows_free). */

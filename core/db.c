@@ -218,6 +218,10 @@ typedef struct pl_stmt {
  * when every statement before it succeeded, 1 when one failed (logged; the later ones did
  * not run: the transaction is aborted), -1 when the pipeline broke (the
  * connection is dropped). The held writes are gone in every case. */
+/* Sends BEGIN (when pending), the held writes and tail in one pipeline;
+ * *last is tail[0]'s result (the caller's), and what follows it in tail runs
+ * on its own (its failure is logged, not returned). 0, 1 when a held write
+ * failed, -1 when the connection broke (dropped). */
 static int pipeline(db_t *db, const pl_stmt_t *tail, int ntail, PGresult **last)
 {
     PGconn *c = db->pgc;
@@ -264,8 +268,13 @@ static int pipeline(db_t *db, const pl_stmt_t *tail, int ntail, PGresult **last)
             PQclear(r);
             break;
         }
-        if (ntail > 0 && i == n - 1) {
+        if (ntail > 0 && i == n - ntail) {
             *last = r;
+        } else if (ntail > 0 && i > n - ntail) { /* after the kept one: its outcome is not the caller's */
+            ExecStatusType es = PQresultStatus(r);
+            if (es != PGRES_COMMAND_OK && es != PGRES_TUPLES_OK && es != PGRES_PIPELINE_ABORTED)
+                log_warn("postgres: %s failed after the commit: %s", st[i].sql, PQresultErrorMessage(r));
+            PQclear(r);
         } else {
             ExecStatusType es = PQresultStatus(r);
             if (!failed && es != PGRES_PIPELINE_ABORTED && es != PGRES_COMMAND_OK && es != PGRES_TUPLES_OK)
@@ -382,6 +391,7 @@ int db_begin(db_t *db)
         if (db_ensure(db) != 0)
             return -1;
         db->begin_pending = true;
+        db->after_commit = NULL;
     } else {
         pthread_mutex_lock(&db->mem->mu);
         db->undo_n = 0;
@@ -411,9 +421,13 @@ int db_commit(db_t *db)
         }
         int rc = 0;
         PGresult *r = NULL;
-        if (db->nheld) {
-            static const pl_stmt_t commit = {.sql = "COMMIT"};
-            rc = pipeline(db, &commit, 1, &r);
+        const char *after = db->after_commit;
+        db->after_commit = NULL;
+        if (db->nheld || after) {
+            /* after the COMMIT, with no Sync between, a statement is an
+             * implicit transaction of its own */
+            const pl_stmt_t tail[] = {{.sql = "COMMIT"}, {.sql = after}};
+            rc = pipeline(db, tail, after ? 2 : 1, &r);
         } else {
             r = PQexec(db->pgc, "COMMIT");
         }
@@ -447,6 +461,13 @@ int db_commit(db_t *db)
     return 0;
 }
 
+void db_after_commit(db_t *db, const char *sql)
+{
+    ECOM_ASSERT(db->in_tx);
+    if (db->kind == DB_PG)
+        db->after_commit = sql;
+}
+
 void db_rollback(db_t *db)
 {
     if (!db->in_tx)
@@ -454,6 +475,7 @@ void db_rollback(db_t *db)
     db->in_tx = false;
     if (db->kind == DB_PG) {
         held_clear(db);
+        db->after_commit = NULL;
         if (db->begin_pending) {
             db->begin_pending = false;
             return;

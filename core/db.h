@@ -68,12 +68,12 @@ typedef struct db {
     struct db_held *held; /* PostgreSQL: writes held back for the next round trip (db_defer) */
     size_t nheld, held_cap;
     bool held_failed; /* the last db_exec_* did not run: a held write before it failed */
+    const char *after_commit; /* PostgreSQL: db_after_commit's statement, until the transaction ends */
 } db_t;
 
 /* Prepared statements, one bit each, prepared once per connection. */
 enum {
     DB_STMT_OUTBOX_APPEND,
-    DB_STMT_OUTBOX_APPEND_NOTIFY,
     DB_STMT_INBOX_ONE,
     DB_STMT_INBOX_BATCH,
     DB_STMT_ANALYTICS_ONE,
@@ -89,7 +89,6 @@ enum {
     DB_STMT_INBOX_FRESH,
     DB_STMT_NOTIFY_RECORD_MANY,
     DB_STMT_OUTBOX_APPEND_MANY,
-    DB_STMT_OUTBOX_APPEND_MANY_NOTIFY,
     DB_STMT_OUTBOX_STEP_FETCH,
     DB_STMT_OUTBOX_STEP_DELETE,
     DB_STMT_OUTBOX_STEP_ARCHIVE,
@@ -98,7 +97,6 @@ enum {
     DB_STMT_NOTIFY_SEEN_MANY,
     DB_STMT_ANALYTICS_SEEN,
     DB_STMT_OUTBOX_HOLD_MANY,
-    DB_STMT_OUTBOX_HOLD_MANY_NOTIFY,
     DB_STMT_PAYMENT_SETTLE_HELD,
     DB_STMT_MAX = 64
 };
@@ -185,6 +183,13 @@ PGconn *db_pg(db_t *db);
  * whatever it returns. */
 int db_begin(db_t *db) __attribute__((warn_unused_result));
 int db_commit(db_t *db) __attribute__((warn_unused_result));
+/* PostgreSQL: once this transaction has committed, sql (static; no
+ * parameters) runs in a transaction of its own, in the COMMIT's round trip;
+ * its outcome is not the commit's (a failure is logged). Nothing runs when
+ * the transaction rolls back. For a hint that must not hold the
+ * transaction's locks through its WAL flush (the outbox's NOTIFY: see
+ * bus/outbox.c). Memory: nothing. */
+void db_after_commit(db_t *db, const char *sql);
 void db_rollback(db_t *db);
 /* One level of savepoint is what the runtime needs; nesting up to 8 works. */
 int db_savepoint(db_t *db) __attribute__((warn_unused_result));

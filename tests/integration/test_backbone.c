@@ -18,6 +18,7 @@
 #include "tests/httptest.h"
 #include "tests/testlib.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1130,6 +1131,97 @@ static bool held_insert(db_t *db, int bit, const char *k)
                     "23505") == 0;
 }
 
+/* The first notification on watch's channels within ms: its payload into
+ * buf ("" and false when none came). */
+static bool next_notification(PGconn *watch, int ms, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    int64_t end = clock_mono_ms() + ms;
+    for (;;) {
+        PQconsumeInput(watch);
+        PGnotify *n = PQnotifies(watch);
+        if (n) {
+            snprintf(buf, cap, "%s", n->extra);
+            PQfreemem(n);
+            return true;
+        }
+        int64_t left = end - clock_mono_ms();
+        if (left <= 0)
+            return false;
+        struct pollfd p = {.fd = PQsocket(watch), .events = POLLIN};
+        (void)poll(&p, 1, (int)left);
+    }
+}
+
+/* db_after_commit: the statement runs once the transaction committed, in a
+ * transaction of its own (another txid), in the COMMIT's round trip, with
+ * or without held writes; never after a rollback or a failed commit; its
+ * own failure is not the commit's. */
+static void test_after_commit_real(void)
+{
+    PGconn *watch = NULL;
+    db_t *db = db_and_watch("aftercommit", &watch);
+    ASSERT_OK(pg_exec(watch, "LISTEN t_hint"));
+    static const char hint[] =
+        "SELECT set_config('synchronous_commit', 'off', true), pg_notify('t_hint', txid_current()::text)";
+    enum { BIT = DB_STMT_MAX - 2 }; /* no module's */
+    char rows[64], got[32];
+
+    /* with a held write: the data's transaction and the hint's are two */
+    ASSERT_OK(db_begin(db));
+    PGresult *r = db_exec_params_bin(db, "SELECT txid_current()::text", 0, NULL, NULL, NULL, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    char data_txid[32];
+    snprintf(data_txid, sizeof data_txid, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    CU_ASSERT_TRUE(held_insert(db, BIT, "a"));
+    db_after_commit(db, hint);
+    CU_ASSERT_FALSE(next_notification(watch, 100, got, sizeof got)); /* nothing before the commit */
+    ASSERT_OK(db_commit(db));
+    CU_ASSERT_TRUE(next_notification(watch, 5000, got, sizeof got));
+    CU_ASSERT_TRUE(got[0] != '\0' && strcmp(got, data_txid) != 0);
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
+    defer_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a");
+
+    /* without held writes */
+    ASSERT_OK(db_begin(db));
+    r = db_exec_params_bin(db, "INSERT INTO t_k (k) VALUES ('b')", 0, NULL, NULL, NULL, NULL);
+    CU_ASSERT_PTR_NOT_NULL(r);
+    PQclear(r);
+    db_after_commit(db, hint);
+    ASSERT_OK(db_commit(db));
+    CU_ASSERT_TRUE(next_notification(watch, 5000, got, sizeof got));
+
+    /* rolled back, or failed at the commit (a held duplicate): no hint */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "c"));
+    db_after_commit(db, hint);
+    db_rollback(db);
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "a"));
+    db_after_commit(db, hint);
+    CU_ASSERT_EQUAL(db_commit(db), -1);
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
+    /* a transaction with no hint asked for sends none either */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "d"));
+    ASSERT_OK(db_commit(db));
+    CU_ASSERT_FALSE(next_notification(watch, 300, got, sizeof got));
+
+    /* a failing statement after the commit: the commit stands */
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_TRUE(held_insert(db, BIT, "e"));
+    db_after_commit(db, "SELECT 1 / 0");
+    ASSERT_OK(db_commit(db));
+    CU_ASSERT_EQUAL(PQtransactionStatus(db->pgc), PQTRANS_IDLE);
+    CU_ASSERT_EQUAL(PQpipelineStatus(db->pgc), PQ_PIPELINE_OFF);
+    defer_rows(watch, rows, sizeof rows);
+    CU_ASSERT_STRING_EQUAL(rows, "a,b,d,e");
+    db_close(db);
+    PQfinish(watch);
+}
+
 /* db_defer holds writes back until the next round trip: they go with the
  * COMMIT, a statement, a savepoint's release or db_pg, in order, in the
  * transaction; one that fails fails that step with its own SQLSTATE, and
@@ -1601,6 +1693,8 @@ int main(void)
         {"many appends in one statement: order, sequences, all or nothing (postgres)", test_append_many_real},
         {"a transaction's BEGIN goes with its first statement (postgres)", test_deferred_begin_real},
         {"held writes go with the next round trip; one that fails fails it (postgres)", test_held_writes_real},
+        {"a statement after the commit runs in a transaction of its own, never after a rollback (postgres)",
+         test_after_commit_real},
         {"10k messages, 100 aggregates, 3 groups (memory)", test_flow_memory},
         {"10k messages, 100 aggregates, 3 groups (postgres+redis)", test_flow_real},
         {"retries, backoff and DLQ keep order (memory)", test_retries_memory},
