@@ -995,11 +995,13 @@ static void group_send(group_t *g, bool rollback_first)
     }
     const char *bp[OUTBOX_COLS];
     int bl[OUTBOX_COLS], bf[OUTBOX_COLS];
+    /* the drainer's hint: after the COMMIT in a transaction of its own when
+     * the group has one (see outbox_sql_hint), else in the append */
+    bool hint = nbox && outbox_notify_due(), hint_inside = hint && !g->claims;
     if (nbox) {
         pg_array_params(box, OUTBOX_COLS, nbox, bp, bl, bf);
-        bool notify = outbox_notify_due();
-        st[n++] = (pga_stmt_t){.name = notify ? "gw_outbox_append_many_notify" : "gw_outbox_append_many",
-                               .sql = notify ? outbox_sql_append_many_notify : outbox_sql_append_many,
+        st[n++] = (pga_stmt_t){.name = hint_inside ? "gw_outbox_append_many_notify" : "gw_outbox_append_many",
+                               .sql = hint_inside ? outbox_sql_append_many_notify : outbox_sql_append_many,
                                .nparams = OUTBOX_COLS,
                                .params = bp,
                                .lengths = bl,
@@ -1007,6 +1009,8 @@ static void group_send(group_t *g, bool rollback_first)
     }
     if (g->claims)
         st[n++] = (pga_stmt_t){.sql = "COMMIT"};
+    if (hint && !hint_inside)
+        st[n++] = (pga_stmt_t){.sql = outbox_sql_hint, .after_commit = true};
     int rc = pga_pipeline(g->c, st, n, on_group, g); /* the parameters are copied */
     for (int c = 0; c < REC_COLS; c++)
         pg_array_free(&rec[c]);
@@ -1031,7 +1035,7 @@ static void on_group_conn(pga_conn_t *c, const char *err, void *arg)
     group_t *g = xcalloc(1, sizeof *g);
     g->q = q;
     g->c = c;
-    int stmts = 3; /* ROLLBACK (a retry), BEGIN, COMMIT */
+    int stmts = 4; /* ROLLBACK (a retry), BEGIN, COMMIT, the hint after it */
     while (q->head && g->n < GROUP_MAX) {
         commit_ctx_t *cc = q->head;
         if (!cc->r->answered && g->n > 0 && stmts + cc_stmts(cc) > PGA_MAX_STMTS)

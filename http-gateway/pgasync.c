@@ -39,6 +39,7 @@ typedef enum { CS_DOWN, CS_CONNECTING, CS_IDLE, CS_LEASED, CS_RESET } conn_state
  * (stmt >= 0) or a prepare we queued in front of it (stmt < 0, prep_name). */
 typedef struct tag {
     int stmt;
+    bool soft;       /* pga_stmt_t.after_commit */
     char *prep_name; /* owned until it moves into the prepared set */
 } tag_t;
 
@@ -445,7 +446,7 @@ static int op_submit(pga_conn_t *c, const pga_stmt_t *stmts, int n, pga_result_c
                           : PQsendQueryParams(c->pg, s->sql, s->nparams, NULL, s->params, s->lengths, s->formats, 0);
         if (!ok)
             goto fail;
-        o->tags[o->ntags++] = (tag_t){.stmt = i};
+        o->tags[o->ntags++] = (tag_t){.stmt = i, .soft = s->after_commit};
     }
     if (!PQpipelineSync(c->pg))
         goto fail;
@@ -571,7 +572,7 @@ static int op_drain(pga_conn_t *c)
         case PGRES_EMPTY_QUERY:
         case PGRES_SINGLE_TUPLE: break;
         case PGRES_PIPELINE_ABORTED:
-            if (!o->err)
+            if (!o->err && !t->soft)
                 o->err = xstrdup("pipeline aborted");
             break;
         case PGRES_COPY_IN:
@@ -582,8 +583,13 @@ static int op_drain(pga_conn_t *c)
             PQclear(r);
             return -1;
         default:
-            if (!o->err)
+            if (t->soft) {
+                char *why = result_error(r);
+                log_warn("pgasync: a statement after the commit failed: %s", why);
+                free(why);
+            } else if (!o->err) {
                 o->err = result_error(r);
+            }
             break;
         }
         if (t->stmt < 0) {

@@ -70,6 +70,10 @@ typedef struct pga_stmt {
      * binary, e.g. core/pgarray.h's arrays; 0 = text, whose length is unused). */
     const int *lengths;
     const int *formats;
+    /* Its failure is not the pipeline's (err stays NULL; its result is still
+     * handed over): a statement after the COMMIT, whose transaction is
+     * decided whatever becomes of it. */
+    bool after_commit;
 } pga_stmt_t;
 
 /* c is the leased connection, or NULL with err saying why: "timeout",

@@ -29,6 +29,7 @@
 #include <netinet/tcp.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -537,6 +538,42 @@ static int post_retry(int port, const char *hdrs, const char *body, hresp_t *r)
  * yields exactly one command: the answers that were read are replayed verbatim,
  * and a key whose answer was lost with the process (committed, never delivered)
  * is replayed too rather than executed again. */
+/* A keyed POST (its own transaction) hints the drainer once committed: the
+ * NOTIFY goes after the COMMIT, in a transaction of its own (pgasync's
+ * after_commit statement), and still arrives. */
+static void test_hint_after_commit(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(gw);
+    char *err = NULL;
+    PGconn *w = pg_connect(pg_url, "test-hint", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+    CU_ASSERT_EQUAL(pg_exec(w, "LISTEN ecom_outbox"), 0);
+    clock_sleep_ms(5); /* past the per-process throttle of hints */
+    char *key = unique("hint"), hdrs[200], body[160];
+    snprintf(hdrs, sizeof hdrs, "Content-Type: application/json\r\nIdempotency-Key: %s\r\n", key);
+    snprintf(body, sizeof body, "{\"type\":\"%s.ev\"}", key);
+    hresp_t r;
+    CU_ASSERT_EQUAL(hpost(gw->port, EVENTS, hdrs, body, &r), 0);
+    CU_ASSERT_TRUE(expect_status(&r, 202, "keyed POST"));
+    hfree(&r);
+    bool hinted = false;
+    for (int64_t end = clock_mono_ms() + 5000; !hinted && clock_mono_ms() < end;) {
+        PQconsumeInput(w);
+        PGnotify *n = PQnotifies(w);
+        if (n) {
+            hinted = strcmp(n->relname, "ecom_outbox") == 0;
+            PQfreemem(n);
+            continue;
+        }
+        struct pollfd p = {.fd = PQsocket(w), .events = POLLIN};
+        (void)poll(&p, 1, 100);
+    }
+    CU_ASSERT_TRUE(hinted);
+    PQfinish(w);
+    free(key);
+}
+
 static void test_crash_replay(void)
 {
     proc_reap(gw);
@@ -1743,7 +1780,9 @@ int main(void)
     atexit(reap_everything);
     CU_TestInfo tests[] = {
         {"idempotency: 50 concurrent POSTs, one command; 422; tenants; invalid keys", test_idempotency},
-        {"idempotency: grouped commits mix new keys, replays, 422s; a 400 stores nothing; expiry", test_grouped_commits},
+        {"idempotency: grouped commits mix new keys, replays, 422s; a 400 stores nothing; expiry",
+         test_grouped_commits},
+        {"a keyed POST hints the drainer after its commit", test_hint_after_commit},
         {"idempotency: kill -9 between commit and reply, replayed after restart", test_crash_replay},
         {"cache: MISS/HIT/304, per tenant, stale served with exactly one refresh", test_cache},
         {"errors: problem+json 404 405 415 400 413", test_errors},
