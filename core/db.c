@@ -213,15 +213,13 @@ typedef struct pl_stmt {
 } pl_stmt_t;
 
 /* The pending BEGIN, the held writes and then tail[0..ntail) in one
- * pipeline: one round trip. The last statement's result into *last (owned
- * by the caller; NULL when it did not run; none when ntail is 0). Returns 0
- * when every statement before it succeeded, 1 when one failed (logged; the later ones did
- * not run: the transaction is aborted), -1 when the pipeline broke (the
- * connection is dropped). The held writes are gone in every case. */
-/* Sends BEGIN (when pending), the held writes and tail in one pipeline;
- * *last is tail[0]'s result (the caller's), and what follows it in tail runs
- * on its own (its failure is logged, not returned). 0, 1 when a held write
- * failed, -1 when the connection broke (dropped). */
+ * pipeline: one round trip. tail[0]'s result into *last (owned by the
+ * caller; NULL when it did not run; none when ntail is 0); what follows it
+ * in tail is not the caller's (a failure is logged: db_after_commit).
+ * Returns 0 when every statement before tail[0] succeeded, 1 when one
+ * failed (logged; the later ones did not run: the transaction is aborted),
+ * -1 when the pipeline broke (the connection is dropped). The held writes
+ * are gone in every case. */
 static int pipeline(db_t *db, const pl_stmt_t *tail, int ntail, PGresult **last)
 {
     PGconn *c = db->pgc;
