@@ -465,6 +465,8 @@ static double pct(int64_t *v, size_t n, double q)
     return (double)v[k];
 }
 
+#define WAIT_KINDS 4 /* CPU, Lock, LWLock, IO: see prober_t */
+
 typedef struct result {
     double offered;                       /* requests/s sent */
     double accepted;                      /* 202/s */
@@ -478,6 +480,8 @@ typedef struct result {
     double cpu_pg_ms, cpu_redis_ms;       /* this database's backends, this Redis server */
     double cpu_pg_role[R_COUNT];          /* the backends of each role's connections */
     double rtt_p50, rtt_p99;              /* a SELECT 1 round trip during the run, ms */
+    long waits[WAIT_KINDS];               /* busy backends sampled during the run, by what they did */
+    long wait_samples;
 } result_t;
 
 /* utime + stime of a process, in ms. */
@@ -686,13 +690,35 @@ static void breakdown(run_t *run, size_t n)
 }
 
 /* A PostgreSQL round trip (SELECT 1) every 10 ms while a run goes on: what
- * one statement of a service costs at that load. */
+ * one statement of a service costs at that load; and every 50 ms what the
+ * busy backends of the flow are doing (pg_stat_activity, a backend reading
+ * the rest of a client's pipeline left out): running, or waiting on a
+ * heavyweight lock (a NOTIFY's commit lock among them), an LWLock (the WAL's
+ * among them), I/O. */
 typedef struct prober {
     pthread_t th;
     atomic_bool stop;
     int64_t *us;
     size_t n, cap;
+    long waits[WAIT_KINDS], samples;
 } prober_t;
+
+static const char *const wait_kinds[WAIT_KINDS] = {"CPU", "Lock", "LWLock", "IO"};
+
+static void sample_waits(PGconn *c, prober_t *pr)
+{
+    PGresult *r = PQexec(c, "SELECT coalesce(wait_event_type, 'CPU'), count(*) FROM pg_stat_activity"
+                            " WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()"
+                            " AND wait_event_type IS DISTINCT FROM 'Client' GROUP BY 1");
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+        pr->samples++;
+        for (int i = 0; i < PQntuples(r); i++)
+            for (int k = 0; k < WAIT_KINDS; k++)
+                if (strcmp(PQgetvalue(r, i, 0), wait_kinds[k]) == 0)
+                    pr->waits[k] += atol(PQgetvalue(r, i, 1));
+    }
+    PQclear(r);
+}
 
 static void *probe(void *arg)
 {
@@ -707,6 +733,8 @@ static void *probe(void *arg)
         PQclear(r);
         if (pr->n < pr->cap)
             pr->us[pr->n++] = dt;
+        if (pr->n % 5 == 0)
+            sample_waits(c, pr);
         clock_sleep_ms(10);
     }
     if (c)
@@ -905,6 +933,8 @@ static result_t run_once(int rate, bool explain, const char *label)
     res.cpu_redis_ms = (redis1 - redis0) / done;
     res.rtt_p50 = pct(pr.us, pr.n, 0.5) / 1000.0;
     res.rtt_p99 = pct(pr.us, pr.n, 0.99) / 1000.0;
+    memcpy(res.waits, pr.waits, sizeof res.waits);
+    res.wait_samples = pr.samples;
     free(pr.us);
     if (res.missing) {
         printf("  FAILED: %zu of %zu accepted payments got no receipt within %d s\n", res.missing, acc,
@@ -1070,7 +1100,9 @@ static void print_result(const char *label, const struct result *r)
            " notification %.2f, analytics %.2f\n",
            r->cpu_pg_role[R_GATEWAY], r->cpu_pg_role[R_DRAINER], r->cpu_pg_role[R_PAYMENT],
            r->cpu_pg_role[R_NOTIFICATION], r->cpu_pg_role[R_ANALYTICS]);
-    printf("      PostgreSQL meanwhile: a SELECT 1 round trip p50 %.2f ms, p99 %.2f ms\n", r->rtt_p50, r->rtt_p99);
+    printf("      PostgreSQL meanwhile: a SELECT 1 round trip p50 %.2f ms, p99 %.2f ms; in %ld samples of the busy"
+           " backends, running %ld, waiting on a lock %ld, an LWLock %ld, I/O %ld\n",
+           r->rtt_p50, r->rtt_p99, r->wait_samples, r->waits[0], r->waits[1], r->waits[2], r->waits[3]);
     fflush(stdout);
 }
 

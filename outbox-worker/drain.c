@@ -42,7 +42,7 @@ typedef struct stepper {
     size_t nparts;
     int64_t *skip; /* owned while posted */
     size_t nskip;
-    int rc; /* 0, -1 the send failed, -2 the answers did not come */
+    int rc;           /* 0, or -1: the step was not sent or its answers did not come */
     const char *role; /* the drainer thread's log role, the helper's too */
 } stepper_t;
 
@@ -452,14 +452,11 @@ static void *stepper_main(void *arg)
             break;
         pthread_mutex_unlock(&h->mu);
         drainer_t *d = h->d;
-        int rc = 0;
-        if (outbox_step_send(d->db, &d->next, d->unmarked, d->nunmarked, d->o->retain_s > 0, h->parts, h->nparts,
-                             h->skip, h->nskip, d->o->batch) != 0)
-            rc = -1;
-        else if (outbox_step_wait(d->db, &d->next) != 0)
-            rc = -2;
+        bool ok = outbox_step_send(d->db, &d->next, d->unmarked, d->nunmarked, d->o->retain_s > 0, h->parts, h->nparts,
+                                   h->skip, h->nskip, d->o->batch) == 0 &&
+                  outbox_step_wait(d->db, &d->next) == 0;
         pthread_mutex_lock(&h->mu);
-        h->rc = rc;
+        h->rc = ok ? 0 : -1;
         h->done = true;
         pthread_cond_broadcast(&h->cv);
     }
@@ -497,7 +494,7 @@ static int stepper_post(drainer_t *d, const int *parts, size_t nparts, int64_t *
     return 0;
 }
 
-/* Waits for the posted step: 0, -1 (send failed) or -2 (no answers). */
+/* Waits for the posted step: 0, or -1 (d->next to be freed: nothing fetched). */
 static int stepper_join(drainer_t *d)
 {
     stepper_t *h = &d->stepper;
