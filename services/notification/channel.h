@@ -51,6 +51,24 @@ int notification_webhook_parse_url(const char *url, char *host, size_t hcap, int
 notify_outcome_t notification_webhook_deliver(const notify_msg_t *m, const webhook_target_t *t, int64_t timeout_ms,
                                               char *detail, size_t cap);
 
+/* Many webhooks side by side, from the calling thread: groups of messages,
+ * each group's sent one at a time in its order (the next once the one
+ * before it was answered), up to `conns` groups at once, each over its own
+ * connection. next() gives group g's next message (its index in *item for
+ * answered()) or NULL when the group is done or stopped; answered() gets
+ * each outcome, as notification_webhook_deliver gives it, with its detail
+ * and the ms the webhook took. Returns when every group is done. */
+typedef struct webhook_many {
+    const webhook_target_t *t;
+    int64_t timeout_ms; /* per webhook, from its start */
+    size_t ngroups;
+    size_t conns;
+    const notify_msg_t *(*next)(void *arg, size_t g, size_t *item);
+    void (*answered)(void *arg, size_t g, size_t item, notify_outcome_t o, const char *detail, int64_t ms);
+    void *arg;
+} webhook_many_t;
+void notification_webhook_deliver_many(const webhook_many_t *w);
+
 typedef struct smtp_target {
     const char *host;
     int port;

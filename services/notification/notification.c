@@ -533,38 +533,57 @@ static void count_delivery(channel_t ch, const char *outcome)
         1);
 }
 
+/* The breaker's permit for a send on networked channel ch; false (error
+ * set) when the breaker refuses. */
+static bool guard_begin(channel_t ch, breaker_permit_t *permit, char *error, size_t cap)
+{
+    if (breaker_acquire(channel_breaker(ch), permit))
+        return true;
+    snprintf(error, cap, "%s circuit open", channel_names[ch]);
+    return false;
+}
+
+/* Records the outcome o of a send on ch that took ms with its breaker:
+ * SVC_OK, or SVC_DEFER (error set) when the breaker suspects an outage. */
+static svc_result_t guard_end(channel_t ch, breaker_permit_t *permit, notify_outcome_t o, const char *detail,
+                              int64_t ms, char *error, size_t cap)
+{
+    breaker_t *b = channel_breaker(ch);
+    breaker_outcome_t bo = o == NOTIFY_SENT ? BREAKER_SUCCESS : o == NOTIFY_FAILED ? BREAKER_FAILURE : BREAKER_IGNORED;
+    breaker_record(b, permit, bo, ms);
+    if (o == NOTIFY_FAILED && (permit->trial || breaker_state(b) != BREAKER_CLOSED)) {
+        count_delivery(ch, "failed");
+        snprintf(error, cap, "%s circuit open: %.200s", channel_names[ch], detail);
+        return SVC_DEFER;
+    }
+    return SVC_OK;
+}
+
+static webhook_target_t webhook_target(void)
+{
+    return (webhook_target_t){.host = settings.webhook_host,
+                              .port = settings.webhook_port,
+                              .path = settings.webhook_path,
+                              .secret = settings.webhook_secret};
+}
+
 /* Sends through a networked channel behind its breaker. SVC_OK with *o set,
  * or SVC_DEFER when the breaker refuses or suspects an outage. */
 static svc_result_t send_guarded(svc_ctx_t *c, channel_t ch, const notify_msg_t *m, notify_outcome_t *o, char *detail,
                                  size_t cap)
 {
-    breaker_t *b = channel_breaker(ch);
     breaker_permit_t permit;
-    if (!breaker_acquire(b, &permit)) {
-        snprintf(c->error, sizeof c->error, "%s circuit open", channel_names[ch]);
+    if (!guard_begin(ch, &permit, c->error, sizeof c->error))
         return SVC_DEFER;
-    }
     int64_t t0 = clock_mono_ms();
     if (ch == CH_WEBHOOK) {
-        webhook_target_t t = {.host = settings.webhook_host,
-                              .port = settings.webhook_port,
-                              .path = settings.webhook_path,
-                              .secret = settings.webhook_secret};
+        webhook_target_t t = webhook_target();
         *o = notification_webhook_deliver(m, &t, settings.timeout_ms, detail, cap);
     } else {
         smtp_target_t t = {.host = settings.smtp_host, .port = settings.smtp_port, .from = settings.smtp_from};
         *o = notification_smtp_deliver(m, &t, settings.timeout_ms, detail, cap);
     }
-    breaker_outcome_t bo = *o == NOTIFY_SENT     ? BREAKER_SUCCESS
-                           : *o == NOTIFY_FAILED ? BREAKER_FAILURE
-                                                 : BREAKER_IGNORED;
-    breaker_record(b, &permit, bo, clock_mono_ms() - t0);
-    if (*o == NOTIFY_FAILED && (permit.trial || breaker_state(b) != BREAKER_CLOSED)) {
-        count_delivery(ch, "failed");
-        snprintf(c->error, sizeof c->error, "%s circuit open: %.200s", channel_names[ch], detail);
-        return SVC_DEFER;
-    }
-    return SVC_OK;
+    return guard_end(ch, &permit, *o, detail, clock_mono_ms() - t0, c->error, sizeof c->error);
 }
 
 /* The networked sends of one message made ahead of its delivery (a batch's
@@ -755,6 +774,10 @@ typedef struct ahead {
     presend_t *pre;         /* per message */
     size_t *order, ngroups; /* message indices grouped by aggregate, batch order within */
     size_t *group_start;    /* group g is order[group_start[g] .. group_start[g + 1]) */
+    /* webhooks only (send_webhooks) */
+    size_t *cursor;            /* per group: its next position in order */
+    breaker_permit_t *permit;  /* per message */
+    notify_msg_t *msg;         /* per message, while its webhook is out */
 } ahead_t;
 
 static bool networked(channel_t ch)
@@ -799,6 +822,79 @@ static void send_group(void *arg, size_t g)
         if (stop)
             break;
     }
+}
+
+/* ---- webhooks only: side by side from this thread ---- */
+
+#define WEBHOOK_CONNS 32 /* webhooks of a batch out at once, a connection each */
+
+static const notify_msg_t *webhook_next(void *arg, size_t g, size_t *item)
+{
+    ahead_t *a = arg;
+    while (a->cursor[g] < a->group_start[g + 1]) {
+        size_t i = a->order[a->cursor[g]++];
+        const envelope_t *e = a->msgs[i];
+        if ((a->done[i] & (1u << CH_WEBHOOK)) || sent_known(e->id, CH_WEBHOOK))
+            continue;
+        presend_t *p = &a->pre[i];
+        p->have |= 1u << CH_WEBHOOK;
+        log_ctx_t lc;
+        char trace[33];
+        svc_log_ctx(&lc, trace, e);
+        const log_ctx_t *prev = log_ctx_set(&lc);
+        bool permitted = guard_begin(CH_WEBHOOK, &a->permit[i], p->error, sizeof p->error);
+        log_ctx_set(prev);
+        if (!permitted) {
+            p->r[CH_WEBHOOK] = SVC_DEFER;
+            a->cursor[g] = a->group_start[g + 1]; /* the later ones of the aggregate wait for it */
+            return NULL;
+        }
+        a->msg[i] = message_of(e, &a->r[i]);
+        *item = i;
+        return &a->msg[i];
+    }
+    return NULL;
+}
+
+static void webhook_answered(void *arg, size_t g, size_t i, notify_outcome_t o, const char *detail, int64_t ms)
+{
+    ahead_t *a = arg;
+    presend_t *p = &a->pre[i];
+    log_ctx_t lc;
+    char trace[33];
+    svc_log_ctx(&lc, trace, a->msgs[i]);
+    const log_ctx_t *prev = log_ctx_set(&lc);
+    p->o[CH_WEBHOOK] = o;
+    snprintf(p->detail[CH_WEBHOOK], sizeof p->detail[CH_WEBHOOK], "%s", detail);
+    p->r[CH_WEBHOOK] = guard_end(CH_WEBHOOK, &a->permit[i], o, detail, ms, p->error, sizeof p->error);
+    if (p->r[CH_WEBHOOK] == SVC_OK && final_outcome(o))
+        sent_remember(a->msgs[i]->id, CH_WEBHOOK, o, detail);
+    else
+        a->cursor[g] = a->group_start[g + 1]; /* rejected or failed: the later ones of the aggregate wait for it */
+    log_ctx_set(prev);
+}
+
+/* Makes the batch's webhooks (the only networked channel) from this
+ * thread: a group per connection, WEBHOOK_CONNS at once. */
+static void send_webhooks(ahead_t *a)
+{
+    a->cursor = xmalloc((a->ngroups + 1) * sizeof *a->cursor);
+    for (size_t g = 0; g < a->ngroups; g++)
+        a->cursor[g] = a->group_start[g];
+    a->permit = xcalloc(a->n, sizeof *a->permit);
+    a->msg = xcalloc(a->n, sizeof *a->msg);
+    webhook_target_t t = webhook_target();
+    webhook_many_t w = {.t = &t,
+                        .timeout_ms = settings.timeout_ms,
+                        .ngroups = a->ngroups,
+                        .conns = WEBHOOK_CONNS,
+                        .next = webhook_next,
+                        .answered = webhook_answered,
+                        .arg = a};
+    notification_webhook_deliver_many(&w);
+    free(a->cursor);
+    free(a->permit);
+    free(a->msg);
 }
 
 static workpool_t *send_pool;
@@ -854,6 +950,13 @@ static void send_ahead(ahead_t *a)
     strmap_free(&first);
     if (m == 0)
         return;
+    bool smtp = false;
+    for (int x = 0; x < settings.n; x++)
+        smtp = smtp || settings.order[x] == CH_SMTP;
+    if (!smtp) {
+        send_webhooks(a);
+        return;
+    }
     pthread_once(&send_once, send_pool_make);
     workpool_run(send_pool, a->ngroups, send_group, a);
 }
