@@ -10,7 +10,6 @@
 #include "core/pgarray.h"
 #include "core/recent.h"
 #include "core/strmap.h"
-#include "core/workpool.h"
 #include "services/payment/provider.h"
 
 #include <event2/buffer.h>
@@ -20,7 +19,6 @@
 #include <string.h>
 
 #define ANSWERS_MAX 16384   /* provider answers remembered for replays after a rollback (> SERVICE_BATCH) */
-#define PREFETCH_THREADS 31 /* provider calls side by side (+ the calling thread) */
 
 /* ---- small helpers ---- */
 
@@ -398,22 +396,14 @@ static void count_call(const char *outcome)
     metrics_add(metrics_counter("ecom_payment_provider_calls_total", "Payment provider calls by outcome", labels), 1);
 }
 
-/* Charges p (once) through the breaker. SVC_OK with *a approved or declined. */
-static svc_result_t charge(svc_ctx_t *c, const payment_t *p, provider_answer_t *a)
+/* Records the answer a to p's charge, which took ms, with the breaker
+ * (permit) and remembers it: SVC_OK when approved or declined, else SVC_RETRY,
+ * or SVC_DEFER while the breaker suspects an outage (error set). */
+static svc_result_t charge_end(breaker_t *b, breaker_permit_t *permit, const payment_t *p, const provider_answer_t *a,
+                               int64_t ms, char *error, size_t cap)
 {
-    if (answers_recall(p->id, a))
-        return SVC_OK;
-    breaker_t *b = get_breaker();
-    breaker_permit_t permit;
-    if (!breaker_acquire(b, &permit)) {
-        count_call("rejected");
-        snprintf(c->error, sizeof c->error, "provider circuit open");
-        return SVC_DEFER;
-    }
-    int64_t t0 = clock_mono_ms();
-    payment_provider_charge(p->id, p->amount, p->currency, p->method, a);
     bool failed = a->outcome == PROVIDER_UNAVAILABLE;
-    breaker_record(b, &permit, failed ? BREAKER_FAILURE : BREAKER_SUCCESS, clock_mono_ms() - t0);
+    breaker_record(b, permit, failed ? BREAKER_FAILURE : BREAKER_SUCCESS, ms);
     count_call(a->outcome == PROVIDER_APPROVED ? "approved" : a->outcome == PROVIDER_DECLINED ? "declined" : "failed");
     if (!failed) {
         answers_remember(p->id, a);
@@ -421,12 +411,36 @@ static svc_result_t charge(svc_ctx_t *c, const payment_t *p, provider_answer_t *
     }
     /* while the breaker suspects an outage, a failure is the provider's, not this
      * payment's: wait without spending an attempt */
-    if (permit.trial || breaker_state(b) != BREAKER_CLOSED) {
-        snprintf(c->error, sizeof c->error, "provider circuit open: %s", a->reason);
+    if (permit->trial || breaker_state(b) != BREAKER_CLOSED) {
+        snprintf(error, cap, "provider circuit open: %s", a->reason);
         return SVC_DEFER;
     }
-    snprintf(c->error, sizeof c->error, "%s", a->reason);
+    snprintf(error, cap, "%s", a->reason);
     return SVC_RETRY;
+}
+
+/* The breaker's permit for a charge; false (error set) when it refuses. */
+static bool charge_begin(breaker_t *b, breaker_permit_t *permit, char *error, size_t cap)
+{
+    if (breaker_acquire(b, permit))
+        return true;
+    count_call("rejected");
+    snprintf(error, cap, "provider circuit open");
+    return false;
+}
+
+/* Charges p (once) through the breaker. SVC_OK with *a approved or declined. */
+static svc_result_t charge(svc_ctx_t *c, const payment_t *p, provider_answer_t *a)
+{
+    if (answers_recall(p->id, a))
+        return SVC_OK;
+    breaker_t *b = get_breaker();
+    breaker_permit_t permit;
+    if (!charge_begin(b, &permit, c->error, sizeof c->error))
+        return SVC_DEFER;
+    int64_t t0 = clock_mono_ms();
+    payment_provider_charge(p->id, p->amount, p->currency, p->method, a);
+    return charge_end(b, &permit, p, a, clock_mono_ms() - t0, c->error, sizeof c->error);
 }
 
 /* ---- writes a batch holds back ---- */
@@ -843,23 +857,39 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
     return handle_one(c, NULL);
 }
 
-/* Charges pending payment i of the batch (on a thread of the pool). */
-static void prefetch_one(void *arg, size_t i)
+/* Charges the batch's pending payments at once, each as charge() does: the
+ * calls are in flight side by side, so the provider's latency is paid once
+ * per batch, not once per payment. */
+static void charge_many(prefetch_t *pf)
 {
-    prefetch_t *pf = arg;
-    svc_ctx_t c = {0};
-    provider_answer_t a;
-    pf->result[i] = charge(&c, &pf->rows[i], &a);
-    memcpy(pf->error[i], c.error, sizeof c.error);
-}
-
-/* The provider calls of every batch of the process share these threads. */
-static workpool_t *prefetch_pool;
-static pthread_once_t prefetch_once = PTHREAD_ONCE_INIT;
-
-static void prefetch_pool_make(void)
-{
-    prefetch_pool = workpool_new(PREFETCH_THREADS, 0); /* lives as long as the process */
+    breaker_t *b = get_breaker();
+    breaker_permit_t *permit = xcalloc(pf->n, sizeof *permit);
+    provider_call_t *calls = xcalloc(pf->n, sizeof *calls);
+    provider_answer_t *answers_of = xcalloc(pf->n, sizeof *answers_of);
+    size_t *at = xcalloc(pf->n, sizeof *at), k = 0;
+    for (size_t i = 0; i < pf->n; i++) {
+        const payment_t *p = &pf->rows[i];
+        provider_answer_t a;
+        if (answers_recall(p->id, &a)) {
+            pf->result[i] = SVC_OK;
+        } else if (!charge_begin(b, &permit[k], pf->error[i], sizeof pf->error[i])) {
+            pf->result[i] = SVC_DEFER;
+        } else {
+            calls[k] = (provider_call_t){.idem_key = p->id, .amount = p->amount, .currency = p->currency, .method = p->method};
+            at[k++] = i;
+        }
+    }
+    int64_t t0 = clock_mono_ms();
+    payment_provider_charge_many(calls, k, answers_of);
+    int64_t ms = clock_mono_ms() - t0;
+    for (size_t j = 0; j < k; j++) {
+        size_t i = at[j];
+        pf->result[i] = charge_end(b, &permit[j], &pf->rows[i], &answers_of[j], ms, pf->error[i], sizeof pf->error[i]);
+    }
+    free(permit);
+    free(calls);
+    free(answers_of);
+    free(at);
 }
 
 static const char sql_lock_many[] = "SELECT " PAYMENT_COLUMNS " FROM payment.payments WHERE id = ANY ($1::uuid[])"
@@ -938,10 +968,8 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     }
     pf.result = xcalloc(pf.n ? pf.n : 1, sizeof *pf.result);
     pf.error = xcalloc(pf.n ? pf.n : 1, sizeof *pf.error);
-    if (pf.n > 1) {
-        pthread_once(&prefetch_once, prefetch_pool_make);
-        workpool_run(prefetch_pool, pf.n, prefetch_one, &pf);
-    }
+    if (pf.n > 1)
+        charge_many(&pf);
     for (size_t i = 0; i < n && r == SVC_OK; i++) {
         const envelope_t *e = msgs[i];
         /* the runtime sets the log context per message only for handle() */

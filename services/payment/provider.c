@@ -83,13 +83,11 @@ static void remember(const char *key, const provider_answer_t *a, const char *re
     recent_put(&keys, key, &r);
 }
 
-void payment_provider_charge(const char *idem_key, int64_t amount, const char *currency, const char *method,
-                             provider_answer_t *out)
+/* The answer to one call once its latency has passed. */
+static void answer(const provider_call_t *c, provider_answer_t *out)
 {
-    (void)currency;
     memset(out, 0, sizeof *out);
     atomic_fetch_add(&n_calls, 1);
-    clock_sleep_ms(atomic_load(&latency_ms));
     if (dice_fails()) {
         atomic_fetch_add(&n_failures, 1);
         out->outcome = PROVIDER_UNAVAILABLE;
@@ -97,12 +95,12 @@ void payment_provider_charge(const char *idem_key, int64_t amount, const char *c
         return;
     }
     pthread_mutex_lock(&mu);
-    if (recall(idem_key, out)) {
+    if (recall(c->idem_key, out)) {
         pthread_mutex_unlock(&mu);
         atomic_fetch_add(&n_replays, 1);
         return;
     }
-    const char *reason = decline_reason(amount, method);
+    const char *reason = decline_reason(c->amount, c->method);
     if (reason) {
         out->outcome = PROVIDER_DECLINED;
         snprintf(out->reason, sizeof out->reason, "%s", reason);
@@ -113,8 +111,24 @@ void payment_provider_charge(const char *idem_key, int64_t amount, const char *c
         random_fast_hex(out->ref + 4, 12);
         atomic_fetch_add(&n_charges, 1);
     }
-    remember(idem_key, out, reason);
+    remember(c->idem_key, out, reason);
     pthread_mutex_unlock(&mu);
+}
+
+void payment_provider_charge(const char *idem_key, int64_t amount, const char *currency, const char *method,
+                             provider_answer_t *out)
+{
+    provider_call_t c = {.idem_key = idem_key, .amount = amount, .currency = currency, .method = method};
+    payment_provider_charge_many(&c, 1, out);
+}
+
+void payment_provider_charge_many(const provider_call_t *calls, size_t n, provider_answer_t *out)
+{
+    if (n == 0)
+        return;
+    clock_sleep_ms(atomic_load(&latency_ms));
+    for (size_t i = 0; i < n; i++)
+        answer(&calls[i], &out[i]);
 }
 
 void payment_provider_stats(payment_provider_stats_t *out)

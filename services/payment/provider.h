@@ -13,6 +13,7 @@
 #ifndef ECOM_PAYMENT_PROVIDER_H
 #define ECOM_PAYMENT_PROVIDER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define PROVIDER_LIMIT 100000000 /* minor units: 1,000,000.00 */
@@ -36,6 +37,18 @@ typedef struct provider_answer {
  * Blocks for the simulated latency. */
 void payment_provider_charge(const char *idem_key, int64_t amount, const char *currency, const char *method,
                              provider_answer_t *out);
+
+typedef struct provider_call {
+    const char *idem_key;
+    int64_t amount;
+    const char *currency;
+    const char *method;
+} provider_call_t;
+
+/* Makes n charges at once, as n calls in flight side by side: each is
+ * answered into out[i] as payment_provider_charge answers it, and the
+ * simulated latency is waited for once. */
+void payment_provider_charge_many(const provider_call_t *calls, size_t n, provider_answer_t *out);
 
 /* Simulator settings; safe to change while charges run. */
 void payment_provider_set_latency_ms(int64_t ms);
