@@ -67,6 +67,7 @@ struct pga_conn {
     bool has_op;   /* a pipeline (user or internal) is in flight */
     bool flushing; /* PQflush said 1: wait for write-readiness too */
     bool in_idle;
+    bool ended; /* the server said it ends this session (a FATAL outside a query): it is not handed out */
     op_t op;
     char **prepared; /* names prepared on this PGconn */
     int nprepared;
@@ -130,8 +131,17 @@ static char *result_error(const PGresult *r)
     return first_line(primary ? primary : PQresultErrorMessage(r), "statement failed");
 }
 
-static void notice_cb(void *arg, const char *message)
+/* Messages the server sends outside a query. A FATAL one (the backend was
+ * terminated, the server shuts down) comes before the connection closes,
+ * and may be read alone: the connection is marked ended at once, so a
+ * request never gets it in the moment before the close arrives. */
+static void notice_cb(void *arg, const PGresult *res)
 {
+    pga_conn_t *c = arg;
+    const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *message = PQresultErrorMessage(res);
+    if (severity && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0))
+        c->ended = true;
     log_debug("pgasync: server notice: %.*s", (int)strcspn(message, "\n"), message);
 }
 
@@ -384,7 +394,8 @@ static void conn_start(pga_conn_t *c)
         conn_failed(c, "out of memory");
         return;
     }
-    PQsetNoticeProcessor(c->pg, notice_cb, NULL);
+    c->ended = false;
+    PQsetNoticeReceiver(c->pg, notice_cb, c);
     if (PQstatus(c->pg) == CONNECTION_BAD || PQsocket(c->pg) < 0) {
         conn_failed(c, PQerrorMessage(c->pg));
         return;
@@ -644,7 +655,7 @@ static void op_io(pga_conn_t *c, short what)
 /* Readable without an op: a notice, a parameter change, or the server closing. */
 static void watch_step(pga_conn_t *c)
 {
-    if (PQconsumeInput(c->pg) && PQstatus(c->pg) == CONNECTION_OK) {
+    if (PQconsumeInput(c->pg) && PQstatus(c->pg) == CONNECTION_OK && !c->ended) {
         PGnotify *n;
         while ((n = PQnotifies(c->pg)))
             PQfreemem(n);
@@ -691,10 +702,11 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 /* A last look at an idle connection before it is handed out, without blocking.
  * A server that ended the session sent an error then closed: PQconsumeInput
  * takes the error and returns 1, so the end of stream is looked for directly. */
-static bool conn_alive(PGconn *pg)
+static bool conn_alive(pga_conn_t *c)
 {
+    PGconn *pg = c->pg;
     for (int round = 0; round < 3; round++) {
-        if (!PQconsumeInput(pg) || PQstatus(pg) != CONNECTION_OK)
+        if (!PQconsumeInput(pg) || PQstatus(pg) != CONNECTION_OK || c->ended)
             return false;
         char b;
         ssize_t r = recv(PQsocket(pg), &b, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -712,7 +724,7 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
     while (p->nwaiters > 0 && p->nidle > 0 && !p->closing) {
         pga_conn_t *c = TAILQ_FIRST(&p->idle);
         idle_remove(c);
-        if (!conn_alive(c->pg)) {
+        if (!conn_alive(c)) {
             log_warn("pgasync: idle connection found closed (backend pid=%d)", c->pid);
             recycle(c);
             continue;
