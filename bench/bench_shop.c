@@ -467,6 +467,8 @@ static double pct(int64_t *v, size_t n, double q)
 
 #define WAIT_KINDS 4 /* CPU, Lock, LWLock, IO: see prober_t */
 
+#define SECONDS_MAX 120 /* seconds of a run shown one by one */
+
 typedef struct result {
     double offered;                       /* requests/s sent */
     double accepted;                      /* 202/s */
@@ -482,6 +484,8 @@ typedef struct result {
     double rtt_p50, rtt_p99;              /* a SELECT 1 round trip during the run, ms */
     long waits[WAIT_KINDS];               /* busy backends sampled during the run, by what they did */
     long wait_samples;
+    double p99_by_s[SECONDS_MAX]; /* e2e p99 of the payments scheduled in each second of the run, ms */
+    int nseconds;
 } result_t;
 
 /* utime + stime of a process, in ms. */
@@ -917,6 +921,21 @@ static result_t run_once(int rate, bool explain, const char *label)
         if (run.p[i].sent_us)
             http[h++] = run.p[i].resp_us - run.p[i].sched_us;
     }
+    /* the same by second of the schedule: a tail spread over the run, or a few bad seconds */
+    int64_t span_us = run.end_us - run.t0_us;
+    res.nseconds = (int)((span_us + 999999) / 1000000);
+    if (res.nseconds > SECONDS_MAX)
+        res.nseconds = SECONDS_MAX;
+    int64_t *sec = xcalloc(got + 1, sizeof *sec);
+    for (int s = 0; s < res.nseconds; s++) {
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++)
+            if (run.p[i].receipt_us && (run.p[i].sched_us - run.t0_us) / 1000000 == s)
+                sec[m++] = run.p[i].receipt_us - run.p[i].sched_us;
+        qsort(sec, m, sizeof *sec, cmp_i64);
+        res.p99_by_s[s] = m ? pct(sec, m, 0.99) / 1000.0 : 0;
+    }
+    free(sec);
     qsort(lat, k, sizeof *lat, cmp_i64);
     qsort(http, h, sizeof *http, cmp_i64);
     res.p50 = pct(lat, k, 0.5) / 1000.0;
@@ -1103,6 +1122,10 @@ static void print_result(const char *label, const struct result *r)
     printf("      PostgreSQL meanwhile: a SELECT 1 round trip p50 %.2f ms, p99 %.2f ms; in %ld samples of the busy"
            " backends, running %ld, waiting on a lock %ld, an LWLock %ld, I/O %ld\n",
            r->rtt_p50, r->rtt_p99, r->wait_samples, r->waits[0], r->waits[1], r->waits[2], r->waits[3]);
+    printf("      e2e p99 by second of the run, ms:");
+    for (int i = 0; i < r->nseconds; i++)
+        printf(" %.0f", r->p99_by_s[i]);
+    printf("\n");
     fflush(stdout);
 }
 
