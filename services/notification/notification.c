@@ -764,7 +764,7 @@ static int batch_write(db_t *tx, record_batch_t *b)
 
 /* ---- a batch's sends, side by side ---- */
 
-#define SEND_THREADS 16 /* networked sends side by side (+ the calling thread) */
+#define SEND_THREADS 16 /* with smtp: networked sends side by side (+ the calling thread) */
 
 typedef struct ahead {
     size_t n;               /* messages of the batch */
@@ -902,11 +902,13 @@ static pthread_once_t send_once = PTHREAD_ONCE_INIT;
 
 static void send_pool_make(void)
 {
-    send_pool = workpool_new(SEND_THREADS, 0); /* lives as long as the process; its threads keep their connections */
+    send_pool = workpool_new(SEND_THREADS, 0); /* lives as long as the process */
 }
 
 /* Groups the messages that have networked sends to make by aggregate and
- * makes them, a group per thread of the pool. */
+ * makes them: webhooks alone from this thread (send_webhooks); with smtp
+ * (a conversation of several steps, blocking), a group per thread of the
+ * pool. */
 static void send_ahead(ahead_t *a)
 {
     bool any_net = false;
@@ -963,7 +965,7 @@ static void send_ahead(ahead_t *a)
 
 /* A batch in two statements around the sends: which deliveries exist, then
  * every new one at once (two statements per message before). The networked
- * sends go side by side (a thread per aggregate, its messages in order), then
+ * sends go side by side (each aggregate's messages in order), then
  * the batch is delivered and recorded in order. A send that fails fails the
  * batch; the runtime applies it again by halves, and what was sent or
  * refused for good meanwhile is not asked again (the recent outcomes). */
