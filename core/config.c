@@ -52,7 +52,7 @@ static const citem_t items[] = {
     {"SERVICE_BATCH", T_INT, F(service_batch), "1000", 1, 10000, NULL, "messages per consumer transaction (at most)"},
     {"SERVICE_BLOCK_MS", T_INT, F(service_block_ms), "1000", 1, 60000, NULL, "XREADGROUP BLOCK in ms"},
     {"SERVICE_LANES", T_INT, F(service_lanes), "4", 1, 8, NULL,
-     "PostgreSQL connections a service applies a batch on at most (one per 16 messages), split by aggregate "
+     "PostgreSQL connections a service applies a batch on at most (one per 64 messages), split by aggregate "
      "(payment, notification: services whose handlers wait on round trips)"},
     {"SERVICE_MAX_ATTEMPTS", T_INT, F(service_max_attempts), "5", 1, 100, NULL,
      "failed attempts before a message goes to the DLQ"},

@@ -87,7 +87,7 @@ typedef struct svc_def {
     int (*seen)(db_t *tx, const envelope_t *const *msgs, size_t n, bool *seen, void *arg);
     /* The handlers may run on several connections at once (no shared state
      * but the database): the runtime then applies a batch on up to o->lanes
-     * connections (one per 16 messages), split by aggregate. */
+     * connections (one per 64 messages), split by aggregate. */
     bool concurrent;
     /* handle_batch runs a statement before it does anything outside the
      * database (a provider call, a webhook): the runtime may then hold the
