@@ -124,7 +124,9 @@ static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
 static kept_t kept[KEPT_MAX];
 static size_t nkept;
 
-/* An idle connection to host:port, or -1. */
+/* The most recently idle connection to host:port (the least likely to have
+ * been closed by the receiver meanwhile), or -1. The list stays in the order
+ * the connections went idle. */
 static int kept_take(const char *host, int port)
 {
     int fd = -1;
@@ -132,7 +134,8 @@ static int kept_take(const char *host, int port)
     for (size_t i = nkept; i-- > 0;)
         if (kept[i].port == port && strcmp(kept[i].host, host) == 0) {
             fd = kept[i].fd;
-            kept[i] = kept[--nkept];
+            memmove(&kept[i], &kept[i + 1], (nkept - i - 1) * sizeof *kept);
+            nkept--;
             break;
         }
     pthread_mutex_unlock(&kept_mu);
@@ -142,9 +145,10 @@ static int kept_take(const char *host, int port)
 static void kept_put(int fd, const char *host, int port)
 {
     pthread_mutex_lock(&kept_mu);
-    if (nkept == KEPT_MAX) { /* the oldest goes */
+    if (nkept == KEPT_MAX) { /* the longest idle goes */
         close(kept[0].fd);
-        kept[0] = kept[--nkept];
+        memmove(&kept[0], &kept[1], (nkept - 1) * sizeof *kept);
+        nkept--;
     }
     kept_t *k = &kept[nkept++];
     k->fd = fd;
@@ -212,6 +216,7 @@ typedef struct slot {
     int status;  /* from the status line, once read; else -1 */
     bool framed; /* the answer has a Content-Length and the connection may stay */
     int64_t t0, deadline;
+    uint64_t seq;              /* counts the slot's webhooks (a retry is the same one) */
     const struct addrinfo *ai; /* the address being connected to */
 } slot_t;
 
@@ -220,6 +225,7 @@ typedef struct engine {
     slot_t *slots;
     size_t nslots;
     size_t next_group;
+    bool draining;          /* poll failed: what is in flight fails, nothing new starts */
     struct addrinfo *addrs; /* resolved on the first new connection */
     bool resolved;
     char resolve_err[160];
@@ -295,16 +301,18 @@ static void slot_next(engine_t *e, slot_t *s)
 {
     const webhook_many_t *w = e->w;
     for (;;) {
-        const notify_msg_t *m = s->group == SIZE_MAX ? NULL : w->next(w->arg, s->group, &s->item);
+        const notify_msg_t *m = s->group == SIZE_MAX || e->draining ? NULL : w->next(w->arg, s->group, &s->item);
         if (!m) {
-            if (e->next_group < w->ngroups) {
+            if (e->next_group < w->ngroups && !e->draining) {
                 s->group = e->next_group++;
                 continue;
             }
             s->st = SLOT_IDLE;
             s->group = SIZE_MAX;
-            if (s->fd >= 0)
+            if (s->fd >= 0 && !e->draining)
                 kept_put(s->fd, w->t->host, w->t->port);
+            else if (s->fd >= 0)
+                close(s->fd);
             s->fd = -1;
             return;
         }
@@ -317,6 +325,7 @@ static void slot_next(engine_t *e, slot_t *s)
         s->status = -1;
         s->framed = false;
         s->retried = false;
+        s->seq++;
         s->t0 = clock_mono_ms();
         s->deadline = s->t0 + w->timeout_ms;
         if (s->fd < 0)
@@ -393,13 +402,19 @@ static bool header_value(const char *headers, const char *name, char *val, size_
  * the answer is complete (status counts), 0 to read on, -1 malformed. */
 static int parse_answer(slot_t *s)
 {
-    if (s->need == 0) {
+    while (s->need == 0) {
         char *end = strstr(s->rbuf, "\r\n\r\n");
         if (!end)
             return 0;
         int code = 0;
         if (sscanf(s->rbuf, "HTTP/1.%*[01] %3d", &code) != 1 || code < 100 || code > 599)
             return -1;
+        if (code < 200 && code != 101) { /* an interim answer (100 Continue, 103): the final one follows */
+            size_t head = (size_t)(end + 4 - s->rbuf);
+            memmove(s->rbuf, s->rbuf + head, s->rlen - head + 1);
+            s->rlen -= head;
+            continue;
+        }
         s->status = code;
         char v[64], saved = end[2];
         end[2] = '\0'; /* the header block alone: status line and headers, each ending in CRLF */
@@ -469,9 +484,10 @@ static void slot_step(engine_t *e, slot_t *s)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
-        if (n < 0) {
+        if (n < 0) { /* a status already read counts, as at the end of the stream */
             snprintf(why, sizeof why, "webhook: connection failed before an answer (%s)", strerror(errno));
-            slot_finish(e, s, -1, why, true);
+            s->framed = false;
+            slot_finish(e, s, s->status, why, true);
             return;
         }
         if (n == 0) {
@@ -525,10 +541,18 @@ void notification_webhook_deliver_many(const webhook_many_t *w)
             if (s->st == SLOT_IDLE)
                 continue;
             if (s->deadline <= now) {
-                slot_finish(&e, s, -1,
-                            s->st == SLOT_CONNECTING ? "webhook: connect timed out"
-                                                     : "webhook: no answer before the timeout",
-                            false);
+                /* a last look first: what arrived while this thread was busy
+                 * elsewhere (a blocking name lookup) is not a timeout */
+                uint64_t seq = s->seq;
+                if (s->st != SLOT_CONNECTING) /* a connect still under way looks like a done one */
+                    slot_step(&e, s);
+                if (s->st != SLOT_IDLE && s->seq == seq) {
+                    s->framed = false;
+                    slot_finish(&e, s, s->status,
+                                s->st == SLOT_CONNECTING ? "webhook: connect timed out"
+                                                         : "webhook: no answer before the timeout",
+                                false);
+                }
                 if (s->st == SLOT_SENDING)
                     slot_step(&e, s);
                 if (s->st == SLOT_IDLE)
@@ -542,8 +566,10 @@ void notification_webhook_deliver_many(const webhook_many_t *w)
         if (np == 0)
             break;
         int rc = poll(pfd, np, wait < 0 ? 0 : wait > 60000 ? 60000 : (int)wait);
-        if (rc < 0 && errno != EINTR)
-            break; /* cannot happen with valid descriptors; what is in flight is failed below */
+        if (rc < 0 && errno != EINTR) {
+            e.draining = true; /* cannot happen with valid descriptors; what is in flight is failed below */
+            break;
+        }
         for (size_t k = 0; k < np && rc > 0; k++) {
             if (!pfd[k].revents)
                 continue;

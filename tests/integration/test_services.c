@@ -1384,6 +1384,107 @@ static void test_webhook_real(void)
     webhook(false);
 }
 
+/* A receiver on a raw socket that answers each request from a script:
+ * 0: an interim 100 Continue, then 200; 1: a 200 head announcing a body,
+ * then a close; 2: a 200 head announcing a body, then nothing until the
+ * sender gives up; 3 and on: 200. */
+typedef struct scripted_hook {
+    int lfd, port;
+    pthread_t thread;
+    atomic_int requests;
+    atomic_bool quit;
+} scripted_hook_t;
+
+/* Reads one request (head and Content-Length body) from fd: 1, or 0 at the end. */
+static int scripted_read(int fd)
+{
+    char buf[8192];
+    size_t len = 0;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 5000) <= 0)
+            return 0;
+        ssize_t n = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+        if (n <= 0)
+            return 0;
+        len += (size_t)n;
+        buf[len] = '\0';
+        char *end = strstr(buf, "\r\n\r\n"), *cl = strcasestr(buf, "Content-Length:");
+        if (end && cl && len >= (size_t)(end + 4 - buf) + strtoul(cl + 15, NULL, 10))
+            return 1;
+        if (len == sizeof buf - 1)
+            return 0;
+    }
+}
+
+static void *scripted_main(void *arg)
+{
+    scripted_hook_t *h = arg;
+    while (!atomic_load(&h->quit)) {
+        struct pollfd p = {.fd = h->lfd, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        int fd = accept(h->lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        bool open = true;
+        while (open && !atomic_load(&h->quit) && scripted_read(fd)) {
+            int k = atomic_fetch_add(&h->requests, 1);
+            static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+            static const char head[] = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+            const char *a = k == 0 ? "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                            : k == 1 || k == 2 ? head
+                                               : ok;
+            if (send(fd, a, strlen(a), MSG_NOSIGNAL) < 0)
+                break;
+            if (k == 2) /* nothing more on this connection: the sender's timeout ends it */
+                while (!atomic_load(&h->quit) && scripted_read(fd))
+                    ;
+            open = k != 1 && k != 2;
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+/* What counts is the final status: an interim 100 is skipped, and a 200
+ * whose body never comes whole (the receiver closes, or stalls past the
+ * timeout) is delivered, not sent again. */
+static void test_webhook_status_counts(void)
+{
+    scripted_hook_t h = {0};
+    h.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    CU_ASSERT_FATAL(h.lfd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    ASSERT_OK(bind(h.lfd, (struct sockaddr *)&a, sizeof a));
+    ASSERT_OK(listen(h.lfd, 16));
+    ASSERT_OK(getsockname(h.lfd, (struct sockaddr *)&a, &al));
+    h.port = ntohs(a.sin_port);
+    ASSERT_OK(pthread_create(&h.thread, NULL, scripted_main, &h));
+    sut_t s;
+    start_webhook_notification(&s, true, "svc_webhook_status", "webhook", h.port);
+    metric_t *failed =
+        metrics_counter("ecom_notification_deliveries_total", "Notification deliveries by channel and outcome",
+                        "channel=\"webhook\",outcome=\"failed\"");
+    uint64_t failed_before = metrics_value(failed);
+    static const char *const codes[] = {"200001", "200002", "200003", "200004"};
+    for (int i = 0; i < 4; i++) {
+        append_otp(&s, codes[i]);
+        CU_ASSERT_TRUE(wait_deliveries(&s, "user@example.com", "auth.otp.requested", "webhook", (size_t)i + 1, 15000));
+    }
+    clock_sleep_ms(200);
+    CU_ASSERT_EQUAL(atomic_load(&h.requests), 4); /* each sent once */
+    CU_ASSERT_EQUAL(metrics_value(failed), failed_before);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "webhook"), 4);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
+    sut_stop(&s);
+    atomic_store(&h.quit, true);
+    pthread_join(h.thread, NULL);
+    close(h.lfd);
+    configure_notification(&s, "log", NULL, 0);
+}
+
 /* A receiver that answers each webhook 30 ms later (so sends made side by
  * side overlap), notes the most requests it held at once, and checks that
  * the receipts of one payment come one at a time, in order (received, then
@@ -1800,6 +1901,8 @@ int main(void)
         {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
         {"signed webhook, 500 twice then 200: delivered once (postgres+redis)", test_webhook_real},
         {"webhooks share a kept connection; closed ones are replaced (memory)", test_webhook_kept},
+        {"a webhook's final status counts: 100 skipped, a 200 with a cut or stalled body (memory)",
+         test_webhook_status_counts},
         {"a batch's webhooks go side by side, each payment's in order (postgres+redis)", test_webhook_side_by_side},
         {"SMTP mail to the test server (memory)", test_smtp_memory},
         {"SMTP mail to the test server (postgres+redis)", test_smtp_real},
