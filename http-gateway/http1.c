@@ -33,6 +33,7 @@
 
 #define H1_BUF_INITIAL 4096
 #define H1_LINGER_MS 2000         /* reading what a client still sends after our last answer */
+#define H1_FRESH_GRACE_MS 1000    /* closing: a new connection's time to send its first request (answered 503) */
 #define H1_LINGER_MAX (16u << 20) /* ... at most this much */
 #define H1_CHUNK_LINE_MAX 1024    /* a chunk-size line with its extensions */
 #define H1_TRAILER_MAX 8192       /* the trailer section of a chunked body */
@@ -85,6 +86,7 @@ struct h1_conn {
     bool in_dispatch;     /* within the callback: closing waits for its return */
     bool dead;            /* to be freed when the callback returns */
     int64_t mark_ms;      /* the start of what the timeout bounds */
+    unsigned requests;    /* dispatched on this connection so far */
     size_t lingered;
     struct evbuffer *out;
     h1_req_t q;
@@ -301,6 +303,7 @@ static void send_continue(h1_conn_t *c)
 static void dispatch(h1_conn_t *c)
 {
     c->state = ST_INFLIGHT;
+    c->requests++;
     if (c->q.error)
         c->close_after = true;
     c->in_dispatch = true;
@@ -812,6 +815,16 @@ void h1_server_set_closing(h1_server_t *s)
     s->last_sweep = 0; /* the next sweep closes the idle ones */
 }
 
+bool h1_server_waiting(h1_server_t *s)
+{
+    int64_t now = now_ms(s);
+    for (h1_conn_t *c = s->conns; c; c = c->next)
+        if (c->fd >= 0 && c->state == ST_HEAD &&
+            (c->len > 0 || (c->requests == 0 && now - c->mark_ms < H1_FRESH_GRACE_MS)))
+            return true;
+    return false;
+}
+
 void h1_server_sweep(h1_server_t *s)
 {
     int64_t now = now_ms(s);
@@ -830,7 +843,10 @@ void h1_server_sweep(h1_server_t *s)
         switch (c->state) {
         case ST_INFLIGHT: expired = c->wev_on && age > limit; break; /* the gateway's timer bounds the rest */
         case ST_LINGER: expired = age > H1_LINGER_MS; break;
-        case ST_HEAD: expired = age > limit || (s->closing && c->len == 0 && !c->wev_on); break;
+        case ST_HEAD: /* closing: a kept-alive one between requests goes now, a new one after its grace */
+            expired = age > limit ||
+                      (s->closing && c->len == 0 && !c->wev_on && (c->requests > 0 || age >= H1_FRESH_GRACE_MS));
+            break;
         default: expired = age > limit; break;
         }
         if (expired)

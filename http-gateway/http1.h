@@ -50,10 +50,15 @@ typedef void (*h1_request_cb)(h1_req_t *q, void *arg);
 h1_server_t *h1_server_new(struct event_base *base, int fd, const h1_limits_t *lim, h1_request_cb cb, void *arg);
 /* Closes the listening socket; open connections go on. */
 void h1_server_stop_accepting(h1_server_t *s);
-/* From now on every answer closes its connection, and idle connections close. */
+/* From now on every answer closes its connection, and idle connections close:
+ * a kept-alive one between requests at the next sweep, a new one that has
+ * sent nothing yet after a short grace (its first request gets its answer). */
 void h1_server_set_closing(h1_server_t *s);
 /* Closes connections past their timeouts; call it often (it acts once a second). */
 void h1_server_sweep(h1_server_t *s);
+/* Whether a connection is receiving a request, or is new and may still send
+ * its first within the grace: a server that is closing waits for them. */
+bool h1_server_waiting(h1_server_t *s);
 /* Closes every connection. A request not answered by then is gone with it:
  * answer (or drop) every request before. */
 void h1_server_free(h1_server_t *s);

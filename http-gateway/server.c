@@ -494,7 +494,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         int64_t now = clock_mono_ms();
         if (!th->drain_until)
             th->drain_until = now + GW_REQUEST_TIMEOUT_MS + 1000;
-        if (th->active == 0 || now >= th->drain_until) {
+        if ((th->active == 0 && !h1_server_waiting(th->http)) || now >= th->drain_until) {
             /* stop accepting here: the kernel hands new connections to the
              * listeners of threads still draining (they answer 503) */
             h1_server_stop_accepting(th->http);

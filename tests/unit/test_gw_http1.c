@@ -9,6 +9,7 @@
 #include "http-gateway/http1.h"
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "tests/httptest.h"
 #include "tests/testlib.h"
 
@@ -112,12 +113,18 @@ static void on_request(h1_req_t *q, void *arg)
     evtimer_add(l->ev, &tv);
 }
 
+static atomic_bool want_closing, waiting_now; /* the closing test's, read and set on the server's thread */
+static atomic_int closing_ticks;
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     (void)arg;
+    if (atomic_load(&want_closing) && atomic_fetch_add(&closing_ticks, 1) == 0)
+        h1_server_set_closing(srv);
     h1_server_sweep(srv);
+    atomic_store(&waiting_now, h1_server_waiting(srv));
 }
 
 static atomic_bool stopping;
@@ -720,6 +727,33 @@ static void test_timeouts(void)
     cl_close(crlf);
 }
 
+/* Closing (the last test: the server stays so): a kept-alive connection
+ * between requests closes, while a new one that has sent nothing yet gets
+ * its grace, its first request answered, and the server says it waits for
+ * it meanwhile. */
+static void test_closing(void)
+{
+    atomic_store(&mode, MODE_NOW);
+    client_t *kept = cl_open();
+    CU_ASSERT_EQUAL(cl_sends(kept, GET("/first", "")), 0);
+    expect_body(kept, "GET /first 0:");
+    client_t *fresh = cl_open();
+    clock_sleep_ms(150); /* accepted */
+    atomic_store(&want_closing, true);
+    for (int i = 0; i < 100 && atomic_load(&closing_ticks) < 3; i++)
+        clock_sleep_ms(20); /* closing, and two sweeps after it */
+    CU_ASSERT_TRUE(atomic_load(&waiting_now));
+    CU_ASSERT_TRUE(cl_closed(kept));
+    CU_ASSERT_EQUAL(cl_sends(fresh, GET("/second", "")), 0);
+    expect_body(fresh, "GET /second 0:");
+    CU_ASSERT_TRUE(cl_closed(fresh)); /* closing: the answer ends it */
+    for (int i = 0; i < 100 && atomic_load(&waiting_now); i++)
+        clock_sleep_ms(20);
+    CU_ASSERT_FALSE(atomic_load(&waiting_now));
+    cl_close(kept);
+    cl_close(fresh);
+}
+
 /* The process runs out of file descriptors while a client connects: accepting
  * pauses (rather than failing in a loop) and resumes once descriptors are
  * free again, and the waiting client is served. */
@@ -775,6 +809,7 @@ int main(void)
         {"answer fields with CR/LF or a bad name are left out", test_invalid_answer_fields},
         {"idle and half-sent connections time out", test_timeouts},
         {"out of file descriptors: accepting pauses, then resumes", test_out_of_descriptors},
+        {"closing: kept-alive connections close, a new one's first request is answered", test_closing},
         CU_TEST_INFO_NULL,
     };
     return test_main("gw_http1", tests, start_server, stop_server);
