@@ -485,6 +485,7 @@ typedef struct result {
     long waits[WAIT_KINDS];               /* busy backends sampled during the run, by what they did */
     long wait_samples;
     double p99_by_s[SECONDS_MAX]; /* e2e p99 of the payments scheduled in each second of the run, ms */
+    double switches[R_COUNT], switches_pg, switches_all; /* context switches per completed payment */
     int nseconds;
 } result_t;
 
@@ -506,10 +507,39 @@ static double proc_cpu_ms(pid_t pid)
     return 0;
 }
 
-/* CPU time (ms) of every process whose command line contains needle, e.g.
- * the PostgreSQL backends of one database ("postgres: postgres DB ...") or
- * one Redis server ("redis-server 127.0.0.1:PORT"). */
-static double cpu_of_matching(const char *needle)
+/* Context switches of a process so far, voluntary and not, over its threads. */
+static double proc_switches(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    double sum = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        char st[sizeof path + sizeof e->d_name + 16], line[256];
+        snprintf(st, sizeof st, "%s/%s/status", path, e->d_name);
+        FILE *f = fopen(st, "r");
+        if (!f)
+            continue;
+        unsigned long long v;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "voluntary_ctxt_switches: %llu", &v) == 1 ||
+                sscanf(line, "nonvoluntary_ctxt_switches: %llu", &v) == 1)
+                sum += (double)v;
+        fclose(f);
+    }
+    closedir(d);
+    return sum;
+}
+
+/* The sum of of(pid) over every process whose command line contains needle,
+ * e.g. the PostgreSQL backends of one database ("postgres: postgres DB ...")
+ * or one Redis server ("redis-server 127.0.0.1:PORT"). */
+static double sum_of_matching(const char *needle, double (*of)(pid_t))
 {
     DIR *d = opendir("/proc");
     if (!d)
@@ -531,10 +561,15 @@ static double cpu_of_matching(const char *needle)
                 cmd[i] = ' ';
         cmd[n] = '\0';
         if (strstr(cmd, needle))
-            sum += proc_cpu_ms((pid_t)atoi(e->d_name));
+            sum += of((pid_t)atoi(e->d_name));
     }
     closedir(d);
     return sum;
+}
+
+static double cpu_of_matching(const char *needle)
+{
+    return sum_of_matching(needle, proc_cpu_ms);
 }
 
 static char pg_needle[160], redis_needle[300];
@@ -565,6 +600,20 @@ static void cpu_pg_by_role(double out[R_COUNT])
                         out[k] += proc_cpu_ms((pid_t)atoi(PQgetvalue(r, i, 0)));
     PQclear(r);
     PQfinish(c);
+}
+
+/* Context switches of the whole machine so far. */
+static double machine_switches(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long v = 0;
+    while (fgets(line, sizeof line, f) && sscanf(line, "ctxt %llu", &v) != 1)
+        ;
+    fclose(f);
+    return (double)v;
 }
 
 /* Busy CPU time of the whole machine, in ms (every core). */
@@ -845,10 +894,12 @@ static result_t run_once(int rate, bool explain, const char *label)
     pthread_create(&pr.th, NULL, probe, &pr);
     double cpu0[R_COUNT], busy0 = machine_busy_ms(), self0 = proc_cpu_ms(getpid());
     double pg0 = cpu_of_matching(pg_needle), redis0 = cpu_of_matching(redis_needle), pgr0[R_COUNT];
+    double sw0[R_COUNT], swpg0 = sum_of_matching(pg_needle, proc_switches), swall0 = machine_switches();
     cpu_pg_by_role(pgr0);
     stage_stats_t st0[R_COUNT] = {{0}}, st1[R_COUNT] = {{0}};
     for (int i = 0; i < R_COUNT; i++) {
         cpu0[i] = proc_cpu_ms(roles[i].pid);
+        sw0[i] = proc_switches(roles[i].pid);
         if (explain && i != R_GATEWAY)
             st0[i] = stage_stats(&roles[i]);
     }
@@ -887,12 +938,14 @@ static result_t run_once(int rate, bool explain, const char *label)
         clock_sleep_ms(100);
     }
     /* CPU from the start to the last receipt: all the work of these payments */
-    double cpu1[R_COUNT];
+    double cpu1[R_COUNT], sw1[R_COUNT];
     for (int i = 0; i < R_COUNT; i++) {
         cpu1[i] = proc_cpu_ms(roles[i].pid);
+        sw1[i] = proc_switches(roles[i].pid);
         if (explain && i != R_GATEWAY)
             st1[i] = stage_stats(&roles[i]);
     }
+    double swpg1 = sum_of_matching(pg_needle, proc_switches), swall1 = machine_switches();
     double busy1 = machine_busy_ms(), self1 = proc_cpu_ms(getpid());
     double pg1 = cpu_of_matching(pg_needle), redis1 = cpu_of_matching(redis_needle), pgr1[R_COUNT];
     cpu_pg_by_role(pgr1);
@@ -945,8 +998,11 @@ static result_t run_once(int rate, bool explain, const char *label)
     for (int i = 0; i < R_COUNT; i++) {
         res.cpu_ms[i] = (cpu1[i] - cpu0[i]) / done;
         res.cpu_pg_role[i] = (pgr1[i] - pgr0[i]) / done;
+        res.switches[i] = (sw1[i] - sw0[i]) / done;
     }
     res.cpu_total_ms = (busy1 - busy0) / done;
+    res.switches_pg = (swpg1 - swpg0) / done;
+    res.switches_all = (swall1 - swall0) / done;
     res.cpu_self_ms = (self1 - self0) / done;
     res.cpu_pg_ms = (pg1 - pg0) / done;
     res.cpu_redis_ms = (redis1 - redis0) / done;
@@ -1115,6 +1171,10 @@ static void print_result(const char *label, const struct result *r)
            r->cpu_ms[R_GATEWAY], r->cpu_ms[R_DRAINER], r->cpu_ms[R_PAYMENT], r->cpu_ms[R_NOTIFICATION],
            r->cpu_ms[R_ANALYTICS], r->cpu_pg_ms, r->cpu_redis_ms, r->cpu_total_ms);
     printf("      of the machine's, this program's (the clients, the receipts' receiver): %.2f\n", r->cpu_self_ms);
+    printf("      context switches per completed payment: gateway %.1f, outbox-worker %.1f, payment %.1f,"
+           " notification %.1f, analytics %.1f, PostgreSQL backends %.1f; whole machine %.1f\n",
+           r->switches[R_GATEWAY], r->switches[R_DRAINER], r->switches[R_PAYMENT], r->switches[R_NOTIFICATION],
+           r->switches[R_ANALYTICS], r->switches_pg, r->switches_all);
     printf("      of it in PostgreSQL, by the connections of: gateway %.2f, outbox-worker %.2f, payment %.2f,"
            " notification %.2f, analytics %.2f\n",
            r->cpu_pg_role[R_GATEWAY], r->cpu_pg_role[R_DRAINER], r->cpu_pg_role[R_PAYMENT],

@@ -1384,6 +1384,20 @@ static void test_webhook_real(void)
     webhook(false);
 }
 
+/* A socket listening on 127.0.0.1 at a port the kernel chose (*port). */
+static int listen_loopback(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CU_ASSERT_FATAL(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof sa));
+    ASSERT_OK(listen(fd, 16));
+    ASSERT_OK(getsockname(fd, (struct sockaddr *)&sa, &sl));
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
 /* A receiver on a raw socket that answers each request from a script:
  * 0: an interim 100 Continue, then 200; 1: a 200 head announcing a body,
  * then a close; 2: a 200 head announcing a body, then nothing until the
@@ -1453,14 +1467,7 @@ static void *scripted_main(void *arg)
 static void test_webhook_status_counts(void)
 {
     scripted_hook_t h = {0};
-    h.lfd = socket(AF_INET, SOCK_STREAM, 0);
-    CU_ASSERT_FATAL(h.lfd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    ASSERT_OK(bind(h.lfd, (struct sockaddr *)&a, sizeof a));
-    ASSERT_OK(listen(h.lfd, 16));
-    ASSERT_OK(getsockname(h.lfd, (struct sockaddr *)&a, &al));
-    h.port = ntohs(a.sin_port);
+    h.lfd = listen_loopback(&h.port);
     ASSERT_OK(pthread_create(&h.thread, NULL, scripted_main, &h));
     sut_t s;
     start_webhook_notification(&s, true, "svc_webhook_status", "webhook", h.port);
@@ -1743,14 +1750,7 @@ static void smtpd_start(smtpd_t *d)
 {
     memset(d, 0, sizeof *d);
     pthread_mutex_init(&d->mu, NULL);
-    d->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CU_ASSERT_FATAL(d->lfd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    ASSERT_OK(bind(d->lfd, (struct sockaddr *)&sa, sizeof sa));
-    ASSERT_OK(listen(d->lfd, 8));
-    socklen_t sl = sizeof sa;
-    ASSERT_OK(getsockname(d->lfd, (struct sockaddr *)&sa, &sl));
-    d->port = ntohs(sa.sin_port);
+    d->lfd = listen_loopback(&d->port);
     pthread_create(&d->th, NULL, smtpd_thread, d);
 }
 
