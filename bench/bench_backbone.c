@@ -1052,39 +1052,23 @@ static void bench_consume(bool with_poison)
 
 /* ---- 3. latency at a fixed rate ---- */
 
-/* Handler-side latency record, indexed by the message number in the payload. */
-static int64_t *lat_us;
+/* When each message's handler transaction committed (mono µs), indexed by
+ * the message number at the head of its payload ({"i":N,...}); -1 = not yet. */
+static int64_t *lat_done_us;
 static int64_t lat_first, lat_n;
 
-static void lat_record(json_object *payload, int64_t now)
-{
-    int64_t i = 0, t = 0;
-    if (!payload || !json_get_int64(payload, "i", &i) || !json_get_int64(payload, "t_us", &t))
-        return;
-    if (i >= lat_first && i < lat_first + lat_n)
-        lat_us[i - lat_first] = now - t;
-}
-
-static svc_result_t lat_one(svc_ctx_t *c, void *arg)
+static void lat_committed(const envelope_t *const *msgs, size_t n, void *arg)
 {
     (void)arg;
-    svc_result_t r = analytics->handle(c, analytics->arg);
-    if (r == SVC_OK)
-        lat_record(c->payload, clock_mono_us());
-    return r;
-}
-
-static svc_result_t lat_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
-                              void *arg)
-{
-    (void)arg;
-    svc_result_t r = analytics->handle_batch(tx, msgs, payloads, n, analytics->arg);
-    if (r != SVC_OK)
-        return r;
     int64_t now = clock_mono_us();
-    for (size_t i = 0; i < n; i++)
-        lat_record(payloads[i], now);
-    return SVC_OK;
+    for (size_t j = 0; j < n; j++) {
+        const char *p = msgs[j]->payload ? strstr(msgs[j]->payload, "\"i\":") : NULL;
+        if (!p)
+            continue;
+        int64_t i = strtoll(p + 4, NULL, 10);
+        if (i >= lat_first && i < lat_first + lat_n && lat_done_us[i - lat_first] < 0)
+            lat_done_us[i - lat_first] = now;
+    }
 }
 
 #define MAX_PRODUCERS 16
@@ -1106,6 +1090,7 @@ struct load {
     producer_t p[MAX_PRODUCERS];
     int64_t *late_us;   /* per message: start behind its deadline */
     int64_t *append_us; /* per message: BEGIN + outbox_append + COMMIT */
+    int64_t *commit_us; /* per message: when its COMMIT was sent (mono) */
     atomic_int errors;
     atomic_int running;
 };
@@ -1149,10 +1134,12 @@ static void *producer_main(void *arg)
             atomic_fetch_add(&l->errors, 1);
             continue;
         }
+        int64_t tc = clock_mono_us();
         if (db_commit(db) != 0) {
             atomic_fetch_add(&l->errors, 1);
             continue;
         }
+        l->commit_us[k] = tc;
         l->append_us[k] = clock_mono_us() - t0;
     }
     db_close(db);
@@ -1169,6 +1156,7 @@ static void load_start(load_t *l, int64_t first, int64_t count)
     l->period = 1000000 / rate;
     l->late_us = xcalloc((size_t)count, sizeof *l->late_us);
     l->append_us = xcalloc((size_t)count, sizeof *l->append_us);
+    l->commit_us = xcalloc((size_t)count, sizeof *l->commit_us);
     atomic_init(&l->errors, 0);
     atomic_init(&l->running, l->np);
     l->start = clock_mono_us() + 100000; /* every connection is open by then */
@@ -1189,6 +1177,7 @@ static void load_free(load_t *l)
 {
     free(l->late_us);
     free(l->append_us);
+    free(l->commit_us);
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -1270,13 +1259,11 @@ static void bench_latency(void)
     int64_t measured = (int64_t)latency_s * rate;
     lat_first = WARMUP_MSGS;
     lat_n = measured;
-    lat_us = xmalloc((size_t)measured * sizeof *lat_us);
+    lat_done_us = xmalloc((size_t)measured * sizeof *lat_done_us);
     for (int64_t i = 0; i < measured; i++)
-        lat_us[i] = -1;
+        lat_done_us[i] = -1;
     svc_def_t def = *analytics;
-    def.handle = lat_one;
-    def.handle_batch = lat_batch;
-    def.payload_unread = false; /* these handlers read the send time from the payload */
+    def.committed = lat_committed;
     drainer_t d;
     service_t s;
     uint64_t base = metrics_value(m_applied);
@@ -1300,27 +1287,45 @@ static void bench_latency(void)
     service_stop(&s);
     drainer_stop(&d);
 
-    dist_t v = dist_of(lat_us, (size_t)measured);
+    /* From the producer's commit (the issue's measure). The row becomes
+     * visible somewhere between the COMMIT's send and its acknowledgement (the
+     * handler has been seen to commit before a descheduled producer read its
+     * acknowledgement), so the clock starts at the send: the producer's WAL
+     * flush counts against us. And from the message's place in the schedule
+     * (adds the producer's whole transaction and any lateness of its start). */
+    int64_t *from_commit = xmalloc((size_t)measured * sizeof *from_commit);
+    int64_t *from_due = xmalloc((size_t)measured * sizeof *from_due);
+    for (int64_t k = 0; k < measured; k++) {
+        bool seen = lat_done_us[k] >= 0 && l.commit_us[k] > 0;
+        from_commit[k] = seen ? lat_done_us[k] - l.commit_us[k] : -1;
+        from_due[k] = seen ? lat_done_us[k] - (l.start + k * l.period) : -1;
+    }
+    dist_t v = dist_of(from_commit, (size_t)measured), due = dist_of(from_due, (size_t)measured);
     if (w < 0 || m < 0 || v.n != (size_t)measured || atomic_load(&l.errors))
-        fail("latency: %zu of %lld messages seen by the handler (producer errors %d)", v.n, (long long)measured,
-             atomic_load(&l.errors));
+        fail("latency: %zu of %lld messages seen committed by the handler (producer errors %d)", v.n,
+             (long long)measured, atomic_load(&l.errors));
     if (v.n) {
         uint64_t tot = h1[E2E_NLE - 1] - h0[E2E_NLE - 1];
         double le10 = tot ? 100.0 * (double)(h1[3] - h0[3]) / (double)tot : 0;
         double le5 = tot ? 100.0 * (double)(h1[2] - h0[2]) / (double)tot : 0;
-        printf("latency (threads, postgres+redis, %d msgs/s for %d s, intended append time -> analytics handler"
-               " done): p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.2f ms, target p99 <= %d ms: %s (n=%zu; the"
-               " runtime's own histogram, append ts -> after commit at 1 ms resolution: %.1f%% <= 5 ms,"
-               " %.1f%% <= 10 ms)\n",
-               rate, latency_s, v.p50, v.p95, v.p99, v.max, TARGET_P99_MS, verdict(v.p99 <= TARGET_P99_MS), v.n, le5,
-               le10);
+        printf("latency (threads, postgres+redis, %d msgs/s for %d s, outbox commit -> analytics handler commit:"
+               " the producer's COMMIT sent -> the handler's COMMIT acknowledged): p50 %.2f ms, p95 %.2f ms, p99 %.2f "
+               "ms, max %.2f ms,"
+               " target p99 <= %d ms: %s (n=%zu)\n",
+               rate, latency_s, v.p50, v.p95, v.p99, v.max, TARGET_P99_MS, verdict(v.p99 <= TARGET_P99_MS), v.n);
+        printf("  from each message's due time in the schedule instead (adds the producer's own BEGIN+append+COMMIT"
+               " and any late start): p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.2f ms; the runtime's own"
+               " histogram, append ts -> after commit at 1 ms resolution: %.1f%% <= 5 ms, %.1f%% <= 10 ms\n",
+               due.p50, due.p95, due.p99, due.max, le5, le10);
         print_load(&l);
         cpu_print(&c0, &c1, "drainer+service+producers (one process)", NULL, NULL);
     }
     fflush(stdout);
+    free(from_commit);
+    free(from_due);
     load_free(&l);
-    free(lat_us);
-    lat_us = NULL;
+    free(lat_done_us);
+    lat_done_us = NULL;
     lat_n = 0;
     free(rurl);
 }

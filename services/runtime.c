@@ -837,6 +837,20 @@ static int apply_lanes(rt_t *rt, work_t *ws, size_t n, strmap_t *blocked)
     return rc;
 }
 
+/* Hands def->committed the messages of ws that are done (their transaction
+ * committed), in batch order. */
+static void tell_committed(rt_t *rt, const work_t *ws, size_t n)
+{
+    const envelope_t **es = xmalloc((n ? n : 1) * sizeof *es);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ws[i].done)
+            es[k++] = &ws[i].m->env;
+    if (k)
+        rt->def->committed(es, k, rt->def->arg);
+    free(es);
+}
+
 static void lanes_close(rt_t *rt)
 {
     for (size_t k = 1; k < rt->nlanes; k++) {
@@ -978,6 +992,8 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
         }
         /* after a storage failure only the lanes that committed have done
          * or failed messages (a lane that failed leaves its own neither) */
+        if (rt->def->committed)
+            tell_committed(rt, ws, nw);
         int64_t tnow = clock_now_ms();
         for (size_t i = 0; i < nw; i++) {
             work_t *w = &ws[i];

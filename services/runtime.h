@@ -101,6 +101,11 @@ typedef struct svc_def {
      * payload is strict JSON (json_validate) without building a document,
      * and hands the handlers NULL payloads. */
     bool payload_unread;
+    /* Optional: called on the service's thread once the transaction that
+     * applied msgs committed (each applied then, or found applied already),
+     * before they are acknowledged; never for a message that failed. For
+     * what must follow the commit (a measurement, a cache to drop). */
+    void (*committed)(const envelope_t *const *msgs, size_t n, void *arg);
 } svc_def_t;
 
 typedef struct svc_opts {

@@ -58,6 +58,13 @@ typedef struct handler_cfg {
     int batch_calls;  /* record_batch calls */
     bool hold;        /* postgres: writes held back (db_defer), the injected failure too */
     bool name;        /* record_batch names the message it failed on (svc_batch_failed_at) */
+    /* what the runtime's committed hook was told (record_committed, on the service's thread) */
+    strmap_t committed;    /* ids told, each once */
+    int committed_twice;   /* ids told again */
+    int committed_failing; /* the message that always fails, told anyway */
+    int committed_unseen;  /* told before its record was visible from another connection */
+    const char *pg_url;    /* postgres: where to look for the records */
+    PGconn *look;          /* that other connection */
 } handler_cfg_t;
 
 enum { BIT_HELD_FAIL = DB_STMT_MAX - 3, BIT_HELD_RECORD = DB_STMT_MAX - 4 }; /* no module's */
@@ -124,6 +131,54 @@ static svc_result_t record_batch(db_t *tx, const envelope_t *const *msgs, json_o
     return SVC_OK;
 }
 
+/* The runtime's committed hook: each message once, never the one that keeps
+ * failing, and (PostgreSQL) only once its record can be read from another
+ * connection, i.e. after the commit. */
+static void record_committed(const envelope_t *const *msgs, size_t n, void *arg)
+{
+    handler_cfg_t *h = arg;
+    for (size_t i = 0; i < n; i++) {
+        bool created = false;
+        strmap_put(&h->committed, msgs[i]->id, strlen(msgs[i]->id), &created);
+        if (!created)
+            h->committed_twice++;
+        if (h->fail_aggregate && h->fail_times < 0 && strcmp(msgs[i]->aggregate_id, h->fail_aggregate) == 0 &&
+            msgs[i]->seq == h->fail_seq)
+            h->committed_failing++;
+    }
+    if (!h->pg_url)
+        return;
+    char *err = NULL;
+    if (!h->look && !(h->look = pg_connect(h->pg_url, "test-look", &err))) {
+        free(err);
+        h->committed_unseen += (int)n;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *p[] = {h->group, msgs[i]->id};
+        PGresult *r = pg_query(h->look, "SELECT count(*) FROM test_applied WHERE grp = $1 AND id = $2", 2, p);
+        if (!r || strcmp(PQgetvalue(r, 0, 0), "1") != 0)
+            h->committed_unseen++;
+        PQclear(r);
+    }
+}
+
+static void committed_check(handler_cfg_t *h, size_t want)
+{
+    CU_ASSERT_EQUAL(h->committed.live, want);
+    CU_ASSERT_EQUAL(h->committed_twice, 0);
+    CU_ASSERT_EQUAL(h->committed_failing, 0);
+    CU_ASSERT_EQUAL(h->committed_unseen, 0);
+}
+
+static void committed_free(handler_cfg_t *h)
+{
+    strmap_free(&h->committed);
+    if (h->look)
+        PQfinish(h->look);
+    h->look = NULL;
+}
+
 /* ---- the system under test, on threads ---- */
 
 typedef struct sut {
@@ -143,6 +198,8 @@ typedef struct sut {
     char consumer[4][32];
     drain_opts_t dopts;
     bool batch_handler; /* services get record_batch too */
+    bool watch_commits; /* services get record_committed */
+    bool halted;        /* its threads have ended (sut_halt) */
 } sut_t;
 
 static void *drain_thread(void *arg)
@@ -201,7 +258,8 @@ static void sut_init(sut_t *s, bool memory, const char *dbname)
 static void sut_add_service(sut_t *s, const char *group, const char *const *types)
 {
     int i = s->nsvc++;
-    s->hcfg[i] = (handler_cfg_t){.group = group};
+    s->hcfg[i] = (handler_cfg_t){.group = group, .pg_url = s->pg_url};
+    strmap_init(&s->hcfg[i].committed);
     /* concurrent, on two lanes: with PostgreSQL every flow here also checks
      * that a batch split by aggregate keeps each aggregate's order */
     s->defs[i] = (svc_def_t){.group = group,
@@ -210,7 +268,8 @@ static void sut_add_service(sut_t *s, const char *group, const char *const *type
                              .handle = record_handler,
                              .arg = &s->hcfg[i],
                              .concurrent = true,
-                             .handle_batch = s->batch_handler ? record_batch : NULL};
+                             .handle_batch = s->batch_handler ? record_batch : NULL,
+                             .committed = s->watch_commits ? record_committed : NULL};
     snprintf(s->consumer[i], sizeof s->consumer[i], "test-%s", group);
     s->sopts[i] = (svc_opts_t){.database_url = s->pg_url,
                                .mem = s->mem,
@@ -238,13 +297,24 @@ static void sut_start(sut_t *s, int drainers)
     }
 }
 
-static void sut_stop(sut_t *s)
+/* Stops its threads and waits for them; its stores stay. */
+static void sut_halt(sut_t *s)
 {
+    if (s->halted)
+        return;
     atomic_store(&s->stop, true);
     for (int i = 0; i < s->ndrain; i++)
         pthread_join(s->drain_th[i], NULL);
     for (int i = 0; i < s->nsvc; i++)
         pthread_join(s->svc_th[i], NULL);
+    s->halted = true;
+}
+
+static void sut_stop(sut_t *s)
+{
+    sut_halt(s);
+    for (int i = 0; i < s->nsvc; i++)
+        committed_free(&s->hcfg[i]);
     memstore_free(s->mem);
     membus_free(s->membus);
     s->mem = NULL;
@@ -412,6 +482,7 @@ static void retries(bool memory, bool batch, bool hold, bool name)
     sut_t s;
     sut_init(&s, memory, hold ? "retry_held" : name ? "retry_named" : "retry");
     s.batch_handler = batch;
+    s.watch_commits = true;
     sut_add_service(&s, "r1", types_orders);
     sut_add_service(&s, "r2", types_orders);
     s.hcfg[0].hold = s.hcfg[1].hold = hold;
@@ -470,6 +541,9 @@ static void retries(bool memory, bool batch, bool hold, bool name)
     CU_ASSERT_TRUE(agg);
     bus_entries_free(ents, n);
     bus_close(b);
+    sut_halt(&s); /* the hooks ran on the services' threads */
+    committed_check(&s.hcfg[0], 200);
+    committed_check(&s.hcfg[1], 199);
     sut_stop(&s);
 }
 
