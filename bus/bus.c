@@ -263,6 +263,23 @@ int bus_reclaim(bus_t *b, const char *stream, const char *group, const char *con
     return b->ops->reclaim(b, stream, group, consumer, min_idle_ms < 0 ? 0 : min_idle_ms, count, out);
 }
 
+int bus_set_deliveries(bus_t *b, const char *stream, const char *group, const char *consumer,
+                       const char (*ids)[BUS_ID_MAX], const uint32_t *counts, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (!stream_ok(stream) || !name_ok("group", group, NAME_MAX_LEN) || !name_ok("consumer", consumer, NAME_MAX_LEN))
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        bus_id_t id;
+        if (bus_id_parse(ids[i], strnlen(ids[i], BUS_ID_MAX), NULL, &id) != 0) {
+            log_warn("bus: set deliveries: invalid entry id");
+            return -1;
+        }
+    }
+    return b->ops->set_deliveries(b, stream, group, consumer, ids, counts, n);
+}
+
 int bus_pending(bus_t *b, const char *stream, const char *group, bus_pending_entry_t *out, size_t max, size_t *n)
 {
     *n = 0;

@@ -717,6 +717,37 @@ out:
     return rc;
 }
 
+static int mem_set_deliveries(bus_t *b, const char *stream, const char *group, const char *consumer,
+                              const char (*ids)[BUS_ID_MAX], const uint32_t *counts, size_t n)
+{
+    membus_t *mb = b->mb;
+    int rc = -1;
+    pthread_mutex_lock(&mb->mu);
+    mgroup_t *g = lookup_group(mb, stream, group, "set deliveries");
+    if (!g)
+        goto out;
+    int64_t now = clock_mono_ms();
+    mconsumer_t *c = NULL;
+    for (size_t i = 0; i < n; i++) {
+        bus_id_t id;
+        pel_node_t *node = bus_id_parse(ids[i], strnlen(ids[i], BUS_ID_MAX), NULL, &id) == 0 ? pel_find(g, id) : NULL;
+        if (!node)
+            continue;
+        if (!c)
+            c = get_consumer(g, consumer);
+        if (node->owner != c) {
+            consumer_unlink(node);
+            consumer_link(c, node);
+        }
+        node->deliveries = counts[i];
+        node->delivered_ms = now;
+    }
+    rc = 0;
+out:
+    pthread_mutex_unlock(&mb->mu);
+    return rc;
+}
+
 static int mem_pending(bus_t *b, const char *stream, const char *group, bus_pending_entry_t *out, size_t max, size_t *n)
 {
     membus_t *mb = b->mb;
@@ -899,6 +930,7 @@ static const bus_ops_t memory_ops = {
     .ack = mem_ack,
     .reclaim = mem_reclaim,
     .pending = mem_pending,
+    .set_deliveries = mem_set_deliveries,
     .add_fields = mem_add_fields,
     .trim = mem_trim,
     .stream_info = mem_stream_info,

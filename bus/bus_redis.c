@@ -572,6 +572,35 @@ out:
     cmd_free(&c);
 }
 
+static int r_set_deliveries(bus_t *b, const char *stream, const char *group, const char *consumer,
+                            const char (*ids)[BUS_ID_MAX], const uint32_t *counts, size_t n)
+{
+    cmd_t c = {0};
+    redisReply **r = xcalloc(n, sizeof *r);
+    int rc = -1;
+    for (size_t i = 0; i < n; i++) {
+        cmd_reset(&c);
+        const char *argv[] = {"XCLAIM", stream, group, consumer, "0", ids[i], "RETRYCOUNT"};
+        for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
+            arg(&c, argv[k]);
+        arg_u64(&c, counts[i]);
+        arg(&c, "JUSTID");
+        if (append(b, "XCLAIM", &c) != 0)
+            goto out;
+    }
+    if (collect(b, "XCLAIM", r, n) != 0)
+        goto out;
+    rc = 0;
+    for (size_t i = 0; i < n; i++)
+        if (is_error(r[i], "XCLAIM", stream))
+            rc = -1;
+out:
+    free_replies(r, n);
+    free(r);
+    cmd_free(&c);
+    return rc;
+}
+
 static int r_reclaim(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t min_idle_ms,
                      size_t count, bus_batch_t *out)
 {
@@ -953,6 +982,7 @@ static const bus_ops_t redis_ops = {
     .read = r_read,
     .ack = r_ack,
     .reclaim = r_reclaim,
+    .set_deliveries = r_set_deliveries,
     .pending = r_pending,
     .add_fields = r_add_fields,
     .trim = r_trim,

@@ -902,6 +902,40 @@ static int lanes_connect(rt_t *rt)
     return 0;
 }
 
+/* The entries a pass read but did not attempt (left waiting behind a failure
+ * or for their retry), or whose attempt was put off (SVC_DEFER): their
+ * delivery counts are set back by the one this read added, so that a count
+ * keeps meaning "deliveries that may have ended a worker", which is what the
+ * crash rule (crash_deliveries) reads after a restart. Without it, a
+ * provider outage of a few minutes made every payment waiting on it look
+ * like a message that had killed 25 workers, and the first restart
+ * dead-lettered them all. Best effort: a failure only leaves the counts. */
+static void set_back(rt_t *rt, const bus_msg_t *const *ms, size_t n)
+{
+    char(*ids)[BUS_ID_MAX] = xmalloc((n ? n : 1) * sizeof *ids);
+    uint32_t *counts = xmalloc((n ? n : 1) * sizeof *counts);
+    bool *done = xcalloc(n ? n : 1, sizeof *done);
+    for (size_t i = 0; i < n; i++) {
+        if (done[i])
+            continue;
+        size_t k = 0;
+        for (size_t j = i; j < n; j++) {
+            if (done[j] || strcmp(ms[j]->stream, ms[i]->stream) != 0)
+                continue;
+            done[j] = true;
+            memcpy(ids[k], ms[j]->entry_id, BUS_ID_MAX);
+            counts[k++] = ms[j]->deliveries - 1;
+        }
+        if (bus_set_deliveries(rt->bus, ms[i]->stream, rt->def->group, rt->o->consumer, (const char(*)[BUS_ID_MAX])ids,
+                               counts, k) != 0)
+            log_debug("service %s: delivery counts of %zu entries of %s not set back", rt->def->group, k,
+                      ms[i]->stream);
+    }
+    free(ids);
+    free(counts);
+    free(done);
+}
+
 /* pre: the batch's payloads parsed by the read-ahead (taken from it), or NULL. */
 static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t *pre)
 {
@@ -909,6 +943,8 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
     int64_t t0 = clock_mono_us();
     work_t *ws = xcalloc(bt->n + 1, sizeof *ws);
     size_t nw = 0;
+    const bus_msg_t **back = xmalloc((bt->n + 1) * sizeof *back); /* set_back */
+    size_t nback = 0;
     int64_t now = clock_mono_ms();
     for (size_t i = 0; i < bt->n; i++) {
         bus_msg_t *m = &bt->msgs[i];
@@ -943,6 +979,8 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
         if ((f && f->due_ms > now) || strmap_get(blocked, key, klen)) {
             strmap_put(blocked, key, klen, NULL);
             free(key);
+            if (m->deliveries > 0)
+                back[nback++] = m;
             continue; /* stays pending; the pending-list scan comes back to it */
         }
         const char *reject = NULL;
@@ -1028,7 +1066,13 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
             }
             /* neither done nor failed: waiting behind an earlier failure of its aggregate */
         }
+        for (size_t i = 0; i < nw; i++) /* put off, or not reached: no attempt of its own */
+            if (!ws[i].done && (!ws[i].failed || ws[i].result == SVC_DEFER) && ws[i].m->deliveries > 0)
+                back[nback++] = ws[i].m;
     }
+    if (nback)
+        set_back(rt, back, nback);
+    free(back);
     schedule_failures(rt);
     if (rt->reader)
         hand_acks(rt);
@@ -1084,6 +1128,14 @@ static int scan_pending(rt_t *rt, const bus_batch_t *ahead)
             bool past = false; /* reached the read's own entries */
             for (size_t i = 0; bound && i < bt.n; i++)
                 if (bus_entry_id_cmp(bt.msgs[i].entry_id, bound) >= 0) {
+                    /* the read-ahead's own: applied after the scan, this read no attempt */
+                    const bus_msg_t **cut = xmalloc((bt.n - i) * sizeof *cut);
+                    size_t ncut = 0;
+                    for (size_t k = i; k < bt.n; k++)
+                        if (bt.msgs[k].deliveries > 0)
+                            cut[ncut++] = &bt.msgs[k];
+                    set_back(rt, cut, ncut);
+                    free(cut);
                     for (size_t k = i; k < bt.n; k++)
                         envelope_clear(&bt.msgs[k].env);
                     bt.n = i;

@@ -422,6 +422,47 @@ static void deliveries_counted(const backend_t *be)
     bus_close(b);
 }
 
+/* A delivery count set back: the next history read counts on from it; an
+ * entry acknowledged meanwhile, or of another consumer, is taken as it is. */
+static void deliveries_set_back(const backend_t *be)
+{
+    bus_t *b = be->open();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    const char *s = "ecom:t.setdeliv";
+    char ids[3][BUS_ID_MAX];
+    ASSERT_OK(bus_group_create(b, s, "g"));
+    ASSERT_OK(publish_n(b, "t.setdeliv", 3, ids));
+    bus_batch_t bt = {0};
+    ASSERT_OK(read1(b, "g", "c1", s, false, 10, 0, &bt));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 3);
+    for (int k = 0; k < 3; k++) { /* deliveries 4 each */
+        bus_batch_clear(&bt);
+        ASSERT_OK(read1(b, "g", "c1", s, true, 10, 0, &bt));
+    }
+    const char *ack0[] = {ids[0]};
+    ASSERT_OK(bus_ack(b, s, "g", ack0, 1));
+    static const uint32_t counts[3] = {7, 0, 2};
+    ASSERT_OK(bus_set_deliveries(b, s, "g", "c1", (const char(*)[BUS_ID_MAX])ids, counts, 3));
+    bus_pending_entry_t pe[4];
+    size_t n = 0;
+    ASSERT_OK(bus_pending(b, s, "g", pe, 4, &n));
+    CU_ASSERT_EQUAL_FATAL(n, 2); /* the acknowledged one stays gone */
+    CU_ASSERT_STRING_EQUAL(pe[0].entry_id, ids[1]);
+    CU_ASSERT_EQUAL(pe[0].deliveries, 0);
+    CU_ASSERT_STRING_EQUAL(pe[1].consumer, "c1");
+    CU_ASSERT_EQUAL(pe[1].deliveries, 2);
+    CU_ASSERT_TRUE(pe[1].idle_ms < 1000);
+    bus_batch_clear(&bt);
+    ASSERT_OK(read1(b, "g", "c1", s, true, 10, 0, &bt));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 2);
+    CU_ASSERT_EQUAL(bt.msgs[0].deliveries, 1);
+    CU_ASSERT_EQUAL(bt.msgs[1].deliveries, 3);
+    char bad[1][BUS_ID_MAX] = {"junk"};
+    CU_ASSERT_EQUAL(bus_set_deliveries(b, s, "g", "c1", (const char(*)[BUS_ID_MAX])bad, counts, 1), -1);
+    bus_batch_free(&bt);
+    bus_close(b);
+}
+
 static void reclaim_respects_min_idle(const backend_t *be)
 {
     bus_t *b = be->open();
@@ -1206,6 +1247,7 @@ BOTH(read_new_vs_own_pending)
 BOTH(read_pending_pages)
 BOTH(ack_removes_pending)
 BOTH(deliveries_counted)
+BOTH(deliveries_set_back)
 BOTH(reclaim_respects_min_idle)
 BOTH(reclaim_deleted_is_missing)
 BOTH(bad_entry_decodes_as_bad)
@@ -1243,6 +1285,7 @@ int main(void)
         PAIR(read_pending_pages),
         PAIR(ack_removes_pending),
         PAIR(deliveries_counted),
+        PAIR(deliveries_set_back),
         PAIR(reclaim_respects_min_idle),
         PAIR(reclaim_deleted_is_missing),
         PAIR(bad_entry_decodes_as_bad),
