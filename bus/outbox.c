@@ -82,7 +82,7 @@ static void undo_append(void *arg)
     m->n--;
     m->next_pos--;
     m->appended--;
-    void **seq = strmap_get(&m->seq, u->key, u->klen);
+    void **seq = u->klen ? strmap_get(&m->seq, u->key, u->klen) : NULL;
     if (seq && (intptr_t)*seq > 1)
         *seq = (void *)((intptr_t)*seq - 1);
     else if (seq)
@@ -99,8 +99,14 @@ static int mem_append(db_t *tx, const outbox_msg_t *msg, const char *id)
     memcpy(u->key, msg->tenant, tl + 1);
     memcpy(u->key + tl + 1, msg->aggregate_id, al);
     u->klen = tl + 1 + al;
-    void **seq = strmap_put(&m->seq, u->key, u->klen, NULL);
-    *seq = (void *)((intptr_t)*seq + 1);
+    intptr_t seq = 1;
+    if (msg->sole) {
+        u->klen = 0; /* no sequence entry to take back */
+    } else {
+        void **slot = strmap_put(&m->seq, u->key, u->klen, NULL);
+        seq = (intptr_t)*slot + 1;
+        *slot = (void *)seq;
+    }
 
     if (m->head + m->n == m->cap) {
         if (m->head > m->cap / 2) {
@@ -119,7 +125,7 @@ static int mem_append(db_t *tx, const outbox_msg_t *msg, const char *id)
                       .topic = (char *)msg->topic,
                       .tenant = (char *)msg->tenant,
                       .aggregate_id = (char *)msg->aggregate_id,
-                      .seq = (intptr_t)*seq,
+                      .seq = seq,
                       .ts = clock_now_ms(),
                       .v = 1,
                       .traceparent = (char *)msg->traceparent,
@@ -134,17 +140,17 @@ static int mem_append(db_t *tx, const outbox_msg_t *msg, const char *id)
 
 /* ---- append ---- */
 
-const char outbox_sql_append[] =
-    "WITH s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq) VALUES ($3, $4, 1)"
+/* A sole message ($11) takes seq 1 and leaves bus.aggregate_seq alone. */
+#define APPEND_ONE_SEQ                                                                                                 \
+    "WITH s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq) SELECT $3, $4, 1 WHERE NOT "            \
+    "$11::boolean"                                                                                                     \
     " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + 1 RETURNING seq)"
-    " INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"
-    " request_id, payload) SELECT $1, $2, $3, $4, $5, $6, s.seq, $7, $8, $9, $10 FROM s";
+#define APPEND_ONE_INSERT                                                                                              \
+    " INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"                 \
+    " request_id, payload) SELECT $1, $2, $3, $4, $5, $6, coalesce((SELECT seq FROM s), 1), $7, $8, $9, $10"
+const char outbox_sql_append[] = APPEND_ONE_SEQ APPEND_ONE_INSERT;
 const char outbox_sql_append_notify[] =
-    "WITH s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq) VALUES ($3, $4, 1)"
-    " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + 1 RETURNING seq),"
-    " i AS (INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"
-    " request_id, payload) SELECT $1, $2, $3, $4, $5, $6, s.seq, $7, $8, $9, $10 FROM s RETURNING 1)"
-    " SELECT pg_notify('ecom_outbox', '') FROM i";
+    APPEND_ONE_SEQ ", i AS (" APPEND_ONE_INSERT " RETURNING 1) SELECT pg_notify('ecom_outbox', '') FROM i";
 
 /* The drainer's wake-up hint, sent by appenders on a db_t after their
  * commit (db_after_commit), in a transaction of its own: a transaction that
@@ -188,8 +194,17 @@ int outbox_params(const outbox_msg_t *m, outbox_params_t *p, const char **why)
     uuid_v7(p->id);
     snprintf(p->part, sizeof p->part, "%d", outbox_partition_of(m->tenant, m->aggregate_id));
     snprintf(p->ts, sizeof p->ts, "%lld", (long long)clock_now_ms());
-    const char *v[10] = {p->id,    p->part, m->tenant, m->aggregate_id, m->topic, m->type, p->ts,
-                         m->traceparent ? m->traceparent : "", m->request_id ? m->request_id : "", m->payload};
+    const char *v[OUTBOX_PARAMS] = {p->id,
+                                    p->part,
+                                    m->tenant,
+                                    m->aggregate_id,
+                                    m->topic,
+                                    m->type,
+                                    p->ts,
+                                    m->traceparent ? m->traceparent : "",
+                                    m->request_id ? m->request_id : "",
+                                    m->payload,
+                                    m->sole ? "true" : "false"};
     memcpy(p->values, v, sizeof v);
     return 0;
 }
@@ -202,9 +217,9 @@ int outbox_append_params(db_t *tx, const outbox_msg_t *m, const outbox_params_t 
             goto fail;
         return 0;
     }
-    if (db_prepare(tx, DB_STMT_OUTBOX_APPEND, outbox_sql_append, 10) != 0)
+    if (db_prepare(tx, DB_STMT_OUTBOX_APPEND, outbox_sql_append, OUTBOX_PARAMS) != 0)
         goto fail;
-    PGresult *r = db_exec_prepared(tx, DB_STMT_OUTBOX_APPEND, 10, op->values);
+    PGresult *r = db_exec_prepared(tx, DB_STMT_OUTBOX_APPEND, OUTBOX_PARAMS, op->values);
     if (!r)
         goto fail;
     PQclear(r);
@@ -229,21 +244,22 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
 /* Many messages in one statement: each (tenant, aggregate) draws as many
  * numbers from its sequence row as it has messages, and its messages take
  * them in array order; positions follow array order too (rows are inserted
- * in that order). */
-#define APPEND_MANY_INSERT \
-    "WITH m AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]," \
-    " $7::bigint[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY" \
-    " AS m(id, part, tenant, aggregate_id, topic, type, ts, traceparent, request_id, payload, ord))," \
-    " s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq)" \
-    " SELECT tenant, aggregate_id, count(*) FROM m GROUP BY tenant, aggregate_id" \
-    " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + EXCLUDED.seq" \
-    " RETURNING tenant, aggregate_id, seq)," \
-    " i AS (INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent," \
-    " request_id, payload)" \
-    " SELECT m.id, m.part::smallint, m.tenant, m.aggregate_id, m.topic, m.type," \
-    " s.seq - count(*) OVER w + row_number() OVER (w ORDER BY m.ord), m.ts, m.traceparent, m.request_id," \
-    " m.payload FROM m JOIN s USING (tenant, aggregate_id)" \
-    " WINDOW w AS (PARTITION BY m.tenant, m.aggregate_id) ORDER BY m.ord RETURNING 1)"
+ * in that order). Sole messages take seq 1 and no sequence row. */
+#define APPEND_MANY_INSERT                                                                                             \
+    "WITH m AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"        \
+    " $7::bigint[], $8::text[], $9::text[], $10::text[], $11::boolean[]) WITH ORDINALITY"                              \
+    " AS m(id, part, tenant, aggregate_id, topic, type, ts, traceparent, request_id, payload, sole, ord)),"            \
+    " s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq)"                                            \
+    " SELECT tenant, aggregate_id, count(*) FROM m WHERE NOT sole GROUP BY tenant, aggregate_id"                       \
+    " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + EXCLUDED.seq"                                     \
+    " RETURNING tenant, aggregate_id, seq),"                                                                           \
+    " i AS (INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"           \
+    " request_id, payload)"                                                                                            \
+    " SELECT m.id, m.part::smallint, m.tenant, m.aggregate_id, m.topic, m.type,"                                       \
+    " CASE WHEN m.sole THEN 1 ELSE s.seq - count(*) OVER w + row_number() OVER (w ORDER BY m.ord) END, m.ts,"          \
+    " m.traceparent, m.request_id, m.payload FROM m LEFT JOIN s ON NOT m.sole AND s.tenant = m.tenant"                 \
+    " AND s.aggregate_id = m.aggregate_id"                                                                             \
+    " WINDOW w AS (PARTITION BY m.tenant, m.aggregate_id, m.sole) ORDER BY m.ord RETURNING 1)"
 const char outbox_sql_append_many[] = APPEND_MANY_INSERT " SELECT count(*) FROM i";
 const char outbox_sql_append_many_notify[] =
     APPEND_MANY_INSERT " SELECT count(*), pg_notify('ecom_outbox', '') FROM i";
@@ -265,9 +281,9 @@ static int append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, bool hold, 
                 return -1;
         return 0;
     }
-    enum { COLS = 10 };
-    static const uint32_t oids[COLS] = {PG_OID_UUID, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT,
-                                        PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT};
+    enum { COLS = OUTBOX_PARAMS };
+    static const uint32_t oids[COLS] = {PG_OID_UUID, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT,
+                                        PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT, PG_OID_BOOL};
     pg_array_t a[COLS] = {{0}};
     for (int k = 0; k < COLS; k++)
         pg_array_begin(&a[k], oids[k], n);
@@ -287,6 +303,7 @@ static int append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, bool hold, 
         pg_array_text(&a[7], m->traceparent ? m->traceparent : "");
         pg_array_text(&a[8], m->request_id ? m->request_id : "");
         pg_array_text(&a[9], m->payload);
+        pg_array_bool(&a[10], m->sole);
     }
     const char *vals[COLS];
     int lens[COLS], fmts[COLS];

@@ -28,6 +28,12 @@ typedef struct outbox_msg {
     const char *traceparent; /* NULL or "" when none */
     const char *request_id;  /* NULL or "" when none */
     const char *payload;     /* JSON text */
+    /* The aggregate was made for this message (a fresh id) and will never
+     * have another: the message takes seq 1 without a sequence row, where
+     * any other append keeps a bus.aggregate_seq row per aggregate for good.
+     * Only for such one-message aggregates: a second message of the same
+     * aggregate would take seq 1 again. */
+    bool sole;
 } outbox_msg_t;
 
 typedef struct outbox_row {
@@ -59,12 +65,13 @@ int outbox_hold_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **
     __attribute__((warn_unused_result));
 
 /* For asynchronous writers (the gateway): validates m exactly as
- * outbox_append does, assigns the id and fills the 10 text parameters of
- * outbox_sql_append (borrowing m's strings; numbers in p->buf). The caller
- * runs the statement inside its own transaction. */
+ * outbox_append does, assigns the id and fills the OUTBOX_PARAMS text
+ * parameters of outbox_sql_append (borrowing m's strings; numbers in p->buf).
+ * The caller runs the statement inside its own transaction. */
+#define OUTBOX_PARAMS 11
 typedef struct outbox_params {
     char id[UUID_STR_LEN];
-    const char *values[10];
+    const char *values[OUTBOX_PARAMS];
     char part[8], ts[24];
 } outbox_params_t;
 int outbox_params(const outbox_msg_t *m, outbox_params_t *p, const char **why) __attribute__((warn_unused_result));
@@ -73,10 +80,11 @@ int outbox_append_params(db_t *tx, const outbox_msg_t *m, const outbox_params_t 
     __attribute__((warn_unused_result));
 extern const char outbox_sql_append[];
 extern const char outbox_sql_append_notify[];
-/* outbox_sql_append for many messages in one statement: each of the 10
- * parameters an array of that parameter's values, in outbox_params' order
- * ($1 uuid[], $2 bigint[], $3-$6 text[], $7 bigint[], $8-$10 text[]); a
- * (tenant, aggregate)'s messages take their sequence numbers in array order.
+/* outbox_sql_append for many messages in one statement: each of the
+ * OUTBOX_PARAMS parameters an array of that parameter's values, in
+ * outbox_params' order ($1 uuid[], $2 bigint[], $3-$6 text[], $7 bigint[],
+ * $8-$10 text[], $11 boolean[]: sole); a (tenant, aggregate)'s messages take
+ * their sequence numbers in array order.
  * One row: how many went in. */
 extern const char outbox_sql_append_many[];
 extern const char outbox_sql_append_many_notify[];

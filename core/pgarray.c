@@ -49,6 +49,13 @@ void pg_array_int8(pg_array_t *a, int64_t v)
     u32(a, (uint32_t)u);
 }
 
+void pg_array_bool(pg_array_t *a, bool v)
+{
+    unsigned char b = v ? 1 : 0;
+    u32(a, 1);
+    put(a, &b, 1);
+}
+
 void pg_array_timestamptz_ms(pg_array_t *a, int64_t unix_ms)
 {
     /* timestamptz_recv: microseconds since 2000-01-01 00:00 UTC */

@@ -14,9 +14,11 @@
 #ifndef ECOM_PGARRAY_H
 #define ECOM_PGARRAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#define PG_OID_BOOL 16
 #define PG_OID_INT8 20
 #define PG_OID_TEXT 25
 #define PG_OID_UUID 2950
@@ -31,6 +33,7 @@ typedef struct pg_array {
 void pg_array_begin(pg_array_t *a, uint32_t elem_oid, size_t n);
 void pg_array_text(pg_array_t *a, const char *s);
 void pg_array_int8(pg_array_t *a, int64_t v);
+void pg_array_bool(pg_array_t *a, bool v);
 /* A timestamptz element (PG_OID_TIMESTAMPTZ) from milliseconds since 1970. */
 void pg_array_timestamptz_ms(pg_array_t *a, int64_t unix_ms);
 /* A UUID in its text form (hyphens anywhere, any case); -1 when it is not one

@@ -413,7 +413,8 @@ int gw_cmd_outbox(gw_req_t *r, const outbox_msg_t *m, char id[UUID_STR_LEN], con
                         .aggregate_id = m->aggregate_id ? xstrdup(m->aggregate_id) : NULL,
                         .traceparent = m->traceparent ? xstrdup(m->traceparent) : NULL,
                         .request_id = m->request_id ? xstrdup(m->request_id) : NULL,
-                        .payload = m->payload ? xstrdup(m->payload) : NULL};
+                        .payload = m->payload ? xstrdup(m->payload) : NULL,
+                        .sole = m->sole};
     if (outbox_params(d, &c->params[c->n], why) != 0) {
         gw_cmd_free_one(d);
         return -1;
@@ -513,7 +514,7 @@ static void send_commit(gw_req_t *r, commit_ctx_t *cc)
         bool notify = outbox_notify_due();
         st[n++] = (pga_stmt_t){.name = notify ? "gw_outbox_append_notify" : "gw_outbox_append",
                                .sql = notify ? outbox_sql_append_notify : outbox_sql_append,
-                               .nparams = 10,
+                               .nparams = OUTBOX_PARAMS,
                                .params = cmd->params[i].values};
     }
     if (cc->explicit_tx)
@@ -827,7 +828,7 @@ static const char sql_record_guard_many[] =
     " RETURNING 1)"
     " SELECT 1 / (SELECT (count(*) = cardinality($1::text[]))::int FROM ins)";
 
-enum { REC_COLS = 5, OUTBOX_COLS = 10 };
+enum { REC_COLS = 5, OUTBOX_COLS = OUTBOX_PARAMS };
 
 /* The writes of one definition for many commands of a group (group_send). */
 #define MERGE_DEFS 4
@@ -912,8 +913,9 @@ static void group_send(group_t *g, bool rollback_first)
      * (binary arrays, core/pgarray.h): per command only its domain writes
      * remain statements of their own */
     static const uint32_t rec_oids[REC_COLS] = {PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT};
-    static const uint32_t box_oids[OUTBOX_COLS] = {PG_OID_UUID, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT,
-                                                   PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT};
+    static const uint32_t box_oids[OUTBOX_COLS] = {PG_OID_UUID, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT,
+                                                   PG_OID_TEXT, PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT,
+                                                   PG_OID_TEXT, PG_OID_TEXT, PG_OID_BOOL};
     pg_array_t rec[REC_COLS] = {{0}}, box[OUTBOX_COLS] = {{0}};
     for (int c = 0; c < REC_COLS; c++)
         pg_array_begin(&rec[c], rec_oids[c], 0);
@@ -977,8 +979,9 @@ static void group_send(group_t *g, bool rollback_first)
             for (int c = 2; c < 6; c++)
                 pg_array_text(&box[c], v[c]);
             pg_array_int8(&box[6], strtoll(v[6], NULL, 10));
-            for (int c = 7; c < OUTBOX_COLS; c++)
+            for (int c = 7; c < 10; c++)
                 pg_array_text(&box[c], v[c]);
+            pg_array_bool(&box[10], strcmp(v[10], "true") == 0);
         }
     }
     for (int j = 0; j < nmg; j++) {

@@ -421,12 +421,14 @@ static void post_event(gw_req_t *r)
         gw_problem(r, 400, "validation-error", "projectId must be an id of [A-Za-z0-9_.@|:+=-], at most 120 bytes");
         return;
     }
+    bool fresh = false; /* an aggregate made for this event alone */
     if (!project && r->route->abac) {
         snprintf(aggregate, sizeof aggregate, "user:%s", r->principal.sub);
     } else if (!project) {
         char uuid[UUID_STR_LEN];
         uuid_v7(uuid);
         snprintf(aggregate, sizeof aggregate, "event:%s", uuid);
+        fresh = true;
     }
     outbox_msg_t m = {.topic = "analytics",
                       .type = r->route->publish,
@@ -434,7 +436,8 @@ static void post_event(gw_req_t *r)
                       .aggregate_id = aggregate,
                       .traceparent = r->traceparent,
                       .request_id = r->request_id,
-                      .payload = r->body};
+                      .payload = r->body,
+                      .sole = fresh};
     char id[UUID_STR_LEN];
     const char *why = NULL;
     if (gw_cmd_outbox(r, &m, id, &why) != 0) {

@@ -58,6 +58,10 @@ typedef struct handler_cfg {
     int batch_calls;  /* record_batch calls */
     bool hold;        /* postgres: writes held back (db_defer), the injected failure too */
     bool name;        /* record_batch names the message it failed on (svc_batch_failed_at) */
+    /* while defer is set, messages of this aggregate (NULL: all) are put off (SVC_DEFER) */
+    const char *defer_aggregate;
+    atomic_bool defer;
+    atomic_int deferred; /* how many times */
     /* what the runtime's committed hook was told (record_committed, on the service's thread) */
     strmap_t committed;    /* ids told, each once */
     int committed_twice;   /* ids told again */
@@ -73,6 +77,11 @@ static svc_result_t record_handler(svc_ctx_t *c, void *arg)
 {
     handler_cfg_t *h = arg;
     const envelope_t *e = c->msg;
+    if (atomic_load(&h->defer) && (!h->defer_aggregate || strcmp(e->aggregate_id, h->defer_aggregate) == 0)) {
+        atomic_fetch_add(&h->deferred, 1);
+        snprintf(c->error, sizeof c->error, "put off");
+        return SVC_DEFER;
+    }
     if (h->fail_aggregate && strcmp(e->aggregate_id, h->fail_aggregate) == 0 && e->seq == h->fail_seq &&
         (h->fail_times < 0 || h->failed < h->fail_times)) {
         __atomic_add_fetch(&h->failed, 1, __ATOMIC_SEQ_CST);
@@ -545,6 +554,65 @@ static void retries(bool memory, bool batch, bool hold, bool name)
     committed_check(&s.hcfg[0], 200);
     committed_check(&s.hcfg[1], 199);
     sut_stop(&s);
+}
+
+/* Messages put off (SVC_DEFER: a provider's breaker open) again and again,
+ * and the ones waiting behind them, keep delivery counts of attempts only:
+ * every pending-list scan delivers each pending entry again, so without
+ * that a few seconds of it put them past the crash rule's count (the
+ * runtime's max_attempts + 20), and the worker that came after a restart
+ * dead-lettered them all as poison. */
+static void deferred_then_restart(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "defer_restart");
+    sut_add_service(&s, "d1", types_orders);
+    atomic_store(&s.hcfg[0].defer, true);          /* every message put off */
+    s.sopts[0].backoff_ms = 1;                     /* the first retries come back at once: many scans quickly */
+    publish_orders(&s, 40, 4, 10, "order.placed"); /* 4 aggregates, 10 messages each */
+    sut_start(&s, 1);
+    /* each aggregate's head put off 12 times: about 48 scans of the 40 entries */
+    int64_t end = clock_mono_ms() + 60000;
+    while (atomic_load(&s.hcfg[0].deferred) < 48 && clock_mono_ms() < end)
+        clock_sleep_ms(20);
+    CU_ASSERT_TRUE(atomic_load(&s.hcfg[0].deferred) >= 48);
+    sut_halt(&s);
+    bus_t *b = sut_bus(&s);
+    bus_pending_entry_t pe[48];
+    size_t n = 0;
+    ASSERT_OK(bus_pending(b, "ecom:orders", "d1", pe, 48, &n));
+    CU_ASSERT_EQUAL(n, 40);
+    uint32_t most = 0;
+    for (size_t i = 0; i < n; i++)
+        most = pe[i].deliveries > most ? pe[i].deliveries : most;
+    CU_ASSERT_TRUE(most <= 1);
+    if (most > 1)
+        fprintf(stderr, "\n  a put-off entry has %u deliveries\n", most);
+
+    /* the next worker, with nothing put off any more */
+    atomic_store(&s.hcfg[0].defer, false);
+    atomic_store(&s.stop, false);
+    s.halted = false;
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "d1", 40, 60000));
+    bus_entry_t *dead = NULL;
+    size_t ndead = 0;
+    CU_ASSERT_EQUAL(bus_range(b, "ecom:dlq:d1", "-", "+", 0, &dead, &ndead), 0);
+    CU_ASSERT_EQUAL(ndead, 0);
+    bus_entries_free(dead, ndead);
+    check_applied(&s, "d1", 40);
+    bus_close(b);
+    sut_stop(&s);
+}
+
+static void test_deferred_restart_memory(void)
+{
+    deferred_then_restart(true);
+}
+
+static void test_deferred_restart_real(void)
+{
+    deferred_then_restart(false);
 }
 
 static void test_retries_memory(void)
@@ -1760,6 +1828,93 @@ static void test_append_many_memory(void)
     append_many(true);
 }
 
+/* Sole messages (an aggregate of their own, outbox_msg_t.sole) take seq 1
+ * and leave no sequence row, by every way of appending; the others count on
+ * as before, a rolled-back sole append takes nothing back from them, and a
+ * later ordinary message of a sole message's aggregate starts at 1 (no row). */
+static void sole_appends(bool memory)
+{
+    memstore_t *mem = NULL;
+    db_t *db;
+    char *err = NULL;
+    if (memory) {
+        mem = memstore_new();
+        db = db_open_memory(mem);
+    } else {
+        db = db_open_pg(test_pg_db("bb_sole", true), "test", &err);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+    /* k: payload order; aggregates and whether sole */
+    static const char *const aggs[] = {"a", "s1", "a", "s2", "s3", "a", "s4", "a", "s1"};
+    static const bool sole[] = {false, true, false, true, true, false, true, false, false};
+    static const int64_t want_seq[] = {1, 1, 2, 1, 1, 3, 1, 4, 1};
+    enum { N = 9 };
+    char pl[N][16];
+    outbox_msg_t ms[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(pl[i], sizeof pl[i], "{\"k\":%d}", i);
+        ms[i] = (outbox_msg_t){.topic = "orders",
+                               .type = "order.placed",
+                               .tenant = "t1",
+                               .aggregate_id = aggs[i],
+                               .payload = pl[i],
+                               .sole = sole[i]};
+    }
+    const char *why = NULL;
+    ASSERT_OK(db_begin(db)); /* 0-3 in one statement */
+    ASSERT_OK(outbox_append_many(db, ms, 4, &why));
+    ASSERT_OK(db_commit(db));
+    ASSERT_OK(db_begin(db)); /* 4, 5 one at a time */
+    ASSERT_OK(outbox_append(db, &ms[4], NULL, &why));
+    ASSERT_OK(outbox_append(db, &ms[5], NULL, &why));
+    ASSERT_OK(db_commit(db));
+    outbox_msg_t gone = ms[6];
+    gone.aggregate_id = "s-rolled-back";
+    ASSERT_OK(db_begin(db));
+    ASSERT_OK(outbox_append(db, &gone, NULL, &why));
+    db_rollback(db);
+    ASSERT_OK(db_begin(db)); /* 6, 7 held to the commit */
+    ASSERT_OK(outbox_hold_many(db, &ms[6], 2, &why));
+    ASSERT_OK(db_commit(db));
+    append_one(db, "s1", 8); /* an ordinary append of s1's aggregate */
+    int parts[OUTBOX_PARTITIONS];
+    for (int i = 0; i < OUTBOX_PARTITIONS; i++)
+        parts[i] = i;
+    outbox_row_t *rows = NULL;
+    size_t n = 0;
+    ASSERT_OK(outbox_fetch(db, parts, OUTBOX_PARTITIONS, 100, &rows, &n));
+    CU_ASSERT_EQUAL_FATAL(n, N);
+    for (size_t i = 0; i < n; i++) {
+        int k = payload_k(&rows[i]);
+        CU_ASSERT_EQUAL_FATAL(k, (int)i);
+        CU_ASSERT_STRING_EQUAL(rows[i].env.aggregate_id, aggs[k]);
+        CU_ASSERT_EQUAL(rows[i].env.seq, want_seq[k]);
+    }
+    outbox_rows_free(rows, n);
+    if (!memory) { /* one sequence row each: a (4) and s1 (1, from the ordinary append) */
+        PGresult *r = pg_query(db_pg(db),
+                               "SELECT string_agg(aggregate_id || '=' || seq, ',' ORDER BY aggregate_id)"
+                               " FROM bus.aggregate_seq",
+                               0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "a=4,s1=1");
+        PQclear(r);
+    }
+    db_close(db);
+    if (mem)
+        memstore_free(mem);
+}
+
+static void test_sole_appends_memory(void)
+{
+    sole_appends(true);
+}
+
+static void test_sole_appends_real(void)
+{
+    sole_appends(false);
+}
+
 static void test_append_many_real(void)
 {
     append_many(false);
@@ -1773,12 +1928,18 @@ int main(void)
         {"the drainer's overlapped step leaves rows in flight out, never late ones (postgres)", test_outbox_steps_real},
         {"many appends in one statement: order, sequences, all or nothing (memory)", test_append_many_memory},
         {"many appends in one statement: order, sequences, all or nothing (postgres)", test_append_many_real},
+        {"sole messages take seq 1 and no sequence row (memory)", test_sole_appends_memory},
+        {"sole messages take seq 1 and no sequence row (postgres)", test_sole_appends_real},
         {"a transaction's BEGIN goes with its first statement (postgres)", test_deferred_begin_real},
         {"held writes go with the next round trip; one that fails fails it (postgres)", test_held_writes_real},
         {"a statement after the commit runs in a transaction of its own, never after a rollback (postgres)",
          test_after_commit_real},
         {"10k messages, 100 aggregates, 3 groups (memory)", test_flow_memory},
         {"10k messages, 100 aggregates, 3 groups (postgres+redis)", test_flow_real},
+        {"messages put off many times are applied after a restart, not dead-lettered (memory)",
+         test_deferred_restart_memory},
+        {"messages put off many times are applied after a restart, not dead-lettered (postgres+redis)",
+         test_deferred_restart_real},
         {"retries, backoff and DLQ keep order (memory)", test_retries_memory},
         {"retries, backoff and DLQ keep order (postgres+redis)", test_retries_real},
         {"retries with a batch handler: halves find the failing message, order kept (memory)",

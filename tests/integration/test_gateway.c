@@ -1018,7 +1018,13 @@ static void test_request_context(void)
     jstr(&r, "id", id, sizeof id);
     hfree(&r);
     const char *p[] = {id};
-    PGresult *q = id[0] ? pg_query(db, "SELECT traceparent, request_id FROM bus.outbox WHERE id = $1::uuid", 1, p) : NULL;
+    /* the event's aggregate is its own: seq 1, no sequence row (outbox_msg_t.sole) */
+    PGresult *q = id[0] ? pg_query(db,
+                                   "SELECT traceparent, request_id, seq, aggregate_id, (SELECT count(*) FROM"
+                                   " bus.aggregate_seq s WHERE s.aggregate_id = o.aggregate_id) FROM bus.outbox o"
+                                   " WHERE id = $1::uuid",
+                                   1, p)
+                        : NULL;
     CU_ASSERT_TRUE(q && PQntuples(q) == 1);
     if (q && PQntuples(q) == 1) {
         const char *otp = PQgetvalue(q, 0, 0);
@@ -1026,6 +1032,9 @@ static void test_request_context(void)
         CU_ASSERT_EQUAL(strncmp(otp, "00-0af7651916cd43dd8448eb211c80319c-", 36), 0);
         CU_ASSERT_STRING_NOT_EQUAL(otp, tp2); /* our span: a child of the caller's */
         CU_ASSERT_STRING_EQUAL(PQgetvalue(q, 0, 1), rid);
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(q, 0, 2), "1");
+        CU_ASSERT_EQUAL(strncmp(PQgetvalue(q, 0, 3), "event:", 6), 0);
+        CU_ASSERT_STRING_EQUAL(PQgetvalue(q, 0, 4), "0");
     }
     PQclear(q);
     free(rid);
