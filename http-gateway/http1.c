@@ -280,22 +280,27 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     conn_after_write(c, conn_flush(c)); /* a pipelined request goes on through the kick */
 }
 
-static void send_continue(h1_conn_t *c)
+/* false: the peer is gone and the connection closed (c may be freed: the
+ * caller must not touch it again) */
+static bool send_continue(h1_conn_t *c)
 {
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     c->continue_sent = true;
     if (evbuffer_get_length(c->out) == 0) {
         ssize_t n = send(c->fd, cont, sizeof cont - 1, MSG_NOSIGNAL);
         if (n == (ssize_t)(sizeof cont - 1))
-            return;
+            return true;
         if (n < 0)
             n = 0;
         evbuffer_add(c->out, cont + n, sizeof cont - 1 - (size_t)n);
     } else {
         evbuffer_add(c->out, cont, sizeof cont - 1);
     }
-    if (conn_flush(c) < 0)
+    if (conn_flush(c) < 0) {
         conn_close(c);
+        return false;
+    }
+    return true;
 }
 
 /* ---- parsing ---- */
@@ -447,8 +452,15 @@ static int parse_head(h1_conn_t *c)
     if (te) {
         if (cl || q->minor == 0)
             return 400; /* both framings, or chunked on HTTP/1.0: a smuggling shape */
-        if (!token_is(te, "chunked"))
-            return 501;
+        if (!token_is(te, "chunked")) {
+            /* chunked not last: the body's end cannot be known (RFC 9112
+             * 6.3: 400); chunked last behind a coding we do not do: 501 */
+            const char *last = strrchr(te, ',');
+            last = last ? last + 1 : te;
+            while (*last == ' ' || *last == '\t')
+                last++;
+            return last != te && token_is(last, "chunked") ? 501 : 400;
+        }
         c->state = ST_CHUNKED;
         c->ck = CK_SIZE;
         c->ck_raw = c->ck_out = c->head_len;
@@ -634,8 +646,8 @@ static void conn_advance(h1_conn_t *c)
             size_t need = c->head_len + c->body_need;
             if (c->len < need) {
                 reserve(c, need);
-                if (c->expect_continue && !c->continue_sent && !c->eof)
-                    send_continue(c);
+                if (c->expect_continue && !c->continue_sent && !c->eof && !send_continue(c))
+                    return;
                 goto need_more;
             }
             c->q.body = c->body_need ? c->buf + c->head_len : NULL;
@@ -652,8 +664,8 @@ static void conn_advance(h1_conn_t *c)
                 }
                 if (c->len == c->cap)
                     reserve(c, c->cap * 2);
-                if (c->expect_continue && !c->continue_sent && !c->eof)
-                    send_continue(c);
+                if (c->expect_continue && !c->continue_sent && !c->eof && !send_continue(c))
+                    return;
                 goto need_more;
             }
             if (st != 1) {
