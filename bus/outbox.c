@@ -3,6 +3,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "core/pg.h"
 #include "core/pgarray.h"
@@ -178,6 +179,12 @@ static int validate(const outbox_msg_t *m, const char **why)
     }
     if (!m->aggregate_id || !m->aggregate_id[0] || strlen(m->aggregate_id) > 256) {
         *why = "aggregate_id must be 1..256 bytes";
+        return -1;
+    }
+    /* PostgreSQL refuses text that is not UTF-8: say so, not "storage error" */
+    if (!utf8_valid(m->aggregate_id) || (m->traceparent && !utf8_valid(m->traceparent)) ||
+        (m->request_id && !utf8_valid(m->request_id))) {
+        *why = "aggregate_id, traceparent and request_id must be UTF-8";
         return -1;
     }
     if (!m->payload || strlen(m->payload) > max_payload) {

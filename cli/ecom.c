@@ -237,6 +237,24 @@ int main(int argc, char **argv)
         free(args);
         return 2;
     }
+    /* a daemon never starts on arguments it does not take (a mistyped --check) */
+    const char *extra = NULL;
+    if (strcmp(cmd, "outbox-worker") == 0 || strcmp(cmd, "all") == 0)
+        extra = nargs ? args[0] : NULL;
+    else if (strcmp(cmd, "gateway") == 0)
+        extra = nargs > 1 ? args[1] : nargs == 1 && strcmp(args[0], "--check") != 0 ? args[0] : NULL;
+    for (int k = 0; strcmp(cmd, "service") == 0 && k < nargs && !extra; k++)
+        for (int j = 0; j < k; j++)
+            if (strcmp(args[j], args[k]) == 0) {
+                fprintf(stderr, "ecom service: '%s' named twice\n", args[k]);
+                free(args);
+                return 2;
+            }
+    if (extra) {
+        fprintf(stderr, "ecom %s: unexpected argument '%s'\n", cmd, extra);
+        free(args);
+        return 2;
+    }
     config_t cfg;
     char *errors = NULL;
     if (config_load(&cfg, env_file, roles, &errors) != 0) {

@@ -18,6 +18,7 @@
 #include "outbox-worker/drain.h"
 #include "services/registry.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,39 @@ static void usage(FILE *f)
 
 /* ---- publish ---- */
 
+/* Option parsing: argv[*i] is the option; its value is argv[*i + 1], which
+ * must exist and not be another option, and the option must not have come
+ * before (*dst set). 0 with *dst set and *i moved on, or the exit code. */
+static int opt_value(const char *cmd, int argc, char **argv, int *i, const char **dst)
+{
+    const char *a = argv[*i];
+    if (*i + 1 >= argc || strncmp(argv[*i + 1], "--", 2) == 0)
+        return fail(2, "%s: %s needs a value", cmd, a);
+    if (*dst)
+        return fail(2, "%s: %s given twice", cmd, a);
+    *dst = argv[++*i];
+    return 0;
+}
+
+/* A stream entry id as Redis writes them: <ms>-<seq>, both decimal 64-bit. */
+static bool entry_id_valid(const char *s)
+{
+    const char *dash = strchr(s, '-');
+    if (!dash || dash == s || !dash[1] || strchr(dash + 1, '-'))
+        return false;
+    for (const char *p = s; *p; p++)
+        if (p != dash && (*p < '0' || *p > '9'))
+            return false;
+    /* no more than 20 digits a part, and within 2^64 - 1 */
+    char *end;
+    errno = 0;
+    (void)strtoull(s, &end, 10);
+    if (errno || end != dash || dash - s > 20)
+        return false;
+    (void)strtoull(dash + 1, &end, 10);
+    return !errno && !*end && strlen(dash + 1) <= 20;
+}
+
 static int cmd_publish(const config_t *cfg, int argc, char **argv)
 {
     outbox_msg_t m = {0};
@@ -57,19 +91,23 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        const char **dst = strcmp(a, "--topic") == 0       ? &m.topic
-                           : strcmp(a, "--type") == 0      ? &m.type
-                           : strcmp(a, "--tenant") == 0    ? &m.tenant
-                           : strcmp(a, "--aggregate") == 0 ? &m.aggregate_id
-                           : strcmp(a, "--payload") == 0   ? &m.payload
+        const char **dst = strcmp(a, "--topic") == 0         ? &m.topic
+                           : strcmp(a, "--type") == 0        ? &m.type
+                           : strcmp(a, "--tenant") == 0      ? &m.tenant
+                           : strcmp(a, "--aggregate") == 0   ? &m.aggregate_id
+                           : strcmp(a, "--payload") == 0     ? &m.payload
                            : strcmp(a, "--traceparent") == 0 ? &m.traceparent
                            : strcmp(a, "--request-id") == 0  ? &m.request_id
                                                              : NULL;
-        if (!v)
-            return fail(2, "publish: %s needs a value", a);
         if (dst) {
-            *dst = v;
-        } else if (strcmp(a, "--count") == 0) {
+            int rc = opt_value("publish", argc, argv, &i, dst);
+            if (rc)
+                return rc;
+            continue;
+        }
+        if (strcmp(a, "--count") == 0) {
+            if (!v || strncmp(v, "--", 2) == 0)
+                return fail(2, "publish: --count needs a value");
             char *end;
             count = strtol(v, &end, 10);
             if (*end || count < 1 || count > 10000000)
@@ -125,6 +163,9 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
     }
     if (rc == 0 && count > 10)
         printf("appended %ld messages (first id %s)\n", done, first);
+    else if (rc != 0 && done > 0) /* committed 1,000 at a time: say what stays */
+        fprintf(stderr, "ecomctl: publish: %ld of %ld messages were appended before the failure (first id %s)\n", done,
+                count, first);
     db_close(db);
     return rc;
 }
@@ -284,21 +325,27 @@ static int cmd_dlq(const config_t *cfg, int argc, char **argv)
     bool replay = strcmp(argv[0], "replay") == 0, all = false, as_json = false;
     const char *group = NULL, *id = NULL;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--group") == 0 && i + 1 < argc)
-            group = argv[++i];
-        else if (strcmp(argv[i], "--id") == 0 && i + 1 < argc)
-            id = argv[++i];
-        else if (strcmp(argv[i], "--all") == 0)
+        int rc = 0;
+        if (strcmp(argv[i], "--group") == 0)
+            rc = opt_value("dlq", argc, argv, &i, &group);
+        else if (strcmp(argv[i], "--id") == 0)
+            rc = opt_value("dlq", argc, argv, &i, &id);
+        else if (strcmp(argv[i], "--all") == 0 && replay)
             all = true;
-        else if (strcmp(argv[i], "--json") == 0)
+        else if (strcmp(argv[i], "--json") == 0 && !replay)
             as_json = true;
         else
-            return fail(2, "dlq: unknown option %s", argv[i]);
+            return fail(2, "dlq %s: unknown option %s", argv[0], argv[i]);
+        if (rc)
+            return rc;
     }
     if (!group || !envelope_name_valid(group))
         return fail(2, "dlq: --group NAME is required");
     if (replay && !id == !all)
         return fail(2, "dlq replay: give --id ENTRY or --all");
+    /* a whole id: "<ms>" alone would be a range, every entry of that millisecond */
+    if (id && !entry_id_valid(id))
+        return fail(2, "dlq: --id takes a stream entry id, <ms>-<seq> (as `ecomctl dlq list` prints)");
     if (!cfg->redis_url[0])
         return fail(2, "dlq: REDIS_URL is not set (the in-memory bus lives inside `ecom all`)");
     char *err = NULL;
@@ -410,15 +457,19 @@ static int lock_partitions(PGconn *c)
 static int cmd_redrive(const config_t *cfg, int argc, char **argv)
 {
     long since = -1;
-    const char *topic = NULL;
+    const char *topic = NULL, *since_s = NULL;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--since") == 0 && i + 1 < argc) {
+        int rc;
+        if (strcmp(argv[i], "--since") == 0) {
+            if ((rc = opt_value("redrive", argc, argv, &i, &since_s)) != 0)
+                return rc;
             char *end;
-            since = strtol(argv[++i], &end, 10);
+            since = strtol(since_s, &end, 10);
             if (*end || since < 1 || since > 365L * 86400)
                 return fail(2, "redrive: --since takes seconds, 1..31536000");
-        } else if (strcmp(argv[i], "--topic") == 0 && i + 1 < argc) {
-            topic = argv[++i];
+        } else if (strcmp(argv[i], "--topic") == 0) {
+            if ((rc = opt_value("redrive", argc, argv, &i, &topic)) != 0)
+                return rc;
             if (!envelope_name_valid(topic))
                 return fail(2, "redrive: --topic must match [A-Za-z0-9._:-]{1,128}");
         } else {

@@ -168,6 +168,7 @@ static void load_file(config_t *cfg, const char *path, errlist_t *e)
     size_t cap = 0;
     ssize_t len;
     int lineno = 0;
+    errno = 0;
     while ((len = getline(&line, &cap, f)) >= 0) {
         lineno++;
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
@@ -186,9 +187,18 @@ static void load_file(config_t *cfg, const char *path, errlist_t *e)
         }
         char *v = eq + 1;
         size_t vlen = strlen(v);
-        if (vlen >= 2 && (v[0] == '"' || v[0] == '\'') && v[vlen - 1] == v[0]) {
+        if (v[0] == '"' || v[0] == '\'') {
+            /* quoted: up to the closing quote, then only blanks or a comment */
+            char *close = strchr(v + 1, v[0]);
+            char *after = close ? close + 1 : NULL;
+            while (after && (*after == ' ' || *after == '\t'))
+                after++;
+            if (!close || (*after && *after != '#')) {
+                errlist_add(e, "%s:%d: %s", path, lineno, close ? "text after the closing quote" : "no closing quote");
+                continue;
+            }
             v++;
-            vlen -= 2;
+            vlen = (size_t)(close - v);
         } else {
             /* unquoted: strip an inline comment and trailing blanks */
             char *hash = strstr(v, " #");
@@ -198,7 +208,10 @@ static void load_file(config_t *cfg, const char *path, errlist_t *e)
                 vlen--;
         }
         raw_set(cfg, p, (size_t)(eq - p), v, vlen, false);
+        errno = 0;
     }
+    if (ferror(f)) /* a directory, say */
+        errlist_add(e, "--env-file %s: %s", path, strerror(errno ? errno : EIO));
     free(line);
     fclose(f);
 }

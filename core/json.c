@@ -90,6 +90,19 @@ static int32_t utf8_next(const unsigned char *s, size_t n, size_t *i)
     return (int32_t)cp;
 }
 
+bool utf8_valid(const char *s)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        if (u[i] < 0x80)
+            i++;
+        else if (utf8_next(u, n, &i) < 0)
+            return false;
+    }
+    return true;
+}
+
 /* The next code point of a string whose body goes on at *i: 1 (with *cp),
  * 0 at the closing quote (consumed), -1 when the string is malformed: a
  * control character, a bad escape, a lone surrogate, invalid UTF-8, no end. */

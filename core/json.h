@@ -32,6 +32,10 @@ int json_validate(const char *buf, size_t len, const char **why) __attribute__((
 int json_parse_strict(const char *buf, size_t len, json_object **out, const char **why)
     __attribute__((warn_unused_result));
 
+/* Whether the NUL-terminated s is valid UTF-8 as JSON texts here must be
+ * (shortest forms, no surrogates, at most U+10FFFF). */
+bool utf8_valid(const char *s);
+
 /* Borrowed accessors; NULL / false when the key is missing or of another type. */
 const char *json_get_str(json_object *o, const char *key);
 bool json_get_int64(json_object *o, const char *key, int64_t *out);

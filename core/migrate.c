@@ -74,6 +74,16 @@ static int cmp_files(const void *a, const void *b)
     return d ? d : strcmp(x->name, y->name);
 }
 
+/* The first line of a libpq message (the server's LINE and caret lines
+ * dropped), in a per-thread buffer that the next call overwrites. */
+static const char *first_line(const char *m)
+{
+    static _Thread_local char line[512];
+    size_t n = strcspn(m, "\n");
+    snprintf(line, sizeof line, "%.*s", (int)(n < sizeof line ? n : sizeof line - 1), m);
+    return line;
+}
+
 int migrate_run(const char *url, const char *const *parts, bool check_only, FILE *out, FILE *err)
 {
     int rc = -1;
@@ -105,15 +115,26 @@ int migrate_run(const char *url, const char *const *parts, bool check_only, FILE
         goto out;
     qsort(files, nf, sizeof *files, cmp_files);
 
+    /* --check only reads: no lock, no table (none yet: everything is pending) */
     if (pg_exec(c, "SET client_min_messages = warning") != 0 ||
-        pg_exec(c, "SELECT pg_advisory_lock(" LOCK_KEY ")") != 0 ||
-        pg_exec(c, "CREATE TABLE IF NOT EXISTS public.ecom_migrations ("
-                   " part text NOT NULL, name text NOT NULL, checksum text NOT NULL,"
-                   " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (part, name))") != 0) {
-        fprintf(err, "migrate: %s", PQerrorMessage(c));
+        (!check_only &&
+         (pg_exec(c, "SELECT pg_advisory_lock(" LOCK_KEY ")") != 0 ||
+          pg_exec(c, "CREATE TABLE IF NOT EXISTS public.ecom_migrations ("
+                     " part text NOT NULL, name text NOT NULL, checksum text NOT NULL,"
+                     " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (part, name))") != 0))) {
+        fprintf(err, "migrate: %s\n", first_line(PQerrorMessage(c)));
         goto out;
     }
-    applied = pg_query(c, "SELECT part, name, checksum FROM public.ecom_migrations", 0, NULL);
+    bool table = true;
+    if (check_only) {
+        PGresult *t = pg_query(c, "SELECT to_regclass('public.ecom_migrations') IS NOT NULL", 0, NULL);
+        table = t && PQgetvalue(t, 0, 0)[0] == 't';
+        PQclear(t);
+    }
+    applied = pg_query(c,
+                       table ? "SELECT part, name, checksum FROM public.ecom_migrations"
+                             : "SELECT NULL::text, NULL::text, NULL::text WHERE false",
+                       0, NULL);
     if (!applied) {
         fprintf(err, "migrate: cannot read public.ecom_migrations\n");
         goto out;
@@ -163,7 +184,7 @@ int migrate_run(const char *url, const char *const *parts, bool check_only, FILE
             !(r = pg_query(c, "INSERT INTO public.ecom_migrations (part, name, checksum) VALUES ($1, $2, $3)", 3,
                            params)) ||
             pg_exec(c, "COMMIT") != 0) {
-            fprintf(err, "migrate: %s/%s failed: %s", files[i]->part, files[i]->name, PQerrorMessage(c));
+            fprintf(err, "migrate: %s/%s failed: %s\n", files[i]->part, files[i]->name, first_line(PQerrorMessage(c)));
             PQclear(r);
             if (pg_exec(c, "ROLLBACK") != 0)
                 fprintf(err, "migrate: rollback failed\n");

@@ -28,7 +28,20 @@ PGconn *pg_connect(const char *url, const char *app_name, char **err)
         size_t n = strlen(m);
         while (n && (m[n - 1] == '\n' || m[n - 1] == ' '))
             n--;
-        *err = xstrndup(m, n);
+        /* one line: libpq puts its hints ("Is the server running ...") on lines of their own */
+        char *one = xmalloc(2 * n + 1), *o = one;
+        for (size_t i = 0; i < n; i++) {
+            if (m[i] == '\n') {
+                while (i + 1 < n && (m[i + 1] == '\t' || m[i + 1] == ' '))
+                    i++;
+                *o++ = ';';
+                *o++ = ' ';
+                continue;
+            }
+            *o++ = m[i];
+        }
+        *o = '\0';
+        *err = one;
         PQfinish(c);
         return NULL;
     }

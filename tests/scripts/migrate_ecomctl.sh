@@ -18,6 +18,8 @@ redis-cli -u "$REDIS_URL" flushdb >/dev/null
 
 out=$("$ecom" migrate --check 2>&1); rc=$?
 [ $rc -eq 1 ] && grep -q "pending bus/001_outbox_inbox.sql" <<<"$out"; check "--check on an empty database exits 1 and lists the files" $? "$rc $out"
+[ "$(psql "$url" -Atc "SELECT to_regclass('public.ecom_migrations') IS NULL")" = t ]; check "--check writes nothing (not even its bookkeeping table)" $? ""
+timeout 10 "$ecom" outbox-worker --bogus >/dev/null 2>&1; [ $? -eq 2 ]; check "a daemon given an argument it does not take exits 2 (does not start)" $? ""
 
 # two runs at once: the advisory lock serialises them, both succeed, each file once
 "$ecom" migrate >/tmp/mig1.$$ 2>&1 & p1=$!
@@ -48,6 +50,8 @@ out=$("$ctl" publish --topic orders --type order.placed --aggregate o-1 --payloa
 [ $rc -eq 2 ] && grep -q -- "--tenant is required" <<<"$out"; check "publish: a missing option is named" $? "$out"
 out=$("$ctl" publish --topic "bad topic" --type x --tenant t1 --aggregate o-1 --payload '{}' 2>&1); rc=$?
 [ $rc -eq 2 ]; check "publish: an invalid topic exits 2" $? "$rc $out"
+out=$("$ctl" publish --topic orders --type x --tenant t1 --aggregate $'\xff' --payload '{}' 2>&1); rc=$?
+[ $rc -eq 2 ] && grep -q "must be UTF-8" <<<"$out"; check "publish: an aggregate that is not UTF-8 is named, exit 2 (not a storage error)" $? "$rc $out"
 "$ctl" frobnicate >/dev/null 2>&1; [ $? -eq 2 ]; check "unknown command exits 2" $? ""
 out=$("$ctl" publish --topic orders --type order.placed --tenant t1 --aggregate o-1 --payload '{"total":42}' --count 25 2>&1); rc=$?
 [ $rc -eq 0 ] && grep -q "appended 25 messages" <<<"$out"; check "publish --count 25" $? "$out"
@@ -82,6 +86,9 @@ done
 [ -n "$again" ] && [ "$again" != "$first" ]; check "the replayed message went through the service again (dead-lettered anew)" $? "$again"
 "$ctl" dlq replay --group payment >/dev/null 2>&1; [ $? -eq 2 ]; check "dlq replay needs --id or --all" $? ""
 "$ctl" dlq replay --group payment --id 1-1 >/dev/null 2>&1; [ $? -eq 2 ]; check "dlq replay of an unknown entry exits 2" $? ""
+# an id without its sequence part would be every entry of that millisecond
+"$ctl" dlq replay --group payment --id "${again%-*}" >/dev/null 2>&1; rc=$?
+[ $rc -eq 2 ] && [ "$(redis-cli -u "$REDIS_URL" xlen ecom:dlq:payment)" = "1" ]; check "dlq replay --id <ms> alone is refused, nothing replayed" $? "$rc"
 kill -TERM $dp $sp; wait $dp $sp
 # --- redrive: Redis loses a stream; the published window puts it back and the inbox skips what was applied
 events() { psql "$url" -Atc "SELECT count(*) FROM analytics.events WHERE type = '$1'"; }

@@ -421,7 +421,8 @@ static void test_config_file_and_env(void)
     int fd = mkstemp(path);
     CU_ASSERT_FATAL(fd >= 0);
     const char *text = "# comment\nAPP_ENV=development\nPORT=4000\nJWT_SECRET=\"devsecret\"\n"
-                       "OUTBOX_BATCH=250 # inline\nFLAG_NEW_CHECKOUT=true\nexport LOG_LEVEL=debug\n";
+                       "OUTBOX_BATCH=250 # inline\nFLAG_NEW_CHECKOUT=true\nexport LOG_LEVEL=debug\n"
+                       "ECOM_INSTANCE='worker-1' # a quoted value, then a comment\n";
     CU_ASSERT_EQUAL(write(fd, text, strlen(text)), (ssize_t)strlen(text));
     close(fd);
     setenv("PORT", "5000", 1); /* the environment wins over the file */
@@ -437,10 +438,37 @@ static void test_config_file_and_env(void)
     CU_ASSERT_STRING_EQUAL(c.jwt_secret, "devsecret");
     CU_ASSERT_STRING_EQUAL(c.log_level, "debug");
     CU_ASSERT_STRING_EQUAL(config_raw(&c, "FLAG_NEW_CHECKOUT"), "true");
+    CU_ASSERT_STRING_EQUAL(config_raw(&c, "ECOM_INSTANCE"), "worker-1");
     CU_ASSERT_TRUE(config_is_dev(&c));
     config_free(&c);
     unsetenv("PORT");
     unlink(path);
+}
+
+/* A quote left open, or text after the closing one, is a malformed line (not a
+ * value with quotes in it); a path that cannot be read as a file is reported. */
+static void test_config_file_malformed(void)
+{
+    char path[] = "/tmp/ecom-test-env-XXXXXX";
+    int fd = mkstemp(path);
+    CU_ASSERT_FATAL(fd >= 0);
+    const char *text = "APP_ENV=development\nJWT_SECRET=\"devsecretdevsecretdevsecret123456\nOTP_PEPPER=\"x\" y\n";
+    CU_ASSERT_EQUAL(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    config_t c;
+    char *errors = NULL;
+    CU_ASSERT_EQUAL(config_load(&c, path, CFG_ROLE_GATEWAY, &errors), -1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errors);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errors, ":2: no closing quote"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(errors, ":3: text after the closing quote"));
+    free(errors);
+    config_free(&c);
+    unlink(path);
+    errors = NULL;
+    CU_ASSERT_EQUAL(config_load(&c, "/tmp", CFG_ROLE_TOOL, &errors), -1);
+    CU_ASSERT_TRUE(errors && strstr(errors, "--env-file /tmp: Is a directory"));
+    free(errors);
+    config_free(&c);
 }
 
 static void test_config_every_problem(void)
@@ -726,6 +754,8 @@ int main(void)
         {"JSON string escaping", test_json_escape},
         {"UUIDv7 layout and order", test_uuid_v7},
         {"config: env file, environment wins", test_config_file_and_env},
+        {"config: an env file with a quote left open or text after it, or a directory, is refused",
+         test_config_file_malformed},
         {"config: every problem at once", test_config_every_problem},
         {"string map", test_strmap},
         {"envelope fields round trip", test_envelope_fields},
