@@ -627,6 +627,10 @@ static void conn_advance(h1_conn_t *c)
                 goto need_more;
             size_t from = c->scan;
             char *e = memmem(c->buf + from, c->len - from, "\r\n\r\n", 4);
+            if (!e && memmem(c->buf + from, c->len - from, "\n\n", 2)) {
+                fail(c, 400); /* a head ended by bare LFs: refused now, not left to the timeout */
+                break;
+            }
             if (!e) {
                 c->scan = c->len - 3;
                 if (c->len > c->s->lim.max_head) {

@@ -510,6 +510,7 @@ static void test_refusals(void)
         {"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
         {"GET / HTTP/1.1\r\nHost: t\r\nX-A: one\r\n two\r\n\r\n", 400}, /* obs-fold */
         {"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\nb\r\n\r\n", 400},        /* a bare LF */
+        {"GET / HTTP/1.1\nHost: t\n\n", 400},                           /* bare LFs only: at once */
         {"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n", 400},        /* a bare CR */
         {"GET / HTTP/1.1\r\nHost : t\r\n\r\n", 400},                    /* space before the colon */
         {"GET / HTTP/1.1\r\nX-A: a\r\n\r\n", 400},                      /* no Host */
