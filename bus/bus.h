@@ -132,11 +132,11 @@ int bus_reclaim(bus_t *b, const char *stream, const char *group, const char *con
                 size_t count, bus_batch_t *out) __attribute__((warn_unused_result));
 
 /* Sets the delivery counts of the consumer's own pending entries ids[i] to
- * counts[i] (XCLAIM <id> RETRYCOUNT <count> JUSTID: each stays the
- * consumer's, its idle time starts again). An entry no longer pending is
- * skipped. The service runtime takes back the count of a delivery that was
- * no attempt (an entry read and left waiting, an attempt put off), so that
- * the count goes on meaning "deliveries that may have ended a worker". */
+ * counts[i], atomically (Redis: a script, XCLAIM <id> RETRYCOUNT <count>
+ * JUSTID; the idle time starts again). An entry no longer pending, or that
+ * another consumer has claimed meanwhile, is left as it is. The service runtime takes back the count of a delivery that
+ * was no attempt (an entry read and left waiting, an attempt put off), so that the count goes on meaning "deliveries
+ * that may have ended a worker". */
 int bus_set_deliveries(bus_t *b, const char *stream, const char *group, const char *consumer,
                        const char (*ids)[BUS_ID_MAX], const uint32_t *counts, size_t n)
     __attribute__((warn_unused_result));

@@ -727,18 +727,11 @@ static int mem_set_deliveries(bus_t *b, const char *stream, const char *group, c
     if (!g)
         goto out;
     int64_t now = clock_mono_ms();
-    mconsumer_t *c = NULL;
     for (size_t i = 0; i < n; i++) {
         bus_id_t id;
         pel_node_t *node = bus_id_parse(ids[i], strnlen(ids[i], BUS_ID_MAX), NULL, &id) == 0 ? pel_find(g, id) : NULL;
-        if (!node)
-            continue;
-        if (!c)
-            c = get_consumer(g, consumer);
-        if (node->owner != c) {
-            consumer_unlink(node);
-            consumer_link(c, node);
-        }
+        if (!node || strcmp(node->owner->name, consumer) != 0)
+            continue; /* acknowledged, or another consumer's now */
         node->deliveries = counts[i];
         node->delivered_ms = now;
     }

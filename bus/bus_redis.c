@@ -572,32 +572,38 @@ out:
     cmd_free(&c);
 }
 
+/* XCLAIM with min-idle 0 would take an entry from whoever has it: the
+ * script sets the count only of entries still the consumer's, atomically.
+ * KEYS[1] stream; ARGV group, consumer, then id, count pairs. */
+static const char set_deliveries_lua[] =
+    "for i = 3, #ARGV, 2 do"
+    " if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) == 1 then"
+    " redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'RETRYCOUNT', ARGV[i + 1], 'JUSTID') end"
+    " end return 0";
+
 static int r_set_deliveries(bus_t *b, const char *stream, const char *group, const char *consumer,
                             const char (*ids)[BUS_ID_MAX], const uint32_t *counts, size_t n)
 {
     cmd_t c = {0};
-    redisReply **r = xcalloc(n, sizeof *r);
-    int rc = -1;
+    char(*nums)[12] = xmalloc(n * sizeof *nums); /* the counts as text (arg_u64 holds only a few) */
+    arg(&c, "EVAL");
+    arg(&c, set_deliveries_lua);
+    arg(&c, "1");
+    arg(&c, stream);
+    arg(&c, group);
+    arg(&c, consumer);
     for (size_t i = 0; i < n; i++) {
-        cmd_reset(&c);
-        const char *argv[] = {"XCLAIM", stream, group, consumer, "0", ids[i], "RETRYCOUNT"};
-        for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-            arg(&c, argv[k]);
-        arg_u64(&c, counts[i]);
-        arg(&c, "JUSTID");
-        if (append(b, "XCLAIM", &c) != 0)
-            goto out;
+        snprintf(nums[i], sizeof nums[i], "%" PRIu32, counts[i]);
+        arg(&c, ids[i]);
+        arg(&c, nums[i]);
     }
-    if (collect(b, "XCLAIM", r, n) != 0)
-        goto out;
-    rc = 0;
-    for (size_t i = 0; i < n; i++)
-        if (is_error(r[i], "XCLAIM", stream))
-            rc = -1;
-out:
-    free_replies(r, n);
-    free(r);
+    redisReply *r = call(b, "EVAL", &c);
     cmd_free(&c);
+    free(nums);
+    if (!r)
+        return -1;
+    int rc = is_error(r, "EVAL", stream) ? -1 : 0;
+    freeReplyObject(r);
     return rc;
 }
 

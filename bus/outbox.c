@@ -270,6 +270,9 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
 const char outbox_sql_append_many[] = APPEND_MANY_INSERT " SELECT count(*) FROM i";
 const char outbox_sql_append_many_notify[] =
     APPEND_MANY_INSERT " SELECT count(*), pg_notify('ecom_outbox', '') FROM i";
+const uint32_t outbox_param_oids[OUTBOX_PARAMS] = {PG_OID_UUID, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT,
+                                                   PG_OID_TEXT, PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT,
+                                                   PG_OID_TEXT, PG_OID_TEXT, PG_OID_BOOL};
 /* held back: nobody reads the count, so a short one divides by zero */
 #define HOLD_MANY_CHECK " SELECT 1 / (count(*) = cardinality($1::uuid[]))::int"
 static const char sql_hold_many[] = APPEND_MANY_INSERT HOLD_MANY_CHECK " FROM i";
@@ -289,8 +292,7 @@ static int append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, bool hold, 
         return 0;
     }
     enum { COLS = OUTBOX_PARAMS };
-    static const uint32_t oids[COLS] = {PG_OID_UUID, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT,
-                                        PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT, PG_OID_BOOL};
+    const uint32_t *oids = outbox_param_oids;
     pg_array_t a[COLS] = {{0}};
     for (int k = 0; k < COLS; k++)
         pg_array_begin(&a[k], oids[k], n);

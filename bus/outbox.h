@@ -87,6 +87,8 @@ extern const char outbox_sql_append_notify[];
  * their sequence numbers in array order.
  * One row: how many went in. */
 extern const char outbox_sql_append_many[];
+/* The element types of outbox_sql_append_many's arrays (core/pgarray.h OIDs). */
+extern const uint32_t outbox_param_oids[OUTBOX_PARAMS];
 extern const char outbox_sql_append_many_notify[];
 /* Whether this append should carry the drainer's wake-up hint (throttled per
  * process). outbox_append and its kin send it after their transaction's

@@ -241,8 +241,10 @@ int main(int argc, char **argv)
     const char *extra = NULL;
     if (strcmp(cmd, "outbox-worker") == 0 || strcmp(cmd, "all") == 0)
         extra = nargs ? args[0] : NULL;
-    else if (strcmp(cmd, "gateway") == 0)
-        extra = nargs > 1 ? args[1] : nargs == 1 && strcmp(args[0], "--check") != 0 ? args[0] : NULL;
+    else if (strcmp(cmd, "gateway") == 0) /* only --check, once */
+        for (int k = 0; k < nargs && !extra; k++)
+            if (k > 0 || strcmp(args[k], "--check") != 0)
+                extra = args[k];
     for (int k = 0; strcmp(cmd, "service") == 0 && k < nargs && !extra; k++)
         for (int j = 0; j < k; j++)
             if (strcmp(args[j], args[k]) == 0) {

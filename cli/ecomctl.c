@@ -88,9 +88,9 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
 {
     outbox_msg_t m = {0};
     long count = 1;
+    const char *count_s = NULL;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         const char **dst = strcmp(a, "--topic") == 0         ? &m.topic
                            : strcmp(a, "--type") == 0        ? &m.type
                            : strcmp(a, "--tenant") == 0      ? &m.tenant
@@ -105,17 +105,15 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
                 return rc;
             continue;
         }
-        if (strcmp(a, "--count") == 0) {
-            if (!v || strncmp(v, "--", 2) == 0)
-                return fail(2, "publish: --count needs a value");
-            char *end;
-            count = strtol(v, &end, 10);
-            if (*end || count < 1 || count > 10000000)
-                return fail(2, "publish: --count must be 1..10000000");
-        } else {
+        if (strcmp(a, "--count") != 0)
             return fail(2, "publish: unknown option %s", a);
-        }
-        i++;
+        int rc = opt_value("publish", argc, argv, &i, &count_s);
+        if (rc)
+            return rc;
+        char *end;
+        count = strtol(count_s, &end, 10);
+        if (*end || count < 1 || count > 10000000)
+            return fail(2, "publish: --count must be 1..10000000");
     }
     const char *missing = !m.topic ? "--topic" : !m.type ? "--type" : !m.tenant ? "--tenant"
                           : !m.aggregate_id ? "--aggregate" : !m.payload ? "--payload" : NULL;

@@ -128,7 +128,11 @@ int migrate_run(const char *url, const char *const *parts, bool check_only, FILE
     bool table = true;
     if (check_only) {
         PGresult *t = pg_query(c, "SELECT to_regclass('public.ecom_migrations') IS NOT NULL", 0, NULL);
-        table = t && PQgetvalue(t, 0, 0)[0] == 't';
+        if (!t) {
+            fprintf(err, "migrate: %s\n", first_line(PQerrorMessage(c)));
+            goto out;
+        }
+        table = PQgetvalue(t, 0, 0)[0] == 't';
         PQclear(t);
     }
     applied = pg_query(c,

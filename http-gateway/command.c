@@ -913,9 +913,7 @@ static void group_send(group_t *g, bool rollback_first)
      * (binary arrays, core/pgarray.h): per command only its domain writes
      * remain statements of their own */
     static const uint32_t rec_oids[REC_COLS] = {PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT};
-    static const uint32_t box_oids[OUTBOX_COLS] = {PG_OID_UUID, PG_OID_INT8, PG_OID_TEXT, PG_OID_TEXT,
-                                                   PG_OID_TEXT, PG_OID_TEXT, PG_OID_INT8, PG_OID_TEXT,
-                                                   PG_OID_TEXT, PG_OID_TEXT, PG_OID_BOOL};
+    const uint32_t *box_oids = outbox_param_oids;
     pg_array_t rec[REC_COLS] = {{0}}, box[OUTBOX_COLS] = {{0}};
     for (int c = 0; c < REC_COLS; c++)
         pg_array_begin(&rec[c], rec_oids[c], 0);

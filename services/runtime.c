@@ -1066,11 +1066,16 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
             }
             /* neither done nor failed: waiting behind an earlier failure of its aggregate */
         }
-        for (size_t i = 0; i < nw; i++) /* put off, or not reached: no attempt of its own */
+        /* put off, or not reached (behind a failure of its aggregate): it did
+         * not end a worker. After a storage failure, nothing: a lane's
+         * messages then lose their marks, and one that breaks the connection
+         * must go on counting toward the crash rule. */
+        for (size_t i = 0; rc >= 0 && i < nw; i++)
             if (!ws[i].done && (!ws[i].failed || ws[i].result == SVC_DEFER) && ws[i].m->deliveries > 0)
                 back[nback++] = ws[i].m;
     }
-    if (nback)
+    /* with the store broken, the lease may be another worker's by now */
+    if (nback && stored == 0 && !db_broken(rt))
         set_back(rt, back, nback);
     free(back);
     schedule_failures(rt);

@@ -423,35 +423,40 @@ static void deliveries_counted(const backend_t *be)
 }
 
 /* A delivery count set back: the next history read counts on from it; an
- * entry acknowledged meanwhile, or of another consumer, is taken as it is. */
+ * entry acknowledged meanwhile, or another consumer's, is left as it is. */
 static void deliveries_set_back(const backend_t *be)
 {
     bus_t *b = be->open();
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
     const char *s = "ecom:t.setdeliv";
-    char ids[3][BUS_ID_MAX];
+    char ids[4][BUS_ID_MAX];
     ASSERT_OK(bus_group_create(b, s, "g"));
-    ASSERT_OK(publish_n(b, "t.setdeliv", 3, ids));
+    ASSERT_OK(publish_n(b, "t.setdeliv", 4, ids));
     bus_batch_t bt = {0};
-    ASSERT_OK(read1(b, "g", "c1", s, false, 10, 0, &bt));
+    ASSERT_OK(read1(b, "g", "c1", s, false, 3, 0, &bt));
     CU_ASSERT_EQUAL_FATAL(bt.n, 3);
+    bus_batch_clear(&bt);
+    ASSERT_OK(read1(b, "g", "c2", s, false, 10, 0, &bt)); /* ids[3] is c2's */
+    CU_ASSERT_EQUAL_FATAL(bt.n, 1);
     for (int k = 0; k < 3; k++) { /* deliveries 4 each */
         bus_batch_clear(&bt);
         ASSERT_OK(read1(b, "g", "c1", s, true, 10, 0, &bt));
     }
     const char *ack0[] = {ids[0]};
     ASSERT_OK(bus_ack(b, s, "g", ack0, 1));
-    static const uint32_t counts[3] = {7, 0, 2};
-    ASSERT_OK(bus_set_deliveries(b, s, "g", "c1", (const char(*)[BUS_ID_MAX])ids, counts, 3));
+    static const uint32_t counts[4] = {7, 0, 2, 9};
+    ASSERT_OK(bus_set_deliveries(b, s, "g", "c1", (const char(*)[BUS_ID_MAX])ids, counts, 4));
     bus_pending_entry_t pe[4];
     size_t n = 0;
     ASSERT_OK(bus_pending(b, s, "g", pe, 4, &n));
-    CU_ASSERT_EQUAL_FATAL(n, 2); /* the acknowledged one stays gone */
+    CU_ASSERT_EQUAL_FATAL(n, 3); /* the acknowledged one stays gone */
     CU_ASSERT_STRING_EQUAL(pe[0].entry_id, ids[1]);
     CU_ASSERT_EQUAL(pe[0].deliveries, 0);
     CU_ASSERT_STRING_EQUAL(pe[1].consumer, "c1");
     CU_ASSERT_EQUAL(pe[1].deliveries, 2);
     CU_ASSERT_TRUE(pe[1].idle_ms < 1000);
+    CU_ASSERT_STRING_EQUAL(pe[2].consumer, "c2"); /* another consumer's: left alone */
+    CU_ASSERT_EQUAL(pe[2].deliveries, 1);
     bus_batch_clear(&bt);
     ASSERT_OK(read1(b, "g", "c1", s, true, 10, 0, &bt));
     CU_ASSERT_EQUAL_FATAL(bt.n, 2);
