@@ -1765,18 +1765,20 @@ static void test_outbox_steps_real(void)
 
 /* outbox_append_many: array order gives positions and each aggregate's seq,
  * continuing what single appends drew; one bad message writes nothing. */
+/* A store of its own: memory (*mem set, free it after), or a fresh database. */
+static db_t *open_store(bool memory, const char *dbname, memstore_t **mem)
+{
+    char *err = NULL;
+    *mem = memory ? memstore_new() : NULL;
+    db_t *db = memory ? db_open_memory(*mem) : db_open_pg(test_pg_db(dbname, true), "test", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+    return db;
+}
+
 static void append_many(bool memory)
 {
-    memstore_t *mem = NULL;
-    db_t *db;
-    char *err = NULL;
-    if (memory) {
-        mem = memstore_new();
-        db = db_open_memory(mem);
-    } else {
-        db = db_open_pg(test_pg_db("bb_many", true), "test", &err);
-    }
-    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+    memstore_t *mem;
+    db_t *db = open_store(memory, "bb_many", &mem);
     append_one(db, "a", 0); /* a's seq 1 */
     static const char *const aggs[] = {"a", "b", "a", "a", "b"};
     char pl[5][16];
@@ -1829,16 +1831,8 @@ static void test_append_many_memory(void)
  * later ordinary message of a sole message's aggregate starts at 1 (no row). */
 static void sole_appends(bool memory)
 {
-    memstore_t *mem = NULL;
-    db_t *db;
-    char *err = NULL;
-    if (memory) {
-        mem = memstore_new();
-        db = db_open_memory(mem);
-    } else {
-        db = db_open_pg(test_pg_db("bb_sole", true), "test", &err);
-    }
-    CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+    memstore_t *mem;
+    db_t *db = open_store(memory, "bb_sole", &mem);
     /* k: payload order; aggregates and whether sole */
     static const char *const aggs[] = {"a", "s1", "a", "s2", "s3", "a", "s4", "a", "s1"};
     static const bool sole[] = {false, true, false, true, true, false, true, false, false};
