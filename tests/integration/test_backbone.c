@@ -1775,6 +1775,15 @@ static db_t *open_store(bool memory, const char *dbname, memstore_t **mem)
     return db;
 }
 
+/* Up to 100 rows of every partition, in position order. */
+static void fetch_all(db_t *db, outbox_row_t **rows, size_t *n)
+{
+    int parts[OUTBOX_PARTITIONS];
+    for (int i = 0; i < OUTBOX_PARTITIONS; i++)
+        parts[i] = i;
+    ASSERT_OK(outbox_fetch(db, parts, OUTBOX_PARTITIONS, 100, rows, n));
+}
+
 static void append_many(bool memory)
 {
     memstore_t *mem;
@@ -1798,12 +1807,9 @@ static void append_many(bool memory)
     CU_ASSERT_EQUAL(outbox_append_many(db, bad, 2, &why), -1);
     CU_ASSERT_PTR_NOT_NULL(why);
     ASSERT_OK(db_commit(db));
-    int parts[OUTBOX_PARTITIONS];
-    for (int i = 0; i < OUTBOX_PARTITIONS; i++)
-        parts[i] = i;
     outbox_row_t *rows = NULL;
     size_t n = 0;
-    ASSERT_OK(outbox_fetch(db, parts, OUTBOX_PARTITIONS, 100, &rows, &n));
+    fetch_all(db, &rows, &n);
     CU_ASSERT_EQUAL_FATAL(n, 6);
     static const int64_t want_seq[] = {1, 2, 1, 3, 4, 2};
     for (size_t i = 0; i < n; i++) {
@@ -1866,12 +1872,9 @@ static void sole_appends(bool memory)
     ASSERT_OK(outbox_hold_many(db, &ms[6], 2, &why));
     ASSERT_OK(db_commit(db));
     append_one(db, "s1", 8); /* an ordinary append of s1's aggregate */
-    int parts[OUTBOX_PARTITIONS];
-    for (int i = 0; i < OUTBOX_PARTITIONS; i++)
-        parts[i] = i;
     outbox_row_t *rows = NULL;
     size_t n = 0;
-    ASSERT_OK(outbox_fetch(db, parts, OUTBOX_PARTITIONS, 100, &rows, &n));
+    fetch_all(db, &rows, &n);
     CU_ASSERT_EQUAL_FATAL(n, N);
     for (size_t i = 0; i < n; i++) {
         int k = payload_k(&rows[i]);
