@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "core/pg.h"
 #include "core/strmap.h"
+#include "http-gateway/reqctx.h"
 #include "outbox-worker/drain.h"
 #include "services/registry.h"
 
@@ -119,6 +120,12 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
                           : !m.aggregate_id ? "--aggregate" : !m.payload ? "--payload" : NULL;
     if (missing)
         return fail(2, "publish: %s is required", missing);
+    /* what the gateway would accept in these headers: the services read them as such */
+    traceparent_t tp;
+    if (m.traceparent && *m.traceparent && reqctx_traceparent_parse(m.traceparent, &tp) != 0)
+        return fail(2, "publish: --traceparent must be a W3C traceparent, 00-<32 hex>-<16 hex>-<2 hex>");
+    if (m.request_id && *m.request_id && !reqctx_request_id_valid(m.request_id))
+        return fail(2, "publish: --request-id must be 1..128 characters of [A-Za-z0-9._:-]");
     json_object *j = NULL;
     const char *why = NULL;
     if (json_parse_strict(m.payload, strlen(m.payload), &j, &why) != 0)

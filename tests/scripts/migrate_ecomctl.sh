@@ -52,6 +52,9 @@ out=$("$ctl" publish --topic "bad topic" --type x --tenant t1 --aggregate o-1 --
 [ $rc -eq 2 ]; check "publish: an invalid topic exits 2" $? "$rc $out"
 out=$("$ctl" publish --topic orders --type x --tenant t1 --aggregate $'\xff' --payload '{}' 2>&1); rc=$?
 [ $rc -eq 2 ] && grep -q "must be UTF-8" <<<"$out"; check "publish: an aggregate that is not UTF-8 is named, exit 2 (not a storage error)" $? "$rc $out"
+out=$("$ctl" publish --topic orders --type x --tenant t1 --aggregate tp-1 --payload '{}' --traceparent garbage 2>&1); rc=$?
+[ $rc -eq 2 ] && grep -q "W3C traceparent" <<<"$out" && [ "$(psql "$url" -Atc "SELECT count(*) FROM bus.outbox WHERE aggregate_id = 'tp-1'")" = 0 ]
+check "publish: a malformed --traceparent is refused, nothing written" $? "$rc $out"
 "$ctl" frobnicate >/dev/null 2>&1; [ $? -eq 2 ]; check "unknown command exits 2" $? ""
 out=$("$ctl" publish --topic orders --type order.placed --tenant t1 --aggregate o-1 --payload '{"total":42}' --count 25 2>&1); rc=$?
 [ $rc -eq 0 ] && grep -q "appended 25 messages" <<<"$out"; check "publish --count 25" $? "$out"
