@@ -14,6 +14,7 @@
 #include "tests/testlib.h"
 
 #include <event2/buffer.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -449,8 +450,9 @@ static void test_config_file_and_env(void)
  * value with quotes in it); a path that cannot be read as a file is reported. */
 static void test_config_file_malformed(void)
 {
-    char path[] = "/tmp/ecom-test-env-XXXXXX";
-    int fd = mkstemp(path);
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ecom-test-env-malformed-%d", (int)getpid());
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     CU_ASSERT_FATAL(fd >= 0);
     const char *text = "APP_ENV=development\nJWT_SECRET=\"devsecretdevsecretdevsecret123456\nOTP_PEPPER=\"x\" y\n";
     CU_ASSERT_EQUAL(write(fd, text, strlen(text)), (ssize_t)strlen(text));
