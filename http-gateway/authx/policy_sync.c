@@ -5,6 +5,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/errlist.h"
+#include "core/health.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/pg.h"
@@ -321,6 +322,9 @@ static int follow(policy_sync_t *s)
     return n == FEED_BATCH ? 1 : 0;
 }
 
+/* The readiness check of the authorization snapshot's source. */
+#define POLICY_HEALTH "authorization-store"
+
 static void *sync_main(void *arg)
 {
     policy_sync_t *s = arg;
@@ -331,6 +335,7 @@ static void *sync_main(void *arg)
             char *err = NULL;
             s->c = pg_connect(s->url, "ecom-gateway-policy", &err);
             if (!s->c) {
+                health_report(POLICY_HEALTH, false, 0);
                 log_warn("policy store unreachable: %s", err ? err : "?");
                 free(err);
                 retry_ms = clock_mono_ms() + 1000;
@@ -346,7 +351,9 @@ static void *sync_main(void *arg)
         }
         int more = 0;
         if (s->c && (!s->boot || s->booted)) {
+            int64_t t0 = clock_mono_us();
             more = follow(s);
+            health_report(POLICY_HEALTH, more >= 0, (double)(clock_mono_us() - t0) / 1000.0);
             if (more < 0) {
                 PQfinish(s->c);
                 s->c = NULL;
@@ -361,6 +368,8 @@ static void *sync_main(void *arg)
 
 policy_sync_t *policy_sync_start(policy_t *p, const char *url, json_object *boot)
 {
+    /* not ready before the first sync: until then every check fails closed */
+    health_require(POLICY_HEALTH);
     policy_sync_t *s = xcalloc(1, sizeof *s);
     s->p = p;
     s->url = xstrdup(url);
