@@ -1052,23 +1052,48 @@ static void bench_consume(bool with_poison)
 
 /* ---- 3. latency at a fixed rate ---- */
 
-/* When each message's handler transaction committed (mono µs), indexed by
- * the message number at the head of its payload ({"i":N,...}); -1 = not yet. */
-static int64_t *lat_done_us;
+/* When each measured message's handler began and when its transaction
+ * committed (mono µs), indexed by the message number at the head of its
+ * payload ({"i":N,...}) less lat_first; -1 = not yet. */
+static int64_t *lat_start_us, *lat_done_us;
 static int64_t lat_first, lat_n;
+
+/* The index of e among the measured messages, or -1. */
+static int64_t lat_index(const envelope_t *e)
+{
+    const char *p = e->payload ? strstr(e->payload, "\"i\":") : NULL;
+    int64_t i = p ? strtoll(p + 4, NULL, 10) : -1;
+    return i >= lat_first && i < lat_first + lat_n ? i - lat_first : -1;
+}
+
+/* The first time only: a retried message keeps its first stamp. */
+static void lat_stamp(int64_t *at, const envelope_t *const *msgs, size_t n)
+{
+    int64_t now = clock_mono_us();
+    for (size_t j = 0; j < n; j++) {
+        int64_t k = lat_index(msgs[j]);
+        if (k >= 0 && at[k] < 0)
+            at[k] = now;
+    }
+}
 
 static void lat_committed(const envelope_t *const *msgs, size_t n, void *arg)
 {
     (void)arg;
-    int64_t now = clock_mono_us();
-    for (size_t j = 0; j < n; j++) {
-        const char *p = msgs[j]->payload ? strstr(msgs[j]->payload, "\"i\":") : NULL;
-        if (!p)
-            continue;
-        int64_t i = strtoll(p + 4, NULL, 10);
-        if (i >= lat_first && i < lat_first + lat_n && lat_done_us[i - lat_first] < 0)
-            lat_done_us[i - lat_first] = now;
-    }
+    lat_stamp(lat_done_us, msgs, n);
+}
+
+static svc_result_t lat_one(svc_ctx_t *c, void *arg)
+{
+    lat_stamp(lat_start_us, &c->msg, 1);
+    return analytics->handle(c, arg);
+}
+
+static svc_result_t lat_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
+                              void *arg)
+{
+    lat_stamp(lat_start_us, msgs, n);
+    return analytics->handle_batch(tx, msgs, payloads, n, arg);
 }
 
 #define MAX_PRODUCERS 16
@@ -1091,6 +1116,7 @@ struct load {
     int64_t *late_us;   /* per message: start behind its deadline */
     int64_t *append_us; /* per message: BEGIN + outbox_append + COMMIT */
     int64_t *commit_us; /* per message: when its COMMIT was sent (mono) */
+    int64_t *acked_us;  /* per message: when its COMMIT was acknowledged (mono) */
     atomic_int errors;
     atomic_int running;
 };
@@ -1140,7 +1166,8 @@ static void *producer_main(void *arg)
             continue;
         }
         l->commit_us[k] = tc;
-        l->append_us[k] = clock_mono_us() - t0;
+        l->acked_us[k] = clock_mono_us();
+        l->append_us[k] = l->acked_us[k] - t0;
     }
     db_close(db);
     atomic_fetch_sub(&l->running, 1);
@@ -1157,6 +1184,7 @@ static void load_start(load_t *l, int64_t first, int64_t count)
     l->late_us = xcalloc((size_t)count, sizeof *l->late_us);
     l->append_us = xcalloc((size_t)count, sizeof *l->append_us);
     l->commit_us = xcalloc((size_t)count, sizeof *l->commit_us);
+    l->acked_us = xcalloc((size_t)count, sizeof *l->acked_us);
     atomic_init(&l->errors, 0);
     atomic_init(&l->running, l->np);
     l->start = clock_mono_us() + 100000; /* every connection is open by then */
@@ -1178,6 +1206,7 @@ static void load_free(load_t *l)
     free(l->late_us);
     free(l->append_us);
     free(l->commit_us);
+    free(l->acked_us);
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -1252,6 +1281,44 @@ static void print_load(const load_t *l)
            l->np, a.p50, a.p99, a.max, late.p99, late.max, atomic_load(&l->errors) ? " (some appends FAILED)" : "");
 }
 
+/* Where the time goes between the two commits: the producer's COMMIT
+ * (sent -> acknowledged), the way to the handler (acknowledged -> the batch
+ * handler called: the drainer's wake-up, fetch and XADD, the service's read),
+ * and the handler's transaction (-> its COMMIT acknowledged); p50 / p99 of
+ * each, and their means over the messages at or past the total's p99. A
+ * handler may begin before a descheduled producer read its acknowledgement:
+ * those stages are negative, counted, and left out of the percentiles. */
+static void print_stages(const load_t *l, const int64_t *total, int64_t n, double p99_ms)
+{
+    int64_t *st[3];
+    for (int s = 0; s < 3; s++)
+        st[s] = xmalloc((size_t)n * sizeof *st[s]);
+    double tail[3] = {0};
+    int64_t ntail = 0, early = 0;
+    for (int64_t k = 0; k < n; k++) {
+        bool seen = total[k] >= 0 && lat_start_us[k] >= 0;
+        st[0][k] = seen ? l->acked_us[k] - l->commit_us[k] : -1;
+        st[1][k] = seen ? lat_start_us[k] - l->acked_us[k] : -1;
+        st[2][k] = seen ? lat_done_us[k] - lat_start_us[k] : -1;
+        early += seen && st[1][k] < 0;
+        if (seen && (double)total[k] >= p99_ms * 1000.0) {
+            for (int s = 0; s < 3; s++)
+                tail[s] += (double)st[s][k];
+            ntail++;
+        }
+    }
+    dist_t d[3];
+    for (int s = 0; s < 3; s++)
+        d[s] = dist_of(st[s], (size_t)n);
+    printf("  stages, p50 / p99 ms (mean over the %lld slowest): COMMIT sent -> acknowledged %.2f / %.2f (%.2f);"
+           " -> handler began %.2f / %.2f (%.2f; %lld began first); -> its COMMIT acknowledged %.2f / %.2f (%.2f)\n",
+           (long long)ntail, d[0].p50, d[0].p99, ntail ? tail[0] / (double)ntail / 1000.0 : 0, d[1].p50, d[1].p99,
+           ntail ? tail[1] / (double)ntail / 1000.0 : 0, (long long)early, d[2].p50, d[2].p99,
+           ntail ? tail[2] / (double)ntail / 1000.0 : 0);
+    for (int s = 0; s < 3; s++)
+        free(st[s]);
+}
+
 static void bench_latency(void)
 {
     reset_store();
@@ -1260,10 +1327,13 @@ static void bench_latency(void)
     lat_first = WARMUP_MSGS;
     lat_n = measured;
     lat_done_us = xmalloc((size_t)measured * sizeof *lat_done_us);
+    lat_start_us = xmalloc((size_t)measured * sizeof *lat_start_us);
     for (int64_t i = 0; i < measured; i++)
-        lat_done_us[i] = -1;
+        lat_done_us[i] = lat_start_us[i] = -1;
     svc_def_t def = *analytics;
     def.committed = lat_committed;
+    def.handle = lat_one;
+    def.handle_batch = lat_batch;
     drainer_t d;
     service_t s;
     uint64_t base = metrics_value(m_applied);
@@ -1318,6 +1388,7 @@ static void bench_latency(void)
                " histogram, append ts -> after commit at 1 ms resolution: %.1f%% <= 5 ms, %.1f%% <= 10 ms\n",
                due.p50, due.p95, due.p99, due.max, le5, le10);
         print_load(&l);
+        print_stages(&l, from_commit, measured, v.p99);
         cpu_print(&c0, &c1, "drainer+service+producers (one process)", NULL, NULL);
     }
     fflush(stdout);
@@ -1325,7 +1396,8 @@ static void bench_latency(void)
     free(from_due);
     load_free(&l);
     free(lat_done_us);
-    lat_done_us = NULL;
+    free(lat_start_us);
+    lat_done_us = lat_start_us = NULL;
     lat_n = 0;
     free(rurl);
 }

@@ -13,6 +13,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -782,6 +783,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
+    if (s->lim.accepted)
+        metrics_add(s->lim.accepted, 1);
     conn_read_on(c, true);
 }
 

@@ -39,6 +39,7 @@ typedef struct h1_limits {
     size_t max_head; /* request line and header fields, bytes; over it: 431 */
     size_t max_body; /* a larger body is not read: the request comes with error 413 */
     int timeout_s;   /* an idle keep-alive connection, a request's arrival, a stalled write */
+    struct metric *accepted; /* optional: counts the connections this server accepts */
 } h1_limits_t;
 
 /* Called once per request; the request must be answered with h1_reply, now or

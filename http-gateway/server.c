@@ -541,7 +541,15 @@ static int bind_reuseport(gw_thread_t *th, int port)
         close(fd);
         return -1;
     }
-    h1_limits_t lim = {.max_head = GW_MAX_HEADERS, .max_body = GW_MAX_BODY, .timeout_s = GW_IDLE_TIMEOUT_S};
+    /* per thread: SO_REUSEPORT spreads connections by a hash of their
+     * addresses, so a few long-lived ones can load one thread more than another */
+    char labels[32];
+    snprintf(labels, sizeof labels, "thread=\"%d\"", th->index);
+    h1_limits_t lim = {.max_head = GW_MAX_HEADERS,
+                       .max_body = GW_MAX_BODY,
+                       .timeout_s = GW_IDLE_TIMEOUT_S,
+                       .accepted = metrics_counter("ecom_http_connections_accepted_total",
+                                                   "Connections accepted, by gateway thread", labels)};
     th->http = h1_server_new(th->base, fd, &lim, on_request, th);
     return th->http ? 0 : -1;
 }

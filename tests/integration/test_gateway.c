@@ -938,6 +938,36 @@ static void test_errors(void)
 
 /* ================= 5. request context ================= */
 
+/* ecom_http_connections_accepted_total over every gateway thread. */
+static double accepted_sum(int port)
+{
+    double sum = 0;
+    for (int t = 0; t < 8; t++) {
+        char series[80];
+        snprintf(series, sizeof series, "ecom_http_connections_accepted_total{thread=\"%d\"}", t);
+        double v = metric(port, series); /* -1: no such thread */
+        sum += v > 0 ? v : 0;
+    }
+    return sum;
+}
+
+/* Each connection is counted once, by the thread that accepted it (every
+ * metric read is a connection of its own too: 8 per accepted_sum). */
+static void test_connections_counted(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(gw);
+    double a0 = accepted_sum(gw->port);
+    for (int i = 0; i < 10; i++) {
+        hresp_t r;
+        CU_ASSERT_EQUAL(hget(gw->port, "/health", NULL, &r), 0);
+        hfree(&r);
+    }
+    double d = accepted_sum(gw->port) - a0;
+    CU_ASSERT_TRUE(d >= 10 && d <= 10 + 8);
+    if (d < 10 || d > 18)
+        fprintf(stderr, "\n  connections counted: %.0f (10 GETs and at most 8 metric reads)\n", d);
+}
+
 static void test_request_context(void)
 {
     CU_ASSERT_PTR_NOT_NULL_FATAL(gw);
@@ -1799,6 +1829,7 @@ int main(void)
         {"cache: MISS/HIT/304, per tenant, stale served with exactly one refresh", test_cache},
         {"errors: problem+json 404 405 415 400 413", test_errors},
         {"request context: x-request-id, traceparent, carried into the outbox", test_request_context},
+        {"connections counted by the thread that accepted them", test_connections_counted},
         {"production: JWT checks (401, 403, alg none, foreign keys, RFC 7515)", test_auth_production},
         {"startup refuses bad key configuration, listing every problem", test_startup_refusals},
         {"breaker: 500 500 503 503 503 on /flaky", test_breaker},
