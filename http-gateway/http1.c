@@ -16,6 +16,7 @@
 #include "core/metrics.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -351,6 +352,41 @@ static void connection_options(const char *v, bool *close, bool *keep)
     }
 }
 
+/* A Host field value or an absolute-form's authority, v[0, n): uri-host
+ * [":" port] (RFC 9112 3.2, RFC 3986 3.2.2): an IP literal in brackets, or a
+ * reg-name (an IPv4 address is one) of unreserved, sub-delims and
+ * percent-encoded bytes; the port only digits. Empty is valid (a Host for a
+ * target without an authority). */
+static bool host_valid(const char *v, size_t n)
+{
+    size_t i = 0;
+    if (n > 0 && v[0] == '[') {
+        for (i = 1; i < n && v[i] != ']'; i++)
+            if (!isxdigit((unsigned char)v[i]) && v[i] != ':' && v[i] != '.' && v[i] != 'v' && v[i] != 'V')
+                return false;
+        if (i == n || i == 1)
+            return false;
+        i++;
+    } else {
+        for (; i < n && v[i] != ':'; i++) {
+            unsigned char ch = (unsigned char)v[i];
+            if (ch == '%') {
+                if (i + 2 >= n || !isxdigit((unsigned char)v[i + 1]) || !isxdigit((unsigned char)v[i + 2]))
+                    return false;
+                i += 2;
+            } else if (!isalnum(ch) && (!ch || !strchr("-._~!$&'()*+,;=", ch))) {
+                return false;
+            }
+        }
+    }
+    if (i < n && v[i++] != ':')
+        return false;
+    for (; i < n; i++)
+        if (!isdigit((unsigned char)v[i]))
+            return false;
+    return true;
+}
+
 /* The head [0, head_len) is complete: read it in place. 0, or a status. */
 static int parse_head(h1_conn_t *c)
 {
@@ -385,10 +421,14 @@ static int parse_head(h1_conn_t *c)
         if (!scheme)
             return 400;
         char *a = t + scheme, *path = a + strcspn(a, "/?");
-        if (path == a || *path == '?')
+        /* userinfo in the authority is an error for http(s) (RFC 9110 4.2.4) */
+        if (path == a || memchr(a, '@', (size_t)(path - a)) || !host_valid(a, (size_t)(path - a)))
             return 400;
         if (*path == '/') {
             q->target = path;
+        } else if (*path == '?') {
+            path[-1] = '/'; /* an empty path is "/" (RFC 9110 4.2.3), written over the authority's last byte */
+            q->target = path - 1;
         } else {
             t[0] = '/'; /* no path: "/", written over the scheme */
             t[1] = '\0';
@@ -437,6 +477,8 @@ static int parse_head(h1_conn_t *c)
                 return 400;
             te = v;
         } else if (strcasecmp(name, "host") == 0) {
+            if (!host_valid(v, strlen(v)))
+                return 400;
             hosts++;
         } else if (strcasecmp(name, "connection") == 0) {
             connection_options(v, &close, &keep);
