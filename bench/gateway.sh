@@ -345,6 +345,7 @@ stale0=$(metric 'ecom_cache_requests_total{result="stale"}')
 miss0=$(metric 'ecom_cache_requests_total{result="miss"}')
 accepted() { for t in $(seq 0 $((threads - 1))); do metric "ecom_http_connections_accepted_total{thread=\"$t\"}"; done; }
 acc0=($(accepted))
+moved0=$(metric ecom_http_connections_handed_over_total)
 get_rps=0 get_p99=0
 if run_wrk get_hot "GET /api/v1/analytics/events (cache hot)" "$events"; then
   get_rps=$w_rps get_p99=$w_p99
@@ -352,7 +353,8 @@ fi
 acc1=($(accepted))
 split=""
 for t in "${!acc1[@]}"; do split="$split${split:+ / }$((acc1[t] - acc0[t]))"; done
-echo "      connections accepted by gateway thread meanwhile (wrk's $conns and a few metric reads; SO_REUSEPORT's hash): $split"
+echo "      connections served by gateway thread meanwhile (wrk's $conns and a few metric reads): $split;" \
+  "$(($(metric ecom_http_connections_handed_over_total) - moved0)) handed over by the thread that accepted them"
 echo "      cache before the run: $warm; during it: hit $(($(metric 'ecom_cache_requests_total{result="hit"}') - hit0))," \
   "stale $(($(metric 'ecom_cache_requests_total{result="stale"}') - stale0))," \
   "miss $(($(metric 'ecom_cache_requests_total{result="miss"}') - miss0)) of $w_n responses"

@@ -64,6 +64,7 @@ struct gw_shared {
     hedge_tracker_t **hedge_trackers; /* per row with hedging, else NULL */
     hedge_budget_t *hedge_budgets;    /* per row */
     metric_t *m_hedges_sent, *m_hedge_wins;
+    metric_t *m_handed_over; /* connections moved between threads (server.c) */
     cache_t *cache;
     chaos_t chaos;
     jwtk_t keys;
@@ -102,6 +103,14 @@ struct gw_thread {
     struct gw_req *spare;  /* freed requests kept for reuse (gw_req_new), at most GW_SPARE_REQS */
     int nspare;
     int64_t drain_until; /* shutting down: leave when idle or at this time */
+    /* connection balance (server.c): what this thread serves, and what other
+     * threads accepted and handed to it */
+    atomic_int conns_open;   /* kept by its HTTP server */
+    atomic_int conns_coming; /* handed over, not yet adopted */
+    pthread_mutex_t handoff_mu;
+    struct gw_handoff *handoff; /* GW_HANDOFF_MAX slots, nhandoff used */
+    int nhandoff;
+    struct event *handoff_ev;
 };
 
 typedef struct gw_header {

@@ -160,6 +160,8 @@ static void conn_free(h1_conn_t *c)
     if (c->fd >= 0) {
         close(c->fd);
         s->nconns--;
+        if (s->lim.open)
+            atomic_fetch_sub(s->lim.open, 1);
         accept_resume(s);
     }
     if (c->prev)
@@ -187,6 +189,8 @@ static void conn_close(h1_conn_t *c)
         close(c->fd);
         c->fd = -1;
         c->s->nconns--;
+        if (c->s->lim.open)
+            atomic_fetch_sub(c->s->lim.open, 1);
         accept_resume(c->s);
     }
     if (c->state == ST_INFLIGHT)
@@ -799,11 +803,9 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
         conn_advance(c);
 }
 
-static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+void h1_server_adopt(h1_server_t *s, int fd, const struct sockaddr *sa, int salen)
 {
-    (void)l;
     (void)salen;
-    h1_server_t *s = arg;
     int on = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     h1_conn_t *c = xcalloc(1, sizeof *c);
@@ -813,9 +815,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     c->out = evbuffer_new();
     request_reset(c);
     if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof c->peer);
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof c->peer);
     else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, c->peer, sizeof c->peer);
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->peer, sizeof c->peer);
     event_assign(&c->rev, s->base, fd, EV_READ | EV_PERSIST, on_read, c);
     event_assign(&c->wev, s->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
     event_assign(&c->kick, s->base, -1, 0, on_kick, c);
@@ -825,9 +827,20 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
+    if (s->lim.open)
+        atomic_fetch_add(s->lim.open, 1);
     if (s->lim.accepted)
         metrics_add(s->lim.accepted, 1);
     conn_read_on(c, true);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    (void)l;
+    h1_server_t *s = arg;
+    if (s->lim.offer && s->lim.offer(fd, sa, salen, s->lim.offer_arg))
+        return;
+    h1_server_adopt(s, fd, sa, salen);
 }
 
 /* ---- the server ---- */

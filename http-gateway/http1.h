@@ -1,6 +1,7 @@
 /* http-gateway/http1.h: the gateway's HTTP/1.1 server (RFC 9112) on one
- * libevent base. It owns the connections of one listening socket: accepting
- * them, reading and strictly parsing each request (request line, header
+ * libevent base. It owns the connections of one listening socket and those
+ * other servers hand over to it: accepting them (or offering each to another
+ * server first), reading and strictly parsing each request (request line, header
  * fields, a Content-Length or chunked body, Expect: 100-continue), handing every
  * complete request to one callback, one request at a time per connection
  * (pipelined requests wait their turn, in order), writing each answer with its
@@ -20,10 +21,12 @@
 #ifndef ECOM_HTTP1_H
 #define ECOM_HTTP1_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 struct event_base;
+struct sockaddr;
 struct evbuffer;
 
 #define H1_MAX_FIELDS 64 /* header fields per request; more is a 431 */
@@ -35,11 +38,20 @@ typedef struct h1_field {
     const char *name, *value;
 } h1_field_t;
 
+/* Optional, to spread connections over the servers of several threads: called
+ * with each connection the server accepts, before it takes it; true means
+ * another server has it now (handed over with h1_server_adopt on its thread),
+ * and the fd is no longer this server's. */
+typedef bool (*h1_offer_cb)(int fd, const struct sockaddr *sa, int salen, void *arg);
+
 typedef struct h1_limits {
     size_t max_head; /* request line and header fields, bytes; over it: 431 */
     size_t max_body; /* a larger body is not read: the request comes with error 413 */
     int timeout_s;   /* an idle keep-alive connection, a request's arrival, a stalled write */
-    struct metric *accepted; /* optional: counts the connections this server accepts */
+    struct metric *accepted; /* optional: counts the connections this server takes (accepts or adopts) */
+    atomic_int *open;        /* optional: kept equal to the number of connections this server has open */
+    h1_offer_cb offer;       /* optional, with offer_arg */
+    void *offer_arg;
 } h1_limits_t;
 
 /* Called once per request; the request must be answered with h1_reply, now or
@@ -49,6 +61,9 @@ typedef void (*h1_request_cb)(h1_req_t *q, void *arg);
 /* Takes the listening socket fd (non-blocking, bound, listening); NULL on
  * failure (fd closed). */
 h1_server_t *h1_server_new(struct event_base *base, int fd, const h1_limits_t *lim, h1_request_cb cb, void *arg);
+/* Takes a connection another server accepted and handed over (its offer
+ * callback); on this server's thread. */
+void h1_server_adopt(h1_server_t *s, int fd, const struct sockaddr *sa, int salen);
 /* Closes the listening socket; open connections go on. */
 void h1_server_stop_accepting(h1_server_t *s);
 /* From now on every answer closes its connection, and idle connections close:

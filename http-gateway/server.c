@@ -527,6 +527,84 @@ static void on_commit_kick(evutil_socket_t fd, short what, void *arg)
     gw_cmd_kick(arg);
 }
 
+/* ---- connection balance ----
+ * SO_REUSEPORT hands each new connection to a thread's listener by a hash of
+ * its addresses, so a few long-lived connections can load one thread more
+ * than another (38 / 29 of wrk's 64 was seen), and the requests of the busier
+ * one wait longer. A thread that accepts a connection while another serves
+ * fewer hands it over to the one serving the fewest (counting those handed to
+ * it and not yet adopted): the thread that takes it answers every request on
+ * it. Keep-alive connections pay the hand-over once. */
+
+struct gw_handoff {
+    int fd;
+    int salen;
+    struct sockaddr_storage sa;
+};
+#define GW_HANDOFF_MAX 256
+
+static int conns_load(gw_thread_t *th)
+{
+    return atomic_load(&th->conns_open) + atomic_load(&th->conns_coming);
+}
+
+static bool offer_connection(int fd, const struct sockaddr *sa, int salen, void *arg)
+{
+    gw_thread_t *th = arg;
+    gw_shared_t *sh = th->sh;
+    if (sh->nthreads < 2 || atomic_load(&sh->draining) || salen <= 0 || (size_t)salen > sizeof(struct sockaddr_storage))
+        return false;
+    int mine = conns_load(th);
+    gw_thread_t *to = NULL;
+    int least = mine; /* only to a thread serving fewer than this one */
+    for (int i = 0; i < sh->nthreads; i++) {
+        gw_thread_t *o = &sh->threads[i];
+        int l = conns_load(o);
+        if (o != th && l < least) {
+            least = l;
+            to = o;
+        }
+    }
+    if (!to)
+        return false;
+    pthread_mutex_lock(&to->handoff_mu);
+    bool room = to->nhandoff < GW_HANDOFF_MAX;
+    if (room) {
+        struct gw_handoff *h = &to->handoff[to->nhandoff++];
+        h->fd = fd;
+        h->salen = salen;
+        memcpy(&h->sa, sa, (size_t)salen);
+        atomic_fetch_add(&to->conns_coming, 1);
+    }
+    pthread_mutex_unlock(&to->handoff_mu);
+    if (!room)
+        return false;
+    metrics_add(sh->m_handed_over, 1);
+    event_active(to->handoff_ev, EV_READ, 1);
+    return true;
+}
+
+static void on_handoff(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_thread_t *th = arg;
+    struct gw_handoff got[32];
+    for (;;) {
+        int n = 0;
+        pthread_mutex_lock(&th->handoff_mu);
+        while (n < 32 && th->nhandoff > 0)
+            got[n++] = th->handoff[--th->nhandoff];
+        pthread_mutex_unlock(&th->handoff_mu);
+        if (n == 0)
+            return;
+        for (int i = 0; i < n; i++) {
+            h1_server_adopt(th->http, got[i].fd, (const struct sockaddr *)&got[i].sa, got[i].salen);
+            atomic_fetch_sub(&th->conns_coming, 1); /* after: counted in conns_open now */
+        }
+    }
+}
+
 static int bind_reuseport(gw_thread_t *th, int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -549,7 +627,10 @@ static int bind_reuseport(gw_thread_t *th, int port)
                        .max_body = GW_MAX_BODY,
                        .timeout_s = GW_IDLE_TIMEOUT_S,
                        .accepted = metrics_counter("ecom_http_connections_accepted_total",
-                                                   "Connections accepted, by gateway thread", labels)};
+                                                   "Connections taken, by the gateway thread that serves them", labels),
+                       .open = &th->conns_open,
+                       .offer = offer_connection,
+                       .offer_arg = th};
     th->http = h1_server_new(th->base, fd, &lim, on_request, th);
     return th->http ? 0 : -1;
 }
@@ -588,6 +669,9 @@ static int thread_init(gw_thread_t *th, gw_shared_t *sh, int index)
         fprintf(stderr, "ecom gateway: cannot listen on port %ld: %s\n", cfg->port, strerror(errno));
         return -1;
     }
+    pthread_mutex_init(&th->handoff_mu, NULL);
+    th->handoff = xcalloc(GW_HANDOFF_MAX, sizeof *th->handoff);
+    th->handoff_ev = event_new(th->base, -1, 0, on_handoff, th);
     th->commit_kick = event_new(th->base, -1, 0, on_commit_kick, th);
     th->tick = event_new(th->base, -1, EV_PERSIST, on_tick, th);
     event_add(th->tick, &(struct timeval){0, 100000});
@@ -600,6 +684,14 @@ static void thread_free(gw_thread_t *th)
         event_free(th->tick);
     if (th->commit_kick)
         event_free(th->commit_kick);
+    if (th->handoff_ev) {
+        event_free(th->handoff_ev);
+        /* handed over as this thread stopped: never adopted */
+        for (int i = 0; i < th->nhandoff; i++)
+            close(th->handoff[i].fd);
+        free(th->handoff);
+        pthread_mutex_destroy(&th->handoff_mu);
+    }
     if (th->pg)
         pga_pool_free(th->pg); /* pending database work calls back (and answers) first */
     gw_cmd_queue_free(th);
@@ -676,6 +768,8 @@ static int shared_init(gw_shared_t *sh, const config_t *cfg, memstore_t *mem, at
         hedge_budget_init(&sh->hedge_budgets[i], 0, 0);
     }
     sh->m_hedges_sent = metrics_counter("ecom_hedges_sent_total", "Hedged attempts sent", "");
+    sh->m_handed_over = metrics_counter("ecom_http_connections_handed_over_total",
+                                        "Connections a gateway thread accepted and handed to one serving fewer", "");
     sh->m_hedge_wins = metrics_counter("ecom_hedge_wins_total", "Requests answered by a hedged attempt", "");
     sh->cache = cache_new(64u << 20, 1u << 20);
     sh->rl = cfg->rate_limits ? rl_new(1u << 20) : NULL;
