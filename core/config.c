@@ -4,6 +4,9 @@
 #include "core/alloc.h"
 #include "core/errlist.h"
 #include "core/log.h"
+#include "core/redis.h"
+
+#include <libpq-fe.h>
 
 #include <errno.h>
 #include <stdarg.h>
@@ -231,6 +234,72 @@ static bool opt_in(const char *opts, const char *v)
     return false;
 }
 
+/* What the connecting code will make of a URL of a known scheme, checked
+ * now so that a malformed one is reported with every other problem instead
+ * of at the first connection: libpq's own parser for PostgreSQL (which also
+ * knows its query parameters), ours for Redis. Other schemes are checked by
+ * their users (the webhook channel parses its URL at startup). */
+static void url_check(errlist_t *e, const char *name, const char *scheme, const char *v)
+{
+    if (strcmp(scheme, "postgres") == 0 || strcmp(scheme, "postgresql") == 0) {
+        char *msg = NULL;
+        PQconninfoOption *opts = PQconninfoParse(v, &msg);
+        if (!opts) {
+            char line[256];
+            snprintf(line, sizeof line, "%s", msg ? msg : "out of memory");
+            line[strcspn(line, "\n")] = '\0';
+            /* libpq quotes the token it could not read, which may be the
+             * password: never print it */
+            const char *ui = strstr(v, "://") + 3, *at = strchr(ui, '@');
+            const char *pw = at ? memchr(ui, ':', (size_t)(at - ui)) : NULL;
+            size_t pwn = pw ? (size_t)(at - pw - 1) : 0, k = 0;
+            char shown[sizeof line + 64];
+            for (const char *c = line; *c && k + 4 < sizeof shown;) {
+                if (pwn && strncmp(c, pw + 1, pwn) == 0) {
+                    memcpy(shown + k, "***", 3);
+                    k += 3;
+                    c += pwn;
+                } else {
+                    shown[k++] = *c++;
+                }
+            }
+            shown[k] = '\0';
+            errlist_add(e, "%s: %s", name, shown);
+        }
+        /* what libpq leaves to connection time: ports (one per host) and sslmode */
+        for (PQconninfoOption *o = opts; o && o->keyword; o++) {
+            if (!o->val || !*o->val)
+                continue;
+            if (strcmp(o->keyword, "port") == 0) {
+                for (const char *q = o->val; *q;) {
+                    size_t n = strcspn(q, ",");
+                    if (n == 0) { /* this host's default port */
+                        q++;
+                        continue;
+                    }
+                    char *end;
+                    long port = strtol(q, &end, 10);
+                    if (end != q + n || port < 1 || port > 65535 || *q == '+' || *q == '-') {
+                        errlist_add(e, "%s: port '%.*s' is not 1..65535", name, (int)n, q);
+                        break;
+                    }
+                    q += n + (q[n] == ',');
+                }
+            } else if (strcmp(o->keyword, "sslmode") == 0 &&
+                       !opt_in("disable|allow|prefer|require|verify-ca|verify-full", o->val)) {
+                errlist_add(e, "%s: sslmode '%s' is not disable, allow, prefer, require, verify-ca or verify-full",
+                            name, o->val);
+            }
+        }
+        PQconninfoFree(opts);
+        PQfreemem(msg);
+    } else if (strcmp(scheme, "redis") == 0) {
+        redis_url_t u;
+        if (redis_url_parse(v, &u) != 0)
+            errlist_add(e, "%s: expected redis://[:password@]host[:port][/db]", name);
+    }
+}
+
 static void parse_item(config_t *cfg, const citem_t *it, const char *v, errlist_t *e)
 {
     char *base = (char *)cfg + it->off;
@@ -250,6 +319,8 @@ static void parse_item(config_t *cfg, const citem_t *it, const char *v, errlist_
                 memcpy(scheme, v, n);
             if (!sep || !opt_in(it->opts, scheme) || !sep[3])
                 errlist_add(e, "%s: expected a %s:// URL", it->name, it->opts);
+            else
+                url_check(e, it->name, scheme, v);
         }
         *(char **)base = xstrdup(v);
         break;

@@ -3,6 +3,7 @@
 
 #include "core/alloc.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -39,10 +40,13 @@ int redis_url_parse(const char *url, redis_url_t *out)
     }
     if (*p == '/' && p[1]) {
         char *end;
+        errno = 0;
         long db = strtol(p + 1, &end, 10);
-        if (*end || db < 0)
+        if (*end || db < 0 || db > 65535 || errno || !(p[1] >= '0' && p[1] <= '9'))
             return -1;
         out->db = (int)db;
+    } else if (*p && strcmp(p, "/") != 0) {
+        return -1; /* text after the port: "redis://h:6379x", a query */
     }
     if (strcmp(out->host, "localhost") == 0)
         strcpy(out->host, "127.0.0.1");

@@ -523,6 +523,55 @@ static void test_config_every_problem(void)
     config_free(&c);
 }
 
+/* DATABASE_URL and REDIS_URL are read as their connections will read them:
+ * a malformed one is a configuration problem, reported with the others. */
+static void test_config_urls(void)
+{
+    static const struct {
+        const char *db, *redis, *want; /* want: NULL = accepted */
+    } cases[] = {
+        {"postgres://u:pw@127.0.0.1:5432/ecom?sslmode=disable", "redis://:pw@127.0.0.1:6379/2", NULL},
+        {"postgresql:///ecom?host=/tmp&port=5433", "redis://localhost", NULL},
+        {"postgres://h1,h2:5433/db", "redis://h:6379/", NULL},
+        {"postgres://h/db?frobnicate=1", "", "invalid URI query parameter"},
+        {"postgres://h:54x/db", "", "port '54x' is not 1..65535"},
+        {"postgres://h1:5432,h2:0/db", "", "port '0' is not 1..65535"},
+        {"postgres://h/db?sslmode=maybe", "", "sslmode 'maybe'"},
+        {"", "redis://h:6379x", "REDIS_URL: expected redis://"},
+        {"", "redis://h/db1", "REDIS_URL: expected redis://"},
+        {"", "redis://h:6379?x=1", "REDIS_URL: expected redis://"},
+    };
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(cases); i++) {
+        setenv("DATABASE_URL", cases[i].db, 1);
+        setenv("REDIS_URL", cases[i].redis, 1);
+        config_t c;
+        char *errors = NULL;
+        int rc = config_load(&c, NULL, CFG_ROLE_DRAINER, &errors);
+        if (cases[i].want) {
+            CU_ASSERT_EQUAL(rc, -1);
+            CU_ASSERT_PTR_NOT_NULL(errors ? strstr(errors, cases[i].want) : NULL);
+        } else {
+            CU_ASSERT_EQUAL(rc, 0);
+        }
+        if ((rc == 0) != (cases[i].want == NULL))
+            fprintf(stderr, "\n  %s / %s: %s\n", cases[i].db, cases[i].redis, errors ? errors : "accepted");
+        free(errors);
+        config_free(&c);
+    }
+    /* a password libpq quotes in its complaint is not repeated */
+    setenv("DATABASE_URL", "postgres://u:s3cr%zzt@h/db", 1);
+    setenv("REDIS_URL", "", 1);
+    config_t c;
+    char *errors = NULL;
+    CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_DRAINER, &errors), -1);
+    CU_ASSERT_PTR_NOT_NULL(errors ? strstr(errors, "percent-encoded") : NULL);
+    CU_ASSERT_PTR_NULL(errors ? strstr(errors, "s3cr") : NULL);
+    free(errors);
+    config_free(&c);
+    unsetenv("DATABASE_URL");
+    unsetenv("REDIS_URL");
+}
+
 static void test_strmap(void)
 {
     strmap_t m;
@@ -759,6 +808,7 @@ int main(void)
         {"config: an env file with a quote left open or text after it, or a directory, is refused",
          test_config_file_malformed},
         {"config: every problem at once", test_config_every_problem},
+        {"config: DATABASE_URL and REDIS_URL read as their connections read them", test_config_urls},
         {"string map", test_strmap},
         {"envelope fields round trip", test_envelope_fields},
         {"stream entry ids compare as numbers", test_entry_ids},
