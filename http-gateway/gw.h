@@ -110,6 +110,7 @@ struct gw_thread {
     pthread_mutex_t handoff_mu;
     struct gw_handoff *handoff; /* GW_HANDOFF_MAX slots, nhandoff used */
     int nhandoff;
+    bool handoff_closed; /* draining: takes no more (guarded by handoff_mu) */
     struct event *handoff_ev;
 };
 

@@ -361,16 +361,43 @@ static void connection_options(const char *v, bool *close, bool *keep)
  * reg-name (an IPv4 address is one) of unreserved, sub-delims and
  * percent-encoded bytes; the port only digits. Empty is valid (a Host for a
  * target without an authority). */
+static bool unreserved_or_sub_delim(unsigned char ch)
+{
+    return isalnum(ch) || (ch && strchr("-._~!$&'()*+,;=", ch));
+}
+
+/* IP-literal without its brackets: an IPv6 address, or IPvFuture
+ * ("v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )). */
+static bool ip_literal_valid(const char *v, size_t n)
+{
+    if (n > 0 && (v[0] == 'v' || v[0] == 'V')) {
+        size_t i = 1;
+        while (i < n && isxdigit((unsigned char)v[i]))
+            i++;
+        if (i == 1 || i >= n || v[i] != '.' || i + 1 == n)
+            return false;
+        for (i++; i < n; i++)
+            if (!unreserved_or_sub_delim((unsigned char)v[i]) && v[i] != ':')
+                return false;
+        return true;
+    }
+    char a[INET6_ADDRSTRLEN];
+    struct in6_addr addr;
+    if (n == 0 || n >= sizeof a)
+        return false;
+    memcpy(a, v, n);
+    a[n] = '\0';
+    return inet_pton(AF_INET6, a, &addr) == 1;
+}
+
 static bool host_valid(const char *v, size_t n)
 {
     size_t i = 0;
     if (n > 0 && v[0] == '[') {
-        for (i = 1; i < n && v[i] != ']'; i++)
-            if (!isxdigit((unsigned char)v[i]) && v[i] != ':' && v[i] != '.' && v[i] != 'v' && v[i] != 'V')
-                return false;
-        if (i == n || i == 1)
+        const char *close = memchr(v, ']', n);
+        if (!close || !ip_literal_valid(v + 1, (size_t)(close - v) - 1))
             return false;
-        i++;
+        i = (size_t)(close - v) + 1;
     } else {
         for (; i < n && v[i] != ':'; i++) {
             unsigned char ch = (unsigned char)v[i];
@@ -378,7 +405,7 @@ static bool host_valid(const char *v, size_t n)
                 if (i + 2 >= n || !isxdigit((unsigned char)v[i + 1]) || !isxdigit((unsigned char)v[i + 2]))
                     return false;
                 i += 2;
-            } else if (!isalnum(ch) && (!ch || !strchr("-._~!$&'()*+,;=", ch))) {
+            } else if (!unreserved_or_sub_delim(ch)) {
                 return false;
             }
         }
@@ -426,7 +453,8 @@ static int parse_head(h1_conn_t *c)
             return 400;
         char *a = t + scheme, *path = a + strcspn(a, "/?");
         /* userinfo in the authority is an error for http(s) (RFC 9110 4.2.4) */
-        if (path == a || memchr(a, '@', (size_t)(path - a)) || !host_valid(a, (size_t)(path - a)))
+        /* an empty host is an error for http(s) (RFC 9110 4.2.1, 4.2.2) */
+        if (path == a || *a == ':' || memchr(a, '@', (size_t)(path - a)) || !host_valid(a, (size_t)(path - a)))
             return 400;
         if (*path == '/') {
             q->target = path;

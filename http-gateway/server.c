@@ -479,6 +479,8 @@ static void on_request(h1_req_t *ev, void *arg)
 
 /* ---- threads ---- */
 
+static void on_handoff(evutil_socket_t fd, short what, void *arg);
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -489,6 +491,14 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         /* /ready turns 503 first; requests in flight finish (bounded by their timers) */
         if (!atomic_exchange(&sh->draining, true))
             health_set_shutting_down(true);
+        /* no more hand-overs to this thread; those already queued are
+         * adopted now, so that they are served (and closed) as its own */
+        pthread_mutex_lock(&th->handoff_mu);
+        th->handoff_closed = true;
+        bool queued = th->nhandoff > 0;
+        pthread_mutex_unlock(&th->handoff_mu);
+        if (queued)
+            on_handoff(-1, 0, th);
         h1_server_set_closing(th->http); /* answers close their connections from now on */
         h1_server_sweep(th->http);       /* idle ones close now, timeouts go on */
         int64_t now = clock_mono_ms();
@@ -568,7 +578,7 @@ static bool offer_connection(int fd, const struct sockaddr *sa, int salen, void 
     if (!to)
         return false;
     pthread_mutex_lock(&to->handoff_mu);
-    bool room = to->nhandoff < GW_HANDOFF_MAX;
+    bool room = !to->handoff_closed && to->nhandoff < GW_HANDOFF_MAX;
     if (room) {
         struct gw_handoff *h = &to->handoff[to->nhandoff++];
         h->fd = fd;

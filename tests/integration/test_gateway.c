@@ -1385,9 +1385,13 @@ static void test_connections_balanced(void)
     double moved0 = metric(g->port, "ecom_http_connections_handed_over_total");
     int fds[BAL_CONNS];
     hresp_t r;
+    int opened = 0;
     for (int i = 0; i < BAL_CONNS; i++) {
         fds[i] = hconnect(g->port);
-        CU_ASSERT_TRUE_FATAL(fds[i] >= 0);
+        CU_ASSERT_TRUE(fds[i] >= 0);
+        if (fds[i] < 0)
+            break;
+        opened++;
         CU_ASSERT_EQUAL(hsend(fds[i], "GET", "/health", NULL, NULL, 0), 0);
         CU_ASSERT_EQUAL(hrecv(fds[i], false, &r), 0);
         CU_ASSERT_EQUAL(r.status, 200);
@@ -1402,10 +1406,11 @@ static void test_connections_balanced(void)
     }
     CU_ASSERT_TRUE(hi - lo <= 2);
     double moved = metric(g->port, "ecom_http_connections_handed_over_total") - moved0;
+    CU_ASSERT_TRUE(moved >= 1); /* the hash alone never spread 40 that evenly in our runs */
     if (hi - lo > 2)
         fprintf(stderr, "\n  connections per thread: %.0f .. %.0f (%.0f handed over)\n", lo, hi, moved);
     /* the second request on each: handed-over connections serve on */
-    for (int i = 0; i < BAL_CONNS; i++) {
+    for (int i = 0; i < opened; i++) {
         CU_ASSERT_EQUAL(hsend(fds[i], "GET", "/health", NULL, NULL, 0), 0);
         CU_ASSERT_EQUAL(hrecv(fds[i], false, &r), 0);
         CU_ASSERT_EQUAL(r.status, 200);

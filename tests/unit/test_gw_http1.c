@@ -370,17 +370,21 @@ static void test_keep_alive(void)
     /* an empty path with a query is "/" with it */
     CU_ASSERT_EQUAL(cl_sends(c, "GET http://t:8080?x=1&y=2 HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
     expect_body(c, "GET /?x=1&y=2 0:");
+    CU_ASSERT_EQUAL(cl_sends(c, "GET http://[::1]?x HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
+    expect_body(c, "GET /?x 0:");
     /* Host values of every valid shape: IPv4, IPv6 literal, port, empty, percent-encoded */
     CU_ASSERT_EQUAL(cl_sends(c, GET("/h1", "") "GET /h2 HTTP/1.1\r\nHost: 127.0.0.1:3003\r\n\r\n"
                                                "GET /h3 HTTP/1.1\r\nHost: [::1]:3003\r\n\r\n"
                                                "GET /h4 HTTP/1.1\r\nHost:\r\n\r\n"
-                                               "GET /h5 HTTP/1.1\r\nHost: shop%2Dapi.example_1\r\n\r\n"),
+                                               "GET /h5 HTTP/1.1\r\nHost: shop%2Dapi.example_1\r\n\r\n"
+                                               "GET /h6 HTTP/1.1\r\nHost: [v1.fe80::a+en1]:80\r\n\r\n"),
                     0);
     expect_body(c, "GET /h1 0:");
     expect_body(c, "GET /h2 0:");
     expect_body(c, "GET /h3 0:");
     expect_body(c, "GET /h4 0:");
     expect_body(c, "GET /h5 0:");
+    expect_body(c, "GET /h6 0:");
     cl_close(c);
 }
 
@@ -537,6 +541,9 @@ static void test_refusals(void)
         {"GET / HTTP/1.1\r\nHost: t%4\r\n\r\n", 400},
         {"GET http://u@t/ HTTP/1.1\r\nHost: t\r\n\r\n", 400}, /* userinfo */
         {"GET http://t:x/ HTTP/1.1\r\nHost: t\r\n\r\n", 400},
+        {"GET http://:80/ HTTP/1.1\r\nHost: t\r\n\r\n", 400}, /* an empty host */
+        {"GET / HTTP/1.1\r\nHost: [1]\r\n\r\n", 400},         /* not an IPv6 address */
+        {"GET / HTTP/1.1\r\nHost: [v.x]\r\n\r\n", 400},       /* IPvFuture without its version */
         {"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n", 400},
         {"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400},
         {"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400},
