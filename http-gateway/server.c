@@ -540,8 +540,8 @@ static void on_commit_kick(evutil_socket_t fd, short what, void *arg)
 /* ---- connection balance ----
  * SO_REUSEPORT hands each new connection to a thread's listener by a hash of
  * its addresses, so a few long-lived connections can load one thread more
- * than another (38 / 29 of wrk's 64 was seen), and the requests of the busier
- * one wait longer. A thread that accepts a connection while another serves
+ * than another (38 / 29 of wrk's 64 was seen; with a proxy's pool of a few
+ * busy connections, one thread can get most of the load). A thread that accepts a connection while another serves
  * fewer hands it over to the one serving the fewest (counting those handed to
  * it and not yet adopted): the thread that takes it answers every request on
  * it. Keep-alive connections pay the hand-over once. */
@@ -696,7 +696,8 @@ static void thread_free(gw_thread_t *th)
         event_free(th->commit_kick);
     if (th->handoff_ev) {
         event_free(th->handoff_ev);
-        /* handed over as this thread stopped: never adopted */
+        /* none after the first draining tick (handoff_closed); this is
+         * for a thread whose loop never ran */
         for (int i = 0; i < th->nhandoff; i++)
             close(th->handoff[i].fd);
         free(th->handoff);
