@@ -850,14 +850,19 @@ static stage_stats_t stage_stats(const role_t *r)
     return st;
 }
 
-static void print_stages(const stage_stats_t *s0, const stage_stats_t *s1)
+/* Each stage's batches between the two scrapes, span_s apart, and the
+ * share of that span it spent applying them: a stage that applies one batch
+ * at a time is a single-server queue, and its waits grow steeply as that
+ * share nears 100%. */
+static void print_stages(const stage_stats_t *s0, const stage_stats_t *s1, double span_s)
 {
-    printf("      batches (count, messages each, ms each):");
+    printf("      batches (count, messages each, ms each, busy):");
     for (int i = R_DRAINER; i < R_COUNT; i++) {
-        double nb = s1[i].batches - s0[i].batches;
+        double nb = s1[i].batches - s0[i].batches, busy = s1[i].seconds - s0[i].seconds;
         double per = nb > 0 ? (s1[i].messages - s0[i].messages) / nb : 0;
-        double ms = nb > 0 ? (s1[i].seconds - s0[i].seconds) * 1000.0 / nb : 0;
-        printf("%s %s %.0f, %.1f, %.2f", i == R_DRAINER ? "" : ";", roles[i].name, nb, per, ms);
+        double ms = nb > 0 ? busy * 1000.0 / nb : 0;
+        printf("%s %s %.0f, %.1f, %.2f, %.0f%%", i == R_DRAINER ? "" : ";", roles[i].name, nb, per, ms,
+               span_s > 0 ? busy * 100.0 / span_s : 0);
     }
     printf("\n");
 }
@@ -897,6 +902,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     double sw0[R_COUNT], swpg0 = sum_of_matching(pg_needle, proc_switches), swall0 = machine_switches();
     cpu_pg_by_role(pgr0);
     stage_stats_t st0[R_COUNT] = {{0}}, st1[R_COUNT] = {{0}};
+    int64_t st_t0 = clock_mono_us(), st_t1 = st_t0;
     for (int i = 0; i < R_COUNT; i++) {
         cpu0[i] = proc_cpu_ms(roles[i].pid);
         sw0[i] = proc_switches(roles[i].pid);
@@ -939,6 +945,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     }
     /* CPU from the start to the last receipt: all the work of these payments */
     double cpu1[R_COUNT], sw1[R_COUNT];
+    st_t1 = clock_mono_us();
     for (int i = 0; i < R_COUNT; i++) {
         cpu1[i] = proc_cpu_ms(roles[i].pid);
         sw1[i] = proc_switches(roles[i].pid);
@@ -1021,7 +1028,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     if (label)
         print_result(label, &res);
     if (explain) {
-        print_stages(st0, st1);
+        print_stages(st0, st1, (double)(st_t1 - st_t0) / 1e6);
         breakdown(&run, n);
     }
     free(lat);
