@@ -215,11 +215,12 @@ static mauth_t *mem(db_t *db)
     return db_mem_slot(db, MEM_SLOT_AUTH, mem_make, mem_free);
 }
 
-static mfail_t *mem_fail(mauth_t *m, const char *tenant, const char *subject, bool create)
+/* Wrong codes are counted per subject, whatever the tenant (as in
+ * auth.otp_failures). */
+static mfail_t *mem_fail(mauth_t *m, const char *subject, bool create)
 {
-    char key[REQCTX_TENANT_MAX + SUBJECT_MAX + 2];
-    int kl = snprintf(key, sizeof key, "%s%c%s", tenant, '\0', subject);
-    void **v = create ? strmap_put(&m->fails, key, (size_t)kl, NULL) : strmap_get(&m->fails, key, (size_t)kl);
+    size_t kl = strlen(subject);
+    void **v = create ? strmap_put(&m->fails, subject, kl, NULL) : strmap_get(&m->fails, subject, kl);
     if (!v)
         return NULL;
     if (!*v)
@@ -476,9 +477,16 @@ static void on_failure_recorded(gw_req_t *r, PGresult *const *res, int n, const 
         invalid_code(r);
 }
 
+/* Verifies of one subject take turns, whatever their tickets and tenants:
+ * the lock is held to the transaction's end, after the failure of a wrong
+ * code is counted, so parallel guesses each see the counts of those before
+ * them (without it, guesses sent together were all checked against the
+ * counts from before any of them failed). */
+static const char sql_subject_lock[] = "SELECT pg_advisory_xact_lock(1162104658, hashtext(subject))" /* 'ECOM'+5 */
+                                       " FROM auth.otp_tickets WHERE tenant = $1 AND ticket_id = $2";
 static const char sql_verify[] =
-    "WITH b AS (SELECT 1 FROM auth.otp_failures f JOIN auth.otp_tickets t ON t.tenant = f.tenant"
-    " AND t.subject = f.subject WHERE t.tenant = $1 AND t.ticket_id = $2"
+    "WITH b AS (SELECT 1 FROM auth.otp_failures f JOIN auth.otp_tickets t ON t.subject = f.subject"
+    " WHERE t.tenant = $1 AND t.ticket_id = $2"
     " AND f.window_start > now() - interval '1 hour' AND f.failures >= 10),"
     " t AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND ticket_id = $2"
     " AND consumed_at IS NULL AND attempts < 5 AND expires_at > now() AND code_mac = $3"
@@ -489,8 +497,8 @@ static const char sql_verify[] =
 static const char sql_fail[] =
     "WITH t AS (UPDATE auth.otp_tickets SET attempts = attempts + 1 WHERE tenant = $1 AND ticket_id = $2"
     " AND consumed_at IS NULL RETURNING subject),"
-    " f AS (INSERT INTO auth.otp_failures AS x (tenant, subject, window_start, failures)"
-    " SELECT $1, subject, now(), 1 FROM t ON CONFLICT (tenant, subject) DO UPDATE SET"
+    " f AS (INSERT INTO auth.otp_failures AS x (subject, window_start, failures)"
+    " SELECT subject, now(), 1 FROM t ON CONFLICT (subject) DO UPDATE SET"
     " failures = CASE WHEN x.window_start > now() - interval '1 hour' THEN x.failures + 1 ELSE 1 END,"
     " window_start = CASE WHEN x.window_start > now() - interval '1 hour' THEN x.window_start ELSE now() END"
     " RETURNING failures, ceil(extract(epoch FROM window_start + interval '1 hour' - now()))::int AS retry)"
@@ -504,7 +512,7 @@ static const char sql_totp_ticket[] =
     " ON x.tenant = t.tenant AND x.subject = t.subject AND x.state = 'active'"
     " WHERE t.tenant = $1 AND t.ticket_id = $2 AND t.channel = 'totp' AND t.consumed_at IS NULL"
     " AND t.attempts < 5 AND t.expires_at > now() AND NOT EXISTS (SELECT 1 FROM auth.otp_failures f"
-    " WHERE f.tenant = $1 AND f.subject = t.subject AND f.window_start > now() - interval '1 hour'"
+    " WHERE f.subject = t.subject AND f.window_start > now() - interval '1 hour'"
     " AND f.failures >= 10) FOR UPDATE";
 static const char sql_totp_consume[] =
     "WITH t AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND ticket_id = $2"
@@ -566,20 +574,20 @@ static void verify_totp(gw_req_t *r, otp_ver_t *v, PGresult *row)
 static void on_verify(gw_req_t *r, PGresult *const *res, int n, const char *err)
 {
     otp_ver_t *v = (otp_ver_t *)r->handler_state;
-    if (err || n < 2) {
+    if (err || n < 3) {
         log_warn("otp verify failed: %s", err ? err : "?");
         gw_tx_abort(r);
         gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
         return;
     }
-    if (PQntuples(res[1]) == 1) { /* an emailed or texted code matched */
+    if (PQntuples(res[2]) == 1) { /* an emailed or texted code matched */
         char subject[SUBJECT_MAX + 1];
-        snprintf(subject, sizeof subject, "%s", PQgetvalue(res[1], 0, 0));
+        snprintf(subject, sizeof subject, "%s", PQgetvalue(res[2], 0, 0));
         verified(r, v, subject);
         return;
     }
-    if (PQntuples(res[0]) == 1) {
-        verify_totp(r, v, res[0]);
+    if (PQntuples(res[1]) == 1) {
+        verify_totp(r, v, res[1]);
         return;
     }
     record_failure(r, v);
@@ -598,7 +606,7 @@ static void mem_verify(gw_req_t *r, otp_ver_t *v)
     for (size_t i = 0; i < m->n && !t; i++)
         if (!strcmp(m->t[i].tenant, r->tenant) && !strcmp(m->t[i].ticket, v->ticket))
             t = &m->t[i];
-    mfail_t *f = t ? mem_fail(m, r->tenant, t->subject, false) : NULL;
+    mfail_t *f = t ? mem_fail(m, t->subject, false) : NULL;
     bool budget_left = !f || f->window_ms <= now - 3600000 || f->failures < SUBJECT_FAILURES_PER_HOUR;
     bool usable = t && !t->consumed && t->attempts < TICKET_TRIES && t->expires_ms > now && budget_left;
     bool match = usable && strcmp(t->channel, "totp") != 0 && otp_mac_equal(t->mac, v->mac);
@@ -632,7 +640,7 @@ static void mem_verify(gw_req_t *r, otp_ver_t *v)
     long retry = 0;
     if (t && !t->consumed) {
         t->attempts++;
-        f = mem_fail(m, r->tenant, t->subject, true);
+        f = mem_fail(m, t->subject, true);
         if (f->window_ms <= now - 3600000) {
             f->window_ms = now;
             f->failures = 0;
@@ -678,9 +686,10 @@ void gw_otp_verify(gw_req_t *r)
     /* one round trip: the TOTP enrolment behind the ticket (if it is one), and
      * the conditional consumption of an emailed or texted code */
     const char *p[] = {r->tenant, v->ticket, v->mac, v->s.sid, v->s.refresh_hash};
-    const pga_stmt_t st[] = {{.name = "gw_totp_ticket", .sql = sql_totp_ticket, .nparams = 2, .params = p},
+    const pga_stmt_t st[] = {{.name = "gw_otp_subject_lock", .sql = sql_subject_lock, .nparams = 2, .params = p},
+                             {.name = "gw_totp_ticket", .sql = sql_totp_ticket, .nparams = 2, .params = p},
                              {.name = "gw_otp_verify", .sql = sql_verify, .nparams = 5, .params = p}};
-    gw_tx_exec(r, st, 2, on_verify);
+    gw_tx_exec(r, st, 3, on_verify);
 }
 
 /* ---- TOTP enrolment: POST …/auth/totp/enroll, …/auth/totp/activate, DELETE …/auth/totp ---- */

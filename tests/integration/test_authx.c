@@ -19,6 +19,7 @@
 #include "tests/testlib.h"
 
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@
 
 static proc_t *ga, *gb; /* production gateways on the shared database */
 static PGconn *db;
+static const char *db_url; /* the suite's database */
 static jwtk_t keys;
 static char boot_path[64];
 
@@ -378,6 +380,113 @@ static void test_otp_limits(void)
     free(s3);
     free(s4);
     free(s5);
+}
+
+/* O8: the 10 wrong codes an hour are the subject's, whatever the tenant a
+ * request names (a token of one tenant acts in another where its subject has
+ * a role binding, so a budget per tenant multiplied with made-up tenants). */
+static void test_otp_budget_across_tenants(void)
+{
+    char *s = unique("trudy");
+    const char *tenants[] = {"tenantA", "tenantB", "madeup1", "madeup2"};
+    int statuses[11], k = 0;
+    hresp_t r;
+    for (int t = 0; t < 4 && k < 11; t++) {
+        char ticket[64], wrong[12];
+        CU_ASSERT_TRUE_FATAL(otp_request(port_a(), tenants[t], s, "email", ticket));
+        char *code = code_of(ticket);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(code);
+        snprintf(wrong, sizeof wrong, "%06d", (atoi(code) + 3) % 1000000);
+        for (int i = 0; i < 3 && k < 11; i++)
+            statuses[k++] = status_of(otp_verify(port_a(), tenants[t], ticket, wrong, &r), &r);
+        free(code);
+    }
+    CU_ASSERT_EQUAL_FATAL(k, 11);
+    for (int i = 0; i < 10; i++)
+        CU_ASSERT_EQUAL(statuses[i], 401);
+    CU_ASSERT_EQUAL(statuses[10], 429);
+    /* and a fresh ticket in yet another tenant, with the right code: still 429 */
+    char ticket[64];
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "madeup3", s, "email", ticket));
+    char *code = code_of(ticket);
+    CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "madeup3", ticket, code, &r), &r), 429);
+    free(code);
+    free(s);
+}
+
+typedef struct guess {
+    const char *tenant, *ticket;
+    char code[12];
+    pthread_t th;
+    int status;
+} guess_t;
+
+static void *guess_run(void *arg)
+{
+    guess_t *g = arg;
+    hresp_t r;
+    g->status = status_of(otp_verify(port_a(), g->tenant, g->ticket, g->code, &r), &r);
+    return NULL;
+}
+
+/* Verifies of one subject waiting on its lock (the gateway's transaction-
+ * scoped advisory lock), up to n, for at most 10 s. */
+static long long verify_waiters(long long n)
+{
+    long long w = -1;
+    for (int i = 0; i < 200 && w < n; i++) {
+        w = q1("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1162104658"
+               " AND NOT granted",
+               NULL, NULL);
+        if (w < n)
+            clock_sleep_ms(50);
+    }
+    return w;
+}
+
+/* O5 under concurrency: guesses sent together are checked one after the
+ * other, each against the counts the ones before it left. Four wrong codes,
+ * then a fifth and the right one sent at once while the subject's lock is
+ * held here: they queue in that order, so the fifth burns the ticket and the
+ * right code after it is refused. (Without the lock, both were checked
+ * against 4 attempts and the right code got a session.) */
+static void test_otp_guesses_take_turns(void)
+{
+    char *s = unique("eve");
+    char ticket[64], wrong[12];
+    hresp_t r;
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s, "email", ticket));
+    char *code = code_of(ticket);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(code);
+    snprintf(wrong, sizeof wrong, "%06d", (atoi(code) + 11) % 1000000);
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "tenantA", ticket, wrong, &r), &r), 401);
+    char *err = NULL;
+    PGconn *holder = pg_connect(db_url, "test-authx-holder", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(holder);
+    const char *p[] = {s};
+    PGresult *lk = pg_query(holder, "SELECT pg_advisory_lock(1162104658, hashtext($1))", 1, p);
+    CU_ASSERT_PTR_NOT_NULL(lk);
+    PQclear(lk);
+    guess_t g[2] = {{.tenant = "tenantA", .ticket = ticket}, {.tenant = "tenantA", .ticket = ticket}};
+    snprintf(g[0].code, sizeof g[0].code, "%s", wrong);
+    snprintf(g[1].code, sizeof g[1].code, "%s", code);
+    pthread_create(&g[0].th, NULL, guess_run, &g[0]);
+    CU_ASSERT_EQUAL(verify_waiters(1), 1);
+    pthread_create(&g[1].th, NULL, guess_run, &g[1]);
+    CU_ASSERT_EQUAL(verify_waiters(2), 2);
+    PGresult *un = pg_query(holder, "SELECT pg_advisory_unlock(1162104658, hashtext($1))", 1, p);
+    PQclear(un);
+    pthread_join(g[0].th, NULL);
+    pthread_join(g[1].th, NULL);
+    CU_ASSERT_EQUAL(g[0].status, 401);
+    CU_ASSERT_EQUAL(g[1].status, 401);
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM auth.sessions WHERE subject = $1", s, NULL), 0);
+    CU_ASSERT_EQUAL(q1("SELECT attempts FROM auth.otp_tickets WHERE ticket_id = $1", ticket, NULL), 6);
+    PQfinish(holder);
+    free(code);
+    free(s);
 }
 
 /* O7: twenty verifies of the right code at once: exactly one session */
@@ -1001,7 +1110,7 @@ static void reap_everything(void)
 
 static int suite_init(void)
 {
-    const char *url = test_pg_db("authx", true);
+    const char *url = db_url = test_pg_db("authx", true);
     char *err = NULL;
     db = pg_connect(url, "test-authx", &err);
     if (!db) {
@@ -1043,6 +1152,9 @@ int main(void)
         {"O1-O4 O9 J1: email login, one answer for every failure, stored MACs", test_otp_login},
         {"O5 O6 O8: tries per ticket, new ticket voids the old, budgets", test_otp_limits},
         {"O7: twenty verifies at once, one session", test_otp_race},
+        {"O8: the wrong codes an hour are the subject's, across tenants", test_otp_budget_across_tenants},
+        {"O5: guesses sent together take turns; the right code after the fifth is refused",
+         test_otp_guesses_take_turns},
         {"O10: TOTP enrolment, window, replay", test_totp},
         {"R1-R5: rotation, reuse revokes the family, deny-list, lifetimes", test_refresh_rotation},
         {"R4: logout, logout-all, sessions, admin revoke", test_logout_and_sessions},
