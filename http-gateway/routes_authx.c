@@ -16,6 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+_Static_assert(POLICY_SID_DENY_MS >= (900 + JWT_SKEW_S) * 1000,
+               "a revoked session's tokens must stay refused for as long as any can be accepted");
+
 #define SESSION_ABSOLUTE_MS (30LL * 86400 * 1000)
 #define SESSION_IDLE_MS (7LL * 86400 * 1000)
 #define SUBJECT_MAX 128
@@ -165,17 +168,17 @@ void gw_session_mem_create(db_t *db, const char *tenant, const char *subject, co
     *strmap_put(&m->tokens, s->refresh_hash, 64, NULL) = t;
 }
 
-/* Revokes the matching sessions (sid NULL: every session of tenant and
+/* Revokes the matching sessions of tenant (sid NULL: every session of the
  * subject; subject NULL: any subject) and their tokens; adds each sid to the
  * deny-list. Returns how many were revoked. */
-static int mem_revoke(gw_req_t *r, msessions_t *m, const char *sid, const char *subject)
+static int mem_revoke(gw_req_t *r, msessions_t *m, const char *tenant, const char *sid, const char *subject)
 {
     int n = 0;
     const char *k;
     void *v;
     for (size_t i = 0; strmap_next(&m->sessions, &i, &k, NULL, &v);) {
         msession_t *s = v;
-        if (s->revoked || strcmp(s->tenant, r->tenant) || (sid && strcmp(s->sid, sid)) ||
+        if (s->revoked || strcmp(s->tenant, tenant) || (sid && strcmp(s->sid, sid)) ||
             (subject && strcmp(s->subject, subject)))
             continue;
         s->revoked = true;
@@ -366,11 +369,7 @@ static void mem_refresh(gw_req_t *r, refresh_st_t *st, const char *tenant_hdr)
     if (t && t->state == TOKEN_ROTATED && s && !s->revoked &&
         t->used_ms <= now - r->sh->cfg->authx_refresh_grace_s * 1000) {
         log_warn("refresh token reused: session %s revoked", s->sid);
-        char tenant[REQCTX_TENANT_MAX + 1];
-        snprintf(tenant, sizeof tenant, "%s", r->tenant);
-        snprintf(r->tenant, sizeof r->tenant, "%s", s->tenant);
-        mem_revoke(r, m, s->sid, NULL);
-        snprintf(r->tenant, sizeof r->tenant, "%s", tenant);
+        mem_revoke(r, m, s->tenant, s->sid, NULL);
     }
     if (db_commit(db) != 0) {
         unavailable(r, "the token could not be refreshed");
@@ -471,7 +470,9 @@ static void on_revoked(gw_req_t *r, PGresult *const *res, int n, const char *err
 }
 
 /* sid NULL: all sessions of subject; subject NULL: any subject's. */
-static void revoke(gw_req_t *r, const char *sid, const char *subject)
+/* The sessions of tenant: the token's own for a user's logout (whatever
+ * x-tenant-id the request names), the request's tenant for an admin. */
+static void revoke(gw_req_t *r, const char *tenant, const char *sid, const char *subject)
 {
     revoke_st_t *st = xcalloc(1, sizeof *st);
     st->want_one = sid != NULL;
@@ -483,7 +484,7 @@ static void revoke(gw_req_t *r, const char *sid, const char *subject)
             unavailable(r, "the session could not be revoked");
             return;
         }
-        int n = mem_revoke(r, mem(db), sid, subject);
+        int n = mem_revoke(r, mem(db), tenant, sid, subject);
         if (db_commit(db) != 0) {
             unavailable(r, "the session could not be revoked");
             return;
@@ -491,7 +492,7 @@ static void revoke(gw_req_t *r, const char *sid, const char *subject)
         revoke_answer(r, n);
         return;
     }
-    const char *p[] = {sid ? sid : "", r->tenant, subject ? subject : ""};
+    const char *p[] = {sid ? sid : "", tenant, subject ? subject : ""};
     const pga_stmt_t stm[] = {{.name = "gw_policy_lock", .sql = policy_sql_lock},
                               {.name = "gw_session_revoke", .sql = sql_revoke, .nparams = 3, .params = p}};
     gw_tx_exec(r, stm, 2, on_revoked);
@@ -506,27 +507,32 @@ static bool session_principal_or_reply(gw_req_t *r)
     return false;
 }
 
+static const char *token_tenant(const gw_req_t *r)
+{
+    return r->principal.tid[0] ? r->principal.tid : r->tenant;
+}
+
 static void post_logout(gw_req_t *r)
 {
     if (session_principal_or_reply(r))
-        revoke(r, r->principal.sid, r->principal.sub);
+        revoke(r, token_tenant(r), r->principal.sid, r->principal.sub);
 }
 
 static void post_logout_all(gw_req_t *r)
 {
     if (session_principal_or_reply(r))
-        revoke(r, NULL, r->principal.sub);
+        revoke(r, token_tenant(r), NULL, r->principal.sub);
 }
 
 static void delete_my_session(gw_req_t *r)
 {
     if (session_principal_or_reply(r))
-        revoke(r, route_param(&r->params, "sid"), r->principal.sub);
+        revoke(r, token_tenant(r), route_param(&r->params, "sid"), r->principal.sub);
 }
 
 static void admin_delete_session(gw_req_t *r)
 {
-    revoke(r, route_param(&r->params, "sid"), NULL);
+    revoke(r, r->tenant, route_param(&r->params, "sid"), NULL);
 }
 
 /* ---- GET B/auth/sessions ---- */

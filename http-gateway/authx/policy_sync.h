@@ -27,7 +27,10 @@
 #include <json-c/json.h>
 
 #define POLICY_SYNC_POLL_MS 200
-#define POLICY_SID_DENY_MS (15 * 60 * 1000) /* longer than any access token lives */
+/* How long a revoked session's tokens stay refused: longer than any access
+ * token is accepted, i.e. the longest ACCESS_TOKEN_TTL_S (900 s) plus the
+ * leeway on exp (JWT_SKEW_S, 60 s), and a minute more. */
+#define POLICY_SID_DENY_MS ((900 + 60 + 60) * 1000)
 
 typedef struct policy_sync policy_sync_t;
 

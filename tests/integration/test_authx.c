@@ -701,6 +701,15 @@ static void test_logout_and_sessions(void)
     CU_ASSERT_EQUAL(status_of(del(port_a(), path, NULL, root, &r), &r), 200);
     CU_ASSERT_EQUAL(refresh(port_a(), NULL, o.refresh, NULL), 401);
     CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, o.access), 401);
+    /* a logout names the token's session whatever tenant the request is
+     * sent as (u1 is a member of tenantB too: its tenantA token is accepted
+     * there) */
+    tokens_t m;
+    age_requests("tenantA", "u1");
+    CU_ASSERT_TRUE_FATAL(login("tenantA", "u1", &m));
+    CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/logout", "tenantB", m.access, "{}", &r), &r), 200);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, m.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, m.access), 401);
     /* no development login in production */
     CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/dev-login", NULL, NULL, "{\"userId\":\"u1\"}", &r), &r), 404);
     free(root);
