@@ -370,6 +370,12 @@ static void cross_checks(config_t *cfg, int roles, errlist_t *e)
             errlist_add(e, "NOTIFY_SINK_FILE: the development delivery file is refused with APP_ENV=production");
         if (config_raw(cfg, "CHAOS_SEED"))
             errlist_add(e, "CHAOS_SEED: deterministic chaos is for tests; unset it with APP_ENV=production");
+        /* env.prod's placeholders are public: a JWT_SECRET left as shipped
+         * lets anyone mint tokens */
+        for (size_t i = 0; i < cfg->raw_n; i++)
+            if (strcasestr(cfg->raw_vals[i], "replace-me"))
+                errlist_add(e, "%s: still env.prod's placeholder; set a secret of your own (openssl rand -hex 32)",
+                            cfg->raw_keys[i]);
     }
     for (size_t i = 0; i < cfg->raw_n; i++) {
         const char *k = cfg->raw_keys[i];

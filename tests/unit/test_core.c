@@ -510,6 +510,19 @@ static void test_config_every_problem(void)
     CU_ASSERT_PTR_NOT_NULL(errors ? strstr(errors, "NOTIFY_SINK_FILE") : NULL);
     free(errors);
     config_free(&c);
+    /* env.prod's placeholders are refused in production, whichever variable holds them */
+    setenv("JWT_SECRET", "replace-me-with-openssl-rand-hex-32-placeholder-0000", 1);
+    setenv("OTP_PEPPER", "0123456789abcdef0123456789abcdef", 1);
+    setenv("DATABASE_URL", "postgresql://ecom:replace-me-postgres-placeholder@postgres:5432/ecom", 1);
+    unsetenv("NOTIFY_SINK_FILE");
+    CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_GATEWAY, &errors), -1);
+    CU_ASSERT_PTR_NOT_NULL(errors ? strstr(errors, "JWT_SECRET: still env.prod's placeholder") : NULL);
+    CU_ASSERT_PTR_NOT_NULL(errors ? strstr(errors, "DATABASE_URL: still env.prod's placeholder") : NULL);
+    CU_ASSERT_PTR_NULL(errors ? strstr(errors, "OTP_PEPPER") : NULL);
+    free(errors);
+    config_free(&c);
+    unsetenv("DATABASE_URL");
+    setenv("JWT_SECRET", "0123456789abcdef0123456789abcdef", 1);
     setenv("APP_ENV", "test", 1);
     setenv("OTP_PEPPER", "0123456789abcdef0123456789abcdef", 1);
     CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_GATEWAY, &errors), 0);
