@@ -123,6 +123,20 @@ void uuid_v7(char out[UUID_STR_LEN])
              b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
+int64_t uuid_v7_ms(const char *s)
+{
+    if (!uuid_valid(s) || s[14] != '7')
+        return -1;
+    int64_t ms = 0;
+    for (int i = 0; i < 13; i++) { /* 8 hex, the hyphen, 4 hex */
+        if (i == 8)
+            continue;
+        char c = s[i];
+        ms = ms << 4 | (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return ms;
+}
+
 bool uuid_valid(const char *s)
 {
     if (strlen(s) != 36)

@@ -6,11 +6,15 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define UUID_STR_LEN 37 /* 36 + NUL */
 
 void uuid_v7(char out[UUID_STR_LEN]);
 bool uuid_valid(const char *s); /* canonical lowercase or uppercase 8-4-4-4-12 */
+/* The Unix ms a UUIDv7 was made at (its first 48 bits), or -1 when s is not a
+ * valid version 7 UUID. */
+int64_t uuid_v7_ms(const char *s);
 /* The first 36 characters of in, lowercased, as PostgreSQL prints a uuid (in: a uuid_valid id). */
 void uuid_lower(const char *in, char out[UUID_STR_LEN]);
 /* n random bytes as 2n lowercase hex characters plus NUL. */

@@ -720,6 +720,21 @@ static bool session_or_reply(gw_req_t *r)
     return false;
 }
 
+/* Enrolling or removing a TOTP factor needs a session a code opened in the
+ * last TOTP_REAUTH_S: a token stolen from an older session (kept alive by
+ * its refresh token) cannot plant a factor of its own, which would outlive
+ * every session. The session id is a UUIDv7, so it carries its birth. */
+#define TOTP_REAUTH_S 600
+static bool fresh_session_or_reply(gw_req_t *r)
+{
+    int64_t born = uuid_v7_ms(r->principal.sid);
+    if (born >= 0 && clock_now_ms() - born <= TOTP_REAUTH_S * 1000)
+        return true;
+    gw_problem(r, 403, "reauthentication-required",
+               "changing the TOTP enrolment needs a session opened by a code in the last 10 minutes: log in again");
+    return false;
+}
+
 static totp_st_t *totp_state(gw_req_t *r)
 {
     totp_st_t *st = xcalloc(1, sizeof *st);
@@ -771,7 +786,7 @@ static void on_enroll(gw_req_t *r, PGresult *const *res, int n, const char *err)
 
 void gw_totp_enroll(gw_req_t *r)
 {
-    if (!session_or_reply(r))
+    if (!session_or_reply(r) || !fresh_session_or_reply(r))
         return;
     totp_st_t *st = totp_state(r);
     if (otp_secret_new(st->secret, sizeof st->secret) != 0 ||
@@ -939,7 +954,7 @@ static void on_removed(gw_req_t *r, PGresult *const *res, int n, const char *err
 
 void gw_totp_remove(gw_req_t *r)
 {
-    if (!session_or_reply(r))
+    if (!session_or_reply(r) || !fresh_session_or_reply(r))
         return;
     if (r->th->memdb) {
         db_t *db = r->th->memdb;

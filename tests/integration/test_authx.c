@@ -519,12 +519,42 @@ static void totp_code(const uint8_t *key, size_t n, int64_t step, char out[OTP_C
     CU_ASSERT_EQUAL(otp_totp(key, n, step * 30, 30, 0, 6, OTP_SHA1, out), 0);
 }
 
+/* A session token for sub whose session was opened ago_s seconds ago (its id
+ * is a UUIDv7 of that time). */
+static char *session_token(const char *sub, const char *tid, int64_t ago_s)
+{
+    principal_t p = {0};
+    snprintf(p.sub, sizeof p.sub, "%s", sub);
+    snprintf(p.tid, sizeof p.tid, "%s", tid);
+    int64_t ms = clock_now_ms() - ago_s * 1000;
+    char rnd[21];
+    random_hex(rnd, 10);
+    snprintf(p.sid, sizeof p.sid, "%08llx-%04llx-7%.3s-8%.3s-%.12s", (unsigned long long)(ms >> 16),
+             (unsigned long long)(ms & 0xffff), rnd, rnd + 3, rnd + 6);
+    char *tok = NULL;
+    CU_ASSERT_EQUAL(jwtk_sign(&keys, &p, clock_now_ms() / 1000, 600, &tok), 0);
+    return tok;
+}
+
 static void test_totp(void)
 {
     char *s = unique("tina");
     tokens_t t;
-    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &t));
     hresp_t r;
+    /* a session older than 10 minutes may neither enrol nor remove a factor */
+    char *old = session_token(s, "tenantA", 11 * 60), *young = session_token(s, "tenantA", 60);
+    CU_ASSERT_EQUAL(post(port_a(), B "/auth/totp/enroll", NULL, old, "{}", &r), 0);
+    check_problem(&r, 403, "reauthentication-required", NULL, "enrol from an old session");
+    hfree(&r);
+    CU_ASSERT_EQUAL(del(port_a(), B "/auth/totp", NULL, old, &r), 0);
+    check_problem(&r, 403, "reauthentication-required", NULL, "remove from an old session");
+    hfree(&r);
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM auth.totp WHERE subject = $1", s, NULL), 0);
+    /* a young one may (the pending enrolment is replaced by the login's below) */
+    CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/totp/enroll", NULL, young, "{}", &r), &r), 201);
+    free(old);
+    free(young);
+    CU_ASSERT_TRUE_FATAL(login("tenantA", s, &t));
     post(port_a(), B "/auth/totp/enroll", NULL, t.access, "{}", &r);
     CU_ASSERT_TRUE_FATAL(expect_status(&r, 201, "enroll"));
     char uri[512], b32[128];

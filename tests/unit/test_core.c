@@ -4,6 +4,7 @@
 #include "bus/bus.h"
 #include "bus/envelope.h"
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/config.h"
 #include "core/json.h"
 #include "core/metrics.h"
@@ -411,6 +412,14 @@ static void test_uuid_v7(void)
     }
     CU_ASSERT_FALSE(uuid_valid("not-a-uuid"));
     CU_ASSERT_FALSE(uuid_valid("0190b2f0-0000-7000-8000-00000000000g"));
+    /* the birth of a UUIDv7: RFC 9562 example A.6, 2022-02-22 14:22:22 at UTC-5 */
+    CU_ASSERT_EQUAL(uuid_v7_ms("017F22E2-79B0-7CC3-98C4-DC0C0C07398F"), 1645557742000LL);
+    int64_t before = clock_now_ms();
+    uuid_v7(id);
+    int64_t born = uuid_v7_ms(id);
+    CU_ASSERT_TRUE(born >= before && born <= clock_now_ms());
+    CU_ASSERT_EQUAL(uuid_v7_ms("017f22e2-79b0-4cc3-98c4-dc0c0c07398f"), -1); /* version 4 */
+    CU_ASSERT_EQUAL(uuid_v7_ms("not-a-uuid"), -1);
     char hex[33];
     random_hex(hex, 16);
     CU_ASSERT_EQUAL(strlen(hex), 32);
