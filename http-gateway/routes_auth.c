@@ -317,20 +317,23 @@ static otp_req_t *pending_req(gw_req_t *r)
 static void on_requested(gw_req_t *r, PGresult *const *res, int n, const char *err)
 {
     otp_req_t *q = pending_req(r);
-    if (err || n < 1) {
+    if (err || n < 2) {
         log_warn("otp request failed: %s", err ? err : "?");
         gw_tx_abort(r);
         gw_problem(r, 503, "storage-unavailable", "the login could not be started");
         return;
     }
-    if (atoi(PQgetvalue(res[0], 0, 0)) != 1) {
-        long retry = atol(PQgetvalue(res[0], 0, 1));
+    if (atoi(PQgetvalue(res[1], 0, 0)) != 1) {
+        long retry = atol(PQgetvalue(res[1], 0, 1));
         gw_tx_abort(r);
         too_many(r, retry, "too many codes requested for this subject; wait before asking again");
         return;
     }
     request_answer(r, q);
 }
+
+/* The lock verifies of a subject take turns on (sql_subject_lock). */
+static const char sql_request_lock[] = "SELECT pg_advisory_xact_lock(1162104658, hashtext($1))";
 
 static const char sql_request[] =
     "WITH recent AS (SELECT count(*) FILTER (WHERE created_at > now() - interval '15 minutes') AS n15,"
@@ -440,9 +443,12 @@ void gw_otp_request(gw_req_t *r)
         mem_request(r, q);
         return;
     }
-    const char *p[] = {r->tenant, q->subject, q->channel, q->ticket, q->mac};
-    const pga_stmt_t st[] = {{.name = "gw_otp_request", .sql = sql_request, .nparams = 5, .params = p}};
-    gw_tx_exec(r, st, 1, on_requested);
+    /* requests of one subject take turns (the lock of its verifies): sent
+     * together, each would pass the limits against the tickets before all */
+    const char *p[] = {r->tenant, q->subject, q->channel, q->ticket, q->mac}, *ps[] = {q->subject};
+    const pga_stmt_t st[] = {{.name = "gw_otp_request_lock", .sql = sql_request_lock, .nparams = 1, .params = ps},
+                             {.name = "gw_otp_request", .sql = sql_request, .nparams = 5, .params = p}};
+    gw_tx_exec(r, st, 2, on_requested);
 }
 
 /* ---- POST …/auth/otp/verify ---- */

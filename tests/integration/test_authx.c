@@ -489,6 +489,27 @@ static void test_otp_guesses_take_turns(void)
     free(s);
 }
 
+/* O8: twenty code requests for one subject at once: one ticket, the others
+ * refused by the 30 s rule (each was checked against the tickets before it) */
+static void test_otp_requests_take_turns(void)
+{
+    char *s = unique("rush");
+    char body[256];
+    snprintf(body, sizeof body, "{\"subject\":\"%s\",\"channel\":\"email\"}", s);
+    job_t *jobs = run_concurrent(20, port_a(), "POST", B "/auth/otp/request",
+                                 "Content-Type: application/json\r\nx-tenant-id: tenantA\r\n", body);
+    int ok = 0, limited = 0;
+    for (int i = 0; i < 20; i++) {
+        ok += jobs[i].resp.status == 202 || jobs[i].resp.status == 200;
+        limited += jobs[i].resp.status == 429;
+    }
+    CU_ASSERT_EQUAL(ok, 1);
+    CU_ASSERT_EQUAL(limited, 19);
+    free_jobs(jobs, 20);
+    CU_ASSERT_EQUAL(q1("SELECT count(*) FROM auth.otp_tickets WHERE subject = $1", s, NULL), 1);
+    free(s);
+}
+
 /* O7: twenty verifies of the right code at once: exactly one session */
 static void test_otp_race(void)
 {
@@ -1191,6 +1212,7 @@ int main(void)
         {"O1-O4 O9 J1: email login, one answer for every failure, stored MACs", test_otp_login},
         {"O5 O6 O8: tries per ticket, new ticket voids the old, budgets", test_otp_limits},
         {"O7: twenty verifies at once, one session", test_otp_race},
+        {"O8: twenty code requests at once, one ticket", test_otp_requests_take_turns},
         {"O8: the wrong codes an hour are the subject's, across tenants", test_otp_budget_across_tenants},
         {"O5: guesses sent together take turns; the right code after the fifth is refused",
          test_otp_guesses_take_turns},
