@@ -68,6 +68,13 @@ static bool authenticate_or_reply(gw_req_t *r)
             ok = false;
             why = "the session was revoked";
         }
+        if (ok && r->principal.sid[0] && !policy_fresh(sh->policy, clock_mono_ms())) {
+            /* the list of revoked sessions may be stale: fail closed on every
+             * route, not only on those that need a permission */
+            gw_add_header(r, "Retry-After", "1");
+            gw_problem(r, 503, "authorization-unavailable", "the authorization store is unreachable");
+            return false;
+        }
         if (!ok) {
             memset(&r->principal, 0, sizeof r->principal);
             gw_add_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");

@@ -831,8 +831,13 @@ static void test_rbac(void)
     CU_ASSERT_PTR_NOT_NULL(hheader(&r, "Retry-After", ra, sizeof ra));
     hfree(&r);
     CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, u2), 200); /* no permission needed there */
+    /* but a session's token is refused everywhere: its revocation may not have been seen */
+    char *sess = session_token("u2", "tenantA", 60);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, sess), 503);
     sql("ROLLBACK", NULL, NULL);
     CU_ASSERT_EQUAL(get_until(port_a(), EVENTS, NULL, u2, 200, 10000), 200);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, sess), 200);
+    free(sess);
     CU_ASSERT_EQUAL(get_until(gb->port, EVENTS, NULL, u2, 200, 10000), 200);
     free(u1);
     free(u2);
