@@ -689,8 +689,9 @@ void gw_otp_verify(gw_req_t *r)
         mem_verify(r, v);
         return;
     }
-    /* one round trip: the TOTP enrolment behind the ticket (if it is one), and
-     * the conditional consumption of an emailed or texted code */
+    /* one round trip: the subject's lock, the TOTP enrolment behind the
+     * ticket (if it is one), and the conditional consumption of an emailed
+     * or texted code */
     const char *p[] = {r->tenant, v->ticket, v->mac, v->s.sid, v->s.refresh_hash};
     const pga_stmt_t st[] = {{.name = "gw_otp_subject_lock", .sql = sql_subject_lock, .nparams = 2, .params = p},
                              {.name = "gw_totp_ticket", .sql = sql_totp_ticket, .nparams = 2, .params = p},
