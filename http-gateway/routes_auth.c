@@ -275,6 +275,7 @@ typedef struct otp_req {
     char subject[SUBJECT_MAX + 1];
     char channel[8];
     char ticket[OTP_TICKET_ID_LEN + 1];
+    char ticket_key[65]; /* what auth.otp_tickets keeps of the ticket id: its SHA-256 */
     char code[OTP_CODE_LEN + 1];
     char mac[65];
 } otp_req_t;
@@ -285,7 +286,9 @@ static void request_answer(gw_req_t *r, const otp_req_t *q)
         json_object *p = json_object_new_object();
         json_object_object_add(p, "subject", json_object_new_string(q->subject));
         json_object_object_add(p, "channel", json_object_new_string(q->channel));
-        json_object_object_add(p, "ticketId", json_object_new_string(q->ticket));
+        /* the code without its ticket id, which only the requester gets:
+         * whoever reads the outbox, the stream or the tickets' table (which
+         * keeps the ids' hashes) cannot log in with it */
         json_object_object_add(p, "code", json_object_new_string(q->code));
         json_object_object_add(p, "expiresIn", json_object_new_int(TICKET_TTL_S));
         outbox_msg_t m = {.topic = "auth",
@@ -431,6 +434,7 @@ void gw_otp_request(gw_req_t *r)
     snprintf(q->subject, sizeof q->subject, "%s", subject);
     snprintf(q->channel, sizeof q->channel, "%s", channel);
     otp_ticket_id(q->ticket);
+    gw_sha256_hex(q->ticket, q->ticket_key);
     otp_random_code(q->code);
     if (strcmp(channel, "totp") == 0) {
         char dead[16];
@@ -445,7 +449,7 @@ void gw_otp_request(gw_req_t *r)
     }
     /* requests of one subject take turns (the lock of its verifies): sent
      * together, each would pass the limits against the tickets before all */
-    const char *p[] = {r->tenant, q->subject, q->channel, q->ticket, q->mac}, *ps[] = {q->subject};
+    const char *p[] = {r->tenant, q->subject, q->channel, q->ticket_key, q->mac}, *ps[] = {q->subject};
     const pga_stmt_t st[] = {{.name = "gw_otp_request_lock", .sql = sql_request_lock, .nparams = 1, .params = ps},
                              {.name = "gw_otp_request", .sql = sql_request, .nparams = 5, .params = p}};
     gw_tx_exec(r, st, 2, on_requested);
@@ -455,6 +459,7 @@ void gw_otp_request(gw_req_t *r)
 
 typedef struct otp_ver {
     char ticket[OTP_TICKET_ID_LEN + 1];
+    char ticket_key[65]; /* its SHA-256, as auth.otp_tickets keeps it */
     char code[OTP_CODE_LEN + 1];
     gw_session_new_t s;
     char mac[65];
@@ -530,7 +535,7 @@ static const char sql_totp_consume[] =
 
 static void record_failure(gw_req_t *r, otp_ver_t *v)
 {
-    const char *p[] = {r->tenant, v->ticket};
+    const char *p[] = {r->tenant, v->ticket_key};
     const pga_stmt_t st[] = {{.name = "gw_otp_fail", .sql = sql_fail, .nparams = 2, .params = p},
                              {.sql = "COMMIT"}};
     gw_tx_exec(r, st, 2, on_failure_recorded);
@@ -572,7 +577,7 @@ static void verify_totp(gw_req_t *r, otp_ver_t *v, PGresult *row)
     char ms[24], ds[16];
     snprintf(ms, sizeof ms, "%lld", (long long)matched);
     snprintf(ds, sizeof ds, "%d", otp_totp_drift(NULL, now, matched));
-    const char *p[] = {r->tenant, v->ticket, ms, ds, v->s.sid, v->s.refresh_hash};
+    const char *p[] = {r->tenant, v->ticket_key, ms, ds, v->s.sid, v->s.refresh_hash};
     const pga_stmt_t st[] = {{.name = "gw_totp_consume", .sql = sql_totp_consume, .nparams = 6, .params = p}};
     gw_tx_exec(r, st, 1, on_totp_consumed);
 }
@@ -682,6 +687,7 @@ void gw_otp_verify(gw_req_t *r)
     r->handler_state = v;
     r->handler_state_free = free;
     snprintf(v->ticket, sizeof v->ticket, "%s", ticket);
+    gw_sha256_hex(v->ticket, v->ticket_key);
     snprintf(v->code, sizeof v->code, "%s", code);
     code_mac(r, v->ticket, code, v->mac);
     gw_session_secrets(&v->s);
@@ -692,7 +698,7 @@ void gw_otp_verify(gw_req_t *r)
     /* one round trip: the subject's lock, the TOTP enrolment behind the
      * ticket (if it is one), and the conditional consumption of an emailed
      * or texted code */
-    const char *p[] = {r->tenant, v->ticket, v->mac, v->s.sid, v->s.refresh_hash};
+    const char *p[] = {r->tenant, v->ticket_key, v->mac, v->s.sid, v->s.refresh_hash};
     const pga_stmt_t st[] = {{.name = "gw_otp_subject_lock", .sql = sql_subject_lock, .nparams = 2, .params = p},
                              {.name = "gw_totp_ticket", .sql = sql_totp_ticket, .nparams = 2, .params = p},
                              {.name = "gw_otp_verify", .sql = sql_verify, .nparams = 5, .params = p}};

@@ -26,7 +26,7 @@ _Static_assert(POLICY_SID_DENY_MS >= (900 + JWT_SKEW_S) * 1000,
 
 /* ---- secrets and tokens ---- */
 
-static void sha256_hex(const char *s, char out[65])
+void gw_sha256_hex(const char *s, char out[65])
 {
     unsigned char md[32];
     unsigned n = 0;
@@ -47,7 +47,7 @@ void gw_session_secrets(gw_session_new_t *s)
             s->refresh[k++] = b64[(x >> (6 * j)) & 63];
     }
     s->refresh[k] = '\0';
-    sha256_hex(s->refresh, s->refresh_hash);
+    gw_sha256_hex(s->refresh, s->refresh_hash);
     uuid_v7(s->sid);
 }
 
@@ -392,7 +392,7 @@ static void post_refresh(gw_req_t *r)
     refresh_st_t *st = xcalloc(1, sizeof *st);
     r->handler_state = st;
     r->handler_state_free = free;
-    sha256_hex(tok, st->hash);
+    gw_sha256_hex(tok, st->hash);
     gw_session_secrets(&st->next);
     char hdr[REQCTX_TENANT_MAX + 1] = "";
     const char *h = r->ev ? h1_req_header(r->ev, "x-tenant-id") : NULL;
