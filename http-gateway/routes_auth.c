@@ -335,8 +335,10 @@ static void on_requested(gw_req_t *r, PGresult *const *res, int n, const char *e
     request_answer(r, q);
 }
 
-/* The lock verifies of a subject take turns on (sql_subject_lock). */
-static const char sql_request_lock[] = "SELECT pg_advisory_xact_lock(1162104658, hashtext($1))";
+/* Code requests and verifies of one subject take turns on one transaction-
+ * scoped advisory lock: class 'ECOM'+5, key the subject's hash. */
+#define OTP_SUBJECT_LOCK(subject) "pg_advisory_xact_lock(1162104658, hashtext(" subject "))"
+static const char sql_request_lock[] = "SELECT " OTP_SUBJECT_LOCK("$1");
 
 static const char sql_request[] =
     "WITH recent AS (SELECT count(*) FILTER (WHERE created_at > now() - interval '15 minutes') AS n15,"
@@ -493,8 +495,8 @@ static void on_failure_recorded(gw_req_t *r, PGresult *const *res, int n, const 
  * code is counted, so parallel guesses each see the counts of those before
  * them (without it, guesses sent together were all checked against the
  * counts from before any of them failed). */
-static const char sql_subject_lock[] = "SELECT pg_advisory_xact_lock(1162104658, hashtext(subject))" /* 'ECOM'+5 */
-                                       " FROM auth.otp_tickets WHERE tenant = $1 AND ticket_id = $2";
+static const char sql_subject_lock[] =
+    "SELECT " OTP_SUBJECT_LOCK("subject") " FROM auth.otp_tickets WHERE tenant = $1 AND ticket_id = $2";
 static const char sql_verify[] =
     "WITH b AS (SELECT 1 FROM auth.otp_failures f JOIN auth.otp_tickets t ON t.subject = f.subject"
     " WHERE t.tenant = $1 AND t.ticket_id = $2"
