@@ -169,6 +169,8 @@ static void spawn(role_t *r, const char *const *argv, const char *const *env)
         die("fork failed");
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive this program */
+        if (getenv("BENCH_SETSID") && atoi(getenv("BENCH_SETSID")))
+            setsid();
         int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -685,6 +687,7 @@ static void breakdown(run_t *run, size_t n)
         c,
         "WITH p AS (SELECT unnest($1::uuid[]) AS id)"
         " SELECT p.id,"
+        " (extract(epoch FROM pay.created_at) * 1e6)::bigint,"
         " (extract(epoch FROM rq.published_at) * 1e6)::bigint,"
         " (extract(epoch FROM pay.updated_at) * 1e6)::bigint,"
         " (extract(epoch FROM ok.published_at) * 1e6)::bigint,"
@@ -705,8 +708,9 @@ static void breakdown(run_t *run, size_t n)
     for (size_t i = 0; i < n; i++)
         if (run->p[i].receipt_us)
             *strmap_put(&idx, run->p[i].id, 36, NULL) = &run->p[i];
-    enum { S_HTTP, S_DRAINED, S_PAYTX, S_EVT, S_NOTIFYTX, S_RECEIPT, S_N };
-    static const char *const names[S_N] = {"202 answered",          "command on the stream",
+    enum { S_SENT, S_GWTX, S_HTTP, S_DRAINED, S_PAYTX, S_EVT, S_NOTIFYTX, S_RECEIPT, S_N };
+    static const char *const names[S_N] = {"request sent",          "gateway tx began",
+                                           "202 answered",          "command on the stream",
                                            "payment tx began",      "payment.succeeded on the stream",
                                            "notification tx began", "receipt arrived"};
     int64_t *v[S_N];
@@ -719,11 +723,13 @@ static void breakdown(run_t *run, size_t n)
             continue;
         pay_t *p = *pp;
         int64_t t0 = p->sched_us;
+        v[S_SENT][m] = p->sent_us - t0;
+        v[S_GWTX][m] = strtoll(PQgetvalue(r, (int)i, 1), NULL, 10) - t0;
         v[S_HTTP][m] = p->resp_us - t0;
-        v[S_DRAINED][m] = strtoll(PQgetvalue(r, (int)i, 1), NULL, 10) - t0;
-        v[S_PAYTX][m] = strtoll(PQgetvalue(r, (int)i, 2), NULL, 10) - t0;
-        v[S_EVT][m] = strtoll(PQgetvalue(r, (int)i, 3), NULL, 10) - t0;
-        v[S_NOTIFYTX][m] = strtoll(PQgetvalue(r, (int)i, 4), NULL, 10) - t0;
+        v[S_DRAINED][m] = strtoll(PQgetvalue(r, (int)i, 2), NULL, 10) - t0;
+        v[S_PAYTX][m] = strtoll(PQgetvalue(r, (int)i, 3), NULL, 10) - t0;
+        v[S_EVT][m] = strtoll(PQgetvalue(r, (int)i, 4), NULL, 10) - t0;
+        v[S_NOTIFYTX][m] = strtoll(PQgetvalue(r, (int)i, 5), NULL, 10) - t0;
         v[S_RECEIPT][m] = p->receipt_us - t0;
         m++;
     }
