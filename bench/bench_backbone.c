@@ -15,6 +15,7 @@
  * runs), REDIS_URL (logical databases 1..8 are flushed and used), OUTBOX_BATCH
  * (default 1000), BENCH_N (messages per throughput run, default 100000),
  * BENCH_SERVICE_BATCHES (default "64,256,1000"), BENCH_LATENCY_S (default 10),
+ * BENCH_LATENCY_ROUNDS (latency runs, judged on the median's p99; default 3),
  * BENCH_RATE (default 1000 msgs/s), BENCH_PRODUCERS (connections sharing that
  * schedule, default 4), LOG_LEVEL (default off).
  * Owns: everything it starts (threads, child processes, connections). */
@@ -84,6 +85,8 @@ static size_t outbox_batch = 1000;
 static size_t svc_batches[8] = {256, 1000};
 static size_t n_svc_batches = 2;
 static int latency_s = 10;
+#define MAX_LATENCY_ROUNDS 9
+static int latency_rounds = 3;
 static int rate = 1000;
 static int failures;
 static PGconn *admin;
@@ -1319,8 +1322,11 @@ static void print_stages(const load_t *l, const int64_t *total, int64_t n, doubl
         free(st[s]);
 }
 
-static void bench_latency(void)
+/* One latency run: prints its figures, returns its p99 in ms (-1 when it
+ * could not complete). */
+static double latency_round(int round, int nrounds)
 {
+    double p99 = -1;
     reset_store();
     char *rurl = redis_db(4);
     int64_t measured = (int64_t)latency_s * rate;
@@ -1378,11 +1384,12 @@ static void bench_latency(void)
         uint64_t tot = h1[E2E_NLE - 1] - h0[E2E_NLE - 1];
         double le10 = tot ? 100.0 * (double)(h1[3] - h0[3]) / (double)tot : 0;
         double le5 = tot ? 100.0 * (double)(h1[2] - h0[2]) / (double)tot : 0;
-        printf("latency (threads, postgres+redis, %d msgs/s for %d s, outbox commit -> analytics handler commit:"
-               " the producer's COMMIT sent -> the handler's COMMIT acknowledged): p50 %.2f ms, p95 %.2f ms, p99 %.2f "
-               "ms, max %.2f ms,"
-               " target p99 <= %d ms: %s (n=%zu)\n",
-               rate, latency_s, v.p50, v.p95, v.p99, v.max, TARGET_P99_MS, verdict(v.p99 <= TARGET_P99_MS), v.n);
+        printf("latency, round %d of %d (threads, postgres+redis, %d msgs/s for %d s, outbox commit -> analytics"
+               " handler commit: the producer's COMMIT sent -> the handler's COMMIT acknowledged): p50 %.2f ms,"
+               " p95 %.2f ms, p99 %.2f ms, max %.2f ms (n=%zu)\n",
+               round, nrounds, rate, latency_s, v.p50, v.p95, v.p99, v.max, v.n);
+        if (v.n == (size_t)measured)
+            p99 = v.p99;
         printf("  from each message's due time in the schedule instead (adds the producer's own BEGIN+append+COMMIT"
                " and any late start): p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.2f ms; the runtime's own"
                " histogram, append ts -> after commit at 1 ms resolution: %.1f%% <= 5 ms, %.1f%% <= 10 ms\n",
@@ -1400,6 +1407,32 @@ static void bench_latency(void)
     lat_done_us = lat_start_us = NULL;
     lat_n = 0;
     free(rurl);
+    return p99;
+}
+
+/* BENCH_LATENCY_ROUNDS runs of the same load, each printed; the target is
+ * judged on the median round's p99, so one run caught in a slow spell of the
+ * machine (or a lucky one) does not decide it alone. */
+static void bench_latency(void)
+{
+    double p99[MAX_LATENCY_ROUNDS];
+    int n = 0;
+    for (int k = 0; k < latency_rounds; k++) {
+        double v = latency_round(k + 1, latency_rounds);
+        if (v >= 0)
+            p99[n++] = v;
+    }
+    if (n == 0)
+        return;
+    char list[MAX_LATENCY_ROUNDS * 12] = "";
+    for (int k = 0; k < n; k++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%.2f", k ? " / " : "", p99[k]);
+    qsort(p99, (size_t)n, sizeof *p99, cmp_double);
+    double med = n % 2 ? p99[n / 2] : (p99[n / 2 - 1] + p99[n / 2]) / 2;
+    printf("latency, median of %d rounds (threads, outbox commit -> handler commit at %d msgs/s): p99 %.2f ms"
+           " (rounds: %s ms), target p99 <= %d ms: %s\n",
+           n, rate, med, list, TARGET_P99_MS, verdict(med <= TARGET_P99_MS));
+    fflush(stdout);
 }
 
 /* ---- 4. memory: the same load on real processes ---- */
@@ -1980,6 +2013,9 @@ int main(int argc, char **argv)
     svc_lanes = env_size("SERVICE_LANES", DEF_LANES);
     outbox_batch = env_size("OUTBOX_BATCH", 1000);
     latency_s = (int)env_size("BENCH_LATENCY_S", 10);
+    latency_rounds = (int)env_size("BENCH_LATENCY_ROUNDS", 3);
+    if (latency_rounds < 1 || latency_rounds > MAX_LATENCY_ROUNDS)
+        die("BENCH_LATENCY_ROUNDS must be 1..%d", MAX_LATENCY_ROUNDS);
     rate = (int)env_size("BENCH_RATE", 1000);
     n_producers = (int)env_size("BENCH_PRODUCERS", 4);
     if (n_producers > MAX_PRODUCERS)
