@@ -28,7 +28,10 @@
  * GATEWAY_THREADS (default 2), PAYMENT_PROVIDER_LATENCY_MS (default 2, the
  * production default), BENCH_SHOP_SKIP_PGBENCH=1, BENCH_KEEP_LOGS=1 (keep and
  * name the processes' log files), BENCH_LOG_LEVEL (default warn),
- * BENCH_SHOP_SKIP_CLOSED=1 (open-loop runs only).
+ * BENCH_SHOP_SKIP_CLOSED=1 (open-loop runs only), BENCH_SETSID=1 (each role in
+ * a session of its own, so the kernel's autogroup scheduling gives it a share
+ * of its own, as a daemon started in its own session would have; by default
+ * the roles share this program's session).
  * Owns: everything it starts (threads, child processes, connections, files). */
 #include "core/alloc.h"
 #include "core/clock.h"
