@@ -8,9 +8,10 @@
  * delivered by the notification service). A new request voids the subject's
  * open tickets on that channel; requests are limited to one per 30 s and five
  * per 15 min per subject. A ticket allows 5 tries; a subject has a budget of 10
- * failures per hour across tickets (then 429). Verification consumes the ticket
- * with one conditional UPDATE, so of 20 parallel verifies exactly one wins, and
- * every failure answers the same 401. Unknown subjects are treated exactly as
+ * failures per hour across tickets (then 429). A verify takes the subject's
+ * lock, locks the ticket, compares the MACs with CRYPTO_memcmp and consumes the
+ * ticket, so of 20 parallel verifies exactly one wins, and every failure
+ * answers the same 401. Unknown subjects are treated exactly as
  * known ones (no oracle).
  *
  * Channel "totp" sends nothing: its ticket opens with a current code of the
@@ -497,15 +498,21 @@ static void on_failure_recorded(gw_req_t *r, PGresult *const *res, int n, const 
  * counts from before any of them failed). */
 static const char sql_subject_lock[] =
     "SELECT " OTP_SUBJECT_LOCK("subject") " FROM auth.otp_tickets WHERE tenant = $1 AND ticket_id = $2";
-static const char sql_verify[] =
-    "WITH b AS (SELECT 1 FROM auth.otp_failures f JOIN auth.otp_tickets t ON t.subject = f.subject"
-    " WHERE t.tenant = $1 AND t.ticket_id = $2"
-    " AND f.window_start > now() - interval '1 hour' AND f.failures >= 10),"
-    " t AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND ticket_id = $2"
-    " AND consumed_at IS NULL AND attempts < 5 AND expires_at > now() AND code_mac = $3"
-    " AND NOT EXISTS (SELECT 1 FROM b) RETURNING subject),"
-    " s AS (INSERT INTO auth.sessions (sid, tenant, subject) SELECT $4, $1, subject FROM t RETURNING sid, subject),"
-    " rt AS (INSERT INTO auth.refresh_tokens (hash, sid, tenant, state) SELECT $5, sid, $1, 'active' FROM s)"
+/* An emailed or texted code's ticket that may still be used, locked, with
+ * its MAC: the MAC is compared here with CRYPTO_memcmp (otp_mac_equal), not
+ * by the database's equality, which stops at the first differing byte. */
+static const char sql_code_ticket[] =
+    "SELECT t.subject, t.code_mac FROM auth.otp_tickets t"
+    " WHERE t.tenant = $1 AND t.ticket_id = $2 AND t.channel <> 'totp' AND t.consumed_at IS NULL"
+    " AND t.attempts < 5 AND t.expires_at > now() AND NOT EXISTS (SELECT 1 FROM auth.otp_failures f"
+    " WHERE f.subject = t.subject AND f.window_start > now() - interval '1 hour'"
+    " AND f.failures >= 10) FOR UPDATE";
+/* Consumes a ticket the transaction holds locked and opens the session. */
+static const char sql_code_consume[] =
+    "WITH t AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND ticket_id = $2"
+    " AND consumed_at IS NULL RETURNING subject),"
+    " s AS (INSERT INTO auth.sessions (sid, tenant, subject) SELECT $3, $1, subject FROM t RETURNING sid, subject),"
+    " rt AS (INSERT INTO auth.refresh_tokens (hash, sid, tenant, state) SELECT $4, sid, $1, 'active' FROM s)"
     " SELECT subject FROM s";
 static const char sql_fail[] =
     "WITH t AS (UPDATE auth.otp_tickets SET attempts = attempts + 1 WHERE tenant = $1 AND ticket_id = $2"
@@ -543,11 +550,12 @@ static void record_failure(gw_req_t *r, otp_ver_t *v)
     gw_tx_exec(r, st, 2, on_failure_recorded);
 }
 
-static void on_totp_consumed(gw_req_t *r, PGresult *const *res, int n, const char *err)
+/* The ticket a verify holds locked was consumed and its session opened. */
+static void on_code_consumed(gw_req_t *r, PGresult *const *res, int n, const char *err)
 {
     otp_ver_t *v = (otp_ver_t *)r->handler_state;
     if (err || n < 1 || PQntuples(res[0]) != 1) {
-        log_warn("totp verify failed: %s", err ? err : "ticket gone");
+        log_warn("otp verify failed: %s", err ? err : "ticket gone");
         gw_tx_abort(r);
         gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
         return;
@@ -581,7 +589,7 @@ static void verify_totp(gw_req_t *r, otp_ver_t *v, PGresult *row)
     snprintf(ds, sizeof ds, "%d", otp_totp_drift(NULL, now, matched));
     const char *p[] = {r->tenant, v->ticket_key, ms, ds, v->s.sid, v->s.refresh_hash};
     const pga_stmt_t st[] = {{.name = "gw_totp_consume", .sql = sql_totp_consume, .nparams = 6, .params = p}};
-    gw_tx_exec(r, st, 1, on_totp_consumed);
+    gw_tx_exec(r, st, 1, on_code_consumed);
 }
 
 static void on_verify(gw_req_t *r, PGresult *const *res, int n, const char *err)
@@ -593,10 +601,14 @@ static void on_verify(gw_req_t *r, PGresult *const *res, int n, const char *err)
         gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
         return;
     }
-    if (PQntuples(res[2]) == 1) { /* an emailed or texted code matched */
-        char subject[SUBJECT_MAX + 1];
-        snprintf(subject, sizeof subject, "%s", PQgetvalue(res[2], 0, 0));
-        verified(r, v, subject);
+    if (PQntuples(res[2]) == 1) { /* an emailed or texted code's ticket */
+        if (!otp_mac_equal(PQgetvalue(res[2], 0, 1), v->mac)) {
+            record_failure(r, v);
+            return;
+        }
+        const char *p[] = {r->tenant, v->ticket_key, v->s.sid, v->s.refresh_hash};
+        const pga_stmt_t st[] = {{.name = "gw_otp_consume", .sql = sql_code_consume, .nparams = 4, .params = p}};
+        gw_tx_exec(r, st, 1, on_code_consumed);
         return;
     }
     if (PQntuples(res[1]) == 1) {
@@ -697,13 +709,13 @@ void gw_otp_verify(gw_req_t *r)
         mem_verify(r, v);
         return;
     }
-    /* one round trip: the subject's lock, the TOTP enrolment behind the
-     * ticket (if it is one), and the conditional consumption of an emailed
-     * or texted code */
-    const char *p[] = {r->tenant, v->ticket_key, v->mac, v->s.sid, v->s.refresh_hash};
+    /* one round trip: the subject's lock, then the ticket locked, with the
+     * TOTP enrolment behind it or the MAC of its emailed or texted code; a
+     * second consumes it when the code is right */
+    const char *p[] = {r->tenant, v->ticket_key};
     const pga_stmt_t st[] = {{.name = "gw_otp_subject_lock", .sql = sql_subject_lock, .nparams = 2, .params = p},
                              {.name = "gw_totp_ticket", .sql = sql_totp_ticket, .nparams = 2, .params = p},
-                             {.name = "gw_otp_verify", .sql = sql_verify, .nparams = 5, .params = p}};
+                             {.name = "gw_otp_code_ticket", .sql = sql_code_ticket, .nparams = 2, .params = p}};
     gw_tx_exec(r, st, 3, on_verify);
 }
 
