@@ -2,10 +2,10 @@
 #include "core/migrate.h"
 
 #include "core/alloc.h"
+#include "core/digest.h"
 #include "core/pg.h"
 
 #include <ctype.h>
-#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,15 +40,6 @@ static bool wanted(const char *const *parts, const char *part)
         if (strcmp(*parts, part) == 0)
             return true;
     return false;
-}
-
-static void sha256_hex(const char *s, char out[65])
-{
-    unsigned char md[32];
-    unsigned int n = 0;
-    EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
-    for (unsigned i = 0; i < 32; i++)
-        sprintf(out + 2 * i, "%02x", md[i]);
 }
 
 static bool name_ok(const char *n)
@@ -147,7 +138,7 @@ int migrate_run(const char *url, const char *const *parts, bool check_only, FILE
     bool *todo = xcalloc(nf + 1, sizeof *todo);
     for (size_t i = 0; i < nf; i++) {
         char sum[65];
-        sha256_hex(files[i]->sql, sum);
+        digest_sha256_hex(files[i]->sql, sum);
         bool found = false;
         for (int r = 0; r < PQntuples(applied); r++) {
             if (strcmp(PQgetvalue(applied, r, 0), files[i]->part) || strcmp(PQgetvalue(applied, r, 1), files[i]->name))
@@ -181,7 +172,7 @@ int migrate_run(const char *url, const char *const *parts, bool check_only, FILE
         if (!todo[i])
             continue;
         char sum[65];
-        sha256_hex(files[i]->sql, sum);
+        digest_sha256_hex(files[i]->sql, sum);
         const char *params[] = {files[i]->part, files[i]->name, sum};
         PGresult *r = NULL;
         if (pg_exec(c, "BEGIN") != 0 || pg_exec(c, files[i]->sql) != 0 ||

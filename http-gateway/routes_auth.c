@@ -25,6 +25,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/digest.h"
 #include "core/log.h"
 #include "core/strmap.h"
 #include "core/uuid.h"
@@ -437,7 +438,7 @@ void gw_otp_request(gw_req_t *r)
     snprintf(q->subject, sizeof q->subject, "%s", subject);
     snprintf(q->channel, sizeof q->channel, "%s", channel);
     otp_ticket_id(q->ticket);
-    gw_sha256_hex(q->ticket, q->ticket_key);
+    digest_sha256_hex(q->ticket, q->ticket_key);
     otp_random_code(q->code);
     if (strcmp(channel, "totp") == 0) {
         char dead[16];
@@ -701,7 +702,7 @@ void gw_otp_verify(gw_req_t *r)
     r->handler_state = v;
     r->handler_state_free = free;
     snprintf(v->ticket, sizeof v->ticket, "%s", ticket);
-    gw_sha256_hex(v->ticket, v->ticket_key);
+    digest_sha256_hex(v->ticket, v->ticket_key);
     snprintf(v->code, sizeof v->code, "%s", code);
     code_mac(r, v->ticket, code, v->mac);
     gw_session_secrets(&v->s);

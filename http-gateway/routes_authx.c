@@ -5,13 +5,13 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/digest.h"
 #include "core/log.h"
 #include "core/strmap.h"
 #include "http-gateway/authx/policy.h"
 #include "http-gateway/authx/policy_sync.h"
 #include "http-gateway/routes_auth.h"
 
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,15 +26,6 @@ _Static_assert(POLICY_SID_DENY_MS >= (900 + JWT_SKEW_S) * 1000,
 
 /* ---- secrets and tokens ---- */
 
-void gw_sha256_hex(const char *s, char out[65])
-{
-    unsigned char md[32];
-    unsigned n = 0;
-    EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
-}
-
 void gw_session_secrets(gw_session_new_t *s)
 {
     static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -47,7 +38,7 @@ void gw_session_secrets(gw_session_new_t *s)
             s->refresh[k++] = b64[(x >> (6 * j)) & 63];
     }
     s->refresh[k] = '\0';
-    gw_sha256_hex(s->refresh, s->refresh_hash);
+    digest_sha256_hex(s->refresh, s->refresh_hash);
     uuid_v7(s->sid);
 }
 
@@ -392,7 +383,7 @@ static void post_refresh(gw_req_t *r)
     refresh_st_t *st = xcalloc(1, sizeof *st);
     r->handler_state = st;
     r->handler_state_free = free;
-    gw_sha256_hex(tok, st->hash);
+    digest_sha256_hex(tok, st->hash);
     gw_session_secrets(&st->next);
     char hdr[REQCTX_TENANT_MAX + 1] = "";
     const char *h = r->ev ? h1_req_header(r->ev, "x-tenant-id") : NULL;

@@ -41,9 +41,6 @@ typedef struct gw_session_new {
 } gw_session_new_t;
 
 void gw_session_secrets(gw_session_new_t *s);
-/* SHA-256 of a NUL-terminated secret, as 64 lowercase hex digits: how
- * refresh tokens and OTP ticket ids are stored. */
-void gw_sha256_hex(const char *s, char out[65]);
 /* Memory mode, inside an open memory transaction on db: records the session
  * and its first refresh token. */
 void gw_session_mem_create(db_t *db, const char *tenant, const char *subject, const gw_session_new_t *s);

@@ -10,6 +10,7 @@
  * to pass (the 30 s between code requests, a session's idle limit). */
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/digest.h"
 #include "core/log.h"
 #include "core/pg.h"
 #include "core/uuid.h"
@@ -642,15 +643,6 @@ static void test_totp(void)
 
 /* ================= R: refresh, logout, sessions ================= */
 
-static void sha256_hex(const char *s, char out[65])
-{
-    unsigned char md[32];
-    unsigned n = 0;
-    EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
-}
-
 static void test_refresh_rotation(void)
 {
     char *s = unique("rita");
@@ -658,7 +650,7 @@ static void test_refresh_rotation(void)
     CU_ASSERT_TRUE_FATAL(login("tenantA", s, &t0));
     /* R1: stored as a hash */
     char h[65];
-    sha256_hex(t0.refresh, h);
+    digest_sha256_hex(t0.refresh, h);
     CU_ASSERT_EQUAL(q1("SELECT count(*) FROM auth.refresh_tokens WHERE hash = $1 AND sid = $2", h, t0.sid), 1);
     CU_ASSERT_EQUAL(q1("SELECT count(*) FROM auth.refresh_tokens WHERE hash = $1", t0.refresh, NULL), 0);
     CU_ASSERT_EQUAL(strlen(t0.refresh), 43);

@@ -6,6 +6,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/config.h"
+#include "core/digest.h"
 #include "core/json.h"
 #include "core/metrics.h"
 #include "core/recent.h"
@@ -397,6 +398,18 @@ static void test_json_escape(void)
     evbuffer_add(b, "", 1);
     CU_ASSERT_STRING_EQUAL((char *)evbuffer_pullup(b, -1), "\"a\\\"b\\\\c\\n\\u0001\"");
     evbuffer_free(b);
+}
+
+/* FIPS 180-2 appendix B.1 and B.2, and the empty message. */
+static void test_sha256_hex(void)
+{
+    char h[DIGEST_SHA256_HEX_LEN + 1];
+    digest_sha256_hex("abc", h);
+    CU_ASSERT_STRING_EQUAL(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    digest_sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", h);
+    CU_ASSERT_STRING_EQUAL(h, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    digest_sha256_hex("", h);
+    CU_ASSERT_STRING_EQUAL(h, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 }
 
 static void test_uuid_v7(void)
@@ -825,6 +838,7 @@ int main(void)
         {"JSON validator: RFC 8259 numbers, strings, UTF-8, depth, distinct keys", test_json_validate},
         {"JSON validator against json-c on random edits", test_json_differential},
         {"JSON string escaping", test_json_escape},
+        {"SHA-256 hex digests (FIPS 180-2 vectors)", test_sha256_hex},
         {"UUIDv7 layout and order", test_uuid_v7},
         {"config: env file, environment wins", test_config_file_and_env},
         {"config: an env file with a quote left open or text after it, or a directory, is refused",
