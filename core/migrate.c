@@ -137,7 +137,7 @@ int migrate_run(const char *url, const char *const *parts, bool check_only, FILE
     int pending = 0;
     bool *todo = xcalloc(nf + 1, sizeof *todo);
     for (size_t i = 0; i < nf; i++) {
-        char sum[65];
+        char sum[DIGEST_SHA256_HEX_LEN + 1];
         digest_sha256_hex(files[i]->sql, sum);
         bool found = false;
         for (int r = 0; r < PQntuples(applied); r++) {
@@ -171,7 +171,7 @@ int migrate_run(const char *url, const char *const *parts, bool check_only, FILE
     for (size_t i = 0; i < nf; i++) {
         if (!todo[i])
             continue;
-        char sum[65];
+        char sum[DIGEST_SHA256_HEX_LEN + 1];
         digest_sha256_hex(files[i]->sql, sum);
         const char *params[] = {files[i]->part, files[i]->name, sum};
         PGresult *r = NULL;
