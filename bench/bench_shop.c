@@ -487,6 +487,8 @@ typedef struct result {
     double cpu_pg_ms, cpu_redis_ms;       /* this database's backends, this Redis server */
     double cpu_pg_role[R_COUNT];          /* the backends of each role's connections */
     double rtt_p50, rtt_p99;              /* a SELECT 1 round trip during the run, ms */
+    double wal_kb, wal_records;           /* the server's WAL per completed payment */
+    double wal_syncs, wal_sync_ms;        /* WAL flushes in the run, and their mean time (-1: not timed) */
     long waits[WAIT_KINDS];               /* busy backends sampled during the run, by what they did */
     long wait_samples;
     double p99_by_s[SECONDS_MAX]; /* e2e p99 of the payments scheduled in each second of the run, ms */
@@ -605,6 +607,39 @@ static void cpu_pg_by_role(double out[R_COUNT])
                         out[k] += proc_cpu_ms((pid_t)atoi(PQgetvalue(r, i, 0)));
     PQclear(r);
     PQfinish(c);
+}
+
+/* The whole server's WAL so far: bytes (the insert position), records,
+ * flushes and their time (pg_stat_wal; the time only with
+ * track_wal_io_timing on, which scripts/test-env sets). */
+typedef struct wal_snap {
+    double bytes, records, syncs, sync_ms;
+    bool timed;
+} wal_snap_t;
+
+static wal_snap_t wal_snap(void)
+{
+    wal_snap_t w = {0};
+    char *err = NULL;
+    PGconn *c = pg_connect(pg_url, "bench_shop", &err);
+    if (!c) {
+        free(err);
+        return w;
+    }
+    PGresult *r = pg_query(c,
+                           "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0'), wal_records, wal_sync,"
+                           " wal_sync_time, current_setting('track_wal_io_timing') = 'on' FROM pg_stat_wal",
+                           0, NULL);
+    if (r && PQntuples(r) == 1) {
+        w.bytes = atof(PQgetvalue(r, 0, 0));
+        w.records = atof(PQgetvalue(r, 0, 1));
+        w.syncs = atof(PQgetvalue(r, 0, 2));
+        w.sync_ms = atof(PQgetvalue(r, 0, 3));
+        w.timed = strcmp(PQgetvalue(r, 0, 4), "t") == 0;
+    }
+    PQclear(r);
+    PQfinish(c);
+    return w;
 }
 
 /* Context switches of the whole machine so far. */
@@ -910,6 +945,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     double pg0 = cpu_of_matching(pg_needle), redis0 = cpu_of_matching(redis_needle), pgr0[R_COUNT];
     double sw0[R_COUNT], swpg0 = sum_of_matching(pg_needle, proc_switches), swall0 = machine_switches();
     cpu_pg_by_role(pgr0);
+    wal_snap_t wal0 = wal_snap();
     stage_stats_t st0[R_COUNT] = {{0}}, st1[R_COUNT] = {{0}};
     int64_t st_t0 = clock_mono_us(), st_t1 = st_t0;
     for (int i = 0; i < R_COUNT; i++) {
@@ -965,6 +1001,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     double busy1 = machine_busy_ms(), self1 = proc_cpu_ms(getpid());
     double pg1 = cpu_of_matching(pg_needle), redis1 = cpu_of_matching(redis_needle), pgr1[R_COUNT];
     cpu_pg_by_role(pgr1);
+    wal_snap_t wal1 = wal_snap();
     got = 0;
     int64_t last = 0;
     for (size_t i = 0; i < n; i++)
@@ -1022,6 +1059,10 @@ static result_t run_once(int rate, bool explain, const char *label)
     res.cpu_self_ms = (self1 - self0) / done;
     res.cpu_pg_ms = (pg1 - pg0) / done;
     res.cpu_redis_ms = (redis1 - redis0) / done;
+    res.wal_kb = (wal1.bytes - wal0.bytes) / 1024.0 / done;
+    res.wal_records = (wal1.records - wal0.records) / done;
+    res.wal_syncs = wal1.syncs - wal0.syncs;
+    res.wal_sync_ms = wal1.timed && res.wal_syncs > 0 ? (wal1.sync_ms - wal0.sync_ms) / res.wal_syncs : -1;
     res.rtt_p50 = pct(pr.us, pr.n, 0.5) / 1000.0;
     res.rtt_p99 = pct(pr.us, pr.n, 0.99) / 1000.0;
     memcpy(res.waits, pr.waits, sizeof res.waits);
@@ -1198,6 +1239,11 @@ static void print_result(const char *label, const struct result *r)
     printf("      PostgreSQL meanwhile: a SELECT 1 round trip p50 %.2f ms, p99 %.2f ms; in %ld samples of the busy"
            " backends, running %ld, waiting on a lock %ld, an LWLock %ld, I/O %ld\n",
            r->rtt_p50, r->rtt_p99, r->wait_samples, r->waits[0], r->waits[1], r->waits[2], r->waits[3]);
+    printf("      WAL meanwhile (the whole server's): %.2f kB and %.1f records per completed payment; %.0f flushes",
+           r->wal_kb, r->wal_records, r->wal_syncs);
+    if (r->wal_sync_ms >= 0)
+        printf(", %.3f ms each on average", r->wal_sync_ms);
+    printf("\n");
     printf("      e2e p99 by second of the run, ms:");
     for (int i = 0; i < r->nseconds; i++)
         printf(" %.0f", r->p99_by_s[i]);

@@ -1362,6 +1362,21 @@ static void test_breaker(void)
 #define BAL_THREADS 4
 #define BAL_CONNS 40
 
+/* `ecom all` with env, ready to serve; NULL (the test failed, named by what)
+ * when it did not start or become ready. */
+static proc_t *start_all(const char *const *env, const char *what)
+{
+    proc_t *g = spawn_ecom("all", env);
+    CU_ASSERT_PTR_NOT_NULL(g);
+    if (g && wait_ready(g, 15000) != 0) {
+        fprintf(stderr, "\n  %s did not become ready\n", what);
+        CU_FAIL("ecom all did not become ready");
+        proc_release(g);
+        return NULL;
+    }
+    return g;
+}
+
 /* Connections are spread evenly over the threads, whatever SO_REUSEPORT's
  * hash of their addresses says: 40 kept-alive connections, each opened once
  * the one before was answered, on 4 threads end up 10 on each, give or take
@@ -1373,13 +1388,9 @@ static void test_connections_balanced(void)
     proc_reap(gw);
     const char *env[] = {
         "APP_ENV=development", "JWT_SECRET=devsecret", "DATABASE_URL=", "REDIS_URL=", "GATEWAY_THREADS=4", NULL};
-    proc_t *g = spawn_ecom("all", env);
-    CU_ASSERT_TRUE_FATAL(g != NULL);
-    if (wait_ready(g, 15000) != 0) {
-        CU_FAIL("ecom all (memory, 4 threads) did not become ready");
-        proc_release(g);
+    proc_t *g = start_all(env, "ecom all (memory, 4 threads)");
+    if (!g)
         return;
-    }
     double t0[BAL_THREADS], t1[BAL_THREADS];
     CU_ASSERT_EQUAL(taken_by_thread(g->port, t0, BAL_THREADS), BAL_THREADS);
     double moved0 = metric(g->port, "ecom_http_connections_handed_over_total");
@@ -1425,13 +1436,9 @@ static void test_memory_all(void)
     proc_reap(gw);
     const char *env[] = {"APP_ENV=development", "JWT_SECRET=devsecret", "DATABASE_URL=", "REDIS_URL=",
                          "OUTBOX_POLL_MS=20", NULL};
-    proc_t *g = spawn_ecom("all", env);
-    CU_ASSERT_TRUE_FATAL(g != NULL);
-    if (wait_ready(g, 15000) != 0) {
-        CU_FAIL("ecom all (memory) did not become ready");
-        proc_release(g);
+    proc_t *g = start_all(env, "ecom all (memory)");
+    if (!g)
         return;
-    }
     char *type = unique("mem.t");
     char *body = xasprintf("{\"type\":\"%s\",\"amount\":42}", type);
     hresp_t r;
@@ -1471,9 +1478,8 @@ static void test_memory_all(void)
     /* production mode: a token-less request is refused */
     const char *penv[] = {"APP_ENV=production", "JWT_SECRET=" SECRET40, "OTP_PEPPER=test-pepper-0123456789abcdef0123456789",
                           "DATABASE_URL=", "REDIS_URL=", NULL};
-    g = spawn_ecom("all", penv);
-    CU_ASSERT_PTR_NOT_NULL(g);
-    if (g && wait_ready(g, 15000) == 0) {
+    g = start_all(penv, "ecom all (production, memory)");
+    if (g) {
         CU_ASSERT_EQUAL(hpost(g->port, EVENTS, NULL, body, &r), 0);
         check_problem(&r, 401, "invalid-token", NULL, "production, no token");
         hfree(&r);
@@ -1481,9 +1487,6 @@ static void test_memory_all(void)
         check_problem(&r, 401, "invalid-token", NULL, "production GET, no token");
         hfree(&r);
         stop_clean(g, "ecom all (production, memory)");
-    } else if (g) {
-        CU_FAIL("ecom all (production, memory) did not become ready");
-        proc_release(g);
     }
     free(body);
     free(type);
