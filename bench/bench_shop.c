@@ -494,6 +494,7 @@ typedef struct result {
     double p99_by_s[SECONDS_MAX]; /* e2e p99 of the payments scheduled in each second of the run, ms */
     double switches[R_COUNT], switches_pg, switches_all; /* context switches per completed payment */
     int nseconds;
+    struct rest *rest; /* the rest of the machine, when measured */
 } result_t;
 
 /* utime + stime of a process, in ms. */
@@ -669,6 +670,167 @@ static double machine_busy_ms(void)
     if (k < 8)
         return 0;
     return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* ---- the rest of the machine ---- */
+
+/* Every process's CPU so far, to tell what else the machine ran during a
+ * run beside the roles, this program, this database's backends and this
+ * Redis (which the lines above count): PostgreSQL's own processes, kernel
+ * threads, anything else; and the interrupts' time, which no process is
+ * charged with. */
+typedef struct proc_cpu {
+    pid_t pid;
+    double ms;
+    char name[40]; /* what the rest is grouped by; "" = counted above */
+} proc_cpu_t;
+
+typedef struct procs_snap {
+    proc_cpu_t *p;
+    size_t n;
+    double irq_ms; /* the machine's irq + softirq */
+} procs_snap_t;
+
+#define REST_TOP 4
+
+typedef struct rest {
+    double irq_ms, other_ms; /* per completed payment */
+    char top[REST_TOP][40];
+    double top_ms[REST_TOP];
+} rest_t;
+
+static double machine_irq_ms(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return 0;
+    unsigned long long v[7] = {0};
+    int k = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6]);
+    fclose(f);
+    return k < 7 ? 0 : (double)(v[5] + v[6]) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The group a process's CPU goes to: "" when a line above counts it; else
+ * PostgreSQL's title ("postgres: walwriter"), or the command's name up to a
+ * '/' (kernel threads: "kworker"). */
+static void rest_name(pid_t pid, const char *comm, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (pid == getpid())
+        return;
+    for (int i = 0; i < R_COUNT; i++)
+        if (roles[i].pid == pid)
+            return;
+    char path[64], cmd[256];
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+    size_t n = 0;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        n = fread(cmd, 1, sizeof cmd - 1, f);
+        fclose(f);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!cmd[i])
+            cmd[i] = ' ';
+    cmd[n] = '\0';
+    if (strstr(cmd, pg_needle) || strstr(cmd, redis_needle))
+        return;
+    if (strncmp(cmd, "postgres: ", 10) == 0)
+        snprintf(out, cap, "%.*s", (int)strcspn(cmd, "\n"), cmd);
+    else
+        snprintf(out, cap, "%.*s", (int)strcspn(comm, "/"), comm);
+    size_t len = strlen(out);
+    while (len && out[len - 1] == ' ')
+        out[--len] = '\0';
+    if (!*out)
+        snprintf(out, cap, "?");
+}
+
+static procs_snap_t procs_snap(void)
+{
+    procs_snap_t s = {.irq_ms = machine_irq_ms()};
+    size_t cap = 0;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return s;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        char path[sizeof e->d_name + 16], buf[1024];
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        char *open = strchr(buf, '('), *close = strrchr(buf, ')');
+        unsigned long ut = 0, st = 0;
+        if (!open || !close || close < open ||
+            sscanf(close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+            continue;
+        *close = '\0';
+        if (s.n == cap) {
+            cap = cap ? cap * 2 : 256;
+            s.p = xrealloc(s.p, cap * sizeof *s.p);
+        }
+        proc_cpu_t *pc = &s.p[s.n++];
+        pc->pid = (pid_t)atoi(e->d_name);
+        pc->ms = (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+        rest_name(pc->pid, open + 1, pc->name, sizeof pc->name);
+    }
+    closedir(d);
+    return s;
+}
+
+/* What the rest of the machine took between two snapshots, per completed
+ * payment (done): the interrupts, the largest groups, and the other groups
+ * together. A process that ended between them is not seen. */
+static rest_t rest_between(const procs_snap_t *a, const procs_snap_t *b, double done)
+{
+    rest_t r = {.irq_ms = (b->irq_ms - a->irq_ms) / done};
+    strmap_t groups;
+    strmap_init(&groups);
+    double *sums = xcalloc(b->n + 1, sizeof *sums);
+    const char **names = xcalloc(b->n + 1, sizeof *names);
+    size_t ng = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        const proc_cpu_t *pc = &b->p[i];
+        if (!pc->name[0])
+            continue;
+        double before = 0;
+        for (size_t j = 0; j < a->n; j++)
+            if (a->p[j].pid == pc->pid) {
+                before = a->p[j].ms;
+                break;
+            }
+        bool created = false;
+        void **slot = strmap_put(&groups, pc->name, strlen(pc->name), &created);
+        if (created) {
+            names[ng] = pc->name;
+            *slot = &sums[ng++];
+        }
+        *(double *)*slot += pc->ms - before;
+    }
+    for (size_t k = 0; k < REST_TOP; k++) {
+        size_t best = ng;
+        for (size_t g = 0; g < ng; g++)
+            if (names[g] && (best == ng || sums[g] > sums[best]))
+                best = g;
+        if (best == ng || sums[best] <= 0)
+            break;
+        snprintf(r.top[k], sizeof r.top[k], "%s", names[best]);
+        r.top_ms[k] = sums[best] / done;
+        names[best] = NULL;
+    }
+    for (size_t g = 0; g < ng; g++)
+        if (names[g])
+            r.other_ms += sums[g] / done;
+    strmap_free(&groups);
+    free(sums);
+    free(names);
+    return r;
 }
 
 /* The receipts of the run's accepted payments, matched into p[].receipt_us;
@@ -941,6 +1103,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     prober_t pr = {.cap = (size_t)secs * 200 + 16};
     pr.us = xcalloc(pr.cap, sizeof *pr.us);
     pthread_create(&pr.th, NULL, probe, &pr);
+    procs_snap_t procs0 = procs_snap();
     double cpu0[R_COUNT], busy0 = machine_busy_ms(), self0 = proc_cpu_ms(getpid());
     double pg0 = cpu_of_matching(pg_needle), redis0 = cpu_of_matching(redis_needle), pgr0[R_COUNT];
     double sw0[R_COUNT], swpg0 = sum_of_matching(pg_needle, proc_switches), swall0 = machine_switches();
@@ -999,6 +1162,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     }
     double swpg1 = sum_of_matching(pg_needle, proc_switches), swall1 = machine_switches();
     double busy1 = machine_busy_ms(), self1 = proc_cpu_ms(getpid());
+    procs_snap_t procs1 = procs_snap();
     double pg1 = cpu_of_matching(pg_needle), redis1 = cpu_of_matching(redis_needle), pgr1[R_COUNT];
     cpu_pg_by_role(pgr1);
     wal_snap_t wal1 = wal_snap();
@@ -1057,6 +1221,10 @@ static result_t run_once(int rate, bool explain, const char *label)
     res.switches_pg = (swpg1 - swpg0) / done;
     res.switches_all = (swall1 - swall0) / done;
     res.cpu_self_ms = (self1 - self0) / done;
+    rest_t rest = rest_between(&procs0, &procs1, done);
+    res.rest = &rest;
+    free(procs0.p);
+    free(procs1.p);
     res.cpu_pg_ms = (pg1 - pg0) / done;
     res.cpu_redis_ms = (redis1 - redis0) / done;
     res.wal_kb = (wal1.bytes - wal0.bytes) / 1024.0 / done;
@@ -1077,6 +1245,7 @@ static result_t run_once(int rate, bool explain, const char *label)
         printf("    (%zu of %zu requests were not answered 202)\n", sent - acc, sent);
     if (label)
         print_result(label, &res);
+    res.rest = NULL; /* it lives on this stack frame */
     if (explain) {
         print_stages(st0, st1, (double)(st_t1 - st_t0) / 1e6);
         breakdown(&run, n);
@@ -1228,6 +1397,12 @@ static void print_result(const char *label, const struct result *r)
            r->cpu_ms[R_GATEWAY], r->cpu_ms[R_DRAINER], r->cpu_ms[R_PAYMENT], r->cpu_ms[R_NOTIFICATION],
            r->cpu_ms[R_ANALYTICS], r->cpu_pg_ms, r->cpu_redis_ms, r->cpu_total_ms);
     printf("      of the machine's, this program's (the clients, the receipts' receiver): %.2f\n", r->cpu_self_ms);
+    if (r->rest) {
+        printf("      and the rest of it: interrupts %.2f", r->rest->irq_ms);
+        for (int i = 0; i < REST_TOP && r->rest->top[i][0]; i++)
+            printf(", %s %.2f", r->rest->top[i], r->rest->top_ms[i]);
+        printf(", all others %.2f\n", r->rest->other_ms);
+    }
     printf("      context switches per completed payment: gateway %.1f, outbox-worker %.1f, payment %.1f,"
            " notification %.1f, analytics %.1f, PostgreSQL backends %.1f; whole machine %.1f\n",
            r->switches[R_GATEWAY], r->switches[R_DRAINER], r->switches[R_PAYMENT], r->switches[R_NOTIFICATION],
