@@ -213,6 +213,38 @@ int bus_read(bus_t *b, const char *group, const char *consumer, const char *cons
                         out);
 }
 
+int bus_read_acking(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
+                    size_t count, int block_ms, bus_acks_t *acks, size_t nacks, bus_batch_t *out)
+{
+    bool acks_ok = name_ok("group", group, NAME_MAX_LEN);
+    for (size_t i = 0; i < nacks; i++) {
+        acks[i].done = acks[i].n == 0;
+        if (acks_ok && acks[i].n && !stream_ok(acks[i].stream))
+            acks_ok = false;
+        for (size_t k = 0; acks_ok && k < acks[i].n; k++)
+            if (!ids_ok((const char *const[]){acks[i].ids[k]}, 1))
+                acks_ok = false;
+    }
+    if (!acks_ok)
+        return -1;
+    if (ns == 0 || !b->ops->read_acking) {
+        for (size_t i = 0; i < nacks; i++)
+            if (!acks[i].done)
+                acks[i].done = bus_ack_ids(b, acks[i].stream, group, acks[i].ids, acks[i].n) == 0;
+        return bus_read(b, group, consumer, streams, ns, false, count, block_ms, out);
+    }
+    if (!name_ok("consumer", consumer, NAME_MAX_LEN))
+        return -1;
+    for (size_t i = 0; i < ns; i++)
+        if (!stream_ok(streams[i]))
+            return -1;
+    if (count == 0 || block_ms < 0) {
+        log_warn("bus: read needs count >= 1 and block_ms >= 0");
+        return -1;
+    }
+    return b->ops->read_acking(b, group, consumer, streams, ns, count, block_ms, acks, nacks, out);
+}
+
 int bus_read_pending(bus_t *b, const char *group, const char *consumer, const char *stream, const char *after_id,
                      size_t count, bus_batch_t *out)
 {

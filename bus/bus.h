@@ -118,6 +118,23 @@ int bus_read(bus_t *b, const char *group, const char *consumer, const char *cons
 int bus_read_pending(bus_t *b, const char *group, const char *consumer, const char *stream, const char *after_id,
                      size_t count, bus_batch_t *out) __attribute__((warn_unused_result));
 
+/* Acknowledgements of one stream's entries, sent along with a read
+ * (bus_read_acking); done says whether they went through. */
+typedef struct bus_acks {
+    const char *stream;
+    const char (*ids)[BUS_ID_MAX];
+    size_t n;
+    bool done;
+} bus_acks_t;
+
+/* bus_read of new entries (own_pending false), with acknowledgements sent
+ * first, in the same round trip on Redis (the XACKs pipelined ahead of the
+ * XREADGROUP, so a blocking read costs no extra trip for them). Each
+ * acks[i].done is set when acks[i] went through; the return is the read's. */
+int bus_read_acking(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
+                    size_t count, int block_ms, bus_acks_t *acks, size_t nacks, bus_batch_t *out)
+    __attribute__((warn_unused_result));
+
 /* bus_ack over ids kept side by side (a batch's entry ids, one allocation). */
 int bus_ack_ids(bus_t *b, const char *stream, const char *group, const char (*ids)[BUS_ID_MAX], size_t n)
     __attribute__((warn_unused_result));

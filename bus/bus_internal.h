@@ -36,6 +36,11 @@ typedef struct bus_ops {
     int (*read)(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
                 const char *history_after, size_t count, int block_ms, bus_batch_t *out);
     int (*ack)(bus_t *b, const char *stream, const char *group, const char *const *ids, size_t n);
+    /* Optional: a read of new entries (as read with history_after NULL) with
+     * acknowledgements sent first in the same round trip; without it bus.c
+     * sends them with ack, then reads. */
+    int (*read_acking)(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
+                       size_t count, int block_ms, bus_acks_t *acks, size_t nacks, bus_batch_t *out);
     int (*reclaim)(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t min_idle_ms,
                    size_t count, bus_batch_t *out);
     int (*pending)(bus_t *b, const char *stream, const char *group, bus_pending_entry_t *out, size_t max, size_t *n);
@@ -56,6 +61,7 @@ struct bus {
     const bus_ops_t *ops;
     /* Redis backend */
     redisContext *rc; /* owned; NULL while disconnected (bus_ensure reconnects) */
+    int64_t timeout_ms; /* rc's socket timeout */
     char *url;        /* owned */
     struct reply_arena *arena; /* owned; the replies of stream reads (bus_redis.c) */
     /* memory backend */

@@ -6,7 +6,9 @@
  * at once and the next call (or bus_ensure) connects again with the kept URL.
  * Error replies (NOGROUP, WRONGTYPE, ...) leave the connection as it is.
  * Commands time out after CMD_TIMEOUT_MS; a blocking read widens the socket
- * timeout by its BLOCK time for that one command.
+ * timeout by its BLOCK time, and it stays wide (no two system calls to set it
+ * back and two more at the next read) until a command other than a read
+ * finds it wider than TIMEOUT_SLACK_MS beyond CMD_TIMEOUT_MS.
  * A stream read's replies are built in the handle's reply arena (one
  * allocation per 64 KiB instead of two per field) and dropped together
  * once its entries are decoded.
@@ -25,6 +27,7 @@
 #include <sys/time.h>
 
 #define CMD_TIMEOUT_MS 5000
+#define TIMEOUT_SLACK_MS 1000
 #define DECODE_STACK 32
 #define TRIM_GROUPS_MAX 1024
 #define PUBLISH_FLUSH_EVERY 128 /* XADDs formatted between two writes of a publish */
@@ -97,14 +100,38 @@ static int connect_now(bus_t *b)
         free(err);
         return -1;
     }
+    b->timeout_ms = CMD_TIMEOUT_MS;
     return 0;
+}
+
+/* Sets the socket timeout; on failure drops the connection (b->rc is then NULL). */
+static void set_timeout(bus_t *b, int64_t ms)
+{
+    if (b->timeout_ms == ms)
+        return;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    if (redisSetTimeout(b->rc, tv) != REDIS_OK)
+        drop(b, "set timeout");
+    else
+        b->timeout_ms = ms;
+}
+
+/* Connects when needed, and narrows a timeout a blocking read left wide.
+ * 0 or -1. */
+static int ready(bus_t *b)
+{
+    if (connect_now(b) != 0)
+        return -1;
+    if (b->timeout_ms > CMD_TIMEOUT_MS + TIMEOUT_SLACK_MS)
+        set_timeout(b, CMD_TIMEOUT_MS);
+    return b->rc ? 0 : -1;
 }
 
 /* Runs one command: the reply (caller frees), or NULL when there was no
  * connection or it broke (then dropped, logged). */
 static redisReply *call(bus_t *b, const char *what, const cmd_t *c)
 {
-    if (connect_now(b) != 0)
+    if (ready(b) != 0)
         return NULL;
     redisReply *r = redisCommandArgv(b->rc, (int)c->n, c->argv, c->lens);
     if (!r || b->rc->err) {
@@ -119,7 +146,7 @@ static redisReply *call(bus_t *b, const char *what, const cmd_t *c)
 /* Queues a command of a pipeline; -1 drops the connection (it may hold half a pipeline). */
 static int append(bus_t *b, const char *what, const cmd_t *c)
 {
-    if (connect_now(b) != 0)
+    if (ready(b) != 0)
         return -1;
     if (redisAppendCommandArgv(b->rc, (int)c->n, c->argv, c->lens) != REDIS_OK) {
         drop(b, what);
@@ -419,16 +446,10 @@ static int r_group_create(bus_t *b, const char *stream, const char *group)
     return rc;
 }
 
-/* Sets the socket timeout; on failure drops the connection (b->rc is then NULL). */
-static void set_timeout(bus_t *b, int64_t ms)
-{
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
-    if (redisSetTimeout(b->rc, tv) != REDIS_OK)
-        drop(b, "set timeout");
-}
-
-static int r_read(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
-                  const char *history_after, size_t count, int block_ms, bus_batch_t *out)
+/* A stream read (r_read), after nacks acknowledgements in the same pipeline. */
+static int read_impl(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
+                     const char *history_after, size_t count, int block_ms, bus_acks_t *acks, size_t nacks,
+                     bus_batch_t *out)
 {
     int rc = -1;
     bool own_pending = history_after != NULL;
@@ -438,11 +459,22 @@ static int r_read(bus_t *b, const char *group, const char *consumer, const char 
     if (own_pending && bus_id_parse(history_after, strlen(history_after), &seq0, &after) == 0)
         bus_id_format(bus_id_next(after), pend_from);
     cmd_t c = {0};
-    size_t nr = 1 + (own_pending ? ns : 0);
-    redisReply **r = xcalloc(nr, sizeof *r);
+    size_t nr = nacks + 1 + (own_pending ? ns : 0);
+    redisReply **all = xcalloc(nr, sizeof *all), **r = all + nacks;
     size_t start = out->n;
-    bool widened = false, in_arena = false;
+    bool in_arena = false;
 
+    for (size_t i = 0; i < nacks; i++) {
+        cmd_reset(&c);
+        arg(&c, "XACK");
+        arg(&c, acks[i].stream);
+        arg(&c, group);
+        for (size_t k = 0; k < acks[i].n; k++)
+            arg(&c, acks[i].ids[k]);
+        if (append(b, "XACK", &c) != 0)
+            goto out;
+    }
+    cmd_reset(&c);
     arg(&c, "XREADGROUP");
     arg(&c, "GROUP");
     arg(&c, group);
@@ -470,16 +502,17 @@ static int r_read(bus_t *b, const char *group, const char *consumer, const char 
         if (append(b, "XPENDING", &c) != 0)
             goto out;
     }
-    if (block_ms > 0) {
+    if (block_ms > 0 && b->timeout_ms < (int64_t)block_ms + CMD_TIMEOUT_MS) {
         set_timeout(b, (int64_t)block_ms + CMD_TIMEOUT_MS);
         if (!b->rc)
             goto out;
-        widened = true;
     }
     arena_begin(b); /* the entries are copied out (decode_entry) before arena_end */
     in_arena = true;
-    if (collect(b, "XREADGROUP", r, nr) != 0)
+    if (collect(b, "XREADGROUP", all, nr) != 0)
         goto out;
+    for (size_t i = 0; i < nacks; i++)
+        acks[i].done = !is_error(all[i], "XACK", acks[i].stream);
     if (is_error(r[0], "XREADGROUP", streams[0]))
         goto out;
     if (r[0]->type == REDIS_REPLY_ARRAY) {
@@ -504,8 +537,6 @@ static int r_read(bus_t *b, const char *group, const char *consumer, const char 
     }
     rc = 0;
 out:
-    if (widened && b->rc)
-        set_timeout(b, CMD_TIMEOUT_MS); /* a failure drops the connection; what was read stands */
     if (rc != 0) {
         /* nothing half-read stays in out */
         for (size_t i = start; i < out->n; i++)
@@ -513,12 +544,24 @@ out:
         out->n = start;
     }
     if (in_arena)
-        arena_end(b, r, nr);
+        arena_end(b, all, nr);
     else
-        free_replies(r, nr);
-    free(r);
+        free_replies(all, nr);
+    free(all);
     cmd_free(&c);
     return rc;
+}
+
+static int r_read(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
+                  const char *history_after, size_t count, int block_ms, bus_batch_t *out)
+{
+    return read_impl(b, group, consumer, streams, ns, history_after, count, block_ms, NULL, 0, out);
+}
+
+static int r_read_acking(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
+                         size_t count, int block_ms, bus_acks_t *acks, size_t nacks, bus_batch_t *out)
+{
+    return read_impl(b, group, consumer, streams, ns, NULL, count, block_ms, acks, nacks, out);
 }
 
 static int r_ack(bus_t *b, const char *stream, const char *group, const char *const *ids, size_t n)
@@ -987,6 +1030,7 @@ static const bus_ops_t redis_ops = {
     .group_create = r_group_create,
     .read = r_read,
     .ack = r_ack,
+    .read_acking = r_read_acking,
     .reclaim = r_reclaim,
     .set_deliveries = r_set_deliveries,
     .pending = r_pending,

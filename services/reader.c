@@ -11,6 +11,10 @@
 #include <string.h>
 
 #define TOP_UP_AFTER_US 200 /* a read result older than this is topped up at take */
+/* Acknowledgements wait this long for a read to go with (the next request
+ * usually comes within microseconds of them) before the thread sends them
+ * on their own. */
+#define ACK_LINGER_US 2000
 
 /* Acknowledgements to send, in the order handed over. */
 typedef struct ack_job {
@@ -41,11 +45,15 @@ struct svc_reader {
     int rc;
     bus_batch_t bt;
     reader_parsed_t parsed;
-    /* acknowledgements handed over, guarded by mu: the thread sends them as
-     * soon as it is free; after a failed send it waits for the next request */
+    /* acknowledgements handed over, guarded by mu: they go in the same round
+     * trip as the next read (the thread's, or a top-up at take), or on their
+     * own once they waited ACK_LINGER_US or someone waits for them; after a
+     * failed send they wait for the next request */
     ack_job_t *acks, *acks_tail;
-    bool acks_held; /* the last send failed: try again with the next request */
-    bool sending;   /* the thread is sending acknowledgements it took (it owns the connection) */
+    int64_t acks_since_us; /* when the oldest queued one was handed over */
+    bool acks_now;         /* reader_wait_acks waits: send without a read */
+    bool acks_held;        /* the last send failed: try again with the next request */
+    bool sending;          /* the thread is sending acknowledgements it took (it owns the connection) */
 };
 
 /* Sends the jobs in order; returns those that failed (in order, to retry). */
@@ -65,6 +73,39 @@ static ack_job_t *send_acks(svc_reader_t *r, ack_job_t *jobs)
         }
     }
     return failed;
+}
+
+/* A read of new entries with the jobs' acknowledgements in its round trip
+ * (bus_read_acking). Frees the jobs that went through and leaves the others,
+ * in order, in *jobs; returns the read's result. */
+static int read_acking(svc_reader_t *r, ack_job_t **jobs, size_t count, int block_ms, bus_batch_t *out)
+{
+    size_t n = 0;
+    for (const ack_job_t *j = *jobs; j; j = j->next)
+        n++;
+    bus_acks_t stack[8], *acks = n <= 8 ? stack : xcalloc(n, sizeof *acks);
+    size_t i = 0;
+    for (const ack_job_t *j = *jobs; j; j = j->next, i++)
+        acks[i] = (bus_acks_t){.stream = j->stream, .ids = (const char(*)[BUS_ID_MAX])j->ids, .n = j->n};
+    int rc = bus_read_acking(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, count, block_ms,
+                             acks, n, out);
+    ack_job_t *failed = NULL, **tail = &failed, *j = *jobs;
+    for (i = 0; j; i++) {
+        ack_job_t *next = j->next;
+        j->next = NULL;
+        if (acks[i].done) {
+            free(j->ids);
+            free(j);
+        } else {
+            *tail = j;
+            tail = &j->next;
+        }
+        j = next;
+    }
+    *jobs = failed;
+    if (acks != stack)
+        free(acks);
+    return rc;
 }
 
 /* Puts jobs (failed sends, in order) back before what was handed over since.
@@ -146,22 +187,31 @@ static void free_streams(svc_reader_t *r)
     r->ns = 0;
 }
 
+/* Whether queued acknowledgements are to go on their own now. Under mu. */
+static bool acks_due(const svc_reader_t *r, int64_t now_us)
+{
+    return r->acks && !r->acks_held && (r->acks_now || r->quit || now_us - r->acks_since_us >= ACK_LINGER_US);
+}
+
 static void *reader_main(void *arg)
 {
     svc_reader_t *r = arg;
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        while (!r->quit && !(r->acks && !r->acks_held) && (!r->requested || r->finished))
-            pthread_cond_wait(&r->cv, &r->mu);
+        while (!r->quit && !acks_due(r, clock_mono_us()) && (!r->requested || r->finished)) {
+            if (r->acks && !r->acks_held) {
+                struct timespec until;
+                clock_deadline(&until, CLOCK_REALTIME, (r->acks_since_us + ACK_LINGER_US - clock_mono_us()) / 1000 + 1);
+                pthread_cond_timedwait(&r->cv, &r->mu, &until);
+            } else {
+                pthread_cond_wait(&r->cv, &r->mu);
+            }
+        }
         if (r->quit)
             break;
         bool read = r->requested && !r->finished;
-        if (read)
-            r->acks_held = false;
-        if (r->acks && !r->acks_held) {
-            /* the acknowledgements handed over go first (the runtime's top-up
-             * uses the connection only while the thread is neither reading
-             * nor sending) */
+        if (!read) {
+            /* on their own: they waited long enough, or someone waits for them */
             ack_job_t *acks = r->acks;
             r->acks = r->acks_tail = NULL;
             r->sending = true;
@@ -171,28 +221,43 @@ static void *reader_main(void *arg)
                 log_debug("service %s: read-ahead connection is down", r->group);
             pthread_mutex_lock(&r->mu);
             r->sending = false;
+            if (!r->acks)
+                r->acks_now = false; /* else those handed over meanwhile are wanted too */
             if (failed) {
                 log_debug("service %s: acknowledgements failed; trying again with the next read", r->group);
                 requeue_acks(r, failed);
                 r->acks_held = true;
             }
             pthread_cond_broadcast(&r->cv);
-        }
-        if (!read)
             continue;
+        }
+        /* the acknowledgements queued go first, in the read's round trip */
+        ack_job_t *acks = r->acks;
+        r->acks = r->acks_tail = NULL;
+        r->acks_held = false;
         pthread_mutex_unlock(&r->mu);
         /* the request's fields are not touched by the runtime until finished */
         bus_batch_clear(&r->bt);
         parsed_clear(&r->parsed);
-        int rc = bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count,
-                          r->block_ms, &r->bt);
+        int rc = read_acking(r, &acks, r->count, r->block_ms, &r->bt);
         if (rc == 0)
             parse_from(&r->bt, &r->parsed, 0, r->skip_types, r->validate_only);
         else if (bus_ensure(r->bus) != 0)
             log_debug("service %s: read-ahead connection is down", r->group);
         pthread_mutex_lock(&r->mu);
+        if (acks) {
+            log_debug("service %s: acknowledgements failed; trying again with the next read", r->group);
+            requeue_acks(r, acks);
+            r->acks_held = true;
+        }
+        if (!r->acks)
+            r->acks_now = false;
         r->rc = rc;
         r->finished_us = clock_mono_us();
+        /* those handed over during the read wait for the take's top-up or
+         * the next request, which follow at once when the runtime is busy */
+        if (r->acks)
+            r->acks_since_us = r->finished_us;
         r->finished = true;
         pthread_cond_broadcast(&r->cv);
     }
@@ -287,15 +352,22 @@ int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed)
     if (rc == 0 && r->bt.n < r->count && clock_mono_us() - r->finished_us > TOP_UP_AFTER_US) {
         /* The read came back a while ago with room to spare, and more entries
          * may have come since: take them now (no blocking), or each would
-         * wait for a transaction of its own. Between a finished read and the
-         * next request the thread only sends acknowledgements: once those
-         * are out, its connection is free. A full batch does not wait for
-         * them (the XACK of the batch before, a round trip of its own). */
+         * wait for a transaction of its own; the acknowledgements queued go
+         * in the same round trip. Between a finished read and the next
+         * request the thread only sends acknowledgements: once those are
+         * out, its connection is free. */
         while (r->sending)
             pthread_cond_wait(&r->cv, &r->mu);
         size_t before = r->bt.n;
-        if (bus_read(r->bus, r->group, r->consumer, (const char *const *)r->streams, r->ns, false, r->count - before, 0,
-                     &r->bt) == 0) {
+        ack_job_t *acks = r->acks_held ? NULL : r->acks;
+        if (acks)
+            r->acks = r->acks_tail = NULL;
+        int trc = read_acking(r, &acks, r->count - before, 0, &r->bt);
+        if (acks) {
+            requeue_acks(r, acks);
+            r->acks_held = true;
+        }
+        if (trc == 0) {
             parse_from(&r->bt, &r->parsed, before, r->skip_types, r->validate_only);
         } else {
             /* a read whose answer was lost may still have delivered entries
@@ -336,12 +408,19 @@ void reader_ack(svc_reader_t *r, const char *stream, char (*ids)[BUS_ID_MAX], si
     j->ids = ids;
     j->n = n;
     pthread_mutex_lock(&r->mu);
-    if (r->acks_tail)
+    if (r->acks_tail) {
         r->acks_tail->next = j;
-    else
+    } else {
         r->acks = j;
+        r->acks_since_us = clock_mono_us();
+        /* No read to go with: the thread arms its linger timer. A read in
+         * flight takes them along after it (the thread looks at the queue
+         * when it is back), and so does the next request after a finished
+         * one is taken, without waking the thread twice. */
+        if (!r->requested)
+            pthread_cond_broadcast(&r->cv);
+    }
     r->acks_tail = j;
-    pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -351,6 +430,10 @@ int reader_wait_acks(svc_reader_t *r, int64_t max_ms)
     clock_deadline(&until, CLOCK_REALTIME, max_ms);
     pthread_mutex_lock(&r->mu);
     bool timed_out = false;
+    if (r->acks && !r->acks_held) {
+        r->acks_now = true;
+        pthread_cond_broadcast(&r->cv);
+    }
     while (!timed_out && r->acks && !r->acks_held)
         timed_out = pthread_cond_timedwait(&r->cv, &r->mu, &until) != 0;
     /* the send in progress finishes (a round trip per stream) */

@@ -59,12 +59,14 @@ bool reader_outstanding(const svc_reader_t *r);
  * the next request). */
 int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed);
 /* Hands over the acknowledgement of n entries of stream (ids: owned by the
- * reader from now on, freed once sent): the
- * thread sends it (XACK) on its own connection as soon as it is not reading,
- * off the applying thread; a failed one is tried again with the next read,
- * and what is still queued at reader_stop goes out then. Until it is sent the
- * entries stay pending: one never acknowledged is delivered again, and the
- * inbox skips it. */
+ * reader from now on, freed once sent). It goes (XACK) on the reader's
+ * connection, off the applying thread, in the same round trip as the next
+ * read: the thread's next read-ahead, or the top-up a take makes. With no
+ * read within 2 ms, or when reader_wait_acks asks, the thread sends it on its
+ * own. A failed one is tried again with the next read, and what is still
+ * queued at reader_stop goes out then. Until it is sent the entries stay
+ * pending: one never acknowledged is delivered again, and the inbox skips
+ * it. */
 void reader_ack(svc_reader_t *r, const char *stream, char (*ids)[BUS_ID_MAX], size_t n);
 /* Waits (at most max_ms) until the acknowledgements handed over are sent,
  * e.g. before the runtime reads its own pending entries, which would deliver

@@ -1336,6 +1336,9 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
                 (void)reader_take(rt.reader, &bt, &parsed);
                 bus_batch_clear(&bt);
             }
+            /* what was applied under the lease is acknowledged before standing by */
+            if (rt.reader && reader_wait_acks(rt.reader, ACK_WAIT_MS) != 0)
+                log_debug("service %s: acknowledgements still queued before standing by", def->group);
             if (!try_lease(&rt)) {
                 nap(&rt, 1000); /* standby: another consumer of this group is active */
                 continue;

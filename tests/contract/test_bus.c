@@ -396,6 +396,75 @@ static void ack_removes_pending(const backend_t *be)
     bus_close(b);
 }
 
+/* Acknowledgements sent along with a read go first: the read's entries and
+ * the acknowledged ones are both as if ack, then read, had run. */
+static void read_acking_acks_first(const backend_t *be)
+{
+    bus_t *b = be->open();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    const char *s = "ecom:t.rack", *s2 = "ecom:t.rack2";
+    char ids[4][BUS_ID_MAX], ids2[1][BUS_ID_MAX];
+    ASSERT_OK(bus_group_create(b, s, "g"));
+    ASSERT_OK(bus_group_create(b, s2, "g"));
+    ASSERT_OK(publish_n(b, "t.rack", 2, ids));
+    ASSERT_OK(publish_n(b, "t.rack2", 1, ids2));
+    bus_batch_t bt = {0};
+    const char *both[] = {s, s2};
+    ASSERT_OK(bus_read(b, "g", "c1", both, 2, false, 10, 0, &bt));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 3);
+    ASSERT_OK(publish_n(b, "t.rack", 2, ids + 2));
+
+    bus_acks_t acks[] = {{.stream = s, .ids = (const char(*)[BUS_ID_MAX])ids, .n = 2},
+                         {.stream = s2, .ids = (const char(*)[BUS_ID_MAX])ids2, .n = 1}};
+    bus_batch_clear(&bt);
+    ASSERT_OK(bus_read_acking(b, "g", "c1", both, 2, 10, 0, acks, 2, &bt));
+    CU_ASSERT(acks[0].done && acks[1].done);
+    CU_ASSERT_EQUAL_FATAL(bt.n, 2);
+    CU_ASSERT_STRING_EQUAL(bt.msgs[0].entry_id, ids[2]);
+    CU_ASSERT_STRING_EQUAL(bt.msgs[1].entry_id, ids[3]);
+    bus_pending_entry_t pe[8];
+    size_t n = 0;
+    ASSERT_OK(bus_pending(b, s, "g", pe, 8, &n));
+    CU_ASSERT_EQUAL_FATAL(n, 2);
+    CU_ASSERT_STRING_EQUAL(pe[0].entry_id, ids[2]);
+    ASSERT_OK(bus_pending(b, s2, "g", pe, 8, &n));
+    CU_ASSERT_EQUAL(n, 0);
+
+    /* a bad id refuses the whole call: nothing acknowledged, nothing read */
+    char bad[2][BUS_ID_MAX] = {"", "nonsense"};
+    memcpy(bad[0], ids[2], BUS_ID_MAX);
+    bus_acks_t junk[] = {{.stream = s, .ids = (const char(*)[BUS_ID_MAX])bad, .n = 2}};
+    ASSERT_OK(publish_n(b, "t.rack", 1, NULL));
+    bus_batch_clear(&bt);
+    CU_ASSERT_EQUAL(bus_read_acking(b, "g", "c1", both, 2, 10, 0, junk, 1, &bt), -1);
+    CU_ASSERT_FALSE(junk[0].done);
+    CU_ASSERT_EQUAL(bt.n, 0);
+    ASSERT_OK(bus_pending(b, s, "g", pe, 8, &n));
+    CU_ASSERT_EQUAL(n, 2);
+
+    /* a blocking read that finds an entry waiting still sends the acknowledgements first */
+    bus_acks_t rest[] = {{.stream = s, .ids = (const char(*)[BUS_ID_MAX])(ids + 2), .n = 2}};
+    bus_batch_clear(&bt);
+    ASSERT_OK(bus_read_acking(b, "g", "c1", both, 2, 10, 50, rest, 1, &bt));
+    CU_ASSERT(rest[0].done);
+    CU_ASSERT_EQUAL(bt.n, 1);
+    ASSERT_OK(bus_pending(b, s, "g", pe, 8, &n));
+    CU_ASSERT_EQUAL_FATAL(n, 1);
+    CU_ASSERT_STRING_EQUAL(pe[0].entry_id, bt.msgs[0].entry_id);
+    /* and one that finds nothing and times out, too */
+    char last[1][BUS_ID_MAX];
+    memcpy(last[0], bt.msgs[0].entry_id, BUS_ID_MAX);
+    bus_acks_t one[] = {{.stream = s, .ids = (const char(*)[BUS_ID_MAX])last, .n = 1}};
+    bus_batch_clear(&bt);
+    ASSERT_OK(bus_read_acking(b, "g", "c1", both, 2, 10, 20, one, 1, &bt));
+    CU_ASSERT(one[0].done);
+    CU_ASSERT_EQUAL(bt.n, 0);
+    ASSERT_OK(bus_pending(b, s, "g", pe, 8, &n));
+    CU_ASSERT_EQUAL(n, 0);
+    bus_batch_free(&bt);
+    bus_close(b);
+}
+
 static void deliveries_counted(const backend_t *be)
 {
     bus_t *b = be->open();
@@ -1251,6 +1320,7 @@ BOTH(group_created_late)
 BOTH(read_new_vs_own_pending)
 BOTH(read_pending_pages)
 BOTH(ack_removes_pending)
+BOTH(read_acking_acks_first)
 BOTH(deliveries_counted)
 BOTH(deliveries_set_back)
 BOTH(reclaim_respects_min_idle)
@@ -1289,6 +1359,7 @@ int main(void)
         PAIR(read_new_vs_own_pending),
         PAIR(read_pending_pages),
         PAIR(ack_removes_pending),
+        PAIR(read_acking_acks_first),
         PAIR(deliveries_counted),
         PAIR(deliveries_set_back),
         PAIR(reclaim_respects_min_idle),
