@@ -216,24 +216,9 @@ int bus_read(bus_t *b, const char *group, const char *consumer, const char *cons
 int bus_read_acking(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns,
                     size_t count, int block_ms, bus_acks_t *acks, size_t nacks, bus_batch_t *out)
 {
-    bool acks_ok = name_ok("group", group, NAME_MAX_LEN);
-    for (size_t i = 0; i < nacks; i++) {
+    for (size_t i = 0; i < nacks; i++)
         acks[i].done = acks[i].n == 0;
-        if (acks_ok && acks[i].n && !stream_ok(acks[i].stream))
-            acks_ok = false;
-        for (size_t k = 0; acks_ok && k < acks[i].n; k++)
-            if (!ids_ok((const char *const[]){acks[i].ids[k]}, 1))
-                acks_ok = false;
-    }
-    if (!acks_ok)
-        return -1;
-    if (ns == 0 || !b->ops->read_acking) {
-        for (size_t i = 0; i < nacks; i++)
-            if (!acks[i].done)
-                acks[i].done = bus_ack_ids(b, acks[i].stream, group, acks[i].ids, acks[i].n) == 0;
-        return bus_read(b, group, consumer, streams, ns, false, count, block_ms, out);
-    }
-    if (!name_ok("consumer", consumer, NAME_MAX_LEN))
+    if (!name_ok("group", group, NAME_MAX_LEN) || !name_ok("consumer", consumer, NAME_MAX_LEN))
         return -1;
     for (size_t i = 0; i < ns; i++)
         if (!stream_ok(streams[i]))
@@ -241,6 +226,21 @@ int bus_read_acking(bus_t *b, const char *group, const char *consumer, const cha
     if (count == 0 || block_ms < 0) {
         log_warn("bus: read needs count >= 1 and block_ms >= 0");
         return -1;
+    }
+    for (size_t i = 0; i < nacks; i++) {
+        if (!acks[i].n)
+            continue;
+        if (!stream_ok(acks[i].stream))
+            return -1;
+        for (size_t k = 0; k < acks[i].n; k++)
+            if (!ids_ok((const char *const[]){acks[i].ids[k]}, 1))
+                return -1;
+    }
+    if (ns == 0 || !b->ops->read_acking) {
+        for (size_t i = 0; i < nacks; i++)
+            if (!acks[i].done)
+                acks[i].done = bus_ack_ids(b, acks[i].stream, group, acks[i].ids, acks[i].n) == 0;
+        return ns == 0 ? 0 : b->ops->read(b, group, consumer, streams, ns, NULL, count, block_ms, out);
     }
     return b->ops->read_acking(b, group, consumer, streams, ns, count, block_ms, acks, nacks, out);
 }

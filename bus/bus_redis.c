@@ -6,9 +6,9 @@
  * at once and the next call (or bus_ensure) connects again with the kept URL.
  * Error replies (NOGROUP, WRONGTYPE, ...) leave the connection as it is.
  * Commands time out after CMD_TIMEOUT_MS; a blocking read widens the socket
- * timeout by its BLOCK time, and it stays wide (no two system calls to set it
- * back and two more at the next read) until a command other than a read
- * finds it wider than TIMEOUT_SLACK_MS beyond CMD_TIMEOUT_MS.
+ * timeout by its BLOCK time. The timeout is set only when it is too short
+ * for what comes, or more than TIMEOUT_SLACK_MS longer (so a connection
+ * that keeps reading with the same BLOCK sets it once, not twice a read).
  * A stream read's replies are built in the handle's reply arena (one
  * allocation per 64 KiB instead of two per field) and dropped together
  * once its entries are decoded.
@@ -144,6 +144,18 @@ static redisReply *call(bus_t *b, const char *what, const cmd_t *c)
 }
 
 /* Queues a command of a pipeline; -1 drops the connection (it may hold half a pipeline). */
+static int append_as_is(bus_t *b, const char *what, const cmd_t *c)
+{
+    if (connect_now(b) != 0)
+        return -1;
+    if (redisAppendCommandArgv(b->rc, (int)c->n, c->argv, c->lens) != REDIS_OK) {
+        drop(b, what);
+        return -1;
+    }
+    return 0;
+}
+
+/* append_as_is, with the timeout set back first when a read left it wide. */
 static int append(bus_t *b, const char *what, const cmd_t *c)
 {
     if (ready(b) != 0)
@@ -459,19 +471,33 @@ static int read_impl(bus_t *b, const char *group, const char *consumer, const ch
     if (own_pending && bus_id_parse(history_after, strlen(history_after), &seq0, &after) == 0)
         bus_id_format(bus_id_next(after), pend_from);
     cmd_t c = {0};
-    size_t nr = nacks + 1 + (own_pending ? ns : 0);
-    redisReply **all = xcalloc(nr, sizeof *all), **r = all + nacks;
+    size_t sent = 0; /* acknowledgements with ids: an XACK each */
+    for (size_t i = 0; i < nacks; i++)
+        sent += acks[i].n > 0;
+    size_t nr = sent + 1 + (own_pending ? ns : 0);
+    redisReply **all = xcalloc(nr, sizeof *all), **r = all + sent;
     size_t start = out->n;
     bool in_arena = false;
+    /* the timeout this pipeline needs, set only when it is too short or far too long */
+    int64_t need = block_ms > 0 ? (int64_t)block_ms + CMD_TIMEOUT_MS : CMD_TIMEOUT_MS;
+    if (connect_now(b) != 0)
+        goto out;
+    if (b->timeout_ms < need || b->timeout_ms > need + TIMEOUT_SLACK_MS) {
+        set_timeout(b, need);
+        if (!b->rc)
+            goto out;
+    }
 
     for (size_t i = 0; i < nacks; i++) {
+        if (!acks[i].n)
+            continue;
         cmd_reset(&c);
         arg(&c, "XACK");
         arg(&c, acks[i].stream);
         arg(&c, group);
         for (size_t k = 0; k < acks[i].n; k++)
             arg(&c, acks[i].ids[k]);
-        if (append(b, "XACK", &c) != 0)
+        if (append_as_is(b, "XACK", &c) != 0)
             goto out;
     }
     cmd_reset(&c);
@@ -490,7 +516,7 @@ static int read_impl(bus_t *b, const char *group, const char *consumer, const ch
         arg(&c, streams[i]);
     for (size_t i = 0; i < ns; i++)
         arg(&c, own_pending ? history_after : ">");
-    if (append(b, "XREADGROUP", &c) != 0)
+    if (append_as_is(b, "XREADGROUP", &c) != 0)
         goto out;
     for (size_t i = 0; own_pending && i < ns; i++) {
         cmd_reset(&c);
@@ -499,20 +525,15 @@ static int read_impl(bus_t *b, const char *group, const char *consumer, const ch
             arg(&c, argv[k]);
         arg_u64(&c, count);
         arg(&c, consumer);
-        if (append(b, "XPENDING", &c) != 0)
-            goto out;
-    }
-    if (block_ms > 0 && b->timeout_ms < (int64_t)block_ms + CMD_TIMEOUT_MS) {
-        set_timeout(b, (int64_t)block_ms + CMD_TIMEOUT_MS);
-        if (!b->rc)
+        if (append_as_is(b, "XPENDING", &c) != 0)
             goto out;
     }
     arena_begin(b); /* the entries are copied out (decode_entry) before arena_end */
     in_arena = true;
     if (collect(b, "XREADGROUP", all, nr) != 0)
         goto out;
-    for (size_t i = 0; i < nacks; i++)
-        acks[i].done = !is_error(all[i], "XACK", acks[i].stream);
+    for (size_t i = 0, k = 0; i < nacks; i++)
+        acks[i].done = !acks[i].n || !is_error(all[k++], "XACK", acks[i].stream);
     if (is_error(r[0], "XREADGROUP", streams[0]))
         goto out;
     if (r[0]->type == REDIS_REPLY_ARRAY) {
@@ -1056,6 +1077,7 @@ bus_t *bus_open_redis(const char *url, char **err)
     }
     bus_t *b = bus_new(&redis_ops);
     b->rc = rc;
+    b->timeout_ms = CMD_TIMEOUT_MS;
     b->url = xstrdup(url);
     return b;
 }

@@ -190,7 +190,7 @@ static void free_streams(svc_reader_t *r)
 /* Whether queued acknowledgements are to go on their own now. Under mu. */
 static bool acks_due(const svc_reader_t *r, int64_t now_us)
 {
-    return r->acks && !r->acks_held && (r->acks_now || r->quit || now_us - r->acks_since_us >= ACK_LINGER_US);
+    return r->acks && !r->acks_held && (r->acks_now || now_us - r->acks_since_us >= ACK_LINGER_US);
 }
 
 static void *reader_main(void *arg)
@@ -200,8 +200,9 @@ static void *reader_main(void *arg)
     for (;;) {
         while (!r->quit && !acks_due(r, clock_mono_us()) && (!r->requested || r->finished)) {
             if (r->acks && !r->acks_held) {
+                int64_t left_ms = (r->acks_since_us + ACK_LINGER_US - clock_mono_us()) / 1000 + 1;
                 struct timespec until;
-                clock_deadline(&until, CLOCK_REALTIME, (r->acks_since_us + ACK_LINGER_US - clock_mono_us()) / 1000 + 1);
+                clock_deadline(&until, CLOCK_MONOTONIC, left_ms > 1 ? left_ms : 1);
                 pthread_cond_timedwait(&r->cv, &r->mu, &until);
             } else {
                 pthread_cond_wait(&r->cv, &r->mu);
@@ -278,7 +279,11 @@ svc_reader_t *reader_start(const char *redis_url, const char *group, const char 
     r->skip_types = skip_types;
     r->validate_only = validate_only;
     pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (pthread_create(&r->thread, NULL, reader_main, r) != 0) {
         *err = xstrdup("cannot start the read-ahead thread");
         bus_close(bus);
@@ -416,7 +421,8 @@ void reader_ack(svc_reader_t *r, const char *stream, char (*ids)[BUS_ID_MAX], si
         /* No read to go with: the thread arms its linger timer. A read in
          * flight takes them along after it (the thread looks at the queue
          * when it is back), and so does the next request after a finished
-         * one is taken, without waking the thread twice. */
+         * one is taken, without waking the thread twice; a runtime that
+         * waits instead says so (reader_idle). */
         if (!r->requested)
             pthread_cond_broadcast(&r->cv);
     }
@@ -424,13 +430,27 @@ void reader_ack(svc_reader_t *r, const char *stream, char (*ids)[BUS_ID_MAX], si
     pthread_mutex_unlock(&r->mu);
 }
 
+void reader_idle(svc_reader_t *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->mu);
+    /* a read in flight takes them along when it is back */
+    if (r->acks && !r->acks_held && !(r->requested && !r->finished))
+        pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
 int reader_wait_acks(svc_reader_t *r, int64_t max_ms)
 {
     struct timespec until;
-    clock_deadline(&until, CLOCK_REALTIME, max_ms);
+    clock_deadline(&until, CLOCK_MONOTONIC, max_ms);
     pthread_mutex_lock(&r->mu);
     bool timed_out = false;
-    if (r->acks && !r->acks_held) {
+    if (r->acks) {
+        /* now, and once more if the last send failed (the connection may be
+         * back); a failure again leaves them held */
+        r->acks_held = false;
         r->acks_now = true;
         pthread_cond_broadcast(&r->cv);
     }
@@ -439,6 +459,7 @@ int reader_wait_acks(svc_reader_t *r, int64_t max_ms)
     /* the send in progress finishes (a round trip per stream) */
     while (r->sending && !timed_out)
         timed_out = pthread_cond_timedwait(&r->cv, &r->mu, &until) != 0;
+    r->acks_now = false;
     int rc = r->acks ? -1 : 0;
     pthread_mutex_unlock(&r->mu);
     return rc;

@@ -61,14 +61,21 @@ int reader_take(svc_reader_t *r, bus_batch_t *out, reader_parsed_t *parsed);
 /* Hands over the acknowledgement of n entries of stream (ids: owned by the
  * reader from now on, freed once sent). It goes (XACK) on the reader's
  * connection, off the applying thread, in the same round trip as the next
- * read: the thread's next read-ahead, or the top-up a take makes. With no
- * read within 2 ms, or when reader_wait_acks asks, the thread sends it on its
- * own. A failed one is tried again with the next read, and what is still
+ * read: the thread's next read-ahead, or the top-up a take makes. On its
+ * own, within 2 ms, when no read is requested at the time, when a read in
+ * flight came back and no take or request followed, after reader_idle
+ * (the runtime waits instead of reading), or at once when reader_wait_acks
+ * asks. A failed one is tried again with the next read, and what is still
  * queued at reader_stop goes out then. Until it is sent the entries stay
  * pending: one never acknowledged is delivered again, and the inbox skips
  * it. */
 void reader_ack(svc_reader_t *r, const char *stream, char (*ids)[BUS_ID_MAX], size_t n);
-/* Waits (at most max_ms) until the acknowledgements handed over are sent,
+/* The caller is about to wait without a read (a linger, a backoff, a
+ * standby): acknowledgements handed over go within 2 ms, not with a read
+ * that may be long in coming. NULL is a no-op. */
+void reader_idle(svc_reader_t *r);
+/* Waits (at most max_ms) until the acknowledgements handed over are sent
+ * (those whose last send failed are tried once more),
  * e.g. before the runtime reads its own pending entries, which would deliver
  * the unacknowledged ones again. 0, or -1 when some are still queued. */
 int reader_wait_acks(svc_reader_t *r, int64_t max_ms);

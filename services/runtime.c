@@ -100,6 +100,8 @@ static bool stopping(rt_t *rt)
 
 static void nap(rt_t *rt, int64_t ms)
 {
+    if (ms > 0)
+        reader_idle(rt->reader); /* what was applied is acknowledged meanwhile */
     while (ms > 0 && !stopping(rt)) {
         int64_t step = ms < 100 ? ms : 100;
         clock_sleep_ms(step);

@@ -396,8 +396,29 @@ static void ack_removes_pending(const backend_t *be)
     bus_close(b);
 }
 
+typedef struct pending_probe {
+    const backend_t *be;
+    const char *stream;
+    long long pending; /* -1 until probed */
+} pending_probe_t;
+
+/* 100 ms later, the group g's pending count of the stream, on a handle of its own. */
+static void *probe_pending_later(void *arg)
+{
+    pending_probe_t *p = arg;
+    clock_sleep_ms(100);
+    bus_t *b = p->be->open();
+    bus_pending_entry_t pe[8];
+    size_t n = 0;
+    if (b && bus_pending(b, p->stream, "g", pe, 8, &n) == 0)
+        p->pending = (long long)n;
+    bus_close(b);
+    return NULL;
+}
+
 /* Acknowledgements sent along with a read go first: the read's entries and
- * the acknowledged ones are both as if ack, then read, had run. */
+ * the acknowledged ones are both as if ack, then read, had run; a blocking
+ * read that waits has acknowledged them before it waits. */
 static void read_acking_acks_first(const backend_t *be)
 {
     bus_t *b = be->open();
@@ -461,6 +482,27 @@ static void read_acking_acks_first(const backend_t *be)
     CU_ASSERT_EQUAL(bt.n, 0);
     ASSERT_OK(bus_pending(b, s, "g", pe, 8, &n));
     CU_ASSERT_EQUAL(n, 0);
+
+    /* while a read blocks (400 ms, nothing comes), what it acknowledged is
+     * no longer pending */
+    char more[1][BUS_ID_MAX];
+    ASSERT_OK(publish_n(b, "t.rack", 1, more));
+    bus_batch_clear(&bt);
+    ASSERT_OK(bus_read(b, "g", "c1", both, 2, false, 10, 0, &bt));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 1);
+    bus_acks_t wait1[] = {{.stream = s, .ids = (const char(*)[BUS_ID_MAX])more, .n = 1}};
+    pending_probe_t probe = {.be = be, .stream = s, .pending = -1};
+    pthread_t th;
+    pthread_create(&th, NULL, probe_pending_later, &probe);
+    bus_batch_clear(&bt);
+    int64_t t0 = clock_mono_ms();
+    ASSERT_OK(bus_read_acking(b, "g", "c1", both, 2, 10, 400, wait1, 1, &bt));
+    int64_t waited = clock_mono_ms() - t0;
+    pthread_join(th, NULL);
+    CU_ASSERT(wait1[0].done);
+    CU_ASSERT_EQUAL(bt.n, 0);
+    CU_ASSERT(waited >= 150); /* the probe ran while the read was blocked */
+    CU_ASSERT_EQUAL(probe.pending, 0);
     bus_batch_free(&bt);
     bus_close(b);
 }

@@ -14,6 +14,7 @@
 #include "core/uuid.h"
 #include "inbox/inbox.h"
 #include "outbox-worker/drain.h"
+#include "services/reader.h"
 #include "services/runtime.h"
 #include "tests/httptest.h"
 #include "tests/testlib.h"
@@ -1580,6 +1581,95 @@ static void test_inbox_cleanup_real(void)
     sut_stop(&s);
 }
 
+/* Entries of stream delivered to group and not acknowledged (XPENDING's count). */
+static long long pending_count(redisContext *rc, const char *stream, const char *group)
+{
+    redisReply *x = redisCommand(rc, "XPENDING %s %s", stream, group);
+    long long n = x && x->type == REDIS_REPLY_ARRAY && x->elements >= 1 && x->element[0]->type == REDIS_REPLY_INTEGER
+                      ? x->element[0]->integer
+                      : -1;
+    if (x)
+        freeReplyObject(x);
+    return n;
+}
+
+static bool pending_becomes(redisContext *rc, const char *stream, const char *group, long long want)
+{
+    for (int i = 0; i < 200; i++) {
+        if (pending_count(rc, stream, group) == want)
+            return true;
+        clock_sleep_ms(10);
+    }
+    return false;
+}
+
+static void reader_ack_first(svc_reader_t *r, const bus_batch_t *bt)
+{
+    char(*ids)[BUS_ID_MAX] = xmalloc(sizeof *ids);
+    memcpy(ids[0], bt->msgs[0].entry_id, BUS_ID_MAX);
+    reader_ack(r, bt->msgs[0].stream, ids, 1);
+}
+
+/* The read-ahead's acknowledgements (services/reader.h): they wait for the
+ * next read to go with it; reader_idle sends them when the runtime waits
+ * instead; a send that failed (the connection was dropped) is tried again by
+ * reader_wait_acks. */
+static void test_reader_acks_real(void)
+{
+    const char *url = test_redis_private(); /* its clients are dropped below: no other test's */
+    char *err = NULL;
+    redisContext *rc = redis_connect_url(url, 2000, &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rc);
+    const char *s = "ecom:readeracks";
+    freeReplyObject(redisCommand(rc, "XGROUP CREATE %s g $ MKSTREAM", s));
+    for (int i = 0; i < 3; i++)
+        freeReplyObject(redisCommand(rc, "XADD %s * type x", s));
+    svc_reader_t *r = reader_start(url, "g", "c1", NULL, false, &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    const char *streams[] = {s};
+    bus_batch_t bt = {0};
+    reader_parsed_t parsed = {0};
+    reader_request(r, streams, 1, 1, 0);
+    ASSERT_OK(reader_take(r, &bt, &parsed));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 1);
+
+    /* a read finished and not taken yet: the acknowledgement waits for the
+     * take and the next request... */
+    reader_request(r, streams, 1, 1, 0);
+    clock_sleep_ms(50);
+    reader_ack_first(r, &bt);
+    clock_sleep_ms(100);
+    CU_ASSERT_EQUAL(pending_count(rc, s, "g"), 2);
+    /* ...unless the runtime waits instead */
+    reader_idle(r);
+    CU_ASSERT_TRUE(pending_becomes(rc, s, "g", 1));
+
+    /* the next acknowledgement goes with the next read */
+    ASSERT_OK(reader_take(r, &bt, &parsed));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 1);
+    reader_ack_first(r, &bt);
+    reader_request(r, streams, 1, 1, 0);
+    ASSERT_OK(reader_take(r, &bt, &parsed));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 1);
+    CU_ASSERT_EQUAL(pending_count(rc, s, "g"), 1); /* the third only */
+
+    /* a send that fails is tried again when someone waits for it */
+    reader_ack_first(r, &bt);
+    redisReply *x = redisCommand(rc, "CLIENT KILL TYPE normal SKIPME yes");
+    CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_INTEGER && x->integer >= 1);
+    if (x)
+        freeReplyObject(x);
+    reader_idle(r);
+    clock_sleep_ms(200);
+    CU_ASSERT_EQUAL(pending_count(rc, s, "g"), 1);
+    CU_ASSERT_EQUAL(reader_wait_acks(r, 2000), 0);
+    CU_ASSERT_EQUAL(pending_count(rc, s, "g"), 0);
+    reader_stop(r);
+    bus_batch_free(&bt);
+    reader_parsed_free(&parsed);
+    redisFree(rc);
+}
+
 /* The re-drive window's cleanup removes rows published before the window,
  * oldest first, at most limit a call, and keeps the recent ones. */
 static void test_published_cleanup_real(void)
@@ -1975,6 +2065,8 @@ int main(void)
         {"a service created after trimming still gets everything (postgres+redis)", test_late_subscriber_real},
         {"inbox cleanup takes old ids in bounded steps and keeps recent ones (postgres)", test_inbox_cleanup_real},
         {"the re-drive window's cleanup takes old rows oldest first, bounded (postgres)", test_published_cleanup_real},
+        {"the read-ahead sends acknowledgements with its next read, on their own when idle, again after a failure",
+         test_reader_acks_real},
         {"cleanups read about their limit of rows with nothing old, under generic plans (postgres)",
          test_cleanup_bounded_real},
         {"a row without a wake-up hint goes out long before the poll interval (postgres+redis)",
