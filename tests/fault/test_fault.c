@@ -286,6 +286,16 @@ static void test_kill9_everything(void)
                 if (y && PQntuples(y) == 1)
                     fprintf(stderr, "  %s %s seq@ord: %s\n", groups[g], q[1], PQgetvalue(y, 0, 0));
                 PQclear(y);
+                /* the drainers' side: published in pos order (the archive's time says when each went) */
+                const char *q2[] = {q[1], q[2]};
+                y = pg_query(c,
+                             "SELECT string_agg(seq || '@pos' || pos || '@' || to_char(published_at, 'HH24:MI:SS.US'),"
+                             " ' ' ORDER BY pos) FROM bus.outbox_published WHERE aggregate_id = $1"
+                             " AND seq BETWEEN $2::bigint - 2 AND $2::bigint + 2",
+                             2, q2);
+                if (y && PQntuples(y) == 1)
+                    fprintf(stderr, "  %s seq@pos@archived: %s\n", q[1], PQgetvalue(y, 0, 0));
+                PQclear(y);
             }
             PQclear(x);
         }
