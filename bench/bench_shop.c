@@ -497,22 +497,49 @@ typedef struct result {
     struct rest *rest; /* the rest of the machine, when measured */
 } result_t;
 
-/* utime + stime of a process, in ms. */
-static double proc_cpu_ms(pid_t pid)
+/* utime + stime of a process, in ms, and its command name into comm (when
+ * cap > 0); -1 when it cannot be read (gone). */
+static double proc_stat_ms(pid_t pid, char *comm, size_t cap)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "r");
     if (!f)
-        return 0;
+        return -1;
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
-    char *p = strrchr(buf, ')');
+    char *open = strchr(buf, '('), *close = strrchr(buf, ')');
     unsigned long ut = 0, st = 0;
-    if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-        return (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
-    return 0;
+    if (!open || !close || close < open ||
+        sscanf(close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    if (cap)
+        snprintf(comm, cap, "%.*s", (int)(close - open - 1), open + 1);
+    return (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double proc_cpu_ms(pid_t pid)
+{
+    double ms = proc_stat_ms(pid, NULL, 0);
+    return ms < 0 ? 0 : ms;
+}
+
+/* A process's command line, its arguments joined by blanks, into buf; "" when gone. */
+static void proc_cmdline(pid_t pid, char *buf, size_t cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+    size_t n = 0;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        n = fread(buf, 1, cap - 1, f);
+        fclose(f);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!buf[i])
+            buf[i] = ' ';
+    buf[n] = '\0';
 }
 
 /* Context switches of a process so far, voluntary and not, over its threads. */
@@ -557,17 +584,8 @@ static double sum_of_matching(const char *needle, double (*of)(pid_t))
     while ((e = readdir(d))) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9')
             continue;
-        char path[300], cmd[256];
-        snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            continue;
-        size_t n = fread(cmd, 1, sizeof cmd - 1, f);
-        fclose(f);
-        for (size_t i = 0; i < n; i++)
-            if (!cmd[i])
-                cmd[i] = ' ';
-        cmd[n] = '\0';
+        char cmd[256];
+        proc_cmdline((pid_t)atoi(e->d_name), cmd, sizeof cmd);
         if (strstr(cmd, needle))
             sum += of((pid_t)atoi(e->d_name));
     }
@@ -721,18 +739,8 @@ static void rest_name(pid_t pid, const char *comm, char *out, size_t cap)
     for (int i = 0; i < R_COUNT; i++)
         if (roles[i].pid == pid)
             return;
-    char path[64], cmd[256];
-    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
-    size_t n = 0;
-    FILE *f = fopen(path, "r");
-    if (f) {
-        n = fread(cmd, 1, sizeof cmd - 1, f);
-        fclose(f);
-    }
-    for (size_t i = 0; i < n; i++)
-        if (!cmd[i])
-            cmd[i] = ' ';
-    cmd[n] = '\0';
+    char cmd[256];
+    proc_cmdline(pid, cmd, sizeof cmd);
     if (strstr(cmd, pg_needle) || strstr(cmd, redis_needle))
         return;
     if (strncmp(cmd, "postgres: ", 10) == 0)
@@ -757,28 +765,19 @@ static procs_snap_t procs_snap(void)
     while ((e = readdir(d))) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9')
             continue;
-        char path[sizeof e->d_name + 16], buf[1024];
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f)
+        pid_t pid = (pid_t)atoi(e->d_name);
+        char comm[64];
+        double ms = proc_stat_ms(pid, comm, sizeof comm);
+        if (ms < 0)
             continue;
-        size_t n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = '\0';
-        char *open = strchr(buf, '('), *close = strrchr(buf, ')');
-        unsigned long ut = 0, st = 0;
-        if (!open || !close || close < open ||
-            sscanf(close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-            continue;
-        *close = '\0';
         if (s.n == cap) {
             cap = cap ? cap * 2 : 256;
             s.p = xrealloc(s.p, cap * sizeof *s.p);
         }
         proc_cpu_t *pc = &s.p[s.n++];
-        pc->pid = (pid_t)atoi(e->d_name);
-        pc->ms = (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
-        rest_name(pc->pid, open + 1, pc->name, sizeof pc->name);
+        pc->pid = pid;
+        pc->ms = ms;
+        rest_name(pid, comm, pc->name, sizeof pc->name);
     }
     closedir(d);
     return s;

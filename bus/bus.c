@@ -195,20 +195,29 @@ int bus_group_create(bus_t *b, const char *stream, const char *group)
     return b->ops->group_create(b, stream, group);
 }
 
+/* The arguments of a stream read (bus_read, bus_read_acking), logged when bad. */
+static bool read_args_ok(const char *group, const char *consumer, const char *const *streams, size_t ns, size_t count,
+                         int block_ms)
+{
+    if (!name_ok("group", group, NAME_MAX_LEN) || !name_ok("consumer", consumer, NAME_MAX_LEN))
+        return false;
+    for (size_t i = 0; i < ns; i++)
+        if (!stream_ok(streams[i]))
+            return false;
+    if (count == 0 || block_ms < 0) {
+        log_warn("bus: read needs count >= 1 and block_ms >= 0");
+        return false;
+    }
+    return true;
+}
+
 int bus_read(bus_t *b, const char *group, const char *consumer, const char *const *streams, size_t ns, bool own_pending,
              size_t count, int block_ms, bus_batch_t *out)
 {
     if (ns == 0)
         return 0;
-    if (!name_ok("group", group, NAME_MAX_LEN) || !name_ok("consumer", consumer, NAME_MAX_LEN))
+    if (!read_args_ok(group, consumer, streams, ns, count, block_ms))
         return -1;
-    for (size_t i = 0; i < ns; i++)
-        if (!stream_ok(streams[i]))
-            return -1;
-    if (count == 0 || block_ms < 0) {
-        log_warn("bus: read needs count >= 1 and block_ms >= 0");
-        return -1;
-    }
     return b->ops->read(b, group, consumer, streams, ns, own_pending ? "0" : NULL, count, own_pending ? 0 : block_ms,
                         out);
 }
@@ -218,15 +227,8 @@ int bus_read_acking(bus_t *b, const char *group, const char *consumer, const cha
 {
     for (size_t i = 0; i < nacks; i++)
         acks[i].done = acks[i].n == 0;
-    if (!name_ok("group", group, NAME_MAX_LEN) || !name_ok("consumer", consumer, NAME_MAX_LEN))
+    if (!read_args_ok(group, consumer, streams, ns, count, block_ms))
         return -1;
-    for (size_t i = 0; i < ns; i++)
-        if (!stream_ok(streams[i]))
-            return -1;
-    if (count == 0 || block_ms < 0) {
-        log_warn("bus: read needs count >= 1 and block_ms >= 0");
-        return -1;
-    }
     for (size_t i = 0; i < nacks; i++) {
         if (!acks[i].n)
             continue;

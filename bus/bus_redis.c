@@ -158,13 +158,7 @@ static int append_as_is(bus_t *b, const char *what, const cmd_t *c)
 /* append_as_is, with the timeout set back first when a read left it wide. */
 static int append(bus_t *b, const char *what, const cmd_t *c)
 {
-    if (ready(b) != 0)
-        return -1;
-    if (redisAppendCommandArgv(b->rc, (int)c->n, c->argv, c->lens) != REDIS_OK) {
-        drop(b, what);
-        return -1;
-    }
-    return 0;
+    return ready(b) != 0 ? -1 : append_as_is(b, what, c);
 }
 
 /* Writes the queued commands of a pipeline out now; -1 drops the connection. */
