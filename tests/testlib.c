@@ -144,6 +144,9 @@ static int priv_start(void)
 
 const char *test_redis_private(void)
 {
+    static const char *url; /* one server per process: the tests that use it run one after another */
+    if (url)
+        return url;
     snprintf(priv_dir, sizeof priv_dir, "/tmp/ecom-redis-%d", (int)getpid());
     if (test_sh("mkdir -p %s", priv_dir) != 0)
         die("cannot create a folder for Redis");
@@ -153,8 +156,9 @@ const char *test_redis_private(void)
             continue; /* taken */
         if (priv_start() == 0) {
             atexit(priv_stop);
-            char *url = xasprintf("redis://127.0.0.1:%d", priv_port);
-            keep_url(url);
+            char *u = xasprintf("redis://127.0.0.1:%d", priv_port);
+            keep_url(u);
+            url = u;
             return url;
         }
     }

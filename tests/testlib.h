@@ -17,9 +17,10 @@ int test_main(const char *suite, CU_TestInfo *tests, int (*init)(void), int (*cl
 const char *test_pg_db(const char *name, bool migrate);
 /* A Redis URL on a db number no other test program uses, flushed. */
 const char *test_redis_db(void);
-/* A Redis server of this test program's own (for tests that restart it):
- * started on a free loopback port in a temporary folder with AOF on. Returns
- * its URL; test_redis_private_restart stops it gracefully and starts it again
+/* A Redis server of this test program's own (for tests that restart it or
+ * drop its clients): started on a free loopback port in a temporary folder
+ * with AOF on, by the first call; later calls return the same URL.
+ * test_redis_private_restart stops it gracefully and starts it again
  * (pause_ms later); it is stopped at exit. */
 const char *test_redis_private(void);
 int test_redis_private_restart(int pause_ms);
