@@ -356,7 +356,12 @@ static void log_applied(rt_t *rt, const work_t *w, const char *what)
 
 static svc_result_t run_handler(rt_t *rt, db_t *db, work_t *w)
 {
-    svc_ctx_t c = {.tx = db, .msg = &w->m->env, .payload = w->payload, .group = rt->def->group};
+    svc_ctx_t c = {.tx = db,
+                   .msg = &w->m->env,
+                   .payload = w->payload,
+                   .group = rt->def->group,
+                   .entry_id = w->m->entry_id,
+                   .deliveries = w->m->deliveries};
     log_ctx_t lc;
     char trace[40];
     svc_log_ctx(&lc, trace, &w->m->env);

@@ -57,6 +57,10 @@ typedef struct svc_ctx {
     const envelope_t *msg; /* borrowed */
     json_object *payload;  /* parsed strictly, borrowed */
     const char *group;
+    /* handle() only (batch handlers see envelopes): the stream entry the
+     * message came in (borrowed) and its delivery count (0 = unknown) */
+    const char *entry_id;
+    uint32_t deliveries;
     char error[256]; /* set by a failing handler */
 } svc_ctx_t;
 

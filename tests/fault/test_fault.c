@@ -45,10 +45,13 @@ static void on_term(int sig)
 static svc_result_t record(svc_ctx_t *c, void *arg)
 {
     (void)arg;
-    char seq[24];
+    char seq[24], deliveries[16];
     snprintf(seq, sizeof seq, "%lld", (long long)c->msg->seq);
-    const char *p[] = {c->group, c->msg->id, c->msg->aggregate_id, seq};
-    PGresult *r = pg_query(db_pg(c->tx), "INSERT INTO test_applied (grp, id, agg, seq) VALUES ($1, $2, $3, $4)", 4, p);
+    snprintf(deliveries, sizeof deliveries, "%u", (unsigned)c->deliveries);
+    const char *p[] = {c->group, c->msg->id, c->msg->aggregate_id, seq, c->entry_id ? c->entry_id : "", deliveries};
+    PGresult *r = pg_query(
+        db_pg(c->tx), "INSERT INTO test_applied (grp, id, agg, seq, entry, deliveries) VALUES ($1, $2, $3, $4, $5, $6)",
+        6, p);
     if (!r) {
         snprintf(c->error, sizeof c->error, "insert failed");
         return SVC_RETRY;
@@ -209,7 +212,7 @@ static void test_kill9_everything(void)
     PGconn *c = pg_connect(pg_url, "test", &err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(c);
     ASSERT_OK(pg_exec(c, "CREATE TABLE test_applied (ord bigserial PRIMARY KEY, grp text, id uuid, agg text,"
-                         " seq bigint)"));
+                         " seq bigint, entry text, deliveries int)"));
     pid_t drainers[2] = {spawn_drainer(), spawn_drainer()};
     pid_t workers[GROUPS];
     for (int g = 0; g < GROUPS; g++)
@@ -280,11 +283,12 @@ static void test_kill9_everything(void)
             if (x && PQntuples(x) > 0) { /* the first one's aggregate around it, and its outbox history */
                 const char *q[] = {groups[g], PQgetvalue(x, 0, 0), PQgetvalue(x, 0, 2)};
                 PGresult *y = pg_query(c,
-                                       "SELECT string_agg(seq || '@' || ord, ' ' ORDER BY ord) FROM test_applied"
+                                       "SELECT string_agg(seq || '@' || ord || '@' || entry || '/' || deliveries, ' '"
+                                       " ORDER BY ord) FROM test_applied"
                                        " WHERE grp = $1 AND agg = $2 AND seq BETWEEN $3::bigint - 3 AND $3::bigint + 3",
                                        3, q);
                 if (y && PQntuples(y) == 1)
-                    fprintf(stderr, "  %s %s seq@ord: %s\n", groups[g], q[1], PQgetvalue(y, 0, 0));
+                    fprintf(stderr, "  %s %s seq@ord@entry/deliveries: %s\n", groups[g], q[1], PQgetvalue(y, 0, 0));
                 PQclear(y);
                 /* the drainers' side: published in pos order (the archive's time says when each went) */
                 const char *q2[] = {q[1], q[2]};
