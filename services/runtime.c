@@ -1031,7 +1031,11 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
         if (rc < 0) {
             stored = -1;
             health_report(store_name(rt), false, 0);
-            rt->pel_due_ms = clock_mono_ms() + 200; /* what did not commit stays pending; try again */
+            /* What did not commit stays pending, older than anything a new
+             * read returns (the read-ahead may hold the next messages of
+             * its aggregates already): the pending list is read first, as
+             * after a failed read. */
+            rt->pel_due_ms = 0;
         } else {
             health_report(store_name(rt), true, (double)(clock_mono_us() - t0) / 1000.0);
         }

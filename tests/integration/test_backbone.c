@@ -58,6 +58,8 @@ typedef struct handler_cfg {
     int batch_failed; /* record_batch calls that failed */
     int batch_calls;  /* record_batch calls */
     bool hold;        /* postgres: writes held back (db_defer), the injected failure too */
+    bool drop_conn;   /* postgres: the injected failure ends the transaction's connection */
+    int dropped_lane; /* on which lane it did (0: the service's own connection) */
     bool name;        /* record_batch names the message it failed on (svc_batch_failed_at) */
     /* while defer is set, messages of this aggregate (NULL: all) are put off (SVC_DEFER) */
     const char *defer_aggregate;
@@ -85,6 +87,12 @@ static svc_result_t record_handler(svc_ctx_t *c, void *arg)
     if (h->fail_aggregate && strcmp(e->aggregate_id, h->fail_aggregate) == 0 && e->seq == h->fail_seq &&
         (h->fail_times < 0 || h->failed < h->fail_times)) {
         __atomic_add_fetch(&h->failed, 1, __ATOMIC_SEQ_CST);
+        if (h->drop_conn && c->tx->kind == DB_PG) { /* a storage failure: the backend goes away */
+            h->dropped_lane = c->tx->lane;
+            PQclear(pg_query(db_pg(c->tx), "SELECT pg_terminate_backend(pg_backend_pid())", 0, NULL));
+            snprintf(c->error, sizeof c->error, "connection dropped");
+            return SVC_RETRY;
+        }
         if (h->hold && c->tx->kind == DB_PG) /* fails where the held writes go: the commit or the release */
             return db_defer(c->tx, BIT_HELD_FAIL, "SELECT 1 / 0", 0, NULL, NULL, NULL, NULL) == 0 ? SVC_OK
                                                                                                   : SVC_RETRY;
@@ -729,6 +737,32 @@ static void test_lost_read_real(void)
         fprintf(stderr, "\n  lost read: applied in this order: '%s'\n", got);
     PQfinish(c);
     free(err);
+    sut_stop(&s);
+}
+
+/* A lane's connection breaks under a batch of new entries while the
+ * read-ahead already holds the next batch, with later messages of the same
+ * aggregates: what the lane held stays pending and must be applied before
+ * them (the pending list first, as after a failed read), not once a retry
+ * falls due. Batches of 128 go on two lanes; order-1's messages take the
+ * second lane (the first is the service's own connection, whose loss also
+ * loses the group lease and so takes another path). */
+static void test_broken_lane_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "brokenlane");
+    sut_add_service(&s, "bl", types_orders);
+    s.sopts[0].reclaim_idle_ms = 600000; /* the idle reclaim plays no part */
+    s.hcfg[0].fail_aggregate = "order-1";
+    s.hcfg[0].fail_seq = 5;
+    s.hcfg[0].fail_times = 1;
+    s.hcfg[0].drop_conn = true;
+    publish_orders(&s, 900, 3, 100, "order.placed");
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "bl", 900, 60000));
+    CU_ASSERT_EQUAL(s.hcfg[0].failed, 1);
+    CU_ASSERT_EQUAL(s.hcfg[0].dropped_lane, 1);
+    check_applied(&s, "bl", 900);
     sut_stop(&s);
 }
 
@@ -2052,6 +2086,8 @@ int main(void)
          test_retries_held_real},
         {"a retry's scan leaves the batch the read-ahead holds alone (postgres+redis)", test_retries_read_ahead_real},
         {"entries of a read whose answer was lost go before later ones (postgres+redis)", test_lost_read_real},
+        {"a lane whose connection broke: its batch goes before the read-ahead's later ones (postgres+redis)",
+         test_broken_lane_real},
         {"a lingering service takes what arrives meanwhile in one batch (memory)", test_linger_memory},
         {"a lingering service takes what arrives meanwhile in one batch (postgres+redis)", test_linger_real},
         {"bad input goes to the DLQ and never stalls (memory)", test_bad_input_memory},
