@@ -11,10 +11,11 @@
  *
  * A bus_t is one thread's handle (a blocking hiredis connection, or a view of a
  * membus_t). All functions return 0 on success and -1 on failure (logged).
- * A failed publish may have appended the first part of the batch (Redis:
- * pipelined XADDs, no transaction); publishing the batch again then appends
- * copies after it, which keeps every aggregate's order for a consumer whose
- * inbox skips what it applied.
+ * A failed publish may have appended a prefix of the batch, never an entry
+ * without the ones before it (Redis: scripts of up to 128 XADDs, each part
+ * run only if the one before went in whole); publishing the batch again then
+ * appends copies after it, which keeps every aggregate's order for a consumer
+ * whose inbox skips what it applied.
  * Owns: the connection, and every message in a bus_batch_t (bus_batch_clear). */
 #ifndef ECOM_BUS_H
 #define ECOM_BUS_H
@@ -94,7 +95,8 @@ int bus_ensure(bus_t *b) __attribute__((warn_unused_result));
 /* Checks the connection (PING). */
 int bus_ping(bus_t *b) __attribute__((warn_unused_result));
 
-/* Appends n envelopes to their topics' streams, in array order (pipelined XADD).
+/* Appends n envelopes to their topics' streams, in array order; on failure a
+ * prefix of them, or none (see above).
  * On success ids_out (optional, n entries) receives the stream entry ids. */
 int bus_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)[BUS_ID_MAX])
     __attribute__((warn_unused_result));

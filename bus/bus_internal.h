@@ -64,6 +64,8 @@ struct bus {
     int64_t timeout_ms; /* rc's socket timeout */
     char *url;        /* owned */
     struct reply_arena *arena; /* owned; the replies of stream reads (bus_redis.c) */
+    char guard_key[64];        /* where a publish's parts leave their tokens (bus_redis.c) */
+    uint64_t publishes;        /* publishes so far: each one's tokens are its own */
     /* memory backend */
     membus_t *mb; /* borrowed, shared with other handles */
 };

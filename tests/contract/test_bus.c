@@ -1333,6 +1333,73 @@ static void redis_reconnects(void)
     bus_close(b);
 }
 
+/* Runs one command on a connection of its own: the reply's integer, or its
+ * number of elements, or -1 (a status or an error). */
+static long long redis_int(const char *fmt, const char *a)
+{
+    char *err = NULL;
+    redisContext *c = redis_connect_url(redis_url, 2000, &err);
+    if (!c) {
+        free(err);
+        return -1;
+    }
+    redisReply *r = redisCommand(c, fmt, a);
+    long long v = !r                               ? -1
+                  : r->type == REDIS_REPLY_INTEGER ? r->integer
+                  : r->type == REDIS_REPLY_ARRAY   ? (long long)r->elements
+                                                   : -1;
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+/* Publishes 300 messages to topic, but message bad to t.wrongtype (a key of
+ * another type); the call fails and leaves the stream the messages before it
+ * only. */
+static void publish_with_refusal(bus_t *b, const char *topic, size_t bad)
+{
+    enum { N = 300 }; /* three parts: 128, 128, 44 */
+    envelope_t *e = xcalloc(N, sizeof *e);
+    for (size_t i = 0; i < N; i++)
+        make_env(&e[i], i == bad ? "t.wrongtype" : topic, i);
+    CU_ASSERT_EQUAL(bus_publish(b, e, N, NULL), -1);
+    for (size_t i = 0; i < N; i++)
+        envelope_clear(&e[i]);
+    free(e);
+}
+
+/* A publish that fails leaves a prefix of its batch on the bus, never an
+ * entry without the ones before it: the caller publishes again from the
+ * first that failed, and a later message of an aggregate must not be on the
+ * stream ahead of an earlier one. An error that clears while a pipeline is
+ * read (-LOADING at the end of a restart's load, -BUSY, -OOM) would leave
+ * such holes; a key of another type refuses the same way, for good. */
+static void redis_failed_publish_leaves_a_prefix(void)
+{
+    bus_t *b = open_redis();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(redis_int("SADD ecom:t.wrongtype %s", "x"), 1);
+    long long guards = redis_int("KEYS %s", "ecom:publish-guard:*");
+    publish_with_refusal(b, "t.prefix1", 5); /* in the first part */
+    CU_ASSERT_EQUAL(stream_length(b, "ecom:t.prefix1"), 5);
+    publish_with_refusal(b, "t.prefix2", 200); /* in the second: the first part and 72 of the second */
+    CU_ASSERT_EQUAL(stream_length(b, "ecom:t.prefix2"), 200);
+    publish_with_refusal(b, "t.prefix3", 299); /* the last of the last part */
+    CU_ASSERT_EQUAL(stream_length(b, "ecom:t.prefix3"), 299);
+    /* the guard a part left for the next one stays (it expires); a
+     * publish in parts that goes through removes it */
+    CU_ASSERT_EQUAL(redis_int("KEYS %s", "ecom:publish-guard:*"), guards + 1);
+    char(*ids)[BUS_ID_MAX] = xcalloc(300, sizeof *ids);
+    ASSERT_OK(publish_n(b, "t.prefix4", 300, ids));
+    CU_ASSERT_EQUAL(stream_length(b, "ecom:t.prefix4"), 300);
+    for (size_t i = 1; i < 300; i++)
+        CU_ASSERT(id_cmp(ids[i - 1], ids[i]) < 0);
+    free(ids);
+    CU_ASSERT_EQUAL(redis_int("KEYS %s", "ecom:publish-guard:*"), guards);
+    bus_close(b);
+}
+
 static void memory_is_memory(void)
 {
     bus_t *b = open_memory();
@@ -1418,6 +1485,7 @@ int main(void)
         PAIR(throughput_100k),
         {"memory/is_memory", memory_is_memory},
         {"redis/open_fails", redis_open_fails},
+        {"redis/failed_publish_leaves_a_prefix", redis_failed_publish_leaves_a_prefix},
         {"redis/reconnects", redis_reconnects},
         CU_TEST_INFO_NULL,
     };
