@@ -405,20 +405,21 @@ static int r_ping(bus_t *b)
  * KEYS: the part's streams, one per entry, then the guard key. ARGV: the
  * number of fields per entry, the token to find in the guard ("" for the
  * first part), the token to leave ("" for the last part: the guard is
- * removed), the field names, then each entry's values. Returns the ids. */
+ * removed), "1" when the caller wants the ids, the field names, then each
+ * entry's values. Returns the ids, or how many went in. */
 static const char publish_lua[] =
     "local nf = tonumber(ARGV[1]) local g = KEYS[#KEYS]"
     " if ARGV[2] ~= '' and redis.call('GET', g) ~= ARGV[2] then"
     " return redis.error_reply('ECOMGUARD an earlier part of this publish did not go in') end"
-    " local ids, a, v = {}, {'', '*'}, 3 + nf"
-    " for f = 1, nf do a[2 * f + 1] = ARGV[3 + f] end"
-    " for i = 1, #KEYS - 1 do"
+    " local want, n, ids, a, v = ARGV[4] == '1', #KEYS - 1, {}, {'', '*'}, 4 + nf"
+    " for f = 1, nf do a[2 * f + 1] = ARGV[4 + f] end"
+    " for i = 1, n do"
     " a[1] = KEYS[i]"
     " for f = 1, nf do a[2 * f + 2] = ARGV[v + (i - 1) * nf + f] end"
-    " ids[i] = redis.call('XADD', unpack(a)) end"
+    " local id = redis.call('XADD', unpack(a)) if want then ids[i] = id end end"
     " if ARGV[3] ~= '' then redis.call('SET', g, ARGV[3], 'PX', 60000)"
     " elseif ARGV[2] ~= '' then redis.call('DEL', g) end"
-    " return ids";
+    " if want then return ids end return n";
 
 /* The arguments of one entry (XADD's, or its part of a script's). */
 typedef struct pub_entry {
@@ -493,6 +494,7 @@ static int r_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)
         arg(&c, nf);
         arg(&c, expect);
         arg(&c, leave);
+        arg(&c, ids_out ? "1" : "0");
         for (int f = 0; f < ENV_NFIELDS; f++)
             arg(&c, envelope_field_name(f));
         for (size_t i = 0; i < cnt; i++)
@@ -508,7 +510,9 @@ static int r_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)
         goto out;
     for (size_t p = 0; p < parts; p++) {
         size_t from = p * PUBLISH_CHUNK, cnt = n - from < PUBLISH_CHUNK ? n - from : PUBLISH_CHUNK;
-        if (r[p]->type != REDIS_REPLY_ARRAY || r[p]->elements != cnt) {
+        bool whole = ids_out ? r[p]->type == REDIS_REPLY_ARRAY && r[p]->elements == cnt
+                             : r[p]->type == REDIS_REPLY_INTEGER && r[p]->integer == (long long)cnt;
+        if (!whole) {
             /* e.g. WRONGTYPE, or -LOADING: what went before it stays, nothing after it went in */
             log_warn("bus: redis publish: part %zu of %zu: %s", p + 1, parts,
                      r[p]->type == REDIS_REPLY_ERROR ? r[p]->str : "unexpected reply");
