@@ -1483,9 +1483,12 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         if (linger)
             nap(&rt, read_at + o->linger_ms - clock_mono_ms());
     }
-    /* a read-ahead that came back while stopping is applied too, while the lease is ours */
+    /* a read-ahead that came back while stopping is applied too, while the
+     * lease is ours, unless the pending list is due: it may hold earlier
+     * messages of the same aggregates (a failed read, a lane's storage
+     * failure), and the next holder reads it before anything newer */
     if (rt.reader && reader_outstanding(rt.reader) && reader_take(rt.reader, &bt, &parsed) == 0 && bt.n && rt.db &&
-        (rt.memory || rt.lease) && !db_broken(&rt))
+        (rt.memory || rt.lease) && !db_broken(&rt) && rt.pel_due_ms > clock_mono_ms())
         process_read(&rt, &bt, &parsed);
     reader_stop(rt.reader);
     reader_parsed_free(&parsed);
