@@ -460,6 +460,13 @@ static int publish_one(bus_t *b, const envelope_t *m, char (*ids_out)[BUS_ID_MAX
     return rc;
 }
 
+/* How many of n entries part p of a publish holds. */
+static size_t part_len(size_t n, size_t p)
+{
+    size_t from = p * PUBLISH_CHUNK;
+    return n - from < PUBLISH_CHUNK ? n - from : PUBLISH_CHUNK;
+}
+
 static int r_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)[BUS_ID_MAX])
 {
     if (n <= 1)
@@ -468,12 +475,12 @@ static int r_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)
     int rc = -1;
     cmd_t c = {0};
     redisReply **r = xcalloc(parts, sizeof *r);
-    pub_entry_t *e = xmalloc((n < PUBLISH_CHUNK ? n : PUBLISH_CHUNK) * sizeof *e);
+    pub_entry_t *e = xmalloc(part_len(n, 0) * sizeof *e);
     char nf[8], keys[16], token[2][64];
     snprintf(nf, sizeof nf, "%d", ENV_NFIELDS);
     uint64_t call_no = ++b->publishes;
     for (size_t p = 0; p < parts; p++) {
-        size_t from = p * PUBLISH_CHUNK, cnt = n - from < PUBLISH_CHUNK ? n - from : PUBLISH_CHUNK;
+        size_t from = p * PUBLISH_CHUNK, cnt = part_len(n, p);
         char *expect = token[p % 2], *leave = token[(p + 1) % 2];
         if (p == 0)
             expect[0] = '\0';
@@ -509,7 +516,7 @@ static int r_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)
     if (collect(b, "publish", r, parts) != 0)
         goto out;
     for (size_t p = 0; p < parts; p++) {
-        size_t from = p * PUBLISH_CHUNK, cnt = n - from < PUBLISH_CHUNK ? n - from : PUBLISH_CHUNK;
+        size_t from = p * PUBLISH_CHUNK, cnt = part_len(n, p);
         bool whole = ids_out ? r[p]->type == REDIS_REPLY_ARRAY && r[p]->elements == cnt
                              : r[p]->type == REDIS_REPLY_INTEGER && r[p]->integer == (long long)cnt;
         if (!whole) {
