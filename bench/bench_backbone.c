@@ -968,7 +968,7 @@ static void bench_consume(bool with_poison)
         bus_t *b = open_bus(rurl);
         int64_t pub_us = publish_all(b, envs, n_msgs);
         if (bi == 0 && !with_poison)
-            printf("  setup: bus_publish (pipelined XADD, %d per call) of %zu msgs took %.2f s = %.0f msgs/s"
+            printf("  setup: bus_publish (%d per call) of %zu msgs took %.2f s = %.0f msgs/s"
                    " (not a figure)\n",
                    PUBLISH_CHUNK, n_msgs, secs(pub_us), per_s(n_msgs, pub_us));
         double redis_rate = 0, store_rate = 0;

@@ -3,8 +3,9 @@
  * Each drainer holds a fair share of the OUTBOX_PARTITIONS partitions through
  * PostgreSQL session advisory locks (rebalanced every second, so a dead
  * drainer's partitions are taken over within about a second of its connection
- * closing), reads its partitions' oldest rows, publishes them with one
- * pipelined XADD batch, then deletes them (or moves them to the published
+ * closing), reads its partitions' oldest rows, publishes them in one round
+ * trip (bus_publish: a failure leaves a prefix of the batch on the stream),
+ * then deletes them (or moves them to the published
  * window). After a full batch the next step overlaps the publish: the removal
  * of the batch before and the fetch of the next one (leaving out the rows in
  * flight) go to PostgreSQL in one pipelined round trip before the XADDs and
