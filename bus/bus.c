@@ -172,6 +172,11 @@ int bus_ping(bus_t *b)
     return b->ops->ping(b);
 }
 
+int bus_writable(bus_t *b)
+{
+    return b->ops->writable(b);
+}
+
 /* ---- operations ---- */
 
 int bus_publish(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)[BUS_ID_MAX])

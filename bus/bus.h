@@ -94,6 +94,13 @@ bool bus_is_memory(const bus_t *b);
 int bus_ensure(bus_t *b) __attribute__((warn_unused_result));
 /* Checks the connection (PING). */
 int bus_ping(bus_t *b) __attribute__((warn_unused_result));
+/* Whether the bus takes writes now: 0, or -1 when it is down or refuses them
+ * as a whole. Redis answers PING while it refuses every write (-OOM at
+ * maxmemory, -MISCONF after a failed save, -READONLY on a replica, -LOADING,
+ * -BUSY); this writes a small key with an expiry. A publish that fails while
+ * the bus is writable failed for its entries' sake (e.g. a key of another
+ * type). */
+int bus_writable(bus_t *b) __attribute__((warn_unused_result));
 
 /* Appends n envelopes to their topics' streams, in array order; on failure a
  * prefix of them, or none (see above).

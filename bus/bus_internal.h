@@ -29,6 +29,7 @@ typedef struct bus_ops {
     void (*close)(bus_t *b); /* releases the backend state, not b itself */
     int (*ensure)(bus_t *b);
     int (*ping)(bus_t *b);
+    int (*writable)(bus_t *b);
     int (*publish)(bus_t *b, const envelope_t *msgs, size_t n, char (*ids_out)[BUS_ID_MAX]);
     int (*group_create)(bus_t *b, const char *stream, const char *group);
     /* history_after NULL: new entries (">"); else a history read of the consumer's

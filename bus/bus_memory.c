@@ -917,6 +917,7 @@ static const bus_ops_t memory_ops = {
     .close = mem_close,
     .ensure = mem_ok,
     .ping = mem_ok,
+    .writable = mem_ok,
     .publish = mem_publish,
     .group_create = mem_group_create,
     .read = mem_read,

@@ -384,6 +384,23 @@ static int r_ping(bus_t *b)
     return rc;
 }
 
+/* A write of the handle's guard key (a publish's own key, expiring soon):
+ * refused as a whole while Redis refuses writes. */
+static int r_writable(bus_t *b)
+{
+    cmd_t c = {0};
+    const char *argv[] = {"SET", b->guard_key, "probe", "PX", "10000"};
+    for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
+        arg(&c, argv[k]);
+    redisReply *r = call(b, "SET", &c);
+    cmd_free(&c);
+    if (!r)
+        return -1;
+    int rc = is_error(r, "SET", b->guard_key) ? -1 : 0;
+    freeReplyObject(r);
+    return rc;
+}
+
 /* A publish must leave on the bus a prefix of its batch, never a later entry
  * without an earlier one: the caller publishes what failed again, after the
  * entries that went in, and an entry that went in ahead of an earlier
@@ -1143,6 +1160,7 @@ static const bus_ops_t redis_ops = {
     .close = r_close,
     .ensure = r_ensure,
     .ping = r_ping,
+    .writable = r_writable,
     .publish = r_publish,
     .group_create = r_group_create,
     .read = r_read,

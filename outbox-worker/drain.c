@@ -250,10 +250,14 @@ static int prepare_topics(drainer_t *d, const outbox_row_t *rows, size_t n, size
 }
 
 /* Publishes rows[0..n) in order (the bus only: the database connection may
- * have a step in flight). When the batch fails while Redis answers, a row is
- * poisoned: publish one at a time to find it and keep what went out; *poisoned
- * tells the caller to count an attempt against rows[done] (poison_row) once
- * the database connection is free. Returns rows published. */
+ * have a step in flight). When the batch fails while Redis takes writes, a
+ * row is poisoned: publish one at a time to find it and keep what went out;
+ * *poisoned tells the caller to count an attempt against rows[done]
+ * (poison_row) once the database connection is free. A Redis that answers
+ * but refuses every write (-OOM, -MISCONF, -READONLY, ...) is down, not a
+ * row's fault: no attempt is counted, or a long refusal would move row after
+ * row to bus.outbox_dead and publish their successors past them. Returns
+ * rows published. */
 static size_t publish(drainer_t *d, outbox_row_t *rows, size_t n, bool *poisoned)
 {
     *poisoned = false;
@@ -261,11 +265,11 @@ static size_t publish(drainer_t *d, outbox_row_t *rows, size_t n, bool *poisoned
     to_envelopes(rows, n, envs);
     int rc = bus_publish(d->bus, envs, n, NULL);
     size_t done = rc == 0 ? n : 0;
-    if (rc != 0 && bus_ping(d->bus) == 0) {
+    if (rc != 0 && bus_writable(d->bus) == 0) {
         for (done = 0; done < n; done++)
             if (bus_publish(d->bus, &envs[done], 1, NULL) != 0)
                 break;
-        *poisoned = done < n && bus_ping(d->bus) == 0;
+        *poisoned = done < n && bus_writable(d->bus) == 0;
     }
     free(envs);
     return done;
@@ -633,9 +637,9 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         d.empty = 0;
         size_t bad_topic;
         bool ready = prepare_topics(&d, cur.rows, cur.n, &bad_topic) == 0, db_ok = true;
-        /* Redis answers but refuses a topic's stream (say, a key of another type):
-         * the rows before go out and the first row of that topic is poisoned */
-        bool refused = !ready && bus_ping(d.bus) == 0;
+        /* Redis takes writes but refuses a topic's stream (say, a key of another
+         * type): the rows before go out and the first row of that topic is poisoned */
+        bool refused = !ready && bus_writable(d.bus) == 0;
         /* A full batch: more rows are likely waiting. While this batch goes out,
          * remove the previous one and fetch the next, leaving out this one's rows.
          * (A partial batch took every row there was: the next step removes it.) */

@@ -17,9 +17,11 @@
  * rolls back) may not have; so after rows came, the drainer looks again
  * without a hint after DRAIN_RECHECK_MS, doubling the wait at each empty look
  * up to poll_ms (drain_idle_wait_ms).
- * A row that cannot be published (Redis answers but refuses its XADD or
- * the consumer groups of its stream) is retried with backoff and, after
+ * A row that cannot be published (Redis takes writes but refuses its XADD
+ * or the consumer groups of its stream) is retried with backoff and, after
  * DRAIN_ROW_ATTEMPTS tries, moved to bus.outbox_dead; it never hot-spins.
+ * A Redis that refuses every write (-OOM, -MISCONF, -READONLY, ...; see
+ * bus_writable) is waited for like one that is down: no attempt is counted.
  * The holder of partition 0 also cleans the published window and trims
  * streams below every consumer group's position.
  * In memory mode it moves rows from the memory outbox to the memory bus.

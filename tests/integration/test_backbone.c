@@ -766,6 +766,57 @@ static void test_broken_lane_real(void)
     sut_stop(&s);
 }
 
+/* Runs one command on the test's own connection to url; true when Redis said OK. */
+static bool redis_ok(const char *url, const char *cmd)
+{
+    char *err = NULL;
+    redisContext *rc = redis_connect_url(url, 2000, &err);
+    if (!rc) {
+        free(err);
+        return false;
+    }
+    redisReply *x = redisCommand(rc, cmd);
+    bool ok = x && x->type == REDIS_REPLY_STATUS && strcmp(x->str, "OK") == 0;
+    freeReplyObject(x);
+    redisFree(rc);
+    return ok;
+}
+
+/* Redis answers PING but refuses every write (-OOM at maxmemory; -MISCONF
+ * and -READONLY alike): the drainer must wait, as for a Redis that is down,
+ * and count no attempt against the rows (after ten a row moves to
+ * bus.outbox_dead and its successors are published past it). When writes
+ * are taken again, every message is applied once and in order. */
+static void test_redis_refuses_writes_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "refusewrites");
+    s.redis_url = test_redis_private(); /* its configuration is changed below */
+    s.dopts.redis_url = s.redis_url;
+    sut_add_service(&s, "rw", types_orders);
+    CU_ASSERT_TRUE(redis_ok(s.redis_url, "CONFIG SET maxmemory 1"));
+    publish_orders(&s, 300, 10, 100, "order.placed");
+    sut_start(&s, 1);
+    clock_sleep_ms(2500); /* the old drainer had counted three or four attempts by now */
+    char *err = NULL;
+    PGconn *c = pg_connect(s.pg_url, "test", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    PGresult *r = pg_query(c,
+                           "SELECT (SELECT count(*) FROM bus.outbox), (SELECT coalesce(max(attempts), 0) FROM"
+                           " bus.outbox), (SELECT count(*) FROM bus.outbox_dead)",
+                           0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "300"); /* nothing went out */
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 1), "0");
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 2), "0");
+    PQclear(r);
+    PQfinish(c);
+    CU_ASSERT_TRUE(redis_ok(s.redis_url, "CONFIG SET maxmemory 0"));
+    CU_ASSERT_TRUE(wait_inbox(&s, "rw", 300, 30000));
+    check_applied(&s, "rw", 300);
+    sut_stop(&s);
+}
+
 static void test_retries_batch_memory(void)
 {
     retries(true, true, false, false);
@@ -2088,6 +2139,8 @@ int main(void)
         {"entries of a read whose answer was lost go before later ones (postgres+redis)", test_lost_read_real},
         {"a lane whose connection broke: its batch goes before the read-ahead's later ones (postgres+redis)",
          test_broken_lane_real},
+        {"a Redis that refuses writes is waited for: no row counted as poisoned (postgres+redis)",
+         test_redis_refuses_writes_real},
         {"a lingering service takes what arrives meanwhile in one batch (memory)", test_linger_memory},
         {"a lingering service takes what arrives meanwhile in one batch (postgres+redis)", test_linger_real},
         {"bad input goes to the DLQ and never stalls (memory)", test_bad_input_memory},
