@@ -77,6 +77,9 @@ typedef struct rt {
     bool memory; /* memory store */
     bool redis;  /* Redis bus (else memory): reads go through the read-ahead */
     bool lease;
+    /* The lease holder has yet to claim what other consumers of the group
+     * hold (a previous holder's entries): no new entry is read before. */
+    bool claim_due;
     svc_reader_t *reader;
     lane_t *lanes; /* nlanes; lanes[0].db is db */
     size_t nlanes;
@@ -150,6 +153,8 @@ static void add_stream(rt_t *rt, const char *stream)
     snprintf(rt->acks[rt->nstreams].stream, BUS_STREAM_MAX, "%s", stream);
     rt->nstreams++;
     rt->pel_due_ms = 0; /* a group we just joined may hold our pending entries */
+    if (rt->lease)
+        rt->claim_due = true; /* and a previous holder's */
     log_info("service %s consumes %s", rt->def->group, stream);
 }
 
@@ -1190,13 +1195,26 @@ static void blocked_from_failures(rt_t *rt, strmap_t *blocked)
     }
 }
 
-static void reclaim(rt_t *rt, int64_t min_idle)
+#define RECLAIM_MAX 10000 /* entries claimed per stream and call */
+
+/* Claims the group's entries pending longer than min_idle, whoever holds
+ * them, into this consumer's pending list (read by the next scan). 0; 1 when
+ * a stream had RECLAIM_MAX of them (there may be more); -1 when a claim
+ * failed, after which the pending list is due at once: a claim whose answer
+ * was lost may have moved entries to us all the same. */
+static int reclaim(rt_t *rt, int64_t min_idle)
 {
+    int rc = 0;
     bus_batch_t bt = {0};
     for (size_t s = 0; s < rt->nstreams; s++) {
         bus_batch_clear(&bt);
-        if (bus_reclaim(rt->bus, rt->streams[s], rt->def->group, rt->o->consumer, min_idle, 10000, &bt) != 0)
+        if (bus_reclaim(rt->bus, rt->streams[s], rt->def->group, rt->o->consumer, min_idle, RECLAIM_MAX, &bt) != 0) {
+            rc = -1;
+            rt->pel_due_ms = 0;
             continue;
+        }
+        if (bt.n >= RECLAIM_MAX && rc == 0)
+            rc = 1;
         size_t claimed = 0;
         for (size_t i = 0; i < bt.n; i++) {
             if (bt.msgs[i].missing) {
@@ -1213,6 +1231,7 @@ static void reclaim(rt_t *rt, int64_t min_idle)
         }
     }
     bus_batch_free(&bt);
+    return rc;
 }
 
 /* Reports both dependencies for /ready, measured with a round trip each. */
@@ -1357,8 +1376,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             rt.lease = true;
             log_info("service %s: holding the group lease", def->group);
             discover(&rt);
-            reclaim(&rt, 0); /* the previous holder is gone: its pending entries are ours */
-            rt.pel_due_ms = 0;
+            rt.claim_due = true; /* the previous holder is gone: its pending entries are ours */
             rt.next_discover = now + DISCOVER_MS;
         }
         if (now >= rt.next_discover || rt.nstreams == 0) {
@@ -1376,9 +1394,22 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             backoff(&rt);
             continue;
         }
+        if (rt.claim_due) {
+            /* Everything pending in the group, whoever holds it, before any new
+             * entry: what the previous holder read is older than what a read
+             * returns now. More than RECLAIM_MAX of a stream are claimed a
+             * part at a time, the pending scan applying each part first. */
+            int c = reclaim(&rt, 0);
+            if (c < 0) {
+                backoff(&rt);
+                continue;
+            }
+            rt.claim_due = c > 0;
+            rt.pel_due_ms = 0;
+        }
         if (now >= rt.next_reclaim) {
             rt.next_reclaim = now + o->reclaim_idle_ms / 2;
-            reclaim(&rt, o->reclaim_idle_ms);
+            (void)reclaim(&rt, o->reclaim_idle_ms); /* a failure makes the pending list due */
         }
         if (!rt.memory && now >= rt.next_cleanup) {
             rt.next_cleanup = now + CLEANUP_MS;

@@ -817,6 +817,50 @@ static void test_redis_refuses_writes_real(void)
     sut_stop(&s);
 }
 
+/* A standby takes the group over from a consumer that holds more entries
+ * than one claim takes (RECLAIM_MAX, 10,000): it claims them a part at a
+ * time, each part applied before the next, and reads new entries only once
+ * none is left with the old consumer. (The idle reclaim is set far away: it
+ * would bring the rest only after the new entries.) */
+static void test_takeover_claims_all_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "takeover");
+    sut_add_service(&s, "tk", types_orders);
+    s.sopts[0].reclaim_idle_ms = 600000;
+    char *err = NULL;
+    redisContext *rc = redis_connect_url(s.redis_url, 5000, &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rc);
+    redisReply *x = redisCommand(rc, "XGROUP CREATE ecom:orders tk $ MKSTREAM");
+    CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
+    freeReplyObject(x);
+    enum { HELD = 10050, AFTER = 50 };
+    for (int seq = 1; seq <= HELD; seq++)
+        xadd_order(rc, seq);
+    for (int i = 0; i < HELD; i++) {
+        x = NULL;
+        CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
+        freeReplyObject(x);
+    }
+    /* a consumer that is gone holds them all */
+    x = redisCommand(rc, "XREADGROUP GROUP tk gone COUNT 20000 STREAMS ecom:orders >");
+    CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_ARRAY && x->elements == 1 &&
+                   x->element[0]->element[1]->elements == HELD);
+    freeReplyObject(x);
+    for (int seq = HELD + 1; seq <= HELD + AFTER; seq++)
+        xadd_order(rc, seq);
+    for (int i = 0; i < AFTER; i++) {
+        x = NULL;
+        CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
+        freeReplyObject(x);
+    }
+    redisFree(rc);
+    sut_start(&s, 0);
+    CU_ASSERT_TRUE(wait_inbox(&s, "tk", HELD + AFTER, 120000));
+    check_applied(&s, "tk", HELD + AFTER);
+    sut_stop(&s);
+}
+
 static void test_retries_batch_memory(void)
 {
     retries(true, true, false, false);
@@ -2141,6 +2185,8 @@ int main(void)
          test_broken_lane_real},
         {"a Redis that refuses writes is waited for: no row counted as poisoned (postgres+redis)",
          test_redis_refuses_writes_real},
+        {"a takeover claims every entry the old consumer held before new ones (postgres+redis)",
+         test_takeover_claims_all_real},
         {"a lingering service takes what arrives meanwhile in one batch (memory)", test_linger_memory},
         {"a lingering service takes what arrives meanwhile in one batch (postgres+redis)", test_linger_real},
         {"bad input goes to the DLQ and never stalls (memory)", test_bad_input_memory},
