@@ -377,6 +377,13 @@ static void cross_checks(config_t *cfg, int roles, errlist_t *e)
                 errlist_add(e, "%s: still env.prod's placeholder; set a secret of your own (openssl rand -hex 32)",
                             cfg->raw_keys[i]);
     }
+    /* `ecomctl redrive` puts back published rows up to OUTBOX_RETAIN_S old:
+     * a service whose inbox forgot one would apply it a second time */
+    if ((roles & (CFG_ROLE_DRAINER | CFG_ROLE_SERVICE | CFG_ROLE_TOOL)) && cfg->outbox_retain_s >= cfg->inbox_retain_s)
+        errlist_add(e,
+                    "OUTBOX_RETAIN_S: %ld s must be less than INBOX_RETAIN_S (%ld s), or a redrive of the older rows"
+                    " would be applied a second time",
+                    cfg->outbox_retain_s, cfg->inbox_retain_s);
     for (size_t i = 0; i < cfg->raw_n; i++) {
         const char *k = cfg->raw_keys[i];
         if (strncmp(k, "FLAG_", 5) == 0 && strcmp(cfg->raw_vals[i], "true") != 0 &&

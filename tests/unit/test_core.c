@@ -556,6 +556,18 @@ static void test_config_every_problem(void)
     /* the drainer needs no key */
     CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_DRAINER, &errors), 0);
     config_free(&c);
+    /* a published window the inboxes outlive: refused (a redrive would apply rows twice) */
+    setenv("OUTBOX_RETAIN_S", "7200", 1);
+    setenv("INBOX_RETAIN_S", "3600", 1);
+    CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_SERVICE, &errors), -1);
+    CU_ASSERT_PTR_NOT_NULL(errors ? strstr(errors, "OUTBOX_RETAIN_S: 7200 s must be less than INBOX_RETAIN_S") : NULL);
+    free(errors);
+    config_free(&c);
+    setenv("INBOX_RETAIN_S", "7201", 1);
+    CU_ASSERT_EQUAL(config_load(&c, NULL, CFG_ROLE_DRAINER, &errors), 0);
+    config_free(&c);
+    unsetenv("OUTBOX_RETAIN_S");
+    unsetenv("INBOX_RETAIN_S");
 }
 
 /* DATABASE_URL and REDIS_URL are read as their connections will read them:
