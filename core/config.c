@@ -51,7 +51,8 @@ static const citem_t items[] = {
     {"OUTBOX_MAX_PAYLOAD", T_INT, F(outbox_max_payload), "262144", 64, 16777216, NULL,
      "largest payload outbox_append accepts, bytes"},
     {"OUTBOX_RETAIN_S", T_INT, F(outbox_retain_s), "3600", 0, 30 * 86400, NULL,
-     "seconds published outbox rows are kept for re-drive after a broker loss"},
+     "seconds published outbox rows are kept for re-drive after a broker loss; must be less than `INBOX_RETAIN_S`"
+     " (a re-driven row older than the inboxes' memory would be applied twice)"},
     {"SERVICE_BATCH", T_INT, F(service_batch), "1000", 1, 10000, NULL, "messages per consumer transaction (at most)"},
     {"SERVICE_BLOCK_MS", T_INT, F(service_block_ms), "1000", 1, 60000, NULL, "XREADGROUP BLOCK in ms"},
     {"SERVICE_LANES", T_INT, F(service_lanes), "4", 1, 8, NULL,
