@@ -764,6 +764,18 @@ out:
     return rc;
 }
 
+static int mem_pending_others(bus_t *b, const char *stream, const char *group, const char *consumer, uint64_t *n)
+{
+    membus_t *mb = b->mb;
+    pthread_mutex_lock(&mb->mu);
+    mgroup_t *g = find_group(find_stream(mb, stream), group);
+    for (pel_node_t *p = g ? g->head : NULL; p; p = p->next)
+        if (strcmp(p->owner->name, consumer) != 0)
+            (*n)++;
+    pthread_mutex_unlock(&mb->mu);
+    return 0;
+}
+
 static int mem_add_fields(bus_t *b, const char *stream, const char *const *fields, size_t nfields)
 {
     pthread_mutex_lock(&b->mb->mu);
@@ -924,6 +936,7 @@ static const bus_ops_t memory_ops = {
     .ack = mem_ack,
     .reclaim = mem_reclaim,
     .pending = mem_pending,
+    .pending_others = mem_pending_others,
     .set_deliveries = mem_set_deliveries,
     .add_fields = mem_add_fields,
     .trim = mem_trim,

@@ -871,6 +871,40 @@ out:
     return rc;
 }
 
+/* XPENDING's summary: [count, first id, last id, [[consumer, count], ...]]. */
+static int r_pending_others(bus_t *b, const char *stream, const char *group, const char *consumer, uint64_t *n)
+{
+    cmd_t c = {0};
+    const char *argv[] = {"XPENDING", stream, group};
+    for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
+        arg(&c, argv[k]);
+    redisReply *r = call(b, "XPENDING", &c);
+    cmd_free(&c);
+    if (!r)
+        return -1;
+    int rc = -1;
+    if (no_such_key(r) || (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOGROUP", 7) == 0)) {
+        rc = 0;
+        goto out;
+    }
+    if (is_error(r, "XPENDING", stream) || r->type != REDIS_REPLY_ARRAY || r->elements < 4)
+        goto out;
+    const redisReply *cs = r->element[3];
+    for (size_t i = 0; cs->type == REDIS_REPLY_ARRAY && i < cs->elements; i++) {
+        const redisReply *row = cs->element[i];
+        if (row->type != REDIS_REPLY_ARRAY || row->elements < 2 || !is_text(row->element[0]) ||
+            strcmp(row->element[0]->str, consumer) == 0)
+            continue;
+        *n += is_text(row->element[1])                       ? strtoull(row->element[1]->str, NULL, 10)
+              : row->element[1]->type == REDIS_REPLY_INTEGER ? (uint64_t)row->element[1]->integer
+                                                             : 0;
+    }
+    rc = 0;
+out:
+    freeReplyObject(r);
+    return rc;
+}
+
 static int r_add_fields(bus_t *b, const char *stream, const char *const *fields, size_t nfields)
 {
     cmd_t c = {0};
@@ -1169,6 +1203,7 @@ static const bus_ops_t redis_ops = {
     .reclaim = r_reclaim,
     .set_deliveries = r_set_deliveries,
     .pending = r_pending,
+    .pending_others = r_pending_others,
     .add_fields = r_add_fields,
     .trim = r_trim,
     .stream_info = r_stream_info,

@@ -80,6 +80,10 @@ typedef struct rt {
     /* The lease holder has yet to claim what other consumers of the group
      * hold (a previous holder's entries): no new entry is read before. */
     bool claim_due;
+    /* Until then, after taking the lease, each batch of new entries first
+     * checks that no other consumer holds entries of the group: the previous
+     * holder may not know yet that its lease is gone, and go on reading. */
+    int64_t watch_until_ms;
     svc_reader_t *reader;
     lane_t *lanes; /* nlanes; lanes[0].db is db */
     size_t nlanes;
@@ -1196,6 +1200,7 @@ static void blocked_from_failures(rt_t *rt, strmap_t *blocked)
 }
 
 #define RECLAIM_MAX 10000 /* entries claimed per stream and call */
+#define TAKEOVER_WATCH_MS 10000 /* how long a new holder checks for a previous one's late reads */
 
 /* Claims the group's entries pending longer than min_idle, whoever holds
  * them, into this consumer's pending list (read by the next scan). 0; 1 when
@@ -1232,6 +1237,19 @@ static int reclaim(rt_t *rt, int64_t min_idle)
     }
     bus_batch_free(&bt);
     return rc;
+}
+
+/* Whether other consumers of the group hold entries of our streams (a
+ * previous holder that read on after losing the lease): true also when it
+ * cannot be told. */
+static bool others_hold(rt_t *rt)
+{
+    for (size_t s = 0; s < rt->nstreams; s++) {
+        uint64_t n = 0;
+        if (bus_pending_others(rt->bus, rt->streams[s], rt->def->group, rt->o->consumer, &n) != 0 || n > 0)
+            return true;
+    }
+    return false;
 }
 
 /* Reports both dependencies for /ready, measured with a round trip each. */
@@ -1377,6 +1395,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             log_info("service %s: holding the group lease", def->group);
             discover(&rt);
             rt.claim_due = true; /* the previous holder is gone: its pending entries are ours */
+            rt.watch_until_ms = now + TAKEOVER_WATCH_MS;
             rt.next_discover = now + DISCOVER_MS;
         }
         if (now >= rt.next_discover || rt.nstreams == 0) {
@@ -1502,6 +1521,23 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         if (bt.n == 0)
             continue;
         log_debug("service %s: read %zu new entries (first %s)", def->group, bt.n, bt.msgs[0].entry_id);
+        if (!rt.memory && now < rt.watch_until_ms && others_hold(&rt)) {
+            /* what another consumer read after our claim is older than this
+             * batch: claim it, apply it (the pending scan, bounded by the
+             * batch), then the batch; on a failure the batch stays pending */
+            log_info("service %s: another consumer still holds entries; claiming them first", def->group);
+            int c = reclaim(&rt, 0);
+            if (c >= 0)
+                rt.claim_due = c > 0;
+            if (c < 0 || scan_pending(&rt, &bt) != 0) {
+                bus_batch_clear(&bt);
+                rt.pel_due_ms = 0;
+                backoff(&rt);
+                continue;
+            }
+            process_read(&rt, &bt, rt.reader ? &parsed : NULL);
+            continue;
+        }
         int64_t read_at = clock_mono_ms();
         bool linger = o->linger_ms > 0 && bt.n < o->batch;
         /* the next read runs while this batch is applied (short block: a

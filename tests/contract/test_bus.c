@@ -353,6 +353,42 @@ static void read_pending_pages(const backend_t *be)
     bus_close(b);
 }
 
+/* How much other consumers hold: what a new holder of a group checks for. */
+static void pending_of_others(const backend_t *be)
+{
+    bus_t *b = be->open();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    const char *s = "ecom:t.others";
+    ASSERT_OK(bus_group_create(b, s, "g"));
+    ASSERT_OK(publish_n(b, "t.others", 5, NULL));
+    bus_batch_t bt = {0};
+    ASSERT_OK(read1(b, "g", "c1", s, false, 3, 0, &bt));
+    CU_ASSERT_EQUAL(bt.n, 3);
+    bus_batch_clear(&bt);
+    ASSERT_OK(read1(b, "g", "c2", s, false, 10, 0, &bt));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 2);
+    uint64_t n = 99;
+    ASSERT_OK(bus_pending_others(b, s, "g", "c1", &n));
+    CU_ASSERT_EQUAL(n, 2);
+    ASSERT_OK(bus_pending_others(b, s, "g", "c2", &n));
+    CU_ASSERT_EQUAL(n, 3);
+    ASSERT_OK(bus_pending_others(b, s, "g", "c3", &n));
+    CU_ASSERT_EQUAL(n, 5);
+    const char *ids[] = {bt.msgs[0].entry_id, bt.msgs[1].entry_id}; /* c2's */
+    ASSERT_OK(bus_ack(b, s, "g", ids, 2));
+    ASSERT_OK(bus_pending_others(b, s, "g", "c1", &n));
+    CU_ASSERT_EQUAL(n, 0);
+    /* no such group, no such stream: nothing pending */
+    n = 99;
+    ASSERT_OK(bus_pending_others(b, s, "g-none", "c1", &n));
+    CU_ASSERT_EQUAL(n, 0);
+    n = 99;
+    ASSERT_OK(bus_pending_others(b, "ecom:t.others.none", "g", "c1", &n));
+    CU_ASSERT_EQUAL(n, 0);
+    bus_batch_free(&bt);
+    bus_close(b);
+}
+
 static void ack_removes_pending(const backend_t *be)
 {
     bus_t *b = be->open();
@@ -1430,6 +1466,7 @@ BOTH(group_created_late)
 BOTH(read_new_vs_own_pending)
 BOTH(read_pending_pages)
 BOTH(ack_removes_pending)
+BOTH(pending_of_others)
 BOTH(read_acking_acks_first)
 BOTH(deliveries_counted)
 BOTH(deliveries_set_back)
@@ -1469,6 +1506,7 @@ int main(void)
         PAIR(read_new_vs_own_pending),
         PAIR(read_pending_pages),
         PAIR(ack_removes_pending),
+        PAIR(pending_of_others),
         PAIR(read_acking_acks_first),
         PAIR(deliveries_counted),
         PAIR(deliveries_set_back),

@@ -861,6 +861,69 @@ static void test_takeover_claims_all_real(void)
     sut_stop(&s);
 }
 
+/* A previous holder that has not noticed it lost the lease reads an entry
+ * after the new holder claimed what it held: the new holder, reading the
+ * next entry of the aggregate, must apply that one first (it checks for
+ * entries held by other consumers for a while after taking the lease). The
+ * late read is the test's own: in one transaction an entry is added and
+ * read by consumer "gone", so the service, blocked on the stream, does not
+ * get it. The idle reclaim is set far away. */
+static void test_late_reader_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "latereader");
+    sut_add_service(&s, "lt", types_orders);
+    s.sopts[0].reclaim_idle_ms = 600000;
+    char *err = NULL;
+    redisContext *rc = redis_connect_url(s.redis_url, 2000, &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rc);
+    redisReply *x = redisCommand(rc, "XGROUP CREATE ecom:orders lt $ MKSTREAM");
+    CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
+    freeReplyObject(x);
+    sut_start(&s, 0);
+    PGconn *c = pg_connect(s.pg_url, "test", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    /* the service holds the lease (its session's advisory lock) and reads */
+    for (int i = 0; i < 250; i++) {
+        PGresult *r = pg_query(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted", 0, NULL);
+        bool held = r && strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+        PQclear(r);
+        if (held)
+            break;
+        clock_sleep_ms(20);
+    }
+    clock_sleep_ms(300);
+    ASSERT_OK(redisAppendCommand(rc, "MULTI"));
+    xadd_order(rc, 1);
+    ASSERT_OK(redisAppendCommand(rc, "XREADGROUP GROUP lt gone COUNT 10 STREAMS ecom:orders >"));
+    ASSERT_OK(redisAppendCommand(rc, "EXEC"));
+    for (int i = 0; i < 4; i++) {
+        x = NULL;
+        CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
+        CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
+        freeReplyObject(x);
+    }
+    xadd_order(rc, 2);
+    x = NULL;
+    CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
+    freeReplyObject(x);
+    redisFree(rc);
+    char got[64] = "";
+    for (int i = 0; i < 250; i++) { /* 10 s: far less than the reclaim */
+        PGresult *r =
+            pg_query(c, "SELECT coalesce(string_agg(seq::text, ',' ORDER BY ord), '') FROM test_applied", 0, NULL);
+        snprintf(got, sizeof got, "%s", r ? PQgetvalue(r, 0, 0) : "");
+        PQclear(r);
+        if (strcmp(got, "1,2") == 0)
+            break;
+        clock_sleep_ms(40);
+    }
+    CU_ASSERT_STRING_EQUAL(got, "1,2");
+    PQfinish(c);
+    free(err);
+    sut_stop(&s);
+}
+
 static void test_retries_batch_memory(void)
 {
     retries(true, true, false, false);
@@ -2187,6 +2250,8 @@ int main(void)
          test_redis_refuses_writes_real},
         {"a takeover claims every entry the old consumer held before new ones (postgres+redis)",
          test_takeover_claims_all_real},
+        {"an entry a previous holder read after the takeover goes before the next one (postgres+redis)",
+         test_late_reader_real},
         {"a lingering service takes what arrives meanwhile in one batch (memory)", test_linger_memory},
         {"a lingering service takes what arrives meanwhile in one batch (postgres+redis)", test_linger_real},
         {"bad input goes to the DLQ and never stalls (memory)", test_bad_input_memory},
