@@ -329,12 +329,13 @@ int bus_pending(bus_t *b, const char *stream, const char *group, bus_pending_ent
     return b->ops->pending(b, stream, group, out, max, n);
 }
 
-int bus_pending_others(bus_t *b, const char *stream, const char *group, const char *consumer, uint64_t *n)
+int bus_group_others(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t active_ms,
+                     uint64_t *pending, uint64_t *active)
 {
-    *n = 0;
+    *pending = *active = 0;
     if (!stream_ok(stream) || !name_ok("group", group, NAME_MAX_LEN) || !name_ok("consumer", consumer, NAME_MAX_LEN))
         return -1;
-    return b->ops->pending_others(b, stream, group, consumer, n);
+    return b->ops->group_others(b, stream, group, consumer, active_ms, pending, active);
 }
 
 int bus_dead_letter(bus_t *b, const char *group, const bus_msg_t *m, const char *reason)

@@ -170,11 +170,12 @@ int bus_set_deliveries(bus_t *b, const char *stream, const char *group, const ch
 /* Pending entries of a group (oldest first), at most max. */
 int bus_pending(bus_t *b, const char *stream, const char *group, bus_pending_entry_t *out, size_t max, size_t *n)
     __attribute__((warn_unused_result));
-/* How many entries of the group are pending with consumers other than
- * consumer (Redis: XPENDING's summary); 0 for a stream or group that does
- * not exist. */
-int bus_pending_others(bus_t *b, const char *stream, const char *group, const char *consumer, uint64_t *n)
-    __attribute__((warn_unused_result));
+/* What the group's consumers other than consumer do: *pending, how many
+ * entries they hold (Redis: XPENDING's summary); *active, how many of them
+ * read or claimed within active_ms (XINFO CONSUMERS' idle time). Both 0 for
+ * a stream or group that does not exist. */
+int bus_group_others(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t active_ms,
+                     uint64_t *pending, uint64_t *active) __attribute__((warn_unused_result));
 
 /* Appends m to "ecom:dlq:<group>" with reason, deliveries, source stream and
  * entry id. Does not acknowledge (the caller acks after). */

@@ -45,7 +45,8 @@ typedef struct bus_ops {
     int (*reclaim)(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t min_idle_ms,
                    size_t count, bus_batch_t *out);
     int (*pending)(bus_t *b, const char *stream, const char *group, bus_pending_entry_t *out, size_t max, size_t *n);
-    int (*pending_others)(bus_t *b, const char *stream, const char *group, const char *consumer, uint64_t *n);
+    int (*group_others)(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t active_ms,
+                        uint64_t *pending, uint64_t *active);
     int (*set_deliveries)(bus_t *b, const char *stream, const char *group, const char *consumer,
                           const char (*ids)[BUS_ID_MAX], const uint32_t *counts, size_t n);
     /* fields: nfields name/value pairs, the dead-letter record built by bus.c */

@@ -55,6 +55,7 @@ struct mconsumer {
     char *name;
     pel_node_t *head, *tail;
     size_t npending;
+    int64_t seen_ms; /* clock_mono_ms() of its last read or claim */
 };
 
 typedef struct mgroup {
@@ -462,15 +463,20 @@ static mgroup_t *lookup_group(membus_t *mb, const char *stream, const char *grou
     return g;
 }
 
+/* The consumer (created on first use), seen now: it reads or claims. */
 static mconsumer_t *get_consumer(mgroup_t *g, const char *name)
 {
-    for (size_t i = 0; i < g->nconsumers; i++)
+    mconsumer_t *c = NULL;
+    for (size_t i = 0; i < g->nconsumers && !c; i++)
         if (strcmp(g->consumers[i]->name, name) == 0)
-            return g->consumers[i];
-    g->consumers = xrealloc(g->consumers, (g->nconsumers + 1) * sizeof *g->consumers);
-    mconsumer_t *c = xcalloc(1, sizeof *c);
-    c->name = xstrdup(name);
-    g->consumers[g->nconsumers++] = c;
+            c = g->consumers[i];
+    if (!c) {
+        g->consumers = xrealloc(g->consumers, (g->nconsumers + 1) * sizeof *g->consumers);
+        c = xcalloc(1, sizeof *c);
+        c->name = xstrdup(name);
+        g->consumers[g->nconsumers++] = c;
+    }
+    c->seen_ms = clock_mono_ms();
     return c;
 }
 
@@ -764,14 +770,21 @@ out:
     return rc;
 }
 
-static int mem_pending_others(bus_t *b, const char *stream, const char *group, const char *consumer, uint64_t *n)
+static int mem_group_others(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t active_ms,
+                            uint64_t *pending, uint64_t *active)
 {
     membus_t *mb = b->mb;
     pthread_mutex_lock(&mb->mu);
     mgroup_t *g = find_group(find_stream(mb, stream), group);
-    for (pel_node_t *p = g ? g->head : NULL; p; p = p->next)
-        if (strcmp(p->owner->name, consumer) != 0)
-            (*n)++;
+    int64_t now = clock_mono_ms();
+    for (size_t i = 0; g && i < g->nconsumers; i++) {
+        const mconsumer_t *c = g->consumers[i];
+        if (strcmp(c->name, consumer) == 0)
+            continue;
+        *pending += c->npending;
+        if (now - c->seen_ms < active_ms)
+            (*active)++;
+    }
     pthread_mutex_unlock(&mb->mu);
     return 0;
 }
@@ -936,7 +949,7 @@ static const bus_ops_t memory_ops = {
     .ack = mem_ack,
     .reclaim = mem_reclaim,
     .pending = mem_pending,
-    .pending_others = mem_pending_others,
+    .group_others = mem_group_others,
     .set_deliveries = mem_set_deliveries,
     .add_fields = mem_add_fields,
     .trim = mem_trim,

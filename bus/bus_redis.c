@@ -871,37 +871,67 @@ out:
     return rc;
 }
 
-/* XPENDING's summary: [count, first id, last id, [[consumer, count], ...]]. */
-static int r_pending_others(bus_t *b, const char *stream, const char *group, const char *consumer, uint64_t *n)
+/* Pipelined: XPENDING's summary ([count, first id, last id, [[consumer,
+ * count], ...]]) and XINFO CONSUMERS ([[name, n, pending, n, idle, ms,
+ * ...], ...]). A missing stream or group is nobody's. */
+static int r_group_others(bus_t *b, const char *stream, const char *group, const char *consumer, int64_t active_ms,
+                          uint64_t *pending, uint64_t *active)
 {
     cmd_t c = {0};
-    const char *argv[] = {"XPENDING", stream, group};
-    for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-        arg(&c, argv[k]);
-    redisReply *r = call(b, "XPENDING", &c);
-    cmd_free(&c);
-    if (!r)
-        return -1;
+    redisReply *r[2] = {NULL, NULL};
     int rc = -1;
-    if (no_such_key(r) || (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOGROUP", 7) == 0)) {
-        rc = 0;
+    const char *a1[] = {"XPENDING", stream, group};
+    for (size_t k = 0; k < ECOM_ARRAY_LEN(a1); k++)
+        arg(&c, a1[k]);
+    if (append(b, "XPENDING", &c) != 0)
         goto out;
-    }
-    if (is_error(r, "XPENDING", stream) || r->type != REDIS_REPLY_ARRAY || r->elements < 4)
+    cmd_reset(&c);
+    const char *a2[] = {"XINFO", "CONSUMERS", stream, group};
+    for (size_t k = 0; k < ECOM_ARRAY_LEN(a2); k++)
+        arg(&c, a2[k]);
+    if (append_as_is(b, "XINFO CONSUMERS", &c) != 0 || collect(b, "XPENDING", r, 2) != 0)
         goto out;
-    const redisReply *cs = r->element[3];
+    for (int k = 0; k < 2; k++)
+        if (r[k]->type == REDIS_REPLY_ERROR) {
+            if (no_such_key(r[k]) || strncmp(r[k]->str, "NOGROUP", 7) == 0) {
+                rc = 0; /* nobody's */
+                *pending = *active = 0;
+            } else {
+                log_warn("bus: redis XPENDING/XINFO %s: %s", stream, r[k]->str);
+            }
+            goto out;
+        }
+    if (r[0]->type != REDIS_REPLY_ARRAY || r[0]->elements < 4 || r[1]->type != REDIS_REPLY_ARRAY)
+        goto out;
+    const redisReply *cs = r[0]->element[3];
     for (size_t i = 0; cs->type == REDIS_REPLY_ARRAY && i < cs->elements; i++) {
         const redisReply *row = cs->element[i];
         if (row->type != REDIS_REPLY_ARRAY || row->elements < 2 || !is_text(row->element[0]) ||
             strcmp(row->element[0]->str, consumer) == 0)
             continue;
-        *n += is_text(row->element[1])                       ? strtoull(row->element[1]->str, NULL, 10)
-              : row->element[1]->type == REDIS_REPLY_INTEGER ? (uint64_t)row->element[1]->integer
-                                                             : 0;
+        *pending += is_text(row->element[1])                       ? strtoull(row->element[1]->str, NULL, 10)
+                    : row->element[1]->type == REDIS_REPLY_INTEGER ? (uint64_t)row->element[1]->integer
+                                                                   : 0;
+    }
+    for (size_t i = 0; i < r[1]->elements; i++) {
+        const redisReply *row = r[1]->element[i];
+        const char *name = NULL;
+        long long idle = -1;
+        for (size_t k = 0; row->type == REDIS_REPLY_ARRAY && k + 1 < row->elements; k += 2) {
+            if (!is_text(row->element[k]))
+                continue;
+            if (strcmp(row->element[k]->str, "name") == 0 && is_text(row->element[k + 1]))
+                name = row->element[k + 1]->str;
+            else if (strcmp(row->element[k]->str, "idle") == 0 && row->element[k + 1]->type == REDIS_REPLY_INTEGER)
+                idle = row->element[k + 1]->integer;
+        }
+        if (name && strcmp(name, consumer) != 0 && idle >= 0 && idle < active_ms)
+            (*active)++;
     }
     rc = 0;
 out:
-    freeReplyObject(r);
+    free_replies(r, 2);
+    cmd_free(&c);
     return rc;
 }
 
@@ -1203,7 +1233,7 @@ static const bus_ops_t redis_ops = {
     .reclaim = r_reclaim,
     .set_deliveries = r_set_deliveries,
     .pending = r_pending,
-    .pending_others = r_pending_others,
+    .group_others = r_group_others,
     .add_fields = r_add_fields,
     .trim = r_trim,
     .stream_info = r_stream_info,

@@ -80,9 +80,10 @@ typedef struct rt {
     /* The lease holder has yet to claim what other consumers of the group
      * hold (a previous holder's entries): no new entry is read before. */
     bool claim_due;
-    /* Until then, after taking the lease, each batch of new entries first
-     * checks that no other consumer holds entries of the group: the previous
-     * holder may not know yet that its lease is gone, and go on reading. */
+    /* Until then, after taking the lease from a consumer that was reading
+     * lately, each batch of new entries first checks that no other consumer
+     * holds entries of the group: the previous holder may not know yet that
+     * its lease is gone, and go on reading. */
     int64_t watch_until_ms;
     svc_reader_t *reader;
     lane_t *lanes; /* nlanes; lanes[0].db is db */
@@ -1240,13 +1241,16 @@ static int reclaim(rt_t *rt, int64_t min_idle)
 }
 
 /* Whether other consumers of the group hold entries of our streams (a
- * previous holder that read on after losing the lease): true also when it
- * cannot be told. */
-static bool others_hold(rt_t *rt)
+ * previous holder that read on after losing the lease), or with active_ms
+ * > 0, whether one of them read or claimed within active_ms: true also when
+ * it cannot be told. */
+static bool others_hold(rt_t *rt, int64_t active_ms)
 {
     for (size_t s = 0; s < rt->nstreams; s++) {
-        uint64_t n = 0;
-        if (bus_pending_others(rt->bus, rt->streams[s], rt->def->group, rt->o->consumer, &n) != 0 || n > 0)
+        uint64_t pending = 0, active = 0;
+        if (bus_group_others(rt->bus, rt->streams[s], rt->def->group, rt->o->consumer, active_ms, &pending, &active) !=
+                0 ||
+            pending > 0 || active > 0)
             return true;
     }
     return false;
@@ -1395,7 +1399,10 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             log_info("service %s: holding the group lease", def->group);
             discover(&rt);
             rt.claim_due = true; /* the previous holder is gone: its pending entries are ours */
-            rt.watch_until_ms = now + TAKEOVER_WATCH_MS;
+            /* another consumer that was reading lately may not know yet that
+             * the lease is gone: watch for its late reads (a service that
+             * starts alone, or as the consumer it was, skips the checks) */
+            rt.watch_until_ms = others_hold(&rt, TAKEOVER_WATCH_MS) ? now + TAKEOVER_WATCH_MS : 0;
             rt.next_discover = now + DISCOVER_MS;
         }
         if (now >= rt.next_discover || rt.nstreams == 0) {
@@ -1521,7 +1528,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         if (bt.n == 0)
             continue;
         log_debug("service %s: read %zu new entries (first %s)", def->group, bt.n, bt.msgs[0].entry_id);
-        if (!rt.memory && now < rt.watch_until_ms && others_hold(&rt)) {
+        if (!rt.memory && now < rt.watch_until_ms && others_hold(&rt, 0)) {
             /* what another consumer read after our claim is older than this
              * batch: claim it, apply it (the pending scan, bounded by the
              * batch), then the batch; on a failure the batch stays pending */

@@ -353,8 +353,9 @@ static void read_pending_pages(const backend_t *be)
     bus_close(b);
 }
 
-/* How much other consumers hold: what a new holder of a group checks for. */
-static void pending_of_others(const backend_t *be)
+/* What other consumers hold and whether they read lately: what a new holder
+ * of a group checks for. */
+static void group_others(const backend_t *be)
 {
     bus_t *b = be->open();
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
@@ -367,24 +368,30 @@ static void pending_of_others(const backend_t *be)
     bus_batch_clear(&bt);
     ASSERT_OK(read1(b, "g", "c2", s, false, 10, 0, &bt));
     CU_ASSERT_EQUAL_FATAL(bt.n, 2);
-    uint64_t n = 99;
-    ASSERT_OK(bus_pending_others(b, s, "g", "c1", &n));
-    CU_ASSERT_EQUAL(n, 2);
-    ASSERT_OK(bus_pending_others(b, s, "g", "c2", &n));
-    CU_ASSERT_EQUAL(n, 3);
-    ASSERT_OK(bus_pending_others(b, s, "g", "c3", &n));
-    CU_ASSERT_EQUAL(n, 5);
+    uint64_t pending = 99, active = 99;
+    ASSERT_OK(bus_group_others(b, s, "g", "c1", 60000, &pending, &active));
+    CU_ASSERT_EQUAL(pending, 2);
+    CU_ASSERT_EQUAL(active, 1);
+    ASSERT_OK(bus_group_others(b, s, "g", "c2", 60000, &pending, &active));
+    CU_ASSERT_EQUAL(pending, 3);
+    CU_ASSERT_EQUAL(active, 1);
+    ASSERT_OK(bus_group_others(b, s, "g", "c3", 60000, &pending, &active));
+    CU_ASSERT_EQUAL(pending, 5);
+    CU_ASSERT_EQUAL(active, 2);
+    clock_sleep_ms(30); /* read more than 20 ms ago: not active within 20 ms */
+    ASSERT_OK(bus_group_others(b, s, "g", "c3", 20, &pending, &active));
+    CU_ASSERT_EQUAL(active, 0);
     const char *ids[] = {bt.msgs[0].entry_id, bt.msgs[1].entry_id}; /* c2's */
     ASSERT_OK(bus_ack(b, s, "g", ids, 2));
-    ASSERT_OK(bus_pending_others(b, s, "g", "c1", &n));
-    CU_ASSERT_EQUAL(n, 0);
-    /* no such group, no such stream: nothing pending */
-    n = 99;
-    ASSERT_OK(bus_pending_others(b, s, "g-none", "c1", &n));
-    CU_ASSERT_EQUAL(n, 0);
-    n = 99;
-    ASSERT_OK(bus_pending_others(b, "ecom:t.others.none", "g", "c1", &n));
-    CU_ASSERT_EQUAL(n, 0);
+    ASSERT_OK(bus_group_others(b, s, "g", "c1", 60000, &pending, &active));
+    CU_ASSERT_EQUAL(pending, 0);
+    /* no such group, no such stream: nobody's */
+    pending = active = 99;
+    ASSERT_OK(bus_group_others(b, s, "g-none", "c1", 60000, &pending, &active));
+    CU_ASSERT_EQUAL(pending + active, 0);
+    pending = active = 99;
+    ASSERT_OK(bus_group_others(b, "ecom:t.others.none", "g", "c1", 60000, &pending, &active));
+    CU_ASSERT_EQUAL(pending + active, 0);
     bus_batch_free(&bt);
     bus_close(b);
 }
@@ -1466,7 +1473,7 @@ BOTH(group_created_late)
 BOTH(read_new_vs_own_pending)
 BOTH(read_pending_pages)
 BOTH(ack_removes_pending)
-BOTH(pending_of_others)
+BOTH(group_others)
 BOTH(read_acking_acks_first)
 BOTH(deliveries_counted)
 BOTH(deliveries_set_back)
@@ -1506,7 +1513,7 @@ int main(void)
         PAIR(read_new_vs_own_pending),
         PAIR(read_pending_pages),
         PAIR(ack_removes_pending),
-        PAIR(pending_of_others),
+        PAIR(group_others),
         PAIR(read_acking_acks_first),
         PAIR(deliveries_counted),
         PAIR(deliveries_set_back),

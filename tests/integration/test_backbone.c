@@ -863,11 +863,12 @@ static void test_takeover_claims_all_real(void)
 
 /* A previous holder that has not noticed it lost the lease reads an entry
  * after the new holder claimed what it held: the new holder, reading the
- * next entry of the aggregate, must apply that one first (it checks for
- * entries held by other consumers for a while after taking the lease). The
- * late read is the test's own: in one transaction an entry is added and
- * read by consumer "gone", so the service, blocked on the stream, does not
- * get it. The idle reclaim is set far away. */
+ * next entry of the aggregate, must apply that one first (having taken the
+ * lease from a consumer that was reading lately, it checks for entries held
+ * by others for a while). The previous holder is the test's: consumer
+ * "gone" reads just before the service starts, and later, in one
+ * transaction, an entry is added and read by it, so the service, blocked on
+ * the stream, does not get it. The idle reclaim is set far away. */
 static void test_late_reader_real(void)
 {
     sut_t s;
@@ -879,6 +880,17 @@ static void test_late_reader_real(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(rc);
     redisReply *x = redisCommand(rc, "XGROUP CREATE ecom:orders lt $ MKSTREAM");
     CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
+    freeReplyObject(x);
+    /* the previous holder was reading (and applying) until now: seq 1 */
+    xadd_order(rc, 1);
+    x = NULL;
+    CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
+    freeReplyObject(x);
+    x = redisCommand(rc, "XREADGROUP GROUP lt gone COUNT 10 STREAMS ecom:orders >");
+    CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_ARRAY && x->elements == 1 && x->element[0]->element[1]->elements == 1);
+    if (x && x->type == REDIS_REPLY_ARRAY && x->elements == 1)
+        freeReplyObject(
+            redisCommand(rc, "XACK ecom:orders lt %s", x->element[0]->element[1]->element[0]->element[0]->str));
     freeReplyObject(x);
     sut_start(&s, 0);
     PGconn *c = pg_connect(s.pg_url, "test", &err);
@@ -894,7 +906,7 @@ static void test_late_reader_real(void)
     }
     clock_sleep_ms(300);
     ASSERT_OK(redisAppendCommand(rc, "MULTI"));
-    xadd_order(rc, 1);
+    xadd_order(rc, 2);
     ASSERT_OK(redisAppendCommand(rc, "XREADGROUP GROUP lt gone COUNT 10 STREAMS ecom:orders >"));
     ASSERT_OK(redisAppendCommand(rc, "EXEC"));
     for (int i = 0; i < 4; i++) {
@@ -903,7 +915,7 @@ static void test_late_reader_real(void)
         CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
         freeReplyObject(x);
     }
-    xadd_order(rc, 2);
+    xadd_order(rc, 3);
     x = NULL;
     CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
     freeReplyObject(x);
@@ -914,11 +926,11 @@ static void test_late_reader_real(void)
             pg_query(c, "SELECT coalesce(string_agg(seq::text, ',' ORDER BY ord), '') FROM test_applied", 0, NULL);
         snprintf(got, sizeof got, "%s", r ? PQgetvalue(r, 0, 0) : "");
         PQclear(r);
-        if (strcmp(got, "1,2") == 0)
+        if (strcmp(got, "2,3") == 0)
             break;
         clock_sleep_ms(40);
     }
-    CU_ASSERT_STRING_EQUAL(got, "1,2");
+    CU_ASSERT_STRING_EQUAL(got, "2,3"); /* seq 1 was the previous holder's */
     PQfinish(c);
     free(err);
     sut_stop(&s);
