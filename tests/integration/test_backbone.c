@@ -667,6 +667,33 @@ static void xadd_order(redisContext *rc, int seq)
     ASSERT_OK(redisAppendCommandArgv(rc, (int)ECOM_ARRAY_LEN(argv), argv, NULL));
 }
 
+/* XADDs order-lost's messages from..to (xadd_order), waiting for the replies. */
+static void xadd_orders(redisContext *rc, int from, int to)
+{
+    for (int seq = from; seq <= to; seq++)
+        xadd_order(rc, seq);
+    for (int seq = from; seq <= to; seq++) {
+        redisReply *x = NULL;
+        CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
+        CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_STRING);
+        freeReplyObject(x);
+    }
+}
+
+/* A connection of the test's own to url, with group on ecom:orders (from its end). */
+static redisContext *orders_group(const char *url, const char *group)
+{
+    char *err = NULL;
+    redisContext *rc = redis_connect_url(url, 5000, &err);
+    free(err);
+    if (!rc)
+        return NULL;
+    redisReply *x = redisCommand(rc, "XGROUP CREATE ecom:orders %s $ MKSTREAM", group);
+    CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
+    freeReplyObject(x);
+    return rc;
+}
+
 /* Entries a read moved into the consumer's pending list although its answer
  * was lost (as when Redis restarts between executing XREADGROUP and
  * answering): the test reads them itself, under the service's consumer name,
@@ -828,32 +855,16 @@ static void test_takeover_claims_all_real(void)
     sut_init(&s, false, "takeover");
     sut_add_service(&s, "tk", types_orders);
     s.sopts[0].reclaim_idle_ms = 600000;
-    char *err = NULL;
-    redisContext *rc = redis_connect_url(s.redis_url, 5000, &err);
+    redisContext *rc = orders_group(s.redis_url, "tk");
     CU_ASSERT_PTR_NOT_NULL_FATAL(rc);
-    redisReply *x = redisCommand(rc, "XGROUP CREATE ecom:orders tk $ MKSTREAM");
-    CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
-    freeReplyObject(x);
     enum { HELD = 10050, AFTER = 50 };
-    for (int seq = 1; seq <= HELD; seq++)
-        xadd_order(rc, seq);
-    for (int i = 0; i < HELD; i++) {
-        x = NULL;
-        CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
-        freeReplyObject(x);
-    }
+    xadd_orders(rc, 1, HELD);
     /* a consumer that is gone holds them all */
-    x = redisCommand(rc, "XREADGROUP GROUP tk gone COUNT 20000 STREAMS ecom:orders >");
+    redisReply *x = redisCommand(rc, "XREADGROUP GROUP tk gone COUNT 20000 STREAMS ecom:orders >");
     CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_ARRAY && x->elements == 1 &&
                    x->element[0]->element[1]->elements == HELD);
     freeReplyObject(x);
-    for (int seq = HELD + 1; seq <= HELD + AFTER; seq++)
-        xadd_order(rc, seq);
-    for (int i = 0; i < AFTER; i++) {
-        x = NULL;
-        CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
-        freeReplyObject(x);
-    }
+    xadd_orders(rc, HELD + 1, HELD + AFTER);
     redisFree(rc);
     sut_start(&s, 0);
     CU_ASSERT_TRUE(wait_inbox(&s, "tk", HELD + AFTER, 120000));
@@ -876,17 +887,11 @@ static void test_late_reader_real(void)
     sut_add_service(&s, "lt", types_orders);
     s.sopts[0].reclaim_idle_ms = 600000;
     char *err = NULL;
-    redisContext *rc = redis_connect_url(s.redis_url, 2000, &err);
+    redisContext *rc = orders_group(s.redis_url, "lt");
     CU_ASSERT_PTR_NOT_NULL_FATAL(rc);
-    redisReply *x = redisCommand(rc, "XGROUP CREATE ecom:orders lt $ MKSTREAM");
-    CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
-    freeReplyObject(x);
     /* the previous holder was reading (and applying) until now: seq 1 */
-    xadd_order(rc, 1);
-    x = NULL;
-    CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
-    freeReplyObject(x);
-    x = redisCommand(rc, "XREADGROUP GROUP lt gone COUNT 10 STREAMS ecom:orders >");
+    xadd_orders(rc, 1, 1);
+    redisReply *x = redisCommand(rc, "XREADGROUP GROUP lt gone COUNT 10 STREAMS ecom:orders >");
     CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_ARRAY && x->elements == 1 && x->element[0]->element[1]->elements == 1);
     if (x && x->type == REDIS_REPLY_ARRAY && x->elements == 1)
         freeReplyObject(
@@ -915,10 +920,7 @@ static void test_late_reader_real(void)
         CU_ASSERT_TRUE(x && x->type != REDIS_REPLY_ERROR);
         freeReplyObject(x);
     }
-    xadd_order(rc, 3);
-    x = NULL;
-    CU_ASSERT_EQUAL(redisGetReply(rc, (void **)&x), REDIS_OK);
-    freeReplyObject(x);
+    xadd_orders(rc, 3, 3);
     redisFree(rc);
     char got[64] = "";
     for (int i = 0; i < 250; i++) { /* 10 s: far less than the reclaim */
