@@ -59,6 +59,12 @@ static void arg(cmd_t *c, const char *s)
     arg_len(c, s, strlen(s));
 }
 
+static void args(cmd_t *c, const char *const *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        arg(c, v[i]);
+}
+
 static void arg_u64(cmd_t *c, uint64_t v)
 {
     ECOM_ASSERT(c->nnum < (int)ECOM_ARRAY_LEN(c->num));
@@ -390,8 +396,7 @@ static int r_writable(bus_t *b)
 {
     cmd_t c = {0};
     const char *argv[] = {"SET", b->guard_key, "probe", "PX", "10000"};
-    for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-        arg(&c, argv[k]);
+    args(&c, argv, ECOM_ARRAY_LEN(argv));
     redisReply *r = call(b, "SET", &c);
     cmd_free(&c);
     if (!r)
@@ -558,8 +563,7 @@ static int r_group_create(bus_t *b, const char *stream, const char *group)
 {
     cmd_t c = {0};
     const char *argv[] = {"XGROUP", "CREATE", stream, group, "0", "MKSTREAM"};
-    for (size_t i = 0; i < ECOM_ARRAY_LEN(argv); i++)
-        arg(&c, argv[i]);
+    args(&c, argv, ECOM_ARRAY_LEN(argv));
     redisReply *r = call(b, "XGROUP CREATE", &c);
     cmd_free(&c);
     if (!r)
@@ -634,8 +638,7 @@ static int read_impl(bus_t *b, const char *group, const char *consumer, const ch
     for (size_t i = 0; own_pending && i < ns; i++) {
         cmd_reset(&c);
         const char *argv[] = {"XPENDING", streams[i], group, pend_from, "+"};
-        for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-            arg(&c, argv[k]);
+        args(&c, argv, ECOM_ARRAY_LEN(argv));
         arg_u64(&c, count);
         arg(&c, consumer);
         if (append_as_is(b, "XPENDING", &c) != 0)
@@ -732,8 +735,7 @@ static void claimed_deliveries(bus_t *b, const char *stream, const char *group, 
             continue;
         cmd_reset(&c);
         const char *argv[] = {"XPENDING", stream, group, out->msgs[i].entry_id, out->msgs[i].entry_id, "1"};
-        for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-            arg(&c, argv[k]);
+        args(&c, argv, ECOM_ARRAY_LEN(argv));
         if (append(b, "XPENDING", &c) != 0)
             goto out;
     }
@@ -795,8 +797,7 @@ static int r_reclaim(bus_t *b, const char *stream, const char *group, const char
     for (;;) {
         cmd_reset(&c);
         const char *argv[] = {"XAUTOCLAIM", stream, group, consumer};
-        for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-            arg(&c, argv[k]);
+        args(&c, argv, ECOM_ARRAY_LEN(argv));
         arg_u64(&c, (uint64_t)min_idle_ms);
         arg(&c, cursor);
         arg(&c, "COUNT");
@@ -844,8 +845,7 @@ static int r_pending(bus_t *b, const char *stream, const char *group, bus_pendin
 {
     cmd_t c = {0};
     const char *argv[] = {"XPENDING", stream, group, "-", "+"};
-    for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-        arg(&c, argv[k]);
+    args(&c, argv, ECOM_ARRAY_LEN(argv));
     arg_u64(&c, max);
     redisReply *r = call(b, "XPENDING", &c);
     cmd_free(&c);
@@ -881,14 +881,12 @@ static int r_group_others(bus_t *b, const char *stream, const char *group, const
     redisReply *r[2] = {NULL, NULL};
     int rc = -1;
     const char *a1[] = {"XPENDING", stream, group};
-    for (size_t k = 0; k < ECOM_ARRAY_LEN(a1); k++)
-        arg(&c, a1[k]);
+    args(&c, a1, ECOM_ARRAY_LEN(a1));
     if (append(b, "XPENDING", &c) != 0)
         goto out;
     cmd_reset(&c);
     const char *a2[] = {"XINFO", "CONSUMERS", stream, group};
-    for (size_t k = 0; k < ECOM_ARRAY_LEN(a2); k++)
-        arg(&c, a2[k]);
+    args(&c, a2, ECOM_ARRAY_LEN(a2));
     if (append_as_is(b, "XINFO CONSUMERS", &c) != 0 || collect(b, "XPENDING", r, 2) != 0)
         goto out;
     for (int k = 0; k < 2; k++)
@@ -964,8 +962,7 @@ static int trim_point(bus_t *b, const char *stream, bus_id_t *minid)
     *minid = BUS_ID_MAX_VALUE;
 
     const char *argv[] = {"XINFO", "GROUPS", stream};
-    for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-        arg(&c, argv[k]);
+    args(&c, argv, ECOM_ARRAY_LEN(argv));
     groups = call(b, "XINFO GROUPS", &c);
     if (!groups)
         goto out;
@@ -1039,8 +1036,7 @@ static int r_trim(bus_t *b, const char *stream, uint64_t *trimmed)
     bus_id_format(minid, id);
     cmd_t c = {0};
     const char *argv[] = {"XTRIM", stream, "MINID", "~", id};
-    for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-        arg(&c, argv[k]);
+    args(&c, argv, ECOM_ARRAY_LEN(argv));
     redisReply *r = call(b, "XTRIM", &c);
     cmd_free(&c);
     if (!r)
@@ -1110,8 +1106,7 @@ static int r_list_streams(bus_t *b, char ***names, size_t *n)
     do {
         cmd_reset(&c);
         const char *argv[] = {"SCAN", cursor, "MATCH", "ecom:*", "TYPE", "stream", "COUNT", "1000"};
-        for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-            arg(&c, argv[k]);
+        args(&c, argv, ECOM_ARRAY_LEN(argv));
         r = call(b, "SCAN", &c);
         if (!r || is_error(r, "SCAN", "ecom:*"))
             goto out;
@@ -1158,8 +1153,7 @@ static int r_range(bus_t *b, const char *stream, bus_id_t start, bus_id_t end, s
     bus_id_format(end, hi);
     cmd_t c = {0};
     const char *argv[] = {"XRANGE", stream, lo, hi};
-    for (size_t k = 0; k < ECOM_ARRAY_LEN(argv); k++)
-        arg(&c, argv[k]);
+    args(&c, argv, ECOM_ARRAY_LEN(argv));
     if (count) {
         arg(&c, "COUNT");
         arg_u64(&c, count);

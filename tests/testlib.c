@@ -176,6 +176,21 @@ int test_redis_private_restart(int pause_ms)
     return priv_start();
 }
 
+redisReply *test_redis_command(const char *url, const char *fmt, ...)
+{
+    char *err = NULL;
+    redisContext *c = redis_connect_url(url, 2000, &err);
+    free(err);
+    if (!c)
+        return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    redisFree(c);
+    return r;
+}
+
 const char *test_redis_db(void)
 {
     const char *base = getenv("REDIS_URL");

@@ -24,6 +24,9 @@ const char *test_redis_db(void);
  * (pause_ms later); it is stopped at exit. */
 const char *test_redis_private(void);
 int test_redis_private_restart(int pause_ms);
+/* Runs one command (redisCommand's format) on a connection of its own to
+ * url: its reply (freeReplyObject), or NULL when Redis cannot be reached. */
+struct redisReply *test_redis_command(const char *url, const char *fmt, ...);
 /* Path of a built binary (ecom, ecomctl) of this build. */
 const char *test_bin(const char *name);
 /* Runs a shell command; returns its exit status. */

@@ -1380,20 +1380,12 @@ static void redis_reconnects(void)
  * number of elements, or -1 (a status or an error). */
 static long long redis_int(const char *fmt, const char *a)
 {
-    char *err = NULL;
-    redisContext *c = redis_connect_url(redis_url, 2000, &err);
-    if (!c) {
-        free(err);
-        return -1;
-    }
-    redisReply *r = redisCommand(c, fmt, a);
+    redisReply *r = test_redis_command(redis_url, fmt, a);
     long long v = !r                               ? -1
                   : r->type == REDIS_REPLY_INTEGER ? r->integer
                   : r->type == REDIS_REPLY_ARRAY   ? (long long)r->elements
                                                    : -1;
-    if (r)
-        freeReplyObject(r);
-    redisFree(c);
+    freeReplyObject(r);
     return v;
 }
 

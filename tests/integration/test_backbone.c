@@ -796,16 +796,9 @@ static void test_broken_lane_real(void)
 /* Runs one command on the test's own connection to url; true when Redis said OK. */
 static bool redis_ok(const char *url, const char *cmd)
 {
-    char *err = NULL;
-    redisContext *rc = redis_connect_url(url, 2000, &err);
-    if (!rc) {
-        free(err);
-        return false;
-    }
-    redisReply *x = redisCommand(rc, cmd);
+    redisReply *x = test_redis_command(url, cmd);
     bool ok = x && x->type == REDIS_REPLY_STATUS && strcmp(x->str, "OK") == 0;
     freeReplyObject(x);
-    redisFree(rc);
     return ok;
 }
 
