@@ -129,7 +129,7 @@ static const char *envelope_problem(const envelope_t *e)
         return "invalid id";
     if (!e->type || !envelope_name_valid(e->type))
         return "invalid type";
-    if (!e->topic || !envelope_name_valid(e->topic))
+    if (!e->topic || !envelope_topic_valid(e->topic))
         return "invalid topic";
     if (!e->tenant || !envelope_name_valid(e->tenant))
         return "invalid tenant";
@@ -381,6 +381,49 @@ int bus_dead_letter(bus_t *b, const char *group, const bus_msg_t *m, const char 
         nf++;
     }
     return b->ops->add_fields(b, dlq, fields, nf);
+}
+
+void bus_replay_stream(const char *group, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "ecom:replay:%s", group);
+}
+
+int bus_replay_dead(bus_t *b, const char *group, const bus_entry_t *dead, const char **why)
+{
+    if (!name_ok("group", group, NAME_MAX_LEN))
+        return -1;
+    /* the envelope's fields, as the dead letter kept them; the failure record stays behind */
+    const char *names[ENV_NFIELDS], *vals[ENV_NFIELDS], *fields[2 * ENV_NFIELDS];
+    size_t nl[ENV_NFIELDS], vl[ENV_NFIELDS], k = 0;
+    for (int f = 0; f < ENV_NFIELDS; f++) {
+        const char *name = envelope_field_name(f);
+        for (size_t i = 0; i < dead->nfields; i++) {
+            if (strcmp(dead->fields[2 * i], name) != 0)
+                continue;
+            names[k] = name;
+            vals[k] = dead->fields[2 * i + 1];
+            nl[k] = strlen(name);
+            vl[k] = strlen(vals[k]);
+            fields[2 * k] = name;
+            fields[2 * k + 1] = vals[k];
+            k++;
+            break;
+        }
+    }
+    envelope_t env;
+    int bad = envelope_from_fields(&env, names, nl, vals, vl, k, why);
+    if (bad == 0 && !envelope_topic_valid(env.topic)) {
+        *why = "invalid topic";
+        bad = -1;
+    }
+    envelope_clear(&env);
+    if (bad != 0)
+        return 1;
+    char stream[BUS_STREAM_MAX];
+    bus_replay_stream(group, stream, sizeof stream);
+    if (b->ops->group_create(b, stream, group) != 0)
+        return -1;
+    return b->ops->add_fields(b, stream, fields, k);
 }
 
 int bus_trim(bus_t *b, const char *stream, uint64_t *trimmed)

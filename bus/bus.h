@@ -1,7 +1,8 @@
 /* bus/bus.h: the message bus, one interface over Redis Streams and memory.
  *
  * Streams are named "ecom:<topic>"; each service is a consumer group; failed
- * messages go to "ecom:dlq:<group>". The memory backend (membus_t, shared by all
+ * messages go to "ecom:dlq:<group>", and back from there to "ecom:replay:<group>",
+ * which only that group reads. The memory backend (membus_t, shared by all
  * threads of one process) keeps the Redis semantics the runtime depends on:
  * consumer groups starting at the first entry, pending entries with owner, idle
  * time and delivery count, history reads of a consumer's own pending entries,
@@ -201,6 +202,21 @@ int bus_delete_entries(bus_t *b, const char *stream, const char *const *ids, siz
 int bus_range(bus_t *b, const char *stream, const char *start, const char *end, size_t count, bus_entry_t **out,
               size_t *n) __attribute__((warn_unused_result));
 void bus_entries_free(bus_entry_t *entries, size_t n);
+
+/* "ecom:replay:<group>": the stream a group's dead letters go back to. Each
+ * service reads its own beside its topics' streams and no other group reads
+ * it, so a replayed message reaches only the group that failed it (on its
+ * topic's stream every group would get it again, and apply it a second time
+ * once its inbox no longer holds the id). */
+void bus_replay_stream(const char *group, char *buf, size_t cap);
+/* Sends a dead letter of group (an entry of "ecom:dlq:<group>" as bus_range
+ * returns it) back: its envelope fields go to the group's replay stream, the
+ * group created there first (from the start, so the entry is delivered even to
+ * a service that never read the stream yet). The DLQ entry stays (the caller
+ * deletes it after). Returns 0, 1 when the entry holds no valid envelope (*why,
+ * static text; nothing sent), -1 when the bus failed. */
+int bus_replay_dead(bus_t *b, const char *group, const bus_entry_t *dead, const char **why)
+    __attribute__((warn_unused_result));
 /* Deletes a stream (tests and tools). */
 int bus_delete_stream(bus_t *b, const char *stream) __attribute__((warn_unused_result));
 

@@ -97,6 +97,21 @@ bool envelope_name_valid(const char *s)
     return n >= 1 && n <= ENV_NAME_MAX;
 }
 
+static bool reserved_topic(const char *s)
+{
+    return strncmp(s, "dlq:", 4) == 0 || strncmp(s, "replay:", 7) == 0;
+}
+
+bool envelope_topic_valid(const char *s)
+{
+    return envelope_name_valid(s) && !reserved_topic(s);
+}
+
+bool envelope_stream_is_topic(const char *stream)
+{
+    return strncmp(stream, "ecom:", 5) == 0 && !reserved_topic(stream + 5);
+}
+
 static bool parse_i64(const char *s, size_t n, int64_t *out)
 {
     if (n == 0 || n > 20)

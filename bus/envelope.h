@@ -53,6 +53,13 @@ int envelope_from_fields(envelope_t *e, const char *const *names, const size_t *
 /* Topic, type, tenant and aggregate names: [A-Za-z0-9._:-]{1,128}. */
 bool envelope_name_valid(const char *s);
 
+/* A topic is a valid name that does not begin with "dlq:" or "replay:": those
+ * streams ("ecom:dlq:<group>", "ecom:replay:<group>") are the bus's own. */
+bool envelope_topic_valid(const char *s);
+
+/* Whether a stream is a topic's, not a group's dead letters or replays. */
+bool envelope_stream_is_topic(const char *stream);
+
 /* Whether type is one of types (NULL-terminated; NULL holds none). */
 bool envelope_type_in(const char *const *types, const char *type);
 

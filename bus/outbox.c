@@ -172,9 +172,9 @@ bool outbox_notify_due(void)
 
 static int validate(const outbox_msg_t *m, const char **why)
 {
-    if (!m->topic || !envelope_name_valid(m->topic) || !m->type || !envelope_name_valid(m->type) ||
-        !m->tenant || !envelope_name_valid(m->tenant)) {
-        *why = "topic, type and tenant must match [A-Za-z0-9._:-]{1,128}";
+    if (!m->topic || !envelope_topic_valid(m->topic) || !m->type || !envelope_name_valid(m->type) || !m->tenant ||
+        !envelope_name_valid(m->tenant)) {
+        *why = "topic, type and tenant must match [A-Za-z0-9._:-]{1,128}; a topic must not begin with dlq: or replay:";
         return -1;
     }
     if (!m->aggregate_id || !m->aggregate_id[0] || strlen(m->aggregate_id) > 256) {

@@ -44,7 +44,7 @@ static void usage(FILE *f)
                "          [--traceparent TP] [--request-id ID]   append to the outbox as a service would\n"
                "  status [--json]                                  outbox, streams, groups, DLQs, inboxes\n"
                "  dlq list --group G [--json]                      dead letters of a group, with their errors\n"
-               "  dlq replay --group G (--id ENTRY | --all)        send dead letters back to their stream\n"
+               "  dlq replay --group G (--id ENTRY | --all)        send dead letters back to their group\n"
                "  redrive --since SECONDS [--topic T]              publish again what was published in the last\n"
                "                                                   SECONDS (after Redis lost data; inboxes skip\n"
                "                                                   what was applied); outbox-workers stopped\n");
@@ -398,35 +398,20 @@ static int cmd_dlq(const config_t *cfg, int argc, char **argv)
     }
     size_t sent = 0, skipped = 0;
     for (size_t i = 0; i < n; i++) {
-        /* the envelope fields go back to the stream they came from; the inbox
-         * never recorded a dead-lettered message, so it is applied when it succeeds */
-        const char *names[ENV_NFIELDS], *vals[ENV_NFIELDS];
-        size_t nl[ENV_NFIELDS], vl[ENV_NFIELDS], k = 0;
-        for (int f = 0; f < ENV_NFIELDS; f++) {
-            const char *v = field(&ents[i], envelope_field_name(f));
-            if (!v)
-                continue;
-            names[k] = envelope_field_name(f);
-            vals[k] = v;
-            nl[k] = strlen(names[k]);
-            vl[k] = strlen(v);
-            k++;
-        }
-        envelope_t env;
+        /* back to the group alone (its replay stream); the inbox never
+         * recorded a dead-lettered message, so it is applied when it succeeds */
         const char *why = NULL;
-        if (envelope_from_fields(&env, names, nl, vals, vl, k, &why) != 0) {
+        int r = bus_replay_dead(bus, group, &ents[i], &why);
+        if (r == 1) {
             fprintf(stderr, "ecomctl: dlq: entry %s cannot be replayed (%s); left in place\n", ents[i].entry_id, why);
-            envelope_clear(&env);
             skipped++;
             continue;
         }
         const char *ids[] = {ents[i].entry_id};
-        if (bus_publish(bus, &env, 1, NULL) != 0 || bus_delete_entries(bus, dlq, ids, 1) != 0) {
-            envelope_clear(&env);
+        if (r != 0 || bus_delete_entries(bus, dlq, ids, 1) != 0) {
             rc = fail(1, "dlq: replay of %s failed", ents[i].entry_id);
             goto out;
         }
-        envelope_clear(&env);
         sent++;
     }
     printf("replayed %zu, left %zu\n", sent, skipped);
@@ -475,8 +460,8 @@ static int cmd_redrive(const config_t *cfg, int argc, char **argv)
         } else if (strcmp(argv[i], "--topic") == 0) {
             if ((rc = opt_value("redrive", argc, argv, &i, &topic)) != 0)
                 return rc;
-            if (!envelope_name_valid(topic))
-                return fail(2, "redrive: --topic must match [A-Za-z0-9._:-]{1,128}");
+            if (!envelope_topic_valid(topic))
+                return fail(2, "redrive: --topic must match [A-Za-z0-9._:-]{1,128} and not begin with dlq: or replay:");
         } else {
             return fail(2, "redrive: unknown option %s", argv[i]);
         }

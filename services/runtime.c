@@ -163,11 +163,17 @@ static void add_stream(rt_t *rt, const char *stream)
     log_info("service %s consumes %s", rt->def->group, stream);
 }
 
-static void discover(rt_t *rt)
+/* The group's own replay stream (its dead letters sent back), then its
+ * topics' streams: the ones it names, or every topic's stream there is (and
+ * again soon while there is none). */
+static void discover(rt_t *rt, int64_t now)
 {
+    rt->next_discover = now + DISCOVER_MS;
+    char s[BUS_STREAM_MAX];
+    bus_replay_stream(rt->def->group, s, sizeof s);
+    add_stream(rt, s);
     if (rt->def->topics) {
         for (const char *const *t = rt->def->topics; *t; t++) {
-            char s[BUS_STREAM_MAX];
             envelope_stream_name(*t, s, sizeof s);
             add_stream(rt, s);
         }
@@ -178,11 +184,13 @@ static void discover(rt_t *rt)
     if (bus_list_streams(rt->bus, &names, &n) != 0)
         return;
     for (size_t i = 0; i < n; i++) {
-        if (strncmp(names[i], "ecom:dlq:", 9) != 0)
+        if (envelope_stream_is_topic(names[i]))
             add_stream(rt, names[i]);
         free(names[i]);
     }
     free(names);
+    if (rt->nstreams < 2)
+        rt->next_discover = now + 200;
 }
 
 /* ---- acknowledgements (retried until they succeed) ---- */
@@ -1397,17 +1405,15 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             }
             rt.lease = true;
             log_info("service %s: holding the group lease", def->group);
-            discover(&rt);
+            discover(&rt, now);
             rt.claim_due = true; /* the previous holder is gone: its pending entries are ours */
             /* another consumer that was reading lately may not know yet that
              * the lease is gone: watch for its late reads (a service that
              * starts alone, or as the consumer it was, skips the checks) */
             rt.watch_until_ms = others_hold(&rt, TAKEOVER_WATCH_MS) ? now + TAKEOVER_WATCH_MS : 0;
-            rt.next_discover = now + DISCOVER_MS;
         }
         if (now >= rt.next_discover || rt.nstreams == 0) {
-            discover(&rt);
-            rt.next_discover = now + DISCOVER_MS;
+            discover(&rt, now);
             if (rt.nstreams == 0) {
                 nap(&rt, 200);
                 continue;

@@ -1052,6 +1052,10 @@ static void bad_input(bool memory)
     outbox_msg_t bad_name = {
         .topic = "or ders", .type = "order.placed", .tenant = "t1", .aggregate_id = "z", .payload = "{}"};
     CU_ASSERT_EQUAL(outbox_append(db, &bad_name, NULL, &why), -1);
+    outbox_msg_t bus_own = {
+        .topic = "replay:b1", .type = "order.placed", .tenant = "t1", .aggregate_id = "z", .payload = "{}"};
+    CU_ASSERT_EQUAL(outbox_append(db, &bus_own, NULL, &why), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "replay:"));
     free(big);
     ASSERT_OK(db_commit(db));
     db_close(db);

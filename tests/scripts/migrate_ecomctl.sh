@@ -87,6 +87,12 @@ for _ in $(seq 1 100); do
   [ -n "$again" ] && [ "$again" != "$first" ] && break; sleep 0.1
 done
 [ -n "$again" ] && [ "$again" != "$first" ]; check "the replayed message went through the service again (dead-lettered anew)" $? "$again"
+# it went back to the payment group alone: its replay stream, not the topic's stream every group reads
+added() { redis-cli -u "$REDIS_URL" xinfo stream "$1" | awk 'prev == "entries-added" { print; exit } { prev = $0 }'; }
+[ "$(added ecom:payment)" = "1" ] && [ "$(added ecom:replay:payment)" = "1" ]
+check "the replay went to ecom:replay:payment, not ecom:payment" $? "$(added ecom:payment) $(added ecom:replay:payment)"
+"$ctl" publish --topic replay:payment --type x --tenant t1 --aggregate a --payload '{}' >/dev/null 2>&1; [ $? -eq 2 ]
+check "publish to a topic named like the bus's own streams exits 2" $? ""
 "$ctl" dlq replay --group payment >/dev/null 2>&1; [ $? -eq 2 ]; check "dlq replay needs --id or --all" $? ""
 "$ctl" dlq replay --group payment --id 1-1 >/dev/null 2>&1; [ $? -eq 2 ]; check "dlq replay of an unknown entry exits 2" $? ""
 # an id without its sequence part would be every entry of that millisecond

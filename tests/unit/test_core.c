@@ -683,6 +683,15 @@ static void test_envelope_fields(void)
     CU_ASSERT_FALSE(envelope_name_valid("has space"));
     CU_ASSERT_FALSE(envelope_name_valid(""));
     CU_ASSERT_TRUE(envelope_name_valid("auth.otp.requested"));
+    /* the bus's own streams are no topic's */
+    CU_ASSERT_TRUE(envelope_topic_valid("payment"));
+    CU_ASSERT_TRUE(envelope_topic_valid("replays:x"));
+    CU_ASSERT_FALSE(envelope_topic_valid("dlq:payment"));
+    CU_ASSERT_FALSE(envelope_topic_valid("replay:payment"));
+    CU_ASSERT_TRUE(envelope_stream_is_topic("ecom:payment"));
+    CU_ASSERT_FALSE(envelope_stream_is_topic("ecom:dlq:payment"));
+    CU_ASSERT_FALSE(envelope_stream_is_topic("ecom:replay:payment"));
+    CU_ASSERT_FALSE(envelope_stream_is_topic("other:payment"));
     static const char *const types[] = {"payment.requested", "payment.refund.requested", NULL};
     CU_ASSERT_TRUE(envelope_type_in(types, "payment.refund.requested"));
     CU_ASSERT_FALSE(envelope_type_in(types, "payment.refund"));
