@@ -29,7 +29,7 @@ typedef struct failure {
     int count;     /* attempts that failed */
     int deferrals; /* SVC_DEFER answers since the last attempt */
     int64_t due_ms;
-    char *agg_key; /* stream \0 tenant \0 aggregate, owned */
+    char *agg_key; /* topic \0 tenant \0 aggregate, owned */
     size_t agg_klen;
 } failure_t;
 
@@ -153,9 +153,15 @@ static void add_stream(rt_t *rt, const char *stream)
         return;
     rt->streams = xrealloc(rt->streams, (rt->nstreams + 1) * sizeof *rt->streams);
     rt->acks = xrealloc(rt->acks, (rt->nstreams + 1) * sizeof *rt->acks);
-    rt->streams[rt->nstreams] = xstrdup(stream);
-    memset(&rt->acks[rt->nstreams], 0, sizeof *rt->acks);
-    snprintf(rt->acks[rt->nstreams].stream, BUS_STREAM_MAX, "%s", stream);
+    /* the group's replay stream goes first, whenever it joins: its messages
+     * are older than their aggregates' newer ones on the topics' streams, and
+     * reads and pending scans take the streams in this order */
+    size_t at = envelope_stream_is_topic(stream) ? rt->nstreams : 0;
+    memmove(&rt->streams[at + 1], &rt->streams[at], (rt->nstreams - at) * sizeof *rt->streams);
+    memmove(&rt->acks[at + 1], &rt->acks[at], (rt->nstreams - at) * sizeof *rt->acks);
+    rt->streams[at] = xstrdup(stream);
+    memset(&rt->acks[at], 0, sizeof *rt->acks);
+    snprintf(rt->acks[at].stream, BUS_STREAM_MAX, "%s", stream);
     rt->nstreams++;
     rt->pel_due_ms = 0; /* a group we just joined may hold our pending entries */
     if (rt->lease)
@@ -994,9 +1000,11 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
             ack_later(rt, m);
             continue;
         }
-        size_t tl = strlen(m->env.tenant), al = strlen(m->env.aggregate_id), sl = strlen(m->stream);
+        /* the topic's, not the stream's: a message sent back from the DLQ
+         * (its group's replay stream) keeps its aggregate's place */
+        size_t tl = strlen(m->env.tenant), al = strlen(m->env.aggregate_id), sl = strlen(m->env.topic);
         char *key = xmalloc(sl + tl + al + 3);
-        memcpy(key, m->stream, sl + 1);
+        memcpy(key, m->env.topic, sl + 1);
         memcpy(key + sl + 1, m->env.tenant, tl + 1);
         memcpy(key + sl + tl + 2, m->env.aggregate_id, al);
         size_t klen = sl + tl + al + 2;
@@ -1145,9 +1153,11 @@ static int scan_pending(rt_t *rt, const bus_batch_t *ahead)
     size_t page = rt->o->batch * PEL_PAGE_FACTOR;
     bus_batch_t bt = {0};
     int rc = 0;
+    /* one for all streams: the replay stream comes first, and a message sent
+     * back that is still failing holds its aggregate on the topic's stream */
+    strmap_t blocked;
+    strmap_init(&blocked);
     for (size_t s = 0; s < rt->nstreams && !stopping(rt); s++) {
-        strmap_t blocked;
-        strmap_init(&blocked);
         char after[BUS_ID_MAX] = "0";
         const char *stream = rt->streams[s];
         const char *bound = first_of(ahead, stream);
@@ -1188,8 +1198,8 @@ static int scan_pending(rt_t *rt, const bus_batch_t *ahead)
                 break;
             count = count * 2 < page ? count * 2 : page;
         }
-        strmap_free(&blocked);
     }
+    strmap_free(&blocked);
     bus_batch_free(&bt);
     schedule_failures(rt);
     if (rc != 0)
@@ -1495,6 +1505,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         int block = o->block_ms;
         if (rt.pel_due_ms != INT64_MAX && rt.pel_due_ms - now < block)
             block = (int)(rt.pel_due_ms - now) > 1 ? (int)(rt.pel_due_ms - now) : 1;
+        if (rt.next_discover - now < block) /* a new topic's stream is not left waiting */
+            block = rt.next_discover - now > 1 ? (int)(rt.next_discover - now) : 1;
         bus_batch_clear(&bt);
         int64_t t0 = clock_mono_us();
         if (rt.redis && !rt.reader) {

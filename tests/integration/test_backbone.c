@@ -619,6 +619,94 @@ static void test_deferred_restart_real(void)
     deferred_then_restart(false);
 }
 
+/* The seqs a group applied of one aggregate, in the order it applied them. */
+static size_t applied_seqs(sut_t *s, const char *group, const char *agg, int64_t *out, size_t cap)
+{
+    size_t n = 0;
+    if (s->memory) {
+        for (size_t i = 0; i < mem_rec.n && n < cap; i++)
+            if (strcmp(mem_rec.rows[i].grp, group) == 0 && strcmp(mem_rec.rows[i].agg, agg) == 0)
+                out[n++] = mem_rec.rows[i].seq;
+        return n;
+    }
+    char *err = NULL;
+    PGconn *c = pg_connect(s->pg_url, "test", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    const char *p[] = {group, agg};
+    PGresult *r = pg_query(c, "SELECT seq FROM test_applied WHERE grp = $1 AND agg = $2 ORDER BY ord", 2, p);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    for (int i = 0; i < PQntuples(r) && n < cap; i++)
+        out[n++] = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+    PQclear(r);
+    PQfinish(c);
+    return n;
+}
+
+/* A dead letter sent back (bus_replay_dead, as `ecomctl dlq replay` does)
+ * keeps its aggregate's place: while it is retried, the aggregate's newer
+ * messages on the topic's stream wait behind it. Seq 3 of order-0 fails
+ * until dead-lettered; sent back, it fails twice more, and seq 11..15 are
+ * published right after it: the group applies 1, 2, 4..10, 3, 11..15. */
+static void replay_keeps_place(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "replay_place");
+    sut_add_service(&s, "rp", types_orders);
+    s.hcfg[0].fail_aggregate = "order-0";
+    s.hcfg[0].fail_seq = 3;
+    s.hcfg[0].fail_times = 5; /* SERVICE_MAX_ATTEMPTS: dead-lettered */
+    publish_orders(&s, 10, 1, 10, "order.placed");
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "rp", 9, 60000));
+    bus_t *b = sut_bus(&s);
+    bus_entry_t *dead = NULL;
+    size_t ndead = 0;
+    for (int i = 0; i < 200 && ndead == 0; i++) {
+        bus_entries_free(dead, ndead);
+        dead = NULL;
+        ASSERT_OK(bus_range(b, "ecom:dlq:rp", "-", "+", 0, &dead, &ndead));
+        if (ndead == 0)
+            clock_sleep_ms(50);
+    }
+    CU_ASSERT_EQUAL_FATAL(ndead, 1);
+    /* it comes back, fails twice more (attempts 6 and 7), then goes in */
+    __atomic_store_n(&s.hcfg[0].fail_times, 7, __ATOMIC_SEQ_CST);
+    const char *why = NULL;
+    CU_ASSERT_EQUAL(bus_replay_dead(b, "rp", &dead[0], &why), 0);
+    bus_entries_free(dead, ndead);
+    bus_close(b);
+    publish_orders(&s, 5, 1, 5, "order.placed"); /* seq 11..15 */
+    CU_ASSERT_TRUE(wait_inbox(&s, "rp", 15, 60000));
+    clock_sleep_ms(300);
+    sut_halt(&s);
+    CU_ASSERT_EQUAL(s.hcfg[0].failed, 7);
+    int64_t seqs[32];
+    size_t n = applied_seqs(&s, "rp", "order-0", seqs, 32);
+    static const int64_t want[] = {1, 2, 4, 5, 6, 7, 8, 9, 10, 3, 11, 12, 13, 14, 15};
+    CU_ASSERT_EQUAL(n, ECOM_ARRAY_LEN(want));
+    bool same = n == ECOM_ARRAY_LEN(want);
+    for (size_t i = 0; same && i < n; i++)
+        same = seqs[i] == want[i];
+    CU_ASSERT_TRUE(same);
+    if (!same) {
+        fprintf(stderr, "\n  applied:");
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %lld", (long long)seqs[i]);
+        fprintf(stderr, "\n");
+    }
+    sut_stop(&s);
+}
+
+static void test_replay_place_memory(void)
+{
+    replay_keeps_place(true);
+}
+
+static void test_replay_place_real(void)
+{
+    replay_keeps_place(false);
+}
+
 static void test_retries_memory(void)
 {
     retries(true, false, false, false);
@@ -2243,6 +2331,8 @@ int main(void)
          test_deferred_restart_real},
         {"retries, backoff and DLQ keep order (memory)", test_retries_memory},
         {"retries, backoff and DLQ keep order (postgres+redis)", test_retries_real},
+        {"a dead letter sent back keeps its aggregate's place while retried (memory)", test_replay_place_memory},
+        {"a dead letter sent back keeps its aggregate's place while retried (postgres+redis)", test_replay_place_real},
         {"retries with a batch handler: halves find the failing message, order kept (memory)",
          test_retries_batch_memory},
         {"retries with a batch handler: halves find the failing message, order kept (postgres+redis)",
