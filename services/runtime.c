@@ -337,23 +337,44 @@ static bool type_accepted(const svc_def_t *def, const char *type)
 /* The message a batch handler said its batch failed on (an index into the
  * messages it was handed), on this thread, until the next batch call. */
 static _Thread_local size_t blame_at;
-static _Thread_local bool blame_set;
+static _Thread_local bool blame_set, blame_own;
+static _Thread_local svc_result_t blame_result;
+static _Thread_local char blame_error[256];
 
 void svc_batch_failed_at(size_t i)
 {
     blame_at = i;
     blame_set = true;
+    blame_own = false;
+}
+
+void svc_batch_failed_with(size_t i, svc_result_t r, const char *error)
+{
+    svc_batch_failed_at(i);
+    if (r == SVC_OK)
+        return;
+    blame_own = true;
+    blame_result = r;
+    snprintf(blame_error, sizeof blame_error, "%s", error && *error ? error : "handler failed");
 }
 
 /* Calls the batch handler; on a failure marks the message it blamed
- * (which[k] is the work item of msgs[k]). */
+ * (which[k] is the work item of msgs[k]), failed already when the handler
+ * said the failure was its own (apply_one does not run it again). */
 static svc_result_t run_batch(rt_t *rt, db_t *db, const envelope_t **envs, json_object **pl, size_t nn,
                               work_t *const *which)
 {
     blame_set = false;
     svc_result_t r = rt->def->handle_batch(db, envs, pl, nn, rt->def->arg);
-    if (r != SVC_OK && blame_set && blame_at < nn)
-        which[blame_at]->blamed = true;
+    if (r != SVC_OK && blame_set && blame_at < nn) {
+        work_t *w = which[blame_at];
+        w->blamed = true;
+        if (blame_own) {
+            w->failed_fast = true;
+            w->result = blame_result;
+            snprintf(w->error, sizeof w->error, "%s", blame_error);
+        }
+    }
     blame_set = false;
     return r;
 }

@@ -144,6 +144,12 @@ void svc_log_ctx(log_ctx_t *lc, char trace[33], const envelope_t *e);
  * instead of halving the batch down to it. Optional; a wrong index only
  * costs the halving it would have saved. */
 void svc_batch_failed_at(size_t i);
+/* As svc_batch_failed_at, for a failure that is msgs[i]'s own whatever the
+ * batch around it (a provider or a receiver that failed or refused, a
+ * rejection): r (not SVC_OK) and error are its attempt's result, and the
+ * runtime does not run it again alone, which would call out a second time
+ * in one attempt. */
+void svc_batch_failed_with(size_t i, svc_result_t r, const char *error);
 
 /* Runs until *stop; finishes the batch in hand. 0 on a clean stop. */
 int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop);

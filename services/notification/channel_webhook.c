@@ -365,10 +365,18 @@ static void slot_finish(engine_t *e, slot_t *s, int status, const char *why, boo
         }
     } else {
         snprintf(detail, sizeof detail, "HTTP %d", status);
-        if (status >= 200 && status < 300)
+        if (status >= 200 && status < 300) {
             o = NOTIFY_SENT;
-        else if (status >= 400 && status < 500 && status != 408 && status != 429)
+        } else if (status >= 300 && status < 400) {
+            /* the receiver is up and points elsewhere: not an outage, so not
+             * a breaker failure (a breaker held open by a wrong address would
+             * put off every notification); retried, then dead-lettered */
+            o = NOTIFY_REJECTED;
+            snprintf(detail, sizeof detail,
+                     "HTTP %d: redirects are not followed; set NOTIFY_WEBHOOK_URL to the final address", status);
+        } else if (status >= 400 && status < 500 && status != 408 && status != 429) {
             o = NOTIFY_REJECTED; /* the receiver is up and refuses: not a breaker failure */
+        }
         if (!(s->framed && s->rlen == s->need))
             slot_close(s); /* framed by its end, or more than the answer came */
     }

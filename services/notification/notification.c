@@ -227,6 +227,11 @@ static recent_t sent = RECENT_INIT(SENT_MAX, sizeof(sent_rec_t)); /* "message id
 
 static size_t sent_key(const char *msg_id, channel_t ch, char *k, size_t cap)
 {
+    char low[UUID_STR_LEN]; /* as PostgreSQL gives it back (sent_marks) */
+    if (uuid_valid(msg_id)) {
+        uuid_lower(msg_id, low);
+        msg_id = low;
+    }
     int n = snprintf(k, cap, "%s/%s", msg_id, channel_names[ch]);
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
@@ -265,6 +270,145 @@ static void sent_remember(const char *msg_id, channel_t ch, notify_outcome_t o, 
     sent_rec_t r = {.o = o};
     snprintf(r.detail, sizeof r.detail, "%s", detail ? detail : "");
     recent_put(&sent, k, &r);
+}
+
+/* ---- outcomes kept through a rollback, in PostgreSQL ----
+ *
+ * The memory above covers a batch applied again at once. A message whose
+ * delivery stops at a later channel (a failure, or a breaker that puts it
+ * off for as long as an outage lasts) can wait much longer, through more
+ * sends than the memory holds or a restart: when a handler call fails, what
+ * its networked channels did is written at once to notification.sent_marks
+ * on a connection of its own (not in the transaction that rolls back), and
+ * the next attempt reads it with the deliveries. Not with the memory store
+ * (one process: the memory is all there is). */
+
+static bool networked(channel_t ch)
+{
+    return ch == CH_WEBHOOK || ch == CH_SMTP;
+}
+
+typedef struct marks {
+    size_t n, cap;
+    struct mark {
+        char id[UUID_STR_LEN];
+        channel_t ch;
+        notify_outcome_t o;
+        char detail[256];
+    } * m;
+} marks_t;
+
+static pthread_mutex_t marks_mu = PTHREAD_MUTEX_INITIALIZER;
+static db_t *marks_db; /* the marks' own connection, opened at the first need */
+
+static const char *status_of(notify_outcome_t o)
+{
+    return o == NOTIFY_SENT ? "sent" : o == NOTIFY_SKIPPED ? "skipped" : "failed";
+}
+
+static notify_outcome_t outcome_of(const char *status)
+{
+    return strcmp(status, "sent") == 0 ? NOTIFY_SENT : strcmp(status, "skipped") == 0 ? NOTIFY_SKIPPED : NOTIFY_REFUSED;
+}
+
+static void marks_add(marks_t *k, const char *msg_id, channel_t ch, notify_outcome_t o, const char *detail)
+{
+    if (!k || !final_outcome(o))
+        return;
+    if (k->n == k->cap) {
+        k->cap = k->cap ? k->cap * 2 : 8;
+        k->m = xrealloc(k->m, k->cap * sizeof *k->m);
+    }
+    struct mark *x = &k->m[k->n++];
+    snprintf(x->id, sizeof x->id, "%s", msg_id);
+    x->ch = ch;
+    x->o = o;
+    snprintf(x->detail, sizeof x->detail, "%s", detail ? detail : "");
+}
+
+static const char sql_mark[] =
+    "WITH old AS (DELETE FROM notification.sent_marks WHERE marked_at < now() - interval '7 days')"
+    " INSERT INTO notification.sent_marks (message_id, channel, status, detail)"
+    " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
+
+/* Writes k's marks (database of url) in a transaction of their own; a
+ * failure is logged: the memory still covers the next attempts it holds. */
+static void marks_write(const char *url, marks_t *k)
+{
+    if (!k->n || !url)
+        return;
+    pg_array_t col[4] = {{0}};
+    pg_array_begin(&col[0], PG_OID_UUID, k->n);
+    for (int c = 1; c < 4; c++)
+        pg_array_begin(&col[c], PG_OID_TEXT, k->n);
+    bool ok = true;
+    for (size_t i = 0; i < k->n && ok; i++) {
+        ok = pg_array_uuid(&col[0], k->m[i].id) == 0;
+        pg_array_text(&col[1], channel_names[k->m[i].ch]);
+        pg_array_text(&col[2], status_of(k->m[i].o));
+        pg_array_text(&col[3], k->m[i].detail);
+    }
+    const char *vals[4];
+    int lens[4], fmts[4];
+    pg_array_params(col, 4, (uint32_t)k->n, vals, lens, fmts);
+    pthread_mutex_lock(&marks_mu);
+    char *err = NULL;
+    if (marks_db && (!marks_db->url || strcmp(marks_db->url, url) != 0)) { /* another database now */
+        db_close(marks_db);
+        marks_db = NULL;
+    }
+    if (ok && !marks_db && !(marks_db = db_open_pg(url, "ecom-notification-marks", &err))) {
+        log_warn("notification: cannot keep what was sent: %s", err);
+        free(err);
+        ok = false;
+    }
+    if (ok && db_ensure(marks_db) != 0)
+        ok = false;
+    /* a mark lost in a crash only means the channel may send once more */
+    if (ok && pg_exec(db_pg(marks_db), "SET synchronous_commit = off") != 0)
+        ok = false;
+    PGresult *r = ok ? PQexecParams(db_pg(marks_db), sql_mark, 4, NULL, vals, lens, fmts, 0) : NULL;
+    if (ok && PQresultStatus(r) != PGRES_COMMAND_OK) {
+        log_warn("notification: cannot keep what was sent: %s", PQerrorMessage(db_pg(marks_db)));
+        ok = false;
+    }
+    PQclear(r);
+    pthread_mutex_unlock(&marks_mu);
+    if (ok)
+        log_debug("notification: kept what %zu sends did for a later attempt", k->n);
+    for (int c = 0; c < 4; c++)
+        pg_array_free(&col[c]);
+}
+
+static void marks_free(marks_t *k)
+{
+    free(k->m);
+    k->m = NULL;
+    k->n = k->cap = 0;
+}
+
+void notification_forget_sends(void)
+{
+    recent_clear(&sent);
+    pthread_mutex_lock(&marks_mu);
+    db_close(marks_db);
+    marks_db = NULL;
+    pthread_mutex_unlock(&marks_mu);
+}
+
+/* A row of the deliveries' read: a delivery (bits of done) or a mark (remembered). */
+static void read_row(PGresult *r, int i, int id_col, const char *msg_id, unsigned *bits)
+{
+    const char *channel = PQgetvalue(r, i, id_col + 1);
+    for (int ch = 0; ch < CH_COUNT; ch++) {
+        if (strcmp(channel, channel_names[ch]) != 0)
+            continue;
+        if (PQgetisnull(r, i, id_col + 2))
+            *bits |= 1u << ch;
+        else
+            sent_remember(msg_id, (channel_t)ch, outcome_of(PQgetvalue(r, i, id_col + 2)),
+                          PQgetvalue(r, i, id_col + 3));
+    }
 }
 
 /* ---- rendering ---- */
@@ -442,7 +586,9 @@ static void undo_record(void *arg)
     delivery_clear(d);
 }
 
-static const char sql_seen[] = "SELECT channel FROM notification.deliveries WHERE message_id = $1";
+static const char sql_seen[] =
+    "SELECT $1::text, channel, NULL::text, NULL::text FROM notification.deliveries WHERE message_id = $1::uuid"
+    " UNION ALL SELECT $1::text, channel, status, detail FROM notification.sent_marks WHERE message_id = $1::uuid";
 static const char sql_record[] =
     "INSERT INTO notification.deliveries (message_id, channel, tenant, subject, type, status, detail)"
     " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id, channel) DO NOTHING";
@@ -468,9 +614,7 @@ static int recorded(db_t *tx, const char *msg_id, unsigned *bits)
     if (!r)
         return -1;
     for (int i = 0; i < PQntuples(r); i++)
-        for (int ch = 0; ch < CH_COUNT; ch++)
-            if (strcmp(PQgetvalue(r, i, 0), channel_names[ch]) == 0)
-                *bits |= 1u << ch;
+        read_row(r, i, 0, msg_id, bits);
     PQclear(r);
     return 0;
 }
@@ -601,7 +745,7 @@ typedef struct presend {
  * (written by handle_batch after the whole batch). pre: its sends made
  * ahead, or NULL. */
 static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, record_batch_t *batch,
-                            const presend_t *pre)
+                            const presend_t *pre, marks_t *k)
 {
     for (int i = 0; i < settings.n; i++) {
         channel_t ch = settings.order[i];
@@ -629,6 +773,8 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, 
         const char *status = NULL;
         if (!recalled)
             sent_remember(m->message_id, ch, o, detail);
+        if (networked(ch))
+            marks_add(k, m->message_id, ch, o, detail); /* kept if the message does not commit */
         switch (o) {
         case NOTIFY_SENT:
             status = "sent";
@@ -687,16 +833,22 @@ static svc_result_t handle(svc_ctx_t *c, void *arg)
     notify_msg_t m = message_of(e, &r);
     unsigned done = 0;
     svc_result_t res = SVC_RETRY;
+    marks_t k = {0};
     if (recorded(c->tx, m.message_id, &done) != 0)
         snprintf(c->error, sizeof c->error, "reading deliveries failed (sqlstate %s)", pg_last_sqlstate());
     else
-        res = deliver(c, &m, done, NULL, NULL);
+        res = deliver(c, &m, done, NULL, NULL, &k);
+    if (res != SVC_OK && c->tx->kind == DB_PG)
+        marks_write(c->tx->url, &k);
+    marks_free(&k);
     free(r.text);
     return res;
 }
 
 static const char sql_seen_many[] =
-    "SELECT message_id, channel FROM notification.deliveries WHERE message_id = ANY($1::uuid[])";
+    "SELECT message_id, channel, NULL::text, NULL::text FROM notification.deliveries WHERE message_id = ANY($1::uuid[])"
+    " UNION ALL SELECT message_id, channel, status, detail FROM notification.sent_marks"
+    " WHERE message_id = ANY($1::uuid[])";
 static const char sql_record_many[] =
     "INSERT INTO notification.deliveries (message_id, channel, tenant, subject, type, status, detail)"
     " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])"
@@ -723,11 +875,11 @@ static int recorded_many(db_t *tx, const envelope_t *const *msgs, size_t n, strm
     if (!r)
         return -1;
     for (int i = 0; i < PQntuples(r); i++) {
-        const char *id = PQgetvalue(r, i, 0), *channel = PQgetvalue(r, i, 1);
+        const char *id = PQgetvalue(r, i, 0);
         void **v = strmap_put(done, id, strlen(id), NULL);
-        for (int ch = 0; ch < CH_COUNT; ch++)
-            if (strcmp(channel, channel_names[ch]) == 0)
-                *v = (void *)((uintptr_t)*v | 1u << ch);
+        unsigned bits = (unsigned)(uintptr_t)*v;
+        read_row(r, i, 0, id, &bits);
+        *v = (void *)(uintptr_t)bits;
     }
     PQclear(r);
     return 0;
@@ -779,11 +931,6 @@ typedef struct ahead {
     breaker_permit_t *permit;  /* per message */
     notify_msg_t *msg;         /* per message, while its webhook is out */
 } ahead_t;
-
-static bool networked(channel_t ch)
-{
-    return ch == CH_WEBHOOK || ch == CH_SMTP;
-}
 
 /* Sends the messages of one aggregate, in order, on their networked
  * channels; stops at the first that does not go (the later ones wait for
@@ -976,8 +1123,10 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         for (size_t i = 0; i < n; i++) {
             svc_ctx_t c = {.tx = tx, .msg = msgs[i], .payload = payloads[i], .group = "notification"};
             svc_result_t r = handle(&c, arg);
-            if (r != SVC_OK)
+            if (r != SVC_OK) {
+                svc_batch_failed_with(i, r, c.error); /* not sent again alone in this attempt */
                 return r;
+            }
         }
         return SVC_OK;
     }
@@ -999,8 +1148,8 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
             free(a.r[i].text);
             a.r[i].text = NULL;
             if (rc < 0) {
-                res = SVC_REJECT; /* handle() rejects it on its own */
-                svc_batch_failed_at(i);
+                res = SVC_REJECT;
+                svc_batch_failed_with(i, res, why);
             }
             continue;
         }
@@ -1021,15 +1170,24 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         const log_ctx_t *prev = log_ctx_set(&lc);
         notify_msg_t m = message_of(e, &a.r[i]);
         svc_ctx_t c = {.tx = tx, .msg = e, .payload = payloads[i], .group = "notification"};
-        res = deliver(&c, &m, a.done[i], &b, &a.pre[i]);
+        res = deliver(&c, &m, a.done[i], &b, &a.pre[i], NULL);
         if (res != SVC_OK) {
             log_debug("notification batch: %s", c.error);
-            svc_batch_failed_at(i);
+            svc_batch_failed_with(i, res, c.error); /* its sends' outcome: not sent again alone */
         }
         log_ctx_set(prev);
     }
     if (res == SVC_OK && batch_write(tx, &b) != 0)
         res = SVC_RETRY;
+    if (res != SVC_OK) { /* the batch rolls back: what its sends did is kept */
+        marks_t k = {0};
+        for (size_t i = 0; i < n; i++)
+            for (int ch = 0; ch < CH_COUNT; ch++)
+                if ((a.pre[i].have & (1u << ch)) && a.pre[i].r[ch] == SVC_OK)
+                    marks_add(&k, msgs[i]->id, (channel_t)ch, a.pre[i].o[ch], a.pre[i].detail[ch]);
+        marks_write(tx->url, &k);
+        marks_free(&k);
+    }
     for (size_t i = 0; i < n; i++)
         free(a.r[i].text);
     free(a.r);

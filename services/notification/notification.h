@@ -17,13 +17,19 @@
  * notification.deliveries, or a memory table, in the transaction that records
  * the message in the inbox; a channel already recorded for a message is not
  * delivered again. Sending is not transactional: a crash after a send and
- * before the commit sends that channel again on redelivery (webhook receivers
- * can drop the copy by its X-Ecom-Message-Id header). Within one process,
- * a delivery made in a transaction that was then rolled back (the runtime
- * retries a batch message by message when one of its messages fails) is
- * remembered and recorded, not sent, on the next attempt.
+ * before the commit sends that channel again on redelivery, and a webhook
+ * whose kept connection closed before any answer came is sent once more on a
+ * new one, though the receiver may have taken it before closing (webhook
+ * receivers can drop such copies by their X-Ecom-Message-Id header). A delivery made in a
+ * transaction that was then rolled back (the runtime retries a batch message
+ * by message when one of its messages fails; a later channel may be failing
+ * or put off for as long as an outage lasts) is recorded, not sent, on the
+ * next attempt: a process remembers its recent sends, and with PostgreSQL a
+ * handler call that fails first writes what its sends did to
+ * notification.sent_marks on a connection of its own, which later attempts
+ * read, after a restart or a takeover too.
  * Owns: the memory table (MEM_SLOT_NOTIFICATION), the channel settings and
- * breakers, and the memory of recent sends. */
+ * breakers, the memory of recent sends and the sent marks' connection. */
 #ifndef ECOM_NOTIFICATION_H
 #define ECOM_NOTIFICATION_H
 
@@ -58,6 +64,9 @@ const svc_def_t *notification_service(void);
  * -1 and err lists every problem, "; "-separated, and nothing changes.
  * Without a call, the log channel alone runs, without a sink file. */
 int notification_configure(const notification_config_t *cfg, char *err, size_t cap) __attribute__((warn_unused_result));
+/* Forgets what this process remembers of its sends and closes the sent
+ * marks' connection, as a restart would (tests; shutdown). */
+void notification_forget_sends(void);
 
 typedef struct notification_delivery {
     char message_id[UUID_STR_LEN];

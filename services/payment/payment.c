@@ -622,6 +622,7 @@ typedef struct prefetch {
     strmap_t read;
     payment_t *read_rows;
     deferred_t w; /* PostgreSQL: the batch's settles and events, held back */
+    bool provider_failed; /* handle_one's failure was the provider's answer (or its breaker's) */
 } prefetch_t;
 
 /* The batch's locked copy of payment id of tenant, or NULL (not read, or
@@ -678,12 +679,16 @@ static svc_result_t on_requested(svc_ctx_t *c, prefetch_t *pf)
     for (size_t i = 0; pf && i < pf->n; i++)
         if (pf->result[i] != SVC_OK && strcmp(pf->rows[i].id, id) == 0) {
             snprintf(c->error, sizeof c->error, "%s", pf->error[i]);
+            pf->provider_failed = true;
             return pf->result[i];
         }
     provider_answer_t a;
     svc_result_t r = charge(c, &p, &a);
-    if (r != SVC_OK)
+    if (r != SVC_OK) {
+        if (pf)
+            pf->provider_failed = true;
         return r;
+    }
     bool ok = a.outcome == PROVIDER_APPROVED;
     if (pf && pf->w.on)
         defer_settle(&pf->w, &p, ok ? "succeeded" : "failed", ok ? NULL : a.reason, ok ? a.ref : NULL);
@@ -978,8 +983,11 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         svc_log_ctx(&lc, trace, e);
         const log_ctx_t *prev = log_ctx_set(&lc);
         svc_ctx_t c = {.tx = tx, .msg = e, .payload = payloads[i], .group = "payment"};
+        pf.provider_failed = false;
         r = handle_one(&c, &pf);
-        if (r != SVC_OK)
+        if (r != SVC_OK && pf.provider_failed)
+            svc_batch_failed_with(i, r, c.error); /* the provider's answer: not asked again in this attempt */
+        else if (r != SVC_OK)
             svc_batch_failed_at(i); /* the others go as a batch, this one alone */
         log_ctx_set(prev);
     }

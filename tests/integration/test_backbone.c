@@ -61,6 +61,7 @@ typedef struct handler_cfg {
     bool drop_conn;   /* postgres: the injected failure ends the transaction's connection */
     int dropped_lane; /* on which lane it did (0: the service's own connection) */
     bool name;        /* record_batch names the message it failed on (svc_batch_failed_at) */
+    bool own;         /* ... as its own failure (svc_batch_failed_with): not run again alone */
     /* while defer is set, messages of this aggregate (NULL: all) are put off (SVC_DEFER) */
     const char *defer_aggregate;
     atomic_bool defer;
@@ -140,7 +141,9 @@ static svc_result_t record_batch(db_t *tx, const envelope_t *const *msgs, json_o
         svc_result_t r = record_handler(&c, arg);
         if (r != SVC_OK) {
             __atomic_add_fetch(&((handler_cfg_t *)arg)->batch_failed, 1, __ATOMIC_SEQ_CST);
-            if (((handler_cfg_t *)arg)->name)
+            if (((handler_cfg_t *)arg)->own)
+                svc_batch_failed_with(i, r, c.error);
+            else if (((handler_cfg_t *)arg)->name)
                 svc_batch_failed_at(i);
             return r;
         }
@@ -490,7 +493,7 @@ static void test_flow_real(void)
 /* One message fails twice then succeeds; another always fails and is
  * dead-lettered after 5 attempts; messages behind each in its aggregate wait
  * for it, other aggregates flow on. */
-static void retries(bool memory, bool batch, bool hold, bool name)
+static void retries(bool memory, bool batch, bool hold, bool name, bool own)
 {
     sut_t s;
     sut_init(&s, memory, hold ? "retry_held" : name ? "retry_named" : "retry");
@@ -500,6 +503,7 @@ static void retries(bool memory, bool batch, bool hold, bool name)
     sut_add_service(&s, "r2", types_orders);
     s.hcfg[0].hold = s.hcfg[1].hold = hold;
     s.hcfg[0].name = s.hcfg[1].name = name;
+    s.hcfg[0].own = s.hcfg[1].own = own;
     s.hcfg[0].fail_aggregate = "order-3";
     s.hcfg[0].fail_seq = 2;
     s.hcfg[0].fail_times = 2;
@@ -514,6 +518,11 @@ static void retries(bool memory, bool batch, bool hold, bool name)
     if (hold) { /* the batch calls succeed; the held failure comes back at the commit or release */
         CU_ASSERT_TRUE(s.hcfg[1].failed >= 5);
         CU_ASSERT_EQUAL(s.hcfg[1].batch_failed, 0);
+    } else if (own) {
+        /* each attempt runs the failing message once: the batch call that
+         * named it is its attempt, not followed by a run of it alone */
+        CU_ASSERT_EQUAL(s.hcfg[0].failed, 2);
+        CU_ASSERT_EQUAL(s.hcfg[1].failed, 5);
     } else if (name) {
         /* the batch that met it split there at once: one failed batch call
          * (or two, should it come back inside a batch before it is known) */
@@ -709,12 +718,12 @@ static void test_replay_place_real(void)
 
 static void test_retries_memory(void)
 {
-    retries(true, false, false, false);
+    retries(true, false, false, false, false);
 }
 
 static void test_retries_real(void)
 {
-    retries(false, false, false, false);
+    retries(false, false, false, false, false);
 }
 
 /* A retry falls due while the read-ahead holds the next batch (a backlog of
@@ -1021,12 +1030,12 @@ static void test_late_reader_real(void)
 
 static void test_retries_batch_memory(void)
 {
-    retries(true, true, false, false);
+    retries(true, true, false, false, false);
 }
 
 static void test_retries_batch_real(void)
 {
-    retries(false, true, false, false);
+    retries(false, true, false, false, false);
 }
 
 /* A batch handler that names the message it failed on: the batch is split
@@ -1034,12 +1043,24 @@ static void test_retries_batch_real(void)
  * instead of halved down to it. */
 static void test_retries_named_memory(void)
 {
-    retries(true, true, false, true);
+    retries(true, true, false, true, false);
 }
 
 static void test_retries_named_real(void)
 {
-    retries(false, true, false, true);
+    retries(false, true, false, true, false);
+}
+
+/* A batch handler that names the message it failed on as the failure's
+ * owner (a provider's answer): that call is the message's attempt. */
+static void test_retries_own_memory(void)
+{
+    retries(true, true, false, true, true);
+}
+
+static void test_retries_own_real(void)
+{
+    retries(false, true, false, true, true);
 }
 
 /* The same with the handlers' writes held back to the commit (db_defer),
@@ -1047,7 +1068,7 @@ static void test_retries_named_real(void)
  * release, and is found and retried as a handler's failure. */
 static void test_retries_held_real(void)
 {
-    retries(false, true, true, false);
+    retries(false, true, true, false, false);
 }
 
 /* A service with a linger waits after a short read, so that what arrives
@@ -2341,6 +2362,10 @@ int main(void)
          test_retries_named_memory},
         {"retries with a batch handler that names the failing message: split there, order kept (postgres+redis)",
          test_retries_named_real},
+        {"a batch handler's own failure is the message's attempt: not run again alone (memory)",
+         test_retries_own_memory},
+        {"a batch handler's own failure is the message's attempt: not run again alone (postgres+redis)",
+         test_retries_own_real},
         {"retries when held writes fail at the commit: halves find the message, order kept (postgres+redis)",
          test_retries_held_real},
         {"a retry's scan leaves the batch the read-ahead holds alone (postgres+redis)", test_retries_read_ahead_real},

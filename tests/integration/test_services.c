@@ -1278,11 +1278,11 @@ static void test_otp_real(void)
     otp(false);
 }
 
-/* A webhook receiver on a thread of the test: answers 500 to the first
- * fail_first requests, then 200; checks every signature. */
+/* A webhook receiver on a thread of the test: answers fail_code (500 unless
+ * set) to the first fail_first requests, then 200; checks every signature. */
 typedef struct hook {
     http_sink_t srv;
-    atomic_int requests, good_signatures, fail_first;
+    atomic_int requests, good_signatures, fail_first, fail_code;
     pthread_mutex_t mu;
     char message_ids[8][64];
     char body[4096];
@@ -1303,8 +1303,11 @@ static void hook_cb(struct evhttp_request *req, void *arg)
         snprintf(h->message_ids[k], sizeof h->message_ids[k], "%s", mid ? mid : "");
     snprintf(h->body, sizeof h->body, "%.*s", (int)n, (const char *)body);
     pthread_mutex_unlock(&h->mu);
-    int code = k < atomic_load(&h->fail_first) ? 500 : 200;
-    evhttp_send_reply(req, code, code == 200 ? "OK" : "Internal Server Error", NULL);
+    int fail = atomic_load(&h->fail_code) ? atomic_load(&h->fail_code) : 500;
+    int code = k < atomic_load(&h->fail_first) ? fail : 200;
+    if (code >= 300 && code < 400)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Location", "https://elsewhere.example/hooks");
+    evhttp_send_reply(req, code, code == 200 ? "OK" : "Not OK", NULL);
 }
 
 static void hook_start(hook_t *h, int fail_first)
@@ -1444,6 +1447,94 @@ static void test_webhook_kept(void)
 static void test_webhook_real(void)
 {
     webhook(false);
+}
+
+/* A receiver that answers with a redirect is up: its answers are retried and
+ * dead-lettered with the reason, not counted as an outage (an open breaker
+ * would put off every notification for as long as the address is wrong):
+ * three messages, five attempts each, past the breaker's ten calls. */
+static void test_webhook_redirect(void)
+{
+    hook_t h;
+    hook_start(&h, 1000);
+    atomic_store(&h.fail_code, 301);
+    sut_t s;
+    start_webhook_notification(&s, true, "svc_webhook_redirect", "webhook", h.srv.port);
+    append_otp(&s, "100001");
+    append_otp(&s, "100002");
+    append_otp(&s, "100003");
+    for (int i = 0; i < 300 && dlq(&s, "notification", NULL) < 3; i++)
+        clock_sleep_ms(50);
+    CU_ASSERT_EQUAL(dlq(&s, "notification", "redirects are not followed"), 3);
+    CU_ASSERT_EQUAL(atomic_load(&h.requests), 15);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "webhook"), 0);
+    sut_stop(&s);
+    hook_stop(&h);
+    configure_notification(&s, "log", NULL, 0);
+}
+
+/* The webhook went out, the smtp channel behind it keeps failing (nothing
+ * listens on port 1), so the message does not commit and is retried. The
+ * process then forgets its sends, as a restart would: the next attempt reads
+ * what the webhook did from notification.sent_marks and does not POST again,
+ * and once the message commits its webhook delivery is recorded from it. */
+static void test_webhook_kept_through_retries(void)
+{
+    hook_t h;
+    hook_start(&h, 0);
+    sut_t s;
+    sut_init(&s, false, "svc_webhook_marks");
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", h.srv.port);
+    configure_notification(&s, "webhook,smtp", url, 1);
+    sut_add(&s, notification_service());
+    s.sopts[0].backoff_ms = 1500; /* attempts 1.5 s, 3 s, ... apart */
+    sut_start(&s);
+    append_otp(&s, "246810");
+    for (int i = 0; i < 200 && atomic_load(&h.requests) < 1; i++)
+        clock_sleep_ms(50);
+    CU_ASSERT_EQUAL(atomic_load(&h.requests), 1);
+    char *err = NULL;
+    PGconn *c = pg_connect(s.pg_url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    bool marked = false;
+    for (int i = 0; i < 100 && !marked; i++) {
+        PGresult *r = pg_query(c,
+                               "SELECT count(*) FROM notification.sent_marks WHERE channel = 'webhook'"
+                               " AND status = 'sent'",
+                               0, NULL);
+        marked = r && strcmp(PQgetvalue(r, 0, 0), "1") == 0;
+        PQclear(r);
+        if (!marked)
+            clock_sleep_ms(20);
+    }
+    CU_ASSERT_TRUE(marked);
+    notification_forget_sends();
+    clock_sleep_ms(2000); /* the second attempt, which fails on smtp again */
+    CU_ASSERT_EQUAL(atomic_load(&h.requests), 1);
+    CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "webhook"), 0);
+    /* smtp taken out: the next attempt commits, the webhook recorded from its mark */
+    configure_notification(&s, "webhook", url, 0);
+    CU_ASSERT_TRUE(wait_deliveries(&s, "user@example.com", "auth.otp.requested", "webhook", 1, 15000));
+    clock_sleep_ms(300);
+    CU_ASSERT_EQUAL(atomic_load(&h.requests), 1);
+    notification_delivery_t *d = NULL;
+    size_t n = 0;
+    db_t *db = sut_db(&s);
+    CU_ASSERT_EQUAL(notification_list(db, TENANT, "user@example.com", 10, &d, &n), 0);
+    CU_ASSERT_EQUAL(n, 1);
+    if (n == 1) {
+        CU_ASSERT_STRING_EQUAL(d[0].status, "sent");
+        CU_ASSERT_PTR_NOT_NULL(strstr(d[0].detail, "an earlier attempt"));
+    }
+    notification_deliveries_free(d, n);
+    db_close(db);
+    PQfinish(c);
+    sut_stop(&s);
+    hook_stop(&h);
+    notification_forget_sends();
+    configure_notification(&s, "log", NULL, 0);
 }
 
 /* A socket listening on 127.0.0.1 at a port the kernel chose (*port). */
@@ -1963,6 +2054,10 @@ int main(void)
          test_smtp_refused_once_real},
         {"signed webhook, 500 twice then 200: delivered once (memory)", test_webhook_memory},
         {"signed webhook, 500 twice then 200: delivered once (postgres+redis)", test_webhook_real},
+        {"a webhook answered with a redirect: retried, dead-lettered, no breaker opened (memory)",
+         test_webhook_redirect},
+        {"a webhook sent before a later channel failed is not sent again after a restart (postgres+redis)",
+         test_webhook_kept_through_retries},
         {"webhooks share a kept connection; closed ones are replaced (memory)", test_webhook_kept},
         {"a webhook's final status counts: 100 skipped, a 200 with a cut or stalled body (memory)",
          test_webhook_status_counts},
