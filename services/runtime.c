@@ -765,8 +765,17 @@ static void schedule_failures(rt_t *rt)
 
 /* All at once, then one by one when a handler failed; a batch with a
  * message that failed before goes the slow way at once. */
+static _Atomic uint64_t attempts;
+static _Thread_local uint64_t attempt_now;
+
+uint64_t svc_attempt(void)
+{
+    return attempt_now;
+}
+
 static int apply(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *blocked)
 {
+    attempt_now = atomic_fetch_add(&attempts, 1) + 1;
     for (size_t i = 0; i < n; i++)
         if (ws[i].suspect)
             return apply_slow(rt, db, ws, n, blocked);
@@ -811,7 +820,7 @@ static void *lane_main(void *arg)
 
 static uint32_t lane_of(size_t nl, const char *key, size_t klen)
 {
-    uint32_t h = 2166136261u; /* FNV-1a over stream, tenant and aggregate */
+    uint32_t h = 2166136261u; /* FNV-1a over topic, tenant and aggregate */
     for (size_t i = 0; i < klen; i++)
         h = (h ^ (unsigned char)key[i]) * 16777619u;
     return h % (uint32_t)nl;

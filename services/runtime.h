@@ -151,6 +151,13 @@ void svc_batch_failed_at(size_t i);
  * in one attempt. */
 void svc_batch_failed_with(size_t i, svc_result_t r, const char *error);
 
+/* On a handler's thread: which application of a batch this is. Every
+ * handler call the runtime makes for one batch (the all-at-once call, its
+ * halves, single messages: one attempt of each message) sees the same value;
+ * the next application (a retry) a new one. Lets a handler remember what
+ * failed in this attempt so it does not call out for it again in the same one. */
+uint64_t svc_attempt(void);
+
 /* Runs until *stop; finishes the batch in hand. 0 on a clean stop. */
 int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop);
 

@@ -225,15 +225,22 @@ typedef struct sent_rec {
 
 static recent_t sent = RECENT_INIT(SENT_MAX, sizeof(sent_rec_t)); /* "message id/channel" -> outcome */
 
-static size_t sent_key(const char *msg_id, channel_t ch, char *k, size_t cap)
+/* "message id/channel", the id in lower case (as PostgreSQL gives it back:
+ * sent_marks). Also the memory table's key. */
+static size_t delivery_key(const char *msg_id, const char *channel, char *k, size_t cap)
 {
-    char low[UUID_STR_LEN]; /* as PostgreSQL gives it back (sent_marks) */
+    char low[UUID_STR_LEN];
     if (uuid_valid(msg_id)) {
         uuid_lower(msg_id, low);
         msg_id = low;
     }
-    int n = snprintf(k, cap, "%s/%s", msg_id, channel_names[ch]);
+    int n = snprintf(k, cap, "%s/%s", msg_id, channel);
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static size_t sent_key(const char *msg_id, channel_t ch, char *k, size_t cap)
+{
+    return delivery_key(msg_id, channel_names[ch], k, cap);
 }
 
 static bool final_outcome(notify_outcome_t o)
@@ -270,6 +277,44 @@ static void sent_remember(const char *msg_id, channel_t ch, notify_outcome_t o, 
     sent_rec_t r = {.o = o};
     snprintf(r.detail, sizeof r.detail, "%s", detail ? detail : "");
     recent_put(&sent, k, &r);
+}
+
+/* ---- what failed in this attempt ----
+ *
+ * A refusal (HTTP 3xx, 4xx) or a failure is asked again at the message's
+ * next attempt, not by the halves of the batch that failed on it or by its
+ * single-message pass: those run in the same attempt (svc_attempt), and each
+ * would otherwise send every failing message of the batch once more. */
+
+typedef struct tried_rec {
+    uint64_t attempt;
+    svc_result_t r;     /* send_guarded's result */
+    notify_outcome_t o; /* its outcome, when r is SVC_OK */
+    char detail[200];
+    char error[200];
+} tried_rec_t;
+
+#define TRIED_MAX 16384 /* > SERVICE_BATCH's limit */
+static recent_t tried =
+    RECENT_INIT(TRIED_MAX, sizeof(tried_rec_t)); /* "message id/channel" -> this attempt's failure */
+
+static void tried_remember(uint64_t attempt, const char *msg_id, channel_t ch, svc_result_t r, notify_outcome_t o,
+                           const char *detail, const char *error)
+{
+    char k[64];
+    if (attempt == 0 || (r == SVC_OK && final_outcome(o)) || sent_key(msg_id, ch, k, sizeof k) == 0)
+        return;
+    tried_rec_t t = {.attempt = attempt, .r = r, .o = o};
+    snprintf(t.detail, sizeof t.detail, "%s", detail ? detail : "");
+    snprintf(t.error, sizeof t.error, "%s", error ? error : "");
+    recent_put(&tried, k, &t);
+}
+
+/* This attempt's failure of (msg_id, ch) into *t; false when there is none. */
+static bool tried_recall(uint64_t attempt, const char *msg_id, channel_t ch, tried_rec_t *t)
+{
+    char k[64];
+    return attempt != 0 && sent_key(msg_id, ch, k, sizeof k) != 0 && recent_get(&tried, k, t) && t->attempt == attempt;
 }
 
 /* ---- outcomes kept through a rollback, in PostgreSQL ----
@@ -327,12 +372,44 @@ static void marks_add(marks_t *k, const char *msg_id, channel_t ch, notify_outco
 }
 
 static const char sql_mark[] =
-    "WITH old AS (DELETE FROM notification.sent_marks WHERE marked_at < now() - interval '7 days')"
-    " INSERT INTO notification.sent_marks (message_id, channel, status, detail)"
+    "INSERT INTO notification.sent_marks (message_id, channel, status, detail)"
     " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
+/* marks are written on failures only, so the table stays small: its old
+ * rows go at most every MARKS_CLEANUP_MS, a scan of what is there */
+static const char sql_mark_cleanup[] =
+    "DELETE FROM notification.sent_marks WHERE marked_at < now() - interval '7 days'";
+#define MARKS_CLEANUP_MS (10 * 60 * 1000)
+static int64_t marks_cleaned_ms;
 
-/* Writes k's marks (database of url) in a transaction of their own; a
- * failure is logged: the memory still covers the next attempts it holds. */
+/* The marks' connection to url's database, opened (again) when needed;
+ * under marks_mu. A mark lost in a crash only means the channel may send
+ * once more: its commits do not wait for the WAL flush. */
+static PGconn *marks_conn(const char *url, bool fresh)
+{
+    if (marks_db && (fresh || !marks_db->url || strcmp(marks_db->url, url) != 0)) {
+        db_close(marks_db); /* broken, or another database now */
+        marks_db = NULL;
+    }
+    if (!marks_db) {
+        char *err = NULL;
+        if (!(marks_db = db_open_pg(url, "ecom-notification-marks", &err))) {
+            log_warn("notification: cannot keep what was sent: %s", err);
+            free(err);
+            return NULL;
+        }
+        if (pg_exec(db_pg(marks_db), "SET synchronous_commit = off") != 0) {
+            db_close(marks_db);
+            marks_db = NULL;
+            return NULL;
+        }
+    }
+    return db_pg(marks_db);
+}
+
+/* Writes k's marks (database of url) in a transaction of their own, on a
+ * new connection once more when the kept one fails (the server may have
+ * closed it while idle); a failure is logged: the memory still covers the
+ * next attempts it holds. */
 static void marks_write(const char *url, marks_t *k)
 {
     if (!k->n || !url)
@@ -341,41 +418,39 @@ static void marks_write(const char *url, marks_t *k)
     pg_array_begin(&col[0], PG_OID_UUID, k->n);
     for (int c = 1; c < 4; c++)
         pg_array_begin(&col[c], PG_OID_TEXT, k->n);
-    bool ok = true;
-    for (size_t i = 0; i < k->n && ok; i++) {
-        ok = pg_array_uuid(&col[0], k->m[i].id) == 0;
+    uint32_t n = 0;
+    for (size_t i = 0; i < k->n; i++) {
+        if (!uuid_valid(k->m[i].id) || pg_array_uuid(&col[0], k->m[i].id) != 0)
+            continue; /* not a UUID: its channel may send again; the others are kept */
         pg_array_text(&col[1], channel_names[k->m[i].ch]);
         pg_array_text(&col[2], status_of(k->m[i].o));
         pg_array_text(&col[3], k->m[i].detail);
+        n++;
     }
     const char *vals[4];
     int lens[4], fmts[4];
-    pg_array_params(col, 4, (uint32_t)k->n, vals, lens, fmts);
+    pg_array_params(col, 4, n, vals, lens, fmts);
+    bool ok = false;
     pthread_mutex_lock(&marks_mu);
-    char *err = NULL;
-    if (marks_db && (!marks_db->url || strcmp(marks_db->url, url) != 0)) { /* another database now */
-        db_close(marks_db);
-        marks_db = NULL;
+    for (int round = 0; n && round < 2 && !ok; round++) {
+        PGconn *c = marks_conn(url, round > 0);
+        if (!c)
+            break;
+        PGresult *r = PQexecParams(c, sql_mark, 4, NULL, vals, lens, fmts, 0);
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok && round > 0)
+            log_warn("notification: cannot keep what was sent: %s", PQerrorMessage(c));
+        PQclear(r);
     }
-    if (ok && !marks_db && !(marks_db = db_open_pg(url, "ecom-notification-marks", &err))) {
-        log_warn("notification: cannot keep what was sent: %s", err);
-        free(err);
-        ok = false;
+    int64_t now = clock_mono_ms();
+    if (ok && now - marks_cleaned_ms >= MARKS_CLEANUP_MS) {
+        marks_cleaned_ms = now;
+        if (pg_exec(db_pg(marks_db), sql_mark_cleanup) != 0)
+            log_warn("notification: old sent marks not removed");
     }
-    if (ok && db_ensure(marks_db) != 0)
-        ok = false;
-    /* a mark lost in a crash only means the channel may send once more */
-    if (ok && pg_exec(db_pg(marks_db), "SET synchronous_commit = off") != 0)
-        ok = false;
-    PGresult *r = ok ? PQexecParams(db_pg(marks_db), sql_mark, 4, NULL, vals, lens, fmts, 0) : NULL;
-    if (ok && PQresultStatus(r) != PGRES_COMMAND_OK) {
-        log_warn("notification: cannot keep what was sent: %s", PQerrorMessage(db_pg(marks_db)));
-        ok = false;
-    }
-    PQclear(r);
     pthread_mutex_unlock(&marks_mu);
     if (ok)
-        log_debug("notification: kept what %zu sends did for a later attempt", k->n);
+        log_debug("notification: kept what %u sends did for a later attempt", n);
     for (int c = 0; c < 4; c++)
         pg_array_free(&col[c]);
 }
@@ -390,6 +465,7 @@ static void marks_free(marks_t *k)
 void notification_forget_sends(void)
 {
     recent_clear(&sent);
+    recent_clear(&tried);
     pthread_mutex_lock(&marks_mu);
     db_close(marks_db);
     marks_db = NULL;
@@ -581,8 +657,8 @@ static void undo_record(void *arg)
     mem_deliveries_t *m = arg;
     notification_delivery_t *d = &m->rows[--m->n];
     char k[64];
-    int kl = snprintf(k, sizeof k, "%s/%s", d->message_id, d->channel);
-    strmap_del(&m->by_key, k, (size_t)kl, NULL);
+    size_t kl = delivery_key(d->message_id, d->channel, k, sizeof k);
+    strmap_del(&m->by_key, k, kl, NULL);
     delivery_clear(d);
 }
 
@@ -766,7 +842,18 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, 
         } else if (ch == CH_LOG) {
             o = notification_log_deliver(m, settings.sink_file, detail, sizeof detail);
         } else {
-            svc_result_t r = send_guarded(c, ch, m, &o, detail, sizeof detail);
+            uint64_t attempt = svc_attempt();
+            tried_rec_t t;
+            svc_result_t r;
+            if (tried_recall(attempt, m->message_id, ch, &t)) { /* failed in this attempt: not asked again */
+                r = t.r;
+                o = t.o;
+                snprintf(detail, sizeof detail, "%s", t.detail);
+                snprintf(c->error, sizeof c->error, "%s", t.error);
+            } else {
+                r = send_guarded(c, ch, m, &o, detail, sizeof detail);
+                tried_remember(attempt, m->message_id, ch, r, o, detail, c->error);
+            }
             if (r != SVC_OK)
                 return r;
         }
@@ -919,6 +1006,7 @@ static int batch_write(db_t *tx, record_batch_t *b)
 #define SEND_THREADS 16 /* with smtp: networked sends side by side (+ the calling thread) */
 
 typedef struct ahead {
+    uint64_t attempt;       /* svc_attempt() of the batch's thread */
     size_t n;               /* messages of the batch */
     const envelope_t *const *msgs;
     rendered_t *r;          /* rendered[i]; text NULL when not notified */
@@ -955,7 +1043,16 @@ static void send_group(void *arg, size_t g)
                 continue;
             svc_ctx_t c = {.msg = e, .group = "notification"};
             p->have |= 1u << ch;
-            p->r[ch] = send_guarded(&c, ch, &m, &p->o[ch], p->detail[ch], sizeof p->detail[ch]);
+            tried_rec_t t;
+            if (tried_recall(a->attempt, m.message_id, ch, &t)) { /* failed in this attempt: not asked again */
+                p->r[ch] = t.r;
+                p->o[ch] = t.o;
+                snprintf(p->detail[ch], sizeof p->detail[ch], "%s", t.detail);
+                snprintf(c.error, sizeof c.error, "%s", t.error);
+            } else {
+                p->r[ch] = send_guarded(&c, ch, &m, &p->o[ch], p->detail[ch], sizeof p->detail[ch]);
+                tried_remember(a->attempt, m.message_id, ch, p->r[ch], p->o[ch], p->detail[ch], c.error);
+            }
             if (p->r[ch] != SVC_OK) {
                 snprintf(p->error, sizeof p->error, "%s", c.error);
                 stop = true;
@@ -985,6 +1082,15 @@ static const notify_msg_t *webhook_next(void *arg, size_t g, size_t *item)
             continue;
         presend_t *p = &a->pre[i];
         p->have |= 1u << CH_WEBHOOK;
+        tried_rec_t t;
+        if (tried_recall(a->attempt, e->id, CH_WEBHOOK, &t)) { /* failed in this attempt: not asked again */
+            p->r[CH_WEBHOOK] = t.r;
+            p->o[CH_WEBHOOK] = t.o;
+            snprintf(p->detail[CH_WEBHOOK], sizeof p->detail[CH_WEBHOOK], "%s", t.detail);
+            snprintf(p->error, sizeof p->error, "%s", t.error);
+            a->cursor[g] = a->group_start[g + 1]; /* the later ones of the aggregate wait for it */
+            return NULL;
+        }
         log_ctx_t lc;
         char trace[33];
         svc_log_ctx(&lc, trace, e);
@@ -1014,6 +1120,7 @@ static void webhook_answered(void *arg, size_t g, size_t i, notify_outcome_t o, 
     p->o[CH_WEBHOOK] = o;
     snprintf(p->detail[CH_WEBHOOK], sizeof p->detail[CH_WEBHOOK], "%s", detail);
     p->r[CH_WEBHOOK] = guard_end(CH_WEBHOOK, &a->permit[i], o, detail, ms, p->error, sizeof p->error);
+    tried_remember(a->attempt, a->msgs[i]->id, CH_WEBHOOK, p->r[CH_WEBHOOK], o, detail, p->error);
     if (p->r[CH_WEBHOOK] == SVC_OK && final_outcome(o))
         sent_remember(a->msgs[i]->id, CH_WEBHOOK, o, detail);
     else
@@ -1135,7 +1242,8 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     record_batch_t b = {0};
     for (int k = 0; k < RECORD_COLS; k++)
         pg_array_begin(&b.col[k], k == 0 ? PG_OID_UUID : PG_OID_TEXT, 0);
-    ahead_t a = {.n = n,
+    ahead_t a = {.attempt = svc_attempt(),
+                 .n = n,
                  .msgs = msgs,
                  .r = xcalloc(n, sizeof *a.r),
                  .done = xcalloc(n, sizeof *a.done),
