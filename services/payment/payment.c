@@ -389,6 +389,37 @@ static void answers_remember(const char *id, const provider_answer_t *a)
     recent_put(&answers, id, a);
 }
 
+/* Provider failures in the current attempt (svc_attempt) by payment id: the
+ * halves of a batch that failed on one, and its single-message pass, do not
+ * call the provider for it again in that attempt (the next attempt does). */
+typedef struct failed_call {
+    uint64_t attempt;
+    svc_result_t r;
+    char error[256];
+} failed_call_t;
+
+static recent_t failed_calls = RECENT_INIT(ANSWERS_MAX, sizeof(failed_call_t)); /* payment id -> failure */
+
+static bool failed_recall(const char *id, svc_result_t *r, char *error, size_t cap)
+{
+    failed_call_t f;
+    uint64_t attempt = svc_attempt();
+    if (attempt == 0 || !recent_get(&failed_calls, id, &f) || f.attempt != attempt)
+        return false;
+    *r = f.r;
+    snprintf(error, cap, "%s", f.error);
+    return true;
+}
+
+static void failed_remember(const char *id, svc_result_t r, const char *error)
+{
+    failed_call_t f = {.attempt = svc_attempt(), .r = r};
+    if (f.attempt == 0 || r == SVC_OK)
+        return;
+    snprintf(f.error, sizeof f.error, "%s", error);
+    recent_put(&failed_calls, id, &f);
+}
+
 static void count_call(const char *outcome)
 {
     char labels[48];
@@ -434,13 +465,18 @@ static svc_result_t charge(svc_ctx_t *c, const payment_t *p, provider_answer_t *
 {
     if (answers_recall(p->id, a))
         return SVC_OK;
+    svc_result_t r;
+    if (failed_recall(p->id, &r, c->error, sizeof c->error))
+        return r;
     breaker_t *b = get_breaker();
     breaker_permit_t permit;
     if (!charge_begin(b, &permit, c->error, sizeof c->error))
         return SVC_DEFER;
     int64_t t0 = clock_mono_ms();
     payment_provider_charge(p->id, p->amount, p->currency, p->method, a);
-    return charge_end(b, &permit, p, a, clock_mono_ms() - t0, c->error, sizeof c->error);
+    r = charge_end(b, &permit, p, a, clock_mono_ms() - t0, c->error, sizeof c->error);
+    failed_remember(p->id, r, c->error);
+    return r;
 }
 
 /* ---- writes a batch holds back ---- */
@@ -877,6 +913,8 @@ static void charge_many(prefetch_t *pf)
         provider_answer_t a;
         if (answers_recall(p->id, &a)) {
             pf->result[i] = SVC_OK;
+        } else if (failed_recall(p->id, &pf->result[i], pf->error[i], sizeof pf->error[i])) {
+            /* failed in this attempt: not called again */
         } else if (!charge_begin(b, &permit[k], pf->error[i], sizeof pf->error[i])) {
             pf->result[i] = SVC_DEFER;
         } else {
@@ -890,6 +928,7 @@ static void charge_many(prefetch_t *pf)
     for (size_t j = 0; j < k; j++) {
         size_t i = at[j];
         pf->result[i] = charge_end(b, &permit[j], &pf->rows[i], &answers_of[j], ms, pf->error[i], sizeof pf->error[i]);
+        failed_remember(pf->rows[i].id, pf->result[i], pf->error[i]);
     }
     free(permit);
     free(calls);

@@ -952,6 +952,33 @@ static void test_unknown_real(void)
     unknown_payment(false);
 }
 
+/* A provider that always fails, its breaker kept closed: three payments of
+ * one batch, five attempts each, then the DLQ. The provider is called once
+ * per payment and attempt: the batch's halves and single-message passes do
+ * not call it again for what failed in that attempt. */
+static void test_provider_once_per_attempt(void)
+{
+    sut_t s;
+    sut_init(&s, false, "svc_provider_attempts");
+    breaker_params_t bp = {.minimum_calls = 1000};
+    configure_payment(&bp, 100); /* percent */
+    sut_add(&s, payment_service());
+    char ids[3][UUID_STR_LEN];
+    create_payments(&s, 3, 500, "card", ids); /* before the start: one batch */
+    sut_start(&s);
+    for (int i = 0; i < 300 && dlq(&s, "payment", NULL) < 3; i++)
+        clock_sleep_ms(50);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", "5 attempts"), 3);
+    payment_provider_stats_t st;
+    payment_provider_stats(&st);
+    CU_ASSERT_EQUAL(st.calls, 15);
+    if (st.calls != 15)
+        fprintf(stderr, "\n  provider calls: %llu\n", (unsigned long long)st.calls);
+    CU_ASSERT_EQUAL(st.charges, 0);
+    sut_stop(&s);
+    configure_payment(NULL, 0);
+}
+
 /* ---- notification ---- */
 
 static void append_otp(sut_t *s, const char *code)
@@ -2071,6 +2098,7 @@ int main(void)
         {"unknown payment: DLQ with its reason; sent back, only payment applies it (memory)", test_unknown_memory},
         {"unknown payment: DLQ with its reason; sent back, only payment applies it (postgres+redis)",
          test_unknown_real},
+        {"a failing provider is called once per payment and attempt (postgres+redis)", test_provider_once_per_attempt},
         {"OTP code reaches the sink file (memory)", test_otp_memory},
         {"OTP code reaches the sink file (postgres+redis)", test_otp_real},
         {"a delivery recorded before is not sent again (memory)", test_redelivered_memory},
