@@ -43,7 +43,7 @@
 #define TICKET_TTL_S 300
 #define TICKET_TRIES 5
 #define SUBJECT_FAILURES_PER_HOUR 10
-#define SUBJECT_MAX 256
+#define SUBJECT_MAX 128 /* as a token's sub holds it (principal_t): a longer one would be cut */
 
 /* ---- the pepper ---- */
 
@@ -345,7 +345,7 @@ static const char sql_request_lock[] = "SELECT " OTP_SUBJECT_LOCK("$1");
 static const char sql_request[] =
     "WITH recent AS (SELECT count(*) FILTER (WHERE created_at > now() - interval '15 minutes') AS n15,"
     " max(created_at) AS last, min(created_at) FILTER (WHERE created_at > now() - interval '15 minutes') AS first15"
-    " FROM auth.otp_tickets WHERE tenant = $1 AND subject = $2),"
+    " FROM auth.otp_tickets WHERE subject = $2)," /* in every tenant: one budget per subject */
     " ok AS (SELECT 1 FROM recent WHERE (last IS NULL OR last <= now() - interval '30 seconds') AND n15 < 5),"
     " old AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND subject = $2 AND channel = $3"
     " AND consumed_at IS NULL AND EXISTS (SELECT 1 FROM ok) RETURNING 1),"
@@ -368,7 +368,7 @@ static void mem_request(gw_req_t *r, otp_req_t *q)
     int n15 = 0;
     for (size_t i = 0; i < m->n; i++) {
         mticket_t *t = &m->t[i];
-        if (strcmp(t->tenant, r->tenant) || strcmp(t->subject, q->subject))
+        if (strcmp(t->subject, q->subject)) /* in every tenant: one budget per subject */
             continue;
         if (t->created_ms > last)
             last = t->created_ms;
@@ -425,7 +425,7 @@ void gw_otp_request(gw_req_t *r)
     const char *subject = json_object_is_type(b, json_type_object) ? json_get_str(b, "subject") : NULL;
     const char *channel = json_object_is_type(b, json_type_object) ? json_get_str(b, "channel") : NULL;
     if (!subject || !subject_valid(subject)) {
-        gw_problem(r, 400, "validation-error", "subject must be 1 to 256 visible characters");
+        gw_problem(r, 400, "validation-error", "subject must be 1 to 128 visible characters");
         return;
     }
     if (!channel || (strcmp(channel, "email") && strcmp(channel, "sms") && strcmp(channel, "totp"))) {

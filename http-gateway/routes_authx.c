@@ -169,7 +169,7 @@ static int mem_revoke(gw_req_t *r, msessions_t *m, const char *tenant, const cha
     void *v;
     for (size_t i = 0; strmap_next(&m->sessions, &i, &k, NULL, &v);) {
         msession_t *s = v;
-        if (s->revoked || strcmp(s->tenant, tenant) || (sid && strcmp(s->sid, sid)) ||
+        if (s->revoked || (*tenant && strcmp(s->tenant, tenant)) || (sid && strcmp(s->sid, sid)) ||
             (subject && strcmp(s->subject, subject)))
             continue;
         s->revoked = true;
@@ -266,10 +266,12 @@ static const char sql_rotate[] =
     " SELECT sid, tenant, subject FROM cur";
 /* A rotated token came back after the grace period: someone holds a copy.
  * The family goes. (Within AUTHX_REFRESH_GRACE_S it is only refused: a client
- * that raced itself, not a thief.) */
+ * that raced itself, not a thief.) The statement's own clock, not now(): a
+ * refresh whose transaction began before the one that rotated the token (and
+ * waited for its row) would otherwise see the rotation as in its future. */
 static const char sql_reuse[] =
     "WITH f AS (SELECT sid FROM auth.refresh_tokens WHERE hash = $1 AND state = 'rotated'"
-    " AND used_at <= now() - make_interval(secs => $2::int)),"
+    " AND used_at <= clock_timestamp() - make_interval(secs => $2::int)),"
     " s AS (UPDATE auth.sessions SET revoked_at = now(), revoked_rev = nextval('auth.rev')"
     " WHERE sid IN (SELECT sid FROM f) AND revoked_at IS NULL RETURNING sid),"
     " t AS (UPDATE auth.refresh_tokens SET state = 'revoked' WHERE sid IN (SELECT sid FROM f) AND state = 'active')"
@@ -400,10 +402,10 @@ static void post_refresh(gw_req_t *r)
 
 /* ---- revocation: logout, logout-all, DELETE sessions/:sid, admin ---- */
 
-/* $1 sid or '' (all), $2 tenant, $3 subject or '' (any) */
+/* $1 sid or '' (all), $2 tenant or '' (every tenant: a subject's own), $3 subject or '' (any) */
 static const char sql_revoke[] =
     "WITH s AS (UPDATE auth.sessions SET revoked_at = now(), revoked_rev = nextval('auth.rev')"
-    " WHERE ($1 = '' OR sid = $1) AND tenant = $2 AND ($3 = '' OR subject = $3) AND revoked_at IS NULL"
+    " WHERE ($1 = '' OR sid = $1) AND ($2 = '' OR tenant = $2) AND ($3 = '' OR subject = $3) AND revoked_at IS NULL"
     " RETURNING sid),"
     " t AS (UPDATE auth.refresh_tokens SET state = 'revoked' WHERE sid IN (SELECT sid FROM s) AND state = 'active')"
     " SELECT sid FROM s";
@@ -460,9 +462,11 @@ static void on_revoked(gw_req_t *r, PGresult *const *res, int n, const char *err
     revoke_answer(r, st->n);
 }
 
-/* sid NULL: all sessions of subject; subject NULL: any subject's. */
-/* The sessions of tenant: the token's own for a user's logout (whatever
- * x-tenant-id the request names), the request's tenant for an admin. */
+/* sid NULL: all sessions of subject; subject NULL: any subject's. tenant
+ * "": every tenant's, for a subject's own sessions (a session of one tenant
+ * acts in another where its subject holds a binding, so only the subject's
+ * own revocation across tenants can end one opened in a tenant made up for
+ * it); an admin's are the request's tenant's. */
 static void revoke(gw_req_t *r, const char *tenant, const char *sid, const char *subject)
 {
     revoke_st_t *st = xcalloc(1, sizeof *st);
@@ -512,13 +516,13 @@ static void post_logout(gw_req_t *r)
 static void post_logout_all(gw_req_t *r)
 {
     if (session_principal_or_reply(r))
-        revoke(r, token_tenant(r), NULL, r->principal.sub);
+        revoke(r, "", NULL, r->principal.sub);
 }
 
 static void delete_my_session(gw_req_t *r)
 {
     if (session_principal_or_reply(r))
-        revoke(r, token_tenant(r), route_param(&r->params, "sid"), r->principal.sub);
+        revoke(r, "", route_param(&r->params, "sid"), r->principal.sub);
 }
 
 static void admin_delete_session(gw_req_t *r)
@@ -528,10 +532,12 @@ static void admin_delete_session(gw_req_t *r)
 
 /* ---- GET B/auth/sessions ---- */
 
-static json_object *session_json(const char *sid, int64_t created, int64_t used, int64_t expires, bool current)
+static json_object *session_json(const char *sid, const char *tenant, int64_t created, int64_t used, int64_t expires,
+                                 bool current)
 {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "sessionId", json_object_new_string(sid));
+    json_object_object_add(o, "tenant", json_object_new_string(tenant));
     json_object_object_add(o, "createdAt", json_object_new_int64(created));
     json_object_object_add(o, "lastUsedAt", json_object_new_int64(used));
     json_object_object_add(o, "expiresAt", json_object_new_int64(expires));
@@ -558,8 +564,9 @@ static void on_sessions(gw_req_t *r, PGresult *const *res, int n, const char *er
     json_object *data = json_object_new_array();
     for (int i = 0; i < PQntuples(res[0]); i++) {
         const char *sid = PQgetvalue(res[0], i, 0);
-        json_object_array_add(data, session_json(sid, atoll(PQgetvalue(res[0], i, 1)), atoll(PQgetvalue(res[0], i, 2)),
-                                                 atoll(PQgetvalue(res[0], i, 3)), !strcmp(sid, r->principal.sid)));
+        json_object_array_add(data, session_json(sid, PQgetvalue(res[0], i, 4), atoll(PQgetvalue(res[0], i, 1)),
+                                                 atoll(PQgetvalue(res[0], i, 2)), atoll(PQgetvalue(res[0], i, 3)),
+                                                 !strcmp(sid, r->principal.sid)));
     }
     gw_tx_abort(r);
     sessions_answer(r, data);
@@ -582,22 +589,23 @@ static void get_sessions(gw_req_t *r)
         void *v;
         for (size_t i = 0; strmap_next(&m->sessions, &i, &k, NULL, &v) && json_object_array_length(data) < 100;) {
             msession_t *s = v;
-            if (mem_session_live(s, now) && !strcmp(s->tenant, r->tenant) && !strcmp(s->subject, r->principal.sub))
-                json_object_array_add(data, session_json(s->sid, s->created_ms, s->last_used_ms, s->expires_ms,
-                                                         !strcmp(s->sid, r->principal.sid)));
+            if (mem_session_live(s, now) && !strcmp(s->subject, r->principal.sub)) /* in every tenant */
+                json_object_array_add(data, session_json(s->sid, s->tenant, s->created_ms, s->last_used_ms,
+                                                         s->expires_ms, !strcmp(s->sid, r->principal.sid)));
         }
         db_rollback(db);
         sessions_answer(r, data);
         return;
     }
-    const char *p[] = {r->tenant, r->principal.sub};
+    /* the subject's sessions in every tenant: each may act here (revoke) */
+    const char *p[] = {r->principal.sub};
     const pga_stmt_t stm[] = {
         {.name = "gw_sessions",
          .sql = "SELECT sid, (extract(epoch FROM created_at) * 1000)::bigint,"
-                " (extract(epoch FROM last_used_at) * 1000)::bigint, (extract(epoch FROM expires_at) * 1000)::bigint"
-                " FROM auth.sessions WHERE tenant = $1 AND subject = $2 AND revoked_at IS NULL AND expires_at > now()"
+                " (extract(epoch FROM last_used_at) * 1000)::bigint, (extract(epoch FROM expires_at) * 1000)::bigint,"
+                " tenant FROM auth.sessions WHERE subject = $1 AND revoked_at IS NULL AND expires_at > now()"
                 " AND last_used_at > now() - interval '7 days' ORDER BY created_at DESC LIMIT 100",
-         .nparams = 2,
+         .nparams = 1,
          .params = p}};
     gw_tx_exec(r, stm, 1, on_sessions);
 }

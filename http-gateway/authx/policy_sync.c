@@ -58,8 +58,11 @@ static const char sql_feed[] =
     " UNION ALL SELECT 'b', tenant, subject, role, '', deleted, rev FROM auth.role_bindings WHERE rev > $1"
     " UNION ALL SELECT 't', tenant, object, relation, subject, deleted, rev FROM auth.tuples WHERE rev > $1"
     " UNION ALL SELECT 's', tenant, sid, (extract(epoch FROM revoked_at) * 1000)::bigint::text, '', false,"
-    " revoked_rev FROM auth.sessions WHERE revoked_rev > $1 AND revoked_at > now() - interval '15 minutes'"
+    " revoked_rev FROM auth.sessions WHERE revoked_rev > $1 AND revoked_at > now() - interval '1020 seconds'"
     ") f ORDER BY rev LIMIT 5000";
+/* the revocations a gateway loads are those whose tokens it could still
+ * accept (a token lives until exp + skew): as long as it denies them */
+_Static_assert(POLICY_SID_DENY_MS == 1020 * 1000, "sql_feed's revocation window is POLICY_SID_DENY_MS");
 
 /* ---- the bootstrap document ---- */
 

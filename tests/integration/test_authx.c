@@ -132,11 +132,12 @@ static char *code_of(const char *ticket)
 }
 
 /* Lets the next code request for subject through the 30 s and 15 min limits. */
+/* The subject's code requests (in every tenant: one budget per subject) made old. */
 static void age_requests(const char *tenant, const char *subject)
 {
-    sql("UPDATE auth.otp_tickets SET created_at = created_at - interval '16 minutes' WHERE tenant = $1"
-        " AND subject = $2",
-        tenant, subject);
+    (void)tenant;
+    sql("UPDATE auth.otp_tickets SET created_at = created_at - interval '16 minutes' WHERE subject = $1", subject,
+        NULL);
 }
 
 static bool otp_request(int port, const char *tenant, const char *subject, const char *channel, char ticket[64])
@@ -406,6 +407,7 @@ static void test_otp_budget_across_tenants(void)
     hresp_t r;
     for (int t = 0; t < 4 && k < 11; t++) {
         char ticket[64], wrong[12];
+        age_requests(tenants[t], s); /* the request budget is the subject's too (below) */
         CU_ASSERT_TRUE_FATAL(otp_request(port_a(), tenants[t], s, "email", ticket));
         char *code = code_of(ticket);
         CU_ASSERT_PTR_NOT_NULL_FATAL(code);
@@ -420,10 +422,34 @@ static void test_otp_budget_across_tenants(void)
     CU_ASSERT_EQUAL(statuses[10], 429);
     /* and a fresh ticket in yet another tenant, with the right code: still 429 */
     char ticket[64];
+    age_requests("madeup3", s);
     CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "madeup3", s, "email", ticket));
     char *code = code_of(ticket);
     CU_ASSERT_EQUAL(status_of(otp_verify(port_a(), "madeup3", ticket, code, &r), &r), 429);
     free(code);
+    free(s);
+}
+
+/* O9: code requests are counted per subject in every tenant: naming another
+ * (made-up) tenant does not buy another "one per 30 s" for the same inbox. */
+static void test_otp_requests_across_tenants(void)
+{
+    char *s = unique("rita"), ticket[64];
+    hresp_t r;
+    CU_ASSERT_TRUE_FATAL(otp_request(port_a(), "tenantA", s, "email", ticket));
+    char body[256];
+    snprintf(body, sizeof body, "{\"subject\":\"%s\",\"channel\":\"email\"}", s);
+    post(port_a(), B "/auth/otp/request", "madeup9", NULL, body, &r);
+    check_problem(&r, 429, "rate-limited", NULL, "O9 another tenant, same subject");
+    hfree(&r);
+    /* a subject longer than a token's sub holds is refused, not cut */
+    char longer[160];
+    memset(longer, 'x', 129);
+    memcpy(longer + 129, "@example.com", 13);
+    snprintf(body, sizeof body, "{\"subject\":\"%s\",\"channel\":\"email\"}", longer);
+    post(port_a(), B "/auth/otp/request", "tenantA", NULL, body, &r);
+    check_problem(&r, 400, "validation-error", NULL, "O9 subject of 141 characters");
+    hfree(&r);
     free(s);
 }
 
@@ -741,12 +767,20 @@ static void test_logout_and_sessions(void)
     CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/logout", NULL, a.access, "{}", &r), &r), 200);
     CU_ASSERT_EQUAL(refresh(port_a(), NULL, a.refresh, NULL), 401);
     CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, a.access), 401);
-    /* logout-all */
+    /* logout-all: the subject's sessions in every tenant, a made-up one too
+     * (a session of one tenant acts where its subject holds a binding) */
+    tokens_t z;
+    char *made_up = unique("madeup");
     CU_ASSERT_TRUE_FATAL(login("tenantA", s, &b));
+    CU_ASSERT_TRUE_FATAL(login(made_up, s, &z));
     CU_ASSERT_TRUE_FATAL(login("tenantA", s, &c));
+    CU_ASSERT_EQUAL(count_sessions(c.access), 3);
     CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/logout-all", NULL, c.access, "{}", &r), &r), 200);
     CU_ASSERT_EQUAL(refresh(port_a(), NULL, b.refresh, NULL), 401);
     CU_ASSERT_EQUAL(refresh(port_a(), NULL, c.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(refresh(port_a(), NULL, z.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, z.access), 401);
+    free(made_up);
     /* an admin revokes any session of the tenant; a user may not */
     char *root = token("root", "tenantA"), *u1 = token("u1", "tenantA");
     snprintf(path, sizeof path, ADMIN "/sessions/%s", o.sid);
@@ -1226,6 +1260,8 @@ int main(void)
         {"O10: TOTP enrolment, window, replay", test_totp},
         {"R1-R5: rotation, reuse revokes the family, deny-list, lifetimes", test_refresh_rotation},
         {"R4: logout, logout-all, sessions, admin revoke", test_logout_and_sessions},
+        {"O9: code requests are counted per subject in every tenant; subjects fit a token",
+         test_otp_requests_across_tenants},
         {"P1-P4 T2: roles per tenant, changes, fail closed", test_rbac},
         {"X1-X6: tuples, rewrites, cycles, depth, revisions, the route check", test_rebac},
         {"A1-A2: the ABAC guard on the exact body", test_abac},
