@@ -1287,12 +1287,20 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     }
     if (res == SVC_OK && batch_write(tx, &b) != 0)
         res = SVC_RETRY;
-    if (res != SVC_OK) { /* the batch rolls back: what its sends did is kept */
+    if (res != SVC_OK) {
+        /* the batch rolls back: what the sends of a message that failed on
+         * another channel did is kept (the others commit when the runtime
+         * applies the batch again by halves, the memory covering them) */
         marks_t k = {0};
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
+            const presend_t *p = &a.pre[i];
+            bool failed = false;
             for (int ch = 0; ch < CH_COUNT; ch++)
-                if ((a.pre[i].have & (1u << ch)) && a.pre[i].r[ch] == SVC_OK)
-                    marks_add(&k, msgs[i]->id, (channel_t)ch, a.pre[i].o[ch], a.pre[i].detail[ch]);
+                failed = failed || ((p->have & (1u << ch)) && (p->r[ch] != SVC_OK || !final_outcome(p->o[ch])));
+            for (int ch = 0; failed && ch < CH_COUNT; ch++)
+                if ((p->have & (1u << ch)) && p->r[ch] == SVC_OK)
+                    marks_add(&k, msgs[i]->id, (channel_t)ch, p->o[ch], p->detail[ch]);
+        }
         marks_write(tx->url, &k);
         marks_free(&k);
     }
