@@ -20,7 +20,7 @@
 #define KEY_MAX (3 * POLICY_REF_MAX + 128)
 #define MAX_RULES 32
 #define MAX_TERMS 8
-#define VISITED_MAX 64
+#define VISITED_INLINE 64 /* expanded nodes kept in the walk itself; more go to a hash set */
 
 /* ---- the schema ---- */
 
@@ -591,9 +591,48 @@ typedef struct walk {
     policy_t *p;
     const char *tenant, *user;
     bool depth_exceeded;
-    uint64_t visited[VISITED_MAX]; /* FNV-1a of "object#relation" expanded so far */
+    size_t expanded;                  /* object#relation nodes expanded */
+    uint64_t visited[VISITED_INLINE]; /* FNV-1a of "object#relation" expanded so far */
     int nvisited;
+    uint64_t *spill; /* the rest: open addressing, 0 = empty slot */
+    size_t spill_n, spill_cap;
 } walk_t;
+
+/* Records a node: true the first time. Every node is kept, however many: a
+ * node expanded again would make a dense graph of usersets a walk of every
+ * path instead of every node. */
+static bool visit(walk_t *w, uint64_t h)
+{
+    for (int i = 0; i < w->nvisited; i++)
+        if (w->visited[i] == h)
+            return false;
+    if (w->nvisited < VISITED_INLINE) {
+        w->visited[w->nvisited++] = h;
+        return true;
+    }
+    h = h ? h : 1;
+    if (2 * (w->spill_n + 1) > w->spill_cap) {
+        size_t cap = w->spill_cap ? 2 * w->spill_cap : 256;
+        uint64_t *t = xcalloc(cap, sizeof *t);
+        for (size_t i = 0; i < w->spill_cap; i++)
+            if (w->spill[i]) {
+                size_t k = w->spill[i] & (cap - 1);
+                while (t[k])
+                    k = (k + 1) & (cap - 1);
+                t[k] = w->spill[i];
+            }
+        free(w->spill);
+        w->spill = t;
+        w->spill_cap = cap;
+    }
+    size_t k = h & (w->spill_cap - 1);
+    for (; w->spill[k]; k = (k + 1) & (w->spill_cap - 1))
+        if (w->spill[k] == h)
+            return false;
+    w->spill[k] = h;
+    w->spill_n++;
+    return true;
+}
 
 static uint64_t fnv1a(const char *a, const char *b)
 {
@@ -638,12 +677,9 @@ static bool check(walk_t *w, const char *object, const char *relation, int depth
         w->depth_exceeded = true;
         return false;
     }
-    uint64_t here = fnv1a(object, relation);
-    for (int i = 0; i < w->nvisited; i++)
-        if (w->visited[i] == here)
-            return false;
-    if (w->nvisited < VISITED_MAX)
-        w->visited[w->nvisited++] = here;
+    if (!visit(w, fnv1a(object, relation)))
+        return false;
+    w->expanded++;
     if (has_tuple(w, object, relation, w->user))
         return true;
     const tset_t *t = find_set(w, object, relation);
@@ -671,18 +707,27 @@ static bool check(walk_t *w, const char *object, const char *relation, int depth
     return false;
 }
 
-policy_verdict_t policy_check(policy_t *p, const char *tenant, const char *object, const char *relation,
-                              const char *subject)
+policy_verdict_t policy_check_counted(policy_t *p, const char *tenant, const char *object, const char *relation,
+                                      const char *subject, size_t *expanded)
 {
     walk_t w = {.p = p, .tenant = tenant, .user = subject};
     pthread_rwlock_rdlock(&p->lock);
     bool ok = check(&w, object, relation, 0);
     pthread_rwlock_unlock(&p->lock);
+    free(w.spill);
+    if (expanded)
+        *expanded = w.expanded;
     policy_verdict_t v = ok ? POLICY_ALLOW : w.depth_exceeded ? POLICY_DEPTH_EXCEEDED : POLICY_DENY;
     if (v == POLICY_DEPTH_EXCEEDED)
         log_error("relation check %s#%s@%s in tenant %s went deeper than %d hops: denied", object, relation, subject,
                   tenant, POLICY_DEPTH_MAX);
     return v;
+}
+
+policy_verdict_t policy_check(policy_t *p, const char *tenant, const char *object, const char *relation,
+                              const char *subject)
+{
+    return policy_check_counted(p, tenant, object, relation, subject, NULL);
 }
 
 struct policy_cache_entry {
@@ -711,6 +756,7 @@ policy_verdict_t policy_check_cached(policy_t *p, policy_cache_t *c, const char 
     gen = atomic_load(&p->gen); /* the generation this verdict was computed at */
     bool ok = check(&w, object, relation, 0);
     pthread_rwlock_unlock(&p->lock);
+    free(w.spill);
     if (w.depth_exceeded && !ok)
         return policy_check(p, tenant, object, relation, subject); /* logs it; not remembered */
     if (!*s || (*s)->len < kl) {

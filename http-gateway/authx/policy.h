@@ -89,6 +89,10 @@ json_object *policy_roles_of(policy_t *p, const char *tenant, const char *subjec
 /* relation(object) for subject ("user:1") in tenant. */
 policy_verdict_t policy_check(policy_t *p, const char *tenant, const char *object, const char *relation,
                               const char *subject);
+/* The same, and how many object#relation nodes it expanded into *expanded:
+ * each at most once per check, however dense the graph (tests, benches). */
+policy_verdict_t policy_check_counted(policy_t *p, const char *tenant, const char *object, const char *relation,
+                                      const char *subject, size_t *expanded);
 bool policy_sid_revoked(policy_t *p, const char *sid, int64_t now_ms);
 
 /* A caller's memo of check verdicts (one per gateway thread; not

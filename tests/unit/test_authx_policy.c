@@ -79,6 +79,38 @@ static void test_cycles_and_depth(void)
     policy_free(p);
 }
 
+/* A dense graph of usersets (any tenant admin can write one): 24 layers of 4
+ * groups, each member of every group of the layer below, 2,304 tuples and
+ * 4^23 paths from the top. Each group is expanded once per check, past the
+ * 64 the walk keeps in itself too: 97 nodes (the top's and 96 groups'
+ * member), not one per path. */
+static void test_dense_graph(void)
+{
+    policy_t *p = fresh();
+    for (int l = 0; l < 23; l++)
+        for (int a = 0; a < 4; a++)
+            for (int b = 0; b < 4; b++) {
+                char obj[32], sub[48];
+                snprintf(obj, sizeof obj, "group:l%d-%d", l, a);
+                snprintf(sub, sizeof sub, "group:l%d-%d#member", l + 1, b);
+                tuple(p, "t", obj, "member", sub);
+            }
+    for (int a = 0; a < 4; a++) {
+        char sub[48];
+        snprintf(sub, sizeof sub, "group:l0-%d#member", a);
+        tuple(p, "t", "doc:top", "viewer", sub);
+    }
+    size_t expanded = 0;
+    CU_ASSERT_EQUAL(policy_check_counted(p, "t", "doc:top", "viewer", "user:nobody", &expanded), POLICY_DENY);
+    /* doc:top#viewer, its rewrites' nodes, and 96 groups' member */
+    CU_ASSERT_TRUE(expanded >= 97 && expanded <= 200);
+    if (expanded > 200)
+        fprintf(stderr, "\n  nodes expanded: %zu\n", expanded);
+    tuple(p, "t", "group:l23-3", "member", "user:deep");
+    CU_ASSERT_EQUAL(policy_check(p, "t", "doc:top", "viewer", "user:deep"), POLICY_ALLOW);
+    policy_free(p);
+}
+
 /* Rows carry revisions: an older write after a newer one changes nothing, and
  * a delete stays deleted when an older add arrives late. */
 static void test_revisions(void)
@@ -295,6 +327,7 @@ int main(void)
     CU_TestInfo tests[] = {
         {"X1/X2 rewrites, usersets, tenants", test_rewrites},
         {"X3 cycles and the depth cap", test_cycles_and_depth},
+        {"a dense graph of usersets: each node expanded once per check", test_dense_graph},
         {"revisions out of order, tombstones, freshness", test_revisions},
         {"P1-P3 roles per tenant, defaults, changes", test_rbac},
         {"revoked sessions", test_sid_denylist},
