@@ -65,6 +65,7 @@ struct pga_conn {
     int pid;       /* backend pid of the current PGconn, for logs (libpq says 0 once it is bad) */
     bool lost;     /* LEASED and its PGconn is gone */
     bool has_op;   /* a pipeline (user or internal) is in flight */
+    bool abandoning; /* pga_release is delivering its abandoned pipeline's callback */
     bool flushing; /* PQflush said 1: wait for write-readiness too */
     bool in_idle;
     bool ended; /* the server said it ends this session (a FATAL outside a query): it is not handed out */
@@ -884,8 +885,8 @@ int pga_pipeline(pga_conn_t *c, const pga_stmt_t *stmts, int n, pga_result_cb cb
 
 void pga_release(pga_conn_t *c, bool broken)
 {
-    if (!c)
-        return;
+    if (!c || c->abandoning)
+        return; /* the abandoned pipeline's callback, inside the release below: done already */
     ECOM_ASSERT(c->state == CS_LEASED);
     pga_pool_t *p = c->pool;
     if (!p) { /* orphaned by pga_pool_free */
@@ -899,7 +900,9 @@ void pga_release(pga_conn_t *c, bool broken)
         o.err = xstrdup("released");
         close_conn(c, true);
         schedule_reconnect(c);
+        c->abandoning = true;
         op_deliver(c, p, &o);
+        c->abandoning = false;
         return;
     }
     if (broken || c->lost || !c->pg || PQstatus(c->pg) != CONNECTION_OK) {

@@ -123,7 +123,7 @@ int pga_pipeline(pga_conn_t *c, const pga_stmt_t *stmts, int n, pga_result_cb cb
  * a lost connection: it is closed and reopened. With a pipeline still in flight,
  * the pipeline is abandoned: the connection is closed (and the query cancelled)
  * and the pipeline's callback fires with err "released" before pga_release
- * returns; that callback must not release c again. NULL is a no-op. */
+ * returns; a release of c from that callback is a no-op. NULL is a no-op. */
 void pga_release(pga_conn_t *c, bool broken);
 
 /* connected: connections up (idle, leased or rolling back); busy: leased or

@@ -568,6 +568,14 @@ static void test_pipeline_timeout(void)
     pga_pool_free(p);
 }
 
+/* As run_cb, and gives the connection back, as a request's callback does
+ * whatever its error: after a release that abandoned the pipeline, a no-op. */
+static void release_cb(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
+{
+    run_cb(c, res, n, err, arg);
+    pga_release(c, false);
+}
+
 static void test_release_with_pipeline_in_flight(void)
 {
     pga_pool_t *p = pool(1, 10, 5000);
@@ -582,6 +590,19 @@ static void test_release_with_pipeline_in_flight(void)
     CU_ASSERT_STRING_EQUAL(r.err, "released");
     c = acquire(p);
     pga_stmt_t one = {.sql = "SELECT 1"};
+    run(c, &one, 1, &r);
+    CU_ASSERT_FALSE(r.has_err);
+    pga_release(c, false);
+    /* a callback that releases the connection it was given, as the
+     * gateway's do (a request timed out while its pipeline was out) */
+    c = acquire(p);
+    memset(&r, 0, sizeof r);
+    ASSERT_OK(pga_pipeline(c, &s, 1, release_cb, &r));
+    spin(50);
+    pga_release(c, false);
+    CU_ASSERT_EQUAL(r.calls, 1);
+    CU_ASSERT_STRING_EQUAL(r.err, "released");
+    c = acquire(p);
     run(c, &one, 1, &r);
     CU_ASSERT_FALSE(r.has_err);
     pga_release(c, false);
