@@ -282,8 +282,9 @@ static void check_policies(problems_t *pr, size_t i, const route_t *r, const tmp
     const hedge_params_t *h = &r->resilience.hedge;
     if (hedge_params_validate(h, err, sizeof err) != 0)
         problem(pr, i, r, "%s", err);
-    if (h->enabled && (r->methods & (ROUTE_POST | ROUTE_PATCH)) && !r->idem.enabled)
-        problem(pr, i, r, "hedging a POST or PATCH needs idempotency enabled");
+    /* a hedged write is sent twice: only a key makes the second a replay */
+    if (h->enabled && (r->methods & (ROUTE_POST | ROUTE_PATCH)) && !(r->idem.enabled && r->idem.required))
+        problem(pr, i, r, "hedging a POST or PATCH needs a required Idempotency-Key");
 
     if (r->publish && !name_ok(r->publish, "._-"))
         problem(pr, i, r, "bad event type '%.64s'", r->publish);

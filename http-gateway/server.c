@@ -344,7 +344,12 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
         return;
     log_ctx_set(&r->log);
     gw_ref(r);
-    gw_problem(r, 504, "upstream-timeout", "the request did not complete in time");
+    if (r->method == ROUTE_GET || r->method == ROUTE_HEAD)
+        gw_problem(r, 504, "upstream-timeout", "the request did not complete in time");
+    else /* its transaction may have committed all the same */
+        gw_problem(r, 504, "upstream-timeout",
+                   "the request did not complete in time; a write may still have been stored: send it again with"
+                   " the same Idempotency-Key to learn its outcome");
     gw_unref(r);
     log_ctx_set(NULL);
 }

@@ -246,10 +246,7 @@ static void test_validation_lists_every_problem(void)
         /* 6 */ {.methods = ROUTE_GET, .path = "/:1x", .handler = h_get},
         /* 7 */ {.methods = ROUTE_GET, .path = "/:a/:b/:c/:d/:e/:f/:g/:h/:i", .handler = h_get},
         /* 8 */
-        {.methods = ROUTE_GET,
-         .path = "/e",
-         .handler = h_get,
-         .chaos = {.probability = 1.5, .error_rate = -0.1}},
+        {.methods = ROUTE_GET, .path = "/e", .handler = h_get, .chaos = {.probability = 1.5, .error_rate = -0.1}},
         /* 9 */ {.methods = ROUTE_GET, .path = "/f", .handler = h_get, .cache = {.ttl_ms = -1}},
         /* 10 */ {.methods = ROUTE_GET, .path = "/g", .handler = NULL},
         /* 11 */ {.methods = 0, .path = "/h", .handler = h_get},
@@ -266,10 +263,11 @@ static void test_validation_lists_every_problem(void)
          .path = "/l",
          .handler = h_get,
          .resilience = {.breaker = true, .breaker_params = {.open_duration_ms = -5}}},
-        /* 16 */
+        /* 16: a key that may be left out does not make a hedged write safe */
         {.methods = ROUTE_POST,
          .path = "/m",
          .handler = h_post,
+         .idem = {.enabled = true},
          .resilience = {.hedge = {.enabled = true}}},
         /* 17 */ {.methods = ROUTE_GET, .path = "/n", .handler = h_get, .flag = {.name = "--"}},
         /* 18 */ {.methods = ROUTE_GET, .path = "/o", .handler = h_get, .chaos = {.delay_ms = -1}},
@@ -301,7 +299,7 @@ static void test_validation_lists_every_problem(void)
         "route 13 (GET /j): idempotency on a route without POST or PATCH",
         "route 14 (GET /k/:id): rebac object parameter ':nope' is not in the template",
         "route 15 (GET /l): breaker: open_duration_ms is negative",
-        "route 16 (POST /m): hedging a POST or PATCH needs idempotency enabled",
+        "route 16 (POST /m): hedging a POST or PATCH needs a required Idempotency-Key",
         "route 17 (GET /n): bad flag name",
         "route 18 (GET /o): chaos delay_ms is negative",
         "route 19 (GET /p q): character 0x20 not allowed",
