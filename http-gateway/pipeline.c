@@ -631,7 +631,15 @@ void gw_pipeline_answered(gw_req_t *r)
         r->cache_leader = r->cache_refresh = false;
         size_t len = evbuffer_get_length(r->out);
         cache_waiters_t *w;
-        bool stored = cache_storable(r->status, NULL, false);
+        /* what the handler said of its answer counts (private, no-store, a cookie) */
+        const char *cc = NULL;
+        bool cookie = false;
+        for (int i = 0; i < r->nheaders; i++) {
+            if (strcasecmp(r->headers[i].name, "Cache-Control") == 0)
+                cc = r->headers[i].value;
+            cookie = cookie || strcasecmp(r->headers[i].name, "Set-Cookie") == 0;
+        }
+        bool stored = cache_storable(r->status, cc, cookie);
         if (stored)
             w = cache_store(sh->cache, r->cache_key, r->lk.fill, r->status, r->content_type, evbuffer_pullup(r->out, -1),
                             len);
