@@ -141,14 +141,21 @@ static int mem_append(db_t *tx, const outbox_msg_t *msg, const char *id)
 
 /* ---- append ---- */
 
-/* A sole message ($11) takes seq 1 and leaves bus.aggregate_seq alone. */
+/* A sole message ($11) takes seq 1 and leaves bus.aggregate_seq alone.
+ * The position (the drainer's order) is drawn after the upsert has taken the
+ * aggregate's row lock, which it holds to the commit, so an aggregate's
+ * positions follow its sequence numbers: drawn as the column's default, it
+ * came first in the row, before the lock, and appenders racing on one
+ * aggregate committed seq n + 1 at a lower position than seq n. */
 #define APPEND_ONE_SEQ                                                                                                 \
     "WITH s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq) SELECT $3, $4, 1 WHERE NOT "            \
     "$11::boolean"                                                                                                     \
-    " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + 1 RETURNING seq)"
+    " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + 1 RETURNING seq),"                                \
+    " p AS (SELECT seq, nextval('bus.outbox_pos_seq') AS pos FROM s)"
 #define APPEND_ONE_INSERT                                                                                              \
-    " INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"                 \
-    " request_id, payload) SELECT $1, $2, $3, $4, $5, $6, coalesce((SELECT seq FROM s), 1), $7, $8, $9, $10"
+    " INSERT INTO bus.outbox (pos, id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"            \
+    " request_id, payload) SELECT coalesce((SELECT pos FROM p), nextval('bus.outbox_pos_seq')), $1, $2, $3, $4, $5,"   \
+    " $6, coalesce((SELECT seq FROM p), 1), $7, $8, $9, $10"
 const char outbox_sql_append[] = APPEND_ONE_SEQ APPEND_ONE_INSERT;
 const char outbox_sql_append_notify[] =
     APPEND_ONE_SEQ ", i AS (" APPEND_ONE_INSERT " RETURNING 1) SELECT pg_notify('ecom_outbox', '') FROM i";

@@ -2330,6 +2330,67 @@ static void test_append_many_real(void)
     append_many(false);
 }
 
+/* Appenders of one aggregate racing, one message per transaction: the
+ * position (the drainer's order) follows the sequence number, because the
+ * position is drawn after the aggregate's row lock is taken. */
+typedef struct racer {
+    const char *url;
+    int n, failed;
+    pthread_t th;
+} racer_t;
+
+static void *race_appends(void *arg)
+{
+    racer_t *rc = arg;
+    char *err = NULL;
+    db_t *db = db_open_pg(rc->url, "test-race", &err);
+    free(err);
+    for (int i = 0; db && i < rc->n; i++) {
+        outbox_msg_t m = {
+            .topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = "raced", .payload = "{}"};
+        const char *why = NULL;
+        if (db_begin(db) != 0 || outbox_append(db, &m, NULL, &why) != 0 || db_commit(db) != 0)
+            rc->failed++;
+    }
+    if (!db)
+        rc->failed = rc->n;
+    db_close(db);
+    return NULL;
+}
+
+static void test_append_race_real(void)
+{
+    const char *url = test_pg_db("bb_race", true);
+    enum { RACERS = 4, EACH = 150 };
+    racer_t rc[RACERS];
+    for (int k = 0; k < RACERS; k++) {
+        rc[k] = (racer_t){.url = url, .n = EACH};
+        pthread_create(&rc[k].th, NULL, race_appends, &rc[k]);
+    }
+    int failed = 0;
+    for (int k = 0; k < RACERS; k++) {
+        pthread_join(rc[k].th, NULL);
+        failed += rc[k].failed;
+    }
+    CU_ASSERT_EQUAL(failed, 0);
+    char *err = NULL;
+    PGconn *c = pg_connect(url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    PGresult *r =
+        pg_query(c,
+                 "SELECT count(*), count(*) FILTER (WHERE seq <> prev + 1) FROM (SELECT seq, lag(seq) OVER"
+                 " (ORDER BY pos) AS prev FROM bus.outbox WHERE aggregate_id = 'raced') t WHERE prev IS NOT NULL",
+                 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL(atoi(PQgetvalue(r, 0, 0)), RACERS * EACH - 1);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 1), "0");
+    if (strcmp(PQgetvalue(r, 0, 1), "0") != 0)
+        fprintf(stderr, "\n  positions out of sequence order: %s\n", PQgetvalue(r, 0, 1));
+    PQclear(r);
+    PQfinish(c);
+}
+
 int main(void)
 {
     log_configure(getenv("TEST_LOG_LEVEL") ? getenv("TEST_LOG_LEVEL") : "error", "text");
@@ -2338,6 +2399,7 @@ int main(void)
         {"the drainer's overlapped step leaves rows in flight out, never late ones (postgres)", test_outbox_steps_real},
         {"many appends in one statement: order, sequences, all or nothing (memory)", test_append_many_memory},
         {"many appends in one statement: order, sequences, all or nothing (postgres)", test_append_many_real},
+        {"appenders of one aggregate racing: positions follow sequence numbers (postgres)", test_append_race_real},
         {"sole messages take seq 1 and no sequence row (memory)", test_sole_appends_memory},
         {"sole messages take seq 1 and no sequence row (postgres)", test_sole_appends_real},
         {"a transaction's BEGIN goes with its first statement (postgres)", test_deferred_begin_real},
