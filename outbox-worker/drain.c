@@ -286,6 +286,23 @@ static void poison_row(drainer_t *d, const outbox_row_t *bad)
     d->poison_until = clock_mono_ms() + (dead ? 0 : 100LL << (bad->attempts < 6 ? bad->attempts : 6));
 }
 
+/* Before a topic's stream is trimmed, every group its topic has must exist
+ * on it: one that Redis lost (a restart without its data, a failover) and
+ * only some services made again would otherwise not count, and the trim
+ * would take what it never read. Created from the start, as the first
+ * publish does (prepare_topics). False when one could not be made. */
+static bool groups_ready(drainer_t *d, const char *stream)
+{
+    if (!envelope_stream_is_topic(stream) || !d->o->groups_for_topic)
+        return true;
+    const char *groups[16];
+    int ng = d->o->groups_for_topic(stream + 5, groups, 16);
+    for (int g = 0; g < ng; g++)
+        if (bus_group_create(d->bus, stream, groups[g]) != 0)
+            return false;
+    return true;
+}
+
 static void maintenance(drainer_t *d)
 {
     const drain_opts_t *o = d->o;
@@ -300,7 +317,8 @@ static void maintenance(drainer_t *d)
         return;
     for (size_t i = 0; i < ns; i++) {
         uint64_t trimmed = 0;
-        if (strncmp(streams[i], "ecom:dlq:", 9) != 0 && bus_trim(d->bus, streams[i], &trimmed) == 0 && trimmed)
+        if (strncmp(streams[i], "ecom:dlq:", 9) != 0 && groups_ready(d, streams[i]) &&
+            bus_trim(d->bus, streams[i], &trimmed) == 0 && trimmed)
             metrics_add(d->m_trimmed, trimmed);
         free(streams[i]);
     }

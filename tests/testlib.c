@@ -13,7 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char *urls[64]; /* the URLs handed out, freed at the end */
+static char *urls[128]; /* the URLs handed out, freed at the end */
 static int nurls;
 
 static _Noreturn void die(const char *msg)

@@ -1464,6 +1464,49 @@ static void late_subscriber(bool memory)
     sut_stop(&s);
 }
 
+/* Redis loses the topic's stream and its groups; the running service makes
+ * its group again and reads on, while the other service of the topic is
+ * down. The drainer's trim must not take what that group never read: it
+ * makes the topic's missing groups before it trims. The late service then
+ * gets every message published after the loss (what Redis lost is
+ * `ecomctl redrive`'s). */
+static void lost_groups(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "lost_groups");
+    s.dopts.groups_for_topic = late_groups;
+    s.dopts.trim_interval_ms = 200;
+    sut_add_service(&s, "early", types_orders);
+    publish_orders(&s, 100, 10, 50, "order.placed");
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "early", 100, 30000));
+    bus_t *b = sut_bus(&s);
+    ASSERT_OK(bus_delete_stream(b, "ecom:orders"));
+    bus_close(b);
+    publish_orders(&s, 300, 10, 50, "order.placed");
+    CU_ASSERT_TRUE(wait_inbox(&s, "early", 400, 30000));
+    clock_sleep_ms(800); /* trimming ran behind "early" */
+    int i = s.nsvc;
+    sut_add_service(&s, "late", types_orders);
+    svc_arg_t *a = xmalloc(sizeof *a);
+    *a = (svc_arg_t){&s, i};
+    pthread_create(&s.svc_th[i], NULL, svc_thread, a);
+    CU_ASSERT_TRUE(wait_inbox(&s, "late", 300, 15000));
+    clock_sleep_ms(300);
+    CU_ASSERT_EQUAL(inbox_n(&s, "late"), 300);
+    sut_stop(&s);
+}
+
+static void test_lost_groups_memory(void)
+{
+    lost_groups(true);
+}
+
+static void test_lost_groups_real(void)
+{
+    lost_groups(false);
+}
+
 /* Rows of t_k, as "a,b,..." ("" when none). */
 static void defer_rows(PGconn *c, char *buf, size_t cap)
 {
@@ -2330,6 +2373,33 @@ static void test_append_many_real(void)
     append_many(false);
 }
 
+/* The drainer's partitions and a service's lease are session advisory locks:
+ * a session of ours asks the server to notice a dead peer (a host that died,
+ * a cut network) within about 4 s, not the system's two hours, so another
+ * takes them over in time. */
+static void test_sessions_notice_dead_peers_real(void)
+{
+    char *err = NULL;
+    PGconn *c = pg_connect(test_pg_db("bb_keepalive", true), "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    PGresult *r = pg_query(c,
+                           "SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'),"
+                           " current_setting('tcp_keepalives_count'), current_setting('tcp_user_timeout'),"
+                           " inet_client_addr() IS NOT NULL",
+                           0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    /* scripts/test-env's server listens on 127.0.0.1 only (on a Unix socket
+     * the server would ignore the settings) */
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 4), "t");
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "2");
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 1), "1");
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 2), "2");
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 3), "4000"); /* milliseconds */
+    PQclear(r);
+    PQfinish(c);
+}
+
 /* Appenders of one aggregate racing, one message per transaction: the
  * position (the drainer's order) follows the sequence number, because the
  * position is drawn after the aggregate's row lock is taken. */
@@ -2400,6 +2470,8 @@ int main(void)
         {"many appends in one statement: order, sequences, all or nothing (memory)", test_append_many_memory},
         {"many appends in one statement: order, sequences, all or nothing (postgres)", test_append_many_real},
         {"appenders of one aggregate racing: positions follow sequence numbers (postgres)", test_append_race_real},
+        {"sessions ask the server to notice a dead peer within seconds (postgres)",
+         test_sessions_notice_dead_peers_real},
         {"sole messages take seq 1 and no sequence row (memory)", test_sole_appends_memory},
         {"sole messages take seq 1 and no sequence row (postgres)", test_sole_appends_real},
         {"a transaction's BEGIN goes with its first statement (postgres)", test_deferred_begin_real},
@@ -2451,6 +2523,8 @@ int main(void)
         {"drainers of another database do not take this one's share", test_foreign_drainer_real},
         {"a service created after trimming still gets everything (memory)", test_late_subscriber_memory},
         {"a service created after trimming still gets everything (postgres+redis)", test_late_subscriber_real},
+        {"groups Redis lost are made again before a trim (memory)", test_lost_groups_memory},
+        {"groups Redis lost are made again before a trim (postgres+redis)", test_lost_groups_real},
         {"inbox cleanup takes old ids in bounded steps and keeps recent ones (postgres)", test_inbox_cleanup_real},
         {"the re-drive window's cleanup takes old rows oldest first, bounded (postgres)", test_published_cleanup_real},
         {"the read-ahead sends acknowledgements with its next read, on their own when idle, again after a failure",
