@@ -46,6 +46,16 @@ PGconn *pg_connect(const char *url, const char *app_name, char **err)
         return NULL;
     }
     PQsetNoticeProcessor(c, notice_to_log, NULL);
+    /* The server notices a peer whose host died or was cut off within a few
+     * seconds, not the two hours of the system's default, and ends the
+     * session: the session advisory locks a drainer's partitions and a
+     * service's lease ride on are then free for another to take. (Over a
+     * Unix socket the server ignores these.) */
+    PGresult *r = PQexec(c, "SET tcp_keepalives_idle = 2; SET tcp_keepalives_interval = 1;"
+                            " SET tcp_keepalives_count = 2; SET tcp_user_timeout = 4000");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        log_debug("postgres: keepalive settings not taken: %s", PQerrorMessage(c));
+    PQclear(r);
     return c;
 }
 
