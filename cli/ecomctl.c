@@ -131,6 +131,9 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
     if (json_parse_strict(m.payload, strlen(m.payload), &j, &why) != 0)
         return fail(2, "publish: --payload is not valid JSON: %s", why);
     json_object_put(j);
+    outbox_params_t op; /* names and sizes, checked before any server is asked */
+    if (outbox_params(&m, &op, &why) != 0)
+        return fail(2, "publish: %s", why);
     if (!cfg->database_url[0])
         return fail(2, "publish: DATABASE_URL is not set (the in-memory outbox lives inside `ecom all`)");
     char *err = NULL;
@@ -140,7 +143,7 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
         free(err);
         return rc;
     }
-    char first[UUID_STR_LEN] = "";
+    char first[UUID_STR_LEN] = "", ids[10][UUID_STR_LEN]; /* with --count <= 10: printed once committed */
     long done = 0;
     int rc = 0;
     while (done < count && rc == 0) {
@@ -159,13 +162,15 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
             if (!first[0])
                 memcpy(first, id, sizeof id);
             if (count <= 10)
-                printf("%s\n", id);
+                memcpy(ids[k], id, sizeof id);
         }
         if (rc == 0 && db_commit(db) != 0)
             rc = fail(1, "publish: commit failed");
         if (rc == 0)
             done += chunk;
     }
+    for (long k = 0; rc == 0 && count <= 10 && k < count; k++)
+        printf("%s\n", ids[k]);
     if (rc == 0 && count > 10)
         printf("appended %ld messages (first id %s)\n", done, first);
     else if (rc != 0 && done > 0) /* committed 1,000 at a time: say what stays */

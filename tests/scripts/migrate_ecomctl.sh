@@ -50,6 +50,9 @@ out=$("$ctl" publish --topic orders --type order.placed --aggregate o-1 --payloa
 [ $rc -eq 2 ] && grep -q -- "--tenant is required" <<<"$out"; check "publish: a missing option is named" $? "$out"
 out=$("$ctl" publish --topic "bad topic" --type x --tenant t1 --aggregate o-1 --payload '{}' 2>&1); rc=$?
 [ $rc -eq 2 ]; check "publish: an invalid topic exits 2" $? "$rc $out"
+# bad input is bad input whether the server is there or not
+out=$(DATABASE_URL="postgresql://127.0.0.1:1/none" "$ctl" publish --topic "bad topic" --type x --tenant t1 --aggregate o-1 --payload '{}' 2>&1); rc=$?
+[ $rc -eq 2 ] && grep -q "topic" <<<"$out"; check "publish: an invalid topic exits 2 with PostgreSQL unreachable" $? "$rc $out"
 out=$("$ctl" publish --topic orders --type x --tenant t1 --aggregate $'\xff' --payload '{}' 2>&1); rc=$?
 [ $rc -eq 2 ] && grep -q "must be UTF-8" <<<"$out"; check "publish: an aggregate that is not UTF-8 is named, exit 2 (not a storage error)" $? "$rc $out"
 out=$("$ctl" publish --topic orders --type x --tenant t1 --aggregate tp-1 --payload '{}' --traceparent garbage 2>&1); rc=$?
