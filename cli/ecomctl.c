@@ -5,6 +5,7 @@
  *   ecomctl [--env-file FILE] dlq list --group G [--json]
  *   ecomctl [--env-file FILE] dlq replay --group G (--id ENTRY | --all)
  *   ecomctl [--env-file FILE] redrive --since SECONDS [--topic T]
+ *   ecomctl [--env-file FILE] dead list [--json] | dead retry (--pos N | --all)
  * Reads DATABASE_URL and REDIS_URL like the daemons. Bad input: one line on
  * stderr and exit 2; an unreachable server: exit 1. */
 #include "bus/bus.h"
@@ -45,6 +46,8 @@ static void usage(FILE *f)
                "  status [--json]                                  outbox, streams, groups, DLQs, inboxes\n"
                "  dlq list --group G [--json]                      dead letters of a group, with their errors\n"
                "  dlq replay --group G (--id ENTRY | --all)        send dead letters back to their group\n"
+               "  dead list [--json]                               outbox rows the drainer could not publish\n"
+               "  dead retry (--pos N | --all)                     move them back to the outbox\n"
                "  redrive --since SECONDS [--topic T]              publish again what was published in the last\n"
                "                                                   SECONDS (after Redis lost data; inboxes skip\n"
                "                                                   what was applied); outbox-workers stopped\n");
@@ -177,6 +180,107 @@ static int cmd_publish(const config_t *cfg, int argc, char **argv)
         fprintf(stderr, "ecomctl: publish: %ld of %ld messages were appended before the failure (first id %s)\n", done,
                 count, first);
     db_close(db);
+    return rc;
+}
+
+/* ---- dead rows: what the drainer could not publish ---- */
+
+static const char sql_dead_list[] =
+    "SELECT pos, id, topic, type, tenant, aggregate_id, seq, error,"
+    " (extract(epoch FROM failed_at) * 1000)::bigint FROM bus.outbox_dead ORDER BY pos LIMIT 1000";
+/* back with their positions: each goes out ahead of the later rows of its
+ * partition (after its aggregate's successors that were published meanwhile) */
+static const char sql_dead_retry[] =
+    "WITH d AS (DELETE FROM bus.outbox_dead WHERE $1::bigint = 0 OR pos = $1::bigint RETURNING *)"
+    " INSERT INTO bus.outbox (pos, id, partition, topic, type, tenant, aggregate_id, seq, ts, v, traceparent,"
+    " request_id, payload) SELECT pos, id, partition, topic, type, tenant, aggregate_id, seq, ts, v, traceparent,"
+    " request_id, payload FROM d";
+
+static int cmd_dead(const config_t *cfg, int argc, char **argv)
+{
+    if (argc < 1 || (strcmp(argv[0], "list") != 0 && strcmp(argv[0], "retry") != 0))
+        return fail(2, "dead: say list or retry");
+    bool retry = strcmp(argv[0], "retry") == 0, all = false, as_json = false;
+    const char *pos_s = NULL;
+    for (int i = 1; i < argc; i++) {
+        int rc = 0;
+        if (strcmp(argv[i], "--pos") == 0 && retry)
+            rc = opt_value("dead", argc, argv, &i, &pos_s);
+        else if (strcmp(argv[i], "--all") == 0 && retry)
+            all = true;
+        else if (strcmp(argv[i], "--json") == 0 && !retry)
+            as_json = true;
+        else
+            return fail(2, "dead %s: unknown option %s", argv[0], argv[i]);
+        if (rc)
+            return rc;
+    }
+    long long pos = 0;
+    if (retry) {
+        if (!pos_s == !all)
+            return fail(2, "dead retry: give --pos N or --all");
+        char *end;
+        pos = pos_s ? strtoll(pos_s, &end, 10) : 0;
+        if (pos_s && (*end || pos < 1))
+            return fail(2, "dead retry: --pos takes a row's position, as `ecomctl dead list` prints");
+    }
+    if (!cfg->database_url[0])
+        return fail(2, "dead: DATABASE_URL is not set (the in-memory outbox lives inside `ecom all`)");
+    char *err = NULL;
+    PGconn *c = pg_connect(cfg->database_url, "ecomctl", &err);
+    if (!c) {
+        int rc = fail(1, "cannot connect to postgres: %s", err);
+        free(err);
+        return rc;
+    }
+    int rc = 0;
+    if (!retry) {
+        PGresult *r = pg_query(c, sql_dead_list, 0, NULL);
+        if (!r) {
+            rc = fail(1, "dead: cannot read bus.outbox_dead (run `ecom migrate`?)");
+            goto out;
+        }
+        json_object *arr = json_object_new_array();
+        static const char *const cols[] = {"pos",       "id",  "topic", "type",        "tenant",
+                                           "aggregate", "seq", "error", "failed_at_ms"};
+        for (int i = 0; i < PQntuples(r); i++) {
+            json_object *o = json_object_new_object();
+            for (int k = 0; k < 9; k++)
+                json_object_object_add(o, cols[k],
+                                       k == 0 || k == 6 || k == 8
+                                           ? json_object_new_int64(strtoll(PQgetvalue(r, i, k), NULL, 10))
+                                           : json_object_new_string(PQgetvalue(r, i, k)));
+            json_object_array_add(arr, o);
+        }
+        if (as_json) {
+            printf("%s\n", json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN));
+        } else {
+            printf("%-12s %-38s %-16s %-24s %s\n", "POS", "MESSAGE", "TOPIC", "TYPE", "ERROR");
+            for (int i = 0; i < PQntuples(r); i++)
+                printf("%-12s %-38s %-16s %-24s %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                       PQgetvalue(r, i, 3), PQgetvalue(r, i, 7));
+        }
+        json_object_put(arr);
+        PQclear(r);
+        goto out;
+    }
+    char pos_txt[24];
+    snprintf(pos_txt, sizeof pos_txt, "%lld", pos);
+    const char *p[] = {pos_txt};
+    PGresult *r = pg_query(c, sql_dead_retry, 1, p);
+    if (!r) {
+        rc = fail(1, "dead retry: cannot move the rows back (run `ecom migrate`?)");
+        goto out;
+    }
+    long moved = atol(PQcmdTuples(r));
+    PQclear(r);
+    if (pos && moved == 0) {
+        rc = fail(2, "dead retry: no row %lld in bus.outbox_dead", pos);
+        goto out;
+    }
+    printf("moved %ld rows back to the outbox\n", moved);
+out:
+    PQfinish(c);
     return rc;
 }
 
@@ -591,6 +695,8 @@ int main(int argc, char **argv)
         rc = cmd_dlq(&cfg, argc - i, argv + i);
     else if (strcmp(cmd, "redrive") == 0)
         rc = cmd_redrive(&cfg, argc - i, argv + i);
+    else if (strcmp(cmd, "dead") == 0)
+        rc = cmd_dead(&cfg, argc - i, argv + i);
     else
         rc = fail(2, "unknown command %s (try --help)", cmd);
     config_free(&cfg);

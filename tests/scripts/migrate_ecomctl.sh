@@ -126,6 +126,22 @@ check "after the loss: the 20 unseen applied once, the 30 applied not again" $? 
 kill -TERM $sp; wait $sp
 "$ctl" redrive >/dev/null 2>&1; [ $? -eq 2 ]; check "redrive needs --since" $? ""
 
+# --- dead rows: what the drainer could not publish, listed and moved back
+psql "$url" -qAtc "INSERT INTO bus.outbox_dead (pos, id, partition, topic, type, tenant, aggregate_id, seq, ts, v,
+  traceparent, request_id, payload, error) VALUES (900000001, '0190a000-0000-7000-8000-0000000000d1', 3, 'orders',
+  'order.placed', 't1', 'dead-1', 1, 1700000000000, 1, '', '', '{}', 'WRONGTYPE')"
+list=$("$ctl" dead list --json); rc=$?
+[ $rc -eq 0 ] && [ "$(jq length <<<"$list")" = "1" ] && [ "$(jq -r '.[0].error' <<<"$list")" = "WRONGTYPE" ]
+check "dead list shows the row and its error" $? "$rc $list"
+"$ctl" dead retry --pos 900000002 >/dev/null 2>&1; [ $? -eq 2 ]; check "dead retry of an unknown row exits 2" $? ""
+"$ctl" dead retry >/dev/null 2>&1; [ $? -eq 2 ]; check "dead retry needs --pos or --all" $? ""
+out=$("$ctl" dead retry --pos 900000001); rc=$?
+[ $rc -eq 0 ] && grep -q "moved 1 rows" <<<"$out" &&
+  [ "$(psql "$url" -Atc "SELECT count(*) FROM bus.outbox WHERE pos = 900000001 AND aggregate_id = 'dead-1'")" = 1 ] &&
+  [ "$(psql "$url" -Atc 'SELECT count(*) FROM bus.outbox_dead')" = 0 ]
+check "dead retry moves the row back to the outbox, with its position" $? "$rc $out"
+psql "$url" -qAtc "DELETE FROM bus.outbox WHERE pos = 900000001"
+
 DATABASE_URL=postgresql://postgres@127.0.0.1:1/none "$ctl" status >/dev/null 2>&1; [ $? -eq 1 ]; check "unreachable server exits 1" $? ""
 
 echo "migrate_ecomctl: $passed passed, $failed failed"
