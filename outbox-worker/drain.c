@@ -289,17 +289,26 @@ static void poison_row(drainer_t *d, const outbox_row_t *bad)
 /* Before a topic's stream is trimmed, every group its topic has must exist
  * on it: one that Redis lost (a restart without its data, a failover) and
  * only some services made again would otherwise not count, and the trim
- * would take what it never read. Created from the start, as the first
- * publish does (prepare_topics). False when one could not be made. */
+ * would take what it never read. A missing one is created from the start,
+ * as the first publish does (prepare_topics); only a missing one, since
+ * Redis refuses XGROUP CREATE at maxmemory while it takes XTRIM, the way
+ * out of a full memory. False when one is missing and could not be made. */
 static bool groups_ready(drainer_t *d, const char *stream)
 {
     if (!envelope_stream_is_topic(stream) || !d->o->groups_for_topic)
         return true;
     const char *groups[16];
     int ng = d->o->groups_for_topic(stream + 5, groups, 16);
-    for (int g = 0; g < ng; g++)
-        if (bus_group_create(d->bus, stream, groups[g]) != 0)
+    bus_stream_info_t info;
+    if (ng > 0 && bus_stream_info(d->bus, stream, &info) != 0)
+        return false;
+    for (int g = 0; g < ng; g++) {
+        bool there = false;
+        for (size_t k = 0; k < info.ngroups && !there; k++)
+            there = strcmp(info.groups[k].name, groups[g]) == 0;
+        if (!there && bus_group_create(d->bus, stream, groups[g]) != 0)
             return false;
+    }
     return true;
 }
 
