@@ -260,6 +260,8 @@ static int cmd_dead(const config_t *cfg, int argc, char **argv)
                 printf("%-12s %-38s %-16s %-24s %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
                        PQgetvalue(r, i, 3), PQgetvalue(r, i, 7));
         }
+        if (PQntuples(r) == 1000)
+            fprintf(stderr, "ecomctl: dead: the first 1000 rows; retry them to see the rest\n");
         json_object_put(arr);
         PQclear(r);
         goto out;

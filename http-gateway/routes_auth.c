@@ -345,8 +345,13 @@ static const char sql_request_lock[] = "SELECT " OTP_SUBJECT_LOCK("$1");
 static const char sql_request[] =
     "WITH recent AS (SELECT count(*) FILTER (WHERE created_at > now() - interval '15 minutes') AS n15,"
     " max(created_at) AS last, min(created_at) FILTER (WHERE created_at > now() - interval '15 minutes') AS first15"
-    " FROM auth.otp_tickets WHERE subject = $2)," /* in every tenant: one budget per subject */
-    " ok AS (SELECT 1 FROM recent WHERE (last IS NULL OR last <= now() - interval '30 seconds') AND n15 < 5),"
+    /* codes sent, in every tenant: one budget per subject, which a made-up
+     * tenant does not renew; a TOTP request sends nothing and is not held
+     * to it, so a subject kept at 429 by someone else's requests can still
+     * log in with its authenticator */
+    " FROM auth.otp_tickets WHERE subject = $2 AND channel <> 'totp'),"
+    " ok AS (SELECT 1 FROM recent WHERE $3 = 'totp' OR ((last IS NULL OR last <= now() - interval '30 seconds')"
+    " AND n15 < 5)),"
     " old AS (UPDATE auth.otp_tickets SET consumed_at = now() WHERE tenant = $1 AND subject = $2 AND channel = $3"
     " AND consumed_at IS NULL AND EXISTS (SELECT 1 FROM ok) RETURNING 1),"
     " ins AS (INSERT INTO auth.otp_tickets (tenant, ticket_id, subject, channel, code_mac, expires_at)"
@@ -368,7 +373,7 @@ static void mem_request(gw_req_t *r, otp_req_t *q)
     int n15 = 0;
     for (size_t i = 0; i < m->n; i++) {
         mticket_t *t = &m->t[i];
-        if (strcmp(t->subject, q->subject)) /* in every tenant: one budget per subject */
+        if (strcmp(t->subject, q->subject) || !strcmp(t->channel, "totp")) /* as sql_request */
             continue;
         if (t->created_ms > last)
             last = t->created_ms;
@@ -379,6 +384,8 @@ static void mem_request(gw_req_t *r, otp_req_t *q)
         }
     }
     long retry = 0;
+    if (!strcmp(q->channel, "totp"))
+        last = n15 = 0; /* nothing is sent: not held to the budget */
     if (last && now - last < 30000)
         retry = (long)((last + 30000 - now + 999) / 1000);
     if (n15 >= 5 && (first15 + 900000 - now + 999) / 1000 > retry)

@@ -36,7 +36,7 @@
 
 #define DELIVERIES_LIMIT_DEFAULT 50
 #define DELIVERIES_LIMIT_MAX 200
-#define SUBJECT_MAX 256 /* bytes, as the OTP routes accept */
+#define SUBJECT_MAX 256 /* bytes of a notification's subject (an OTP subject is at most 128) */
 #define STATS_WINDOW_DEFAULT 3600
 #define STATS_WINDOW_MIN 60
 #define STATS_WINDOW_MAX 86400
