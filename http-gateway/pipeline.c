@@ -211,6 +211,16 @@ abac:
 /* The route's rate limit, per (tenant, principal) or per client address:
  * RateLimit-Policy and RateLimit on every answer of a limited route, 429 with
  * Retry-After over it. */
+/* A query string the handlers could not read (a part without "=", an empty
+ * name) would drop every filter it holds: 400, not an answer without them. */
+static bool query_or_reply(gw_req_t *r)
+{
+    if (gw_query_valid(r))
+        return true;
+    gw_problem(r, 400, "invalid-query", "the query string is malformed: each part must be name=value");
+    return false;
+}
+
 static bool rate_or_reply(gw_req_t *r)
 {
     const route_rate_t *rate = &r->route->rate;
@@ -549,7 +559,8 @@ void gw_pipeline_start(gw_req_t *r)
             return;
         }
     }
-    if (!authenticate_or_reply(r) || !tenant_or_reply(r) || !rate_or_reply(r) || !body_or_reply(r))
+    if (!query_or_reply(r) || !authenticate_or_reply(r) || !tenant_or_reply(r) || !rate_or_reply(r) ||
+        !body_or_reply(r))
         return;
     after_authentication(r);
 }

@@ -124,6 +124,17 @@ void gw_problem(gw_req_t *r, int status, const char *slug, const char *detail)
     evbuffer_free(b);
 }
 
+bool gw_query_valid(gw_req_t *r)
+{
+    if (!r->query || !*r->query)
+        return true;
+    struct evkeyvalq q;
+    TAILQ_INIT(&q);
+    int rc = evhttp_parse_query_str(r->query, &q);
+    evhttp_clear_headers(&q);
+    return rc == 0;
+}
+
 const char *gw_query_arg(gw_req_t *r, const char *name, char *buf, size_t cap)
 {
     if (!r->query)

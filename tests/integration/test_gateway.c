@@ -934,6 +934,12 @@ static void test_errors(void)
     CU_ASSERT_EQUAL(hget(port, EVENTS "?limit=0", "x-request-id: err-limit\r\n", &r), 0);
     check_problem(&r, 400, "validation-error", "err-limit", "limit=0");
     hfree(&r);
+
+    /* a query string that does not read as name=value would drop its filters:
+     * refused, not answered without them */
+    CU_ASSERT_EQUAL(hget(port, EVENTS "?type=order.created&x", "x-request-id: err-query\r\n", &r), 0);
+    check_problem(&r, 400, "invalid-query", "err-query", "a part without =");
+    hfree(&r);
 }
 
 /* ================= 5. request context ================= */
