@@ -376,6 +376,11 @@ int analytics_list(db_t *db, const char *tenant, const char *type, const char *b
     return analytics_list_filtered(db, tenant, type, NULL, before_id, limit, out, n);
 }
 
+static int by_id_desc(const void *a, const void *b)
+{
+    return strcmp((*(const analytics_event_t *const *)b)->id, (*(const analytics_event_t *const *)a)->id);
+}
+
 int analytics_list_filtered(db_t *db, const char *tenant, const char *type, const char *aggregate,
                             const char *before_id, size_t limit, analytics_event_t **out, size_t *n)
 {
@@ -389,20 +394,25 @@ int analytics_list_filtered(db_t *db, const char *tenant, const char *type, cons
             return -1;
         }
         mem_events_t *m = mem(db);
-        /* ids are UUIDv7: newest first = descending id, the same order as PostgreSQL below */
-        bool started = before_id == NULL;
-        for (size_t i = m->n; i-- > 0 && k < limit;) {
+        /* as PostgreSQL below: ids before the cursor's (any id, stored or not:
+         * ids are UUIDv7, compared in lower case), newest first by id, which
+         * need not be the order they arrived in */
+        char before[UUID_STR_LEN] = "";
+        if (before_id)
+            uuid_lower(before_id, before);
+        const analytics_event_t **hit = xmalloc((m->n + 1) * sizeof *hit);
+        size_t nhit = 0;
+        for (size_t i = 0; i < m->n; i++) {
             const analytics_event_t *e = &m->ev[i];
-            if (!started) {
-                if (strcmp(e->id, before_id) == 0)
-                    started = true;
-                continue;
-            }
             if (strcmp(e->tenant, tenant) != 0 || (type && strcmp(e->type, type) != 0) ||
-                (aggregate && strcmp(e->aggregate_id, aggregate) != 0))
+                (aggregate && strcmp(e->aggregate_id, aggregate) != 0) || (before_id && strcmp(e->id, before) >= 0))
                 continue;
-            copy_event(&res[k++], e);
+            hit[nhit++] = e;
         }
+        qsort(hit, nhit, sizeof *hit, by_id_desc);
+        for (size_t i = 0; i < nhit && k < limit; i++)
+            copy_event(&res[k++], hit[i]);
+        free(hit);
         if (db_commit(db) != 0) {
             analytics_events_free(res, k);
             return -1;

@@ -20,6 +20,7 @@
 #include "tests/httptest.h"
 #include "tests/testlib.h"
 
+#include <ctype.h>
 #include <json-c/json.h>
 #include <openssl/evp.h>
 #include <signal.h>
@@ -787,6 +788,21 @@ static void events_filters(rig_t *s)
             break;
     }
     CU_ASSERT_EQUAL(seen, 8);
+    /* a cursor in upper case (or any id, stored or not) pages on from there */
+    char upper[64];
+    snprintf(upper, sizeof upper, "%s", ids[2]);
+    for (char *c = upper; *c; c++)
+        *c = (char)toupper((unsigned char)*c);
+    snprintf(path, sizeof path, EVENTS "?limit=3&cursor=%s", upper);
+    o = get_json(port, path, h);
+    json_object *d = NULL;
+    CU_ASSERT_TRUE(o && json_object_object_get_ex(o, "data", &d) && json_object_array_length(d) == 3);
+    for (size_t i = 0; d && i < json_object_array_length(d) && i < 3; i++) {
+        json_object *id;
+        json_object_object_get_ex(json_object_array_get_idx(d, i), "id", &id);
+        CU_ASSERT_STRING_EQUAL(json_object_get_string(id), ids[3 + i]);
+    }
+    json_object_put(o);
     /* bad values */
     const char *bad[] = {EVENTS "?since=yesterday", EVENTS "?since=2026-11-26T10:00:00+02:00", EVENTS "?since=-5",
                          EVENTS "?limit=0", EVENTS "?cursor=nope"};
