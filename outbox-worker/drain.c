@@ -223,7 +223,33 @@ static void to_envelopes(const outbox_row_t *rows, size_t n, envelope_t *out)
         out[i] = rows[i].env; /* shallow: borrowed for the publish call */
 }
 
-/* Creates the consumer groups of every topic in rows not seen before. */
+/* Before a topic's stream is trimmed, every group its topic has must exist
+ * on it: one that Redis lost (a restart without its data, a failover) and
+ * only some services made again would otherwise not count, and the trim
+ * would take what it never read. Also before a topic's first publish
+ * (prepare_topics). A missing one is created from the start; only a missing one, since
+ * Redis refuses XGROUP CREATE at maxmemory while it takes XTRIM, the way
+ * out of a full memory. False when one is missing and could not be made. */
+static bool groups_ready(drainer_t *d, const char *stream)
+{
+    if (!envelope_stream_is_topic(stream) || !d->o->groups_for_topic)
+        return true;
+    const char *groups[16];
+    int ng = d->o->groups_for_topic(stream + 5, groups, 16);
+    bus_stream_info_t info; /* none read (a missing stream, a failed read): each is made */
+    if (ng > 0 && bus_stream_info(d->bus, stream, &info) != 0)
+        info.ngroups = 0;
+    for (int g = 0; g < ng; g++) {
+        bool there = false;
+        for (size_t k = 0; k < info.ngroups && !there; k++)
+            there = strcmp(info.groups[k].name, groups[g]) == 0;
+        if (!there && bus_group_create(d->bus, stream, groups[g]) != 0)
+            return false;
+    }
+    return true;
+}
+
+/* Creates the missing consumer groups of every topic in rows not seen before. */
 /* On failure *bad is the first row whose topic is not ready (the rows before
  * it can go out). */
 static int prepare_topics(drainer_t *d, const outbox_row_t *rows, size_t n, size_t *bad)
@@ -236,13 +262,10 @@ static int prepare_topics(drainer_t *d, const outbox_row_t *rows, size_t n, size
         const char *t = rows[i].env.topic;
         if (strmap_get(&d->topics_ready, t, strlen(t)))
             continue;
-        const char *groups[16];
-        int ng = d->o->groups_for_topic(t, groups, 16);
         char stream[BUS_STREAM_MAX];
         envelope_stream_name(t, stream, sizeof stream);
-        for (int g = 0; g < ng; g++)
-            if (bus_group_create(d->bus, stream, groups[g]) != 0)
-                return -1;
+        if (!groups_ready(d, stream))
+            return -1;
         strmap_put(&d->topics_ready, t, strlen(t), NULL);
     }
     *bad = n;
@@ -284,32 +307,6 @@ static void poison_row(drainer_t *d, const outbox_row_t *bad)
     if (outbox_mark_failed(d->db, bad, "publish refused by the bus", dead) == 0 && dead)
         metrics_add(d->m_dead, 1);
     d->poison_until = clock_mono_ms() + (dead ? 0 : 100LL << (bad->attempts < 6 ? bad->attempts : 6));
-}
-
-/* Before a topic's stream is trimmed, every group its topic has must exist
- * on it: one that Redis lost (a restart without its data, a failover) and
- * only some services made again would otherwise not count, and the trim
- * would take what it never read. A missing one is created from the start,
- * as the first publish does (prepare_topics); only a missing one, since
- * Redis refuses XGROUP CREATE at maxmemory while it takes XTRIM, the way
- * out of a full memory. False when one is missing and could not be made. */
-static bool groups_ready(drainer_t *d, const char *stream)
-{
-    if (!envelope_stream_is_topic(stream) || !d->o->groups_for_topic)
-        return true;
-    const char *groups[16];
-    int ng = d->o->groups_for_topic(stream + 5, groups, 16);
-    bus_stream_info_t info;
-    if (ng > 0 && bus_stream_info(d->bus, stream, &info) != 0)
-        return false;
-    for (int g = 0; g < ng; g++) {
-        bool there = false;
-        for (size_t k = 0; k < info.ngroups && !there; k++)
-            there = strcmp(info.groups[k].name, groups[g]) == 0;
-        if (!there && bus_group_create(d->bus, stream, groups[g]) != 0)
-            return false;
-    }
-    return true;
 }
 
 static void maintenance(drainer_t *d)
