@@ -773,6 +773,22 @@ uint64_t svc_attempt(void)
     return attempt_now;
 }
 
+void svc_tried_remember(recent_t *mem, uint64_t attempt, const char *key, svc_result_t r, int outcome,
+                        const char *detail, const char *error)
+{
+    if (attempt == 0)
+        return;
+    svc_tried_t t = {.attempt = attempt, .r = r, .outcome = outcome};
+    snprintf(t.detail, sizeof t.detail, "%s", detail ? detail : "");
+    snprintf(t.error, sizeof t.error, "%s", error ? error : "");
+    recent_put(mem, key, &t);
+}
+
+bool svc_tried_recall(recent_t *mem, uint64_t attempt, const char *key, svc_tried_t *out)
+{
+    return attempt != 0 && recent_get(mem, key, out) && out->attempt == attempt;
+}
+
 static int apply(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *blocked)
 {
     attempt_now = atomic_fetch_add(&attempts, 1) + 1;

@@ -40,6 +40,7 @@
 #include "core/db.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/recent.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -157,6 +158,23 @@ void svc_batch_failed_with(size_t i, svc_result_t r, const char *error);
  * the next application (a retry) a new one. Lets a handler remember what
  * failed in this attempt so it does not call out for it again in the same one. */
 uint64_t svc_attempt(void);
+
+/* What a call out for a message came to in one attempt: a handler whose
+ * batch's halves and single-message pass would otherwise call out again
+ * remembers its failures (svc_tried_remember, in a recent_t of
+ * sizeof(svc_tried_t) values) and answers from them for the rest of that
+ * attempt (svc_tried_recall). attempt is svc_attempt() of the thread that
+ * applies the batch; 0 (no attempt) remembers and recalls nothing. */
+typedef struct svc_tried {
+    uint64_t attempt;
+    svc_result_t r; /* the call's result */
+    int outcome;    /* the handler's own code for it, when r is SVC_OK */
+    char detail[200];
+    char error[200];
+} svc_tried_t;
+void svc_tried_remember(recent_t *mem, uint64_t attempt, const char *key, svc_result_t r, int outcome,
+                        const char *detail, const char *error);
+bool svc_tried_recall(recent_t *mem, uint64_t attempt, const char *key, svc_tried_t *out);
 
 /* Runs until *stop; finishes the batch in hand. 0 on a clean stop. */
 int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop);

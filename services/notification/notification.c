@@ -286,35 +286,23 @@ static void sent_remember(const char *msg_id, channel_t ch, notify_outcome_t o, 
  * single-message pass: those run in the same attempt (svc_attempt), and each
  * would otherwise send every failing message of the batch once more. */
 
-typedef struct tried_rec {
-    uint64_t attempt;
-    svc_result_t r;     /* send_guarded's result */
-    notify_outcome_t o; /* its outcome, when r is SVC_OK */
-    char detail[200];
-    char error[200];
-} tried_rec_t;
-
 #define TRIED_MAX 16384 /* > SERVICE_BATCH's limit */
 static recent_t tried =
-    RECENT_INIT(TRIED_MAX, sizeof(tried_rec_t)); /* "message id/channel" -> this attempt's failure */
+    RECENT_INIT(TRIED_MAX, sizeof(svc_tried_t)); /* "message id/channel" -> this attempt's failure */
 
 static void tried_remember(uint64_t attempt, const char *msg_id, channel_t ch, svc_result_t r, notify_outcome_t o,
                            const char *detail, const char *error)
 {
     char k[64];
-    if (attempt == 0 || (r == SVC_OK && final_outcome(o)) || sent_key(msg_id, ch, k, sizeof k) == 0)
-        return;
-    tried_rec_t t = {.attempt = attempt, .r = r, .o = o};
-    snprintf(t.detail, sizeof t.detail, "%s", detail ? detail : "");
-    snprintf(t.error, sizeof t.error, "%s", error ? error : "");
-    recent_put(&tried, k, &t);
+    if ((r != SVC_OK || !final_outcome(o)) && sent_key(msg_id, ch, k, sizeof k) != 0)
+        svc_tried_remember(&tried, attempt, k, r, (int)o, detail, error);
 }
 
 /* This attempt's failure of (msg_id, ch) into *t; false when there is none. */
-static bool tried_recall(uint64_t attempt, const char *msg_id, channel_t ch, tried_rec_t *t)
+static bool tried_recall(uint64_t attempt, const char *msg_id, channel_t ch, svc_tried_t *t)
 {
     char k[64];
-    return attempt != 0 && sent_key(msg_id, ch, k, sizeof k) != 0 && recent_get(&tried, k, t) && t->attempt == attempt;
+    return sent_key(msg_id, ch, k, sizeof k) != 0 && svc_tried_recall(&tried, attempt, k, t);
 }
 
 /* ---- outcomes kept through a rollback, in PostgreSQL ----
@@ -843,11 +831,11 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, 
             o = notification_log_deliver(m, settings.sink_file, detail, sizeof detail);
         } else {
             uint64_t attempt = svc_attempt();
-            tried_rec_t t;
+            svc_tried_t t;
             svc_result_t r;
             if (tried_recall(attempt, m->message_id, ch, &t)) { /* failed in this attempt: not asked again */
                 r = t.r;
-                o = t.o;
+                o = (notify_outcome_t)t.outcome;
                 snprintf(detail, sizeof detail, "%s", t.detail);
                 snprintf(c->error, sizeof c->error, "%s", t.error);
             } else {
@@ -1043,10 +1031,10 @@ static void send_group(void *arg, size_t g)
                 continue;
             svc_ctx_t c = {.msg = e, .group = "notification"};
             p->have |= 1u << ch;
-            tried_rec_t t;
+            svc_tried_t t;
             if (tried_recall(a->attempt, m.message_id, ch, &t)) { /* failed in this attempt: not asked again */
                 p->r[ch] = t.r;
-                p->o[ch] = t.o;
+                p->o[ch] = (notify_outcome_t)t.outcome;
                 snprintf(p->detail[ch], sizeof p->detail[ch], "%s", t.detail);
                 snprintf(c.error, sizeof c.error, "%s", t.error);
             } else {
@@ -1082,10 +1070,10 @@ static const notify_msg_t *webhook_next(void *arg, size_t g, size_t *item)
             continue;
         presend_t *p = &a->pre[i];
         p->have |= 1u << CH_WEBHOOK;
-        tried_rec_t t;
+        svc_tried_t t;
         if (tried_recall(a->attempt, e->id, CH_WEBHOOK, &t)) { /* failed in this attempt: not asked again */
             p->r[CH_WEBHOOK] = t.r;
-            p->o[CH_WEBHOOK] = t.o;
+            p->o[CH_WEBHOOK] = (notify_outcome_t)t.outcome;
             snprintf(p->detail[CH_WEBHOOK], sizeof p->detail[CH_WEBHOOK], "%s", t.detail);
             snprintf(p->error, sizeof p->error, "%s", t.error);
             a->cursor[g] = a->group_start[g + 1]; /* the later ones of the aggregate wait for it */

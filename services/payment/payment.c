@@ -392,19 +392,12 @@ static void answers_remember(const char *id, const provider_answer_t *a)
 /* Provider failures in the current attempt (svc_attempt) by payment id: the
  * halves of a batch that failed on one, and its single-message pass, do not
  * call the provider for it again in that attempt (the next attempt does). */
-typedef struct failed_call {
-    uint64_t attempt;
-    svc_result_t r;
-    char error[256];
-} failed_call_t;
-
-static recent_t failed_calls = RECENT_INIT(ANSWERS_MAX, sizeof(failed_call_t)); /* payment id -> failure */
+static recent_t failed_calls = RECENT_INIT(ANSWERS_MAX, sizeof(svc_tried_t)); /* payment id -> failure */
 
 static bool failed_recall(const char *id, svc_result_t *r, char *error, size_t cap)
 {
-    failed_call_t f;
-    uint64_t attempt = svc_attempt();
-    if (attempt == 0 || !recent_get(&failed_calls, id, &f) || f.attempt != attempt)
+    svc_tried_t f;
+    if (!svc_tried_recall(&failed_calls, svc_attempt(), id, &f))
         return false;
     *r = f.r;
     snprintf(error, cap, "%s", f.error);
@@ -413,11 +406,8 @@ static bool failed_recall(const char *id, svc_result_t *r, char *error, size_t c
 
 static void failed_remember(const char *id, svc_result_t r, const char *error)
 {
-    failed_call_t f = {.attempt = svc_attempt(), .r = r};
-    if (f.attempt == 0 || r == SVC_OK)
-        return;
-    snprintf(f.error, sizeof f.error, "%s", error);
-    recent_put(&failed_calls, id, &f);
+    if (r != SVC_OK)
+        svc_tried_remember(&failed_calls, svc_attempt(), id, r, 0, NULL, error);
 }
 
 static void count_call(const char *outcome)
