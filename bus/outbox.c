@@ -198,6 +198,10 @@ static int validate(const outbox_msg_t *m, const char **why)
         *why = m->payload ? "payload larger than OUTBOX_MAX_PAYLOAD" : "payload missing";
         return -1;
     }
+    if (m->id[0] && !uuid_valid(m->id)) {
+        *why = "id must be a UUID";
+        return -1;
+    }
     return 0;
 }
 
@@ -205,7 +209,10 @@ int outbox_params(const outbox_msg_t *m, outbox_params_t *p, const char **why)
 {
     if (validate(m, why) != 0)
         return -1;
-    uuid_v7(p->id);
+    if (m->id[0])
+        uuid_lower(m->id, p->id);
+    else
+        uuid_v7(p->id);
     snprintf(p->part, sizeof p->part, "%d", outbox_partition_of(m->tenant, m->aggregate_id));
     snprintf(p->ts, sizeof p->ts, "%lld", (long long)clock_now_ms());
     const char *v[OUTBOX_PARAMS] = {p->id,
@@ -307,9 +314,12 @@ static int append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, bool hold, 
     for (size_t i = 0; i < n; i++) {
         const outbox_msg_t *m = &msgs[i];
         char id[UUID_STR_LEN];
-        uuid_v7(id);
+        if (m->id[0])
+            uuid_lower(m->id, id);
+        else
+            uuid_v7(id);
         if (pg_array_uuid(&a[0], id) != 0)
-            ECOM_ASSERT(!"uuid_v7 makes UUIDs");
+            ECOM_ASSERT(!"validated: a UUID");
         pg_array_int8(&a[1], outbox_partition_of(m->tenant, m->aggregate_id));
         pg_array_text(&a[2], m->tenant);
         pg_array_text(&a[3], m->aggregate_id);

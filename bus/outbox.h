@@ -28,6 +28,9 @@ typedef struct outbox_msg {
     const char *traceparent; /* NULL or "" when none */
     const char *request_id;  /* NULL or "" when none */
     const char *payload;     /* JSON text */
+    /* "" (zeroed): a new UUIDv7; else this id (uuid_valid, e.g.
+     * uuid_v7_derived: the same message made again has the same id) */
+    char id[UUID_STR_LEN];
     /* The aggregate was made for this message (a fresh id) and will never
      * have another: the message takes seq 1 without a sequence row, where
      * any other append keeps a bus.aggregate_seq row per aggregate for good.

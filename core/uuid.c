@@ -5,6 +5,7 @@
 #include "core/clock.h"
 
 #include <ctype.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -96,6 +97,12 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static int64_t last_ms;
 static unsigned counter;
 
+static void format(const unsigned char b[16], char out[UUID_STR_LEN])
+{
+    snprintf(out, UUID_STR_LEN, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
 void uuid_v7(char out[UUID_STR_LEN])
 {
     unsigned char b[16];
@@ -119,8 +126,20 @@ void uuid_v7(char out[UUID_STR_LEN])
     b[6] = (unsigned char)(0x70 | (c >> 8));
     b[7] = (unsigned char)c;
     b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
-    snprintf(out, UUID_STR_LEN, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    format(b, out);
+}
+
+void uuid_v7_derived(char out[UUID_STR_LEN], int64_t ms, const char *name)
+{
+    unsigned char md[EVP_MAX_MD_SIZE], b[16];
+    unsigned int n = 0;
+    ECOM_ASSERT(EVP_Digest(name, strlen(name), md, &n, EVP_sha256(), NULL) == 1 && n >= 16);
+    memcpy(b, md, sizeof b);
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)((uint64_t)ms >> (40 - 8 * i));
+    b[6] = (unsigned char)(0x70 | (b[6] & 0x0f));
+    b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
+    format(b, out);
 }
 
 int64_t uuid_v7_ms(const char *s)

@@ -11,6 +11,11 @@
 #define UUID_STR_LEN 37 /* 36 + NUL */
 
 void uuid_v7(char out[UUID_STR_LEN]);
+/* A UUIDv7 made of ms and, after it, bits of the SHA-256 of name: the same
+ * two give the same id. For a message that may have to be made again after
+ * its first making was lost (a service's event re-made when the command that
+ * caused it is applied again), so its consumers' inboxes know it. */
+void uuid_v7_derived(char out[UUID_STR_LEN], int64_t ms, const char *name);
 bool uuid_valid(const char *s); /* canonical lowercase or uppercase 8-4-4-4-12 */
 /* The Unix ms a UUIDv7 was made at (its first 48 bits), or -1 when s is not a
  * valid version 7 UUID. */

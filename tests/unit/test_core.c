@@ -433,6 +433,19 @@ static void test_uuid_v7(void)
     CU_ASSERT_TRUE(born >= before && born <= clock_now_ms());
     CU_ASSERT_EQUAL(uuid_v7_ms("017f22e2-79b0-4cc3-98c4-dc0c0c07398f"), -1); /* version 4 */
     CU_ASSERT_EQUAL(uuid_v7_ms("not-a-uuid"), -1);
+    /* derived: the same ms and name give the same id, a valid version 7 one */
+    char d1[UUID_STR_LEN], d2[UUID_STR_LEN], d3[UUID_STR_LEN], d4[UUID_STR_LEN];
+    uuid_v7_derived(d1, 1645557742000LL, "payment\ncmd-1\npayment.succeeded");
+    uuid_v7_derived(d2, 1645557742000LL, "payment\ncmd-1\npayment.succeeded");
+    uuid_v7_derived(d3, 1645557742000LL, "payment\ncmd-1\npayment.failed");
+    uuid_v7_derived(d4, 1645557742001LL, "payment\ncmd-1\npayment.succeeded");
+    CU_ASSERT_STRING_EQUAL(d1, d2);
+    CU_ASSERT_STRING_NOT_EQUAL(d1, d3);
+    CU_ASSERT_STRING_NOT_EQUAL(d1, d4);
+    CU_ASSERT_EQUAL(uuid_v7_ms(d1), 1645557742000LL);
+    CU_ASSERT_EQUAL(uuid_v7_ms(d4), 1645557742001LL);
+    CU_ASSERT_TRUE(strchr("89ab", d3[19]) != NULL); /* RFC 9562 variant */
+    CU_ASSERT_EQUAL(strncmp(d1, "017f22e2-79b0-7", 15), 0);
     char hex[33];
     random_hex(hex, 16);
     CU_ASSERT_EQUAL(strlen(hex), 32);
