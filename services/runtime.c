@@ -9,6 +9,7 @@
 #include "core/pg.h"
 #include "core/strmap.h"
 #include "inbox/inbox.h"
+#include "services/ackgate.h"
 #include "services/reader.h"
 
 #include <pthread.h>
@@ -24,6 +25,7 @@
 #define PEL_PAGE_FACTOR 4 /* a pending-list page is this many batches */
 #define READ_AHEAD_BLOCK_MS 100
 #define ACK_WAIT_MS (READ_AHEAD_BLOCK_MS + 400) /* for the read-ahead's acknowledgements before a scan */
+#define DROPPED_SCAN_MS 100 /* the gate dropped acknowledgements: the pending list is read this soon */
 
 typedef struct failure {
     int count;     /* attempts that failed */
@@ -86,6 +88,11 @@ typedef struct rt {
      * its lease is gone, and go on reading. */
     int64_t watch_until_ms;
     svc_reader_t *reader;
+    /* With PostgreSQL and the read-ahead: transactions commit asynchronously
+     * once the gate is ready (async), and their acknowledgements go through
+     * it, passed on to the read-ahead when durable (ackgate.h). */
+    ackgate_t *gate;
+    bool async;
     lane_t *lanes; /* nlanes; lanes[0].db is db */
     size_t nlanes;
     pthread_mutex_t lane_mu;
@@ -215,14 +222,18 @@ static void ack_later(rt_t *rt, const bus_msg_t *m)
 }
 
 /* With the read-ahead: the acknowledgements go to its thread, which sends
- * them before its next read, off the applying thread. */
-static void hand_acks(rt_t *rt)
+ * them before its next read, off the applying thread; those of a batch
+ * that began (began_us) committing asynchronously, through the gate. */
+static void hand_acks(rt_t *rt, bool gated, int64_t began_us)
 {
     for (size_t i = 0; i < rt->nstreams; i++) {
         acks_t *a = &rt->acks[i];
         if (!a->n)
             continue;
-        reader_ack(rt->reader, a->stream, a->ids, a->n); /* the ids go with it */
+        if (gated) /* the ids go with it */
+            ackgate_put(rt->gate, a->stream, a->ids, a->n, began_us);
+        else
+            reader_ack(rt->reader, a->stream, a->ids, a->n);
         a->ids = NULL;
         a->n = a->cap = 0;
     }
@@ -1014,10 +1025,30 @@ static void set_back(rt_t *rt, const bus_msg_t *const *ms, size_t n)
 }
 
 /* pre: the batch's payloads parsed by the read-ahead (taken from it), or NULL. */
+/* Once the gate can vouch for a batch begun now: every connection's
+ * transactions commit asynchronously from the next BEGIN on (and the ones
+ * opened later: a no-op for those told already). Lanes are idle here. */
+static bool go_async(rt_t *rt, int64_t began_us)
+{
+    if (!rt->gate || rt->memory)
+        return false;
+    if (!rt->async && !ackgate_ready(rt->gate, began_us))
+        return false;
+    rt->async = true;
+    if (rt->db)
+        db_commit_async(rt->db);
+    for (size_t k = 1; k < rt->nlanes; k++)
+        if (rt->lanes[k].db)
+            db_commit_async(rt->lanes[k].db);
+    return true;
+}
+
 static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t *pre)
 {
     int stored = 0; /* -1: a lane could not store its part */
     int64_t t0 = clock_mono_us();
+    int64_t began = ackgate_now_us();
+    bool gated = go_async(rt, began);
     work_t *ws = xcalloc(bt->n + 1, sizeof *ws);
     size_t nw = 0;
     const bus_msg_t **back = xmalloc((bt->n + 1) * sizeof *back); /* set_back */
@@ -1163,7 +1194,7 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
     free(back);
     schedule_failures(rt);
     if (rt->reader)
-        hand_acks(rt);
+        hand_acks(rt, gated, began);
     else if (flush_acks(rt) != 0) {
         health_report(bus_name(rt), false, 0);
         log_warn("service %s: acknowledgement failed; will retry", rt->def->group);
@@ -1395,6 +1426,11 @@ static int connect_all(rt_t *rt)
     return 0;
 }
 
+static void pass_ack(void *reader, const char *stream, char (*ids)[BUS_ID_MAX], size_t n)
+{
+    reader_ack(reader, stream, ids, n);
+}
+
 int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
 {
     rt_t rt = {.def = def, .o = o, .stop = stop};
@@ -1453,6 +1489,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
                 bus_batch_clear(&bt);
             }
             /* what was applied under the lease is acknowledged before standing by */
+            if (rt.gate && ackgate_wait(rt.gate, ACK_WAIT_MS) != 0)
+                log_debug("service %s: acknowledgements still held for the flush before standing by", def->group);
             if (rt.reader && reader_wait_acks(rt.reader, ACK_WAIT_MS) != 0)
                 log_debug("service %s: acknowledgements still queued before standing by", def->group);
             if (!try_lease(&rt)) {
@@ -1475,6 +1513,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
                 continue;
             }
         }
+        if (rt.gate && ackgate_dropped(rt.gate) && rt.pel_due_ms > now + DROPPED_SCAN_MS)
+            rt.pel_due_ms = now + DROPPED_SCAN_MS; /* their entries are pending still: applied, or not */
         if (flush_acks(&rt) != 0) {
             health_report(bus_name(&rt), false, 0);
             if (bus_ensure(rt.bus) != 0)
@@ -1517,6 +1557,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
             /* what the read-ahead still has to acknowledge would be delivered
              * again by the scan (the inbox would skip it, but its delivery
              * count would grow) */
+            if (rt.gate && ackgate_wait(rt.gate, ACK_WAIT_MS) != 0)
+                log_debug("service %s: acknowledgements still held for the flush before the pending scan", def->group);
             if (rt.reader && reader_wait_acks(rt.reader, ACK_WAIT_MS) != 0)
                 log_debug("service %s: acknowledgements still queued before the pending scan", def->group);
             if (scan_pending(&rt, ahead ? &bt : NULL) != 0) {
@@ -1561,6 +1603,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
                                            def->payload_unread, &err))) {
                 log_debug("service %s: no read-ahead (%s); reading in line", def->group, err);
                 free(err);
+            } else if (!rt.memory) {
+                rt.gate = ackgate_start(o->database_url, def->group, pass_ack, rt.reader);
             }
         }
         int rrc;
@@ -1628,6 +1672,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     if (rt.reader && reader_outstanding(rt.reader) && reader_take(rt.reader, &bt, &parsed) == 0 && bt.n && rt.db &&
         (rt.memory || rt.lease) && !db_broken(&rt) && rt.pel_due_ms > clock_mono_ms())
         process_read(&rt, &bt, &parsed);
+    ackgate_stop(rt.gate); /* what it vouches for goes to the read-ahead, which sends it as it stops */
     reader_stop(rt.reader);
     reader_parsed_free(&parsed);
     lanes_stop(&rt);

@@ -5,7 +5,11 @@
  * the message ids in the inbox (a duplicate is skipped and acknowledged; a
  * service with its own record of applied ids, svc_def_t.seen, writes none),
  * then runs the handler, which may write its effects and append outbox rows in
- * the same transaction; entries are acknowledged only after commit.
+ * the same transaction; entries are acknowledged only after commit. With
+ * PostgreSQL and the Redis read-ahead, transactions commit asynchronously
+ * (visible at once) and an entry is acknowledged once its commit is durable
+ * (services/ackgate.h); a crash that loses a commit leaves its entries
+ * pending, to be applied again.
  *
  * Failures: the fast path applies a whole batch at once; if any handler fails,
  * the batch is rolled back and applied again by halves under savepoints (the

@@ -6,10 +6,13 @@
 #include "core/redis.h"
 
 #include <CUnit/Basic.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -151,7 +154,7 @@ const char *test_redis_private(void)
     if (test_sh("mkdir -p %s", priv_dir) != 0)
         die("cannot create a folder for Redis");
     for (int attempt = 0; attempt < 20; attempt++) {
-        priv_port = 20000 + (int)((getpid() * 7919 + attempt * 104729) % 12000);
+        priv_port = 20000 + (int)(((unsigned)getpid() * 7919u + (unsigned)attempt * 104729u) % 12000u);
         if (test_sh("redis-cli -p %d ping >/dev/null 2>&1", priv_port) == 0)
             continue; /* taken */
         if (priv_start() == 0) {
@@ -174,6 +177,92 @@ int test_redis_private_restart(int pause_ms)
         usleep(25000);
     usleep((useconds_t)pause_ms * 1000);
     return priv_start();
+}
+
+/* ---- a private PostgreSQL server ---- */
+
+static char pgp_dir[128], pgp_bin[256], pgp_as[96];
+static int pgp_port;
+
+static void pgp_stop(void)
+{
+    if (pgp_port) {
+        test_sh("%s %s/pg_ctl -D %s/pg -m immediate -w stop >/dev/null 2>&1", pgp_as, pgp_bin, pgp_dir);
+        test_sh("rm -rf %s", pgp_dir);
+        pgp_port = 0;
+    }
+}
+
+static int pgp_start(void)
+{
+    return test_sh("%s %s/pg_ctl -D %s/pg -l %s/pg.log -w -t 60 start >/dev/null", pgp_as, pgp_bin, pgp_dir, pgp_dir);
+}
+
+static bool port_free(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+const char *test_pg_private(void)
+{
+    static const char *url;
+    if (url)
+        return url;
+    FILE *f = popen("ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1", "r");
+    if (!f || !fgets(pgp_bin, sizeof pgp_bin, f))
+        die("PostgreSQL server binaries not found (run scripts/bootstrap)");
+    pclose(f);
+    pgp_bin[strcspn(pgp_bin, "\n")] = 0;
+    /* as scripts/test-env runs its servers: initdb refuses root */
+    const char *as = getenv("ECOM_TEST_REDIS_RUN_AS");
+    snprintf(pgp_as, sizeof pgp_as, "%s", as ? as : "");
+    snprintf(pgp_dir, sizeof pgp_dir, "/tmp/ecom-pg-%d", (int)getpid());
+    if (test_sh("rm -rf %s && mkdir -p %s && chmod 755 %s", pgp_dir, pgp_dir, pgp_dir) != 0 ||
+        (*pgp_as && test_sh("chown ecom-test %s", pgp_dir) != 0))
+        die("cannot create a folder for PostgreSQL");
+    if (test_sh("%s %s/initdb -D %s/pg -U postgres -A trust -E UTF8 --no-sync >%s/initdb.log 2>&1", pgp_as, pgp_bin,
+                pgp_dir, pgp_dir) != 0)
+        die("initdb failed for the private PostgreSQL");
+    atexit(pgp_stop);
+    for (int attempt = 0; attempt < 20; attempt++) {
+        int port = 20000 + (int)(((unsigned)getpid() * 104729u + (unsigned)attempt * 7919u) % 12000u);
+        if (!port_free(port))
+            continue;
+        pgp_port = port;
+        if (test_sh(
+                "printf \"listen_addresses = '127.0.0.1'\\nport = %d\\nunix_socket_directories = '%s'\\n"
+                "max_connections = 100\\nwal_init_zero = off\\nlog_min_messages = fatal\\n\" >> %s/pg/postgresql.conf",
+                port, pgp_dir, pgp_dir) != 0)
+            die("cannot configure the private PostgreSQL");
+        if (pgp_start() == 0) {
+            char *u = xasprintf("postgresql://postgres@127.0.0.1:%d/postgres", port);
+            keep_url(u);
+            char *cmd = xasprintf("DATABASE_URL='%s' %s migrate >/tmp/ecom-migrate-%d.log 2>&1", u, test_bin("ecom"),
+                                  (int)getpid());
+            int rc = test_sh("%s", cmd);
+            free(cmd);
+            if (rc != 0)
+                die("ecom migrate failed (see /tmp/ecom-migrate-*.log)");
+            url = u;
+            return url;
+        }
+    }
+    die("cannot start a private PostgreSQL");
+}
+
+int test_pg_private_crash(int pause_ms)
+{
+    if (test_sh("%s %s/pg_ctl -D %s/pg -m immediate -w stop >/dev/null 2>&1", pgp_as, pgp_bin, pgp_dir) != 0)
+        return -1;
+    usleep((useconds_t)pause_ms * 1000);
+    return pgp_start();
 }
 
 redisReply *test_redis_command(const char *url, const char *fmt, ...)

@@ -24,6 +24,16 @@ const char *test_redis_db(void);
  * (pause_ms later); it is stopped at exit. */
 const char *test_redis_private(void);
 int test_redis_private_restart(int pause_ms);
+/* A PostgreSQL server of this test program's own (for tests that crash it):
+ * made by initdb in a temporary folder (as scripts/test-env's unprivileged
+ * user when run as root), on a free loopback port, migrated (`ecom
+ * migrate`), by the first call; later calls return the same URL. It is
+ * stopped and removed at exit. test_pg_private_crash stops it as a crash
+ * would (an immediate shutdown: WAL still in the server's buffers is lost,
+ * as are commits made with synchronous_commit off that it held) and starts
+ * it again pause_ms later (crash recovery). */
+const char *test_pg_private(void);
+int test_pg_private_crash(int pause_ms);
 /* Runs one command (redisCommand's format) on a connection of its own to
  * url: its reply (freeReplyObject), or NULL when Redis cannot be reached. */
 struct redisReply *test_redis_command(const char *url, const char *fmt, ...);

@@ -617,6 +617,14 @@ static svc_result_t emit(svc_ctx_t *c, deferred_t *d, const char *type, const ch
                       .traceparent = e->traceparent,
                       .request_id = e->request_id,
                       .payload = (const char *)evbuffer_pullup(b, -1)};
+    /* The event's id is made of the command's and the event's type: the
+     * service commits asynchronously (runtime.h), so a server crash can
+     * lose this transaction after the drainer published the event; the
+     * command, not acknowledged yet, is applied again, and the event made
+     * again has the same id, which its consumers' inboxes know. */
+    char name[ENV_NAME_MAX + UUID_STR_LEN + 16];
+    snprintf(name, sizeof name, "payment\n%s\n%s", e->id, type);
+    uuid_v7_derived(m.id, e->ts > 0 ? e->ts : clock_now_ms(), name);
     if (d && d->on) {
         defer_event(d, &m, xstrdup(m.payload), xstrdup(agg));
         evbuffer_free(b);

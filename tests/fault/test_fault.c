@@ -156,8 +156,28 @@ static void stop_proc(pid_t pid)
 }
 
 typedef struct producer {
+    int per_commit, pause_ms;
     atomic_int appended;
 } producer_t;
+
+/* After a commit whose answer was lost (the server crashed): whether it
+ * happened, by the marker row it wrote. 1 yes, 0 no, -1 not known yet. */
+static int marker_committed(int start)
+{
+    char *err = NULL;
+    PGconn *c = pg_connect(pg_url, "producer-check", &err);
+    free(err);
+    if (!c)
+        return -1;
+    char n[16];
+    snprintf(n, sizeof n, "%d", start);
+    const char *p[] = {n};
+    PGresult *r = pg_query(c, "SELECT count(*) FROM test_produced WHERE n = $1", 1, p);
+    int rc = r ? PQgetvalue(r, 0, 0)[0] == '1' : -1;
+    PQclear(r);
+    PQfinish(c);
+    return rc;
+}
 
 static void *produce(void *arg)
 {
@@ -167,11 +187,18 @@ static void *produce(void *arg)
     ECOM_ASSERT(db);
     int i = 0;
     while (i < TOTAL) {
-        if (db_begin(db) != 0)
+        if (db_begin(db) != 0) {
+            clock_sleep_ms(50); /* the server is down */
             continue;
+        }
         int start = i;
-        bool ok = true;
-        for (int k = 0; k < 20 && i < TOTAL; k++, i++) {
+        char n[16];
+        snprintf(n, sizeof n, "%d", start);
+        const char *mp[] = {n};
+        PGresult *mr = db_exec_params_bin(db, "INSERT INTO test_produced (n) VALUES ($1)", 1, mp, NULL, NULL, NULL);
+        bool ok = mr != NULL;
+        PQclear(mr);
+        for (int k = 0; ok && k < pr->per_commit && i < TOTAL; k++, i++) {
             char agg[32], payload[48];
             snprintf(agg, sizeof agg, "agg-%d", i % AGGS);
             snprintf(payload, sizeof payload, "{\"n\":%d}", i);
@@ -183,13 +210,22 @@ static void *produce(void *arg)
                 break;
             }
         }
-        if (!ok || db_commit(db) != 0) {
+        if (!ok) {
             db_rollback(db);
             i = start;
             continue;
         }
+        if (db_commit(db) != 0) {
+            int done;
+            while ((done = marker_committed(start)) < 0)
+                clock_sleep_ms(50);
+            if (!done) {
+                i = start;
+                continue;
+            }
+        }
         atomic_store(&pr->appended, i);
-        clock_sleep_ms(5); /* about 4,000 messages a second */
+        clock_sleep_ms(pr->pause_ms);
     }
     db_close(db);
     return NULL;
@@ -204,21 +240,21 @@ static uint64_t count_inbox(PGconn *c, const char *grp)
     return n;
 }
 
+static void check_exactly_once(PGconn *c);
+static PGconn *make_tables(void);
+
 static void test_kill9_everything(void)
 {
     pg_url = test_pg_db("fault", true);
     redis_url = test_redis_private(); /* restarted below: not the server other tests share */
-    char *err = NULL;
-    PGconn *c = pg_connect(pg_url, "test", &err);
+    PGconn *c = make_tables();
     CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-    ASSERT_OK(pg_exec(c, "CREATE TABLE test_applied (ord bigserial PRIMARY KEY, grp text, id uuid, agg text,"
-                         " seq bigint, entry text, deliveries int)"));
     pid_t drainers[2] = {spawn_drainer(), spawn_drainer()};
     pid_t workers[GROUPS];
     for (int g = 0; g < GROUPS; g++)
         workers[g] = spawn_worker(g);
 
-    producer_t pr = {0};
+    producer_t pr = {.per_commit = 20, .pause_ms = 5}; /* about 4,000 messages a second */
     pthread_t prod;
     pthread_create(&prod, NULL, produce, &pr);
     unsigned seed = (unsigned)getpid();
@@ -252,6 +288,21 @@ static void test_kill9_everything(void)
     pthread_join(prod, NULL);
     CU_ASSERT_TRUE(kills >= 5);
 
+    check_exactly_once(c);
+    fprintf(stderr, "\n  fault run: %d kills, %d Redis restart%s\n", kills, redis_restarts,
+            redis_restarts == 1 ? "" : "s");
+    for (int d = 0; d < 2; d++)
+        stop_proc(drainers[d]);
+    for (int g = 0; g < GROUPS; g++)
+        stop_proc(workers[g]);
+    CU_ASSERT_EQUAL(unexpected_exits, 0); /* every death was one of ours */
+    PQfinish(c);
+}
+
+/* Every group applied every message exactly once, in order per aggregate,
+ * and the outbox is empty. */
+static void check_exactly_once(PGconn *c)
+{
     int64_t end = clock_mono_ms() + 180000;
     const char *groups[GROUPS] = {"f1", "f2", "f3"};
     bool all = false;
@@ -318,13 +369,64 @@ static void test_kill9_everything(void)
     CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "0");
     CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 1), "0");
     PQclear(r);
-    fprintf(stderr, "\n  fault run: %d kills, %d Redis restart%s\n", kills, redis_restarts,
-            redis_restarts == 1 ? "" : "s");
-    for (int d = 0; d < 2; d++)
-        stop_proc(drainers[d]);
+}
+
+static PGconn *make_tables(void)
+{
+    char *err = NULL;
+    PGconn *c = pg_connect(pg_url, "test", &err);
+    free(err);
+    if (!c)
+        return NULL;
+    if (pg_exec(c, "CREATE TABLE test_applied (ord bigserial PRIMARY KEY, grp text, id uuid, agg text,"
+                   " seq bigint, entry text, deliveries int); CREATE TABLE test_produced (n int PRIMARY KEY)") != 0) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* The services commit asynchronously and acknowledge an entry only once its
+ * transaction is durable (services/ackgate.h). A crash of PostgreSQL loses
+ * the last of their commits: those entries must still be pending, and be
+ * applied again, once. The producer commits a hundred messages every 25 ms
+ * (synchronously, as the gateway does), so that between its flushes the
+ * services commit many more. */
+static void test_postgres_crash(void)
+{
+    pg_url = test_pg_private(); /* crashed below: not the server other tests share */
+    redis_url = test_redis_db();
+    PGconn *c = make_tables();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    pid_t drainer = spawn_drainer();
+    pid_t workers[GROUPS];
+    for (int g = 0; g < GROUPS; g++)
+        workers[g] = spawn_worker(g);
+    producer_t pr = {.per_commit = 100, .pause_ms = 25};
+    pthread_t prod;
+    pthread_create(&prod, NULL, produce, &pr);
+    const char *nc = getenv("FAULT_PG_CRASHES");
+    int want = nc && atoi(nc) > 0 ? atoi(nc) : 3, crashes = 0;
+    while (crashes < want) {
+        if (atomic_load(&pr.appended) > TOTAL / (want + 1) * (crashes + 1)) {
+            PQfinish(c); /* the crash ends it */
+            CU_ASSERT_EQUAL(test_pg_private_crash(200), 0);
+            c = NULL;
+            crashes++;
+        }
+        clock_sleep_ms(20);
+    }
+    pthread_join(prod, NULL);
+    char *err = NULL;
+    c = pg_connect(pg_url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    check_exactly_once(c);
+    fprintf(stderr, "\n  fault run: %d PostgreSQL crash%s\n", crashes, crashes == 1 ? "" : "es");
+    stop_proc(drainer);
     for (int g = 0; g < GROUPS; g++)
         stop_proc(workers[g]);
-    CU_ASSERT_EQUAL(unexpected_exits, 0); /* every death was one of ours */
+    CU_ASSERT_EQUAL(unexpected_exits, 0);
     PQfinish(c);
 }
 
@@ -337,6 +439,7 @@ int main(int argc, char **argv)
     log_configure("error", "text");
     CU_TestInfo tests[] = {
         {"kill -9 drainers and workers, restart Redis: exactly once, in order", test_kill9_everything},
+        {"PostgreSQL crashes: what the services committed last is applied again, once", test_postgres_crash},
         CU_TEST_INFO_NULL,
     };
     return test_main("fault", tests, NULL, NULL);
