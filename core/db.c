@@ -92,7 +92,6 @@ int db_ensure(db_t *db)
     db->begin_pending = false;
     db->prepared = 0;
     db->index_scans = false; /* a session setting: gone with the connection */
-    db->async_unset = db->commit_async;
     return 0;
 }
 
@@ -107,15 +106,12 @@ int db_index_scans_only(db_t *db)
     return 0;
 }
 
-void db_commit_async(db_t *db)
+void db_commit_async(db_t *db, bool on)
 {
-    if (db->kind != DB_PG || db->commit_async)
-        return;
-    db->commit_async = true;
-    db->async_unset = true;
+    db->commit_async = db->kind == DB_PG && on;
 }
 
-#define SQL_ASYNC "SET synchronous_commit = off"
+#define SQL_ASYNC "SET LOCAL synchronous_commit = off"
 
 PGresult *db_exec_lookup(db_t *db, int bit, const char *sql, int nparams, const char *const *values, const int *lengths,
                          const int *formats, const char *quiet_state)
@@ -235,15 +231,15 @@ static int pipeline(db_t *db, const pl_stmt_t *tail, int ntail, PGresult **last)
 {
     PGconn *c = db->pgc;
     *last = NULL;
-    bool tell_async = db->begin_pending && db->async_unset;
-    int n = (tell_async ? 1 : 0) + (db->begin_pending ? 1 : 0) + (int)db->nheld + ntail;
+    bool async = db->begin_pending && db->commit_async;
+    int n = (async ? 1 : 0) + (db->begin_pending ? 1 : 0) + (int)db->nheld + ntail;
     pl_stmt_t *st = xcalloc((size_t)n, sizeof *st);
     char(*names)[16] = xcalloc(db->nheld + 1, sizeof *names);
     int k = 0;
-    if (tell_async)
-        st[k++] = (pl_stmt_t){.sql = SQL_ASYNC};
     if (db->begin_pending)
         st[k++] = (pl_stmt_t){.sql = "BEGIN"};
+    if (async)
+        st[k++] = (pl_stmt_t){.sql = SQL_ASYNC};
     for (size_t i = 0; i < db->nheld; i++) {
         db_held_t *h = &db->held[i];
         st[k++] = (pl_stmt_t){.name = db_stmt_name(h->bit, names[i]),
@@ -262,8 +258,6 @@ static int pipeline(db_t *db, const pl_stmt_t *tail, int ntail, PGresult **last)
         goto out;
     }
     db->begin_pending = false;
-    if (tell_async)
-        db->async_unset = false; /* a failure of it fails the pipeline: the transaction does not go on */
     bool sent = true;
     for (int i = 0; i < n && sent; i++)
         sent = (st[i].name
@@ -360,12 +354,8 @@ PGconn *db_pg(db_t *db)
     }
     if (db->begin_pending) {
         db->begin_pending = false;
-        if (db->async_unset) {
-            if (pg_exec(db->pgc, SQL_ASYNC) != 0)
-                return NULL;
-            db->async_unset = false;
-        }
-        if (pg_exec(db->pgc, "BEGIN") != 0)
+        /* one simple query: one round trip for both */
+        if (pg_exec(db->pgc, db->commit_async ? "BEGIN; " SQL_ASYNC : "BEGIN") != 0)
             return NULL; /* nothing may run outside the transaction */
     }
     return db->pgc;

@@ -69,8 +69,7 @@ typedef struct db {
     size_t nheld, held_cap;
     bool held_failed; /* the last db_exec_* did not run: a held write before it failed */
     const char *after_commit; /* PostgreSQL: db_after_commit's statement, until the transaction ends */
-    bool commit_async;        /* PostgreSQL: db_commit_async asked for it (kept across reconnects) */
-    bool async_unset;         /* ... and this connection has not been told yet (with the next BEGIN) */
+    bool commit_async;        /* PostgreSQL: the next transactions commit asynchronously (db_commit_async) */
 } db_t;
 
 /* Prepared statements, one bit each, prepared once per connection. */
@@ -129,14 +128,14 @@ int db_ensure(db_t *db) __attribute__((warn_unused_result));
  * outbox_cleanup's is.)
  * Sets index_scans; a reconnect (db_ensure) clears it. 0, or -1. */
 int db_index_scans_only(db_t *db) __attribute__((warn_unused_result));
-/* PostgreSQL: this handle's transactions commit without waiting for the
- * WAL flush (synchronous_commit = off): a commit is visible at once and
+/* PostgreSQL, on: the transactions begun from now on commit without
+ * waiting for the WAL flush (SET LOCAL synchronous_commit = off, sent with
+ * the BEGIN: no round trip of its own): a commit is visible at once and
  * atomic as ever, but the last moments of them can be lost if the server
  * crashes. Only for a caller that acts on a commit's durability some other
  * way (the service runtime's acknowledgements wait for a flush: see
- * services/ackgate.h). The setting goes with the next BEGIN, and again
- * after a reconnect. Memory: nothing to do. */
-void db_commit_async(db_t *db);
+ * services/ackgate.h). Memory: nothing to do. */
+void db_commit_async(db_t *db, bool on);
 /* A lookup by an array of keys (lengths and formats as PQexecParams'): with
  * index_scans, prepared statement `bit` (planned once); else sql unnamed,
  * planned for these very parameters (db_exec_params_bin). Result as

@@ -104,6 +104,11 @@ static void discard_next(drainer_t *d)
 static void lost_connection(drainer_t *d)
 {
     discard_next(d);
+    /* Rows published but not removed are forgotten, to go out again (the
+     * inboxes skip them): after a server crash, positions a lost
+     * asynchronous commit had drawn are drawn again by new rows, which a
+     * removal by position would take unpublished. */
+    d->nunmarked = 0;
     /* session locks die with the connection */
     memset(d->held, 0, sizeof d->held);
     d->nheld = 0;

@@ -15,11 +15,12 @@
 #include <time.h>
 
 #define RETRY_MIN_MS 100
-#define RETRY_MAX_MS 2000
+#define RETRY_MAX_MS 30000 /* after failed flushes: each one drops what it was to vouch for */
+#define HELD_MAX 1024      /* batches held at most: the runtime then waits (a flush that hangs) */
 /* Flushes start at most this often: under a steady flow one covers the
  * acknowledgements of several batches (each costs a round trip, a commit
  * and a WAL flush), at the price of acknowledgements that late. */
-#define FLUSH_EVERY_US 5000
+#define FLUSH_EVERY_US 20000
 
 typedef struct held {
     struct held *next;
@@ -40,9 +41,11 @@ struct ackgate {
     held_t *head, *tail;
     uint64_t handed, settled; /* batches handed in, batches passed on or dropped */
     bool quit;
+    bool idle; /* the thread waits for work: a hand-over wakes it (else it comes for it) */
     /* the thread's own */
     PGconn *conn;
-    char incarnation[64]; /* pg_postmaster_start_time() when it connected */
+    char backend[16]; /* pg_backend_pid() when it connected */
+    int64_t retry_ms, next_try_us;
     _Atomic int64_t conn_since_us; /* when the connection was ready; 0: none */
     atomic_uint_fast64_t dropped;
     metric_t *m_flush_s, *m_dropped;
@@ -62,8 +65,7 @@ static void disconnect(ackgate_t *g)
     g->conn = NULL;
 }
 
-/* 0 when connected, with the server's start time read and commits that wait
- * for the flush (whatever the server's default). */
+/* 0 when connected, with its backend's pid read. */
 static int connect_gate(ackgate_t *g)
 {
     char *err = NULL;
@@ -72,40 +74,56 @@ static int connect_gate(ackgate_t *g)
         free(err);
         return -1;
     }
-    PGresult *r = pg_query(g->conn,
-                           "SELECT pg_postmaster_start_time()::text, "
-                           "set_config('synchronous_commit', CASE current_setting('synchronous_commit') "
-                           "WHEN 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, false)",
-                           0, NULL);
+    PGresult *r = pg_query(g->conn, "SELECT pg_backend_pid()::text", 0, NULL);
     if (!r || PQntuples(r) != 1) {
         PQclear(r);
         disconnect(g);
         return -1;
     }
-    snprintf(g->incarnation, sizeof g->incarnation, "%s", PQgetvalue(r, 0, 0));
+    snprintf(g->backend, sizeof g->backend, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
     atomic_store(&g->conn_since_us, ackgate_now_us());
     return 0;
 }
 
-/* A commit that waits for the WAL flush past its own record, to the server
- * the connection was opened to. 0 when it came back so. The transaction
- * must write WAL before its commit, or its commit is not flushed (a
- * transaction id alone is not enough): a transactional logical message,
- * a few dozen bytes, at any wal_level and for any role; logical decoding
- * passes it on only to a consumer that asks for messages, under its prefix. */
+/* After a failed connect or flush: the next try waits longer each time,
+ * until a flush succeeds. */
+static void back_off(ackgate_t *g)
+{
+    g->retry_ms = g->retry_ms ? (g->retry_ms * 2 < RETRY_MAX_MS ? g->retry_ms * 2 : RETRY_MAX_MS) : RETRY_MIN_MS;
+    g->next_try_us = ackgate_now_us() + g->retry_ms * 1000;
+}
+
+/* A commit that waits for the WAL flush past its own record, made by the
+ * backend the connection was opened to: a backend lives no longer than its
+ * server's shared memory, so every commit made there since then (the
+ * batches') is before it in the same WAL. 0 when it came back so. The
+ * transaction must write WAL before its commit, or its commit is not
+ * flushed (a transaction id alone is not enough): a transactional logical
+ * message, a few dozen bytes, at any wal_level and for any role; logical
+ * decoding passes it on only to a consumer that asks for messages, under
+ * its prefix. synchronous_commit is set for this transaction alone, so a
+ * server default of off does not make it return before the flush. */
 static int flush(ackgate_t *g)
 {
     int64_t t0 = ackgate_now_us();
-    PGresult *r = pg_query(g->conn, "SELECT pg_logical_emit_message(true, 'ecom-ackgate', ''), pg_postmaster_start_time()::text", 0, NULL);
-    bool same = r && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 1), g->incarnation) == 0;
-    if (r && !same)
-        log_warn("%s: the server restarted; acknowledgements of work done before are dropped", g->app);
+    PGresult *r = pg_query(g->conn,
+                           "SELECT set_config('synchronous_commit', CASE current_setting('synchronous_commit')"
+                           " WHEN 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, true),"
+                           " pg_logical_emit_message(true, 'ecom-ackgate', ''), pg_backend_pid()::text",
+                           0, NULL);
+    bool same = r && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 2), g->backend) == 0;
+    if (r && !same) /* a pooler between: the connection is not one backend's */
+        log_warn("%s: the flush ran on another backend than the connection's; acknowledgements dropped", g->app);
+    else if (!r)
+        log_warn("%s: the flush failed; acknowledgements dropped, commits synchronous for a while", g->app);
     PQclear(r);
     if (!same) {
         disconnect(g);
+        back_off(g);
         return -1;
     }
+    g->retry_ms = 0;
     metrics_observe(g->m_flush_s, (double)(ackgate_now_us() - t0) / 1e6);
     return 0;
 }
@@ -141,47 +159,47 @@ static void settle(ackgate_t *g, held_t *h, bool ok, int64_t since)
 static void *gate_main(void *arg)
 {
     ackgate_t *g = arg;
-    int64_t retry_ms = 0, last_us = 0;
+    int64_t last_us = 0;
     pthread_mutex_lock(&g->mu);
     for (;;) {
-        if (!g->conn && !g->quit) {
+        if (!g->conn && !g->quit && ackgate_now_us() >= g->next_try_us) {
             pthread_mutex_unlock(&g->mu);
-            int rc = connect_gate(g);
+            if (connect_gate(g) != 0)
+                back_off(g);
             pthread_mutex_lock(&g->mu);
-            if (rc != 0) {
-                /* nothing held now can be vouched for by a later connection */
-                held_t *h = g->head;
-                g->head = g->tail = NULL;
-                if (h) {
-                    pthread_mutex_unlock(&g->mu);
-                    settle(g, h, false, 0);
-                    pthread_mutex_lock(&g->mu);
-                }
-                retry_ms = retry_ms ? (retry_ms * 2 < RETRY_MAX_MS ? retry_ms * 2 : RETRY_MAX_MS) : RETRY_MIN_MS;
+        }
+        if (!g->head) {
+            if (g->quit)
+                break;
+            if (g->conn) {
+                g->idle = true;
+                pthread_cond_wait(&g->cv, &g->mu);
+                g->idle = false;
+            } else { /* until the next try, or work to drop */
                 struct timespec until;
-                clock_deadline(&until, CLOCK_MONOTONIC, retry_ms);
-                if (!g->quit)
-                    (void)pthread_cond_timedwait(&g->cv, &g->mu, &until);
-                continue;
+                int64_t ms = (g->next_try_us - ackgate_now_us() + 999) / 1000;
+                clock_deadline(&until, CLOCK_MONOTONIC, ms > 0 ? ms : 1);
+                g->idle = true;
+                (void)pthread_cond_timedwait(&g->cv, &g->mu, &until);
+                g->idle = false;
             }
-            retry_ms = 0;
+            continue;
         }
-        while (!g->head && !g->quit)
-            pthread_cond_wait(&g->cv, &g->mu);
-        if (!g->head)
-            break; /* quit, nothing held */
-        int64_t wait_us = last_us + FLUSH_EVERY_US - ackgate_now_us();
-        if (wait_us > 0 && !g->quit) { /* more come meanwhile */
-            struct timespec until;
-            clock_deadline(&until, CLOCK_MONOTONIC, (wait_us + 999) / 1000);
-            while (!g->quit && pthread_cond_timedwait(&g->cv, &g->mu, &until) == 0) {
+        if (g->conn) {
+            int64_t wait_us = last_us + FLUSH_EVERY_US - ackgate_now_us();
+            if (wait_us > 0 && !g->quit) { /* more come meanwhile */
+                struct timespec until;
+                clock_deadline(&until, CLOCK_MONOTONIC, (wait_us + 999) / 1000);
+                while (!g->quit && pthread_cond_timedwait(&g->cv, &g->mu, &until) == 0) {
+                }
             }
+            last_us = ackgate_now_us();
         }
-        last_us = ackgate_now_us();
         held_t *h = g->head;
         g->head = g->tail = NULL;
         pthread_mutex_unlock(&g->mu);
         int64_t since = atomic_load(&g->conn_since_us);
+        /* no connection: a later one cannot vouch for what is held now */
         bool ok = g->conn && flush(g) == 0;
         settle(g, h, ok, since);
         pthread_mutex_lock(&g->mu);
@@ -254,13 +272,16 @@ void ackgate_put(ackgate_t *g, const char *stream, char (*ids)[BUS_ID_MAX], size
     h->n = n;
     h->began_us = began_us;
     pthread_mutex_lock(&g->mu);
+    while (g->handed - g->settled >= HELD_MAX) /* a flush that hangs holds the runtime too */
+        pthread_cond_wait(&g->cv, &g->mu);
     if (g->tail)
         g->tail->next = h;
     else
         g->head = h;
     g->tail = h;
     g->handed++;
-    pthread_cond_broadcast(&g->cv);
+    if (g->idle) /* else it is pacing, flushing or connecting: it takes these next */
+        pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
 }
 

@@ -8,16 +8,20 @@
  * could lose its effects after Redis forgot it. The runtime hands each
  * batch's acknowledgements here with the time the batch began; the gate's
  * thread passes them on (pass(), e.g. to the read-ahead) once a synchronous
- * commit of its own has come back, on a connection opened before the batch
- * began, to a server that has not restarted since (pg_postmaster_start_time
- * unchanged): the WAL is flushed in order, so that commit's flush covers the
- * batch's. One such commit covers every acknowledgement handed in before it
- * (a group flush); it is made while the runtime applies the next batches.
+ * commit of its own has come back, made by the backend of a connection
+ * opened before the batch began: a backend does not outlive a crash of its
+ * server, so the batch's commit is before that commit in the same WAL, which
+ * is flushed in order. One such commit covers every acknowledgement handed
+ * in before it (a group flush); it is made while the runtime applies the
+ * next batches, at most every 20 ms.
  *
  * Acknowledgements the gate cannot vouch for (its connection is newer than
- * the batch, it broke, or the server restarted) are dropped and counted
- * (ackgate_dropped): their entries stay pending, the runtime reads its
- * pending list again, and the inbox skips what did survive.
+ * the batch or broke, the flush failed, or ran on another backend: a pooler
+ * in between) are dropped and counted (ackgate_dropped): their entries stay
+ * pending, the runtime reads its pending list again, and the inbox skips
+ * what did survive. After a failed flush the gate stays down for a while
+ * (100 ms, doubling up to 30 s until a flush succeeds); meanwhile
+ * ackgate_ready is false and the runtime commits synchronously.
  * Owns: its thread, its PostgreSQL connection and the acknowledgements it
  * holds. */
 #ifndef ECOM_SVC_ACKGATE_H
@@ -48,7 +52,9 @@ int64_t ackgate_now_us(void);
  * begun now can commit asynchronously, its acknowledgements will pass. */
 bool ackgate_ready(ackgate_t *g, int64_t at);
 /* Hands over the acknowledgement of n entries of stream (ids owned by the
- * gate from now on), applied by a batch that began at began_us. */
+ * gate from now on), applied by a batch that began at began_us. Waits while
+ * the gate holds HELD_MAX batches (a flush that hangs holds the runtime
+ * back, as a synchronous commit would). */
 void ackgate_put(ackgate_t *g, const char *stream, char (*ids)[BUS_ID_MAX], size_t n, int64_t began_us);
 /* Waits (at most max_ms) until everything handed over was passed on or
  * dropped. 0, or -1 when some are still held. */

@@ -88,11 +88,10 @@ typedef struct rt {
      * its lease is gone, and go on reading. */
     int64_t watch_until_ms;
     svc_reader_t *reader;
-    /* With PostgreSQL and the read-ahead: transactions commit asynchronously
-     * once the gate is ready (async), and their acknowledgements go through
-     * it, passed on to the read-ahead when durable (ackgate.h). */
+    /* With PostgreSQL and the read-ahead: a batch begun while the gate can
+     * vouch for it commits asynchronously, and its acknowledgements go
+     * through the gate, passed on to the read-ahead when durable (ackgate.h). */
     ackgate_t *gate;
-    bool async;
     lane_t *lanes; /* nlanes; lanes[0].db is db */
     size_t nlanes;
     pthread_mutex_t lane_mu;
@@ -1025,22 +1024,19 @@ static void set_back(rt_t *rt, const bus_msg_t *const *ms, size_t n)
 }
 
 /* pre: the batch's payloads parsed by the read-ahead (taken from it), or NULL. */
-/* Once the gate can vouch for a batch begun now: every connection's
- * transactions commit asynchronously from the next BEGIN on (and the ones
- * opened later: a no-op for those told already). Lanes are idle here. */
+/* Whether a batch begun now commits asynchronously: when the gate can vouch
+ * for it (its connection is older); else, while the gate is down, it
+ * commits synchronously and is acknowledged at once. Every connection's
+ * next transactions are told. Lanes are idle here. */
 static bool go_async(rt_t *rt, int64_t began_us)
 {
-    if (!rt->gate || rt->memory)
-        return false;
-    if (!rt->async && !ackgate_ready(rt->gate, began_us))
-        return false;
-    rt->async = true;
+    bool on = rt->gate && !rt->memory && ackgate_ready(rt->gate, began_us);
     if (rt->db)
-        db_commit_async(rt->db);
+        db_commit_async(rt->db, on);
     for (size_t k = 1; k < rt->nlanes; k++)
         if (rt->lanes[k].db)
-            db_commit_async(rt->lanes[k].db);
-    return true;
+            db_commit_async(rt->lanes[k].db, on);
+    return on;
 }
 
 static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t *pre)

@@ -624,7 +624,8 @@ static svc_result_t emit(svc_ctx_t *c, deferred_t *d, const char *type, const ch
      * again has the same id, which its consumers' inboxes know. */
     char name[ENV_NAME_MAX + UUID_STR_LEN + 16];
     snprintf(name, sizeof name, "payment\n%s\n%s", e->id, type);
-    uuid_v7_derived(m.id, e->ts > 0 ? e->ts : clock_now_ms(), name);
+    int64_t at = e->ts > 0 ? e->ts : uuid_v7_ms(e->id); /* the command's time, the same every time */
+    uuid_v7_derived(m.id, at > 0 ? at : 0, name);
     if (d && d->on) {
         defer_event(d, &m, xstrdup(m.payload), xstrdup(agg));
         evbuffer_free(b);
