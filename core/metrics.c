@@ -115,6 +115,11 @@ uint64_t metrics_value(const metric_t *m)
     return atomic_load(&m->count);
 }
 
+double metrics_sum(const metric_t *m)
+{
+    return (double)atomic_load(&m->sum_ns) / 1e9;
+}
+
 static void series(struct evbuffer *out, const char *name, const char *suffix, const char *labels,
                    const char *extra)
 {

@@ -23,6 +23,7 @@ void metrics_add(metric_t *m, uint64_t n);    /* counter */
 void metrics_set(metric_t *m, int64_t v);     /* gauge */
 void metrics_observe(metric_t *m, double v);  /* histogram, in seconds */
 uint64_t metrics_value(const metric_t *m);    /* counter or gauge value (tests) */
+double metrics_sum(const metric_t *m);        /* histogram: sum of observations, seconds (tests, benches) */
 
 void metrics_render(struct evbuffer *out);
 void metrics_reset(void); /* frees every series (tests, shutdown) */
