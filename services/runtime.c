@@ -99,6 +99,10 @@ typedef struct rt {
     char **streams;
     size_t nstreams;
     strmap_t failures;  /* stream \0 entry id -> failure_t* */
+    /* Ids of the messages this consumer dead-lettered lately: another entry
+     * of one (a drainer's publish retry puts a message on its stream twice)
+     * is acknowledged, not applied after the messages that came behind it. */
+    recent_t dead;
     acks_t *acks;       /* per stream, parallel to streams */
     int64_t pel_due_ms; /* when to scan the own pending list; INT64_MAX = no need */
     int64_t next_discover, next_reclaim, next_cleanup, next_probe;
@@ -326,6 +330,8 @@ static int dead_letter(rt_t *rt, const bus_msg_t *m, const char *reason)
     if (bus_dead_letter(rt->bus, rt->def->group, m, reason) != 0)
         return -1;
     metrics_add(rt->m_dlq, 1);
+    if (id[0])
+        recent_put(&rt->dead, id, "");
     log_error("service %s: message dead-lettered msg_id=%s entry=%s deliveries=%u reason=\"%s\"", rt->def->group, id,
               m->entry_id, m->deliveries, reason);
     failure_drop(rt, m);
@@ -1089,6 +1095,18 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
                 back[nback++] = m;
             continue; /* stays pending; the pending-list scan comes back to it */
         }
+        char no;
+        if (!f && envelope_stream_is_topic(m->stream) && recent_get(&rt->dead, m->env.id, &no)) {
+            /* its copy is in the DLQ: `ecomctl dlq replay` sends it back (on
+             * the replay stream, applied as any other message) */
+            log_warn("service %s: another entry (%s) of a message dead-lettered here msg_id=%s; acknowledged",
+                     rt->def->group, m->entry_id, m->env.id);
+            metrics_add(rt->m_dup, 1);
+            failure_drop(rt, m);
+            ack_later(rt, m);
+            free(key);
+            continue;
+        }
         const char *reject = NULL;
         char why[200];
         json_object *payload = NULL;
@@ -1429,7 +1447,7 @@ static void pass_ack(void *reader, const char *stream, char (*ids)[BUS_ID_MAX], 
 
 int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
 {
-    rt_t rt = {.def = def, .o = o, .stop = stop};
+    rt_t rt = {.def = def, .o = o, .stop = stop, .dead = RECENT_INIT(4096, 1)};
     rt.memory = !(o->database_url && *o->database_url);
     rt.crash_deliveries = o->max_attempts + 20;
     strmap_init(&rt.failures);
@@ -1686,6 +1704,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         free(f);
     }
     strmap_free(&rt.failures);
+    recent_clear(&rt.dead);
     for (size_t i = 0; i < rt.nstreams; i++) {
         free(rt.acks[i].ids);
         free(rt.streams[i]);

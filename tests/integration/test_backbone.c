@@ -706,6 +706,100 @@ static void replay_keeps_place(bool memory)
     sut_stop(&s);
 }
 
+/* Another entry of a dead-lettered message (a drainer's publish retry puts
+ * a message on its stream twice) is acknowledged, not applied after the
+ * messages that came behind the original. Seq 3 of order-0 fails five times
+ * (dead-lettered); then its entry is published again, and seq 11 and 12
+ * after it. The handler would take seq 3 now: the group applies 1, 2,
+ * 4..12, and the DLQ holds seq 3 once. */
+static void dead_copy_skipped(bool memory)
+{
+    sut_t s;
+    sut_init(&s, memory, "dead_copy");
+    sut_add_service(&s, "dc", types_orders);
+    s.hcfg[0].fail_aggregate = "order-0";
+    s.hcfg[0].fail_seq = 3;
+    s.hcfg[0].fail_times = 5; /* SERVICE_MAX_ATTEMPTS: dead-lettered */
+    publish_orders(&s, 10, 1, 10, "order.placed");
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "dc", 9, 60000));
+    bus_t *b = sut_bus(&s);
+    bus_entry_t *dead = NULL;
+    size_t ndead = 0;
+    for (int i = 0; i < 200 && ndead == 0; i++) {
+        bus_entries_free(dead, ndead);
+        dead = NULL;
+        ASSERT_OK(bus_range(b, "ecom:dlq:dc", "-", "+", 0, &dead, &ndead));
+        if (ndead == 0)
+            clock_sleep_ms(50);
+    }
+    CU_ASSERT_EQUAL_FATAL(ndead, 1);
+    bus_entries_free(dead, ndead);
+    /* seq 3's entry, published again as a drainer's retry would */
+    bus_entry_t *ents = NULL;
+    size_t n = 0;
+    ASSERT_OK(bus_range(b, "ecom:orders", "-", "+", 0, &ents, &n));
+    envelope_t copy = {0};
+    bool found = false;
+    for (size_t i = 0; i < n && !found; i++) {
+        const char *names[32], *vals[32];
+        size_t nl[32], vl[32], k = ents[i].nfields < 32 ? ents[i].nfields : 32;
+        for (size_t j = 0; j < k; j++) {
+            names[j] = ents[i].fields[2 * j];
+            vals[j] = ents[i].fields[2 * j + 1];
+            nl[j] = strlen(names[j]);
+            vl[j] = strlen(vals[j]);
+        }
+        const char *why = NULL;
+        envelope_clear(&copy);
+        memset(&copy, 0, sizeof copy);
+        found = envelope_from_fields(&copy, names, nl, vals, vl, k, &why) == 0 && copy.seq == 3;
+    }
+    bus_entries_free(ents, n);
+    CU_ASSERT_TRUE_FATAL(found);
+    ASSERT_OK(bus_publish(b, &copy, 1, NULL));
+    envelope_clear(&copy);
+    publish_orders(&s, 2, 1, 2, "order.placed"); /* seq 11, 12 */
+    CU_ASSERT_TRUE(wait_inbox(&s, "dc", 11, 60000));
+    clock_sleep_ms(300);
+    sut_halt(&s);
+    CU_ASSERT_EQUAL(s.hcfg[0].failed, 5);
+    int64_t seqs[32];
+    size_t na = applied_seqs(&s, "dc", "order-0", seqs, 32);
+    static const int64_t want[] = {1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    bool same = na == ECOM_ARRAY_LEN(want);
+    for (size_t i = 0; same && i < na; i++)
+        same = seqs[i] == want[i];
+    CU_ASSERT_TRUE(same);
+    if (!same) {
+        fprintf(stderr, "\n  applied:");
+        for (size_t i = 0; i < na; i++)
+            fprintf(stderr, " %lld", (long long)seqs[i]);
+        fprintf(stderr, "\n");
+    }
+    ndead = 0;
+    dead = NULL;
+    ASSERT_OK(bus_range(b, "ecom:dlq:dc", "-", "+", 0, &dead, &ndead));
+    CU_ASSERT_EQUAL(ndead, 1);
+    bus_entries_free(dead, ndead);
+    bus_pending_entry_t pe[8];
+    size_t np = 0;
+    ASSERT_OK(bus_pending(b, "ecom:orders", "dc", pe, 8, &np));
+    CU_ASSERT_EQUAL(np, 0); /* the copy was acknowledged */
+    bus_close(b);
+    sut_stop(&s);
+}
+
+static void test_dead_copy_memory(void)
+{
+    dead_copy_skipped(true);
+}
+
+static void test_dead_copy_real(void)
+{
+    dead_copy_skipped(false);
+}
+
 static void test_replay_place_memory(void)
 {
     replay_keeps_place(true);
@@ -2486,6 +2580,10 @@ int main(void)
          test_deferred_restart_real},
         {"retries, backoff and DLQ keep order (memory)", test_retries_memory},
         {"retries, backoff and DLQ keep order (postgres+redis)", test_retries_real},
+        {"another entry of a dead-lettered message is not applied after its successors (memory)",
+         test_dead_copy_memory},
+        {"another entry of a dead-lettered message is not applied after its successors (postgres+redis)",
+         test_dead_copy_real},
         {"a dead letter sent back keeps its aggregate's place while retried (memory)", test_replay_place_memory},
         {"a dead letter sent back keeps its aggregate's place while retried (postgres+redis)", test_replay_place_real},
         {"retries with a batch handler: halves find the failing message, order kept (memory)",
