@@ -294,7 +294,8 @@ void gw_cmd_queue_free(gw_thread_t *th);
 void gw_cmd_kick(gw_thread_t *th);
 
 /* ---- handlers (routes.c) ---- */
-const route_t *gw_routes(size_t *n);
+/* The route table; production: without the runbook's demo routes (route_t.demo). */
+const route_t *gw_routes(bool production, size_t *n);
 /* The route modules' own tables, joined by gw_routes: AuthX sessions and
  * administration (routes_authx.c), read models of the services (routes_reads.c). */
 extern const route_t *const gw_routes_authx;

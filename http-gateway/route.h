@@ -103,6 +103,7 @@ typedef struct route {
     const schema_t *response_schema; /* NULL: the handler's body as it is */
     const char *publish;             /* event type the route publishes, e.g. "analytics.event" */
     bool anonymous;                  /* no principal needed (login and public routes) */
+    bool demo;                       /* a runbook demo (GET /flaky): not served with APP_ENV=production */
 } route_t;
 
 typedef struct router router_t;

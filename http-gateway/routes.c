@@ -590,13 +590,17 @@ static const route_t routes[] = {
          * breaker opens after 2 calls at >= 50% failures, so 5 calls answer
          * 500, 500, then fast 503 circuit-open */
         .id = "analytics.flaky",
+        .demo = true, /* an endpoint that always fails has no place in production */
         .methods = ROUTE_GET,
         .path = "/api/v1/analytics/flaky",
         .handler = get_flaky,
         .chaos = {.probability = 1.0, .error_rate = 1.0, .error_status = 500},
         .resilience = {.breaker = true,
-                       .breaker_params = {.failure_rate_threshold = 0.5, .window_ms = 30000, .minimum_calls = 2,
-                                          .open_duration_ms = 20000, .half_open_max_calls = 5}},
+                       .breaker_params = {.failure_rate_threshold = 0.5,
+                                          .window_ms = 30000,
+                                          .minimum_calls = 2,
+                                          .open_duration_ms = 20000,
+                                          .half_open_max_calls = 5}},
     },
     {
         .id = "payments.create",
@@ -684,8 +688,8 @@ static const route_t routes[] = {
 
 /* The tables of the route modules, joined once into one array (the pipeline
  * indexes rows by their position). */
-static const route_t *all_rows;
-static size_t all_n;
+static const route_t *all_rows, *prod_rows; /* prod: without the demo routes */
+static size_t all_n, prod_n;
 static pthread_once_t all_once = PTHREAD_ONCE_INIT;
 
 static void join_tables(void)
@@ -701,20 +705,25 @@ static void join_tables(void)
     size_t n = 0;
     for (size_t i = 0; i < ECOM_ARRAY_LEN(t); i++)
         n += t[i].n;
-    route_t *rows = xcalloc(n, sizeof *rows);
-    size_t k = 0;
+    route_t *rows = xcalloc(n, sizeof *rows), *prod = xcalloc(n, sizeof *prod);
+    size_t k = 0, kp = 0;
     for (size_t i = 0; i < ECOM_ARRAY_LEN(t); i++)
-        for (size_t j = 0; j < t[i].n; j++)
+        for (size_t j = 0; j < t[i].n; j++) {
             rows[k++] = t[i].rows[j];
+            if (!t[i].rows[j].demo)
+                prod[kp++] = t[i].rows[j];
+        }
     all_rows = rows;
     all_n = n;
+    prod_rows = prod;
+    prod_n = kp;
 }
 
-const route_t *gw_routes(size_t *n)
+const route_t *gw_routes(bool production, size_t *n)
 {
     pthread_once(&all_once, join_tables);
-    *n = all_n;
-    return all_rows;
+    *n = production ? prod_n : all_n;
+    return production ? prod_rows : all_rows;
 }
 
 void gw_run_handler(gw_req_t *r)

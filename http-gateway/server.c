@@ -759,7 +759,7 @@ static int shared_init(gw_shared_t *sh, const config_t *cfg, memstore_t *mem, at
     sh->stop = stop;
     char *errors = NULL;
     int problems = 0;
-    sh->rows = gw_routes(&sh->nrows);
+    sh->rows = gw_routes(strcmp(cfg->app_env, "production") == 0, &sh->nrows);
     if (router_new(sh->rows, sh->nrows, &sh->router, &errors) != 0) {
         fprintf(stderr, "ecom gateway: route table problems:\n%s", errors);
         free(errors);

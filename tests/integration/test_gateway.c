@@ -1179,6 +1179,13 @@ static void test_auth_production(void)
     hresp_t r;
     char v[256];
 
+    /* the runbook's breaker demo (an endpoint that always fails) is not served in production */
+    char *demo_tok = test_jwt_mint(&k, "user-1", "t-auth", read_only, now, 300);
+    CU_ASSERT_EQUAL(hget_auth(port, FLAKY, demo_tok, NULL, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 404);
+    hfree(&r);
+    free(demo_tok);
+
     /* no token */
     CU_ASSERT_EQUAL(hget(port, ME, NULL, &r), 0);
     check_problem(&r, 401, "invalid-token", NULL, "no token");
