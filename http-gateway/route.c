@@ -260,12 +260,14 @@ static void check_policies(problems_t *pr, size_t i, const route_t *r, const tmp
             problem(pr, i, r, "permission %zu is empty", k);
 
     const route_rebac_t *rb = &r->rebac;
-    if (rb->relation || rb->object_param || rb->object_type) {
+    if (rb->relation || rb->object_param || rb->object_body || rb->object_type) {
         if (!name_ok(rb->relation, "_-.:") || !name_ok(rb->object_type, "_-.:"))
             problem(pr, i, r, "rebac needs a relation and an object type");
-        if (!rb->object_param)
-            problem(pr, i, r, "rebac needs an object parameter");
-        else if (tmpl_ok && !template_has_param(t, rb->object_param))
+        if (!rb->object_param == !rb->object_body)
+            problem(pr, i, r, "rebac needs an object parameter or an object body member, not both");
+        else if (rb->object_body && (r->methods & ~(unsigned)(ROUTE_POST | ROUTE_PUT | ROUTE_PATCH)))
+            problem(pr, i, r, "rebac object body member on a method without a body");
+        else if (rb->object_param && tmpl_ok && !template_has_param(t, rb->object_param))
             problem(pr, i, r, "rebac object parameter ':%.64s' is not in the template", rb->object_param);
     }
 

@@ -69,7 +69,9 @@ typedef struct route_flag {
 
 typedef struct route_rebac {
     const char *relation;     /* e.g. "viewer"; NULL: no relation check */
-    const char *object_param; /* the path parameter holding the object id */
+    const char *object_param; /* the path parameter holding the object id, or: */
+    const char *object_body;  /* the top-level string member of the JSON body holding it (a body
+                                 without the member: no check; one of another type: the handler's 400) */
     const char *object_type;  /* e.g. "order" */
 } route_rebac_t;
 

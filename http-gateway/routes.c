@@ -565,6 +565,8 @@ static const route_t routes[] = {
         .handler = post_event,
         .idem = {.enabled = true},
         .permissions = {"events:write"},
+        /* an event posted into a project: its editors (owners are editors) */
+        .rebac = {.relation = "editor", .object_body = "projectId", .object_type = "project"},
         .resilience = STORE_BREAKER,
         .publish = "analytics.track",
     },
@@ -575,6 +577,8 @@ static const route_t routes[] = {
         .handler = post_event,
         .idem = {.enabled = true},
         .permissions = {"events:write"},
+        /* an event posted into a project: its editors (owners are editors) */
+        .rebac = {.relation = "editor", .object_body = "projectId", .object_type = "project"},
         .abac = abac_body_user_is_principal,
         .resilience = STORE_BREAKER,
         .publish = "analytics.track",

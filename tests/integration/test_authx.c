@@ -1033,6 +1033,22 @@ static void test_rebac(void)
     CU_ASSERT_TRUE(r.body && strstr(r.body, "project:proj_123"));
     hfree(&r);
     CU_ASSERT_EQUAL(get_status(port_a(), B "/projects/proj_123/events", NULL, NULL), 401);
+    /* X7: posting into a project takes its relation editor (a viewer may not) */
+    post(port_a(), B "/events", NULL, one, "{\"type\":\"note\",\"projectId\":\"proj_123\"}", &r);
+    check_problem(&r, 403, "forbidden", NULL, "X7 a viewer posts into the project");
+    CU_ASSERT_TRUE(r.body && strstr(r.body, "editor"));
+    hfree(&r);
+    CU_ASSERT_EQUAL(status_of(post(port_a(), B "/events", NULL, one, "{\"type\":\"note\"}", &r), &r), 202);
+    CU_ASSERT_EQUAL(write_tuple(port_a(), NULL, root, "user:1", "editor", "project:proj_123", rev, sizeof rev), 201);
+    hx = xasprintf("Authorization: Bearer %s\r\nx-authz-revision: %s\r\nContent-Type: application/json\r\n", one, rev);
+    const char *into = "{\"type\":\"note\",\"projectId\":\"proj_123\"}";
+    hreq(port_a(), "POST", B "/events", hx, into, strlen(into), &r);
+    CU_ASSERT_TRUE(expect_status(&r, 202, "X7 an editor posts into the project"));
+    hfree(&r);
+    free(hx);
+    post(port_a(), B "/events", NULL, one, "{\"type\":\"note\",\"projectId\":7}", &r);
+    check_problem(&r, 400, "validation-error", NULL, "X7 a projectId that is not a string");
+    hfree(&r);
     free(one);
     free(four);
     free(root);
@@ -1267,7 +1283,7 @@ int main(void)
         {"O9: code requests are counted per subject in every tenant; subjects fit a token",
          test_otp_requests_across_tenants},
         {"P1-P4 T2: roles per tenant, changes, fail closed", test_rbac},
-        {"X1-X6: tuples, rewrites, cycles, depth, revisions, the route check", test_rebac},
+        {"X1-X7: tuples, rewrites, cycles, depth, revisions, the route checks", test_rebac},
         {"A1-A2: the ABAC guard on the exact body", test_abac},
         {"T1 T3: tenant resolution and independent keys", test_tenancy},
         {"O8 address bucket: GCRA with RateLimit headers", test_address_limits},

@@ -279,6 +279,16 @@ static void test_validation_lists_every_problem(void)
         /* 24 */
         {.methods = ROUTE_GET, .path = "/t", .handler = h_get, .rate = {.limit = {.count = 5, .period_ms = 0}}},
         /* 25 */ {.methods = ROUTE_GET, .path = "/u", .handler = h_get, .rate = {.by_address = true}},
+        /* 26 */
+        {.methods = ROUTE_GET,
+         .path = "/v",
+         .handler = h_get,
+         .rebac = {.relation = "viewer", .object_body = "projectId", .object_type = "project"}},
+        /* 27 */
+        {.methods = ROUTE_POST,
+         .path = "/w/:id",
+         .handler = h_post,
+         .rebac = {.relation = "editor", .object_param = "id", .object_body = "id", .object_type = "w"}},
     };
     char *errors = NULL;
     CU_ASSERT_EQUAL(router_validate(bad, ECOM_ARRAY_LEN(bad), &errors), -1);
@@ -308,15 +318,17 @@ static void test_validation_lists_every_problem(void)
         "route 23 (GET (null)): no path template",
         "route 24 (GET /t): rate limit needs count > 0 per period_ms > 0",
         "route 25 (GET /u): rate limit needs count > 0 per period_ms > 0",
+        "route 26 (GET /v): rebac object body member on a method without a body",
+        "route 27 (POST /w/:id): rebac needs an object parameter or an object body member, not both",
     };
     for (size_t i = 0; i < ECOM_ARRAY_LEN(expect); i++)
         if (!strstr(errors, expect[i])) {
             fprintf(stderr, "\nmissing: %s\nin:\n%s", expect[i], errors);
             CU_FAIL(expect[i]);
         }
-    if (count_lines(errors) != 24)
+    if (count_lines(errors) != 26)
         fprintf(stderr, "\n%s", errors);
-    CU_ASSERT_EQUAL(count_lines(errors), 24); /* one line per bad row */
+    CU_ASSERT_EQUAL(count_lines(errors), 26); /* one line per bad row */
     router_t *r = NULL;
     char *errors2 = NULL;
     CU_ASSERT_EQUAL(router_new(bad, ECOM_ARRAY_LEN(bad), &r, &errors2), -1);
