@@ -34,7 +34,8 @@ typedef struct citem {
 
 static const citem_t items[] = {
     {"APP_ENV", T_ENUM, F(app_env), "production", 0, 0, "development|production|test",
-     "development enables dev-only conveniences (token-less dev principal, short JWT_SECRET)"},
+     "development enables dev-only conveniences (token-less dev principal, short JWT_SECRET); production does not"
+     " serve the runbook's breaker demo `GET /api/v1/analytics/flaky` (404)"},
     {"LOG_LEVEL", T_ENUM, F(log_level), "info", 0, 0, "debug|info|warn|error|off", "minimum log level"},
     {"LOG_FORMAT", T_ENUM, F(log_format), "text", 0, 0, "text|json", "log line format"},
     {"DATABASE_URL", T_URL, F(database_url), "", 0, 0, "postgres|postgresql",

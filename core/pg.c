@@ -20,8 +20,14 @@ static void notice_to_log(void *arg, const char *message)
 
 PGconn *pg_connect(const char *url, const char *app_name, char **err)
 {
-    const char *keys[] = {"dbname", "fallback_application_name", "connect_timeout", NULL};
-    const char *vals[] = {url, app_name ? app_name : "ecom", "5", NULL};
+    /* Before the URL, which may set its own: this side notices a dead or
+     * cut-off server within about 10 s too (TCP keepalives while idle, a
+     * user timeout on unacknowledged data), where a blocking call would
+     * otherwise wait for the system's two hours. A long query sends nothing
+     * and is acknowledged, so neither ends it. */
+    const char *keys[] = {"keepalives_idle", "keepalives_interval",       "keepalives_count", "tcp_user_timeout",
+                          "dbname",          "fallback_application_name", "connect_timeout",  NULL};
+    const char *vals[] = {"5", "2", "3", "10000", url, app_name ? app_name : "ecom", "5", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         const char *m = c ? PQerrorMessage(c) : "out of memory";

@@ -16,7 +16,7 @@
 
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 30000 /* after failed flushes: each one drops what it was to vouch for */
-#define HELD_MAX 1024      /* batches held at most: the runtime then waits (a flush that hangs) */
+#define HELD_MAX 1024      /* hand-overs held at most (one per stream of a batch): then the runtime waits */
 /* Flushes start at most this often: under a steady flow one covers the
  * acknowledgements of several batches (each costs a round trip, a commit
  * and a WAL flush), at the price of acknowledgements that late. */
@@ -65,7 +65,29 @@ static void disconnect(ackgate_t *g)
     g->conn = NULL;
 }
 
-/* 0 when connected, with its backend's pid read. */
+/* A commit that waits for the WAL flush past its own record. The
+ * transaction must write WAL before its commit, or its commit is not
+ * flushed (a transaction id alone is not enough): a transactional logical
+ * message, a few dozen bytes, at any wal_level and for any role; logical
+ * decoding passes it on only to a consumer that asks for messages, under
+ * its prefix. synchronous_commit is set for this transaction alone, so a
+ * server default of off does not make it return before the flush. Then the
+ * backend's pid. */
+static const char sql_flush[] = "SELECT set_config('synchronous_commit', CASE current_setting('synchronous_commit')"
+                                " WHEN 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, true),"
+                                " pg_logical_emit_message(true, 'ecom-ackgate', ''), pg_backend_pid()::text";
+
+int ackgate_flush_on(PGconn *c)
+{
+    PGresult *r = pg_query(c, sql_flush, 0, NULL);
+    int rc = r && PQntuples(r) == 1 ? 0 : -1;
+    PQclear(r);
+    return rc;
+}
+
+/* 0 when connected, with its backend's pid read, and a first flush made on
+ * it: a connection whose flushes cannot work (a pooler between, the
+ * function refused) does not make the gate ready, to drop every batch. */
 static int connect_gate(ackgate_t *g)
 {
     char *err = NULL;
@@ -82,6 +104,16 @@ static int connect_gate(ackgate_t *g)
     }
     snprintf(g->backend, sizeof g->backend, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
+    r = pg_query(g->conn, sql_flush, 0, NULL);
+    bool same = r && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 2), g->backend) == 0;
+    PQclear(r);
+    if (!same) {
+        log_warn("%s: a flush does not work on this connection (on another backend, or refused); commits stay"
+                 " synchronous for a while",
+                 g->app);
+        disconnect(g);
+        return -1;
+    }
     atomic_store(&g->conn_since_us, ackgate_now_us());
     return 0;
 }
@@ -94,24 +126,14 @@ static void back_off(ackgate_t *g)
     g->next_try_us = ackgate_now_us() + g->retry_ms * 1000;
 }
 
-/* A commit that waits for the WAL flush past its own record, made by the
- * backend the connection was opened to: a backend lives no longer than its
- * server's shared memory, so every commit made there since then (the
- * batches') is before it in the same WAL. 0 when it came back so. The
- * transaction must write WAL before its commit, or its commit is not
- * flushed (a transaction id alone is not enough): a transactional logical
- * message, a few dozen bytes, at any wal_level and for any role; logical
- * decoding passes it on only to a consumer that asks for messages, under
- * its prefix. synchronous_commit is set for this transaction alone, so a
- * server default of off does not make it return before the flush. */
+/* sql_flush, made by the backend the connection was opened to: a backend
+ * lives no longer than its server's shared memory, so every commit made
+ * there since then (the batches') is before it in the same WAL. 0 when it
+ * came back so. */
 static int flush(ackgate_t *g)
 {
     int64_t t0 = ackgate_now_us();
-    PGresult *r = pg_query(g->conn,
-                           "SELECT set_config('synchronous_commit', CASE current_setting('synchronous_commit')"
-                           " WHEN 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, true),"
-                           " pg_logical_emit_message(true, 'ecom-ackgate', ''), pg_backend_pid()::text",
-                           0, NULL);
+    PGresult *r = pg_query(g->conn, sql_flush, 0, NULL);
     bool same = r && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 2), g->backend) == 0;
     if (r && !same) /* a pooler between: the connection is not one backend's */
         log_warn("%s: the flush ran on another backend than the connection's; acknowledgements dropped", g->app);

@@ -29,6 +29,7 @@
 
 #include "bus/bus.h"
 
+#include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -59,6 +60,11 @@ void ackgate_put(ackgate_t *g, const char *stream, char (*ids)[BUS_ID_MAX], size
 /* Waits (at most max_ms) until everything handed over was passed on or
  * dropped. 0, or -1 when some are still held. */
 int ackgate_wait(ackgate_t *g, int64_t max_ms);
+/* Makes the server's WAL durable up to now on c (outside a transaction):
+ * the gate's flush, for a caller that acknowledges on its own what rests on
+ * an earlier asynchronous commit (a batch of copies only writes nothing
+ * that would make its own commit wait). 0, or -1. */
+int ackgate_flush_on(PGconn *c);
 /* Acknowledgements dropped since the last call (their entries stay pending). */
 uint64_t ackgate_dropped(ackgate_t *g);
 

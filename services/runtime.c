@@ -92,6 +92,10 @@ typedef struct rt {
      * vouch for it commits asynchronously, and its acknowledgements go
      * through the gate, passed on to the read-ahead when durable (ackgate.h). */
     ackgate_t *gate;
+    /* A batch went through the gate since the last flush made here: a batch
+     * acknowledged directly must first make that commit durable itself (one
+     * that only found copies wrote nothing, so its commit waits for no flush). */
+    bool flush_owed;
     lane_t *lanes; /* nlanes; lanes[0].db is db */
     size_t nlanes;
     pthread_mutex_t lane_mu;
@@ -103,6 +107,7 @@ typedef struct rt {
      * of one (a drainer's publish retry puts a message on its stream twice)
      * is acknowledged, not applied after the messages that came behind it. */
     recent_t dead;
+    uint64_t ndead;     /* put into it: while 0, no lookup */
     acks_t *acks;       /* per stream, parallel to streams */
     int64_t pel_due_ms; /* when to scan the own pending list; INT64_MAX = no need */
     int64_t next_discover, next_reclaim, next_cleanup, next_probe;
@@ -330,8 +335,10 @@ static int dead_letter(rt_t *rt, const bus_msg_t *m, const char *reason)
     if (bus_dead_letter(rt->bus, rt->def->group, m, reason) != 0)
         return -1;
     metrics_add(rt->m_dlq, 1);
-    if (id[0])
+    if (id[0]) {
         recent_put(&rt->dead, id, "");
+        rt->ndead++;
+    }
     log_error("service %s: message dead-lettered msg_id=%s entry=%s deliveries=%u reason=\"%s\"", rt->def->group, id,
               m->entry_id, m->deliveries, reason);
     failure_drop(rt, m);
@@ -1029,7 +1036,6 @@ static void set_back(rt_t *rt, const bus_msg_t *const *ms, size_t n)
     free(done);
 }
 
-/* pre: the batch's payloads parsed by the read-ahead (taken from it), or NULL. */
 /* Whether a batch begun now commits asynchronously: when the gate can vouch
  * for it (its connection is older); else, while the gate is down, it
  * commits synchronously and is acknowledged at once. Every connection's
@@ -1045,6 +1051,7 @@ static bool go_async(rt_t *rt, int64_t began_us)
     return on;
 }
 
+/* pre: the batch's payloads parsed by the read-ahead (taken from it), or NULL. */
 static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t *pre)
 {
     int stored = 0; /* -1: a lane could not store its part */
@@ -1096,7 +1103,7 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
             continue; /* stays pending; the pending-list scan comes back to it */
         }
         char no;
-        if (!f && envelope_stream_is_topic(m->stream) && recent_get(&rt->dead, m->env.id, &no)) {
+        if (rt->ndead && !f && envelope_stream_is_topic(m->stream) && recent_get(&rt->dead, m->env.id, &no)) {
             /* its copy is in the DLQ: `ecomctl dlq replay` sends it back (on
              * the replay stream, applied as any other message) */
             log_warn("service %s: another entry (%s) of a message dead-lettered here msg_id=%s; acknowledged",
@@ -1207,6 +1214,17 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
         set_back(rt, back, nback);
     free(back);
     schedule_failures(rt);
+    if (rt->reader && !gated && rt->flush_owed) {
+        if (rt->db && !db_broken(rt) && ackgate_flush_on(db_pg(rt->db)) == 0) {
+            rt->flush_owed = false;
+        } else { /* not acknowledged: the entries stay pending, and come again */
+            for (size_t i = 0; i < rt->nstreams; i++)
+                rt->acks[i].n = 0;
+            if (rt->pel_due_ms > clock_mono_ms() + DROPPED_SCAN_MS)
+                rt->pel_due_ms = clock_mono_ms() + DROPPED_SCAN_MS;
+        }
+    }
+    rt->flush_owed = rt->flush_owed || gated;
     if (rt->reader)
         hand_acks(rt, gated, began);
     else if (flush_acks(rt) != 0) {
