@@ -651,6 +651,52 @@ static size_t applied_seqs(sut_t *s, const char *group, const char *agg, int64_t
     return n;
 }
 
+/* A group on orders whose handler fails seq 3 of order-0 five times
+ * (SERVICE_MAX_ATTEMPTS: dead-lettered), seq 1..10 published and applied
+ * but that one; returns the dead letter's entries (one, else the test
+ * stops), read with *b (the caller closes it). */
+static bus_entry_t *third_dead(sut_t *s, const char *group, bus_t **b, size_t *ndead)
+{
+    sut_add_service(s, group, types_orders);
+    s->hcfg[0].fail_aggregate = "order-0";
+    s->hcfg[0].fail_seq = 3;
+    s->hcfg[0].fail_times = 5;
+    publish_orders(s, 10, 1, 10, "order.placed");
+    sut_start(s, 1);
+    CU_ASSERT_TRUE(wait_inbox(s, group, 9, 60000));
+    *b = sut_bus(s);
+    char dlq[BUS_STREAM_MAX];
+    snprintf(dlq, sizeof dlq, "ecom:dlq:%s", group);
+    bus_entry_t *dead = NULL;
+    *ndead = 0;
+    for (int i = 0; i < 200 && *ndead == 0; i++) {
+        bus_entries_free(dead, *ndead);
+        dead = NULL;
+        ASSERT_OK(bus_range(*b, dlq, "-", "+", 0, &dead, ndead));
+        if (*ndead == 0)
+            clock_sleep_ms(50);
+    }
+    CU_ASSERT_EQUAL_FATAL(*ndead, 1);
+    return dead;
+}
+
+/* The group applied order-0's seqs in exactly this order. */
+static void check_order(sut_t *s, const char *group, const int64_t *want, size_t nwant)
+{
+    int64_t seqs[32];
+    size_t n = applied_seqs(s, group, "order-0", seqs, 32);
+    bool same = n == nwant;
+    for (size_t i = 0; same && i < n; i++)
+        same = seqs[i] == want[i];
+    CU_ASSERT_TRUE(same);
+    if (!same) {
+        fprintf(stderr, "\n  applied:");
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %lld", (long long)seqs[i]);
+        fprintf(stderr, "\n");
+    }
+}
+
 /* A dead letter sent back (bus_replay_dead, as `ecomctl dlq replay` does)
  * keeps its aggregate's place: while it is retried, the aggregate's newer
  * messages on the topic's stream wait behind it. Seq 3 of order-0 fails
@@ -660,24 +706,9 @@ static void replay_keeps_place(bool memory)
 {
     sut_t s;
     sut_init(&s, memory, "replay_place");
-    sut_add_service(&s, "rp", types_orders);
-    s.hcfg[0].fail_aggregate = "order-0";
-    s.hcfg[0].fail_seq = 3;
-    s.hcfg[0].fail_times = 5; /* SERVICE_MAX_ATTEMPTS: dead-lettered */
-    publish_orders(&s, 10, 1, 10, "order.placed");
-    sut_start(&s, 1);
-    CU_ASSERT_TRUE(wait_inbox(&s, "rp", 9, 60000));
-    bus_t *b = sut_bus(&s);
-    bus_entry_t *dead = NULL;
+    bus_t *b = NULL;
     size_t ndead = 0;
-    for (int i = 0; i < 200 && ndead == 0; i++) {
-        bus_entries_free(dead, ndead);
-        dead = NULL;
-        ASSERT_OK(bus_range(b, "ecom:dlq:rp", "-", "+", 0, &dead, &ndead));
-        if (ndead == 0)
-            clock_sleep_ms(50);
-    }
-    CU_ASSERT_EQUAL_FATAL(ndead, 1);
+    bus_entry_t *dead = third_dead(&s, "rp", &b, &ndead);
     /* it comes back, fails twice more (attempts 6 and 7), then goes in */
     __atomic_store_n(&s.hcfg[0].fail_times, 7, __ATOMIC_SEQ_CST);
     const char *why = NULL;
@@ -689,20 +720,8 @@ static void replay_keeps_place(bool memory)
     clock_sleep_ms(300);
     sut_halt(&s);
     CU_ASSERT_EQUAL(s.hcfg[0].failed, 7);
-    int64_t seqs[32];
-    size_t n = applied_seqs(&s, "rp", "order-0", seqs, 32);
     static const int64_t want[] = {1, 2, 4, 5, 6, 7, 8, 9, 10, 3, 11, 12, 13, 14, 15};
-    CU_ASSERT_EQUAL(n, ECOM_ARRAY_LEN(want));
-    bool same = n == ECOM_ARRAY_LEN(want);
-    for (size_t i = 0; same && i < n; i++)
-        same = seqs[i] == want[i];
-    CU_ASSERT_TRUE(same);
-    if (!same) {
-        fprintf(stderr, "\n  applied:");
-        for (size_t i = 0; i < n; i++)
-            fprintf(stderr, " %lld", (long long)seqs[i]);
-        fprintf(stderr, "\n");
-    }
+    check_order(&s, "rp", want, ECOM_ARRAY_LEN(want));
     sut_stop(&s);
 }
 
@@ -716,25 +735,9 @@ static void dead_copy_skipped(bool memory)
 {
     sut_t s;
     sut_init(&s, memory, "dead_copy");
-    sut_add_service(&s, "dc", types_orders);
-    s.hcfg[0].fail_aggregate = "order-0";
-    s.hcfg[0].fail_seq = 3;
-    s.hcfg[0].fail_times = 5; /* SERVICE_MAX_ATTEMPTS: dead-lettered */
-    publish_orders(&s, 10, 1, 10, "order.placed");
-    sut_start(&s, 1);
-    CU_ASSERT_TRUE(wait_inbox(&s, "dc", 9, 60000));
-    bus_t *b = sut_bus(&s);
-    bus_entry_t *dead = NULL;
+    bus_t *b = NULL;
     size_t ndead = 0;
-    for (int i = 0; i < 200 && ndead == 0; i++) {
-        bus_entries_free(dead, ndead);
-        dead = NULL;
-        ASSERT_OK(bus_range(b, "ecom:dlq:dc", "-", "+", 0, &dead, &ndead));
-        if (ndead == 0)
-            clock_sleep_ms(50);
-    }
-    CU_ASSERT_EQUAL_FATAL(ndead, 1);
-    bus_entries_free(dead, ndead);
+    bus_entries_free(third_dead(&s, "dc", &b, &ndead), ndead);
     /* seq 3's entry, published again as a drainer's retry would */
     bus_entry_t *ents = NULL;
     size_t n = 0;
@@ -764,21 +767,10 @@ static void dead_copy_skipped(bool memory)
     clock_sleep_ms(300);
     sut_halt(&s);
     CU_ASSERT_EQUAL(s.hcfg[0].failed, 5);
-    int64_t seqs[32];
-    size_t na = applied_seqs(&s, "dc", "order-0", seqs, 32);
     static const int64_t want[] = {1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12};
-    bool same = na == ECOM_ARRAY_LEN(want);
-    for (size_t i = 0; same && i < na; i++)
-        same = seqs[i] == want[i];
-    CU_ASSERT_TRUE(same);
-    if (!same) {
-        fprintf(stderr, "\n  applied:");
-        for (size_t i = 0; i < na; i++)
-            fprintf(stderr, " %lld", (long long)seqs[i]);
-        fprintf(stderr, "\n");
-    }
+    check_order(&s, "dc", want, ECOM_ARRAY_LEN(want));
+    bus_entry_t *dead = NULL;
     ndead = 0;
-    dead = NULL;
     ASSERT_OK(bus_range(b, "ecom:dlq:dc", "-", "+", 0, &dead, &ndead));
     CU_ASSERT_EQUAL(ndead, 1);
     bus_entries_free(dead, ndead);
