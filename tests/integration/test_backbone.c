@@ -737,7 +737,8 @@ static void dead_copy_skipped(bool memory)
     sut_init(&s, memory, "dead_copy");
     bus_t *b = NULL;
     size_t ndead = 0;
-    bus_entries_free(third_dead(&s, "dc", &b, &ndead), ndead);
+    bus_entry_t *dead = third_dead(&s, "dc", &b, &ndead);
+    bus_entries_free(dead, ndead);
     /* seq 3's entry, published again as a drainer's retry would */
     bus_entry_t *ents = NULL;
     size_t n = 0;
@@ -769,7 +770,7 @@ static void dead_copy_skipped(bool memory)
     CU_ASSERT_EQUAL(s.hcfg[0].failed, 5);
     static const int64_t want[] = {1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12};
     check_order(&s, "dc", want, ECOM_ARRAY_LEN(want));
-    bus_entry_t *dead = NULL;
+    dead = NULL;
     ndead = 0;
     ASSERT_OK(bus_range(b, "ecom:dlq:dc", "-", "+", 0, &dead, &ndead));
     CU_ASSERT_EQUAL(ndead, 1);
