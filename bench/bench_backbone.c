@@ -1405,8 +1405,9 @@ static double latency_round(int round, int nrounds)
         print_stages(&l, from_commit, measured, v.p99);
         /* the handler's commit is asynchronous: its XACK waits for the gate's flush */
         printf("  durability: the service's commits were made durable, and only then acknowledged, by %llu flushes"
-               " of its acknowledgement gate (%.2f ms each on average, at most one per 20 ms)\n",
-               (unsigned long long)nflush, nflush ? flush_s * 1000.0 / (double)nflush : 0.0);
+               " of its acknowledgement gate (%.1f a second, %.2f ms each on average)\n",
+               (unsigned long long)nflush, (double)nflush / latency_s,
+               nflush ? flush_s * 1000.0 / (double)nflush : 0.0);
         cpu_print(&c0, &c1, "drainer+service+producers (one process)", NULL, NULL);
     }
     fflush(stdout);

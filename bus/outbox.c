@@ -205,14 +205,20 @@ static int validate(const outbox_msg_t *m, const char **why)
     return 0;
 }
 
+/* The message's own id (validated), else a new UUIDv7. */
+static void message_id(const outbox_msg_t *m, char out[UUID_STR_LEN])
+{
+    if (m->id[0])
+        uuid_lower(m->id, out);
+    else
+        uuid_v7(out);
+}
+
 int outbox_params(const outbox_msg_t *m, outbox_params_t *p, const char **why)
 {
     if (validate(m, why) != 0)
         return -1;
-    if (m->id[0])
-        uuid_lower(m->id, p->id);
-    else
-        uuid_v7(p->id);
+    message_id(m, p->id);
     snprintf(p->part, sizeof p->part, "%d", outbox_partition_of(m->tenant, m->aggregate_id));
     snprintf(p->ts, sizeof p->ts, "%lld", (long long)clock_now_ms());
     const char *v[OUTBOX_PARAMS] = {p->id,
@@ -314,10 +320,7 @@ static int append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, bool hold, 
     for (size_t i = 0; i < n; i++) {
         const outbox_msg_t *m = &msgs[i];
         char id[UUID_STR_LEN];
-        if (m->id[0])
-            uuid_lower(m->id, id);
-        else
-            uuid_v7(id);
+        message_id(m, id);
         if (pg_array_uuid(&a[0], id) != 0)
             ECOM_ASSERT(!"validated: a UUID");
         pg_array_int8(&a[1], outbox_partition_of(m->tenant, m->aggregate_id));

@@ -85,6 +85,17 @@ int ackgate_flush_on(PGconn *c)
     return rc;
 }
 
+/* sql_flush on the gate's connection: 0 when it came back from the
+ * connection's own backend, 1 when from another (a pooler between), -1 when
+ * it failed. */
+static int flush_here(ackgate_t *g)
+{
+    PGresult *r = pg_query(g->conn, sql_flush, 0, NULL);
+    int rc = !r || PQntuples(r) != 1 ? -1 : strcmp(PQgetvalue(r, 0, 2), g->backend) == 0 ? 0 : 1;
+    PQclear(r);
+    return rc;
+}
+
 /* 0 when connected, with its backend's pid read, and a first flush made on
  * it: a connection whose flushes cannot work (a pooler between, the
  * function refused) does not make the gate ready, to drop every batch. */
@@ -104,10 +115,7 @@ static int connect_gate(ackgate_t *g)
     }
     snprintf(g->backend, sizeof g->backend, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-    r = pg_query(g->conn, sql_flush, 0, NULL);
-    bool same = r && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 2), g->backend) == 0;
-    PQclear(r);
-    if (!same) {
+    if (flush_here(g) != 0) {
         log_warn("%s: a flush does not work on this connection (on another backend, or refused); commits stay"
                  " synchronous for a while",
                  g->app);
@@ -133,14 +141,12 @@ static void back_off(ackgate_t *g)
 static int flush(ackgate_t *g)
 {
     int64_t t0 = ackgate_now_us();
-    PGresult *r = pg_query(g->conn, sql_flush, 0, NULL);
-    bool same = r && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 2), g->backend) == 0;
-    if (r && !same) /* a pooler between: the connection is not one backend's */
+    int rc = flush_here(g);
+    if (rc > 0) /* a pooler between: the connection is not one backend's */
         log_warn("%s: the flush ran on another backend than the connection's; acknowledgements dropped", g->app);
-    else if (!r)
+    else if (rc < 0)
         log_warn("%s: the flush failed; acknowledgements dropped, commits synchronous for a while", g->app);
-    PQclear(r);
-    if (!same) {
+    if (rc != 0) {
         disconnect(g);
         back_off(g);
         return -1;

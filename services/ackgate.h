@@ -47,7 +47,8 @@ ackgate_t *ackgate_start(const char *url, const char *group, ackgate_pass_fn pas
  * the thread and closes the connection. NULL is a no-op. */
 void ackgate_stop(ackgate_t *g);
 
-/* The clock batches are stamped with (monotonic µs). */
+/* The clock batches are stamped with (monotonic µs; never the tests' fake
+ * clock, which stands still: a batch must be seen to begin after a connection). */
 int64_t ackgate_now_us(void);
 /* The gate has a connection opened before `at` (ackgate_now_us): a batch
  * begun now can commit asynchronously, its acknowledgements will pass. */

@@ -1036,6 +1036,15 @@ static void set_back(rt_t *rt, const bus_msg_t *const *ms, size_t n)
     free(done);
 }
 
+/* Entries left pending on purpose (acknowledgements dropped or not sent):
+ * the pending list is read again within DROPPED_SCAN_MS. */
+static void scan_soon(rt_t *rt)
+{
+    int64_t at = clock_mono_ms() + DROPPED_SCAN_MS;
+    if (rt->pel_due_ms > at)
+        rt->pel_due_ms = at;
+}
+
 /* Whether a batch begun now commits asynchronously: when the gate can vouch
  * for it (its connection is older); else, while the gate is down, it
  * commits synchronously and is acknowledged at once. Every connection's
@@ -1220,8 +1229,7 @@ static int process(rt_t *rt, bus_batch_t *bt, strmap_t *blocked, reader_parsed_t
         } else { /* not acknowledged: the entries stay pending, and come again */
             for (size_t i = 0; i < rt->nstreams; i++)
                 rt->acks[i].n = 0;
-            if (rt->pel_due_ms > clock_mono_ms() + DROPPED_SCAN_MS)
-                rt->pel_due_ms = clock_mono_ms() + DROPPED_SCAN_MS;
+            scan_soon(rt);
         }
     }
     rt->flush_owed = rt->flush_owed || gated;
@@ -1545,8 +1553,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
                 continue;
             }
         }
-        if (rt.gate && ackgate_dropped(rt.gate) && rt.pel_due_ms > now + DROPPED_SCAN_MS)
-            rt.pel_due_ms = now + DROPPED_SCAN_MS; /* their entries are pending still: applied, or not */
+        if (rt.gate && ackgate_dropped(rt.gate))
+            scan_soon(&rt); /* their entries are pending still: applied, or not */
         if (flush_acks(&rt) != 0) {
             health_report(bus_name(&rt), false, 0);
             if (bus_ensure(rt.bus) != 0)

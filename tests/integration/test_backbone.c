@@ -1527,25 +1527,37 @@ static int late_groups(const char *topic, const char **out, int max)
     return n;
 }
 
+/* Groups "early" and "late" on orders, the stream trimmed every 200 ms;
+ * only "early" runs, and has applied n messages. */
+static void early_only(sut_t *s, bool memory, const char *name, int n)
+{
+    sut_init(s, memory, name);
+    s->dopts.groups_for_topic = late_groups;
+    s->dopts.trim_interval_ms = 200;
+    sut_add_service(s, "early", types_orders);
+    publish_orders(s, n, 10, 50, "order.placed");
+    sut_start(s, 1);
+    CU_ASSERT_TRUE(wait_inbox(s, "early", (uint64_t)n, 30000));
+}
+
+/* Service "late" starts now. */
+static void late_joins(sut_t *s)
+{
+    int i = s->nsvc;
+    sut_add_service(s, "late", types_orders);
+    svc_arg_t *a = xmalloc(sizeof *a);
+    *a = (svc_arg_t){s, i};
+    pthread_create(&s->svc_th[i], NULL, svc_thread, a);
+}
+
 /* A service that starts after the stream has been trimmed still gets every
  * message: the drainer creates the topic's groups before the first publish. */
 static void late_subscriber(bool memory)
 {
     sut_t s;
-    sut_init(&s, memory, "late");
-    s.dopts.groups_for_topic = late_groups;
-    s.dopts.trim_interval_ms = 200;
-    sut_add_service(&s, "early", types_orders);
-    publish_orders(&s, 500, 10, 50, "order.placed");
-    sut_start(&s, 1);
-    CU_ASSERT_TRUE(wait_inbox(&s, "early", 500, 30000));
+    early_only(&s, memory, "late", 500);
     clock_sleep_ms(600); /* trimming ran behind "early" */
-    /* now the late service joins */
-    int i = s.nsvc;
-    sut_add_service(&s, "late", types_orders);
-    svc_arg_t *a = xmalloc(sizeof *a);
-    *a = (svc_arg_t){&s, i};
-    pthread_create(&s.svc_th[i], NULL, svc_thread, a);
+    late_joins(&s);
     CU_ASSERT_TRUE(wait_inbox(&s, "late", 500, 30000));
     check_applied(&s, "late", 500);
     sut_stop(&s);
@@ -1560,24 +1572,14 @@ static void late_subscriber(bool memory)
 static void lost_groups(bool memory)
 {
     sut_t s;
-    sut_init(&s, memory, "lost_groups");
-    s.dopts.groups_for_topic = late_groups;
-    s.dopts.trim_interval_ms = 200;
-    sut_add_service(&s, "early", types_orders);
-    publish_orders(&s, 100, 10, 50, "order.placed");
-    sut_start(&s, 1);
-    CU_ASSERT_TRUE(wait_inbox(&s, "early", 100, 30000));
+    early_only(&s, memory, "lost_groups", 100);
     bus_t *b = sut_bus(&s);
     ASSERT_OK(bus_delete_stream(b, "ecom:orders"));
     bus_close(b);
     publish_orders(&s, 300, 10, 50, "order.placed");
     CU_ASSERT_TRUE(wait_inbox(&s, "early", 400, 30000));
     clock_sleep_ms(800); /* trimming ran behind "early" */
-    int i = s.nsvc;
-    sut_add_service(&s, "late", types_orders);
-    svc_arg_t *a = xmalloc(sizeof *a);
-    *a = (svc_arg_t){&s, i};
-    pthread_create(&s.svc_th[i], NULL, svc_thread, a);
+    late_joins(&s);
     CU_ASSERT_TRUE(wait_inbox(&s, "late", 300, 15000));
     clock_sleep_ms(300);
     CU_ASSERT_EQUAL(inbox_n(&s, "late"), 300);
