@@ -58,7 +58,9 @@ struct drainer {
     size_t since_vacuum; /* rows published (and so removed) since the last VACUUM */
     int may_vacuum;      /* the connection's role owns bus.outbox: 1, 0, -1 not asked yet (vacuum_outbox) */
     int64_t backoff_ms;
-    int64_t poison_until; /* a row failed: wait before retrying */
+    /* a row of the partition was refused: the partition's rows wait until
+     * then (the row first, its successors behind it), the others go on */
+    int64_t paused_until[OUTBOX_PARTITIONS];
     int empty;            /* fetches in a row that found nothing since rows last came */
     int64_t next_probe;
     const char *store_name, *bus_name; /* readiness components */
@@ -303,7 +305,9 @@ static size_t publish(drainer_t *d, outbox_row_t *rows, size_t n, bool *poisoned
     return done;
 }
 
-/* Counts an attempt against a row the bus refused, or moves it to bus.outbox_dead. */
+/* Counts an attempt against a row the bus refused, or moves it to
+ * bus.outbox_dead, and pauses its partition for the row's backoff: the rows
+ * behind it keep their order, and the drainer's other partitions flow on. */
 static void poison_row(drainer_t *d, const outbox_row_t *bad)
 {
     bool dead = bad->attempts + 1 >= DRAIN_ROW_ATTEMPTS;
@@ -311,7 +315,9 @@ static void poison_row(drainer_t *d, const outbox_row_t *bad)
               dead ? " (moved to bus.outbox_dead)" : "");
     if (outbox_mark_failed(d->db, bad, "publish refused by the bus", dead) == 0 && dead)
         metrics_add(d->m_dead, 1);
-    d->poison_until = clock_mono_ms() + (dead ? 0 : 100LL << (bad->attempts < 6 ? bad->attempts : 6));
+    if (bad->partition >= 0 && bad->partition < OUTBOX_PARTITIONS)
+        d->paused_until[bad->partition] =
+            clock_mono_ms() + (dead ? 0 : 100LL << (bad->attempts < 6 ? bad->attempts : 6));
 }
 
 static void maintenance(drainer_t *d)
@@ -641,14 +647,20 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         if (!memory && d.since_vacuum >= (o->vacuum_rows ? o->vacuum_rows : DRAIN_VACUUM_ROWS) &&
             now >= d.next_vacuum)
             vacuum_outbox(&d, now);
-        if (d.nheld == 0 || now < d.poison_until) {
-            nap(&d, d.nheld == 0 ? REBALANCE_MS / 2 : d.poison_until - now);
+        size_t np = 0;
+        int64_t resume = INT64_MAX; /* the earliest end of a held partition's pause */
+        for (int p = 0; p < OUTBOX_PARTITIONS; p++) {
+            if (!d.held[p])
+                continue;
+            if (now < d.paused_until[p])
+                resume = d.paused_until[p] < resume ? d.paused_until[p] : resume;
+            else
+                parts[np++] = p;
+        }
+        if (np == 0) {
+            nap(&d, d.nheld == 0 ? REBALANCE_MS / 2 : resume - now);
             continue;
         }
-        size_t np = 0;
-        for (int p = 0; p < OUTBOX_PARTITIONS; p++)
-            if (d.held[p])
-                parts[np++] = p;
         int64_t t0 = clock_mono_us();
         outbox_step_t cur;
         if (next_batch(&d, parts, np, &cur) != 0) {
@@ -658,7 +670,10 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         }
         if (cur.n == 0) {
             outbox_step_free(&cur);
-            wait_hint(&d, drain_idle_wait_ms(d.empty, o->poll_ms));
+            int wait = drain_idle_wait_ms(d.empty, o->poll_ms);
+            if (resume != INT64_MAX && resume - now < wait) /* a paused partition's row is due */
+                wait = resume - now > 1 ? (int)(resume - now) : 1;
+            wait_hint(&d, wait);
             if (d.empty < 30)
                 d.empty++;
             continue;

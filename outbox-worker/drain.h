@@ -20,6 +20,8 @@
  * A row that cannot be published (Redis takes writes but refuses its XADD
  * or the consumer groups of its stream) is retried with backoff and, after
  * DRAIN_ROW_ATTEMPTS tries, moved to bus.outbox_dead; it never hot-spins.
+ * While it waits, its partition waits (the rows behind it keep their order)
+ * and the drainer's other partitions are published as before.
  * A Redis that refuses every write (-OOM, -MISCONF, -READONLY, ...; see
  * bus_writable) is waited for like one that is down: no attempt is counted.
  * The holder of partition 0 also cleans the published window and trims

@@ -1021,6 +1021,89 @@ static void test_redis_refuses_writes_real(void)
     sut_stop(&s);
 }
 
+/* One row the bus refuses (its topic's stream key holds a string, so every
+ * XADD to it fails) pauses its own partition for its backoff, not the
+ * drainer: the rows behind it in its aggregate wait, and every other
+ * partition's rows are published and applied while it still waits in
+ * bus.outbox. Once its stream can be written, it and then its successor go
+ * out, in order. Before, the drainer stopped for the backoff and each batch
+ * began with the refused row, so no row passed it until, after ten
+ * attempts, it moved to bus.outbox_dead. */
+static void test_refused_row_pauses_partition_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "refusedrow");
+    sut_add_service(&s, "rr", types_orders);
+    enum { ORDERS = 300, AGGS = 20 };
+    /* an aggregate of a partition none of the orders' aggregates share */
+    bool taken[OUTBOX_PARTITIONS] = {false};
+    for (int i = 0; i < AGGS; i++) {
+        char agg[32];
+        snprintf(agg, sizeof agg, "order-%d", i);
+        taken[outbox_partition_of("t1", agg)] = true;
+    }
+    char agg[32] = "";
+    for (int i = 0; !agg[0] || taken[outbox_partition_of("t1", agg)]; i++)
+        snprintf(agg, sizeof agg, "stuck-%d", i);
+    CU_ASSERT_TRUE(redis_ok(s.redis_url, "SET ecom:stuck not-a-stream"));
+    db_t *db = sut_db(&s);
+    ASSERT_OK(db_begin(db));
+    for (int k = 1; k <= 2; k++) {
+        char payload[32];
+        snprintf(payload, sizeof payload, "{\"n\":%d}", k);
+        outbox_msg_t m = {
+            .topic = "stuck", .type = "stuck.step", .tenant = "t1", .aggregate_id = agg, .payload = payload};
+        const char *why = NULL;
+        ASSERT_OK(outbox_append(db, &m, NULL, &why));
+    }
+    ASSERT_OK(db_commit(db));
+    db_close(db);
+    publish_orders(&s, ORDERS, AGGS, 50, "order.placed"); /* after the refused row: higher positions */
+    sut_start(&s, 1);
+    CU_ASSERT_TRUE(wait_inbox(&s, "rr", ORDERS, 30000));
+    check_applied(&s, "rr", ORDERS);
+    char *err = NULL;
+    PGconn *c = pg_connect(s.pg_url, "test", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    PGresult *r = pg_query(c,
+                           "SELECT (SELECT count(*) FROM bus.outbox), (SELECT max(attempts) FROM bus.outbox"
+                           " WHERE seq = 1), (SELECT count(*) FROM bus.outbox_dead)",
+                           0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "2"); /* the refused row and its successor wait */
+    CU_ASSERT_TRUE(atoi(PQgetvalue(r, 0, 1)) >= 1 && atoi(PQgetvalue(r, 0, 1)) < DRAIN_ROW_ATTEMPTS);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 2), "0");
+    PQclear(r);
+    redisReply *x = test_redis_command(s.redis_url, "DEL ecom:stuck");
+    CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_INTEGER && x->integer == 1);
+    freeReplyObject(x);
+    int64_t end = clock_mono_ms() + 30000; /* the row's backoff is at most 6.4 s */
+    long left = -1;
+    while (left != 0 && clock_mono_ms() < end) {
+        clock_sleep_ms(50);
+        r = pg_query(c, "SELECT count(*) FROM bus.outbox", 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+        left = atol(PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    CU_ASSERT_EQUAL(left, 0);
+    PQfinish(c);
+    x = test_redis_command(s.redis_url, "XRANGE ecom:stuck - +");
+    CU_ASSERT_TRUE_FATAL(x && x->type == REDIS_REPLY_ARRAY);
+    CU_ASSERT_EQUAL(x->elements, 2);
+    for (size_t i = 0; i < x->elements && i < 2; i++) { /* in order: seq 1, then seq 2 */
+        redisReply *f = x->element[i]->element[1];
+        const char *seq = NULL;
+        for (size_t k = 0; k + 1 < f->elements; k += 2)
+            if (strcmp(f->element[k]->str, "seq") == 0)
+                seq = f->element[k + 1]->str;
+        CU_ASSERT_PTR_NOT_NULL(seq);
+        CU_ASSERT_EQUAL(seq ? atoi(seq) : 0, (int)i + 1);
+    }
+    freeReplyObject(x);
+    sut_stop(&s);
+}
+
 /* A standby takes the group over from a consumer that holds more entries
  * than one claim takes (RECLAIM_MAX, 10,000): it claims them a part at a
  * time, each part applied before the next, and reads new entries only once
@@ -2601,6 +2684,8 @@ int main(void)
          test_broken_lane_real},
         {"a Redis that refuses writes is waited for: no row counted as poisoned (postgres+redis)",
          test_redis_refuses_writes_real},
+        {"a row the bus refuses pauses its partition only; it and its successor go out in order (postgres+redis)",
+         test_refused_row_pauses_partition_real},
         {"a takeover claims every entry the old consumer held before new ones (postgres+redis)",
          test_takeover_claims_all_real},
         {"an entry a previous holder read after the takeover goes before the next one (postgres+redis)",
