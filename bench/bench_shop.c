@@ -15,7 +15,12 @@
  * latency under saturation; then open-loop runs at each rate of BENCH_RATES,
  * latency measured from each payment's scheduled send time (no coordinated
  * omission) to its receipt, with where the time goes (the median and p99 of
- * each step, from the rows' timestamps). Every run prints the CPU per
+ * each step, from the rows' timestamps). An open-loop run sends at its rate
+ * for BENCH_LEAD_IN_MS before its measured window (a ramp-up, as load tests
+ * of a steady state have): every run starts with each stage idle (settle),
+ * and its batches grow to the rate's size only as a queue forms, so the
+ * first few hundred milliseconds are the step's response, not the rate's
+ * steady state; the lead-in's own p99 is printed beside the figures. Every run prints the CPU per
  * completed payment of each process, of this database's PostgreSQL backends
  * (also split by the role whose connection they serve) and of the machine.
  * Medians over the rounds at the end.
@@ -23,7 +28,8 @@
  * Usage, inside scripts/test-env on a freshly migrated database (scripts/run-bench):
  *   bench_shop [--ecom PATH]
  * Environment: DATABASE_URL, REDIS_URL (logical db 10 is flushed and used),
- * BENCH_SECONDS (per run, default 8), BENCH_ROUNDS (default 3), BENCH_CLIENTS
+ * BENCH_SECONDS (per run, default 8), BENCH_LEAD_IN_MS (default 1000; 0: none),
+ * BENCH_ROUNDS (default 3), BENCH_CLIENTS
  * (closed loop, default 32), BENCH_RATES (payments/s, default "250,1000"),
  * GATEWAY_THREADS (default 2), PAYMENT_PROVIDER_LATENCY_MS (default 2, the
  * production default), BENCH_SHOP_SKIP_PGBENCH=1, BENCH_KEEP_LOGS=1 (keep and
@@ -78,6 +84,10 @@ static const char *pg_url;
 static char redis_url[600];
 static const char *ecom_bin = "build/bin/ecom";
 static int secs = 8, rounds = 3, nclients = 32, gw_threads = 2;
+/* Open-loop runs send at their rate this long before the measured window:
+ * the figures are the flow's steady state at that rate, not its step from
+ * idle (settle() leaves every stage idle), which is printed apart. */
+static int lead_ms = 1000;
 static int rates[MAX_RATES] = {250, 1000};
 static int nrates = 2;
 static const char *provider_latency = "2";
@@ -504,9 +514,17 @@ typedef struct run {
     size_t cap;
     _Atomic size_t next;
     int rate;              /* 0: closed loop */
-    int64_t t0_us, end_us; /* wall */
+    int64_t t0_us, end_us; /* wall: the measured window */
+    int64_t start_us;      /* wall: the schedule's start (t0_us less the lead-in) */
     char tag[16];
 } run_t;
+
+/* Whether p counts in the run's figures: an open-loop payment scheduled in
+ * the lead-in before the window does not. */
+static bool counted(const run_t *run, const pay_t *p)
+{
+    return !run->rate || p->sched_us >= run->t0_us;
+}
 
 static void *client(void *arg)
 {
@@ -519,7 +537,7 @@ static void *client(void *arg)
             break;
         pay_t *p = &run->p[i];
         if (run->rate) {
-            p->sched_us = run->t0_us + (int64_t)((double)i * 1e6 / run->rate);
+            p->sched_us = run->start_us + (int64_t)((double)i * 1e6 / run->rate);
             if (p->sched_us >= run->end_us)
                 break;
             int64_t wait = p->sched_us - wall_us();
@@ -572,6 +590,8 @@ typedef struct result {
     double http_p99;                      /* HTTP 202, ms */
     double drain_s;                       /* after the window, until the last receipt */
     size_t n, missing;                    /* accepted payments, receipts missing after the drain */
+    size_t lead_n;                        /* payments of the lead-in (not in the figures) */
+    double lead_p99;                      /* their e2e p99, ms */
     double cpu_ms[R_COUNT], cpu_total_ms; /* CPU per completed payment, per role and the whole machine */
     double cpu_self_ms;                   /* this program's: the clients, the receipts' receiver, the probe */
     double cpu_pg_ms, cpu_redis_ms;       /* this database's backends, this Redis server */
@@ -956,7 +976,7 @@ static void breakdown(run_t *run, size_t n)
     evbuffer_add(ids, "{", 1);
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (run->p[i].receipt_us)
+        if (run->p[i].receipt_us && counted(run, &run->p[i]))
             evbuffer_add_printf(ids, "%s%s", k++ ? "," : "", run->p[i].id);
     evbuffer_add(ids, "}", 2);
     char *err = NULL;
@@ -1187,7 +1207,9 @@ static result_t run_once(int rate, bool explain, const char *label)
     run_t run = {0};
     snprintf(run.tag, sizeof run.tag, "%d-%d", (int)getpid(), seq++);
     run.rate = rate;
-    run.cap = rate ? (size_t)rate * (size_t)secs + 16 : (size_t)secs * 20000;
+    int64_t lead_us = rate ? (int64_t)lead_ms * 1000 : 0;
+    run.cap =
+        rate ? (size_t)((int64_t)rate * ((int64_t)secs * 1000 + lead_us / 1000) / 1000) + 16 : (size_t)secs * 20000;
     run.p = xcalloc(run.cap, sizeof *run.p);
     size_t hook0 = hook_count();
     prober_t pr = {.cap = (size_t)secs * 200 + 16};
@@ -1207,7 +1229,8 @@ static result_t run_once(int rate, bool explain, const char *label)
         if (explain && i != R_GATEWAY)
             st0[i] = stage_stats(&roles[i]);
     }
-    run.t0_us = wall_us() + 20000;
+    run.start_us = wall_us() + 20000;
+    run.t0_us = run.start_us + lead_us;
     run.end_us = run.t0_us + (int64_t)secs * 1000000;
     int nth = nclients;
     pthread_t *th = xcalloc((size_t)nth, sizeof *th);
@@ -1219,10 +1242,10 @@ static result_t run_once(int rate, bool explain, const char *label)
     if (n > run.cap)
         n = run.cap;
     /* clients stop at the first index past the window; keep those that were sent */
-    size_t sent = 0, acc = 0;
+    size_t sent = 0, acc = 0, acc_all = 0;
     int64_t resp_max = run.end_us;
     for (size_t i = 0; i < n; i++)
-        if (run.p[i].sent_us) {
+        if (run.p[i].sent_us && (acc_all += run.p[i].status == 202, counted(&run, &run.p[i]))) {
             sent++;
             acc += run.p[i].status == 202;
             if (run.p[i].resp_us > resp_max)
@@ -1237,7 +1260,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     size_t got = 0;
     while (clock_mono_ms() < deadline) {
         got = match_receipts(&run, n, hook0);
-        if (got >= acc)
+        if (got >= acc_all)
             break;
         clock_sleep_ms(100);
     }
@@ -1257,25 +1280,34 @@ static result_t run_once(int rate, bool explain, const char *label)
     cpu_pg_by_role(pgr1);
     wal_snap_t wal1 = wal_snap();
     got = 0;
+    size_t got_all = 0, nlead = 0;
     int64_t last = 0;
+    int64_t *lead = xcalloc(n + 1, sizeof *lead);
     for (size_t i = 0; i < n; i++)
-        if (run.p[i].receipt_us) {
+        if (run.p[i].receipt_us && (got_all++, !counted(&run, &run.p[i]))) {
+            lead[nlead++] = run.p[i].receipt_us - run.p[i].sched_us;
+        } else if (run.p[i].receipt_us) {
             got++;
             got_in_window += run.p[i].receipt_us <= run.end_us;
             if (run.p[i].receipt_us > last)
                 last = run.p[i].receipt_us;
         }
-    result_t res = {0};
+    result_t res = {.lead_n = nlead};
+    qsort(lead, nlead, sizeof *lead, cmp_i64);
+    res.lead_p99 = nlead ? pct(lead, nlead, 0.99) / 1000.0 : 0;
+    free(lead);
     double win = (double)(run.end_us - run.t0_us) / 1e6;
     res.offered = (double)sent / win;
     res.accepted = (double)acc / win;
     res.completed = (double)got_in_window / win;
     res.n = acc;
-    res.missing = acc - got;
+    res.missing = acc_all - got_all;
     res.drain_s = last > run.end_us ? (double)(last - run.end_us) / 1e6 : 0;
     int64_t *lat = xcalloc(got + 1, sizeof *lat), *http = xcalloc(sent + 1, sizeof *http);
     size_t k = 0, h = 0;
     for (size_t i = 0; i < n; i++) {
+        if (!counted(&run, &run.p[i]))
+            continue;
         if (run.p[i].receipt_us)
             lat[k++] = run.p[i].receipt_us - run.p[i].sched_us;
         if (run.p[i].sent_us)
@@ -1290,7 +1322,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     for (int s = 0; s < res.nseconds; s++) {
         size_t m = 0;
         for (size_t i = 0; i < n; i++)
-            if (run.p[i].receipt_us && (run.p[i].sched_us - run.t0_us) / 1000000 == s)
+            if (run.p[i].receipt_us && counted(&run, &run.p[i]) && (run.p[i].sched_us - run.t0_us) / 1000000 == s)
                 sec[m++] = run.p[i].receipt_us - run.p[i].sched_us;
         qsort(sec, m, sizeof *sec, cmp_i64);
         res.p99_by_s[s] = m ? pct(sec, m, 0.99) / 1000.0 : 0;
@@ -1301,7 +1333,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     res.p50 = pct(lat, k, 0.5) / 1000.0;
     res.p99 = pct(lat, k, 0.99) / 1000.0;
     res.http_p99 = pct(http, h, 0.99) / 1000.0;
-    double done = got ? (double)got : 1;
+    double done = got_all ? (double)got_all : 1; /* the CPU spans the lead-in too */
     for (int i = 0; i < R_COUNT; i++) {
         res.cpu_ms[i] = (cpu1[i] - cpu0[i]) / done;
         res.cpu_pg_role[i] = (pgr1[i] - pgr0[i]) / done;
@@ -1327,7 +1359,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     res.wait_samples = pr.samples;
     free(pr.us);
     if (res.missing) {
-        printf("  FAILED: %zu of %zu accepted payments got no receipt within %d s\n", res.missing, acc,
+        printf("  FAILED: %zu of %zu accepted payments got no receipt within %d s\n", res.missing, acc_all,
                DRAIN_TIMEOUT_MS / 1000);
         failures++;
     }
@@ -1482,6 +1514,9 @@ static void print_result(const char *label, const struct result *r)
     printf("    %-26s offered %7.0f/s  accepted %7.0f/s  completed %7.0f/s  e2e p50 %7.1f ms  p99 %7.1f ms"
            "  (HTTP p99 %.1f ms, drain %.1f s)\n",
            label, r->offered, r->accepted, r->completed, r->p50, r->p99, r->http_p99, r->drain_s);
+    if (r->lead_n)
+        printf("      the lead-in before the window (%zu payments in %d ms, not in these figures): e2e p99 %.1f ms\n",
+               r->lead_n, lead_ms, r->lead_p99);
     printf("      CPU ms per completed payment (run and drain): gateway %.2f, outbox-worker %.2f, payment %.2f,"
            " notification %.2f, analytics %.2f, PostgreSQL backends %.2f, Redis %.2f; whole machine %.2f\n",
            r->cpu_ms[R_GATEWAY], r->cpu_ms[R_DRAINER], r->cpu_ms[R_PAYMENT], r->cpu_ms[R_NOTIFICATION],
@@ -1526,6 +1561,8 @@ int main(int argc, char **argv)
     if (!pg_url || !*pg_url || !rbase || !*rbase)
         die("DATABASE_URL and REDIS_URL must be set (scripts/run-bench inside scripts/test-env)");
     const char *v;
+    if ((v = getenv("BENCH_LEAD_IN_MS")) && *v)
+        lead_ms = atoi(v) > 0 ? atoi(v) : 0;
     if ((v = getenv("BENCH_SECONDS")) && atoi(v) > 0)
         secs = atoi(v);
     if ((v = getenv("BENCH_ROUNDS")) && atoi(v) > 0)
@@ -1576,10 +1613,11 @@ int main(int argc, char **argv)
     start_stack();
     printf("shop flow end to end: %ld cores; gateway (%d threads), outbox-worker, payment, notification (webhook),\n"
            "analytics as separate production processes; provider latency %s ms; analytics lingers %s ms\n"
-           "(ANALYTICS_LINGER_MS: it is off the receipts' path); %d s per run, %d rounds;\n"
+           "(ANALYTICS_LINGER_MS: it is off the receipts' path); %d s per run (open loop: after a lead-in of\n"
+           "%d ms at the same rate), %d rounds;\n"
            "closed loop: %d keep-alive connections; target >= %d completed payments/s at p99 <= %d ms\n",
-           sysconf(_SC_NPROCESSORS_ONLN), gw_threads, provider_latency, analytics_linger, secs, rounds, nclients,
-           TARGET_RATE, TARGET_P99_MS);
+           sysconf(_SC_NPROCESSORS_ONLN), gw_threads, provider_latency, analytics_linger, secs, lead_ms, rounds,
+           nclients, TARGET_RATE, TARGET_P99_MS);
     /* warm-up: connections, prepared statements, consumer groups */
     {
         int saved = secs;
@@ -1590,6 +1628,7 @@ int main(int argc, char **argv)
     }
     double tps[MAX_ROUNDS], closed_done[MAX_ROUNDS], closed_p99[MAX_ROUNDS], closed_acc[MAX_ROUNDS];
     double open_done[MAX_RATES][MAX_ROUNDS], open_p50[MAX_RATES][MAX_ROUNDS], open_p99[MAX_RATES][MAX_ROUNDS];
+    double open_lead[MAX_RATES][MAX_ROUNDS];
     for (int r = 0; r < rounds; r++) {
         printf("  round %d\n", r + 1);
         tps[r] = skip_pgbench ? -1 : pgbench_tps();
@@ -1608,6 +1647,7 @@ int main(int argc, char **argv)
             open_done[k][r] = o.completed;
             open_p50[k][r] = o.p50;
             open_p99[k][r] = o.p99;
+            open_lead[k][r] = o.lead_p99;
         }
     }
     printf("  medians over %d rounds:\n", rounds);
@@ -1615,8 +1655,9 @@ int main(int argc, char **argv)
     printf("    closed loop: %.0f payments/s accepted, %.0f completed end to end/s, e2e p99 %.1f ms\n",
            median(closed_acc, rounds), median(closed_done, rounds), median(closed_p99, rounds));
     for (int k = 0; k < nrates; k++)
-        printf("    open loop %5d/s: %.0f completed/s, e2e p50 %.1f ms, p99 %.1f ms\n", rates[k],
-               median(open_done[k], rounds), median(open_p50[k], rounds), median(open_p99[k], rounds));
+        printf("    open loop %5d/s: %.0f completed/s, e2e p50 %.1f ms, p99 %.1f ms (the lead-in's p99 %.1f ms)\n",
+               rates[k], median(open_done[k], rounds), median(open_p50[k], rounds), median(open_p99[k], rounds),
+               median(open_lead[k], rounds));
     stop_all();
     hook_stop();
     const char *keep = getenv("BENCH_KEEP_LOGS");
