@@ -9,7 +9,6 @@
 #include "core/metrics.h"
 #include "core/pg.h"
 #include "core/strmap.h"
-#include "outbox-worker/vacuum.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -57,7 +56,7 @@ struct drainer {
     int member; /* membership slot, -1 when none */
     int64_t next_rebalance, next_maintenance, next_vacuum;
     size_t since_vacuum; /* rows published (and so removed) since the last VACUUM */
-    outbox_vacuum_t *vacuum; /* started at the first VACUUM due */
+    int may_vacuum;      /* the connection's role owns bus.outbox: 1, 0, -1 not asked yet (vacuum_outbox) */
     int64_t backoff_ms;
     /* a row of the partition was refused: the partition's rows wait until
      * then (the row first, its successors behind it), the others go on */
@@ -381,6 +380,7 @@ static int connect_all(drainer_t *d)
             d->db = NULL;
             return -1;
         }
+        d->may_vacuum = -1;
     }
     if (!d->bus) {
         d->bus = o->redis_url && *o->redis_url ? bus_open_redis(o->redis_url, &err) : bus_open_memory(o->membus);
@@ -437,26 +437,45 @@ static void add_unmarked(drainer_t *d, const outbox_row_t *rows, size_t n)
  * 1.6-3.2 ms of CPU per payment on it instead of 0.5-0.7. The autovacuum
  * launcher visits a database about once a minute, so the drainer vacuums the
  * table itself every DRAIN_VACUUM_ROWS published rows, at most once a second
- * and at most 1/DRAIN_VACUUM_DUTY of the time (a VACUUM of a queue table
- * takes milliseconds; one with a large backlog longer), on a connection of
- * its own beside the drain (vacuum.h). One another drainer is running is
- * skipped. A role that does not own the table may not vacuum it: autovacuum
- * does the work then, as before. */
+ * and at most 1/DRAIN_VACUUM_DUTY of its time (a VACUUM of a queue table
+ * takes milliseconds; one with a large backlog longer). One another drainer
+ * is running is skipped. A role that does not own the table may not vacuum
+ * it: autovacuum does the work then, as before (may_vacuum_outbox). */
 #define DRAIN_VACUUM_ROWS 2000
 #define DRAIN_VACUUM_MIN_MS 1000
 #define DRAIN_VACUUM_DUTY 20
 
-/* Starts a VACUUM of bus.outbox beside the drain (vacuum.h), unless one is
- * still running, and paces the next: at most once a second, and at most
- * 1/DRAIN_VACUUM_DUTY of the time (as the last one took). */
+/* Whether this connection's role owns bus.outbox (or is a superuser): only
+ * then may it VACUUM the table; otherwise that is left to autovacuum, said
+ * once in the log. Asked once per connection, when the first VACUUM is due. */
+static bool may_vacuum_outbox(drainer_t *d)
+{
+    if (d->may_vacuum < 0) {
+        PGresult *r = pg_query(db_pg(d->db),
+                               "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = 'bus.outbox'::regclass",
+                               0, NULL);
+        if (!r)
+            return false; /* asked again next time */
+        d->may_vacuum = PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+        if (!d->may_vacuum)
+            log_info("outbox-worker: this role does not own bus.outbox; autovacuum alone cleans it");
+    }
+    return d->may_vacuum == 1;
+}
+
 static void vacuum_outbox(drainer_t *d, int64_t now)
 {
-    if (!d->vacuum)
-        d->vacuum = outbox_vacuum_new(d->o->database_url, d->m_vacuums);
-    if (!outbox_vacuum_start(d->vacuum))
-        return; /* the last one is still running: due again at the next turn */
     d->since_vacuum = 0;
-    int64_t ms = outbox_vacuum_last_ms(d->vacuum);
+    if (!may_vacuum_outbox(d))
+        return;
+    int64_t t0 = clock_mono_us();
+    if (pg_exec(db_pg(d->db), "VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) bus.outbox") != 0)
+        log_debug("outbox-worker: VACUUM of bus.outbox failed");
+    else
+        metrics_add(d->m_vacuums, 1);
+    int64_t ms = (clock_mono_us() - t0) / 1000;
+    log_debug("outbox-worker: VACUUM of bus.outbox took %lld ms", (long long)ms);
     d->next_vacuum = now + (ms * DRAIN_VACUUM_DUTY > DRAIN_VACUUM_MIN_MS ? ms * DRAIN_VACUUM_DUTY : DRAIN_VACUUM_MIN_MS);
 }
 
@@ -735,7 +754,6 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         outbox_step_free(&cur);
     }
     stepper_stop(&d);
-    outbox_vacuum_free(d.vacuum);
     discard_next(&d);
     if (d.db && d.nunmarked && outbox_remove(d.db, d.unmarked, d.nunmarked, o->retain_s > 0) != 0)
         log_warn("outbox-worker: %zu published rows not removed (they go out again)", d.nunmarked);
