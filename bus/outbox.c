@@ -385,6 +385,15 @@ static char *int_array(const void *vals, size_t n, bool is64)
     return s;
 }
 
+/* The memory store's fetch: which partitions a fetch takes (parts[0..n)). */
+static void parts_mask(const int *parts, size_t nparts, bool mask[OUTBOX_PARTITIONS])
+{
+    memset(mask, 0, OUTBOX_PARTITIONS * sizeof *mask);
+    for (size_t i = 0; i < nparts; i++)
+        if (parts[i] >= 0 && parts[i] < OUTBOX_PARTITIONS)
+            mask[parts[i]] = true;
+}
+
 int outbox_fetch(db_t *db, const int *parts, size_t nparts, size_t limit, outbox_row_t **rows, size_t *n)
 {
     *rows = NULL;
@@ -393,14 +402,19 @@ int outbox_fetch(db_t *db, const int *parts, size_t nparts, size_t limit, outbox
         if (db_begin(db) != 0)
             return -1;
         mem_outbox_t *m = mem(db);
-        size_t k = m->n < limit ? m->n : limit;
-        outbox_row_t *out = xcalloc(k + 1, sizeof *out);
-        for (size_t i = 0; i < k; i++) {
+        bool take[OUTBOX_PARTITIONS];
+        parts_mask(parts, nparts, take);
+        outbox_row_t *out = xcalloc((m->n < limit ? m->n : limit) + 1, sizeof *out);
+        size_t k = 0;
+        for (size_t i = 0; i < m->n && k < limit; i++) {
             const outbox_row_t *src = &m->rows[m->head + i];
-            out[i].pos = src->pos;
-            out[i].partition = src->partition;
-            out[i].attempts = src->attempts;
-            envelope_copy(&out[i].env, &src->env);
+            if (!take[src->partition])
+                continue;
+            out[k].pos = src->pos;
+            out[k].partition = src->partition;
+            out[k].attempts = src->attempts;
+            envelope_copy(&out[k].env, &src->env);
+            k++;
         }
         if (db_commit(db) != 0) {
             outbox_rows_free(out, k);
@@ -532,9 +546,11 @@ static bool in_sorted(const int64_t *v, size_t n, int64_t x)
     return false;
 }
 
-static int mem_step(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndone, bool archive, const int64_t *skip,
-                    size_t nskip, size_t limit)
+static int mem_step(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndone, bool archive, const int *parts,
+                    size_t nparts, const int64_t *skip, size_t nskip, size_t limit)
 {
+    bool take[OUTBOX_PARTITIONS];
+    parts_mask(parts, nparts, take);
     if (outbox_remove(db, done, ndone, archive) != 0)
         return -1;
     st->removed = true;
@@ -544,7 +560,7 @@ static int mem_step(db_t *db, outbox_step_t *st, const int64_t *done, size_t ndo
     st->rows = xcalloc((m->n < limit ? m->n : limit) + 1, sizeof *st->rows);
     for (size_t i = 0; i < m->n && st->n < limit; i++) {
         const outbox_row_t *src = &m->rows[m->head + i];
-        if (in_sorted(skip, nskip, src->pos))
+        if (!take[src->partition] || in_sorted(skip, nskip, src->pos))
             continue;
         outbox_row_t *o = &st->rows[st->n++];
         o->pos = src->pos;
@@ -561,7 +577,7 @@ int outbox_step_send(db_t *db, outbox_step_t *st, const int64_t *done, size_t nd
     memset(st, 0, sizeof *st);
     if (db->kind == DB_MEMORY) {
         st->copies = true;
-        st->rc = mem_step(db, st, done, ndone, archive, skip, nskip, limit);
+        st->rc = mem_step(db, st, done, ndone, archive, parts, nparts, skip, nskip, limit);
         return 0;
     }
     /* On a connection with index scans only (db_index_scans_only: the

@@ -100,7 +100,7 @@ extern const char outbox_sql_append_many_notify[];
 bool outbox_notify_due(void);
 extern const char outbox_sql_hint[];
 
-/* Drain side. Oldest rows first from the given partitions (memory: all).
+/* Drain side. Oldest rows first from the given partitions.
  * Not in a transaction. *rows owned by the caller (outbox_rows_free). */
 int outbox_fetch(db_t *db, const int *parts, size_t nparts, size_t limit, outbox_row_t **rows, size_t *n)
     __attribute__((warn_unused_result));

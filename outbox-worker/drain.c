@@ -67,6 +67,7 @@ struct drainer {
     strmap_t topics_ready;             /* topics whose consumer groups exist */
     outbox_step_t next;                /* rows fetched while the previous batch went out */
     bool have_next;
+    uint64_t next_parts; /* the partitions next was fetched from (bit p: partition p) */
     int64_t *unmarked; /* positions published but not yet removed from bus.outbox */
     size_t nunmarked, unmarked_cap;
     metric_t *m_published, *m_batches, *m_errors, *m_dead, *m_held, *m_batch_s, *m_trimmed, *m_vacuums;
@@ -315,9 +316,8 @@ static void poison_row(drainer_t *d, const outbox_row_t *bad)
               dead ? " (moved to bus.outbox_dead)" : "");
     if (outbox_mark_failed(d->db, bad, "publish refused by the bus", dead) == 0 && dead)
         metrics_add(d->m_dead, 1);
-    if (bad->partition >= 0 && bad->partition < OUTBOX_PARTITIONS)
-        d->paused_until[bad->partition] =
-            clock_mono_ms() + (dead ? 0 : 100LL << (bad->attempts < 6 ? bad->attempts : 6));
+    ECOM_ASSERT(bad->partition >= 0 && bad->partition < OUTBOX_PARTITIONS);
+    d->paused_until[bad->partition] = clock_mono_ms() + (dead ? 0 : 100LL << (bad->attempts < 6 ? bad->attempts : 6));
 }
 
 static void maintenance(drainer_t *d)
@@ -438,8 +438,9 @@ static void add_unmarked(drainer_t *d, const outbox_row_t *rows, size_t n)
  * launcher visits a database about once a minute, so the drainer vacuums the
  * table itself every DRAIN_VACUUM_ROWS published rows, at most once a second
  * and at most 1/DRAIN_VACUUM_DUTY of its time (a VACUUM of a queue table
- * takes milliseconds; one with a large backlog longer). One another drainer
- * is running is skipped. A role that does not own the table may not vacuum
+ * takes milliseconds; one with a large backlog longer). A VACUUM that would wait
+ * for another one (another drainer's, autovacuum's) is skipped
+ * (SKIP_LOCKED). A role that does not own the table may not vacuum
  * it: autovacuum does the work then, as before (may_vacuum_outbox). */
 #define DRAIN_VACUUM_ROWS 2000
 #define DRAIN_VACUUM_MIN_MS 1000
@@ -563,10 +564,25 @@ static void stepper_stop(drainer_t *d)
     h->started = false;
 }
 
+_Static_assert(OUTBOX_PARTITIONS <= 64, "a partition set is a 64-bit mask");
+
+static uint64_t parts_bits(const int *parts, size_t np)
+{
+    uint64_t m = 0;
+    for (size_t i = 0; i < np; i++)
+        m |= UINT64_C(1) << parts[i];
+    return m;
+}
+
 /* The next batch: the one fetched during the last publish, or (when there is
  * none) removes the published rows and fetches, in one round trip. */
 static int next_batch(drainer_t *d, const int *parts, size_t np, outbox_step_t *cur)
 {
+    uint64_t mask = parts_bits(parts, np);
+    /* fetched from other partitions (a pause began or ended since): the
+     * partitions now taken are fetched again */
+    if (d->have_next && d->next_parts != mask)
+        discard_next(d);
     if (d->have_next && (d->next.n > 0 || d->nunmarked == 0)) {
         *cur = d->next;
         d->have_next = false;
@@ -647,6 +663,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         if (!memory && d.since_vacuum >= (o->vacuum_rows ? o->vacuum_rows : DRAIN_VACUUM_ROWS) &&
             now >= d.next_vacuum)
             vacuum_outbox(&d, now);
+        now = clock_mono_ms(); /* after the maintenance above */
         size_t np = 0;
         int64_t resume = INT64_MAX; /* the earliest end of a held partition's pause */
         for (int p = 0; p < OUTBOX_PARTITIONS; p++) {
@@ -671,8 +688,9 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         if (cur.n == 0) {
             outbox_step_free(&cur);
             int wait = drain_idle_wait_ms(d.empty, o->poll_ms);
-            if (resume != INT64_MAX && resume - now < wait) /* a paused partition's row is due */
-                wait = resume - now > 1 ? (int)(resume - now) : 1;
+            int64_t due = resume == INT64_MAX ? INT64_MAX : resume - clock_mono_ms();
+            if (due < wait) /* a paused partition's row is due */
+                wait = due > 1 ? (int)due : 1;
             wait_hint(&d, wait);
             if (d.empty < 30)
                 d.empty++;
@@ -716,6 +734,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         if (overlap) {
             if ((helped ? stepper_join(&d) : outbox_step_wait(d.db, &d.next)) == 0) {
                 d.have_next = true;
+                d.next_parts = parts_bits(parts, np);
                 if (d.next.removed)
                     d.nunmarked = 0;
             } else {

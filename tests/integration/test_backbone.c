@@ -1021,19 +1021,42 @@ static void test_redis_refuses_writes_real(void)
     sut_stop(&s);
 }
 
+/* The rows waiting in the outbox, oldest first: every partition's. */
+static outbox_row_t *outbox_rows(sut_t *s, size_t *n)
+{
+    int parts[OUTBOX_PARTITIONS];
+    for (int p = 0; p < OUTBOX_PARTITIONS; p++)
+        parts[p] = p;
+    db_t *db = sut_db(s);
+    outbox_row_t *rows = NULL;
+    ASSERT_OK(outbox_fetch(db, parts, OUTBOX_PARTITIONS, 1000, &rows, n));
+    db_close(db);
+    return rows;
+}
+
 /* One row the bus refuses (its topic's stream key holds a string, so every
  * XADD to it fails) pauses its own partition for its backoff, not the
- * drainer: the rows behind it in its aggregate wait, and every other
- * partition's rows are published and applied while it still waits in
- * bus.outbox. Once its stream can be written, it and then its successor go
- * out, in order. Before, the drainer stopped for the backoff and each batch
- * began with the refused row, so no row passed it until, after ten
- * attempts, it moved to bus.outbox_dead. */
-static void test_refused_row_pauses_partition_real(void)
+ * drainer: the rows behind it in its aggregate wait (on its topic, refused
+ * too, and on another, which Redis takes), and every other partition's rows
+ * are published and applied while it still waits in the outbox with few
+ * attempts counted. Once its stream can be written, it and its successors
+ * go out in order. Before, the drainer stopped for the backoff and each
+ * batch began with the refused row, so no row passed it until, after ten
+ * attempts, it moved to bus.outbox_dead; and on the memory store, whose
+ * fetch ignored the partitions, the pause did not hold it back at all. The
+ * drainer's batch of 50 makes it fail with the next batch in flight. */
+static void refused_row(bool memory_store)
 {
     sut_t s;
-    sut_init(&s, false, "refusedrow");
+    sut_init(&s, memory_store, "refusedrow");
+    if (memory_store) { /* the memory store with Redis */
+        s.redis_url = test_redis_db();
+        s.dopts.redis_url = s.redis_url;
+    }
+    s.dopts.batch = 50;
     sut_add_service(&s, "rr", types_orders);
+    if (memory_store)
+        s.sopts[0].redis_url = s.redis_url;
     enum { ORDERS = 300, AGGS = 20 };
     /* an aggregate of a partition none of the orders' aggregates share */
     bool taken[OUTBOX_PARTITIONS] = {false};
@@ -1048,11 +1071,14 @@ static void test_refused_row_pauses_partition_real(void)
     CU_ASSERT_TRUE(redis_ok(s.redis_url, "SET ecom:stuck not-a-stream"));
     db_t *db = sut_db(&s);
     ASSERT_OK(db_begin(db));
-    for (int k = 1; k <= 2; k++) {
+    for (int k = 1; k <= 3; k++) { /* seq 1 and 2 on the refused stream, 3 on ecom:orders */
         char payload[32];
         snprintf(payload, sizeof payload, "{\"n\":%d}", k);
-        outbox_msg_t m = {
-            .topic = "stuck", .type = "stuck.step", .tenant = "t1", .aggregate_id = agg, .payload = payload};
+        outbox_msg_t m = {.topic = k < 3 ? "stuck" : "orders",
+                          .type = k < 3 ? "stuck.step" : "order.placed",
+                          .tenant = "t1",
+                          .aggregate_id = agg,
+                          .payload = payload};
         const char *why = NULL;
         ASSERT_OK(outbox_append(db, &m, NULL, &why));
     }
@@ -1061,47 +1087,62 @@ static void test_refused_row_pauses_partition_real(void)
     publish_orders(&s, ORDERS, AGGS, 50, "order.placed"); /* after the refused row: higher positions */
     sut_start(&s, 1);
     CU_ASSERT_TRUE(wait_inbox(&s, "rr", ORDERS, 30000));
-    check_applied(&s, "rr", ORDERS);
-    char *err = NULL;
-    PGconn *c = pg_connect(s.pg_url, "test", &err);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-    PGresult *r = pg_query(c,
-                           "SELECT (SELECT count(*) FROM bus.outbox), (SELECT max(attempts) FROM bus.outbox"
-                           " WHERE seq = 1), (SELECT count(*) FROM bus.outbox_dead)",
-                           0, NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
-    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "2"); /* the refused row and its successor wait */
-    CU_ASSERT_TRUE(atoi(PQgetvalue(r, 0, 1)) >= 1 && atoi(PQgetvalue(r, 0, 1)) < DRAIN_ROW_ATTEMPTS);
-    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 2), "0");
-    PQclear(r);
+    size_t n = 0;
+    outbox_row_t *rows = outbox_rows(&s, &n);
+    CU_ASSERT_EQUAL_FATAL(n, 3); /* the refused row and its successors wait */
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_STRING_EQUAL(rows[i].env.aggregate_id, agg);
+        CU_ASSERT_EQUAL(rows[i].env.seq, (int64_t)i + 1);
+    }
+    CU_ASSERT_TRUE(rows[0].attempts >= 1 && rows[0].attempts < DRAIN_ROW_ATTEMPTS);
+    outbox_rows_free(rows, n);
     redisReply *x = test_redis_command(s.redis_url, "DEL ecom:stuck");
     CU_ASSERT_TRUE(x && x->type == REDIS_REPLY_INTEGER && x->integer == 1);
     freeReplyObject(x);
-    int64_t end = clock_mono_ms() + 30000; /* the row's backoff is at most 6.4 s */
-    long left = -1;
-    while (left != 0 && clock_mono_ms() < end) {
-        clock_sleep_ms(50);
-        r = pg_query(c, "SELECT count(*) FROM bus.outbox", 0, NULL);
-        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
-        left = atol(PQgetvalue(r, 0, 0));
-        PQclear(r);
-    }
-    CU_ASSERT_EQUAL(left, 0);
-    PQfinish(c);
+    CU_ASSERT_TRUE(wait_inbox(&s, "rr", ORDERS + 1, 30000)); /* a backoff is at most 6.4 s */
+    check_applied(&s, "rr", ORDERS + 1);
+    rows = outbox_rows(&s, &n);
+    CU_ASSERT_EQUAL(n, 0);
+    outbox_rows_free(rows, n);
+    /* seq 1 and 2 in order on their stream, and seq 3 (on ecom:orders) not
+     * before them: stream ids follow the Redis server's clock */
     x = test_redis_command(s.redis_url, "XRANGE ecom:stuck - +");
     CU_ASSERT_TRUE_FATAL(x && x->type == REDIS_REPLY_ARRAY);
     CU_ASSERT_EQUAL(x->elements, 2);
-    for (size_t i = 0; i < x->elements && i < 2; i++) { /* in order: seq 1, then seq 2 */
-        redisReply *f = x->element[i]->element[1];
+    unsigned long long first_ms = 0;
+    for (size_t i = 0; i < x->elements && i < 2; i++) {
+        redisReply *e = x->element[i], *f = e->element[1];
         const char *seq = NULL;
         for (size_t k = 0; k + 1 < f->elements; k += 2)
             if (strcmp(f->element[k]->str, "seq") == 0)
                 seq = f->element[k + 1]->str;
-        CU_ASSERT_PTR_NOT_NULL(seq);
         CU_ASSERT_EQUAL(seq ? atoi(seq) : 0, (int)i + 1);
+        if (i == 0)
+            first_ms = strtoull(e->element[0]->str, NULL, 10);
     }
     freeReplyObject(x);
+    x = test_redis_command(s.redis_url, "XRANGE ecom:orders - +");
+    CU_ASSERT_TRUE_FATAL(x && x->type == REDIS_REPLY_ARRAY);
+    unsigned long long third_ms = 0;
+    for (size_t i = 0; i < x->elements; i++) {
+        redisReply *f = x->element[i]->element[1];
+        for (size_t k = 0; k + 1 < f->elements; k += 2)
+            if (strcmp(f->element[k]->str, "aggregate_id") == 0 && strcmp(f->element[k + 1]->str, agg) == 0)
+                third_ms = strtoull(x->element[i]->element[0]->str, NULL, 10);
+    }
+    freeReplyObject(x);
+    CU_ASSERT_TRUE(first_ms > 0 && third_ms >= first_ms);
     sut_stop(&s);
+}
+
+static void test_refused_row_memory(void)
+{
+    refused_row(true);
+}
+
+static void test_refused_row_real(void)
+{
+    refused_row(false);
 }
 
 /* A standby takes the group over from a consumer that holds more entries
@@ -2684,8 +2725,10 @@ int main(void)
          test_broken_lane_real},
         {"a Redis that refuses writes is waited for: no row counted as poisoned (postgres+redis)",
          test_redis_refuses_writes_real},
-        {"a row the bus refuses pauses its partition only; it and its successor go out in order (postgres+redis)",
-         test_refused_row_pauses_partition_real},
+        {"a row the bus refuses pauses its partition only; it and its successors go out in order (postgres+redis)",
+         test_refused_row_real},
+        {"a row the bus refuses pauses its partition only; it and its successors go out in order (memory+redis)",
+         test_refused_row_memory},
         {"a takeover claims every entry the old consumer held before new ones (postgres+redis)",
          test_takeover_claims_all_real},
         {"an entry a previous holder read after the takeover goes before the next one (postgres+redis)",
