@@ -254,6 +254,23 @@ static void conn_close(conn_t *c)
     c->have = 0;
 }
 
+/* The Content-Length of the message whose head is [head, eoh): 0 when it
+ * has none, -1 when it is not a plain decimal number. */
+static long long content_length(const char *head, const char *eoh)
+{
+    const char *cl = strcasestr(head, "\r\nContent-Length:");
+    if (!cl || cl >= eoh)
+        return 0;
+    const char *v = cl + 17;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    long long n = 0;
+    const char *d = v;
+    for (; *d >= '0' && *d <= '9' && n < (1LL << 40); d++)
+        n = n * 10 + (*d - '0');
+    return d == v || (*d != '\r' && *d != ' ' && *d != '\t') || n >= (1LL << 40) ? -1 : n;
+}
+
 /* One request; the status (0 on a transport failure); the body's "id" into id. */
 static int conn_post(conn_t *c, int port, const char *req, size_t n, char id[UUID_STR_LEN])
 {
@@ -281,8 +298,10 @@ static int conn_post(conn_t *c, int port, const char *req, size_t n, char id[UUI
             c->have += (size_t)k;
             c->buf[c->have] = '\0';
             if (!eoh && (eoh = strstr(c->buf, "\r\n\r\n"))) {
-                const char *cl = strcasestr(c->buf, "\r\nContent-Length:");
-                need = (size_t)(eoh - c->buf) + 4 + (cl && cl < eoh ? (size_t)atol(cl + 17) : 0);
+                long long len = content_length(c->buf, eoh);
+                if (len < 0 || (size_t)len > sizeof c->buf)
+                    break; /* not an answer this client can take */
+                need = (size_t)(eoh - c->buf) + 4 + (size_t)len;
             }
             if (eoh && c->have >= need)
                 break;
@@ -321,7 +340,6 @@ typedef struct receipt {
     int64_t at_us;         /* wall clock */
 } receipt_t;
 
-#define HOOK_CONNS 64
 #define HOOK_BUF 65536
 
 typedef struct hook_conn {
@@ -338,8 +356,10 @@ static struct {
     pthread_mutex_t mu;
     receipt_t *r;
     size_t n, cap;
-    atomic_long other; /* requests that were not a payment receipt */
-    hook_conn_t *conns; /* HOOK_CONNS */
+    atomic_long other;   /* requests that were not a payment receipt */
+    hook_conn_t **conns; /* nconns slots; fd -1: free */
+    size_t nconns;
+    long accept_failures; /* accept() failed for want of a resource (EMFILE, ...) */
 } hook;
 
 /* Notes the receipt in one request's body (the text from body, n bytes). */
@@ -385,10 +405,11 @@ static int hook_serve(hook_conn_t *c, int64_t now)
         char *eoh = strstr(start, "\r\n\r\n");
         if (!eoh)
             break;
-        const char *cl = strcasestr(start, "\r\nContent-Length:");
-        size_t head = (size_t)(eoh - start) + 4, len = cl && cl < eoh ? (size_t)atol(cl + 17) : 0;
-        if (head + len > HOOK_BUF - 1)
-            return -1; /* larger than any receipt */
+        long long cl = content_length(start, eoh);
+        size_t head = (size_t)(eoh - start) + 4;
+        if (cl < 0 || (unsigned long long)cl > HOOK_BUF - 1 - head)
+            return -1; /* not a receipt: no length, or larger than any */
+        size_t len = (size_t)cl;
         if (off + head + len > c->have)
             break;
         hook_note(eoh + 4, len, now);
@@ -415,15 +436,21 @@ static void hook_accept(void)
 {
     for (;;) {
         int fd = accept4(hook.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0 && (errno == EINTR || errno == ECONNABORTED))
+            continue;
+        if (fd < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            hook.accept_failures++; /* the listener stays readable: not at once again */
+            clock_sleep_ms(10);
+        }
         if (fd < 0)
             return;
         hook_conn_t *c = NULL;
-        for (int i = 0; i < HOOK_CONNS && !c; i++)
-            if (hook.conns[i].fd < 0)
-                c = &hook.conns[i];
+        for (size_t i = 0; i < hook.nconns && !c; i++)
+            if (hook.conns[i]->fd < 0)
+                c = hook.conns[i];
         if (!c) {
-            close(fd);
-            continue;
+            hook.conns = xrealloc(hook.conns, (hook.nconns + 1) * sizeof *hook.conns);
+            c = hook.conns[hook.nconns++] = xmalloc(sizeof *c);
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -460,9 +487,6 @@ static void *hook_thread(void *arg)
 static void hook_start(void)
 {
     pthread_mutex_init(&hook.mu, NULL);
-    hook.conns = xcalloc(HOOK_CONNS, sizeof *hook.conns);
-    for (int i = 0; i < HOOK_CONNS; i++)
-        hook.conns[i].fd = -1;
     hook.lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(hook.lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -484,10 +508,14 @@ static void hook_stop(void)
 {
     atomic_store(&hook.stop, true);
     pthread_join(hook.th, NULL);
-    for (int i = 0; i < HOOK_CONNS; i++)
-        if (hook.conns[i].fd >= 0)
-            hook_close(&hook.conns[i]);
+    for (size_t i = 0; i < hook.nconns; i++) {
+        if (hook.conns[i]->fd >= 0)
+            hook_close(hook.conns[i]);
+        free(hook.conns[i]);
+    }
     free(hook.conns);
+    if (hook.accept_failures)
+        printf("  (the receipts' receiver could not accept a connection %ld times)\n", hook.accept_failures);
     close(hook.ep);
     close(hook.lfd);
     free(hook.r);
@@ -578,6 +606,13 @@ static double pct(int64_t *v, size_t n, double q)
     return (double)v[k];
 }
 
+/* The p99 of v[0..n) in µs, as ms (v is sorted). */
+static double p99_ms(int64_t *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_i64);
+    return pct(v, n, 0.99) / 1000.0;
+}
+
 #define WAIT_KINDS 4 /* CPU, Lock, LWLock, IO: see prober_t */
 
 #define SECONDS_MAX 120 /* seconds of a run shown one by one */
@@ -591,6 +626,7 @@ typedef struct result {
     double drain_s;                       /* after the window, until the last receipt */
     size_t n, missing;                    /* accepted payments, receipts missing after the drain */
     size_t lead_n;                        /* payments of the lead-in (not in the figures) */
+    size_t lead_non202;                   /* requests of the lead-in not answered 202 */
     double lead_p99;                      /* their e2e p99, ms */
     double cpu_ms[R_COUNT], cpu_total_ms; /* CPU per completed payment, per role and the whole machine */
     double cpu_self_ms;                   /* this program's: the clients, the receipts' receiver, the probe */
@@ -1067,6 +1103,7 @@ static void breakdown(run_t *run, size_t n)
 typedef struct prober {
     pthread_t th;
     atomic_bool stop;
+    _Atomic int64_t from_us; /* wall: record from then on (the measured window; 0: not yet known) */
     int64_t *us;
     size_t n, cap;
     long waits[WAIT_KINDS], samples;
@@ -1095,14 +1132,16 @@ static void *probe(void *arg)
     char *err = NULL;
     PGconn *c = pg_connect(pg_url, "bench_shop_probe", &err);
     free(err);
-    while (c && !atomic_load(&pr->stop)) {
+    for (unsigned long turn = 0; c && !atomic_load(&pr->stop); turn++) {
         int64_t t0 = clock_mono_us();
         PGresult *r = PQexec(c, "SELECT 1");
         int64_t dt = clock_mono_us() - t0;
         PQclear(r);
-        if (pr->n < pr->cap)
+        int64_t from = atomic_load(&pr->from_us);
+        bool in_window = from && wall_us() >= from;
+        if (in_window && pr->n < pr->cap)
             pr->us[pr->n++] = dt;
-        if (pr->n % 10 == 0)
+        if (in_window && turn % 10 == 0)
             sample_waits(c, pr);
         clock_sleep_ms(10);
     }
@@ -1231,6 +1270,7 @@ static result_t run_once(int rate, bool explain, const char *label)
     }
     run.start_us = wall_us() + 20000;
     run.t0_us = run.start_us + lead_us;
+    atomic_store(&pr.from_us, run.t0_us);
     run.end_us = run.t0_us + (int64_t)secs * 1000000;
     int nth = nclients;
     pthread_t *th = xcalloc((size_t)nth, sizeof *th);
@@ -1242,25 +1282,25 @@ static result_t run_once(int rate, bool explain, const char *label)
     if (n > run.cap)
         n = run.cap;
     /* clients stop at the first index past the window; keep those that were sent */
-    size_t sent = 0, acc = 0, acc_all = 0;
-    int64_t resp_max = run.end_us;
-    for (size_t i = 0; i < n; i++)
-        if (run.p[i].sent_us && (acc_all += run.p[i].status == 202, counted(&run, &run.p[i]))) {
+    size_t sent = 0, acc = 0, sent_all = 0, acc_all = 0;
+    for (size_t i = 0; i < n; i++) {
+        const pay_t *p = &run.p[i];
+        if (!p->sent_us)
+            continue;
+        sent_all++;
+        acc_all += p->status == 202;
+        if (counted(&run, p)) {
             sent++;
-            acc += run.p[i].status == 202;
-            if (run.p[i].resp_us > resp_max)
-                resp_max = run.p[i].resp_us;
+            acc += p->status == 202;
         }
+    }
     atomic_store(&pr.stop, true);
     pthread_join(pr.th, NULL);
     qsort(pr.us, pr.n, sizeof *pr.us, cmp_i64);
-    size_t got_in_window = 0;
     /* wait for every receipt */
     int64_t deadline = clock_mono_ms() + DRAIN_TIMEOUT_MS;
-    size_t got = 0;
     while (clock_mono_ms() < deadline) {
-        got = match_receipts(&run, n, hook0);
-        if (got >= acc_all)
+        if (match_receipts(&run, n, hook0) >= acc_all)
             break;
         clock_sleep_ms(100);
     }
@@ -1279,22 +1319,31 @@ static result_t run_once(int rate, bool explain, const char *label)
     double pg1 = cpu_of_matching(pg_needle), redis1 = cpu_of_matching(redis_needle), pgr1[R_COUNT];
     cpu_pg_by_role(pgr1);
     wal_snap_t wal1 = wal_snap();
-    got = 0;
-    size_t got_all = 0, nlead = 0;
+    /* one pass: the window's payments, the lead-in's apart, and every
+     * receipt that arrived inside the window (whenever it was scheduled: the
+     * completion rate in the steady state) */
+    int64_t *lat = xcalloc(n + 1, sizeof *lat), *http = xcalloc(n + 1, sizeof *http),
+            *lead = xcalloc(n + 1, sizeof *lead);
+    size_t got = 0, got_all = 0, got_in_window = 0, h = 0, nlead = 0;
     int64_t last = 0;
-    int64_t *lead = xcalloc(n + 1, sizeof *lead);
-    for (size_t i = 0; i < n; i++)
-        if (run.p[i].receipt_us && (got_all++, !counted(&run, &run.p[i]))) {
-            lead[nlead++] = run.p[i].receipt_us - run.p[i].sched_us;
-        } else if (run.p[i].receipt_us) {
-            got++;
-            got_in_window += run.p[i].receipt_us <= run.end_us;
-            if (run.p[i].receipt_us > last)
-                last = run.p[i].receipt_us;
-        }
-    result_t res = {.lead_n = nlead};
-    qsort(lead, nlead, sizeof *lead, cmp_i64);
-    res.lead_p99 = nlead ? pct(lead, nlead, 0.99) / 1000.0 : 0;
+    for (size_t i = 0; i < n; i++) {
+        const pay_t *p = &run.p[i];
+        bool in = counted(&run, p);
+        if (in && p->sent_us)
+            http[h++] = p->resp_us - p->sched_us;
+        if (!p->receipt_us)
+            continue;
+        got_all++;
+        got_in_window += p->receipt_us >= run.t0_us && p->receipt_us <= run.end_us;
+        if (p->receipt_us > last)
+            last = p->receipt_us;
+        if (in)
+            lat[got++] = p->receipt_us - p->sched_us;
+        else
+            lead[nlead++] = p->receipt_us - p->sched_us;
+    }
+    result_t res = {.lead_n = nlead, .lead_non202 = (sent_all - sent) - (acc_all - acc)};
+    res.lead_p99 = nlead ? p99_ms(lead, nlead) : 0;
     free(lead);
     double win = (double)(run.end_us - run.t0_us) / 1e6;
     res.offered = (double)sent / win;
@@ -1303,16 +1352,6 @@ static result_t run_once(int rate, bool explain, const char *label)
     res.n = acc;
     res.missing = acc_all - got_all;
     res.drain_s = last > run.end_us ? (double)(last - run.end_us) / 1e6 : 0;
-    int64_t *lat = xcalloc(got + 1, sizeof *lat), *http = xcalloc(sent + 1, sizeof *http);
-    size_t k = 0, h = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!counted(&run, &run.p[i]))
-            continue;
-        if (run.p[i].receipt_us)
-            lat[k++] = run.p[i].receipt_us - run.p[i].sched_us;
-        if (run.p[i].sent_us)
-            http[h++] = run.p[i].resp_us - run.p[i].sched_us;
-    }
     /* the same by second of the schedule: a tail spread over the run, or a few bad seconds */
     int64_t span_us = run.end_us - run.t0_us;
     res.nseconds = (int)((span_us + 999999) / 1000000);
@@ -1324,15 +1363,13 @@ static result_t run_once(int rate, bool explain, const char *label)
         for (size_t i = 0; i < n; i++)
             if (run.p[i].receipt_us && counted(&run, &run.p[i]) && (run.p[i].sched_us - run.t0_us) / 1000000 == s)
                 sec[m++] = run.p[i].receipt_us - run.p[i].sched_us;
-        qsort(sec, m, sizeof *sec, cmp_i64);
-        res.p99_by_s[s] = m ? pct(sec, m, 0.99) / 1000.0 : 0;
+        res.p99_by_s[s] = m ? p99_ms(sec, m) : 0;
     }
     free(sec);
-    qsort(lat, k, sizeof *lat, cmp_i64);
-    qsort(http, h, sizeof *http, cmp_i64);
-    res.p50 = pct(lat, k, 0.5) / 1000.0;
-    res.p99 = pct(lat, k, 0.99) / 1000.0;
-    res.http_p99 = pct(http, h, 0.99) / 1000.0;
+    qsort(lat, got, sizeof *lat, cmp_i64);
+    res.p50 = pct(lat, got, 0.5) / 1000.0;
+    res.p99 = pct(lat, got, 0.99) / 1000.0;
+    res.http_p99 = p99_ms(http, h);
     double done = got_all ? (double)got_all : 1; /* the CPU spans the lead-in too */
     for (int i = 0; i < R_COUNT; i++) {
         res.cpu_ms[i] = (cpu1[i] - cpu0[i]) / done;
@@ -1514,9 +1551,9 @@ static void print_result(const char *label, const struct result *r)
     printf("    %-26s offered %7.0f/s  accepted %7.0f/s  completed %7.0f/s  e2e p50 %7.1f ms  p99 %7.1f ms"
            "  (HTTP p99 %.1f ms, drain %.1f s)\n",
            label, r->offered, r->accepted, r->completed, r->p50, r->p99, r->http_p99, r->drain_s);
-    if (r->lead_n)
-        printf("      the lead-in before the window (%zu payments in %d ms, not in these figures): e2e p99 %.1f ms\n",
-               r->lead_n, lead_ms, r->lead_p99);
+    if (r->lead_n || r->lead_non202)
+        printf("      the lead-in before the window (%zu payments in %d ms, not in these figures): e2e p99 %.1f ms%s\n",
+               r->lead_n, lead_ms, r->lead_p99, r->lead_non202 ? "; some requests were not answered 202" : "");
     printf("      CPU ms per completed payment (run and drain): gateway %.2f, outbox-worker %.2f, payment %.2f,"
            " notification %.2f, analytics %.2f, PostgreSQL backends %.2f, Redis %.2f; whole machine %.2f\n",
            r->cpu_ms[R_GATEWAY], r->cpu_ms[R_DRAINER], r->cpu_ms[R_PAYMENT], r->cpu_ms[R_NOTIFICATION],
@@ -1620,10 +1657,12 @@ int main(int argc, char **argv)
            nclients, TARGET_RATE, TARGET_P99_MS);
     /* warm-up: connections, prepared statements, consumer groups */
     {
-        int saved = secs;
+        int saved = secs, saved_lead = lead_ms;
         secs = 2;
+        lead_ms = 0;
         result_t w = run_once(100, false, NULL);
         secs = saved;
+        lead_ms = saved_lead;
         printf("  warm-up: %zu payments, %zu receipts missing\n", w.n, w.missing);
     }
     double tps[MAX_ROUNDS], closed_done[MAX_ROUNDS], closed_p99[MAX_ROUNDS], closed_acc[MAX_ROUNDS];
@@ -1655,9 +1694,13 @@ int main(int argc, char **argv)
     printf("    closed loop: %.0f payments/s accepted, %.0f completed end to end/s, e2e p99 %.1f ms\n",
            median(closed_acc, rounds), median(closed_done, rounds), median(closed_p99, rounds));
     for (int k = 0; k < nrates; k++)
-        printf("    open loop %5d/s: %.0f completed/s, e2e p50 %.1f ms, p99 %.1f ms (the lead-in's p99 %.1f ms)\n",
-               rates[k], median(open_done[k], rounds), median(open_p50[k], rounds), median(open_p99[k], rounds),
-               median(open_lead[k], rounds));
+        if (lead_ms > 0)
+            printf("    open loop %5d/s: %.0f completed/s, e2e p50 %.1f ms, p99 %.1f ms (the lead-in's p99 %.1f ms)\n",
+                   rates[k], median(open_done[k], rounds), median(open_p50[k], rounds), median(open_p99[k], rounds),
+                   median(open_lead[k], rounds));
+        else
+            printf("    open loop %5d/s: %.0f completed/s, e2e p50 %.1f ms, p99 %.1f ms\n", rates[k],
+                   median(open_done[k], rounds), median(open_p50[k], rounds), median(open_p99[k], rounds));
     stop_all();
     hook_stop();
     const char *keep = getenv("BENCH_KEEP_LOGS");
