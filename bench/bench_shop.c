@@ -1222,16 +1222,75 @@ static void print_stages(const stage_stats_t *s0, const stage_stats_t *s1, doubl
     printf("\n");
 }
 
-/* A run starts with what the runs before it wrote on disk: PostgreSQL's dirty
- * buffers (CHECKPOINT) and the kernel's write-back (sync), as bench_backbone's
- * phases do, so that no run pays for the writes of a saturated one before it. */
+#define SETTLE_MAX_MS 120000
+
+/* Whether every consumer group of every stream of the flow has caught up:
+ * nothing pending, and the last entry delivered is the stream's last. */
+static bool streams_idle(redisContext *rc)
+{
+    redisReply *keys = redisCommand(rc, "SCAN 0 MATCH ecom:* TYPE stream COUNT 10000");
+    if (!keys || keys->type != REDIS_REPLY_ARRAY || keys->elements != 2) {
+        freeReplyObject(keys);
+        return false;
+    }
+    bool idle = true;
+    redisReply *ks = keys->element[1];
+    for (size_t i = 0; idle && i < ks->elements; i++) {
+        const char *key = ks->element[i]->str;
+        redisReply *st = redisCommand(rc, "XINFO STREAM %s", key), *gs = redisCommand(rc, "XINFO GROUPS %s", key);
+        const char *last = NULL;
+        for (size_t k = 0; st && st->type == REDIS_REPLY_ARRAY && k + 1 < st->elements; k += 2)
+            if (strcmp(st->element[k]->str, "last-generated-id") == 0)
+                last = st->element[k + 1]->str;
+        idle = last && gs && gs->type == REDIS_REPLY_ARRAY;
+        for (size_t g = 0; idle && g < gs->elements; g++) {
+            redisReply *f = gs->element[g];
+            for (size_t k = 0; idle && k + 1 < f->elements; k += 2) {
+                const char *name = f->element[k]->str;
+                if (strcmp(name, "pending") == 0)
+                    idle = f->element[k + 1]->integer == 0;
+                else if (strcmp(name, "last-delivered-id") == 0)
+                    idle = strcmp(f->element[k + 1]->str, last) == 0;
+            }
+        }
+        freeReplyObject(st);
+        freeReplyObject(gs);
+    }
+    freeReplyObject(keys);
+    return idle;
+}
+
+/* A run starts once the runs before it are done with: every stage idle (the
+ * outbox empty, every consumer group caught up: analytics, off the
+ * receipts' path, can still be applying a saturated run's events when its
+ * receipts are all in), then what they wrote is on disk: PostgreSQL's dirty
+ * buffers (CHECKPOINT) and the kernel's write-back (sync), as
+ * bench_backbone's phases do. So no run pays for the work of the one
+ * before it. */
 static void settle(void)
 {
     char *err = NULL;
     PGconn *c = pg_connect(pg_url, "bench_shop", &err);
-    if (!c) {
-        free(err);
-    } else {
+    redisContext *rc = redis_connect_url(redis_url, 5000, &err);
+    int64_t t0 = clock_mono_ms();
+    bool idle = false;
+    while (c && rc && !idle && clock_mono_ms() - t0 < SETTLE_MAX_MS) {
+        PGresult *r = pg_query(c, "SELECT count(*) = 0 FROM bus.outbox", 0, NULL);
+        idle = r && PQgetvalue(r, 0, 0)[0] == 't' && streams_idle(rc);
+        PQclear(r);
+        if (!idle)
+            clock_sleep_ms(50);
+    }
+    int64_t waited = clock_mono_ms() - t0;
+    if (!idle)
+        printf("    (the flow was not idle after %lld ms: this run shares the machine with the last one's rest)\n",
+               (long long)waited);
+    else if (waited >= 500)
+        printf("    (waited %.1f s for the flow to go idle after the run before)\n", (double)waited / 1000.0);
+    if (rc)
+        redisFree(rc);
+    free(err);
+    if (c) {
         if (pg_exec(c, "CHECKPOINT") != 0)
             fprintf(stderr, "bench_shop: CHECKPOINT refused (not a superuser?): runs may inherit write-back\n");
         PQfinish(c);
