@@ -75,7 +75,73 @@ static const char *first_line(const char *m)
     return line;
 }
 
+/* Whether f runs outside a transaction (its first line is the mark). */
+static bool no_transaction(const migration_file_t *f)
+{
+    size_t n = strlen(MIGRATE_NO_TRANSACTION);
+    return strncmp(f->sql, MIGRATE_NO_TRANSACTION, n) == 0 && (f->sql[n] == '\n' || f->sql[n] == '\r');
+}
+
+/* Applies f in a transaction with its record; or, a no-transaction file,
+ * alone and then its record, and fails while the database holds an invalid
+ * index (a CONCURRENTLY build that failed, now or before). 0 or -1
+ * (printed to err). */
+static int apply(PGconn *c, const migration_file_t *f, const char *sum, FILE *err)
+{
+    const char *params[] = {f->part, f->name, sum};
+    static const char record[] = "INSERT INTO public.ecom_migrations (part, name, checksum) VALUES ($1, $2, $3)";
+    PGresult *r = NULL;
+    if (!no_transaction(f)) {
+        if (pg_exec(c, "BEGIN") == 0 && pg_exec(c, f->sql) == 0 && (r = pg_query(c, record, 3, params)) &&
+            pg_exec(c, "COMMIT") == 0) {
+            PQclear(r);
+            return 0;
+        }
+        fprintf(err, "migrate: %s/%s failed: %s\n", f->part, f->name, first_line(PQerrorMessage(c)));
+        PQclear(r);
+        if (pg_exec(c, "ROLLBACK") != 0)
+            fprintf(err, "migrate: rollback failed\n");
+        return -1;
+    }
+    if (pg_exec(c, f->sql) != 0) {
+        fprintf(err, "migrate: %s/%s failed (outside a transaction: what it did before the failure stays): %s\n",
+                f->part, f->name, first_line(PQerrorMessage(c)));
+        return -1;
+    }
+    PGresult *inv = pg_query(c,
+                             "SELECT string_agg(i.indexrelid::regclass::text, ', ' ORDER BY 1) FROM pg_index i"
+                             " JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+                             " WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+                             0, NULL);
+    if (!inv) {
+        fprintf(err, "migrate: %s/%s: %s\n", f->part, f->name, first_line(PQerrorMessage(c)));
+        return -1;
+    }
+    if (!PQgetisnull(inv, 0, 0)) {
+        fprintf(err,
+                "migrate: %s/%s: invalid index %s (a CONCURRENTLY build that failed): drop it (DROP INDEX"
+                " CONCURRENTLY) and run migrate again\n",
+                f->part, f->name, PQgetvalue(inv, 0, 0));
+        PQclear(inv);
+        return -1;
+    }
+    PQclear(inv);
+    if (!(r = pg_query(c, record, 3, params))) {
+        fprintf(err, "migrate: %s/%s ran, but recording it failed: %s\n", f->part, f->name,
+                first_line(PQerrorMessage(c)));
+        return -1;
+    }
+    PQclear(r);
+    return 0;
+}
+
 int migrate_run(const char *url, const char *const *parts, bool check_only, FILE *out, FILE *err)
+{
+    return migrate_run_set(url, migration_files, parts, check_only, out, err);
+}
+
+int migrate_run_set(const char *url, const migration_file_t *set, const char *const *parts, bool check_only, FILE *out,
+                    FILE *err)
 {
     int rc = -1;
     char *cerr = NULL;
@@ -88,12 +154,12 @@ int migrate_run(const char *url, const char *const *parts, bool check_only, FILE
         return -1;
     }
     size_t n = 0;
-    for (const migration_file_t *f = migration_files; f->part; f++)
+    for (const migration_file_t *f = set; f->part; f++)
         n++;
     files = xcalloc(n + 1, sizeof *files);
     size_t nf = 0;
     int problems = 0;
-    for (const migration_file_t *f = migration_files; f->part; f++) {
+    for (const migration_file_t *f = set; f->part; f++) {
         if (!wanted(parts, f->part))
             continue;
         if (!name_ok(f->name)) {
@@ -173,20 +239,10 @@ int migrate_run(const char *url, const char *const *parts, bool check_only, FILE
             continue;
         char sum[DIGEST_SHA256_HEX_LEN + 1];
         digest_sha256_hex(files[i]->sql, sum);
-        const char *params[] = {files[i]->part, files[i]->name, sum};
-        PGresult *r = NULL;
-        if (pg_exec(c, "BEGIN") != 0 || pg_exec(c, files[i]->sql) != 0 ||
-            !(r = pg_query(c, "INSERT INTO public.ecom_migrations (part, name, checksum) VALUES ($1, $2, $3)", 3,
-                           params)) ||
-            pg_exec(c, "COMMIT") != 0) {
-            fprintf(err, "migrate: %s/%s failed: %s\n", files[i]->part, files[i]->name, first_line(PQerrorMessage(c)));
-            PQclear(r);
-            if (pg_exec(c, "ROLLBACK") != 0)
-                fprintf(err, "migrate: rollback failed\n");
+        if (apply(c, files[i], sum, err) != 0) {
             free(todo);
             goto out;
         }
-        PQclear(r);
         fprintf(out, "applied %s/%s\n", files[i]->part, files[i]->name);
     }
     fprintf(out, "migrations up to date (%d applied now, %zu total)\n", pending, nf);
