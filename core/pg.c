@@ -55,11 +55,15 @@ PGconn *pg_connect(const char *url, const char *app_name, char **err)
     /* The server notices a peer whose host died or was cut off within a few
      * seconds, not the two hours of the system's default, and ends the
      * session: the session advisory locks a drainer's partitions and a
-     * service's lease ride on are then free for another to take. (Over a
-     * Unix socket the server ignores these.) */
-    PGresult *r = PQexec(c, "SET tcp_keepalives_idle = 2; SET tcp_keepalives_interval = 1;"
-                            " SET tcp_keepalives_count = 2; SET tcp_user_timeout = 4000");
-    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+     * service's lease ride on are then free for another to take. Only where
+     * nobody set it (pg_settings.source 'default': the system's default):
+     * one the operator chose (postgresql.conf, the role's or database's
+     * settings, PGOPTIONS, the URL's options) stays. (Over a Unix socket the server ignores these.) */
+    PGresult *r = PQexec(c, "SELECT set_config(s.name, s.v, false) FROM (VALUES ('tcp_keepalives_idle', '2'),"
+                            " ('tcp_keepalives_interval', '1'), ('tcp_keepalives_count', '2'),"
+                            " ('tcp_user_timeout', '4000')) AS s(name, v) JOIN pg_settings p ON p.name = s.name"
+                            " WHERE p.source = 'default'");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
         log_debug("postgres: keepalive settings not taken: %s", PQerrorMessage(c));
     PQclear(r);
     return c;

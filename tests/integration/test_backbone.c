@@ -2611,6 +2611,18 @@ static void test_sessions_notice_dead_peers_real(void)
     CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 3), "4000"); /* milliseconds */
     PQclear(r);
     PQfinish(c);
+    /* one the operator set (here in the URL's options) is kept; the others are ours */
+    char *url = xasprintf("%s?options=-c%%20tcp_keepalives_idle%%3D45", test_pg_db("bb_keepalive_own", false));
+    c = pg_connect(url, "test", &err);
+    free(err);
+    free(url);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    r = pg_query(c, "SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_count')", 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "45");
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 1), "2");
+    PQclear(r);
+    PQfinish(c);
 }
 
 /* Appenders of one aggregate racing, one message per transaction: the
