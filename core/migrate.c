@@ -2,6 +2,7 @@
 #include "core/migrate.h"
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/digest.h"
 #include "core/pg.h"
 
@@ -75,6 +76,25 @@ static const char *first_line(const char *m)
     return line;
 }
 
+/* Takes the migrations' lock, waiting for another run to finish. It asks
+ * again every 100 ms instead of waiting inside pg_advisory_lock: a statement
+ * that waits holds a snapshot, which a CREATE INDEX CONCURRENTLY of the run
+ * holding the lock waits for in turn (a deadlock PostgreSQL ends by killing
+ * one side). 0 or -1. */
+static int take_lock(PGconn *c)
+{
+    for (;;) {
+        PGresult *r = pg_query(c, "SELECT pg_try_advisory_lock(" LOCK_KEY ")", 0, NULL);
+        if (!r)
+            return -1;
+        bool got = PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+        if (got)
+            return 0;
+        clock_sleep_ms(100);
+    }
+}
+
 /* Whether f runs outside a transaction (its first line is the mark). */
 static bool no_transaction(const migration_file_t *f)
 {
@@ -108,11 +128,16 @@ static int apply(PGconn *c, const migration_file_t *f, const char *sum, FILE *er
                 f->part, f->name, first_line(PQerrorMessage(c)));
         return -1;
     }
-    PGresult *inv = pg_query(c,
-                             "SELECT string_agg(i.indexrelid::regclass::text, ', ' ORDER BY 1) FROM pg_index i"
-                             " JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
-                             " WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
-                             0, NULL);
+    /* in the part's schema (its name), leaving out builds still running */
+    const char *schema[] = {f->part};
+    PGresult *inv =
+        pg_query(c,
+                 "SELECT string_agg(i.indexrelid::regclass::text, ', ' ORDER BY i.indexrelid::regclass::text)"
+                 " FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid"
+                 " JOIN pg_namespace n ON n.oid = t.relnamespace WHERE NOT i.indisvalid AND n.nspname = $1"
+                 " AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
+                 " WHERE p.index_relid = i.indexrelid)",
+                 1, schema);
     if (!inv) {
         fprintf(err, "migrate: %s/%s: %s\n", f->part, f->name, first_line(PQerrorMessage(c)));
         return -1;
@@ -175,7 +200,7 @@ int migrate_run_set(const char *url, const migration_file_t *set, const char *co
     /* --check only reads: no lock, no table (none yet: everything is pending) */
     if (pg_exec(c, "SET client_min_messages = warning") != 0 ||
         (!check_only &&
-         (pg_exec(c, "SELECT pg_advisory_lock(" LOCK_KEY ")") != 0 ||
+         (take_lock(c) != 0 ||
           pg_exec(c, "CREATE TABLE IF NOT EXISTS public.ecom_migrations ("
                      " part text NOT NULL, name text NOT NULL, checksum text NOT NULL,"
                      " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (part, name))") != 0))) {

@@ -11,8 +11,10 @@
  * recorded once it succeeded, in a transaction of its own, so a crash in
  * between runs it again: write it to run twice (IF NOT EXISTS). A
  * CONCURRENTLY build that fails leaves an invalid index, which IF NOT EXISTS
- * would then keep: after such a file the run fails while the database holds
- * an invalid index, and names it (drop it, then run again). */
+ * would then keep: after such a file the run fails while the part's schema
+ * (the schema named like the part) holds an invalid index that no build is
+ * still making, and names it (drop it, then run again). Runs wait for one
+ * another without holding a snapshot, which such a build would wait for. */
 #ifndef ECOM_MIGRATE_H
 #define ECOM_MIGRATE_H
 

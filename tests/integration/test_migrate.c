@@ -8,6 +8,7 @@
 #include "core/pg.h"
 #include "tests/testlib.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,47 @@ static void test_failed_concurrent_build(void)
     CU_ASSERT_TRUE(q1_is(url, "SELECT count(*) FROM public.ecom_migrations WHERE part = 't'", "2"));
 }
 
+typedef struct racer {
+    const char *url;
+    const migration_file_t *set;
+    int rc;
+    char err[1024];
+    pthread_t th;
+} racer_t;
+
+static void *race(void *arg)
+{
+    racer_t *r = arg;
+    r->rc = run(r->url, r->set, r->err, sizeof r->err);
+    return NULL;
+}
+
+/* Two runs at once (the compose files start every migrate job together):
+ * the second waits for the first's lock while the first builds an index
+ * concurrently, which waits for every snapshot older than it. Waiting
+ * inside pg_advisory_lock held one: each waited for the other until
+ * PostgreSQL killed one side. Both succeed now, the file applied once. */
+static void test_concurrent_runs(void)
+{
+    const char *url = test_pg_db("migconcrace", false);
+    const migration_file_t set[] = {table_files[0],
+                                    {"t", "002_items_id.sql",
+                                     MIGRATE_NO_TRANSACTION
+                                     "\nCREATE INDEX CONCURRENTLY IF NOT EXISTS items_id ON t.items (id);"},
+                                    {0}};
+    racer_t r[2] = {{.url = url, .set = set}, {.url = url, .set = set}};
+    for (int i = 0; i < 2; i++)
+        pthread_create(&r[i].th, NULL, race, &r[i]);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(r[i].th, NULL);
+        CU_ASSERT_EQUAL(r[i].rc, 0);
+        if (r[i].rc != 0)
+            fprintf(stderr, "  run %d: %s", i, r[i].err);
+    }
+    CU_ASSERT_TRUE(q1_is(url, "SELECT indisvalid FROM pg_index WHERE indexrelid = 't.items_id'::regclass", "t"));
+    CU_ASSERT_TRUE(q1_is(url, "SELECT count(*) FROM public.ecom_migrations WHERE part = 't'", "2"));
+}
+
 int main(void)
 {
     log_configure(getenv("TEST_LOG_LEVEL") ? getenv("TEST_LOG_LEVEL") : "error", "text");
@@ -134,6 +176,8 @@ int main(void)
          test_concurrent_needs_the_mark},
         {"a failed concurrent build's invalid index is named, not recorded over (postgres)",
          test_failed_concurrent_build},
+        {"two runs at once with a concurrent build both succeed, the file applied once (postgres)",
+         test_concurrent_runs},
         CU_TEST_INFO_NULL,
     };
     return test_main("migrate", tests, NULL, NULL);
