@@ -39,6 +39,7 @@
  * of its own, as a daemon started in its own session would have; by default
  * the roles share this program's session).
  * Owns: everything it starts (threads, child processes, connections, files). */
+#include "bus/bus.h"
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/config.h"
@@ -1224,72 +1225,65 @@ static void print_stages(const stage_stats_t *s0, const stage_stats_t *s1, doubl
 
 #define SETTLE_MAX_MS 120000
 
-/* Whether every consumer group of every stream of the flow has caught up:
- * nothing pending, and the last entry delivered is the stream's last. */
-static bool streams_idle(redisContext *rc)
+/* Whether the flow is idle: bus.outbox empty, and every consumer group of
+ * every stream caught up (nothing pending, the last entry delivered). */
+static bool flow_idle(PGconn *c, bus_t *b)
 {
-    redisReply *keys = redisCommand(rc, "SCAN 0 MATCH ecom:* TYPE stream COUNT 10000");
-    if (!keys || keys->type != REDIS_REPLY_ARRAY || keys->elements != 2) {
-        freeReplyObject(keys);
-        return false;
-    }
-    bool idle = true;
-    redisReply *ks = keys->element[1];
-    for (size_t i = 0; idle && i < ks->elements; i++) {
-        const char *key = ks->element[i]->str;
-        redisReply *st = redisCommand(rc, "XINFO STREAM %s", key), *gs = redisCommand(rc, "XINFO GROUPS %s", key);
-        const char *last = NULL;
-        for (size_t k = 0; st && st->type == REDIS_REPLY_ARRAY && k + 1 < st->elements; k += 2)
-            if (strcmp(st->element[k]->str, "last-generated-id") == 0)
-                last = st->element[k + 1]->str;
-        idle = last && gs && gs->type == REDIS_REPLY_ARRAY;
-        for (size_t g = 0; idle && g < gs->elements; g++) {
-            redisReply *f = gs->element[g];
-            for (size_t k = 0; idle && k + 1 < f->elements; k += 2) {
-                const char *name = f->element[k]->str;
-                if (strcmp(name, "pending") == 0)
-                    idle = f->element[k + 1]->integer == 0;
-                else if (strcmp(name, "last-delivered-id") == 0)
-                    idle = strcmp(f->element[k + 1]->str, last) == 0;
-            }
+    PGresult *r = pg_query(c, "SELECT count(*) = 0 FROM bus.outbox", 0, NULL);
+    bool idle = r && PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    char **names = NULL;
+    size_t n = 0;
+    if (idle && bus_list_streams(b, &names, &n) != 0)
+        idle = false;
+    for (size_t i = 0; i < n; i++) {
+        bus_stream_info_t info = {0};
+        if (idle && bus_stream_info(b, names[i], &info) != 0)
+            idle = false;
+        for (size_t g = 0; idle && g < info.ngroups; g++) {
+            const bus_group_info_t *gi = &info.groups[g];
+            idle =
+                gi->pending == 0 && (gi->lag == 0 || info.length == 0 || strcmp(gi->last_delivered, info.last_id) == 0);
         }
-        freeReplyObject(st);
-        freeReplyObject(gs);
+        free(names[i]);
     }
-    freeReplyObject(keys);
+    free(names);
     return idle;
 }
 
 /* A run starts once the runs before it are done with: every stage idle (the
  * outbox empty, every consumer group caught up: analytics, off the
  * receipts' path, can still be applying a saturated run's events when its
- * receipts are all in), then what they wrote is on disk: PostgreSQL's dirty
- * buffers (CHECKPOINT) and the kernel's write-back (sync), as
- * bench_backbone's phases do. So no run pays for the work of the one
- * before it. */
+ * receipts are all in), seen so twice in a row (a commit and its
+ * acknowledgement can fall between the two looks of one), then what they
+ * wrote is on disk: PostgreSQL's dirty buffers (CHECKPOINT) and the
+ * kernel's write-back (sync), as bench_backbone's phases do. So no run pays
+ * for the work of the one before it. */
 static void settle(void)
 {
-    char *err = NULL;
-    PGconn *c = pg_connect(pg_url, "bench_shop", &err);
-    redisContext *rc = redis_connect_url(redis_url, 5000, &err);
-    int64_t t0 = clock_mono_ms();
-    bool idle = false;
-    while (c && rc && !idle && clock_mono_ms() - t0 < SETTLE_MAX_MS) {
-        PGresult *r = pg_query(c, "SELECT count(*) = 0 FROM bus.outbox", 0, NULL);
-        idle = r && PQgetvalue(r, 0, 0)[0] == 't' && streams_idle(rc);
-        PQclear(r);
-        if (!idle)
-            clock_sleep_ms(50);
+    char *pg_err = NULL, *bus_err = NULL;
+    PGconn *c = pg_connect(pg_url, "bench_shop", &pg_err);
+    bus_t *b = bus_open_redis(redis_url, &bus_err);
+    if (!c || !b) {
+        printf("    (cannot see whether the flow is idle: %s)\n", !c ? pg_err : bus_err);
+    } else {
+        int64_t t0 = clock_mono_ms();
+        int idle = 0;
+        while (idle < 2 && clock_mono_ms() - t0 < SETTLE_MAX_MS) {
+            idle = flow_idle(c, b) ? idle + 1 : 0;
+            if (idle < 2)
+                clock_sleep_ms(50);
+        }
+        int64_t waited = clock_mono_ms() - t0;
+        if (idle < 2)
+            printf("    (the flow was not idle after %lld ms: this run shares the machine with the last one's rest)\n",
+                   (long long)waited);
+        else if (waited >= 500)
+            printf("    (waited %.1f s for the flow to go idle after the run before)\n", (double)waited / 1000.0);
     }
-    int64_t waited = clock_mono_ms() - t0;
-    if (!idle)
-        printf("    (the flow was not idle after %lld ms: this run shares the machine with the last one's rest)\n",
-               (long long)waited);
-    else if (waited >= 500)
-        printf("    (waited %.1f s for the flow to go idle after the run before)\n", (double)waited / 1000.0);
-    if (rc)
-        redisFree(rc);
-    free(err);
+    free(pg_err);
+    free(bus_err);
+    bus_close(b);
     if (c) {
         if (pg_exec(c, "CHECKPOINT") != 0)
             fprintf(stderr, "bench_shop: CHECKPOINT refused (not a superuser?): runs may inherit write-back\n");

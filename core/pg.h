@@ -12,7 +12,7 @@
 /* Connects; on failure returns NULL and *err (owned) says why. The session
  * asks the server to notice a dead peer within about 4 s (TCP keepalives and
  * user timeout), which frees its advisory locks, unless the operator set
- * those for it (each one not 0 is kept); this side notices a dead server
+ * those for it (each one the operator set is kept); this side notices a dead server
  * within about 10 s (libpq's keepalives and tcp_user_timeout, unless the URL
  * sets them). */
 PGconn *pg_connect(const char *url, const char *app_name, char **err);

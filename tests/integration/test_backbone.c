@@ -2612,7 +2612,8 @@ static void test_sessions_notice_dead_peers_real(void)
     PQclear(r);
     PQfinish(c);
     /* one the operator set (here in the URL's options) is kept; the others are ours */
-    char *url = xasprintf("%s?options=-c%%20tcp_keepalives_idle%%3D45", test_pg_db("bb_keepalive_own", false));
+    const char *own = test_pg_db("bb_keepalive_own", false);
+    char *url = xasprintf("%s%soptions=-c%%20tcp_keepalives_idle%%3D45", own, strchr(own, '?') ? "&" : "?");
     c = pg_connect(url, "test", &err);
     free(err);
     free(url);
