@@ -282,6 +282,11 @@ redisReply *test_redis_command(const char *url, const char *fmt, ...)
 
 const char *test_redis_db(void)
 {
+    /* One db number per test program, leased for it in db 0 (the test-env
+     * server has 64): numbers handed out round-robin came back to a program
+     * still using theirs once 63 were drawn, and its FLUSHDB emptied another
+     * program's streams in the middle of a test. Each call empties it. */
+    static long long mine;
     const char *base = getenv("REDIS_URL");
     if (!base || !*base)
         die("REDIS_URL is not set: run the tests through `make test` (scripts/test-env)");
@@ -289,17 +294,25 @@ const char *test_redis_db(void)
     redisContext *c = redis_connect_url(base, 2000, &err);
     if (!c)
         die(err);
-    redisReply *r = redisCommand(c, "INCR ecom-test:db");
-    if (!r || r->type != REDIS_REPLY_INTEGER)
-        die("INCR failed");
-    long long n = 1 + (r->integer - 1) % 63;
-    freeReplyObject(r);
-    r = redisCommand(c, "SELECT %lld", n);
+    for (int tries = 0; !mine && tries < 63; tries++) {
+        redisReply *r = redisCommand(c, "INCR ecom-test:db");
+        if (!r || r->type != REDIS_REPLY_INTEGER)
+            die("INCR failed");
+        long long n = 1 + (r->integer - 1) % 63;
+        freeReplyObject(r);
+        r = redisCommand(c, "SET ecom-test:lease:%lld %d NX EX 7200", n, (int)getpid());
+        if (r && r->type == REDIS_REPLY_STATUS)
+            mine = n;
+        freeReplyObject(r);
+    }
+    if (!mine)
+        die("every Redis db number is leased to another test program");
+    redisReply *r = redisCommand(c, "SELECT %lld", mine);
     freeReplyObject(r);
     r = redisCommand(c, "FLUSHDB");
     freeReplyObject(r);
     redisFree(c);
-    char *url = xasprintf("%s/%lld", base, n);
+    char *url = xasprintf("%s/%lld", base, mine);
     keep_url(url);
     return url;
 }

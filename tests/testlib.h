@@ -15,7 +15,8 @@ int test_main(const char *suite, CU_TestInfo *tests, int (*init)(void), int (*cl
  * Returns its URL (owned by testlib, valid until exit). Fails the process
  * with a message when DATABASE_URL is not set. */
 const char *test_pg_db(const char *name, bool migrate);
-/* A Redis URL on a db number no other test program uses, flushed. */
+/* A Redis URL on this test program's own db number (leased for it at the
+ * first call, the same at every call, which empties it first). */
 const char *test_redis_db(void);
 /* A Redis server of this test program's own (for tests that restart it or
  * drop its clients): started on a free loopback port in a temporary folder
