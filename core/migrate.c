@@ -102,10 +102,35 @@ static bool no_transaction(const migration_file_t *f)
     return strncmp(f->sql, MIGRATE_NO_TRANSACTION, n) == 0 && (f->sql[n] == '\n' || f->sql[n] == '\r');
 }
 
+/* After a no-transaction file f: 0 when f's part's schema (named like the
+ * part) holds no invalid index that no build is still making; else -1, the
+ * indexes named to err (a CONCURRENTLY build that failed, now or before:
+ * IF NOT EXISTS would keep it). */
+static int no_invalid_index(PGconn *c, const migration_file_t *f, FILE *err)
+{
+    const char *schema[] = {f->part};
+    PGresult *r = pg_query(c,
+                           "SELECT string_agg(i.indexrelid::regclass::text, ', ' ORDER BY i.indexrelid::regclass::text)"
+                           " FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid"
+                           " JOIN pg_namespace n ON n.oid = t.relnamespace WHERE NOT i.indisvalid AND n.nspname = $1"
+                           " AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
+                           " WHERE p.index_relid = i.indexrelid)",
+                           1, schema);
+    int rc = r && PQgetisnull(r, 0, 0) ? 0 : -1;
+    if (!r)
+        fprintf(err, "migrate: %s/%s: %s\n", f->part, f->name, first_line(PQerrorMessage(c)));
+    else if (rc != 0)
+        fprintf(err,
+                "migrate: %s/%s: invalid index %s (a CONCURRENTLY build that failed): drop it (DROP INDEX"
+                " CONCURRENTLY) and run migrate again\n",
+                f->part, f->name, PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return rc;
+}
+
 /* Applies f in a transaction with its record; or, a no-transaction file,
- * alone and then its record, and fails while the database holds an invalid
- * index (a CONCURRENTLY build that failed, now or before). 0 or -1
- * (printed to err). */
+ * alone, then checks its part's indexes (no_invalid_index), then records it.
+ * 0 or -1 (printed to err). */
 static int apply(PGconn *c, const migration_file_t *f, const char *sum, FILE *err)
 {
     const char *params[] = {f->part, f->name, sum};
@@ -128,29 +153,8 @@ static int apply(PGconn *c, const migration_file_t *f, const char *sum, FILE *er
                 f->part, f->name, first_line(PQerrorMessage(c)));
         return -1;
     }
-    /* in the part's schema (its name), leaving out builds still running */
-    const char *schema[] = {f->part};
-    PGresult *inv =
-        pg_query(c,
-                 "SELECT string_agg(i.indexrelid::regclass::text, ', ' ORDER BY i.indexrelid::regclass::text)"
-                 " FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid"
-                 " JOIN pg_namespace n ON n.oid = t.relnamespace WHERE NOT i.indisvalid AND n.nspname = $1"
-                 " AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
-                 " WHERE p.index_relid = i.indexrelid)",
-                 1, schema);
-    if (!inv) {
-        fprintf(err, "migrate: %s/%s: %s\n", f->part, f->name, first_line(PQerrorMessage(c)));
+    if (no_invalid_index(c, f, err) != 0)
         return -1;
-    }
-    if (!PQgetisnull(inv, 0, 0)) {
-        fprintf(err,
-                "migrate: %s/%s: invalid index %s (a CONCURRENTLY build that failed): drop it (DROP INDEX"
-                " CONCURRENTLY) and run migrate again\n",
-                f->part, f->name, PQgetvalue(inv, 0, 0));
-        PQclear(inv);
-        return -1;
-    }
-    PQclear(inv);
     if (!(r = pg_query(c, record, 3, params))) {
         fprintf(err, "migrate: %s/%s ran, but recording it failed: %s\n", f->part, f->name,
                 first_line(PQerrorMessage(c)));

@@ -566,19 +566,11 @@ static void stepper_stop(drainer_t *d)
 
 _Static_assert(OUTBOX_PARTITIONS <= 64, "a partition set is a 64-bit mask");
 
-static uint64_t parts_bits(const int *parts, size_t np)
-{
-    uint64_t m = 0;
-    for (size_t i = 0; i < np; i++)
-        m |= UINT64_C(1) << parts[i];
-    return m;
-}
-
 /* The next batch: the one fetched during the last publish, or (when there is
- * none) removes the published rows and fetches, in one round trip. */
-static int next_batch(drainer_t *d, const int *parts, size_t np, outbox_step_t *cur)
+ * none) removes the published rows and fetches, in one round trip. mask is
+ * parts as bits (bit p: partition p). */
+static int next_batch(drainer_t *d, const int *parts, size_t np, uint64_t mask, outbox_step_t *cur)
 {
-    uint64_t mask = parts_bits(parts, np);
     /* fetched from other partitions (a pause began or ended since): the
      * partitions now taken are fetched again */
     if (d->have_next && d->next_parts != mask)
@@ -665,14 +657,17 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
             vacuum_outbox(&d, now);
         now = clock_mono_ms(); /* after the maintenance above */
         size_t np = 0;
+        uint64_t mask = 0;          /* parts as bits */
         int64_t resume = INT64_MAX; /* the earliest end of a held partition's pause */
         for (int p = 0; p < OUTBOX_PARTITIONS; p++) {
             if (!d.held[p])
                 continue;
-            if (now < d.paused_until[p])
+            if (now < d.paused_until[p]) {
                 resume = d.paused_until[p] < resume ? d.paused_until[p] : resume;
-            else
+            } else {
                 parts[np++] = p;
+                mask |= UINT64_C(1) << p;
+            }
         }
         if (np == 0) {
             nap(&d, d.nheld == 0 ? REBALANCE_MS / 2 : resume - now);
@@ -680,7 +675,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         }
         int64_t t0 = clock_mono_us();
         outbox_step_t cur;
-        if (next_batch(&d, parts, np, &cur) != 0) {
+        if (next_batch(&d, parts, np, mask, &cur) != 0) {
             step_failed(&d);
             backoff(&d);
             continue;
@@ -734,7 +729,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
         if (overlap) {
             if ((helped ? stepper_join(&d) : outbox_step_wait(d.db, &d.next)) == 0) {
                 d.have_next = true;
-                d.next_parts = parts_bits(parts, np);
+                d.next_parts = mask;
                 if (d.next.removed)
                     d.nunmarked = 0;
             } else {
