@@ -2696,6 +2696,100 @@ static void test_append_race_real(void)
     PQfinish(c);
 }
 
+/* Appenders of many aggregates in one transaction: outbox_append_many takes
+ * the sequence rows in (tenant, aggregate) order whatever its array's order,
+ * so it never deadlocks with another such statement, nor with a transaction
+ * that appends one message at a time in that order. */
+enum { LOCK_AGGS = 24, LOCK_PICK = 8 };
+
+typedef struct locker {
+    const char *url;
+    bool many; /* outbox_append_many in a shuffled order, else one by one in order */
+    unsigned seed;
+    int n, failed, deadlocks;
+    pthread_t th;
+} locker_t;
+
+static void *lock_appends(void *arg)
+{
+    locker_t *lk = arg;
+    char *err = NULL;
+    db_t *db = db_open_pg(lk->url, "test-locks", &err);
+    free(err);
+    for (int i = 0; db && i < lk->n; i++) {
+        bool picked[LOCK_AGGS] = {false};
+        int order[LOCK_PICK], k = 0;
+        while (k < LOCK_PICK) {
+            int a = (int)(rand_r(&lk->seed) % LOCK_AGGS);
+            if (!picked[a])
+                picked[a] = true, order[k++] = a;
+        }
+        if (!lk->many) /* ascending */
+            for (int a = 0, j = 0; a < LOCK_AGGS; a++)
+                if (picked[a])
+                    order[j++] = a;
+        char names[LOCK_PICK][16];
+        outbox_msg_t ms[LOCK_PICK];
+        for (int j = 0; j < LOCK_PICK; j++) {
+            snprintf(names[j], sizeof names[j], "agg-%02d", order[j]);
+            ms[j] = (outbox_msg_t){
+                .topic = "orders", .type = "order.placed", .tenant = "t1", .aggregate_id = names[j], .payload = "{}"};
+        }
+        const char *why = NULL;
+        int rc = db_begin(db);
+        if (rc == 0 && lk->many)
+            rc = outbox_append_many(db, ms, LOCK_PICK, &why);
+        for (int j = 0; rc == 0 && !lk->many && j < LOCK_PICK; j++)
+            rc = outbox_append(db, &ms[j], NULL, &why);
+        if (rc != 0) {
+            lk->deadlocks += strcmp(pg_last_sqlstate(), "40P01") == 0;
+            db_rollback(db);
+        } else {
+            rc = db_commit(db);
+        }
+        lk->failed += rc != 0;
+    }
+    if (!db)
+        lk->failed = lk->n;
+    db_close(db);
+    return NULL;
+}
+
+static void test_append_lock_order_real(void)
+{
+    const char *url = test_pg_db("bb_lock_order", true);
+    enum { LOCKERS = 4, EACH = 150 };
+    locker_t lk[LOCKERS];
+    for (int k = 0; k < LOCKERS; k++) {
+        lk[k] = (locker_t){.url = url, .many = k % 2 == 0, .seed = 7u + (unsigned)k, .n = EACH};
+        pthread_create(&lk[k].th, NULL, lock_appends, &lk[k]);
+    }
+    int failed = 0, deadlocks = 0;
+    for (int k = 0; k < LOCKERS; k++) {
+        pthread_join(lk[k].th, NULL);
+        failed += lk[k].failed;
+        deadlocks += lk[k].deadlocks;
+    }
+    CU_ASSERT_EQUAL(failed, 0);
+    CU_ASSERT_EQUAL(deadlocks, 0);
+    if (failed)
+        fprintf(stderr, "\n  %d of %d transactions failed, %d of them deadlocked\n", failed, LOCKERS * EACH, deadlocks);
+    char *err = NULL;
+    PGconn *c = pg_connect(url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    /* every aggregate's numbers are 1..n with no gap, in position order */
+    PGresult *r = pg_query(c,
+                           "SELECT count(*), count(*) FILTER (WHERE seq <> rn) FROM (SELECT seq, row_number() OVER"
+                           " (PARTITION BY aggregate_id ORDER BY pos) AS rn FROM bus.outbox) t",
+                           0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL(atoi(PQgetvalue(r, 0, 0)), (LOCKERS * EACH - failed) * LOCK_PICK);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 1), "0");
+    PQclear(r);
+    PQfinish(c);
+}
+
 int main(void)
 {
     log_configure(getenv("TEST_LOG_LEVEL") ? getenv("TEST_LOG_LEVEL") : "error", "text");
@@ -2705,6 +2799,8 @@ int main(void)
         {"many appends in one statement: order, sequences, all or nothing (memory)", test_append_many_memory},
         {"many appends in one statement: order, sequences, all or nothing (postgres)", test_append_many_real},
         {"appenders of one aggregate racing: positions follow sequence numbers (postgres)", test_append_race_real},
+        {"appenders of many aggregates take their sequence rows in one order: no deadlock (postgres)",
+         test_append_lock_order_real},
         {"sessions ask the server to notice a dead peer within seconds (postgres)",
          test_sessions_notice_dead_peers_real},
         {"sole messages take seq 1 and no sequence row (memory)", test_sole_appends_memory},

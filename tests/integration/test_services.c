@@ -658,6 +658,8 @@ static void *refund_thread(void *arg)
 {
     refund_writer_t *w = arg;
     w->ok = true;
+    /* each transaction appends to its payments' aggregates in ascending
+     * order (the ids are drawn in order), as outbox_append_many locks them */
     for (int i = 0; i < REFUND_PAYMENTS && w->ok;) {
         if (db_begin(w->db) != 0) {
             w->ok = false;
@@ -677,6 +679,9 @@ static void *refund_thread(void *arg)
             db_rollback(w->db);
         else if (db_commit(w->db) != 0)
             w->ok = false;
+        if (!w->ok)
+            fprintf(stderr, "\n  refund writer %d failed at payment %d: SQLSTATE %s\n", w->which, i,
+                    pg_last_sqlstate());
     }
     return NULL;
 }
