@@ -71,7 +71,7 @@ static const citem_t items[] = {
     {"INBOX_RETAIN_S", T_INT, F(inbox_retain_s), "604800", 60, 365 * 86400, NULL,
      "seconds inbox ids are kept (dedup window)"},
     {"STREAM_TRIM_INTERVAL_MS", T_INT, F(stream_trim_interval_ms), "10000", 100, 3600000, NULL,
-     "how often streams are trimmed below every group's position"},
+     "how often streams are trimmed below every group's position and the outbox's re-drive window is cleaned"},
     {"PORT", T_INT, F(port), "3003", 1, 65535, NULL, "gateway HTTP port"},
     {"GATEWAY_THREADS", T_INT, F(gateway_threads), "0", 0, 256, NULL, "gateway threads (0 = cores)"},
     {"JWT_SECRET", T_STR, F(jwt_secret), "", 0, 0, NULL, "HS256 secret (>= 32 bytes outside development)"},

@@ -24,8 +24,10 @@
  * and the drainer's other partitions are published as before.
  * A Redis that refuses every write (-OOM, -MISCONF, -READONLY, ...; see
  * bus_writable) is waited for like one that is down: no attempt is counted.
- * The holder of partition 0 also cleans the published window and trims
- * streams below every consumer group's position.
+ * The holder of partition 0 also trims streams below every consumer
+ * group's position, every trim_interval_ms, and cleans the published window
+ * as often, on a thread and connection of its own (core/janitor.h), chunk
+ * after chunk until it is caught up.
  * In memory mode it moves rows from the memory outbox to the memory bus.
  * Owns: its database and bus handles. */
 #ifndef ECOM_DRAIN_H

@@ -4,6 +4,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/health.h"
+#include "core/janitor.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/pg.h"
@@ -20,7 +21,7 @@
 
 #define LOCK_LEASE 1162104657 /* advisory lock class of consumer-group leases */
 #define DISCOVER_MS 2000
-#define CLEANUP_MS 60000
+#define CLEANUP_MS 60000 /* between passes of the inbox cleanup (core/janitor.h) */
 #define BACKOFF_CAP_MS 30000
 #define PEL_PAGE_FACTOR 4 /* a pending-list page is this many batches */
 #define READ_AHEAD_BLOCK_MS 100
@@ -110,7 +111,7 @@ typedef struct rt {
     uint64_t ndead;     /* put into it: while 0, no lookup */
     acks_t *acks;       /* per stream, parallel to streams */
     int64_t pel_due_ms; /* when to scan the own pending list; INT64_MAX = no need */
-    int64_t next_discover, next_reclaim, next_cleanup, next_probe;
+    int64_t next_discover, next_reclaim, next_probe;
     int64_t backoff_ms;
     int crash_deliveries;
     metric_t *m_applied, *m_dup, *m_ignored, *m_failed, *m_deferred, *m_dlq, *m_missing, *m_batch_s, *m_e2e_s;
@@ -1492,6 +1493,16 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     rt.m_e2e_s = metrics_histogram("ecom_service_end_to_end_seconds", "Outbox append to handler commit", labels);
     health_require(store_name(&rt));
     health_require(bus_name(&rt));
+    /* old inbox ids go on a thread of their own: a chunk of the delete
+     * stalled the loop, and a chunk a minute fell behind a steady flow */
+    char janitor_app[96];
+    snprintf(janitor_app, sizeof janitor_app, "%s-cleanup", def->group);
+    janitor_t *janitor = janitor_start(&(janitor_opts_t){.database_url = o->database_url,
+                                                         .app_name = janitor_app,
+                                                         .what = "bus.inbox",
+                                                         .cleanup = inbox_cleanup,
+                                                         .retain_s = o->inbox_retain_s,
+                                                         .every_ms = CLEANUP_MS});
     log_info("service %s started as consumer %s (%s store, %s bus)", def->group, o->consumer, store_name(&rt),
              bus_name(&rt));
 
@@ -1578,12 +1589,6 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
         if (now >= rt.next_reclaim) {
             rt.next_reclaim = now + o->reclaim_idle_ms / 2;
             (void)reclaim(&rt, o->reclaim_idle_ms); /* a failure makes the pending list due */
-        }
-        if (!rt.memory && now >= rt.next_cleanup) {
-            rt.next_cleanup = now + CLEANUP_MS;
-            size_t gone = 0;
-            if (inbox_cleanup(rt.db, o->inbox_retain_s, 5000, &gone) == 0 && gone)
-                log_debug("service %s: inbox cleanup removed %zu ids", def->group, gone);
         }
         if (now >= rt.pel_due_ms) {
             /* a read in flight holds entries that are pending already: the
@@ -1719,6 +1724,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     /* finish: acknowledgements of applied work go out before we leave */
     if (rt.bus && flush_acks(&rt) != 0)
         log_warn("service %s: some acknowledgements were not sent; the inbox absorbs the redelivery", def->group);
+    janitor_stop(janitor);
     log_info("service %s stopped", def->group);
     bus_batch_free(&bt);
     free(streams);

@@ -6,6 +6,7 @@
 #include "bus/outbox.h"
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/janitor.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/pg.h"
@@ -2268,6 +2269,68 @@ static void test_published_cleanup_real(void)
     sut_stop(&s);
 }
 
+static long long published_rows(db_t *db)
+{
+    PGresult *r = pg_query(db_pg(db), "SELECT count(*) FROM bus.outbox_published", 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    long long n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
+/* Waits until j has finished a pass (at most 20 s). */
+static void janitor_wait_pass(janitor_t *j)
+{
+    int64_t end = clock_mono_ms() + 20000;
+    while (janitor_passes(j) == 0 && clock_mono_ms() < end)
+        clock_sleep_ms(20);
+    CU_ASSERT_TRUE_FATAL(janitor_passes(j) > 0);
+}
+
+/* The janitor's pass deletes chunk after chunk until the table is caught
+ * up: 12,000 old rows go in one pass of chunks of 5,000 (one chunk a pass
+ * left 7,000 until the next), the window's young rows stay, and a janitor
+ * that is off deletes nothing. */
+static void test_janitor_catches_up_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "janitor");
+    db_t *db = sut_db(&s);
+    ASSERT_OK(pg_exec(db_pg(db), "INSERT INTO bus.outbox_published (pos, id, partition, topic, type, tenant,"
+                                 " aggregate_id, seq, ts, v, traceparent, request_id, payload, published_at)"
+                                 " SELECT n, gen_random_uuid(), 0, 'orders', 'order.placed', 't1', 'order-1', n, 0, 1,"
+                                 " '', '', '{}', CASE WHEN n <= 12000 THEN now() - interval '2 hours' ELSE now() END"
+                                 " FROM generate_series(1, 12005) n"));
+    atomic_bool on = false;
+    janitor_opts_t o = {.database_url = s.pg_url,
+                        .app_name = "test-janitor",
+                        .what = "bus.outbox_published",
+                        .cleanup = outbox_cleanup,
+                        .retain_s = 3600,
+                        .every_ms = 60000,
+                        .on = &on};
+    janitor_t *j = janitor_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    janitor_wait_pass(j);
+    CU_ASSERT_EQUAL(janitor_deleted(j), 0);
+    janitor_stop(j);
+    CU_ASSERT_EQUAL(published_rows(db), 12005);
+    atomic_store(&on, true);
+    j = janitor_start(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    janitor_wait_pass(j);
+    CU_ASSERT_EQUAL(janitor_deleted(j), 12000);
+    janitor_stop(j);
+    PGresult *r =
+        pg_query(db_pg(db), "SELECT string_agg(pos::text, ',' ORDER BY pos) FROM bus.outbox_published", 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "12001,12002,12003,12004,12005");
+    PQclear(r);
+    CU_ASSERT_PTR_NULL(janitor_start(&(janitor_opts_t){.cleanup = outbox_cleanup, .every_ms = 1000}));
+    db_close(db);
+    sut_stop(&s);
+}
+
 /* Rows of table read so far (sequentially and through indexes), as the
  * statistics show them. */
 static long long rows_read(db_t *db, const char *table)
@@ -2865,6 +2928,8 @@ int main(void)
         {"groups Redis lost are made again before a trim (memory)", test_lost_groups_memory},
         {"groups Redis lost are made again before a trim (postgres+redis)", test_lost_groups_real},
         {"inbox cleanup takes old ids in bounded steps and keeps recent ones (postgres)", test_inbox_cleanup_real},
+        {"a cleanup pass deletes chunk after chunk until caught up, keeping the window (postgres)",
+         test_janitor_catches_up_real},
         {"the re-drive window's cleanup takes old rows oldest first, bounded (postgres)", test_published_cleanup_real},
         {"the read-ahead sends acknowledgements with its next read, on their own when idle, again after a failure",
          test_reader_acks_real},

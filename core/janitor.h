@@ -1,0 +1,52 @@
+/* core/janitor.h: a process's retention cleanup (old inbox ids, the
+ * outbox's re-drive window), on a thread and a PostgreSQL connection of its
+ * own.
+ *
+ * A cleanup deletes at most a chunk of rows per statement. On the loop that
+ * moves messages, one chunk a pass stalled that loop for the statement's
+ * time (20-27 ms for the drainer's, reading its 5,000 rows), and one chunk
+ * every interval could not keep up with a steady flow: 5,000 rows every
+ * 10 s is 500 rows/s, while the shop flow publishes 2,000 a second. The
+ * janitor runs a pass every `every_ms`, starting at once; a pass deletes
+ * chunk after chunk while they come back full, resting between them four
+ * times as long as a chunk took (at most a fifth of a core), until a chunk
+ * comes back short: the table is caught up.
+ *
+ * Owns: its thread and its connection (opened at the first pass, opened
+ * again after a failure). */
+#ifndef ECOM_JANITOR_H
+#define ECOM_JANITOR_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/db.h"
+
+/* One statement's cleanup: deletes up to limit rows older than retain_s,
+ * sets *deleted. 0 or -1. */
+typedef int (*janitor_fn)(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
+
+typedef struct janitor_opts {
+    const char *database_url; /* PostgreSQL; the janitor does nothing without one */
+    const char *app_name;     /* the connection's application_name */
+    const char *what;         /* the table, for the log and the metric's label */
+    janitor_fn cleanup;
+    int64_t retain_s;
+    size_t chunk;          /* rows per statement (0: 5000) */
+    int every_ms;          /* between passes */
+    const atomic_bool *on; /* a pass runs only while *on (NULL: always) */
+} janitor_opts_t;
+
+typedef struct janitor janitor_t;
+
+/* Starts the thread (options copied). NULL when there is no database_url
+ * or the thread could not start (logged). */
+janitor_t *janitor_start(const janitor_opts_t *o);
+/* Stops and joins the thread, within a chunk's time; NULL is a no-op. */
+void janitor_stop(janitor_t *j);
+/* Rows deleted so far, and passes finished (tests). */
+uint64_t janitor_deleted(const janitor_t *j);
+uint64_t janitor_passes(const janitor_t *j);
+
+#endif
