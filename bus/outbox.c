@@ -272,17 +272,17 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
  * numbers from its sequence row as it has messages, and its messages take
  * them in array order; positions follow array order too (rows are inserted
  * in that order). Sole messages take seq 1 and no sequence row.
- * The sequence rows are locked in (tenant, aggregate) order, whatever the
- * array's: grouped by a hash they were locked in the hash's order, and a
- * payment batch announcing refunds deadlocked with a writer appending
- * refund commands for the same payments one by one in that order. */
+ * The sequence rows are locked in the byte order of (tenant, aggregate), the
+ * order of their key (COLLATE "C", bus/004), whatever the array's: grouped
+ * by a hash they were locked in the hash's order (outbox.h says why the
+ * order matters). */
 #define APPEND_MANY_INSERT                                                                                             \
     "WITH m AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"        \
     " $7::bigint[], $8::text[], $9::text[], $10::text[], $11::boolean[]) WITH ORDINALITY"                              \
     " AS m(id, part, tenant, aggregate_id, topic, type, ts, traceparent, request_id, payload, sole, ord)),"            \
     " s AS (INSERT INTO bus.aggregate_seq AS a (tenant, aggregate_id, seq)"                                            \
     " SELECT tenant, aggregate_id, count(*) FROM m WHERE NOT sole GROUP BY tenant, aggregate_id"                       \
-    " ORDER BY tenant, aggregate_id"                                                                                   \
+    " ORDER BY tenant COLLATE \"C\", aggregate_id COLLATE \"C\""                                                       \
     " ON CONFLICT (tenant, aggregate_id) DO UPDATE SET seq = a.seq + EXCLUDED.seq"                                     \
     " RETURNING tenant, aggregate_id, seq),"                                                                           \
     " i AS (INSERT INTO bus.outbox (id, partition, tenant, aggregate_id, topic, type, seq, ts, traceparent,"           \

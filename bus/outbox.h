@@ -58,7 +58,12 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
 
 /* Appends n messages inside tx in one statement, in array order (positions
  * and each aggregate's seq follow it), as n outbox_append calls would. All
- * or nothing: an invalid message (*why as outbox_append's) writes nothing. */
+ * or nothing: an invalid message (*why as outbox_append's) writes nothing.
+ * Each aggregate's sequence row is locked until the commit, and this
+ * statement takes them in the byte order of (tenant, aggregate_id). A
+ * transaction that appends to several aggregates does so in one such
+ * statement, or one by one in that order: two transactions that take two
+ * aggregates in opposite orders deadlock, and PostgreSQL fails one. */
 int outbox_append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **why)
     __attribute__((warn_unused_result));
 /* The same, held back (db_defer) to go with the transaction's next round

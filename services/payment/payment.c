@@ -471,10 +471,11 @@ static svc_result_t charge(svc_ctx_t *c, const payment_t *p, provider_answer_t *
 
 /* ---- writes a batch holds back ---- */
 
-/* A PostgreSQL batch (handle_batch) writes its settles as one UPDATE and its
- * events as one outbox statement, when it ends or before it reads a payment
- * row again (a refund, a payment changed earlier in the batch): two
- * statements per batch instead of two per payment. */
+/* A PostgreSQL batch (handle_batch) writes its settles as one UPDATE, when
+ * it ends or before it reads a payment row again (a refund, a payment
+ * changed earlier in the batch), and its events, refunds' included, as one
+ * outbox statement when it ends: two statements per batch instead of two per
+ * payment. */
 typedef struct deferred {
     bool on;
     pg_array_t settle[5]; /* id, tenant, status, reason ("" = none), ref */
@@ -492,11 +493,16 @@ typedef struct deferred {
     " WHERE p.id = u.id AND (p.tenant = u.tenant) IS TRUE AND p.status = 'pending'"
 static const char sql_settle_many[] = SETTLE_MANY;
 
-static void defer_reset(deferred_t *d)
+static void settles_reset(deferred_t *d)
 {
     for (int k = 0; k < 5; k++)
         pg_array_begin(&d->settle[k], k == 0 ? PG_OID_UUID : PG_OID_TEXT, 0);
     d->nsettle = 0;
+}
+
+static void defer_reset(deferred_t *d)
+{
+    settles_reset(d);
     for (size_t i = 0; i < 2 * d->nev; i++)
         free(d->owned[i]);
     d->nev = 0;
@@ -544,48 +550,49 @@ static void defer_event(deferred_t *d, const outbox_msg_t *m, char *payload, cha
 static const char sql_settle_held[] =
     "WITH s AS (" SETTLE_MANY " RETURNING 1) SELECT 1 / (count(*) = cardinality($1::uuid[]))::int FROM s";
 
-/* Writes what was held back: on the runtime's index-scan connections the
- * settles and the events go with the transaction's COMMIT (one round trip
- * for the three), else now. 0, or -1 (the batch fails and is applied again). */
-static int defer_flush(db_t *tx, deferred_t *d)
+/* Writes the settles held back, and the events too when events is set: on
+ * the runtime's index-scan connections they go with the next round trip (the
+ * transaction's COMMIT, or the read that needed the settles), else now.
+ * Before a command reads a payment row again only the settles must go; the
+ * events wait for the batch's end, so they go in one statement, whose
+ * appends take their aggregates' sequence rows in one order (a refund's
+ * event appended on its own, in the stream's order, deadlocked with a writer
+ * appending refund commands in ascending order). 0, or -1 (the batch fails
+ * and is applied again). */
+static int defer_flush(db_t *tx, deferred_t *d, bool events)
 {
-    if (!d->on || (d->nsettle == 0 && d->nev == 0))
+    size_t nev = events ? d->nev : 0;
+    if (!d->on || (d->nsettle == 0 && nev == 0))
         return 0;
     int rc = 0;
     const char *why = NULL;
-    if (tx->index_scans) {
-        if (d->nsettle) {
-            const char *vals[5];
-            int lens[5], fmts[5];
-            pg_array_params(d->settle, 5, d->nsettle, vals, lens, fmts);
-            rc = db_defer(tx, DB_STMT_PAYMENT_SETTLE_HELD, sql_settle_held, 5, vals, lens, fmts, NULL);
-        }
-        if (rc == 0 && d->nev && outbox_hold_many(tx, d->ev, d->nev, &why) != 0) {
-            log_warn("payment batch: outbox append of %zu events failed: %s", d->nev, why ? why : "?");
-            rc = -1;
-        }
-        defer_reset(d);
-        return rc;
-    }
     if (d->nsettle) {
         const char *vals[5];
         int lens[5], fmts[5];
         pg_array_params(d->settle, 5, d->nsettle, vals, lens, fmts); /* begun for 0 elements */
-        /* prepared on the runtime's index-scan connections, else planned for this array */
-        PGresult *r = db_exec_lookup(tx, DB_STMT_PAYMENT_SETTLE_MANY, sql_settle_many, 5, vals, lens, fmts, NULL);
-        /* every row is locked by this transaction and was pending: all of them change */
-        if (!r || strtoul(PQcmdTuples(r), NULL, 10) != d->nsettle) {
-            if (r)
-                log_warn("payment batch: %s of %u settles applied", PQcmdTuples(r), d->nsettle);
-            rc = -1;
+        if (tx->index_scans) {
+            rc = db_defer(tx, DB_STMT_PAYMENT_SETTLE_HELD, sql_settle_held, 5, vals, lens, fmts, NULL);
+        } else {
+            /* prepared on the runtime's index-scan connections, else planned for this array */
+            PGresult *r = db_exec_lookup(tx, DB_STMT_PAYMENT_SETTLE_MANY, sql_settle_many, 5, vals, lens, fmts, NULL);
+            /* every row is locked by this transaction and was pending: all of them change */
+            if (!r || strtoul(PQcmdTuples(r), NULL, 10) != d->nsettle) {
+                if (r)
+                    log_warn("payment batch: %s of %u settles applied", PQcmdTuples(r), d->nsettle);
+                rc = -1;
+            }
+            PQclear(r);
         }
-        PQclear(r);
     }
-    if (rc == 0 && d->nev && outbox_append_many(tx, d->ev, d->nev, &why) != 0) {
-        log_warn("payment batch: outbox append of %zu events failed: %s", d->nev, why ? why : "?");
+    if (rc == 0 && nev &&
+        (tx->index_scans ? outbox_hold_many(tx, d->ev, nev, &why) : outbox_append_many(tx, d->ev, nev, &why)) != 0) {
+        log_warn("payment batch: outbox append of %zu events failed: %s", nev, why ? why : "?");
         rc = -1;
     }
-    defer_reset(d);
+    if (events)
+        defer_reset(d);
+    else
+        settles_reset(d);
     return rc;
 }
 
@@ -693,7 +700,7 @@ static svc_result_t on_requested(svc_ctx_t *c, prefetch_t *pf)
     uuid_lower(pid, id);
     payment_t p;
     const payment_t *known = pf_row(pf, tenant, id); /* locked by this transaction already */
-    if (!known && pf && defer_flush(c->tx, &pf->w) != 0) {
+    if (!known && pf && defer_flush(c->tx, &pf->w, false) != 0) {
         snprintf(c->error, sizeof c->error, "writing the batch's payments failed (sqlstate %s)", pg_last_sqlstate());
         return SVC_RETRY;
     }
@@ -758,7 +765,7 @@ static void refusal(const payment_t *p, int64_t amount, char *out, size_t cap)
                  (long long)(p->captured - p->refunded));
 }
 
-static svc_result_t on_refund(svc_ctx_t *c)
+static svc_result_t on_refund(svc_ctx_t *c, deferred_t *d)
 {
     const char *tenant = c->msg->tenant;
     const char *pid = json_get_str(c->payload, "paymentId");
@@ -860,7 +867,7 @@ static svc_result_t on_refund(svc_ctx_t *c)
         json_buf_str(members, reason);
         log_info("refund %s of payment %s rejected: %s", refund_id, id, reason);
     }
-    svc_result_t res = emit(c, NULL, applied ? "payment.refunded" : "payment.refund.rejected", id, members);
+    svc_result_t res = emit(c, d, applied ? "payment.refunded" : "payment.refund.rejected", id, members);
     evbuffer_free(members);
     return res;
 storage:
@@ -874,8 +881,9 @@ static svc_result_t handle_one(svc_ctx_t *c, prefetch_t *pf)
     if (strcmp(type, "payment.requested") == 0)
         return on_requested(c, pf);
     if (strcmp(type, "payment.refund.requested") == 0) {
-        /* the refund reads the row and appends after the events held back */
-        if (pf && defer_flush(c->tx, &pf->w) != 0) {
+        /* the refund reads the row after the settles held back; its event
+         * is held back behind the batch's earlier ones */
+        if (pf && defer_flush(c->tx, &pf->w, false) != 0) {
             snprintf(c->error, sizeof c->error, "writing the batch's payments failed (sqlstate %s)",
                      pg_last_sqlstate());
             return SVC_RETRY;
@@ -886,7 +894,7 @@ static svc_result_t handle_one(svc_ctx_t *c, prefetch_t *pf)
             uuid_lower(pid, id);
             pf_touch(pf, id);
         }
-        return on_refund(c);
+        return on_refund(c, pf ? &pf->w : NULL);
     }
     return SVC_OK; /* our own events share the stream: nothing to do */
 }
@@ -1029,7 +1037,7 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
             svc_batch_failed_at(i); /* the others go as a batch, this one alone */
         log_ctx_set(prev);
     }
-    if (r == SVC_OK && defer_flush(tx, &pf.w) != 0)
+    if (r == SVC_OK && defer_flush(tx, &pf.w, true) != 0)
         r = SVC_RETRY;
 out:
     defer_free(&pf.w);

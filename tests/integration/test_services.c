@@ -665,23 +665,29 @@ static void *refund_thread(void *arg)
             w->ok = false;
             break;
         }
-        for (int k = 0; k < 20 && i < REFUND_PAYMENTS; k++, i++) {
+        int at = i;
+        char state[8] = "";
+        for (int k = 0; k < 20 && i < REFUND_PAYMENTS && w->ok; k++, i++) {
             char rid[UUID_STR_LEN], agg[64];
             uuid_v7(rid);
             snprintf(agg, sizeof agg, "payment:%s", w->ids[i]);
             char *pl = xasprintf("{\"paymentId\":\"%s\",\"refundId\":\"%s\",\"amount\":%lld}", w->ids[i], rid,
                                  (long long)refund_amounts[w->which]);
-            if (append_msg(w->db, "payment", "payment.refund.requested", agg, pl) != 0)
+            if (append_msg(w->db, "payment", "payment.refund.requested", agg, pl) != 0) {
                 w->ok = false;
+                at = i;
+                snprintf(state, sizeof state, "%s", pg_last_sqlstate());
+            }
             free(pl);
         }
-        if (!w->ok)
-            db_rollback(w->db);
-        else if (db_commit(w->db) != 0)
+        if (w->ok && db_commit(w->db) != 0) {
             w->ok = false;
-        if (!w->ok)
-            fprintf(stderr, "\n  refund writer %d failed at payment %d: SQLSTATE %s\n", w->which, i,
-                    pg_last_sqlstate());
+            snprintf(state, sizeof state, "%s", pg_last_sqlstate());
+        }
+        if (!w->ok) {
+            fprintf(stderr, "\n  refund writer %d failed at payment %d: SQLSTATE %s\n", w->which, at, state);
+            db_rollback(w->db);
+        }
     }
     return NULL;
 }
@@ -849,6 +855,100 @@ static void refund_same_batch(bool memory)
     CU_ASSERT_EQUAL(get_payment(&s, ids[0]).refunded, 300);
     CU_ASSERT_EQUAL(get_payment(&s, ids[1]).captured, 1000);
     CU_ASSERT_EQUAL(get_payment(&s, ids[2]).refunded, 0);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 0);
+    sut_stop(&s);
+}
+
+/* A batch's events go in one statement at its end, refunds' included, and
+ * take their aggregates' sequence rows in ascending order. The batch holds
+ * refunds of payments p1 then p0; a writer holds p0's sequence row, then
+ * appends to p1 once the batch waits for p0 (on a topic nobody consumes:
+ * the sequence rows are the aggregate's, whatever the topic). Appending each
+ * refund's event as it was applied, the batch held p1 while it waited for
+ * p0: a deadlock, which failed the writer here (or the batch, retried). */
+static void test_refund_lock_order_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "svc_refund_locks");
+    sut_add(&s, payment_service());
+    char ids[2][UUID_STR_LEN], agg[2][64];
+    db_t *db = sut_db(&s);
+    ASSERT_OK(db_begin(db));
+    for (int i = 0; i < 2; i++) {
+        uuid_v7(ids[i]); /* ids[0] < ids[1] */
+        snprintf(agg[i], sizeof agg[i], "payment:%.36s", ids[i]);
+        insert_payment(db, ids[i], 1000, "card");
+    }
+    ASSERT_OK(db_commit(db));
+    CU_ASSERT_TRUE_FATAL(strcmp(agg[0], agg[1]) < 0);
+    /* refunds of p1 then p0, on the stream before the service starts: one batch */
+    envelope_t e[2];
+    char *pl[2];
+    for (int k = 0; k < 2; k++) {
+        const char *id = ids[1 - k];
+        char rid[UUID_STR_LEN];
+        uuid_v7(rid);
+        pl[k] = xasprintf("{\"paymentId\":\"%s\",\"refundId\":\"%s\",\"amount\":100}", id, rid);
+        e[k] = (envelope_t){.type = "payment.refund.requested",
+                            .topic = "payment",
+                            .tenant = TENANT,
+                            .aggregate_id = agg[1 - k],
+                            .seq = 1,
+                            .ts = clock_now_ms(),
+                            .v = 1,
+                            .traceparent = "",
+                            .request_id = "",
+                            .payload = pl[k]};
+        uuid_v7(e[k].id);
+    }
+    bus_t *b = sut_bus(&s);
+    char entry[2][BUS_ID_MAX];
+    ASSERT_OK(bus_publish(b, e, 2, entry));
+    bus_close(b);
+    for (int k = 0; k < 2; k++)
+        free(pl[k]);
+    /* the writer takes p0's sequence row; in a deadlock it is the one that
+     * fails, its check coming first (the batch's comes after a second) */
+    ASSERT_OK(pg_exec(db_pg(db), "SET deadlock_timeout = '10ms'"));
+    ASSERT_OK(db_begin(db));
+    CU_ASSERT_EQUAL_FATAL(append_msg(db, "audit", "payment.note", agg[0], "{}"), 0);
+    sut_start(&s);
+    /* until the batch waits for a lock */
+    char *err = NULL;
+    PGconn *c = pg_connect(s.pg_url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    bool waits = false;
+    for (int64_t end = clock_mono_ms() + 15000; !waits && clock_mono_ms() < end; clock_sleep_ms(20)) {
+        PGresult *r = pg_query(c,
+                               "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'payment'"
+                               " AND wait_event_type = 'Lock'",
+                               0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+        waits = strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+        PQclear(r);
+    }
+    PQfinish(c);
+    CU_ASSERT_TRUE(waits);
+    /* the writer then takes p1's: the batch must not hold it */
+    int rc = append_msg(db, "audit", "payment.note", agg[1], "{}");
+    if (rc != 0)
+        fprintf(stderr, "\n  the writer's append failed: SQLSTATE %s\n", pg_last_sqlstate());
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT_EQUAL(rc == 0 ? db_commit(db) : (db_rollback(db), -1), 0);
+    db_close(db);
+    int64_t end = clock_mono_ms() + 15000;
+    payment_refund_totals_t t[2] = {{0}};
+    while (clock_mono_ms() < end && (t[0].rejected < 1 || t[1].rejected < 1)) {
+        clock_sleep_ms(50);
+        db = sut_db(&s);
+        for (int i = 0; i < 2; i++)
+            ASSERT_OK(payment_refund_totals(db, TENANT, ids[i], &t[i]));
+        db_close(db);
+    }
+    /* refunds of pending payments are refused, and announced */
+    CU_ASSERT_EQUAL(t[0].rejected, 1);
+    CU_ASSERT_EQUAL(t[1].rejected, 1);
     CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 0);
     sut_stop(&s);
 }
@@ -2116,6 +2216,8 @@ int main(void)
         {"a refund in its payment's batch sees the payment succeeded (postgres+redis)", test_refund_same_batch_real},
         {"200 payments, 3 concurrent refunds each: never over captured (memory)", test_refunds_memory},
         {"200 payments, 3 concurrent refunds each: never over captured (postgres+redis)", test_refunds_real},
+        {"a batch's events take their aggregates in order: no deadlock with an ascending writer (postgres+redis)",
+         test_refund_lock_order_real},
         {"unknown payment: DLQ with its reason; sent back, only payment applies it (memory)", test_unknown_memory},
         {"unknown payment: DLQ with its reason; sent back, only payment applies it (postgres+redis)",
          test_unknown_real},
