@@ -5,6 +5,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/pg.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -53,8 +54,10 @@ static bool connected(janitor_t *j)
         free(err);
         return false;
     }
-    /* the cleanups' statements are planned for index scans (inbox.c, outbox.c) */
-    if (db_index_scans_only(j->db) != 0) {
+    /* the cleanups' statements are planned for index scans (inbox.c,
+     * outbox.c); a delete lost in a crash is made again at the next pass, so
+     * its commit need not wait for the WAL flush */
+    if (db_index_scans_only(j->db) != 0 || pg_exec(db_pg(j->db), "SET synchronous_commit = off") != 0) {
         db_close(j->db);
         j->db = NULL;
         return false;
@@ -68,6 +71,8 @@ static void pass(janitor_t *j)
     size_t chunk = j->o.chunk ? j->o.chunk : JANITOR_CHUNK;
     uint64_t total = 0;
     for (;;) {
+        if (j->o.on && !atomic_load(j->o.on))
+            break;
         if (!connected(j))
             return;
         int64_t t0 = clock_mono_us();
@@ -95,12 +100,8 @@ static void pass(janitor_t *j)
 static void *janitor_main(void *arg)
 {
     janitor_t *j = arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the main thread's */
     do {
-        if (!j->o.on || atomic_load(j->o.on))
-            pass(j);
+        pass(j);
         atomic_fetch_add(&j->passes, 1);
     } while (!rest(j, j->o.every_ms));
     db_close(j->db);
@@ -117,6 +118,7 @@ janitor_t *janitor_start(const janitor_opts_t *o)
     j->url = xstrdup(o->database_url);
     j->app_name = xstrdup(o->app_name ? o->app_name : "ecom-janitor");
     j->what = xstrdup(o->what ? o->what : "retention");
+    j->o.database_url = j->o.app_name = j->o.what = NULL; /* the caller's; the copies above are used */
     char label[128];
     snprintf(label, sizeof label, "table=\"%s\"", j->what);
     j->m_deleted =
@@ -132,7 +134,11 @@ janitor_t *janitor_start(const janitor_opts_t *o)
     pthread_attr_t at;
     pthread_attr_init(&at);
     pthread_attr_setstacksize(&at, 256 * 1024);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* signals are the main thread's: the thread starts with them blocked */
     int rc = pthread_create(&j->th, &at, janitor_main, j);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&at);
     if (rc != 0) {
         log_error("%s cleanup: could not start its thread", j->what);

@@ -35,7 +35,8 @@ typedef struct janitor_opts {
     int64_t retain_s;
     size_t chunk;          /* rows per statement (0: 5000) */
     int every_ms;          /* between passes */
-    const atomic_bool *on; /* a pass runs only while *on (NULL: always) */
+    const atomic_bool *on; /* chunks are deleted only while *on (NULL: always);
+                              borrowed until janitor_stop */
 } janitor_opts_t;
 
 typedef struct janitor janitor_t;
@@ -43,9 +44,10 @@ typedef struct janitor janitor_t;
 /* Starts the thread (options copied). NULL when there is no database_url
  * or the thread could not start (logged). */
 janitor_t *janitor_start(const janitor_opts_t *o);
-/* Stops and joins the thread, within a chunk's time; NULL is a no-op. */
+/* Stops and joins the thread, once its statement or connection attempt in
+ * progress returns; NULL is a no-op. */
 void janitor_stop(janitor_t *j);
-/* Rows deleted so far, and passes finished (tests). */
+/* Rows deleted so far, and passes ended, those *on kept idle included (tests). */
 uint64_t janitor_deleted(const janitor_t *j);
 uint64_t janitor_passes(const janitor_t *j);
 

@@ -215,7 +215,7 @@ int inbox_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
     }
     /* any limit old rows, by their row addresses (the BRIN index of bus/002
      * finds them; an order would sort every old row first). The generic plan
-     * of the runtime's connections (db_index_scans_only) keeps to that index
+     * of the janitor's connection (db_index_scans_only) keeps to that index
      * too, for 20,000 to 1,000,000 rows with nothing old (EXPLAIN ANALYZE);
      * test_backbone checks a cleanup's reads. */
     return pg_delete_older(db_pg(db),

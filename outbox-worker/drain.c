@@ -628,6 +628,7 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
              o->redis_url && *o->redis_url ? "redis" : "memory", o->batch);
 
     while (!stopping(&d)) {
+        atomic_store(&cleaner, d.held[0]); /* lost_connection gives every partition up */
         if (connect_all(&d) != 0) {
             backoff(&d);
             continue;
@@ -657,7 +658,6 @@ int drain_run(const drain_opts_t *o, atomic_bool *stop)
                 discard_next(&d); /* it may hold rows of a partition given up */
             health_report(d.store_name, true, (double)(clock_mono_us() - t0) / 1000.0);
         }
-        atomic_store(&cleaner, d.held[0]);
         if (now >= d.next_maintenance && d.held[0]) {
             d.next_maintenance = now + o->trim_interval_ms;
             maintenance(&d);

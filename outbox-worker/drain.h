@@ -29,7 +29,7 @@
  * as often, on a thread and connection of its own (core/janitor.h), chunk
  * after chunk until it is caught up.
  * In memory mode it moves rows from the memory outbox to the memory bus.
- * Owns: its database and bus handles. */
+ * Owns: its database and bus handles, and the cleanup's thread. */
 #ifndef ECOM_DRAIN_H
 #define ECOM_DRAIN_H
 

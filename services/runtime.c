@@ -1493,8 +1493,10 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     rt.m_e2e_s = metrics_histogram("ecom_service_end_to_end_seconds", "Outbox append to handler commit", labels);
     health_require(store_name(&rt));
     health_require(bus_name(&rt));
-    /* old inbox ids go on a thread of their own: a chunk of the delete
-     * stalled the loop, and a chunk a minute fell behind a steady flow */
+    /* old inbox ids go on a thread of their own, while this consumer holds
+     * the group's lease: a chunk of the delete stalled the loop, and a chunk
+     * a minute fell behind a steady flow */
+    atomic_bool cleaner = false;
     char janitor_app[96];
     snprintf(janitor_app, sizeof janitor_app, "%s-cleanup", def->group);
     janitor_t *janitor = janitor_start(&(janitor_opts_t){.database_url = o->database_url,
@@ -1502,7 +1504,8 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
                                                          .what = "bus.inbox",
                                                          .cleanup = inbox_cleanup,
                                                          .retain_s = o->inbox_retain_s,
-                                                         .every_ms = CLEANUP_MS});
+                                                         .every_ms = CLEANUP_MS,
+                                                         .on = &cleaner});
     log_info("service %s started as consumer %s (%s store, %s bus)", def->group, o->consumer, store_name(&rt),
              bus_name(&rt));
 
@@ -1524,6 +1527,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     rt.redis = o->redis_url && *o->redis_url;
     const char **streams = NULL;
     while (!stopping(&rt)) {
+        atomic_store(&cleaner, rt.lease);
         if (connect_all(&rt) != 0) {
             backoff(&rt);
             continue;
