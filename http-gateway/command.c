@@ -27,6 +27,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/pg.h"
 #include "core/pgarray.h"
 #include "core/strmap.h"
 
@@ -1295,36 +1296,31 @@ void gw_tx_exec(gw_req_t *r, const pga_stmt_t *stmts, int n, gw_tx_cb cb)
 
 /* ---- cleanup ---- */
 
-static void on_cleanup(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
+int gw_idem_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
 {
-    (void)res;
-    (void)n;
-    (void)arg;
-    if (err)
-        log_debug("idempotency cleanup failed: %s", err);
-    pga_release(c, false);
-}
-
-static void on_cleanup_conn(pga_conn_t *c, const char *err, void *arg)
-{
-    (void)err;
-    (void)arg;
-    if (!c)
-        return;
-    const pga_stmt_t st[] = {
-        {.sql = "DELETE FROM gateway.idempotency WHERE store_key IN (SELECT store_key FROM gateway.idempotency"
-                " WHERE expires_at < now() ORDER BY expires_at LIMIT 1000)"}};
-    if (pga_pipeline(c, st, 1, on_cleanup, NULL) != 0)
-        pga_release(c, false);
+    (void)retain_s; /* each record carries its own expiry */
+    /* rows another gateway's cleanup or a request reusing an expired key
+     * holds are left to the next chunk or pass */
+    *deleted = 0;
+    char lim[24];
+    snprintf(lim, sizeof lim, "%zu", limit);
+    const char *p[] = {lim};
+    PGresult *r =
+        pg_query(db_pg(db),
+                 "DELETE FROM gateway.idempotency WHERE store_key IN (SELECT store_key FROM"
+                 " gateway.idempotency WHERE expires_at < now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
+                 1, p);
+    if (!r)
+        return -1;
+    *deleted = (size_t)strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return 0;
 }
 
 void gw_idem_cleanup(gw_thread_t *th)
 {
-    if (th->pg) {
-        if (pga_acquire(th->pg, on_cleanup_conn, NULL) != 0)
-            log_debug("idempotency cleanup skipped: pool busy");
-        return;
-    }
+    if (th->pg)
+        return; /* gw_idem_cleanup_pg, on the gateway's janitor */
     db_t *db = th->memdb;
     if (db_begin(db) != 0)
         return;

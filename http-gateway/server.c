@@ -8,10 +8,11 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/health.h"
+#include "core/janitor.h"
 #include "core/log.h"
 #include "core/otel.h"
-#include "http-gateway/flags.h"
 #include "http-gateway/authx/otp.h"
+#include "http-gateway/flags.h"
 #include "http-gateway/problem.h"
 #include "http-gateway/schema.h"
 
@@ -894,6 +895,13 @@ int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
         shared_free(&sh);
         return -1;
     }
+    /* expired idempotency records, on a thread and connection of its own */
+    janitor_t *janitor = mem ? NULL
+                             : janitor_start(&(janitor_opts_t){.database_url = cfg->database_url,
+                                                               .app_name = "ecom-gateway-cleanup",
+                                                               .what = "gateway.idempotency",
+                                                               .cleanup = gw_idem_cleanup_pg,
+                                                               .every_ms = 60000});
     sh.nthreads = (int)n;
     sh.threads = xcalloc((size_t)n, sizeof *sh.threads);
     int rc = 0;
@@ -908,6 +916,7 @@ int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
             pthread_join(sh.threads[i].thread, NULL);
         log_info("gateway stopped");
     }
+    janitor_stop(janitor);
     for (int i = 0; i < sh.nthreads; i++)
         thread_free(&sh.threads[i]);
     free(sh.threads);

@@ -13,9 +13,11 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/config.h"
+#include "core/janitor.h"
 #include "core/log.h"
 #include "core/pg.h"
 #include "core/uuid.h"
+#include "http-gateway/gw.h"
 #include "http-gateway/hedge.h"
 #include "http-gateway/jwt.h"
 #include "tests/httptest.h"
@@ -1891,6 +1893,43 @@ static void test_shared_gateway_exit(void)
     stop_clean(p, "shared gateway");
 }
 
+/* Expired idempotency records go chunk after chunk until none is left, in
+ * one pass of the gateway's janitor: 2,500 in chunks of 1,000 (one chunk a
+ * pass left 1,500 until the next, a minute later); live ones stay. */
+static void test_idem_cleanup_catches_up(void)
+{
+    const char *url = test_pg_db("gwjanitor", true); /* its own database: the counts are this test's */
+    char *err = NULL;
+    PGconn *c = pg_connect(url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    CU_ASSERT_EQUAL_FATAL(pg_exec(c, "INSERT INTO gateway.idempotency (store_key, tenant, fingerprint, status, body,"
+                                     " expires_at) SELECT 'k' || n, 't1', 'f', 202, '{}', CASE WHEN n <= 2500 THEN"
+                                     " now() - interval '1 minute' ELSE now() + interval '1 hour' END"
+                                     " FROM generate_series(1, 2503) n"),
+                          0);
+    janitor_t *j = janitor_start(&(janitor_opts_t){.database_url = url,
+                                                   .app_name = "test-janitor",
+                                                   .what = "gateway.idempotency",
+                                                   .cleanup = gw_idem_cleanup_pg,
+                                                   .chunk = 1000,
+                                                   .every_ms = 60000});
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    int64_t end = clock_mono_ms() + 20000;
+    while (janitor_passes(j) == 0 && clock_mono_ms() < end)
+        clock_sleep_ms(20);
+    CU_ASSERT_TRUE(janitor_passes(j) > 0);
+    CU_ASSERT_EQUAL(janitor_deleted(j), 2500);
+    janitor_stop(j);
+    PGresult *r =
+        pg_query(c, "SELECT count(*), count(*) FILTER (WHERE expires_at > now()) FROM gateway.idempotency", 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 0), "3");
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(r, 0, 1), "3");
+    PQclear(r);
+    PQfinish(c);
+}
+
 /* ================= the suite ================= */
 
 static int suite_init(void)
@@ -1940,6 +1979,7 @@ int main(void)
         {"shutdown: SIGTERM drains, /ready 503, exit 0", test_shutdown},
         {"/health alive without PostgreSQL, /ready 503", test_health_without_db},
         {"hedged reads: a slow primary, the hedge after the p95 wins; the budget stops hedging", test_hedge},
+        {"idempotency: expired records are deleted chunk after chunk until none is left", test_idem_cleanup_catches_up},
         {"the shared gateway exits 0 on SIGTERM (sanitizers clean)", test_shared_gateway_exit},
         CU_TEST_INFO_NULL,
     };
