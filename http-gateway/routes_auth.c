@@ -27,6 +27,7 @@
 #include "core/clock.h"
 #include "core/digest.h"
 #include "core/log.h"
+#include "core/pg.h"
 #include "core/strmap.h"
 #include "core/uuid.h"
 #include "http-gateway/authx/otp.h"
@@ -1018,4 +1019,31 @@ void gw_totp_remove(gw_req_t *r)
                                .nparams = 2,
                                .params = p}};
     gw_tx_exec(r, stm, 1, on_removed);
+}
+
+/* ---- retention ---- */
+
+static const char *const sql_auth_cleanup[] = {
+    "DELETE FROM auth.otp_tickets WHERE ctid = ANY (ARRAY(SELECT ctid FROM auth.otp_tickets"
+    " WHERE expires_at < now() - make_interval(secs => $1::double precision) LIMIT $2))",
+    "DELETE FROM auth.otp_failures WHERE ctid = ANY (ARRAY(SELECT ctid FROM auth.otp_failures"
+    " WHERE window_start < now() - make_interval(secs => $1::double precision) - interval '1 hour' LIMIT $2))",
+    /* a session's refresh tokens go with it (rotated ones included: they
+     * only served to recognise a reuse while the session lived) */
+    "WITH s AS (SELECT sid FROM auth.sessions WHERE expires_at < now() - make_interval(secs => $1::double precision)"
+    " OR revoked_at < now() - make_interval(secs => $1::double precision) LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " t AS (DELETE FROM auth.refresh_tokens WHERE sid IN (SELECT sid FROM s))"
+    " DELETE FROM auth.sessions WHERE sid IN (SELECT sid FROM s)",
+};
+
+int gw_auth_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
+{
+    *deleted = 0;
+    for (size_t i = 0; i < sizeof sql_auth_cleanup / sizeof *sql_auth_cleanup; i++) {
+        size_t n = 0;
+        if (pg_delete_older(db_pg(db), sql_auth_cleanup[i], retain_s, limit, &n) != 0)
+            return -1;
+        *deleted += n;
+    }
+    return 0;
 }

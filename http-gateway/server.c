@@ -14,6 +14,7 @@
 #include "http-gateway/authx/otp.h"
 #include "http-gateway/flags.h"
 #include "http-gateway/problem.h"
+#include "http-gateway/routes_auth.h"
 #include "http-gateway/schema.h"
 
 #include <arpa/inet.h>
@@ -895,7 +896,15 @@ int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
         shared_free(&sh);
         return -1;
     }
-    /* expired idempotency records, on a thread and connection of its own */
+    /* expired idempotency records and logins, each on a thread and
+     * connection of its own */
+    janitor_t *auth_janitor = mem ? NULL
+                                  : janitor_start(&(janitor_opts_t){.database_url = cfg->database_url,
+                                                                    .app_name = "ecom-gateway-auth-cleanup",
+                                                                    .what = "auth",
+                                                                    .cleanup = gw_auth_cleanup_pg,
+                                                                    .retain_s = 86400,
+                                                                    .every_ms = 60000});
     janitor_t *janitor = mem ? NULL
                              : janitor_start(&(janitor_opts_t){.database_url = cfg->database_url,
                                                                .app_name = "ecom-gateway-cleanup",
@@ -917,6 +926,7 @@ int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
         log_info("gateway stopped");
     }
     janitor_stop(janitor);
+    janitor_stop(auth_janitor);
     for (int i = 0; i < sh.nthreads; i++)
         thread_free(&sh.threads[i]);
     free(sh.threads);

@@ -11,11 +11,13 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/digest.h"
+#include "core/janitor.h"
 #include "core/log.h"
 #include "core/pg.h"
 #include "core/uuid.h"
 #include "http-gateway/authx/otp.h"
 #include "http-gateway/jwt.h"
+#include "http-gateway/routes_auth.h"
 #include "tests/httptest.h"
 #include "tests/testlib.h"
 
@@ -1249,6 +1251,75 @@ static int suite_init(void)
     return ga && gb ? 0 : -1;
 }
 
+static const char *count_of(PGconn *c, const char *sql, char out[32])
+{
+    PGresult *r = pg_query(c, sql, 0, NULL);
+    snprintf(out, 32, "%s", r && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "?");
+    PQclear(r);
+    return out;
+}
+
+/* The login's tables are cleaned a day after their rows ended: 1,200 OTP
+ * tickets, 1,200 failure budgets and 1,200 sessions (600 expired, 600
+ * revoked, each with two refresh tokens) in one pass of chunks of 500;
+ * tickets, budgets and sessions still within the day stay, and so do a live
+ * session's tokens. */
+static void test_auth_cleanup(void)
+{
+    const char *url = test_pg_db("authjanitor", true); /* its own database: the counts are this test's */
+    char *err = NULL;
+    PGconn *c = pg_connect(url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    static const char *const setup[] = {
+        "INSERT INTO auth.otp_tickets (tenant, ticket_id, subject, channel, code_mac, created_at, expires_at)"
+        " SELECT 't1', 'k' || n, 's' || n, 'email', 'mac', now() - interval '3 days',"
+        " CASE WHEN n <= 1200 THEN now() - interval '2 days' ELSE now() - interval '1 hour' END"
+        " FROM generate_series(1, 1203) n",
+        "INSERT INTO auth.otp_failures (subject, window_start, failures)"
+        " SELECT 's' || n, CASE WHEN n <= 1200 THEN now() - interval '2 days' ELSE now() - interval '20 hours' END, 3"
+        " FROM generate_series(1, 1203) n",
+        "INSERT INTO auth.sessions (sid, tenant, subject, created_at, expires_at, revoked_at)"
+        " SELECT 'sid' || n, 't1', 's' || n, now() - interval '40 days',"
+        " CASE WHEN n <= 600 THEN now() - interval '2 days' ELSE now() + interval '1 day' END,"
+        " CASE WHEN n > 600 AND n <= 1200 THEN now() - interval '2 days'"
+        " WHEN n = 1202 THEN now() - interval '1 hour' END FROM generate_series(1, 1203) n",
+        "INSERT INTO auth.refresh_tokens (hash, sid, tenant, state)"
+        " SELECT 'h' || n || '-' || k, 'sid' || n, 't1', CASE WHEN k = 1 THEN 'rotated' ELSE 'active' END"
+        " FROM generate_series(1, 1203) n, generate_series(1, 2) k",
+    };
+    for (size_t i = 0; i < sizeof setup / sizeof *setup; i++)
+        CU_ASSERT_EQUAL_FATAL(pg_exec(c, setup[i]), 0);
+    janitor_t *j = janitor_start(&(janitor_opts_t){.database_url = url,
+                                                   .app_name = "test-janitor",
+                                                   .what = "auth",
+                                                   .cleanup = gw_auth_cleanup_pg,
+                                                   .retain_s = 86400,
+                                                   .chunk = 500,
+                                                   .every_ms = 60000});
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    int64_t end = clock_mono_ms() + 20000;
+    while (janitor_passes(j) == 0 && clock_mono_ms() < end)
+        clock_sleep_ms(20);
+    CU_ASSERT_TRUE(janitor_passes(j) > 0);
+    CU_ASSERT_EQUAL(janitor_deleted(j), 3 * 1200);
+    janitor_stop(j);
+    char n[32];
+    CU_ASSERT_STRING_EQUAL(count_of(c, "SELECT string_agg(ticket_id, ',' ORDER BY ticket_id) FROM auth.otp_tickets", n),
+                           "k1201,k1202,k1203");
+    CU_ASSERT_STRING_EQUAL(count_of(c, "SELECT string_agg(subject, ',' ORDER BY subject) FROM auth.otp_failures", n),
+                           "s1201,s1202,s1203");
+    CU_ASSERT_STRING_EQUAL(count_of(c, "SELECT string_agg(sid, ',' ORDER BY sid) FROM auth.sessions", n),
+                           "sid1201,sid1202,sid1203");
+    CU_ASSERT_STRING_EQUAL(count_of(c,
+                                    "SELECT count(*) FROM auth.refresh_tokens WHERE sid IN ('sid1201', 'sid1202',"
+                                    " 'sid1203')",
+                                    n),
+                           "6");
+    CU_ASSERT_STRING_EQUAL(count_of(c, "SELECT count(*) FROM auth.refresh_tokens", n), "6");
+    PQfinish(c);
+}
+
 /* Last: both gateways exit 0 on SIGTERM (sanitizer reports and leaks included). */
 static void test_gateways_exit(void)
 {
@@ -1287,6 +1358,7 @@ int main(void)
         {"A1-A2: the ABAC guard on the exact body", test_abac},
         {"T1 T3: tenant resolution and independent keys", test_tenancy},
         {"O8 address bucket: GCRA with RateLimit headers", test_address_limits},
+        {"the login's tables are cleaned a day after their rows ended", test_auth_cleanup},
         {"the gateways exit cleanly", test_gateways_exit},
         CU_TEST_INFO_NULL,
     };
