@@ -71,8 +71,11 @@ static void pass(janitor_t *j)
     size_t chunk = j->o.chunk ? j->o.chunk : JANITOR_CHUNK;
     uint64_t total = 0;
     for (;;) {
-        if (j->o.on && !atomic_load(j->o.on))
+        if (j->o.on && !atomic_load(j->o.on)) {
+            db_close(j->db); /* a standby holds no connection */
+            j->db = NULL;
             break;
+        }
         if (!connected(j))
             return;
         int64_t t0 = clock_mono_us();
@@ -136,6 +139,11 @@ janitor_t *janitor_start(const janitor_opts_t *o)
     pthread_attr_setstacksize(&at, 256 * 1024);
     sigset_t all, old;
     sigfillset(&all);
+    /* a fault in the thread still reaches the sanitizers' handlers */
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
     pthread_sigmask(SIG_BLOCK, &all, &old); /* signals are the main thread's: the thread starts with them blocked */
     int rc = pthread_create(&j->th, &at, janitor_main, j);
     pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -1023,11 +1023,14 @@ void gw_totp_remove(gw_req_t *r)
 
 /* ---- retention ---- */
 
+/* Each by an index of auth/007-010; rows another gateway's cleanup holds
+ * are left to it. */
 static const char *const sql_auth_cleanup[] = {
     "DELETE FROM auth.otp_tickets WHERE ctid = ANY (ARRAY(SELECT ctid FROM auth.otp_tickets"
-    " WHERE expires_at < now() - make_interval(secs => $1::double precision) LIMIT $2))",
+    " WHERE expires_at < now() - make_interval(secs => $1::double precision) LIMIT $2 FOR UPDATE SKIP LOCKED))",
     "DELETE FROM auth.otp_failures WHERE ctid = ANY (ARRAY(SELECT ctid FROM auth.otp_failures"
-    " WHERE window_start < now() - make_interval(secs => $1::double precision) - interval '1 hour' LIMIT $2))",
+    " WHERE window_start < now() - make_interval(secs => $1::double precision) - interval '1 hour' LIMIT $2"
+    " FOR UPDATE SKIP LOCKED))",
     /* a session's refresh tokens go with it (rotated ones included: they
      * only served to recognise a reuse while the session lived) */
     "WITH s AS (SELECT sid FROM auth.sessions WHERE expires_at < now() - make_interval(secs => $1::double precision)"
