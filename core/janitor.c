@@ -112,6 +112,16 @@ static void *janitor_main(void *arg)
     return NULL;
 }
 
+static void janitor_free(janitor_t *j)
+{
+    pthread_cond_destroy(&j->cv);
+    pthread_mutex_destroy(&j->mu);
+    free(j->url);
+    free(j->app_name);
+    free(j->what);
+    free(j);
+}
+
 janitor_t *janitor_start(const janitor_opts_t *o)
 {
     if (!o->database_url || !*o->database_url)
@@ -125,9 +135,7 @@ janitor_t *janitor_start(const janitor_opts_t *o)
     char label[128];
     snprintf(label, sizeof label, "table=\"%s\"", j->what);
     j->m_deleted =
-        metrics_counter("ecom_retention_deleted_total", "Rows deleted by retention cleanups (old inbox ids, the"
-                                                        " outbox's re-drive window)",
-                        label);
+        metrics_counter("ecom_retention_deleted_total", "Rows deleted by retention cleanups (core/janitor.h)", label);
     pthread_mutex_init(&j->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -150,12 +158,7 @@ janitor_t *janitor_start(const janitor_opts_t *o)
     pthread_attr_destroy(&at);
     if (rc != 0) {
         log_error("%s cleanup: could not start its thread", j->what);
-        pthread_cond_destroy(&j->cv);
-        pthread_mutex_destroy(&j->mu);
-        free(j->url);
-        free(j->app_name);
-        free(j->what);
-        free(j);
+        janitor_free(j);
         return NULL;
     }
     return j;
@@ -170,12 +173,7 @@ void janitor_stop(janitor_t *j)
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
     pthread_join(j->th, NULL);
-    pthread_cond_destroy(&j->cv);
-    pthread_mutex_destroy(&j->mu);
-    free(j->url);
-    free(j->app_name);
-    free(j->what);
-    free(j);
+    janitor_free(j);
 }
 
 uint64_t janitor_deleted(const janitor_t *j)

@@ -2,6 +2,7 @@
 #include "tests/testlib.h"
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/pg.h"
 #include "core/redis.h"
 
@@ -315,4 +316,19 @@ const char *test_redis_db(void)
     char *url = xasprintf("%s/%lld", base, mine);
     keep_url(url);
     return url;
+}
+
+uint64_t test_janitor_pass(const janitor_opts_t *o)
+{
+    janitor_t *j = janitor_start(o);
+    CU_ASSERT_PTR_NOT_NULL(j);
+    if (!j)
+        return UINT64_MAX;
+    int64_t end = clock_mono_ms() + 20000;
+    while (janitor_passes(j) == 0 && clock_mono_ms() < end)
+        clock_sleep_ms(20);
+    CU_ASSERT_TRUE(janitor_passes(j) > 0);
+    uint64_t n = janitor_deleted(j);
+    janitor_stop(j);
+    return n;
 }

@@ -6,10 +6,18 @@
 
 #include <CUnit/CUnit.h>
 #include <stdbool.h>
+#include <stdint.h>
+
+#include "core/janitor.h"
 
 /* Runs the tests (only those whose name holds $TEST_ONLY, when it is set);
  * returns the process exit code (0 when all passed, 1 also when none ran). */
 int test_main(const char *suite, CU_TestInfo *tests, int (*init)(void), int (*clean)(void));
+
+/* Starts a janitor with o, waits (at most 20 s; a CUnit failure after) until
+ * it has ended its first pass, stops it; the rows it deleted, or UINT64_MAX
+ * when it did not start. */
+uint64_t test_janitor_pass(const janitor_opts_t *o);
 
 /* A fresh database on the test server, migrated when migrate is true.
  * Returns its URL (owned by testlib, valid until exit). Fails the process

@@ -2278,19 +2278,6 @@ static long long published_rows(db_t *db)
     return n;
 }
 
-/* Waits until j has ended a pass (at most 20 s), then stops it; the rows it
- * deleted. */
-static uint64_t janitor_pass_stop(janitor_t *j)
-{
-    int64_t end = clock_mono_ms() + 20000;
-    while (janitor_passes(j) == 0 && clock_mono_ms() < end)
-        clock_sleep_ms(20);
-    CU_ASSERT_TRUE(janitor_passes(j) > 0);
-    uint64_t n = janitor_deleted(j);
-    janitor_stop(j);
-    return n;
-}
-
 /* The janitor's pass deletes chunk after chunk until the table is caught
  * up: 12,000 old rows go in one pass of chunks of 5,000 (one chunk a pass
  * left 7,000 until the next), the window's young rows stay, and a janitor
@@ -2313,14 +2300,10 @@ static void test_janitor_catches_up_real(void)
                         .retain_s = 3600,
                         .every_ms = 60000,
                         .on = &on};
-    janitor_t *j = janitor_start(&o);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    CU_ASSERT_EQUAL(janitor_pass_stop(j), 0);
+    CU_ASSERT_EQUAL(test_janitor_pass(&o), 0);
     CU_ASSERT_EQUAL(published_rows(db), 12005);
     atomic_store(&on, true);
-    j = janitor_start(&o);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    CU_ASSERT_EQUAL(janitor_pass_stop(j), 12000);
+    CU_ASSERT_EQUAL(test_janitor_pass(&o), 12000);
     PGresult *r =
         pg_query(db_pg(db), "SELECT string_agg(pos::text, ',' ORDER BY pos) FROM bus.outbox_published", 0, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);

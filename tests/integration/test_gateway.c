@@ -13,7 +13,6 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/config.h"
-#include "core/janitor.h"
 #include "core/log.h"
 #include "core/pg.h"
 #include "core/uuid.h"
@@ -1908,19 +1907,13 @@ static void test_idem_cleanup_catches_up(void)
                                      " now() - interval '1 minute' ELSE now() + interval '1 hour' END"
                                      " FROM generate_series(1, 2503) n"),
                           0);
-    janitor_t *j = janitor_start(&(janitor_opts_t){.database_url = url,
-                                                   .app_name = "test-janitor",
-                                                   .what = "gateway.idempotency",
-                                                   .cleanup = gw_idem_cleanup_pg,
-                                                   .chunk = 1000,
-                                                   .every_ms = 60000});
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    int64_t end = clock_mono_ms() + 20000;
-    while (janitor_passes(j) == 0 && clock_mono_ms() < end)
-        clock_sleep_ms(20);
-    CU_ASSERT_TRUE(janitor_passes(j) > 0);
-    CU_ASSERT_EQUAL(janitor_deleted(j), 2500);
-    janitor_stop(j);
+    CU_ASSERT_EQUAL(test_janitor_pass(&(janitor_opts_t){.database_url = url,
+                                                        .app_name = "test-janitor",
+                                                        .what = "gateway.idempotency",
+                                                        .cleanup = gw_idem_cleanup_pg,
+                                                        .chunk = 1000,
+                                                        .every_ms = 60000}),
+                    2500);
     PGresult *r =
         pg_query(c, "SELECT count(*), count(*) FILTER (WHERE expires_at > now()) FROM gateway.idempotency", 0, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
