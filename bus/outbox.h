@@ -63,9 +63,9 @@ int outbox_append(db_t *tx, const outbox_msg_t *m, char id_out[UUID_STR_LEN], co
  * statement takes them in the byte order of (tenant, aggregate_id). A
  * transaction that appends to several aggregates does so in one such
  * statement, or one by one in that order: two transactions that take two
- * aggregates in opposite orders deadlock, and PostgreSQL fails one (which
- * must then be retried: a service batch applied again in halves appends per
- * half, so it may still meet one). */
+ * aggregates in opposite orders deadlock, and PostgreSQL fails one, which
+ * must then be retried (services/runtime.h's lock_aggregates keeps a batch
+ * applied again in halves in that order). */
 int outbox_append_many(db_t *tx, const outbox_msg_t *msgs, size_t n, const char **why)
     __attribute__((warn_unused_result));
 /* The same, held back (db_defer) to go with the transaction's next round

@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/pg.h"
+#include "core/pgarray.h"
 #include "core/strmap.h"
 #include "inbox/inbox.h"
 #include "services/ackgate.h"
@@ -741,6 +742,34 @@ out:
     return rc;
 }
 
+/* Locks the sequence rows (bus.aggregate_seq) of the aggregates of ws[0..n)
+ * in the order outbox_append_many takes them (svc_def_t.lock_aggregates).
+ * Before any savepoint: a lock taken inside one is released with it. */
+static int lock_aggregates(db_t *db, const work_t *ws, size_t n)
+{
+    pg_array_t a[2] = {{0}};
+    pg_array_begin(&a[0], PG_OID_TEXT, n);
+    pg_array_begin(&a[1], PG_OID_TEXT, n);
+    for (size_t i = 0; i < n; i++) {
+        pg_array_text(&a[0], ws[i].m->env.tenant);
+        pg_array_text(&a[1], ws[i].m->env.aggregate_id);
+    }
+    const char *vals[2];
+    int lens[2], fmts[2];
+    pg_array_params(a, 2, (uint32_t)n, vals, lens, fmts);
+    PGresult *r = db_exec_params_bin(db,
+                                     "SELECT 1 FROM bus.aggregate_seq WHERE (tenant, aggregate_id) IN"
+                                     " (SELECT * FROM unnest($1::text[], $2::text[]))"
+                                     " ORDER BY tenant COLLATE \"C\", aggregate_id COLLATE \"C\" FOR UPDATE",
+                                     2, vals, lens, fmts, NULL);
+    pg_array_free(&a[0]);
+    pg_array_free(&a[1]);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
 /* After the all-at-once pass failed, or when a message of the batch failed
  * before: halves with the batch handler, or one savepoint per message. A
  * message that failed before (the first of its aggregate in the batch) goes
@@ -750,6 +779,8 @@ static int apply_slow(rt_t *rt, db_t *db, work_t *ws, size_t n, strmap_t *blocke
 {
     if (db_begin(db) != 0)
         return -1;
+    if (rt->def->lock_aggregates && db->kind == DB_PG && lock_aggregates(db, ws, n) != 0)
+        goto broken;
     if (rt->def->handle_batch) {
         for (size_t i = 0; i < n; i++)
             if (ws[i].suspect && apply_one(rt, db, &ws[i], blocked) != 0)

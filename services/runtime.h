@@ -112,6 +112,14 @@ typedef struct svc_def {
      * payload is strict JSON (json_validate) without building a document,
      * and hands the handlers NULL payloads. */
     bool payload_unread;
+    /* The handlers append events to their messages' own aggregates (the
+     * payment service: payment:<id>). A batch applied at once appends them
+     * in one outbox_append_many, which takes the aggregates' sequence rows
+     * in their key's order; applied again in halves or message by message
+     * it would take them half by half, so the runtime then locks the
+     * batch's aggregates' rows in that order before anything else, and a
+     * writer that appends to them in that order cannot deadlock with it. */
+    bool lock_aggregates;
     /* Optional: called on the service's thread once the transaction that
      * applied msgs committed (each applied then, or found applied already),
      * before they are acknowledged; never for a message that failed. For

@@ -1066,6 +1066,7 @@ const svc_def_t *payment_service(void)
                                   .handle = handle,
                                   .handle_batch = handle_batch,
                                   .concurrent = true,
+                                  .lock_aggregates = true,
                                   .statement_first = true}; /* read_batch, then the provider */
     return &def;
 }
