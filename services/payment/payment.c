@@ -573,7 +573,7 @@ static int defer_flush(db_t *tx, deferred_t *d, bool events)
         if (tx->index_scans) {
             rc = db_defer(tx, DB_STMT_PAYMENT_SETTLE_HELD, sql_settle_held, 5, vals, lens, fmts, NULL);
         } else {
-            /* prepared on the runtime's index-scan connections, else planned for this array */
+            /* not the runtime's index-scan connection: planned for this array */
             PGresult *r = db_exec_lookup(tx, DB_STMT_PAYMENT_SETTLE_MANY, sql_settle_many, 5, vals, lens, fmts, NULL);
             /* every row is locked by this transaction and was pending: all of them change */
             if (!r || strtoul(PQcmdTuples(r), NULL, 10) != d->nsettle) {
