@@ -869,6 +869,17 @@ int gateway_check(const config_t *cfg)
     return rc;
 }
 
+/* The gateway's janitor (core/janitor.h): a chunk of each table; the
+ * login's rows are kept retain_s after they ended. */
+static int gateway_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
+{
+    size_t idem = 0, auth = 0;
+    int rc =
+        gw_idem_cleanup_pg(db, 0, limit, &idem) == 0 && gw_auth_cleanup_pg(db, retain_s, limit, &auth) == 0 ? 0 : -1;
+    *deleted = idem + auth;
+    return rc;
+}
+
 int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
 {
     evthread_use_pthreads();
@@ -896,20 +907,14 @@ int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
         shared_free(&sh);
         return -1;
     }
-    /* expired idempotency records and logins, each on a thread and
-     * connection of its own */
-    janitor_t *auth_janitor = mem ? NULL
-                                  : janitor_start(&(janitor_opts_t){.database_url = cfg->database_url,
-                                                                    .app_name = "ecom-gateway-auth-cleanup",
-                                                                    .what = "auth",
-                                                                    .cleanup = gw_auth_cleanup_pg,
-                                                                    .retain_s = 86400,
-                                                                    .every_ms = 60000});
+    /* expired idempotency records and the login's ended rows, on a thread
+     * and connection of their own */
     janitor_t *janitor = mem ? NULL
                              : janitor_start(&(janitor_opts_t){.database_url = cfg->database_url,
                                                                .app_name = "ecom-gateway-cleanup",
-                                                               .what = "gateway.idempotency",
-                                                               .cleanup = gw_idem_cleanup_pg,
+                                                               .what = "gateway",
+                                                               .cleanup = gateway_cleanup,
+                                                               .retain_s = 86400,
                                                                .every_ms = 60000});
     sh.nthreads = (int)n;
     sh.threads = xcalloc((size_t)n, sizeof *sh.threads);
@@ -926,7 +931,6 @@ int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
         log_info("gateway stopped");
     }
     janitor_stop(janitor);
-    janitor_stop(auth_janitor);
     for (int i = 0; i < sh.nthreads; i++)
         thread_free(&sh.threads[i]);
     free(sh.threads);

@@ -219,6 +219,22 @@ static void sut_stop(sut_t *s)
 /* ---- writing commands as the gateway does ---- */
 
 /* Inserts a pending payment inside the open transaction tx. */
+/* *e: a message of TENANT, now, with a new id (the strings are borrowed). */
+static void event_of(envelope_t *e, char *topic, char *type, char *aggregate, int64_t seq, char *payload)
+{
+    *e = (envelope_t){.type = type,
+                      .topic = topic,
+                      .tenant = TENANT,
+                      .aggregate_id = aggregate,
+                      .seq = seq,
+                      .ts = clock_now_ms(),
+                      .v = 1,
+                      .traceparent = "",
+                      .request_id = "",
+                      .payload = payload};
+    uuid_v7(e->id);
+}
+
 static void insert_payment(db_t *tx, const char *id, int64_t amount, const char *method)
 {
     char order[64];
@@ -483,17 +499,8 @@ static void duplicate(bool memory)
     char agg[64];
     snprintf(agg, sizeof agg, "payment:%s", id);
     char *pl = requested_payload(id, 500, "card");
-    envelope_t e = {.type = "payment.requested",
-                    .topic = "payment",
-                    .tenant = TENANT,
-                    .aggregate_id = agg,
-                    .seq = 1,
-                    .ts = clock_now_ms(),
-                    .v = 1,
-                    .traceparent = "",
-                    .request_id = "",
-                    .payload = pl};
-    uuid_v7(e.id);
+    envelope_t e;
+    event_of(&e, "payment", "payment.requested", agg, 1, pl);
     envelope_t twice[2] = {e, e};
     bus_t *b = sut_bus(&s);
     char entry[2][BUS_ID_MAX];
@@ -818,17 +825,7 @@ static void refund_same_batch(bool memory)
             pl[n] = k ? xasprintf("{\"paymentId\":\"%s\",\"refundId\":\"%s\",\"amount\":%lld}", ids[i], rid,
                                   (long long)refund[i])
                       : requested_payload(ids[i], 1000, "card");
-            e[n] = (envelope_t){.type = k ? "payment.refund.requested" : "payment.requested",
-                                .topic = "payment",
-                                .tenant = TENANT,
-                                .aggregate_id = agg[i],
-                                .seq = k + 1,
-                                .ts = clock_now_ms(),
-                                .v = 1,
-                                .traceparent = "",
-                                .request_id = "",
-                                .payload = pl[n]};
-            uuid_v7(e[n].id);
+            event_of(&e[n], "payment", k ? "payment.refund.requested" : "payment.requested", agg[i], k + 1, pl[n]);
             n++;
         }
     }
@@ -903,17 +900,7 @@ static void refund_lock_order(bool slow)
         char rid[UUID_STR_LEN];
         uuid_v7(rid);
         pl[k] = xasprintf("{\"paymentId\":\"%s\",\"refundId\":\"%s\",\"amount\":100}", pid[k], rid);
-        e[k] = (envelope_t){.type = "payment.refund.requested",
-                            .topic = "payment",
-                            .tenant = TENANT,
-                            .aggregate_id = pagg[k],
-                            .seq = 1,
-                            .ts = clock_now_ms(),
-                            .v = 1,
-                            .traceparent = "",
-                            .request_id = "",
-                            .payload = pl[k]};
-        uuid_v7(e[k].id);
+        event_of(&e[k], "payment", "payment.refund.requested", pagg[k], 1, pl[k]);
     }
     bus_t *b = sut_bus(&s);
     char entry[3][BUS_ID_MAX];
@@ -1173,18 +1160,9 @@ static void redelivered(bool memory)
     sut_start(&s);
     envelope_t e[2];
     for (int i = 0; i < 2; i++) {
-        e[i] = (envelope_t){.type = "auth.otp.requested",
-                            .topic = "auth",
-                            .tenant = TENANT,
-                            .aggregate_id = i ? "otp:user-2" : "otp:user-1",
-                            .seq = 1,
-                            .ts = clock_now_ms(),
-                            .v = 1,
-                            .traceparent = "",
-                            .request_id = "",
-                            .payload = i ? "{\"subject\":\"b@example.com\",\"code\":\"222222\"}"
-                                         : "{\"subject\":\"a@example.com\",\"code\":\"111111\"}"};
-        uuid_v7(e[i].id);
+        event_of(&e[i], "auth", "auth.otp.requested", i ? "otp:user-2" : "otp:user-1", 1,
+                 i ? "{\"subject\":\"b@example.com\",\"code\":\"222222\"}"
+                   : "{\"subject\":\"a@example.com\",\"code\":\"111111\"}");
     }
     bus_t *b = sut_bus(&s);
     char entry[2][BUS_ID_MAX];
@@ -1259,17 +1237,9 @@ static int64_t stats_count(sut_t *s, const char *type)
 /* An event of the shop topic at ts, with a new id (the strings are borrowed). */
 static void shop_event(envelope_t *e, char *tenant, char *type, char *aggregate, int64_t ts)
 {
-    *e = (envelope_t){.type = type,
-                      .topic = "shop",
-                      .tenant = tenant,
-                      .aggregate_id = aggregate,
-                      .seq = 1,
-                      .ts = ts,
-                      .v = 1,
-                      .traceparent = "",
-                      .request_id = "",
-                      .payload = "{\"n\":1}"};
-    uuid_v7(e->id);
+    event_of(e, "shop", type, aggregate, 1, "{\"n\":1}");
+    e->tenant = tenant;
+    e->ts = ts;
 }
 
 /* Analytics builds no payload documents (payload_unread): a tracked event's
@@ -2169,17 +2139,7 @@ static void test_smtp_refused_once_real(void)
         snprintf(agg[i], sizeof agg[i], "otp:%s", to[i]);
         snprintf(pl[i], sizeof pl[i], "{\"subject\":\"%s@example.com\",\"channel\":\"email\",\"code\":\"%d\"}",
                  to[i], 111222 + i);
-        e[i] = (envelope_t){.type = "auth.otp.requested",
-                            .topic = "auth",
-                            .tenant = TENANT,
-                            .aggregate_id = agg[i],
-                            .seq = 1,
-                            .ts = clock_now_ms(),
-                            .v = 1,
-                            .traceparent = "",
-                            .request_id = "",
-                            .payload = pl[i]};
-        uuid_v7(e[i].id);
+        event_of(&e[i], "auth", "auth.otp.requested", agg[i], 1, pl[i]);
     }
     bus_t *b = sut_bus(&s);
     ASSERT_OK(bus_publish(b, e, 2, NULL)); /* before the service starts: one batch */
