@@ -210,7 +210,9 @@ static redisContext *redis_open(const char *url)
 /* A flushed logical Redis database of its own for one run (owned URL). */
 static char *redis_db(int n)
 {
-    char *url = xasprintf("%s/%d", redis_base, n);
+    char *url = redis_url_with_db(redis_base, n);
+    if (!url)
+        die("REDIS_URL does not parse: %s", redis_base);
     redisContext *rc = redis_open(url);
     redisReply *r = redisCommand(rc, "FLUSHDB");
     if (!r || r->type == REDIS_REPLY_ERROR)

@@ -1679,21 +1679,35 @@ int main(int argc, char **argv)
     const char *slash = strrchr(pg_url, '/');
     snprintf(pg_needle, sizeof pg_needle, "postgres: postgres %.*s ", (int)strcspn(slash ? slash + 1 : "", "?"),
              slash ? slash + 1 : "");
-    {
-        redis_url_t ru;
-        if (redis_url_parse(rbase, &ru) == 0)
-            snprintf(redis_needle, sizeof redis_needle, "redis-server %s:%d", ru.host, ru.port);
-        else
-            snprintf(redis_needle, sizeof redis_needle, "redis-server ?");
-    }
     /* a Redis logical db of its own, emptied */
-    snprintf(redis_url, sizeof redis_url, "%s/%d", rbase, REDIS_DB);
+    char *with_db = redis_url_with_db(rbase, REDIS_DB);
+    if (!with_db)
+        die("REDIS_URL does not parse: %s", rbase);
+    snprintf(redis_url, sizeof redis_url, "%s", with_db);
+    free(with_db);
     char *err = NULL;
     redisContext *rc = redis_connect_url(redis_url, 5000, &err);
     if (!rc)
         die("redis: %s", err ? err : "?");
     freeReplyObject(redisCommand(rc, "FLUSHDB"));
+    /* the server's own title, found by its pid: the same over TCP or a socket */
+    snprintf(redis_needle, sizeof redis_needle, "redis-server ?");
+    redisReply *info = redisCommand(rc, "INFO server");
+    const char *pidline = info && info->type == REDIS_REPLY_STRING ? strstr(info->str, "process_id:") : NULL;
+    if (pidline) {
+        char title[256];
+        proc_cmdline((pid_t)atol(pidline + 11), title, sizeof title);
+        size_t len = strlen(title);
+        while (len && title[len - 1] == ' ')
+            title[--len] = '\0';
+        if (strncmp(title, "redis-server ", 13) == 0)
+            snprintf(redis_needle, sizeof redis_needle, "%s", title);
+    }
+    freeReplyObject(info);
     redisFree(rc);
+    printf("transport to PostgreSQL and Redis: %s, %s\n",
+           strstr(pg_url, "%2F") || strstr(pg_url, "host=/") ? "Unix socket" : "TCP",
+           strncmp(redis_url, "unix://", 7) == 0 ? "Unix socket" : "TCP");
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

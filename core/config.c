@@ -40,7 +40,9 @@ static const citem_t items[] = {
     {"LOG_FORMAT", T_ENUM, F(log_format), "text", 0, 0, "text|json", "log line format"},
     {"DATABASE_URL", T_URL, F(database_url), "", 0, 0, "postgres|postgresql",
      "PostgreSQL URL; empty runs the in-memory store"},
-    {"REDIS_URL", T_URL, F(redis_url), "", 0, 0, "redis", "Redis URL; empty runs the in-memory bus"},
+    {"REDIS_URL", T_URL, F(redis_url), "", 0, 0, "redis|unix",
+     "Redis URL, redis://[:password@]host[:port][/db] or unix://[:password@]/path/to/socket[?db=N]; empty runs the "
+     "in-memory bus"},
     {"ADMIN_PORT", T_INT, F(admin_port), "9100", 0, 65535, NULL,
      "port of /health, /ready, /metrics for drainer and services (0 = off)"},
     {"ECOM_INSTANCE", T_STR, F(instance), "", 0, 0, NULL,
@@ -295,10 +297,11 @@ static void url_check(errlist_t *e, const char *name, const char *scheme, const 
         }
         PQconninfoFree(opts);
         PQfreemem(msg);
-    } else if (strcmp(scheme, "redis") == 0) {
+    } else if (strcmp(scheme, "redis") == 0 || strcmp(scheme, "unix") == 0) {
         redis_url_t u;
         if (redis_url_parse(v, &u) != 0)
-            errlist_add(e, "%s: expected redis://[:password@]host[:port][/db]", name);
+            errlist_add(e, "%s: expected redis://[:password@]host[:port][/db] or unix://[:password@]/path[?db=N]",
+                        name);
     }
 }
 

@@ -313,7 +313,9 @@ const char *test_redis_db(void)
     r = redisCommand(c, "FLUSHDB");
     freeReplyObject(r);
     redisFree(c);
-    char *url = xasprintf("%s/%lld", base, mine);
+    char *url = redis_url_with_db(base, (int)mine);
+    if (!url)
+        die("REDIS_URL does not parse");
     keep_url(url);
     return url;
 }

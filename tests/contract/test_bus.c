@@ -77,6 +77,24 @@ static int add_raw_redis(const char *stream, const char *const *fields, size_t n
 static const backend_t memory_backend = {"memory", open_memory, add_raw_memory};
 static const backend_t redis_backend = {"redis", open_redis, add_raw_redis};
 
+/* The same server and db as redis_url, through the Unix socket that
+ * scripts/test-env has Redis listen on (ECOM_TEST_REDIS_SOCKET). */
+static char *unix_url;
+
+static bus_t *open_redis_unix(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(unix_url);
+    char *err = NULL;
+    bus_t *b = bus_open_redis(unix_url, &err);
+    if (!b) {
+        fprintf(stderr, "bus_open_redis(%s): %s\n", unix_url, err);
+        free(err);
+    }
+    return b;
+}
+
+static const backend_t redis_unix_backend = {"redis-unix", open_redis_unix, add_raw_redis};
+
 /* ---- helpers ---- */
 
 static void make_env(envelope_t *e, const char *topic, size_t i)
@@ -1435,6 +1453,38 @@ static void redis_failed_publish_leaves_a_prefix(void)
     bus_close(b);
 }
 
+/* A Unix socket URL reaches the same server: what one connection
+ * publishes the other reads, and a socket that is not there fails the open. */
+static void redis_unix_socket(void)
+{
+    freeReplyObject(test_redis_command(redis_url, "FLUSHDB")); /* the redis/ tests' streams have these names */
+    publish_order_and_ids(&redis_unix_backend);
+    blocking_read_wakes(&redis_unix_backend);
+    ack_removes_pending(&redis_unix_backend);
+
+    bus_t *tcp = open_redis(), *ux = open_redis_unix();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(tcp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ux);
+    const char *st = "ecom:t.unix.cross";
+    ASSERT_OK(bus_group_create(ux, st, "g"));
+    envelope_t e;
+    make_env(&e, "t.unix.cross", 1);
+    ASSERT_OK(bus_publish(tcp, &e, 1, NULL));
+    bus_batch_t bt = {0};
+    ASSERT_OK(bus_read(ux, "g", "c", &st, 1, false, 10, 0, &bt));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 1);
+    CU_ASSERT(env_equal(&bt.msgs[0].env, &e));
+    bus_batch_free(&bt);
+    envelope_clear(&e);
+    bus_close(tcp);
+    bus_close(ux);
+
+    char *err = NULL;
+    CU_ASSERT_PTR_NULL(bus_open_redis("unix:///nonexistent/ecom-redis.sock", &err));
+    CU_ASSERT_PTR_NOT_NULL(err ? strstr(err, "/nonexistent/ecom-redis.sock") : NULL);
+    free(err);
+}
+
 static void memory_is_memory(void)
 {
     bus_t *b = open_memory();
@@ -1486,6 +1536,10 @@ static int suite_init(void)
     const char *level = getenv("LOG_LEVEL");
     log_configure(level ? level : "off", NULL); /* the expected failures log warnings */
     redis_url = test_redis_db();
+    const char *sock = getenv("ECOM_TEST_REDIS_SOCKET");
+    redis_url_t u;
+    if (sock && *sock && redis_url_parse(redis_url, &u) == 0)
+        unix_url = xasprintf("unix://%s?db=%d", sock, u.db);
     mem = membus_new();
     return 0;
 }
@@ -1493,6 +1547,7 @@ static int suite_init(void)
 static int suite_clean(void)
 {
     membus_free(mem);
+    free(unix_url);
     return 0;
 }
 
@@ -1524,6 +1579,7 @@ int main(void)
         {"redis/open_fails", redis_open_fails},
         {"redis/failed_publish_leaves_a_prefix", redis_failed_publish_leaves_a_prefix},
         {"redis/reconnects", redis_reconnects},
+        {"redis/unix_socket", redis_unix_socket},
         CU_TEST_INFO_NULL,
     };
     return test_main("bus", tests, suite_init, suite_clean);

@@ -10,6 +10,7 @@
 #include "core/json.h"
 #include "core/metrics.h"
 #include "core/recent.h"
+#include "core/redis.h"
 #include "core/strmap.h"
 #include "core/uuid.h"
 #include "core/workpool.h"
@@ -583,6 +584,46 @@ static void test_config_every_problem(void)
     unsetenv("INBOX_RETAIN_S");
 }
 
+/* Both forms of a Redis URL, and the same server with another db selected. */
+static void test_redis_urls(void)
+{
+    redis_url_t u;
+    CU_ASSERT_EQUAL(redis_url_parse("unix://:s3cret@/var/run/redis.sock?db=7", &u), 0);
+    CU_ASSERT_STRING_EQUAL(u.path, "/var/run/redis.sock");
+    CU_ASSERT_STRING_EQUAL(u.host, "");
+    CU_ASSERT_STRING_EQUAL(u.password, "s3cret");
+    CU_ASSERT_EQUAL(u.db, 7);
+    CU_ASSERT_EQUAL(redis_url_parse("redis://:pw@localhost:6380/2", &u), 0);
+    CU_ASSERT_STRING_EQUAL(u.path, "");
+    CU_ASSERT_STRING_EQUAL(u.host, "127.0.0.1");
+    CU_ASSERT_EQUAL(u.port, 6380);
+    CU_ASSERT_STRING_EQUAL(u.password, "pw");
+    CU_ASSERT_EQUAL(u.db, 2);
+    /* a path as long as sun_path holds is refused, not cut */
+    char longpath[160] = "unix:///";
+    memset(longpath + 8, 'a', 120);
+    CU_ASSERT_EQUAL(redis_url_parse(longpath, &u), -1);
+    CU_ASSERT_EQUAL(redis_url_parse("unix://", &u), -1);
+    CU_ASSERT_EQUAL(redis_url_parse("unix:///s?db=", &u), -1);
+    CU_ASSERT_EQUAL(redis_url_parse("unix:///s?db=70000", &u), -1);
+
+    static const struct {
+        const char *url, *want;
+    } with[] = {
+        {"redis://127.0.0.1:6379", "redis://127.0.0.1:6379/5"},
+        {"redis://:pw@h:7000/3", "redis://:pw@h:7000/5"},
+        {"unix:///tmp/r.sock", "unix:///tmp/r.sock?db=5"},
+        {"unix://:pw@/tmp/r.sock?db=1", "unix://:pw@/tmp/r.sock?db=5"},
+    };
+    for (size_t i = 0; i < ECOM_ARRAY_LEN(with); i++) {
+        char *got = redis_url_with_db(with[i].url, 5);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(got);
+        CU_ASSERT_STRING_EQUAL(got, with[i].want);
+        free(got);
+    }
+    CU_ASSERT_PTR_NULL(redis_url_with_db("http://h", 5));
+}
+
 /* DATABASE_URL and REDIS_URL are read as their connections will read them:
  * a malformed one is a configuration problem, reported with the others. */
 static void test_config_urls(void)
@@ -600,6 +641,12 @@ static void test_config_urls(void)
         {"", "redis://h:6379x", "REDIS_URL: expected redis://"},
         {"", "redis://h/db1", "REDIS_URL: expected redis://"},
         {"", "redis://h:6379?x=1", "REDIS_URL: expected redis://"},
+        {"", "unix:///run/redis/redis.sock", NULL},
+        {"", "unix://:pw@/run/redis.sock?db=4", NULL},
+        {"", "unix://run/redis.sock", "REDIS_URL: expected redis://"},
+        {"", "unix:///run/redis.sock?db=x", "REDIS_URL: expected redis://"},
+        {"", "unix:///run/redis.sock?timeout=1", "REDIS_URL: expected redis://"},
+        {"", "rediss://h", "REDIS_URL: expected a redis|unix:// URL"},
     };
     for (size_t i = 0; i < ECOM_ARRAY_LEN(cases); i++) {
         setenv("DATABASE_URL", cases[i].db, 1);
@@ -879,6 +926,7 @@ int main(void)
          test_config_file_malformed},
         {"config: every problem at once", test_config_every_problem},
         {"config: DATABASE_URL and REDIS_URL read as their connections read them", test_config_urls},
+        {"redis: TCP and Unix socket URLs, and another db of the same server", test_redis_urls},
         {"string map", test_strmap},
         {"envelope fields round trip", test_envelope_fields},
         {"stream entry ids compare as numbers", test_entry_ids},
