@@ -47,6 +47,10 @@ static bool connected(janitor_t *j)
 {
     if (j->db)
         return true;
+    if (!j->url) {
+        j->db = db_open_memory(j->o.memory);
+        return true;
+    }
     char *err = NULL;
     j->db = db_open_pg(j->url, j->app_name, &err);
     if (!j->db) {
@@ -124,11 +128,12 @@ static void janitor_free(janitor_t *j)
 
 janitor_t *janitor_start(const janitor_opts_t *o)
 {
-    if (!o->database_url || !*o->database_url)
+    bool pg = o->database_url && *o->database_url;
+    if (!pg && !o->memory)
         return NULL;
     janitor_t *j = xcalloc(1, sizeof *j);
     j->o = *o;
-    j->url = xstrdup(o->database_url);
+    j->url = pg ? xstrdup(o->database_url) : NULL;
     j->app_name = xstrdup(o->app_name ? o->app_name : "ecom-janitor");
     j->what = xstrdup(o->what ? o->what : "retention");
     j->o.database_url = j->o.app_name = j->o.what = NULL; /* the caller's; the copies above are used */

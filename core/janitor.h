@@ -1,6 +1,7 @@
 /* core/janitor.h: a process's retention cleanup (old inbox ids, the
- * outbox's re-drive window), on a thread and a PostgreSQL connection of its
- * own.
+ * outbox's re-drive window, the gateway's expired records), on a thread and
+ * a PostgreSQL connection of its own, or, in development, a handle on the
+ * memory store (the same cleanups keep it from growing without bound).
  *
  * A cleanup deletes at most a chunk of rows per statement. On the loop that
  * moves messages, one chunk a pass stalled that loop for the statement's
@@ -13,7 +14,7 @@
  * comes back short: the table is caught up.
  *
  * Owns: its thread and its connection (opened at the first pass, opened
- * again after a failure). */
+ * again after a failure) or memory-store handle. */
 #ifndef ECOM_JANITOR_H
 #define ECOM_JANITOR_H
 
@@ -28,7 +29,8 @@
 typedef int (*janitor_fn)(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
 
 typedef struct janitor_opts {
-    const char *database_url; /* PostgreSQL; the janitor does nothing without one */
+    const char *database_url; /* PostgreSQL; when empty, memory (below) */
+    memstore_t *memory;       /* the memory store (borrowed); the janitor does nothing without either */
     const char *app_name;     /* the connection's application_name */
     const char *what;         /* the table, for the log and the metric's label */
     janitor_fn cleanup;
@@ -41,8 +43,8 @@ typedef struct janitor_opts {
 
 typedef struct janitor janitor_t;
 
-/* Starts the thread (options copied). NULL when there is no database_url
- * or the thread could not start (logged). */
+/* Starts the thread (options copied). NULL when there is neither a
+ * database_url nor a memory store, or the thread could not start (logged). */
 janitor_t *janitor_start(const janitor_opts_t *o);
 /* Stops and joins the thread, once its statement or connection attempt in
  * progress returns; NULL is a no-op. */

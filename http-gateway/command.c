@@ -1317,26 +1317,22 @@ int gw_idem_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted
     return 0;
 }
 
-void gw_idem_cleanup(gw_thread_t *th)
+int gw_idem_cleanup_mem(db_t *db, size_t *deleted)
 {
-    if (th->pg)
-        return; /* gw_idem_cleanup_pg, on the gateway's janitor */
-    db_t *db = th->memdb;
+    *deleted = 0;
     if (db_begin(db) != 0)
-        return;
+        return -1;
     mem_idem_t *m = mem(db);
     int64_t now = clock_now_ms();
     const char *k;
     size_t kl;
     void *v;
-    size_t gone = 0;
-    for (size_t i = 0; gone < 1000 && strmap_next(&m->recs, &i, &k, &kl, &v);) {
+    for (size_t i = 0; strmap_next(&m->recs, &i, &k, &kl, &v);) {
         mem_rec_t *x = v;
         if (x && x->done && x->expires_ms <= now && strmap_del(&m->recs, k, kl, NULL)) {
             rec_free(x);
-            gone++;
+            (*deleted)++;
         }
     }
-    if (db_commit(db) != 0)
-        log_debug("idempotency cleanup: commit failed");
+    return db_commit(db);
 }

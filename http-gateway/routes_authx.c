@@ -85,6 +85,7 @@ typedef struct msession {
     char tenant[REQCTX_TENANT_MAX + 1];
     char subject[SUBJECT_MAX + 1];
     int64_t created_ms, last_used_ms, expires_ms;
+    int64_t revoked_ms; /* 0 while it is not */
     bool revoked;
 } msession_t;
 
@@ -159,6 +160,32 @@ void gw_session_mem_create(db_t *db, const char *tenant, const char *subject, co
     *strmap_put(&m->tokens, s->refresh_hash, 64, NULL) = t;
 }
 
+size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s)
+{
+    msessions_t *m = mem(db);
+    int64_t cut = clock_now_ms() - retain_s * 1000;
+    size_t gone = 0;
+    const char *k;
+    size_t kl;
+    void *v;
+    for (size_t i = 0; strmap_next(&m->sessions, &i, &k, &kl, &v);) {
+        msession_t *s = v;
+        if ((s->expires_ms < cut || (s->revoked && s->revoked_ms < cut)) && strmap_del(&m->sessions, k, kl, NULL)) {
+            free(s);
+            gone++;
+        }
+    }
+    /* a session's refresh tokens go with it, rotated ones included */
+    for (size_t i = 0; gone && strmap_next(&m->tokens, &i, &k, &kl, &v);) {
+        mtoken_t *t = v;
+        if (!mem_session(m, t->sid) && strmap_del(&m->tokens, k, kl, NULL)) {
+            free(t);
+            gone++;
+        }
+    }
+    return gone;
+}
+
 /* Revokes the matching sessions of tenant (sid NULL: every session of the
  * subject; subject NULL: any subject) and their tokens; adds each sid to the
  * deny-list. Returns how many were revoked. */
@@ -173,6 +200,7 @@ static int mem_revoke(gw_req_t *r, msessions_t *m, const char *tenant, const cha
             (subject && strcmp(s->subject, subject)))
             continue;
         s->revoked = true;
+        s->revoked_ms = clock_now_ms();
         n++;
         policy_revoke_sid(r->sh->policy, s->sid, clock_now_ms() + POLICY_SID_DENY_MS);
         for (size_t j = 0; strmap_next(&m->tokens, &j, &k, NULL, &v);)

@@ -534,11 +534,6 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     h1_server_sweep(th->http);
     gw_cmd_kick(th); /* commands waiting on another thread's group: never longer than a tick */
     if (th->index == 0) {
-        int64_t now = clock_mono_ms();
-        if (now >= th->next_cleanup) {
-            th->next_cleanup = now + 60000;
-            gw_idem_cleanup(th);
-        }
         if (th->pg) {
             int connected = 0, busy = 0, waiting = 0;
             if (pga_pool_stats(th->pg, &connected, &busy, &waiting) == 0)
@@ -869,13 +864,14 @@ int gateway_check(const config_t *cfg)
     return rc;
 }
 
-/* The gateway's janitor (core/janitor.h): a chunk of each table; the
- * login's rows are kept retain_s after they ended. */
-static int gateway_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
+int gw_retention_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
 {
     size_t idem = 0, auth = 0;
-    int rc =
-        gw_idem_cleanup_pg(db, 0, limit, &idem) == 0 && gw_auth_cleanup_pg(db, retain_s, limit, &auth) == 0 ? 0 : -1;
+    int rc = db->kind == DB_MEMORY
+                 ? (gw_idem_cleanup_mem(db, &idem) == 0 && gw_auth_cleanup_mem(db, retain_s, &auth) == 0 ? 0 : -1)
+                 : (gw_idem_cleanup_pg(db, 0, limit, &idem) == 0 && gw_auth_cleanup_pg(db, retain_s, limit, &auth) == 0
+                        ? 0
+                        : -1);
     *deleted = idem + auth;
     return rc;
 }
@@ -908,14 +904,14 @@ int gateway_run(const config_t *cfg, memstore_t *mem, atomic_bool *stop)
         return -1;
     }
     /* expired idempotency records and the login's ended rows, on a thread
-     * and connection of their own */
-    janitor_t *janitor = mem ? NULL
-                             : janitor_start(&(janitor_opts_t){.database_url = cfg->database_url,
-                                                               .app_name = "ecom-gateway-cleanup",
-                                                               .what = "gateway",
-                                                               .cleanup = gateway_cleanup,
-                                                               .retain_s = 86400,
-                                                               .every_ms = 60000});
+     * and connection (or memory-store handle) of their own */
+    janitor_t *janitor = janitor_start(&(janitor_opts_t){.database_url = cfg->database_url,
+                                                         .memory = mem,
+                                                         .app_name = "ecom-gateway-cleanup",
+                                                         .what = "gateway",
+                                                         .cleanup = gw_retention_cleanup,
+                                                         .retain_s = GW_AUTH_RETAIN_S,
+                                                         .every_ms = 60000});
     sh.nthreads = (int)n;
     sh.threads = xcalloc((size_t)n, sizeof *sh.threads);
     int rc = 0;

@@ -1527,10 +1527,11 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     /* old inbox ids go on a thread of their own, while this consumer holds
      * the group's lease: a chunk of the delete stalled the loop, and a chunk
      * a minute fell behind a steady flow */
-    atomic_bool cleaner = false;
+    atomic_bool cleaner = rt.memory; /* memory: a group has one consumer */
     char janitor_app[96];
     snprintf(janitor_app, sizeof janitor_app, "%s-cleanup", def->group);
     janitor_t *janitor = janitor_start(&(janitor_opts_t){.database_url = o->database_url,
+                                                         .memory = o->mem,
                                                          .app_name = janitor_app,
                                                          .what = "bus.inbox",
                                                          .cleanup = inbox_cleanup,
@@ -1558,7 +1559,7 @@ int svc_run(const svc_def_t *def, const svc_opts_t *o, atomic_bool *stop)
     rt.redis = o->redis_url && *o->redis_url;
     const char **streams = NULL;
     while (!stopping(&rt)) {
-        atomic_store(&cleaner, rt.lease);
+        atomic_store(&cleaner, rt.memory || rt.lease);
         if (connect_all(&rt) != 0) {
             backoff(&rt);
             continue;

@@ -36,8 +36,9 @@
  * (db_index_scans_only): handlers' lookups by arrays of keys run prepared
  * through db_exec_lookup, and a table without an index for a query is still
  * read (a sequential scan is only made costly, not forbidden).
- * The lease holder also deletes inbox ids older than inbox_retain_s, on a
- * thread and connection of its own (core/janitor.h).
+ * The lease holder (in memory, the one consumer) also deletes inbox ids
+ * older than inbox_retain_s, on a thread and connection of its own
+ * (core/janitor.h).
  * Owns: its database and bus handles, and that cleanup's thread. */
 #ifndef ECOM_RUNTIME_H
 #define ECOM_RUNTIME_H

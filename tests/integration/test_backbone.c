@@ -2129,8 +2129,8 @@ static void three_old_in_steps_of_two(db_t *db, int (*cleanup)(db_t *, int64_t, 
     }
 }
 
-/* Inbox cleanup (PostgreSQL; the runtime cleans only there) removes ids
- * older than the window, at most limit a call, and keeps the recent ones. */
+/* Inbox cleanup removes ids older than the window, at most limit a call,
+ * and keeps the recent ones. */
 static void test_inbox_cleanup_real(void)
 {
     sut_t s;
@@ -2154,6 +2154,39 @@ static void test_inbox_cleanup_real(void)
     CU_ASSERT_EQUAL(left, 2);
     ASSERT_OK(db_begin(db)); /* the recent ones are still seen */
     CU_ASSERT_EQUAL(inbox_record(db, "g", ids[4]), 0);
+    ASSERT_OK(db_commit(db));
+    db_close(db);
+    sut_stop(&s);
+}
+
+/* In memory (`ecom all` without a database) a service's janitor deletes old
+ * inbox ids too: its first pass runs as the service starts. */
+static void test_inbox_cleanup_memory(void)
+{
+    sut_t s;
+    sut_init(&s, true, NULL);
+    db_t *db = db_open_memory(s.mem);
+    static const char *const ids[] = {"0190a000-0000-7000-8000-000000000011", "0190a000-0000-7000-8000-000000000012",
+                                      "0190a000-0000-7000-8000-000000000013", "0190a000-0000-7000-8000-000000000014",
+                                      "0190a000-0000-7000-8000-000000000015"};
+    clock_fake_set_ms(clock_now_ms() - 2 * 3600 * 1000); /* three received two hours ago */
+    ASSERT_OK(db_begin(db));
+    for (size_t i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(inbox_record(db, "g1", ids[i]), 1);
+    ASSERT_OK(db_commit(db));
+    clock_fake_set_ms(0);
+    ASSERT_OK(db_begin(db));
+    for (size_t i = 3; i < 5; i++)
+        CU_ASSERT_EQUAL(inbox_record(db, "g1", ids[i]), 1);
+    ASSERT_OK(db_commit(db));
+    sut_add_service(&s, "g1", types_orders); /* inbox_retain_s 3600 */
+    sut_start(&s, 0);
+    uint64_t left = 5;
+    for (int64_t end = clock_mono_ms() + 10000; left != 2 && clock_mono_ms() < end; clock_sleep_ms(20))
+        ASSERT_OK(inbox_count(db, "g1", &left));
+    CU_ASSERT_EQUAL(left, 2);
+    ASSERT_OK(db_begin(db)); /* the recent ones are still seen */
+    CU_ASSERT_EQUAL(inbox_record(db, "g1", ids[4]), 0);
     ASSERT_OK(db_commit(db));
     db_close(db);
     sut_stop(&s);
@@ -2911,6 +2944,7 @@ int main(void)
         {"groups Redis lost are made again before a trim (memory)", test_lost_groups_memory},
         {"groups Redis lost are made again before a trim (postgres+redis)", test_lost_groups_real},
         {"inbox cleanup takes old ids in bounded steps and keeps recent ones (postgres)", test_inbox_cleanup_real},
+        {"a service's janitor deletes old inbox ids in memory too", test_inbox_cleanup_memory},
         {"a cleanup pass deletes chunk after chunk until caught up, keeping the window (postgres)",
          test_janitor_catches_up_real},
         {"the re-drive window's cleanup takes old rows oldest first, bounded (postgres)", test_published_cleanup_real},

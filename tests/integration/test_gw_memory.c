@@ -1,0 +1,203 @@
+/* tests/integration/test_gw_memory.c: the gateway on the memory store (the
+ * development mode of `ecom all`), run in this process so that the fake clock
+ * (core/clock.h) is its time: its janitor's cleanup on the memory store
+ * deletes what it deletes in PostgreSQL (expired idempotency records; OTP
+ * tickets, failure budgets and sessions with their refresh tokens a day after
+ * they ended) and keeps the rest. */
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/config.h"
+#include "core/db.h"
+#include "core/janitor.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "http-gateway/gateway.h"
+#include "http-gateway/gw.h"
+#include "tests/httptest.h"
+#include "tests/testlib.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define B "/api/v1/analytics"
+#define DAY_MS (86400LL * 1000)
+#define RECORDS 1100 /* above the 1,000 a pass the cleanup used to stop at */
+
+static memstore_t *mem;
+static config_t cfg;
+static atomic_bool stop;
+static pthread_t gw_thread;
+static int gw_rc = -1, port, hold = -1;
+
+static void *gateway_main(void *arg)
+{
+    (void)arg;
+    gw_rc = gateway_run(&cfg, mem, &stop);
+    return NULL;
+}
+
+/* One pass of a janitor like the gateway's, on the same memory store: the
+ * rows it deleted. */
+static uint64_t cleanup_pass(void)
+{
+    return test_janitor_pass(&(janitor_opts_t){.memory = mem,
+                                               .what = "test-gateway",
+                                               .cleanup = gw_retention_cleanup,
+                                               .retain_s = GW_AUTH_RETAIN_S,
+                                               .every_ms = 60000});
+}
+
+static void dev_login(const char *user, char *refresh, size_t cap)
+{
+    char body[128];
+    snprintf(body, sizeof body, "{\"userId\":\"%s\"}", user);
+    hresp_t r;
+    CU_ASSERT_EQUAL(hpost(port, B "/auth/dev-login", NULL, body, &r), 0);
+    CU_ASSERT_TRUE(expect_status(&r, 200, "dev-login"));
+    jstr(&r, "refreshToken", refresh, cap);
+    hfree(&r);
+}
+
+static int refresh_status(const char *refresh)
+{
+    char body[128];
+    snprintf(body, sizeof body, "{\"refreshToken\":\"%s\"}", refresh);
+    hresp_t r;
+    hpost(port, B "/auth/refresh", NULL, body, &r);
+    int status = r.status;
+    hfree(&r);
+    return status;
+}
+
+static void test_retention(void)
+{
+    /* at T0: idempotency records, a session, a ticket with a wrong guess */
+    for (int i = 0; i < RECORDS; i++) {
+        char hdr[96];
+        snprintf(hdr, sizeof hdr, "Idempotency-Key: retention-%d\r\n", i);
+        hresp_t r;
+        CU_ASSERT_EQUAL(hpost(port, B "/events", hdr, "{\"type\":\"purchase\"}", &r), 0);
+        if (r.status != 202 && !expect_status(&r, 202, "event")) {
+            hfree(&r);
+            CU_FAIL_FATAL("the event was not accepted");
+        }
+        hfree(&r);
+    }
+    char old_refresh[128] = "";
+    dev_login("retention-old", old_refresh, sizeof old_refresh);
+    hresp_t r;
+    CU_ASSERT_EQUAL(
+        hpost(port, B "/auth/otp/request", NULL, "{\"subject\":\"old@example.com\",\"channel\":\"email\"}", &r), 0);
+    CU_ASSERT_TRUE(expect_status(&r, 200, "otp request"));
+    char ticket[64] = "", body[160];
+    jstr(&r, "ticketId", ticket, sizeof ticket);
+    hfree(&r);
+    snprintf(body, sizeof body, "{\"ticketId\":\"%s\",\"code\":\"000000\"}", ticket);
+    CU_ASSERT_EQUAL(hpost(port, B "/auth/otp/verify", NULL, body, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 401); /* a guess that is wrong but for one in a million */
+    hfree(&r);
+
+    /* a day is kept after each ended: the session, within its 30 days and
+     * a day, stays; the idempotency records (a day), the ticket (5 minutes)
+     * and the failure budget (an hour) are more than a day past their end */
+    int64_t t0 = clock_now_ms();
+    CU_ASSERT_EQUAL(cleanup_pass(), 0);
+    clock_fake_set_ms(t0 + 30 * DAY_MS);
+    CU_ASSERT_EQUAL(cleanup_pass(), RECORDS + 2);
+
+    /* a new session at T0 + 31 days 2 hours; the old one ended a day and
+     * two hours ago: it goes with its refresh token */
+    clock_fake_set_ms(t0 + 31 * DAY_MS + 2 * 3600 * 1000);
+    char new_refresh[128] = "";
+    dev_login("retention-new", new_refresh, sizeof new_refresh);
+    CU_ASSERT_EQUAL(cleanup_pass(), 2);
+    CU_ASSERT_EQUAL(cleanup_pass(), 0);
+    CU_ASSERT_EQUAL(refresh_status(new_refresh), 200); /* the live one stays */
+    CU_ASSERT_EQUAL(refresh_status(old_refresh), 401);
+}
+
+static bool stopped;
+
+static int suite_init(void)
+{
+    const char *level = getenv("LOG_LEVEL");
+    log_configure(level ? level : "off", NULL);
+    hold = port_hold(&port);
+    if (hold < 0)
+        return -1;
+    char p[16];
+    snprintf(p, sizeof p, "%d", port);
+    setenv("PORT", p, 1);
+    setenv("APP_ENV", "development", 1);
+    setenv("JWT_SECRET", "devsecret", 1);
+    setenv("DATABASE_URL", "", 1);
+    setenv("REDIS_URL", "", 1);
+    setenv("GATEWAY_THREADS", "1", 1);
+    setenv("ADMIN_PORT", "0", 1);
+    char *errors = NULL;
+    if (config_load(&cfg, NULL, CFG_ROLE_GATEWAY, &errors) != 0) {
+        fprintf(stderr, "config: %s\n", errors ? errors : "?");
+        free(errors);
+        return -1;
+    }
+    /* the fake clock from the start: the gateway's time is the test's */
+    clock_fake_set_ms(clock_now_ms());
+    mem = memstore_new();
+    if (pthread_create(&gw_thread, NULL, gateway_main, NULL) != 0) {
+        stopped = true;
+        return -1;
+    }
+    for (int i = 0; i < 100; i++) {
+        hresp_t r;
+        int rc = hget(port, "/health", NULL, &r);
+        int status = r.status;
+        hfree(&r);
+        if (rc == 0 && status == 200)
+            return 0;
+        usleep(50 * 1000);
+    }
+    fprintf(stderr, "the gateway did not answer /health\n");
+    return -1;
+}
+
+static void stop_gateway(void)
+{
+    clock_fake_set_ms(0);
+    atomic_store(&stop, true);
+    pthread_join(gw_thread, NULL);
+    stopped = true;
+}
+
+/* Last: the gateway drains and returns 0 (the sanitizers' leak report
+ * covers what it freed) */
+static void test_stops(void)
+{
+    stop_gateway();
+    CU_ASSERT_EQUAL(gw_rc, 0);
+}
+
+static int suite_clean(void)
+{
+    if (mem && !stopped)
+        stop_gateway();
+    memstore_free(mem);
+    config_free(&cfg);
+    metrics_reset();
+    if (hold >= 0)
+        close(hold);
+    return 0;
+}
+
+int main(void)
+{
+    static CU_TestInfo tests[] = {
+        {"memory store: the gateway's cleanup deletes what ended a day ago, keeps the rest", test_retention},
+        {"the gateway stops cleanly", test_stops},
+        CU_TEST_INFO_NULL,
+    };
+    return test_main("gw_memory", tests, suite_init, suite_clean);
+}
