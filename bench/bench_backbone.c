@@ -2017,12 +2017,8 @@ int main(int argc, char **argv)
     const char *ru = getenv("REDIS_URL");
     if (!pg_url || !*pg_url || !ru || !*ru)
         die("DATABASE_URL and REDIS_URL must be set (run through scripts/run-bench inside scripts/test-env)");
-    /* the base URL without a database number */
+    /* each run selects a database number of its own (redis_url_with_db) */
     snprintf(redis_base, sizeof redis_base, "%s", ru);
-    char *hostpart = strstr(redis_base, "://");
-    char *slash = hostpart ? strchr(hostpart + 3, '/') : NULL;
-    if (slash)
-        *slash = '\0';
     n_msgs = env_size("BENCH_N", 100000);
     svc_lanes = env_size("SERVICE_LANES", DEF_LANES);
     outbox_batch = env_size("OUTBOX_BATCH", 1000);
