@@ -1706,7 +1706,7 @@ int main(int argc, char **argv)
     freeReplyObject(info);
     redisFree(rc);
     printf("transport to PostgreSQL and Redis: %s, %s\n",
-           strstr(pg_url, "%2F") || strstr(pg_url, "host=/") ? "Unix socket" : "TCP",
+           strcasestr(pg_url, "%2F") || strstr(pg_url, "host=/") ? "Unix socket" : "TCP",
            strncmp(redis_url, "unix://", 7) == 0 ? "Unix socket" : "TCP");
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);

@@ -45,8 +45,8 @@ static int parse_unix(const char *p, redis_url_t *out)
     if (take_password(&p, p + strcspn(p, "/"), out) != 0 || *p != '/')
         return -1;
     size_t n = strcspn(p, "?");
-    if (n >= sizeof out->path)
-        return -1;
+    if (n >= sizeof out->path || p[n - 1] == '/')
+        return -1; /* too long for sun_path, or a folder ("/", "/run/") */
     memcpy(out->path, p, n);
     p += n;
     if (!*p)

@@ -1317,7 +1317,7 @@ int gw_idem_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted
     return 0;
 }
 
-int gw_idem_cleanup_mem(db_t *db, size_t *deleted)
+int gw_idem_cleanup_mem(db_t *db, size_t limit, size_t *deleted)
 {
     *deleted = 0;
     if (db_begin(db) != 0)
@@ -1327,9 +1327,10 @@ int gw_idem_cleanup_mem(db_t *db, size_t *deleted)
     const char *k;
     size_t kl;
     void *v;
-    for (size_t i = 0; strmap_next(&m->recs, &i, &k, &kl, &v);) {
+    /* pending ones too, as gw_idem_cleanup_pg: a claim past its expiry is free */
+    for (size_t i = 0; *deleted < limit && strmap_next(&m->recs, &i, &k, &kl, &v);) {
         mem_rec_t *x = v;
-        if (x && x->done && x->expires_ms <= now && strmap_del(&m->recs, k, kl, NULL)) {
+        if (x && x->expires_ms <= now && strmap_del(&m->recs, k, kl, NULL)) {
             rec_free(x);
             (*deleted)++;
         }

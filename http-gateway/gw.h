@@ -285,16 +285,14 @@ void gw_tx_exec(gw_req_t *r, const pga_stmt_t *stmts, int n, gw_tx_cb cb);
 void gw_cmd_commit(gw_req_t *r, int status, json_object *body);
 /* Ends an open transaction without writing (error answers, replays). */
 void gw_tx_abort(gw_req_t *r);
-/* Memory store: deletes every expired idempotency record in one
- * transaction on db, sets *deleted (a cap of 1,000 a pass let the map grow
- * under a steady flow). 0 or -1. */
-int gw_idem_cleanup_mem(db_t *db, size_t *deleted);
+/* Memory store: deletes up to limit expired idempotency records in one
+ * transaction on db, sets *deleted. 0 or -1. */
+int gw_idem_cleanup_mem(db_t *db, size_t limit, size_t *deleted);
 /* The login's rows are kept this long after they ended (gw_auth_cleanup_pg). */
 #define GW_AUTH_RETAIN_S 86400
 /* The gateway's janitor (core/janitor.h), every minute: expired idempotency
- * records and the login's rows retain_s after they ended; in PostgreSQL a
- * chunk of limit rows of each table per call, in the memory store all of
- * them. 0 or -1. */
+ * records and the login's rows retain_s after they ended, up to limit rows
+ * of each table per call, in PostgreSQL or the memory store. 0 or -1. */
 int gw_retention_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
 /* PostgreSQL: deletes up to limit expired idempotency records, sets
  * *deleted (retain_s is unused: each record carries its expiry). The

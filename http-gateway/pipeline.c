@@ -683,7 +683,9 @@ void gw_pipeline_answered(gw_req_t *r)
         }
         cache_waiters_run(w);
     }
-    if (r->pg || r->mem_tx)
-        gw_tx_abort(r); /* answered without committing: nothing of it stays */
+    /* answered without committing: nothing of it stays, in memory not the
+     * key's claim either (PostgreSQL writes none for such an answer) */
+    if (r->pg || r->mem_tx || (r->th->memdb && r->idem_active))
+        gw_tx_abort(r);
     gw_finish(r);
 }

@@ -1039,30 +1039,35 @@ static const char *const sql_auth_cleanup[] = {
     " DELETE FROM auth.sessions WHERE sid IN (SELECT sid FROM s)",
 };
 
-int gw_auth_cleanup_mem(db_t *db, int64_t retain_s, size_t *deleted)
+int gw_auth_cleanup_mem(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
 {
     *deleted = 0;
     if (db_begin(db) != 0)
         return -1;
     mauth_t *m = mem(db);
     int64_t cut = clock_now_ms() - retain_s * 1000;
-    size_t k = 0;
-    for (size_t i = 0; i < m->n; i++)
-        if (m->t[i].expires_ms >= cut)
-            m->t[k++] = m->t[i];
-    *deleted += m->n - k;
+    size_t k = 0, gone = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        if (m->t[i].expires_ms < cut && gone < limit) {
+            gone++;
+            continue;
+        }
+        m->t[k++] = m->t[i];
+    }
     m->n = k;
+    *deleted += gone;
     const char *key;
     size_t kl;
     void *v;
-    for (size_t i = 0; strmap_next(&m->fails, &i, &key, &kl, &v);) {
+    gone = 0;
+    for (size_t i = 0; gone < limit && strmap_next(&m->fails, &i, &key, &kl, &v);) {
         mfail_t *f = v;
         if (f->window_ms < cut - 3600000 && strmap_del(&m->fails, key, kl, NULL)) {
             free(f);
-            (*deleted)++;
+            gone++;
         }
     }
-    *deleted += gw_sessions_cleanup_mem(db, retain_s);
+    *deleted += gone + gw_sessions_cleanup_mem(db, retain_s, limit);
     return db_commit(db);
 }
 

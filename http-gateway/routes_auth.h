@@ -21,8 +21,10 @@ void gw_totp_remove(gw_req_t *r);
  * ACCESS_TOKEN_TTL_S; the gateway's janitor (core/janitor.h) runs it with a
  * day. 0 or -1. */
 int gw_auth_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
-/* The memory store's (development): the same rows, all of them in one
- * transaction on db (gw_retention_cleanup, on the gateway's janitor). 0 or -1. */
-int gw_auth_cleanup_mem(db_t *db, int64_t retain_s, size_t *deleted);
+/* The memory store's (development): the same rows, up to limit of each
+ * table, in one transaction on db (gw_retention_cleanup, on the gateway's
+ * janitor); *deleted counts them as gw_auth_cleanup_pg does (a session's
+ * refresh tokens go with it uncounted). 0 or -1. */
+int gw_auth_cleanup_mem(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
 
 #endif

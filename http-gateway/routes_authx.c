@@ -160,7 +160,7 @@ void gw_session_mem_create(db_t *db, const char *tenant, const char *subject, co
     *strmap_put(&m->tokens, s->refresh_hash, 64, NULL) = t;
 }
 
-size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s)
+size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s, size_t limit)
 {
     msessions_t *m = mem(db);
     int64_t cut = clock_now_ms() - retain_s * 1000;
@@ -168,7 +168,7 @@ size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s)
     const char *k;
     size_t kl;
     void *v;
-    for (size_t i = 0; strmap_next(&m->sessions, &i, &k, &kl, &v);) {
+    for (size_t i = 0; gone < limit && strmap_next(&m->sessions, &i, &k, &kl, &v);) {
         msession_t *s = v;
         if ((s->expires_ms < cut || (s->revoked && s->revoked_ms < cut)) && strmap_del(&m->sessions, k, kl, NULL)) {
             free(s);
@@ -178,10 +178,8 @@ size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s)
     /* a session's refresh tokens go with it, rotated ones included */
     for (size_t i = 0; gone && strmap_next(&m->tokens, &i, &k, &kl, &v);) {
         mtoken_t *t = v;
-        if (!mem_session(m, t->sid) && strmap_del(&m->tokens, k, kl, NULL)) {
+        if (!mem_session(m, t->sid) && strmap_del(&m->tokens, k, kl, NULL))
             free(t);
-            gone++;
-        }
     }
     return gone;
 }

@@ -326,8 +326,8 @@ uint64_t test_janitor_pass(const janitor_opts_t *o)
     CU_ASSERT_PTR_NOT_NULL(j);
     if (!j)
         return UINT64_MAX;
-    int64_t end = clock_mono_ms() + 20000;
-    while (janitor_passes(j) == 0 && clock_mono_ms() < end)
+    /* real time: a test may have frozen the fake clock */
+    for (int i = 0; i < 1000 && janitor_passes(j) == 0; i++)
         clock_sleep_ms(20);
     CU_ASSERT_TRUE(janitor_passes(j) > 0);
     uint64_t n = janitor_deleted(j);

@@ -78,7 +78,7 @@ static const backend_t memory_backend = {"memory", open_memory, add_raw_memory};
 static const backend_t redis_backend = {"redis", open_redis, add_raw_redis};
 
 /* The same server and db as redis_url, through the Unix socket that
- * scripts/test-env has Redis listen on (ECOM_TEST_REDIS_SOCKET). */
+ * scripts/test-env has Redis listen on (ECOM_TEST_REDIS_SOCKET_URL). */
 static char *unix_url;
 
 static bus_t *open_redis_unix(void)
@@ -1536,10 +1536,10 @@ static int suite_init(void)
     const char *level = getenv("LOG_LEVEL");
     log_configure(level ? level : "off", NULL); /* the expected failures log warnings */
     redis_url = test_redis_db();
-    const char *sock = getenv("ECOM_TEST_REDIS_SOCKET");
+    const char *sock = getenv("ECOM_TEST_REDIS_SOCKET_URL");
     redis_url_t u;
     if (sock && *sock && redis_url_parse(redis_url, &u) == 0)
-        unix_url = xasprintf("unix://%s?db=%d", sock, u.db);
+        unix_url = redis_url_with_db(sock, u.db);
     mem = membus_new();
     return 0;
 }

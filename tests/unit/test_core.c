@@ -599,11 +599,18 @@ static void test_redis_urls(void)
     CU_ASSERT_EQUAL(u.port, 6380);
     CU_ASSERT_STRING_EQUAL(u.password, "pw");
     CU_ASSERT_EQUAL(u.db, 2);
-    /* a path as long as sun_path holds is refused, not cut */
-    char longpath[160] = "unix:///";
-    memset(longpath + 8, 'a', 120);
+    /* sun_path holds 107 bytes and a NUL: a longer path is refused, not cut */
+    char longpath[160] = "unix://";
+    memset(longpath + 7, 'a', 107);
+    longpath[7] = '/';
+    CU_ASSERT_EQUAL(redis_url_parse(longpath, &u), 0);
+    CU_ASSERT_EQUAL(strlen(u.path), 107);
+    longpath[7 + 107] = 'a';
     CU_ASSERT_EQUAL(redis_url_parse(longpath, &u), -1);
     CU_ASSERT_EQUAL(redis_url_parse("unix://", &u), -1);
+    CU_ASSERT_EQUAL(redis_url_parse("unix:///", &u), -1);
+    CU_ASSERT_EQUAL(redis_url_parse("unix:///?db=3", &u), -1);
+    CU_ASSERT_EQUAL(redis_url_parse("unix:///run/redis/", &u), -1);
     CU_ASSERT_EQUAL(redis_url_parse("unix:///s?db=", &u), -1);
     CU_ASSERT_EQUAL(redis_url_parse("unix:///s?db=70000", &u), -1);
 
@@ -614,6 +621,7 @@ static void test_redis_urls(void)
         {"redis://:pw@h:7000/3", "redis://:pw@h:7000/5"},
         {"unix:///tmp/r.sock", "unix:///tmp/r.sock?db=5"},
         {"unix://:pw@/tmp/r.sock?db=1", "unix://:pw@/tmp/r.sock?db=5"},
+        {"redis://:p@ss@h:7000", "redis://:p@ss@h:7000/5"}, /* the password ends at the last '@' */
     };
     for (size_t i = 0; i < ECOM_ARRAY_LEN(with); i++) {
         char *got = redis_url_with_db(with[i].url, 5);
