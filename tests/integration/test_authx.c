@@ -10,6 +10,7 @@
  * to pass (the 30 s between code requests, a session's idle limit). */
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/db.h"
 #include "core/digest.h"
 #include "core/log.h"
 #include "core/pg.h"
@@ -1313,6 +1314,65 @@ static void test_auth_cleanup(void)
     PQfinish(c);
 }
 
+/* Rows of table read by this backend so far (its counts flushed first). */
+static long long rows_read(db_t *jdb, const char *table)
+{
+    CU_ASSERT_EQUAL(pg_exec(db_pg(jdb), "SELECT pg_stat_force_next_flush()"), 0);
+    CU_ASSERT_EQUAL(pg_exec(db_pg(jdb), "SELECT pg_stat_clear_snapshot()"), 0);
+    const char *p[] = {table};
+    PGresult *r = pg_query(db_pg(jdb),
+                           "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+                           " FROM pg_stat_user_tables WHERE relid = $1::regclass",
+                           1, p);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    long long n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
+/* With nothing ended, the login's cleanup on the janitor's connection
+ * (db_index_scans_only) reads by auth/007-010's indexes: at most its limit
+ * of rows of each table, not the 20,000 live ones. */
+static void test_auth_cleanup_bounded(void)
+{
+    const char *url = test_pg_db("authbound", true);
+    char *err = NULL;
+    db_t *jdb = db_open_pg(url, "test", &err);
+    free(err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(jdb);
+    CU_ASSERT_EQUAL_FATAL(db_index_scans_only(jdb), 0);
+    static const char *const setup[] = {
+        "INSERT INTO auth.otp_tickets (tenant, ticket_id, subject, channel, code_mac, created_at, expires_at)"
+        " SELECT 't1', 'k' || n, 's' || n, 'email', 'mac', now(), now() + interval '5 minutes'"
+        " FROM generate_series(1, 20000) n",
+        "INSERT INTO auth.otp_failures (subject, window_start, failures)"
+        " SELECT 's' || n, now(), 1 FROM generate_series(1, 20000) n",
+        "INSERT INTO auth.sessions (sid, tenant, subject, created_at, expires_at)"
+        " SELECT 'sid' || n, 't1', 's' || n, now(), now() + interval '30 days' FROM generate_series(1, 20000) n",
+        "INSERT INTO auth.refresh_tokens (hash, sid, tenant, state)"
+        " SELECT 'h' || n || '-' || k, 'sid' || n, 't1', CASE WHEN k = 1 THEN 'rotated' ELSE 'active' END"
+        " FROM generate_series(1, 20000) n, generate_series(1, 2) k",
+        "ANALYZE auth.otp_tickets, auth.otp_failures, auth.sessions, auth.refresh_tokens",
+    };
+    for (size_t i = 0; i < sizeof setup / sizeof *setup; i++)
+        CU_ASSERT_EQUAL_FATAL(pg_exec(db_pg(jdb), setup[i]), 0);
+    static const char *const tables[] = {"auth.otp_tickets", "auth.otp_failures", "auth.sessions",
+                                         "auth.refresh_tokens"};
+    long long before[4], read[4];
+    for (int i = 0; i < 4; i++)
+        before[i] = rows_read(jdb, tables[i]);
+    size_t gone = 99;
+    CU_ASSERT_EQUAL(gw_auth_cleanup_pg(jdb, 86400, 100, &gone), 0);
+    CU_ASSERT_EQUAL(gone, 0);
+    for (int i = 0; i < 4; i++) {
+        read[i] = rows_read(jdb, tables[i]) - before[i];
+        CU_ASSERT_TRUE(read[i] >= 0 && read[i] <= 1000);
+        if (read[i] > 1000)
+            fprintf(stderr, "\n  the login's cleanup read %lld rows of %s\n", read[i], tables[i]);
+    }
+    db_close(jdb);
+}
+
 /* Last: both gateways exit 0 on SIGTERM (sanitizer reports and leaks included). */
 static void test_gateways_exit(void)
 {
@@ -1352,6 +1412,7 @@ int main(void)
         {"T1 T3: tenant resolution and independent keys", test_tenancy},
         {"O8 address bucket: GCRA with RateLimit headers", test_address_limits},
         {"the login's tables are cleaned a day after their rows ended", test_auth_cleanup},
+        {"the login's cleanup reads by index, not the live rows", test_auth_cleanup_bounded},
         {"the gateways exit cleanly", test_gateways_exit},
         CU_TEST_INFO_NULL,
     };
