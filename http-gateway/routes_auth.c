@@ -1023,7 +1023,7 @@ void gw_totp_remove(gw_req_t *r)
 
 /* ---- retention ---- */
 
-/* Each by an index of auth/007-010; rows another gateway's cleanup holds
+/* Each by an index of auth/007-011; rows another gateway's cleanup holds
  * are left to it. */
 static const char *const sql_auth_cleanup[] = {
     "DELETE FROM auth.otp_tickets WHERE ctid = ANY (ARRAY(SELECT ctid FROM auth.otp_tickets"
@@ -1034,7 +1034,9 @@ static const char *const sql_auth_cleanup[] = {
     /* a session's refresh tokens go with it (rotated ones included: they
      * only served to recognise a reuse while the session lived) */
     "WITH s AS (SELECT sid FROM auth.sessions WHERE expires_at < now() - make_interval(secs => $1::double precision)"
-    " OR revoked_at < now() - make_interval(secs => $1::double precision) LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " OR revoked_at < now() - make_interval(secs => $1::double precision)"
+    " OR last_used_at < now() - interval '7 days' - make_interval(secs => $1::double precision)"
+    " LIMIT $2 FOR UPDATE SKIP LOCKED),"
     " t AS (DELETE FROM auth.refresh_tokens WHERE sid IN (SELECT sid FROM s))"
     " DELETE FROM auth.sessions WHERE sid IN (SELECT sid FROM s)",
 };

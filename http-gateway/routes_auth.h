@@ -15,8 +15,8 @@ void gw_totp_activate(gw_req_t *r);
 void gw_totp_remove(gw_req_t *r);
 /* PostgreSQL: deletes up to limit rows of each of the login's tables that
  * ended more than retain_s ago (OTP tickets past their expiry, failure
- * budgets past their hour, sessions past their expiry or revocation with
- * their refresh tokens), sets *deleted to their sum. Every limit and window
+ * budgets past their hour, sessions past their expiry, revocation or 7 days
+ * idle, with their refresh tokens), sets *deleted to their sum. Every limit and window
  * the routes read is an hour at most, and a revocation matters for
  * ACCESS_TOKEN_TTL_S; the gateway's janitor (core/janitor.h) runs it with a
  * day. 0 or -1. */

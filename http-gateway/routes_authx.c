@@ -170,7 +170,9 @@ size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s, size_t limit)
     void *v;
     for (size_t i = 0; gone < limit && strmap_next(&m->sessions, &i, &k, &kl, &v);) {
         msession_t *s = v;
-        if ((s->expires_ms < cut || (s->revoked && s->revoked_ms < cut)) && strmap_del(&m->sessions, k, kl, NULL)) {
+        bool ended =
+            s->expires_ms < cut || (s->revoked && s->revoked_ms < cut) || s->last_used_ms < cut - SESSION_IDLE_MS;
+        if (ended && strmap_del(&m->sessions, k, kl, NULL)) {
             free(s);
             gone++;
         }

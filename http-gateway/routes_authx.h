@@ -45,9 +45,9 @@ void gw_session_secrets(gw_session_new_t *s);
  * and its first refresh token. */
 void gw_session_mem_create(db_t *db, const char *tenant, const char *subject, const gw_session_new_t *s);
 /* Memory mode, inside an open memory transaction on db: deletes up to
- * limit sessions that ended (expired or revoked) more than retain_s ago,
- * with their refresh tokens, as gw_auth_cleanup_pg does; returns how many
- * sessions went. */
+ * limit sessions that ended (expired, revoked or 7 days idle) more than
+ * retain_s ago, with their refresh tokens, as gw_auth_cleanup_pg does;
+ * returns how many sessions went. */
 size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s, size_t limit);
 /* Issues an access token for subject in the request's tenant and session sid,
  * and commits the request's transaction with {ok, accessToken, refreshToken,

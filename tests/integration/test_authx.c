@@ -1260,8 +1260,8 @@ static const char *count_of(PGconn *c, const char *sql, char out[32])
 }
 
 /* The login's tables are cleaned a day after their rows ended: 1,200 OTP
- * tickets, 1,200 failure budgets and 1,200 sessions (600 expired, 600
- * revoked, each with two refresh tokens) in one pass of chunks of 500;
+ * tickets, 1,200 failure budgets and 1,201 sessions (600 expired, 600
+ * revoked, each with two refresh tokens, one idle) in one pass of chunks of 500;
  * tickets, budgets and sessions still within the day stay, and so do a live
  * session's tokens. */
 static void test_auth_cleanup(void)
@@ -1287,6 +1287,12 @@ static void test_auth_cleanup(void)
         "INSERT INTO auth.refresh_tokens (hash, sid, tenant, state)"
         " SELECT 'h' || n || '-' || k, 'sid' || n, 't1', CASE WHEN k = 1 THEN 'rotated' ELSE 'active' END"
         " FROM generate_series(1, 1203) n, generate_series(1, 2) k",
+        /* idle: 9 days (7 and the day past) goes with its tokens; 7.5 days stays */
+        "INSERT INTO auth.sessions (sid, tenant, subject, created_at, expires_at, last_used_at) VALUES"
+        " ('sid1204', 't1', 's1204', now() - interval '10 days', now() + interval '20 days',"
+        " now() - interval '9 days'), ('sid1205', 't1', 's1205', now() - interval '10 days',"
+        " now() + interval '20 days', now() - interval '7 days 12 hours')",
+        "INSERT INTO auth.refresh_tokens (hash, sid, tenant, state) VALUES ('h1204', 'sid1204', 't1', 'active')",
     };
     for (size_t i = 0; i < sizeof setup / sizeof *setup; i++)
         CU_ASSERT_EQUAL_FATAL(pg_exec(c, setup[i]), 0);
@@ -1297,14 +1303,14 @@ static void test_auth_cleanup(void)
                                                         .retain_s = 86400,
                                                         .chunk = 500,
                                                         .every_ms = 60000}),
-                    3 * 1200);
+                    3 * 1200 + 1);
     char n[32];
     CU_ASSERT_STRING_EQUAL(count_of(c, "SELECT string_agg(ticket_id, ',' ORDER BY ticket_id) FROM auth.otp_tickets", n),
                            "k1201,k1202,k1203");
     CU_ASSERT_STRING_EQUAL(count_of(c, "SELECT string_agg(subject, ',' ORDER BY subject) FROM auth.otp_failures", n),
                            "s1201,s1202,s1203");
     CU_ASSERT_STRING_EQUAL(count_of(c, "SELECT string_agg(sid, ',' ORDER BY sid) FROM auth.sessions", n),
-                           "sid1201,sid1202,sid1203");
+                           "sid1201,sid1202,sid1203,sid1205");
     CU_ASSERT_STRING_EQUAL(count_of(c,
                                     "SELECT count(*) FROM auth.refresh_tokens WHERE sid IN ('sid1201', 'sid1202',"
                                     " 'sid1203')",
@@ -1331,7 +1337,7 @@ static long long rows_read(db_t *jdb, const char *table)
 }
 
 /* With nothing ended, the login's cleanup on the janitor's connection
- * (db_index_scans_only) reads by auth/007-010's indexes: at most its limit
+ * (db_index_scans_only) reads by auth/007-011's indexes: at most its limit
  * of rows of each table, not the 20,000 live ones. */
 static void test_auth_cleanup_bounded(void)
 {

@@ -2,8 +2,8 @@
  * development mode of `ecom all`), run in this process so that the fake clock
  * (core/clock.h) is its time: its janitor's cleanup on the memory store
  * deletes what it deletes in PostgreSQL (expired idempotency records; OTP
- * tickets, failure budgets and sessions with their refresh tokens a day after
- * they ended) and keeps the rest. */
+ * tickets, failure budgets and sessions, expired, revoked or idle, with their
+ * refresh tokens a day after they ended) and keeps the rest. */
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/config.h"
@@ -102,8 +102,9 @@ static void test_retention(void)
         }
         hfree(&r);
     }
-    tokens_t old, revoked, fresh;
+    tokens_t old, revoked, idle, fresh;
     dev_login("retention-old", &old);
+    dev_login("retention-idle", &idle);
     dev_login("retention-revoked", &revoked);
     hresp_t r;
     char auth[2100];
@@ -133,8 +134,14 @@ static void test_retention(void)
      * day); the other session is within its 30 days */
     clock_fake_set_ms(t0 + 26 * 3600 * 1000);
     CU_ASSERT_EQUAL(cleanup_pass(), RECORDS + 3);
-    CU_ASSERT_EQUAL(refresh_status(old.refresh), 200);
+    CU_ASSERT_EQUAL(refresh_status(old.refresh), 200); /* used again at 26 hours */
     CU_ASSERT_EQUAL(refresh_status(revoked.refresh), 401);
+
+    /* 8 days and an hour on: the session never used since T0 has been idle
+     * 7 days and a day; the one used at 26 hours has not */
+    clock_fake_set_ms(t0 + 8 * DAY_MS + 3600 * 1000);
+    CU_ASSERT_EQUAL(cleanup_pass(), 1);
+    CU_ASSERT_EQUAL(refresh_status(idle.refresh), 401);
 
     /* a new session at T0 + 31 days 2 hours; the old one ended a day and
      * two hours ago: it goes, with its refresh tokens (not counted, as in
