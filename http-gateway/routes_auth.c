@@ -396,17 +396,14 @@ static void mem_request(gw_req_t *r, otp_req_t *q)
         too_many(r, retry, "too many codes requested for this subject; wait before asking again");
         return;
     }
-    /* drop tickets long expired, void this channel's open ones */
-    size_t k = 0;
+    /* void this channel's open ones; expired tickets stay for the retention
+     * cleanup (gw_auth_cleanup_mem), as rows do in PostgreSQL, where a
+     * verify of one still counts against the budgets */
     for (size_t i = 0; i < m->n; i++) {
         mticket_t *t = &m->t[i];
-        if (t->expires_ms < now - 3600000)
-            continue;
         if (!strcmp(t->tenant, r->tenant) && !strcmp(t->subject, q->subject) && !strcmp(t->channel, q->channel))
             t->consumed = true;
-        m->t[k++] = *t;
     }
-    m->n = k;
     if (m->n == m->cap) {
         m->cap = m->cap ? m->cap * 2 : 64;
         m->t = xrealloc(m->t, m->cap * sizeof *m->t);

@@ -6,6 +6,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/digest.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "core/strmap.h"
 #include "http-gateway/authx/policy.h"
@@ -243,7 +244,7 @@ static bool subject_valid(const char *s)
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] < 0x21 || s[i] == 0x7f)
             return false;
-    return true;
+    return utf8_valid(s); /* a query's %FF would be PostgreSQL's refusal: a 503, not the client's 400 */
 }
 
 static void dev_login(gw_req_t *r)
@@ -501,6 +502,12 @@ static void revoke(gw_req_t *r, const char *tenant, const char *sid, const char 
     st->want_one = sid != NULL;
     r->handler_state = st;
     r->handler_state_free = revoke_st_free;
+    if (sid && !uuid_valid(sid)) {
+        /* every sid is a UUID: another path (a %FF the database would refuse
+         * with a 503 that counts against the breaker) names no session */
+        revoke_answer(r, 0);
+        return;
+    }
     if (r->th->memdb) {
         db_t *db = r->th->memdb;
         if (db_begin(db) != 0) {
@@ -600,6 +607,12 @@ static void on_sessions(gw_req_t *r, PGresult *const *res, int n, const char *er
     sessions_answer(r, data);
 }
 
+static int newest_first(const void *a, const void *b)
+{
+    const msession_t *x = *(msession_t *const *)a, *y = *(msession_t *const *)b;
+    return x->created_ms < y->created_ms ? 1 : x->created_ms > y->created_ms ? -1 : strcmp(x->sid, y->sid);
+}
+
 static void get_sessions(gw_req_t *r)
 {
     if (!session_principal_or_reply(r))
@@ -612,15 +625,25 @@ static void get_sessions(gw_req_t *r)
         }
         msessions_t *m = mem(db);
         int64_t now = clock_now_ms();
-        json_object *data = json_object_new_array();
+        size_t n = 0, cap = 16;
+        msession_t **live = xmalloc(cap * sizeof *live);
         const char *k;
         void *v;
-        for (size_t i = 0; strmap_next(&m->sessions, &i, &k, NULL, &v) && json_object_array_length(data) < 100;) {
+        for (size_t i = 0; strmap_next(&m->sessions, &i, &k, NULL, &v);) {
             msession_t *s = v;
-            if (mem_session_live(s, now) && !strcmp(s->subject, r->principal.sub)) /* in every tenant */
-                json_object_array_add(data, session_json(s->sid, s->tenant, s->created_ms, s->last_used_ms,
-                                                         s->expires_ms, !strcmp(s->sid, r->principal.sid)));
+            if (!mem_session_live(s, now) || strcmp(s->subject, r->principal.sub)) /* in every tenant */
+                continue;
+            if (n == cap)
+                live = xrealloc(live, (cap *= 2) * sizeof *live);
+            live[n++] = s;
         }
+        qsort(live, n, sizeof *live, newest_first); /* as the SQL: ORDER BY created_at DESC LIMIT 100 */
+        json_object *data = json_object_new_array();
+        for (size_t i = 0; i < n && i < 100; i++)
+            json_object_array_add(data, session_json(live[i]->sid, live[i]->tenant, live[i]->created_ms,
+                                                     live[i]->last_used_ms, live[i]->expires_ms,
+                                                     !strcmp(live[i]->sid, r->principal.sid)));
+        free(live);
         db_rollback(db);
         sessions_answer(r, data);
         return;

@@ -769,6 +769,10 @@ static void test_logout_and_sessions(void)
     snprintf(path, sizeof path, B "/auth/sessions/%s", o.sid);
     CU_ASSERT_EQUAL(status_of(del(port_a(), path, NULL, a.access, &r), &r), 404);
     CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, o.access), 200);
+    /* a sid that is no UUID names no session, bytes PostgreSQL would refuse
+     * too (they were its 503, counted against the routes' breaker) */
+    CU_ASSERT_EQUAL(status_of(del(port_a(), B "/auth/sessions/%FF%FE", NULL, a.access, &r), &r), 404);
+    CU_ASSERT_EQUAL(status_of(del(port_a(), B "/auth/sessions/not-a-sid", NULL, a.access, &r), &r), 404);
     /* logout */
     CU_ASSERT_EQUAL(status_of(post(port_a(), B "/auth/logout", NULL, a.access, "{}", &r), &r), 200);
     CU_ASSERT_EQUAL(refresh(port_a(), NULL, a.refresh, NULL), 401);
@@ -793,6 +797,8 @@ static void test_logout_and_sessions(void)
     CU_ASSERT_EQUAL(status_of(del(port_a(), path, NULL, u1, &r), &r), 403);
     CU_ASSERT_EQUAL(status_of(del(port_a(), path, NULL, root, &r), &r), 200);
     CU_ASSERT_EQUAL(refresh(port_a(), NULL, o.refresh, NULL), 401);
+    CU_ASSERT_EQUAL(status_of(del(port_a(), ADMIN "/sessions/%FF", NULL, root, &r), &r), 404);
+    CU_ASSERT_EQUAL(status_of(del(port_a(), ADMIN "/members?subject=%FF&role=viewer", NULL, root, &r), &r), 400);
     CU_ASSERT_EQUAL(get_status(port_a(), B "/me", NULL, o.access), 401);
     /* a logout names the token's session whatever tenant the request is
      * sent as (u1 is a member of tenantB too: its tenantA token is accepted

@@ -61,7 +61,7 @@ static uint64_t cleanup_pass(void)
 }
 
 typedef struct tokens {
-    char access[2048], refresh[128];
+    char access[2048], refresh[128], sid[64];
 } tokens_t;
 
 static void dev_login(const char *user, tokens_t *t)
@@ -73,6 +73,7 @@ static void dev_login(const char *user, tokens_t *t)
     CU_ASSERT_TRUE(expect_status(&r, 200, "dev-login"));
     jstr(&r, "accessToken", t->access, sizeof t->access);
     jstr(&r, "refreshToken", t->refresh, sizeof t->refresh);
+    jstr(&r, "sessionId", t->sid, sizeof t->sid);
     hfree(&r);
 }
 
@@ -151,6 +152,75 @@ static void test_retention(void)
     CU_ASSERT_EQUAL(cleanup_pass(), 1);
     CU_ASSERT_EQUAL(cleanup_pass(), 0);
     CU_ASSERT_EQUAL(refresh_status(fresh.refresh), 200); /* the live one stays */
+}
+
+static int del_status(const char *path, const char *auth)
+{
+    hresp_t r;
+    hreq(port, "DELETE", path, auth, NULL, 0, &r);
+    int status = r.status;
+    hfree(&r);
+    return status;
+}
+
+/* As in PostgreSQL: a sid that is no UUID names no session (404), a subject
+ * that is not UTF-8 is the client's 400; the caller's sessions come newest
+ * first. */
+static void test_sessions_as_in_postgres(void)
+{
+    tokens_t t[6];
+    int64_t now = clock_now_ms();
+    for (int i = 0; i < 6; i++) {
+        clock_fake_set_ms(now + i * 1000);
+        dev_login("lister", &t[i]);
+    }
+    char auth[2100];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", t[5].access);
+    CU_ASSERT_EQUAL(del_status(B "/auth/sessions/%FF%FE", auth), 404);
+    CU_ASSERT_EQUAL(del_status(B "/admin/auth/sessions/not-a-sid", NULL), 404);
+    CU_ASSERT_EQUAL(del_status(B "/admin/auth/members?subject=%FF&role=viewer", NULL), 400);
+    hresp_t r;
+    CU_ASSERT_EQUAL(hget(port, B "/auth/sessions", auth, &r), 0);
+    json_object *o = jparse(&r), *data = NULL;
+    CU_ASSERT_TRUE(o && json_object_object_get_ex(o, "data", &data) && json_object_array_length(data) == 6);
+    for (size_t i = 0; data && i < json_object_array_length(data) && i < 6; i++) {
+        json_object *sid = NULL;
+        json_object_object_get_ex(json_object_array_get_idx(data, i), "sessionId", &sid);
+        CU_ASSERT_STRING_EQUAL(sid ? json_object_get_string(sid) : "", t[5 - i].sid); /* the newest login first */
+    }
+    json_object_put(o);
+    hfree(&r);
+}
+
+/* A wrong code for a ticket that expired long ago counts against its
+ * subject's hourly budget, as in PostgreSQL, where the ticket's row stays for
+ * the retention cleanup: the eleventh wrong code of the hour is refused with
+ * 429. (The memory store used to drop tickets an hour past their expiry at
+ * the next code request, and such guesses were free.) */
+static void test_expired_ticket_counts(void)
+{
+    int64_t now = clock_now_ms();
+    hresp_t r;
+    CU_ASSERT_EQUAL(
+        hpost(port, B "/auth/otp/request", NULL, "{\"subject\":\"late@example.com\",\"channel\":\"email\"}", &r), 0);
+    CU_ASSERT_TRUE(expect_status(&r, 200, "otp request"));
+    char ticket[64] = "", body[160];
+    jstr(&r, "ticketId", ticket, sizeof ticket);
+    hfree(&r);
+    clock_fake_set_ms(now + 2 * 3600 * 1000);
+    CU_ASSERT_EQUAL(
+        hpost(port, B "/auth/otp/request", NULL, "{\"subject\":\"other@example.com\",\"channel\":\"email\"}", &r), 0);
+    CU_ASSERT_TRUE(expect_status(&r, 200, "another subject's request"));
+    hfree(&r);
+    snprintf(body, sizeof body, "{\"ticketId\":\"%s\",\"code\":\"000000\"}", ticket);
+    int last = 0;
+    for (int i = 0; i < 11; i++) {
+        CU_ASSERT_EQUAL(hpost(port, B "/auth/otp/verify", NULL, body, &r), 0);
+        last = r.status;
+        CU_ASSERT_TRUE(i == 10 || r.status == 401);
+        hfree(&r);
+    }
+    CU_ASSERT_EQUAL(last, 429);
 }
 
 static bool stopped;
@@ -250,6 +320,8 @@ int main(void)
     static CU_TestInfo tests[] = {
         {"memory store: the gateway's cleanup deletes what ended a day ago, keeps the rest", test_retention},
         {"memory store: a key answered without a commit is free again", test_refused_key_is_free},
+        {"memory store: sessions' ids, subjects and order as in PostgreSQL", test_sessions_as_in_postgres},
+        {"memory store: wrong codes for a long-expired ticket count, as in PostgreSQL", test_expired_ticket_counts},
         {"the gateway stops cleanly", test_stops},
         CU_TEST_INFO_NULL,
     };
