@@ -320,6 +320,21 @@ const char *test_redis_db(void)
     return url;
 }
 
+long long test_rows_read(db_t *db, const char *table)
+{
+    CU_ASSERT_EQUAL(pg_exec(db_pg(db), "SELECT pg_stat_force_next_flush()"), 0);
+    CU_ASSERT_EQUAL(pg_exec(db_pg(db), "SELECT pg_stat_clear_snapshot()"), 0);
+    const char *p[] = {table};
+    PGresult *r = pg_query(db_pg(db),
+                           "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+                           " FROM pg_stat_user_tables WHERE relid = $1::regclass",
+                           1, p);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    long long n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
 uint64_t test_janitor_pass(const janitor_opts_t *o)
 {
     janitor_t *j = janitor_start(o);

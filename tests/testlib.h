@@ -18,6 +18,9 @@ int test_main(const char *suite, CU_TestInfo *tests, int (*init)(void), int (*cl
  * it has ended its first pass, stops it; the rows it deleted, or UINT64_MAX
  * when it did not start. */
 uint64_t test_janitor_pass(const janitor_opts_t *o);
+/* Rows of table read so far (sequentially and through indexes), as the
+ * statistics show them: this backend's counts are flushed first. */
+long long test_rows_read(db_t *db, const char *table);
 
 /* A fresh database on the test server, migrated when migrate is true.
  * Returns its URL (owned by testlib, valid until exit). Fails the process

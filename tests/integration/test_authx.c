@@ -1326,22 +1326,6 @@ static void test_auth_cleanup(void)
     PQfinish(c);
 }
 
-/* Rows of table read by this backend so far (its counts flushed first). */
-static long long rows_read(db_t *jdb, const char *table)
-{
-    CU_ASSERT_EQUAL(pg_exec(db_pg(jdb), "SELECT pg_stat_force_next_flush()"), 0);
-    CU_ASSERT_EQUAL(pg_exec(db_pg(jdb), "SELECT pg_stat_clear_snapshot()"), 0);
-    const char *p[] = {table};
-    PGresult *r = pg_query(db_pg(jdb),
-                           "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
-                           " FROM pg_stat_user_tables WHERE relid = $1::regclass",
-                           1, p);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
-    long long n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    return n;
-}
-
 /* With nothing ended, the login's cleanup on the janitor's connection
  * (db_index_scans_only) reads by auth/007-011's indexes: at most its limit
  * of rows of each table, not the 20,000 live ones. */
@@ -1372,12 +1356,12 @@ static void test_auth_cleanup_bounded(void)
                                          "auth.refresh_tokens"};
     long long before[4], read[4];
     for (int i = 0; i < 4; i++)
-        before[i] = rows_read(jdb, tables[i]);
+        before[i] = test_rows_read(jdb, tables[i]);
     size_t gone = 99;
     CU_ASSERT_EQUAL(gw_auth_cleanup_pg(jdb, 86400, 100, &gone), 0);
     CU_ASSERT_EQUAL(gone, 0);
     for (int i = 0; i < 4; i++) {
-        read[i] = rows_read(jdb, tables[i]) - before[i];
+        read[i] = test_rows_read(jdb, tables[i]) - before[i];
         CU_ASSERT_TRUE(read[i] >= 0 && read[i] <= 1000);
         if (read[i] > 1000)
             fprintf(stderr, "\n  the login's cleanup read %lld rows of %s\n", read[i], tables[i]);

@@ -2347,34 +2347,14 @@ static void test_janitor_catches_up_real(void)
     sut_stop(&s);
 }
 
-/* Rows of table read so far (sequentially and through indexes), as the
- * statistics show them. */
-static long long rows_read(db_t *db, const char *table)
-{
-    const char *p[] = {table};
-    PGresult *r = pg_query(db_pg(db),
-                           "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
-                           " FROM pg_stat_user_tables WHERE relid = $1::regclass",
-                           1, p);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
-    long long n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    return n;
-}
-
-/* Rows of table a cleanup (limit 100, nothing old) read: this backend's
- * counts are flushed before and after it. */
+/* Rows of table a cleanup (limit 100, nothing old) read. */
 static long long cleanup_reads(db_t *db, const char *table, int (*cleanup)(db_t *, int64_t, size_t, size_t *))
 {
-    ASSERT_OK(pg_exec(db_pg(db), "SELECT pg_stat_force_next_flush()"));
-    ASSERT_OK(pg_exec(db_pg(db), "SELECT pg_stat_clear_snapshot()"));
-    long long before = rows_read(db, table);
+    long long before = test_rows_read(db, table);
     size_t gone = 99;
     ASSERT_OK(cleanup(db, 3600, 100, &gone));
     CU_ASSERT_EQUAL(gone, 0);
-    ASSERT_OK(pg_exec(db_pg(db), "SELECT pg_stat_force_next_flush()"));
-    ASSERT_OK(pg_exec(db_pg(db), "SELECT pg_stat_clear_snapshot()"));
-    return rows_read(db, table) - before;
+    return test_rows_read(db, table) - before;
 }
 
 /* With nothing old, a cleanup on the janitor's connection
