@@ -435,7 +435,10 @@ const char *json_get_str(json_object *o, const char *key)
     json_object *v;
     if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
         return NULL;
-    return json_object_get_string(v);
+    const char *s = json_object_get_string(v);
+    /* a "\u0000" inside would cut the C string: the handler would act on a
+     * prefix of what the client sent */
+    return strlen(s) == (size_t)json_object_get_string_len(v) ? s : NULL;
 }
 
 bool json_get_int64(json_object *o, const char *key, int64_t *out)

@@ -36,7 +36,8 @@ int json_parse_strict(const char *buf, size_t len, json_object **out, const char
  * (shortest forms, no surrogates, at most U+10FFFF). */
 bool utf8_valid(const char *s);
 
-/* Borrowed accessors; NULL / false when the key is missing or of another type. */
+/* Borrowed accessors; NULL / false when the key is missing or of another
+ * type; json_get_str also NULL for a string that holds U+0000. */
 const char *json_get_str(json_object *o, const char *key);
 bool json_get_int64(json_object *o, const char *key, int64_t *out);
 

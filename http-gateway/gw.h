@@ -245,8 +245,8 @@ void gw_finish(gw_req_t *r);
 void gw_ref(gw_req_t *r);
 void gw_unref(gw_req_t *r);
 const char *gw_query_arg(gw_req_t *r, const char *name, char *buf, size_t cap);
-/* Whether the query string reads as name=value parts (none: true); the
- * pipeline answers 400 before any handler when it does not. */
+/* Whether the query string reads as name=value parts without a %00 (none:
+ * true); the pipeline answers 400 before any handler when it does not. */
 bool gw_query_valid(gw_req_t *r);
 /* Arms a one-shot timer (an event assigned with evtimer_assign) for ms. */
 void gw_timer_add(struct event *ev, int64_t ms);

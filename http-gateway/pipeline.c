@@ -14,6 +14,7 @@
 #include "http-gateway/flags.h"
 #include "http-gateway/problem.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
 #include <stdio.h>
@@ -157,8 +158,11 @@ static authz_t authorize(gw_req_t *r)
     const char *want = in_header(r, "x-authz-revision");
     if (want && !r->authz_min_rev) {
         char *end = NULL;
+        errno = 0;
         long long v = strtoll(want, &end, 10);
-        if (!*want || *end || v < 0) {
+        /* digits only: strtoll would take " 5", "+5" and clamp an overflow to
+         * a revision no policy write ever returned */
+        if (!(*want >= '0' && *want <= '9') || *end || errno || v < 0) {
             gw_problem(r, 400, "invalid-revision", "x-authz-revision must be a revision number a policy write returned");
             return AUTHZ_REPLIED;
         }
@@ -222,7 +226,7 @@ static bool query_or_reply(gw_req_t *r)
 {
     if (gw_query_valid(r))
         return true;
-    gw_problem(r, 400, "invalid-query", "the query string is malformed: each part must be name=value");
+    gw_problem(r, 400, "invalid-query", "the query string is malformed: each part must be name=value, without %00");
     return false;
 }
 

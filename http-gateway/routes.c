@@ -398,7 +398,13 @@ static void get_project_events(gw_req_t *r)
     events_q_t q;
     if (!events_query_or_reply(r, &q))
         return;
-    snprintf(q.aggregate, sizeof q.aggregate, "project:%s", route_param(&r->params, "projectId"));
+    /* checked here too: a development request without a token skips the
+     * ReBAC stage that refuses such an id (a %FF was PostgreSQL's 503) */
+    int n = snprintf(q.aggregate, sizeof q.aggregate, "project:%s", route_param(&r->params, "projectId"));
+    if (n < 0 || (size_t)n >= sizeof q.aggregate || !policy_ref_valid(q.aggregate, false)) {
+        gw_problem(r, 404, NULL, "no such object");
+        return;
+    }
     list_events(r, &q);
 }
 

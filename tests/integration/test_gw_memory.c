@@ -225,6 +225,52 @@ static void test_expired_ticket_counts(void)
     CU_ASSERT_EQUAL(last, 429);
 }
 
+static int get_status(const char *path, const char *hdrs)
+{
+    hresp_t r;
+    hget(port, path, hdrs, &r);
+    int status = r.status;
+    hfree(&r);
+    return status;
+}
+
+/* Input a handler would read cut short, or PostgreSQL would refuse with a
+ * 503 that counts against the route's breaker, is the client's 4xx: a
+ * project id that is no object id (a development request without a token
+ * skips the ReBAC stage that checks it), a revision that is not plain
+ * digits, a string holding U+0000, a query with %00. */
+static void test_bad_input_is_4xx(void)
+{
+    CU_ASSERT_EQUAL(get_status(B "/projects/%FF/events", NULL), 404);
+    char path[400] = B "/projects/";
+    size_t n = strlen(path);
+    memset(path + n, 'p', 200);
+    strcpy(path + n + 200, "/events");
+    CU_ASSERT_EQUAL(get_status(path, NULL), 404); /* longer than an object id */
+    CU_ASSERT_EQUAL(get_status(B "/projects/p1/events", NULL), 200);
+
+    tokens_t t;
+    dev_login("reader", &t);
+    static const char *const revisions[] = {"+5", "5x", "99999999999999999999", "-1", ""};
+    for (size_t i = 0; i < sizeof revisions / sizeof *revisions; i++) {
+        char hdrs[2200];
+        snprintf(hdrs, sizeof hdrs, "Authorization: Bearer %s\r\nx-authz-revision: %s\r\n", t.access, revisions[i]);
+        hresp_t r;
+        CU_ASSERT_EQUAL(hget(port, B "/events", hdrs, &r), 0);
+        if (r.status != 400)
+            fprintf(stderr, "\n  x-authz-revision '%s': %d %s\n", revisions[i], r.status, r.body ? r.body : "");
+        CU_ASSERT_EQUAL(r.status, 400);
+        hfree(&r);
+    }
+
+    hresp_t r;
+    CU_ASSERT_EQUAL(hpost(port, B "/auth/dev-login", NULL, "{\"userId\":\"a\\u0000b\"}", &r), 0);
+    CU_ASSERT_EQUAL(r.status, 400);
+    hfree(&r);
+    CU_ASSERT_EQUAL(get_status(B "/events?type=a%00b", NULL), 400);
+    CU_ASSERT_EQUAL(get_status(B "/events?type=a", NULL), 200);
+}
+
 static bool stopped;
 
 /* A key whose request was answered without a commit (here 400) is free
@@ -324,6 +370,7 @@ int main(void)
         {"memory store: a key answered without a commit is free again", test_refused_key_is_free},
         {"memory store: sessions' ids, subjects and order as in PostgreSQL", test_sessions_as_in_postgres},
         {"memory store: wrong codes for a long-expired ticket count, as in PostgreSQL", test_expired_ticket_counts},
+        {"bad input the handlers would cut or PostgreSQL refuse is the client's 4xx", test_bad_input_is_4xx},
         {"the gateway stops cleanly", test_stops},
         CU_TEST_INFO_NULL,
     };

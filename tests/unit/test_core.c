@@ -64,6 +64,11 @@ static void test_json_strict(void)
     CU_ASSERT_EQUAL(n, 5);
     CU_ASSERT_PTR_NULL(json_get_str(o, "n"));
     json_object_put(o);
+    /* a string holding U+0000 is refused, not cut at it */
+    const char *nul = "{\"userId\":\"a\\u0000b\"}";
+    ASSERT_OK(json_parse_strict(nul, strlen(nul), &o, &why));
+    CU_ASSERT_PTR_NULL(json_get_str(o, "userId"));
+    json_object_put(o);
 }
 
 static int validate_n(const char *s, size_t n)
