@@ -397,6 +397,8 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
         json_object_object_get_ex(s, "groups", &gs);
         json_object_object_get_ex(s, "length", &v);
         const char *sn = json_get_str(s, "stream");
+        if (!sn)
+            sn = "?";
         size_t ng = json_object_array_length(gs);
         if (ng == 0)
             printf("%-32s %10lld  %-16s\n", sn, (long long)json_object_get_int64(v), "-");
@@ -405,7 +407,7 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
             json_object_object_get_ex(jg, "lag", &lag);
             json_object_object_get_ex(jg, "pending", &pend);
             printf("%-32s %10lld  %-16s %10lld %10lld\n", g ? "" : sn, g ? 0LL : (long long)json_object_get_int64(v),
-                   json_get_str(jg, "group"), (long long)json_object_get_int64(lag),
+                   json_get_str(jg, "group") ? json_get_str(jg, "group") : "?", (long long)json_object_get_int64(lag),
                    (long long)json_object_get_int64(pend));
         }
     }
@@ -413,7 +415,8 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
     for (size_t i = 0; i < json_object_array_length(jd); i++) {
         json_object *s = json_object_array_get_idx(jd, i), *v;
         json_object_object_get_ex(s, "length", &v);
-        printf("%-32s %10lld\n", json_get_str(s, "stream"), (long long)json_object_get_int64(v));
+        const char *dn = json_get_str(s, "stream");
+        printf("%-32s %10lld\n", dn ? dn : "?", (long long)json_object_get_int64(v));
     }
     printf("\n%-32s %10s\n", "INBOX", "APPLIED");
     json_object_object_foreach(ji, grp, cnt) printf("%-32s %10lld\n", grp, (long long)json_object_get_int64(cnt));

@@ -283,9 +283,19 @@ int jwtk_verify(const jwtk_t *k, const char *token, int64_t now_s, principal_t *
         goto out;
     }
     copy_str(out->sub, sizeof out->sub, sub);
-    copy_str(out->tid, sizeof out->tid, json_get_str(pl, "tid"));
-    copy_str(out->sid, sizeof out->sid, json_get_str(pl, "sid"));
-    copy_str(out->jti, sizeof out->jti, json_get_str(pl, "jti"));
+    /* an optional claim that is there must read whole: a tid or sid read as
+     * "" would drop the token's tenant binding or session check */
+    static const char *const optional[] = {"tid", "sid", "jti"};
+    char *const dst[] = {out->tid, out->sid, out->jti};
+    const size_t cap[] = {sizeof out->tid, sizeof out->sid, sizeof out->jti};
+    for (int i = 0; i < 3; i++) {
+        const char *v = json_get_str(pl, optional[i]);
+        if (!v && json_object_object_get_ex(pl, optional[i], NULL)) {
+            *why = "a claim is not a plain string";
+            goto out;
+        }
+        copy_str(dst[i], cap[i], v);
+    }
     out->exp = exp;
     json_object *arr;
     if (json_object_object_get_ex(pl, "roles", &arr) && json_object_is_type(arr, json_type_array))

@@ -162,7 +162,7 @@ static authz_t authorize(gw_req_t *r)
         long long v = strtoll(want, &end, 10);
         /* digits only: strtoll would take " 5", "+5" and clamp an overflow to
          * a revision no policy write ever returned */
-        if (!(*want >= '0' && *want <= '9') || *end || errno || v < 0) {
+        if (!(*want >= '0' && *want <= '9') || *end || errno) {
             gw_problem(r, 400, "invalid-revision", "x-authz-revision must be a revision number a policy write returned");
             return AUTHZ_REPLIED;
         }
@@ -187,8 +187,17 @@ static authz_t authorize(gw_req_t *r)
         }
     }
     const char *body_id = NULL;
-    if (rt->rebac.object_body && r->json && json_object_is_type(r->json, json_type_object))
+    if (rt->rebac.object_body && r->json && json_object_is_type(r->json, json_type_object)) {
         body_id = json_get_str(r->json, rt->rebac.object_body);
+        if (!body_id && json_object_object_get_ex(r->json, rt->rebac.object_body, NULL)) {
+            /* there, but no plain string (a number, a "\u0000"): never "absent",
+             * which would skip the check */
+            char detail[128];
+            snprintf(detail, sizeof detail, "\"%s\" must be a string", rt->rebac.object_body);
+            gw_problem(r, 400, "validation-error", detail);
+            return AUTHZ_REPLIED;
+        }
+    }
     if (rt->rebac.relation && (rt->rebac.object_param || body_id)) {
         const char *id = rt->rebac.object_param ? route_param(&r->params, rt->rebac.object_param) : body_id;
         char object[POLICY_REF_MAX + 2], subject[sizeof p->sub + 8];

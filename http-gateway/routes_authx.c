@@ -610,7 +610,7 @@ static void on_sessions(gw_req_t *r, PGresult *const *res, int n, const char *er
 static int newest_first(const void *a, const void *b)
 {
     const msession_t *x = *(msession_t *const *)a, *y = *(msession_t *const *)b;
-    return x->created_ms < y->created_ms ? 1 : x->created_ms > y->created_ms ? -1 : strcmp(x->sid, y->sid);
+    return x->created_ms < y->created_ms ? 1 : x->created_ms > y->created_ms ? -1 : strcmp(y->sid, x->sid);
 }
 
 static void get_sessions(gw_req_t *r)
@@ -637,7 +637,7 @@ static void get_sessions(gw_req_t *r)
                 live = xrealloc(live, (cap *= 2) * sizeof *live);
             live[n++] = s;
         }
-        qsort(live, n, sizeof *live, newest_first); /* as the SQL: ORDER BY created_at DESC LIMIT 100 */
+        qsort(live, n, sizeof *live, newest_first); /* as the SQL: ORDER BY created_at DESC, sid DESC LIMIT 100 */
         json_object *data = json_object_new_array();
         for (size_t i = 0; i < n && i < 100; i++)
             json_object_array_add(data, session_json(live[i]->sid, live[i]->tenant, live[i]->created_ms,
@@ -655,7 +655,7 @@ static void get_sessions(gw_req_t *r)
          .sql = "SELECT sid, (extract(epoch FROM created_at) * 1000)::bigint,"
                 " (extract(epoch FROM last_used_at) * 1000)::bigint, (extract(epoch FROM expires_at) * 1000)::bigint,"
                 " tenant FROM auth.sessions WHERE subject = $1 AND revoked_at IS NULL AND expires_at > now()"
-                " AND last_used_at > now() - interval '7 days' ORDER BY created_at DESC LIMIT 100",
+                " AND last_used_at > now() - interval '7 days' ORDER BY created_at DESC, sid DESC LIMIT 100",
          .nparams = 1,
          .params = p}};
     gw_tx_exec(r, stm, 1, on_sessions);

@@ -130,7 +130,7 @@ bool gw_query_valid(gw_req_t *r)
 {
     if (!r->query || !*r->query)
         return true;
-    if (strcasestr(r->query, "%00"))
+    if (strstr(r->query, "%00"))
         return false; /* a decoded value ends at its NUL: a handler would read a prefix */
     struct evkeyvalq q;
     TAILQ_INIT(&q);

@@ -293,6 +293,17 @@ static void test_hs256_claims(void)
     char *tok = hs256(header, payload, secret, strlen(secret));
     CU_ASSERT_FALSE(verifies(&k, tok));
     free(tok);
+    /* a tid, sid or jti that is there must be a plain string: read as ""
+     * it would drop the token's tenant binding or session check */
+    static const char *const odd[] = {"\"tid\":\"t\\u0000x\"", "\"sid\":5", "\"jti\":null", "\"tid\":\"t1\""};
+    for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+        snprintf(payload, sizeof payload,
+                 "{\"iss\":\"%s\",\"aud\":\"%s\",\"sub\":\"u\",\"exp\":%lld,\"token_use\":\"access\",%s}", k.iss, k.aud,
+                 (long long)now + 900, odd[i]);
+        tok = hs256(header, payload, secret, strlen(secret));
+        CU_ASSERT_EQUAL(verifies(&k, tok), i == 3); /* the last is a plain tid */
+        free(tok);
+    }
     /* an unknown kid */
     tok = hs256("{\"alg\":\"HS256\",\"kid\":\"0000000000000000\"}", "{\"sub\":\"u\"}", secret, strlen(secret));
     CU_ASSERT_FALSE(verifies(&k, tok));
