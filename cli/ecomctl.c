@@ -2,7 +2,7 @@
  *   ecomctl [--env-file FILE] publish --topic T --type X --tenant T --aggregate A --payload JSON [--count N]
  *                                     [--traceparent TP] [--request-id ID]
  *   ecomctl [--env-file FILE] status [--json]
- *   ecomctl [--env-file FILE] dlq list --group G [--json]
+ *   ecomctl [--env-file FILE] dlq list --group G [--id ENTRY] [--json]
  *   ecomctl [--env-file FILE] dlq replay --group G (--id ENTRY | --all)
  *   ecomctl [--env-file FILE] redrive --since SECONDS [--topic T]
  *   ecomctl [--env-file FILE] dead list [--json] | dead retry (--pos N | --all)
@@ -40,17 +40,18 @@ static int fail(int code, const char *fmt, ...)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: ecomctl [--env-file FILE] COMMAND\n"
-               "  publish --topic T --type X --tenant T --aggregate A --payload JSON [--count N]\n"
-               "          [--traceparent TP] [--request-id ID]   append to the outbox as a service would\n"
-               "  status [--json]                                  outbox, streams, groups, DLQs, inboxes\n"
-               "  dlq list --group G [--json]                      dead letters of a group, with their errors\n"
-               "  dlq replay --group G (--id ENTRY | --all)        send dead letters back to their group\n"
-               "  dead list [--json]                               outbox rows the drainer could not publish\n"
-               "  dead retry (--pos N | --all)                     move them back to the outbox\n"
-               "  redrive --since SECONDS [--topic T]              publish again what was published in the last\n"
-               "                                                   SECONDS (after Redis lost data; inboxes skip\n"
-               "                                                   what was applied); outbox-workers stopped\n");
+    fprintf(f,
+            "usage: ecomctl [--env-file FILE] COMMAND\n"
+            "  publish --topic T --type X --tenant T --aggregate A --payload JSON [--count N]\n"
+            "          [--traceparent TP] [--request-id ID]   append to the outbox as a service would\n"
+            "  status [--json]                                  outbox, streams, groups, DLQs, inboxes\n"
+            "  dlq list --group G [--id ENTRY] [--json]         dead letters of a group (or one), with their errors\n"
+            "  dlq replay --group G (--id ENTRY | --all)        send dead letters back to their group\n"
+            "  dead list [--json]                               outbox rows the drainer could not publish\n"
+            "  dead retry (--pos N | --all)                     move them back to the outbox\n"
+            "  redrive --since SECONDS [--topic T]              publish again what was published in the last\n"
+            "                                                   SECONDS (after Redis lost data; inboxes skip\n"
+            "                                                   what was applied); outbox-workers stopped\n");
 }
 
 /* ---- publish ---- */
@@ -219,9 +220,10 @@ static int cmd_dead(const config_t *cfg, int argc, char **argv)
     if (retry) {
         if (!pos_s == !all)
             return fail(2, "dead retry: give --pos N or --all");
-        char *end;
+        char *end = NULL;
+        errno = 0;
         pos = pos_s ? strtoll(pos_s, &end, 10) : 0;
-        if (pos_s && (*end || pos < 1))
+        if (pos_s && (!(*pos_s >= '0' && *pos_s <= '9') || *end || errno || pos < 1))
             return fail(2, "dead retry: --pos takes a row's position, as `ecomctl dead list` prints");
     }
     if (!cfg->database_url[0])
@@ -323,6 +325,8 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
         else
             return fail(2, "status: unknown option %s", argv[i]);
     }
+    const char *unread = NULL; /* what could not be read: said after the rest, exit 1 */
+    char unread_buf[BUS_STREAM_MAX + 16];
     db_t *db = NULL;
     bus_t *bus = NULL;
     int rc = open_both(cfg, "status", &db, &bus);
@@ -352,6 +356,8 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
     for (size_t i = 0; i < ns; i++) {
         bus_stream_info_t info;
         if (bus_stream_info(bus, names[i], &info) != 0) {
+            snprintf(unread_buf, sizeof unread_buf, "stream %s", names[i]);
+            unread = unread_buf;
             free(names[i]);
             continue;
         }
@@ -379,6 +385,8 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
     json_object_object_add(root, "dlq", jd);
 
     PGresult *r = pg_query(db_pg(db), "SELECT grp, count(*) FROM bus.inbox GROUP BY grp ORDER BY grp", 0, NULL);
+    if (!r)
+        unread = "bus.inbox";
     json_object *ji = json_object_new_object();
     for (int i = 0; r && i < PQntuples(r); i++)
         json_object_object_add(ji, PQgetvalue(r, i, 0), json_object_new_int64(strtoll(PQgetvalue(r, i, 1), NULL, 10)));
@@ -421,6 +429,8 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
     printf("\n%-32s %10s\n", "INBOX", "APPLIED");
     json_object_object_foreach(ji, grp, cnt) printf("%-32s %10lld\n", grp, (long long)json_object_get_int64(cnt));
 out:
+    if (rc == 0 && unread) /* a partial picture is not a healthy one */
+        rc = fail(1, "status: could not read %s (left out above)", unread);
     json_object_put(root);
     bus_close(bus);
     db_close(db);
@@ -487,6 +497,10 @@ static int cmd_dlq(const config_t *cfg, int argc, char **argv)
         rc = fail(2, "dlq: no entry %s in %s", id, dlq);
         goto out;
     }
+    if (n == 0 && !service_lookup(group)) { /* a misspelt group, most likely: not an empty list */
+        rc = fail(2, "dlq: no service %s and nothing in %s", group, dlq);
+        goto out;
+    }
     if (!replay) {
         json_object *arr = json_object_new_array();
         for (size_t i = 0; i < n; i++) {
@@ -521,9 +535,16 @@ static int cmd_dlq(const config_t *cfg, int argc, char **argv)
             skipped++;
             continue;
         }
+        if (r != 0) {
+            rc = fail(1, "dlq: replay of %s failed after %zu replayed; it is still in %s", ents[i].entry_id, sent, dlq);
+            goto out;
+        }
         const char *ids[] = {ents[i].entry_id};
-        if (r != 0 || bus_delete_entries(bus, dlq, ids, 1) != 0) {
-            rc = fail(1, "dlq: replay of %s failed", ents[i].entry_id);
+        if (bus_delete_entries(bus, dlq, ids, 1) != 0) {
+            rc = fail(1,
+                      "dlq: %s went to ecom:replay:%s but could not be removed from %s (after %zu replayed): delete "
+                      "it there, do not replay it again",
+                      ents[i].entry_id, group, dlq, sent);
             goto out;
         }
         sent++;
@@ -705,5 +726,8 @@ int main(int argc, char **argv)
     else
         rc = fail(2, "unknown command %s (try --help)", cmd);
     config_free(&cfg);
+    /* ids or JSON that never reached a full disk or a closed pipe: not a success */
+    if ((fflush(stdout) != 0 || ferror(stdout)) && rc == 0)
+        rc = fail(1, "cannot write the output: %s", strerror(errno));
     return rc;
 }

@@ -101,6 +101,15 @@ check "publish to a topic named like the bus's own streams exits 2" $? ""
 # an id without its sequence part would be every entry of that millisecond
 "$ctl" dlq replay --group payment --id "${again%-*}" >/dev/null 2>&1; rc=$?
 [ $rc -eq 2 ] && [ "$(redis-cli -u "$REDIS_URL" xlen ecom:dlq:payment)" = "1" ]; check "dlq replay --id <ms> alone is refused, nothing replayed" $? "$rc"
+# output that cannot be written is not a success
+out=$("$ctl" dlq list --group payment --json 2>&1 >/dev/full); rc=$?
+[ $rc -eq 1 ] && grep -q "cannot write the output" <<<"$out"; check "dlq list into a full disk exits 1" $? "$rc $out"
+# a misspelt group is refused; a service with no dead letters has an empty list
+out=$("$ctl" dlq replay --group paymnet --all 2>&1); rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l <<<"$out")" = "1" ] && grep -q "no service paymnet" <<<"$out"
+check "dlq replay of a group no service has and no DLQ exists for exits 2" $? "$rc $out"
+out=$("$ctl" dlq list --group notification --json); rc=$?
+[ $rc -eq 0 ] && [ "$out" = "[]" ]; check "dlq list of a service without dead letters is empty" $? "$rc $out"
 kill -TERM $dp $sp; wait $dp $sp
 # --- redrive: Redis loses a stream; the published window puts it back and the inbox skips what was applied
 events() { psql "$url" -Atc "SELECT count(*) FROM analytics.events WHERE type = '$1'"; }
@@ -135,6 +144,10 @@ list=$("$ctl" dead list --json); rc=$?
 check "dead list shows the row and its error" $? "$rc $list"
 "$ctl" dead retry --pos 900000002 >/dev/null 2>&1; [ $? -eq 2 ]; check "dead retry of an unknown row exits 2" $? ""
 "$ctl" dead retry >/dev/null 2>&1; [ $? -eq 2 ]; check "dead retry needs --pos or --all" $? ""
+for bad in 99999999999999999999 +900000001 " 900000001" 0 x; do
+  out=$("$ctl" dead retry --pos "$bad" 2>&1); rc=$?
+  [ $rc -eq 2 ] && grep -q "takes a row's position" <<<"$out"; check "dead retry --pos '$bad' is refused" $? "$rc $out"
+done
 out=$("$ctl" dead retry --pos 900000001); rc=$?
 [ $rc -eq 0 ] && grep -q "moved 1 rows" <<<"$out" &&
   [ "$(psql "$url" -Atc "SELECT count(*) FROM bus.outbox WHERE pos = 900000001 AND aggregate_id = 'dead-1'")" = 1 ] &&
