@@ -316,6 +316,13 @@ static int open_both(const config_t *cfg, const char *what, db_t **db, bus_t **b
     return 0;
 }
 
+/* A string member of our own JSON for the text view, "?" when missing. */
+static const char *shown(json_object *o, const char *key)
+{
+    const char *s = json_get_str(o, key);
+    return s ? s : "?";
+}
+
 static int cmd_status(const config_t *cfg, int argc, char **argv)
 {
     bool as_json = false;
@@ -404,9 +411,7 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
         json_object *s = json_object_array_get_idx(js, i), *gs, *v;
         json_object_object_get_ex(s, "groups", &gs);
         json_object_object_get_ex(s, "length", &v);
-        const char *sn = json_get_str(s, "stream");
-        if (!sn)
-            sn = "?";
+        const char *sn = shown(s, "stream");
         size_t ng = json_object_array_length(gs);
         if (ng == 0)
             printf("%-32s %10lld  %-16s\n", sn, (long long)json_object_get_int64(v), "-");
@@ -415,16 +420,14 @@ static int cmd_status(const config_t *cfg, int argc, char **argv)
             json_object_object_get_ex(jg, "lag", &lag);
             json_object_object_get_ex(jg, "pending", &pend);
             printf("%-32s %10lld  %-16s %10lld %10lld\n", g ? "" : sn, g ? 0LL : (long long)json_object_get_int64(v),
-                   json_get_str(jg, "group") ? json_get_str(jg, "group") : "?", (long long)json_object_get_int64(lag),
-                   (long long)json_object_get_int64(pend));
+                   shown(jg, "group"), (long long)json_object_get_int64(lag), (long long)json_object_get_int64(pend));
         }
     }
     printf("\n%-32s %10s\n", "DLQ", "LENGTH");
     for (size_t i = 0; i < json_object_array_length(jd); i++) {
         json_object *s = json_object_array_get_idx(jd, i), *v;
         json_object_object_get_ex(s, "length", &v);
-        const char *dn = json_get_str(s, "stream");
-        printf("%-32s %10lld\n", dn ? dn : "?", (long long)json_object_get_int64(v));
+        printf("%-32s %10lld\n", shown(s, "stream"), (long long)json_object_get_int64(v));
     }
     printf("\n%-32s %10s\n", "INBOX", "APPLIED");
     json_object_object_foreach(ji, grp, cnt) printf("%-32s %10lld\n", grp, (long long)json_object_get_int64(cnt));

@@ -1296,12 +1296,34 @@ void gw_tx_exec(gw_req_t *r, const pga_stmt_t *stmts, int n, gw_tx_cb cb)
 
 /* ---- cleanup ---- */
 
-int gw_idem_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
+static int idem_cleanup_mem(db_t *db, size_t limit, size_t *deleted)
+{
+    if (db_begin(db) != 0)
+        return -1;
+    mem_idem_t *m = mem(db);
+    int64_t now = clock_now_ms();
+    const char *k;
+    size_t kl;
+    void *v;
+    /* pending ones too, as in PostgreSQL: a claim past its expiry is free */
+    for (size_t i = 0; *deleted < limit && strmap_next(&m->recs, &i, &k, &kl, &v);) {
+        mem_rec_t *x = v;
+        if (x && x->expires_ms <= now && strmap_del(&m->recs, k, kl, NULL)) {
+            rec_free(x);
+            (*deleted)++;
+        }
+    }
+    return db_commit(db);
+}
+
+int gw_idem_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
 {
     (void)retain_s; /* each record carries its own expiry */
+    *deleted = 0;
+    if (db->kind == DB_MEMORY)
+        return idem_cleanup_mem(db, limit, deleted);
     /* rows another gateway's cleanup or a request reusing an expired key
      * holds are left to the next chunk or pass */
-    *deleted = 0;
     char lim[24];
     snprintf(lim, sizeof lim, "%zu", limit);
     const char *p[] = {lim};
@@ -1315,25 +1337,4 @@ int gw_idem_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted
     *deleted = (size_t)strtoull(PQcmdTuples(r), NULL, 10);
     PQclear(r);
     return 0;
-}
-
-int gw_idem_cleanup_mem(db_t *db, size_t limit, size_t *deleted)
-{
-    *deleted = 0;
-    if (db_begin(db) != 0)
-        return -1;
-    mem_idem_t *m = mem(db);
-    int64_t now = clock_now_ms();
-    const char *k;
-    size_t kl;
-    void *v;
-    /* pending ones too, as gw_idem_cleanup_pg: a claim past its expiry is free */
-    for (size_t i = 0; *deleted < limit && strmap_next(&m->recs, &i, &k, &kl, &v);) {
-        mem_rec_t *x = v;
-        if (x && x->expires_ms <= now && strmap_del(&m->recs, k, kl, NULL)) {
-            rec_free(x);
-            (*deleted)++;
-        }
-    }
-    return db_commit(db);
 }

@@ -285,21 +285,18 @@ void gw_tx_exec(gw_req_t *r, const pga_stmt_t *stmts, int n, gw_tx_cb cb);
 void gw_cmd_commit(gw_req_t *r, int status, json_object *body);
 /* Ends an open transaction without writing (error answers, replays). */
 void gw_tx_abort(gw_req_t *r);
-/* Memory store: deletes up to limit expired idempotency records in one
- * transaction on db, sets *deleted. 0 or -1. */
-int gw_idem_cleanup_mem(db_t *db, size_t limit, size_t *deleted);
-/* The login's rows are kept this long after they ended (gw_auth_cleanup_pg). */
+/* The login's rows are kept this long after they ended (gw_auth_cleanup). */
 #define GW_AUTH_RETAIN_S 86400
 /* The gateway's janitor (core/janitor.h), every minute: expired idempotency
  * records and the login's rows retain_s after they ended, up to limit rows
  * of each table per call, in PostgreSQL or the memory store. 0 or -1. */
 int gw_retention_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
-/* PostgreSQL: deletes up to limit expired idempotency records, sets
- * *deleted (retain_s is unused: each record carries its expiry). The
- * gateway's janitor (core/janitor.h) runs it, chunk after chunk until none
- * is left: one chunk of 1,000 a minute, as before, let the table grow under
- * any steady flow above 17 new keys a second. 0 or -1. */
-int gw_idem_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
+/* Deletes up to limit expired idempotency records, in PostgreSQL or the
+ * memory store, sets *deleted (retain_s is unused: each record carries its
+ * expiry). The gateway's janitor (core/janitor.h) runs it, chunk after chunk
+ * until none is left: one chunk of 1,000 a minute, as before, let the table
+ * grow under any steady flow above 17 new keys a second. 0 or -1. */
+int gw_idem_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
 /* After pga_pool_free (which answers every queued command): frees th->cmd_queue. */
 void gw_cmd_queue_free(gw_thread_t *th);
 /* The thread's waiting commands may go now (its commit_kick event). */

@@ -397,7 +397,7 @@ static void mem_request(gw_req_t *r, otp_req_t *q)
         return;
     }
     /* void this channel's open ones; expired tickets stay for the retention
-     * cleanup (gw_auth_cleanup_mem), as rows do in PostgreSQL, where a
+     * cleanup (gw_auth_cleanup), as rows do in PostgreSQL, where a
      * verify of one still counts against the budgets */
     for (size_t i = 0; i < m->n; i++) {
         mticket_t *t = &m->t[i];
@@ -1032,15 +1032,16 @@ static const char *const sql_auth_cleanup[] = {
      * only served to recognise a reuse while the session lived) */
     "WITH s AS (SELECT sid FROM auth.sessions WHERE expires_at < now() - make_interval(secs => $1::double precision)"
     " OR revoked_at < now() - make_interval(secs => $1::double precision)"
-    " OR last_used_at < now() - interval '7 days' - make_interval(secs => $1::double precision)"
+    " OR last_used_at < now() - " SESSION_IDLE_SQL " - make_interval(secs => $1::double precision)"
     " LIMIT $2 FOR UPDATE SKIP LOCKED),"
     " t AS (DELETE FROM auth.refresh_tokens WHERE sid IN (SELECT sid FROM s))"
     " DELETE FROM auth.sessions WHERE sid IN (SELECT sid FROM s)",
 };
 
-int gw_auth_cleanup_mem(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
+/* The memory store's: the same rows, in one transaction, counted as the
+ * statements count them (a session's refresh tokens go with it uncounted). */
+static int auth_cleanup_mem(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
 {
-    *deleted = 0;
     if (db_begin(db) != 0)
         return -1;
     mauth_t *m = mem(db);
@@ -1070,9 +1071,11 @@ int gw_auth_cleanup_mem(db_t *db, int64_t retain_s, size_t limit, size_t *delete
     return db_commit(db);
 }
 
-int gw_auth_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
+int gw_auth_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
 {
     *deleted = 0;
+    if (db->kind == DB_MEMORY)
+        return auth_cleanup_mem(db, retain_s, limit, deleted);
     for (size_t i = 0; i < sizeof sql_auth_cleanup / sizeof *sql_auth_cleanup; i++) {
         size_t n = 0;
         if (pg_delete_older(db_pg(db), sql_auth_cleanup[i], retain_s, limit, &n) != 0)

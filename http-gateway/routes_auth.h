@@ -13,18 +13,13 @@ void gw_otp_verify(gw_req_t *r);
 void gw_totp_enroll(gw_req_t *r);
 void gw_totp_activate(gw_req_t *r);
 void gw_totp_remove(gw_req_t *r);
-/* PostgreSQL: deletes up to limit rows of each of the login's tables that
+/* Deletes up to limit rows of each of the login's tables that
  * ended more than retain_s ago (OTP tickets past their expiry, failure
  * budgets past their hour, sessions past their expiry, revocation or 7 days
  * idle, with their refresh tokens), sets *deleted to their sum. Every limit and window
  * the routes read is an hour at most, and a revocation matters for
  * ACCESS_TOKEN_TTL_S; the gateway's janitor (core/janitor.h) runs it with a
- * day. 0 or -1. */
-int gw_auth_cleanup_pg(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
-/* The memory store's (development): the same rows, up to limit of each
- * table, in one transaction on db (gw_retention_cleanup, on the gateway's
- * janitor); *deleted counts them as gw_auth_cleanup_pg does (a session's
- * refresh tokens go with it uncounted). 0 or -1. */
-int gw_auth_cleanup_mem(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
+ * day, in PostgreSQL or the memory store. 0 or -1. */
+int gw_auth_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted);
 
 #endif

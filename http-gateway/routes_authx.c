@@ -21,7 +21,6 @@ _Static_assert(POLICY_SID_DENY_MS >= (900 + JWT_SKEW_S) * 1000,
                "a revoked session's tokens must stay refused for as long as any can be accepted");
 
 #define SESSION_ABSOLUTE_MS (30LL * 86400 * 1000)
-#define SESSION_IDLE_MS (7LL * 86400 * 1000)
 #define SUBJECT_MAX 128
 #define LIST_MAX 1000
 
@@ -86,8 +85,7 @@ typedef struct msession {
     char tenant[REQCTX_TENANT_MAX + 1];
     char subject[SUBJECT_MAX + 1];
     int64_t created_ms, last_used_ms, expires_ms;
-    int64_t revoked_ms; /* 0 while it is not */
-    bool revoked;
+    int64_t revoked_ms; /* when it was revoked; 0 while it is not */
 } msession_t;
 
 enum { TOKEN_ACTIVE, TOKEN_ROTATED, TOKEN_REVOKED };
@@ -141,7 +139,7 @@ static msession_t *mem_session(msessions_t *m, const char *sid)
 
 static bool mem_session_live(const msession_t *s, int64_t now)
 {
-    return s && !s->revoked && s->expires_ms > now && s->last_used_ms > now - SESSION_IDLE_MS;
+    return s && !s->revoked_ms && s->expires_ms > now && s->last_used_ms > now - SESSION_IDLE_MS;
 }
 
 void gw_session_mem_create(db_t *db, const char *tenant, const char *subject, const gw_session_new_t *s)
@@ -172,7 +170,7 @@ size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s, size_t limit)
     for (size_t i = 0; gone < limit && strmap_next(&m->sessions, &i, &k, &kl, &v);) {
         msession_t *s = v;
         bool ended =
-            s->expires_ms < cut || (s->revoked && s->revoked_ms < cut) || s->last_used_ms < cut - SESSION_IDLE_MS;
+            s->expires_ms < cut || (s->revoked_ms && s->revoked_ms < cut) || s->last_used_ms < cut - SESSION_IDLE_MS;
         if (ended && strmap_del(&m->sessions, k, kl, NULL)) {
             free(s);
             gone++;
@@ -197,10 +195,9 @@ static int mem_revoke(gw_req_t *r, msessions_t *m, const char *tenant, const cha
     void *v;
     for (size_t i = 0; strmap_next(&m->sessions, &i, &k, NULL, &v);) {
         msession_t *s = v;
-        if (s->revoked || (*tenant && strcmp(s->tenant, tenant)) || (sid && strcmp(s->sid, sid)) ||
+        if (s->revoked_ms || (*tenant && strcmp(s->tenant, tenant)) || (sid && strcmp(s->sid, sid)) ||
             (subject && strcmp(s->subject, subject)))
             continue;
-        s->revoked = true;
         s->revoked_ms = clock_now_ms();
         n++;
         policy_revoke_sid(r->sh->policy, s->sid, clock_now_ms() + POLICY_SID_DENY_MS);
@@ -288,7 +285,7 @@ static void dev_login(gw_req_t *r)
 static const char sql_rotate[] =
     "WITH cur AS (UPDATE auth.refresh_tokens t SET state = 'rotated', used_at = now() FROM auth.sessions s"
     " WHERE t.hash = $1 AND t.state = 'active' AND ($2 = '' OR t.tenant = $2) AND s.sid = t.sid"
-    " AND s.revoked_at IS NULL AND s.expires_at > now() AND s.last_used_at > now() - interval '7 days'"
+    " AND s.revoked_at IS NULL AND s.expires_at > now() AND s.last_used_at > now() - " SESSION_IDLE_SQL
     " RETURNING t.sid, t.tenant, s.subject),"
     " ins AS (INSERT INTO auth.refresh_tokens (hash, sid, tenant, state) SELECT $3, sid, tenant, 'active' FROM cur),"
     " upd AS (UPDATE auth.sessions SET last_used_at = now() WHERE sid IN (SELECT sid FROM cur))"
@@ -388,7 +385,7 @@ static void mem_refresh(gw_req_t *r, refresh_st_t *st, const char *tenant_hdr)
         gw_tokens_answer(r, subject, sid, st->next.refresh);
         return;
     }
-    if (t && t->state == TOKEN_ROTATED && s && !s->revoked &&
+    if (t && t->state == TOKEN_ROTATED && s && !s->revoked_ms &&
         t->used_ms <= now - r->sh->cfg->authx_refresh_grace_s * 1000) {
         log_warn("refresh token reused: session %s revoked", s->sid);
         mem_revoke(r, m, s->tenant, s->sid, NULL);
@@ -655,7 +652,7 @@ static void get_sessions(gw_req_t *r)
          .sql = "SELECT sid, (extract(epoch FROM created_at) * 1000)::bigint,"
                 " (extract(epoch FROM last_used_at) * 1000)::bigint, (extract(epoch FROM expires_at) * 1000)::bigint,"
                 " tenant FROM auth.sessions WHERE subject = $1 AND revoked_at IS NULL AND expires_at > now()"
-                " AND last_used_at > now() - interval '7 days' ORDER BY created_at DESC, sid DESC LIMIT 100",
+                " AND last_used_at > now() - " SESSION_IDLE_SQL " ORDER BY created_at DESC, sid DESC LIMIT 100",
          .nparams = 1,
          .params = p}};
     gw_tx_exec(r, stm, 1, on_sessions);

@@ -31,6 +31,11 @@
 #include "core/uuid.h"
 #include "http-gateway/gw.h"
 
+/* A session can no longer be refreshed once idle this long (and the login's
+ * cleanup deletes it a day later): the same span in C and in SQL. */
+#define SESSION_IDLE_MS (7LL * 86400 * 1000)
+#define SESSION_IDLE_SQL "interval '7 days'"
+
 #define REFRESH_TOKEN_LEN 43 /* 256 random bits, base64url without padding */
 
 /* The secrets of a new session: its id, a refresh token and that token's hash. */
@@ -46,7 +51,7 @@ void gw_session_secrets(gw_session_new_t *s);
 void gw_session_mem_create(db_t *db, const char *tenant, const char *subject, const gw_session_new_t *s);
 /* Memory mode, inside an open memory transaction on db: deletes up to
  * limit sessions that ended (expired, revoked or 7 days idle) more than
- * retain_s ago, with their refresh tokens, as gw_auth_cleanup_pg does;
+ * retain_s ago, with their refresh tokens, as gw_auth_cleanup does;
  * returns how many sessions went. */
 size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s, size_t limit);
 /* Issues an access token for subject in the request's tenant and session sid,

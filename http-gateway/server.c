@@ -869,13 +869,7 @@ int gateway_check(const config_t *cfg)
 int gw_retention_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
 {
     size_t idem = 0, auth = 0;
-    int rc =
-        db->kind == DB_MEMORY
-            ? (gw_idem_cleanup_mem(db, limit, &idem) == 0 && gw_auth_cleanup_mem(db, retain_s, limit, &auth) == 0 ? 0
-                                                                                                                  : -1)
-            : (gw_idem_cleanup_pg(db, 0, limit, &idem) == 0 && gw_auth_cleanup_pg(db, retain_s, limit, &auth) == 0
-                   ? 0
-                   : -1);
+    int rc = gw_idem_cleanup(db, 0, limit, &idem) == 0 && gw_auth_cleanup(db, retain_s, limit, &auth) == 0 ? 0 : -1;
     *deleted = idem + auth;
     return rc;
 }

@@ -1305,7 +1305,7 @@ static void test_auth_cleanup(void)
     CU_ASSERT_EQUAL(test_janitor_pass(&(janitor_opts_t){.database_url = url,
                                                         .app_name = "test-janitor",
                                                         .what = "auth",
-                                                        .cleanup = gw_auth_cleanup_pg,
+                                                        .cleanup = gw_auth_cleanup,
                                                         .retain_s = 86400,
                                                         .chunk = 500,
                                                         .every_ms = 60000}),
@@ -1358,7 +1358,7 @@ static void test_auth_cleanup_bounded(void)
     for (int i = 0; i < 4; i++)
         before[i] = test_rows_read(jdb, tables[i]);
     size_t gone = 99;
-    CU_ASSERT_EQUAL(gw_auth_cleanup_pg(jdb, 86400, 100, &gone), 0);
+    CU_ASSERT_EQUAL(gw_auth_cleanup(jdb, 86400, 100, &gone), 0);
     CU_ASSERT_EQUAL(gone, 0);
     for (int i = 0; i < 4; i++) {
         read[i] = test_rows_read(jdb, tables[i]) - before[i];

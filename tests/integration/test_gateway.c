@@ -1910,7 +1910,7 @@ static void test_idem_cleanup_catches_up(void)
     CU_ASSERT_EQUAL(test_janitor_pass(&(janitor_opts_t){.database_url = url,
                                                         .app_name = "test-janitor",
                                                         .what = "gateway.idempotency",
-                                                        .cleanup = gw_idem_cleanup_pg,
+                                                        .cleanup = gw_idem_cleanup,
                                                         .chunk = 1000,
                                                         .every_ms = 60000}),
                     2500);

@@ -104,17 +104,6 @@ static int refresh_session(tokens_t *t)
     return status;
 }
 
-static int refresh_status(const char *refresh)
-{
-    char body[192];
-    snprintf(body, sizeof body, "{\"refreshToken\":\"%s\"}", refresh);
-    hresp_t r;
-    hpost(port, B "/auth/refresh", NULL, body, &r);
-    int status = r.status;
-    hfree(&r);
-    return status;
-}
-
 static void test_retention(void)
 {
     /* at T0: idempotency records, a session, a revoked session, a ticket
@@ -159,7 +148,7 @@ static void test_retention(void)
     clock_fake_set_ms(t0 + 26 * 3600 * 1000);
     CU_ASSERT_EQUAL(cleanup_pass(), RECORDS + 3);
     CU_ASSERT_EQUAL(refresh_session(&old), 200); /* used again at 26 hours */
-    CU_ASSERT_EQUAL(refresh_status(revoked.refresh), 401);
+    CU_ASSERT_EQUAL(refresh_session(&revoked), 401);
 
     /* the old session is used every 6 days from here: never idle, it can
      * end only by its expiry */
@@ -169,7 +158,7 @@ static void test_retention(void)
      * 7 days and a day */
     clock_fake_set_ms(t0 + 8 * DAY_MS + 3600 * 1000);
     CU_ASSERT_EQUAL(cleanup_pass(), 1);
-    CU_ASSERT_EQUAL(refresh_status(idle.refresh), 401);
+    CU_ASSERT_EQUAL(refresh_session(&idle), 401);
     for (int day = 13; day <= 25; day += 6) {
         clock_fake_set_ms(t0 + day * DAY_MS);
         CU_ASSERT_EQUAL(refresh_session(&old), 200);
@@ -183,13 +172,14 @@ static void test_retention(void)
     dev_login("retention-new", &fresh);
     CU_ASSERT_EQUAL(cleanup_pass(), 1);
     CU_ASSERT_EQUAL(cleanup_pass(), 0);
-    CU_ASSERT_EQUAL(refresh_status(fresh.refresh), 200); /* the live one stays */
+    CU_ASSERT_EQUAL(refresh_session(&fresh), 200); /* the live one stays */
 }
 
-static int del_status(const char *path, const char *auth)
+/* The status of one request without a body (hdrs: NULL or CRLF-ended lines). */
+static int status_of(const char *method, const char *path, const char *hdrs)
 {
     hresp_t r;
-    hreq(port, "DELETE", path, auth, NULL, 0, &r);
+    hreq(port, method, path, hdrs, NULL, 0, &r);
     int status = r.status;
     hfree(&r);
     return status;
@@ -208,9 +198,9 @@ static void test_sessions_as_in_postgres(void)
     }
     char auth[2100];
     snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", t[5].access);
-    CU_ASSERT_EQUAL(del_status(B "/auth/sessions/%FF%FE", auth), 404);
-    CU_ASSERT_EQUAL(del_status(B "/admin/auth/sessions/not-a-sid", NULL), 404);
-    CU_ASSERT_EQUAL(del_status(B "/admin/auth/members?subject=%FF&role=viewer", NULL), 400);
+    CU_ASSERT_EQUAL(status_of("DELETE", B "/auth/sessions/%FF%FE", auth), 404);
+    CU_ASSERT_EQUAL(status_of("DELETE", B "/admin/auth/sessions/not-a-sid", NULL), 404);
+    CU_ASSERT_EQUAL(status_of("DELETE", B "/admin/auth/members?subject=%FF&role=viewer", NULL), 400);
     hresp_t r;
     CU_ASSERT_EQUAL(hget(port, B "/auth/sessions", auth, &r), 0);
     json_object *o = jparse(&r), *data = NULL;
@@ -248,15 +238,6 @@ static void test_expired_ticket_counts(void)
     CU_ASSERT_EQUAL(last, 429);
 }
 
-static int get_status(const char *path, const char *hdrs)
-{
-    hresp_t r;
-    hget(port, path, hdrs, &r);
-    int status = r.status;
-    hfree(&r);
-    return status;
-}
-
 /* Input a handler would read cut short, or PostgreSQL would refuse with a
  * 503 that counts against the route's breaker, is the client's 4xx: a
  * project id that is no object id (a development request without a token
@@ -264,7 +245,7 @@ static int get_status(const char *path, const char *hdrs)
  * digits, a string holding U+0000, a query with %00. */
 static void test_bad_input_is_4xx(void)
 {
-    CU_ASSERT_EQUAL(get_status(B "/projects/%FF/events", NULL), 404);
+    CU_ASSERT_EQUAL(status_of("GET", B "/projects/%FF/events", NULL), 404);
     char path[400] = B "/projects/";
     size_t n = strlen(path);
     memset(path + n, 'p', 200);
@@ -274,7 +255,7 @@ static void test_bad_input_is_4xx(void)
     CU_ASSERT_EQUAL(r.status, 404); /* longer than an object id: the handler's answer, not "no route" */
     CU_ASSERT_PTR_NOT_NULL(r.body ? strstr(r.body, "no such object") : NULL);
     hfree(&r);
-    CU_ASSERT_EQUAL(get_status(B "/projects/p1/events", NULL), 200);
+    CU_ASSERT_EQUAL(status_of("GET", B "/projects/p1/events", NULL), 200);
 
     tokens_t t;
     dev_login("reader", &t);
@@ -292,8 +273,8 @@ static void test_bad_input_is_4xx(void)
     CU_ASSERT_EQUAL(hpost(port, B "/auth/dev-login", NULL, "{\"userId\":\"a\\u0000b\"}", &r), 0);
     CU_ASSERT_EQUAL(r.status, 400);
     hfree(&r);
-    CU_ASSERT_EQUAL(get_status(B "/events?type=a%00b", NULL), 400);
-    CU_ASSERT_EQUAL(get_status(B "/events?type=a", NULL), 200);
+    CU_ASSERT_EQUAL(status_of("GET", B "/events?type=a%00b", NULL), 400);
+    CU_ASSERT_EQUAL(status_of("GET", B "/events?type=a", NULL), 200);
 }
 
 static bool stopped;
