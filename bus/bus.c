@@ -343,7 +343,7 @@ int bus_dead_letter(bus_t *b, const char *group, const bus_msg_t *m, const char 
     if (!name_ok("group", group, NAME_MAX_LEN))
         return -1;
     char dlq[BUS_STREAM_MAX];
-    snprintf(dlq, sizeof dlq, "ecom:dlq:%s", group);
+    bus_dlq_stream(group, dlq, sizeof dlq);
 
     /* envelope fields (what there is of them), then the failure record */
     const char *fields[2 * (ENV_NFIELDS + 6)];
@@ -388,6 +388,11 @@ void bus_replay_stream(const char *group, char *buf, size_t cap)
     snprintf(buf, cap, "ecom:replay:%s", group);
 }
 
+void bus_dlq_stream(const char *group, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "ecom:dlq:%s", group);
+}
+
 int bus_replay_dead(bus_t *b, const char *group, const bus_entry_t *dead, const char **why)
 {
     if (!name_ok("group", group, NAME_MAX_LEN))
@@ -419,11 +424,15 @@ int bus_replay_dead(bus_t *b, const char *group, const bus_entry_t *dead, const 
     envelope_clear(&env);
     if (bad != 0)
         return 1;
-    char stream[BUS_STREAM_MAX];
+    char stream[BUS_STREAM_MAX], dlq[BUS_STREAM_MAX];
     bus_replay_stream(group, stream, sizeof stream);
+    bus_dlq_stream(group, dlq, sizeof dlq);
     if (b->ops->group_create(b, stream, group) != 0)
         return -1;
-    return b->ops->add_fields(b, stream, fields, k);
+    int rc = b->ops->move_fields(b, dlq, dead->entry_id, stream, fields, k);
+    if (rc == 1)
+        *why = "no longer in the dead-letter stream";
+    return rc == 1 ? 2 : rc;
 }
 
 int bus_trim(bus_t *b, const char *stream, uint64_t *trimmed)

@@ -209,12 +209,17 @@ void bus_entries_free(bus_entry_t *entries, size_t n);
  * topic's stream every group would get it again, and apply it a second time
  * once its inbox no longer holds the id). */
 void bus_replay_stream(const char *group, char *buf, size_t cap);
+/* "ecom:dlq:<group>": where a group's dead letters wait (bus_dead_letter). */
+void bus_dlq_stream(const char *group, char *buf, size_t cap);
 /* Sends a dead letter of group (an entry of "ecom:dlq:<group>" as bus_range
  * returns it) back: its envelope fields go to the group's replay stream, the
  * group created there first (from the start, so the entry is delivered even to
- * a service that never read the stream yet). The DLQ entry stays (the caller
- * deletes it after). Returns 0, 1 when the entry holds no valid envelope (*why,
- * static text; nothing sent), -1 when the bus failed. */
+ * a service that never read the stream yet), and the entry leaves the DLQ in
+ * the same atomic step (a Lua script on Redis): sent and removed, or neither.
+ * Returns 0; 1 when the entry holds no valid envelope (*why, static text;
+ * nothing sent, the entry stays); 2 when the DLQ no longer holds the entry
+ * (another replay took it: nothing sent); -1 when the bus failed (nothing
+ * moved, or, when the connection broke mid-call, unknown). */
 int bus_replay_dead(bus_t *b, const char *group, const bus_entry_t *dead, const char **why)
     __attribute__((warn_unused_result));
 /* Deletes a stream (tests and tools). */

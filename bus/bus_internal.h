@@ -51,6 +51,11 @@ typedef struct bus_ops {
                           const char (*ids)[BUS_ID_MAX], const uint32_t *counts, size_t n);
     /* fields: nfields name/value pairs, the dead-letter record built by bus.c */
     int (*add_fields)(bus_t *b, const char *stream, const char *const *fields, size_t nfields);
+    /* Atomically: adds fields to `to` and deletes entry `id` of `from`, only
+     * while that entry is still there. 0 moved, 1 not there (nothing added),
+     * -1 failed (nothing changed, or unknown when the connection broke). */
+    int (*move_fields)(bus_t *b, const char *from, const char *id, const char *to, const char *const *fields,
+                       size_t nfields);
     int (*trim)(bus_t *b, const char *stream, uint64_t *trimmed);
     int (*stream_info)(bus_t *b, const char *stream, bus_stream_info_t *out);
     int (*list_streams)(bus_t *b, char ***names, size_t *n);

@@ -899,26 +899,52 @@ static int mem_range(bus_t *b, const char *stream, bus_id_t start, bus_id_t end,
     return 0;
 }
 
+/* Removes entry id of s (XDEL: a tombstone until the stream's edge passes
+ * it); false when s holds no such entry. */
+static bool delete_entry_locked(mstream_t *s, const char *id)
+{
+    bus_id_t v;
+    if (!s || bus_id_parse(id, strlen(id), NULL, &v) != 0)
+        return false;
+    mentry_t *en = find_entry(s, v);
+    if (!en)
+        return false;
+    free(en->blob);
+    en->blob = NULL;
+    s->length--;
+    return true;
+}
+
 static int mem_delete_entries(bus_t *b, const char *stream, const char *const *ids, size_t n)
 {
     membus_t *mb = b->mb;
     pthread_mutex_lock(&mb->mu);
     mstream_t *s = find_stream(mb, stream);
-    for (size_t i = 0; s && i < n; i++) {
-        bus_id_t id;
-        if (bus_id_parse(ids[i], strlen(ids[i]), NULL, &id) != 0)
-            continue;
-        mentry_t *en = find_entry(s, id);
-        if (en) {
-            free(en->blob);
-            en->blob = NULL;
-            s->length--;
-        }
-    }
+    for (size_t i = 0; s && i < n; i++)
+        (void)delete_entry_locked(s, ids[i]);
     if (s)
         drop_edge_tombstones(s);
     pthread_mutex_unlock(&mb->mu);
     return 0;
+}
+
+static int mem_move_fields(bus_t *b, const char *from, const char *id, const char *to, const char *const *fields,
+                           size_t nfields)
+{
+    membus_t *mb = b->mb;
+    pthread_mutex_lock(&mb->mu);
+    mstream_t *s = find_stream(mb, from);
+    bus_id_t v;
+    int rc = 1;
+    if (s && bus_id_parse(id, strlen(id), NULL, &v) == 0 && find_entry(s, v)) {
+        rc = add_fields_locked(mb, to, fields, nfields);
+        if (rc == 0) {
+            (void)delete_entry_locked(s, id);
+            drop_edge_tombstones(s);
+        }
+    }
+    pthread_mutex_unlock(&mb->mu);
+    return rc;
 }
 
 static int mem_delete_stream(bus_t *b, const char *stream)
@@ -952,6 +978,7 @@ static const bus_ops_t memory_ops = {
     .group_others = mem_group_others,
     .set_deliveries = mem_set_deliveries,
     .add_fields = mem_add_fields,
+    .move_fields = mem_move_fields,
     .trim = mem_trim,
     .stream_info = mem_stream_info,
     .list_streams = mem_list_streams,

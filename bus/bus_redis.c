@@ -950,6 +950,31 @@ static int r_add_fields(bus_t *b, const char *stream, const char *const *fields,
     return rc;
 }
 
+/* KEYS[1] the stream the entry ARGV[1] is in, KEYS[2] where its fields
+ * (ARGV[2..]) go. Nothing happens when the entry is gone (a second move of
+ * it, say from a concurrent replay). XADD goes first, so a failure there
+ * leaves the entry in place; XDEL of an entry just read cannot fail. */
+static const char move_fields_lua[] = "if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return 0 end"
+                                      " redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))"
+                                      " redis.call('XDEL', KEYS[1], ARGV[1]) return 1";
+
+static int r_move_fields(bus_t *b, const char *from, const char *id, const char *to, const char *const *fields,
+                         size_t nfields)
+{
+    cmd_t c = {0};
+    const char *argv[] = {"EVAL", move_fields_lua, "2", from, to, id};
+    args(&c, argv, ECOM_ARRAY_LEN(argv));
+    for (size_t i = 0; i < 2 * nfields; i++)
+        arg(&c, fields[i]);
+    redisReply *r = call(b, "EVAL", &c);
+    cmd_free(&c);
+    if (!r)
+        return -1;
+    int rc = is_error(r, "EVAL", from) ? -1 : r->type == REDIS_REPLY_INTEGER && r->integer == 1 ? 0 : 1;
+    freeReplyObject(r);
+    return rc;
+}
+
 /* The id below which every group is done with a stream: each group's oldest
  * pending entry, or the entry after its last delivered one. *minid stays
  * BUS_ID_MAX_VALUE when the stream has no group or does not exist. */
@@ -1229,6 +1254,7 @@ static const bus_ops_t redis_ops = {
     .pending = r_pending,
     .group_others = r_group_others,
     .add_fields = r_add_fields,
+    .move_fields = r_move_fields,
     .trim = r_trim,
     .stream_info = r_stream_info,
     .list_streams = r_list_streams,

@@ -488,7 +488,7 @@ static int cmd_dlq(const config_t *cfg, int argc, char **argv)
         return rc;
     }
     char dlq[BUS_STREAM_MAX];
-    snprintf(dlq, sizeof dlq, "ecom:dlq:%s", group);
+    bus_dlq_stream(group, dlq, sizeof dlq);
     bus_entry_t *ents = NULL;
     size_t n = 0;
     int rc = 0;
@@ -527,33 +527,35 @@ static int cmd_dlq(const config_t *cfg, int argc, char **argv)
         json_object_put(arr);
         goto out;
     }
-    size_t sent = 0, skipped = 0;
+    size_t sent = 0, skipped = 0, gone = 0;
     for (size_t i = 0; i < n; i++) {
-        /* back to the group alone (its replay stream); the inbox never
-         * recorded a dead-lettered message, so it is applied when it succeeds */
+        /* back to the group alone (its replay stream), out of the DLQ in the
+         * same step; the inbox never recorded a dead-lettered message, so it
+         * is applied when it succeeds */
         const char *why = NULL;
         int r = bus_replay_dead(bus, group, &ents[i], &why);
         if (r == 1) {
             fprintf(stderr, "ecomctl: dlq: entry %s cannot be replayed (%s); left in place\n", ents[i].entry_id, why);
             skipped++;
-            continue;
-        }
-        if (r != 0) {
-            rc = fail(1, "dlq: replay of %s failed after %zu replayed; it is still in %s", ents[i].entry_id, sent, dlq);
-            goto out;
-        }
-        const char *ids[] = {ents[i].entry_id};
-        if (bus_delete_entries(bus, dlq, ids, 1) != 0) {
+        } else if (r == 2) {
+            fprintf(stderr, "ecomctl: dlq: entry %s is no longer in %s (replayed or deleted meanwhile); not sent\n",
+                    ents[i].entry_id, dlq);
+            gone++;
+        } else if (r != 0) {
             rc = fail(1,
-                      "dlq: %s went to ecom:replay:%s but could not be removed from %s (after %zu replayed): delete "
-                      "it there, do not replay it again",
-                      ents[i].entry_id, group, dlq, sent);
+                      "dlq: replay of %s failed after %zu replayed; it is in %s or, if the connection broke, in "
+                      "ecom:replay:%s (`ecomctl dlq list` tells)",
+                      ents[i].entry_id, sent, dlq, group);
             goto out;
+        } else {
+            sent++;
         }
-        sent++;
     }
-    printf("replayed %zu, left %zu\n", sent, skipped);
-    if (skipped)
+    if (gone)
+        printf("replayed %zu, left %zu, gone %zu\n", sent, skipped, gone);
+    else
+        printf("replayed %zu, left %zu\n", sent, skipped);
+    if (skipped || gone)
         rc = 1;
 out:
     bus_entries_free(ents, n);

@@ -860,6 +860,70 @@ static void dead_letter_contents(const backend_t *be)
     bus_close(b);
 }
 
+/* A dead letter goes back to its group's replay stream and out of the DLQ
+ * in one step: a second replay of the same entry (two operators at once)
+ * sends nothing, and an entry holding no envelope stays where it is. */
+static void dead_letter_replay_moves(const backend_t *be)
+{
+    bus_t *b = be->open();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    const char *s = "ecom:t.dlr", *dlq = "ecom:dlq:dlr", *replay = "ecom:replay:dlr";
+    ASSERT_OK(bus_group_create(b, s, "dlr"));
+    envelope_t env;
+    make_env(&env, "t.dlr", 7);
+    char id[1][BUS_ID_MAX];
+    ASSERT_OK(bus_publish(b, &env, 1, id));
+    bus_batch_t bt = {0};
+    ASSERT_OK(read1(b, "dlr", "c1", s, false, 10, 0, &bt));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 1);
+    ASSERT_OK(bus_dead_letter(b, "dlr", &bt.msgs[0], "boom"));
+    bus_msg_t gone = {.missing = true, .deliveries = 5};
+    snprintf(gone.entry_id, sizeof gone.entry_id, "%s", id[0]);
+    snprintf(gone.stream, sizeof gone.stream, "%s", s);
+    ASSERT_OK(bus_dead_letter(b, "dlr", &gone, "payload gone"));
+    bus_entry_t *e = NULL, *left = NULL, *sent = NULL;
+    size_t n = 0, nleft = 0, nsent = 0;
+    ASSERT_OK(bus_range(b, dlq, "-", "+", 0, &e, &n));
+    CU_ASSERT_EQUAL_FATAL(n, 2);
+
+    const char *why = NULL;
+    CU_ASSERT_EQUAL(bus_replay_dead(b, "dlr", &e[0], &why), 0);
+    ASSERT_OK(bus_range(b, dlq, "-", "+", 0, &left, &nleft));
+    CU_ASSERT_EQUAL_FATAL(nleft, 1);
+    CU_ASSERT_STRING_EQUAL(left[0].entry_id, e[1].entry_id);
+    ASSERT_OK(bus_range(b, replay, "-", "+", 0, &sent, &nsent));
+    CU_ASSERT_EQUAL_FATAL(nsent, 1);
+    CU_ASSERT_EQUAL(sent[0].nfields, ENV_NFIELDS); /* the envelope, not the failure record */
+    CU_ASSERT_PTR_NULL(field(&sent[0], "error"));
+    bus_entries_free(sent, nsent);
+    bus_entries_free(left, nleft);
+
+    /* the same entry again: gone from the DLQ, nothing sent */
+    CU_ASSERT_EQUAL(bus_replay_dead(b, "dlr", &e[0], &why), 2);
+    CU_ASSERT_STRING_EQUAL(why, "no longer in the dead-letter stream");
+    ASSERT_OK(bus_range(b, replay, "-", "+", 0, &sent, &nsent));
+    CU_ASSERT_EQUAL(nsent, 1);
+    bus_entries_free(sent, nsent);
+
+    /* no envelope in it: refused, left in place */
+    why = NULL;
+    CU_ASSERT_EQUAL(bus_replay_dead(b, "dlr", &e[1], &why), 1);
+    CU_ASSERT_PTR_NOT_NULL(why);
+    ASSERT_OK(bus_range(b, dlq, "-", "+", 0, &left, &nleft));
+    CU_ASSERT_EQUAL(nleft, 1);
+    bus_entries_free(left, nleft);
+
+    /* the replayed message reaches the group on its replay stream */
+    bus_batch_clear(&bt);
+    ASSERT_OK(read1(b, "dlr", "c1", replay, false, 10, 0, &bt));
+    CU_ASSERT_EQUAL_FATAL(bt.n, 1);
+    CU_ASSERT(!bt.msgs[0].bad && env_equal(&bt.msgs[0].env, &env));
+    bus_entries_free(e, n);
+    envelope_clear(&env);
+    bus_batch_free(&bt);
+    bus_close(b);
+}
+
 static void trim_keeps_what_groups_need(const backend_t *be)
 {
     bus_t *b = be->open();
@@ -1523,6 +1587,7 @@ BOTH(reclaim_respects_min_idle)
 BOTH(reclaim_deleted_is_missing)
 BOTH(bad_entry_decodes_as_bad)
 BOTH(dead_letter_contents)
+BOTH(dead_letter_replay_moves)
 BOTH(trim_keeps_what_groups_need)
 BOTH(stream_info_reports)
 BOTH(list_and_delete_streams)
@@ -1568,6 +1633,7 @@ int main(void)
         PAIR(reclaim_deleted_is_missing),
         PAIR(bad_entry_decodes_as_bad),
         PAIR(dead_letter_contents),
+        PAIR(dead_letter_replay_moves),
         PAIR(trim_keeps_what_groups_need),
         PAIR(stream_info_reports),
         PAIR(list_and_delete_streams),
