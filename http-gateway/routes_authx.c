@@ -735,17 +735,20 @@ static void pwrite_run(gw_req_t *r, pwrite_t *w)
     snprintf(w->tenant, sizeof w->tenant, "%s", r->tenant);
     if (r->th->memdb) {
         policy_t *pol = r->sh->policy;
-        /* the snapshot is the store; a write that changes nothing keeps the revision */
-        bool exists = w->kind == W_TUPLE     ? policy_has_tuple(pol, w->tenant, w->a, w->b, w->c)
-                      : w->kind == W_BINDING ? policy_has_binding(pol, w->tenant, w->a, w->b)
-                                             : policy_has_role(pol, w->tenant, w->a);
-        bool changes = w->deleted ? exists : (!exists || w->kind == W_ROLE);
-        w->found = !w->deleted || exists;
+        /* the snapshot is the store, answering as the SQL does: a put that
+         * changes nothing gives the row's own revision, a delete of nothing
+         * the policy's */
+        const char *same = w->deleted ? NULL : w->perms;
+        int64_t row = w->kind == W_TUPLE     ? policy_tuple_rev(pol, w->tenant, w->a, w->b, w->c)
+                      : w->kind == W_BINDING ? policy_binding_rev(pol, w->tenant, w->a, w->b)
+                                             : policy_role_rev(pol, w->tenant, w->a, same);
+        bool changes = w->deleted ? row > 0 : row == 0;
+        w->found = !w->deleted || row > 0;
         if (changes) {
             w->rev = policy_next_revision(pol);
             pwrite_apply(pol, w);
         } else {
-            w->rev = policy_revision(pol);
+            w->rev = w->deleted ? policy_revision(pol) : row;
         }
         gw_respond_json(r, w->deleted ? 200 : 201, revision_body(w));
         return;

@@ -94,6 +94,13 @@ bool expect_status(const hresp_t *r, int want, const char *what);
  * "type" ending in type_suffix (NULL: about:blank), requestId equal to the
  * echoed x-request-id (and to rid when given). Asserts with CUnit. */
 void check_problem(const hresp_t *r, int status, const char *type_suffix, const char *rid, const char *what);
+/* The admin policy writes answer revisions as the store gives them, in either
+ * mode: a put that changes nothing gives its row's revision again, a role
+ * put with other permissions (as written: duplicates count) a new one, a
+ * delete of nothing {"deleted": false} at the policy's current revision.
+ * hdrs: CRLF-ended lines that authorise authx:admin, or NULL; tag keeps the
+ * names apart from other tests'. */
+void check_policy_revisions(int port, const char *hdrs, const char *tag);
 /* The value of one sample line of /metrics ("name{labels}"), -1 when absent. */
 double metric(int port, const char *series);
 /* A unique string with the prefix (owned). */

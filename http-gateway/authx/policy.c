@@ -56,6 +56,7 @@ typedef struct role {
     int64_t rev;
     bool deleted;
     vec_t perms;
+    char *text; /* perms as written (the store's column), for policy_role_rev */
 } role_t;
 
 typedef struct bset { /* role names bound to one tenant and subject */
@@ -292,6 +293,7 @@ static void tset_clear(void *v)
 static void role_clear(void *v)
 {
     vec_free(&((role_t *)v)->perms);
+    free(((role_t *)v)->text);
 }
 
 static void bset_clear(void *v)
@@ -384,7 +386,9 @@ void policy_put_role(policy_t *p, int64_t rev, const char *tenant, const char *n
         r->rev = rev;
         r->deleted = deleted;
         vec_free(&r->perms);
-        char *copy = xstrdup(perms ? perms : ""), *save = NULL;
+        free(r->text);
+        r->text = xstrdup(perms ? perms : "");
+        char *copy = xstrdup(r->text), *save = NULL;
         for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save))
             if (!vec_has(&r->perms, t))
                 vec_add(&r->perms, t);
@@ -789,36 +793,37 @@ bool policy_sid_revoked(policy_t *p, const char *sid, int64_t now_ms)
     return revoked;
 }
 
-static bool live_row(policy_t *p, strmap_t *m, const char *a, const char *b, const char *c, const char *d)
+static int64_t live_row(policy_t *p, strmap_t *m, const char *a, const char *b, const char *c, const char *d)
 {
     char k[KEY_MAX];
     size_t kl = key(k, a, b, c, d);
     pthread_rwlock_rdlock(&p->lock);
     void **v = kl ? strmap_get(m, k, kl) : NULL;
-    bool live = v && *v && !((row_t *)*v)->deleted;
+    int64_t rev = v && *v && !((row_t *)*v)->deleted ? ((row_t *)*v)->rev : 0;
     pthread_rwlock_unlock(&p->lock);
-    return live;
+    return rev;
 }
 
-bool policy_has_tuple(policy_t *p, const char *tenant, const char *object, const char *relation, const char *subject)
+int64_t policy_tuple_rev(policy_t *p, const char *tenant, const char *object, const char *relation, const char *subject)
 {
     return live_row(p, &p->tuples, tenant, object, relation, subject);
 }
 
-bool policy_has_binding(policy_t *p, const char *tenant, const char *subject, const char *role)
+int64_t policy_binding_rev(policy_t *p, const char *tenant, const char *subject, const char *role)
 {
     return live_row(p, &p->bindings, tenant, subject, role, NULL);
 }
 
-bool policy_has_role(policy_t *p, const char *tenant, const char *name)
+int64_t policy_role_rev(policy_t *p, const char *tenant, const char *name, const char *perms)
 {
     char k[KEY_MAX];
     size_t kl = key(k, tenant, name, NULL, NULL);
     pthread_rwlock_rdlock(&p->lock);
     void **v = kl ? strmap_get(&p->roles, k, kl) : NULL;
-    bool live = v && *v && !((role_t *)*v)->deleted;
+    const role_t *r = v ? *v : NULL;
+    int64_t rev = r && !r->deleted && (!perms || !strcmp(perms, r->text ? r->text : "")) ? r->rev : 0;
     pthread_rwlock_unlock(&p->lock);
-    return live;
+    return rev;
 }
 
 bool policy_is_member(policy_t *p, const char *tenant, const char *subject)

@@ -108,10 +108,14 @@ policy_verdict_t policy_check_cached(policy_t *p, policy_cache_t *c, const char 
                                      const char *relation, const char *subject);
 void policy_cache_free(policy_cache_t *c);
 
-/* Live rows, exactly as written (no defaults, no rewrites). */
-bool policy_has_tuple(policy_t *p, const char *tenant, const char *object, const char *relation, const char *subject);
-bool policy_has_binding(policy_t *p, const char *tenant, const char *subject, const char *role);
-bool policy_has_role(policy_t *p, const char *tenant, const char *name);
+/* The revision of a live row, exactly as written (no defaults, no
+ * rewrites); 0 when there is none. policy_role_rev also answers 0 when the
+ * role's permissions as written (space-separated, as given to
+ * policy_put_role) differ from perms; perms NULL: any. */
+int64_t policy_tuple_rev(policy_t *p, const char *tenant, const char *object, const char *relation,
+                         const char *subject);
+int64_t policy_binding_rev(policy_t *p, const char *tenant, const char *subject, const char *role);
+int64_t policy_role_rev(policy_t *p, const char *tenant, const char *name, const char *perms);
 /* An explicit membership: subject has a role binding of its own in tenant
  * (bindings of "*" do not count). A token of another tenant may then act in
  * this one (AuthX T2). */

@@ -1066,6 +1066,16 @@ static void test_rebac(void)
 
 /* ================= A: ABAC ================= */
 
+/* Admin policy writes answer the revisions PostgreSQL gives them, as the
+ * memory store does (test_gw_memory runs the same checks). */
+static void test_policy_revisions(void)
+{
+    char *root = token("root", "tenantA"), *h = hdrs_crlf("tenantA", root);
+    check_policy_revisions(ga->port, h, "pg");
+    free(h);
+    free(root);
+}
+
 static void test_abac(void)
 {
     char *u1 = token("u1", "tenantA"), *one = token("1", "tenantA");
@@ -1404,6 +1414,7 @@ int main(void)
          test_otp_requests_across_tenants},
         {"P1-P4 T2: roles per tenant, changes, fail closed", test_rbac},
         {"X1-X7: tuples, rewrites, cycles, depth, revisions, the route checks", test_rebac},
+        {"policy writes answer the store's revisions", test_policy_revisions},
         {"A1-A2: the ABAC guard on the exact body", test_abac},
         {"T1 T3: tenant resolution and independent keys", test_tenancy},
         {"O8 address bucket: GCRA with RateLimit headers", test_address_limits},

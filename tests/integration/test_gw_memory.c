@@ -277,6 +277,14 @@ static void test_bad_input_is_4xx(void)
     CU_ASSERT_EQUAL(status_of("GET", B "/events?type=a", NULL), 200);
 }
 
+/* Admin policy writes answer revisions as PostgreSQL does (test_authx runs
+ * the same checks there): before, a put that changed nothing answered the
+ * policy's latest revision, and a role put again always took a new one. */
+static void test_policy_revisions(void)
+{
+    check_policy_revisions(port, NULL, "mem");
+}
+
 static bool stopped;
 
 /* A key whose request was answered without a commit (here 400) is free
@@ -377,6 +385,7 @@ int main(void)
         {"memory store: sessions' ids, subjects and order as in PostgreSQL", test_sessions_as_in_postgres},
         {"memory store: wrong codes for a long-expired ticket count, as in PostgreSQL", test_expired_ticket_counts},
         {"bad input the handlers would cut or PostgreSQL refuse is the client's 4xx", test_bad_input_is_4xx},
+        {"memory store: policy writes answer revisions as in PostgreSQL", test_policy_revisions},
         {"the gateway stops cleanly", test_stops},
         CU_TEST_INFO_NULL,
     };
