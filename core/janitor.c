@@ -17,6 +17,7 @@
 #define JANITOR_CHUNK 5000
 #define JANITOR_REST_FACTOR 4 /* rest 4x a chunk's time: at most a fifth of a core */
 #define JANITOR_REST_MIN_MS 5
+#define JANITOR_CANCEL_EVERY_MS 100 /* janitor_stop's cancels while a cleanup call goes on */
 
 struct janitor {
     janitor_opts_t o;
@@ -25,7 +26,10 @@ struct janitor {
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool quit;
+    /* under mu: stop asked; a cleanup call in progress; the thread is done;
+     * the connection's cancel handle, which janitor_stop uses while busy */
+    bool quit, busy, done;
+    PGcancel *cancel;
     _Atomic uint64_t deleted, passes;
     metric_t *m_deleted;
 };
@@ -41,6 +45,37 @@ static bool rest(janitor_t *j, int64_t ms)
     bool quit = j->quit;
     pthread_mutex_unlock(&j->mu);
     return quit;
+}
+
+/* Marks a cleanup call as in progress, unless a stop was asked: false then. */
+static bool begin_cleanup(janitor_t *j)
+{
+    pthread_mutex_lock(&j->mu);
+    bool go = !j->quit;
+    j->busy = go;
+    pthread_mutex_unlock(&j->mu);
+    return go;
+}
+
+/* Ends a cleanup call; true when a stop was asked meanwhile (it may have
+ * cancelled the call). */
+static bool end_cleanup(janitor_t *j)
+{
+    pthread_mutex_lock(&j->mu);
+    j->busy = false;
+    bool quit = j->quit;
+    pthread_mutex_unlock(&j->mu);
+    return quit;
+}
+
+static void disconnect(janitor_t *j)
+{
+    pthread_mutex_lock(&j->mu);
+    PQfreeCancel(j->cancel);
+    j->cancel = NULL;
+    pthread_mutex_unlock(&j->mu);
+    db_close(j->db);
+    j->db = NULL;
 }
 
 static bool connected(janitor_t *j)
@@ -62,10 +97,13 @@ static bool connected(janitor_t *j)
      * outbox.c); a delete lost in a crash is made again at the next pass, so
      * its commit need not wait for the WAL flush */
     if (db_index_scans_only(j->db) != 0 || pg_exec(db_pg(j->db), "SET synchronous_commit = off") != 0) {
-        db_close(j->db);
-        j->db = NULL;
+        disconnect(j);
         return false;
     }
+    PGcancel *c = PQgetCancel(db_pg(j->db));
+    pthread_mutex_lock(&j->mu);
+    j->cancel = c;
+    pthread_mutex_unlock(&j->mu);
     return true;
 }
 
@@ -76,18 +114,21 @@ static void pass(janitor_t *j)
     uint64_t total = 0;
     for (;;) {
         if (j->o.on && !atomic_load(j->o.on)) {
-            db_close(j->db); /* a standby holds no connection */
-            j->db = NULL;
+            disconnect(j); /* a standby holds no connection */
             break;
         }
         if (!connected(j))
             return;
+        if (!begin_cleanup(j))
+            return;
         int64_t t0 = clock_mono_us();
         size_t gone = 0;
-        if (j->o.cleanup(j->db, j->o.retain_s, chunk, &gone) != 0) {
-            log_warn("%s cleanup failed; tried again at the next pass", j->what);
-            db_close(j->db); /* a broken connection is opened again */
-            j->db = NULL;
+        int rc = j->o.cleanup(j->db, j->o.retain_s, chunk, &gone);
+        bool stopping = end_cleanup(j);
+        if (rc != 0) {
+            if (!stopping) /* else janitor_stop may have cancelled it */
+                log_warn("%s cleanup failed; tried again at the next pass", j->what);
+            disconnect(j); /* a broken connection is opened again */
             return;
         }
         total += gone;
@@ -111,8 +152,11 @@ static void *janitor_main(void *arg)
         pass(j);
         atomic_fetch_add(&j->passes, 1);
     } while (!rest(j, j->o.every_ms));
-    db_close(j->db);
-    j->db = NULL;
+    disconnect(j);
+    pthread_mutex_lock(&j->mu);
+    j->done = true;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
     return NULL;
 }
 
@@ -176,6 +220,18 @@ void janitor_stop(janitor_t *j)
     pthread_mutex_lock(&j->mu);
     j->quit = true;
     pthread_cond_broadcast(&j->cv);
+    /* A statement waiting on a lock, or on a slow disk, ends now; its chunk
+     * is deleted at a later pass (PQcancel may be called from any thread).
+     * The server ignores a cancel that finds its backend idle, between two
+     * statements of one cleanup call, so it goes again until the call ends. */
+    while (!j->done) {
+        char err[256];
+        if (j->busy && j->cancel && !PQcancel(j->cancel, err, sizeof err))
+            log_debug("%s cleanup: cancel not sent: %s", j->what, err);
+        struct timespec ts;
+        clock_deadline(&ts, CLOCK_MONOTONIC, JANITOR_CANCEL_EVERY_MS);
+        (void)pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+    }
     pthread_mutex_unlock(&j->mu);
     pthread_join(j->th, NULL);
     janitor_free(j);

@@ -46,8 +46,11 @@ typedef struct janitor janitor_t;
 /* Starts the thread (options copied). NULL when there is neither a
  * database_url nor a memory store, or the thread could not start (logged). */
 janitor_t *janitor_start(const janitor_opts_t *o);
-/* Stops and joins the thread, once its statement or connection attempt in
- * progress returns; NULL is a no-op. */
+/* Stops and joins the thread. A cleanup call in progress is cancelled, each
+ * of its statements in turn (one waiting on a lock would otherwise hold the
+ * process's shutdown until the lock is free; its chunk is deleted at a later
+ * pass), and none starts after; a connection attempt in progress is waited
+ * for (at most its 5 s timeout). NULL is a no-op. */
 void janitor_stop(janitor_t *j);
 /* Rows deleted so far, and passes ended, those *on kept idle included (tests). */
 uint64_t janitor_deleted(const janitor_t *j);

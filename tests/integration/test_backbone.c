@@ -2302,6 +2302,79 @@ static void test_published_cleanup_real(void)
     sut_stop(&s);
 }
 
+/* A cleanup that waits for the lock the test holds on test_locked, twice:
+ * like the gateway's, it goes on to its next statement after one failed. */
+static int locked_cleanup(db_t *db, int64_t retain_s, size_t limit, size_t *deleted)
+{
+    (void)retain_s;
+    (void)limit;
+    *deleted = 0;
+    int first = pg_exec(db_pg(db), "DELETE FROM test_locked");
+    int second = pg_exec(db_pg(db), "DELETE FROM test_locked");
+    return first || second ? -1 : 0;
+}
+
+static void *stop_janitor(void *arg)
+{
+    janitor_stop(arg);
+    return NULL;
+}
+
+/* janitor_stop cancels the cleanup in progress, each of its statements: a
+ * cleanup waiting on a lock does not hold the process's shutdown until the
+ * lock is free (before, it waited as long as the lock was held). */
+static void test_janitor_stop_cancels_real(void)
+{
+    sut_t s;
+    sut_init(&s, false, "janitor_cancel");
+    db_t *db = sut_db(&s);
+    char *err = NULL;
+    PGconn *watch = pg_connect(s.pg_url, "test-watch", &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(watch);
+    ASSERT_OK(pg_exec(db_pg(db), "CREATE TABLE test_locked (x int)"));
+    ASSERT_OK(pg_exec(db_pg(db), "BEGIN"));
+    ASSERT_OK(pg_exec(db_pg(db), "LOCK TABLE test_locked IN ACCESS EXCLUSIVE MODE"));
+    janitor_t *j = janitor_start(&(janitor_opts_t){.database_url = s.pg_url,
+                                                   .app_name = "test-janitor-cancel",
+                                                   .what = "test_locked",
+                                                   .cleanup = locked_cleanup,
+                                                   .every_ms = 60000});
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    const char *q = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'";
+    const char *app[] = {"test-janitor-cancel"};
+    bool waiting = false;
+    for (int i = 0; i < 400 && !waiting; i++) {
+        PGresult *r = pg_query(watch, q, 1, app);
+        waiting = r && atoi(PQgetvalue(r, 0, 0)) == 1;
+        PQclear(r);
+        if (!waiting)
+            clock_sleep_ms(50);
+    }
+    CU_ASSERT_TRUE(waiting);
+    pthread_t th;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, stop_janitor, j), 0);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 30; /* a bound on a hang, not a time measured: the lock is held until after it */
+    int joined = pthread_timedjoin_np(th, NULL, &until);
+    CU_ASSERT_EQUAL(joined, 0);
+    ASSERT_OK(pg_exec(db_pg(db), "ROLLBACK"));
+    if (joined != 0)
+        pthread_join(th, NULL);
+    int left = -1; /* its connection is closed (the backend leaves the view as it exits) */
+    for (int i = 0; i < 400 && left != 0; i++) {
+        PGresult *r = pg_query(watch, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", 1, app);
+        left = r ? atoi(PQgetvalue(r, 0, 0)) : -1;
+        PQclear(r);
+        if (left != 0)
+            clock_sleep_ms(50);
+    }
+    CU_ASSERT_EQUAL(left, 0);
+    PQfinish(watch);
+    db_close(db);
+    sut_stop(&s);
+}
+
 static long long published_rows(db_t *db)
 {
     PGresult *r = pg_query(db_pg(db), "SELECT count(*) FROM bus.outbox_published", 0, NULL);
@@ -2927,6 +3000,7 @@ int main(void)
         {"a service's janitor deletes old inbox ids in memory too", test_inbox_cleanup_memory},
         {"a cleanup pass deletes chunk after chunk until caught up, keeping the window (postgres)",
          test_janitor_catches_up_real},
+        {"stopping a janitor cancels its statement in progress (postgres)", test_janitor_stop_cancels_real},
         {"the re-drive window's cleanup takes old rows oldest first, bounded (postgres)", test_published_cleanup_real},
         {"the read-ahead sends acknowledgements with its next read, on their own when idle, again after a failure",
          test_reader_acks_real},
