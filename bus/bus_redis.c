@@ -970,7 +970,13 @@ static int r_move_fields(bus_t *b, const char *from, const char *id, const char 
     cmd_free(&c);
     if (!r)
         return -1;
-    int rc = is_error(r, "EVAL", from) ? -1 : r->type == REDIS_REPLY_INTEGER && r->integer == 1 ? 0 : 1;
+    int rc = -1;
+    if (is_error(r, "EVAL", from))
+        rc = -1;
+    else if (r->type == REDIS_REPLY_INTEGER && (r->integer == 0 || r->integer == 1))
+        rc = r->integer == 1 ? 0 : 1;
+    else
+        log_warn("bus: redis move from %s: unexpected reply type %d", from, r->type);
     freeReplyObject(r);
     return rc;
 }

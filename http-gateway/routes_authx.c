@@ -13,6 +13,7 @@
 #include "http-gateway/authx/policy_sync.h"
 #include "http-gateway/routes_auth.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -728,6 +729,8 @@ static void on_pwrite(gw_req_t *r, PGresult *const *res, int n, const char *err)
     gw_cmd_commit(r, w->deleted ? 200 : 201, revision_body(w));
 }
 
+static pthread_mutex_t mem_policy_writes = PTHREAD_MUTEX_INITIALIZER; /* pwrite_run, memory store */
+
 static void pwrite_run(gw_req_t *r, pwrite_t *w)
 {
     r->handler_state = w;
@@ -737,7 +740,10 @@ static void pwrite_run(gw_req_t *r, pwrite_t *w)
         policy_t *pol = r->sh->policy;
         /* the snapshot is the store, answering as the SQL does: a put that
          * changes nothing gives the row's own revision, a delete of nothing
-         * the policy's */
+         * the policy's. One writer at a time (PostgreSQL's writes take an
+         * advisory lock): two gateway threads putting the same row would
+         * both find it absent and both take a revision. */
+        pthread_mutex_lock(&mem_policy_writes);
         const char *same = w->deleted ? NULL : w->perms;
         int64_t row = w->kind == W_TUPLE     ? policy_tuple_rev(pol, w->tenant, w->a, w->b, w->c)
                       : w->kind == W_BINDING ? policy_binding_rev(pol, w->tenant, w->a, w->b)
@@ -750,6 +756,7 @@ static void pwrite_run(gw_req_t *r, pwrite_t *w)
         } else {
             w->rev = w->deleted ? policy_revision(pol) : row;
         }
+        pthread_mutex_unlock(&mem_policy_writes);
         gw_respond_json(r, w->deleted ? 200 : 201, revision_body(w));
         return;
     }
