@@ -362,8 +362,9 @@ static void marks_add(marks_t *k, const char *msg_id, channel_t ch, notify_outco
 static const char sql_mark[] =
     "INSERT INTO notification.sent_marks (message_id, channel, status, detail)"
     " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
-/* marks are written on failures only, so the table stays small: its old
- * rows go at most every MARKS_CLEANUP_MS, a scan of what is there */
+/* marks are written only when a handler call or batch rolls back, so the
+ * table stays small: its old rows go at most every MARKS_CLEANUP_MS, a scan
+ * of what is there */
 static const char sql_mark_cleanup[] =
     "DELETE FROM notification.sent_marks WHERE marked_at < now() - interval '7 days'";
 #define MARKS_CLEANUP_MS (10 * 60 * 1000)
@@ -1276,17 +1277,16 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     if (res == SVC_OK && batch_write(tx, &b) != 0)
         res = SVC_RETRY;
     if (res != SVC_OK) {
-        /* the batch rolls back: what the sends of a message that failed on
-         * another channel did is kept (the others commit when the runtime
-         * applies the batch again by halves, the memory covering them) */
+        /* the batch rolls back: what every send of it did is kept for the
+         * next attempts, those of the halves the runtime applies it in
+         * again included. (The memory of recent sends alone does not cover
+         * them: a batch of up to SERVICE_BATCH messages on several channels
+         * and lanes holds more sends than it keeps.) */
         marks_t k = {0};
         for (size_t i = 0; i < n; i++) {
             const presend_t *p = &a.pre[i];
-            bool failed = false;
             for (int ch = 0; ch < CH_COUNT; ch++)
-                failed = failed || ((p->have & (1u << ch)) && (p->r[ch] != SVC_OK || !final_outcome(p->o[ch])));
-            for (int ch = 0; failed && ch < CH_COUNT; ch++)
-                if ((p->have & (1u << ch)) && p->r[ch] == SVC_OK)
+                if ((p->have & (1u << ch)) && p->r[ch] == SVC_OK && final_outcome(p->o[ch]))
                     marks_add(&k, msgs[i]->id, (channel_t)ch, p->o[ch], p->detail[ch]);
         }
         marks_write(tx->url, &k);
