@@ -26,7 +26,7 @@ typedef struct notify_msg {
 typedef enum {
     NOTIFY_SENT,     /* delivered */
     NOTIFY_SKIPPED,  /* not for this channel (e.g. no e-mail address): recorded, never retried */
-    NOTIFY_REFUSED,  /* refused for good (SMTP 5xx): recorded as failed, never retried */
+    NOTIFY_REFUSED,  /* refused for good (SMTP 5xx to RCPT TO or the message): recorded as failed, never retried */
     NOTIFY_REJECTED, /* the receiver answered with a refusal or a redirect (HTTP 4xx, 3xx): retried, not a breaker
                         failure */
     NOTIFY_FAILED,   /* transient (connect error, timeout, 5xx, 4xx SMTP): retried, a breaker failure */

@@ -3,8 +3,13 @@
  * local MTA or a smarthost on a trusted network): greeting, EHLO (HELO when
  * EHLO is refused), MAIL FROM, RCPT TO, DATA with a plain-text message
  * (dot-stuffed, CRLF lines), QUIT; every reply bounded by the deadline.
- * No STARTTLS or AUTH. A 4xx reply or a network failure is transient; a 5xx
- * reply refuses the mail for good. */
+ * No STARTTLS or AUTH. A 4xx reply or a network failure is transient. A
+ * 5xx reply refuses the mail for good only where it answers for this mail:
+ * to RCPT TO (no such recipient) or to the message itself; at the greeting,
+ * EHLO/HELO, MAIL FROM or DATA it is the relay refusing every mail (no
+ * relaying for us, authentication required, a wrong host), a failure that
+ * counts against the channel's breaker and is retried, never a delivery
+ * dropped for good. */
 #include "services/notification/channel.h"
 
 #include "core/clock.h"
@@ -198,5 +203,6 @@ fail:
         evbuffer_free(data);
     close(c->fd);
     free(c);
-    return code >= 500 ? NOTIFY_REFUSED : NOTIFY_FAILED;
+    bool for_this_mail = strcmp(step, "RCPT TO") == 0 || strcmp(step, "message") == 0;
+    return code >= 500 && for_this_mail ? NOTIFY_REFUSED : NOTIFY_FAILED;
 }

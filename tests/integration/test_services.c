@@ -2004,6 +2004,9 @@ typedef struct smtpd {
     const char *refuse;
     int tempfail;
     atomic_int refused, tempfailed;
+    /* the first deny_relay MAIL FROMs are answered 550 (no relaying) */
+    int deny_relay;
+    atomic_int denied;
 } smtpd_t;
 
 static bool smtpd_send(int fd, const char *s)
@@ -2049,7 +2052,10 @@ static void smtpd_session(smtpd_t *d, int fd)
                 break;
         } else if (strncmp(line, "MAIL FROM:", 10) == 0) {
             snprintf(from, sizeof from, "%.255s", line + 10);
-            if (!smtpd_send(fd, "250 2.1.0 ok\r\n"))
+            bool deny = atomic_load(&d->denied) < d->deny_relay;
+            if (deny)
+                atomic_fetch_add(&d->denied, 1);
+            if (!smtpd_send(fd, deny ? "550 5.7.1 relaying denied\r\n" : "250 2.1.0 ok\r\n"))
                 break;
         } else if (strncmp(line, "RCPT TO:", 8) == 0) {
             snprintf(rcpt, sizeof rcpt, "%.255s", line + 8);
@@ -2132,10 +2138,13 @@ static void smtpd_stop(smtpd_t *d)
     pthread_mutex_destroy(&d->mu);
 }
 
-static void smtp(bool memory)
+/* deny_relay: MAIL FROMs the relay refuses first (550): the relay refusing
+ * every mail, not this one, so the code goes out on a later attempt. */
+static void smtp(bool memory, int deny_relay)
 {
     smtpd_t d;
     smtpd_start(&d);
+    d.deny_relay = deny_relay;
     sut_t s;
     sut_init(&s, memory, "svc_smtp");
     configure_notification(&s, "smtp", NULL, d.port);
@@ -2152,6 +2161,14 @@ static void smtp(bool memory)
     CU_ASSERT_PTR_NOT_NULL(strstr(d.data, "Your login code is 777888"));
     pthread_mutex_unlock(&d.mu);
     CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "smtp"), 1);
+    CU_ASSERT_EQUAL(atomic_load(&d.denied), deny_relay);
+    notification_delivery_t *rows = NULL;
+    size_t n = 0;
+    db_t *db = sut_db(&s);
+    CU_ASSERT_EQUAL(notification_list(db, TENANT, "user@example.com", 10, &rows, &n), 0);
+    CU_ASSERT_STRING_EQUAL(n == 1 ? rows[0].status : "", "sent");
+    notification_deliveries_free(rows, n);
+    db_close(db);
     CU_ASSERT_EQUAL(sink_lines(&s, "777888"), 0); /* the log channel is off */
     sut_stop(&s);
     smtpd_stop(&d);
@@ -2160,7 +2177,12 @@ static void smtp(bool memory)
 
 static void test_smtp_memory(void)
 {
-    smtp(true);
+    smtp(true, 0);
+}
+
+static void test_smtp_relay_denied_memory(void)
+{
+    smtp(true, 2);
 }
 
 /* One batch, two aggregates: a code to an address the relay refuses for good
@@ -2205,7 +2227,7 @@ static void test_smtp_refused_once_real(void)
 
 static void test_smtp_real(void)
 {
-    smtp(false);
+    smtp(false, 0);
 }
 
 /* Configuration problems are reported together. */
@@ -2280,6 +2302,8 @@ int main(void)
          test_webhook_status_counts},
         {"a batch's webhooks go side by side, each payment's in order (postgres+redis)", test_webhook_side_by_side},
         {"SMTP mail to the test server (memory)", test_smtp_memory},
+        {"a relay that refuses every mail (550 to MAIL FROM) fails the attempt, not the code (memory)",
+         test_smtp_relay_denied_memory},
         {"SMTP mail to the test server (postgres+redis)", test_smtp_real},
         CU_TEST_INFO_NULL,
     };
