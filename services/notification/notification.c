@@ -43,8 +43,16 @@ typedef struct settings {
     breaker_t *breaker[CH_COUNT]; /* webhook and smtp */
 } settings_t;
 
+/* Written under settings_mu; read by the sends without it. A configuration
+ * replaced while the service runs (tests do it) is retired, not freed: a
+ * send in flight may still hold its strings or its breaker. */
 static pthread_mutex_t settings_mu = PTHREAD_MUTEX_INITIALIZER;
 static settings_t settings = {.order = {CH_LOG}, .n = 1, .timeout_ms = 5000};
+typedef struct retired {
+    struct retired *next;
+    settings_t s;
+} retired_t;
+static retired_t *retired; /* under settings_mu; kept for the process's life */
 
 static void settings_clear(settings_t *s)
 {
@@ -189,11 +197,13 @@ int notification_configure(const notification_config_t *cfg, char *err, size_t c
     }
     s.breaker[CH_WEBHOOK] = breaker_new(&bp);
     s.breaker[CH_SMTP] = breaker_new(&bp);
+    retired_t *r = xmalloc(sizeof *r);
     pthread_mutex_lock(&settings_mu);
-    settings_t old = settings;
+    r->s = settings;
+    r->next = retired;
+    retired = r;
     settings = s;
     pthread_mutex_unlock(&settings_mu);
-    settings_clear(&old);
     return 0;
 }
 
