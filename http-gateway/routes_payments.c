@@ -103,8 +103,10 @@ static int queue_command(gw_req_t *r, const char *payment_id, json_object *paylo
     const char *why = NULL;
     int rc = gw_cmd_outbox(r, &m, NULL, &why);
     json_object_put(payload);
-    if (rc != 0)
-        gw_problem(r, 400, "validation-error", why);
+    if (rc != 0) { /* every part of the message was checked: the server's fault */
+        log_warn("payment command not queued: %s", why);
+        gw_problem(r, 500, NULL, "the command could not be queued");
+    }
     return rc;
 }
 
@@ -328,11 +330,7 @@ static void refund_checked(gw_req_t *r, int found, const payment_t *p)
     if (read_failed_or_reply(r, found))
         return;
     const char *detail = NULL;
-    int64_t amount = amount_of(r->json, &detail);
-    if (amount < 0) {
-        gw_problem(r, 400, "validation-error", detail);
-        return;
-    }
+    int64_t amount = amount_of(r->json, &detail); /* checked before the read */
     if (strcmp(p->status, "succeeded") != 0) {
         char d[128];
         snprintf(d, sizeof d, "only a succeeded payment can be refunded (this one is %s)", p->status);
@@ -364,8 +362,10 @@ static void refund_checked(gw_req_t *r, int found, const payment_t *p)
 
 void gw_post_refund(gw_req_t *r)
 {
-    if (!json_object_is_type(r->json, json_type_object)) {
-        gw_problem(r, 400, "validation-error", "the body must be a JSON object {amount}");
+    const char *detail = "the body must be a JSON object {amount}";
+    /* the body first: a bad one is 400 whatever the id, or the storage, is */
+    if (!json_object_is_type(r->json, json_type_object) || amount_of(r->json, &detail) < 0) {
+        gw_problem(r, 400, "validation-error", detail);
         return;
     }
     read_payment(r, refund_checked);

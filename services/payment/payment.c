@@ -259,7 +259,7 @@ static const char sql_refund_seen[] = "SELECT 1 FROM payment.refunds WHERE id = 
 /* The whole decision: never more than captured, even with refunds at once. */
 static const char sql_refund_apply[] =
     "UPDATE payment.payments SET refunded = refunded + $3::bigint, updated_at = now()"
-    " WHERE " BY_ID " AND status = 'succeeded' AND refunded + $3::bigint <= captured"
+    " WHERE " BY_ID " AND status = 'succeeded' AND $3::bigint <= captured - refunded"
     " RETURNING refunded, currency, order_id";
 static const char sql_refund_insert[] =
     "INSERT INTO payment.refunds (id, payment_id, tenant, amount, status, reason) VALUES ($1, $2, $3, $4, $5, $6)";

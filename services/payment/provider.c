@@ -25,7 +25,7 @@ static recent_t keys = RECENT_INIT(PROVIDER_KEYS_MAX, sizeof(remembered_t)); /* 
 
 static _Atomic int64_t latency_ms = 2;
 static _Atomic uint32_t failure_ppm; /* parts per million */
-static _Atomic uint64_t n_calls, n_charges, n_declines, n_failures, n_replays;
+static _Atomic uint64_t n_calls, n_charges, n_declines, n_failures, n_replays, n_widest;
 
 void payment_provider_set_latency_ms(int64_t ms)
 {
@@ -126,6 +126,9 @@ void payment_provider_charge_many(const provider_call_t *calls, size_t n, provid
 {
     if (n == 0)
         return;
+    uint64_t widest = atomic_load(&n_widest);
+    while (n > widest && !atomic_compare_exchange_weak(&n_widest, &widest, n))
+        ;
     clock_sleep_ms(atomic_load(&latency_ms));
     for (size_t i = 0; i < n; i++)
         answer(&calls[i], &out[i]);
@@ -138,6 +141,7 @@ void payment_provider_stats(payment_provider_stats_t *out)
     out->declines = atomic_load(&n_declines);
     out->failures = atomic_load(&n_failures);
     out->replays = atomic_load(&n_replays);
+    out->widest = atomic_load(&n_widest);
 }
 
 void payment_provider_reset(void)
@@ -150,4 +154,5 @@ void payment_provider_reset(void)
     atomic_store(&n_declines, 0);
     atomic_store(&n_failures, 0);
     atomic_store(&n_replays, 0);
+    atomic_store(&n_widest, 0);
 }

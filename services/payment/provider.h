@@ -61,6 +61,7 @@ typedef struct payment_provider_stats {
     uint64_t declines; /* definitive declines (replays excluded) */
     uint64_t failures; /* transient failures */
     uint64_t replays;  /* calls answered from the idempotency table */
+    uint64_t widest;   /* the most calls one latency covered (payment_provider_charge_many's n) */
 } payment_provider_stats_t;
 
 void payment_provider_stats(payment_provider_stats_t *out);

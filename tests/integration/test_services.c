@@ -723,13 +723,14 @@ static void refunds(bool memory)
     /* a slow provider: one at a time, 200 charges would take 4 s; a batch's
      * charges go side by side */
     payment_provider_set_latency_ms(20);
-    int64_t t0 = clock_mono_ms();
+    payment_provider_reset();
     create_payments(&s, REFUND_PAYMENTS, REFUND_AMOUNT, "card", ids);
     CU_ASSERT_TRUE(wait_status(&s, ids, REFUND_PAYMENTS, "succeeded", 30000));
-    int64_t took = clock_mono_ms() - t0;
-    CU_ASSERT_TRUE(took < 3000);
-    if (took >= 3000)
-        fprintf(stderr, "200 charges of 20 ms took %lld ms\n", (long long)took);
+    payment_provider_stats_t st;
+    payment_provider_stats(&st);
+    CU_ASSERT_TRUE(st.widest > 1); /* created 50 to a transaction: their charges share a latency */
+    if (st.widest <= 1)
+        fprintf(stderr, "\n  200 charges went one at a time\n");
     payment_provider_set_latency_ms(1);
     /* three writers at once, each asking one refund of every payment */
     pthread_t th[3];
@@ -784,6 +785,28 @@ static void refunds(bool memory)
         PQclear(r);
         PQfinish(c);
     }
+    /* a refund of the largest amount a command can carry is refused like any
+     * other over the capture, not a storage error (refunded + amount
+     * overflowed bigint) retried into the DLQ */
+    db = sut_db(&s);
+    payment_refund_totals_t before, after = {0};
+    ASSERT_OK(payment_refund_totals(db, TENANT, ids[0], &before));
+    char rid[UUID_STR_LEN], agg[64];
+    uuid_v7(rid);
+    snprintf(agg, sizeof agg, "payment:%s", ids[0]);
+    char *huge = xasprintf("{\"paymentId\":\"%s\",\"refundId\":\"%s\",\"amount\":9223372036854775807}", ids[0], rid);
+    ASSERT_OK(db_begin(db));
+    ASSERT_OK(append_msg(db, "payment", "payment.refund.requested", agg, huge));
+    ASSERT_OK(db_commit(db));
+    free(huge);
+    for (int i = 0; i < 300 && after.rejected <= before.rejected; i++) {
+        ASSERT_OK(payment_refund_totals(db, TENANT, ids[0], &after));
+        if (after.rejected <= before.rejected)
+            clock_sleep_ms(50);
+    }
+    db_close(db);
+    CU_ASSERT_EQUAL(after.rejected, before.rejected + 1);
+    CU_ASSERT_EQUAL(dlq(&s, "payment", NULL), 0);
     /* every applied refund was announced and notified; refund commands carry
      * no subject, so the tenant is the recipient */
     CU_ASSERT_TRUE(applied >= REFUND_PAYMENTS);

@@ -1267,6 +1267,9 @@ static void test_bad_input(void)
     snprintf(path, sizeof path, PAYMENTS "/%s/refund", unknown);
     bad_post(path, "{\"amount\":100}", 404, "payment-not-found", "refund of an unknown payment");
     bad_post(PAYMENTS "/not-a-uuid/refund", "{\"amount\":100}", 404, "payment-not-found", "refund of a bad id");
+    /* a bad body is the client's 400 whatever the id: checked before the payment is read */
+    bad_post(path, "{\"amount\":-1}", 400, "validation-error", "negative refund of an unknown payment");
+    bad_post(PAYMENTS "/not-a-uuid/refund", "{}", 400, "validation-error", "refund without amount of a bad id");
     snprintf(path, sizeof path, PAYMENTS "/%s/refund", ok_id);
     bad_post(path, "{\"amount\":1001}", 422, "refund-exceeds-captured", "refund over the capture");
     bad_post(path, "{\"amount\":100000000001}", 400, "validation-error", "huge refund");
