@@ -685,13 +685,27 @@ bool webhook_signed(struct evhttp_request *req, const char *secret)
     size_t n = evbuffer_get_length(in);
     const unsigned char *body = evbuffer_pullup(in, -1);
     const char *sig = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Ecom-Signature");
+    const char *ts = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Ecom-Timestamp");
+    char *end = NULL;
+    long long t = ts && *ts >= '0' && *ts <= '9' ? strtoll(ts, &end, 10) : -1;
+    long long now = clock_now_ms() / 1000;
+    if (!sig || t < 0 || *end || t < now - WEBHOOK_TOLERANCE_S || t > now + WEBHOOK_TOLERANCE_S)
+        return false;
+    /* what the receiver signs again: "<timestamp>.<body>" */
+    size_t tl = strlen(ts);
+    unsigned char *msg = xmalloc(tl + 1 + n + 1);
+    memcpy(msg, ts, tl);
+    msg[tl] = '.';
+    if (n)
+        memcpy(msg + tl + 1, body, n);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    HMAC(EVP_sha256(), secret, (int)strlen(secret), body, n, md, &mdlen);
+    bool ok = HMAC(EVP_sha256(), secret, (int)strlen(secret), msg, tl + 1 + n, md, &mdlen) != NULL;
+    free(msg);
     char want[80] = "sha256=";
-    for (unsigned i = 0; i < mdlen; i++)
+    for (unsigned i = 0; ok && i < mdlen; i++)
         snprintf(want + 7 + 2 * i, 3, "%02x", md[i]);
-    return sig && strcmp(sig, want) == 0 && evhttp_request_get_command(req) == EVHTTP_REQ_POST;
+    return ok && strcmp(sig, want) == 0 && evhttp_request_get_command(req) == EVHTTP_REQ_POST;
 }
 
 /* One policy write: its status and revision (as a number; 0 when absent). */

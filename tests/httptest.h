@@ -137,8 +137,11 @@ int http_sink_start(http_sink_t *s, void (*cb)(struct evhttp_request *req, void 
 int http_sink_start_idle(http_sink_t *s, void (*cb)(struct evhttp_request *req, void *arg), void *arg, int idle_s);
 /* Stops and joins the thread; a sink never started is left alone. */
 void http_sink_stop(http_sink_t *s);
-/* A webhook delivery as ecom signs it: a POST whose X-Ecom-Signature is
- * "sha256=" + hex HMAC-SHA-256 of the body under secret. */
+/* A webhook delivery as ecom signs it: a POST whose X-Ecom-Timestamp is
+ * within WEBHOOK_TOLERANCE_S of now and whose X-Ecom-Signature is "sha256="
+ * + hex HMAC-SHA-256 under secret of "<timestamp>.<body>" (what
+ * docs/operations.md tells a receiver to check). */
+#define WEBHOOK_TOLERANCE_S 300
 bool webhook_signed(struct evhttp_request *req, const char *secret);
 
 /* Keys as a gateway with JWT_SECRET=secret loads them: in production, or in

@@ -48,7 +48,8 @@ typedef struct webhook_target {
 /* Parses "http://host[:port][/path]" into host (cap bytes), *port, path. 0 or -1. */
 int notification_webhook_parse_url(const char *url, char *host, size_t hcap, int *port, char *path, size_t pcap)
     __attribute__((warn_unused_result));
-/* POSTs the message as JSON with X-Ecom-Signature: sha256=<hex HMAC-SHA256 of the body>. */
+/* POSTs the message as JSON with X-Ecom-Timestamp: <Unix seconds> and
+ * X-Ecom-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">. */
 notify_outcome_t notification_webhook_deliver(const notify_msg_t *m, const webhook_target_t *t, int64_t timeout_ms,
                                               char *detail, size_t cap);
 

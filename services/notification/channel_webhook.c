@@ -1,7 +1,10 @@
 /* services/notification/channel_webhook.c: the `webhook` channel: one HTTP/1.1
- * POST of the message as JSON to an http:// endpoint, signed with
- * X-Ecom-Signature: sha256=<hex HMAC-SHA256 of the body under the secret>, and
- * carrying X-Ecom-Message-Id so a receiver can drop a redelivered copy.
+ * POST of the message as JSON to an http:// endpoint, carrying
+ * X-Ecom-Timestamp: <the send's Unix time, seconds> and
+ * X-Ecom-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" under the
+ * secret> (a receiver that also checks the timestamp is recent refuses a
+ * copy replayed later; docs/operations.md, "Receiving webhooks"), and
+ * X-Ecom-Message-Id so a receiver can drop a redelivered copy.
  * A batch's webhooks go side by side from the calling thread over
  * non-blocking kept connections (below).
  * A 2xx answer delivers; anything else is retried by the caller. TLS is not
@@ -88,13 +91,26 @@ int notification_webhook_parse_url(const char *url, char *host, size_t hcap, int
     return 0;
 }
 
-static void sign(const char *secret, const void *body, size_t n, char hex[65])
+/* The hex HMAC-SHA256 of "<ts>.<body>" under secret. When OpenSSL fails
+ * (out of memory), "unavailable": no receiver accepts it, so the send is
+ * refused and retried rather than signed with garbage. */
+static void sign(const char *secret, long long ts, const void *body, size_t n, char hex[65])
 {
+    char prefix[24];
+    int pl = snprintf(prefix, sizeof prefix, "%lld.", ts);
+    unsigned char *signed_bytes = xmalloc((size_t)pl + n + 1);
+    memcpy(signed_bytes, prefix, (size_t)pl);
+    memcpy(signed_bytes + pl, body, n);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    HMAC(EVP_sha256(), secret, (int)strlen(secret), body, n, md, &mdlen);
+    bool ok = HMAC(EVP_sha256(), secret, (int)strlen(secret), signed_bytes, (size_t)pl + n, md, &mdlen) && mdlen == 32;
+    free(signed_bytes);
+    if (!ok) {
+        snprintf(hex, 65, "unavailable");
+        return;
+    }
     static const char digits[] = "0123456789abcdef";
-    for (unsigned i = 0; i < mdlen && i < 32; i++) {
+    for (unsigned i = 0; i < 32; i++) {
         hex[2 * i] = digits[md[i] >> 4];
         hex[2 * i + 1] = digits[md[i] & 15];
     }
@@ -177,16 +193,17 @@ static struct evbuffer *request_of(const notify_msg_t *m, const webhook_target_t
     json_buf_str(body, m->text);
     evbuffer_add_printf(body, ",\"at\":\"%s\"}", at);
     size_t blen = evbuffer_get_length(body);
+    long long ts = (long long)(clock_now_ms() / 1000);
     char sig[65];
-    sign(t->secret, evbuffer_pullup(body, -1), blen, sig);
+    sign(t->secret, ts, evbuffer_pullup(body, -1), blen, sig);
 
     struct evbuffer *req = evbuffer_new();
     bool v6 = strchr(t->host, ':') != NULL;
     evbuffer_add_printf(req,
                         "POST %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: ecom-notification\r\n"
-                        "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+                        "Content-Type: application/json\r\nContent-Length: %zu\r\nX-Ecom-Timestamp: %lld\r\n"
                         "X-Ecom-Signature: sha256=%s\r\nX-Ecom-Message-Id: %s\r\n\r\n",
-                        t->path, v6 ? "[" : "", t->host, v6 ? "]" : "", t->port, blen, sig, m->message_id);
+                        t->path, v6 ? "[" : "", t->host, v6 ? "]" : "", t->port, blen, ts, sig, m->message_id);
     evbuffer_add_buffer(req, body);
     evbuffer_free(body);
     return req;
