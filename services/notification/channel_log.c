@@ -42,10 +42,17 @@ notify_outcome_t notification_log_deliver(const notify_msg_t *m, const char *sin
         goto out;
     }
     /* one write per line: O_APPEND keeps concurrent writers' lines whole */
-    ssize_t w = write(fd, line, len);
-    if (w != (ssize_t)len)
-        snprintf(detail, cap, "sink file %s: %s", sink_file, w < 0 ? strerror(errno) : "short write");
-    else {
+    ssize_t w;
+    do
+        w = write(fd, line, len);
+    while (w < 0 && errno == EINTR);
+    if (w != (ssize_t)len) {
+        snprintf(detail, cap, "sink file %s: %s", sink_file, w < 0 ? strerror(errno) : "short write (disk full?)");
+        /* end the cut line, so the record written again on the retry (and
+         * every later one) starts a line of its own a reader can parse */
+        if (w > 0 && write(fd, "\n", 1) != 1)
+            log_warn("notification: sink file %s: a cut line stays unterminated", sink_file);
+    } else {
         snprintf(detail, cap, "logged to %s", sink_file);
         out = NOTIFY_SENT;
     }
