@@ -182,12 +182,14 @@ void gw_post_payment(gw_req_t *r)
 
 /* ---- reading one payment (PostgreSQL asynchronously, or memory) ---- */
 
-typedef void (*payment_cb)(gw_req_t *r, int found, const payment_t *p);
+/* refunds: the payment's decided refunds when asked for (else none) */
+typedef void (*payment_cb)(gw_req_t *r, int found, const payment_t *p, const payment_refund_t *refunds, size_t n);
 
 typedef struct read_ctx {
     gw_req_t *r;
     payment_cb cb;
-    bool own_conn; /* acquired here (not the request's transaction) */
+    bool own_conn;     /* acquired here (not the request's transaction) */
+    bool with_refunds; /* GET: the refunds too, in the same round trip */
 } read_ctx_t;
 
 /* found by the primary key only: `(tenant = $2) IS TRUE` can only filter (see
@@ -199,13 +201,16 @@ static const char sql_payment_get[] =
 
 static void on_read(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
 {
-    (void)n;
     read_ctx_t *rc = arg;
     gw_req_t *r = rc->r;
     log_ctx_set(&r->log);
     payment_t p;
     memset(&p, 0, sizeof p);
     int found = -1;
+    payment_refund_t *refunds = NULL;
+    size_t nrefunds = 0;
+    if (!err && n < (rc->with_refunds ? 2 : 1))
+        err = "missing results";
     if (!err) {
         PGresult *q = res[0];
         found = PQntuples(q) == 1 ? 0 : 1;
@@ -223,12 +228,19 @@ static void on_read(pga_conn_t *c, PGresult *const *res, int n, const char *err,
             p.created_ms = strtoll(PQgetvalue(q, 0, 10), NULL, 10);
             p.updated_ms = strtoll(PQgetvalue(q, 0, 11), NULL, 10);
         }
+        if (found == 0 && rc->with_refunds) {
+            int rows = PQntuples(res[1]);
+            refunds = xcalloc(rows ? (size_t)rows : 1, sizeof *refunds);
+            for (int i = 0; i < rows; i++)
+                payment_refund_from_row(res[1], i, &refunds[nrefunds++]);
+        }
     } else {
         log_warn("payment read failed: %s", err);
     }
     if (rc->own_conn)
         pga_release(c, false);
-    rc->cb(r, found, &p);
+    rc->cb(r, found, &p, refunds, nrefunds);
+    free(refunds);
     free(rc);
     gw_unref(r);
     log_ctx_set(NULL);
@@ -238,11 +250,12 @@ static void read_with(gw_req_t *r, pga_conn_t *c, read_ctx_t *rc)
 {
     const char *id = route_param(&r->params, "id");
     const char *p[] = {id, r->tenant};
-    const pga_stmt_t st[] = {{.name = "gw_payment_get", .sql = sql_payment_get, .nparams = 2, .params = p}};
-    if (pga_pipeline(c, st, 1, on_read, rc) != 0) {
+    const pga_stmt_t st[] = {{.name = "gw_payment_get", .sql = sql_payment_get, .nparams = 2, .params = p},
+                             {.name = "gw_payment_refunds", .sql = payment_sql_refunds, .nparams = 2, .params = p}};
+    if (pga_pipeline(c, st, rc->with_refunds ? 2 : 1, on_read, rc) != 0) {
         if (rc->own_conn)
             pga_release(c, true);
-        rc->cb(r, -1, NULL);
+        rc->cb(r, -1, NULL, NULL, 0);
         free(rc);
         gw_unref(r);
     }
@@ -255,7 +268,7 @@ static void on_read_conn(pga_conn_t *c, const char *err, void *arg)
     if (!c) {
         log_ctx_set(&r->log);
         log_warn("no database connection for a payment read: %s", err ? err : "?");
-        rc->cb(r, -1, NULL);
+        rc->cb(r, -1, NULL, NULL, 0);
         free(rc);
         gw_unref(r);
         log_ctx_set(NULL);
@@ -266,22 +279,31 @@ static void on_read_conn(pga_conn_t *c, const char *err, void *arg)
 
 /* Reads the payment named by the :id parameter, in the request's transaction
  * when it has one, and calls cb(found: 0 yes, 1 no, -1 error). */
-static void read_payment(gw_req_t *r, payment_cb cb)
+static void read_payment(gw_req_t *r, bool with_refunds, payment_cb cb)
 {
     const char *id = route_param(&r->params, "id");
     if (!id || !uuid_valid(id)) {
-        cb(r, 1, NULL);
+        cb(r, 1, NULL, NULL, 0);
         return;
     }
     if (r->th->memdb) {
         payment_t p;
         int found = payment_get(r->th->memdb, r->tenant, id, &p);
-        cb(r, found, found == 0 ? &p : NULL);
+        payment_refund_t *refunds = NULL;
+        size_t n = 0;
+        if (found == 0 && with_refunds) {
+            refunds = xcalloc(PAYMENT_REFUNDS_SHOWN, sizeof *refunds);
+            if (payment_refunds(r->th->memdb, r->tenant, id, refunds, &n) != 0)
+                found = -1;
+        }
+        cb(r, found, found == 0 ? &p : NULL, refunds, n);
+        free(refunds);
         return;
     }
     read_ctx_t *rc = xcalloc(1, sizeof *rc);
     rc->r = r;
     rc->cb = cb;
+    rc->with_refunds = with_refunds;
     gw_ref(r);
     if (r->pg) {
         read_with(r, r->pg, rc);
@@ -290,8 +312,8 @@ static void read_payment(gw_req_t *r, payment_cb cb)
     rc->own_conn = true;
     if (pga_acquire(r->th->pg, on_read_conn, rc) != 0) {
         free(rc);
+        cb(r, -1, NULL, NULL, 0); /* while the request is still referenced, as the other paths */
         gw_unref(r);
-        cb(r, -1, NULL);
     }
 }
 
@@ -311,22 +333,37 @@ static bool read_failed_or_reply(gw_req_t *r, int found)
 
 /* ---- GET /api/v1/payments/payments/:id ---- */
 
-static void got_payment(gw_req_t *r, int found, const payment_t *p)
+static void got_payment(gw_req_t *r, int found, const payment_t *p, const payment_refund_t *refunds, size_t n)
 {
     if (read_failed_or_reply(r, found))
         return;
-    gw_respond_json(r, 200, payment_json(p));
+    json_object *o = payment_json(p), *list = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        json_object *f = json_object_new_object();
+        char t[40];
+        json_object_object_add(f, "id", json_object_new_string(refunds[i].id));
+        json_object_object_add(f, "amount", json_object_new_int64(refunds[i].amount));
+        json_object_object_add(f, "status", json_object_new_string(refunds[i].succeeded ? "succeeded" : "rejected"));
+        json_object_object_add(f, "reason", refunds[i].reason[0] ? json_object_new_string(refunds[i].reason) : NULL);
+        iso_time(refunds[i].created_ms, t, sizeof t);
+        json_object_object_add(f, "createdAt", json_object_new_string(t));
+        json_object_array_add(list, f);
+    }
+    json_object_object_add(o, "refunds", list);
+    gw_respond_json(r, 200, o);
 }
 
 void gw_get_payment(gw_req_t *r)
 {
-    read_payment(r, got_payment);
+    read_payment(r, true, got_payment);
 }
 
 /* ---- POST /api/v1/payments/payments/:id/refund ---- */
 
-static void refund_checked(gw_req_t *r, int found, const payment_t *p)
+static void refund_checked(gw_req_t *r, int found, const payment_t *p, const payment_refund_t *refunds, size_t n)
 {
+    (void)refunds;
+    (void)n;
     if (read_failed_or_reply(r, found))
         return;
     const char *detail = NULL;
@@ -368,5 +405,5 @@ void gw_post_refund(gw_req_t *r)
         gw_problem(r, 400, "validation-error", detail);
         return;
     }
-    read_payment(r, refund_checked);
+    read_payment(r, false, refund_checked);
 }

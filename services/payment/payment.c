@@ -69,6 +69,7 @@ typedef struct mem_refund {
     int64_t amount;
     bool succeeded;
     char *reason; /* NULL when succeeded */
+    int64_t created_ms;
 } mem_refund_t;
 
 typedef struct mem_pay {
@@ -207,6 +208,7 @@ static void mem_add_refund(db_t *tx, mem_pay_t *m, const char *id, const payment
     r->amount = amount;
     r->succeeded = reason == NULL;
     r->reason = reason ? xstrdup(reason) : NULL;
+    r->created_ms = clock_now_ms();
     *strmap_put(&m->refund_by_id, r->id, 36, NULL) = r;
     if (m->nref == m->capref) {
         m->capref = m->capref ? m->capref * 2 : 256;
@@ -1099,6 +1101,71 @@ int payment_get(db_t *db, const char *tenant, const char *id, payment_t *out)
         row_from_pg(r, 0, out);
     PQclear(r);
     return rc;
+}
+
+const char payment_sql_refunds[] =
+    "SELECT id, amount, status = 'succeeded', coalesce(reason, ''), (extract(epoch FROM created_at) * 1000)::bigint"
+    " FROM payment.refunds WHERE payment_id = $1 AND (tenant = $2) IS TRUE ORDER BY id LIMIT 100";
+_Static_assert(PAYMENT_REFUNDS_SHOWN == 100, "payment_sql_refunds' LIMIT");
+
+void payment_refund_from_row(PGresult *r, int row, payment_refund_t *out)
+{
+    memset(out, 0, sizeof *out);
+    snprintf(out->id, sizeof out->id, "%s", PQgetvalue(r, row, 0));
+    out->amount = strtoll(PQgetvalue(r, row, 1), NULL, 10);
+    out->succeeded = strcmp(PQgetvalue(r, row, 2), "t") == 0;
+    snprintf(out->reason, sizeof out->reason, "%s", PQgetvalue(r, row, 3));
+    out->created_ms = strtoll(PQgetvalue(r, row, 4), NULL, 10);
+}
+
+static int cmp_refund_id(const void *a, const void *b)
+{
+    return strcmp((*(const mem_refund_t *const *)a)->id, (*(const mem_refund_t *const *)b)->id);
+}
+
+int payment_refunds(db_t *db, const char *tenant, const char *payment_id, payment_refund_t *out, size_t *n)
+{
+    *n = 0;
+    if (!uuid_valid(payment_id))
+        return 0;
+    char low[UUID_STR_LEN];
+    uuid_lower(payment_id, low);
+    if (db->kind == DB_MEMORY) {
+        bool own = !db->in_tx;
+        if (own && db_begin(db) != 0)
+            return -1;
+        mem_pay_t *m = mem_tables(db);
+        size_t k = 0, cap = 16;
+        const mem_refund_t **mine = xmalloc(cap * sizeof *mine);
+        for (size_t i = 0; i < m->nref; i++) {
+            const mem_refund_t *r = m->refunds[i];
+            if (strcmp(r->payment_id, low) != 0 || strcmp(r->tenant, tenant) != 0)
+                continue;
+            if (k == cap)
+                mine = xrealloc(mine, (cap *= 2) * sizeof *mine);
+            mine[k++] = r;
+        }
+        qsort(mine, k, sizeof *mine, cmp_refund_id); /* as the SQL: ORDER BY id */
+        for (size_t i = 0; i < k && i < PAYMENT_REFUNDS_SHOWN; i++) {
+            payment_refund_t *o = &out[(*n)++];
+            memset(o, 0, sizeof *o);
+            memcpy(o->id, mine[i]->id, UUID_STR_LEN);
+            o->amount = mine[i]->amount;
+            o->succeeded = mine[i]->succeeded;
+            snprintf(o->reason, sizeof o->reason, "%s", mine[i]->reason ? mine[i]->reason : "");
+            o->created_ms = mine[i]->created_ms;
+        }
+        free(mine);
+        return own ? db_commit(db) : 0;
+    }
+    const char *p[] = {low, tenant};
+    PGresult *r = pg_query(db_pg(db), payment_sql_refunds, 2, p);
+    if (!r)
+        return -1;
+    for (int i = 0; i < PQntuples(r); i++)
+        payment_refund_from_row(r, i, &out[(*n)++]);
+    PQclear(r);
+    return 0;
 }
 
 int payment_refund_totals(db_t *db, const char *tenant, const char *payment_id, payment_refund_totals_t *out)

@@ -94,6 +94,26 @@ typedef struct payment_refund_totals {
 int payment_refund_totals(db_t *db, const char *tenant, const char *payment_id, payment_refund_totals_t *out)
     __attribute__((warn_unused_result));
 
+/* A payment's decided refunds (applied or refused; a refund whose command
+ * the service has not applied yet has no row), by id, so in the order they
+ * were asked for; the first PAYMENT_REFUNDS_SHOWN of them. */
+#define PAYMENT_REFUNDS_SHOWN 100
+typedef struct payment_refund {
+    char id[UUID_STR_LEN];
+    int64_t amount;
+    bool succeeded;   /* else refused */
+    char reason[256]; /* why it was refused; "" when applied */
+    int64_t created_ms;
+} payment_refund_t;
+/* Into out (room for PAYMENT_REFUNDS_SHOWN); PostgreSQL (blocking) or
+ * memory, in the caller's open transaction when it has one. 0 or -1. */
+int payment_refunds(db_t *db, const char *tenant, const char *payment_id, payment_refund_t *out, size_t *n)
+    __attribute__((warn_unused_result));
+/* The same read for asynchronous callers (the gateway): $1 the payment id
+ * (lower case), $2 the tenant; each row read with payment_refund_from_row. */
+extern const char payment_sql_refunds[];
+void payment_refund_from_row(PGresult *r, int row, payment_refund_t *out);
+
 /* Minor-unit digits of an ISO 4217 currency code (e.g. 2 for EUR, 0 for JPY),
  * or -1 when the code is not an active currency. */
 int payment_currency_exponent(const char *code);

@@ -16,6 +16,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/pg.h"
+#include "core/uuid.h"
 #include "http-gateway/jwt.h"
 #include "tests/httptest.h"
 #include "tests/testlib.h"
@@ -816,6 +817,95 @@ static void events_filters(rig_t *s)
     free(tenant);
 }
 
+/* ---- GET /payments/:id with its refunds ---- */
+
+/* POSTs path with a fresh Idempotency-Key; the answer's status, and its "id" into id. */
+static int post_keyed(int port, const char *hdrs, const char *path, const char *body, char id[UUID_STR_LEN])
+{
+    char *key = unique("reads-refund-");
+    char *h = xasprintf("%sIdempotency-Key: %s\r\n", hdrs, key);
+    hresp_t r;
+    int status = hpost(port, path, h, body, &r) == 0 ? r.status : 0;
+    id[0] = '\0';
+    jstr(&r, "id", id, UUID_STR_LEN);
+    hfree(&r);
+    free(h);
+    free(key);
+    return status;
+}
+
+/* The payment's read once it has n refunds listed (owned), or NULL. */
+static json_object *wait_refunds(int port, const char *hdrs, const char *path, size_t n)
+{
+    int64_t end = clock_mono_ms() + WAIT_MS;
+    while (clock_mono_ms() < end) {
+        json_object *o = get_json(port, path, hdrs);
+        json_object *list = jarray(o, "refunds");
+        if (list && json_object_array_length(list) >= n &&
+            strcmp(jstring(o, "status") ? jstring(o, "status") : "", "succeeded") == 0)
+            return o;
+        json_object_put(o);
+        clock_sleep_ms(50);
+    }
+    return NULL;
+}
+
+/* GET /payments/:id lists the payment's decided refunds by id: two asked
+ * right after each other (the second passes the gateway's check only while
+ * the first is not applied yet, and the service then refuses it), one
+ * succeeded and, when the second got through, one rejected with its reason.
+ * Another tenant reads 404. */
+static void payment_refunds(rig_t *s)
+{
+    CU_ASSERT_TRUE_FATAL(start(s));
+    int port = s->p->port;
+    char *tenant = unique("rfA"), *other = unique("rfB");
+    char *h = tenant_hdr(tenant), *ho = tenant_hdr(other);
+    char pid[UUID_STR_LEN], r1[UUID_STR_LEN], r2[UUID_STR_LEN], path[160];
+    CU_ASSERT_EQUAL(post_keyed(port, h, PAYMENTS,
+                               "{\"orderId\":\"o-rf\",\"amount\":1000,\"currency\":\"EUR\",\"method\":\"card\"}", pid),
+                    202);
+    snprintf(path, sizeof path, PAYMENTS "/%s", pid);
+    json_object *o = wait_refunds(port, h, path, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    CU_ASSERT_EQUAL(json_object_array_length(jarray(o, "refunds")), 0);
+    json_object_put(o);
+    char rpath[200];
+    snprintf(rpath, sizeof rpath, "%s/refund", path);
+    CU_ASSERT_EQUAL(post_keyed(port, h, rpath, "{\"amount\":600}", r1), 202);
+    int second = post_keyed(port, h, rpath, "{\"amount\":500}", r2);
+    CU_ASSERT_TRUE(second == 202 || second == 422);
+    size_t want = second == 202 ? 2 : 1;
+    if (second == 422)
+        fprintf(stderr, "\n  (%s: the first refund was applied before the second was asked)\n", s->name);
+    o = wait_refunds(port, h, path, want);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    json_object *list = jarray(o, "refunds");
+    CU_ASSERT_EQUAL(json_object_array_length(list), want);
+    json_object *f = json_object_array_get_idx(list, 0);
+    CU_ASSERT_STRING_EQUAL(jstring(f, "id") ? jstring(f, "id") : "", r1);
+    CU_ASSERT_STRING_EQUAL(jstring(f, "status") ? jstring(f, "status") : "", "succeeded");
+    CU_ASSERT_EQUAL(jint(f, "amount"), 600);
+    CU_ASSERT_PTR_NOT_NULL(jstring(f, "createdAt"));
+    if (want == 2) {
+        f = json_object_array_get_idx(list, 1);
+        CU_ASSERT_STRING_EQUAL(jstring(f, "id") ? jstring(f, "id") : "", r2);
+        CU_ASSERT_STRING_EQUAL(jstring(f, "status") ? jstring(f, "status") : "", "rejected");
+        CU_ASSERT_EQUAL(jint(f, "amount"), 500);
+        CU_ASSERT_PTR_NOT_NULL(jstring(f, "reason") ? strstr(jstring(f, "reason"), "exceeds") : NULL);
+    }
+    CU_ASSERT_EQUAL(jint(o, "refunded"), 600);
+    json_object_put(o);
+    hresp_t r;
+    CU_ASSERT_EQUAL(hget(port, path, ho, &r), 0);
+    CU_ASSERT_EQUAL(r.status, 404);
+    hfree(&r);
+    free(h);
+    free(ho);
+    free(tenant);
+    free(other);
+}
+
 /* ---- the tests ---- */
 
 static void test_memory_events(void)
@@ -836,6 +926,16 @@ static void test_memory_deliveries(void)
 static void test_memory_stats(void)
 {
     stats(&mem);
+}
+
+static void test_memory_refunds(void)
+{
+    payment_refunds(&mem);
+}
+
+static void test_pg_refunds(void)
+{
+    payment_refunds(&pgs);
 }
 
 static void test_memory_stop(void)
@@ -881,10 +981,12 @@ int main(void)
         {"memory: deliveries newest first, keyset pages, tenants, permission, 400s", test_memory_deliveries},
         {"memory: stats per type, window, cache, tenants, permission, 400s", test_memory_stats},
         {"memory: GET /events since, type, pages", test_memory_events},
+        {"memory: GET /payments/:id lists its decided refunds", test_memory_refunds},
         {"memory: ecom all exits 0 on SIGTERM", test_memory_stop},
         {"postgres: deliveries newest first, keyset pages, tenants, permission, 400s", test_pg_deliveries},
         {"postgres: stats from the per-minute counters, window edges, cache, 400s", test_pg_stats},
         {"postgres: GET /events since, type, pages", test_pg_events},
+        {"postgres: GET /payments/:id lists its decided refunds", test_pg_refunds},
         {"postgres: ecom all exits 0 on SIGTERM", test_pg_stop},
         CU_TEST_INFO_NULL,
     };

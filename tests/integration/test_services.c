@@ -749,7 +749,7 @@ static void refunds(bool memory)
         clock_sleep_ms(100);
     CU_ASSERT_EQUAL(refunds_decided(&s, ids), 3 * REFUND_PAYMENTS);
     db_t *db = sut_db(&s);
-    int exact = 0, within = 0, rejected_each = 0;
+    int exact = 0, within = 0, rejected_each = 0, listed = 0;
     size_t applied = 0;
     for (int i = 0; i < REFUND_PAYMENTS; i++) {
         payment_t p;
@@ -758,6 +758,22 @@ static void refunds(bool memory)
         ASSERT_OK(payment_refund_totals(db, TENANT, ids[i], &t));
         within += p.refunded <= p.captured && p.captured == REFUND_AMOUNT;
         exact += p.refunded == t.succeeded_sum && t.succeeded + t.rejected == 3;
+        /* the list a payment's read shows: the same three, by id, refused ones with their reason */
+        payment_refund_t list[PAYMENT_REFUNDS_SHOWN];
+        size_t nl = 0;
+        ASSERT_OK(payment_refunds(db, TENANT, ids[i], list, &nl));
+        uint64_t ok = 0, refused = 0;
+        int64_t sum = 0;
+        bool ordered = true, reasons = true;
+        for (size_t k = 0; k < nl; k++) {
+            ok += list[k].succeeded;
+            refused += !list[k].succeeded;
+            sum += list[k].succeeded ? list[k].amount : 0;
+            reasons =
+                reasons && (list[k].succeeded ? list[k].reason[0] == 0 : strstr(list[k].reason, "exceeds") != NULL);
+            ordered = ordered && (k == 0 || strcmp(list[k - 1].id, list[k].id) < 0);
+        }
+        listed += nl == 3 && ok == t.succeeded && refused == t.rejected && sum == t.succeeded_sum && ordered && reasons;
         rejected_each += t.rejected >= 1;
         applied += t.succeeded;
     }
@@ -765,6 +781,7 @@ static void refunds(bool memory)
     CU_ASSERT_EQUAL(within, REFUND_PAYMENTS);
     CU_ASSERT_EQUAL(exact, REFUND_PAYMENTS);
     CU_ASSERT_EQUAL(rejected_each, REFUND_PAYMENTS);
+    CU_ASSERT_EQUAL(listed, REFUND_PAYMENTS);
     if (!memory) {
         char *err = NULL;
         PGconn *c = pg_connect(s.pg_url, "test", &err);
