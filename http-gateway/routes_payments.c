@@ -87,7 +87,7 @@ static json_object *payment_json(const payment_t *p)
 }
 
 /* Queues a payment command (topic "payment", aggregate "payment:<id>") with
- * payload (consumed) in the request's command. 0, or -1 after answering 400. */
+ * payload (consumed) in the request's command. 0, or -1 after answering 500. */
 static int queue_command(gw_req_t *r, const char *payment_id, json_object *payload)
 {
     json_object_object_add(payload, "subject", json_object_new_string(r->principal.sub));
@@ -194,10 +194,22 @@ typedef struct read_ctx {
 
 /* found by the primary key only: `(tenant = $2) IS TRUE` can only filter (see
  * services/payment/payment.c) */
+#define PAYMENT_GET_COLUMNS                                                                                            \
+    "SELECT p.id, p.tenant, p.order_id, p.amount, p.currency, p.method, p.status, p.captured, p.refunded,"             \
+    " coalesce(p.failure_reason, ''), (extract(epoch FROM p.created_at) * 1000)::bigint,"                              \
+    " (extract(epoch FROM p.updated_at) * 1000)::bigint"
 static const char sql_payment_get[] =
-    "SELECT id, tenant, order_id, amount, currency, method, status, captured, refunded,"
-    " coalesce(failure_reason, ''), (extract(epoch FROM created_at) * 1000)::bigint,"
-    " (extract(epoch FROM updated_at) * 1000)::bigint FROM payment.payments WHERE id = $1 AND (tenant = $2) IS TRUE";
+    PAYMENT_GET_COLUMNS " FROM payment.payments p WHERE p.id = $1 AND (p.tenant = $2) IS TRUE";
+/* With its decided refunds, a row each (one row with NULL refund columns
+ * when none), in one statement: one snapshot, so the list and the
+ * payment's refunded total agree. Columns 12.. as payment_refund_from_row. */
+#define REFUND_COL 12
+static const char sql_payment_get_refunds[] =
+    PAYMENT_GET_COLUMNS ", f.id, f.amount, f.status = 'succeeded', coalesce(f.reason, ''),"
+                        " (extract(epoch FROM f.created_at) * 1000)::bigint FROM payment.payments p LEFT JOIN LATERAL"
+                        " (SELECT * FROM payment.refunds r WHERE r.payment_id = p.id ORDER BY r.id LIMIT 100) f ON true"
+                        " WHERE p.id = $1 AND (p.tenant = $2) IS TRUE ORDER BY f.id";
+_Static_assert(PAYMENT_REFUNDS_SHOWN == 100, "sql_payment_get_refunds' LIMIT");
 
 static void on_read(pga_conn_t *c, PGresult *const *res, int n, const char *err, void *arg)
 {
@@ -209,11 +221,11 @@ static void on_read(pga_conn_t *c, PGresult *const *res, int n, const char *err,
     int found = -1;
     payment_refund_t *refunds = NULL;
     size_t nrefunds = 0;
-    if (!err && n < (rc->with_refunds ? 2 : 1))
+    if (!err && n < 1)
         err = "missing results";
     if (!err) {
         PGresult *q = res[0];
-        found = PQntuples(q) == 1 ? 0 : 1;
+        found = PQntuples(q) >= 1 ? 0 : 1;
         if (found == 0) {
             snprintf(p.id, sizeof p.id, "%s", PQgetvalue(q, 0, 0));
             snprintf(p.tenant, sizeof p.tenant, "%s", PQgetvalue(q, 0, 1));
@@ -229,10 +241,11 @@ static void on_read(pga_conn_t *c, PGresult *const *res, int n, const char *err,
             p.updated_ms = strtoll(PQgetvalue(q, 0, 11), NULL, 10);
         }
         if (found == 0 && rc->with_refunds) {
-            int rows = PQntuples(res[1]);
-            refunds = xcalloc(rows ? (size_t)rows : 1, sizeof *refunds);
+            int rows = PQntuples(q);
+            refunds = xcalloc((size_t)rows, sizeof *refunds);
             for (int i = 0; i < rows; i++)
-                payment_refund_from_row(res[1], i, &refunds[nrefunds++]);
+                if (!PQgetisnull(q, i, REFUND_COL))
+                    payment_refund_from_row(q, i, REFUND_COL, &refunds[nrefunds++]);
         }
     } else {
         log_warn("payment read failed: %s", err);
@@ -250,9 +263,11 @@ static void read_with(gw_req_t *r, pga_conn_t *c, read_ctx_t *rc)
 {
     const char *id = route_param(&r->params, "id");
     const char *p[] = {id, r->tenant};
-    const pga_stmt_t st[] = {{.name = "gw_payment_get", .sql = sql_payment_get, .nparams = 2, .params = p},
-                             {.name = "gw_payment_refunds", .sql = payment_sql_refunds, .nparams = 2, .params = p}};
-    if (pga_pipeline(c, st, rc->with_refunds ? 2 : 1, on_read, rc) != 0) {
+    const pga_stmt_t st[] = {
+        rc->with_refunds
+            ? (pga_stmt_t){.name = "gw_payment_get_refunds", .sql = sql_payment_get_refunds, .nparams = 2, .params = p}
+            : (pga_stmt_t){.name = "gw_payment_get", .sql = sql_payment_get, .nparams = 2, .params = p}};
+    if (pga_pipeline(c, st, 1, on_read, rc) != 0) {
         if (rc->own_conn)
             pga_release(c, true);
         rc->cb(r, -1, NULL, NULL, 0);
@@ -287,15 +302,19 @@ static void read_payment(gw_req_t *r, bool with_refunds, payment_cb cb)
         return;
     }
     if (r->th->memdb) {
+        db_t *db = r->th->memdb;
         payment_t p;
-        int found = payment_get(r->th->memdb, r->tenant, id, &p);
         payment_refund_t *refunds = NULL;
         size_t n = 0;
+        bool own = !db->in_tx; /* else in the request's transaction */
+        int found = own && db_begin(db) != 0 ? -1 : payment_get(db, r->tenant, id, &p); /* one view of both */
         if (found == 0 && with_refunds) {
             refunds = xcalloc(PAYMENT_REFUNDS_SHOWN, sizeof *refunds);
-            if (payment_refunds(r->th->memdb, r->tenant, id, refunds, &n) != 0)
+            if (payment_refunds(db, r->tenant, id, refunds, &n) != 0)
                 found = -1;
         }
+        if (own && db->in_tx)
+            db_rollback(db);
         cb(r, found, found == 0 ? &p : NULL, refunds, n);
         free(refunds);
         return;

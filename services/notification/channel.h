@@ -26,10 +26,12 @@ typedef struct notify_msg {
 typedef enum {
     NOTIFY_SENT,     /* delivered */
     NOTIFY_SKIPPED,  /* not for this channel (e.g. no e-mail address): recorded, never retried */
-    NOTIFY_REFUSED,  /* refused for good (SMTP 5xx to RCPT TO or the message): recorded as failed, never retried */
-    NOTIFY_REJECTED, /* the receiver answered with a refusal or a redirect (HTTP 4xx, 3xx): retried, not a breaker
-                        failure */
-    NOTIFY_FAILED,   /* transient (connect error, timeout, 5xx, 4xx SMTP): retried, a breaker failure */
+    NOTIFY_REFUSED,  /* refused for good (SMTP 5xx to RCPT TO, not 5.7.x, or to the message): recorded as failed,
+                        never retried */
+    NOTIFY_REJECTED, /* the receiver answered with a refusal or a redirect (HTTP 4xx but 408 and 429, 3xx): retried,
+                        not a breaker failure */
+    NOTIFY_FAILED,   /* transient (connect error, timeout, HTTP 5xx, 408, 429; SMTP 4xx, and 5xx before RCPT TO or
+                        with 5.7.x there): retried, a breaker failure */
 } notify_outcome_t;
 
 /* "2026-01-02T03:04:05.678Z" into out (at least 32 bytes). */

@@ -5,11 +5,12 @@
  * (dot-stuffed, CRLF lines), QUIT; every reply bounded by the deadline.
  * No STARTTLS or AUTH. A 4xx reply or a network failure is transient. A
  * 5xx reply refuses the mail for good only where it answers for this mail:
- * to RCPT TO (no such recipient) or to the message itself; at the greeting,
- * EHLO/HELO, MAIL FROM or DATA it is the relay refusing every mail (no
- * relaying for us, authentication required, a wrong host), a failure that
- * counts against the channel's breaker and is retried, never a delivery
- * dropped for good. */
+ * to RCPT TO (no such recipient; but not a 5.7.x policy refusal, "relay
+ * access denied") or to the message itself; at the greeting, EHLO/HELO,
+ * MAIL FROM or DATA, or with 5.7.x at RCPT TO, it is the relay refusing
+ * every mail (no relaying for us, authentication required, a wrong host),
+ * a failure that counts against the channel's breaker and is retried, never
+ * a delivery dropped for good. */
 #include "services/notification/channel.h"
 
 #include "core/clock.h"
@@ -203,6 +204,10 @@ fail:
         evbuffer_free(data);
     close(c->fd);
     free(c);
-    bool for_this_mail = strcmp(step, "RCPT TO") == 0 || strcmp(step, "message") == 0;
+    /* RCPT TO's 5xx is about this recipient, unless its enhanced status
+     * (RFC 3463) is 5.7.x, security or policy: "relay access denied" is how
+     * most relays refuse mail from us to anyone */
+    bool policy = strlen(text) >= 8 && strncmp(text + 4, "5.7.", 4) == 0;
+    bool for_this_mail = (strcmp(step, "RCPT TO") == 0 && !policy) || strcmp(step, "message") == 0;
     return code >= 500 && for_this_mail ? NOTIFY_REFUSED : NOTIFY_FAILED;
 }

@@ -16,6 +16,7 @@
 #include "services/payment/payment.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,16 +44,25 @@ typedef struct settings {
     breaker_t *breaker[CH_COUNT]; /* webhook and smtp */
 } settings_t;
 
-/* Written under settings_mu; read by the sends without it. A configuration
- * replaced while the service runs (tests do it) is retired, not freed: a
- * send in flight may still hold its strings or its breaker. */
+/* The settings in force: an immutable snapshot, replaced whole by
+ * notification_configure (under settings_mu) and read without a lock, each
+ * operation taking the pointer once (current_settings). A replaced snapshot
+ * is retired, not freed: a send in flight may still use its strings (and
+ * its breakers, which the send's guard holds). Only the unconfigured
+ * defaults' breakers are made later, once, under settings_mu. */
 static pthread_mutex_t settings_mu = PTHREAD_MUTEX_INITIALIZER;
-static settings_t settings = {.order = {CH_LOG}, .n = 1, .timeout_ms = 5000};
+static settings_t default_settings = {.order = {CH_LOG}, .n = 1, .timeout_ms = 5000};
+static settings_t *_Atomic settings_now = &default_settings;
 typedef struct retired {
     struct retired *next;
-    settings_t s;
+    settings_t *s;
 } retired_t;
 static retired_t *retired; /* under settings_mu; kept for the process's life */
+
+static const settings_t *current_settings(void)
+{
+    return atomic_load(&settings_now);
+}
 
 static void settings_clear(settings_t *s)
 {
@@ -197,12 +207,14 @@ int notification_configure(const notification_config_t *cfg, char *err, size_t c
     }
     s.breaker[CH_WEBHOOK] = breaker_new(&bp);
     s.breaker[CH_SMTP] = breaker_new(&bp);
+    settings_t *fresh = xmalloc(sizeof *fresh);
+    *fresh = s;
     retired_t *r = xmalloc(sizeof *r);
     pthread_mutex_lock(&settings_mu);
-    r->s = settings;
+    r->s = fresh;
     r->next = retired;
-    retired = r;
-    settings = s;
+    retired = r; /* every snapshot made, the one in force included */
+    atomic_store(&settings_now, fresh);
     pthread_mutex_unlock(&settings_mu);
     return 0;
 }
@@ -212,12 +224,13 @@ int notification_configure(const notification_config_t *cfg, char *err, size_t c
 static breaker_t *channel_breaker(channel_t ch)
 {
     pthread_mutex_lock(&settings_mu);
-    if (!settings.breaker[ch]) {
+    settings_t *st = atomic_load(&settings_now);
+    if (!st->breaker[ch]) { /* the defaults' only: a configured snapshot has both */
         breaker_params_t bp;
         breaker_defaults(&(breaker_params_t){0}, &bp);
-        settings.breaker[ch] = breaker_new(&bp);
+        st->breaker[ch] = breaker_new(&bp);
     }
-    breaker_t *b = settings.breaker[ch];
+    breaker_t *b = st->breaker[ch];
     pthread_mutex_unlock(&settings_mu);
     return b;
 }
@@ -471,19 +484,44 @@ void notification_forget_sends(void)
     pthread_mutex_unlock(&marks_mu);
 }
 
-/* A row of the deliveries' read: a delivery (bits of done) or a mark (remembered). */
-static void read_row(PGresult *r, int i, int id_col, const char *msg_id, unsigned *bits)
+/* A row of the deliveries' read: a delivery (bits of done) or a mark: into
+ * marks ("message id/channel" -> sent_rec_t, owned) when given, else the
+ * memory of recent sends. */
+static void read_row(PGresult *r, int i, int id_col, const char *msg_id, unsigned *bits, strmap_t *marks)
 {
     const char *channel = PQgetvalue(r, i, id_col + 1);
     for (int ch = 0; ch < CH_COUNT; ch++) {
         if (strcmp(channel, channel_names[ch]) != 0)
             continue;
-        if (PQgetisnull(r, i, id_col + 2))
+        if (PQgetisnull(r, i, id_col + 2)) {
             *bits |= 1u << ch;
-        else
-            sent_remember(msg_id, (channel_t)ch, outcome_of(PQgetvalue(r, i, id_col + 2)),
-                          PQgetvalue(r, i, id_col + 3));
+            continue;
+        }
+        notify_outcome_t o = outcome_of(PQgetvalue(r, i, id_col + 2));
+        char k[64];
+        size_t kl = sent_key(msg_id, (channel_t)ch, k, sizeof k);
+        if (!marks || kl == 0) {
+            sent_remember(msg_id, (channel_t)ch, o, PQgetvalue(r, i, id_col + 3));
+            continue;
+        }
+        bool created;
+        void **v = strmap_put(marks, k, kl, &created);
+        if (created) {
+            sent_rec_t *rec = xcalloc(1, sizeof *rec);
+            rec->o = o;
+            snprintf(rec->detail, sizeof rec->detail, "%s", PQgetvalue(r, i, id_col + 3));
+            *v = rec;
+        }
     }
+}
+
+static void marks_map_free(strmap_t *marks)
+{
+    const char *k;
+    void *v;
+    for (size_t i = 0; strmap_next(marks, &i, &k, NULL, &v);)
+        free(v);
+    strmap_free(marks);
 }
 
 /* ---- rendering ---- */
@@ -689,7 +727,7 @@ static int recorded(db_t *tx, const char *msg_id, unsigned *bits)
     if (!r)
         return -1;
     for (int i = 0; i < PQntuples(r); i++)
-        read_row(r, i, 0, msg_id, bits);
+        read_row(r, i, 0, msg_id, bits, NULL);
     PQclear(r);
     return 0;
 }
@@ -752,11 +790,20 @@ static void count_delivery(channel_t ch, const char *outcome)
         1);
 }
 
+/* A send's admission by its channel's breaker, and that breaker: the
+ * outcome is recorded on the breaker that admitted it, even when the
+ * settings were replaced meanwhile. */
+typedef struct guard {
+    breaker_t *b;
+    breaker_permit_t permit;
+} guard_t;
+
 /* The breaker's permit for a send on networked channel ch; false (error
  * set) when the breaker refuses. */
-static bool guard_begin(channel_t ch, breaker_permit_t *permit, char *error, size_t cap)
+static bool guard_begin(channel_t ch, guard_t *g, char *error, size_t cap)
 {
-    if (breaker_acquire(channel_breaker(ch), permit))
+    g->b = channel_breaker(ch);
+    if (breaker_acquire(g->b, &g->permit))
         return true;
     snprintf(error, cap, "%s circuit open", channel_names[ch]);
     return false;
@@ -764,13 +811,12 @@ static bool guard_begin(channel_t ch, breaker_permit_t *permit, char *error, siz
 
 /* Records the outcome o of a send on ch that took ms with its breaker:
  * SVC_OK, or SVC_DEFER (error set) when the breaker suspects an outage. */
-static svc_result_t guard_end(channel_t ch, breaker_permit_t *permit, notify_outcome_t o, const char *detail,
-                              int64_t ms, char *error, size_t cap)
+static svc_result_t guard_end(channel_t ch, guard_t *g, notify_outcome_t o, const char *detail, int64_t ms, char *error,
+                              size_t cap)
 {
-    breaker_t *b = channel_breaker(ch);
     breaker_outcome_t bo = o == NOTIFY_SENT ? BREAKER_SUCCESS : o == NOTIFY_FAILED ? BREAKER_FAILURE : BREAKER_IGNORED;
-    breaker_record(b, permit, bo, ms);
-    if (o == NOTIFY_FAILED && (permit->trial || breaker_state(b) != BREAKER_CLOSED)) {
+    breaker_record(g->b, &g->permit, bo, ms);
+    if (o == NOTIFY_FAILED && (g->permit.trial || breaker_state(g->b) != BREAKER_CLOSED)) {
         count_delivery(ch, "failed");
         snprintf(error, cap, "%s circuit open: %.200s", channel_names[ch], detail);
         return SVC_DEFER;
@@ -778,12 +824,10 @@ static svc_result_t guard_end(channel_t ch, breaker_permit_t *permit, notify_out
     return SVC_OK;
 }
 
-static webhook_target_t webhook_target(void)
+static webhook_target_t webhook_target(const settings_t *st)
 {
-    return (webhook_target_t){.host = settings.webhook_host,
-                              .port = settings.webhook_port,
-                              .path = settings.webhook_path,
-                              .secret = settings.webhook_secret};
+    return (webhook_target_t){
+        .host = st->webhook_host, .port = st->webhook_port, .path = st->webhook_path, .secret = st->webhook_secret};
 }
 
 /* Sends through a networked channel behind its breaker. SVC_OK with *o set,
@@ -791,18 +835,19 @@ static webhook_target_t webhook_target(void)
 static svc_result_t send_guarded(svc_ctx_t *c, channel_t ch, const notify_msg_t *m, notify_outcome_t *o, char *detail,
                                  size_t cap)
 {
-    breaker_permit_t permit;
-    if (!guard_begin(ch, &permit, c->error, sizeof c->error))
+    const settings_t *st = current_settings();
+    guard_t g;
+    if (!guard_begin(ch, &g, c->error, sizeof c->error))
         return SVC_DEFER;
     int64_t t0 = clock_mono_ms();
     if (ch == CH_WEBHOOK) {
-        webhook_target_t t = webhook_target();
-        *o = notification_webhook_deliver(m, &t, settings.timeout_ms, detail, cap);
+        webhook_target_t t = webhook_target(st);
+        *o = notification_webhook_deliver(m, &t, st->timeout_ms, detail, cap);
     } else {
-        smtp_target_t t = {.host = settings.smtp_host, .port = settings.smtp_port, .from = settings.smtp_from};
-        *o = notification_smtp_deliver(m, &t, settings.timeout_ms, detail, cap);
+        smtp_target_t t = {.host = st->smtp_host, .port = st->smtp_port, .from = st->smtp_from};
+        *o = notification_smtp_deliver(m, &t, st->timeout_ms, detail, cap);
     }
-    return guard_end(ch, &permit, *o, detail, clock_mono_ms() - t0, c->error, sizeof c->error);
+    return guard_end(ch, &g, *o, detail, clock_mono_ms() - t0, c->error, sizeof c->error);
 }
 
 /* The networked sends of one message made ahead of its delivery (a batch's
@@ -822,8 +867,9 @@ typedef struct presend {
 static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, record_batch_t *batch,
                             const presend_t *pre, marks_t *k)
 {
-    for (int i = 0; i < settings.n; i++) {
-        channel_t ch = settings.order[i];
+    const settings_t *st = current_settings();
+    for (int i = 0; i < st->n; i++) {
+        channel_t ch = st->order[i];
         if (done & (1u << ch))
             continue; /* recorded by an earlier delivery of this message */
         char detail[256] = "";
@@ -839,7 +885,7 @@ static svc_result_t deliver(svc_ctx_t *c, const notify_msg_t *m, unsigned done, 
         } else if (sent_recall(m->message_id, ch, &o, detail, sizeof detail)) {
             recalled = true; /* its outcome is known: not sent again */
         } else if (ch == CH_LOG) {
-            o = notification_log_deliver(m, settings.sink_file, detail, sizeof detail);
+            o = notification_log_deliver(m, st->sink_file, detail, sizeof detail);
         } else {
             uint64_t attempt = svc_attempt();
             svc_tried_t t;
@@ -943,7 +989,9 @@ static const char sql_record_many[] =
 /* The channels recorded for each of the batch's messages, in one statement:
  * map from the lower-case message id to the bits (stored as the pointer).
  * 0 or -1. */
-static int recorded_many(db_t *tx, const envelope_t *const *msgs, size_t n, strmap_t *done)
+/* Into done: message id -> bits of its recorded channels; into marks: what
+ * earlier attempts' sends did (read_row). */
+static int recorded_many(db_t *tx, const envelope_t *const *msgs, size_t n, strmap_t *done, strmap_t *marks)
 {
     pg_array_t ids = {0};
     pg_array_begin(&ids, PG_OID_UUID, n);
@@ -964,7 +1012,7 @@ static int recorded_many(db_t *tx, const envelope_t *const *msgs, size_t n, strm
         const char *id = PQgetvalue(r, i, 0);
         void **v = strmap_put(done, id, strlen(id), NULL);
         unsigned bits = (unsigned)(uintptr_t)*v;
-        read_row(r, i, 0, id, &bits);
+        read_row(r, i, 0, id, &bits, marks);
         *v = (void *)(uintptr_t)bits;
     }
     PQclear(r);
@@ -1015,7 +1063,7 @@ typedef struct ahead {
     size_t *group_start;    /* group g is order[group_start[g] .. group_start[g + 1]) */
     /* webhooks only (send_webhooks) */
     size_t *cursor;            /* per group: its next position in order */
-    breaker_permit_t *permit;  /* per message */
+    guard_t *guard;            /* per message */
     notify_msg_t *msg;         /* per message, while its webhook is out */
 } ahead_t;
 
@@ -1036,9 +1084,10 @@ static void send_group(void *arg, size_t g)
         svc_log_ctx(&lc, trace, e);
         const log_ctx_t *prev = log_ctx_set(&lc);
         bool stop = false;
-        for (int x = 0; x < settings.n && !stop; x++) {
-            channel_t ch = settings.order[x];
-            if (!networked(ch) || (a->done[i] & (1u << ch)) || sent_known(m.message_id, ch))
+        const settings_t *st = current_settings();
+        for (int x = 0; x < st->n && !stop; x++) {
+            channel_t ch = st->order[x];
+            if (!networked(ch) || (a->done[i] & (1u << ch)) || (p->have & (1u << ch)) || sent_known(m.message_id, ch))
                 continue;
             svc_ctx_t c = {.msg = e, .group = "notification"};
             p->have |= 1u << ch;
@@ -1077,9 +1126,9 @@ static const notify_msg_t *webhook_next(void *arg, size_t g, size_t *item)
     while (a->cursor[g] < a->group_start[g + 1]) {
         size_t i = a->order[a->cursor[g]++];
         const envelope_t *e = a->msgs[i];
-        if ((a->done[i] & (1u << CH_WEBHOOK)) || sent_known(e->id, CH_WEBHOOK))
-            continue;
         presend_t *p = &a->pre[i];
+        if ((a->done[i] & (1u << CH_WEBHOOK)) || (p->have & (1u << CH_WEBHOOK)) || sent_known(e->id, CH_WEBHOOK))
+            continue;
         p->have |= 1u << CH_WEBHOOK;
         svc_tried_t t;
         if (tried_recall(a->attempt, e->id, CH_WEBHOOK, &t)) { /* failed in this attempt: not asked again */
@@ -1094,7 +1143,7 @@ static const notify_msg_t *webhook_next(void *arg, size_t g, size_t *item)
         char trace[33];
         svc_log_ctx(&lc, trace, e);
         const log_ctx_t *prev = log_ctx_set(&lc);
-        bool permitted = guard_begin(CH_WEBHOOK, &a->permit[i], p->error, sizeof p->error);
+        bool permitted = guard_begin(CH_WEBHOOK, &a->guard[i], p->error, sizeof p->error);
         log_ctx_set(prev);
         if (!permitted) {
             p->r[CH_WEBHOOK] = SVC_DEFER;
@@ -1118,7 +1167,7 @@ static void webhook_answered(void *arg, size_t g, size_t i, notify_outcome_t o, 
     const log_ctx_t *prev = log_ctx_set(&lc);
     p->o[CH_WEBHOOK] = o;
     snprintf(p->detail[CH_WEBHOOK], sizeof p->detail[CH_WEBHOOK], "%s", detail);
-    p->r[CH_WEBHOOK] = guard_end(CH_WEBHOOK, &a->permit[i], o, detail, ms, p->error, sizeof p->error);
+    p->r[CH_WEBHOOK] = guard_end(CH_WEBHOOK, &a->guard[i], o, detail, ms, p->error, sizeof p->error);
     tried_remember(a->attempt, a->msgs[i]->id, CH_WEBHOOK, p->r[CH_WEBHOOK], o, detail, p->error);
     if (p->r[CH_WEBHOOK] == SVC_OK && final_outcome(o))
         sent_remember(a->msgs[i]->id, CH_WEBHOOK, o, detail);
@@ -1134,11 +1183,12 @@ static void send_webhooks(ahead_t *a)
     a->cursor = xmalloc((a->ngroups + 1) * sizeof *a->cursor);
     for (size_t g = 0; g < a->ngroups; g++)
         a->cursor[g] = a->group_start[g];
-    a->permit = xcalloc(a->n, sizeof *a->permit);
+    a->guard = xcalloc(a->n, sizeof *a->guard);
     a->msg = xcalloc(a->n, sizeof *a->msg);
-    webhook_target_t t = webhook_target();
+    const settings_t *st = current_settings();
+    webhook_target_t t = webhook_target(st);
     webhook_many_t w = {.t = &t,
-                        .timeout_ms = settings.timeout_ms,
+                        .timeout_ms = st->timeout_ms,
                         .ngroups = a->ngroups,
                         .conns = WEBHOOK_CONNS,
                         .next = webhook_next,
@@ -1146,7 +1196,7 @@ static void send_webhooks(ahead_t *a)
                         .arg = a};
     notification_webhook_deliver_many(&w);
     free(a->cursor);
-    free(a->permit);
+    free(a->guard);
     free(a->msg);
 }
 
@@ -1164,9 +1214,10 @@ static void send_pool_make(void)
  * pool. */
 static void send_ahead(ahead_t *a)
 {
+    const settings_t *st = current_settings();
     bool any_net = false;
-    for (int x = 0; x < settings.n; x++)
-        any_net = any_net || networked(settings.order[x]);
+    for (int x = 0; x < st->n; x++)
+        any_net = any_net || networked(st->order[x]);
     if (!any_net)
         return;
     a->order = xmalloc((a->n + 1) * sizeof *a->order);
@@ -1206,8 +1257,8 @@ static void send_ahead(ahead_t *a)
     if (m == 0)
         return;
     bool smtp = false;
-    for (int x = 0; x < settings.n; x++)
-        smtp = smtp || settings.order[x] == CH_SMTP;
+    for (int x = 0; x < st->n; x++)
+        smtp = smtp || st->order[x] == CH_SMTP;
     if (!smtp) {
         send_webhooks(a);
         return;
@@ -1221,7 +1272,9 @@ static void send_ahead(ahead_t *a)
  * sends go side by side (each aggregate's messages in order), then
  * the batch is delivered and recorded in order. A send that fails fails the
  * batch; the runtime applies it again by halves, and what was sent or
- * refused for good meanwhile is not asked again (the recent outcomes). */
+ * refused for good meanwhile is not asked again: the rolled-back batch
+ * marks every send it made (notification.sent_marks), and the halves read
+ * the marks with the deliveries and keep them with the batch (ahead_t.pre). */
 static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_object *const *payloads, size_t n,
                                  void *arg)
 {
@@ -1236,8 +1289,9 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         }
         return SVC_OK;
     }
-    strmap_t done;
+    strmap_t done, marks;
     strmap_init(&done);
+    strmap_init(&marks);
     record_batch_t b = {0};
     for (int k = 0; k < RECORD_COLS; k++)
         pg_array_begin(&b.col[k], k == 0 ? PG_OID_UUID : PG_OID_TEXT, 0);
@@ -1247,7 +1301,7 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
                  .r = xcalloc(n, sizeof *a.r),
                  .done = xcalloc(n, sizeof *a.done),
                  .pre = xcalloc(n, sizeof *a.pre)};
-    svc_result_t res = recorded_many(tx, msgs, n, &done) == 0 ? SVC_OK : SVC_RETRY;
+    svc_result_t res = recorded_many(tx, msgs, n, &done, &marks) == 0 ? SVC_OK : SVC_RETRY;
     for (size_t i = 0; i < n && res == SVC_OK; i++) {
         char why[200];
         int rc = render(msgs[i], payloads[i], &a.r[i], why, sizeof why);
@@ -1264,6 +1318,22 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
         uuid_lower(msgs[i]->id, low); /* a UUID: recorded_many checked every id of the batch */
         void **bits = strmap_get(&done, low, 36);
         a.done[i] = bits ? (unsigned)(uintptr_t)*bits : 0;
+        /* what an earlier attempt's sends did stands as this batch's sends:
+         * kept with the batch, not in the memory of recent sends, which a
+         * batch of SERVICE_BATCH messages on several lanes outgrows */
+        for (int ch = 0; ch < CH_COUNT; ch++) {
+            char k[64];
+            size_t kl = networked((channel_t)ch) ? sent_key(low, (channel_t)ch, k, sizeof k) : 0;
+            void **rec = kl ? strmap_get(&marks, k, kl) : NULL;
+            if (!rec || (a.done[i] & (1u << ch)))
+                continue;
+            const sent_rec_t *sr = *rec;
+            presend_t *p = &a.pre[i];
+            p->have |= 1u << ch;
+            p->r[ch] = SVC_OK;
+            p->o[ch] = sr->o;
+            snprintf(p->detail[ch], sizeof p->detail[ch], "%.220s (an earlier attempt)", sr->detail);
+        }
     }
     if (res == SVC_OK)
         send_ahead(&a);
@@ -1312,6 +1382,7 @@ static svc_result_t handle_batch(db_t *tx, const envelope_t *const *msgs, json_o
     for (int k = 0; k < RECORD_COLS; k++)
         pg_array_free(&b.col[k]);
     strmap_free(&done);
+    marks_map_free(&marks);
     return res;
 }
 

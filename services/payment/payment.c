@@ -1103,19 +1103,19 @@ int payment_get(db_t *db, const char *tenant, const char *id, payment_t *out)
     return rc;
 }
 
-const char payment_sql_refunds[] =
+static const char sql_refunds[] =
     "SELECT id, amount, status = 'succeeded', coalesce(reason, ''), (extract(epoch FROM created_at) * 1000)::bigint"
     " FROM payment.refunds WHERE payment_id = $1 AND (tenant = $2) IS TRUE ORDER BY id LIMIT 100";
-_Static_assert(PAYMENT_REFUNDS_SHOWN == 100, "payment_sql_refunds' LIMIT");
+_Static_assert(PAYMENT_REFUNDS_SHOWN == 100, "sql_refunds' LIMIT");
 
-void payment_refund_from_row(PGresult *r, int row, payment_refund_t *out)
+void payment_refund_from_row(PGresult *r, int row, int col, payment_refund_t *out)
 {
     memset(out, 0, sizeof *out);
-    snprintf(out->id, sizeof out->id, "%s", PQgetvalue(r, row, 0));
-    out->amount = strtoll(PQgetvalue(r, row, 1), NULL, 10);
-    out->succeeded = strcmp(PQgetvalue(r, row, 2), "t") == 0;
-    snprintf(out->reason, sizeof out->reason, "%s", PQgetvalue(r, row, 3));
-    out->created_ms = strtoll(PQgetvalue(r, row, 4), NULL, 10);
+    snprintf(out->id, sizeof out->id, "%s", PQgetvalue(r, row, col));
+    out->amount = strtoll(PQgetvalue(r, row, col + 1), NULL, 10);
+    out->succeeded = strcmp(PQgetvalue(r, row, col + 2), "t") == 0;
+    snprintf(out->reason, sizeof out->reason, "%s", PQgetvalue(r, row, col + 3));
+    out->created_ms = strtoll(PQgetvalue(r, row, col + 4), NULL, 10);
 }
 
 static int cmp_refund_id(const void *a, const void *b)
@@ -1159,11 +1159,11 @@ int payment_refunds(db_t *db, const char *tenant, const char *payment_id, paymen
         return own ? db_commit(db) : 0;
     }
     const char *p[] = {low, tenant};
-    PGresult *r = pg_query(db_pg(db), payment_sql_refunds, 2, p);
+    PGresult *r = pg_query(db_pg(db), sql_refunds, 2, p);
     if (!r)
         return -1;
     for (int i = 0; i < PQntuples(r); i++)
-        payment_refund_from_row(r, i, &out[(*n)++]);
+        payment_refund_from_row(r, i, 0, &out[(*n)++]);
     PQclear(r);
     return 0;
 }

@@ -109,10 +109,10 @@ typedef struct payment_refund {
  * memory, in the caller's open transaction when it has one. 0 or -1. */
 int payment_refunds(db_t *db, const char *tenant, const char *payment_id, payment_refund_t *out, size_t *n)
     __attribute__((warn_unused_result));
-/* The same read for asynchronous callers (the gateway): $1 the payment id
- * (lower case), $2 the tenant; each row read with payment_refund_from_row. */
-extern const char payment_sql_refunds[];
-void payment_refund_from_row(PGresult *r, int row, payment_refund_t *out);
+/* A refund from row of r, its columns from col on: id, amount, whether it
+ * succeeded (boolean), reason ('' when none), created_at in ms (for
+ * readers with their own statement: the gateway). */
+void payment_refund_from_row(PGresult *r, int row, int col, payment_refund_t *out);
 
 /* Minor-unit digits of an ISO 4217 currency code (e.g. 2 for EUR, 0 for JPY),
  * or -1 when the code is not an active currency. */

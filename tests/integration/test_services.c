@@ -1756,8 +1756,8 @@ static void test_webhook_kept_through_retries(void)
  * not only those of the message that failed: the halves the runtime applies
  * the batch in again may come after the memory of recent sends let them go
  * (it keeps 4,096; a batch holds up to SERVICE_BATCH messages, 10,000, on
- * each channel). Two OTP messages of one aggregate, so one batch; the
- * second's webhook answers 500 once. */
+ * each channel). Two OTP messages of one aggregate, on the stream before the
+ * service starts, so one batch; the second's webhook answers 500 once. */
 static void test_rollback_keeps_every_send(void)
 {
     hook_t h;
@@ -1765,15 +1765,23 @@ static void test_rollback_keeps_every_send(void)
     snprintf(h.fail_body, sizeof h.fail_body, "%s", "second@example.com");
     atomic_store(&h.fail_body_left, 1);
     sut_t s;
-    start_webhook_notification(&s, false, "svc_webhook_rollback", "webhook", h.srv.port);
-    db_t *db = sut_db(&s);
-    ASSERT_OK(db_begin(db));
-    append(db, "auth", "auth.otp.requested", "otp:pair",
-           "{\"subject\":\"first@example.com\",\"channel\":\"email\",\"code\":\"111111\"}");
-    append(db, "auth", "auth.otp.requested", "otp:pair",
-           "{\"subject\":\"second@example.com\",\"channel\":\"email\",\"code\":\"222222\"}");
-    ASSERT_OK(db_commit(db));
-    db_close(db);
+    sut_init(&s, false, "svc_webhook_rollback");
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", h.srv.port);
+    configure_notification(&s, "webhook", url, 0);
+    sut_add(&s, notification_service());
+    static const char *const to[] = {"first", "second"};
+    char pl[2][128], agg[] = "otp:pair", topic[] = "auth", type[] = "auth.otp.requested";
+    envelope_t e[2];
+    for (int i = 0; i < 2; i++) {
+        snprintf(pl[i], sizeof pl[i], "{\"subject\":\"%s@example.com\",\"channel\":\"email\",\"code\":\"%d\"}", to[i],
+                 111111 * (i + 1));
+        event_of(&e[i], topic, type, agg, i + 1, pl[i]);
+    }
+    bus_t *b = sut_bus(&s);
+    ASSERT_OK(bus_publish(b, e, 2, NULL)); /* before the service starts: one batch */
+    bus_close(b);
+    sut_start(&s);
     CU_ASSERT_TRUE(wait_deliveries(&s, "second@example.com", "auth.otp.requested", "webhook", 1, 15000));
     CU_ASSERT_EQUAL(deliveries(&s, "first@example.com", NULL, "webhook"), 1);
     CU_ASSERT_EQUAL(atomic_load(&h.requests), 3); /* first, second refused, second again */
@@ -2044,8 +2052,10 @@ typedef struct smtpd {
     const char *refuse;
     int tempfail;
     atomic_int refused, tempfailed;
-    /* the first deny_relay MAIL FROMs are answered 550 (no relaying) */
+    /* the first deny_relay MAIL FROMs are answered 550 (no relaying), or
+     * with deny_at_rcpt their RCPT TOs 554 5.7.1 (relay access denied) */
     int deny_relay;
+    bool deny_at_rcpt;
     atomic_int denied;
 } smtpd_t;
 
@@ -2092,7 +2102,7 @@ static void smtpd_session(smtpd_t *d, int fd)
                 break;
         } else if (strncmp(line, "MAIL FROM:", 10) == 0) {
             snprintf(from, sizeof from, "%.255s", line + 10);
-            bool deny = atomic_load(&d->denied) < d->deny_relay;
+            bool deny = !d->deny_at_rcpt && atomic_load(&d->denied) < d->deny_relay;
             if (deny)
                 atomic_fetch_add(&d->denied, 1);
             if (!smtpd_send(fd, deny ? "550 5.7.1 relaying denied\r\n" : "250 2.1.0 ok\r\n"))
@@ -2100,7 +2110,10 @@ static void smtpd_session(smtpd_t *d, int fd)
         } else if (strncmp(line, "RCPT TO:", 8) == 0) {
             snprintf(rcpt, sizeof rcpt, "%.255s", line + 8);
             const char *answer = "250 2.1.5 ok\r\n";
-            if (d->refuse && strstr(rcpt, d->refuse)) {
+            if (d->deny_at_rcpt && atomic_load(&d->denied) < d->deny_relay) {
+                atomic_fetch_add(&d->denied, 1);
+                answer = "554 5.7.1 <user@example.com>: Relay access denied\r\n";
+            } else if (d->refuse && strstr(rcpt, d->refuse)) {
                 atomic_fetch_add(&d->refused, 1);
                 answer = "550 5.1.1 no such user\r\n";
             } else if (atomic_load(&d->tempfailed) < d->tempfail) {
@@ -2178,13 +2191,15 @@ static void smtpd_stop(smtpd_t *d)
     pthread_mutex_destroy(&d->mu);
 }
 
-/* deny_relay: MAIL FROMs the relay refuses first (550): the relay refusing
- * every mail, not this one, so the code goes out on a later attempt. */
-static void smtp(bool memory, int deny_relay)
+/* deny_relay: mails the relay refuses first, at MAIL FROM (550) or with
+ * at_rcpt at RCPT TO (554 5.7.1): the relay refusing every mail, not this
+ * one, so the code goes out on a later attempt. */
+static void smtp(bool memory, int deny_relay, bool at_rcpt)
 {
     smtpd_t d;
     smtpd_start(&d);
     d.deny_relay = deny_relay;
+    d.deny_at_rcpt = at_rcpt;
     sut_t s;
     sut_init(&s, memory, "svc_smtp");
     configure_notification(&s, "smtp", NULL, d.port);
@@ -2217,12 +2232,17 @@ static void smtp(bool memory, int deny_relay)
 
 static void test_smtp_memory(void)
 {
-    smtp(true, 0);
+    smtp(true, 0, false);
 }
 
 static void test_smtp_relay_denied_memory(void)
 {
-    smtp(true, 2);
+    smtp(true, 2, false);
+}
+
+static void test_smtp_relay_denied_at_rcpt_memory(void)
+{
+    smtp(true, 2, true);
 }
 
 /* One batch, two aggregates: a code to an address the relay refuses for good
@@ -2267,7 +2287,7 @@ static void test_smtp_refused_once_real(void)
 
 static void test_smtp_real(void)
 {
-    smtp(false, 0);
+    smtp(false, 0, false);
 }
 
 /* Configuration problems are reported together. */
@@ -2344,6 +2364,8 @@ int main(void)
         {"SMTP mail to the test server (memory)", test_smtp_memory},
         {"a relay that refuses every mail (550 to MAIL FROM) fails the attempt, not the code (memory)",
          test_smtp_relay_denied_memory},
+        {"a relay that refuses every mail (554 5.7.1 to RCPT TO) fails the attempt, not the code (memory)",
+         test_smtp_relay_denied_at_rcpt_memory},
         {"SMTP mail to the test server (postgres+redis)", test_smtp_real},
         CU_TEST_INFO_NULL,
     };
