@@ -758,6 +758,9 @@ void check_policy_revisions(int port, const char *hdrs, const char *tag)
     long long d1 = policy_write(port, "DELETE", path2, hdrs, NULL, 200, &deleted);
     CU_ASSERT_TRUE(d1 > r2);
     CU_ASSERT_EQUAL(deleted, 1);
-    CU_ASSERT_EQUAL(policy_write(port, "DELETE", path2, hdrs, NULL, 200, &deleted), d1);
+    /* nothing deleted: the policy's revision, as this gateway knows it (with
+     * PostgreSQL it may not have applied d1 yet when the answer comes) */
+    long long d2 = policy_write(port, "DELETE", path2, hdrs, NULL, 200, &deleted);
+    CU_ASSERT_TRUE(d2 > 0 && d2 <= d1);
     CU_ASSERT_EQUAL(deleted, 0);
 }

@@ -97,7 +97,7 @@ void check_problem(const hresp_t *r, int status, const char *type_suffix, const 
 /* The admin policy writes answer revisions as the store gives them, in either
  * mode: a put that changes nothing gives its row's revision again, a role
  * put with other permissions (as written: duplicates count) a new one, a
- * delete of nothing {"deleted": false} at the policy's current revision.
+ * delete of nothing {"deleted": false} at the policy's revision as the gateway knows it.
  * hdrs: CRLF-ended lines that authorise authx:admin, or NULL; tag keeps the
  * names apart from other tests'. */
 void check_policy_revisions(int port, const char *hdrs, const char *tag);
