@@ -474,9 +474,10 @@ typedef struct otp_ver {
     char mac[65];
 } otp_ver_t;
 
-static void verified(gw_req_t *r, const otp_ver_t *v, const char *subject)
+/* mem_tx: the memory store's open transaction (gw_tokens_answer), or NULL */
+static void verified(gw_req_t *r, db_t *mem_tx, const otp_ver_t *v, const char *subject)
 {
-    gw_tokens_answer(r, subject, v->s.sid, v->s.refresh);
+    gw_tokens_answer(r, mem_tx, subject, v->s.sid, v->s.refresh);
 }
 
 static void on_failure_recorded(gw_req_t *r, PGresult *const *res, int n, const char *err)
@@ -568,7 +569,7 @@ static void on_code_consumed(gw_req_t *r, PGresult *const *res, int n, const cha
     }
     char subject[SUBJECT_MAX + 1];
     snprintf(subject, sizeof subject, "%s", PQgetvalue(res[0], 0, 0));
-    verified(r, v, subject);
+    verified(r, NULL, v, subject);
 }
 
 /* A TOTP ticket's row: checks the code against the enrolment in C (the secret
@@ -660,11 +661,7 @@ static void mem_verify(gw_req_t *r, otp_ver_t *v)
         char subject[SUBJECT_MAX + 1];
         snprintf(subject, sizeof subject, "%s", t->subject);
         gw_session_mem_create(db, r->tenant, subject, &v->s);
-        if (db_commit(db) != 0) {
-            gw_problem(r, 503, "storage-unavailable", "the code could not be checked");
-            return;
-        }
-        verified(r, v, subject);
+        verified(r, db, v, subject);
         return;
     }
     bool limited = false;

@@ -43,7 +43,13 @@ void gw_session_secrets(gw_session_new_t *s)
     uuid_v7(s->sid);
 }
 
-void gw_tokens_answer(gw_req_t *r, const char *subject, const char *sid, const char *refresh)
+static void unavailable(gw_req_t *r, const char *detail)
+{
+    gw_add_header(r, "Retry-After", "1");
+    gw_problem(r, 503, "storage-unavailable", detail);
+}
+
+void gw_tokens_answer(gw_req_t *r, db_t *mem_tx, const char *subject, const char *sid, const char *refresh)
 {
     principal_t p = {0};
     snprintf(p.sub, sizeof p.sub, "%s", subject);
@@ -52,8 +58,16 @@ void gw_tokens_answer(gw_req_t *r, const char *subject, const char *sid, const c
     int ttl = (int)r->sh->cfg->access_token_ttl_s;
     char *token = NULL;
     if (jwtk_sign(&r->sh->keys, &p, clock_now_ms() / 1000, ttl, &token) != 0) {
-        gw_tx_abort(r);
+        if (mem_tx)
+            db_rollback(mem_tx);
+        else
+            gw_tx_abort(r);
         gw_problem(r, 500, NULL, "the access token could not be issued");
+        return;
+    }
+    if (mem_tx && db_commit(mem_tx) != 0) {
+        free(token);
+        unavailable(r, "the session could not be recorded");
         return;
     }
     json_object *body = json_object_new_object();
@@ -71,12 +85,6 @@ static void invalid_refresh(gw_req_t *r)
 {
     gw_add_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
     gw_problem(r, 401, "invalid-token", "the refresh token is unknown, used, expired or revoked");
-}
-
-static void unavailable(gw_req_t *r, const char *detail)
-{
-    gw_add_header(r, "Retry-After", "1");
-    gw_problem(r, 503, "storage-unavailable", detail);
 }
 
 /* ---- memory tables ---- */
@@ -231,7 +239,7 @@ static void on_session_created(gw_req_t *r, PGresult *const *res, int n, const c
         unavailable(r, "the session could not be recorded");
         return;
     }
-    gw_tokens_answer(r, st->subject, st->s.sid, st->s.refresh);
+    gw_tokens_answer(r, NULL, st->subject, st->s.sid, st->s.refresh);
 }
 
 static bool subject_valid(const char *s)
@@ -269,11 +277,7 @@ static void dev_login(gw_req_t *r)
             return;
         }
         gw_session_mem_create(db, r->tenant, st->subject, &st->s);
-        if (db_commit(db) != 0) {
-            unavailable(r, "the session could not be recorded");
-            return;
-        }
-        gw_tokens_answer(r, st->subject, st->s.sid, st->s.refresh);
+        gw_tokens_answer(r, db, st->subject, st->s.sid, st->s.refresh);
         return;
     }
     const char *p[] = {st->s.sid, r->tenant, st->subject, st->s.refresh_hash};
@@ -343,7 +347,7 @@ static void on_rotate(gw_req_t *r, PGresult *const *res, int n, const char *err)
         char subject[SUBJECT_MAX + 1], sid[UUID_STR_LEN];
         snprintf(sid, sizeof sid, "%s", PQgetvalue(res[0], 0, 0));
         snprintf(subject, sizeof subject, "%s", PQgetvalue(res[0], 0, 2));
-        gw_tokens_answer(r, subject, sid, st->next.refresh);
+        gw_tokens_answer(r, NULL, subject, sid, st->next.refresh);
         return;
     }
     char grace[16];
@@ -379,11 +383,7 @@ static void mem_refresh(gw_req_t *r, refresh_st_t *st, const char *tenant_hdr)
         snprintf(r->tenant, sizeof r->tenant, "%s", s->tenant);
         snprintf(subject, sizeof subject, "%s", s->subject);
         snprintf(sid, sizeof sid, "%s", s->sid);
-        if (db_commit(db) != 0) {
-            unavailable(r, "the token could not be refreshed");
-            return;
-        }
-        gw_tokens_answer(r, subject, sid, st->next.refresh);
+        gw_tokens_answer(r, db, subject, sid, st->next.refresh);
         return;
     }
     if (t && t->state == TOKEN_ROTATED && s && !s->revoked_ms &&

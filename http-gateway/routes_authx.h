@@ -56,8 +56,11 @@ void gw_session_mem_create(db_t *db, const char *tenant, const char *subject, co
 size_t gw_sessions_cleanup_mem(db_t *db, int64_t retain_s, size_t limit);
 /* Issues an access token for subject in the request's tenant and session sid,
  * and commits the request's transaction with {ok, accessToken, refreshToken,
- * sessionId, expiresIn} (status 200). */
-void gw_tokens_answer(gw_req_t *r, const char *subject, const char *sid, const char *refresh);
+ * sessionId, expiresIn} (status 200). mem_tx: the memory store's open
+ * transaction that made the session or token, committed only once the token
+ * is signed (rolled back if it cannot be), as PostgreSQL's is; NULL with
+ * PostgreSQL. */
+void gw_tokens_answer(gw_req_t *r, db_t *mem_tx, const char *subject, const char *sid, const char *refresh);
 
 /* The SQL that records a session and its first refresh token: $1 sid,
  * $2 tenant, $3 subject, $4 refresh-token hash. */
