@@ -73,6 +73,8 @@ typedef struct webhook_many {
 } webhook_many_t;
 void notification_webhook_deliver_many(const webhook_many_t *w);
 
+struct evbuffer;
+
 typedef struct smtp_target {
     const char *host;
     int port;
@@ -80,6 +82,11 @@ typedef struct smtp_target {
 } smtp_target_t;
 /* Whether s can go between < > in MAIL FROM / RCPT TO (local@domain, no blanks or controls). */
 bool notification_smtp_address_ok(const char *s);
+/* Appends text as a mail body in quoted-printable (RFC 2045): 7-bit, CRLF
+ * lines of at most 76 characters (soft breaks "=" CRLF), so any relay takes
+ * it whether or not it offers 8BITMIME; a '.' that would begin a line is
+ * encoded (=2E), which also stands for SMTP's dot-stuffing. Ends with CRLF. */
+void notification_smtp_body(struct evbuffer *b, const char *text);
 /* Sends the message to m->subject (an e-mail address) through the relay. */
 notify_outcome_t notification_smtp_deliver(const notify_msg_t *m, const smtp_target_t *t, int64_t timeout_ms,
                                            char *detail, size_t cap);

@@ -2,7 +2,8 @@
  * client (RFC 5321) for a relay that accepts mail without authentication (a
  * local MTA or a smarthost on a trusted network): greeting, EHLO (HELO when
  * EHLO is refused), MAIL FROM, RCPT TO, DATA with a plain-text message
- * (dot-stuffed, CRLF lines), QUIT; every reply bounded by the deadline.
+ * (quoted-printable: 7-bit, short CRLF lines, no line beginning with a dot),
+ * QUIT; every reply bounded by the deadline.
  * No STARTTLS or AUTH. A 4xx reply or a network failure is transient. A
  * 5xx reply refuses the mail for good only where it answers for this mail:
  * to RCPT TO (no such recipient; but not a 5.7.x policy refusal, "relay
@@ -83,7 +84,44 @@ static int command(conn_t *c, const char *cmd, char *text, size_t cap)
     return reply(c, text, cap);
 }
 
-/* The message: headers, blank line, dot-stuffed CRLF body, final dot. */
+void notification_smtp_body(struct evbuffer *b, const char *text)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t col = 0;
+    for (const unsigned char *p = (const unsigned char *)text;; p++) {
+        if (*p == '\r')
+            continue;
+        if (*p == '\n' || *p == '\0') {
+            evbuffer_add(b, "\r\n", 2);
+            col = 0;
+            if (!*p)
+                return;
+            continue;
+        }
+        const unsigned char *next = p + 1;
+        while (*next == '\r')
+            next++;
+        bool at_end = *next == '\n' || *next == '\0'; /* blanks there would be lost in transit */
+        bool literal = (*p >= 33 && *p <= 126 && *p != '=') || ((*p == ' ' || *p == '\t') && !at_end);
+        size_t n = literal ? 1 : 3;
+        if (col + n > 75) { /* 75 and the soft break's "=" */
+            evbuffer_add(b, "=\r\n", 3);
+            col = 0;
+        }
+        if (col == 0 && *p == '.')
+            literal = false, n = 3;
+        char tok[3] = {(char)*p};
+        if (!literal) {
+            tok[0] = '=';
+            tok[1] = hex[*p >> 4];
+            tok[2] = hex[*p & 15];
+        }
+        evbuffer_add(b, tok, n);
+        col += n;
+    }
+}
+
+/* The message: headers, blank line, the quoted-printable body, final dot. */
 static void build_data(struct evbuffer *b, const notify_msg_t *m, const smtp_target_t *t)
 {
     char date[64];
@@ -92,28 +130,14 @@ static void build_data(struct evbuffer *b, const notify_msg_t *m, const smtp_tar
     gmtime_r(&now, &tm);
     strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
     const char *domain = strrchr(t->from, '@');
-    evbuffer_add_printf(b,
-                        "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s%s>\r\n"
-                        "X-Ecom-Message-Id: %s\r\nMIME-Version: 1.0\r\n"
-                        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
-                        t->from, m->subject, m->title, date, m->message_id, domain ? domain : "@ecom.invalid",
-                        m->message_id);
-    const char *p = m->text;
-    bool bol = true;
-    for (; *p; p++) {
-        if (bol && *p == '.')
-            evbuffer_add(b, ".", 1);
-        if (*p == '\r')
-            continue;
-        if (*p == '\n') {
-            evbuffer_add(b, "\r\n", 2);
-            bol = true;
-            continue;
-        }
-        evbuffer_add(b, p, 1);
-        bol = false;
-    }
-    evbuffer_add(b, "\r\n.\r\n", 5);
+    evbuffer_add_printf(
+        b,
+        "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s%s>\r\n"
+        "X-Ecom-Message-Id: %s\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n",
+        t->from, m->subject, m->title, date, m->message_id, domain ? domain : "@ecom.invalid", m->message_id);
+    notification_smtp_body(b, m->text);
+    evbuffer_add(b, ".\r\n", 3);
 }
 
 notify_outcome_t notification_smtp_deliver(const notify_msg_t *m, const smtp_target_t *t, int64_t timeout_ms,

@@ -7,15 +7,16 @@
 #include "bus/bus.h"
 #include "bus/outbox.h"
 #include "core/alloc.h"
+#include "core/breaker.h"
 #include "core/clock.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/pg.h"
-#include "core/breaker.h"
 #include "inbox/inbox.h"
 #include "outbox-worker/drain.h"
 #include "services/analytics/analytics.h"
+#include "services/notification/channel.h"
 #include "services/notification/notification.h"
 #include "services/payment/payment.h"
 #include "services/payment/provider.h"
@@ -2290,6 +2291,37 @@ static void test_smtp_real(void)
     smtp(false, 0, false);
 }
 
+/* The smtp channel's body is quoted-printable: 7-bit whatever the text (no
+ * 8BITMIME needed), lines of at most 76 characters, blanks at a line's end
+ * kept, and no line beginning with a dot, which SMTP would read as the end
+ * of the message or strip. */
+static void test_smtp_body(void)
+{
+    char as[101], bs[76], text[512], want[512];
+    memset(as, 'a', 100);
+    as[100] = '\0';
+    memset(bs, 'b', 75);
+    bs[75] = '\0';
+    snprintf(text, sizeof text, "caf\xc3\xa9 = ok \n.hidden\r\n%s\n%s.x\n\nend", as, bs);
+    snprintf(want, sizeof want, "caf=C3=A9 =3D ok=20\r\n=2Ehidden\r\n%.75s=\r\n%.25s\r\n%s=\r\n=2Ex\r\n\r\nend\r\n", as,
+             as, bs);
+    struct evbuffer *b = evbuffer_new();
+    notification_smtp_body(b, text);
+    size_t n = evbuffer_get_length(b);
+    char *got = xstrndup((const char *)evbuffer_pullup(b, -1), n);
+    CU_ASSERT_STRING_EQUAL(got, want);
+    bool short_7bit = true;
+    size_t line = 0;
+    for (size_t i = 0; i < n; i++) {
+        short_7bit = short_7bit && (unsigned char)got[i] < 128;
+        line = got[i] == '\n' ? 0 : line + 1;
+        short_7bit = short_7bit && line <= 77; /* 76 and the CR */
+    }
+    CU_ASSERT_TRUE(short_7bit);
+    free(got);
+    evbuffer_free(b);
+}
+
 /* Configuration problems are reported together. */
 static void test_config_errors(void)
 {
@@ -2313,6 +2345,7 @@ int main(void)
     log_configure(getenv("TEST_LOG_LEVEL") ? getenv("TEST_LOG_LEVEL") : "error", "text");
     CU_TestInfo tests[] = {
         {"configuration errors are reported together", test_config_errors},
+        {"the smtp body: quoted-printable, short 7-bit lines, no leading dot", test_smtp_body},
         {"payment happy path (memory)", test_happy_memory},
         {"analytics: payloads checked, not built; tracked types from them (memory)", test_analytics_payloads_memory},
         {"analytics: payloads checked, not built; tracked types from them (postgres+redis)",
