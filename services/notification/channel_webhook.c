@@ -14,6 +14,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/json.h"
+#include "core/metrics.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -124,9 +125,12 @@ static void sign(const char *secret, long long ts, const void *body, size_t n, c
  * cost a connect, an accept and a close on both sides per receipt. Idle
  * connections wait in one process-wide list between batches. A connection
  * is closed when the receiver says `Connection: close` or frames its answer
- * by closing, and on any error; one the receiver closed while it was idle
- * shows as a send or an answer that gets nothing back, and the webhook goes
- * once more over a new connection. */
+ * by closing, and on any error. One the receiver closed while it was idle is
+ * seen before reuse (its end of file is readable) and dropped; one it closes
+ * just as a webhook goes out shows as a send or an answer that gets nothing
+ * back, and the webhook goes once more over a new connection (counted by
+ * ecom_notification_webhook_resends_total: the receiver may have taken the
+ * first, and drops the copy by its message id). */
 
 #define KEPT_MAX 64
 
@@ -140,22 +144,36 @@ static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
 static kept_t kept[KEPT_MAX];
 static size_t nkept;
 
-/* The most recently idle connection to host:port (the least likely to have
- * been closed by the receiver meanwhile), or -1. The list stays in the order
- * the connections went idle. */
+/* Whether an idle connection is still open: nothing to read (a receiver
+ * that closed it has sent its end of file; one that sent anything unasked
+ * is not to be trusted with a request either). */
+static bool idle_still_open(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+    return poll(&p, 1, 0) == 0;
+}
+
+/* The most recently idle connection to host:port that is still open (the
+ * least likely to have been closed by the receiver meanwhile), or -1; closed
+ * ones met on the way are dropped. The list stays in the order the
+ * connections went idle. */
 static int kept_take(const char *host, int port)
 {
-    int fd = -1;
-    pthread_mutex_lock(&kept_mu);
-    for (size_t i = nkept; i-- > 0;)
-        if (kept[i].port == port && strcmp(kept[i].host, host) == 0) {
-            fd = kept[i].fd;
-            memmove(&kept[i], &kept[i + 1], (nkept - i - 1) * sizeof *kept);
-            nkept--;
-            break;
-        }
-    pthread_mutex_unlock(&kept_mu);
-    return fd;
+    for (;;) {
+        int fd = -1;
+        pthread_mutex_lock(&kept_mu);
+        for (size_t i = nkept; i-- > 0;)
+            if (kept[i].port == port && strcmp(kept[i].host, host) == 0) {
+                fd = kept[i].fd;
+                memmove(&kept[i], &kept[i + 1], (nkept - i - 1) * sizeof *kept);
+                nkept--;
+                break;
+            }
+        pthread_mutex_unlock(&kept_mu);
+        if (fd < 0 || idle_still_open(fd))
+            return fd;
+        close(fd);
+    }
 }
 
 static void kept_put(int fd, const char *host, int port)
@@ -374,6 +392,9 @@ static void slot_finish(engine_t *e, slot_t *s, int status, const char *why, boo
         slot_close(s);
         if (retry && s->reused && s->rlen == 0 && !s->retried) {
             s->retried = true;
+            metrics_add(metrics_counter("ecom_notification_webhook_resends_total",
+                                        "Webhooks sent again on a new connection after a kept one failed", NULL),
+                        1);
             s->off = 0;
             if (slot_new_connection(e, s, detail, sizeof detail) == 0)
                 return;

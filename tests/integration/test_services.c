@@ -1595,8 +1595,9 @@ static int port_hook_ports(port_hook_t *h)
 }
 
 /* Webhooks go over a kept connection; one the receiver asked to close is
- * not reused; one it closed while idle (3 s) is replaced without a failed
- * delivery. */
+ * not reused; one it closed while idle (3 s) is seen closed before reuse and
+ * replaced: no failed delivery, and no webhook sent into it and again (a
+ * possible duplicate). */
 static void test_webhook_kept(void)
 {
     port_hook_t h = {.close_at = 3};
@@ -1608,6 +1609,9 @@ static void test_webhook_kept(void)
                                        "Notification deliveries by channel and outcome",
                                        "channel=\"webhook\",outcome=\"failed\"");
     uint64_t failed_before = metrics_value(failed);
+    metric_t *resends = metrics_counter("ecom_notification_webhook_resends_total",
+                                        "Webhooks sent again on a new connection after a kept one failed", NULL);
+    uint64_t resends_before = metrics_value(resends);
     static const char *const codes[] = {"100001", "100002", "100003", "100004", "100005", "100006"};
     for (int i = 0; i < 6; i++) {
         if (i == 5)
@@ -1623,6 +1627,7 @@ static void test_webhook_kept(void)
      * third after the receiver closed the second while idle */
     CU_ASSERT_EQUAL(port_hook_ports(&h), 3);
     CU_ASSERT_EQUAL(metrics_value(failed), failed_before); /* the dropped connection cost no failed attempt */
+    CU_ASSERT_EQUAL(metrics_value(resends), resends_before); /* nor a webhook sent into it */
     CU_ASSERT_EQUAL(deliveries(&s, NULL, NULL, "webhook"), 6);
     CU_ASSERT_EQUAL(dlq(&s, "notification", NULL), 0);
     sut_stop(&s);
