@@ -434,6 +434,17 @@ long long q_ll(PGconn *c, const char *sql, const char *param)
     return v;
 }
 
+long long q_wait(PGconn *c, const char *sql, const char *param, long long want, int ms)
+{
+    int64_t end = clock_mono_ms() + ms;
+    long long v = q_ll(c, sql, param);
+    while (v != want && clock_mono_ms() < end) {
+        clock_sleep_ms(50);
+        v = q_ll(c, sql, param);
+    }
+    return v;
+}
+
 json_object *jparse(const hresp_t *r)
 {
     return r->body ? json_tokener_parse(r->body) : NULL;

@@ -83,6 +83,9 @@ proc_t *start_dev_gateway(const char *url);
 
 /* The first column of the first row as a number; -1 when none or NULL. */
 long long q_ll(PGconn *c, const char *sql, const char *param);
+/* Polls q_ll(c, sql, param) every 50 ms, up to ms, until it gives want; the
+ * last value read. */
+long long q_wait(PGconn *c, const char *sql, const char *param, long long want, int ms);
 json_object *jparse(const hresp_t *r); /* owned; NULL when not JSON */
 /* A string member of a JSON body, copied; "" when absent. */
 void jstr(const hresp_t *r, const char *key, char *buf, size_t cap);

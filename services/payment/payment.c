@@ -1123,9 +1123,36 @@ static int cmp_refund_id(const void *a, const void *b)
     return strcmp((*(const mem_refund_t *const *)a)->id, (*(const mem_refund_t *const *)b)->id);
 }
 
-int payment_refunds(db_t *db, const char *tenant, const char *payment_id, payment_refund_t *out, size_t *n)
+/* The memory store's refunds of payment low (a lower-case id) in tenant:
+ * an owned array of borrowed rows, by id. */
+static const mem_refund_t **mem_refunds_of(mem_pay_t *m, const char *tenant, const char *low, size_t *n)
 {
+    size_t cap = 16;
+    const mem_refund_t **mine = xmalloc(cap * sizeof *mine);
     *n = 0;
+    for (size_t i = 0; i < m->nref; i++) {
+        const mem_refund_t *r = m->refunds[i];
+        if (strcmp(r->payment_id, low) != 0 || strcmp(r->tenant, tenant) != 0)
+            continue;
+        if (*n == cap)
+            mine = xrealloc(mine, (cap *= 2) * sizeof *mine);
+        mine[(*n)++] = r;
+    }
+    qsort(mine, *n, sizeof *mine, cmp_refund_id); /* as the SQL: ORDER BY id */
+    return mine;
+}
+
+/* One payment's refunds for a reader: the rows of its sql ($1 the payment,
+ * $2 the tenant) each to rd->row, or the memory store's refunds, by id, each
+ * to rd->mem; in the caller's open transaction when it has one. 0 or -1. */
+typedef struct refunds_read {
+    void (*row)(void *arg, PGresult *r, int row);
+    void (*mem)(void *arg, const mem_refund_t *f);
+    void *arg;
+} refunds_read_t;
+
+static int refunds_read(db_t *db, const char *tenant, const char *payment_id, const char *sql, refunds_read_t *rd)
+{
     if (!uuid_valid(payment_id))
         return 0;
     char low[UUID_STR_LEN];
@@ -1134,77 +1161,81 @@ int payment_refunds(db_t *db, const char *tenant, const char *payment_id, paymen
         bool own = !db->in_tx;
         if (own && db_begin(db) != 0)
             return -1;
-        mem_pay_t *m = mem_tables(db);
-        size_t k = 0, cap = 16;
-        const mem_refund_t **mine = xmalloc(cap * sizeof *mine);
-        for (size_t i = 0; i < m->nref; i++) {
-            const mem_refund_t *r = m->refunds[i];
-            if (strcmp(r->payment_id, low) != 0 || strcmp(r->tenant, tenant) != 0)
-                continue;
-            if (k == cap)
-                mine = xrealloc(mine, (cap *= 2) * sizeof *mine);
-            mine[k++] = r;
-        }
-        qsort(mine, k, sizeof *mine, cmp_refund_id); /* as the SQL: ORDER BY id */
-        for (size_t i = 0; i < k && i < PAYMENT_REFUNDS_SHOWN; i++) {
-            payment_refund_t *o = &out[(*n)++];
-            memset(o, 0, sizeof *o);
-            memcpy(o->id, mine[i]->id, UUID_STR_LEN);
-            o->amount = mine[i]->amount;
-            o->succeeded = mine[i]->succeeded;
-            snprintf(o->reason, sizeof o->reason, "%s", mine[i]->reason ? mine[i]->reason : "");
-            o->created_ms = mine[i]->created_ms;
-        }
+        size_t n = 0;
+        const mem_refund_t **mine = mem_refunds_of(mem_tables(db), tenant, low, &n);
+        for (size_t i = 0; i < n; i++)
+            rd->mem(rd->arg, mine[i]);
         free(mine);
         return own ? db_commit(db) : 0;
     }
     const char *p[] = {low, tenant};
-    PGresult *r = pg_query(db_pg(db), sql_refunds, 2, p);
+    PGresult *r = pg_query(db_pg(db), sql, 2, p);
     if (!r)
         return -1;
     for (int i = 0; i < PQntuples(r); i++)
-        payment_refund_from_row(r, i, 0, &out[(*n)++]);
+        rd->row(rd->arg, r, i);
     PQclear(r);
     return 0;
+}
+
+typedef struct refund_list {
+    payment_refund_t *out;
+    size_t *n;
+} refund_list_t;
+
+static void list_row(void *arg, PGresult *r, int row)
+{
+    refund_list_t *l = arg;
+    payment_refund_from_row(r, row, 0, &l->out[(*l->n)++]);
+}
+
+static void list_mem(void *arg, const mem_refund_t *f)
+{
+    refund_list_t *l = arg;
+    if (*l->n == PAYMENT_REFUNDS_SHOWN)
+        return;
+    payment_refund_t *o = &l->out[(*l->n)++];
+    memset(o, 0, sizeof *o);
+    memcpy(o->id, f->id, UUID_STR_LEN);
+    o->amount = f->amount;
+    o->succeeded = f->succeeded;
+    snprintf(o->reason, sizeof o->reason, "%s", f->reason ? f->reason : "");
+    o->created_ms = f->created_ms;
+}
+
+int payment_refunds(db_t *db, const char *tenant, const char *payment_id, payment_refund_t *out, size_t *n)
+{
+    *n = 0;
+    refund_list_t l = {out, n};
+    return refunds_read(db, tenant, payment_id, sql_refunds, &(refunds_read_t){list_row, list_mem, &l});
+}
+
+static const char sql_refund_totals[] = "SELECT count(*) FILTER (WHERE status = 'succeeded'),"
+                                        " coalesce(sum(amount) FILTER (WHERE status = 'succeeded'), 0),"
+                                        " count(*) FILTER (WHERE status = 'rejected')"
+                                        " FROM payment.refunds WHERE payment_id = $1 AND tenant = $2";
+
+static void totals_row(void *arg, PGresult *r, int row)
+{
+    payment_refund_totals_t *t = arg;
+    t->succeeded = strtoull(PQgetvalue(r, row, 0), NULL, 10);
+    t->succeeded_sum = strtoll(PQgetvalue(r, row, 1), NULL, 10);
+    t->rejected = strtoull(PQgetvalue(r, row, 2), NULL, 10);
+}
+
+static void totals_mem(void *arg, const mem_refund_t *f)
+{
+    payment_refund_totals_t *t = arg;
+    if (f->succeeded) {
+        t->succeeded++;
+        t->succeeded_sum += f->amount;
+    } else {
+        t->rejected++;
+    }
 }
 
 int payment_refund_totals(db_t *db, const char *tenant, const char *payment_id, payment_refund_totals_t *out)
 {
     memset(out, 0, sizeof *out);
-    if (!uuid_valid(payment_id))
-        return 0;
-    char low[UUID_STR_LEN];
-    uuid_lower(payment_id, low);
-    if (db->kind == DB_MEMORY) {
-        bool own = !db->in_tx;
-        if (own && db_begin(db) != 0)
-            return -1;
-        mem_pay_t *m = mem_tables(db);
-        for (size_t i = 0; i < m->nref; i++) {
-            const mem_refund_t *r = m->refunds[i];
-            if (strcmp(r->payment_id, low) != 0 || strcmp(r->tenant, tenant) != 0)
-                continue;
-            if (r->succeeded) {
-                out->succeeded++;
-                out->succeeded_sum += r->amount;
-            } else {
-                out->rejected++;
-            }
-        }
-        return own ? db_commit(db) : 0;
-    }
-    const char *p[] = {low, tenant};
-    PGresult *r = pg_query(db_pg(db),
-                           "SELECT count(*) FILTER (WHERE status = 'succeeded'),"
-                           " coalesce(sum(amount) FILTER (WHERE status = 'succeeded'), 0),"
-                           " count(*) FILTER (WHERE status = 'rejected')"
-                           " FROM payment.refunds WHERE payment_id = $1 AND tenant = $2",
-                           2, p);
-    if (!r)
-        return -1;
-    out->succeeded = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-    out->succeeded_sum = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
-    out->rejected = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
-    PQclear(r);
-    return 0;
+    return refunds_read(db, tenant, payment_id, sql_refund_totals, &(refunds_read_t){totals_row, totals_mem, out});
 }

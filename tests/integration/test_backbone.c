@@ -2340,17 +2340,12 @@ static void test_janitor_stop_cancels_real(void)
                                                    .cleanup = locked_cleanup,
                                                    .every_ms = 60000});
     CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    const char *q = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'";
-    const char *app[] = {"test-janitor-cancel"};
-    bool waiting = false;
-    for (int i = 0; i < 400 && !waiting; i++) {
-        PGresult *r = pg_query(watch, q, 1, app);
-        waiting = r && atoi(PQgetvalue(r, 0, 0)) == 1;
-        PQclear(r);
-        if (!waiting)
-            clock_sleep_ms(50);
-    }
-    CU_ASSERT_TRUE(waiting);
+    const char *app = "test-janitor-cancel";
+    CU_ASSERT_EQUAL(q_wait(watch,
+                           "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                           " AND wait_event_type = 'Lock'",
+                           app, 1, 20000),
+                    1);
     pthread_t th;
     CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, stop_janitor, j), 0);
     struct timespec until;
@@ -2361,15 +2356,9 @@ static void test_janitor_stop_cancels_real(void)
     ASSERT_OK(pg_exec(db_pg(db), "ROLLBACK"));
     if (joined != 0)
         pthread_join(th, NULL);
-    int left = -1; /* its connection is closed (the backend leaves the view as it exits) */
-    for (int i = 0; i < 400 && left != 0; i++) {
-        PGresult *r = pg_query(watch, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", 1, app);
-        left = r ? atoi(PQgetvalue(r, 0, 0)) : -1;
-        PQclear(r);
-        if (left != 0)
-            clock_sleep_ms(50);
-    }
-    CU_ASSERT_EQUAL(left, 0);
+    /* its connection is closed (the backend leaves the view as it exits) */
+    CU_ASSERT_EQUAL(q_wait(watch, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app, 0, 20000),
+                    0);
     PQfinish(watch);
     db_close(db);
     sut_stop(&s);

@@ -1511,15 +1511,21 @@ static void hook_stop(hook_t *h)
     pthread_mutex_destroy(&h->mu);
 }
 
-/* Starts notification on s with channels, its webhook pointing at the local
- * receiver on port. */
-static void start_webhook_notification(sut_t *s, bool memory, const char *name, const char *channels, int port)
+/* Sets up notification on s with channels, its webhook pointing at the
+ * local receiver on port; not started. */
+static void add_webhook_notification(sut_t *s, bool memory, const char *name, const char *channels, int port)
 {
     sut_init(s, memory, name);
     char url[96];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", port);
     configure_notification(s, channels, url, 0);
     sut_add(s, notification_service());
+}
+
+/* The same, started. */
+static void start_webhook_notification(sut_t *s, bool memory, const char *name, const char *channels, int port)
+{
+    add_webhook_notification(s, memory, name, channels, port);
     sut_start(s);
 }
 
@@ -1771,11 +1777,7 @@ static void test_rollback_keeps_every_send(void)
     snprintf(h.fail_body, sizeof h.fail_body, "%s", "second@example.com");
     atomic_store(&h.fail_body_left, 1);
     sut_t s;
-    sut_init(&s, false, "svc_webhook_rollback");
-    char url[96];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/ecom", h.srv.port);
-    configure_notification(&s, "webhook", url, 0);
-    sut_add(&s, notification_service());
+    add_webhook_notification(&s, false, "svc_webhook_rollback", "webhook", h.srv.port);
     static const char *const to[] = {"first", "second"};
     char pl[2][128], agg[] = "otp:pair", topic[] = "auth", type[] = "auth.otp.requested";
     envelope_t e[2];
